@@ -1,0 +1,151 @@
+"""Effective authority: the intersection of every caveat in a token (spec/caveats.md).
+
+A request is allowed only if every caveat allows it. For each caveat type that is the same as
+checking one combined limit: the latest not-before, the earliest expiry, the intersection of
+every name set, the smallest cap, the union of ask-first scopes, the most restrictive logging
+level. Budgets, quotas and rates do not combine: each one is its own counter and every one is
+debited, so a child token can never outspend its parent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from capwallet import caveats as cav
+from capwallet.money import format_minor
+
+
+def counter_id(token_id: bytes, caveat_bytes: bytes) -> str:
+    """First 16 bytes (hex) of SHA-256(token id || the caveat's signed bytes)."""
+    return hashlib.sha256(token_id + caveat_bytes).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class CounterLimit:
+    """One budget, quota or rate caveat, with the id of the counter it debits."""
+
+    kind: str  # "budget" | "quota" | "rate"
+    counter_id: str
+    limit: int
+    unit: str  # currency for budgets, "tokens" for quotas, "requests" for rates
+    period: str  # day | week | month | year | total | minute
+    tz: str = "UTC"
+
+    def describe(self) -> str:
+        amount = format_minor(self.limit, self.unit) if self.kind == "budget" else (
+            f"{self.limit} {self.unit}"
+        )
+        per = {"total": "in total", "minute": "per minute"}.get(self.period, f"per {self.period}")
+        tz = "" if self.tz == "UTC" else f" ({self.tz})"
+        return f"{self.kind} {amount} {per}{tz}"
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveLimits:
+    not_before: int | None = None
+    expires: int | None = None
+    providers: frozenset[str] | None = None
+    models: frozenset[str] | None = None
+    operations: frozenset[str] | None = None
+    scopes: frozenset[str] | None = None
+    ask_first: frozenset[str] = frozenset()
+    zero_retention: bool = False
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    counters: tuple[CounterLimit, ...] = ()
+    confirm_above: dict[str, int] = field(default_factory=dict)
+    logging: str | None = None
+    apps: tuple[str, ...] = ()
+
+    @property
+    def budgets(self) -> tuple[CounterLimit, ...]:
+        return tuple(c for c in self.counters if c.kind == "budget")
+
+    def to_json(self) -> dict[str, Any]:
+        def names(v: frozenset[str] | None) -> list[str] | None:
+            return None if v is None else sorted(v, key=lambda s: s.encode())
+
+        return {
+            "not_before": self.not_before,
+            "expires": self.expires,
+            "providers": names(self.providers),
+            "models": names(self.models),
+            "operations": names(self.operations),
+            "scopes": names(self.scopes),
+            "ask_first": names(self.ask_first),
+            "zero_retention": self.zero_retention,
+            "max_input_tokens": self.max_input_tokens,
+            "max_output_tokens": self.max_output_tokens,
+            "counters": [
+                {"kind": c.kind, "counter_id": c.counter_id, "limit": c.limit, "unit": c.unit,
+                 "period": c.period, "tz": c.tz}
+                for c in self.counters
+            ],
+            "confirm_above": dict(sorted(self.confirm_above.items())),
+            "logging": self.logging,
+            "apps": list(self.apps),
+        }
+
+
+def _meet(current: frozenset[str] | None, values: tuple[str, ...]) -> frozenset[str]:
+    new = frozenset(values)
+    return new if current is None else current & new
+
+
+def _min(current: int | None, value: int) -> int:
+    return value if current is None else min(current, value)
+
+
+def effective(token_id: bytes, caveats: list[tuple[bytes, cav.Caveat]]) -> EffectiveLimits:
+    """Combine decoded caveats (with their signed bytes) into one EffectiveLimits."""
+    f: dict[str, Any] = {}
+    counters: list[CounterLimit] = []
+    confirm: dict[str, int] = {}
+    ask_first: frozenset[str] = frozenset()
+    apps: list[str] = []
+    for raw, c in caveats:
+        match c:
+            case cav.NotBefore(time=t):
+                f["not_before"] = max(f.get("not_before", t), t)
+            case cav.Expires(time=t):
+                f["expires"] = _min(f.get("expires"), t)
+            case cav.Providers(values=v):
+                f["providers"] = _meet(f.get("providers"), v)
+            case cav.Models(values=v):
+                f["models"] = _meet(f.get("models"), v)
+            case cav.Operations(values=v):
+                f["operations"] = _meet(f.get("operations"), v)
+            case cav.Scopes(values=v):
+                f["scopes"] = _meet(f.get("scopes"), v)
+            case cav.AskFirst(values=v):
+                ask_first |= frozenset(v)
+            case cav.ZeroRetention():
+                f["zero_retention"] = True
+            case cav.MaxInputTokens(tokens=n):
+                f["max_input_tokens"] = _min(f.get("max_input_tokens"), n)
+            case cav.MaxOutputTokens(tokens=n):
+                f["max_output_tokens"] = _min(f.get("max_output_tokens"), n)
+            case cav.Budget():
+                counters.append(CounterLimit(
+                    "budget", counter_id(token_id, raw), c.amount, c.currency, c.period, c.tz))
+            case cav.TokenQuota():
+                counters.append(CounterLimit(
+                    "quota", counter_id(token_id, raw), c.tokens, "tokens", c.period, c.tz))
+            case cav.Rate():
+                counters.append(CounterLimit(
+                    "rate", counter_id(token_id, raw), c.requests, "requests", "minute"))
+            case cav.ConfirmAbove(amount=a, currency=cur):
+                confirm[cur] = min(confirm.get(cur, a), a)
+            case cav.Logging(level=level):
+                old = f.get("logging")
+                rank = cav.LOGGING_LEVELS.index
+                f["logging"] = level if old is None else min(old, level, key=rank)
+            case cav.App(app_id=a):
+                apps.append(a)
+    # Two caveats with identical bytes name the same counter: debit it once, not twice.
+    unique = tuple({c.counter_id: c for c in counters}.values())
+    return EffectiveLimits(
+        **f, counters=unique, confirm_above=confirm, ask_first=ask_first, apps=tuple(apps)
+    )

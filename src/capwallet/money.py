@@ -1,0 +1,64 @@
+"""Money as integers in minor units, with ISO 4217 exponents. Never a float.
+
+An amount is (minor_units: int, currency: str). "10EUR" is 1000 EUR minor units (cents); "5JPY"
+is 5 JPY (no minor unit). Only currencies with a known exponent are accepted, so "0.5" always
+means the same number of minor units.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# ISO 4217 minor-unit exponents for the currencies a user is likely to budget in.
+EXPONENTS: dict[str, int] = {
+    **dict.fromkeys(
+        "AED ARS AUD BGN BRL CAD CHF CNY COP CZK DKK EGP EUR GBP HKD HUF IDR ILS INR MAD MXN "
+        "MYR NGN NOK NZD PEN PHP PKR PLN RON RUB SAR SEK SGD THB TRY TWD UAH USD ZAR".split(),
+        2,
+    ),
+    **dict.fromkeys("CLP ISK JPY KRW UGX VND XAF XOF".split(), 0),
+    **dict.fromkeys("BHD IQD JOD KWD LYD OMR TND".split(), 3),
+}
+_AMOUNT = re.compile(r"\s*(\d{1,15})(?:\.(\d{1,6}))?\s*([A-Za-z]{3})\s*")
+
+
+class MoneyError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Money:
+    minor: int
+    currency: str
+
+    def __str__(self) -> str:
+        return format_minor(self.minor, self.currency)
+
+
+def exponent(currency: str) -> int:
+    try:
+        return EXPONENTS[currency]
+    except KeyError:
+        raise MoneyError(
+            f"unknown currency {currency!r} (use an ISO 4217 code such as EUR)"
+        ) from None
+
+
+def parse_amount(text: str) -> Money:
+    """'10EUR', '0.50 EUR', '12.5USD' -> Money in minor units; raises MoneyError."""
+    m = _AMOUNT.fullmatch(text)
+    if not m:
+        raise MoneyError(f"cannot read amount {text!r}: write it like 10EUR or 0.50USD")
+    whole, frac, currency = m.group(1), m.group(2) or "", m.group(3).upper()
+    exp = exponent(currency)
+    if len(frac) > exp:
+        raise MoneyError(f"{currency} has {exp} decimal places; {text!r} has {len(frac)}")
+    return Money(int(whole) * 10**exp + int(frac.ljust(exp, "0") or "0"), currency)
+
+
+def format_minor(minor: int, currency: str) -> str:
+    exp = EXPONENTS.get(currency, 0)
+    sign = "-" if minor < 0 else ""
+    whole, frac = divmod(abs(minor), 10**exp)
+    return f"{sign}{whole}.{frac:0{exp}d} {currency}" if exp else f"{sign}{whole} {currency}"

@@ -1,0 +1,71 @@
+"""Calendar periods for budgets, quotas and rates (spec/caveats.md, "Periods").
+
+A counter's key includes the period it counts, e.g. ``<counter id>/2026-11`` for a monthly
+budget, so a new period simply starts a new counter and no reset job exists (a reset job that
+fails is a known way for gateways to block or overspend). Calendar periods are in UTC unless
+the caveat names an IANA time zone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+PERIODS = ("day", "week", "month", "year", "total")
+UTC = dt.UTC
+
+
+@lru_cache(maxsize=64)
+def zone(name: str) -> dt.tzinfo:
+    if name == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}") from exc
+
+
+def _local(now: int, tz: str) -> dt.datetime:
+    return dt.datetime.fromtimestamp(now, zone(tz))
+
+
+def period_key(period: str, now: int, tz: str = "UTC") -> str:
+    """The label of the period containing ``now``: 2026-11-26, 2026-W48, 2026-11, 2026, total."""
+    if period == "total":
+        return "total"
+    t = _local(now, tz)
+    if period == "day":
+        return f"{t.year:04d}-{t.month:02d}-{t.day:02d}"
+    if period == "week":
+        year, week, _ = t.isocalendar()
+        return f"{year:04d}-W{week:02d}"
+    if period == "month":
+        return f"{t.year:04d}-{t.month:02d}"
+    if period == "year":
+        return f"{t.year:04d}"
+    if period == "minute":
+        return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}"
+    raise ValueError(f"unknown period {period!r}")
+
+
+def period_end(period: str, now: int, tz: str = "UTC") -> int | None:
+    """Unix time at which the period containing ``now`` ends (None for total)."""
+    if period == "total":
+        return None
+    if period == "minute":
+        return now - now % 60 + 60
+    t = _local(now, tz)
+    day = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        start = day.date() + dt.timedelta(days=1)
+    elif period == "week":
+        start = day.date() + dt.timedelta(days=7 - t.weekday())
+    elif period == "month":
+        start = (day.replace(day=28) + dt.timedelta(days=4)).replace(day=1).date()
+    elif period == "year":
+        start = dt.date(t.year + 1, 1, 1)
+    else:
+        raise ValueError(f"unknown period {period!r}")
+    end = dt.datetime.combine(start, dt.time(), zone(tz))
+    return int(end.timestamp())

@@ -1,0 +1,280 @@
+"""Verification: token + keys + request + time + counters -> Decision (spec/verification.md).
+
+The HMAC chain is checked in constant time and the caveats are evaluated here, not by
+pymacaroons' Verifier, so that a denial carries the exact reason and the limit that was hit.
+
+A Verifier keeps a bounded cache of verified chains keyed by the exact token string: parsing,
+the HMAC chain and caveat decoding run once per token; the per-request checks (revocation,
+time, request shape, counters, confirmation) run on every call.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Container, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from capwallet import approval as approvals
+from capwallet import caveats as cav
+from capwallet import macaroon
+from capwallet.limits import CounterLimit, EffectiveLimits, effective
+from capwallet.money import format_minor
+from capwallet.periods import period_end, period_key
+from capwallet.reasons import Reason, TokenError
+from capwallet.token import Token
+
+CLOCK_SKEW = 60  # seconds; see spec/verification.md "Clock skew"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a request wants. ``provider`` set means a model call; None means resource access.
+
+    A model call MUST state provider, model and operation; its token counts and cost are the
+    worst case the verifier reserves (input estimate, max output). A resource access (an app's
+    own server checking a data/tool scope) states only scopes.
+    """
+
+    provider: str | None = None
+    model: str | None = None
+    operation: str | None = None
+    scopes: tuple[str, ...] = ()
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: Mapping[str, int] = field(default_factory=dict)  # currency -> minor units
+    zero_retention: bool = False  # does the provider promise zero retention?
+    approval: str | None = None  # a cwa1_ approval string, if the app has one
+    digest: bytes | None = None  # approvals.request_digest(...) of this exact request
+
+    @property
+    def is_model_call(self) -> bool:
+        return self.provider is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Debit:
+    """One counter the request must debit (reserve) if it is allowed."""
+
+    kind: str
+    counter_key: str  # "<counter id>/<period key>"
+    amount: int
+    limit: int
+    used: int
+    unit: str
+    resets_at: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "counter_key": self.counter_key, "amount": self.amount,
+            "limit": self.limit, "used": self.used, "unit": self.unit, "resets_at": self.resets_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    reason: Reason | None
+    message: str
+    token_id: str | None = None
+    limits: EffectiveLimits | None = None
+    debits: tuple[Debit, ...] = ()
+    approval_id: str | None = None  # approval to consume (single use) if allowed
+    needs_approval: bool = False  # True when confirmation_required: the wallet may ask the user
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "allowed": self.allowed,
+            "reason": None if self.reason is None else self.reason.value,
+            "message": self.message,
+            "token_id": self.token_id,
+            "limits": None if self.limits is None else self.limits.to_json(),
+            "debits": [d.to_json() for d in self.debits],
+            "approval_id": self.approval_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    token_id: bytes
+    token_id_hex: str
+    issued_at: int
+    limits: EffectiveLimits
+
+
+@lru_cache(maxsize=1024)
+def _window(period: str, tz: str, minute: int) -> tuple[str, int | None]:
+    # Every period boundary falls on a minute boundary (time zone offsets are whole minutes).
+    t = minute * 60
+    return period_key(period, t, tz), period_end(period, t, tz)
+
+
+def _deny(reason: Reason, message: str, v: VerifiedToken | None = None, **kw: Any) -> Decision:
+    return Decision(
+        False, reason, message,
+        token_id=None if v is None else v.token_id_hex,
+        limits=None if v is None else v.limits, **kw,
+    )
+
+
+def _fmt(limit: CounterLimit, n: int) -> str:
+    return format_minor(n, limit.unit) if limit.kind == "budget" else f"{n} {limit.unit}"
+
+
+class Verifier:
+    """Verifies tokens against a fixed key ring, caching verified chains (bounded)."""
+
+    def __init__(self, keys: Mapping[bytes, bytes], cache_size: int = 4096) -> None:
+        self.keys = keys
+        self.cache_size = cache_size
+        self._cache: dict[str, VerifiedToken] = {}
+
+    def check_token(self, text: str) -> VerifiedToken:
+        """Parse, check the signature, decode caveats. Raises TokenError. Cached on success."""
+        hit = self._cache.get(text)
+        if hit is not None:
+            return hit
+        token = Token.parse(text)
+        secret = self.keys.get(token.identifier.key_id)
+        if secret is None:
+            raise TokenError(Reason.UNKNOWN_KEY, f"no root key with id {token.key_id}")
+        expected = macaroon.chain(secret, token.raw.identifier, token.raw.caveats)
+        if not hmac.compare_digest(expected, token.raw.signature):
+            raise TokenError(Reason.BAD_SIGNATURE, "token signature does not match")
+        decoded = [(raw, cav.decode(raw)) for raw in token.raw.caveats]
+        tid = token.identifier.token_id
+        limits = effective(tid, decoded)
+        verified = VerifiedToken(tid, tid.hex(), token.identifier.issued_at, limits)
+        if len(self._cache) >= self.cache_size:
+            self._cache.pop(next(iter(self._cache)), None)
+        self._cache[text] = verified
+        return verified
+
+    def verify(
+        self,
+        token: str,
+        request: Request,
+        now: int,
+        counters: Mapping[str, int] | None = None,
+        revoked: Container[str] = (),
+    ) -> Decision:
+        try:
+            v = self.check_token(token)
+        except TokenError as exc:
+            return _deny(exc.reason, exc.message)
+        if v.token_id_hex in revoked:
+            return _deny(Reason.REVOKED, "this token has been revoked", v)
+        return evaluate(v, request, now, counters or {}, self.keys)
+
+
+def evaluate(
+    v: VerifiedToken,
+    request: Request,
+    now: int,
+    counters: Mapping[str, int],
+    keys: Mapping[bytes, bytes],
+) -> Decision:
+    """The per-request checks, in the order of the reason codes (spec/verification.md)."""
+    lim = v.limits
+    # Time.
+    if v.issued_at > now + CLOCK_SKEW:
+        return _deny(Reason.NOT_YET_VALID, f"token was issued in the future ({v.issued_at})", v)
+    if lim.not_before is not None and now < lim.not_before - CLOCK_SKEW:
+        return _deny(Reason.NOT_YET_VALID, f"token is not valid before {lim.not_before}", v)
+    if lim.expires is not None and now >= lim.expires + CLOCK_SKEW:
+        return _deny(Reason.EXPIRED, f"token expired at {lim.expires}", v)
+    # Request shape.
+    model_call = request.is_model_call
+    if model_call:
+        if request.model is None or request.operation is None:
+            raise ValueError("a model call must state provider, model and operation")
+        if lim.providers is not None and request.provider not in lim.providers:
+            return _deny(Reason.PROVIDER_NOT_ALLOWED,
+                         f"provider {request.provider!r} is not allowed; allowed: "
+                         f"{', '.join(sorted(lim.providers)) or 'none'}", v)
+        if lim.models is not None and request.model not in lim.models:
+            return _deny(Reason.MODEL_NOT_ALLOWED,
+                         f"model {request.model!r} is not allowed; allowed: "
+                         f"{', '.join(sorted(lim.models)) or 'none'}", v)
+        if lim.operations is not None and request.operation not in lim.operations:
+            return _deny(Reason.OPERATION_NOT_ALLOWED,
+                         f"operation {request.operation!r} is not allowed; allowed: "
+                         f"{', '.join(sorted(lim.operations)) or 'none'}", v)
+    if lim.scopes is not None:
+        for scope in request.scopes:
+            if scope not in lim.scopes:
+                return _deny(Reason.SCOPE_MISSING, f"scope {scope!r} was not granted", v)
+    if model_call:
+        if lim.zero_retention and not request.zero_retention:
+            return _deny(Reason.ZERO_RETENTION_REQUIRED,
+                         f"provider {request.provider!r} is not a zero-retention provider", v)
+        if lim.max_input_tokens is not None and request.input_tokens > lim.max_input_tokens:
+            return _deny(Reason.INPUT_TOO_LARGE,
+                         f"request has about {request.input_tokens} input tokens; "
+                         f"the limit is {lim.max_input_tokens}", v)
+        if lim.max_output_tokens is not None and request.output_tokens > lim.max_output_tokens:
+            return _deny(Reason.OUTPUT_TOO_LARGE,
+                         f"request asks for up to {request.output_tokens} output tokens; "
+                         f"the limit is {lim.max_output_tokens}", v)
+    # Counters.
+    debits: list[Debit] = []
+    if model_call:
+        cost = request.cost
+        for currency in [c.unit for c in lim.budgets] + list(lim.confirm_above):
+            if currency not in cost:
+                return _deny(
+                    Reason.PRICE_UNKNOWN, f"the request could not be priced in {currency}", v
+                )
+        minute = now // 60
+        tokens = request.input_tokens + request.output_tokens
+        for kind, reason in (("rate", Reason.RATE_LIMITED), ("quota", Reason.QUOTA_EXCEEDED),
+                             ("budget", Reason.BUDGET_EXCEEDED)):
+            for c in lim.counters:
+                if c.kind != kind:
+                    continue
+                amount = 1 if kind == "rate" else tokens if kind == "quota" else cost[c.unit]
+                key, resets = _window(c.period, c.tz, minute)
+                counter_key = f"{c.counter_id}/{key}"
+                used = counters.get(counter_key, 0)
+                if amount > 0 and used + amount > c.limit:
+                    left = max(c.limit - used, 0)
+                    return _deny(reason,
+                                 f"{c.describe()}: {_fmt(c, used)} used, {_fmt(c, left)} left; "
+                                 f"this call needs up to {_fmt(c, amount)}", v)
+                debits.append(Debit(kind, counter_key, amount, c.limit, used, c.unit, resets))
+    # Confirmation.
+    why: str | None = None
+    if model_call:
+        for currency, threshold in lim.confirm_above.items():
+            if request.cost[currency] > threshold:
+                why = (f"this call may cost up to {format_minor(request.cost[currency], currency)},"
+                       f" above the {format_minor(threshold, currency)} that needs your approval")
+                break
+    if why is None and lim.ask_first:
+        for scope in request.scopes:
+            if scope in lim.ask_first:
+                why = f"scope {scope!r} needs your approval each time it is used"
+                break
+    approval_id = None
+    if why is not None:
+        if request.approval is None:
+            return _deny(Reason.CONFIRMATION_REQUIRED, why, v, needs_approval=True)
+        try:
+            a = approvals.check(request.approval, keys, v.token_id, request.digest, now)
+        except TokenError as exc:
+            return _deny(Reason.APPROVAL_INVALID, exc.message, v)
+        approval_id = a.approval_id_hex
+    return Decision(True, None, "allowed", v.token_id_hex, lim, tuple(debits), approval_id)
+
+
+def verify(
+    token: str,
+    keys: Mapping[bytes, bytes],
+    request: Request,
+    now: int,
+    counters: Mapping[str, int] | None = None,
+    revoked: Container[str] = (),
+) -> Decision:
+    """One-shot verification without a cache (use a Verifier on hot paths)."""
+    return Verifier(keys, cache_size=1).verify(token, request, now, counters, revoked)
