@@ -1,0 +1,37 @@
+"""The ``capwallet`` command line. Each command group lives in its own module and registers
+its subcommands here; exit codes: 0 success/allow, 1 deny, 2 bad input."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from capwallet.cli import token_commands
+from capwallet.cli.common import CliError
+
+GROUPS = [token_commands]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="capwallet",
+        description="Capability tokens that let apps use your AI accounts within your limits.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except CliError as exc:
+        print(f"capwallet: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code

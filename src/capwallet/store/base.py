@@ -1,0 +1,146 @@
+"""The store interface shared by the relay, the wallet and every backend (spec/budgets.md).
+
+Semantics every backend implements (and tests/store_suite.py checks for each):
+
+* A counter is keyed ``<counter id>/<period key>`` (capwallet.verify.Debit.counter_key); the
+  period is in the key, so there is no reset job. Its value is ``used`` = settled + reserved.
+* ``reserve`` is atomic, all or none: for every debit with amount > 0, used + amount <= limit,
+  else nothing changes and the first failing counter is reported. A zero amount never blocks.
+  An approval id, if given, is consumed in the same step (single use). The reservation has a
+  lease: if its relay dies, ``expire_leases`` closes it later.
+* ``settle`` moves each counter from the reserved amount to the actual amount, closes the
+  reservation and appends the ledger row, all in one step, at most once per reservation
+  (a second settle or release of the same id changes nothing and returns False).
+* ``expire_leases`` settles every reservation whose lease has passed at its reserved
+  (worst-case) amount, since the relay that held it cannot say what the provider served: a
+  crash may cost the user the reservation, never an overspend. The ledger row says
+  ``lease_expired``.
+* Any backend failure raises StoreUnavailable; callers deny (fail closed).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached or failed; the caller must deny the request."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """One counter debit inside a reservation."""
+
+    counter_key: str
+    amount: int
+    limit: int
+    resets_at: int | None = None  # period end: a backend may expire the counter after it
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    reservation_id: str  # 32 hex, random
+    token_id: str
+    holds: tuple[Hold, ...]
+    lease_until: int  # unix seconds
+    approval_id: str | None = None
+    created_at: int = 0
+    # What the ledger row will say if the lease expires (app, provider, model, ...).
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveResult:
+    ok: bool
+    failed_counter: str | None = None  # counter key that would exceed its limit
+    used: int = 0  # that counter's used value at the time
+    approval_used: bool = False  # the approval id was already consumed
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One row per call. Money is integer minor units of ``currency``."""
+
+    time: int
+    token_id: str
+    app: str
+    provider: str
+    model: str
+    operation: str
+    input_tokens: int
+    output_tokens: int
+    cost: int
+    currency: str
+    status: str  # ok | upstream_error | client_disconnected | lease_expired | denied:<reason>
+    latency_ms: int
+    reservation_id: str | None = None
+    request_body: str | None = None  # only when logging "full" is allowed by token and config
+    response_body: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingApproval:
+    approval_request_id: str  # 32 hex
+    token_id: str
+    digest: str  # hex of capwallet.approval.request_digest(...)
+    summary: str  # what the user is asked, in plain words
+    created_at: int
+    expires_at: int
+    status: str = "pending"  # pending | approved | denied | expired
+    approval: str | None = None  # the cwa1_ string once approved
+
+
+class Store(abc.ABC):
+    @abc.abstractmethod
+    async def reserve(self, reservation: Reservation) -> ReserveResult: ...
+
+    @abc.abstractmethod
+    async def settle(
+        self, reservation_id: str, actual: Mapping[str, int], entry: LedgerEntry
+    ) -> bool:
+        """Charge ``actual`` (counter key -> amount; missing keys charge 0) and log ``entry``."""
+
+    async def release(self, reservation_id: str, entry: LedgerEntry) -> bool:
+        """Close a reservation charging nothing (the upstream failed before any output)."""
+        return await self.settle(reservation_id, {}, entry)
+
+    @abc.abstractmethod
+    async def expire_leases(self, now: int) -> int:
+        """Settle every reservation whose lease ended before ``now`` at its reserved amounts."""
+
+    @abc.abstractmethod
+    async def counters(self, keys: Iterable[str]) -> dict[str, int]:
+        """Current used (settled + reserved) of each counter; absent counters are 0."""
+
+    @abc.abstractmethod
+    async def revoke(self, token_id: str, now: int) -> None: ...
+
+    @abc.abstractmethod
+    async def is_revoked(self, token_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def ledger(
+        self, *, token_ids: Sequence[str] | None = None, since: int | None = None,
+        limit: int = 1000,
+    ) -> list[LedgerEntry]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    async def add_pending(self, pending: PendingApproval) -> None: ...
+
+    @abc.abstractmethod
+    async def get_pending(self, approval_request_id: str) -> PendingApproval | None: ...
+
+    @abc.abstractmethod
+    async def list_pending(self, now: int) -> list[PendingApproval]: ...
+
+    @abc.abstractmethod
+    async def resolve_pending(
+        self, approval_request_id: str, status: str, approval: str | None
+    ) -> bool: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
