@@ -1,0 +1,348 @@
+"""The backend-agnostic Store test suite: the semantics of capwallet.store.base, per backend.
+
+Every backend in BACKENDS runs every test here. To add one (e.g. Redis), write a factory that
+takes pytest's tmp_path and returns a function opening a *new handle* to one fresh, empty store
+(several handles must share state, as several relay processes do), and add one line to
+BACKENDS. tests/test_store_suite.py collects these tests; this module is imported, not collected
+on its own (its name does not start with test_).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from capwallet.store import (
+    Hold,
+    LedgerEntry,
+    PendingApproval,
+    Reservation,
+    Store,
+    StoreUnavailable,
+    open_store,
+)
+
+Opener = Callable[[], Store]
+
+
+def sqlite_backend(tmp_path: Path) -> Opener:
+    url = f"sqlite:///{tmp_path / 'store.db'}"  # tmp_path is absolute: sqlite:////tmp/...
+    return lambda: open_store(url)
+
+
+BACKENDS = [
+    pytest.param(sqlite_backend, id="sqlite"),
+    # pytest.param(redis_backend, id="redis"),  # one line per backend
+]
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=BACKENDS)
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    factory: Callable[[Path], Opener] = request.param
+    return factory(tmp_path)
+
+
+@pytest.fixture
+async def store(opener: Opener) -> AsyncIterator[Store]:
+    s = opener()
+    yield s
+    await s.close()
+
+
+NOW = 1_800_000_000
+
+
+def rid() -> str:
+    return secrets.token_hex(16)
+
+
+def res(*holds: Hold, token: str = "t1", lease: int = NOW + 60, approval: str | None = None,
+        meta: dict[str, object] | None = None, reservation_id: str | None = None) -> Reservation:
+    return Reservation(
+        reservation_id=reservation_id or rid(), token_id=token, holds=holds, lease_until=lease,
+        approval_id=approval, created_at=NOW, meta=meta or {},
+    )
+
+
+def entry(status: str = "ok", cost: int = 0, token: str = "t1", time: int = NOW,
+          model: str = "m") -> LedgerEntry:
+    return LedgerEntry(
+        time=time, token_id=token, app="app", provider="p", model=model, operation="chat",
+        input_tokens=10, output_tokens=20, cost=cost, currency="EUR", status=status,
+        latency_ms=5,
+    )
+
+
+# -- reserve ----------------------------------------------------------------------------------
+
+async def test_reserve_adds_to_every_counter(store: Store) -> None:
+    r = await store.reserve(res(Hold("budget/2026-11", 30, 100), Hold("rate/x", 1, 5)))
+    assert r.ok and r.failed_counter is None
+    assert await store.counters(["budget/2026-11", "rate/x", "absent"]) == {
+        "budget/2026-11": 30, "rate/x": 1, "absent": 0,
+    }
+
+
+async def test_reserve_up_to_the_limit_exactly(store: Store) -> None:
+    assert (await store.reserve(res(Hold("b", 60, 100)))).ok
+    assert (await store.reserve(res(Hold("b", 40, 100)))).ok
+    r = await store.reserve(res(Hold("b", 1, 100)))
+    assert not r.ok and r.failed_counter == "b" and r.used == 100
+
+
+async def test_reserve_is_all_or_none(store: Store) -> None:
+    assert (await store.reserve(res(Hold("q", 90, 100)))).ok
+    r = await store.reserve(res(Hold("b", 10, 100), Hold("q", 20, 100), Hold("c", 1, 9)))
+    assert not r.ok
+    assert r.failed_counter == "q" and r.used == 90
+    assert await store.counters(["b", "q", "c"]) == {"b": 0, "q": 90, "c": 0}
+
+
+async def test_zero_amount_never_blocks(store: Store) -> None:
+    assert (await store.reserve(res(Hold("b", 100, 100)))).ok
+    r = await store.reserve(res(Hold("b", 0, 100), Hold("r", 1, 10)))
+    assert r.ok
+    assert await store.counters(["b", "r"]) == {"b": 100, "r": 1}
+    # Even a counter settled above its limit does not block a zero-amount hold.
+    over = res(Hold("o", 5, 10))
+    assert (await store.reserve(over)).ok
+    assert await store.settle(over.reservation_id, {"o": 50}, entry(cost=50))
+    assert (await store.reserve(res(Hold("o", 0, 10)))).ok
+    assert not (await store.reserve(res(Hold("o", 1, 10)))).ok
+
+
+async def test_approval_is_consumed_once(store: Store) -> None:
+    first = await store.reserve(res(Hold("b", 10, 100), approval="a1"))
+    assert first.ok and not first.approval_used
+    again = await store.reserve(res(Hold("b", 10, 100), approval="a1"))
+    assert not again.ok and again.approval_used
+    assert await store.counters(["b"]) == {"b": 10}
+    assert (await store.reserve(res(Hold("b", 10, 100), approval="a2"))).ok
+
+
+async def test_failed_reserve_does_not_consume_the_approval(store: Store) -> None:
+    assert (await store.reserve(res(Hold("b", 95, 100)))).ok
+    r = await store.reserve(res(Hold("b", 10, 100), approval="a1"))
+    assert not r.ok and not r.approval_used and r.failed_counter == "b"
+    assert (await store.reserve(res(Hold("b", 5, 100), approval="a1"))).ok
+
+
+async def test_concurrent_reserves_never_exceed_the_limit(opener: Opener) -> None:
+    handles = [opener() for _ in range(3)]
+    try:
+        holds = (Hold("budget", 7, 7 * 37), Hold("rate", 1, 1000))
+        results = await asyncio.gather(
+            *(handles[i % 3].reserve(res(*holds)) for i in range(120))
+        )
+        assert sum(r.ok for r in results) == 37
+        assert await handles[0].counters(["budget", "rate"]) == {"budget": 259, "rate": 37}
+    finally:
+        for h in handles:
+            await h.close()
+
+
+# -- settle / release / leases ------------------------------------------------------------------
+
+async def test_settle_moves_reserved_to_actual_once(store: Store) -> None:
+    r = res(Hold("b", 50, 100), Hold("q", 1000, 5000))
+    assert (await store.reserve(r)).ok
+    assert await store.settle(r.reservation_id, {"b": 12, "q": 300}, entry(cost=12))
+    assert await store.counters(["b", "q"]) == {"b": 12, "q": 300}
+    # A second settle or a release of the same id changes nothing.
+    assert not await store.settle(r.reservation_id, {"b": 40, "q": 10}, entry(cost=40))
+    assert not await store.release(r.reservation_id, entry("upstream_error"))
+    assert await store.counters(["b", "q"]) == {"b": 12, "q": 300}
+    rows = await store.ledger()
+    assert len(rows) == 1
+    assert rows[0].cost == 12 and rows[0].status == "ok"
+    assert rows[0].reservation_id == r.reservation_id
+
+
+async def test_settle_missing_keys_charge_zero(store: Store) -> None:
+    r = res(Hold("b", 50, 100), Hold("rate", 1, 10))
+    assert (await store.reserve(r)).ok
+    assert await store.settle(r.reservation_id, {"b": 20}, entry(cost=20))
+    assert await store.counters(["b", "rate"]) == {"b": 20, "rate": 0}
+
+
+async def test_settle_can_charge_more_than_reserved(store: Store) -> None:
+    r = res(Hold("b", 10, 100))
+    assert (await store.reserve(r)).ok
+    assert await store.settle(r.reservation_id, {"b": 15}, entry(cost=15))
+    assert await store.counters(["b"]) == {"b": 15}
+
+
+async def test_release_charges_nothing(store: Store) -> None:
+    r = res(Hold("b", 50, 100), Hold("rate", 1, 10))
+    assert (await store.reserve(r)).ok
+    assert await store.release(r.reservation_id, entry("upstream_error"))
+    assert await store.counters(["b", "rate"]) == {"b": 0, "rate": 0}
+    assert not await store.settle(r.reservation_id, {"b": 50}, entry())
+    assert [e.status for e in await store.ledger()] == ["upstream_error"]
+
+
+async def test_settle_of_unknown_reservation_is_false(store: Store) -> None:
+    assert not await store.settle(rid(), {"b": 1}, entry())
+    assert await store.ledger() == []
+
+
+async def test_expire_leases_charges_the_reserved_amount(store: Store) -> None:
+    meta = {"app": "https://app.example", "provider": "openai", "model": "gpt-x",
+            "operation": "chat", "input_tokens": 100, "output_tokens": 400, "cost": 30,
+            "currency": "EUR"}
+    stale = res(Hold("b", 30, 100), Hold("rate", 1, 10), lease=NOW + 10, meta=meta,
+                token="tok-a")
+    live = res(Hold("b", 20, 100), lease=NOW + 1000)
+    assert (await store.reserve(stale)).ok
+    assert (await store.reserve(live)).ok
+    assert await store.expire_leases(NOW + 5) == 0
+    assert await store.expire_leases(NOW + 11) == 1
+    assert await store.counters(["b", "rate"]) == {"b": 50, "rate": 1}
+    [row] = await store.ledger()
+    assert row.status == "lease_expired"
+    assert (row.token_id, row.app, row.provider, row.model) == (
+        "tok-a", "https://app.example", "openai", "gpt-x")
+    assert (row.cost, row.currency, row.input_tokens, row.output_tokens) == (30, "EUR", 100, 400)
+    assert row.reservation_id == stale.reservation_id
+    # The expired reservation is closed: a late settle changes nothing.
+    assert not await store.settle(stale.reservation_id, {"b": 1}, entry())
+    assert await store.expire_leases(NOW + 11) == 0
+    # The live one still settles normally.
+    assert await store.settle(live.reservation_id, {"b": 5}, entry(cost=5))
+    assert await store.counters(["b"]) == {"b": 35}
+
+
+async def test_duplicate_reservation_id_is_refused(store: Store) -> None:
+    r = res(Hold("b", 5, 100))
+    assert (await store.reserve(r)).ok
+    with pytest.raises(ValueError, match="already exists"):
+        await store.reserve(res(Hold("b", 5, 100), reservation_id=r.reservation_id))
+    assert await store.counters(["b"]) == {"b": 5}
+
+
+async def test_counters_equal_ledger_after_many_settles(store: Store) -> None:
+    rs = [res(Hold("b", 10, 10_000)) for _ in range(30)]
+    await asyncio.gather(*(store.reserve(r) for r in rs))
+    await asyncio.gather(*(
+        store.settle(r.reservation_id, {"b": i}, entry(cost=i)) for i, r in enumerate(rs)
+    ))
+    total = sum(e.cost for e in await store.ledger())
+    assert total == sum(range(30)) == (await store.counters(["b"]))["b"]
+
+
+# -- revocation -------------------------------------------------------------------------------
+
+async def test_revocation_is_shared_and_idempotent(opener: Opener) -> None:
+    a, b = opener(), opener()
+    try:
+        assert not await a.is_revoked("tok")
+        await a.revoke("tok", NOW)
+        await a.revoke("tok", NOW + 5)
+        assert await a.is_revoked("tok")
+        assert await b.is_revoked("tok")
+        assert not await b.is_revoked("other")
+    finally:
+        await a.close()
+        await b.close()
+
+
+# -- ledger -----------------------------------------------------------------------------------
+
+async def test_ledger_filters_newest_first(store: Store) -> None:
+    for i, tok in enumerate(["t1", "t2", "t1", "t3", "t1"]):
+        r = res(Hold("b", 1, 100), token=tok)
+        assert (await store.reserve(r)).ok
+        assert await store.settle(r.reservation_id, {"b": 1},
+                                  entry(token=tok, time=NOW + i, model=f"m{i}", cost=1))
+    assert [e.model for e in await store.ledger()] == ["m4", "m3", "m2", "m1", "m0"]
+    assert [e.model for e in await store.ledger(token_ids=["t1"])] == ["m4", "m2", "m0"]
+    assert [e.model for e in await store.ledger(token_ids=["t1", "t3"], since=NOW + 2)] == [
+        "m4", "m3", "m2"]
+    assert [e.model for e in await store.ledger(limit=2)] == ["m4", "m3"]
+    assert await store.ledger(token_ids=[]) == []
+
+
+async def test_ledger_keeps_bodies_when_given(store: Store) -> None:
+    r = res(Hold("b", 1, 100))
+    assert (await store.reserve(r)).ok
+    e = LedgerEntry(
+        time=NOW, token_id="t1", app="", provider="p", model="m", operation="chat",
+        input_tokens=1, output_tokens=2, cost=1, currency="USD", status="ok", latency_ms=3,
+        request_body='{"q": "é"}', response_body="answer",
+    )
+    assert await store.settle(r.reservation_id, {"b": 1}, e)
+    [row] = await store.ledger()
+    assert row.request_body == '{"q": "é"}' and row.response_body == "answer"
+    assert row.latency_ms == 3 and row.currency == "USD"
+
+
+# -- pending approvals --------------------------------------------------------------------------
+
+def pending(pid: str, created: int = NOW, expires: int = NOW + 300) -> PendingApproval:
+    return PendingApproval(
+        approval_request_id=pid, token_id="t1", digest="ab" * 32, summary=f"approve {pid}?",
+        created_at=created, expires_at=expires,
+    )
+
+
+async def test_pending_approvals_lifecycle(store: Store) -> None:
+    await store.add_pending(pending("p1", created=NOW))
+    await store.add_pending(pending("p2", created=NOW + 1))
+    await store.add_pending(pending("p3", created=NOW + 2, expires=NOW + 10))
+    assert await store.get_pending("nope") is None
+    got = await store.get_pending("p1")
+    assert got == pending("p1")
+    assert [p.approval_request_id for p in await store.list_pending(NOW + 5)] == [
+        "p1", "p2", "p3"]
+    assert [p.approval_request_id for p in await store.list_pending(NOW + 20)] == ["p1", "p2"]
+    assert await store.resolve_pending("p1", "approved", "cwa1_xyz")
+    assert not await store.resolve_pending("p1", "denied", None)
+    assert not await store.resolve_pending("nope", "denied", None)
+    p1 = await store.get_pending("p1")
+    assert p1 is not None and p1.status == "approved" and p1.approval == "cwa1_xyz"
+    assert await store.resolve_pending("p2", "denied", None)
+    assert await store.list_pending(NOW + 5) == [pending("p3", NOW + 2, NOW + 10)]
+
+
+async def test_resolve_pending_rejects_unknown_status(store: Store) -> None:
+    await store.add_pending(pending("p1"))
+    with pytest.raises(ValueError):
+        await store.resolve_pending("p1", "pending", None)
+
+
+# -- lifecycle --------------------------------------------------------------------------------
+
+async def test_state_survives_reopening(opener: Opener) -> None:
+    a = opener()
+    r = res(Hold("b", 9, 100))
+    assert (await a.reserve(r)).ok
+    await a.revoke("tok", NOW)
+    await a.close()
+    b = opener()
+    try:
+        assert await b.counters(["b"]) == {"b": 9}
+        assert await b.is_revoked("tok")
+        assert await b.settle(r.reservation_id, {"b": 3}, entry(cost=3))
+    finally:
+        await b.close()
+
+
+async def test_closed_store_is_unavailable(opener: Opener) -> None:
+    s = opener()
+    await s.close()
+    await s.close()  # idempotent
+    with pytest.raises(StoreUnavailable):
+        await s.reserve(res(Hold("b", 1, 10)))
+    with pytest.raises(StoreUnavailable):
+        await s.is_revoked("tok")
