@@ -165,8 +165,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print("effective limits (the intersection of all caveats):")
         for name, value in limits.items():
             if name == "counters":
-                for c in eff.counters:
-                    print(f"  {c.describe()}  [counter {c.counter_id}]")
+                for counter in eff.counters:
+                    print(f"  {counter.describe()}  [counter {counter.counter_id}]")
             elif name in ("expires", "not_before") and value is not None:
                 print(f"  {name}: {_iso(value)}")
             elif value not in (None, [], {}, False):
