@@ -44,10 +44,12 @@ LIMITS = {
 _MAX_OPS = argon2id.OPSLIMIT_SENSITIVE
 _MAX_MEM = argon2id.MEMLIMIT_SENSITIVE
 
+# What each provider's own SDK uses as base URL (OpenAI-flavor APIs end in /v1).
 DEFAULT_BASE_URLS = {
-    "openai": "https://api.openai.com",
+    "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
 }
+APIS = ("openai", "anthropic")
 
 
 class KeystoreError(Exception):
@@ -63,15 +65,17 @@ class ProviderEntry:
     """A provider account. ``repr`` never shows the key."""
 
     name: str
+    api: str  # the API flavor: openai | anthropic
     base_url: str
     added_at: int
     key: str
 
     def __repr__(self) -> str:
-        return f"ProviderEntry(name={self.name!r}, base_url={self.base_url!r})"
+        return f"ProviderEntry(name={self.name!r}, api={self.api!r}, base_url={self.base_url!r})"
 
     def public(self) -> dict[str, Any]:
-        return {"name": self.name, "base_url": self.base_url, "added_at": self.added_at}
+        return {"name": self.name, "api": self.api, "base_url": self.base_url,
+                "added_at": self.added_at}
 
 
 def kdf_limits() -> tuple[int, int]:
@@ -167,16 +171,21 @@ class Keystore:
     def providers(self) -> dict[str, ProviderEntry]:
         out: dict[str, ProviderEntry] = {}
         for name, p in self._data["providers"].items():
-            out[name] = ProviderEntry(name, p["base_url"], int(p["added_at"]), p["key"])
+            out[name] = ProviderEntry(
+                name, p.get("api", "openai"), p["base_url"], int(p["added_at"]), p["key"]
+            )
         return out
 
     def provider_key(self, name: str) -> str:
         """The API key of provider ``name``; KeyError if there is none."""
         return str(self._data["providers"][name]["key"])
 
-    def add_provider(self, name: str, key: str, base_url: str) -> None:
+    def add_provider(self, name: str, key: str, base_url: str, api: str) -> None:
+        if api not in APIS:
+            raise KeystoreError(f"api must be one of {', '.join(APIS)}")
         self._data["providers"][name] = {
-            "key": key, "base_url": base_url.rstrip("/"), "added_at": int(time.time()),
+            "key": key, "api": api, "base_url": base_url.rstrip("/"),
+            "added_at": int(time.time()),
         }
 
     def remove_provider(self, name: str) -> bool:
