@@ -1,0 +1,110 @@
+"""``python -m reference_relay --config relay.toml [--host 127.0.0.1] [--port N]``
+
+Serves the relay with uvicorn on loopback by default. ``--port 0`` picks a free port; the
+first line on stdout is ``relay listening on http://HOST:PORT`` once it accepts connections.
+
+Limits on what a client may send (documented here because they are set here):
+* request line + headers: at most HEADER_LIMIT bytes (uvicorn/h11 answers 400 beyond it); a
+  capability token is at most 8192 characters (capwallet.token.MAX_TOKEN_CHARS);
+* body: ``max_body_bytes`` from the config, 4 MiB by default (413 beyond it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from capwallet.keys import KeyFileError
+from capwallet.store import StoreUnavailable
+from reference_relay.app import create_app
+from reference_relay.config import ConfigError, load_config
+
+HEADER_LIMIT = 16 * 1024
+log = logging.getLogger("reference_relay")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket created with IPPROTO_TCP, so asyncio turns on TCP_NODELAY for its
+    connections (without it small responses wait on Nagle's algorithm and delayed ACKs)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reference_relay",
+                                     description="Serve the capwallet reference relay.")
+    parser.add_argument("--config", required=True, help="relay TOML config")
+    parser.add_argument("--host", help="address to listen on (default: the config's, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: the config's; 0 = any free)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+        app = create_app(config)
+    except (ConfigError, KeyFileError, ValueError, StoreUnavailable) as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    relay = app.state.relay
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(relay.redactor)
+    host = args.host or config.host
+    port = config.port if args.port is None else args.port
+    if not _is_loopback(host):
+        log.warning("listening on %s, which is not loopback: tokens travel in clear text "
+                    "unless a TLS proxy fronts the relay; set relay.allowed_hosts", host)
+    try:
+        sock = listen(host, port)
+    except OSError as exc:
+        print(f"relay: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    server = uvicorn.Server(uvicorn.Config(
+        app, http="h11", lifespan="on", log_config=None, log_level=args.log_level,
+        access_log=False, h11_max_incomplete_event_size=HEADER_LIMIT,
+        timeout_graceful_shutdown=int(config.upstream_timeout) + 5, server_header=False,
+    ))
+
+    async def serve() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.005)
+        if server.started:
+            h, p = sock.getsockname()[:2]
+            url = f"http://[{h}]:{p}" if ":" in h else f"http://{h}:{p}"
+            print(f"relay listening on {url}", flush=True)
+        await task
+
+    with sock:
+        asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,557 @@
+"""The relay as an ASGI app: authenticate, verify, reserve, forward, settle.
+
+``create_app(config)`` returns a Starlette app whose routes are all under /v1 plus /healthz,
+so the wallet can mount it in its own process. Request path for a model call:
+
+1. the capability token from ``Authorization: Bearer`` (OpenAI SDK) or ``x-api-key``
+   (Anthropic SDK); the body (at most ``max_body_bytes``) as JSON;
+2. the token's chain is checked (cached by the one Verifier) and the revocation list read;
+3. the model is routed to a configured provider; the request's worst case is computed
+   (reference_relay.estimate) and priced in every currency the token budgets or confirms in;
+4. the Verifier decides, with the current counters; confirmation_required creates a pending
+   approval in the store and answers with its id and URL;
+5. the worst case is reserved atomically on every counter (all or none; an approval is consumed
+   in the same step), then the call is forwarded and settled (reference_relay.calls).
+
+Nothing here returns a traceback, a provider key or a token: errors are JSON with a reason code
+(reference_relay.errors) and logs name the token id only (LogRedactor scrubs anything else).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from functools import lru_cache
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request as HttpRequest
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from capwallet.approval import request_digest
+from capwallet.keys import Keyring, RootKey
+from capwallet.limits import CounterLimit, EffectiveLimits
+from capwallet.money import format_minor
+from capwallet.periods import period_key
+from capwallet.reasons import Reason, TokenError
+from capwallet.store import (
+    Hold,
+    LedgerEntry,
+    PendingApproval,
+    Reservation,
+    Store,
+    StoreUnavailable,
+    open_store,
+)
+from capwallet.verify import Decision, Request, Verifier
+from reference_relay.calls import Call
+from reference_relay.config import ModelConfig, ProviderConfig, RelayConfig
+from reference_relay.errors import (
+    BAD_HOST,
+    INTERNAL_ERROR,
+    INVALID_REQUEST,
+    METHOD_NOT_ALLOWED,
+    MISSING_TOKEN,
+    MODEL_NOT_FOUND,
+    NOT_FOUND,
+    REQUEST_TOO_LARGE,
+    STORE_UNAVAILABLE,
+    WRONG_API,
+    RelayError,
+    error_response,
+)
+from reference_relay.estimate import InputEstimate
+from reference_relay.prices import Price
+from reference_relay.routes import Endpoint
+from reference_relay.routes.anthropic import Messages
+from reference_relay.routes.openai import ChatCompletions, Embeddings
+from reference_relay.upstream import Upstream, provider_key_missing
+
+log = logging.getLogger("reference_relay")
+APPROVAL_HEADER = "x-capwallet-approval"
+_TOKEN_TEXT = re.compile(r"cwt1_[A-Za-z0-9_-]{4,}")
+_KIND_REASON = {"budget": Reason.BUDGET_EXCEEDED, "quota": Reason.QUOTA_EXCEEDED,
+                "rate": Reason.RATE_LIMITED}
+
+
+class LogRedactor(logging.Filter):
+    """Removes provider keys and capability tokens from log records (defence in depth)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def add(self, secret: str) -> None:
+        if secret and len(self.secrets) < 1024:
+            self.secrets.add(secret)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:
+            return True
+        clean = _TOKEN_TEXT.sub("cwt1_[redacted]", msg) if "cwt1_" in msg else msg
+        for s in self.secrets:
+            if s in clean:
+                clean = clean.replace(s, "[provider key redacted]")
+        if clean is not msg:
+            record.msg, record.args = clean, None
+        return True
+
+
+@lru_cache(maxsize=4096)
+def _period(period: str, tz: str, minute: int) -> str:
+    return period_key(period, minute * 60, tz)
+
+
+def counter_keys(limits: EffectiveLimits, now: int) -> list[str]:
+    """The counter keys the verifier will debit at ``now`` (same rule as capwallet.verify)."""
+    minute = now // 60
+    return [f"{c.counter_id}/{_period(c.period, c.tz, minute)}" for c in limits.counters]
+
+
+def worst_raw_cost(price: Price, est: InputEstimate, output_tokens: int) -> int:
+    plain = price.raw_cost(input_tokens=est.tokens, output_tokens=output_tokens)
+    if not est.cache_write:
+        return plain
+    return max(plain, price.raw_cost(input_tokens=0, cache_write_tokens=est.tokens,
+                                     output_tokens=output_tokens))
+
+
+def _fmt(c: CounterLimit, n: int) -> str:
+    return format_minor(n, c.unit) if c.kind == "budget" else f"{n} {c.unit}"
+
+
+class HostGuard:
+    """Answers only to the Host names the config allows (defeats DNS rebinding)."""
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
+        self.app = app
+        self.any = "*" in allowed
+        self.allowed = frozenset(h.lower().strip("[]") for h in allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self.any:
+            host = ""
+            for k, v in scope["headers"]:
+                if k == b"host":
+                    host = v.decode("latin-1").lower()
+                    break
+            name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+            if name not in self.allowed:
+                err = RelayError(BAD_HOST, "this relay does not serve that Host name")
+                await error_response(err)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class Relay:
+    """The relay's state: config, keys and one Verifier, store, upstream pool, tasks."""
+
+    def __init__(self, config: RelayConfig, store: Store | None, keys: Keyring | None,
+                 provider_keys: Callable[[str], str] | None) -> None:
+        self.config = config
+        self.keys = keys if keys is not None else Keyring(RootKey.load(p)
+                                                          for p in config.root_keys)
+        self.verifier = Verifier(self.keys)
+        self.owns_store = store is None
+        self.store = store if store is not None else open_store(config.store_url)
+        self.provider_keys = provider_keys or config.default_provider_keys
+        self.converter = config.converter
+        self.upstream = Upstream(config)
+        self.redactor = LogRedactor()
+        for name in ("reference_relay", "reference_relay.calls"):
+            logging.getLogger(name).addFilter(self.redactor)
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.sweeper: asyncio.Task[None] | None = None
+        self.index: dict[str, list[tuple[ProviderConfig, ModelConfig]]] = {}
+        for p in config.providers:
+            for m in p.models.values():
+                self.index.setdefault(m.id, []).append((p, m))
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the lease sweeper (idempotent; also done lazily on the first request, so a
+        relay mounted inside another app, whose lifespan does not reach it, still sweeps)."""
+        if self.sweeper is None or self.sweeper.done():
+            self.sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def aclose(self, grace: float = 30.0) -> None:
+        """Stop sweeping, let in-flight calls settle (up to ``grace`` seconds), close pools."""
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=grace)
+        await self.upstream.aclose()
+        if self.owns_store:
+            await self.store.close()
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.start()
+        try:
+            yield
+        finally:
+            await self.aclose()
+
+    async def _sweep(self) -> None:
+        while True:
+            try:
+                n = await self.store.expire_leases(int(time.time()))
+                if n:
+                    log.warning("closed %d reservation(s) whose lease expired", n)
+            except StoreUnavailable as exc:
+                log.error("lease sweep failed: %s", exc)
+            await asyncio.sleep(self.config.sweep_interval)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("background task failed: %s: %s", type(exc).__name__, exc)
+
+    # -- request pieces ---------------------------------------------------------------------
+
+    @staticmethod
+    def token(request: HttpRequest) -> str:
+        auth = request.headers.get("authorization")
+        if auth is not None:
+            scheme, _, value = auth.partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise RelayError(Reason.MALFORMED.value,
+                                 "the Authorization header must be 'Bearer cwt1_...'")
+            return value.strip()
+        value = request.headers.get("x-api-key", "").strip()
+        if not value:
+            raise RelayError(MISSING_TOKEN, "send your capability token as 'Authorization: "
+                             "Bearer cwt1_...' or 'x-api-key: cwt1_...'")
+        return value
+
+    async def body(self, request: HttpRequest) -> bytes:
+        limit = self.config.max_body_bytes
+        too_large = RelayError(REQUEST_TOO_LARGE, f"the request body is larger than the relay's "
+                               f"limit of {limit} bytes")
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def route(self, model_id: str, ep: Endpoint,
+              limits: EffectiveLimits) -> tuple[ProviderConfig, ModelConfig]:
+        candidates = self.index.get(model_id)
+        if not candidates:
+            raise RelayError(MODEL_NOT_FOUND, f"no provider of this relay serves model "
+                             f"{model_id!r}; GET /v1/models lists the models your token may use")
+        same_api = [c for c in candidates if c[0].api == ep.api]
+        if not same_api:
+            other = "/v1/messages (Anthropic API)" if ep.api == "openai" else (
+                "/v1/chat/completions (OpenAI API)")
+            raise RelayError(WRONG_API, f"model {model_id!r} is served through {other}")
+        allowed = [c for c in same_api if limits.providers is None or c[0].id in limits.providers]
+        # No allowed provider: route to the first anyway, and the Verifier names the refusal.
+        return (allowed or same_api)[0]
+
+    def costs(self, price: Price, raw: int,
+              limits: EffectiveLimits) -> tuple[dict[str, int], list[str]]:
+        """Worst-case cost in every currency the token budgets or confirms in, and the rates
+        used to get there (a currency with no rate is left out: the verifier says
+        price_unknown)."""
+        wanted = [c.unit for c in limits.counters if c.kind == "budget"]
+        wanted += [c for c in limits.confirm_above if c not in wanted]
+        out: dict[str, int] = {}
+        rates: list[str] = []
+        for currency in wanted:
+            got = self.converter.cost(price, raw, currency)
+            if got is None:
+                continue
+            out[currency] = got[0]
+            if got[1] is not None and got[1].describe() not in rates:
+                rates.append(got[1].describe())
+        return out, rates
+
+    def fx_note(self, rates: list[str]) -> str:
+        if not rates:
+            return ""
+        date = f" of {self.config.rates_date}" if self.config.rates_date else ""
+        return f" (prices converted at {', '.join(rates)}, the relay's configured rate{date})"
+
+    # -- the model-call pipeline ------------------------------------------------------------
+
+    def endpoint(self, ep: Endpoint) -> Callable[[HttpRequest], Coroutine[Any, Any, Response]]:
+        async def handler(request: HttpRequest) -> Response:
+            started = time.perf_counter()
+            if self.sweeper is None:
+                self.start()
+            try:
+                return await self.handle(request, ep, started)
+            except RelayError as err:
+                return error_response(err, ep.errors)
+            except StoreUnavailable as exc:
+                log.error("store unavailable: %s", exc)
+                return error_response(RelayError(
+                    STORE_UNAVAILABLE, "the relay's counter store is unavailable, so the "
+                    "request was not forwarded; retry later"), ep.errors)
+            except Exception as exc:
+                log.exception("internal error on %s: %s", ep.route, type(exc).__name__)
+                return error_response(RelayError(INTERNAL_ERROR, "internal error in the relay; "
+                                                 "the request was not completed"), ep.errors)
+
+        return handler
+
+    async def handle(self, request: HttpRequest, ep: Endpoint, started: float) -> Response:
+        token = self.token(request)
+        raw = await self.body(request)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise RelayError(INVALID_REQUEST, "the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise RelayError(INVALID_REQUEST, "the request body must be a JSON object")
+        model_id = body.get("model")
+        if not isinstance(model_id, str) or not model_id:
+            raise RelayError(INVALID_REQUEST, "the request must name a 'model'")
+        try:
+            v = self.verifier.check_token(token)
+        except TokenError as exc:
+            raise RelayError(exc.reason.value, exc.message) from None
+        now = int(time.time())
+        tid = v.token_id_hex
+        limits = v.limits
+        revoked = (tid,) if await self.store.is_revoked(tid) else ()
+        provider, model = self.route(model_id, ep, limits)
+        prepared = ep.prepare(body, raw, provider, model, limits)
+        price = model.price
+        worst = worst_raw_cost(price, prepared.input, prepared.output_tokens)
+        costs, rates = self.costs(price, worst, limits)
+        keys = counter_keys(limits, now)
+        counters = await self.store.counters(keys) if keys else {}
+        approval = request.headers.get(APPROVAL_HEADER)
+        digest = None
+        if approval is not None or limits.confirm_above or limits.ask_first:
+            digest = request_digest("POST", request.url.path, raw)
+        decision = self.verifier.verify(token, Request(
+            provider=provider.id, model=model_id, operation=ep.operation,
+            input_tokens=prepared.input.tokens, output_tokens=prepared.output_tokens, cost=costs,
+            zero_retention=provider.zero_retention, approval=approval, digest=digest,
+        ), now, counters, revoked)
+        app_name = limits.apps[0] if limits.apps else ""
+        if not decision.allowed:
+            return await self.deny(decision, ep, provider, model, app_name, digest, raw,
+                                   request.url.path, rates, now)
+        key = self.provider_keys(provider.id)
+        if not key and provider.api_key_env:
+            raise provider_key_missing(provider)
+        self.redactor.add(key)
+        budgets = [d for d in decision.debits if d.kind == "budget"]
+        ledger_currency = budgets[0].unit if budgets else price.currency
+        worst_ledger = costs.get(ledger_currency)
+        if worst_ledger is None:
+            got = self.converter.cost(price, worst, ledger_currency)
+            worst_ledger = got[0] if got else 0
+        reservation = Reservation(
+            reservation_id=secrets.token_hex(16), token_id=tid,
+            holds=tuple(Hold(d.counter_key, d.amount, d.limit, d.resets_at)
+                        for d in decision.debits),
+            lease_until=now + self.config.lease_seconds(provider),
+            approval_id=decision.approval_id, created_at=now,
+            meta={"app": app_name, "provider": provider.id, "model": model.id,
+                  "operation": ep.operation, "input_tokens": prepared.input.tokens,
+                  "output_tokens": prepared.output_tokens, "cost": worst_ledger,
+                  "currency": ledger_currency},
+        )
+        result = await self.store.reserve(reservation)
+        if not result.ok:
+            err = self.reserve_error(decision, limits, result.failed_counter, result.used,
+                                     result.approval_used, rates, now)
+            self.record_denial(tid, app_name, provider, model, ep, err.code, now)
+            return error_response(err, ep.errors)
+        fwd = {h: request.headers[h] for h in ("anthropic-version", "anthropic-beta")
+               if h in request.headers}
+        call = Call(
+            store=self.store, upstream=self.upstream, converter=self.converter,
+            spawn=self.spawn, endpoint=ep, provider=provider, model=model, prepared=prepared,
+            token_id=tid, app=app_name, debits=decision.debits,
+            reservation_id=reservation.reservation_id, worst_raw=worst,
+            ledger_currency=ledger_currency, key=key, started=started,
+            log_bodies=self.config.log_bodies and limits.logging == "full",
+            max_log_bytes=self.config.max_log_body_bytes, request_body=raw,
+            forward_headers=fwd,
+            response_headers={"x-capwallet-fx": "; ".join(rates)} if rates else {},
+        )
+        return await call.run()
+
+    def reserve_error(self, decision: Decision, limits: EffectiveLimits, failed: str | None,
+                      used: int, approval_used: bool, rates: list[str], now: int) -> RelayError:
+        if approval_used:
+            return RelayError(Reason.APPROVAL_INVALID.value,
+                              "this approval was already used; each approval allows one call")
+        debit = next((d for d in decision.debits if d.counter_key == failed), None)
+        if debit is None:
+            return RelayError(STORE_UNAVAILABLE, "the reservation failed")
+        counter_id = debit.counter_key.split("/", 1)[0]
+        limit = next(c for c in limits.counters if c.counter_id == counter_id)
+        left = max(debit.limit - used, 0)
+        reason = _KIND_REASON[debit.kind]
+        extra = {"limit": debit.limit, "used": used, "left": left, "needed": debit.amount,
+                 "unit": debit.unit, "resets_at": debit.resets_at}
+        headers = {}
+        if debit.resets_at is not None and debit.kind != "budget":
+            headers["retry-after"] = str(max(debit.resets_at - now, 1))
+        note = self.fx_note(rates) if debit.kind == "budget" else ""
+        return RelayError(reason.value, f"{limit.describe()}: {_fmt(limit, used)} used, "
+                          f"{_fmt(limit, left)} left; this call needs up to "
+                          f"{_fmt(limit, debit.amount)}{note}", extra=extra, headers=headers)
+
+    async def deny(self, decision: Decision, ep: Endpoint, provider: ProviderConfig,
+                   model: ModelConfig, app_name: str, digest: bytes | None, raw: bytes,
+                   path: str, rates: list[str], now: int) -> Response:
+        reason = decision.reason
+        code = reason.value if reason is not None else INTERNAL_ERROR
+        message = decision.message
+        extra: dict[str, Any] = {}
+        headers: dict[str, str] = {}
+        if reason in (Reason.BUDGET_EXCEEDED, Reason.PRICE_UNKNOWN, Reason.CONFIRMATION_REQUIRED):
+            message += self.fx_note(rates)
+        if reason == Reason.RATE_LIMITED:
+            headers["retry-after"] = str(60 - now % 60)
+        if reason == Reason.CONFIRMATION_REQUIRED and decision.token_id is not None:
+            pid = secrets.token_hex(16)
+            if digest is None:
+                digest = request_digest("POST", path, raw)
+            await self.store.add_pending(PendingApproval(
+                approval_request_id=pid, token_id=decision.token_id, digest=digest.hex(),
+                summary=f"{app_name or 'an app'} wants to call {model.id} at {provider.id}: "
+                        f"{decision.message}",
+                created_at=now, expires_at=now + self.config.approval_ttl,
+            ))
+            url = f"{self.config.wallet_url}/approvals/{pid}" if self.config.wallet_url else None
+            extra = {"approval_request_id": pid, "approval_url": url}
+            message += (f". Approve it in the wallet ({url or 'pending approvals'}), then retry "
+                        f"the same request with the header X-Capwallet-Approval: cwa1_...")
+            headers["x-capwallet-approval-request"] = pid
+        if decision.token_id is not None:
+            self.record_denial(decision.token_id, app_name, provider, model, ep, code, now)
+        return error_response(RelayError(code, message, extra=extra, headers=headers), ep.errors)
+
+    def record_denial(self, token_id: str, app_name: str, provider: ProviderConfig,
+                      model: ModelConfig, ep: Endpoint, code: str, now: int) -> None:
+        """One ledger row for a refused call (the store records rows through reservations:
+        an empty one, closed at once, charges nothing)."""
+        async def write() -> None:
+            rid = secrets.token_hex(16)
+            await self.store.reserve(Reservation(rid, token_id, (), now + 60, created_at=now))
+            await self.store.release(rid, LedgerEntry(
+                time=now, token_id=token_id, app=app_name, provider=provider.id, model=model.id,
+                operation=ep.operation, input_tokens=0, output_tokens=0, cost=0,
+                currency=model.price.currency, status=f"denied:{code}", latency_ms=0,
+                reservation_id=rid))
+            log.info("denied token=%s model=%s reason=%s", token_id, model.id, code)
+
+        self.spawn(write())
+
+    # -- other routes -----------------------------------------------------------------------
+
+    async def models(self, request: HttpRequest) -> Response:
+        flavor = "anthropic" if "anthropic-version" in request.headers else "openai"
+        try:
+            token = self.token(request)
+            v = self.verifier.check_token(token)
+            revoked = (v.token_id_hex,) if await self.store.is_revoked(v.token_id_hex) else ()
+            decision = self.verifier.verify(token, Request(), int(time.time()), {}, revoked)
+            if not decision.allowed:
+                raise RelayError(decision.reason.value if decision.reason else INTERNAL_ERROR,
+                                 decision.message)
+        except TokenError as exc:
+            return error_response(RelayError(exc.reason.value, exc.message), flavor)
+        except RelayError as err:
+            return error_response(err, flavor)
+        except StoreUnavailable:
+            return error_response(RelayError(STORE_UNAVAILABLE, "the store is unavailable"),
+                                  flavor)
+        lim = v.limits
+        listed = [
+            (p, m) for p in self.config.providers for m in p.models.values()
+            if (lim.providers is None or p.id in lim.providers)
+            and (lim.models is None or m.id in lim.models)
+        ]
+        if flavor == "anthropic":
+            data = [{"type": "model", "id": m.id, "display_name": m.id,
+                     "created_at": "1970-01-01T00:00:00Z"} for p, m in listed]
+            return JSONResponse({"data": data, "has_more": False,
+                                 "first_id": data[0]["id"] if data else None,
+                                 "last_id": data[-1]["id"] if data else None})
+        return JSONResponse({"object": "list", "data": [
+            {"id": m.id, "object": "model", "created": 0, "owned_by": p.id} for p, m in listed
+        ]})
+
+    async def healthz(self, request: HttpRequest) -> Response:
+        try:
+            await self.store.is_revoked("healthz")
+        except StoreUnavailable:
+            return JSONResponse({"status": "store_unavailable"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+
+def create_app(config: RelayConfig, *, store: Store | None = None, keys: Keyring | None = None,
+               provider_keys: Callable[[str], str] | None = None) -> Starlette:
+    """The relay as a Starlette app (routes under /v1 and /healthz only).
+
+    ``store`` defaults to ``open_store(config.store_url)`` (then closed with the app), ``keys``
+    to the root key files named in the config, ``provider_keys`` (provider id -> API key) to
+    reading the environment variable the config names. Mounted in another app, whose lifespan
+    does not reach it, the relay starts its lease sweeper on the first request; call
+    ``app.state.relay.aclose()`` on shutdown, and add ``app.state.relay.redactor`` to your log
+    handlers to keep provider keys and tokens out of every log line.
+    """
+    relay = Relay(config, store, keys, provider_keys)
+    chat, messages, embeddings = ChatCompletions(), Messages(), Embeddings()
+
+    async def not_found(request: HttpRequest, exc: Exception) -> Response:
+        flavor = "anthropic" if request.url.path == "/v1/messages" else "openai"
+        code = METHOD_NOT_ALLOWED if isinstance(exc, HTTPException) and exc.status_code == 405 \
+            else NOT_FOUND
+        return error_response(RelayError(code, f"no route for {request.method} "
+                                         f"{request.url.path}"), flavor)
+
+    async def crashed(request: HttpRequest, exc: Exception) -> Response:
+        log.error("unhandled %s on %s", type(exc).__name__, request.url.path)
+        return error_response(RelayError(INTERNAL_ERROR, "internal error in the relay"))
+
+    app = Starlette(
+        routes=[
+            Route(chat.route, relay.endpoint(chat), methods=["POST"]),
+            Route(messages.route, relay.endpoint(messages), methods=["POST"]),
+            Route(embeddings.route, relay.endpoint(embeddings), methods=["POST"]),
+            Route("/v1/models", relay.models, methods=["GET"]),
+            Route("/healthz", relay.healthz, methods=["GET"]),
+        ],
+        middleware=[Middleware(HostGuard, allowed=config.allowed_hosts)],
+        exception_handlers={HTTPException: not_found, Exception: crashed},
+        lifespan=relay.lifespan,
+    )
+    app.state.relay = relay
+    return app

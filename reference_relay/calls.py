@@ -1,0 +1,323 @@
+"""One admitted call, from its reservation to its settlement: forward, meter, settle, log.
+
+The upstream work runs in a task of its own that the app's connection cannot cancel: if the
+app disconnects (mid-stream or while waiting for a non-streamed answer) the relay still reads
+the provider's answer to the end, meters it and settles, because the provider bills it anyway.
+
+Settlement rules (see also reference_relay.metering):
+
+* provider answered with usage: charge the actual cost of the reported tokens;
+* provider failed before any output (connection refused or reset, an HTTP error status, no
+  event received): release the whole reservation, charge nothing;
+* output started but the final usage never came (stream cut, usage missing, malformed body,
+  timeout after the request was sent): charge conservatively, the reserved worst case for the
+  output and the provider's input count if it sent one, else the input estimate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from capwallet.store import LedgerEntry, Store, StoreUnavailable
+from capwallet.verify import Debit
+from reference_relay.config import ModelConfig, ProviderConfig
+from reference_relay.errors import UPSTREAM_ERROR, RelayError, error_response, sse_error_event
+from reference_relay.metering import StreamMeter, Usage, usage_from_body
+from reference_relay.prices import Converter
+from reference_relay.routes import Endpoint, Prepared
+from reference_relay.upstream import Upstream, transport_error, upstream_status_error
+
+log = logging.getLogger("reference_relay.calls")
+STREAM_QUEUE = 64
+_PASS_HEADERS = ("x-request-id", "request-id", "openai-processing-ms")
+
+
+@dataclass(slots=True)
+class Call:
+    """Everything known about one admitted call."""
+
+    store: Store
+    upstream: Upstream
+    converter: Converter
+    spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
+    endpoint: Endpoint
+    provider: ProviderConfig
+    model: ModelConfig
+    prepared: Prepared
+    token_id: str
+    app: str
+    debits: tuple[Debit, ...]
+    reservation_id: str
+    worst_raw: int  # worst-case cost in the price's raw units (see prices.Price.raw_cost)
+    ledger_currency: str
+    key: str
+    started: float  # time.perf_counter() when the request arrived
+    log_bodies: bool
+    max_log_bytes: int
+    request_body: bytes
+    forward_headers: dict[str, str] = field(default_factory=dict)  # anthropic-version/-beta
+    response_headers: dict[str, str] = field(default_factory=dict)  # e.g. the exchange rate
+    _settled: bool = False
+
+    # -- money ------------------------------------------------------------------------------
+
+    def raw_cost(self, usage: Usage | None, final: bool) -> tuple[int, int, int]:
+        """(raw cost, input tokens, output tokens) to charge for this outcome."""
+        price = self.model.price
+        if usage is not None and final and usage.complete:
+            assert usage.input_tokens is not None and usage.output_tokens is not None
+            tokens_in = usage.input_tokens + usage.cached_input_tokens + usage.cache_write_tokens
+            return price.raw_cost(
+                input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                cached_input_tokens=usage.cached_input_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+            ), tokens_in, usage.output_tokens
+        worst_out = self.prepared.output_tokens
+        if usage is not None and usage.input_tokens is not None:
+            tokens_in = usage.input_tokens + usage.cached_input_tokens + usage.cache_write_tokens
+            raw = price.raw_cost(
+                input_tokens=usage.input_tokens, output_tokens=worst_out,
+                cached_input_tokens=usage.cached_input_tokens,
+                cache_write_tokens=usage.cache_write_tokens)
+            return min(raw, self.worst_raw) if tokens_in <= self.prepared.input.tokens else raw, \
+                tokens_in, worst_out
+        return self.worst_raw, self.prepared.input.tokens, worst_out
+
+    def _money(self, raw: int, currency: str) -> int:
+        got = self.converter.cost(self.model.price, raw, currency)
+        if got is None:  # cannot happen for budgets (the verifier denied price_unknown)
+            raise RelayError(UPSTREAM_ERROR, f"no exchange rate to {currency}")
+        return got[0]
+
+    async def settle(self, usage: Usage | None, final: bool, status: str,
+                     response_body: bytes | None = None) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        raw, tokens_in, tokens_out = self.raw_cost(usage, final)
+        actual: dict[str, int] = {}
+        for d in self.debits:
+            if d.kind == "budget":
+                actual[d.counter_key] = self._money(raw, d.unit)
+            elif d.kind == "quota":
+                actual[d.counter_key] = tokens_in + tokens_out
+            else:
+                actual[d.counter_key] = 1
+        cost = self._money(raw, self.ledger_currency)
+        entry = self._entry(status, tokens_in, tokens_out, cost, response_body)
+        try:
+            await self.store.settle(self.reservation_id, actual, entry)
+        except StoreUnavailable as exc:
+            # The lease will close it at the reserved (worst-case) amount: never an overspend.
+            log.error("settle failed token=%s reservation=%s: %s", self.token_id,
+                      self.reservation_id, exc)
+        self._log(entry)
+
+    async def release(self, status: str) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        entry = self._entry(status, 0, 0, 0, None)
+        try:
+            await self.store.release(self.reservation_id, entry)
+        except StoreUnavailable as exc:
+            log.error("release failed token=%s reservation=%s: %s", self.token_id,
+                      self.reservation_id, exc)
+        self._log(entry)
+
+    def _entry(self, status: str, tokens_in: int, tokens_out: int, cost: int,
+               response_body: bytes | None) -> LedgerEntry:
+        def text(b: bytes | None) -> str | None:
+            if not self.log_bodies or b is None:
+                return None
+            return b[: self.max_log_bytes].decode("utf-8", "replace")
+
+        return LedgerEntry(
+            time=int(time.time()), token_id=self.token_id, app=self.app,
+            provider=self.provider.id, model=self.model.id, operation=self.endpoint.operation,
+            input_tokens=tokens_in, output_tokens=tokens_out, cost=cost,
+            currency=self.ledger_currency, status=status,
+            latency_ms=int((time.perf_counter() - self.started) * 1000),
+            reservation_id=self.reservation_id, request_body=text(self.request_body),
+            response_body=text(response_body),
+        )
+
+    def _log(self, e: LedgerEntry) -> None:
+        if log.isEnabledFor(logging.INFO):
+            log.info("call token=%s app=%s provider=%s model=%s status=%s in=%d out=%d "
+                     "cost=%d %s latency_ms=%d", e.token_id, e.app, e.provider, e.model,
+                     e.status, e.input_tokens, e.output_tokens, e.cost, e.currency,
+                     e.latency_ms)
+
+    # -- forwarding -------------------------------------------------------------------------
+
+    def _request(self) -> httpx.Request:
+        return self.upstream.build(self.provider, self.endpoint.upstream_path,
+                                   self.prepared.body, self.key, self.forward_headers)
+
+    async def run(self) -> Response:
+        if self.prepared.stream:
+            return await self._run_stream()
+        # Shielded: a disconnecting app cannot cancel the upstream call or its settlement.
+        return await asyncio.shield(self.spawn(self._plain()))
+
+    async def _plain(self) -> Response:
+        flavor = self.endpoint.errors
+        try:
+            async with asyncio.timeout(self.upstream.timeout(self.provider)):
+                resp = await self.upstream.client.send(self._request())
+        except Exception as exc:
+            err = transport_error(self.provider, exc)
+            if isinstance(exc, (TimeoutError, httpx.ReadTimeout)):
+                # The request reached the provider, which may be generating and billing it.
+                await self.settle(None, False, "upstream_error")
+            else:
+                await self.release("upstream_error")
+            return error_response(err, flavor)
+        body = resp.content
+        if resp.status_code >= 300:
+            await self.release("upstream_error")
+            err, passthrough = upstream_status_error(self.provider, resp.status_code, body,
+                                                     self.key)
+            if passthrough is not None:
+                return Response(passthrough, status_code=resp.status_code,
+                                media_type="application/json",
+                                headers={"x-capwallet-reason": err.code})
+            return error_response(err, flavor)
+        usage = usage_from_body(self.provider.api, body)
+        if usage is None:
+            await self.settle(None, False, "upstream_error", body)
+            return error_response(RelayError(
+                UPSTREAM_ERROR, f"provider {self.provider.id!r} sent an answer without usage; "
+                "it was charged at the reserved worst case"), flavor)
+        await self.settle(usage, True, "ok", body)
+        headers = {h: resp.headers[h] for h in _PASS_HEADERS if h in resp.headers}
+        return Response(body, status_code=resp.status_code, media_type="application/json",
+                        headers={**headers, **self.response_headers})
+
+    async def _run_stream(self) -> Response:
+        pump = _StreamPump(self)
+        self.spawn(pump.run())
+        outcome = await asyncio.shield(pump.ready)
+        if outcome is not None:
+            err, passthrough = outcome
+            if passthrough is not None:
+                return Response(passthrough, status_code=err.status,
+                                media_type="application/json",
+                                headers={"x-capwallet-reason": err.code})
+            return error_response(err, self.endpoint.errors)
+        return _RelayStream(pump)
+
+
+class _StreamPump:
+    """Reads the upstream stream to its end whatever the client does, then settles."""
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[tuple[RelayError, bytes | None] | None] = loop.create_future()
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_QUEUE)
+        self.client_gone = False
+        self.finished = False
+        self.log_buf = bytearray() if call.log_bodies else None
+
+    async def emit(self, data: bytes) -> None:
+        if self.log_buf is not None and len(self.log_buf) < self.call.max_log_bytes:
+            self.log_buf += data
+        if not self.client_gone:
+            await self.queue.put(data)
+
+    def client_closed(self) -> None:
+        """The response to the client ended (normally or not): stop queueing for it."""
+        if not self.finished:
+            self.client_gone = True
+        while not self.queue.empty():
+            self.queue.get_nowait()
+
+    async def run(self) -> None:
+        call = self.call
+        p = call.provider
+        meter = StreamMeter(p.api, drop_usage_chunk=not call.prepared.client_wants_usage)
+        resp: httpx.Response | None = None
+        failure: RelayError | None = None
+        try:
+            async with asyncio.timeout(call.upstream.timeout(p)):
+                resp = await call.upstream.client.send(call._request(), stream=True)
+                if resp.status_code >= 300:
+                    body = await resp.aread()
+                    self.ready.set_result(upstream_status_error(p, resp.status_code, body,
+                                                                call.key))
+                    await call.release("upstream_error")
+                    return
+                self.ready.set_result(None)
+                async for chunk in resp.aiter_bytes():
+                    out = meter.feed(chunk)
+                    if out:
+                        await self.emit(out)
+                tail = meter.flush()
+                if tail:
+                    await self.emit(tail)
+        except Exception as exc:
+            failure = transport_error(p, exc)
+            if not self.ready.done():
+                self.ready.set_result((failure, None))
+                await call.release("upstream_error")
+                return
+        finally:
+            if resp is not None:
+                await resp.aclose()
+            if not self.ready.done():  # cancelled before any answer
+                self.ready.set_result((RelayError(UPSTREAM_ERROR, "the call was cancelled"),
+                                       None))
+                await call.release("upstream_error")
+        try:
+            cut = failure is not None or not meter.done
+            if cut:
+                failure = failure or RelayError(
+                    UPSTREAM_ERROR, f"provider {p.id!r} ended the stream early")
+                await self.emit(sse_error_event(failure, call.endpoint.errors))
+            logged = bytes(self.log_buf) if self.log_buf is not None else None
+            if meter.final:
+                status = ("upstream_error" if cut else
+                          "client_disconnected" if self.client_gone else "ok")
+                await call.settle(meter.usage, True, status, logged)
+            elif not meter.saw_event:
+                await call.release("upstream_error")
+            else:
+                await call.settle(meter.usage, False, "client_disconnected" if self.client_gone
+                                  else "upstream_error", logged)
+        finally:
+            self.finished = True
+            if not self.client_gone:
+                await self.queue.put(None)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            yield item
+
+
+class _RelayStream(StreamingResponse):
+    """A streamed answer that tells its pump when the client side is over, however it ends."""
+
+    def __init__(self, pump: _StreamPump) -> None:
+        super().__init__(pump.chunks(), media_type="text/event-stream",
+                         headers={"cache-control": "no-cache", **pump.call.response_headers})
+        self.pump = pump
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.pump.client_closed()

@@ -1,0 +1,248 @@
+"""Worst-case size of a request, before it is sent: the numbers the reservation is made from.
+
+Input tokens, the conservative estimate
+---------------------------------------
+Every tokenizer the supported providers use is byte-level (BPE over UTF-8 bytes, or
+SentencePiece with byte fallback): each token stands for at least one byte of text, so a text
+of B bytes is at most B tokens. JSON escaping only ever adds bytes. So the estimate is
+
+    input_tokens = bytes of the raw request body
+                   - bytes of image payloads (base64 data or URLs)
+                   + IMAGE_TOKENS per image
+                   + PER_MESSAGE_TOKENS per message + PER_REQUEST_TOKENS
+                   + TOOLS_TOKENS if tools are declared
+
+which counts every field (keys, parameters, tool schemas) as if it were prompt text, plus room
+for the chat template and the tool-use system prompt a provider adds. Images are bounded by
+IMAGE_TOKENS each, above what any supported model bills for its largest image.
+
+What cannot be bounded is refused (reason ``unbounded_request``), never guessed: audio, file and
+document inputs, audio output, priced server-side tools (web search, code execution, MCP),
+priority service tiers, predicted outputs.
+
+Output tokens
+-------------
+The worst case is the request's output cap (``max_tokens`` / ``max_completion_tokens``) times
+the number of choices ``n``. When the app gives no cap, the relay sets one: the token's
+``max-output-tokens`` (divided among the ``n`` choices) or else the model's largest output. A
+token's ``max-output-tokens`` bounds the whole request's output (all choices together).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from reference_relay.errors import INVALID_REQUEST, UNBOUNDED_REQUEST, RelayError
+
+IMAGE_TOKENS = 6000
+PER_MESSAGE_TOKENS = 8
+PER_REQUEST_TOKENS = 64
+TOOLS_TOKENS = 1024
+MAX_CHOICES = 128
+
+_OPENAI_TEXT_PARTS = frozenset({"text", "refusal"})
+_ANTHROPIC_TEXT_BLOCKS = frozenset({"text", "tool_use", "thinking", "redacted_thinking",
+                                    "search_result"})
+_ANTHROPIC_CLIENT_TOOLS = ("custom", "bash_", "text_editor_", "computer_")
+
+
+def bad(message: str) -> RelayError:
+    return RelayError(INVALID_REQUEST, message)
+
+
+def unbounded(message: str) -> RelayError:
+    return RelayError(UNBOUNDED_REQUEST, message + " (its cost cannot be bounded in advance, "
+                                                   "so the relay cannot reserve it)")
+
+
+@dataclass(frozen=True, slots=True)
+class InputEstimate:
+    tokens: int
+    images: int = 0
+    cache_write: bool = False  # Anthropic prompt caching asked for: input may cost more
+
+
+def _len(s: Any) -> int:
+    return len(s.encode("utf-8")) if isinstance(s, str) else 0
+
+
+def _openai_content(content: Any, where: str) -> tuple[int, int]:
+    """(images, image payload bytes) of one OpenAI message content."""
+    if content is None or isinstance(content, str):
+        return 0, 0
+    if not isinstance(content, list):
+        raise bad(f"{where}.content must be a string or a list of parts")
+    images = payload = 0
+    for part in content:
+        if not isinstance(part, dict):
+            raise bad(f"{where}.content parts must be objects")
+        kind = part.get("type")
+        if kind in _OPENAI_TEXT_PARTS:
+            continue
+        if kind == "image_url":
+            url = part.get("image_url")
+            images += 1
+            payload += _len(url.get("url") if isinstance(url, dict) else url)
+            continue
+        if kind in ("input_audio", "file"):
+            raise unbounded(f"{where} has a {kind} part")
+        raise unbounded(f"{where} has a content part of unknown type {kind!r}")
+    return images, payload
+
+
+def openai_chat_input(body: Mapping[str, Any], raw_bytes: int) -> InputEstimate:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad("'messages' must be a non-empty list")
+    images = payload = 0
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise bad(f"messages[{i}] must be an object")
+        if "audio" in m and m["audio"] is not None:
+            raise unbounded(f"messages[{i}] refers to audio")
+        n, p = _openai_content(m.get("content"), f"messages[{i}]")
+        images += n
+        payload += p
+    if body.get("audio") is not None or "audio" in (body.get("modalities") or ()):
+        raise unbounded("the request asks for audio output")
+    if body.get("web_search_options") is not None:
+        raise unbounded("the request uses web search, which is billed per call")
+    if body.get("prediction") is not None:
+        raise unbounded("the request uses predicted outputs")
+    if body.get("service_tier") not in (None, "auto", "default", "flex"):
+        raise unbounded(f"service tier {body.get('service_tier')!r} is priced differently")
+    tools = body.get("tools") or body.get("functions")
+    if tools is not None and not isinstance(tools, list):
+        raise bad("'tools' must be a list")
+    for t in tools or ():
+        if isinstance(t, dict) and t.get("type", "function") not in ("function", "custom"):
+            raise unbounded(f"tool type {t.get('type')!r} is billed by the provider per use")
+    tokens = (raw_bytes - payload + images * IMAGE_TOKENS + len(messages) * PER_MESSAGE_TOKENS
+              + PER_REQUEST_TOKENS + (TOOLS_TOKENS if tools else 0))
+    return InputEstimate(tokens, images)
+
+
+def openai_embeddings_input(body: Mapping[str, Any]) -> InputEstimate:
+    """Embedding inputs: strings (bytes bound tokens) or token arrays (counted exactly)."""
+    inp = body.get("input")
+    items = inp if isinstance(inp, list) and inp and not isinstance(inp[0], int) else [inp]
+    tokens = 0
+    for item in items:
+        if isinstance(item, str):
+            tokens += _len(item) + 2
+        elif isinstance(item, list) and all(isinstance(t, int) for t in item):
+            tokens += len(item)
+        else:
+            raise bad("'input' must be a string, a list of strings or token arrays")
+    if not items:
+        raise bad("'input' is empty")
+    return InputEstimate(tokens + PER_REQUEST_TOKENS)
+
+
+def _anthropic_blocks(content: Any, where: str) -> tuple[int, int]:
+    if isinstance(content, str):
+        return 0, 0
+    if not isinstance(content, list):
+        raise bad(f"{where}.content must be a string or a list of blocks")
+    images = payload = 0
+    for j, block in enumerate(content):
+        if not isinstance(block, dict):
+            raise bad(f"{where}.content[{j}] must be an object")
+        kind = block.get("type")
+        if kind in _ANTHROPIC_TEXT_BLOCKS:
+            continue
+        if kind == "image":
+            src = block.get("source")
+            images += 1
+            if isinstance(src, dict):
+                payload += _len(src.get("data")) + _len(src.get("url"))
+            continue
+        if kind == "tool_result":
+            n, p = _anthropic_blocks(block.get("content", ""), f"{where}.content[{j}]")
+            images += n
+            payload += p
+            continue
+        if kind == "document":
+            raise unbounded(f"{where} has a document block")
+        raise unbounded(f"{where} has a content block of type {kind!r}")
+    return images, payload
+
+
+def anthropic_input(body: Mapping[str, Any], raw: bytes) -> InputEstimate:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad("'messages' must be a non-empty list")
+    images = payload = 0
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise bad(f"messages[{i}] must be an object")
+        n, p = _anthropic_blocks(m.get("content"), f"messages[{i}]")
+        images += n
+        payload += p
+    system = body.get("system")
+    if system is not None and not isinstance(system, str):
+        n, p = _anthropic_blocks(system, "system")
+        images += n
+        payload += p
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise bad("'tools' must be a list")
+    for t in tools or ():
+        kind = t.get("type", "custom") if isinstance(t, dict) else None
+        if not isinstance(kind, str) or not kind.startswith(_ANTHROPIC_CLIENT_TOOLS):
+            raise unbounded(f"tool type {kind!r} is a server tool billed by the provider per use")
+    for key in ("mcp_servers", "container"):
+        if body.get(key) is not None:
+            raise unbounded(f"the request uses {key!r}")
+    if body.get("service_tier") not in (None, "auto", "standard_only"):
+        raise unbounded(f"service tier {body.get('service_tier')!r} is priced differently")
+    tokens = (len(raw) - payload + images * IMAGE_TOKENS + len(messages) * PER_MESSAGE_TOKENS
+              + PER_REQUEST_TOKENS + (TOOLS_TOKENS if tools else 0))
+    return InputEstimate(tokens, images, cache_write=b'"cache_control"' in raw)
+
+
+def positive_int(body: Mapping[str, Any], key: str) -> int | None:
+    v = body.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise bad(f"{key!r} must be a positive integer")
+    return v
+
+
+def choices(body: Mapping[str, Any]) -> int:
+    n = positive_int(body, "n") or 1
+    if n > MAX_CHOICES:
+        raise bad(f"'n' may be at most {MAX_CHOICES}")
+    return n
+
+
+@dataclass(frozen=True, slots=True)
+class OutputBound:
+    total: int  # worst-case output tokens of the whole request (all choices)
+    inject: int | None  # per-choice cap to set in the body when the app gave none
+
+
+def output_bound(requested: int | None, n: int, token_cap: int | None,
+                 model_max: int | None, *, unbounded_ok: bool) -> OutputBound:
+    """The request's worst-case output, and the cap to add when the app gave none.
+
+    ``unbounded_ok`` (a free model and no token quota to protect) lets a request with no cap
+    anywhere through with a worst case of 0, since nothing it produces can cost anything.
+    """
+    if requested is not None:
+        return OutputBound(requested * n, None)
+    caps = [c for c in (token_cap // n if token_cap is not None else None, model_max)
+            if c is not None]
+    if caps:
+        cap = min(caps)
+        if cap < 1:
+            raise unbounded(f"the token allows {token_cap} output tokens, fewer than the "
+                            f"{n} choices asked for")
+        return OutputBound(cap * n, cap)
+    if unbounded_ok:
+        return OutputBound(0, None)
+    raise unbounded("the request sets no max_tokens and neither the token nor the model "
+                    "config gives an output limit; set max_tokens")

@@ -1,0 +1,188 @@
+"""What a call really used: usage from provider responses, including server-sent event streams.
+
+Non-streamed responses carry a ``usage`` object. Streams are metered as they pass through:
+
+* OpenAI flavor: the relay always asks for ``stream_options.include_usage``; the provider then
+  sends one last chunk with empty ``choices`` and the ``usage``. If the app did not ask for it,
+  that chunk is dropped from what the app receives.
+* Anthropic flavor: ``message_start`` carries the input usage, each ``message_delta`` the
+  cumulative output usage.
+
+Charging rule when the final usage is missing (stream cut, provider error after output, usage
+not sent): input tokens are the provider's count if it sent one (Anthropic's message_start),
+else the reservation's estimate; output tokens are the reserved worst case (the output cap
+times the choices). What was streamed cannot bound the output from above (hidden reasoning
+tokens and tokens generated after the cut are billed too), so the worst case is charged:
+a broken stream may cost the user its reservation, never an overspend.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+
+
+@dataclass(slots=True)
+class Usage:
+    """Tokens the provider billed. ``input_tokens`` excludes cached and cache-write tokens."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_input_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.input_tokens is not None and self.output_tokens is not None
+
+
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+
+
+def openai_usage(u: Any) -> Usage | None:
+    """Usage from an OpenAI-style ``usage`` object (chat, embeddings, DeepSeek, vLLM...)."""
+    if not isinstance(u, dict) or "prompt_tokens" not in u:
+        return None
+    prompt = _int(u.get("prompt_tokens"))
+    details = u.get("prompt_tokens_details")
+    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    if not cached:
+        cached = _int(u.get("prompt_cache_hit_tokens"))  # DeepSeek
+    cached = min(cached, prompt)
+    return Usage(prompt - cached, _int(u.get("completion_tokens")), cached, 0)
+
+
+def anthropic_usage(u: Any, into: Usage | None = None) -> Usage | None:
+    """Usage from an Anthropic ``usage`` object; fields present override ``into``'s."""
+    if not isinstance(u, dict):
+        return into
+    out = into if into is not None else Usage()
+    if "input_tokens" in u and u["input_tokens"] is not None:
+        out.input_tokens = _int(u["input_tokens"])
+    if "output_tokens" in u and u["output_tokens"] is not None:
+        out.output_tokens = _int(u["output_tokens"])
+    if u.get("cache_read_input_tokens") is not None:
+        out.cached_input_tokens = _int(u["cache_read_input_tokens"])
+    if u.get("cache_creation_input_tokens") is not None:
+        out.cache_write_tokens = _int(u["cache_creation_input_tokens"])
+    return out
+
+
+def usage_from_body(flavor: str, body: bytes) -> Usage | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    if flavor == "anthropic":
+        u = anthropic_usage(data.get("usage"))
+        return u if u is not None and u.complete else None
+    return openai_usage(data.get("usage"))
+
+
+def _data(event: bytes) -> bytes | None:
+    """The data field of one SSE event (multi-line data joined with newlines)."""
+    parts = []
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            v = line[5:]
+            parts.append(v[1:] if v.startswith(b" ") else v)
+    return b"\n".join(parts) if parts else None
+
+
+class StreamMeter:
+    """Reads an SSE stream chunk by chunk: finds usage, and filters what the client gets.
+
+    ``feed`` returns the bytes to pass on (whole events only; a partial event waits for the
+    rest). ``saw_event`` tells whether any output came from the provider at all.
+    """
+
+    def __init__(self, flavor: str, *, drop_usage_chunk: bool) -> None:
+        self.flavor = flavor
+        self.drop_usage_chunk = drop_usage_chunk
+        self.usage: Usage | None = None
+        self.final = False  # the provider's final usage was seen
+        self.saw_event = False
+        self.done = False  # the stream ended normally ([DONE] / message_stop)
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        buf = self._buf + chunk if self._buf else chunk
+        kept: list[bytes] = []
+        dropped = False
+        start = 0
+        for m in _EVENT_END.finditer(buf):
+            if self._event(buf[start:m.start()]):
+                kept.append(buf[start:m.end()])
+            else:
+                dropped = True
+            start = m.end()
+        self._buf = buf[start:]
+        return b"".join(kept) if dropped else buf[:start]
+
+    def flush(self) -> bytes:
+        """Whatever is left at the end of the stream (an unterminated last event)."""
+        rest, self._buf = self._buf, b""
+        if rest.strip() and self._event(rest):
+            return rest
+        return b""
+
+    def _event(self, event: bytes) -> bool:
+        """Meter one event; False to drop it from the client's stream."""
+        data = _data(event)
+        if data is None:
+            return True
+        self.saw_event = True
+        if self.flavor == "anthropic":
+            return self._anthropic(data)
+        return self._openai(data)
+
+    def _openai(self, data: bytes) -> bool:
+        if data == b"[DONE]":
+            self.done = True
+            return True
+        if b'"usage"' not in data or b'"usage":null' in data:
+            return True
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return True
+        if not isinstance(obj, dict):
+            return True
+        u = openai_usage(obj.get("usage"))
+        if u is None:
+            return True
+        self.usage = u
+        self.final = True
+        return not (self.drop_usage_chunk and not obj.get("choices"))
+
+    def _anthropic(self, data: bytes) -> bool:
+        if b"message_start" not in data and b"message_delta" not in data and (
+            b"message_stop" not in data
+        ):
+            return True
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return True
+        if not isinstance(obj, dict):
+            return True
+        kind = obj.get("type")
+        if kind == "message_start":
+            msg = obj.get("message")
+            if isinstance(msg, dict):
+                self.usage = anthropic_usage(msg.get("usage"), self.usage)
+        elif kind == "message_delta":
+            self.usage = anthropic_usage(obj.get("usage"), self.usage)
+            if self.usage is not None and self.usage.output_tokens is not None:
+                self.final = True
+        elif kind == "message_stop":
+            self.done = True
+        return True
+

@@ -1,0 +1,209 @@
+"""Model prices and the cost of a call, in integers only.
+
+A price is minor units of a currency per million tokens, times a stated ``scale`` (so that
+0.075 USD per million tokens is still an integer). The cost of a call is the ceiling of the
+exact rational sum, converted into another currency (a budget's) with a configured exchange
+rate, again rounded up: every rounding goes against the user, never in favour of an overspend.
+
+The default table ships as data (prices.toml beside this module) with its date; a relay config
+may override any model.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from typing import Any
+
+from capwallet.money import EXPONENTS
+
+MILLION = 1_000_000
+
+
+class PriceError(ValueError):
+    """A price table or exchange rate that cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """Prices per million tokens in minor units of ``currency`` times ``scale``."""
+
+    currency: str
+    scale: int
+    input: int
+    output: int
+    cached_input: int | None = None
+    cache_write: int | None = None
+    max_output: int | None = None
+    long_context_above: int | None = None
+    input_long: int | None = None
+    output_long: int | None = None
+
+    @property
+    def is_free(self) -> bool:
+        return all(
+            not p for p in (self.input, self.output, self.cached_input, self.cache_write,
+                            self.input_long, self.output_long)
+        )
+
+    def tier(self, input_tokens: int) -> tuple[int, int]:
+        """(input, output) price for a call with this many input tokens in total."""
+        if self.long_context_above is not None and input_tokens > self.long_context_above:
+            return (self.input_long or self.input, self.output_long or self.output)
+        return self.input, self.output
+
+    def raw_cost(self, *, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0,
+                 cache_write_tokens: int = 0) -> int:
+        """Exact cost in minor units times MILLION * scale (divide and round up to use it).
+
+        ``input_tokens`` excludes cached and cache-write tokens; the long-context tier is
+        chosen on all of them together, as the providers do.
+        """
+        total_in = input_tokens + cached_input_tokens + cache_write_tokens
+        p_in, p_out = self.tier(total_in)
+        cached = self.cached_input if self.cached_input is not None else p_in
+        write = self.cache_write if self.cache_write is not None else 2 * p_in
+        return (input_tokens * p_in + output_tokens * p_out + cached_input_tokens * cached
+                + cache_write_tokens * write)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """1 ``base`` = ``num / den`` ``quote`` (exact, from the decimal text in the config)."""
+
+    base: str
+    quote: str
+    num: int
+    den: int
+    text: str
+
+    def describe(self) -> str:
+        return f"1 {self.base} = {self.text} {self.quote}"
+
+
+def parse_rate(pair: str, value: Any) -> Rate:
+    """``"USD/EUR" = "0.93"`` -> Rate (a decimal string, so no float ever touches money)."""
+    try:
+        base, quote = pair.split("/")
+    except ValueError:
+        raise PriceError(f"exchange rate key {pair!r} must look like 'USD/EUR'") from None
+    for c in (base, quote):
+        if c not in EXPONENTS:
+            raise PriceError(f"exchange rate {pair!r}: unknown currency {c!r}")
+    if not isinstance(value, str):
+        raise PriceError(f"exchange rate {pair!r} must be a decimal string like \"0.93\"")
+    try:
+        d = Decimal(value)
+    except InvalidOperation:
+        raise PriceError(f"exchange rate {pair!r} = {value!r} is not a decimal number") from None
+    if not d.is_finite() or d <= 0:
+        raise PriceError(f"exchange rate {pair!r} must be positive")
+    num, den = d.as_integer_ratio()
+    return Rate(base, quote, num, den, value)
+
+
+class Converter:
+    """Converts exact raw costs into minor units of any currency, rounding up."""
+
+    def __init__(self, rates: Mapping[tuple[str, str], Rate]) -> None:
+        self.rates = dict(rates)
+
+    def factor(self, src: str, dst: str) -> tuple[int, int, Rate | None] | None:
+        """(num, den, rate used) with 1 src = num/den dst, or None when no rate is known."""
+        if src == dst:
+            return 1, 1, None
+        r = self.rates.get((src, dst))
+        if r is not None:
+            return r.num, r.den, r
+        r = self.rates.get((dst, src))
+        if r is not None:
+            return r.den, r.num, r
+        return None
+
+    def cost(self, price: Price, raw: int, currency: str) -> tuple[int, Rate | None] | None:
+        """Minor units of ``currency`` for a raw cost in ``price``'s terms, rounded up."""
+        f = self.factor(price.currency, currency)
+        if f is None:
+            return None
+        num, den, rate = f
+        exp = EXPONENTS[currency] - EXPONENTS[price.currency]
+        top = raw * num * (10 ** max(exp, 0))
+        bottom = MILLION * price.scale * den * (10 ** max(-exp, 0))
+        return ceil_div(top, bottom), rate
+
+
+def price_from_table(entry: Mapping[str, Any], currency: str, scale: int, where: str) -> Price:
+    known = {"input", "output", "cached_input", "cache_write", "max_output",
+             "long_context_above", "input_long", "output_long", "currency", "scale", "id"}
+    extra = set(entry) - known
+    if extra:
+        raise PriceError(f"{where}: unknown price field(s) {', '.join(sorted(extra))}")
+    values: dict[str, int | None] = {}
+    for name in known - {"currency", "scale", "id"}:
+        v = entry.get(name)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            raise PriceError(f"{where}: {name} must be a non-negative integer")
+        values[name] = v
+    if values["input"] is None or values["output"] is None:
+        raise PriceError(f"{where}: needs input and output prices")
+    cur = entry.get("currency", currency)
+    if cur not in EXPONENTS:
+        raise PriceError(f"{where}: unknown currency {cur!r}")
+    sc = entry.get("scale", scale)
+    if not isinstance(sc, int) or sc < 1:
+        raise PriceError(f"{where}: scale must be a positive integer")
+    return Price(
+        currency=cur, scale=sc, input=values["input"], output=values["output"],
+        cached_input=values["cached_input"], cache_write=values["cache_write"],
+        max_output=values["max_output"], long_context_above=values["long_context_above"],
+        input_long=values["input_long"], output_long=values["output_long"],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PriceTable:
+    date: str
+    note: str
+    sections: dict[str, dict[str, Price]]  # section (usually a provider id) -> model -> Price
+
+    def section(self, name: str) -> dict[str, Price]:
+        try:
+            return self.sections[name]
+        except KeyError:
+            raise PriceError(
+                f"the price table has no section {name!r}; it has: "
+                f"{', '.join(sorted(self.sections))}"
+            ) from None
+
+
+def parse_table(data: Mapping[str, Any], where: str) -> PriceTable:
+    scale = data.get("scale", 1)
+    if not isinstance(scale, int) or scale < 1:
+        raise PriceError(f"{where}: scale must be a positive integer")
+    sections: dict[str, dict[str, Price]] = {}
+    for name, sec in data.items():
+        if not isinstance(sec, dict):
+            continue
+        currency = sec.get("currency")
+        models: dict[str, Price] = {}
+        for model, entry in sec.items():
+            if model == "currency":
+                continue
+            if not isinstance(entry, dict):
+                raise PriceError(f"{where}: [{name}] {model} must be a table of prices")
+            models[model] = price_from_table(entry, str(currency), scale, f"{where} {model}")
+        sections[name] = models
+    return PriceTable(str(data.get("date", "")), str(data.get("note", "")), sections)
+
+
+def default_table() -> PriceTable:
+    """The shipped, dated table (reference_relay/prices.toml)."""
+    text = resources.files("reference_relay").joinpath("prices.toml").read_text("utf-8")
+    return parse_table(tomllib.loads(text), "prices.toml")

@@ -1,0 +1,46 @@
+"""Endpoints: what each API's request looks like, how big it can get, how it is rewritten.
+
+An Endpoint turns an app's parsed request into a Prepared call: the worst-case input and
+output, whether it streams, and the exact bytes to send upstream (the app's own bytes unless
+the relay had to add an output cap or ask for streamed usage, so most requests are never
+re-serialised).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from capwallet.limits import EffectiveLimits
+from reference_relay.config import ModelConfig, ProviderConfig
+from reference_relay.estimate import InputEstimate
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    input: InputEstimate
+    output_tokens: int  # worst case, all choices together
+    stream: bool
+    body: bytes  # what is sent upstream
+    client_wants_usage: bool = True  # an OpenAI stream's usage chunk is kept for the app
+
+
+class Endpoint(Protocol):
+    route: str  # the relay's path, e.g. /v1/chat/completions
+    upstream_path: str  # appended to the provider's base_url
+    api: str  # the provider API flavor it needs
+    errors: str  # error body shape: openai | anthropic
+    operation: str  # the name checked against the token's operations caveat
+
+    def prepare(self, body: dict[str, Any], raw: bytes, provider: ProviderConfig,
+                model: ModelConfig, limits: EffectiveLimits) -> Prepared: ...
+
+
+def dump(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def unbounded_ok(model: ModelConfig, limits: EffectiveLimits) -> bool:
+    """A free model with no token quota to protect needs no output bound."""
+    return model.price.is_free and not any(c.kind == "quota" for c in limits.counters)
