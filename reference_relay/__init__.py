@@ -1,0 +1,1 @@
+"""Reference relay for capwallet tokens, with the fake model provider its tests run against."""
