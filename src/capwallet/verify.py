@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Container, Mapping
-from dataclasses import dataclass, field
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from capwallet import approval as approvals
@@ -31,13 +31,16 @@ _COUNTER_REASONS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+_NO_COST: Mapping[str, int] = MappingProxyType({})
+
+
+class Request(NamedTuple):
     """What a request wants. ``provider`` set means a model call; None means resource access.
 
     A model call MUST state provider, model and operation; its token counts and cost are the
     worst case the verifier reserves (input estimate, max output). A resource access (an app's
-    own server checking a data/tool scope) states only scopes.
+    own server checking a data/tool scope) states only scopes. (A NamedTuple, because one is
+    built per request and a frozen dataclass costs several times more to build.)
     """
 
     provider: str | None = None
@@ -46,7 +49,7 @@ class Request:
     scopes: tuple[str, ...] = ()
     input_tokens: int = 0
     output_tokens: int = 0
-    cost: Mapping[str, int] = field(default_factory=dict)  # currency -> minor units
+    cost: Mapping[str, int] = _NO_COST  # currency -> minor units
     zero_retention: bool = False  # does the provider promise zero retention?
     approval: str | None = None  # a cwa1_ approval string, if the app has one
     digest: bytes | None = None  # approvals.request_digest(...) of this exact request
