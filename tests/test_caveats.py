@@ -78,3 +78,19 @@ def test_random_bytes_never_crash(data: bytes) -> None:
         cav.decode(data)
     except TokenError as exc:
         assert exc.reason in (Reason.UNKNOWN_CAVEAT, Reason.INVALID_CAVEAT)
+
+
+@given(st.one_of(
+    st.binary(max_size=60),
+    st.builds(lambda n, a: n + b" " + a,
+              st.sampled_from([k.encode() for k in cav.REGISTRY]),
+              st.text("0123456789abcdefEURUSDmonthdaytotal%2C0AFf :/-", max_size=40)
+              .map(str.encode)),
+))
+def test_accepted_caveats_are_canonical(data: bytes) -> None:
+    """decode() skips re-encoding for speed; this is the property that makes that safe."""
+    try:
+        c = cav.decode(data)
+    except TokenError:
+        return
+    assert cav.encode(c) == data
