@@ -46,7 +46,7 @@ async def dashboard_page(request: Request) -> Response:
     return ctx.pages.render(
         request, "dashboard.html", nav="dashboard", snap=snap, chart=chart, now=now,
         rows=active + others, active_count=len({r.app for r in active}), total=total,
-        call_count=sum(1 for c in snap.calls if c.entry.provider),
+        call_count=sum(1 for c in snap.calls if c.is_model_call and not c.refused),
         per_app=snap.spend_by("app"), per_model=snap.spend_by("model"),
         recent=snap.calls[:RECENT], pending_count=len(pending),
     )

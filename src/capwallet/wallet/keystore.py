@@ -107,13 +107,16 @@ class Keystore:
     # --- life cycle -------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, path: Path, passphrase: str) -> Keystore:
-        """A new keystore with one fresh root key; refuses to replace an existing file."""
+    def create(cls, path: Path, passphrase: str, limits: str | None = None) -> Keystore:
+        """A new keystore with one fresh root key; refuses to replace an existing file.
+
+        ``limits`` names the Argon2id limits (default: $CAPWALLET_KDF_LIMITS or moderate).
+        """
         if path.exists():
             raise KeystoreError(f"a keystore already exists at {path}")
         if not passphrase:
             raise KeystoreError("the passphrase must not be empty")
-        ops, mem = kdf_limits()
+        ops, mem = LIMITS[limits] if limits is not None else kdf_limits()
         salt = secrets.token_bytes(argon2id.SALTBYTES)
         kdf = {"name": "argon2id", "salt": _b64(salt), "opslimit": ops, "memlimit": mem}
         key = RootKey.generate()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import sys
 import threading
@@ -55,6 +56,8 @@ def relay_config_data(home: WalletHome, keystore: Keystore, wallet_url: str) -> 
     relay["store"] = home.store_url
     relay["wallet_url"] = wallet_url
     data["relay"] = relay
+    if "rates" not in data:
+        data["rates"] = default_rates()
     if "providers" not in data:
         table = default_table()
         providers = []
@@ -73,6 +76,16 @@ def relay_config_data(home: WalletHome, keystore: Keystore, wallet_url: str) -> 
     return data
 
 
+def default_rates() -> dict[str, Any]:
+    """The dated example exchange rates shipped with the reference relay (relay.example.toml),
+    so a budget in EUR works with USD prices; error messages name the rate that was used."""
+    from importlib import resources
+
+    text = resources.files("reference_relay").joinpath("relay.example.toml").read_text("utf-8")
+    rates: dict[str, Any] = tomllib.loads(text).get("rates", {})
+    return rates
+
+
 def build_relay(home: WalletHome, keystore: Keystore, store: Store, wallet_url: str) -> ASGIApp:
     from reference_relay import create_app
     from reference_relay.config import ConfigError, parse_config
@@ -86,9 +99,14 @@ def build_relay(home: WalletHome, keystore: Keystore, store: Store, wallet_url: 
         entry = keystore.providers.get(provider_id)
         return "" if entry is None else entry.key
 
-    app: ASGIApp = create_app(config, store=store, keys=keystore.keyring(),
-                              provider_keys=provider_key)
-    return app
+    app = create_app(config, store=store, keys=keystore.keyring(), provider_keys=provider_key)
+    # Keep provider keys and tokens out of every log line the server writes.
+    redactor = app.state.relay.redactor
+    for name in ("", "uvicorn", "uvicorn.error", "capwallet"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(redactor)
+    asgi: ASGIApp = app
+    return asgi
 
 
 @dataclass

@@ -76,6 +76,7 @@ def create_wallet_app(ctx: WalletContext, relay: ASGIApp | None = None) -> ASGIA
         Route("/grants/{grant_id:str}/revoke", dashboard.revoke, methods=["POST"]),
         Route("/api/usage", dashboard.usage_json),
         Route("/approvals", approvals.approvals_page),
+        Route("/approvals/{request_id:str}", _approval_link),
         Route("/approvals/{request_id:str}/{verb:str}", _approval_verb, methods=["GET", "POST"]),
         Route("/resource/check", approvals.resource_check, methods=["POST"]),
     ]
@@ -96,6 +97,14 @@ def create_wallet_app(ctx: WalletContext, relay: ASGIApp | None = None) -> ASGIA
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.wallet = ctx
     return LocalOnlyMiddleware(app)
+
+
+async def _approval_link(request: Request) -> Response:
+    """The link the relay puts in a confirmation_required answer: {wallet}/approvals/{id}."""
+    rid = request.path_params["request_id"]
+    if not rid.isalnum():
+        return Response("not found\n", status_code=404, media_type="text/plain")
+    return RedirectResponse(f"/approvals#approval-{rid}", status_code=303)
 
 
 async def _approval_verb(request: Request) -> Response:

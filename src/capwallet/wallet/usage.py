@@ -69,6 +69,14 @@ class Call:
     entry: LedgerEntry
     app: str
 
+    @property
+    def is_model_call(self) -> bool:
+        return bool(self.entry.provider)
+
+    @property
+    def refused(self) -> bool:
+        return self.entry.status.startswith("denied")
+
     def to_json(self) -> dict[str, Any]:
         e = self.entry
         return {
@@ -91,8 +99,8 @@ class Snapshot:
         cost: dict[tuple[str, str], int] = defaultdict(int)
         count: Counter[tuple[str, str]] = Counter()
         for c in self.calls:
-            if not c.entry.provider:
-                continue  # resource accesses (ask-first scopes) cost nothing
+            if not c.is_model_call or c.refused:
+                continue  # resource accesses and refused calls cost nothing
             name = c.app if key == "app" else f"{c.entry.model} ({c.entry.provider})"
             cost[(name, c.entry.currency)] += c.entry.cost
             count[(name, c.entry.currency)] += 1
@@ -157,7 +165,7 @@ async def snapshot(
         owner = by_id.get(e.token_id)
         calls.append(Call(e, owner.app if owner is not None else (e.app or "unknown app")))
         used_by = rows.get(e.token_id)
-        if used_by is None or not e.provider:
+        if used_by is None or not e.provider or e.status.startswith("denied"):
             continue
         used_by.calls += 1
         if e.model and e.model not in used_by.models_used:
