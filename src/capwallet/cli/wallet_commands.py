@@ -36,6 +36,7 @@ from capwallet.wallet.keystore import (
 from capwallet.wallet.provider_check import ProviderCheckError, check_key
 from capwallet.wallet.usage import Snapshot, snapshot
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _PROVIDER_ID = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,39}")
 
 
@@ -55,6 +56,7 @@ def register(sub: Any) -> None:
     psub = p.add_subparsers(dest="provider_command", required=True, metavar="ACTION",
                             parser_class=type(p))
     a = psub.add_parser("add", parents=[home], help="add or replace a provider's API key",
+                        allow_abbrev=False,  # "--key sk-..." must not mean "--key-env sk-..."
                         description="Add a provider key. The key is read from standard input "
                                     "(typed without echo at a terminal) or from the environment "
                                     "variable named by --key-env; never from the command line.")
@@ -175,6 +177,9 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 def _read_key(args: Any) -> str:
     if args.key_env:
+        if not _ENV_NAME.fullmatch(args.key_env):
+            # Never echo it: it may be a key typed where a variable name belongs.
+            raise CliError("--key-env takes the NAME of an environment variable, like OPENAI_KEY")
         key = os.environ.get(args.key_env, "")
         if not key:
             raise CliError(f"environment variable {args.key_env} is not set or empty")
