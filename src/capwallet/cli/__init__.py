@@ -18,6 +18,12 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is one clear line on stderr (and exit 2), not a usage dump."""
 
     def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            # Name the stray flags but not their values: a value may be a pasted key or token.
+            words = message[len(prefix):].split()
+            shown = [w if w.startswith("-") else "…" for w in words]
+            message = prefix + " ".join(shown)
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
