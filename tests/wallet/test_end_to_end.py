@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -35,8 +37,12 @@ def approve_in(client: httpx.Client, wallet: RunningWallet, **lower: str):  # ty
         path = url[len(wallet.base_url):]
         page = client.get(path)
         assert page.status_code == 200, page.text
-        form = {"csrf": csrf_of(page.text), "consent": hidden(page.text, "consent"),
-                "decision": "approve", "provider": "openai", "model": "gpt-4o-mini", **lower}
+        form: dict[str, Any] = {"csrf": csrf_of(page.text),
+                                "consent": hidden(page.text, "consent"), "decision": "approve"}
+        for name, value in re.findall(  # every box left ticked, as a browser sends them
+                r'<input type="checkbox" name="(\w+)" value="([^"]+)" checked>', page.text):
+            form.setdefault(name, []).append(value)
+        form.update(lower)
         r = client.post("/authorize", data=form, headers={"origin": wallet.base_url})
         assert r.status_code == 303
         callback = r.headers["location"]

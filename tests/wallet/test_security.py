@@ -86,7 +86,7 @@ def test_wallet_sends_no_cors_and_forbids_framing(wallet: RunningWallet,
     r = browser_client.get("/")
     assert r.headers["x-frame-options"] == "DENY"
     assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
-    assert r.headers["referrer-policy"] == "no-referrer"
+    assert r.headers["referrer-policy"] == "same-origin"
 
 
 def test_session_cookie_is_strict_and_httponly(wallet: RunningWallet) -> None:

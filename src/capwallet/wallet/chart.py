@@ -75,8 +75,10 @@ def spend_chart(per_day: list[tuple[str, int]], currency: str) -> Chart:
             h = 2  # a day with any spend stays visible
         bars.append(Bar(LEFT + i * slot + 2, baseline - h, bar_w, h, day,
                         f"{day}: {format_minor(value, currency)}"))
+    # Gridlines at 0, the middle (when it is a whole minor unit) and the top.
+    steps = (0, 1, 2) if top % 2 == 0 else (0, 2)
     ticks = [Tick(baseline - plot_h * k // 2, format_minor(top * k // 2, currency))
-             for k in (0, 1, 2)]
+             for k in steps]
     total = sum(v for _, v in per_day)
     return Chart(
         width=WIDTH, height=HEIGHT, left=LEFT, baseline=baseline, bars=bars, ticks=ticks,

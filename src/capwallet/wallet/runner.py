@@ -17,9 +17,9 @@ import sys
 import threading
 import tomllib
 import webbrowser
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -35,6 +35,7 @@ from capwallet.wallet.security import Sessions
 from capwallet.wallet.server import create_wallet_app, login_url
 
 RELAY_TOML = "relay.toml"
+T = TypeVar("T")
 
 
 class RelaySetupError(Exception):
@@ -171,7 +172,21 @@ def running_wallet(
     finally:
         sock.close()
         ctx.grants.close()
-        asyncio.run(ctx.store.close())
+        run_async(ctx.store.close)
+
+
+def run_async(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from sync code, even if this thread runs an event loop
+    already (Playwright's sync API does): then it runs on a helper thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(fn())
+    box: list[T] = []
+    t = threading.Thread(target=lambda: box.append(asyncio.run(fn())))
+    t.start()
+    t.join()
+    return box[0]
 
 
 def serve_forever(home: WalletHome, keystore: Keystore, *, port: int, open_browser: bool) -> int:

@@ -29,10 +29,13 @@ class BudgetUse:
 
     @property
     def percent(self) -> int:
-        return 100 if self.limit <= 0 else min(100, self.spent * 100 // self.limit)
+        """0-100 for the meter; any spend at all shows at least 1."""
+        if self.limit <= 0:
+            return 100
+        return min(100, max(self.spent * 100 // self.limit, 1 if self.spent > 0 else 0))
 
     def text(self) -> str:
-        per = {"total": "in total"}.get(self.period, f"this {self.period}")
+        per = {"total": "in total", "day": "today"}.get(self.period, f"this {self.period}")
         return (f"{format_minor(self.spent, self.currency)} of "
                 f"{format_minor(self.limit, self.currency)} {per}")
 
