@@ -7,6 +7,7 @@ import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -91,3 +92,10 @@ def wallet_relay(home: WalletHome, fake_provider: str) -> Iterator[RunningWallet
     ks.save()
     with running_wallet(home, ks) as w:
         yield w
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    shots = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+    if shots.is_dir() and any(shots.glob("*.png")):
+        names = ", ".join(sorted(p.name for p in shots.glob("*.png")))
+        terminalreporter.write_line(f"wallet screenshots in {shots}: {names}")

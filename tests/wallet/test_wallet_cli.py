@@ -125,3 +125,32 @@ def test_demo_json(tmp_path: Path) -> None:
     assert [c["ok"] for c in out["calls"]] == [True, True, True, True, False]
     assert out["calls"][-1]["reason"] == "model_not_allowed"
     assert out["dashboard_url"].startswith("http://127.0.0.1:")
+
+
+def test_serve_prints_a_sign_in_link_and_serves(home: Path) -> None:
+    import httpx
+    e = {k: v for k, v in os.environ.items()}
+    e.update({"CAPWALLET_HOME": str(home), "CAPWALLET_PASSPHRASE": "pw-1"})
+    run(home, "provider", "add", "openai", stdin=KEY + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "capwallet", "serve", "--port", "0"],
+                            env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+        login = lines[1].split()[-1]
+        assert login.startswith("http://127.0.0.1:") and "/login?token=" in login
+        base = login.split("/login")[0]
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        assert httpx.get(f"{base}/").status_code == 401  # locked without the link
+        with httpx.Client(base_url=base) as browser:
+            assert browser.get(login).status_code == 303
+            assert browser.get("/").status_code == 200
+        r = httpx.post(f"{base}/v1/chat/completions", json={"model": "gpt-4o-mini"},
+                       headers={"authorization": "Bearer cwt1_nope"})
+        assert r.status_code in (400, 401) and r.headers["x-capwallet-reason"] == "malformed"
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=20)
+    assert KEY not in out + err + "".join(lines)
+    r = run(home, "serve", passphrase="wrong")
+    assert r.returncode == 2 and "wrong passphrase" in r.stderr
