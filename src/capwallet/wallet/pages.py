@@ -67,7 +67,7 @@ class Pages:
         )
         self.env.filters.update(
             money=lambda m, c: format_minor(int(m), str(c)), when=when, day=day,
-            duration=duration, amount=amount,
+            duration=duration, amount=amount, num=lambda n: f"{int(n):,}",
         )
         self.env.globals.update(expiry_choices=expiry_choices)
         self.css = (
