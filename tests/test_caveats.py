@@ -78,3 +78,14 @@ def test_random_bytes_never_crash(data: bytes) -> None:
         cav.decode(data)
     except TokenError as exc:
         assert exc.reason in (Reason.UNKNOWN_CAVEAT, Reason.INVALID_CAVEAT)
+
+
+def test_unknown_caveat_wins_over_an_earlier_invalid_one() -> None:
+    """Reason order decides: unknown_caveat is checked for every caveat before invalid_caveat."""
+    with pytest.raises(TokenError) as info:
+        cav.decode_all([b"expires 01", b"frobnicate 1"])
+    assert info.value.reason is Reason.UNKNOWN_CAVEAT
+    with pytest.raises(TokenError) as info:
+        cav.decode_all([b"expires 1", b"expires 01"])
+    assert info.value.reason is Reason.INVALID_CAVEAT
+    assert cav.decode_all([b"expires 1", b"models a b"]) == [cav.Expires(1), cav.Models(("a", "b"))]

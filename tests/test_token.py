@@ -127,3 +127,15 @@ def test_repr_never_shows_token_or_key(root_key: RootKey) -> None:
     t = _token(root_key, cav.Models(("gpt-4o",)))
     assert t.serialize() not in repr(t)
     assert root_key.secret.hex() not in repr(root_key)
+
+
+def test_verifier_reports_unknown_before_invalid_caveat(root_key: RootKey) -> None:
+    from capwallet.keys import Keyring
+    from capwallet.verify import Request, verify
+
+    ident = _token(root_key).raw.identifier
+    raws = (b"expires 01", b"frobnicate 1")
+    raw = macaroon.RawMacaroon(ident, raws, macaroon.chain(root_key.secret, ident, raws))
+    text = PREFIX + b64url_encode(macaroon.encode(raw))
+    d = verify(text, Keyring([root_key]), Request(scopes=()), NOW)
+    assert d.reason is Reason.UNKNOWN_CAVEAT

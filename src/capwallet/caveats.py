@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar, Self, Union
 
@@ -333,12 +334,18 @@ def encode(caveat: Caveat) -> bytes:
     return grammar.join(caveat.name, caveat.args())
 
 
-def decode(data: bytes) -> Caveat:
-    """Typed caveat from its signed bytes; TokenError(unknown_caveat | invalid_caveat)."""
+def _known_type(data: bytes) -> tuple[str, type[Caveat]]:
+    """The registered type named by the bytes before the first space, else unknown_caveat."""
     name = data.split(b" ", 1)[0].decode("ascii", "replace")
     cls = REGISTRY.get(name)
     if cls is None:
         raise TokenError(Reason.UNKNOWN_CAVEAT, f"unknown caveat type {name[:40]!r}")
+    return name, cls
+
+
+def decode(data: bytes) -> Caveat:
+    """Typed caveat from its signed bytes; TokenError(unknown_caveat | invalid_caveat)."""
+    name, cls = _known_type(data)
     try:
         _, args = grammar.split(data)
         caveat: Caveat = cls.from_args(args)
@@ -347,3 +354,16 @@ def decode(data: bytes) -> Caveat:
     if encode(caveat) != data:  # belt and braces: exactly one spelling is accepted
         raise TokenError(Reason.INVALID_CAVEAT, f"caveat {name!r} is not in canonical form")
     return caveat
+
+
+def decode_all(caveats: Iterable[bytes]) -> list[Caveat]:
+    """Decode a token's caveats in order.
+
+    Every caveat's type is checked before any caveat's arguments, so a token holding both an
+    unknown and an invalid caveat is denied as unknown_caveat wherever they stand: the first
+    failing check in reason-code order decides (spec/verification.md).
+    """
+    raws = list(caveats)
+    for data in raws:
+        _known_type(data)
+    return [decode(data) for data in raws]

@@ -66,7 +66,7 @@ class Token:
 
     def caveats(self) -> list[cav.Caveat]:
         """Decoded caveats in token order; raises TokenError(unknown_/invalid_caveat)."""
-        return [cav.decode(c) for c in self.raw.caveats]
+        return cav.decode_all(self.raw.caveats)
 
     def to_bytes(self) -> bytes:
         return macaroon.encode(self.raw)

@@ -142,7 +142,7 @@ class Verifier:
         expected = macaroon.chain(secret, token.raw.identifier, token.raw.caveats)
         if not hmac.compare_digest(expected, token.raw.signature):
             raise TokenError(Reason.BAD_SIGNATURE, "token signature does not match")
-        decoded = [(raw, cav.decode(raw)) for raw in token.raw.caveats]
+        decoded = list(zip(token.raw.caveats, cav.decode_all(token.raw.caveats), strict=True))
         tid = token.identifier.token_id
         limits = effective(tid, decoded)
         verified = VerifiedToken(tid, tid.hex(), token.identifier.issued_at, limits)
