@@ -101,6 +101,7 @@ class VerifiedToken:
     token_id_hex: str
     issued_at: int
     limits: EffectiveLimits
+    key_id: bytes
 
 
 @lru_cache(maxsize=1024)
@@ -145,7 +146,9 @@ class Verifier:
         decoded = list(zip(token.raw.caveats, cav.decode_all(token.raw.caveats), strict=True))
         tid = token.identifier.token_id
         limits = effective(tid, decoded)
-        verified = VerifiedToken(tid, tid.hex(), token.identifier.issued_at, limits)
+        verified = VerifiedToken(
+            tid, tid.hex(), token.identifier.issued_at, limits, token.identifier.key_id
+        )
         if len(self._cache) >= self.cache_size:
             self._cache.pop(next(iter(self._cache)), None)
         self._cache[text] = verified
@@ -261,7 +264,9 @@ def evaluate(
         if request.approval is None:
             return _deny(Reason.CONFIRMATION_REQUIRED, why, v, needs_approval=True)
         try:
-            a = approvals.check(request.approval, keys, v.token_id, request.digest, now)
+            a = approvals.check(
+                request.approval, keys, v.token_id, request.digest, now, token_key_id=v.key_id
+            )
         except TokenError as exc:
             return _deny(Reason.APPROVAL_INVALID, exc.message, v)
         approval_id = a.approval_id_hex
