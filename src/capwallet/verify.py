@@ -129,7 +129,7 @@ class VerifiedToken:
         """(counter, counter key, resets_at) for each counter, for the minute given."""
         if minute != self._minute:
             out = []
-            for c in self.limits.counters:
+            for c in self.limits.counters_in_check_order:
                 key, resets = _window(c.period, c.tz, minute)
                 out.append((c, c.counter_id + "/" + key, resets))
             self._windows = tuple(out)
