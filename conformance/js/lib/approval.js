@@ -1,4 +1,5 @@
-// Approvals: a human's single-use, short-lived yes to one exact request (spec/approvals.md).
+// Approvals: a human's single-use, short-lived yes to one exact request
+// (spec/approvals.md#request-digest, #approval-format, #checking-an-approval).
 //
 //   "cwa1_" base64url(113 bytes), at most 200 characters
 //   offset size field
@@ -23,10 +24,13 @@ const BODY_BYTES = 81;
 const APPROVAL_BYTES = BODY_BYTES + 32;
 const KEY_LABEL = Buffer.from('capwallet-approval-v1', 'ascii');
 
+/** The digest binding an approval to one request; the method must be ASCII. */
 export function requestDigest(method, path, body) {
+  if (!/^[\x00-\x7f]*$/.test(method)) throw new TypeError('the HTTP method must be ASCII');
+  const upper = method.replace(/[a-z]/g, (c) => c.toUpperCase()); // a-z only, nothing else
   return new Uint8Array(createHash('sha256')
     .update(Buffer.from('capwallet-request-v1\0', 'ascii'))
-    .update(Buffer.from(`${method.toUpperCase()}\0${path}\0`, 'utf8'))
+    .update(Buffer.from(`${upper}\0${path}\0`, 'utf8'))
     .update(body)
     .digest());
 }

@@ -1,5 +1,6 @@
 // Caveat vocabulary v1: the text grammar and the registry of typed caveats
-// (spec/caveats.md: "Grammar", "Registry", "Decoding a caveat", and one section per type).
+// (spec/caveats.md#grammar, #percent-encoding, #integers, #name-lists, #decoding-a-caveat,
+// #registry and one section per type, #currencies, #time-zones).
 //
 //   caveat = name *(SP arg)      name = [a-z][a-z0-9-]{0,31}
 //   arg    = 1*(safe / "%" HEXDIG-UPPER HEXDIG-UPPER), safe = A-Z a-z 0-9 - . _ ~ : / @ +

@@ -1,6 +1,6 @@
-// Byte-level encodings: strict base64url (spec/token-format.md, "String form"), minimal
-// unsigned LEB128 varints (spec/token-format.md, "Varints"), big-endian integers and
-// UTF-8 byte order.
+// Byte-level encodings: strict base64url (spec/token-format.md#string-form), minimal
+// unsigned LEB128 varints (spec/token-format.md#varints), big-endian integers, and the
+// protocol's one string order, UTF-8 bytes (spec/caveats.md#name-lists).
 //
 // Strictness is the point: exactly one string per byte sequence, so two verifiers can never
 // disagree about which token a string is.

@@ -1,5 +1,5 @@
-// Effective limits: the intersection of every caveat in a token (spec/caveats.md,
-// "Effective limits"; spec/budgets.md, "Counter ids").
+// Effective limits: the intersection of every caveat in a token
+// (spec/caveats.md#effective-limits, #counter-ids; spec/budgets.md#identical-caveats).
 //
 // Latest not-before, earliest expiry, intersection of each name set, smallest cap, union of
 // ask-first scopes, the lowest confirm-above per currency, the most restrictive logging level.

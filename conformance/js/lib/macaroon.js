@@ -1,6 +1,6 @@
 // The macaroon layer: a strict reader and writer for the canonical libmacaroons v2 binary
-// form, and the HMAC-SHA256 signature chain (spec/token-format.md, "Binary form" and
-// "Signature chain"; libmacaroons doc/format.txt).
+// form, and the HMAC-SHA256 signature chain (spec/token-format.md#layout,
+// #parsing-rules, #signature-chain, #attenuation; libmacaroons doc/format.txt).
 //
 // Canonical form: 0x02; no location field; identifier field (type 2); EOS; for each
 // first-party caveat an identifier field then EOS (no location, no verification id); EOS;

@@ -1,5 +1,5 @@
 // Currencies a budget or confirm-above may name: ISO 4217 codes with a known minor-unit
-// exponent (spec/caveats.md, "Currencies"). Amounts are integers in minor units.
+// exponent (spec/caveats.md#currencies). Amounts are integers in minor units.
 
 const EXPONENTS = new Map([
   ...('AED ARS AUD BGN BRL CAD CHF CNY COP CZK DKK EGP EUR GBP HKD HUF IDR ILS INR MAD MXN ' +

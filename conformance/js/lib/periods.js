@@ -1,4 +1,5 @@
-// Calendar periods for counters (spec/caveats.md, "Periods"; spec/budgets.md, "Counter keys").
+// Calendar periods for counters (spec/caveats.md#periods, #period-end;
+// spec/budgets.md#counter-keys).
 //
 // A counter key names the period it counts, so a new period starts a new counter:
 //   day 2026-09-21   week 2026-W39 (ISO 8601)   month 2026-09   year 2026   total total

@@ -1,4 +1,4 @@
-// Reason codes and the error that carries one (spec/verification.md, "Reason codes").
+// Reason codes and the error that carries one (spec/verification.md#reason-codes).
 //
 // The list is closed and ordered: verification runs its checks in this order, so the first
 // failing check decides the reason. A verifier returns exactly these strings.

@@ -1,6 +1,6 @@
 // Capability tokens: the string form, the 33-byte identifier, minting and attenuation
-// (spec/token-format.md: "String form", "Identifier", "Limits", "Signature chain",
-// "Attenuation").
+// (spec/token-format.md#string-form, #identifier, #limits, #order-of-parse-checks,
+// #signature-chain, #attenuation).
 //
 //   token      = "cwt1_" base64url(canonical macaroon v2 bytes)   (at most 8192 characters)
 //   identifier = version 0x01 | root key id (8) | token id (16) | issued_at (u64 BE, <= 2^53-1)

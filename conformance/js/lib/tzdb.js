@@ -1,4 +1,4 @@
-// Which time-zone names a caveat may use (spec/caveats.md, "Periods").
+// Which time-zone names a caveat may use (spec/caveats.md#time-zones).
 //
 // A name is valid if it is, byte for byte, a Zone or Link name of the IANA tz database.
 // JavaScript's Intl matches names case-insensitively and also accepts names that are not in

@@ -1,14 +1,17 @@
 // Verification: token + root keys + request + time + counters -> decision
-// (spec/verification.md: "Inputs", "Check order", "Clock skew", "Decision"; spec/budgets.md).
+// (spec/verification.md#algorithm: steps 1 to 8 below, then 9, allow).
 //
-// Stage 1, the token: parse (malformed, unsupported_version), find the root key by id
-// (unknown_key), recompute the HMAC chain and compare in constant time (bad_signature),
-// decode every caveat (unknown_caveat before invalid_caveat), revocation by token id.
-// Stage 2, time (60 s leeway): issued_at in the future or before not-before
-// (not_yet_valid), at or after expires (expired). Stage 3, the request's shape. Stage 4,
-// counters: price, then rate, quota, budget; a counter denies when amount > 0 and
-// used + amount > limit. Stage 5, confirmation: confirm-above, then ask-first scopes, then
-// the approval. The first failing check decides the reason.
+//   1 parse            spec/token-format.md#order-of-parse-checks      malformed, unsupported_version
+//   2 key, signature   spec/verification.md#key-lookup-and-signature   unknown_key, bad_signature
+//   3 caveats          spec/caveats.md#decoding-a-caveat               unknown_caveat, invalid_caveat
+//   4 revocation       spec/verification.md#revocation                 revoked
+//   5 time (60 s)      spec/verification.md#clock-skew                 not_yet_valid, expired
+//   6 request shape    spec/verification.md#request-shape              provider_ ... output_too_large
+//   7 counters         spec/verification.md#counters                   price_unknown, rate/quota/budget
+//   8 confirmation     spec/verification.md#confirmation               confirmation_required, approval_invalid
+//
+// The first failing check decides the reason. Comparisons are written as differences, as the
+// spec states them, so every intermediate value stays within 2^53 and is exact in a double.
 
 import { timingSafeEqual } from 'node:crypto';
 import { TokenError } from './reasons.js';
@@ -57,9 +60,9 @@ function deny(reason, message) {
 function evaluate(v, request, now, counters, keys) {
   const l = v.limits;
   // Time.
-  if (v.issuedAt > now + CLOCK_SKEW) deny('not_yet_valid', 'token was issued in the future');
-  if (l.notBefore !== null && now < l.notBefore - CLOCK_SKEW) deny('not_yet_valid', `not valid before ${l.notBefore}`);
-  if (l.expires !== null && now >= l.expires + CLOCK_SKEW) deny('expired', `token expired at ${l.expires}`);
+  if (v.issuedAt - now > CLOCK_SKEW) deny('not_yet_valid', 'token was issued in the future');
+  if (l.notBefore !== null && l.notBefore - now > CLOCK_SKEW) deny('not_yet_valid', `not valid before ${l.notBefore}`);
+  if (l.expires !== null && now - l.expires >= CLOCK_SKEW) deny('expired', `token expired at ${l.expires}`);
   // Request shape.
   const modelCall = request.kind === 'model_call';
   if (modelCall) {
@@ -88,7 +91,7 @@ function evaluate(v, request, now, counters, keys) {
         : c.kind === 'quota' ? request.input_tokens + request.output_tokens : 1;
       const key = `${c.counterId}/${periodKey(c.period, minuteStart, c.tz)}`;
       const used = Object.hasOwn(counters, key) ? counters[key] : 0;
-      if (amount > 0 && used + amount > c.limit) deny(COUNTER_REASON[c.kind], `${c.kind} ${key}: ${used} of ${c.limit} used`);
+      if (amount > 0 && amount > c.limit - used) deny(COUNTER_REASON[c.kind], `${c.kind} ${key}: ${used} of ${c.limit} used`);
       debits.push({
         kind: c.kind, counter_key: key, amount, limit: c.limit, used, unit: c.unit,
         resets_at: periodEnd(c.period, minuteStart, c.tz),
