@@ -43,6 +43,7 @@ function keyring(list) {
 function request(r) {
   field(r, 'kind', 'string');
   if (r.kind !== 'model_call' && r.kind !== 'resource_access') throw new BadRequest('request.kind is model_call or resource_access');
+  if (r.kind === 'model_call') for (const f of ['provider', 'model', 'operation']) field(r, f, 'string');
   return {
     kind: r.kind, provider: r.provider, model: r.model, operation: r.operation,
     scopes: field(r, 'scopes', 'array'), input_tokens: field(r, 'input_tokens', 'integer'),

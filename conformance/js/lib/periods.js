@@ -28,15 +28,16 @@ function formatter(tz) {
 
 /** Wall-clock fields {year, month, day, hour, minute, second} of Unix time t in tz. */
 export function wallClock(t, tz) {
+  const d = new Date(t * 1000);
+  if (Number.isNaN(d.getTime())) throw new RangeError(`time ${t} is outside the calendar`);
   if (tz === 'UTC') {
-    const d = new Date(t * 1000);
     return {
       year: d.getUTCFullYear(), month: d.getUTCMonth() + 1, day: d.getUTCDate(),
       hour: d.getUTCHours(), minute: d.getUTCMinutes(), second: d.getUTCSeconds(),
     };
   }
   const out = {};
-  for (const p of formatter(tz).formatToParts(new Date(t * 1000))) {
+  for (const p of formatter(tz).formatToParts(d)) {
     if (p.type in WANTED) out[p.type] = Number(p.value);
   }
   return out;

@@ -43,7 +43,9 @@ export function encodeIdentifier(keyId, tokenId, issuedAt) {
 /** Strictly parse a token string: {identifier, raw: {identifier, caveats, signature}}. */
 export function parseToken(text) {
   if (typeof text !== 'string') throw new TokenError('malformed', 'token must be a string');
-  if ([...text].length > MAX_TOKEN_CHARS) {
+  // UTF-16 units, not code points: a string where the two differ is not ASCII and so is
+  // malformed anyway (it cannot be base64url), with the same reason.
+  if (text.length > MAX_TOKEN_CHARS) {
     throw new TokenError('malformed', `token is longer than ${MAX_TOKEN_CHARS} characters`);
   }
   if (!text.startsWith(PREFIX)) throw new TokenError('malformed', `token does not start with ${PREFIX}`);
