@@ -111,7 +111,7 @@ class VerifiedToken:
     """
 
     __slots__ = (
-        "_minute", "_windows", "issued_at", "key_id", "limits", "token_id", "token_id_hex",
+        "_minute", "_windows", "issued_at", "key_id", "limits", "token_id", "token_id_hex"
     )
 
     def __init__(
@@ -121,7 +121,7 @@ class VerifiedToken:
         self.token_id_hex = token_id.hex()
         self.issued_at = issued_at
         self.limits = limits
-        self.key_id = key_id  # approvals must be made under this root key
+        self.key_id = key_id
         self._minute = -1
         self._windows: tuple[tuple[CounterLimit, str, int | None], ...] = ()
 
@@ -129,7 +129,7 @@ class VerifiedToken:
         """(counter, counter key, resets_at) for each counter, for the minute given."""
         if minute != self._minute:
             out = []
-            for c in self.limits.counters:
+            for c in self.limits.counters_in_check_order:
                 key, resets = _window(c.period, c.tz, minute)
                 out.append((c, c.counter_id + "/" + key, resets))
             self._windows = tuple(out)
