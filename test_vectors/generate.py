@@ -904,9 +904,9 @@ def build_mint() -> File:
               limits=limits(expires=T + 30 * 86400, providers=["anthropic", "openai"],
                             models=["claude-sonnet-4-5", "gpt-4o-mini"], operations=["chat"],
                             scopes=[], max_output_tokens=4000,
-                            counters=[counter("rate", t, r2, 30, "requests", "minute"),
-                                      counter("budget", t, b3, 2000, "EUR", "month",
-                                              "Europe/Berlin")],
+                            counters=[counter("budget", t, b3, 2000, "EUR", "month",
+                                              "Europe/Berlin"),
+                                      counter("rate", t, r2, 30, "requests", "minute")],
                             confirm_above={"EUR": 200}, logging="metadata",
                             apps=["https://notes.example"])),
         key=K2)
@@ -1008,9 +1008,9 @@ def build_attenuate() -> File:
                     resets_at=nov),
               limits=limits(**{**parent_limits, "expires": T + 86400, "models": ["gpt-4o-mini"],
                                "max_output_tokens": 1000, "operations": ["chat"],
-                               "counters": [counter("rate", t, rc, 10, "requests", "minute"),
-                                            pbc, counter("budget", t, cb, 500, "EUR",
-                                                         "month")]})))
+                               "counters": [pbc, counter("budget", t, cb, 500, "EUR", "month"),
+                                            counter("rate", t, rc, 10, "requests",
+                                                    "minute")]})))
     add("The grandchild asks for embeddings.", "caveats.md#operations", [CHAIN], G, C,
         ctx(call(operation="embeddings")), deny("operation_not_allowed"))
     add("The grandchild's request exceeds its own 500 EUR budget (480 of it used) while the "
@@ -1472,6 +1472,9 @@ def build_negative() -> File:
         "caveats.md#budget", [CONTROL, VALID], [tot.encode()],
         allow(debit("budget", tid(f"negative-{n + 1}"), tot, "total", amount=12, limit=1000,
                     unit="EUR", resets_at=None)))
+    add("budget in 'Factory', the tz database's placeholder for 'zone not set', which ICU (and "
+        "so JavaScript's Intl) does not have.", "caveats.md#time-zones", [BADVALUE],
+        [f"budget {nonce} 1000 EUR month Factory".encode()], inv)
     return f
 
 
