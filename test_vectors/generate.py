@@ -1461,6 +1461,20 @@ def build_negative() -> File:
         [b"providers " + b" ".join(names)], inv)
     add("An unknown caveat with 129 arguments: the type is checked first.", dec,
         [UNKNOWN_TYPE, BOUNDARY], [b"frobnicate " + b" ".join(names)], unk)
+    etc = f"budget {nonce} 1000 EUR month Etc/UTC"
+    add("Control: 'Etc/UTC' is a tz database name, so it is accepted; it counts the same "
+        "periods as omitting the zone, but it is a different caveat with its own counter.",
+        "caveats.md#time-zones", [CONTROL, VALID], [etc.encode()],
+        allow(debit("budget", tid(f"negative-{n + 1}"), etc, "2026-09", amount=12, limit=1000,
+                    unit="EUR", resets_at=utc(2026, 10, 1))))
+    tot = f"budget {nonce} 1000 EUR total Europe/Berlin"
+    add("Control: a time zone on a total budget is accepted and has no effect.",
+        "caveats.md#budget", [CONTROL, VALID], [tot.encode()],
+        allow(debit("budget", tid(f"negative-{n + 1}"), tot, "total", amount=12, limit=1000,
+                    unit="EUR", resets_at=None)))
+    add("budget in 'Factory', the tz database's placeholder for 'zone not set', which ICU (and "
+        "so JavaScript's Intl) does not have.", "caveats.md#time-zones", [BADVALUE],
+        [f"budget {nonce} 1000 EUR month Factory".encode()], inv)
     return f
 
 
