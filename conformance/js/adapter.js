@@ -43,9 +43,10 @@ function keyring(list) {
 function request(r) {
   field(r, 'kind', 'string');
   if (r.kind !== 'model_call' && r.kind !== 'resource_access') throw new BadRequest('request.kind is model_call or resource_access');
-  if (r.kind === 'model_call') for (const f of ['provider', 'model', 'operation']) field(r, f, 'string');
+  const call = r.kind === 'model_call';
+  if (call) for (const f of ['provider', 'model', 'operation']) field(r, f, 'string');
   return {
-    kind: r.kind, provider: r.provider, model: r.model, operation: r.operation,
+    provider: call ? r.provider : null, model: call ? r.model : null, operation: call ? r.operation : null,
     scopes: field(r, 'scopes', 'array'), input_tokens: field(r, 'input_tokens', 'integer'),
     output_tokens: field(r, 'output_tokens', 'integer'), cost: field(r, 'cost', 'object'),
     zero_retention: field(r, 'zero_retention', 'boolean'), approval: r.approval ?? null,

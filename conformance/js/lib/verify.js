@@ -53,9 +53,10 @@ function deny(reason, message) {
 }
 
 /**
- * A request is {kind: "model_call" | "resource_access", provider, model, operation, scopes,
- * input_tokens, output_tokens, cost: {currency: minor units}, zero_retention, approval,
- * digest (Uint8Array | null)}. counters maps counter key -> used; revoked lists token ids.
+ * A request is {provider, model, operation, scopes, input_tokens, output_tokens,
+ * cost: {currency: minor units}, zero_retention, approval, digest (Uint8Array | null)}; it is
+ * a model call if it has a provider, else a resource access (spec/verification.md#requests).
+ * counters maps counter key -> used; revoked lists token ids (hex).
  */
 function evaluate(v, request, now, counters, keys) {
   const l = v.limits;
@@ -64,7 +65,7 @@ function evaluate(v, request, now, counters, keys) {
   if (l.notBefore !== null && l.notBefore - now > CLOCK_SKEW) deny('not_yet_valid', `not valid before ${l.notBefore}`);
   if (l.expires !== null && now - l.expires >= CLOCK_SKEW) deny('expired', `token expired at ${l.expires}`);
   // Request shape.
-  const modelCall = request.kind === 'model_call';
+  const modelCall = request.provider !== null && request.provider !== undefined;
   if (modelCall) {
     if (l.providers !== null && !l.providers.has(request.provider)) deny('provider_not_allowed', `provider ${request.provider}`);
     if (l.models !== null && !l.models.has(request.model)) deny('model_not_allowed', `model ${request.model}`);
