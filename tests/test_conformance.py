@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import pytest
 from capwallet import conformance, macaroon
 from capwallet.cli import main
 from capwallet.identifier import Identifier
+from capwallet.periods import period_end, period_key, zone_names
 from capwallet.token import Token
 
 REPO = Path(__file__).resolve().parent.parent
@@ -143,6 +145,37 @@ def test_edge_cases_beyond_the_vectors(impl_env: None, command: str) -> None:
                        request=_CALL, counters={}, revoked=[])
             assert d["reason"] == reason, (caveat, d)
             assert d["allowed"] is (reason is None)
+
+
+_PERIODS_JS = """
+import { periodKey, periodEnd } from './conformance/js/lib/periods.js';
+let text = '';
+for await (const chunk of process.stdin) text += chunk;
+const out = JSON.parse(text).map(([p, t, tz]) => [periodKey(p, t, tz), periodEnd(p, t, tz)]);
+process.stdout.write(JSON.stringify(out));
+"""
+
+
+def test_period_keys_and_ends_agree_in_every_time_zone(impl_env: None) -> None:
+    """Beyond the vectors: Python (zoneinfo) and JavaScript (Intl) compute the same period
+    key and period end in every tz database zone, at random minutes from 1995 to 2037 and
+    around daylight-saving changes at midnight (seeded, so a failure reproduces)."""
+    rng = random.Random(20260921)
+    cases: list[tuple[str, int, str]] = []
+    for tz in sorted(zone_names()):
+        t = rng.randrange(788_918_400, 2_145_916_800) // 60 * 60
+        cases += [(p, t, tz) for p in ("day", "week", "month", "year")]
+    for tz in ("America/Santiago", "America/Havana", "Pacific/Apia", "America/Asuncion"):
+        for _ in range(100):
+            t = rng.randrange(1_104_537_600, 1_924_992_000) // 60 * 60
+            cases.append(("day", t, tz))
+    done = subprocess.run([_node(), "--input-type=module", "-e", _PERIODS_JS],
+                          input=json.dumps(cases), capture_output=True, text=True,
+                          timeout=120, check=True)
+    js = [tuple(x) for x in json.loads(done.stdout)]
+    py = [(period_key(p, t, tz), period_end(p, t, tz)) for p, t, tz in cases]
+    wrong = [(c, a, b) for c, a, b in zip(cases, py, js, strict=True) if a != b]
+    assert not wrong, wrong[:5]
 
 
 # --- the command line ------------------------------------------------------------------------
