@@ -73,9 +73,13 @@ class Adapter:
         assert proc.stdout is not None and proc.stderr is not None
         _pump(proc.stdout, self._lines.put)
         _pump(proc.stderr, self._keep_stderr)
-        hello = self._call({"op": "hello", "protocol": PROTOCOL})
-        if hello.get("protocol") != PROTOCOL or not isinstance(hello.get("ops"), list):
-            raise AdapterFailed(f"implementation does not speak adapter protocol {PROTOCOL}")
+        try:
+            hello = self._call({"op": "hello", "protocol": PROTOCOL})
+            if hello.get("protocol") != PROTOCOL or not isinstance(hello.get("ops"), list):
+                raise AdapterFailed(f"implementation does not speak adapter protocol {PROTOCOL}")
+        except AdapterError:
+            self.close()
+            raise
         self.hello = hello
         return hello
 
