@@ -100,6 +100,7 @@ class Decision(NamedTuple):
             "limits": None if self.limits is None else self.limits.to_json(),
             "debits": [d.to_json() for d in self.debits],
             "approval_id": self.approval_id,
+            "needs_approval": self.needs_approval,
         }
 
 
