@@ -65,11 +65,7 @@ const OPS = {
       request(field(req, 'request', 'object')), field(req, 'now', 'integer'),
       field(req, 'counters', 'object'), field(req, 'revoked', 'array'),
     );
-    return {
-      allowed: d.allowed, reason: d.reason, message: d.message, token_id: d.token_id,
-      debits: d.debits, approval_id: d.approval_id,
-      limits: d.limits === null ? null : limitsToJson(d.limits),
-    };
+    return { ...d, limits: d.limits === null ? null : limitsToJson(d.limits) };
   },
   parse(req) {
     try {

@@ -129,25 +129,39 @@ function evaluate(v, request, now, counters, keys) {
       throw err;
     }
   }
-  return { allowed: true, reason: null, message: 'allowed', debits, approval_id: approvalId };
+  return { debits, approvalId };
 }
 
-/** The decision for one request: {allowed, reason, message, token_id, limits, debits, approval_id}. */
+/** A denial: no debits, no approval; token_id and limits once the token passed step 3. */
+function denial(reason, message, tokenId = null, limits = null) {
+  return {
+    allowed: false, reason, message, token_id: tokenId, limits, debits: [], approval_id: null,
+    needs_approval: reason === 'confirmation_required',
+  };
+}
+
+/**
+ * The decision for one request (spec/verification.md#decision): {allowed, reason, message,
+ * token_id, limits, debits, approval_id, needs_approval}. `keys` maps key id (hex) to root key.
+ */
 export function verify(token, keys, request, now, counters = {}, revoked = []) {
   let v;
   try {
     v = checkToken(token, keys);
   } catch (err) {
-    if (err instanceof TokenError) return { allowed: false, reason: err.reason, message: err.message, token_id: null, limits: null, debits: [], approval_id: null };
+    if (err instanceof TokenError) return denial(err.reason, err.message);
     throw err;
   }
   const tokenId = hex(v.tokenId);
-  const base = { token_id: tokenId, limits: v.limits };
-  if (revoked.includes(tokenId)) return { ...base, allowed: false, reason: 'revoked', message: 'this token has been revoked', debits: [], approval_id: null };
+  if (revoked.includes(tokenId)) return denial('revoked', 'this token has been revoked', tokenId, v.limits);
   try {
-    return { ...base, ...evaluate(v, request, now, counters, keys) };
+    const { debits, approvalId } = evaluate(v, request, now, counters, keys);
+    return {
+      allowed: true, reason: null, message: 'allowed', token_id: tokenId, limits: v.limits, debits,
+      approval_id: approvalId, needs_approval: false,
+    };
   } catch (err) {
-    if (err instanceof Deny) return { ...base, allowed: false, reason: err.reason, message: err.message, debits: [], approval_id: null };
+    if (err instanceof Deny) return denial(err.reason, err.message, tokenId, v.limits);
     throw err;
   }
 }
