@@ -42,12 +42,14 @@ def _node() -> str:
 
 
 @pytest.fixture(scope="module")
-def impl_env() -> Iterator[None]:
+def impl_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Run adapters from the repository root with this interpreter as `python`."""
     _node()
+    bin_dir = tmp_path_factory.mktemp("bin")
+    (bin_dir / "python").symlink_to(sys.executable)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO)
-        mp.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+        mp.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
         yield
 
 
