@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,7 +47,9 @@ def impl_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Run adapters from the repository root with this interpreter as `python`."""
     _node()
     bin_dir = tmp_path_factory.mktemp("bin")
-    (bin_dir / "python").symlink_to(sys.executable)
+    python = bin_dir / "python"  # a wrapper, not a symlink, so a venv stays a venv
+    python.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n', "utf-8")
+    python.chmod(0o755)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO)
         mp.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
