@@ -6,7 +6,7 @@ import pytest
 
 from capwallet.keys import Keyring, RootKey
 
-NOW = 1_790_000_000  # 2026-09-21T13:33:20Z, a fixed "now" for deterministic tests
+NOW = 1_790_000_000  # 2026-09-21T14:13:20Z, a fixed "now" for deterministic tests
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from capwallet.cli import token_commands, wallet_commands
+from capwallet.cli import conformance_commands, token_commands, wallet_commands
 from capwallet.cli.common import CliError
 
-GROUPS = [token_commands, wallet_commands]
+GROUPS = [token_commands, wallet_commands, conformance_commands]
 
 
 class _Parser(argparse.ArgumentParser):
