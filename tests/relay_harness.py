@@ -170,8 +170,8 @@ class Relay:
 
     def counters(self, token: str) -> dict[str, int]:
         """Used value of each of the token's counters in their current period."""
-        from reference_relay.app import counter_keys
         from capwallet.verify import Verifier
+        from reference_relay.app import counter_keys
         v = Verifier(Keyring([self.root])).check_token(token)
         keys = counter_keys(v.limits, int(time.time()))
         return self.run(self.store.counters(keys))  # type: ignore[no-any-return]

@@ -10,21 +10,12 @@ import anthropic
 import httpx
 import openai
 import pytest
+from relay_harness import Relay, error_code, fake_requests, token_id
 
 from capwallet import approval as approvals
 from capwallet import caveats as cav
 from capwallet.keys import RootKey
 from capwallet.token import Token, mint
-from relay_harness import (  # noqa: F401 - fixtures
-    Relay,
-    captured_logs,
-    error_code,
-    fake,
-    fake_requests,
-    fresh_relay,
-    relay,
-    token_id,
-)
 
 HELLO = [{"role": "user", "content": "hello there"}]
 
@@ -124,7 +115,7 @@ def test_budget_exhausted_mid_sequence(relay: Relay) -> None:
     # A smaller call still fits what is left.
     assert relay.chat(tok, model="relay-out", max_tokens=6).status_code == 200
     rows = relay.ledger(tok)
-    assert sum(e.cost for e in rows) == list(relay.counters(tok).values())[0] == 22
+    assert [sum(e.cost for e in rows)] == [*relay.counters(tok).values()] == [22]
     assert [e.status for e in rows].count("denied:budget_exceeded") == 3
 
 

@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import httpx
+from relay_harness import FAKE_KEY, Relay, assert_no_key, fake_requests, token_id
 
 from capwallet import caveats as cav
-from relay_harness import (  # noqa: F401 - fixtures
-    FAKE_KEY,
-    Relay,
-    assert_no_key,
-    captured_logs,
-    fake,
-    fake_requests,
-    relay,
-    token_id,
-)
 
 HELLO = [{"role": "user", "content": "hello there"}]  # 10 input tokens at the fake
 # relay-test: 10 in * 0.1 + 16 out * 0.3 = 5.8 cents -> 6
