@@ -1,10 +1,14 @@
-"""Shared fixtures. Fixed keys and times keep failures reproducible."""
+"""Shared fixtures and plugins. Fixed keys and times keep failures reproducible.
+relay_harness: fake provider + real relays on loopback (fixtures fake, relay, fresh_relay,
+captured_logs)."""
 
 from __future__ import annotations
 
 import pytest
 
 from capwallet.keys import Keyring, RootKey
+
+pytest_plugins = ("relay_harness",)
 
 NOW = 1_790_000_000  # 2026-09-21T14:13:20Z, a fixed "now" for deterministic tests
 
