@@ -69,13 +69,13 @@ def test_approve_then_poll(wallet: RunningWallet, browser_client: httpx.Client) 
     got = wait_for_approval(wallet.base_url, token, rid, timeout=5)
     t = Token.parse(token)
     checked = approvals.check(got, wallet.ctx.keystore.keyring(), t.identifier.token_id, digest,
-                              int(time.time()))
+                              int(time.time()), token_key_id=t.identifier.key_id)
     assert checked.expires <= int(time.time()) + 300
     # Bound to this request: another digest fails.
     other = approvals.request_digest("POST", "/v1/chat/completions", b"{}")
     try:
         approvals.check(got, wallet.ctx.keystore.keyring(), t.identifier.token_id, other,
-                        int(time.time()))
+                        int(time.time()), token_key_id=t.identifier.key_id)
         raise AssertionError("approval accepted for another request")
     except approvals.TokenError as exc:
         assert exc.reason.value == "approval_invalid"
