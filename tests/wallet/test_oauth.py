@@ -169,3 +169,13 @@ def test_consent_id_is_bound_to_the_session(wallet: RunningWallet,
         }, headers={"origin": wallet.base_url})
     assert r.status_code == 400 and "expired" in r.text
     assert REDIRECT not in r.headers.get("location", "")
+
+
+def test_unexchanged_approvals_are_forgotten(wallet: RunningWallet,
+                                             browser_client: httpx.Client) -> None:
+    approve(browser_client)
+    (pending,) = wallet.ctx.grants.list(statuses=("pending",))
+    wallet.ctx.clock = lambda: pending.created_at + 3600  # an hour later, another approval
+    approve(browser_client)
+    left = wallet.ctx.grants.list(statuses=("pending",))
+    assert [g.grant_id for g in left] != [pending.grant_id] and len(left) == 1

@@ -207,6 +207,8 @@ async def authorize_answer(request: Request) -> Response:
         return ctx.pages.consent(request, areq, cid, error=str(exc), status=400)
     ctx.consents.take(cid)
     now = ctx.now()
+    # Approvals whose code was never exchanged: their token never left the wallet.
+    ctx.grants.delete_pending_before(now - 2 * CODE_TTL)
     grant, token = issue_grant(
         ctx.grants, ctx.keystore.current_root_key, app=areq.app_name,
         caveats=granted.caveats(areq.app_name, now), source="oauth", now=now,
