@@ -282,10 +282,10 @@ def evaluate(
     why: str | None = None
     if model_call:
         for currency, threshold in lim.confirm_above.items():
-            if request.cost[currency] > threshold * MICROS_PER_MINOR:
-                why = (f"this call may cost up to {format_micros(request.cost[currency], currency)},"
-                       f" above the {format_micros(threshold * MICROS_PER_MINOR, currency)} that "
-                       "needs your approval")
+            price, above = request.cost[currency], threshold * MICROS_PER_MINOR
+            if price > above:
+                why = (f"this call may cost up to {format_micros(price, currency)}, above the "
+                       f"{format_micros(above, currency)} that needs your approval")
                 break
     if why is None and lim.ask_first:
         for scope in request.scopes:
