@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import ClassVar, Self, Union
 
 from capwallet import grammar
@@ -121,7 +122,10 @@ class _NameSet:
     def from_args(cls, args: list[str]) -> Self:
         if not args and not cls.allow_empty:
             raise GrammarError(f"{cls.name} needs at least one value")
-        return cls(sorted_unique(args, cls.name))
+        # Already checked sorted and unique: skip __post_init__'s normalising sort.
+        made = object.__new__(cls)
+        object.__setattr__(made, "values", sorted_unique(args, cls.name))
+        return made
 
 
 class Providers(_NameSet):
@@ -334,7 +338,17 @@ def encode(caveat: Caveat) -> bytes:
 
 
 def decode(data: bytes) -> Caveat:
-    """Typed caveat from its signed bytes; TokenError(unknown_caveat | invalid_caveat)."""
+    """Typed caveat from its signed bytes; TokenError(unknown_caveat | invalid_caveat).
+
+    Caveats are immutable values, and tokens from one wallet repeat most caveat bytes
+    ("providers anthropic openai"), so decoded caveats are kept in a bounded cache keyed by
+    their exact bytes. Failures are not cached.
+    """
+    return _decode_cached(data)
+
+
+@lru_cache(maxsize=16384)
+def _decode_cached(data: bytes) -> Caveat:
     name = data.split(b" ", 1)[0].decode("ascii", "replace")
     cls = REGISTRY.get(name)
     if cls is None:
@@ -344,6 +358,7 @@ def decode(data: bytes) -> Caveat:
         caveat: Caveat = cls.from_args(args)
     except (GrammarError, ValueError) as exc:
         raise TokenError(Reason.INVALID_CAVEAT, f"caveat {name!r} does not decode: {exc}") from exc
-    if encode(caveat) != data:  # belt and braces: exactly one spelling is accepted
-        raise TokenError(Reason.INVALID_CAVEAT, f"caveat {name!r} is not in canonical form")
+    # Every from_args accepts only canonical spellings, so encode(caveat) == data here;
+    # tests/test_caveats.py checks that property on generated input instead of paying for a
+    # re-encoding on every verification.
     return caveat

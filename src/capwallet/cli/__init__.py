@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from capwallet.cli import token_commands
 from capwallet.cli.common import CliError
@@ -13,12 +14,21 @@ from capwallet.cli.common import CliError
 GROUPS = [token_commands]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one clear line on stderr (and exit 2), not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="capwallet",
         description="Capability tokens that let apps use your AI accounts within your limits.",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     for group in GROUPS:
         group.register(sub)
     return parser
