@@ -360,8 +360,10 @@ class Relay:
         ), now, counters, revoked)
         app_name = limits.apps[0] if limits.apps else ""
         if not decision.allowed:
+            extra = self.counter_detail(decision, limits, keys, counters, costs,
+                                        prepared.input.tokens + prepared.output_tokens)
             return await self.deny(decision, ep, provider, model, app_name, digest, raw,
-                                   request.url.path, rates, now)
+                                   request.url.path, rates, now, extra)
         key = self.provider_keys(provider.id)
         if not key and provider.api_key_env:
             raise provider_key_missing(provider)
@@ -426,13 +428,32 @@ class Relay:
                           f"{_fmt(limit, left)} left; this call needs up to "
                           f"{_fmt(limit, debit.amount)}{note}", extra=extra, headers=headers)
 
+    @staticmethod
+    def counter_detail(decision: Decision, limits: EffectiveLimits, keys: list[str],
+                       counters: dict[str, int], costs: dict[str, int],
+                       tokens: int) -> dict[str, Any]:
+        """For a counter denial: the counter that was hit (limit, used, left, needed)."""
+        kind = {v: k for k, v in _KIND_REASON.items()}.get(decision.reason)  # type: ignore[arg-type]
+        if kind is None:
+            return {}
+        for c, key in zip(limits.counters, keys, strict=True):
+            if c.kind != kind:
+                continue
+            needed = 1 if kind == "rate" else tokens if kind == "quota" else costs.get(c.unit, 0)
+            used = counters.get(key, 0)
+            if needed > 0 and used + needed > c.limit:
+                return {"limit": c.limit, "used": used, "left": max(c.limit - used, 0),
+                        "needed": needed, "unit": c.unit}
+        return {}
+
     async def deny(self, decision: Decision, ep: Endpoint, provider: ProviderConfig,
                    model: ModelConfig, app_name: str, digest: bytes | None, raw: bytes,
-                   path: str, rates: list[str], now: int) -> Response:
+                   path: str, rates: list[str], now: int,
+                   extra: dict[str, Any] | None = None) -> Response:
         reason = decision.reason
         code = reason.value if reason is not None else INTERNAL_ERROR
         message = decision.message
-        extra: dict[str, Any] = {}
+        extra = dict(extra or {})
         headers: dict[str, str] = {}
         if reason in (Reason.BUDGET_EXCEEDED, Reason.PRICE_UNKNOWN, Reason.CONFIRMATION_REQUIRED):
             message += self.fx_note(rates)
@@ -449,7 +470,7 @@ class Relay:
                 created_at=now, expires_at=now + self.config.approval_ttl,
             ))
             url = f"{self.config.wallet_url}/approvals/{pid}" if self.config.wallet_url else None
-            extra = {"approval_request_id": pid, "approval_url": url}
+            extra.update({"approval_request_id": pid, "approval_url": url})
             message += (f". Approve it in the wallet ({url or 'pending approvals'}), then retry "
                         f"the same request with the header X-Capwallet-Approval: cwa1_...")
             headers["x-capwallet-approval-request"] = pid

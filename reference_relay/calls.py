@@ -17,6 +17,7 @@ Settlement rules (see also reference_relay.metering):
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -31,7 +32,7 @@ from capwallet.store import LedgerEntry, Store, StoreUnavailable
 from capwallet.verify import Debit
 from reference_relay.config import ModelConfig, ProviderConfig
 from reference_relay.errors import UPSTREAM_ERROR, RelayError, error_response, sse_error_event
-from reference_relay.metering import StreamMeter, Usage, usage_from_body
+from reference_relay.metering import StreamMeter, Usage, usage_from_json
 from reference_relay.prices import Converter
 from reference_relay.routes import Endpoint, Prepared
 from reference_relay.upstream import Upstream, transport_error, upstream_status_error
@@ -193,13 +194,21 @@ class Call:
                                 media_type="application/json",
                                 headers={"x-capwallet-reason": err.code})
             return error_response(err, flavor)
-        usage = usage_from_body(self.provider.api, body)
-        if usage is None:
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            # Output may have been generated and billed: charge the reserved worst case.
             await self.settle(None, False, "upstream_error", body)
             return error_response(RelayError(
-                UPSTREAM_ERROR, f"provider {self.provider.id!r} sent an answer without usage; "
-                "it was charged at the reserved worst case"), flavor)
-        await self.settle(usage, True, "ok", body)
+                UPSTREAM_ERROR, f"provider {self.provider.id!r} sent an answer that is not "
+                "valid JSON; it was charged at the reserved worst case"), flavor)
+        usage = usage_from_json(self.provider.api, data)
+        if usage is None:
+            await self.settle(None, False, "usage_missing", body)
+        else:
+            await self.settle(usage, True, "ok", body)
         headers = {h: resp.headers[h] for h in _PASS_HEADERS if h in resp.headers}
         return Response(body, status_code=resp.status_code, media_type="application/json",
                         headers={**headers, **self.response_headers})
@@ -293,8 +302,9 @@ class _StreamPump:
             elif not meter.saw_event:
                 await call.release("upstream_error")
             else:
-                await call.settle(meter.usage, False, "client_disconnected" if self.client_gone
-                                  else "upstream_error", logged)
+                status = ("client_disconnected" if self.client_gone else
+                          "upstream_error" if cut else "usage_missing")
+                await call.settle(meter.usage, False, status, logged)
         finally:
             self.finished = True
             if not self.client_gone:

@@ -178,7 +178,7 @@ def _provider(raw: Mapping[str, Any], table: PriceTable, i: int) -> ProviderConf
             currency = entry.pop("currency", None)
             if not isinstance(currency, str):
                 raise ConfigError(f"{where}: model {mid!r} needs a currency")
-            scale = entry.pop("scale", 1)
+            scale = entry.pop("scale", table.scale)
             try:
                 models[mid] = ModelConfig(
                     mid, price_from_table(entry, currency, scale, f"{where} model {mid!r}"))
@@ -218,7 +218,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path) -> RelayConfig:
             merged = {k: dict(v) for k, v in table.sections.items()}
             for name, models in extra_table.sections.items():
                 merged.setdefault(name, {}).update(models)
-            table = PriceTable(table.date, table.note, merged)
+            table = PriceTable(table.date, table.note, merged, table.scale)
         elif prices is not None:
             raise ConfigError("prices must be a file name or a table")
     except (PriceError, OSError, tomllib.TOMLDecodeError) as exc:

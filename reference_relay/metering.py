@@ -73,13 +73,8 @@ def anthropic_usage(u: Any, into: Usage | None = None) -> Usage | None:
     return out
 
 
-def usage_from_body(flavor: str, body: bytes) -> Usage | None:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
+def usage_from_json(flavor: str, data: dict[str, Any]) -> Usage | None:
+    """The final usage of a non-streamed answer, or None if it has none."""
     if flavor == "anthropic":
         u = anthropic_usage(data.get("usage"))
         return u if u is not None and u.complete else None

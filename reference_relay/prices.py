@@ -172,6 +172,7 @@ class PriceTable:
     date: str
     note: str
     sections: dict[str, dict[str, Price]]  # section (usually a provider id) -> model -> Price
+    scale: int = 1  # the table's scale, also the default for prices given inline in a config
 
     def section(self, name: str) -> dict[str, Price]:
         try:
@@ -200,7 +201,7 @@ def parse_table(data: Mapping[str, Any], where: str) -> PriceTable:
                 raise PriceError(f"{where}: [{name}] {model} must be a table of prices")
             models[model] = price_from_table(entry, str(currency), scale, f"{where} {model}")
         sections[name] = models
-    return PriceTable(str(data.get("date", "")), str(data.get("note", "")), sections)
+    return PriceTable(str(data.get("date", "")), str(data.get("note", "")), sections, scale)
 
 
 def default_table() -> PriceTable:

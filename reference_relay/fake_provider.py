@@ -1,0 +1,1014 @@
+"""A fake model provider: a real HTTP server that speaks the OpenAI and Anthropic wire formats.
+
+It stands for the outside world (OpenAI, Anthropic, a local Ollama) in the relay's tests, its
+benchmark baseline and the demo, so it answers closely enough to the real APIs that the official
+`openai` and `anthropic` SDKs accept its replies, streaming included, and it can misbehave on
+demand the ways real providers do.
+
+Routes
+    POST /v1/chat/completions   OpenAI; `Authorization: Bearer <key>`; stream, stream_options,
+                                n, max_tokens, max_completion_tokens
+    POST /v1/embeddings         OpenAI; input string, list of strings, token ids or lists of them;
+                                encoding_format float|base64; dimensions (default 8)
+    POST /v1/messages           Anthropic; `x-api-key: <key>` or `Authorization: Bearer <key>`
+                                (the current anthropic SDK sends the latter); max_tokens
+                                required; stream
+    POST /v1/messages/count_tokens  Anthropic; {"input_tokens": N} by the formula below
+    GET  /v1/models             OpenAI list, or the Anthropic list when the request carries
+                                anthropic-version or x-api-key
+    POST/GET/DELETE /_fake/faults    arm / list / clear queued fault modes
+    GET/DELETE /_fake/requests       the received /v1 requests (refused ones too), or clear them
+The /_fake control routes take no key: the server only ever listens on loopback for tests.
+
+Token counts (deterministic, so tests can compute the expected usage by hand)
+    text(s)        = ceil(len(s) / 4), len in Unicode code points
+    content(c)     = text(c) for a string; for a list of parts, the sum of text(part.text) over
+                     parts carrying a string "text", plus 85 for every other part (images...)
+    chat input     = 3 + sum over messages of (4 + content(message.content)); an Anthropic
+                     `system` prompt counts as one more message; tools and other fields are free
+    embedding input = sum of text(s) over string inputs, plus the length of each token-id list
+    output         = min(cap, default_reply_tokens) per choice, where cap is max_tokens (and/or
+                     max_completion_tokens, the smaller one wins) or unlimited when absent;
+                     a `long:<n>` fault makes it n whatever the cap. OpenAI completion_tokens is
+                     that times `n`. The reply text is exactly that many words separated by
+                     single spaces; a stream sends one word per content chunk (" word" after the
+                     first), so the chunks concatenate to the non-stream text.
+    finish reason  = "length" / "max_tokens" when the cap cut the reply short, else
+                     "stop" / "end_turn". Anthropic's message_start carries output_tokens 1, as the
+                     real API does; the final count is in message_delta.
+
+Fault modes (after auth and validation; the failing request is still recorded)
+    delay:<ms>        sleep ms before answering
+    http500, http429  the provider's real error body (429 with `retry-after: 1`)
+    reset             close the TCP connection with a RST and no response at all
+    malformed         200 with a truncated JSON body, or an SSE stream with a broken data line
+    stream_cut:<k>    a stream sends its preamble and k content chunks, then the connection
+                      closes: no finish chunk, usage, [DONE], content_block_stop or message_stop
+    no_usage          omit usage everywhere (bodies, include_usage chunk, message_start/delta)
+    slow_stream:<ms>  sleep ms before every stream frame after the first
+    long:<n>          reply with n output tokens regardless of max_tokens
+A model id `fault-<mode>` (e.g. `fault-http500`, `fault-delay:250`) always behaves that way.
+`POST /_fake/faults {"mode": "...", "count": N}` queues a mode for the next N model calls
+(chat, embeddings, messages) that pass auth and validation and don't name a fault model;
+entries queue FIFO; "count" defaults to 1. Modes that only make sense for streams do nothing
+to other calls. An unknown `fault-...` model gets 404 model_not_found; a bad queued mode, 400.
+
+Recorded requests (GET /_fake/requests, the last 10,000, oldest first) are objects
+    {"method", "path", "query", "headers", "auth_ok", "auth_header", "body", "fault", "status"}
+where headers are all request headers except authorization and x-api-key (any other value
+containing the key reads "[redacted]"), auth_header names the header that carried a credential
+(or null), body is the parsed JSON (or null), fault the applied mode (or null) and status the
+HTTP status sent (null when the connection was reset).
+
+The API key is compared in constant time and never echoed: not in errors, not in the recorded
+requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import itertools
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+from array import array
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, ClassVar, Literal
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+DEFAULT_API_KEY = "sk-fake-provider-key"
+DEFAULT_REPLY_TOKENS = 16
+REQUEST_OVERHEAD_TOKENS = 3
+MESSAGE_OVERHEAD_TOKENS = 4
+NON_TEXT_PART_TOKENS = 85
+DEFAULT_EMBEDDING_DIMENSIONS = 8
+MAX_EMBEDDING_DIMENSIONS = 4096
+MAX_CHOICES = 128
+MAX_LONG_TOKENS = 100_000
+MAX_FAULT_MS = 600_000
+MAX_RECORDED_REQUESTS = 10_000
+SYSTEM_FINGERPRINT = "fp_fake_provider"
+
+OPENAI_MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1-mini", "o4-mini",
+                 "text-embedding-3-small", "text-embedding-3-large")
+ANTHROPIC_MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-3-5-haiku-latest")
+
+REPLY_WORDS = (
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
+    "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa",
+    "quebec", "romeo", "sierra", "tango", "uniform", "victor", "whiskey", "xray",
+    "yankee", "zulu",
+)
+
+Flavor = Literal["openai", "anthropic"]
+_CYCLE_KEY = "fake_provider.cycle"
+
+# ---------------------------------------------------------------------------------------------
+# Token arithmetic
+
+
+def text_tokens(text: str) -> int:
+    """ceil(len(text) / 4): the fake tokenizer (about right for English, and easy to check)."""
+    return -(-len(text) // 4)
+
+
+def content_tokens(content: object) -> int:
+    """Tokens of a message content: a string, or a list of parts (text parts by length)."""
+    if isinstance(content, str):
+        return text_tokens(content)
+    if isinstance(content, list):
+        total = 0
+        for part in content:
+            text = part.get("text") if isinstance(part, dict) else None
+            total += text_tokens(text) if isinstance(text, str) else NON_TEXT_PART_TOKENS
+        return total
+    return 0
+
+
+def chat_input_tokens(messages: Sequence[Any], system: object = None) -> int:
+    """Input tokens of a chat request; an Anthropic system prompt counts as one more message."""
+    total = REQUEST_OVERHEAD_TOKENS
+    if system:
+        total += MESSAGE_OVERHEAD_TOKENS + content_tokens(system)
+    for message in messages:
+        total += MESSAGE_OVERHEAD_TOKENS + content_tokens(message.get("content"))
+    return total
+
+
+@lru_cache(maxsize=256)
+def reply_pieces(count: int) -> tuple[str, ...]:
+    """The reply as stream pieces: `count` words, every one after the first with a leading space."""
+    return tuple(
+        (" " if i else "") + REPLY_WORDS[i % len(REPLY_WORDS)] for i in range(count)
+    )
+
+
+@lru_cache(maxsize=256)
+def reply_text(count: int) -> str:
+    """The whole reply: exactly `count` space-separated words."""
+    return "".join(reply_pieces(count))
+
+
+def embedding_vector(item: str | list[int], dimensions: int) -> list[float]:
+    """A deterministic unit vector for an input, already rounded to float32 (as base64 ships it)."""
+    data = item.encode() if isinstance(item, str) else json.dumps(item).encode()
+    raw = hashlib.shake_128(data).digest(2 * dimensions)
+    ints = struct.unpack(f"<{dimensions}h", raw)
+    norm = sum(v * v for v in ints) ** 0.5 or 1.0
+    return array("f", (v / norm for v in ints)).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# Fault modes
+
+_FAULTS_WITH_ARG = frozenset({"delay", "stream_cut", "slow_stream", "long"})
+_FAULTS_PLAIN = frozenset({"http500", "http429", "reset", "malformed", "no_usage"})
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One parsed fault mode; `arg` is the ms / chunk count / token count, 0 when unused."""
+
+    kind: str
+    arg: int = 0
+
+    @property
+    def mode(self) -> str:
+        return f"{self.kind}:{self.arg}" if self.kind in _FAULTS_WITH_ARG else self.kind
+
+
+def parse_fault(mode: str) -> Fault:
+    """Parse `kind` or `kind:<int>`; ValueError with a readable message when it is not one."""
+    kind, sep, arg = mode.partition(":")
+    if kind in _FAULTS_PLAIN and not sep:
+        return Fault(kind)
+    if kind in _FAULTS_WITH_ARG and sep and arg.isdigit() and arg.isascii():
+        value = int(arg)
+        limit = MAX_LONG_TOKENS if kind == "long" else MAX_FAULT_MS
+        if kind == "long" and value < 1:
+            raise ValueError("long:<n> needs n >= 1")
+        if value > limit:
+            raise ValueError(f"{kind} argument must be at most {limit}")
+        return Fault(kind, value)
+    known = sorted(_FAULTS_PLAIN) + sorted(f"{k}:<int>" for k in _FAULTS_WITH_ARG)
+    raise ValueError(f"unknown fault mode {mode!r}; known: {', '.join(known)}")
+
+
+@dataclass
+class _QueuedFault:
+    fault: Fault
+    remaining: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-app state
+
+
+@dataclass
+class _State:
+    api_key: bytes
+    default_reply_tokens: int
+    faults: deque[_QueuedFault] = field(default_factory=deque)
+    requests: deque[dict[str, Any]] = field(
+        default_factory=lambda: deque(maxlen=MAX_RECORDED_REQUESTS)
+    )
+    ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def auth_ok(self, given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(given.encode(), self.api_key)
+
+    def take_fault(self) -> Fault | None:
+        if not self.faults:
+            return None
+        head = self.faults[0]
+        head.remaining -= 1
+        if head.remaining <= 0:
+            self.faults.popleft()
+        return head.fault
+
+    def queued(self) -> list[dict[str, Any]]:
+        return [{"mode": q.fault.mode, "remaining": q.remaining} for q in self.faults]
+
+
+def _state(request: Request) -> _State:
+    state: _State = request.app.state.fake
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+
+
+def _dumps(obj: object) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _json(obj: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_dumps(obj), status, headers, media_type="application/json")
+
+
+class ApiError(Exception):
+    """An error answer, rendered in the shape of whichever provider the route imitates."""
+
+    _ANTHROPIC_TYPES: ClassVar[dict[int, str]] = {
+        400: "invalid_request_error", 401: "authentication_error",
+        404: "not_found_error", 429: "rate_limit_error", 500: "api_error"}
+
+    def __init__(self, status: int, message: str, *, openai_type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.openai_type = openai_type
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def response(self, flavor: Flavor, request_id: str) -> Response:
+        headers = dict(self.headers)
+        if flavor == "anthropic":
+            headers["request-id"] = request_id
+            kind = self._ANTHROPIC_TYPES.get(self.status, "api_error")
+            body: dict[str, Any] = {"type": "error",
+                                    "error": {"type": kind, "message": self.message},
+                                    "request_id": request_id}
+        else:
+            headers["x-request-id"] = request_id
+            body = {"error": {"message": self.message, "type": self.openai_type,
+                              "param": self.param, "code": self.code}}
+        return _json(body, self.status, headers)
+
+
+def _auth_error(flavor: Flavor) -> ApiError:
+    if flavor == "anthropic":
+        return ApiError(401, "invalid x-api-key")
+    return ApiError(401, "Incorrect API key provided. You can find your API key at "
+                    "https://platform.openai.com/account/api-keys.", code="invalid_api_key")
+
+
+def _fault_error(fault: Fault, flavor: Flavor) -> ApiError:
+    if fault.kind == "http429":
+        message = ("Number of request tokens has exceeded your per-minute rate limit"
+                   if flavor == "anthropic" else
+                   "Rate limit reached for requests. Please try again in 1s.")
+        return ApiError(429, message, openai_type="requests", code="rate_limit_exceeded",
+                        headers={"retry-after": "1"})
+    message = ("Internal server error" if flavor == "anthropic" else
+               "The server had an error while processing your request. Sorry about that!")
+    return ApiError(500, message, openai_type="server_error")
+
+
+async def _drop_connection(scope: Scope, *, reset: bool) -> None:
+    """Close the client's TCP connection under uvicorn, mid-response or before any response.
+
+    ASGI has no "abort", so the app reaches uvicorn's transport through the request cycle that
+    owns the raw `send` (captured by FakeProviderApp). `reset` sends a RST (SO_LINGER 0);
+    otherwise bytes already written are flushed first and the close is an ordinary FIN.
+    Once uvicorn sees the connection gone it drops anything else the app sends, silently.
+    """
+    cycle = scope.get(_CYCLE_KEY)
+    transport = getattr(cycle, "transport", None)
+    if transport is None:
+        raise RuntimeError("fake provider: cannot drop the connection (not served by uvicorn)")
+    if reset:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    else:
+        for _ in range(1000):
+            if not transport.get_write_buffer_size() or transport.is_closing():
+                break
+            await asyncio.sleep(0.001)
+    transport.abort()
+    for _ in range(100):
+        if getattr(cycle, "disconnected", True):
+            break
+        await asyncio.sleep(0)
+
+
+class _ResetResponse(Response):
+    """No response at all: the connection is reset."""
+
+    def __init__(self) -> None:
+        self.status_code = 0
+        self.background = None
+        self.raw_headers = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _drop_connection(scope, reset=True)
+
+
+class _EventStream(Response):
+    """An SSE response sent frame by frame: preamble, content frames, tail.
+
+    `cut_after` sends only that many content frames and then closes the connection;
+    `interval` sleeps before every frame after the first.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, preamble: list[bytes], content: list[bytes], tail: list[bytes], *,
+                 headers: dict[str, str], interval: float = 0.0,
+                 cut_after: int | None = None) -> None:
+        self.status_code = 200
+        self.background = None
+        self.init_headers({**headers, "cache-control": "no-cache"})
+        self.preamble, self.content, self.tail = preamble, content, tail
+        self.interval = interval
+        self.cut_after = cut_after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        cut = self.cut_after is not None
+        frames = itertools.chain(
+            self.preamble,
+            self.content[: self.cut_after] if cut else self.content,
+            () if cut else self.tail,
+        )
+        first = True
+        for frame in frames:
+            if self.interval and not first:
+                await asyncio.sleep(self.interval)
+            first = False
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        if cut:
+            await _drop_connection(scope, reset=False)
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _sse(data: object, event: str | None = None) -> bytes:
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + _dumps(data) + b"\n\n"
+
+
+def _malformed_body(body: object) -> Response:
+    text = _dumps(body)
+    return Response(text[: len(text) // 2], 200, media_type="application/json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Request parsing and validation
+
+
+@dataclass
+class _Call:
+    """What every model call handler needs after auth, parsing and the fault lookup."""
+
+    request: Request
+    flavor: Flavor
+    body: dict[str, Any]
+    record: dict[str, Any]
+    request_id: str
+    fault: Fault | None = None
+
+
+def _int_field(body: dict[str, Any], name: str, *, low: int, high: int | None = None,
+               required: bool = False) -> int | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise ApiError(400, f"{name}: Field required", param=name)
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (
+            high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ApiError(400, f"Invalid '{name}': expected an integer {bound}.", param=name)
+    return value
+
+
+def _model(body: dict[str, Any]) -> tuple[str, Fault | None]:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "you must provide a model parameter", param="model")
+    if not model.startswith("fault-"):
+        return model, None
+    try:
+        return model, parse_fault(model.removeprefix("fault-"))
+    except ValueError as exc:
+        raise ApiError(404, f"The model `{model}` does not exist: {exc}", param="model",
+                       code="model_not_found") from None
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+        raise ApiError(400, "messages: expected a non-empty list of messages with a role",
+                       param="messages")
+    return messages
+
+
+def _stream_flag(body: dict[str, Any]) -> bool:
+    stream = body.get("stream", False)
+    if stream is None:
+        return False
+    if not isinstance(stream, bool):
+        raise ApiError(400, "stream: expected a boolean", param="stream")
+    return stream
+
+
+def _credential(request: Request, flavor: Flavor) -> tuple[str | None, str | None]:
+    """(header that carried the key, the key). Anthropic takes `x-api-key` first and also
+    `Authorization: Bearer`, which its current SDK sends; OpenAI takes only the Bearer."""
+    if flavor == "anthropic" and "x-api-key" in request.headers:
+        return "x-api-key", request.headers["x-api-key"]
+    authorization = request.headers.get("authorization")
+    if authorization is None:
+        return None, None
+    scheme, _, token = authorization.partition(" ")
+    return "authorization", token.strip() if scheme.lower() == "bearer" else None
+
+
+async def _begin(request: Request, flavor: Flavor, *, has_body: bool = True) -> _Call:
+    """Record the request, check the key, parse the JSON body. Raises ApiError."""
+    state = _state(request)
+    auth_header, given = _credential(request, flavor)
+    auth_ok = state.auth_ok(given)
+    key = state.api_key.decode()
+    headers = {
+        name: ("[redacted]" if key in value else value)
+        for name, value in request.headers.items()
+        if name not in ("authorization", "x-api-key")
+    }
+    body: Any = None
+    error: ApiError | None = None
+    if has_body:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            error = ApiError(400, "We could not parse the JSON body of your request.")
+        else:
+            if not isinstance(body, dict):
+                error = ApiError(400, "The request body must be a JSON object.")
+    record: dict[str, Any] = {
+        "method": request.method,
+        "path": request.scope["path"],
+        "query": request.scope["query_string"].decode("latin-1"),
+        "headers": headers,
+        "auth_ok": auth_ok,
+        "auth_header": auth_header,
+        "body": body,
+        "fault": None,
+        "status": None,
+    }
+    state.requests.append(record)
+    call = _Call(request, flavor, body if isinstance(body, dict) else {}, record,
+                 f"req_fake{next(state.ids):012d}")
+    if not auth_ok:
+        raise _CallFailed(call, _auth_error(flavor))
+    if error is not None:
+        raise _CallFailed(call, error)
+    return call
+
+
+class _CallFailed(Exception):
+    def __init__(self, call: _Call, error: ApiError) -> None:
+        super().__init__(error.message)
+        self.call = call
+        self.error = error
+
+
+async def _apply_fault(call: _Call, model_fault: Fault | None) -> Response | None:
+    """Pick the fault (model name first, else the queue); answer now if it pre-empts the reply."""
+    fault = model_fault or _state(call.request).take_fault()
+    call.fault = fault
+    if fault is None:
+        return None
+    call.record["fault"] = fault.mode
+    if fault.kind == "delay":
+        await asyncio.sleep(fault.arg / 1000)
+    elif fault.kind in ("http500", "http429"):
+        return _fault_error(fault, call.flavor).response(call.flavor, call.request_id)
+    elif fault.kind == "reset":
+        return _ResetResponse()
+    return None
+
+
+def _output_tokens(cap: int | None, default: int, fault: Fault | None) -> tuple[int, bool]:
+    """(tokens per choice, whether the cap truncated the reply)."""
+    if fault is not None and fault.kind == "long":
+        return fault.arg, False
+    if cap is not None and cap < default:
+        return cap, True
+    return default, False
+
+
+def _kind(fault: Fault | None) -> str:
+    return fault.kind if fault is not None else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI flavor
+
+
+def _openai_usage(prompt: int, completion: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                      "accepted_prediction_tokens": 0,
+                                      "rejected_prediction_tokens": 0},
+    }
+
+
+async def _chat_completions(call: _Call) -> Response:
+    body = call.body
+    model, model_fault = _model(body)
+    messages = _messages(body)
+    caps = [c for c in (_int_field(body, "max_tokens", low=1),
+                        _int_field(body, "max_completion_tokens", low=1)) if c is not None]
+    n = _int_field(body, "n", low=1, high=MAX_CHOICES) or 1
+    stream = _stream_flag(body)
+    stream_options = body.get("stream_options")
+    if stream_options is not None:
+        if not stream:
+            raise ApiError(400, "The 'stream_options' parameter is only allowed when 'stream' "
+                           "is enabled.", param="stream_options")
+        if not isinstance(stream_options, dict):
+            raise ApiError(400, "stream_options: expected an object", param="stream_options")
+    include_usage = bool(stream and stream_options and stream_options.get("include_usage"))
+
+    early = await _apply_fault(call, model_fault)
+    if early is not None:
+        return early
+    fault = call.fault
+    state = _state(call.request)
+    prompt = chat_input_tokens(messages)
+    count, truncated = _output_tokens(min(caps) if caps else None,
+                                      state.default_reply_tokens, fault)
+    finish = "length" if truncated else "stop"
+    usage = _openai_usage(prompt, count * n)
+    completion_id = f"chatcmpl-fake{call.request_id.removeprefix('req_fake')}"
+    created = int(time.time())
+    headers = {"x-request-id": call.request_id}
+    no_usage = _kind(fault) == "no_usage"
+
+    if not stream:
+        text = reply_text(count)
+        reply: dict[str, Any] = {
+            "id": completion_id, "object": "chat.completion", "created": created,
+            "model": model,
+            "choices": [{"index": i,
+                         "message": {"role": "assistant", "content": text, "refusal": None,
+                                     "annotations": []},
+                         "logprobs": None, "finish_reason": finish} for i in range(n)],
+            "usage": usage, "service_tier": "default", "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+        if no_usage:
+            del reply["usage"]
+        if _kind(fault) == "malformed":
+            return _malformed_body(reply)
+        return _json(reply, headers=headers)
+
+    base = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+            "model": model, "service_tier": "default", "system_fingerprint": SYSTEM_FINGERPRINT}
+    chunk_usage = {"usage": None} if include_usage and not no_usage else {}
+
+    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return b"data: " + _dumps({
+            **base,
+            "choices": [{"index": index, "delta": delta, "logprobs": None,
+                         "finish_reason": finish_reason}],
+            **chunk_usage,
+        }) + b"\n\n"
+
+    preamble = [chunk(i, {"role": "assistant", "content": "", "refusal": None})
+                for i in range(n)]
+    if _kind(fault) == "malformed":
+        broken = chunk(0, {"content": reply_pieces(max(count, 1))[0]})
+        return _EventStream(preamble, [broken[: len(broken) // 2] + b"\n\n"],
+                            [b"data: [DONE]\n\n"], headers=headers)
+    content = [chunk(i, {"content": piece}) for piece in reply_pieces(count) for i in range(n)]
+    tail = [chunk(i, {}, finish) for i in range(n)]
+    if include_usage and not no_usage:
+        tail.append(b"data: " + _dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
+    tail.append(b"data: [DONE]\n\n")
+    return _stream_response(preamble, content, tail, headers, fault)
+
+
+def _stream_response(preamble: list[bytes], content: list[bytes], tail: list[bytes],
+                     headers: dict[str, str], fault: Fault | None) -> _EventStream:
+    kind = _kind(fault)
+    return _EventStream(
+        preamble, content, tail, headers=headers,
+        interval=fault.arg / 1000 if fault is not None and kind == "slow_stream" else 0.0,
+        cut_after=fault.arg if fault is not None and kind == "stream_cut" else None,
+    )
+
+
+async def _embeddings(call: _Call) -> Response:
+    body = call.body
+    model, model_fault = _model(body)
+    raw_input = body.get("input")
+    items: list[str | list[int]]
+    if isinstance(raw_input, str):
+        items = [raw_input]
+    elif isinstance(raw_input, list) and raw_input and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in raw_input):
+        items = [raw_input]
+    elif isinstance(raw_input, list) and raw_input and all(
+            isinstance(x, str) or (isinstance(x, list) and x and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in x))
+            for x in raw_input):
+        items = list(raw_input)
+    else:
+        raise ApiError(400, "'input' must be a non-empty string, array of strings, array of "
+                       "tokens or array of token arrays.", param="input")
+    dimensions = _int_field(body, "dimensions", low=1, high=MAX_EMBEDDING_DIMENSIONS)
+    dimensions = dimensions or DEFAULT_EMBEDDING_DIMENSIONS
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise ApiError(400, "encoding_format must be 'float' or 'base64'",
+                       param="encoding_format")
+
+    early = await _apply_fault(call, model_fault)
+    if early is not None:
+        return early
+    prompt = sum(text_tokens(x) if isinstance(x, str) else len(x) for x in items)
+    data = []
+    for index, item in enumerate(items):
+        vector = embedding_vector(item, dimensions)
+        embedding: list[float] | str = (
+            base64.b64encode(array("f", vector).tobytes()).decode()
+            if encoding == "base64" else vector
+        )
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    reply: dict[str, Any] = {"object": "list", "data": data, "model": model,
+                             "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
+    kind = _kind(call.fault)
+    if kind == "no_usage":
+        del reply["usage"]
+    if kind == "malformed":
+        return _malformed_body(reply)
+    return _json(reply, headers={"x-request-id": call.request_id})
+
+
+# ---------------------------------------------------------------------------------------------
+# Anthropic flavor
+
+
+def _anthropic_request(body: dict[str, Any]) -> tuple[str, Fault | None, int, int]:
+    """(model, model fault, max_tokens, input tokens); raises ApiError."""
+    model, model_fault = _model(body)
+    max_tokens = _int_field(body, "max_tokens", low=1, required=True)
+    assert max_tokens is not None
+    messages = _messages(body)
+    system = body.get("system")
+    if system is not None and not isinstance(system, str | list):
+        raise ApiError(400, "system: expected a string or a list of text blocks",
+                       param="system")
+    return model, model_fault, max_tokens, chat_input_tokens(messages, system)
+
+
+async def _messages_create(call: _Call) -> Response:
+    model, model_fault, max_tokens, prompt = _anthropic_request(call.body)
+    stream = _stream_flag(call.body)
+    early = await _apply_fault(call, model_fault)
+    if early is not None:
+        return early
+    fault = call.fault
+    kind = _kind(fault)
+    count, truncated = _output_tokens(max_tokens, _state(call.request).default_reply_tokens,
+                                      fault)
+    stop_reason = "max_tokens" if truncated else "end_turn"
+    message_id = f"msg_fake{call.request_id.removeprefix('req_fake')}"
+    headers = {"request-id": call.request_id}
+
+    def usage(output: int) -> dict[str, Any]:
+        return {"input_tokens": prompt, "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0, "output_tokens": output,
+                "service_tier": "standard"}
+
+    if not stream:
+        reply: dict[str, Any] = {
+            "id": message_id, "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": reply_text(count)}],
+            "stop_reason": stop_reason, "stop_sequence": None, "usage": usage(count),
+        }
+        if kind == "no_usage":
+            del reply["usage"]
+        if kind == "malformed":
+            return _malformed_body(reply)
+        return _json(reply, headers=headers)
+
+    start_message: dict[str, Any] = {
+        "id": message_id, "type": "message", "role": "assistant", "model": model,
+        "content": [], "stop_reason": None, "stop_sequence": None, "usage": usage(1),
+    }
+    delta: dict[str, Any] = {"type": "message_delta",
+                             "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                             "usage": {"output_tokens": count}}
+    if kind == "no_usage":
+        del start_message["usage"]
+        del delta["usage"]
+    preamble = [
+        _sse({"type": "message_start", "message": start_message}, "message_start"),
+        _sse({"type": "content_block_start", "index": 0,
+              "content_block": {"type": "text", "text": ""}}, "content_block_start"),
+        _sse({"type": "ping"}, "ping"),
+    ]
+    stop = _sse({"type": "message_stop"}, "message_stop")
+    if kind == "malformed":
+        broken = _sse({"type": "content_block_delta", "index": 0,
+                       "delta": {"type": "text_delta", "text": reply_pieces(max(count, 1))[0]}},
+                      "content_block_delta")
+        return _EventStream(preamble, [broken[: len(broken) // 2] + b"\n\n"], [stop],
+                            headers=headers)
+    content = [
+        _sse({"type": "content_block_delta", "index": 0,
+              "delta": {"type": "text_delta", "text": piece}}, "content_block_delta")
+        for piece in reply_pieces(count)
+    ]
+    tail = [
+        _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+        _sse(delta, "message_delta"),
+        stop,
+    ]
+    return _stream_response(preamble, content, tail, headers, fault)
+
+
+async def _count_tokens(call: _Call) -> Response:
+    body = call.body
+    _model(body)
+    system = body.get("system")
+    prompt = chat_input_tokens(_messages(body), system if isinstance(system, str | list) else None)
+    return _json({"input_tokens": prompt}, headers={"request-id": call.request_id})
+
+
+async def _models(call: _Call) -> Response:
+    if call.flavor == "anthropic":
+        data = [{"type": "model", "id": m, "display_name": m.replace("-", " ").title(),
+                 "created_at": "2025-01-01T00:00:00Z"} for m in ANTHROPIC_MODELS]
+        return _json({"data": data, "has_more": False, "first_id": data[0]["id"],
+                      "last_id": data[-1]["id"]}, headers={"request-id": call.request_id})
+    return _json({"object": "list",
+                  "data": [{"id": m, "object": "model", "created": 1_700_000_000,
+                            "owned_by": "fake-provider"} for m in OPENAI_MODELS]},
+                 headers={"x-request-id": call.request_id})
+
+
+# ---------------------------------------------------------------------------------------------
+# Routing glue
+
+
+def _endpoint(flavor: Flavor | None, handler: Any, *, has_body: bool = True) -> Any:
+    """Wrap a handler: auth + parsing via _begin, ApiError rendering, status recording.
+
+    flavor None means "decide by the credential header" (GET /v1/models serves both APIs).
+    """
+
+    async def endpoint(request: Request) -> Response:
+        chosen: Flavor = flavor or (
+            "anthropic" if "anthropic-version" in request.headers
+            or "x-api-key" in request.headers else "openai")
+        try:
+            call = await _begin(request, chosen, has_body=has_body)
+        except _CallFailed as failed:
+            failed.call.record["status"] = failed.error.status
+            return failed.error.response(chosen, failed.call.request_id)
+        try:
+            response: Response = await handler(call)
+        except ApiError as error:
+            response = error.response(chosen, call.request_id)
+        call.record["status"] = response.status_code or None
+        return response
+
+    return endpoint
+
+
+async def _post_fault(request: Request) -> Response:
+    state = _state(request)
+    try:
+        body = json.loads(await request.body())
+        if not isinstance(body, dict):
+            raise ValueError("body must be a JSON object")
+        mode = body.get("mode")
+        count = body.get("count", 1)
+        if not isinstance(mode, str):
+            raise ValueError("'mode' must be a string")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError("'count' must be an integer >= 1")
+        fault = parse_fault(mode)
+    except ValueError as exc:
+        return _json({"error": str(exc)}, 400)
+    state.faults.append(_QueuedFault(fault, count))
+    return _json({"queued": state.queued()})
+
+
+async def _get_faults(request: Request) -> Response:
+    return _json({"queued": _state(request).queued()})
+
+
+async def _clear_faults(request: Request) -> Response:
+    _state(request).faults.clear()
+    return _json({"queued": []})
+
+
+async def _get_requests(request: Request) -> Response:
+    return _json(list(_state(request).requests))
+
+
+async def _clear_requests(request: Request) -> Response:
+    requests = _state(request).requests
+    cleared = len(requests)
+    requests.clear()
+    return _json({"cleared": cleared})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    message = (f"Invalid URL ({request.method} {request.url.path})" if status in (404, 405)
+               else "The server had an error while processing your request.")
+    return _json({"error": {"message": message, "type": "invalid_request_error",
+                            "param": None, "code": None}}, status)
+
+
+class FakeProviderApp(Starlette):
+    """Starlette, plus a handle on uvicorn's request cycle so faults can drop connections."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[_CYCLE_KEY] = getattr(send, "__self__", None)
+        await super().__call__(scope, receive, send)
+
+
+def create_app(api_key: str = DEFAULT_API_KEY, *,
+               default_reply_tokens: int = DEFAULT_REPLY_TOKENS) -> Starlette:
+    """Build the fake provider app; it accepts exactly `api_key` on both APIs."""
+    if not api_key:
+        raise ValueError("api_key must not be empty")
+    if default_reply_tokens < 1:
+        raise ValueError("default_reply_tokens must be >= 1")
+    routes = [
+        Route("/v1/chat/completions", _endpoint("openai", _chat_completions), methods=["POST"]),
+        Route("/v1/embeddings", _endpoint("openai", _embeddings), methods=["POST"]),
+        Route("/v1/messages", _endpoint("anthropic", _messages_create), methods=["POST"]),
+        Route("/v1/messages/count_tokens", _endpoint("anthropic", _count_tokens),
+              methods=["POST"]),
+        Route("/v1/models", _endpoint(None, _models, has_body=False), methods=["GET"]),
+        Route("/_fake/faults", _post_fault, methods=["POST"]),
+        Route("/_fake/faults", _get_faults, methods=["GET"]),
+        Route("/_fake/faults", _clear_faults, methods=["DELETE"]),
+        Route("/_fake/requests", _get_requests, methods=["GET"]),
+        Route("/_fake/requests", _clear_requests, methods=["DELETE"]),
+    ]
+    app = FakeProviderApp(routes=routes,
+                          exception_handlers={404: _http_error, 405: _http_error})
+    app.state.fake = _State(api_key.encode(), default_reply_tokens)
+    return app
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket. proto must be IPPROTO_TCP explicitly: asyncio only turns on
+    TCP_NODELAY for sockets that say so, and without it every response waits ~40 ms on Nagle
+    and delayed ACKs (uvicorn writes the head and the body separately)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _server(app: Starlette) -> uvicorn.Server:
+    config = uvicorn.Config(app, lifespan="off", log_config=None, log_level="warning",
+                            access_log=False, timeout_graceful_shutdown=2)
+    return uvicorn.Server(config)
+
+
+@contextlib.contextmanager
+def running_fake_provider(api_key: str = DEFAULT_API_KEY, *,
+                          default_reply_tokens: int = DEFAULT_REPLY_TOKENS,
+                          host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve a fresh fake provider from a background thread; yields its base URL."""
+    app = create_app(api_key, default_reply_tokens=default_reply_tokens)
+    sock = _listen(host, 0)
+    server = _server(app)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+                              name="fake-provider", daemon=True)
+    try:
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("fake provider did not start")
+            time.sleep(0.002)
+        yield _url(sock)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+async def _serve_announced(server: uvicorn.Server, sock: socket.socket) -> None:
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.002)
+    if server.started:
+        print(f"fake provider listening on {_url(sock)}", flush=True)
+    await task
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m reference_relay.fake_provider",
+        description="Serve a fake OpenAI/Anthropic-compatible provider for tests and demos.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--api-key", default=os.environ.get("FAKE_PROVIDER_API_KEY",
+                                                            DEFAULT_API_KEY),
+                        help="the key clients must send (default: $FAKE_PROVIDER_API_KEY or "
+                             f"{DEFAULT_API_KEY})")
+    parser.add_argument("--default-reply-tokens", type=int, default=DEFAULT_REPLY_TOKENS)
+    args = parser.parse_args(argv)
+    try:
+        app = create_app(args.api_key, default_reply_tokens=args.default_reply_tokens)
+        sock = _listen(args.host, args.port)
+    except (ValueError, OSError) as exc:
+        print(f"fake provider: {exc}", file=sys.stderr)
+        return 2
+    with sock:
+        asyncio.run(_serve_announced(_server(app), sock))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Every way the relay refuses a call: the status, the reason code, the body shape, no forward."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import anthropic
+import httpx
+import openai
+import pytest
+from relay_harness import Relay, error_code, fake_requests, token_id
+
+from capwallet import approval as approvals
+from capwallet import caveats as cav
+from capwallet.keys import RootKey
+from capwallet.token import Token, mint
+
+HELLO = [{"role": "user", "content": "hello there"}]
+
+
+def fake_calls(relay: Relay) -> int:
+    return len(fake_requests(relay))
+
+
+def deny(relay: Relay, token: str | None, status: int, code: str, *,
+         model: str = "relay-test", path: str = "/v1/chat/completions",
+         body: object | None = None, **extra: object) -> httpx.Response:
+    httpx.delete(relay.fake + "/_fake/requests")
+    payload = body if body is not None else {"model": model, "messages": HELLO,
+                                             "max_tokens": 16, **extra}
+    r = relay.post(path, payload, token)
+    assert r.status_code == status, r.text
+    if path == "/v1/messages":
+        assert r.json()["type"] == "error"
+        assert r.json()["error"]["code"] == code == r.headers["x-capwallet-reason"]
+    else:
+        assert error_code(r) == code
+    assert r.json()
+    assert fake_calls(relay) == 0, "a refused call must not reach the provider"
+    return r
+
+
+def test_missing_and_malformed_tokens(relay: Relay) -> None:
+    deny(relay, None, 401, "missing_token")
+    deny(relay, "sk-not-a-token", 401, "malformed")
+    deny(relay, "cwt1_" + "A" * 40, 401, "malformed")
+    r = httpx.post(relay.url + "/v1/chat/completions", headers={"authorization": "Basic x"},
+                   json={"model": "relay-test", "messages": HELLO})
+    assert r.status_code == 401 and error_code(r) == "malformed"
+
+
+def test_unknown_key_and_bad_signature(relay: Relay) -> None:
+    other = mint(RootKey.generate(), [cav.Budget(100, "USD", "month")]).serialize()
+    deny(relay, other, 401, "unknown_key")
+    tok = Token.parse(relay.mint(cav.Budget(100, "USD", "month")))
+    forged = Token(tok.identifier, tok.raw.__class__(
+        tok.raw.identifier, tok.raw.caveats, bytes(32))).serialize()
+    deny(relay, forged, 401, "bad_signature")
+
+
+def test_expired_and_not_yet_valid(relay: Relay) -> None:
+    deny(relay, relay.mint(cav.Expires(int(time.time()) - 3600)), 401, "expired")
+    deny(relay, relay.mint(cav.NotBefore(int(time.time()) + 3600)), 401, "not_yet_valid")
+
+
+def test_revoked(relay: Relay) -> None:
+    tok = relay.mint(cav.Budget(100, "USD", "month"))
+    assert relay.chat(tok, max_tokens=4).status_code == 200
+    relay.run(relay.store.revoke(token_id(tok), int(time.time())))
+    deny(relay, tok, 401, "revoked")
+    r = httpx.get(relay.url + "/v1/models", headers={"authorization": "Bearer " + tok})
+    assert r.status_code == 401 and error_code(r) == "revoked"
+
+
+def test_shape_denials(relay: Relay) -> None:
+    deny(relay, relay.mint(cav.Providers(("anthropic",))), 403, "provider_not_allowed")
+    deny(relay, relay.mint(cav.Models(("gpt-4o",))), 403, "model_not_allowed")
+    deny(relay, relay.mint(cav.Operations(("embeddings",))), 403, "operation_not_allowed")
+    deny(relay, relay.mint(cav.ZeroRetention()), 403, "zero_retention_required")
+    deny(relay, relay.mint(cav.MaxInputTokens(20)), 413, "input_too_large")
+    deny(relay, relay.mint(cav.MaxOutputTokens(8)), 400, "output_too_large")
+
+
+def test_price_unknown_without_exchange_rate(relay: Relay) -> None:
+    r = deny(relay, relay.mint(cav.Budget(1000, "JPY", "month")), 403, "price_unknown")
+    assert "JPY" in r.json()["error"]["message"]
+
+
+def test_counter_denials(relay: Relay) -> None:
+    r = deny(relay, relay.mint(cav.Budget(3, "USD", "month")), 402, "budget_exceeded")
+    assert "0.03 USD left" in r.json()["error"]["message"]
+    r = deny(relay, relay.mint(cav.TokenQuota(50, "day")), 429, "quota_exceeded")
+    assert "50 tokens left" in r.json()["error"]["message"]
+    tok = relay.mint(cav.Rate(2))
+    assert relay.chat(tok, max_tokens=4).status_code == 200
+    assert relay.chat(tok, max_tokens=4).status_code == 200
+    r = deny(relay, tok, 429, "rate_limited")
+    assert int(r.headers["retry-after"]) >= 1
+    assert "0 requests left" in r.json()["error"]["message"]
+
+
+def test_budget_exhausted_mid_sequence(relay: Relay) -> None:
+    # relay-out: 16 output tokens at 0.3 cent = 4.8 -> 5 cents a call, worst case = actual.
+    tok = relay.mint(cav.Budget(22, "USD", "month"))
+    statuses = [relay.chat(tok, model="relay-out", max_tokens=16).status_code
+                for _ in range(6)]
+    assert statuses == [200, 200, 200, 200, 402, 402]
+    r = relay.chat(tok, model="relay-out", max_tokens=16)
+    assert error_code(r) == "budget_exceeded"
+    msg = r.json()["error"]["message"]
+    assert "budget 0.22 USD per month: 0.20 USD used, 0.02 USD left" in msg
+    assert r.json()["error"]["left"] == 2 and r.json()["error"]["needed"] == 5
+    # A smaller call still fits what is left.
+    assert relay.chat(tok, model="relay-out", max_tokens=6).status_code == 200
+    rows = relay.ledger(tok)
+    assert [sum(e.cost for e in rows)] == [*relay.counters(tok).values()] == [22]
+    assert [e.status for e in rows].count("denied:budget_exceeded") == 3
+
+
+def test_anthropic_error_shape(relay: Relay) -> None:
+    r = deny(relay, relay.mint(cav.Budget(1, "USD", "month")), 402, "budget_exceeded",
+             path="/v1/messages", body={"model": "claude-test", "max_tokens": 16,
+                                        "messages": HELLO})
+    assert r.json()["error"]["type"] == "billing_error"
+    with pytest.raises(anthropic.PermissionDeniedError) as exc:
+        relay.anthropic(relay.mint(cav.Models(("x",)))).messages.create(
+            model="claude-test", max_tokens=16, messages=HELLO)
+    assert exc.value.body["error"]["code"] == "model_not_allowed"  # type: ignore[index]
+    with pytest.raises(openai.AuthenticationError):
+        relay.openai("cwt1_bogus").chat.completions.create(model="relay-test", messages=HELLO)
+
+
+def test_request_errors(relay: Relay) -> None:
+    tok = relay.mint(cav.Budget(1000, "USD", "month"))
+    deny(relay, tok, 404, "model_not_found", model="no-such-model")
+    deny(relay, tok, 400, "wrong_api", model="claude-test")
+    deny(relay, tok, 400, "unbounded_request", model="relay-nolimit", max_tokens=None)
+    deny(relay, tok, 400, "unbounded_request", body={
+        "model": "relay-test", "max_tokens": 4, "messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]})
+    deny(relay, tok, 400, "unbounded_request", tools=[{"type": "web_search"}])
+    deny(relay, tok, 400, "invalid_request", body=b"{not json")
+    deny(relay, tok, 400, "invalid_request", body={"messages": HELLO})
+    deny(relay, tok, 400, "invalid_request", max_tokens=-1)
+    deny(relay, tok, 413, "request_too_large", body=b'{"x": "' + b"a" * (5 << 20) + b'"}')
+    deny(relay, tok, 400, "unbounded_request", path="/v1/messages", body={
+        "model": "claude-test", "max_tokens": 4, "messages": HELLO,
+        "tools": [{"type": "web_search_20250305", "name": "web_search"}]})
+
+
+def test_routes_and_hosts(relay: Relay) -> None:
+    r = httpx.get(relay.url + "/v1/nothing")
+    assert r.status_code == 404 and error_code(r) == "not_found"
+    r = httpx.get(relay.url + "/v1/chat/completions")
+    assert r.status_code == 405 and error_code(r) == "method_not_allowed"
+    r = httpx.get(relay.url + "/healthz", headers={"host": "evil.example"})
+    assert r.status_code == 421 and error_code(r) == "bad_host"
+    r = httpx.get(relay.url.replace("127.0.0.1", "localhost") + "/healthz")
+    assert r.status_code == 200
+
+
+def test_confirmation_and_single_use_approval(relay: Relay) -> None:
+    tok = relay.mint(cav.Budget(1000, "USD", "month"), cav.ConfirmAbove(5, "USD"))
+    data = json.dumps({"model": "relay-test", "messages": HELLO, "max_tokens": 16}).encode()
+    r = deny(relay, tok, 403, "confirmation_required", body=data)
+    err = r.json()["error"]
+    pid = err["approval_request_id"]
+    assert err["approval_url"] == f"http://127.0.0.1:9/wallet/approvals/{pid}"
+    assert "above the 0.05 USD" in err["message"]
+    assert r.headers["x-capwallet-approval-request"] == pid
+    pending = relay.run(relay.store.get_pending(pid))
+    assert pending is not None and pending.status == "pending"
+    assert pending.token_id == token_id(tok)
+    # The wallet approves exactly these bytes; the app retries them with the approval.
+    digest = approvals.request_digest("POST", "/v1/chat/completions", data)
+    assert pending.digest == digest.hex()
+    raw = relay.post
+    a = approvals.issue(relay.root, bytes.fromhex(token_id(tok)), digest,
+                        int(time.time()) + 300).serialize()
+    hdr = {"x-capwallet-approval": a, "content-type": "application/json"}
+    ok = raw("/v1/chat/completions", data, tok, headers=hdr)
+    assert ok.status_code == 200, ok.text
+    again = raw("/v1/chat/completions", data, tok, headers=hdr)
+    assert again.status_code == 403 and error_code(again) == "approval_invalid"
+    assert "already used" in again.json()["error"]["message"]
+    other = raw("/v1/chat/completions", data.replace(b"16", b"15"), tok, headers=hdr)
+    assert other.status_code == 403 and error_code(other) == "approval_invalid"
+    garbage = raw("/v1/chat/completions", data, tok,
+                  headers={"x-capwallet-approval": "cwa1_nope", "content-type":
+                           "application/json"})
+    assert error_code(garbage) == "approval_invalid"
+
+
+def test_store_unavailable_denies(fresh_relay: Callable[..., Relay], tmp_path: object) -> None:
+    from capwallet.store.sqlite import SQLiteStore
+    store = SQLiteStore(f"{tmp_path}/closed.db")
+    r = fresh_relay(store=store)
+    r.run(store.close())
+    tok = r.mint(cav.Budget(100, "USD", "month"))
+    resp = r.chat(tok, max_tokens=4)
+    assert resp.status_code == 503 and error_code(resp) == "store_unavailable"
+    assert httpx.get(r.url + "/healthz").status_code == 503
+
+
+def test_missing_provider_key(fresh_relay: Callable[..., Relay]) -> None:
+    r = fresh_relay(provider_keys=lambda pid: "")
+    tok = r.mint(cav.Budget(100, "USD", "month"))
+    resp = r.chat(tok, max_tokens=4)
+    assert resp.status_code == 502 and error_code(resp) == "provider_unavailable"
+    assert "OPENAI_API_KEY" in resp.json()["error"]["message"]
+    assert list(r.counters(tok).values()) == [0]
