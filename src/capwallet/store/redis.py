@@ -10,8 +10,9 @@ that charges it, so it happens at most once. Nothing is read-modify-written from
 URL: ``redis://[user:password@]host:port/db`` (``rediss://`` for TLS), options in the query:
 ``prefix=cw`` (key namespace, so several deployments can share one Redis), ``timeout=2``
 (seconds for one command; a Redis that does not answer in time is "unavailable": deny),
-``max_connections=64`` (connections per process, per node; a command waits up to ``timeout``
-for a free one), ``cluster=1`` (Redis Cluster: the URL names any one node).
+``max_connections=16`` (connections per process, per node; under load a command queues up to
+POOL_WAIT seconds for a free one: Redis runs one command at a time, so more connections add
+overhead, not speed), ``cluster=1`` (Redis Cluster: the URL names any one node).
 
 Key layout (hash tags in braces; every key one script touches shares one tag, so one slot):
 
@@ -47,8 +48,9 @@ Durability: Redis must persist (``appendonly yes``; ``appendfsync everysec`` los
 second of debits on power loss, ``always`` none). A Redis restarted empty forgets spending.
 
 Failures: any Redis error or timeout raises StoreUnavailable (the relay answers 503 and
-forwards nothing). After a connection error the pool is dropped and the command retried once
-on a fresh connection, so a restarted Redis is picked up by the next request. Retrying a
+forwards nothing). After a connection error the command is retried once on another
+connection; pooled connections the server closed are reconnected when next used, so a
+restarted Redis is picked up by the next request. Retrying a
 reserve whose reply was lost is safe: the script refuses a duplicate reservation id before
 anything else, and on a retry that answer means the first attempt landed.
 """
@@ -89,6 +91,7 @@ COUNTER_MARGIN = 2 * 86400  # a counter outlives its period by this (late settle
 PENDING_KEEP = 7 * 86400  # a pending approval record outlives its expiry by this
 MAX_EXACT = 2**53 - 1  # Lua numbers are doubles: larger amounts are refused before Lua
 SWEEP_BATCH = 500
+POOL_WAIT = 10.0  # seconds a command may queue for a free connection under load
 CACHE_SIZE = 65536
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
@@ -173,21 +176,28 @@ class RedisStore(Store):
         if not 0 < timeout <= 600:
             raise ValueError("redis store option timeout must be in (0, 600] seconds")
         cluster = opts.get("cluster", "0").lower() in ("1", "true", "yes")
-        max_conn_text = opts.get("max_connections", "64")
+        max_conn_text = opts.get("max_connections", "16")
         if not max_conn_text.isdigit() or not 1 <= int(max_conn_text) <= 10_000:
             raise ValueError("redis store option max_connections must be 1..10000")
         max_conn = int(max_conn_text)
         base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        # RESP2 and no client-info handshake: a new connection costs one round trip, not four
+        # (it matters when a loaded relay opens its pool).
         common: dict[str, Any] = {
             "socket_timeout": timeout, "socket_connect_timeout": timeout,
-            "retry": Retry(NoBackoff(), 0), "decode_responses": True,
+            "retry": Retry(NoBackoff(), 0), "decode_responses": True, "protocol": 2,
         }
+        try:  # newer redis-py calls the client-info handshake driver_info, older lib_name
+            import redis.driver_info  # noqa: F401
+            common["driver_info"] = None
+        except ImportError:
+            common.update(lib_name=None, lib_version=None)
         try:
             if cluster:
                 client: Client = RedisCluster.from_url(base, max_connections=max_conn, **common)
             else:  # a request waits up to ``timeout`` for a free connection, then fails closed
                 pool = aioredis.BlockingConnectionPool.from_url(
-                    base, max_connections=max_conn, timeout=timeout, **common)
+                    base, max_connections=max_conn, timeout=POOL_WAIT, **common)
                 client = aioredis.Redis(connection_pool=pool)
         except (ValueError, RedisError) as exc:
             raise ValueError(f"bad redis URL: {exc}") from None
@@ -202,29 +212,21 @@ class RedisStore(Store):
 
     async def _run(self, op: Callable[[], Awaitable[T]], on_retry: Callable[[], None] | None = None
                    ) -> T:
-        """Run ``op``; on a connection error drop the pool and try once more; any Redis
-        failure becomes StoreUnavailable."""
+        """Run ``op``; on a connection error try once more; any failure of the client becomes
+        StoreUnavailable."""
         if self._closed:
             raise StoreUnavailable("store is closed")
         try:
             try:
                 return await op()
             except _TRANSIENT:
-                await self._reset_pool()
+                # The client dropped the failed connection; pooled ones that the server closed
+                # (a restart) are reconnected when next checked out.
                 if on_retry is not None:
                     on_retry()
                 return await op()
-        except (RedisError, *_TRANSIENT) as exc:
+        except Exception as exc:  # whatever the client raises: deny
             raise StoreUnavailable(f"Redis store failed: {type(exc).__name__}: {exc}") from None
-
-    async def _reset_pool(self) -> None:
-        try:
-            if isinstance(self._r, RedisCluster):
-                await self._r.aclose()  # the cluster client reconnects on its next command
-            else:
-                await self._r.connection_pool.disconnect()
-        except (RedisError, *_TRANSIENT):
-            pass
 
     def _remember(self, cache: OrderedDict[str, str], key: str, bucket: str) -> None:
         cache[key] = bucket
