@@ -4,9 +4,12 @@ Serves the relay with uvicorn on loopback by default. ``--port 0`` picks a free 
 first line on stdout is ``relay listening on http://HOST:PORT`` once it accepts connections.
 
 Limits on what a client may send (documented here because they are set here):
-* request line + headers: at most HEADER_LIMIT bytes (uvicorn/h11 answers 400 beyond it); a
-  capability token is at most 8192 characters (capwallet.token.MAX_TOKEN_CHARS);
-* body: ``max_body_bytes`` from the config, 4 MiB by default (413 beyond it).
+* request target + headers: at most 16 KiB (app.MAX_HEADER_BYTES: 431 headers_too_large
+  beyond it; a header section arriving in pieces is cut off at the same size by the HTTP
+  parser, which answers 400); a capability token is at most 8192 characters
+  (capwallet.token.MAX_TOKEN_CHARS: 401 malformed);
+* body: ``max_body_bytes`` from the config, 4 MiB by default (413 beyond it), arriving within
+  ``body_timeout`` seconds of the headers, 30 by default (408 otherwise).
 """
 
 from __future__ import annotations
@@ -23,10 +26,9 @@ import uvicorn
 
 from capwallet.keys import KeyFileError
 from capwallet.store import StoreUnavailable
-from reference_relay.app import create_app
+from reference_relay.app import MAX_HEADER_BYTES, create_app
 from reference_relay.config import ConfigError, load_config
 
-HEADER_LIMIT = 16 * 1024
 log = logging.getLogger("reference_relay")
 
 
@@ -87,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     server = uvicorn.Server(uvicorn.Config(
         app, http="h11", lifespan="on", log_config=None, log_level=args.log_level,
-        access_log=False, h11_max_incomplete_event_size=HEADER_LIMIT,
+        access_log=False, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_graceful_shutdown=int(config.upstream_timeout) + 5, server_header=False,
     ))
 

@@ -58,12 +58,14 @@ from reference_relay.calls import Call
 from reference_relay.config import ModelConfig, ProviderConfig, RelayConfig
 from reference_relay.errors import (
     BAD_HOST,
+    HEADERS_TOO_LARGE,
     INTERNAL_ERROR,
     INVALID_REQUEST,
     METHOD_NOT_ALLOWED,
     MISSING_TOKEN,
     MODEL_NOT_FOUND,
     NOT_FOUND,
+    REQUEST_TIMEOUT,
     REQUEST_TOO_LARGE,
     STORE_UNAVAILABLE,
     WRONG_API,
@@ -130,6 +132,33 @@ def worst_raw_cost(price: Price, est: InputEstimate, output_tokens: int) -> int:
 
 def _fmt(c: CounterLimit, n: int) -> str:
     return format_minor(n, c.unit) if c.kind == "budget" else f"{n} {c.unit}"
+
+
+MAX_HEADER_BYTES = 16 * 1024  # request target + all header lines
+
+
+class HeaderLimit:
+    """Refuses requests whose target and headers exceed MAX_HEADER_BYTES (431).
+
+    The HTTP parser bounds only a header section that arrives in pieces; one that arrives in a
+    single read is parsed whole, so the limit is enforced here, on what the parser produced.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            for k, v in scope["headers"]:
+                size += len(k) + len(v) + 4
+            if size > self.limit:
+                err = RelayError(HEADERS_TOO_LARGE, f"the request's headers are larger than "
+                                 f"the relay's limit of {self.limit} bytes")
+                await error_response(err)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class HostGuard:
@@ -253,11 +282,18 @@ class Relay:
             raise too_large
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
+        try:
+            # One deadline for the whole body: a client that stalls or drips cannot hold a
+            # request open (and its connection) for longer.
+            async with asyncio.timeout(self.config.body_timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RelayError(REQUEST_TIMEOUT, f"the request body did not arrive within "
+                             f"{self.config.body_timeout:g} seconds") from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def route(self, model_id: str, ep: Endpoint,
@@ -570,7 +606,8 @@ def create_app(config: RelayConfig, *, store: Store | None = None, keys: Keyring
             Route("/v1/models", relay.models, methods=["GET"]),
             Route("/healthz", relay.healthz, methods=["GET"]),
         ],
-        middleware=[Middleware(HostGuard, allowed=config.allowed_hosts)],
+        middleware=[Middleware(HeaderLimit),
+                    Middleware(HostGuard, allowed=config.allowed_hosts)],
         exception_handlers={HTTPException: not_found, Exception: crashed},
         lifespan=relay.lifespan,
     )
