@@ -12,7 +12,9 @@ URL: ``redis://[user:password@]host:port/db`` (``rediss://`` for TLS), options i
 (seconds for one command; a Redis that does not answer in time is "unavailable": deny),
 ``max_connections=16`` (connections per process, per node; under load a command queues up to
 POOL_WAIT seconds for a free one: Redis runs one command at a time, so more connections add
-overhead, not speed), ``cluster=1`` (Redis Cluster: the URL names any one node).
+overhead, not speed), ``cluster=1`` (Redis Cluster: the URL names any one node; that client
+cannot queue for a connection, so it may open 8 x max_connections per node and fails closed
+beyond).
 
 Key layout (hash tags in braces; every key one script touches shares one tag, so one slot):
 
@@ -194,7 +196,10 @@ class RedisStore(Store):
             common.update(lib_name=None, lib_version=None)
         try:
             if cluster:
-                client: Client = RedisCluster.from_url(base, max_connections=max_conn, **common)
+                # The cluster client cannot queue for a connection (it fails at the cap), so
+                # it gets headroom; a relay at the cap fails closed (503).
+                client: Client = RedisCluster.from_url(base, max_connections=8 * max_conn,
+                                                       **common)
             else:  # a request waits up to ``timeout`` for a free connection, then fails closed
                 pool = aioredis.BlockingConnectionPool.from_url(
                     base, max_connections=max_conn, timeout=POOL_WAIT, **common)
@@ -371,8 +376,8 @@ class RedisStore(Store):
 
     async def _scripts(self, script: _Script,
                        calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
-        """Run ``script`` once per (keys, args): pipelined (one round trip) on one Redis, 32 at
-        a time on a cluster."""
+        """Run ``script`` once per (keys, args): pipelined (one round trip) on one Redis, 8 at a
+        time on a cluster."""
         if not calls:
             return []
 
@@ -383,7 +388,7 @@ class RedisStore(Store):
             return list(await pipe.execute())
 
         async def on_cluster() -> list[Any]:  # cluster pipelines refuse EVALSHA
-            sem = asyncio.Semaphore(32)
+            sem = asyncio.Semaphore(8)
 
             async def one(keys: Sequence[str], args: Sequence[Any]) -> Any:
                 async with sem:
