@@ -197,8 +197,8 @@ def main() -> int:
                                    str(config), "--port", "0", "--log-level", "warning"],
                                   tmp / f"relay{i}.log", env=env, cwd=tmp).start())
         token = mint(root, [cav.Budget(10**15, "USD", "month"), cav.Rate(10**9)]).serialize()
-        direct = [(fake.url, request_bytes(fake.url + "/v1", FAKE_KEY))]
-        via = [(r.url, request_bytes(r.url + "/v1", token)) for r in relays]
+        direct = [(fake.url, request_bytes(fake.url, FAKE_KEY))]
+        via = [(r.url, request_bytes(r.url, token)) for r in relays]
 
         print(f"warming up; then {base_secs:.0f} s direct, {args.seconds:.0f} s through "
               f"{args.relays} relays, concurrency {args.concurrency}", file=sys.stderr)
