@@ -38,6 +38,7 @@ INTERNAL_ERROR = "internal_error"  # 500: a bug; the body never has a traceback
 NOT_FOUND = "not_found"  # 404: no such route
 METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
 BAD_HOST = "bad_host"  # 421: Host header is not one this relay serves (DNS rebinding)
+HEADERS_TOO_LARGE = "headers_too_large"  # 431: too many or too large request headers
 
 STATUS: dict[str, int] = {
     # Stage 1-2: the token itself -> 401.
@@ -70,6 +71,7 @@ STATUS: dict[str, int] = {
     NOT_FOUND: 404,
     METHOD_NOT_ALLOWED: 405,
     BAD_HOST: 421,
+    HEADERS_TOO_LARGE: 431,
 }
 
 # Error "type" per status, as the SDKs know them.
@@ -77,6 +79,7 @@ _TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
     403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
     413: "request_too_large", 421: "invalid_request_error", 429: "rate_limit_error",
+    431: "request_too_large",
     500: "api_error", 502: "api_error", 503: "overloaded_error", 504: "timeout_error",
 }
 
