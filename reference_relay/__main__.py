@@ -3,13 +3,16 @@
 Serves the relay with uvicorn on loopback by default. ``--port 0`` picks a free port; the
 first line on stdout is ``relay listening on http://HOST:PORT`` once it accepts connections.
 
-Limits on what a client may send (documented here because they are set here):
-* request target + headers: at most 16 KiB (app.MAX_HEADER_BYTES: 431 headers_too_large
-  beyond it; a header section arriving in pieces is cut off at the same size by the HTTP
-  parser, which answers 400); a capability token is at most 8192 characters
-  (capwallet.token.MAX_TOKEN_CHARS: 401 malformed);
+uvicorn runs on uvloop with the httptools parser when they are installed (``pip install
+uvloop httptools``; about twice the throughput), else on asyncio with h11.
+
+Limits on what a client may send:
+* request target + headers: at most 16 KiB in total and 100 fields (431 headers_too_large
+  from the relay, see reference_relay.app.RequestGuard; with h11 the server itself also
+  stops at 16 KiB, with a 400, when the head arrives in pieces); a capability token is at most
+  8192 characters (capwallet.token.MAX_TOKEN_CHARS: 401 malformed);
 * body: ``max_body_bytes`` from the config, 4 MiB by default (413 beyond it), arriving within
-  ``body_timeout`` seconds of the headers, 30 by default (408 otherwise).
+  ``body_timeout`` seconds of the headers, 30 by default (408 request_timeout otherwise).
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"relay: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 2
     server = uvicorn.Server(uvicorn.Config(
-        app, http="h11", lifespan="on", log_config=None, log_level=args.log_level,
+        app, http="auto", loop="auto", lifespan="on", log_config=None, log_level=args.log_level,
         access_log=False, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_graceful_shutdown=int(config.upstream_timeout) + 5, server_header=False,
     ))

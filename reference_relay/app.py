@@ -81,6 +81,8 @@ from reference_relay.upstream import Upstream, provider_key_missing
 
 log = logging.getLogger("reference_relay")
 APPROVAL_HEADER = "x-capwallet-approval"
+MAX_HEADER_BYTES = 16 * 1024  # all request headers together
+MAX_HEADER_FIELDS = 100
 _TOKEN_TEXT = re.compile(r"cwt1_[A-Za-z0-9_-]{4,}")
 _KIND_REASON = {"budget": Reason.BUDGET_EXCEEDED, "quota": Reason.QUOTA_EXCEEDED,
                 "rate": Reason.RATE_LIMITED}
@@ -134,35 +136,8 @@ def _fmt(c: CounterLimit, n: int) -> str:
     return format_minor(n, c.unit) if c.kind == "budget" else f"{n} {c.unit}"
 
 
-MAX_HEADER_BYTES = 16 * 1024  # request target + all header lines
-
-
-class HeaderLimit:
-    """Refuses requests whose target and headers exceed MAX_HEADER_BYTES (431).
-
-    The HTTP parser bounds only a header section that arrives in pieces; one that arrives in a
-    single read is parsed whole, so the limit is enforced here, on what the parser produced.
-    """
-
-    def __init__(self, app: ASGIApp, limit: int = MAX_HEADER_BYTES) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
-            for k, v in scope["headers"]:
-                size += len(k) + len(v) + 4
-            if size > self.limit:
-                err = RelayError(HEADERS_TOO_LARGE, f"the request's headers are larger than "
-                                 f"the relay's limit of {self.limit} bytes")
-                await error_response(err)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-class HostGuard:
-    """Answers only to the Host names the config allows (defeats DNS rebinding)."""
+class RequestGuard:
+    """Header limits, and only the Host names the config allows (defeats DNS rebinding)."""
 
     def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
         self.app = app
@@ -170,15 +145,25 @@ class HostGuard:
         self.allowed = frozenset(h.lower().strip("[]") for h in allowed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self.any:
-            host = ""
-            for k, v in scope["headers"]:
-                if k == b"host":
-                    host = v.decode("latin-1").lower()
-                    break
-            name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-            if name not in self.allowed:
-                err = RelayError(BAD_HOST, "this relay does not serve that Host name")
+        if scope["type"] == "http":
+            headers = scope["headers"]
+            err = None
+            # The request target counts too: h11 bounds only a head that arrives in pieces.
+            target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            if len(headers) > MAX_HEADER_FIELDS or target + sum(
+                    len(k) + len(v) + 4 for k, v in headers) > MAX_HEADER_BYTES:
+                err = RelayError(HEADERS_TOO_LARGE, f"request headers exceed the relay's limit "
+                                 f"({MAX_HEADER_FIELDS} fields, {MAX_HEADER_BYTES} bytes)")
+            elif not self.any:
+                host = ""
+                for k, v in headers:
+                    if k == b"host":
+                        host = v.decode("latin-1").lower()
+                        break
+                name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+                if name not in self.allowed:
+                    err = RelayError(BAD_HOST, "this relay does not serve that Host name")
+            if err is not None:
                 await error_response(err)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -606,8 +591,7 @@ def create_app(config: RelayConfig, *, store: Store | None = None, keys: Keyring
             Route("/v1/models", relay.models, methods=["GET"]),
             Route("/healthz", relay.healthz, methods=["GET"]),
         ],
-        middleware=[Middleware(HeaderLimit),
-                    Middleware(HostGuard, allowed=config.allowed_hosts)],
+        middleware=[Middleware(RequestGuard, allowed=config.allowed_hosts)],
         exception_handlers={HTTPException: not_found, Exception: crashed},
         lifespan=relay.lifespan,
     )

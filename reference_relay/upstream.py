@@ -1,5 +1,8 @@
 """Calls to providers: one pooled httpx.AsyncClient, the provider key added here and only here.
 
+The client's transport is reference_relay.pool.Http1Pool (httpcore's HTTP/1.1 connections in a
+pool whose cost per request does not grow with the number of connections).
+
 The app's own credentials and headers are not forwarded: the upstream request carries only the
 body, a content type, the provider's key and the few protocol headers each API needs. Upstream
 error bodies passed back to the app are scrubbed of the provider key, in case a provider echoes
@@ -18,6 +21,7 @@ from reference_relay.errors import (
     UPSTREAM_TIMEOUT,
     RelayError,
 )
+from reference_relay.pool import Http1Pool
 
 ANTHROPIC_VERSION = "2023-06-01"
 _PASS_THROUGH_STATUS = frozenset({400, 404, 409, 422})
@@ -27,9 +31,8 @@ class Upstream:
     def __init__(self, config: RelayConfig) -> None:
         self.config = config
         self.client = httpx.AsyncClient(
+            transport=Http1Pool(max_connections=config.max_connections),
             timeout=httpx.Timeout(config.upstream_timeout, connect=config.connect_timeout),
-            limits=httpx.Limits(max_connections=config.max_connections,
-                                max_keepalive_connections=config.max_connections),
             follow_redirects=False,
             trust_env=False,
         )

@@ -92,3 +92,45 @@ async def test_several_processes_share_one_file_without_overspend(tmp_path: Path
         assert await store.counters(["budget", "rate"]) == {"budget": 150, "rate": 50}
     finally:
         await store.close()
+
+
+async def test_write_waits_for_a_lock_held_elsewhere_without_blocking_the_loop(
+        tmp_path: Path) -> None:
+    import asyncio
+    import secrets
+
+    from capwallet.store import Hold, Reservation
+    store = SQLiteStore(tmp_path / "s.db")
+    other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        task = asyncio.create_task(store.reserve(
+            Reservation(secrets.token_hex(16), "t", (Hold("b", 1, 10),), lease_until=1)))
+        ticks = 0
+        for _ in range(10):
+            await asyncio.sleep(0.02)
+            ticks += 1
+        assert not task.done() and ticks == 10  # waiting in the worker, loop still running
+        other.execute("COMMIT")
+        assert (await asyncio.wait_for(task, 5)).ok
+        assert await store.counters(["b"]) == {"b": 1}
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_wal_is_checkpointed(tmp_path: Path) -> None:
+    import secrets
+
+    from capwallet.store import Hold, Reservation
+    from capwallet.store.sqlite import CHECKPOINT_EVERY
+    store = SQLiteStore(tmp_path / "w.db")
+    try:
+        for _ in range(3 * CHECKPOINT_EVERY):
+            await store.reserve(Reservation(secrets.token_hex(16), "t",
+                                            (Hold("b", 1, 10**9),), lease_until=1))
+        wal = tmp_path / "w.db-wal"
+        # Without checkpoints the WAL would hold every commit (well over 10 MB here).
+        assert wal.stat().st_size < 8 * 1024 * 1024
+    finally:
+        await store.close()
