@@ -260,11 +260,9 @@ class Relay:
 
     async def body(self, request: HttpRequest) -> bytes:
         limit = self.config.max_body_bytes
-        too_large = RelayError(REQUEST_TOO_LARGE, f"the request body is larger than the relay's "
-                               f"limit of {limit} bytes")
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            raise too_large
+            raise self.too_large()
         chunks: list[bytes] = []
         size = 0
         try:
@@ -274,12 +272,16 @@ class Relay:
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > limit:
-                        raise too_large
+                        raise self.too_large()
                     chunks.append(chunk)
         except TimeoutError:
             raise RelayError(REQUEST_TIMEOUT, f"the request body did not arrive within "
                              f"{self.config.body_timeout:g} seconds") from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def too_large(self) -> RelayError:
+        return RelayError(REQUEST_TOO_LARGE, "the request body is larger than the relay's "
+                          f"limit of {self.config.max_body_bytes} bytes")
 
     def route(self, model_id: str, ep: Endpoint,
               limits: EffectiveLimits) -> tuple[ProviderConfig, ModelConfig]:

@@ -30,9 +30,12 @@ _PASS_THROUGH_STATUS = frozenset({400, 404, 409, 422})
 class Upstream:
     def __init__(self, config: RelayConfig) -> None:
         self.config = config
+        timeout = httpx.Timeout(config.upstream_timeout, connect=config.connect_timeout)
+        self._timeouts = timeout.as_dict()
+        self._urls: dict[str, httpx.URL] = {}
         self.client = httpx.AsyncClient(
             transport=Http1Pool(max_connections=config.max_connections),
-            timeout=httpx.Timeout(config.upstream_timeout, connect=config.connect_timeout),
+            timeout=timeout,
             follow_redirects=False,
             trust_env=False,
         )
@@ -57,8 +60,17 @@ class Upstream:
                 headers["x-api-key"] = key
         elif key:
             headers["authorization"] = "Bearer " + key
-        return self.client.build_request("POST", provider.base_url + path, content=body,
-                                         headers=headers)
+        # httpx.Request directly rather than client.build_request: nothing of the client's
+        # defaults (base URL, cookies, params) applies, and merging them cost a third of the
+        # upstream call's CPU. The timeout extension is what build_request would have set.
+        return httpx.Request("POST", self._url(provider.base_url + path), content=body,
+                             headers=headers, extensions={"timeout": self._timeouts})
+
+    def _url(self, text: str) -> httpx.URL:
+        url = self._urls.get(text)
+        if url is None:
+            url = self._urls[text] = httpx.URL(text)
+        return url
 
 
 def provider_key_missing(provider: ProviderConfig) -> RelayError:

@@ -211,3 +211,11 @@ def test_missing_provider_key(fresh_relay: Callable[..., Relay]) -> None:
     assert resp.status_code == 502 and error_code(resp) == "provider_unavailable"
     assert "OPENAI_API_KEY" in resp.json()["error"]["message"]
     assert list(r.counters(tok).values()) == [0]
+
+
+def test_header_limits(relay: Relay) -> None:
+    headers = {f"x-filler-{i}": "y" for i in range(120)}
+    r = httpx.get(relay.url + "/healthz", headers=headers)
+    assert r.status_code == 431 and error_code(r) == "headers_too_large"
+    r = httpx.get(relay.url + "/healthz", headers={"x-big": "y" * 15000, "x-big2": "z" * 2000})
+    assert r.status_code in (400, 431)  # h11 itself may stop it first

@@ -139,3 +139,36 @@ async def test_abandoned_stream_closes_its_connection(client: httpx.AsyncClient)
             assert r.status_code == 200  # closed without reading the body
         r2 = await client.post(url + "/echo", content=b"next")
         assert r2.content == b"next"
+
+
+async def test_https_with_keep_alive(tmp_path: object) -> None:
+    """Providers are reached over TLS: a loopback TLS server with a self-signed certificate."""
+    import pathlib
+    import ssl
+    import subprocess
+
+    d = pathlib.Path(str(tmp_path))
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
+        check=True, capture_output=True)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
+    client_ctx = ssl.create_default_context(cafile=str(d / "cert.pem"))
+    srv = Server()
+    server = await asyncio.start_server(srv.handle, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with httpx.AsyncClient(transport=Http1Pool(max_connections=4,
+                                                         ssl_context=client_ctx)) as c:
+            for i in range(5):
+                r = await c.post(f"https://127.0.0.1:{port}/echo", content=b"tls%d" % i)
+                assert r.content == b"tls%d" % i
+        assert srv.connections == 1
+        # An untrusted certificate is refused.
+        async with httpx.AsyncClient(transport=Http1Pool(max_connections=4)) as c:
+            with pytest.raises(httpx.ConnectError):
+                await c.post(f"https://127.0.0.1:{port}/echo", content=b"x")
+    finally:
+        server.close()
