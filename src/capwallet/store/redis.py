@@ -224,7 +224,9 @@ class RedisStore(Store):
         try:
             try:
                 return await op()
-            except _TRANSIENT:
+            except _TRANSIENT as exc:
+                if "No connection available" in str(exc):
+                    raise  # queued POOL_WAIT seconds already: overloaded, deny now
                 # The client dropped the failed connection; pooled ones that the server closed
                 # (a restart) are reconnected when next checked out.
                 if on_retry is not None:
@@ -422,12 +424,13 @@ class RedisStore(Store):
                 for k, b in zip(unknown, await pipe.execute(), strict=True):
                     if b is not None:
                         self._remember(self._buckets, k, str(b))
-            located = [k for k in wanted if k in self._buckets]
-            if located:
-                pipe = self._r.pipeline(transaction=False)
-                for k in located:
-                    pipe.get(self._tag(self._buckets[k]) + "c:" + k)
-                for k, v in zip(located, await pipe.execute(), strict=True):
+            groups: dict[str, list[str]] = {}  # bucket -> keys: one MGET per slot
+            for k in wanted:
+                if k in self._buckets:
+                    groups.setdefault(self._buckets[k], []).append(k)
+            for b, ks in groups.items():
+                values = await self._r.mget([self._tag(b) + "c:" + k for k in ks])
+                for k, v in zip(ks, values, strict=True):
                     result[k] = int(v) if v is not None else 0
             return result
 
