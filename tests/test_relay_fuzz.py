@@ -222,18 +222,25 @@ def test_header_and_body_limits(target: Fleet, tokens: dict[str, str]) -> None:
     assert _status(answer) == 431 and b"headers_too_large" in answer
     answer = _raw(url, b"GET /healthz?" + b"q" * 17_000 + b" HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
     assert _status(answer) == 431
-    # ... and one that trickles in is cut off by the HTTP parser at the same size.
+    # ... and one that trickles in is cut off at the same size, before it ends: the relay
+    # never buffers more than the limit (plus one read) of a head.
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n")
+        sent = 0
         try:
-            for _ in range(40):
+            for _ in range(200):
                 s.sendall(b"x-pad: " + b"a" * 1000 + b"\r\n")
-                time.sleep(0.005)
+                sent += 1
+                time.sleep(0.002)
+        except ConnectionError:
+            pass
+        try:
             answer = s.recv(65536)
         except ConnectionError:
             answer = b""
-    assert _status(answer) in (400, 431, None)  # refused (by the parser or the relay) or cut
+    assert sent < 200  # the relay closed the connection long before 200 KB
+    assert _status(answer) in (400, 431, None)  # refused (parser or relay) or cut
     # Just under the limit is served.
     r = httpx.get(url + "/healthz", headers={"x-pad": "a" * 15_000}, timeout=10)
     assert r.status_code == 200
