@@ -200,7 +200,7 @@ class RedisStore(Store):
                 # it gets headroom; a relay at the cap fails closed (503).
                 client: Client = RedisCluster.from_url(base, max_connections=8 * max_conn,
                                                        **common)
-            else:  # a request waits up to ``timeout`` for a free connection, then fails closed
+            else:  # a command queues up to POOL_WAIT for a free connection, then fails closed
                 pool = aioredis.BlockingConnectionPool.from_url(
                     base, max_connections=max_conn, timeout=POOL_WAIT, **common)
                 client = aioredis.Redis(connection_pool=pool)
