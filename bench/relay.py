@@ -5,15 +5,17 @@
 One run, all on loopback: a fake provider (reference_relay.fake_provider) and the relay (in a
 subprocess, as deployed: ``python -m reference_relay``) each in their own process. The same
 load generator calls the provider directly (the baseline) and through the relay, with the same
-non-streamed chat request, at concurrency 1, 20 and 100, plus a streamed request at 1. Each
+non-streamed chat request, at concurrency 1, 20 and 100, plus a streamed request at 1; direct
+and relayed rounds alternate, so a change in the machine's load hits both alike. Each
 relay call is a full one: token verification (cached chain), revocation and counter reads, an
 atomic reservation on a budget and a token quota, the upstream call, settlement and a ledger
 row in SQLite.
 
 Reported: latency p50/p99 (ms), the relay's added latency (relay - direct), requests per
 second and their ratio, and the CPU time per request of the relay process and, for scale, of
-the fake provider (from /proc, user + system). Targets: added p50 under 1.5 ms at concurrency 1; at concurrency 20 at least half the
-direct throughput while the three processes share the machine's cores.
+the fake provider (from /proc, user + system). Targets: added p50 under 1.5 ms at
+concurrency 1; at concurrency 20 at least half the direct throughput while the three processes
+share the machine's cores.
 
 The load generator is a minimal keep-alive HTTP/1.1 client on asyncio streams, so that its own
 CPU use (which shares the cores with the servers) stays small and identical in both runs.
@@ -42,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "reference_relay" / "relay.example.toml"
 KEY = "sk-bench-" + secrets.token_hex(12)
 TICK = os.sysconf("SC_CLK_TCK")
+ROUNDS = 5  # direct and relayed rounds alternate
 
 
 def start(cmd: list[str], marker: str, env: dict[str, str] | None = None,
@@ -120,6 +123,11 @@ class Result:
     seconds: float
     errors: int
 
+    def add(self, other: Result) -> None:
+        self.latencies += other.latencies
+        self.seconds += other.seconds
+        self.errors += other.errors
+
     @property
     def rps(self) -> float:
         return len(self.latencies) / self.seconds
@@ -144,9 +152,10 @@ async def load(base: str, path: str, body: dict[str, object], auth: str, concurr
             if status != 200:
                 errors += 1
 
-    warm: list[float] = []
-    await asyncio.gather(*(worker(c, max(warmup // concurrency, 1), warm) for c in conns))
-    errors = 0
+    if warmup:
+        warm: list[float] = []
+        await asyncio.gather(*(worker(c, max(warmup // concurrency, 1), warm) for c in conns))
+        errors = 0
     lat: list[float] = []
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(c, total // concurrency, lat) for c in conns))
@@ -186,18 +195,24 @@ def main() -> int:
     rows = []
     try:
         for name, b, conc, n in plan:
-            total = max(int(n * scale) // conc * conc, conc)
+            total = max(int(n * scale) // (conc * ROUNDS) * conc * ROUNDS, conc * ROUNDS)
             warm = max(total // 10, conc)
-            f0 = cpu_seconds(fake.pid)
-            direct = asyncio.run(load(fake_url, "/v1/chat/completions", b, KEY, conc, total,
-                                      warm))
-            fake_cpu = (cpu_seconds(fake.pid) - f0) / (total + warm)
-            cpu0 = cpu_seconds(relay.pid)
-            via = asyncio.run(load(relay_url, "/v1/chat/completions", b, token, conc, total,
-                                   warm))
-            cpu = (cpu_seconds(relay.pid) - cpu0) / (total + warm)
-            rows.append((name, conc, total, direct, via, cpu, fake_cpu))
-            print(f"  {name} c={conc}: {total} requests done", file=sys.stderr, flush=True)
+            asyncio.run(load(fake_url, "/v1/chat/completions", b, KEY, conc, warm, 0))
+            asyncio.run(load(relay_url, "/v1/chat/completions", b, token, conc, warm, 0))
+            direct, via = Result([], 0.0, 0), Result([], 0.0, 0)
+            fake_cpu = cpu = 0.0
+            # Alternate direct and relayed rounds so that both see the same machine load.
+            for _ in range(ROUNDS):
+                f0 = cpu_seconds(fake.pid)
+                direct.add(asyncio.run(load(fake_url, "/v1/chat/completions", b, KEY, conc,
+                                            total // ROUNDS, 0)))
+                fake_cpu += cpu_seconds(fake.pid) - f0
+                r0 = cpu_seconds(relay.pid)
+                via.add(asyncio.run(load(relay_url, "/v1/chat/completions", b, token, conc,
+                                         total // ROUNDS, 0)))
+                cpu += cpu_seconds(relay.pid) - r0
+            rows.append((name, conc, total, direct, via, cpu / total, fake_cpu / total))
+            print(f"  {name} c={conc}: {total} requests each way", file=sys.stderr, flush=True)
     finally:
         relay.terminate()
         fake.terminate()
