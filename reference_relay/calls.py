@@ -96,8 +96,7 @@ class Call:
                 input_tokens=usage.input_tokens, output_tokens=worst_out,
                 cached_input_tokens=usage.cached_input_tokens,
                 cache_write_tokens=usage.cache_write_tokens)
-            return min(raw, self.worst_raw) if tokens_in <= self.prepared.input.tokens else raw, \
-                tokens_in, worst_out
+            return raw, tokens_in, worst_out
         return self.worst_raw, self.prepared.input.tokens, worst_out
 
     def _money(self, raw: int, currency: str) -> int:
