@@ -19,6 +19,10 @@ MAX_ARGS = 128
 _NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _INT = re.compile(r"0|[1-9][0-9]{0,15}")
 _ENCODED_ARG = re.compile(r"(?:[A-Za-z0-9\-._~:/@+]|%[0-9A-F]{2})+")
+# A whole caveat in one match: name, then single-space-separated encoded arguments.
+_CAVEAT = re.compile(
+    rb"[a-z][a-z0-9-]{0,31}(?: (?:[A-Za-z0-9\-._~:/@+]|%[0-9A-F]{2})+)*"
+)
 
 
 class GrammarError(ValueError):
@@ -69,18 +73,17 @@ def join(name: str, args: list[str] | tuple[str, ...]) -> bytes:
 
 
 def split(data: bytes) -> tuple[str, list[str]]:
-    """Name and decoded arguments. Raises GrammarError; the name may be unknown to the caller."""
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise GrammarError("caveat is not ASCII") from exc
-    parts = text.split(" ")
-    name = parts[0]
-    if not _NAME.fullmatch(name):
-        raise GrammarError(f"caveat name {name[:40]!r} is not valid")
+    """Name and decoded arguments. Raises GrammarError; the name may be unknown to the caller.
+
+    One regular expression checks the whole caveat, so only arguments holding a '%' need a
+    second look (to refuse an encoded safe character and to decode UTF-8).
+    """
+    if _CAVEAT.fullmatch(data) is None:
+        raise GrammarError("caveat does not follow the grammar (name SP arg SP arg ...)")
+    parts = data.decode("ascii").split(" ")
     if len(parts) - 1 > MAX_ARGS:
         raise GrammarError(f"caveat has more than {MAX_ARGS} arguments")
-    return name, [decode_arg(p) for p in parts[1:]]
+    return parts[0], [decode_arg(p) if "%" in p else p for p in parts[1:]]
 
 
 def parse_int(text: str, what: str) -> int:

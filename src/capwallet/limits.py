@@ -58,10 +58,30 @@ class EffectiveLimits:
     confirm_above: dict[str, int] = field(default_factory=dict)
     logging: str | None = None
     apps: tuple[str, ...] = ()
+    _priced: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    _checked: tuple[CounterLimit, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def budgets(self) -> tuple[CounterLimit, ...]:
         return tuple(c for c in self.counters if c.kind == "budget")
+
+    @property
+    def priced_currencies(self) -> tuple[str, ...]:
+        """Currencies a model call must be priced in (budgets, then confirm-above)."""
+        return self._priced
+
+    @property
+    def counters_in_check_order(self) -> tuple[CounterLimit, ...]:
+        """The counters as verification checks them: rates, then quotas, then budgets (the
+        order of the reason codes), in token order within a kind. ``counters`` itself stays
+        in token order, as the limits are reported (spec/caveats.md)."""
+        return self._checked
+
+    def __post_init__(self) -> None:
+        seen = [c.unit for c in self.counters if c.kind == "budget"] + list(self.confirm_above)
+        object.__setattr__(self, "_priced", tuple(dict.fromkeys(seen)))
+        checked = sorted(self.counters, key=lambda c: _RANK[c.kind])
+        object.__setattr__(self, "_checked", tuple(checked))
 
     def to_json(self) -> dict[str, Any]:
         def names(v: frozenset[str] | None) -> list[str] | None:
@@ -106,46 +126,52 @@ def effective(token_id: bytes, caveats: list[tuple[bytes, cav.Caveat]]) -> Effec
     ask_first: frozenset[str] = frozenset()
     apps: list[str] = []
     for raw, c in caveats:
-        match c:
-            case cav.NotBefore(time=t):
+        kind = type(c)
+        if kind is cav.NotBefore or kind is cav.Expires:
+            t = c.time  # type: ignore[union-attr]
+            if kind is cav.NotBefore:
                 f["not_before"] = max(f.get("not_before", t), t)
-            case cav.Expires(time=t):
+            else:
                 f["expires"] = _min(f.get("expires"), t)
-            case cav.Providers(values=v):
-                f["providers"] = _meet(f.get("providers"), v)
-            case cav.Models(values=v):
-                f["models"] = _meet(f.get("models"), v)
-            case cav.Operations(values=v):
-                f["operations"] = _meet(f.get("operations"), v)
-            case cav.Scopes(values=v):
-                f["scopes"] = _meet(f.get("scopes"), v)
-            case cav.AskFirst(values=v):
-                ask_first |= frozenset(v)
-            case cav.ZeroRetention():
-                f["zero_retention"] = True
-            case cav.MaxInputTokens(tokens=n):
-                f["max_input_tokens"] = _min(f.get("max_input_tokens"), n)
-            case cav.MaxOutputTokens(tokens=n):
-                f["max_output_tokens"] = _min(f.get("max_output_tokens"), n)
-            case cav.Budget():
-                counters.append(CounterLimit(
-                    "budget", counter_id(token_id, raw), c.amount, c.currency, c.period, c.tz))
-            case cav.TokenQuota():
-                counters.append(CounterLimit(
-                    "quota", counter_id(token_id, raw), c.tokens, "tokens", c.period, c.tz))
-            case cav.Rate():
-                counters.append(CounterLimit(
-                    "rate", counter_id(token_id, raw), c.requests, "requests", "minute"))
-            case cav.ConfirmAbove(amount=a, currency=cur):
-                confirm[cur] = min(confirm.get(cur, a), a)
-            case cav.Logging(level=level):
-                old = f.get("logging")
-                rank = cav.LOGGING_LEVELS.index
-                f["logging"] = level if old is None else min(old, level, key=rank)
-            case cav.App(app_id=a):
-                apps.append(a)
+        elif kind in _NAME_SETS:
+            key = _NAME_SETS[kind]
+            f[key] = _meet(f.get(key), c.values)  # type: ignore[union-attr]
+        elif kind is cav.AskFirst:
+            ask_first |= frozenset(c.values)  # type: ignore[union-attr]
+        elif kind is cav.ZeroRetention:
+            f["zero_retention"] = True
+        elif kind is cav.MaxInputTokens:
+            f["max_input_tokens"] = _min(f.get("max_input_tokens"), c.tokens)  # type: ignore[union-attr]
+        elif kind is cav.MaxOutputTokens:
+            f["max_output_tokens"] = _min(f.get("max_output_tokens"), c.tokens)  # type: ignore[union-attr]
+        elif isinstance(c, cav.Budget):
+            counters.append(CounterLimit(
+                "budget", counter_id(token_id, raw), c.amount, c.currency, c.period, c.tz))
+        elif isinstance(c, cav.TokenQuota):
+            counters.append(CounterLimit(
+                "quota", counter_id(token_id, raw), c.tokens, "tokens", c.period, c.tz))
+        elif isinstance(c, cav.Rate):
+            counters.append(CounterLimit(
+                "rate", counter_id(token_id, raw), c.requests, "requests", "minute"))
+        elif isinstance(c, cav.ConfirmAbove):
+            confirm[c.currency] = min(confirm.get(c.currency, c.amount), c.amount)
+        elif isinstance(c, cav.Logging):
+            old = f.get("logging")
+            rank = cav.LOGGING_LEVELS.index
+            f["logging"] = c.level if old is None else min(old, c.level, key=rank)
+        elif isinstance(c, cav.App):
+            apps.append(c.app_id)
+        else:  # pragma: no cover - every registered type is handled above
+            raise TypeError(f"unhandled caveat type {kind.__name__}")
     # Two caveats with identical bytes name the same counter: debit it once, not twice.
-    unique = tuple({c.counter_id: c for c in counters}.values())
+    unique = {c.counter_id: c for c in counters}.values()
     return EffectiveLimits(
-        **f, counters=unique, confirm_above=confirm, ask_first=ask_first, apps=tuple(apps)
+        **f, counters=tuple(unique), confirm_above=confirm, ask_first=ask_first, apps=tuple(apps)
     )
+
+
+_NAME_SETS: dict[type, str] = {
+    cav.Providers: "providers", cav.Models: "models", cav.Operations: "operations",
+    cav.Scopes: "scopes",
+}
+_RANK = {"rate": 0, "quota": 1, "budget": 2}

@@ -86,45 +86,34 @@ def _malformed(message: str) -> TokenError:
     return TokenError(Reason.MALFORMED, message)
 
 
-class _Reader:
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.pos = 0
-
-    def byte(self) -> int:
-        if self.pos >= len(self.data):
+def _field(data: bytes, pos: int, expected: int, what: str) -> tuple[bytes, int]:
+    """Read one field of type ``expected`` at ``pos``: (value, position after it)."""
+    n = len(data)
+    if pos >= n:
+        raise _malformed("token ends in the middle of a field")
+    if data[pos] != expected:
+        raise _malformed(f"expected {what} field (type {expected}), found type {data[pos]}")
+    pos += 1
+    # Field length: a minimal unsigned LEB128 varint of at most 3 bytes.
+    length = 0
+    shift = 0
+    while True:
+        if pos >= n:
             raise _malformed("token ends in the middle of a field")
-        value = self.data[self.pos]
-        self.pos += 1
-        return value
-
-    def varint(self) -> int:
-        value = 0
-        shift = 0
-        while True:
-            b = self.byte()
-            if shift >= 21:
-                raise _malformed("field length varint is too long")
-            value |= (b & 0x7F) << shift
-            if not b & 0x80:
-                if b == 0 and shift:
-                    raise _malformed("field length varint is not minimal")
-                return value
-            shift += 7
-
-    def field(self, expected: int, what: str) -> bytes:
-        field = self.byte()
-        if field != expected:
-            raise _malformed(f"expected {what} field (type {expected}), found type {field}")
-        length = self.varint()
-        end = self.pos + length
-        if end > len(self.data):
-            raise _malformed(f"{what} field runs past the end of the token")
-        value = self.data[self.pos : end]
-        self.pos = end
-        return value
+        b = data[pos]
+        pos += 1
+        length |= (b & 0x7F) << shift
+        if b < 0x80:
+            if b == 0 and shift:
+                raise _malformed("field length varint is not minimal")
+            break
+        shift += 7
+        if shift > 14:
+            raise _malformed("field length varint is too long")
+    end = pos + length
+    if end > n:
+        raise _malformed(f"{what} field runs past the end of the token")
+    return data[pos:end], end
 
 
 def decode(data: bytes, *, max_caveats: int, max_caveat_bytes: int) -> RawMacaroon:
@@ -133,37 +122,42 @@ def decode(data: bytes, *, max_caveats: int, max_caveat_bytes: int) -> RawMacaro
         raise _malformed("token is empty")
     if data[0] != MACAROON_V2:
         raise _malformed("not a macaroon v2 (v1 and other formats are not accepted)")
-    r = _Reader(data)
-    r.pos = 1
-    if r.data[r.pos : r.pos + 1] == bytes([FIELD_LOCATION]):
+    n = len(data)
+    if n > 1 and data[1] == FIELD_LOCATION:
         raise _malformed("the macaroon location field must be absent")
-    identifier = r.field(FIELD_IDENTIFIER, "identifier")
-    if r.byte() != FIELD_EOS:
-        raise _malformed("macaroon header has extra fields")
+    identifier, pos = _field(data, 1, FIELD_IDENTIFIER, "identifier")
+    if pos >= n or data[pos] != FIELD_EOS:
+        raise _malformed("macaroon header has extra fields or is truncated")
+    pos += 1
     caveats: list[bytes] = []
     while True:
-        field = r.byte()
+        if pos >= n:
+            raise _malformed("token ends inside the caveat section")
+        field = data[pos]
         if field == FIELD_EOS:
+            pos += 1
             break
         if field == FIELD_LOCATION:
             raise _malformed("caveat location fields are not allowed (no third-party caveats)")
         if field != FIELD_IDENTIFIER:
             raise _malformed(f"unexpected field type {field} in caveat section")
-        r.pos -= 1
-        cid = r.field(FIELD_IDENTIFIER, "caveat identifier")
+        cid, pos = _field(data, pos, FIELD_IDENTIFIER, "caveat identifier")
         if len(cid) > max_caveat_bytes:
             raise _malformed(f"caveat is longer than {max_caveat_bytes} bytes")
-        end = r.byte()
+        if pos >= n:
+            raise _malformed("token ends inside a caveat")
+        end = data[pos]
         if end == FIELD_VID:
             raise _malformed("third-party caveats are not allowed in v1 tokens")
         if end != FIELD_EOS:
             raise _malformed(f"unexpected field type {end} after caveat identifier")
+        pos += 1
         caveats.append(cid)
         if len(caveats) > max_caveats:
             raise _malformed(f"token has more than {max_caveats} caveats")
-    signature = r.field(FIELD_SIGNATURE, "signature")
+    signature, pos = _field(data, pos, FIELD_SIGNATURE, "signature")
     if len(signature) != SIGNATURE_BYTES:
         raise _malformed("signature is not 32 bytes")
-    if r.pos != len(data):
-        raise _malformed(f"{len(data) - r.pos} trailing bytes after the signature")
+    if pos != n:
+        raise _malformed(f"{n - pos} trailing bytes after the signature")
     return RawMacaroon(identifier, tuple(caveats), signature)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Container, Mapping
-from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from capwallet import approval as approvals
 from capwallet import caveats as cav
@@ -26,15 +26,21 @@ from capwallet.reasons import Reason, TokenError
 from capwallet.token import Token
 
 CLOCK_SKEW = 60  # seconds; see spec/verification.md "Clock skew"
+_COUNTER_REASONS = {
+    "rate": Reason.RATE_LIMITED, "quota": Reason.QUOTA_EXCEEDED, "budget": Reason.BUDGET_EXCEEDED,
+}
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+_NO_COST: Mapping[str, int] = MappingProxyType({})
+
+
+class Request(NamedTuple):
     """What a request wants. ``provider`` set means a model call; None means resource access.
 
     A model call MUST state provider, model and operation; its token counts and cost are the
     worst case the verifier reserves (input estimate, max output). A resource access (an app's
-    own server checking a data/tool scope) states only scopes.
+    own server checking a data/tool scope) states only scopes. (A NamedTuple, because one is
+    built per request and a frozen dataclass costs several times more to build.)
     """
 
     provider: str | None = None
@@ -43,7 +49,7 @@ class Request:
     scopes: tuple[str, ...] = ()
     input_tokens: int = 0
     output_tokens: int = 0
-    cost: Mapping[str, int] = field(default_factory=dict)  # currency -> minor units
+    cost: Mapping[str, int] = _NO_COST  # currency -> minor units
     zero_retention: bool = False  # does the provider promise zero retention?
     approval: str | None = None  # a cwa1_ approval string, if the app has one
     digest: bytes | None = None  # approvals.request_digest(...) of this exact request
@@ -53,9 +59,12 @@ class Request:
         return self.provider is not None
 
 
-@dataclass(frozen=True, slots=True)
-class Debit:
-    """One counter the request must debit (reserve) if it is allowed."""
+class Debit(NamedTuple):
+    """One counter the request must debit (reserve) if it is allowed.
+
+    (Debit and Decision are NamedTuples: immutable like frozen dataclasses, but several times
+    cheaper to build, and one of each is built on every request.)
+    """
 
     kind: str
     counter_key: str  # "<counter id>/<period key>"
@@ -72,8 +81,7 @@ class Debit:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     allowed: bool
     reason: Reason | None
     message: str
@@ -92,15 +100,42 @@ class Decision:
             "limits": None if self.limits is None else self.limits.to_json(),
             "debits": [d.to_json() for d in self.debits],
             "approval_id": self.approval_id,
+            "needs_approval": self.needs_approval,
         }
 
 
-@dataclass(frozen=True, slots=True)
 class VerifiedToken:
-    token_id: bytes
-    token_id_hex: str
-    issued_at: int
-    limits: EffectiveLimits
+    """A token whose chain verified and whose caveats decoded: what the cache holds.
+
+    It also memoises, per UTC minute, the counter keys of the token's counters, since every
+    period boundary falls on a minute boundary (time zone offsets are whole minutes).
+    """
+
+    __slots__ = (
+        "_minute", "_windows", "issued_at", "key_id", "limits", "token_id", "token_id_hex"
+    )
+
+    def __init__(
+        self, token_id: bytes, issued_at: int, limits: EffectiveLimits, key_id: bytes
+    ) -> None:
+        self.token_id = token_id
+        self.token_id_hex = token_id.hex()
+        self.issued_at = issued_at
+        self.limits = limits
+        self.key_id = key_id
+        self._minute = -1
+        self._windows: tuple[tuple[CounterLimit, str, int | None], ...] = ()
+
+    def windows(self, minute: int) -> tuple[tuple[CounterLimit, str, int | None], ...]:
+        """(counter, counter key, resets_at) for each counter, for the minute given."""
+        if minute != self._minute:
+            out = []
+            for c in self.limits.counters_in_check_order:
+                key, resets = _window(c.period, c.tz, minute)
+                out.append((c, c.counter_id + "/" + key, resets))
+            self._windows = tuple(out)
+            self._minute = minute
+        return self._windows
 
 
 @lru_cache(maxsize=1024)
@@ -142,13 +177,14 @@ class Verifier:
         expected = macaroon.chain(secret, token.raw.identifier, token.raw.caveats)
         if not hmac.compare_digest(expected, token.raw.signature):
             raise TokenError(Reason.BAD_SIGNATURE, "token signature does not match")
-        decoded = [(raw, cav.decode(raw)) for raw in token.raw.caveats]
+        decoded = list(zip(token.raw.caveats, cav.decode_all(token.raw.caveats), strict=True))
         tid = token.identifier.token_id
         limits = effective(tid, decoded)
-        verified = VerifiedToken(tid, tid.hex(), token.identifier.issued_at, limits)
-        if len(self._cache) >= self.cache_size:
-            self._cache.pop(next(iter(self._cache)), None)
-        self._cache[text] = verified
+        verified = VerifiedToken(tid, token.identifier.issued_at, limits, token.identifier.key_id)
+        if self.cache_size > 0:
+            if len(self._cache) >= self.cache_size:  # evict the oldest entry (FIFO)
+                self._cache.pop(next(iter(self._cache)), None)
+            self._cache[text] = verified
         return verified
 
     def verify(
@@ -185,7 +221,7 @@ def evaluate(
     if lim.expires is not None and now >= lim.expires + CLOCK_SKEW:
         return _deny(Reason.EXPIRED, f"token expired at {lim.expires}", v)
     # Request shape.
-    model_call = request.is_model_call
+    model_call = request.provider is not None
     if model_call:
         if request.model is None or request.operation is None:
             raise ValueError("a model call must state provider, model and operation")
@@ -221,28 +257,23 @@ def evaluate(
     debits: list[Debit] = []
     if model_call:
         cost = request.cost
-        for currency in [c.unit for c in lim.budgets] + list(lim.confirm_above):
+        for currency in lim.priced_currencies:
             if currency not in cost:
                 return _deny(
                     Reason.PRICE_UNKNOWN, f"the request could not be priced in {currency}", v
                 )
-        minute = now // 60
         tokens = request.input_tokens + request.output_tokens
-        for kind, reason in (("rate", Reason.RATE_LIMITED), ("quota", Reason.QUOTA_EXCEEDED),
-                             ("budget", Reason.BUDGET_EXCEEDED)):
-            for c in lim.counters:
-                if c.kind != kind:
-                    continue
-                amount = 1 if kind == "rate" else tokens if kind == "quota" else cost[c.unit]
-                key, resets = _window(c.period, c.tz, minute)
-                counter_key = f"{c.counter_id}/{key}"
-                used = counters.get(counter_key, 0)
-                if amount > 0 and used + amount > c.limit:
-                    left = max(c.limit - used, 0)
-                    return _deny(reason,
-                                 f"{c.describe()}: {_fmt(c, used)} used, {_fmt(c, left)} left; "
-                                 f"this call needs up to {_fmt(c, amount)}", v)
-                debits.append(Debit(kind, counter_key, amount, c.limit, used, c.unit, resets))
+        # Ordered rate, quota, budget: the order of the reason codes.
+        for c, counter_key, resets in v.windows(now // 60):
+            kind = c.kind
+            amount = cost[c.unit] if kind == "budget" else tokens if kind == "quota" else 1
+            used = counters.get(counter_key, 0)
+            if amount > 0 and used + amount > c.limit:
+                left = max(c.limit - used, 0)
+                return _deny(_COUNTER_REASONS[kind],
+                             f"{c.describe()}: {_fmt(c, used)} used, {_fmt(c, left)} left; "
+                             f"this call needs up to {_fmt(c, amount)}", v)
+            debits.append(Debit(kind, counter_key, amount, c.limit, used, c.unit, resets))
     # Confirmation.
     why: str | None = None
     if model_call:
@@ -261,7 +292,9 @@ def evaluate(
         if request.approval is None:
             return _deny(Reason.CONFIRMATION_REQUIRED, why, v, needs_approval=True)
         try:
-            a = approvals.check(request.approval, keys, v.token_id, request.digest, now)
+            a = approvals.check(
+                request.approval, keys, v.token_id, request.digest, now, token_key_id=v.key_id
+            )
         except TokenError as exc:
             return _deny(Reason.APPROVAL_INVALID, exc.message, v)
         approval_id = a.approval_id_hex
@@ -277,4 +310,4 @@ def verify(
     revoked: Container[str] = (),
 ) -> Decision:
     """One-shot verification without a cache (use a Verifier on hot paths)."""
-    return Verifier(keys, cache_size=1).verify(token, request, now, counters, revoked)
+    return Verifier(keys, cache_size=0).verify(token, request, now, counters, revoked)

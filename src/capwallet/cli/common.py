@@ -2,6 +2,28 @@
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+from typing import Any
+
 
 class CliError(Exception):
     """Bad input: printed as one line on stderr, exit code 2."""
+
+
+def read_token_arg(value: str) -> str:
+    """TOKEN may be '-' for standard input (so tokens stay out of shell history)."""
+    text = sys.stdin.read() if value == "-" else value
+    text = text.strip()
+    if not text:
+        raise CliError("no token given")
+    return text
+
+
+def now_arg(value: int | None) -> int:
+    return int(time.time()) if value is None else value
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=False))

@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh machine:
+#   make demo   the main job (a local wallet + relay with a bundled fake provider)
+#   make test   the whole test suite (creates .venv, installs what it needs)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint bench vectors system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/protocol_demo.py
+
+# Redis and Chromium come from Debian's packages (installed when run as root).
+system-deps:
+	bash scripts/system-deps.sh
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy --strict src/capwallet
+
+bench: $(STAMP)
+	$(PY) bench/verify.py
+
+vectors: $(STAMP)
+	$(PY) test_vectors/generate.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis artifacts

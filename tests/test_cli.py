@@ -1,0 +1,111 @@
+"""The capwallet CLI end to end, as a user runs it (a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+NOW = "1790000000"
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "capwallet", *args],
+        input=stdin, capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "root.json"
+    r = run("keygen", "--out", str(path), "--json")
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    secret = json.loads(path.read_text())["key"]
+    assert secret not in r.stdout + r.stderr  # the key itself is never printed
+    return path
+
+
+def test_mint_attenuate_inspect_verify(key_file: Path) -> None:
+    r = run("mint", "--key-file", str(key_file), "--provider", "anthropic",
+            "--model", "claude-sonnet-4-5", "--budget", "10EUR/month",
+            "--max-input-tokens", "50000", "--scope", "posts:read", "--expires", "30d",
+            "--confirm-above", "0.50EUR", "--now", NOW)
+    assert r.returncode == 0, r.stderr
+    parent = r.stdout.strip()
+    assert parent.startswith("cwt1_")
+
+    r = run("attenuate", "-", "--max-output-tokens", "200", "--budget", "1EUR/day",
+            "--now", NOW, stdin=parent)
+    assert r.returncode == 0, r.stderr
+    child = r.stdout.strip()
+
+    r = run("inspect", child, "--json")
+    info = json.loads(r.stdout)
+    assert info["verified"] is False
+    assert info["effective_limits"]["max_output_tokens"] == 200
+    assert [c["type"] for c in info["caveats"]][-2:] == ["max-output-tokens", "budget"]
+    assert "UNVERIFIED" in run("inspect", child).stdout
+
+    call = ["--provider", "anthropic", "--model", "claude-sonnet-4-5", "--input-tokens", "100",
+            "--now", NOW]
+    r = run("verify", child, "--key-file", str(key_file), *call, "--output-tokens", "100",
+            "--cost", "0.20EUR", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    decision = json.loads(r.stdout)
+    assert decision["allowed"] is True
+    assert len(decision["debits"]) == 2  # the parent's monthly and the child's daily budget
+
+    # The child is narrower than the parent: 300 output tokens pass the parent only.
+    r = run("verify", child, "--key-file", str(key_file), *call, "--output-tokens", "300",
+            "--cost", "0.20EUR")
+    assert r.returncode == 1
+    assert r.stdout.startswith("deny: output_too_large")
+    r = run("verify", parent, "--key-file", str(key_file), *call, "--output-tokens", "300",
+            "--cost", "0.20EUR")
+    assert r.returncode == 0
+
+    # The daily child budget is 1 EUR: a 1.50 EUR call is refused with what is left.
+    r = run("verify", child, "--key-file", str(key_file), *call, "--cost", "1.50EUR", "--json")
+    assert r.returncode == 1
+    decision = json.loads(r.stdout)
+    assert decision["reason"] == "budget_exceeded"
+    assert "1.00 EUR left" in decision["message"]
+
+
+def test_bad_input_is_one_line_and_exit_2(key_file: Path, tmp_path: Path) -> None:
+    cases = [
+        ["mint", "--key-file", str(key_file), "--budget", "10XYZ/month"],
+        ["mint", "--key-file", str(key_file), "--budget", "10EUR/fortnight"],
+        ["mint", "--key-file", str(key_file), "--expires", "next tuesday"],
+        ["mint", "--key-file", str(key_file), "--budget", "0.505EUR"],
+        ["mint", "--key-file", str(tmp_path / "missing.json")],
+        ["inspect", "cwt1_not-a-token"],
+        ["attenuate", "garbage", "--max-output-tokens", "5"],
+        ["keygen", "--out", str(key_file)],  # refuses to overwrite
+        ["mint", "--key-file", str(key_file), "--max-input-tokens", "lots"],
+        ["mint", "--key-file", str(key_file), "--logging", "verbose"],
+        ["verify", "cwt1_x"],  # --key-file missing
+        ["frobnicate"],
+    ]
+    for argv in cases:
+        r = run(*argv)
+        assert r.returncode == 2, (argv, r.stdout, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, (argv, r.stderr)
+        assert "Traceback" not in r.stderr
+
+
+def test_verify_wrong_key_is_a_deny(key_file: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.json"
+    run("keygen", "--out", str(other))
+    token = run("mint", "--key-file", str(key_file), "--now", NOW).stdout.strip()
+    r = run("verify", token, "--key-file", str(other), "--now", NOW, "--json")
+    assert r.returncode == 1
+    assert json.loads(r.stdout)["reason"] == "unknown_key"
+    assert token not in r.stdout  # decisions carry the token id, never the token

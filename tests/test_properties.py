@@ -1,0 +1,119 @@
+"""Properties of the protocol, checked on generated tokens and requests (hypothesis)."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from capwallet import caveats as cav
+from capwallet.keys import Keyring, RootKey
+from capwallet.reasons import Reason, TokenError
+from capwallet.token import Token, mint
+from capwallet.verify import Request, Verifier
+
+KEY = RootKey(b"\x01" * 8, b"\x02" * 32)
+KEYS = Keyring([KEY])
+T0 = 1_790_000_000
+
+providers = st.sampled_from(["openai", "anthropic", "local"])
+models = st.sampled_from(["m1", "m2", "m3"])
+ops = st.sampled_from(["chat", "embeddings"])
+scopes = st.sampled_from(["posts:read", "drafts:write", "drafts:search"])
+small = st.integers(min_value=0, max_value=300)
+nonce = st.text("0123456789abcdef", min_size=16, max_size=16)
+
+caveat = st.one_of(
+    st.builds(cav.NotBefore, st.integers(T0 - 500, T0 + 500)),
+    st.builds(cav.Expires, st.integers(T0 - 500, T0 + 500)),
+    st.builds(cav.Providers, st.lists(providers, min_size=1, max_size=3).map(tuple)),
+    st.builds(cav.Models, st.lists(models, min_size=1, max_size=3).map(tuple)),
+    st.builds(cav.Operations, st.lists(ops, min_size=1, max_size=2).map(tuple)),
+    st.builds(cav.Scopes, st.lists(scopes, max_size=3).map(tuple)),
+    st.builds(cav.AskFirst, st.lists(scopes, min_size=1, max_size=2).map(tuple)),
+    st.just(cav.ZeroRetention()),
+    st.builds(cav.MaxInputTokens, small),
+    st.builds(cav.MaxOutputTokens, small),
+    st.builds(cav.Budget, small, st.just("EUR"),
+              st.sampled_from(["day", "month", "total"]), nonce=nonce),
+    st.builds(cav.TokenQuota, small, st.sampled_from(["day", "total"]), nonce=nonce),
+    st.builds(cav.Rate, st.integers(0, 3), nonce=nonce),
+    st.builds(cav.ConfirmAbove, small, st.just("EUR")),
+    st.builds(cav.Logging, st.sampled_from(["none", "metadata", "full"])),
+    st.builds(cav.App, st.sampled_from(["https://a.example", "cli"])),
+)
+
+model_call = st.builds(
+    lambda **kw: Request(**kw),
+    provider=providers, model=models, operation=ops,
+    scopes=st.lists(scopes, max_size=2).map(tuple),
+    input_tokens=small, output_tokens=small,
+    cost=st.fixed_dictionaries({"EUR": small}),
+    zero_retention=st.booleans(),
+)
+resource = st.lists(scopes, max_size=2).map(lambda s: Request(scopes=tuple(s)))
+requests = st.one_of(model_call, resource)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(caveat, max_size=6), st.lists(caveat, min_size=1, max_size=3), requests,
+    st.integers(T0 - 700, T0 + 700), st.data(),
+)
+def test_attenuation_never_widens(base, extra, request, now, data) -> None:  # type: ignore[no-untyped-def]
+    parent = mint(KEY, base, now=T0 - 1000)
+    child = parent.attenuate(extra)
+    verifier = Verifier(KEYS)
+    # Any counter state: every counter the child would debit gets some usage.
+    probe = verifier.verify(child.serialize(), request, now)
+    counters = {d.counter_key: data.draw(small) for d in probe.debits}
+    d_child = verifier.verify(child.serialize(), request, now, counters)
+    if d_child.allowed:
+        d_parent = verifier.verify(parent.serialize(), request, now, counters)
+        assert d_parent.allowed, (d_parent.reason, d_parent.message)
+        # The child debits every counter the parent debits, and maybe more.
+        assert {d.counter_key for d in d_parent.debits} <= {d.counter_key for d in d_child.debits}
+
+
+@settings(max_examples=300)
+@given(st.lists(caveat, max_size=4), st.data())
+def test_changing_any_byte_never_allows(caveats, data) -> None:  # type: ignore[no-untyped-def]
+    token = mint(KEY, caveats, now=T0).serialize()
+    request = Request(provider="openai", model="m1", operation="chat", cost={"EUR": 0})
+    i = data.draw(st.integers(0, len(token) - 1))
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/=. "
+    ch = data.draw(st.sampled_from(alphabet).filter(lambda c: c != token[i]))
+    mutated = token[:i] + ch + token[i + 1:]
+    decision = Verifier(KEYS).verify(mutated, request, T0)
+    assert not decision.allowed
+    assert decision.reason is not None
+
+
+@given(st.text(max_size=300))
+def test_parser_never_crashes_on_text(text: str) -> None:
+    for candidate in (text, "cwt1_" + text):
+        try:
+            Token.parse(candidate)
+        except TokenError as exc:
+            assert exc.reason in (Reason.MALFORMED, Reason.UNSUPPORTED_VERSION)
+
+
+@given(st.binary(max_size=400))
+def test_parser_never_crashes_on_bytes(data: bytes) -> None:
+    import base64
+
+    text = "cwt1_" + base64.urlsafe_b64encode(data).decode().rstrip("=")
+    try:
+        t = Token.parse(text)
+    except TokenError as exc:
+        assert exc.reason in (Reason.MALFORMED, Reason.UNSUPPORTED_VERSION)
+    else:
+        assert t.to_bytes() == data  # anything accepted is canonical
+        Verifier(KEYS).verify(text, Request(), T0)  # and verification does not crash
+
+
+@given(st.lists(caveat, max_size=8))
+def test_serialization_round_trips(caveats) -> None:  # type: ignore[no-untyped-def]
+    t = mint(KEY, caveats, now=T0)
+    again = Token.parse(t.serialize())
+    assert again == t
+    assert again.caveats() == [cav.decode(cav.encode(c)) for c in caveats]
