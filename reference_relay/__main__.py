@@ -102,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app, http=http, loop="auto", lifespan="on", log_config=None, log_level=args.log_level,
         access_log=False, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_graceful_shutdown=int(config.upstream_timeout) + 5, server_header=False,
+        proxy_headers=False,
     ))
 
     async def serve() -> None:

@@ -36,7 +36,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from capwallet.approval import request_digest
 from capwallet.keys import Keyring, RootKey
@@ -136,36 +136,80 @@ def _fmt(c: CounterLimit, n: int) -> str:
     return format_minor(n, c.unit) if c.kind == "budget" else f"{n} {c.unit}"
 
 
-class RequestGuard:
-    """Header limits, and only the Host names the config allows (defeats DNS rebinding)."""
+_CORS_EXPOSE = (b"x-capwallet-reason, x-capwallet-approval-request, x-capwallet-fx, "
+                b"retry-after, x-request-id")
 
-    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
+
+class RequestGuard:
+    """Header limits; only the Host names the config allows (defeats DNS rebinding); CORS.
+
+    CORS: browser apps call the relay with their token in a header, never with cookies, so
+    the relay can answer any allowed origin (``allowed_origins``, "*" by default) without
+    giving a page anything it did not already hold. Preflights are answered here, with
+    ``Access-Control-Allow-Private-Network`` for browsers that ask before reaching loopback.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...],
+                 origins: tuple[str, ...] = ("*",)) -> None:
         self.app = app
         self.any = "*" in allowed
         self.allowed = frozenset(h.lower().strip("[]") for h in allowed)
+        self.any_origin = "*" in origins
+        self.origins = frozenset(o.encode() for o in origins)
+
+    def _origin(self, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+        for k, v in headers:
+            if k == b"origin":
+                return v if self.any_origin or v in self.origins else None
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            headers = scope["headers"]
-            err = None
-            # The request target counts too: h11 bounds only a head that arrives in pieces.
-            target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
-            if len(headers) > MAX_HEADER_FIELDS or target + sum(
-                    len(k) + len(v) + 4 for k, v in headers) > MAX_HEADER_BYTES:
-                err = RelayError(HEADERS_TOO_LARGE, f"request headers exceed the relay's limit "
-                                 f"({MAX_HEADER_FIELDS} fields, {MAX_HEADER_BYTES} bytes)")
-            elif not self.any:
-                host = ""
-                for k, v in headers:
-                    if k == b"host":
-                        host = v.decode("latin-1").lower()
-                        break
-                name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-                if name not in self.allowed:
-                    err = RelayError(BAD_HOST, "this relay does not serve that Host name")
-            if err is not None:
-                await error_response(err)(scope, receive, send)
-                return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        err = None
+        # The request target counts too: a parser bounds only a head that arrives in pieces.
+        target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        if len(headers) > MAX_HEADER_FIELDS or target + sum(
+                len(k) + len(v) + 4 for k, v in headers) > MAX_HEADER_BYTES:
+            err = RelayError(HEADERS_TOO_LARGE, f"request headers exceed the relay's limit "
+                             f"({MAX_HEADER_FIELDS} fields, {MAX_HEADER_BYTES} bytes)")
+        elif not self.any:
+            host = ""
+            for k, v in headers:
+                if k == b"host":
+                    host = v.decode("latin-1").lower()
+                    break
+            name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+            if name not in self.allowed:
+                err = RelayError(BAD_HOST, "this relay does not serve that Host name")
+        origin = self._origin(headers)
+        if err is None and origin is not None and scope["method"] == "OPTIONS":
+            await send({"type": "http.response.start", "status": 204, "headers": [
+                (b"access-control-allow-origin", origin),
+                (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                (b"access-control-allow-headers", b"*, authorization"),
+                (b"access-control-allow-private-network", b"true"),
+                (b"access-control-max-age", b"600"),
+                (b"vary", b"origin"),
+            ]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if origin is not None:
+            inner = send
+
+            async def send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        (b"access-control-allow-origin", origin),
+                        (b"access-control-expose-headers", _CORS_EXPOSE), (b"vary", b"origin")]
+                await inner(message)
+
+        if err is not None:
+            await error_response(err)(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 
@@ -593,7 +637,8 @@ def create_app(config: RelayConfig, *, store: Store | None = None, keys: Keyring
             Route("/v1/models", relay.models, methods=["GET"]),
             Route("/healthz", relay.healthz, methods=["GET"]),
         ],
-        middleware=[Middleware(RequestGuard, allowed=config.allowed_hosts)],
+        middleware=[Middleware(RequestGuard, allowed=config.allowed_hosts,
+                               origins=config.allowed_origins)],
         exception_handlers={HTTPException: not_found, Exception: crashed},
         lifespan=relay.lifespan,
     )

@@ -78,6 +78,7 @@ class RelayConfig:
     sweep_interval: float = 30.0  # how often expired leases are closed
     approval_ttl: int = 600  # how long a pending approval request stays open
     allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
+    allowed_origins: tuple[str, ...] = ("*",)  # browser origins that may call the relay
     host: str = "127.0.0.1"
     port: int = 8787
     max_connections: int = 256  # upstream connection pool
@@ -251,6 +252,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path) -> RelayConfig:
     if len(set(ids)) != len(ids):
         raise ConfigError("provider ids must be unique")
     hosts = _get(relay, "allowed_hosts", list, w, ["127.0.0.1", "localhost", "::1"])
+    origins = _get(relay, "allowed_origins", list, w, ["*"])
     wallet_url = _get(relay, "wallet_url", str, w)
     cfg = RelayConfig(
         root_keys=tuple(_resolve(base_dir, k) for k in keys),
@@ -270,6 +272,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path) -> RelayConfig:
         sweep_interval=float(_get(relay, "sweep_interval", (int, float), w, 30.0)),
         approval_ttl=int(_get(relay, "approval_ttl", int, w, 600)),
         allowed_hosts=tuple(str(h) for h in hosts),
+        allowed_origins=tuple(str(o) for o in origins),
         host=_get(relay, "host", str, w, "127.0.0.1"),
         port=int(_get(relay, "port", int, w, 8787)),
         max_connections=int(_get(relay, "max_connections", int, w, 256)),

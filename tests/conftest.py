@@ -1,8 +1,6 @@
-"""Shared fixtures. Fixed keys and times keep failures reproducible.
-
-Plugins: relay_harness (fake provider + real relays on loopback: fixtures fake, relay,
-fresh_relay, captured_logs). Redis: redis_url / redis_cluster_url (tests/redis_server.py).
-"""
+"""Shared fixtures and plugins. Fixed keys and times keep failures reproducible.
+relay_harness: fake provider + real relays on loopback (fixtures fake, relay, fresh_relay,
+captured_logs). Redis: redis_url / redis_cluster_url (tests/redis_server.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +13,7 @@ from capwallet.keys import Keyring, RootKey
 
 pytest_plugins = ("relay_harness",)
 
-NOW = 1_790_000_000  # 2026-09-21T13:33:20Z, a fixed "now" for deterministic tests
+NOW = 1_790_000_000  # 2026-09-21T14:13:20Z, a fixed "now" for deterministic tests
 
 
 @pytest.fixture

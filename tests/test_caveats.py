@@ -80,6 +80,32 @@ def test_random_bytes_never_crash(data: bytes) -> None:
         assert exc.reason in (Reason.UNKNOWN_CAVEAT, Reason.INVALID_CAVEAT)
 
 
+def test_unknown_caveat_wins_over_an_earlier_invalid_one() -> None:
+    """Reason order decides: unknown_caveat is checked for every caveat before invalid_caveat."""
+    with pytest.raises(TokenError) as info:
+        cav.decode_all([b"expires 01", b"frobnicate 1"])
+    assert info.value.reason is Reason.UNKNOWN_CAVEAT
+    with pytest.raises(TokenError) as info:
+        cav.decode_all([b"expires 1", b"expires 01"])
+    assert info.value.reason is Reason.INVALID_CAVEAT
+    assert cav.decode_all([b"expires 1", b"models a b"]) == [cav.Expires(1), cav.Models(("a", "b"))]
+
+
+@pytest.mark.parametrize("tz", ["localtime", "posixrules", "right/UTC", "posix/Europe/Paris"])
+def test_time_zone_must_be_a_tz_database_name(tz: str) -> None:
+    """System files that are not IANA names would count different periods on each verifier."""
+    data = f"budget 0011223344556677 100 EUR month {tz}".encode()
+    with pytest.raises(TokenError) as info:
+        cav.decode(data)
+    assert info.value.reason is Reason.INVALID_CAVEAT
+
+
+@pytest.mark.parametrize("tz", ["Europe/Berlin", "America/Argentina/Buenos_Aires", "Etc/GMT+5"])
+def test_tz_database_names_are_accepted(tz: str) -> None:
+    assert cav.decode(f"token-quota 0011223344556677 5 day {tz}".encode()) == cav.TokenQuota(
+        5, "day", tz, nonce="0011223344556677")
+
+
 @given(st.one_of(
     st.binary(max_size=60),
     st.builds(lambda n, a: n + b" " + a,

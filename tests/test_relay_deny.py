@@ -219,3 +219,22 @@ def test_header_limits(relay: Relay) -> None:
     assert r.status_code == 431 and error_code(r) == "headers_too_large"
     r = httpx.get(relay.url + "/healthz", headers={"x-big": "y" * 15000, "x-big2": "z" * 2000})
     assert r.status_code in (400, 431)  # h11 itself may stop it first
+
+
+def test_cors_for_browser_apps(relay: Relay, fresh_relay: Callable[..., Relay]) -> None:
+    origin = {"origin": "https://app.example"}
+    pre = httpx.options(relay.url + "/v1/chat/completions", headers={
+        **origin, "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type"})
+    assert pre.status_code == 204
+    assert pre.headers["access-control-allow-origin"] == "https://app.example"
+    assert pre.headers["access-control-allow-private-network"] == "true"
+    r = httpx.post(relay.url + "/v1/chat/completions", headers=origin,
+                   json={"model": "relay-test", "messages": HELLO})
+    assert r.status_code == 401
+    assert r.headers["access-control-allow-origin"] == "https://app.example"
+    assert "x-capwallet-reason" in r.headers["access-control-expose-headers"]
+    strict = fresh_relay(allowed_origins=["https://good.example"])
+    bad = httpx.options(strict.url + "/v1/chat/completions", headers={
+        "origin": "https://evil.example", "access-control-request-method": "POST"})
+    assert "access-control-allow-origin" not in bad.headers

@@ -127,3 +127,26 @@ def test_repr_never_shows_token_or_key(root_key: RootKey) -> None:
     t = _token(root_key, cav.Models(("gpt-4o",)))
     assert t.serialize() not in repr(t)
     assert root_key.secret.hex() not in repr(root_key)
+
+
+def test_verifier_reports_unknown_before_invalid_caveat(root_key: RootKey) -> None:
+    from capwallet.keys import Keyring
+    from capwallet.verify import Request, verify
+
+    ident = _token(root_key).raw.identifier
+    raws = (b"expires 01", b"frobnicate 1")
+    raw = macaroon.RawMacaroon(ident, raws, macaroon.chain(root_key.secret, ident, raws))
+    text = PREFIX + b64url_encode(macaroon.encode(raw))
+    d = verify(text, Keyring([root_key]), Request(scopes=()), NOW)
+    assert d.reason is Reason.UNKNOWN_CAVEAT
+
+
+def test_mint_and_attenuate_never_produce_an_overlong_token(root_key: RootKey) -> None:
+    """Seven 1000-byte caveats encode to more than 8192 characters, which parse rejects."""
+    big = [cav.App("x" * 996) for _ in range(7)]
+    with pytest.raises(ValueError, match="8192"):
+        _token(root_key, *big)
+    six = _token(root_key, *big[:6])
+    assert Token.parse(six.serialize()) == six
+    with pytest.raises(ValueError, match="8192"):
+        six.attenuate(big[:1])

@@ -27,6 +27,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from capwallet.identifier import MAX_SAFE_INTEGER
 from capwallet.keys import RootKey
 from capwallet.reasons import Reason, TokenError
 from capwallet.token import b64url_decode_strict, b64url_encode
@@ -85,12 +86,17 @@ class Approval:
         if len(data) != APPROVAL_BYTES or data[0] != 1:
             raise bad("approval has the wrong length or version")
         _, key_id, approval_id, token_id, digest, expires = struct.unpack(_LAYOUT, data[:81])
+        if expires > MAX_SAFE_INTEGER:
+            raise bad("approval expiry is out of range")
         return cls(key_id, approval_id, token_id, digest, expires, data[81:])
 
 
 def issue(
     key: RootKey, token_id: bytes, digest: bytes, expires: int, approval_id: bytes | None = None
 ) -> Approval:
+    """Approve one request (``digest``) for one token; issue under the token's own root key."""
+    if not 0 <= expires <= MAX_SAFE_INTEGER:
+        raise ValueError("approval expiry out of range")
     aid = approval_id if approval_id is not None else secrets.token_bytes(16)
     unsigned = Approval(key.key_id, aid, token_id, digest, expires, b"")
     mac = hmac.digest(_approval_key(key.secret), unsigned.body(), "sha256")
@@ -98,14 +104,26 @@ def issue(
 
 
 def check(
-    text: str, keys: Mapping[bytes, bytes], token_id: bytes, digest: bytes | None, now: int
+    text: str,
+    keys: Mapping[bytes, bytes],
+    token_id: bytes,
+    digest: bytes | None,
+    now: int,
+    *,
+    token_key_id: bytes,
 ) -> Approval:
-    """Verify an approval for this token and request; raises TokenError(approval_invalid)."""
+    """Verify an approval for this token and request; raises TokenError(approval_invalid).
+
+    The approval must be made under the root key that minted the token (``token_key_id``):
+    a verifier holding several wallets' keys must not let one wallet approve for another.
+    """
     a = Approval.parse(text)
 
     def bad(msg: str) -> TokenError:
         return TokenError(Reason.APPROVAL_INVALID, msg)
 
+    if not hmac.compare_digest(a.key_id, token_key_id):
+        raise bad("approval was made under another root key than the token")
     root_secret = keys.get(a.key_id)
     if root_secret is None:
         raise bad("approval was made under an unknown root key")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import ClassVar, Self, Union
@@ -337,6 +338,15 @@ def encode(caveat: Caveat) -> bytes:
     return grammar.join(caveat.name, caveat.args())
 
 
+def _known_type(data: bytes) -> tuple[str, type[Caveat]]:
+    """The registered type named by the bytes before the first space, else unknown_caveat."""
+    name = data.split(b" ", 1)[0].decode("ascii", "replace")
+    cls = REGISTRY.get(name)
+    if cls is None:
+        raise TokenError(Reason.UNKNOWN_CAVEAT, f"unknown caveat type {name[:40]!r}")
+    return name, cls
+
+
 def decode(data: bytes) -> Caveat:
     """Typed caveat from its signed bytes; TokenError(unknown_caveat | invalid_caveat).
 
@@ -349,10 +359,7 @@ def decode(data: bytes) -> Caveat:
 
 @lru_cache(maxsize=16384)
 def _decode_cached(data: bytes) -> Caveat:
-    name = data.split(b" ", 1)[0].decode("ascii", "replace")
-    cls = REGISTRY.get(name)
-    if cls is None:
-        raise TokenError(Reason.UNKNOWN_CAVEAT, f"unknown caveat type {name[:40]!r}")
+    name, cls = _known_type(data)
     try:
         _, args = grammar.split(data)
         caveat: Caveat = cls.from_args(args)
@@ -362,3 +369,16 @@ def _decode_cached(data: bytes) -> Caveat:
     # tests/test_caveats.py checks that property on generated input instead of paying for a
     # re-encoding on every verification.
     return caveat
+
+
+def decode_all(caveats: Iterable[bytes]) -> list[Caveat]:
+    """Decode a token's caveats in order.
+
+    Every caveat's type is checked before any caveat's arguments, so a token holding both an
+    unknown and an invalid caveat is denied as unknown_caveat wherever they stand: the first
+    failing check in reason-code order decides (spec/verification.md).
+    """
+    raws = list(caveats)
+    for data in raws:
+        _known_type(data)
+    return [decode(data) for data in raws]

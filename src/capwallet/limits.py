@@ -59,6 +59,7 @@ class EffectiveLimits:
     logging: str | None = None
     apps: tuple[str, ...] = ()
     _priced: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    _checked: tuple[CounterLimit, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def budgets(self) -> tuple[CounterLimit, ...]:
@@ -69,9 +70,18 @@ class EffectiveLimits:
         """Currencies a model call must be priced in (budgets, then confirm-above)."""
         return self._priced
 
+    @property
+    def counters_in_check_order(self) -> tuple[CounterLimit, ...]:
+        """The counters as verification checks them: rates, then quotas, then budgets (the
+        order of the reason codes), in token order within a kind. ``counters`` itself stays
+        in token order, as the limits are reported (spec/caveats.md)."""
+        return self._checked
+
     def __post_init__(self) -> None:
         seen = [c.unit for c in self.counters if c.kind == "budget"] + list(self.confirm_above)
         object.__setattr__(self, "_priced", tuple(dict.fromkeys(seen)))
+        checked = sorted(self.counters, key=lambda c: _RANK[c.kind])
+        object.__setattr__(self, "_checked", tuple(checked))
 
     def to_json(self) -> dict[str, Any]:
         def names(v: frozenset[str] | None) -> list[str] | None:
@@ -154,8 +164,7 @@ def effective(token_id: bytes, caveats: list[tuple[bytes, cav.Caveat]]) -> Effec
         else:  # pragma: no cover - every registered type is handled above
             raise TypeError(f"unhandled caveat type {kind.__name__}")
     # Two caveats with identical bytes name the same counter: debit it once, not twice.
-    # Checks run rate, then quota, then budget (the order of the reason codes).
-    unique = sorted({c.counter_id: c for c in counters}.values(), key=lambda c: _RANK[c.kind])
+    unique = {c.counter_id: c for c in counters}.values()
     return EffectiveLimits(
         **f, counters=tuple(unique), confirm_above=confirm, ask_first=ask_first, apps=tuple(apps)
     )

@@ -10,16 +10,31 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import lru_cache
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 PERIODS = ("day", "week", "month", "year", "total")
 UTC = dt.UTC
+
+
+@lru_cache(maxsize=1)
+def zone_names() -> frozenset[str]:
+    """Zone and Link names of the IANA tz database on this system, except "Factory".
+
+    ZoneInfo alone would also load files that are not tz database names and mean different
+    things on different machines ("localtime", "posixrules", "right/...", "posix/..."), so a
+    caveat naming one would count different periods on different verifiers. "Factory" is a
+    database Zone, but only a placeholder for "zone not set", and ICU (so JavaScript's Intl)
+    does not have it: a JavaScript verifier could not accept it (spec/caveats.md).
+    """
+    return frozenset(available_timezones()) - {"localtime", "posixrules", "Factory"}
 
 
 @lru_cache(maxsize=64)
 def zone(name: str) -> dt.tzinfo:
     if name == "UTC":
         return UTC
+    if name not in zone_names():
+        raise ValueError(f"unknown time zone {name!r}")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:

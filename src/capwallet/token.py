@@ -66,7 +66,7 @@ class Token:
 
     def caveats(self) -> list[cav.Caveat]:
         """Decoded caveats in token order; raises TokenError(unknown_/invalid_caveat)."""
-        return [cav.decode(c) for c in self.raw.caveats]
+        return cav.decode_all(self.raw.caveats)
 
     def to_bytes(self) -> bytes:
         return macaroon.encode(self.raw)
@@ -102,7 +102,13 @@ class Token:
         for c in added:
             sig = macaroon.extend(sig, c)
         raw = macaroon.RawMacaroon(self.raw.identifier, self.raw.caveats + tuple(added), sig)
-        return Token(self.identifier, raw)
+        return Token(self.identifier, raw)._fits()
+
+    def _fits(self) -> Token:
+        """Never produce a token that Token.parse would reject for its length."""
+        if len(self.serialize()) > MAX_TOKEN_CHARS:
+            raise ValueError(f"the token would be longer than {MAX_TOKEN_CHARS} characters")
+        return self
 
 
 def mint(
@@ -123,7 +129,7 @@ def mint(
     id_bytes = ident.encode()
     signature = macaroon.chain(key.secret, id_bytes, encoded)
     raw = macaroon.RawMacaroon(id_bytes, tuple(encoded), signature)
-    return Token(ident, raw)
+    return Token(ident, raw)._fits()
 
 
 def attenuate(token: str, caveats: Iterable[cav.Caveat]) -> str:

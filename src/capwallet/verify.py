@@ -100,6 +100,7 @@ class Decision(NamedTuple):
             "limits": None if self.limits is None else self.limits.to_json(),
             "debits": [d.to_json() for d in self.debits],
             "approval_id": self.approval_id,
+            "needs_approval": self.needs_approval,
         }
 
 
@@ -110,13 +111,18 @@ class VerifiedToken:
     period boundary falls on a minute boundary (time zone offsets are whole minutes).
     """
 
-    __slots__ = ("_minute", "_windows", "issued_at", "limits", "token_id", "token_id_hex")
+    __slots__ = (
+        "_minute", "_windows", "issued_at", "key_id", "limits", "token_id", "token_id_hex"
+    )
 
-    def __init__(self, token_id: bytes, issued_at: int, limits: EffectiveLimits) -> None:
+    def __init__(
+        self, token_id: bytes, issued_at: int, limits: EffectiveLimits, key_id: bytes
+    ) -> None:
         self.token_id = token_id
         self.token_id_hex = token_id.hex()
         self.issued_at = issued_at
         self.limits = limits
+        self.key_id = key_id
         self._minute = -1
         self._windows: tuple[tuple[CounterLimit, str, int | None], ...] = ()
 
@@ -124,7 +130,7 @@ class VerifiedToken:
         """(counter, counter key, resets_at) for each counter, for the minute given."""
         if minute != self._minute:
             out = []
-            for c in self.limits.counters:
+            for c in self.limits.counters_in_check_order:
                 key, resets = _window(c.period, c.tz, minute)
                 out.append((c, c.counter_id + "/" + key, resets))
             self._windows = tuple(out)
@@ -171,10 +177,10 @@ class Verifier:
         expected = macaroon.chain(secret, token.raw.identifier, token.raw.caveats)
         if not hmac.compare_digest(expected, token.raw.signature):
             raise TokenError(Reason.BAD_SIGNATURE, "token signature does not match")
-        decoded = [(raw, cav.decode(raw)) for raw in token.raw.caveats]
+        decoded = list(zip(token.raw.caveats, cav.decode_all(token.raw.caveats), strict=True))
         tid = token.identifier.token_id
         limits = effective(tid, decoded)
-        verified = VerifiedToken(tid, token.identifier.issued_at, limits)
+        verified = VerifiedToken(tid, token.identifier.issued_at, limits, token.identifier.key_id)
         if self.cache_size > 0:
             if len(self._cache) >= self.cache_size:  # evict the oldest entry (FIFO)
                 self._cache.pop(next(iter(self._cache)), None)
@@ -286,7 +292,9 @@ def evaluate(
         if request.approval is None:
             return _deny(Reason.CONFIRMATION_REQUIRED, why, v, needs_approval=True)
         try:
-            a = approvals.check(request.approval, keys, v.token_id, request.digest, now)
+            a = approvals.check(
+                request.approval, keys, v.token_id, request.digest, now, token_key_id=v.key_id
+            )
         except TokenError as exc:
             return _deny(Reason.APPROVAL_INVALID, exc.message, v)
         approval_id = a.approval_id_hex

@@ -8,16 +8,22 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from capwallet.cli import token_commands
+from capwallet.cli import conformance_commands, token_commands, wallet_commands
 from capwallet.cli.common import CliError
 
-GROUPS = [token_commands]
+GROUPS = [token_commands, wallet_commands, conformance_commands]
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is one clear line on stderr (and exit 2), not a usage dump."""
 
     def error(self, message: str) -> NoReturn:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            # Name the stray flags but not their values: a value may be a pasted key or token.
+            words = message[len(prefix):].split()
+            shown = [w if w.startswith("-") else "…" for w in words]
+            message = prefix + " ".join(shown)
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 

@@ -1,0 +1,167 @@
+// Verification: token + root keys + request + time + counters -> decision
+// (spec/verification.md#algorithm: steps 1 to 8 below, then 9, allow).
+//
+//   1 parse            spec/token-format.md#order-of-parse-checks      malformed, unsupported_version
+//   2 key, signature   spec/verification.md#key-lookup-and-signature   unknown_key, bad_signature
+//   3 caveats          spec/caveats.md#decoding-a-caveat               unknown_caveat, invalid_caveat
+//   4 revocation       spec/verification.md#revocation                 revoked
+//   5 time (60 s)      spec/verification.md#clock-skew                 not_yet_valid, expired
+//   6 request shape    spec/verification.md#request-shape              provider_ ... output_too_large
+//   7 counters         spec/verification.md#counters                   price_unknown, rate/quota/budget
+//   8 confirmation     spec/verification.md#confirmation               confirmation_required, approval_invalid
+//
+// The first failing check decides the reason. Comparisons are written as differences, as the
+// spec states them, so every intermediate value stays within 2^53 and is exact in a double.
+
+import { timingSafeEqual } from 'node:crypto';
+import { TokenError } from './reasons.js';
+import { parseToken } from './token.js';
+import { chain } from './macaroon.js';
+import { decodeAll } from './caveats.js';
+import { countersInCheckOrder, effective, pricedCurrencies } from './limits.js';
+import { periodKey, periodEnd } from './periods.js';
+import { checkApproval } from './approval.js';
+import { hex } from './encoding.js';
+
+export const CLOCK_SKEW = 60;
+const COUNTER_REASON = { rate: 'rate_limited', quota: 'quota_exceeded', budget: 'budget_exceeded' };
+
+/**
+ * Parse and authenticate a token and decode its caveats. `keys` maps key id (hex) to root
+ * key bytes. Returns {tokenId, keyId, issuedAt, limits}; throws TokenError.
+ */
+export function checkToken(text, keys) {
+  const { identifier: id, raw } = parseToken(text);
+  const rootKey = keys.get(hex(id.keyId));
+  if (rootKey === undefined) throw new TokenError('unknown_key', `no root key with id ${hex(id.keyId)}`);
+  const expected = chain(rootKey, raw.identifier, raw.caveats);
+  if (!timingSafeEqual(expected, raw.signature)) throw new TokenError('bad_signature', 'token signature does not match');
+  const typed = decodeAll(raw.caveats);
+  const limits = effective(id.tokenId, raw.caveats.map((bytes, i) => [bytes, typed[i]]));
+  return { tokenId: id.tokenId, keyId: id.keyId, issuedAt: id.issuedAt, limits };
+}
+
+class Deny extends Error {
+  constructor(reason, message) {
+    super(message);
+    this.reason = reason;
+  }
+}
+
+function deny(reason, message) {
+  throw new Deny(reason, message);
+}
+
+/**
+ * A request is {provider, model, operation, scopes, input_tokens, output_tokens,
+ * cost: {currency: minor units}, zero_retention, approval, digest (Uint8Array | null)}; it is
+ * a model call if it has a provider, else a resource access (spec/verification.md#requests).
+ * counters maps counter key -> used; revoked lists token ids (hex).
+ */
+function evaluate(v, request, now, counters, keys) {
+  const l = v.limits;
+  // Time.
+  if (v.issuedAt - now > CLOCK_SKEW) deny('not_yet_valid', 'token was issued in the future');
+  if (l.notBefore !== null && l.notBefore - now > CLOCK_SKEW) deny('not_yet_valid', `not valid before ${l.notBefore}`);
+  if (l.expires !== null && now - l.expires >= CLOCK_SKEW) deny('expired', `token expired at ${l.expires}`);
+  // Request shape.
+  const modelCall = request.provider !== null && request.provider !== undefined;
+  if (modelCall) {
+    if (l.providers !== null && !l.providers.has(request.provider)) deny('provider_not_allowed', `provider ${request.provider}`);
+    if (l.models !== null && !l.models.has(request.model)) deny('model_not_allowed', `model ${request.model}`);
+    if (l.operations !== null && !l.operations.has(request.operation)) deny('operation_not_allowed', `operation ${request.operation}`);
+  }
+  if (l.scopes !== null) {
+    for (const s of request.scopes) if (!l.scopes.has(s)) deny('scope_missing', `scope ${s} was not granted`);
+  }
+  if (modelCall) {
+    if (l.zeroRetention && !request.zero_retention) deny('zero_retention_required', 'provider retains data');
+    if (l.maxInputTokens !== null && request.input_tokens > l.maxInputTokens) deny('input_too_large', 'input too large');
+    if (l.maxOutputTokens !== null && request.output_tokens > l.maxOutputTokens) deny('output_too_large', 'output too large');
+  }
+  // Counters.
+  const debits = [];
+  if (modelCall) {
+    const cost = request.cost;
+    for (const cur of pricedCurrencies(l)) {
+      if (!Object.hasOwn(cost, cur)) deny('price_unknown', `the request could not be priced in ${cur}`);
+    }
+    const minuteStart = now - (now % 60); // every period boundary falls on a whole minute
+    for (const c of countersInCheckOrder(l)) {
+      const amount = c.kind === 'budget' ? cost[c.unit]
+        : c.kind === 'quota' ? request.input_tokens + request.output_tokens : 1;
+      const key = `${c.counterId}/${periodKey(c.period, minuteStart, c.tz)}`;
+      const used = Object.hasOwn(counters, key) ? counters[key] : 0;
+      if (amount > 0 && amount > c.limit - used) deny(COUNTER_REASON[c.kind], `${c.kind} ${key}: ${used} of ${c.limit} used`);
+      debits.push({
+        kind: c.kind, counter_key: key, amount, limit: c.limit, used, unit: c.unit,
+        resets_at: periodEnd(c.period, minuteStart, c.tz),
+      });
+    }
+  }
+  // Confirmation.
+  let why = null;
+  if (modelCall) {
+    for (const [cur, threshold] of l.confirmAbove) {
+      if (request.cost[cur] > threshold) {
+        why = `this call may cost ${request.cost[cur]} ${cur}, above ${threshold}`;
+        break;
+      }
+    }
+  }
+  if (why === null) {
+    for (const s of request.scopes) {
+      if (l.askFirst.has(s)) {
+        why = `scope ${s} needs approval each time`;
+        break;
+      }
+    }
+  }
+  let approvalId = null;
+  if (why !== null) {
+    if (request.approval === null) deny('confirmation_required', why);
+    try {
+      approvalId = checkApproval(request.approval, keys, {
+        tokenId: v.tokenId, tokenKeyId: v.keyId, digest: request.digest, now,
+      });
+    } catch (err) {
+      if (err instanceof TokenError) deny('approval_invalid', err.message);
+      throw err;
+    }
+  }
+  return { debits, approvalId };
+}
+
+/** A denial: no debits, no approval; token_id and limits once the token passed step 3. */
+function denial(reason, message, tokenId = null, limits = null) {
+  return {
+    allowed: false, reason, message, token_id: tokenId, limits, debits: [], approval_id: null,
+    needs_approval: reason === 'confirmation_required',
+  };
+}
+
+/**
+ * The decision for one request (spec/verification.md#decision): {allowed, reason, message,
+ * token_id, limits, debits, approval_id, needs_approval}. `keys` maps key id (hex) to root key.
+ */
+export function verify(token, keys, request, now, counters = {}, revoked = []) {
+  let v;
+  try {
+    v = checkToken(token, keys);
+  } catch (err) {
+    if (err instanceof TokenError) return denial(err.reason, err.message);
+    throw err;
+  }
+  const tokenId = hex(v.tokenId);
+  if (revoked.includes(tokenId)) return denial('revoked', 'this token has been revoked', tokenId, v.limits);
+  try {
+    const { debits, approvalId } = evaluate(v, request, now, counters, keys);
+    return {
+      allowed: true, reason: null, message: 'allowed', token_id: tokenId, limits: v.limits, debits,
+      approval_id: approvalId, needs_approval: false,
+    };
+  } catch (err) {
+    if (err instanceof Deny) return denial(err.reason, err.message, tokenId, v.limits);
+    throw err;
+  }
+}

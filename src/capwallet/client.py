@@ -1,0 +1,242 @@
+"""Connect a Python app to the user's wallet: ``connect(...)`` does the whole OAuth exchange.
+
+    conn = capwallet.client.connect("Blog Assistant", {
+        "providers": ["openai"], "models": ["gpt-4o-mini"],
+        "budget": {"amount": "5.00", "currency": "USD", "period": "month"},
+    })
+    client = openai.OpenAI(api_key=conn.token, base_url=conn.openai_base_url)
+
+It makes a PKCE verifier, listens on a loopback port (RFC 8252), opens the consent page in the
+browser, waits for the redirect, checks ``state`` and ``iss``, and exchanges the code for the
+token and the relay URL. Also here: polling for a human approval, and the call an app's own
+resource server makes to check a scope.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import html
+import json
+import os
+import secrets
+import threading
+import time
+import webbrowser
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+
+DEFAULT_WALLET_URL = "http://127.0.0.1:8750"
+ENV_WALLET_URL = "CAPWALLET_URL"
+APPROVAL_HEADER = "X-Capwallet-Approval"
+
+
+class ConnectError(Exception):
+    """The wallet said no, or the exchange failed; ``error`` is the OAuth error code."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(f"{error}: {description}")
+        self.error = error
+        self.description = description
+
+
+class ApprovalDenied(Exception):
+    """The user denied the approval request, or it expired (fail closed)."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    token: str = field(repr=False)
+    relay_url: str
+    grant_id: str
+    wallet_url: str
+    granted: dict[str, Any]
+    expires_in: int | None
+
+    @property
+    def openai_base_url(self) -> str:
+        """base_url for the openai SDK."""
+        return self.relay_url.rstrip("/") + "/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        """base_url for the anthropic SDK."""
+        return self.relay_url.rstrip("/")
+
+
+def pkce_pair() -> tuple[str, str]:
+    """(verifier, S256 challenge) as RFC 7636 section 4 describes."""
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+class _Callback:
+    """A one-shot loopback HTTP listener for the authorization response."""
+
+    def __init__(self, app_name: str, host: str = "127.0.0.1") -> None:
+        self.params: dict[str, str] | None = None
+        self.done = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                parts = urlsplit(self.path)
+                if parts.path != "/callback" or outer.done.is_set():
+                    self.send_error(404)
+                    return
+                query = parse_qs(parts.query, keep_blank_values=True)
+                outer.params = {k: v[0] for k, v in query.items() if v}
+                ok = "code" in outer.params
+                body = _PAGE.format(
+                    title="You're connected" if ok else "Not connected",
+                    text=(f"{html.escape(app_name)} can now use AI within the limits you set. "
+                          if ok else "The request was not approved. ")
+                    + "You can close this tab.",
+                ).encode("utf-8")
+                self.send_response(200)
+                self.send_header("content-type", "text/html; charset=utf-8")
+                self.send_header("content-length", str(len(body)))
+                self.send_header("cache-control", "no-store")
+                self.end_headers()
+                self.wfile.write(body)
+                outer.done.set()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # the query holds the code: keep it out of logs
+
+        self.server = HTTPServer((host, 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def redirect_uri(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}/callback"
+
+    def __enter__(self) -> _Callback:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:system-ui,sans-serif;background:#f5f6f8;color:#111827;display:flex;
+justify-content:center;padding-top:15vh}}div{{background:#fff;border:1px solid #e5e7eb;
+border-radius:12px;padding:2rem 2.5rem;max-width:28rem}}</style></head>
+<body><div><h1>{title}</h1><p>{text}</p></div></body></html>"""
+
+
+def connect(
+    app_name: str,
+    permissions: Mapping[str, Any],
+    *,
+    wallet_url: str | None = None,
+    open_browser: Callable[[str], object] = webbrowser.open,
+    timeout: float = 300.0,
+    origin: str | None = None,
+) -> Connection:
+    """Ask the user's wallet for permission to use AI; returns the token and relay URL.
+
+    ``permissions`` is the authorization_details object (see capwallet.wallet.permissions);
+    its "type" may be omitted. Raises ConnectError if the user denies or the exchange fails.
+    """
+    base = (wallet_url or os.environ.get(ENV_WALLET_URL) or DEFAULT_WALLET_URL).rstrip("/")
+    details = {"type": "capwallet_ai", **permissions}
+    verifier, challenge = pkce_pair()
+    state = secrets.token_urlsafe(24)
+    with _Callback(app_name) as cb:
+        query = {
+            "response_type": "code", "app_name": app_name, "redirect_uri": cb.redirect_uri,
+            "state": state, "code_challenge": challenge, "code_challenge_method": "S256",
+            "authorization_details": _json([details]),
+        }
+        if origin:
+            query["origin"] = origin
+        open_browser(f"{base}/authorize?{urlencode(query)}")
+        if not cb.done.wait(timeout):
+            raise ConnectError("timeout", "no answer from the wallet in time")
+        params = cb.params or {}
+    if not hmac.compare_digest(params.get("state", "").encode(), state.encode()):
+        raise ConnectError("invalid_state", "the answer does not match this request")
+    if params.get("iss") and params["iss"].rstrip("/") != base:
+        raise ConnectError("invalid_issuer", "the answer came from another wallet")
+    if "error" in params:
+        raise ConnectError(params["error"], params.get("error_description", ""))
+    r = httpx.post(f"{base}/token", data={
+        "grant_type": "authorization_code", "code": params.get("code", ""),
+        "redirect_uri": cb.redirect_uri, "code_verifier": verifier,
+    }, timeout=30)
+    body = _json_body(r)
+    if r.status_code != 200:
+        raise ConnectError(str(body.get("error", "token_error")),
+                           str(body.get("error_description", f"HTTP {r.status_code}")))
+    granted = body.get("authorization_details") or [{}]
+    return Connection(
+        token=str(body["access_token"]), relay_url=str(body["relay_url"]),
+        grant_id=str(body["grant_id"]), wallet_url=base, granted=dict(granted[0]),
+        expires_in=body.get("expires_in"),
+    )
+
+
+def wait_for_approval(
+    wallet_url: str, token: str, approval_request_id: str, *, timeout: float = 300.0,
+    poll: float = 1.0,
+) -> str:
+    """Poll the wallet until the user answers; return the cwa1_ approval, or raise."""
+    url = f"{wallet_url.rstrip('/')}/approvals/{approval_request_id}/status"
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx.get(url, headers={"authorization": f"Bearer {token}"}, timeout=30)
+        body = _json_body(r)
+        if r.status_code != 200:
+            raise ApprovalDenied(str(body.get("message", f"HTTP {r.status_code}")))
+        status = body.get("status")
+        if status == "approved" and isinstance(body.get("approval"), str):
+            return str(body["approval"])
+        if status != "pending":
+            raise ApprovalDenied(f"the approval request was {status}")
+        if time.monotonic() >= deadline:
+            raise ApprovalDenied("no answer from the user in time")
+        time.sleep(poll)
+
+
+def check_scope(
+    wallet_url: str, token: str, scopes: list[str], digest: bytes, *, summary: str = "",
+    approval: str | None = None,
+) -> dict[str, Any]:
+    """For an app's resource server: may ``token`` use ``scopes`` for this exact request?
+
+    ``digest`` is capwallet.approval.request_digest(method, path, body) of the request. The
+    answer has "allowed", "reason", and for an ask-first scope "approval_request_id".
+    """
+    r = httpx.post(
+        f"{wallet_url.rstrip('/')}/resource/check",
+        headers={"authorization": f"Bearer {token}"},
+        json={"scopes": scopes, "digest": digest.hex(), "summary": summary,
+              **({"approval": approval} if approval else {})},
+        timeout=30,
+    )
+    body = _json_body(r)
+    body.setdefault("allowed", False)
+    return body
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _json_body(r: httpx.Response) -> dict[str, Any]:
+    try:
+        data = r.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,225 @@
+"""Confirmation of expensive calls and ask-first scopes: the user's yes to one exact request.
+
+The relay (for a model call above ``confirm-above``) or the wallet itself (for an app's
+resource server checking an ask-first scope, POST /resource/check) records a PendingApproval
+bound to the token id and the request digest. The user approves or denies it on the Approvals
+page; approving issues a single-use approval (capwallet.approval.issue) under the token's root
+key, valid for a few minutes. The app polls GET /approvals/{id}/status with its token in
+Authorization and retries the request with ``X-Capwallet-Approval``. The approval is bound to
+the token and the request digest, so it is useless for any other request or token. Denied,
+expired and unknown requests fail closed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from capwallet import approval as approvals
+from capwallet.reasons import Reason, TokenError
+from capwallet.store.base import LedgerEntry, PendingApproval, Reservation, StoreUnavailable
+from capwallet.verify import Request as VerifyRequest
+from capwallet.verify import VerifiedToken, evaluate
+from capwallet.wallet.context import WalletContext
+
+APPROVAL_TTL = 5 * 60  # how long an approved request may wait for the app's retry
+PENDING_TTL = 10 * 60  # how long a request waits for the user
+_ID = re.compile(r"[0-9a-f]{32}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_SCOPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-]{0,99}")
+
+
+def _ctx(request: Request) -> WalletContext:
+    ctx: WalletContext = request.app.state.wallet
+    return ctx
+
+
+def _json_error(reason: str, message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": reason, "message": message}, status_code=status,
+                        headers={"cache-control": "no-store"})
+
+
+# --- the user's side --------------------------------------------------------------------------
+
+async def approvals_page(request: Request) -> Response:
+    ctx = _ctx(request)
+    if ctx.sessions.session_id(request) is None:
+        return ctx.pages.locked(request)
+    try:
+        pending = await ctx.store.list_pending(ctx.now())
+    except StoreUnavailable:
+        return ctx.pages.error(request, "The usage store is unavailable", "Try again.", 503)
+    rows = []
+    for p in pending:
+        g = ctx.grants.get(p.token_id)
+        rows.append({
+            "approval_request_id": p.approval_request_id, "summary": p.summary,
+            "app": g.app if g is not None else "An app", "created_at": p.created_at,
+            "expires_at": p.expires_at,
+        })
+    return ctx.pages.render(request, "approvals.html", nav="approvals", pending=rows,
+                            pending_count=len(rows))
+
+
+async def decide(request: Request) -> Response:
+    ctx = _ctx(request)
+    form = await request.form()
+    csrf = form.get("csrf")
+    if not ctx.sessions.check_csrf(request, csrf if isinstance(csrf, str) else None):
+        return ctx.pages.forbidden(request)
+    rid = request.path_params["request_id"]
+    verb = request.path_params["verb"]
+    now = ctx.now()
+    try:
+        pending = await ctx.store.get_pending(rid) if _ID.fullmatch(rid) else None
+        if pending is None or pending.status != "pending":
+            return ctx.pages.error(request, "Nothing to decide",
+                                   "This request was already answered or does not exist.", 404)
+        if now >= pending.expires_at:
+            await ctx.store.resolve_pending(rid, "expired", None)
+            return ctx.pages.error(request, "Too late",
+                                   "This request expired before it was answered; the app must "
+                                   "ask again.", 410)
+        if verb == "deny":
+            await ctx.store.resolve_pending(rid, "denied", None)
+        else:
+            grant = ctx.grants.get(pending.token_id)
+            key = None
+            if grant is not None:
+                key = ctx.keystore.root_key(bytes.fromhex(grant.key_id))
+            if key is None:
+                key = ctx.keystore.current_root_key
+            issued = approvals.issue(
+                key, bytes.fromhex(pending.token_id), bytes.fromhex(pending.digest),
+                now + APPROVAL_TTL,
+            )
+            await ctx.store.resolve_pending(rid, "approved", issued.serialize())
+    except StoreUnavailable:
+        return ctx.pages.error(request, "The usage store is unavailable", "Try again.", 503)
+    return RedirectResponse("/approvals", status_code=303)
+
+
+# --- the app's side ---------------------------------------------------------------------------
+
+def _bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+async def _authenticated(request: Request) -> VerifiedToken | JSONResponse:
+    ctx = _ctx(request)
+    token = _bearer(request)
+    if token is None:
+        return _json_error("unauthorized", "send the app's token in Authorization: Bearer", 401)
+    assert ctx.verifier is not None
+    try:
+        verified = ctx.verifier.check_token(token)
+    except TokenError as exc:
+        return _json_error(exc.reason.value, exc.message, 401)
+    if await ctx.store.is_revoked(verified.token_id_hex):
+        return _json_error(Reason.REVOKED.value, "this token has been revoked", 401)
+    return verified
+
+
+async def approval_status(request: Request) -> Response:
+    ctx = _ctx(request)
+    rid = request.path_params["request_id"]
+    try:
+        auth = await _authenticated(request)
+        if isinstance(auth, JSONResponse):
+            return auth
+        pending = await ctx.store.get_pending(rid) if _ID.fullmatch(rid) else None
+    except StoreUnavailable:
+        return _json_error("store_unavailable", "try again", 503)
+    if pending is None or not hmac.compare_digest(pending.token_id.encode(),
+                                                   auth.token_id_hex.encode()):
+        # One answer for both: an id of another token's request tells nothing.
+        return _json_error("not_found", "no approval request with this id for this token", 404)
+    status = pending.status
+    if status == "pending" and ctx.now() >= pending.expires_at:
+        status = "expired"
+    body: dict[str, object] = {"status": status, "expires_at": pending.expires_at}
+    if status == "approved" and pending.approval:
+        body["approval"] = pending.approval
+    return JSONResponse(body, headers={"cache-control": "no-store"})
+
+
+async def resource_check(request: Request) -> Response:
+    """An app's own server asks: may this token use these scopes for this exact request?
+
+    JSON body: {"scopes": [...], "digest": <hex of capwallet.approval.request_digest>,
+    "summary": <what the user is asked>, "approval": <cwa1_..., optional>}. Answers the
+    verifier's decision; for an ask-first scope without an approval it records a pending
+    approval and returns its id and status URL. An approval is consumed on success.
+    """
+    ctx = _ctx(request)
+    try:
+        doc = await request.json()
+    except ValueError:
+        return _json_error("invalid_request", "send a JSON object", 400)
+    if not isinstance(doc, dict):
+        return _json_error("invalid_request", "send a JSON object", 400)
+    scopes = doc.get("scopes")
+    digest = doc.get("digest")
+    summary = doc.get("summary", "")
+    approval = doc.get("approval")
+    if (not isinstance(scopes, list) or not scopes or len(scopes) > 20
+            or not all(isinstance(s, str) and _SCOPE.fullmatch(s) for s in scopes)):
+        return _json_error("invalid_request", "scopes must be a list of scope names", 400)
+    if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
+        return _json_error("invalid_request", "digest must be 64 lowercase hex digits", 400)
+    if not isinstance(summary, str) or len(summary) > 300:
+        return _json_error("invalid_request", "summary must be text of at most 300 chars", 400)
+    if approval is not None and not isinstance(approval, str):
+        return _json_error("invalid_request", "approval must be a string", 400)
+    now = ctx.now()
+    try:
+        auth = await _authenticated(request)
+        if isinstance(auth, JSONResponse):
+            return auth
+        decision = evaluate(
+            auth, VerifyRequest(scopes=tuple(scopes), approval=approval,
+                                digest=bytes.fromhex(digest)),
+            now, {}, ctx.keystore.keyring(),
+        )
+        if decision.allowed and decision.approval_id is not None:
+            rid = secrets.token_hex(16)
+            result = await ctx.store.reserve(Reservation(
+                reservation_id=rid, token_id=auth.token_id_hex, holds=(), lease_until=now + 60,
+                approval_id=decision.approval_id, created_at=now,
+            ))
+            if not result.ok or result.approval_used:
+                return JSONResponse({"allowed": False, "reason": Reason.APPROVAL_INVALID.value,
+                                     "message": "this approval was already used"},
+                                    status_code=403)
+            grant = ctx.grants.get(auth.token_id_hex)
+            await ctx.store.release(rid, LedgerEntry(
+                time=now, token_id=auth.token_id_hex, app=grant.app if grant else "",
+                provider="", model="", operation="scope:" + ",".join(scopes), input_tokens=0,
+                output_tokens=0, cost=0, currency="", status="ok", latency_ms=0,
+                reservation_id=rid,
+            ))
+        if decision.needs_approval:
+            rid = secrets.token_hex(16)
+            what = summary.strip() or f"use {', '.join(scopes)}"
+            await ctx.store.add_pending(PendingApproval(
+                approval_request_id=rid, token_id=auth.token_id_hex, digest=digest,
+                summary=f"{what} (scope {', '.join(scopes)})", created_at=now,
+                expires_at=now + PENDING_TTL,
+            ))
+            return JSONResponse({
+                "allowed": False, "reason": Reason.CONFIRMATION_REQUIRED.value,
+                "message": decision.message, "approval_request_id": rid,
+                "status_url": f"/approvals/{rid}/status",
+            }, status_code=403)
+    except StoreUnavailable:
+        return _json_error("store_unavailable", "the wallet cannot check this now", 503)
+    body = {"allowed": decision.allowed,
+            "reason": None if decision.reason is None else decision.reason.value,
+            "message": decision.message, "token_id": decision.token_id}
+    return JSONResponse(body, status_code=200 if decision.allowed else 403)

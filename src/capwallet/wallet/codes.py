@@ -1,0 +1,98 @@
+"""Authorization codes: one-time, short-lived, bound to a redirect URI and a PKCE challenge.
+
+Codes live in memory: they last a minute and the wallet server is one process. A code is
+burnt by its first use, successful or not (a wrong verifier does not get a second try). A
+code presented after it was redeemed is a replay: RFC 6749 section 4.1.2 says the tokens it
+produced should be revoked, so ``redeem`` reports the grant for the caller to revoke.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+from dataclasses import dataclass
+
+CODE_TTL = 60
+_VERIFIER = re.compile(r"[A-Za-z0-9\-._~]{43,128}")  # RFC 7636 section 4.1
+_CHALLENGE = re.compile(r"[A-Za-z0-9\-_]{43}")  # base64url(SHA-256), no padding
+
+
+def s256(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def valid_challenge(challenge: str) -> bool:
+    return _CHALLENGE.fullmatch(challenge) is not None
+
+
+class CodeError(Exception):
+    """OAuth token error: ``error`` is the RFC 6749 code, ``replayed_grant`` set on replay."""
+
+    def __init__(self, error: str, description: str, replayed_grant: str | None = None):
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.replayed_grant = replayed_grant
+
+
+@dataclass(frozen=True, slots=True)
+class CodeEntry:
+    grant_id: str
+    token: str
+    redirect_uri: str
+    challenge: str
+    expires_at: int
+    details: str  # the granted authorization_details (JSON)
+
+    def __repr__(self) -> str:  # never show the token
+        return f"CodeEntry(grant_id={self.grant_id!r}, expires_at={self.expires_at})"
+
+
+class CodeBook:
+    def __init__(self) -> None:
+        self._live: dict[str, CodeEntry] = {}
+        self._spent: dict[str, tuple[str, int]] = {}  # code hash -> (grant id, forget after)
+        self._lock = threading.Lock()
+
+    def issue(self, entry: CodeEntry) -> str:
+        code = secrets.token_urlsafe(32)
+        with self._lock:
+            self._live[_h(code)] = entry
+        return code
+
+    def redeem(self, code: str, redirect_uri: str, verifier: str, now: int) -> CodeEntry:
+        key = _h(code)
+        with self._lock:
+            self._sweep(now)
+            entry = self._live.pop(key, None)
+            if entry is None:
+                spent = self._spent.get(key)
+                if spent is not None:
+                    raise CodeError("invalid_grant", "this code was already used",
+                                    replayed_grant=spent[0])
+                raise CodeError("invalid_grant", "unknown or expired code")
+            self._spent[key] = (entry.grant_id, now + 3600)
+        if now >= entry.expires_at:
+            raise CodeError("invalid_grant", "the code has expired")
+        if not hmac.compare_digest(redirect_uri.encode(), entry.redirect_uri.encode()):
+            raise CodeError("invalid_grant", "redirect_uri does not match the authorization")
+        if not _VERIFIER.fullmatch(verifier):
+            raise CodeError("invalid_grant", "code_verifier must be 43-128 unreserved characters")
+        if not hmac.compare_digest(s256(verifier).encode(), entry.challenge.encode()):
+            raise CodeError("invalid_grant", "code_verifier does not match the code_challenge")
+        return entry
+
+    def _sweep(self, now: int) -> None:
+        for k in [k for k, e in self._live.items() if e.expires_at + CODE_TTL < now]:
+            self._spent[k] = (self._live.pop(k).grant_id, now + 3600)
+        for k in [k for k, (_, until) in self._spent.items() if until < now]:
+            del self._spent[k]
+
+
+def _h(code: str) -> str:
+    return hashlib.sha256(code.encode("utf-8", "replace")).hexdigest()

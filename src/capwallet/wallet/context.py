@@ -1,0 +1,47 @@
+"""Everything a wallet request handler needs, built once by the server."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from capwallet.store.base import Store
+from capwallet.verify import Verifier
+from capwallet.wallet.codes import CodeBook
+from capwallet.wallet.consents import Consents
+from capwallet.wallet.grants import GrantStore
+from capwallet.wallet.home import WalletHome
+from capwallet.wallet.keystore import Keystore
+from capwallet.wallet.pages import Pages
+from capwallet.wallet.security import Sessions
+
+_COOKIE_LABEL = b"capwallet-wallet-session-v1"
+
+
+@dataclass
+class WalletContext:
+    home: WalletHome
+    keystore: Keystore
+    grants: GrantStore
+    store: Store
+    pages: Pages
+    sessions: Sessions
+    codes: CodeBook = field(default_factory=CodeBook)
+    consents: Consents = field(default_factory=Consents)
+    relay_url: str = ""  # empty: the relay is this server, at the URL the app called
+    clock: Callable[[], int] = field(default=lambda: int(time.time()))
+    verifier: Verifier | None = None
+
+    def __post_init__(self) -> None:
+        if self.verifier is None:
+            self.verifier = Verifier(self.keystore.keyring())
+
+    def now(self) -> int:
+        return self.clock()
+
+
+def cookie_key(keystore: Keystore) -> bytes:
+    """The key that signs session cookies, derived from the current root key."""
+    return hmac.digest(keystore.current_root_key.secret, _COOKIE_LABEL, "sha256")

@@ -1,0 +1,68 @@
+"""CORS for the relay inside the wallet server: only origins the user granted, nothing else.
+
+A web app that the user granted (its origin is on an active, unexpired grant) may call the
+relay from the browser with its token. Every other origin gets no CORS headers at all, so the
+browser keeps the response from it. The allowed set is read per request, so a revoked grant
+loses CORS at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+ALLOW_HEADERS = (
+    "authorization, content-type, x-capwallet-approval, anthropic-version, x-api-key, "
+    "openai-organization, openai-project, x-stainless-arch, x-stainless-lang, x-stainless-os, "
+    "x-stainless-package-version, x-stainless-runtime, x-stainless-runtime-version, "
+    "x-stainless-retry-count, x-stainless-timeout, anthropic-dangerous-direct-browser-access"
+)
+EXPOSE_HEADERS = "x-capwallet-reason, x-capwallet-approval-request, retry-after"
+
+
+class GrantedOriginsCors:
+    def __init__(self, app: ASGIApp, allowed: Callable[[], frozenset[str]]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        granted = origin is not None and origin in self.allowed()
+        if (scope["method"] == "OPTIONS" and origin is not None
+                and "access-control-request-method" in headers):
+            if not granted:
+                await Response(status_code=403)(scope, receive, send)
+                return
+            preflight = Response(status_code=204, headers={
+                "access-control-allow-origin": origin or "",
+                "access-control-allow-methods": "GET, POST, OPTIONS",
+                "access-control-allow-headers": ALLOW_HEADERS,
+                "access-control-max-age": "600",
+                "vary": "Origin",
+            })
+            await preflight(scope, receive, send)
+            return
+        if not granted:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                raw = [(k, v) for k, v in message.get("headers", [])
+                       if not k.lower().startswith(b"access-control-")]
+                raw += [
+                    (b"access-control-allow-origin", (origin or "").encode("latin-1")),
+                    (b"access-control-expose-headers", EXPOSE_HEADERS.encode()),
+                    (b"vary", b"Origin"),
+                ]
+                message = {**message, "headers": raw}
+            await send(message)
+
+        await self.app(scope, receive, send_cors)

@@ -1,0 +1,85 @@
+"""The dashboard: which apps use AI, what they spent, what they may do, and revoke in a click.
+
+Everything on it needs the wallet session; the JSON twin (/api/usage) too, and neither sends
+CORS headers, so another web page can neither show nor read it.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from capwallet.money import format_minor
+from capwallet.store.base import StoreUnavailable
+from capwallet.wallet.chart import spend_chart
+from capwallet.wallet.context import WalletContext
+from capwallet.wallet.grants import revoke_grant
+from capwallet.wallet.usage import snapshot
+
+RECENT = 25
+
+
+def _ctx(request: Request) -> WalletContext:
+    ctx: WalletContext = request.app.state.wallet
+    return ctx
+
+
+async def dashboard_page(request: Request) -> Response:
+    ctx = _ctx(request)
+    if ctx.sessions.session_id(request) is None:
+        return ctx.pages.locked(request)
+    now = ctx.now()
+    try:
+        snap = await snapshot(ctx.grants, ctx.store, now)
+        pending = await ctx.store.list_pending(now)
+    except StoreUnavailable:
+        return ctx.pages.error(request, "The usage store is unavailable",
+                               "Try again in a moment.", status=503)
+    currency = snap.main_currency()
+    chart = spend_chart(snap.spend_per_day(currency), currency) if currency else None
+    active = [r for r in snap.apps if r.grant.is_live(now)]
+    others = [r for r in snap.apps if not r.grant.is_live(now)]
+    totals = sorted({c.entry.currency for c in snap.calls if c.entry.provider})
+    total = " + ".join(format_minor(snap.total(c), c) for c in totals) or (
+        format_minor(0, currency) if currency else "0"
+    )
+    return ctx.pages.render(
+        request, "dashboard.html", nav="dashboard", snap=snap, chart=chart, now=now,
+        rows=active + others, active_count=len({r.app for r in active}), total=total,
+        call_count=sum(1 for c in snap.calls if c.is_model_call and not c.refused),
+        per_app=snap.spend_by("app"), per_model=snap.spend_by("model"),
+        recent=snap.calls[:RECENT], pending_count=len(pending),
+    )
+
+
+async def usage_json(request: Request) -> Response:
+    ctx = _ctx(request)
+    if ctx.sessions.session_id(request) is None:
+        return JSONResponse({"error": "sign in first"}, status_code=401)
+    now = ctx.now()
+    try:
+        snap = await snapshot(ctx.grants, ctx.store, now)
+    except StoreUnavailable:
+        return JSONResponse({"error": "store unavailable"}, status_code=503)
+    return JSONResponse({
+        "apps": [r.to_json() for r in snap.apps],
+        "calls": [c.to_json() for c in snap.calls[:200]],
+    })
+
+
+async def revoke(request: Request) -> Response:
+    ctx = _ctx(request)
+    form = await request.form()
+    csrf = form.get("csrf")
+    if not ctx.sessions.check_csrf(request, csrf if isinstance(csrf, str) else None):
+        return ctx.pages.forbidden(request)
+    grant_id = request.path_params["grant_id"]
+    if ctx.grants.get(grant_id) is None:
+        return ctx.pages.error(request, "No such grant", "It may have been removed.", status=404)
+    try:
+        await revoke_grant(ctx.grants, ctx.store, grant_id, ctx.now())
+    except StoreUnavailable:
+        return ctx.pages.error(request, "Not revoked",
+                               "The usage store is unavailable, so the revocation could not be "
+                               "recorded. Try again.", status=503)
+    return RedirectResponse("/", status_code=303)

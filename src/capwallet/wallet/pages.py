@@ -1,0 +1,107 @@
+"""Server-rendered pages: a Jinja2 environment that escapes everything by default.
+
+App names, origins, model names and approval summaries come from apps, so they are hostile
+text. Autoescaping is on for every template and nothing is marked safe; the spend chart is
+SVG elements whose text goes through the same escaping.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from importlib import resources
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from capwallet.money import format_minor
+from capwallet.wallet.security import Sessions
+
+DURATIONS = [
+    (3600, "1 hour"), (86400, "1 day"), (7 * 86400, "7 days"), (30 * 86400, "30 days"),
+    (90 * 86400, "90 days"), (365 * 86400, "1 year"),
+]
+
+
+def when(ts: int | None) -> str:
+    if ts is None:
+        return "never"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def day(ts: int | None) -> str:
+    if ts is None:
+        return "never"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%d %b %Y")
+
+
+def duration(seconds: int) -> str:
+    for s, label in DURATIONS:
+        if s == seconds:
+            return label
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400} days"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} hours"
+    return f"{seconds // 60} minutes"
+
+
+def amount(minor: int, currency: str) -> str:
+    """Decimal amount without the currency, for form fields: 1050 EUR -> '10.50'."""
+    return format_minor(minor, currency).split(" ")[0]
+
+
+def expiry_choices(requested: int) -> list[tuple[int, str]]:
+    choices = [(s, label) for s, label in DURATIONS if s < requested]
+    choices.append((requested, duration(requested)))
+    return choices
+
+
+class Pages:
+    def __init__(self, sessions: Sessions) -> None:
+        self.sessions = sessions
+        self.env = Environment(
+            loader=PackageLoader("capwallet.wallet", "templates"),
+            autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        )
+        self.env.filters.update(
+            money=lambda m, c: format_minor(int(m), str(c)), when=when, day=day,
+            duration=duration, amount=amount, num=lambda n: f"{int(n):,}",
+        )
+        self.env.globals.update(expiry_choices=expiry_choices)
+        self.css = (
+            resources.files("capwallet.wallet").joinpath("static/wallet.css").read_bytes()
+        )
+
+    def render(self, request: Request, template: str, status: int = 200, **ctx: Any) -> Response:
+        sid = self.sessions.session_id(request)
+        ctx.setdefault("csrf", self.sessions.csrf_token(sid) if sid else "")
+        ctx.setdefault("signed_in", sid is not None)
+        ctx.setdefault("pending_count", 0)
+        ctx.setdefault("nav", "")
+        html = self.env.get_template(template).render(**ctx)
+        return HTMLResponse(html, status_code=status)
+
+    def error(self, request: Request, title: str, message: str, status: int = 400) -> Response:
+        return self.render(request, "message.html", status, title=title, message=message,
+                           tone="error")
+
+    def forbidden(self, request: Request) -> Response:
+        return self.render(
+            request, "message.html", 403, title="Request refused",
+            message="This form did not come from your wallet's own page (missing or wrong "
+                    "security token). Nothing was changed.", tone="error",
+        )
+
+    def locked(self, request: Request) -> Response:
+        return self.render(
+            request, "message.html", 401, title="Your wallet is locked in this browser",
+            message="Open the sign-in link that `capwallet serve` printed in your terminal, "
+                    "then reload this page.", tone="info",
+        )
+
+    def consent(self, request: Request, areq: Any, consent_id: str, *, error: str | None,
+                status: int = 200) -> Response:
+        return self.render(request, "consent.html", status, req=areq, perm=areq.permission,
+                           consent_id=consent_id, error=error)

@@ -1,0 +1,221 @@
+"""Assemble and run the wallet server: keystore + grants + store + relay on 127.0.0.1.
+
+The relay is the reference relay (reference_relay.create_app) configured from the keystore:
+one provider entry per stored key, priced from the relay's default table, the same SQLite
+store as the wallet, and the keystore's root keys. $CAPWALLET_HOME/relay.toml, if present,
+may add [rates], [prices] and [relay] settings or replace the providers (their keys still come
+from the keystore).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+import threading
+import tomllib
+import webbrowser
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from capwallet.store import open_store
+from capwallet.store.base import Store
+from capwallet.wallet.context import WalletContext, cookie_key
+from capwallet.wallet.grants import GrantStore
+from capwallet.wallet.home import WalletHome
+from capwallet.wallet.keystore import Keystore
+from capwallet.wallet.pages import Pages
+from capwallet.wallet.security import Sessions
+from capwallet.wallet.server import create_wallet_app, login_url
+
+RELAY_TOML = "relay.toml"
+T = TypeVar("T")
+
+
+class RelaySetupError(Exception):
+    pass
+
+
+def relay_config_data(home: WalletHome, keystore: Keystore, wallet_url: str) -> dict[str, Any]:
+    """The relay configuration (as parsed TOML) for this wallet."""
+    from reference_relay.prices import default_table
+
+    path = home.path / RELAY_TOML
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text("utf-8")) if path.exists() else {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise RelaySetupError(f"cannot read {path}: {exc}") from None
+    relay = dict(data.get("relay", {}))
+    # The relay gets the keystore's keys directly (create_app keys=); it reads no key file.
+    relay["root_keys"] = [str(home.keystore_path)]
+    relay["store"] = home.store_url
+    relay["wallet_url"] = wallet_url
+    data["relay"] = relay
+    if "rates" not in data:
+        data["rates"] = default_rates()
+    if "providers" not in data:
+        table = default_table()
+        providers = []
+        for p in sorted(keystore.providers.values(), key=lambda p: p.name):
+            section = p.name if p.name in table.sections else p.api
+            models = sorted(table.sections.get(section, {}))
+            if not models:
+                continue
+            providers.append({"id": p.name, "api": p.api, "base_url": p.base_url,
+                              "models": models, "price_table": section})
+        data["providers"] = providers
+    if not data["providers"]:
+        raise RelaySetupError(
+            "no provider keys in the wallet: add one with `capwallet provider add openai`"
+        )
+    return data
+
+
+def default_rates() -> dict[str, Any]:
+    """The dated example exchange rates shipped with the reference relay (relay.example.toml),
+    so a budget in EUR works with USD prices; error messages name the rate that was used."""
+    from importlib import resources
+
+    text = resources.files("reference_relay").joinpath("relay.example.toml").read_text("utf-8")
+    rates: dict[str, Any] = tomllib.loads(text).get("rates", {})
+    return rates
+
+
+def build_relay(home: WalletHome, keystore: Keystore, store: Store, wallet_url: str) -> ASGIApp:
+    from reference_relay import create_app
+    from reference_relay.config import ConfigError, parse_config
+
+    try:
+        config = parse_config(relay_config_data(home, keystore, wallet_url), home.path)
+    except ConfigError as exc:
+        raise RelaySetupError(f"relay configuration: {exc}") from None
+
+    def provider_key(provider_id: str) -> str:
+        entry = keystore.providers.get(provider_id)
+        return "" if entry is None else entry.key
+
+    app = create_app(config, store=store, keys=keystore.keyring(), provider_keys=provider_key)
+    # Keep provider keys and tokens out of every log line the server writes.
+    redactor = app.state.relay.redactor
+    for name in ("", "uvicorn", "uvicorn.error", "capwallet"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(redactor)
+    asgi: ASGIApp = app
+    return asgi
+
+
+@dataclass
+class RunningWallet:
+    base_url: str
+    ctx: WalletContext
+
+    @property
+    def login_url(self) -> str:
+        return login_url(self.base_url, self.ctx)
+
+
+def bind_loopback(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as exc:
+        sock.close()
+        raise RelaySetupError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    return sock
+
+
+def make_context(home: WalletHome, keystore: Keystore) -> WalletContext:
+    home.ensure()
+    sessions = Sessions(cookie_key(keystore))
+    return WalletContext(
+        home=home, keystore=keystore, grants=GrantStore(home.db_path),
+        store=open_store(home.store_url), pages=Pages(sessions), sessions=sessions,
+    )
+
+
+def _server(app: ASGIApp) -> uvicorn.Server:
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=3)
+    return uvicorn.Server(config)
+
+
+@contextlib.contextmanager
+def running_wallet(
+    home: WalletHome, keystore: Keystore, *, port: int = 0, with_relay: bool = True,
+) -> Iterator[RunningWallet]:
+    """Run the wallet server in a background thread; yields its URL and context."""
+    sock = bind_loopback(port)
+    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    ctx = make_context(home, keystore)
+    try:
+        relay = build_relay(home, keystore, ctx.store, base_url) if with_relay else None
+        server = _server(create_wallet_app(ctx, relay))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        while not server.started:
+            if not thread.is_alive():
+                raise RelaySetupError("the wallet server did not start")
+            threading.Event().wait(0.02)
+        try:
+            yield RunningWallet(base_url, ctx)
+        finally:
+            server.should_exit = True
+            thread.join(10)
+    finally:
+        sock.close()
+        ctx.grants.close()
+        run_async(ctx.store.close)
+
+
+def run_async(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from sync code, even if this thread runs an event loop
+    already (Playwright's sync API does): then it runs on a helper thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(fn())
+    box: list[T] = []
+    t = threading.Thread(target=lambda: box.append(asyncio.run(fn())))
+    t.start()
+    t.join()
+    return box[0]
+
+
+def serve_forever(home: WalletHome, keystore: Keystore, *, port: int, open_browser: bool) -> int:
+    """`capwallet serve`: run in the foreground until Ctrl-C."""
+    from capwallet.cli.common import CliError
+
+    try:
+        sock = bind_loopback(port)
+    except RelaySetupError as exc:
+        raise CliError(str(exc)) from None
+    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    ctx = make_context(home, keystore)
+    try:
+        try:
+            relay = build_relay(home, keystore, ctx.store, base_url)
+        except RelaySetupError as exc:
+            raise CliError(str(exc)) from None
+        url = login_url(base_url, ctx)
+        print(f"capwallet is running on {base_url} (only this computer can reach it).")
+        print(f"  Sign in to your wallet:  {url}")
+        print(f"  Relay for apps:          {base_url}/v1  (openai SDK base_url)")
+        print("  Keep this sign-in link private. Stop with Ctrl-C.", flush=True)
+        if open_browser:
+            webbrowser.open(url)
+        server = _server(create_wallet_app(ctx, relay))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        ctx.grants.close()
+        asyncio.run(ctx.store.close())
+    print("capwallet stopped.", file=sys.stderr)
+    return 0

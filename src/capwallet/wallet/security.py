@@ -1,0 +1,174 @@
+"""Local security for pages served on 127.0.0.1: Host, Origin, session and CSRF checks.
+
+Loopback is not a trust boundary for a browser: any web page can make the user's browser send
+requests to 127.0.0.1. So, for the wallet's own endpoints:
+
+* the Host header must name a loopback host (127.0.0.1, localhost, [::1]): a DNS-rebinding
+  page reaches us under its own host name and is refused;
+* a request that carries an Origin must come from the wallet's own origin, and wallet
+  responses carry no CORS headers, so another origin can neither read nor change anything;
+* pages need a session: a cookie set by the one-time login link that ``capwallet serve``
+  prints (HttpOnly, SameSite=Strict), signed so it survives restarts of the server;
+* every state-changing form carries a CSRF token bound to the session, checked in constant
+  time together with the Origin;
+* pages forbid framing (clickjacking of the Approve button) and load nothing external.
+
+The relay's /v1 endpoints get only the Host check here; their CORS is in ``cors.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Mapping
+
+from starlette.datastructures import Headers
+from starlette.requests import HTTPConnection
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
+SESSION_COOKIE = "capwallet_session"
+SESSION_MAX_AGE = 30 * 86400
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+PAGE_HEADERS: Mapping[str, str] = {
+    "content-security-policy": (
+        "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    # same-origin, not no-referrer: with no-referrer Chromium sends "Origin: null" on the
+    # page's own form posts, and the Origin check needs the real one.
+    "referrer-policy": "same-origin",
+    "cache-control": "no-store",
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-resource-policy": "same-origin",
+}
+
+
+def split_host(host: str) -> tuple[str, str]:
+    """'127.0.0.1:8750' -> ('127.0.0.1', '8750'); '[::1]:80' -> ('[::1]', '80')."""
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0:
+            return host, ""
+        rest = host[end + 1 :]
+        return host[: end + 1], rest[1:] if rest.startswith(":") else ""
+    name, _, port = host.partition(":")
+    return name, port
+
+
+def is_loopback_host(host: str) -> bool:
+    name, port = split_host(host.strip().lower())
+    return name in LOOPBACK_HOSTS and (port == "" or port.isdigit())
+
+
+def own_origin(headers: Headers) -> str:
+    return "http://" + headers.get("host", "").strip().lower()
+
+
+class Sessions:
+    """Login links, session cookies and CSRF tokens.
+
+    ``cookie_key`` comes from the keystore (so a session survives a restart); the login secret
+    is new for every server run and works for any number of logins while the server runs.
+    """
+
+    def __init__(self, cookie_key: bytes, login_secret: str | None = None) -> None:
+        self._key = cookie_key
+        self.login_secret = login_secret or secrets.token_urlsafe(24)
+
+    def check_login(self, offered: str) -> bool:
+        return hmac.compare_digest(offered.encode(), self.login_secret.encode())
+
+    def new_cookie(self) -> str:
+        sid = secrets.token_hex(16)
+        return f"{sid}.{self._mac('session', sid)}"
+
+    def session_id(self, conn: HTTPConnection) -> str | None:
+        """The session id of a validly signed cookie, else None."""
+        value = conn.cookies.get(SESSION_COOKIE, "")
+        sid, _, mac = value.partition(".")
+        if len(sid) != 32 or not hmac.compare_digest(mac.encode(), self._mac("session", sid)
+                                                     .encode()):
+            return None
+        return sid
+
+    def csrf_token(self, sid: str) -> str:
+        return self._mac("csrf", sid)
+
+    def check_csrf(self, conn: HTTPConnection, offered: str | None) -> bool:
+        """Session present, Origin (or Referer) is ours, and the token matches the session."""
+        sid = self.session_id(conn)
+        if sid is None or not offered:
+            return False
+        if not same_origin_request(conn.headers):
+            return False
+        return hmac.compare_digest(offered.encode(), self.csrf_token(sid).encode())
+
+    def _mac(self, label: str, sid: str) -> str:
+        return hmac.new(self._key, f"{label}:{sid}".encode(), hashlib.sha256).hexdigest()[:40]
+
+
+def same_origin_request(headers: Headers) -> bool:
+    """A state change must say where it came from, and that must be the wallet itself."""
+    mine = own_origin(headers)
+    origin = headers.get("origin")
+    if origin is not None:
+        return hmac.compare_digest(origin.lower().encode(), mine.encode())
+    referer = headers.get("referer")
+    if referer is not None:
+        return referer.lower().startswith(mine + "/")
+    return False
+
+
+class LocalOnlyMiddleware:
+    """Refuse requests whose Host is not loopback, and wallet requests from other origins.
+
+    ``relay_prefixes`` are paths that belong to the relay: they get the Host check only (apps
+    in a browser call the relay cross-origin, under ``cors.py``'s rules).
+    """
+
+    def __init__(self, app: ASGIApp, relay_prefixes: tuple[str, ...] = ("/v1/", "/healthz")):
+        self.app = app
+        self.relay_prefixes = relay_prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        if not is_loopback_host(headers.get("host", "")):
+            await _refuse(scope, receive, send, "this server answers only to 127.0.0.1/localhost")
+            return
+        path: str = scope.get("path", "")
+        if path.startswith(self.relay_prefixes) or path == "/healthz":
+            await self.app(scope, receive, send)
+            return
+        origin = headers.get("origin")
+        if origin is not None and origin.lower() != own_origin(headers):
+            await _refuse(scope, receive, send, "cross-origin requests to the wallet are refused")
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                raw = [
+                    (k, v) for k, v in message.get("headers", [])
+                    if not k.lower().startswith(b"access-control-")
+                ]
+                present = {k.lower() for k, _ in raw}
+                for name, value in PAGE_HEADERS.items():
+                    if name.encode() not in present:
+                        raw.append((name.encode(), value.encode()))
+                message = {**message, "headers": raw}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, why: str) -> None:
+    response = PlainTextResponse(f"forbidden: {why}\n", status_code=403)
+    await response(scope, receive, send)

@@ -1,0 +1,101 @@
+"""Wallet fixtures: a real keystore (fast Argon2id limits), a real wallet server on a loopback
+port, and an httpx client signed in the way a browser is (login link -> session cookie)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from capwallet.wallet.home import WalletHome
+from capwallet.wallet.keystore import Keystore
+from capwallet.wallet.runner import RunningWallet, running_wallet
+
+PASSPHRASE = "correct horse battery staple"
+
+
+@pytest.fixture(autouse=True)
+def _fast_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAPWALLET_KDF_LIMITS", "interactive")
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> WalletHome:
+    h = WalletHome(tmp_path / "wallet")
+    h.ensure()
+    ks = Keystore.create(h.keystore_path, PASSPHRASE)
+    ks.add_provider("openai", "sk-test-never-shown-0123456789", "http://127.0.0.1:9/v1", "openai")
+    ks.save()
+    return h
+
+
+@pytest.fixture
+def keystore(home: WalletHome) -> Keystore:
+    return Keystore.open(home.keystore_path, PASSPHRASE)
+
+
+@pytest.fixture
+def wallet(home: WalletHome, keystore: Keystore) -> Iterator[RunningWallet]:
+    """The wallet pages without the relay (tests of the relay path use `wallet_relay`)."""
+    with running_wallet(home, keystore, with_relay=False) as w:
+        yield w
+
+
+@contextlib.contextmanager
+def signed_in(w: RunningWallet) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=w.base_url, follow_redirects=False, timeout=30) as client:
+        r = client.get(w.login_url)
+        assert r.status_code == 303, r.text
+        assert "capwallet_session" in client.cookies
+        yield client
+
+
+@pytest.fixture
+def browser_client(wallet: RunningWallet) -> Iterator[httpx.Client]:
+    with signed_in(wallet) as c:
+        yield c
+
+
+def csrf_of(html: str) -> str:
+    m = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert m, "page has no CSRF token"
+    return m.group(1)
+
+
+def hidden(html: str, name: str) -> str:
+    m = re.search(rf'name="{name}" value="([^"]+)"', html)
+    assert m, f"page has no field {name}"
+    return m.group(1)
+
+
+@pytest.fixture
+def fake_provider() -> Iterator[str]:
+    from reference_relay.fake_provider import running_fake_provider
+
+    with running_fake_provider() as url:
+        yield url
+
+
+@pytest.fixture
+def wallet_relay(home: WalletHome, fake_provider: str) -> Iterator[RunningWallet]:
+    """The whole wallet server: pages and the relay, provider key from the keystore, calls
+    going to the fake provider."""
+    from reference_relay.fake_provider import DEFAULT_API_KEY
+
+    ks = Keystore.open(home.keystore_path, PASSPHRASE)
+    ks.add_provider("openai", DEFAULT_API_KEY, f"{fake_provider}/v1", "openai")
+    ks.save()
+    with running_wallet(home, ks) as w:
+        yield w
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    shots = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+    if shots.is_dir() and any(shots.glob("*.png")):
+        names = ", ".join(sorted(p.name for p in shots.glob("*.png")))
+        terminalreporter.write_line(f"wallet screenshots in {shots}: {names}")

@@ -1,0 +1,254 @@
+"""The wallet's pages in a real browser (Playwright driving Debian's Chromium).
+
+Approve, lower a limit, deny; the dashboard showing the spend after calls; revoke in one
+click; a pending approval approved in the page; a hostile page that tries to read usage,
+revoke a grant or frame the wallet. Screenshots of the consent page, the dashboard and the
+approvals page are saved under artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from capwallet import caveats as cav
+from capwallet.client import ConnectError, connect, wait_for_approval
+from capwallet.token import Token
+from capwallet.wallet.grants import issue_grant
+from capwallet.wallet.runner import RunningWallet
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+PERMISSIONS: dict[str, Any] = {
+    "providers": ["openai"], "models": ["gpt-4o-mini", "gpt-4.1-mini"],
+    "budget": {"amount": "5.00", "currency": "USD", "period": "month"},
+    "max_input_tokens": 50000, "max_output_tokens": 2000,
+    "scopes": ["posts:read", "posts:publish"], "ask_first": ["posts:publish"],
+    "expires_in": 30 * 86400, "confirm_above": {"amount": "0.50", "currency": "USD"},
+    "logging": "metadata",
+}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: apt-get install -y chromium (scripts/system-deps.sh)")
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any, wallet_relay: RunningWallet) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    pg = context.new_page()
+    pg.goto(wallet_relay.login_url)  # sign in as the user would, with the printed link
+    assert pg.url.rstrip("/") == wallet_relay.base_url
+    yield pg
+    context.close()
+
+
+def shot(pg: Any, name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    pg.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")
+    return path
+
+
+def _connect(wallet: RunningWallet, act: Any) -> Any:
+    def open_browser(url: str) -> None:
+        act(url)
+    return connect("Blog Assistant", PERMISSIONS, wallet_url=wallet.base_url,
+                   open_browser=open_browser, timeout=20)
+
+
+def test_approve_in_the_browser(page: Any, wallet_relay: RunningWallet) -> None:
+    def act(url: str) -> None:
+        page.goto(url)
+        assert page.inner_text("#consent-title") == "Blog Assistant wants to use AI"
+        shot(page, "consent")
+        page.click("#approve")
+        page.wait_for_selector("text=You're connected")
+
+    conn = _connect(wallet_relay, act)
+    caveats = Token.parse(conn.token).caveats()
+    assert cav.Models(("gpt-4.1-mini", "gpt-4o-mini")) in caveats
+    assert any(isinstance(c, cav.Budget) and c.amount == 500 for c in caveats)
+    assert cav.AskFirst(("posts:publish",)) in caveats
+
+
+def test_lower_a_limit_and_drop_a_model(page: Any, wallet_relay: RunningWallet) -> None:
+    def act(url: str) -> None:
+        page.goto(url)
+        page.fill("#budget", "0.75")
+        page.fill("#max_input_tokens", "1000")
+        page.uncheck("input[name=model][value='gpt-4.1-mini']")
+        page.uncheck("input[name=scope][value='posts:publish']")
+        page.select_option("#expires_in", str(7 * 86400))
+        page.click("#approve")
+        page.wait_for_selector("text=You're connected")
+
+    conn = _connect(wallet_relay, act)
+    caveats = Token.parse(conn.token).caveats()
+    assert cav.Models(("gpt-4o-mini",)) in caveats
+    assert cav.Scopes(("posts:read",)) in caveats
+    assert cav.MaxInputTokens(1000) in caveats
+    assert any(isinstance(c, cav.Budget) and c.amount == 75 for c in caveats)
+    assert conn.expires_in is not None and conn.expires_in <= 7 * 86400
+
+
+def test_raising_a_limit_in_the_page_is_refused(page: Any, wallet_relay: RunningWallet) -> None:
+    def act(url: str) -> None:
+        page.goto(url)
+        page.fill("#budget", "50.00")
+        page.click("#approve")
+        assert "above the 5.00 USD the app asked for" in page.inner_text("#consent-error")
+        page.click("#deny")  # the page stays usable: deny instead
+        page.wait_for_selector("text=Not connected")
+
+    with pytest.raises(ConnectError) as exc:
+        _connect(wallet_relay, act)
+    assert exc.value.error == "access_denied"
+    assert wallet_relay.ctx.grants.list(statuses=("pending", "active")) == []
+
+
+def test_deny_in_the_browser(page: Any, wallet_relay: RunningWallet) -> None:
+    def act(url: str) -> None:
+        page.goto(url)
+        page.click("#deny")
+        page.wait_for_selector("text=Not connected")
+
+    with pytest.raises(ConnectError) as exc:
+        _connect(wallet_relay, act)
+    assert exc.value.error == "access_denied"
+
+
+def test_dashboard_shows_spend_and_revoke_works(page: Any, wallet_relay: RunningWallet) -> None:
+    def act(url: str) -> None:
+        page.goto(url)
+        page.click("#approve")
+        page.wait_for_selector("text=You're connected")
+
+    conn = _connect(wallet_relay, act)
+    client = openai.OpenAI(api_key=conn.token, base_url=conn.openai_base_url, max_retries=0)
+    for model in ("gpt-4o-mini", "gpt-4o-mini", "gpt-4.1-mini"):
+        client.chat.completions.create(model=model, max_tokens=40,
+                                       messages=[{"role": "user", "content": "Write a title"}])
+    # A second app with a hostile name, to see that the page escapes it.
+    issue_grant(wallet_relay.ctx.grants, wallet_relay.ctx.keystore.current_root_key,
+                app="<img src=x onerror=alert(1)>", caveats=[cav.Budget(100, "USD", "day")],
+                source="cli", now=int(time.time()))
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(wallet_relay.base_url + "/")
+    grant = page.locator(f"#grant-{conn.grant_id}")
+    assert "of 5.00 USD this month" in grant.inner_text()
+    assert "gpt-4o-mini" in page.inner_text("#per-model")
+    assert "gpt-4.1-mini" in page.inner_text("#per-model")
+    assert page.inner_text("#stat-calls") == "3"
+    assert page.locator("svg.chart rect.bar").count() == 30
+    assert page.locator("text=<img src=x onerror=alert(1)>").count() >= 1  # shown as text
+    shot(page, "dashboard")
+    assert dialogs == []
+    grant.locator("button:has-text('Revoke')").click()
+    page.wait_for_load_state()
+    assert "revoked" in page.locator(f"#grant-{conn.grant_id}").inner_text()
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model="gpt-4o-mini", max_tokens=5,
+                                       messages=[{"role": "user", "content": "again"}])
+
+
+def test_pending_approval_approved_in_the_page(page: Any, wallet_relay: RunningWallet) -> None:
+    _, token = issue_grant(
+        wallet_relay.ctx.grants, wallet_relay.ctx.keystore.current_root_key, app="Blog Assistant",
+        caveats=[cav.Models(("gpt-4o-mini",)), cav.Budget(500, "USD", "month"),
+                 cav.ConfirmAbove(0, "USD")], source="cli", now=int(time.time()))
+    client = openai.OpenAI(api_key=token, base_url=f"{wallet_relay.base_url}/v1",
+                           max_retries=0)
+    kwargs: dict[str, Any] = {"model": "gpt-4o-mini", "max_tokens": 10,
+                              "messages": [{"role": "user", "content": "summarise my blog"}]}
+    with pytest.raises(openai.PermissionDeniedError) as exc:
+        client.chat.completions.create(**kwargs)
+    rid = exc.value.body["approval_request_id"]  # type: ignore[index]
+    page.goto(wallet_relay.base_url + "/")
+    page.click("a.banner")  # "1 request waiting for your approval"
+    card = page.locator(f"#approval-{rid}")
+    assert "gpt-4o-mini" in card.inner_text()
+    shot(page, "approvals")
+    card.locator("button:has-text('Approve this once')").click()
+    page.wait_for_load_state()
+    assert page.locator(f"#approval-{rid}").count() == 0
+    approval = wait_for_approval(wallet_relay.base_url, token, rid, timeout=5)
+    ok = client.chat.completions.create(**kwargs,
+                                        extra_headers={"X-Capwallet-Approval": approval})
+    assert ok.choices[0].message.content
+
+
+@pytest.fixture
+def hostile_site() -> Iterator[tuple[str, dict[str, str]]]:
+    """Another web origin on this machine, serving whatever page a test puts in `pages`."""
+    pages: dict[str, str] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = pages.get(self.path, "not found").encode()
+            self.send_response(200 if self.path in pages else 404)
+            self.send_header("content-type", "text/html")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}", pages
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_hostile_page_cannot_read_revoke_or_frame(
+    page: Any, wallet_relay: RunningWallet, hostile_site: tuple[str, dict[str, str]]
+) -> None:
+    site, pages = hostile_site
+    grant, _ = issue_grant(wallet_relay.ctx.grants, wallet_relay.ctx.keystore.current_root_key,
+                           app="Victim", caveats=[], source="cli", now=int(time.time()))
+    w = wallet_relay.base_url
+    pages["/read"] = f"""<html><body><pre id=out>running</pre><script>
+      fetch("{w}/api/usage", {{credentials: "include"}})
+        .then(r => r.text()).then(t => out.textContent = "READ " + t)
+        .catch(e => out.textContent = "BLOCKED " + e);
+    </script></body></html>"""
+    pages["/revoke"] = f"""<html><body>
+      <form id=f method=post action="{w}/grants/{grant.grant_id}/revoke">
+        <input name=csrf value=guess></form>
+      <script>f.submit()</script></body></html>"""
+    pages["/frame"] = f"""<html><body><iframe id=fr src="{w}/"></iframe></body></html>"""
+    # The user is signed in to the wallet in this browser (the page fixture did that).
+    page.goto(site + "/read")
+    page.wait_for_function("document.getElementById('out').textContent !== 'running'")
+    assert page.inner_text("#out").startswith("BLOCKED")
+    page.goto(site + "/revoke")
+    page.wait_for_load_state()
+    assert "forbidden" in page.content() or "refused" in page.content().lower()
+    g = wallet_relay.ctx.grants.get(grant.grant_id)
+    assert g is not None and g.status == "active"
+    page.goto(site + "/frame")
+    page.wait_for_timeout(300)
+    frame = page.frame_locator("#fr")
+    assert frame.locator("text=Victim").count() == 0  # X-Frame-Options / frame-ancestors

@@ -1,0 +1,156 @@
+"""The wallet commands as a user runs them (real subprocesses, a real CAPWALLET_HOME)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from capwallet.token import Token
+
+KEY = "sk-live-abcdefghijklmnopqrstuvwxyz0123"
+
+
+def run(home: Path, *args: str, stdin: str | None = None, passphrase: str | None = "pw-1",
+        **env: str) -> subprocess.CompletedProcess[str]:
+    e = {k: v for k, v in os.environ.items() if k != "CAPWALLET_PASSPHRASE"}
+    e.update({"CAPWALLET_HOME": str(home), "CAPWALLET_KDF_LIMITS": "interactive", **env})
+    if passphrase is not None:
+        e["CAPWALLET_PASSPHRASE"] = passphrase
+    return subprocess.run([sys.executable, "-m", "capwallet", *args], input=stdin, env=e,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "cw"
+    r = run(h, "init")
+    assert r.returncode == 0, r.stderr
+    return h
+
+
+def test_init_creates_private_files(home: Path) -> None:
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    for name in ("keystore.json", "wallet.db"):
+        assert stat.S_IMODE((home / name).stat().st_mode) == 0o600
+    r = run(home, "init")
+    assert r.returncode == 2 and "already exists" in r.stderr
+
+
+def test_wrong_passphrase_is_one_line_exit_2(home: Path) -> None:
+    r = run(home, "provider", "list", passphrase="nope")
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "wrong passphrase" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run(home, "provider", "list", passphrase=None, stdin="")
+    assert r.returncode == 2 and "CAPWALLET_PASSPHRASE" in r.stderr
+
+
+def test_provider_key_from_stdin_or_env_never_printed(home: Path) -> None:
+    r = run(home, "provider", "add", "openai", stdin=KEY + "\n")
+    assert r.returncode == 0, r.stderr
+    r = run(home, "provider", "add", "anthropic", "--key-env", "MY_KEY", MY_KEY=KEY + "x")
+    assert r.returncode == 0, r.stderr
+    listing = run(home, "provider", "list", "--json")
+    assert {p["name"] for p in json.loads(listing.stdout)} == {"anthropic", "openai"}
+    assert json.loads(listing.stdout)[0]["base_url"] == "https://api.anthropic.com"
+    for out in (r, listing, run(home, "provider", "list")):
+        assert KEY not in out.stdout + out.stderr
+    assert KEY not in (home / "keystore.json").read_text()
+    # There is no flag that takes a key on the command line.
+    bad = run(home, "provider", "add", "openai", "--key", KEY)
+    assert bad.returncode == 2 and KEY not in bad.stderr
+    bad = run(home, "provider", "add", "openai", "--key-env", KEY)
+    assert bad.returncode == 2 and KEY not in bad.stderr
+    r = run(home, "provider", "add", "openai", "--key-env", "UNSET_VAR_123")
+    assert r.returncode == 2 and "UNSET_VAR_123" in r.stderr
+    r = run(home, "provider", "remove", "anthropic")
+    assert r.returncode == 0
+    assert [p["name"] for p in json.loads(run(home, "provider", "list", "--json").stdout)] == [
+        "openai"]
+
+
+def test_grant_apps_revoke(home: Path) -> None:
+    r = run(home, "grant", "--app", "Notes\x1b[31m", "--provider", "openai", "--model",
+            "gpt-4o-mini", "--budget", "3USD/month", "--expires", "7d", "--scope", "notes:read")
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip()
+    t = Token.parse(token)
+    assert "\x1b" not in r.stderr  # app names are sanitised for the terminal
+    apps = json.loads(run(home, "apps", "--json").stdout)
+    assert apps[0]["grant_id"] == t.token_id and apps[0]["budgets"][0]["limit"] == 300
+    table = run(home, "apps").stdout
+    assert "gpt-4o-mini" in table and "0.00 USD of 3.00 USD this month" in table
+    assert "\x1b" not in table
+    r = run(home, "revoke", t.token_id[:8], passphrase=None)  # no passphrase needed
+    assert r.returncode == 0 and "Revoked" in r.stdout
+    assert run(home, "apps", "--json").stdout.strip() == "[]"
+    assert json.loads(run(home, "apps", "--all", "--json").stdout)[0]["status"] == "revoked"
+    assert run(home, "revoke", "ffffffff").returncode == 2
+    r = run(home, "grant", "--provider", "openai")
+    assert r.returncode == 2 and "--app" in r.stderr
+
+
+def test_usage_filters_and_dates(home: Path) -> None:
+    assert run(home, "usage", "--json").stdout.strip() == "[]"
+    assert run(home, "usage", "--since", "2026-01-01").returncode == 0
+    r = run(home, "usage", "--since", "yesterday")
+    assert r.returncode == 2 and "--since" in r.stderr
+
+
+def test_no_wallet_yet(tmp_path: Path) -> None:
+    r = run(tmp_path / "none", "apps")
+    assert r.returncode == 2 and "capwallet init" in r.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["init"], ["provider"], ["provider", "add"], ["provider", "list"], ["provider", "remove"],
+    ["grant"], ["apps"], ["usage"], ["revoke"], ["serve"], ["demo"],
+])
+def test_help_everywhere(tmp_path: Path, args: list[str]) -> None:
+    r = run(tmp_path, *args, "--help")
+    assert r.returncode == 0 and "usage: capwallet" in r.stdout
+
+
+def test_demo_json(tmp_path: Path) -> None:
+    r = run(tmp_path, "demo", "--json", passphrase=None)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["spend"]["spent"] > 0 and out["spend"]["limit"] == 500
+    assert [c["ok"] for c in out["calls"]] == [True, True, True, True, False]
+    assert out["calls"][-1]["reason"] == "model_not_allowed"
+    assert out["dashboard_url"].startswith("http://127.0.0.1:")
+
+
+def test_serve_prints_a_sign_in_link_and_serves(home: Path) -> None:
+    import httpx
+    e = {k: v for k, v in os.environ.items()}
+    e.update({"CAPWALLET_HOME": str(home), "CAPWALLET_PASSPHRASE": "pw-1"})
+    run(home, "provider", "add", "openai", stdin=KEY + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "capwallet", "serve", "--port", "0"],
+                            env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+        login = lines[1].split()[-1]
+        assert login.startswith("http://127.0.0.1:") and "/login?token=" in login
+        base = login.split("/login")[0]
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        assert httpx.get(f"{base}/").status_code == 401  # locked without the link
+        with httpx.Client(base_url=base) as browser:
+            assert browser.get(login).status_code == 303
+            assert browser.get("/").status_code == 200
+        r = httpx.post(f"{base}/v1/chat/completions", json={"model": "gpt-4o-mini"},
+                       headers={"authorization": "Bearer cwt1_nope"})
+        assert r.status_code in (400, 401) and r.headers["x-capwallet-reason"] == "malformed"
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=20)
+    assert KEY not in out + err + "".join(lines)
+    r = run(home, "serve", passphrase="wrong")
+    assert r.returncode == 2 and "wrong passphrase" in r.stderr
