@@ -222,6 +222,10 @@ def test_header_limits(relay: Relay) -> None:
 
 
 def test_cors_for_browser_apps(relay: Relay, fresh_relay: Callable[..., Relay]) -> None:
+    none = httpx.options(relay.url + "/v1/chat/completions", headers={
+        "origin": "https://app.example", "access-control-request-method": "POST"})
+    assert "access-control-allow-origin" not in none.headers  # off by default
+    relay = fresh_relay(allowed_origins=["*"])
     origin = {"origin": "https://app.example"}
     pre = httpx.options(relay.url + "/v1/chat/completions", headers={
         **origin, "access-control-request-method": "POST",
