@@ -402,6 +402,11 @@ class Relay:
         tid = v.token_id_hex
         limits = v.limits
         revoked = (tid,) if await self.store.is_revoked(tid) else ()
+        if revoked or limits.expires is not None or limits.not_before is not None:
+            # A dead token is refused as such before anything about the request is judged.
+            alive = self.verifier.verify(token, Request(), now, {}, revoked)
+            if not alive.allowed and alive.reason is not None:
+                raise RelayError(alive.reason.value, alive.message)
         provider, model = self.route(model_id, ep, limits)
         prepared = ep.prepare(body, raw, provider, model, limits)
         price = model.price
