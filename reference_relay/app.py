@@ -144,13 +144,14 @@ class RequestGuard:
     """Header limits; only the Host names the config allows (defeats DNS rebinding); CORS.
 
     CORS: browser apps call the relay with their token in a header, never with cookies, so
-    the relay can answer any allowed origin (``allowed_origins``, "*" by default) without
-    giving a page anything it did not already hold. Preflights are answered here, with
-    ``Access-Control-Allow-Private-Network`` for browsers that ask before reaching loopback.
+    the relay can answer the origins in ``allowed_origins`` (none by default: the wallet, which
+    mounts the relay, answers only origins it granted) without giving a page anything it did
+    not already hold. Preflights are answered here, with ``Access-Control-Allow-Private-Network``
+    for browsers that ask before reaching loopback.
     """
 
     def __init__(self, app: ASGIApp, allowed: tuple[str, ...],
-                 origins: tuple[str, ...] = ("*",)) -> None:
+                 origins: tuple[str, ...] = ()) -> None:
         self.app = app
         self.any = "*" in allowed
         self.allowed = frozenset(h.lower().strip("[]") for h in allowed)
@@ -158,6 +159,8 @@ class RequestGuard:
         self.origins = frozenset(o.encode() for o in origins)
 
     def _origin(self, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+        if not self.origins and not self.any_origin:
+            return None
         for k, v in headers:
             if k == b"origin":
                 return v if self.any_origin or v in self.origins else None
@@ -409,6 +412,11 @@ class Relay:
         tid = v.token_id_hex
         limits = v.limits
         revoked = (tid,) if await self.store.is_revoked(tid) else ()
+        if revoked or limits.expires is not None or limits.not_before is not None:
+            # A dead token is refused as such before anything about the request is judged.
+            alive = self.verifier.verify(token, Request(), now, {}, revoked)
+            if not alive.allowed and alive.reason is not None:
+                raise RelayError(alive.reason.value, alive.message)
         provider, model = self.route(model_id, ep, limits)
         prepared = ep.prepare(body, raw, provider, model, limits)
         price = model.price

@@ -78,7 +78,7 @@ class RelayConfig:
     sweep_interval: float = 30.0  # how often expired leases are closed
     approval_ttl: int = 600  # how long a pending approval request stays open
     allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
-    allowed_origins: tuple[str, ...] = ("*",)  # browser origins that may call the relay
+    allowed_origins: tuple[str, ...] = ()  # browser origins that may call the relay (CORS)
     host: str = "127.0.0.1"
     port: int = 8787
     max_connections: int = 256  # upstream connection pool
@@ -252,7 +252,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path) -> RelayConfig:
     if len(set(ids)) != len(ids):
         raise ConfigError("provider ids must be unique")
     hosts = _get(relay, "allowed_hosts", list, w, ["127.0.0.1", "localhost", "::1"])
-    origins = _get(relay, "allowed_origins", list, w, ["*"])
+    origins = _get(relay, "allowed_origins", list, w, [])
     wallet_url = _get(relay, "wallet_url", str, w)
     cfg = RelayConfig(
         root_keys=tuple(_resolve(base_dir, k) for k in keys),

@@ -222,6 +222,10 @@ def test_header_limits(relay: Relay) -> None:
 
 
 def test_cors_for_browser_apps(relay: Relay, fresh_relay: Callable[..., Relay]) -> None:
+    none = httpx.options(relay.url + "/v1/chat/completions", headers={
+        "origin": "https://app.example", "access-control-request-method": "POST"})
+    assert "access-control-allow-origin" not in none.headers  # off by default
+    relay = fresh_relay(allowed_origins=["*"])
     origin = {"origin": "https://app.example"}
     pre = httpx.options(relay.url + "/v1/chat/completions", headers={
         **origin, "access-control-request-method": "POST",
@@ -238,3 +242,11 @@ def test_cors_for_browser_apps(relay: Relay, fresh_relay: Callable[..., Relay]) 
     bad = httpx.options(strict.url + "/v1/chat/completions", headers={
         "origin": "https://evil.example", "access-control-request-method": "POST"})
     assert "access-control-allow-origin" not in bad.headers
+
+
+def test_dead_token_is_refused_before_the_request_is_judged(relay: Relay) -> None:
+    expired = relay.mint(cav.Expires(int(time.time()) - 3600))
+    deny(relay, expired, 401, "expired", model="no-such-model")
+    tok = relay.mint(cav.Budget(100, "USD", "month"))
+    relay.run(relay.store.revoke(token_id(tok), int(time.time())))
+    deny(relay, tok, 401, "revoked", model="relay-nolimit", max_tokens=None)
