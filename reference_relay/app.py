@@ -36,7 +36,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from capwallet.approval import request_digest
 from capwallet.keys import Keyring, RootKey
@@ -58,12 +58,14 @@ from reference_relay.calls import Call
 from reference_relay.config import ModelConfig, ProviderConfig, RelayConfig
 from reference_relay.errors import (
     BAD_HOST,
+    HEADERS_TOO_LARGE,
     INTERNAL_ERROR,
     INVALID_REQUEST,
     METHOD_NOT_ALLOWED,
     MISSING_TOKEN,
     MODEL_NOT_FOUND,
     NOT_FOUND,
+    REQUEST_TIMEOUT,
     REQUEST_TOO_LARGE,
     STORE_UNAVAILABLE,
     WRONG_API,
@@ -79,6 +81,8 @@ from reference_relay.upstream import Upstream, provider_key_missing
 
 log = logging.getLogger("reference_relay")
 APPROVAL_HEADER = "x-capwallet-approval"
+MAX_HEADER_BYTES = 16 * 1024  # all request headers together
+MAX_HEADER_FIELDS = 100
 _TOKEN_TEXT = re.compile(r"cwt1_[A-Za-z0-9_-]{4,}")
 _KIND_REASON = {"budget": Reason.BUDGET_EXCEEDED, "quota": Reason.QUOTA_EXCEEDED,
                 "rate": Reason.RATE_LIMITED}
@@ -132,26 +136,83 @@ def _fmt(c: CounterLimit, n: int) -> str:
     return format_minor(n, c.unit) if c.kind == "budget" else f"{n} {c.unit}"
 
 
-class HostGuard:
-    """Answers only to the Host names the config allows (defeats DNS rebinding)."""
+_CORS_EXPOSE = (b"x-capwallet-reason, x-capwallet-approval-request, x-capwallet-fx, "
+                b"retry-after, x-request-id")
 
-    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
+
+class RequestGuard:
+    """Header limits; only the Host names the config allows (defeats DNS rebinding); CORS.
+
+    CORS: browser apps call the relay with their token in a header, never with cookies, so
+    the relay can answer the origins in ``allowed_origins`` (none by default: the wallet, which
+    mounts the relay, answers only origins it granted) without giving a page anything it did
+    not already hold. Preflights are answered here, with ``Access-Control-Allow-Private-Network``
+    for browsers that ask before reaching loopback.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...],
+                 origins: tuple[str, ...] = ()) -> None:
         self.app = app
         self.any = "*" in allowed
         self.allowed = frozenset(h.lower().strip("[]") for h in allowed)
+        self.any_origin = "*" in origins
+        self.origins = frozenset(o.encode() for o in origins)
+
+    def _origin(self, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+        if not self.origins and not self.any_origin:
+            return None
+        for k, v in headers:
+            if k == b"origin":
+                return v if self.any_origin or v in self.origins else None
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self.any:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        err = None
+        # The request target counts too: a parser bounds only a head that arrives in pieces.
+        target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        if len(headers) > MAX_HEADER_FIELDS or target + sum(
+                len(k) + len(v) + 4 for k, v in headers) > MAX_HEADER_BYTES:
+            err = RelayError(HEADERS_TOO_LARGE, f"request headers exceed the relay's limit "
+                             f"({MAX_HEADER_FIELDS} fields, {MAX_HEADER_BYTES} bytes)")
+        elif not self.any:
             host = ""
-            for k, v in scope["headers"]:
+            for k, v in headers:
                 if k == b"host":
                     host = v.decode("latin-1").lower()
                     break
             name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
             if name not in self.allowed:
                 err = RelayError(BAD_HOST, "this relay does not serve that Host name")
-                await error_response(err)(scope, receive, send)
-                return
+        origin = self._origin(headers)
+        if err is None and origin is not None and scope["method"] == "OPTIONS":
+            await send({"type": "http.response.start", "status": 204, "headers": [
+                (b"access-control-allow-origin", origin),
+                (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                (b"access-control-allow-headers", b"*, authorization"),
+                (b"access-control-allow-private-network", b"true"),
+                (b"access-control-max-age", b"600"),
+                (b"vary", b"origin"),
+            ]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if origin is not None:
+            inner = send
+
+            async def send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [
+                        *message.get("headers", []),
+                        (b"access-control-allow-origin", origin),
+                        (b"access-control-expose-headers", _CORS_EXPOSE), (b"vary", b"origin")]
+                await inner(message)
+
+        if err is not None:
+            await error_response(err)(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 
@@ -246,19 +307,28 @@ class Relay:
 
     async def body(self, request: HttpRequest) -> bytes:
         limit = self.config.max_body_bytes
-        too_large = RelayError(REQUEST_TOO_LARGE, f"the request body is larger than the relay's "
-                               f"limit of {limit} bytes")
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            raise too_large
+            raise self.too_large()
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            chunks.append(chunk)
+        try:
+            # One deadline for the whole body: a client that stalls or drips cannot hold a
+            # request open (and its connection) for longer.
+            async with asyncio.timeout(self.config.body_timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise self.too_large()
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RelayError(REQUEST_TIMEOUT, f"the request body did not arrive within "
+                             f"{self.config.body_timeout:g} seconds") from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def too_large(self) -> RelayError:
+        return RelayError(REQUEST_TOO_LARGE, "the request body is larger than the relay's "
+                          f"limit of {self.config.max_body_bytes} bytes")
 
     def route(self, model_id: str, ep: Endpoint,
               limits: EffectiveLimits) -> tuple[ProviderConfig, ModelConfig]:
@@ -342,6 +412,11 @@ class Relay:
         tid = v.token_id_hex
         limits = v.limits
         revoked = (tid,) if await self.store.is_revoked(tid) else ()
+        if revoked or limits.expires is not None or limits.not_before is not None:
+            # A dead token is refused as such before anything about the request is judged.
+            alive = self.verifier.verify(token, Request(), now, {}, revoked)
+            if not alive.allowed and alive.reason is not None:
+                raise RelayError(alive.reason.value, alive.message)
         provider, model = self.route(model_id, ep, limits)
         prepared = ep.prepare(body, raw, provider, model, limits)
         price = model.price
@@ -570,7 +645,8 @@ def create_app(config: RelayConfig, *, store: Store | None = None, keys: Keyring
             Route("/v1/models", relay.models, methods=["GET"]),
             Route("/healthz", relay.healthz, methods=["GET"]),
         ],
-        middleware=[Middleware(HostGuard, allowed=config.allowed_hosts)],
+        middleware=[Middleware(RequestGuard, allowed=config.allowed_hosts,
+                               origins=config.allowed_origins)],
         exception_handlers={HTTPException: not_found, Exception: crashed},
         lifespan=relay.lifespan,
     )

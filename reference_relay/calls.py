@@ -12,6 +12,13 @@ Settlement rules (see also reference_relay.metering):
 * output started but the final usage never came (stream cut, usage missing, malformed body,
   timeout after the request was sent): charge conservatively, the reserved worst case for the
   output and the provider's input count if it sent one, else the input estimate.
+
+A successful non-streamed answer is sent first and settled right after (``_SettleAfterSend``);
+a stream is settled before its last bytes reach the app. Either way the reservation holds the
+worst case until the settlement lands, so the order cannot cause an overspend.
+
+Ledger statuses: ok, usage_missing (answered, charged the worst case), upstream_error,
+client_disconnected, and lease_expired / denied:<reason> (written elsewhere).
 """
 
 from __future__ import annotations
@@ -89,8 +96,7 @@ class Call:
                 input_tokens=usage.input_tokens, output_tokens=worst_out,
                 cached_input_tokens=usage.cached_input_tokens,
                 cache_write_tokens=usage.cache_write_tokens)
-            return min(raw, self.worst_raw) if tokens_in <= self.prepared.input.tokens else raw, \
-                tokens_in, worst_out
+            return raw, tokens_in, worst_out
         return self.worst_raw, self.prepared.input.tokens, worst_out
 
     def _money(self, raw: int, currency: str) -> int:
@@ -169,7 +175,19 @@ class Call:
         if self.prepared.stream:
             return await self._run_stream()
         # Shielded: a disconnecting app cannot cancel the upstream call or its settlement.
-        return await asyncio.shield(self.spawn(self._plain()))
+        task = self.spawn(self._plain())
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._settle_unsent)
+            raise
+
+    def _settle_unsent(self, task: asyncio.Task[Response]) -> None:
+        """The handler went away before sending the answer: settle without sending."""
+        if not task.cancelled() and task.exception() is None:
+            response = task.result()
+            if isinstance(response, _SettleAfterSend):
+                response.settle_now()
 
     async def _plain(self) -> Response:
         flavor = self.endpoint.errors
@@ -206,12 +224,12 @@ class Call:
                 "valid JSON; it was charged at the reserved worst case"), flavor)
         usage = usage_from_json(self.provider.api, data)
         if usage is None:
-            await self.settle(None, False, "usage_missing", body)
+            settlement = self.settle(None, False, "usage_missing", body)
         else:
-            await self.settle(usage, True, "ok", body)
+            settlement = self.settle(usage, True, "ok", body)
         headers = {h: resp.headers[h] for h in _PASS_HEADERS if h in resp.headers}
-        return Response(body, status_code=resp.status_code, media_type="application/json",
-                        headers={**headers, **self.response_headers})
+        return _SettleAfterSend(body, resp.status_code, {**headers, **self.response_headers},
+                                settlement, self.spawn)
 
     async def _run_stream(self) -> Response:
         pump = _StreamPump(self)
@@ -225,6 +243,32 @@ class Call:
                                 headers={"x-capwallet-reason": err.code})
             return error_response(err, self.endpoint.errors)
         return _RelayStream(pump)
+
+
+class _SettleAfterSend(Response):
+    """A non-streamed answer whose settlement is written right after it is sent (or fails to
+    be), keeping the ledger write off the app's latency. Until then the reservation still holds
+    the worst case, so nothing can be overspent in between."""
+
+    def __init__(self, body: bytes, status: int, headers: dict[str, str],
+                 settlement: Coroutine[Any, Any, None],
+                 spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]) -> None:
+        super().__init__(body, status_code=status, media_type="application/json",
+                         headers=headers)
+        self._settlement: Coroutine[Any, Any, None] | None = settlement
+        self._spawn = spawn
+
+    def settle_now(self) -> asyncio.Task[Any] | None:
+        settlement, self._settlement = self._settlement, None
+        return None if settlement is None else self._spawn(settlement)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            task = self.settle_now()
+            if task is not None:
+                await asyncio.shield(task)
 
 
 class _StreamPump:
@@ -311,10 +355,22 @@ class _StreamPump:
                 await self.queue.put(None)
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        """What to send the client: everything queued so far in one piece (one send for a
+        burst of events, not one per event)."""
+        queue = self.queue
         while True:
-            item = await self.queue.get()
+            item = await queue.get()
             if item is None:
                 return
+            if not queue.empty():
+                parts = [item]
+                while not queue.empty():
+                    nxt = queue.get_nowait()
+                    if nxt is None:
+                        yield b"".join(parts)
+                        return
+                    parts.append(nxt)
+                item = b"".join(parts)
             yield item
 
 

@@ -70,6 +70,7 @@ class RelayConfig:
     wallet_url: str | None = None
     log_bodies: bool = False  # prompts/answers are kept only if this AND the token allow it
     max_body_bytes: int = 4 * 1024 * 1024
+    body_timeout: float = 30.0  # seconds for the whole request body to arrive (else 408)
     max_log_body_bytes: int = 256 * 1024
     upstream_timeout: float = 600.0  # seconds for one whole upstream call, streams included
     connect_timeout: float = 10.0
@@ -77,6 +78,7 @@ class RelayConfig:
     sweep_interval: float = 30.0  # how often expired leases are closed
     approval_ttl: int = 600  # how long a pending approval request stays open
     allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
+    allowed_origins: tuple[str, ...] = ()  # browser origins that may call the relay (CORS)
     host: str = "127.0.0.1"
     port: int = 8787
     max_connections: int = 256  # upstream connection pool
@@ -250,6 +252,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path) -> RelayConfig:
     if len(set(ids)) != len(ids):
         raise ConfigError("provider ids must be unique")
     hosts = _get(relay, "allowed_hosts", list, w, ["127.0.0.1", "localhost", "::1"])
+    origins = _get(relay, "allowed_origins", list, w, [])
     wallet_url = _get(relay, "wallet_url", str, w)
     cfg = RelayConfig(
         root_keys=tuple(_resolve(base_dir, k) for k in keys),
@@ -261,6 +264,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path) -> RelayConfig:
         wallet_url=wallet_url.rstrip("/") if wallet_url else None,
         log_bodies=bool(_get(relay, "log_bodies", bool, w, False)),
         max_body_bytes=int(_get(relay, "max_body_bytes", int, w, 4 * 1024 * 1024)),
+        body_timeout=float(_get(relay, "body_timeout", (int, float), w, 30.0)),
         max_log_body_bytes=int(_get(relay, "max_log_body_bytes", int, w, 256 * 1024)),
         upstream_timeout=float(_get(relay, "upstream_timeout", (int, float), w, 600.0)),
         connect_timeout=float(_get(relay, "connect_timeout", (int, float), w, 10.0)),
@@ -268,11 +272,13 @@ def parse_config(data: Mapping[str, Any], base_dir: Path) -> RelayConfig:
         sweep_interval=float(_get(relay, "sweep_interval", (int, float), w, 30.0)),
         approval_ttl=int(_get(relay, "approval_ttl", int, w, 600)),
         allowed_hosts=tuple(str(h) for h in hosts),
+        allowed_origins=tuple(str(o) for o in origins),
         host=_get(relay, "host", str, w, "127.0.0.1"),
         port=int(_get(relay, "port", int, w, 8787)),
         max_connections=int(_get(relay, "max_connections", int, w, 256)),
     )
-    if cfg.max_body_bytes < 1024 or cfg.upstream_timeout <= 0 or cfg.lease_margin < 0:
+    if (cfg.max_body_bytes < 1024 or cfg.upstream_timeout <= 0 or cfg.lease_margin < 0
+            or cfg.body_timeout <= 0):
         raise ConfigError("relay limits must be positive (max_body_bytes >= 1024)")
     return cfg
 

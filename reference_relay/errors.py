@@ -25,6 +25,7 @@ from capwallet.reasons import Reason
 # The relay's own reason codes (not protocol reasons: nothing outside this relay depends on them).
 INVALID_REQUEST = "invalid_request"  # 400: body is not the JSON the endpoint expects
 REQUEST_TOO_LARGE = "request_too_large"  # 413: body over the relay's size limit
+REQUEST_TIMEOUT = "request_timeout"  # 408: the body did not arrive within body_timeout
 UNBOUNDED_REQUEST = "unbounded_request"  # 400: cost cannot be bounded before the call
 MODEL_NOT_FOUND = "model_not_found"  # 404: no configured provider serves this model
 WRONG_API = "wrong_api"  # 400: model is served, but through the other API flavor
@@ -38,6 +39,7 @@ INTERNAL_ERROR = "internal_error"  # 500: a bug; the body never has a traceback
 NOT_FOUND = "not_found"  # 404: no such route
 METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
 BAD_HOST = "bad_host"  # 421: Host header is not one this relay serves (DNS rebinding)
+HEADERS_TOO_LARGE = "headers_too_large"  # 431: too many or too large request headers
 
 STATUS: dict[str, int] = {
     # Stage 1-2: the token itself -> 401.
@@ -57,6 +59,7 @@ STATUS: dict[str, int] = {
     Reason.BUDGET_EXCEEDED.value: 402,
     INVALID_REQUEST: 400,
     REQUEST_TOO_LARGE: 413,
+    REQUEST_TIMEOUT: 408,
     UNBOUNDED_REQUEST: 400,
     MODEL_NOT_FOUND: 404,
     WRONG_API: 400,
@@ -70,13 +73,16 @@ STATUS: dict[str, int] = {
     NOT_FOUND: 404,
     METHOD_NOT_ALLOWED: 405,
     BAD_HOST: 421,
+    HEADERS_TOO_LARGE: 431,
 }
 
 # Error "type" per status, as the SDKs know them.
 _TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
     403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
+    408: "timeout_error",
     413: "request_too_large", 421: "invalid_request_error", 429: "rate_limit_error",
+    431: "request_too_large",
     500: "api_error", 502: "api_error", 503: "overloaded_error", 504: "timeout_error",
 }
 

@@ -156,7 +156,16 @@ class Relay:
     def run(self, coro: Any) -> Any:
         return asyncio.run(coro)
 
+    def quiesce(self, timeout: float = 10) -> None:
+        """Wait until the relay has no call in flight (settlements and denial rows are written
+        by tasks that may finish just after the app got its answer)."""
+        tasks = self.server.app.state.relay.tasks
+        deadline = time.monotonic() + timeout
+        while tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+
     def ledger(self, token: str | None = None) -> list[LedgerEntry]:
+        self.quiesce()
         ids = None if token is None else [token_id(token)]
         return self.run(self.store.ledger(token_ids=ids))  # type: ignore[no-any-return]
 
@@ -172,6 +181,7 @@ class Relay:
         """Used value of each of the token's counters in their current period."""
         from capwallet.verify import Verifier
         from reference_relay.app import counter_keys
+        self.quiesce()
         v = Verifier(Keyring([self.root])).check_token(token)
         keys = counter_keys(v.limits, int(time.time()))
         return self.run(self.store.counters(keys))  # type: ignore[no-any-return]

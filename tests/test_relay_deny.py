@@ -211,3 +211,42 @@ def test_missing_provider_key(fresh_relay: Callable[..., Relay]) -> None:
     assert resp.status_code == 502 and error_code(resp) == "provider_unavailable"
     assert "OPENAI_API_KEY" in resp.json()["error"]["message"]
     assert list(r.counters(tok).values()) == [0]
+
+
+def test_header_limits(relay: Relay) -> None:
+    headers = {f"x-filler-{i}": "y" for i in range(120)}
+    r = httpx.get(relay.url + "/healthz", headers=headers)
+    assert r.status_code == 431 and error_code(r) == "headers_too_large"
+    r = httpx.get(relay.url + "/healthz", headers={"x-big": "y" * 15000, "x-big2": "z" * 2000})
+    assert r.status_code in (400, 431)  # h11 itself may stop it first
+
+
+def test_cors_for_browser_apps(relay: Relay, fresh_relay: Callable[..., Relay]) -> None:
+    none = httpx.options(relay.url + "/v1/chat/completions", headers={
+        "origin": "https://app.example", "access-control-request-method": "POST"})
+    assert "access-control-allow-origin" not in none.headers  # off by default
+    relay = fresh_relay(allowed_origins=["*"])
+    origin = {"origin": "https://app.example"}
+    pre = httpx.options(relay.url + "/v1/chat/completions", headers={
+        **origin, "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type"})
+    assert pre.status_code == 204
+    assert pre.headers["access-control-allow-origin"] == "https://app.example"
+    assert pre.headers["access-control-allow-private-network"] == "true"
+    r = httpx.post(relay.url + "/v1/chat/completions", headers=origin,
+                   json={"model": "relay-test", "messages": HELLO})
+    assert r.status_code == 401
+    assert r.headers["access-control-allow-origin"] == "https://app.example"
+    assert "x-capwallet-reason" in r.headers["access-control-expose-headers"]
+    strict = fresh_relay(allowed_origins=["https://good.example"])
+    bad = httpx.options(strict.url + "/v1/chat/completions", headers={
+        "origin": "https://evil.example", "access-control-request-method": "POST"})
+    assert "access-control-allow-origin" not in bad.headers
+
+
+def test_dead_token_is_refused_before_the_request_is_judged(relay: Relay) -> None:
+    expired = relay.mint(cav.Expires(int(time.time()) - 3600))
+    deny(relay, expired, 401, "expired", model="no-such-model")
+    tok = relay.mint(cav.Budget(100, "USD", "month"))
+    relay.run(relay.store.revoke(token_id(tok), int(time.time())))
+    deny(relay, tok, 401, "revoked", model="relay-nolimit", max_tokens=None)

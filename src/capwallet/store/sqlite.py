@@ -58,7 +58,7 @@ CREATE TABLE IF NOT EXISTS counters (
     key TEXT PRIMARY KEY,
     used INTEGER NOT NULL,
     resets_at INTEGER
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reservations (
     id TEXT PRIMARY KEY,
     token_id TEXT NOT NULL,
@@ -67,16 +67,15 @@ CREATE TABLE IF NOT EXISTS reservations (
     approval_id TEXT,
     created_at INTEGER NOT NULL,
     meta TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS reservations_lease ON reservations (lease_until);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS used_approvals (
     approval_id TEXT PRIMARY KEY,
     used_at INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS revoked (
     token_id TEXT PRIMARY KEY,
     revoked_at INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     time INTEGER NOT NULL,
@@ -109,6 +108,9 @@ CREATE TABLE IF NOT EXISTS pending (
 );
 CREATE INDEX IF NOT EXISTS pending_status ON pending (status, expires_at);
 """
+# Every page a transaction touches is one more WAL frame to write, so the hot tables are
+# WITHOUT ROWID (the primary key is the table: one page, not table + key index) and the
+# reservations table, which only holds calls in flight, has no lease index (the sweep scans it).
 
 _LEDGER_COLUMNS = (
     "time, token_id, app, provider, model, operation, input_tokens, output_tokens, cost, "

@@ -1,0 +1,252 @@
+"""Benchmark: what the relay adds on top of a direct provider call (not a timed test).
+
+    python bench/relay.py [--quick]
+
+One run, all on loopback: a fake provider (reference_relay.fake_provider) and the relay (in a
+subprocess, as deployed: ``python -m reference_relay``) each in their own process. The same
+load generator calls the provider directly (the baseline) and through the relay, with the same
+non-streamed chat request, at concurrency 1, 20 and 100, plus a streamed request at 1; direct
+and relayed rounds alternate, so a change in the machine's load hits both alike. Each
+relay call is a full one: token verification (cached chain), revocation and counter reads, an
+atomic reservation on a budget and a token quota, the upstream call, settlement and a ledger
+row in SQLite.
+
+Reported: latency p50/p99 (ms), the relay's added latency (relay - direct), requests per
+second and their ratio, and the CPU time per request of the relay process and, for scale, of
+the fake provider (from /proc, user + system). Targets: added p50 under 1.5 ms at
+concurrency 1; at concurrency 20 at least half the direct throughput while the three processes
+share the machine's cores.
+
+The load generator is a minimal keep-alive HTTP/1.1 client on asyncio streams, so that its own
+CPU use (which shares the cores with the servers) stays small and identical in both runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from capwallet import caveats as cav
+from capwallet.keys import RootKey
+from capwallet.token import mint
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "reference_relay" / "relay.example.toml"
+KEY = "sk-bench-" + secrets.token_hex(12)
+TICK = os.sysconf("SC_CLK_TCK")
+ROUNDS = 5  # direct and relayed rounds alternate
+
+
+def start(cmd: list[str], marker: str, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=env, cwd=cwd)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if marker not in line:
+        proc.kill()
+        raise SystemExit(f"{cmd[2]} did not start: {line!r}")
+    return proc, line.split()[-1]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection; responses must have Content-Length or be chunked."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, head: bytes, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(head + body)
+        status_line = await self.reader.readline()
+        status = int(status_line.split()[1])
+        length = -1
+        chunked = False
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        if chunked:
+            parts = []
+            while True:
+                size = int((await self.reader.readline()).strip(), 16)
+                data = await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                parts.append(data[:-2])
+            return status, b"".join(parts)
+        return status, await self.reader.readexactly(length)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def build(base: str, path: str, body: dict[str, object], auth: str) -> tuple[str, int, bytes,
+                                                                             bytes]:
+    hostport = base.removeprefix("http://")
+    host, port = hostport.rsplit(":", 1)
+    data = json.dumps(body, separators=(",", ":")).encode()
+    head = (f"POST {path} HTTP/1.1\r\nhost: {hostport}\r\nauthorization: Bearer {auth}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n").encode()
+    return host, int(port), head, data
+
+
+@dataclass
+class Result:
+    latencies: list[float]
+    seconds: float
+    errors: int
+
+    def add(self, other: Result) -> None:
+        self.latencies += other.latencies
+        self.seconds += other.seconds
+        self.errors += other.errors
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def pct(self, q: float) -> float:
+        s = sorted(self.latencies)
+        return s[min(int(q * len(s)), len(s) - 1)] * 1000
+
+
+async def load(base: str, path: str, body: dict[str, object], auth: str, concurrency: int,
+               total: int, warmup: int) -> Result:
+    host, port, head, data = build(base, path, body, auth)
+    conns = [Conn(host, port) for _ in range(concurrency)]
+    errors = 0
+
+    async def worker(conn: Conn, n: int, out: list[float]) -> None:
+        nonlocal errors
+        for _ in range(n):
+            t = time.perf_counter()
+            status, _ = await conn.request(head, data)
+            out.append(time.perf_counter() - t)
+            if status != 200:
+                errors += 1
+
+    if warmup:
+        warm: list[float] = []
+        await asyncio.gather(*(worker(c, max(warmup // concurrency, 1), warm) for c in conns))
+        errors = 0
+    lat: list[float] = []
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(c, total // concurrency, lat) for c in conns))
+    seconds = time.perf_counter() - t0
+    for c in conns:
+        await c.close()
+    return Result(lat, seconds, errors)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
+    args = parser.parse_args()
+    scale = 0.2 if args.quick else 1.0
+    tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    fake, fake_url = start([sys.executable, "-m", "reference_relay.fake_provider", "--port", "0",
+                            "--api-key", KEY], "listening")
+    text = EXAMPLE.read_text()
+    for url in ("https://api.openai.com/v1", "https://api.deepseek.com/v1",
+                "http://127.0.0.1:11434/v1"):
+        text = text.replace(f'"{url}"', f'"{fake_url}/v1"')
+    text = text.replace('"https://api.anthropic.com"', f'"{fake_url}"')
+    (tmp / "relay.toml").write_text(text)
+    root = RootKey.generate()
+    root.save(tmp / "root.key")
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "ANTHROPIC_API_KEY": KEY}
+    relay, relay_url = start([sys.executable, "-m", "reference_relay", "--config",
+                              str(tmp / "relay.toml"), "--port", "0", "--log-level", "warning"],
+                             "listening", env=env, cwd=tmp)
+    token = mint(root, [cav.Budget(10**9, "USD", "month"), cav.TokenQuota(10**12, "month"),
+                        cav.App("bench")]).serialize()
+    body: dict[str, object] = {"model": "gpt-4o-mini", "max_tokens": 16,
+                               "messages": [{"role": "user", "content": "Say hello."}]}
+    stream_body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    plan = [("chat", body, 1, 600), ("chat", body, 20, 3000), ("chat", body, 100, 4000),
+            ("stream", stream_body, 1, 300)]
+    rows = []
+    try:
+        for name, b, conc, n in plan:
+            total = max(int(n * scale) // (conc * ROUNDS) * conc * ROUNDS, conc * ROUNDS)
+            warm = max(total // 10, conc)
+            asyncio.run(load(fake_url, "/v1/chat/completions", b, KEY, conc, warm, 0))
+            asyncio.run(load(relay_url, "/v1/chat/completions", b, token, conc, warm, 0))
+            direct, via = Result([], 0.0, 0), Result([], 0.0, 0)
+            fake_cpu = cpu = 0.0
+            # Alternate direct and relayed rounds so that both see the same machine load.
+            for _ in range(ROUNDS):
+                f0 = cpu_seconds(fake.pid)
+                direct.add(asyncio.run(load(fake_url, "/v1/chat/completions", b, KEY, conc,
+                                            total // ROUNDS, 0)))
+                fake_cpu += cpu_seconds(fake.pid) - f0
+                r0 = cpu_seconds(relay.pid)
+                via.add(asyncio.run(load(relay_url, "/v1/chat/completions", b, token, conc,
+                                         total // ROUNDS, 0)))
+                cpu += cpu_seconds(relay.pid) - r0
+            rows.append((name, conc, total, direct, via, cpu / total, fake_cpu / total))
+            print(f"  {name} c={conc}: {total} requests each way", file=sys.stderr, flush=True)
+    finally:
+        relay.terminate()
+        fake.terminate()
+        relay.wait(timeout=30)
+        fake.wait(timeout=30)
+
+    load_avg = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"\nrelay benchmark ({os.cpu_count()} cores shared by the fake provider, the relay and "
+          f"the load generator; load average at the end {load_avg}; times in ms)\n")
+    hdr = (f"{'case':<8}{'conc':>5}{'reqs':>6} | {'direct p50':>10}{'p99':>7} | "
+           f"{'relay p50':>9}{'p99':>7} | {'added p50':>9}{'p99':>7} | "
+           f"{'direct rps':>10}{'relay rps':>10}{'ratio':>7} | {'relay cpu/req':>13}"
+           f"{'fake cpu/req':>13}")
+    print(hdr)
+    print("-" * len(hdr))
+    for name, conc, total, d, v, cpu, fake_cpu in rows:
+        errs = f"  ({d.errors}+{v.errors} errors)" if d.errors or v.errors else ""
+        print(f"{name:<8}{conc:>5}{total:>6} | {d.pct(.5):>10.3f}{d.pct(.99):>7.2f} | "
+              f"{v.pct(.5):>9.3f}{v.pct(.99):>7.2f} | {v.pct(.5) - d.pct(.5):>9.3f}"
+              f"{v.pct(.99) - d.pct(.99):>7.2f} | {d.rps:>10.0f}{v.rps:>10.0f}"
+              f"{v.rps / d.rps:>7.2f} | {cpu * 1000:>10.3f} ms{fake_cpu * 1000:>10.3f} ms"
+              f"{errs}")
+    c1 = rows[0]
+    c20 = rows[1]
+    added = c1[4].pct(.5) - c1[3].pct(.5)
+    ratio = c20[4].rps / c20[3].rps
+    print(f"\ntarget: added p50 at c=1 < 1.5 ms: {added:.3f} ms -> "
+          f"{'met' if added < 1.5 else 'MISSED'}")
+    print(f"target: relay rps at c=20 >= 0.5 x direct: {ratio:.2f} x -> "
+          f"{'met' if ratio >= 0.5 else 'MISSED'}")
+    print(f"(direct p50 at c=1 is {statistics.median(c1[3].latencies) * 1000:.3f} ms; relay CPU "
+          f"per call is {c20[5] / c20[6]:.1f}x the fake provider's at c=20)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

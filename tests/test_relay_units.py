@@ -1,0 +1,348 @@
+"""The relay's pure parts: prices and money, estimates, stream metering, configuration."""
+
+from __future__ import annotations
+
+import json
+import math
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from capwallet.money import EXPONENTS
+from reference_relay.config import ConfigError, load_config, parse_config
+from reference_relay.errors import RelayError
+from reference_relay.estimate import (
+    IMAGE_TOKENS,
+    PER_MESSAGE_TOKENS,
+    PER_REQUEST_TOKENS,
+    anthropic_input,
+    openai_chat_input,
+    openai_embeddings_input,
+    output_bound,
+)
+from reference_relay.metering import StreamMeter, usage_from_json
+from reference_relay.prices import Converter, Price, PriceError, default_table, parse_rate
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "reference_relay" / "relay.example.toml"
+
+# -- prices -------------------------------------------------------------------------------------
+
+MINI = Price("USD", 1000, input=15_000, output=60_000, cached_input=7_500)
+
+
+def test_cost_is_rounded_up_in_integers() -> None:
+    conv = Converter({})
+    assert conv.cost(MINI, MINI.raw_cost(input_tokens=1, output_tokens=0), "USD") == (1, None)
+    assert conv.cost(MINI, MINI.raw_cost(input_tokens=0, output_tokens=0), "USD") == (0, None)
+    # 1M input + 1M output tokens: 15 + 60 cents exactly, no rounding.
+    raw = MINI.raw_cost(input_tokens=10**6, output_tokens=10**6)
+    assert conv.cost(MINI, raw, "USD") == (75, None)
+    assert conv.cost(MINI, raw + 1, "USD") == (76, None)
+    # Cached input is cheaper.
+    assert MINI.raw_cost(input_tokens=0, output_tokens=0, cached_input_tokens=10) == 75_000
+
+
+def test_conversion_uses_the_rate_and_rounds_against_the_user() -> None:
+    rate = parse_rate("USD/EUR", "0.87")
+    conv = Converter({("USD", "EUR"): rate})
+    raw = 5_800_000_000  # 5.8 USD cents
+    assert conv.cost(MINI, raw, "EUR") == (6, rate)  # 5.046 EUR cents -> 6
+    # The inverse direction works from the same entry.
+    eur = Price("EUR", 1000, input=1_000_000, output=0)
+    assert conv.cost(eur, eur.raw_cost(input_tokens=1000, output_tokens=0), "USD")[0] == (  # type: ignore[index]
+        math.ceil(Fraction(1000 * 1_000_000, 10**9) / Fraction(87, 100)))
+    assert conv.cost(MINI, raw, "GBP") is None
+    assert rate.describe() == "1 USD = 0.87 EUR"
+
+
+def test_currency_exponents_are_respected() -> None:
+    conv = Converter({("USD", "JPY"): parse_rate("USD/JPY", "150.5"),
+                      ("USD", "KWD"): parse_rate("USD/KWD", "0.307")})
+    raw = 100 * 10**9  # 100 USD cents = 1 USD
+    assert conv.cost(MINI, raw, "JPY")[0] == 151  # type: ignore[index]  # 150.5 yen, up
+    assert conv.cost(MINI, raw, "KWD")[0] == 307  # type: ignore[index]  # 0.307 KWD in fils
+
+
+@given(st.integers(0, 10**7), st.integers(0, 10**6), st.integers(0, 10**9),
+       st.integers(0, 10**9), st.sampled_from(["0.87", "1", "149.73", "0.0061", "3.6725"]),
+       st.sampled_from(["EUR", "JPY", "KWD", "USD"]))
+def test_cost_is_the_exact_ceiling(tin: int, tout: int, pin: int, pout: int, rate: str,
+                                   cur: str) -> None:
+    price = Price("USD", 1000, input=pin, output=pout)
+    conv = Converter({} if cur == "USD" else {("USD", cur): parse_rate(f"USD/{cur}", rate)})
+    got = conv.cost(price, price.raw_cost(input_tokens=tin, output_tokens=tout), cur)
+    assert got is not None
+    factor = Fraction(1) if cur == "USD" else Fraction(rate)
+    exact = (Fraction(tin * pin + tout * pout, 10**9) / 100 * factor
+             * 10 ** EXPONENTS[cur])
+    assert got[0] == math.ceil(exact)
+
+
+def test_long_context_tier() -> None:
+    p = Price("USD", 1000, input=300_000, output=1_500_000, long_context_above=200_000,
+              input_long=600_000, output_long=2_250_000)
+    assert p.tier(200_000) == (300_000, 1_500_000)
+    assert p.tier(200_001) == (600_000, 2_250_000)
+    assert p.raw_cost(input_tokens=100_000, output_tokens=0, cached_input_tokens=100_001) == (
+        100_000 * 600_000 + 100_001 * 600_000)  # cached defaults to the (long) input price
+
+
+@pytest.mark.parametrize(("pair", "value"), [
+    ("USD/EUR", 0.87), ("USD/EUR", "abc"), ("USD/EUR", "-1"), ("USD/EUR", "0"),
+    ("USD/XXX", "1"), ("USDEUR", "1"), ("USD/EUR", "NaN"),
+])
+def test_bad_rates(pair: str, value: Any) -> None:
+    with pytest.raises(PriceError):
+        parse_rate(pair, value)
+
+
+def test_default_table_is_dated_and_complete() -> None:
+    t = default_table()
+    assert t.date and "check" in t.note and t.scale == 1000
+    assert set(t.sections) >= {"openai", "anthropic", "deepseek"}
+    for section in t.sections.values():
+        for model, price in section.items():
+            assert price.max_output is not None, model
+            assert price.currency == "USD"
+    assert t.sections["openai"]["gpt-4o-mini"].input == 15_000
+
+
+# -- estimates ----------------------------------------------------------------------------------
+
+def _raw(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode()
+
+
+def test_chat_estimate_counts_every_byte_plus_overheads() -> None:
+    body = {"model": "m", "messages": [{"role": "system", "content": "be brief"},
+                                       {"role": "user", "content": "héllo wörld " * 50}]}
+    raw = _raw(body)
+    est = openai_chat_input(body, len(raw))
+    assert est.tokens == len(raw) + 2 * PER_MESSAGE_TOKENS + PER_REQUEST_TOKENS
+    # Never below the UTF-8 size of the text itself (one byte-level token >= one byte).
+    assert est.tokens > len(("héllo wörld " * 50).encode())
+
+
+def test_images_are_bounded_per_image_not_by_payload() -> None:
+    data = "data:image/png;base64," + "A" * 200_000
+    body = {"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"},
+        {"type": "image_url", "image_url": {"url": data, "detail": "high"}}]}]}
+    raw = _raw(body)
+    est = openai_chat_input(body, len(raw))
+    assert est.images == 1
+    assert est.tokens == len(raw) - len(data) + IMAGE_TOKENS + PER_MESSAGE_TOKENS + (
+        PER_REQUEST_TOKENS)
+
+
+@pytest.mark.parametrize("part", [
+    {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}},
+    {"type": "file", "file": {"file_id": "f"}},
+    {"type": "video", "video": {}},
+])
+def test_unboundable_openai_inputs_are_refused(part: dict[str, Any]) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": [part]}]}
+    with pytest.raises(RelayError) as exc:
+        openai_chat_input(body, len(_raw(body)))
+    assert exc.value.code == "unbounded_request"
+
+
+@pytest.mark.parametrize("extra", [
+    {"modalities": ["text", "audio"]}, {"web_search_options": {}},
+    {"prediction": {"type": "content", "content": "x"}}, {"service_tier": "priority"},
+    {"tools": [{"type": "code_interpreter"}]},
+])
+def test_unboundable_openai_options_are_refused(extra: dict[str, Any]) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **extra}
+    with pytest.raises(RelayError) as exc:
+        openai_chat_input(body, len(_raw(body)))
+    assert exc.value.code == "unbounded_request"
+
+
+def test_anthropic_estimate() -> None:
+    body = {"model": "m", "max_tokens": 10, "system": [{"type": "text", "text": "sys",
+                                                       "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": [
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                             "data": "B" * 5000}},
+                {"type": "tool_result", "tool_use_id": "t", "content": [
+                    {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}]}]}],
+            "tools": [{"name": "f", "input_schema": {"type": "object"}}]}
+    raw = _raw(body)
+    est = anthropic_input(body, raw)
+    assert est.images == 2 and est.cache_write
+    assert est.tokens == (len(raw) - 5000 - len("https://x/y.png") + 2 * IMAGE_TOKENS
+                          + PER_MESSAGE_TOKENS + PER_REQUEST_TOKENS + 1024)
+    for bad in ({"type": "document", "source": {}},):
+        b2 = {**body, "messages": [{"role": "user", "content": [bad]}]}
+        with pytest.raises(RelayError):
+            anthropic_input(b2, _raw(b2))
+    b3 = {**body, "tools": [{"type": "web_search_20250305", "name": "web_search"}]}
+    with pytest.raises(RelayError):
+        anthropic_input(b3, _raw(b3))
+
+
+def test_embeddings_estimate() -> None:
+    assert openai_embeddings_input({"input": [1, 2, 3]}).tokens == 3 + PER_REQUEST_TOKENS
+    assert openai_embeddings_input({"input": [[1, 2], [3]]}).tokens == 3 + PER_REQUEST_TOKENS
+    assert openai_embeddings_input({"input": ["ab", "é"]}).tokens == 4 + 4 + PER_REQUEST_TOKENS
+    with pytest.raises(RelayError):
+        openai_embeddings_input({"input": {"x": 1}})
+
+
+def test_output_bound() -> None:
+    b = output_bound(50, 3, None, None, unbounded_ok=False)
+    assert (b.total, b.inject) == (150, None)
+    b = output_bound(None, 3, 100, 4096, unbounded_ok=False)
+    assert (b.total, b.inject) == (99, 33)
+    b = output_bound(None, 1, None, 4096, unbounded_ok=False)
+    assert (b.total, b.inject) == (4096, 4096)
+    b = output_bound(None, 1, 10_000, 4096, unbounded_ok=False)
+    assert (b.total, b.inject) == (4096, 4096)
+    b = output_bound(None, 1, None, None, unbounded_ok=True)
+    assert (b.total, b.inject) == (0, None)
+    with pytest.raises(RelayError):
+        output_bound(None, 1, None, None, unbounded_ok=False)
+    with pytest.raises(RelayError):
+        output_bound(None, 5, 3, None, unbounded_ok=False)
+
+
+# -- stream metering ------------------------------------------------------------------------------
+
+def _openai_stream(usage_chunk: bool = True, sep: bytes = b"\n\n") -> tuple[bytes, bytes]:
+    events = [
+        {"id": "c", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": None},
+        {"id": "c", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]
+    body = b"".join(b"data: " + json.dumps(e).encode() + sep for e in events)
+    usage = (b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2,'
+             b'"prompt_tokens_details":{"cached_tokens":3}}}' + sep)
+    done = b"data: [DONE]" + sep
+    return body + (usage if usage_chunk else b"") + done, body + done
+
+
+@pytest.mark.parametrize("sep", [b"\n\n", b"\r\n\r\n"])
+def test_openai_stream_meter_any_chunking(sep: bytes) -> None:
+    full, without_usage = _openai_stream(sep=sep)
+    for size in (1, 2, 3, 7, 64, len(full)):
+        meter = StreamMeter("openai", drop_usage_chunk=True)
+        out = b"".join(meter.feed(full[i:i + size]) for i in range(0, len(full), size))
+        out += meter.flush()
+        assert out == without_usage
+        assert meter.final and meter.done and meter.saw_event
+        assert meter.usage is not None
+        assert (meter.usage.input_tokens, meter.usage.cached_input_tokens,
+                meter.usage.output_tokens) == (4, 3, 2)
+        keep = StreamMeter("openai", drop_usage_chunk=False)
+        assert keep.feed(full) + keep.flush() == full
+
+
+def test_openai_stream_cut() -> None:
+    full, _ = _openai_stream(usage_chunk=False)
+    cut = full[: len(full) // 2]
+    meter = StreamMeter("openai", drop_usage_chunk=True)
+    meter.feed(cut)
+    meter.flush()
+    assert meter.saw_event and not meter.final and not meter.done
+
+
+def test_anthropic_stream_meter() -> None:
+    events = [
+        ("message_start", {"type": "message_start", "message": {"usage": {
+            "input_tokens": 10, "output_tokens": 1, "cache_read_input_tokens": 4,
+            "cache_creation_input_tokens": 2}}}),
+        ("content_block_delta", {"type": "content_block_delta",
+                                 "delta": {"type": "text_delta", "text": "message_delta"}}),
+        ("message_delta", {"type": "message_delta", "usage": {"output_tokens": 16}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    data = b"".join(f"event: {n}\ndata: {json.dumps(e)}\n\n".encode() for n, e in events)
+    meter = StreamMeter("anthropic", drop_usage_chunk=False)
+    assert b"".join(meter.feed(data[i:i + 5]) for i in range(0, len(data), 5)) == data
+    assert meter.final and meter.done and meter.usage is not None
+    u = meter.usage
+    assert (u.input_tokens, u.output_tokens, u.cached_input_tokens, u.cache_write_tokens) == (
+        10, 16, 4, 2)
+    start_only = StreamMeter("anthropic", drop_usage_chunk=False)
+    start_only.feed(data.split(b"event: content_block_delta")[0])
+    assert start_only.usage is not None and start_only.usage.input_tokens == 10
+    assert not start_only.final
+
+
+def test_usage_from_json() -> None:
+    u = usage_from_json("openai", {"usage": {"prompt_tokens": 10, "completion_tokens": 3,
+                                             "prompt_cache_hit_tokens": 6}})
+    assert u is not None and (u.input_tokens, u.cached_input_tokens, u.output_tokens) == (
+        4, 6, 3)
+    assert usage_from_json("openai", {"choices": []}) is None
+    a = usage_from_json("anthropic", {"usage": {"input_tokens": 5, "output_tokens": 9}})
+    assert a is not None and (a.input_tokens, a.output_tokens) == (5, 9)
+    assert usage_from_json("anthropic", {"usage": {"input_tokens": 5}}) is None
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+def test_example_config_loads() -> None:
+    cfg = load_config(EXAMPLE)
+    assert cfg.store_url == f"sqlite:///{EXAMPLE.parent / 'relay.db'}"
+    assert cfg.root_keys == (EXAMPLE.parent / "root.key",)
+    assert [p.id for p in cfg.providers] == ["openai", "anthropic", "deepseek", "local"]
+    openai_p = cfg.providers[0]
+    assert openai_p.max_tokens_field == "max_completion_tokens"
+    assert openai_p.models["gpt-4o-mini"].price.input == 15_000
+    local = cfg.providers[3]
+    assert local.models["llama3.2"].price.is_free and local.zero_retention
+    assert local.api_key_env is None and cfg.default_provider_keys("local") == ""
+    assert cfg.rates[("USD", "EUR")].text == "0.87" and cfg.rates_date
+    assert cfg.prices_date == default_table().date
+    assert cfg.lease_seconds(openai_p) > cfg.upstream_timeout
+
+
+def _base() -> dict[str, Any]:
+    return {"relay": {"root_keys": ["k"]},
+            "providers": [{"id": "p", "api": "openai", "base_url": "http://127.0.0.1:1/v1",
+                           "models": [{"id": "m", "input": 1, "output": 2, "currency": "USD"}]}]}
+
+
+def test_inline_prices_use_the_table_scale_and_override_the_table(tmp_path: Path) -> None:
+    cfg = parse_config(_base(), tmp_path)
+    assert cfg.providers[0].models["m"].price.scale == 1000
+    d = _base()
+    d["providers"][0]["price_table"] = "openai"
+    d["providers"][0]["models"] = [{"id": "gpt-4o", "output": 1}]
+    p = parse_config(d, tmp_path).providers[0].models["gpt-4o"].price
+    assert (p.input, p.output, p.max_output) == (250_000, 1, 16384)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d["providers"][0].update(api="grpc"), "api must be"),
+    (lambda d: d["providers"][0].update(base_url="ftp://x"), "base_url"),
+    (lambda d: d["providers"][0].update(colour="red"), "unknown setting"),
+    (lambda d: d["providers"][0].update(models=["nope"]), "has no price"),
+    (lambda d: d["providers"][0].update(models=[]), "serves no models"),
+    (lambda d: d["providers"].append(dict(d["providers"][0])), "unique"),
+    (lambda d: d.update(rates={"USD/EUR": 0.9}), "decimal string"),
+    (lambda d: d.update(extra={}), "unknown top-level"),
+    (lambda d: d["relay"].update(root_keys=[]), "root_keys"),
+    (lambda d: d["relay"].update(max_body_bytes=10), "limits"),
+    (lambda d: d["providers"][0]["models"][0].update(input=-1), "non-negative"),
+    (lambda d: d["providers"][0]["models"][0].pop("currency"), "currency"),
+])
+def test_config_errors(tmp_path: Path, change: Any, message: str) -> None:
+    d = _base()
+    change(d)
+    with pytest.raises(ConfigError, match=message):
+        parse_config(d, tmp_path)
+
+
+def test_unreadable_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+    (tmp_path / "bad.toml").write_text("[relay\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(tmp_path / "bad.toml")
