@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from capwallet.approval import request_digest
 from capwallet.keys import Keyring, RootKey
 from capwallet.limits import CounterLimit, EffectiveLimits
-from capwallet.money import format_minor
+from capwallet.money import format_micros
 from capwallet.periods import period_key
 from capwallet.reasons import Reason, TokenError
 from capwallet.store import (
@@ -133,7 +133,7 @@ def worst_raw_cost(price: Price, est: InputEstimate, output_tokens: int) -> int:
 
 
 def _fmt(c: CounterLimit, n: int) -> str:
-    return format_minor(n, c.unit) if c.kind == "budget" else f"{n} {c.unit}"
+    return format_micros(n, c.unit) if c.kind == "budget" else f"{n} {c.unit}"
 
 
 _CORS_EXPOSE = (b"x-capwallet-reason, x-capwallet-approval-request, x-capwallet-fx, "
@@ -516,8 +516,9 @@ class Relay:
                 continue
             needed = 1 if kind == "rate" else tokens if kind == "quota" else costs.get(c.unit, 0)
             used = counters.get(key, 0)
-            if needed > 0 and used + needed > c.limit:
-                return {"limit": c.limit, "used": used, "left": max(c.limit - used, 0),
+            limit = c.counted_limit  # microunits for a budget
+            if needed > 0 and used + needed > limit:
+                return {"limit": limit, "used": used, "left": max(limit - used, 0),
                         "needed": needed, "unit": c.unit}
         return {}
 

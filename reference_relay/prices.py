@@ -1,9 +1,10 @@
 """Model prices and the cost of a call, in integers only.
 
 A price is minor units of a currency per million tokens, times a stated ``scale`` (so that
-0.075 USD per million tokens is still an integer). The cost of a call is the ceiling of the
-exact rational sum, converted into another currency (a budget's) with a configured exchange
-rate, again rounded up: every rounding goes against the user, never in favour of an overspend.
+0.075 USD per million tokens is still an integer). The cost of a call, in microunits
+(millionths of a minor unit), is the ceiling of the exact rational sum, converted into
+another currency (a budget's) with a configured exchange rate, again rounded up: every
+rounding goes against the user, never in favour of an overspend.
 
 The default table ships as data (prices.toml beside this module) with its date; a relay config
 may override any model.
@@ -18,7 +19,7 @@ from decimal import Decimal, InvalidOperation
 from importlib import resources
 from typing import Any
 
-from capwallet.money import EXPONENTS
+from capwallet.money import EXPONENTS, MICROS_PER_MINOR
 
 MILLION = 1_000_000
 
@@ -110,7 +111,12 @@ def parse_rate(pair: str, value: Any) -> Rate:
 
 
 class Converter:
-    """Converts exact raw costs into minor units of any currency, rounding up."""
+    """Converts exact raw costs into microunits of any currency, rounding up.
+
+    A microunit is a millionth of the currency's minor unit (capwallet.money.MICROS_PER_MINOR):
+    budget counters count in it, so a call to a cheap model is charged what it costs rather
+    than a whole cent.
+    """
 
     def __init__(self, rates: Mapping[tuple[str, str], Rate]) -> None:
         self.rates = dict(rates)
@@ -128,13 +134,13 @@ class Converter:
         return None
 
     def cost(self, price: Price, raw: int, currency: str) -> tuple[int, Rate | None] | None:
-        """Minor units of ``currency`` for a raw cost in ``price``'s terms, rounded up."""
+        """Microunits of ``currency`` for a raw cost in ``price``'s terms, rounded up."""
         f = self.factor(price.currency, currency)
         if f is None:
             return None
         num, den, rate = f
         exp = EXPONENTS[currency] - EXPONENTS[price.currency]
-        top = raw * num * (10 ** max(exp, 0))
+        top = raw * num * MICROS_PER_MINOR * (10 ** max(exp, 0))
         bottom = MILLION * price.scale * den * (10 ** max(-exp, 0))
         return ceil_div(top, bottom), rate
 

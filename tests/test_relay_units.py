@@ -36,12 +36,17 @@ MINI = Price("USD", 1000, input=15_000, output=60_000, cached_input=7_500)
 
 def test_cost_is_rounded_up_in_integers() -> None:
     conv = Converter({})
-    assert conv.cost(MINI, MINI.raw_cost(input_tokens=1, output_tokens=0), "USD") == (1, None)
+    # Costs are microunits (millionths of a cent): one input token at 0.15 USD per million
+    # tokens is 15 microunits, and 300 tokens 4500 (0.0045 cents), never a whole cent.
+    assert conv.cost(MINI, MINI.raw_cost(input_tokens=1, output_tokens=0), "USD") == (15, None)
     assert conv.cost(MINI, MINI.raw_cost(input_tokens=0, output_tokens=0), "USD") == (0, None)
+    assert conv.cost(MINI, MINI.raw_cost(input_tokens=300, output_tokens=0), "USD") == (
+        4500, None)
+    assert conv.cost(MINI, 1, "USD") == (1, None)  # a sliver of a microunit rounds up
     # 1M input + 1M output tokens: 15 + 60 cents exactly, no rounding.
     raw = MINI.raw_cost(input_tokens=10**6, output_tokens=10**6)
-    assert conv.cost(MINI, raw, "USD") == (75, None)
-    assert conv.cost(MINI, raw + 1, "USD") == (76, None)
+    assert conv.cost(MINI, raw, "USD") == (75 * 10**6, None)
+    assert conv.cost(MINI, raw + 1, "USD") == (75 * 10**6 + 1, None)
     # Cached input is cheaper.
     assert MINI.raw_cost(input_tokens=0, output_tokens=0, cached_input_tokens=10) == 75_000
 
@@ -49,12 +54,12 @@ def test_cost_is_rounded_up_in_integers() -> None:
 def test_conversion_uses_the_rate_and_rounds_against_the_user() -> None:
     rate = parse_rate("USD/EUR", "0.87")
     conv = Converter({("USD", "EUR"): rate})
-    raw = 5_800_000_000  # 5.8 USD cents
-    assert conv.cost(MINI, raw, "EUR") == (6, rate)  # 5.046 EUR cents -> 6
+    raw = 5_800_000_001  # 5.800000001 USD cents
+    assert conv.cost(MINI, raw, "EUR") == (5_046_001, rate)  # 5.04600000087 cents -> up
     # The inverse direction works from the same entry.
     eur = Price("EUR", 1000, input=1_000_000, output=0)
     assert conv.cost(eur, eur.raw_cost(input_tokens=1000, output_tokens=0), "USD")[0] == (  # type: ignore[index]
-        math.ceil(Fraction(1000 * 1_000_000, 10**9) / Fraction(87, 100)))
+        math.ceil(Fraction(1000 * 1_000_000, 10**9) / Fraction(87, 100) * 10**6))
     assert conv.cost(MINI, raw, "GBP") is None
     assert rate.describe() == "1 USD = 0.87 EUR"
 
@@ -63,8 +68,8 @@ def test_currency_exponents_are_respected() -> None:
     conv = Converter({("USD", "JPY"): parse_rate("USD/JPY", "150.5"),
                       ("USD", "KWD"): parse_rate("USD/KWD", "0.307")})
     raw = 100 * 10**9  # 100 USD cents = 1 USD
-    assert conv.cost(MINI, raw, "JPY")[0] == 151  # type: ignore[index]  # 150.5 yen, up
-    assert conv.cost(MINI, raw, "KWD")[0] == 307  # type: ignore[index]  # 0.307 KWD in fils
+    assert conv.cost(MINI, raw, "JPY")[0] == 150_500_000  # type: ignore[index]  # 150.5 yen
+    assert conv.cost(MINI, raw, "KWD")[0] == 307 * 10**6  # type: ignore[index]  # 0.307 KWD
 
 
 @given(st.integers(0, 10**7), st.integers(0, 10**6), st.integers(0, 10**9),
@@ -78,7 +83,7 @@ def test_cost_is_the_exact_ceiling(tin: int, tout: int, pin: int, pout: int, rat
     assert got is not None
     factor = Fraction(1) if cur == "USD" else Fraction(rate)
     exact = (Fraction(tin * pin + tout * pout, 10**9) / 100 * factor
-             * 10 ** EXPONENTS[cur])
+             * 10 ** EXPONENTS[cur] * 10**6)
     assert got[0] == math.ceil(exact)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from capwallet.cli.caveat_flags import add_caveat_flags, caveats_from_args
 from capwallet.cli.common import CliError, print_json
-from capwallet.money import format_minor
+from capwallet.money import format_micros
 from capwallet.store import open_store
 from capwallet.store.base import Store, StoreUnavailable
 from capwallet.wallet.grants import Grant, GrantStore, issue_grant, revoke_grant
@@ -378,13 +378,13 @@ def cmd_usage(args: Any) -> int:
         ["TIME (UTC)", "APP", "MODEL", "IN", "OUT", "COST", "STATUS"],
         [[_short(c.entry.time), printable(c.app, 24), printable(c.entry.model or "-", 30),
           str(c.entry.input_tokens), str(c.entry.output_tokens),
-          format_minor(c.entry.cost, c.entry.currency) if c.entry.currency else "-",
+          format_micros(c.entry.cost, c.entry.currency) if c.entry.currency else "-",
           printable(c.entry.status, 30)] for c in calls]))
     totals: dict[str, int] = {}
     for c in calls:
         if c.entry.currency:
             totals[c.entry.currency] = totals.get(c.entry.currency, 0) + c.entry.cost
-    print("Total: " + (", ".join(format_minor(v, k) for k, v in sorted(totals.items())) or "0"))
+    print("Total: " + (", ".join(format_micros(v, k) for k, v in sorted(totals.items())) or "0"))
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from capwallet.money import format_minor
+from capwallet.money import format_micros
 
 WIDTH = 720
 HEIGHT = 200
@@ -74,14 +74,14 @@ def spend_chart(per_day: list[tuple[str, int]], currency: str) -> Chart:
         if value > 0 and h < 2:
             h = 2  # a day with any spend stays visible
         bars.append(Bar(LEFT + i * slot + 2, baseline - h, bar_w, h, day,
-                        f"{day}: {format_minor(value, currency)}"))
-    # Gridlines at 0, the middle (when it is a whole minor unit) and the top.
+                        f"{day}: {format_micros(value, currency)}"))
+    # Values are microunits (ledger costs). Gridlines at 0, the middle (when exact), the top.
     steps = (0, 1, 2) if top % 2 == 0 else (0, 2)
-    ticks = [Tick(baseline - plot_h * k // 2, format_minor(top * k // 2, currency))
+    ticks = [Tick(baseline - plot_h * k // 2, format_micros(top * k // 2, currency))
              for k in steps]
     total = sum(v for _, v in per_day)
     return Chart(
         width=WIDTH, height=HEIGHT, left=LEFT, baseline=baseline, bars=bars, ticks=ticks,
         first_day=per_day[0][0] if per_day else "", last_day=per_day[-1][0] if per_day else "",
-        total=format_minor(total, currency), empty=total == 0,
+        total=format_micros(total, currency), empty=total == 0,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from capwallet.money import format_minor
+from capwallet.money import format_micros
 from capwallet.store.base import StoreUnavailable
 from capwallet.wallet.chart import spend_chart
 from capwallet.wallet.context import WalletContext
@@ -40,8 +40,8 @@ async def dashboard_page(request: Request) -> Response:
     active = [r for r in snap.apps if r.grant.is_live(now)]
     others = [r for r in snap.apps if not r.grant.is_live(now)]
     totals = sorted({c.entry.currency for c in snap.calls if c.entry.provider})
-    total = " + ".join(format_minor(snap.total(c), c) for c in totals) or (
-        format_minor(0, currency) if currency else "0"
+    total = " + ".join(format_micros(snap.total(c), c) for c in totals) or (
+        format_micros(0, currency) if currency else "0"
     )
     return ctx.pages.render(
         request, "dashboard.html", nav="dashboard", snap=snap, chart=chart, now=now,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from capwallet import caveats as cav
-from capwallet.money import format_minor
+from capwallet.money import format_micros
 from capwallet.token import Token
 from capwallet.wallet.grants import issue_grant
 from capwallet.wallet.home import WalletHome
@@ -142,7 +142,7 @@ def run_demo(*, home: str | None, port: int, keep_running: bool, as_json: bool) 
         say(f"6. Spend: {APP}: {spent.text() if spent else '-'} "
             f"({row.calls} calls logged; models used: {', '.join(row.models_used)})")
         for name, cur, cost, n in snap.spend_by("model"):
-            say(f"   {name:<28} {n} calls  {format_minor(cost, cur)}")
+            say(f"   {name:<28} {n} calls  {format_micros(cost, cur)}")
         say(f"\nDashboard: {w.login_url}")
         if as_json:
             print(json.dumps({

@@ -15,7 +15,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
-from capwallet.money import format_minor
+from capwallet.money import format_micros, format_minor
 from capwallet.wallet.security import Sessions
 
 DURATIONS = [
@@ -66,7 +66,9 @@ class Pages:
             autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
         )
         self.env.filters.update(
-            money=lambda m, c: format_minor(int(m), str(c)), when=when, day=day,
+            money=lambda m, c: format_minor(int(m), str(c)),  # limits: minor units
+            micros=lambda m, c: format_micros(int(m), str(c)),  # costs: microunits
+            when=when, day=day,
             duration=duration, amount=amount, num=lambda n: f"{int(n):,}",
         )
         self.env.globals.update(expiry_choices=expiry_choices)

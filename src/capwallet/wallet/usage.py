@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from capwallet.money import format_minor
+from capwallet.money import MICROS_PER_MINOR, format_micros, format_minor
 from capwallet.periods import period_key
 from capwallet.store.base import LedgerEntry, Store
 from capwallet.wallet.grants import Grant, GrantStore
@@ -22,8 +22,8 @@ LEDGER_LIMIT = 20_000
 
 @dataclass(frozen=True, slots=True)
 class BudgetUse:
-    spent: int  # settled + reserved this period, minor units
-    limit: int
+    spent: int  # settled + reserved this period, microunits (the counter's unit)
+    limit: int  # the budget caveat's amount, minor units
     currency: str
     period: str
 
@@ -32,11 +32,12 @@ class BudgetUse:
         """0-100 for the meter; any spend at all shows at least 1."""
         if self.limit <= 0:
             return 100
-        return min(100, max(self.spent * 100 // self.limit, 1 if self.spent > 0 else 0))
+        limit = self.limit * MICROS_PER_MINOR
+        return min(100, max(self.spent * 100 // limit, 1 if self.spent > 0 else 0))
 
     def text(self) -> str:
         per = {"total": "in total", "day": "today"}.get(self.period, f"this {self.period}")
-        return (f"{format_minor(self.spent, self.currency)} of "
+        return (f"{format_micros(self.spent, self.currency)} of "
                 f"{format_minor(self.limit, self.currency)} {per}")
 
 
