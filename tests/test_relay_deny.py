@@ -250,3 +250,17 @@ def test_dead_token_is_refused_before_the_request_is_judged(relay: Relay) -> Non
     tok = relay.mint(cav.Budget(100, "USD", "month"))
     relay.run(relay.store.revoke(token_id(tok), int(time.time())))
     deny(relay, tok, 401, "revoked", model="relay-nolimit", max_tokens=None)
+
+
+def _with_raw_caveat(token: str, raw: bytes) -> str:
+    from capwallet import macaroon
+    t = Token.parse(token)
+    mac = macaroon.RawMacaroon(t.raw.identifier, (*t.raw.caveats, raw),
+                               macaroon.extend(t.raw.signature, raw))
+    return Token(t.identifier, mac).serialize()
+
+
+def test_unknown_and_invalid_caveats_fail_closed(relay: Relay) -> None:
+    tok = relay.mint(cav.Budget(100, "USD", "month"))
+    deny(relay, _with_raw_caveat(tok, b"frobnicate 1"), 401, "unknown_caveat")
+    deny(relay, _with_raw_caveat(tok, b"expires soon"), 401, "invalid_caveat")
