@@ -112,6 +112,12 @@ class LogRedactor(logging.Filter):
         return True
 
 
+# One redactor for the process (every relay app adds the keys it uses), on the relay's loggers.
+REDACTOR = LogRedactor()
+for _name in ("reference_relay", "reference_relay.calls"):
+    logging.getLogger(_name).addFilter(REDACTOR)
+
+
 @lru_cache(maxsize=4096)
 def _period(period: str, tz: str, minute: int) -> str:
     return period_key(period, minute * 60, tz)
@@ -227,9 +233,7 @@ class Relay:
         self.provider_keys = provider_keys or config.default_provider_keys
         self.converter = config.converter
         self.upstream = Upstream(config)
-        self.redactor = LogRedactor()
-        for name in ("reference_relay", "reference_relay.calls"):
-            logging.getLogger(name).addFilter(self.redactor)
+        self.redactor = REDACTOR
         self.tasks: set[asyncio.Task[Any]] = set()
         self.sweeper: asyncio.Task[None] | None = None
         self.index: dict[str, list[tuple[ProviderConfig, ModelConfig]]] = {}
