@@ -145,7 +145,7 @@ async def test_errors_are_httpx_errors(client: httpx.AsyncClient) -> None:
     srv.stall = 1.0
     async with srv as url:
         with pytest.raises(httpx.ReadTimeout):
-            await client.post(url + "/echo", content=b"", timeout=0.1)
+            await client.post(url + "/echo", content=b"", timeout=httpx.Timeout(5, read=0.1))
         srv.stall = 0
         r = await client.post(url + "/echo", content=b"ok")  # the slot was given back
         assert r.content == b"ok"
