@@ -92,7 +92,8 @@ def test_non_stream_client_disconnect_is_still_metered(relay: Relay) -> None:
     body = {"model": "fault-delay:1500", "messages": HELLO, "max_tokens": 32}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(relay.url + "/v1/chat/completions", json=body,
-                   headers={"authorization": "Bearer " + tok}, timeout=0.3)
+                   headers={"authorization": "Bearer " + tok},
+                   timeout=httpx.Timeout(10, read=0.3))
     [row] = relay.wait_ledger(tok, 1)
     assert (row.status, row.cost) == ("ok", 6)
 
