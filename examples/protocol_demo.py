@@ -11,6 +11,7 @@ import time
 
 from capwallet import caveats as cav
 from capwallet.keys import Keyring, RootKey
+from capwallet.money import MICROS_PER_MINOR as MICROS
 from capwallet.token import Token, mint
 from capwallet.verify import Request, Verifier
 
@@ -51,7 +52,7 @@ def main() -> None:
     relay = Verifier(Keyring([wallet_key]))
     call = Request(provider="openai", model="gpt-4o-mini", operation="chat",
                    scopes=("posts:read",), input_tokens=1200, output_tokens=300,
-                   cost={"EUR": 2})
+                   cost={"EUR": 2 * MICROS})
     d = relay.verify(child.serialize(), call, now)
     show("4. the relay verifies a call: allowed, and names every counter to debit",
          "\n".join(f"   {x.kind} {x.counter_key}: +{x.amount} (limit {x.limit})"
@@ -61,11 +62,11 @@ def main() -> None:
          call._replace(model="claude-sonnet-4-5")),
         ("more output than the child allows", call._replace(output_tokens=1000)),
         ("a scope the child dropped", call._replace(scopes=("drafts:write",))),
-        ("more than today's 1.00 EUR", call._replace(cost={"EUR": 150})),
+        ("more than today's 1.00 EUR", call._replace(cost={"EUR": 150 * MICROS})),
     ]:
         d = relay.verify(child.serialize(), req, now)
         print(f"   deny {label}: {d.reason}: {d.message}")
-    d = relay.verify(grant.serialize(), call._replace(cost={"EUR": 80}), now)
+    d = relay.verify(grant.serialize(), call._replace(cost={"EUR": 80 * MICROS}), now)
     show("5. an expensive call on the parent needs the user's approval", f"{d.reason}: {d.message}")
     print("\nNext: `make test` runs the test suite; spec/ defines the protocol.")
 

@@ -7,10 +7,13 @@ uvicorn runs on uvloop with the httptools parser when they are installed (``pip 
 uvloop httptools``; about twice the throughput), else on asyncio with h11.
 
 Limits on what a client may send:
-* headers: at most 16 KiB in total and 100 fields (431 from the relay, see
-  reference_relay.app.RequestGuard; with h11 the server itself also stops at 16 KiB); a
-  capability token is at most 8192 characters (capwallet.token.MAX_TOKEN_CHARS);
-* body: ``max_body_bytes`` from the config, 4 MiB by default (413 beyond it).
+* request target + headers: at most 16 KiB in total and 100 fields (431 headers_too_large
+  from the relay, see reference_relay.app.RequestGuard; a head still arriving is cut off at
+  16 KiB too: by h11 with a 400, by reference_relay.http_limits with a 431 under httptools,
+  whose parser alone would buffer any size); a capability token is at most
+  8192 characters (capwallet.token.MAX_TOKEN_CHARS: 401 malformed);
+* body: ``max_body_bytes`` from the config, 4 MiB by default (413 beyond it), arriving within
+  ``body_timeout`` seconds of the headers, 30 by default (408 request_timeout otherwise).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import logging
 import socket
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
 
@@ -89,8 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"relay: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 2
+    http: Any = "h11"
+    try:  # httptools when installed, with the head bound h11 has built in
+        from reference_relay.http_limits import BoundedHttpToolsProtocol
+        http = BoundedHttpToolsProtocol
+    except ImportError:
+        pass
     server = uvicorn.Server(uvicorn.Config(
-        app, http="auto", loop="auto", lifespan="on", log_config=None, log_level=args.log_level,
+        app, http=http, loop="auto", lifespan="on", log_config=None, log_level=args.log_level,
         access_log=False, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_graceful_shutdown=int(config.upstream_timeout) + 5, server_header=False,
         proxy_headers=False,

@@ -65,6 +65,7 @@ from reference_relay.errors import (
     MISSING_TOKEN,
     MODEL_NOT_FOUND,
     NOT_FOUND,
+    REQUEST_TIMEOUT,
     REQUEST_TOO_LARGE,
     STORE_UNAVAILABLE,
     WRONG_API,
@@ -177,7 +178,9 @@ class RequestGuard:
             return
         headers = scope["headers"]
         err = None
-        if len(headers) > MAX_HEADER_FIELDS or sum(
+        # The request target counts too: a parser bounds only a head that arrives in pieces.
+        target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        if len(headers) > MAX_HEADER_FIELDS or target + sum(
                 len(k) + len(v) + 4 for k, v in headers) > MAX_HEADER_BYTES:
             err = RelayError(HEADERS_TOO_LARGE, f"request headers exceed the relay's limit "
                              f"({MAX_HEADER_FIELDS} fields, {MAX_HEADER_BYTES} bytes)")
@@ -313,11 +316,18 @@ class Relay:
             raise self.too_large()
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise self.too_large()
-            chunks.append(chunk)
+        try:
+            # One deadline for the whole body: a client that stalls or drips cannot hold a
+            # request open (and its connection) for longer.
+            async with asyncio.timeout(self.config.body_timeout):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise self.too_large()
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise RelayError(REQUEST_TIMEOUT, f"the request body did not arrive within "
+                             f"{self.config.body_timeout:g} seconds") from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def too_large(self) -> RelayError:

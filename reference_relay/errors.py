@@ -25,6 +25,7 @@ from capwallet.reasons import Reason
 # The relay's own reason codes (not protocol reasons: nothing outside this relay depends on them).
 INVALID_REQUEST = "invalid_request"  # 400: body is not the JSON the endpoint expects
 REQUEST_TOO_LARGE = "request_too_large"  # 413: body over the relay's size limit
+REQUEST_TIMEOUT = "request_timeout"  # 408: the body did not arrive within body_timeout
 UNBOUNDED_REQUEST = "unbounded_request"  # 400: cost cannot be bounded before the call
 MODEL_NOT_FOUND = "model_not_found"  # 404: no configured provider serves this model
 WRONG_API = "wrong_api"  # 400: model is served, but through the other API flavor
@@ -58,6 +59,7 @@ STATUS: dict[str, int] = {
     Reason.BUDGET_EXCEEDED.value: 402,
     INVALID_REQUEST: 400,
     REQUEST_TOO_LARGE: 413,
+    REQUEST_TIMEOUT: 408,
     UNBOUNDED_REQUEST: 400,
     MODEL_NOT_FOUND: 404,
     WRONG_API: 400,
@@ -78,6 +80,7 @@ STATUS: dict[str, int] = {
 _TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
     403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
+    408: "timeout_error",
     413: "request_too_large", 421: "invalid_request_error", 429: "rate_limit_error",
     431: "request_too_large",
     500: "api_error", 502: "api_error", 503: "overloaded_error", 504: "timeout_error",

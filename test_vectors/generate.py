@@ -11,6 +11,13 @@ chain and cross-checked against capwallet.token.mint / Token.attenuate. Every ex
 stops if the Python implementation disagrees: the vectors say what the spec says, not what
 the code happens to do.
 
+Money (spec/caveats.md#currencies): a request's cost and every budget counter value (debit
+amount, limit and used; counter states) is in microunits, millionths of a minor unit, while
+caveat amounts and effective limits stay in minor units. Amounts are written here by hand in
+minor units where a whole number of minor units is meant, and scaled by MICROS at the JSON
+boundary (call(cost=...), debit(...) of a budget, counter states keyed by a budget's counter
+key); Micros(n) marks a value written directly in microunits, which is never scaled.
+
 Ids are assigned in order within each file, so new vectors go at the END of their file and
 existing ids never change meaning.
 """
@@ -43,6 +50,9 @@ OUT = Path(__file__).resolve().parent / "v1"
 SCHEMA = "../../spec/test-vectors.schema.json"
 ALGORITHM = "capwallet-token-v1"
 MAX_SAFE = 2**53 - 1
+MICROS = 1_000_000  # microunits per minor unit
+MAX_MINOR = 9_007_199_254  # the largest caveat amount: floor((2^53-1) / MICROS)
+assert MAX_MINOR * MICROS <= MAX_SAFE < (MAX_MINOR + 1) * MICROS
 
 # ---------------------------------------------------------------------------------------------
 # Fixed seeds.
@@ -185,9 +195,28 @@ def caveat_json(c: bytes) -> dict[str, Any]:
     return {"text": text, "hex": c.hex()}
 
 
+class Micros(int):
+    """A money amount written directly in microunits: mu() leaves it as it is."""
+
+
+class BudgetKey(str):
+    """The counter key of a budget: its counter state is money, scaled by mu()."""
+
+
+def mu(n: int) -> int:
+    """A money amount in microunits: n minor units, unless n is already Micros."""
+    return int(n) if isinstance(n, Micros) else n * MICROS
+
+
+def scale_counters(counters: dict[str, int]) -> dict[str, int]:
+    """Counter states as the verifier sees them: budget counters in microunits."""
+    return {str(k): mu(v) if isinstance(k, BudgetKey) else v for k, v in counters.items()}
+
+
 def ckey(token_id: bytes, caveat: str, period_key: str) -> str:
     """A counter key, computed here independently: SHA-256(token id || caveat)[:16] hex."""
-    return hashlib.sha256(token_id + caveat.encode()).hexdigest()[:32] + "/" + period_key
+    key = hashlib.sha256(token_id + caveat.encode()).hexdigest()[:32] + "/" + period_key
+    return BudgetKey(key) if caveat.startswith("budget ") else key
 
 
 def counter_id(token_id: bytes, caveat: str) -> str:
@@ -211,11 +240,13 @@ def call(
     approval: str | None = None,
     digest: bytes | None = None,
 ) -> dict[str, Any]:
-    """A model call. Default cost: 12 EUR minor units (0.12 EUR)."""
+    """A model call. ``cost`` is in minor units (or Micros), scaled to microunits. Default
+    cost: 12 EUR minor units (0.12 EUR), 12000000 microunits."""
     return {
         "kind": "model_call", "provider": provider, "model": model, "operation": operation,
         "scopes": list(scopes), "input_tokens": input_tokens, "output_tokens": output_tokens,
-        "cost": {"EUR": 12} if cost is None else cost, "zero_retention": zero_retention,
+        "cost": {c: mu(n) for c, n in ({"EUR": 12} if cost is None else cost).items()},
+        "zero_retention": zero_retention,
         "approval": approval, "digest": None if digest is None else digest.hex(),
     }
 
@@ -239,7 +270,7 @@ def ctx(
     revoked: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     return {"now": now, "request": call() if request is None else request,
-            "counters": counters or {}, "revoked": list(revoked)}
+            "counters": scale_counters(counters or {}), "revoked": list(revoked)}
 
 
 def deny(reason: str) -> dict[str, Any]:
@@ -260,6 +291,9 @@ def debit(
     kind: str, token_id: bytes, caveat: str, period_key: str, *, amount: int, limit: int,
     used: int = 0, unit: str, resets_at: int | None,
 ) -> dict[str, Any]:
+    """A debit; a budget's amount, limit and used are written in minor units (or Micros)."""
+    if kind == "budget":
+        amount, limit, used = mu(amount), mu(limit), mu(used)
     return {"kind": kind, "counter_key": ckey(token_id, caveat, period_key), "amount": amount,
             "limit": limit, "used": used, "unit": unit, "resets_at": resets_at}
 
@@ -965,12 +999,12 @@ def build_attenuate() -> File:
 
     crosscheck_mint(P)
     f.add("The parent used in this file: 30-day expiry, two providers, three models, a "
-          "2000 EUR monthly budget, 8000 output tokens at most.", "token-format.md#attenuation",
+          "20.00 EUR monthly budget, 8000 output tokens at most.", "token-format.md#attenuation",
           [VALID], keys=keys, **token_json(P), context=ctx(call(model="gpt-4o")),
           expected=allow(pdebit(), limits=limits(**parent_limits)))
     cb = "budget b000000000000011 500 EUR month"
     C = P.child("models gpt-4o-mini", f"expires {T + 86400}", "max-output-tokens 1000", cb)
-    add("A child narrowed to one model, one day, 1000 output tokens and its own 500 EUR "
+    add("A child narrowed to one model, one day, 1000 output tokens and its own 5.00 EUR "
         "budget. Both budgets are debited, in token order.", "budgets.md#attenuation-and-budgets",
         [CHAIN, COMBINE], C, P, ctx(),
         allow(pdebit(), debit("budget", t, cb, "2026-09", amount=12, limit=500, unit="EUR",
@@ -1013,19 +1047,20 @@ def build_attenuate() -> File:
                                                     "minute")]})))
     add("The grandchild asks for embeddings.", "caveats.md#operations", [CHAIN], G, C,
         ctx(call(operation="embeddings")), deny("operation_not_allowed"))
-    add("The grandchild's request exceeds its own 500 EUR budget (480 of it used) while the "
-        "parent's budget has room.", "budgets.md#attenuation-and-budgets", [CHAIN], G, C,
+    add("The grandchild's 0.30 EUR request exceeds its own 5.00 EUR budget (4.80 EUR of it "
+        "used) while the parent's budget has room.", "budgets.md#attenuation-and-budgets",
+        [CHAIN], G, C,
         ctx(call(cost={"EUR": 30}), counters={ckey(t, pb, "2026-09"): 480,
                                                ckey(t, cb, "2026-09"): 480}),
         deny("budget_exceeded"))
-    add("The grandchild's request fits its own budget but not the parent's (1990 of 2000 "
-        "used): a child never outspends its parent.", "budgets.md#attenuation-and-budgets",
-        [CHAIN], G, C,
+    add("The grandchild's 0.30 EUR request fits its own budget but not the parent's (19.90 "
+        "of 20.00 EUR used): a child never outspends its parent.",
+        "budgets.md#attenuation-and-budgets", [CHAIN], G, C,
         ctx(call(cost={"EUR": 30}), counters={ckey(t, pb, "2026-09"): 1990}),
         deny("budget_exceeded"))
     sa, sb = "budget b0000000000000a1 500 EUR month", "budget b0000000000000b1 500 EUR month"
     A, B = P.child(sa), P.child(sb)
-    add("Sibling A: its 500 EUR budget has its own counter, its nonce b0000000000000a1 in the "
+    add("Sibling A: its 5.00 EUR budget has its own counter, its nonce b0000000000000a1 in the "
         "signed bytes.", "budgets.md#siblings", [SIBLING], A, P, ctx(),
         allow(pdebit(), debit("budget", t, sa, "2026-09", amount=12, limit=500, unit="EUR",
                               resets_at=nov)))
@@ -1033,7 +1068,8 @@ def build_attenuate() -> File:
         "although both siblings share the token id.", "budgets.md#siblings", [SIBLING], B, P,
         ctx(), allow(pdebit(), debit("budget", t, sb, "2026-09", amount=12, limit=500,
                                      unit="EUR", resets_at=nov)))
-    add("Sibling B is not limited by sibling A's spending (A's counter is at 500 of 500).",
+    add("Sibling B is not limited by sibling A's spending (A's counter is at 5.00 of 5.00 "
+        "EUR).",
         "budgets.md#siblings", [SIBLING], B, P,
         ctx(counters={ckey(t, sa, "2026-09"): 500, ckey(t, pb, "2026-09"): 500}),
         allow(pdebit(used=500), debit("budget", t, sb, "2026-09", amount=12, limit=500,
@@ -1062,10 +1098,12 @@ def build_attenuate() -> File:
         "approval.", "caveats.md#ask-first", [COMBINE], AF, P, ctx(access("files:write")),
         deny("confirmation_required"))
     CA = P.child("confirm-above 500 EUR", "confirm-above 200 EUR", "confirm-above 300 USD")
-    add("confirm-above: the smallest threshold per currency applies (200 EUR); a 2.50 EUR call "
-        "needs an approval.", "caveats.md#confirm-above", [COMBINE], CA, P,
+    add("confirm-above: the smallest threshold per currency applies (200 EUR minor units, "
+        "2.00 EUR); a 2.50 EUR call needs an approval.", "caveats.md#confirm-above", [COMBINE],
+        CA, P,
         ctx(call(cost={"EUR": 250, "USD": 10})), deny("confirmation_required"))
-    add("confirm-above limits, as combined: EUR 200, USD 300; a call within both is allowed.",
+    add("confirm-above limits, as combined and stated in minor units: EUR 200, USD 300; a call "
+        "costing exactly 2.00 EUR and 3.00 USD is within both and allowed.",
         "caveats.md#effective-limits", [COMBINE], CA, P,
         ctx(call(cost={"EUR": 200, "USD": 300})),
         allow(pdebit(200), limits=limits(**parent_limits,
@@ -1103,6 +1141,8 @@ RESOURCE = flag("ResourceAccess", "A resource access (no provider): only scopes,
 ZERO = flag("ZeroCost", "A request whose amount on a counter is 0 is never blocked by it.")
 REVOKE = flag("Revocation", "The verifier's revocation list names the token id.")
 EXACT = flag("ExactMatch", "Names match exactly: no case folding, no prefix matching.")
+MICRO = flag("Microunits", "An amount that is not a whole number of minor units: costs and "
+             "budget counters count microunits, millionths of a minor unit.")
 
 
 @builder
@@ -1205,11 +1245,13 @@ def build_verify() -> File:
     t = bt.token_id
     k = ckey(t, bu, "2026-09")
     oct1 = utc(2026, 10, 1)
-    add("Budget: 988 of 1000 used, the call needs 12: exactly fills it.", "caveats.md#budget",
+    add("Budget 10.00 EUR: 9.88 EUR used, the call needs 0.12 EUR: exactly fills it "
+        "(988000000 + 12000000 = 1000000000 microunits).", "caveats.md#budget",
         [BOUNDARY, VALID], bt, ctx(counters={k: 988}),
         allow(debit("budget", t, bu, "2026-09", amount=12, limit=1000, used=988, unit="EUR",
                     resets_at=oct1)))
-    add("Budget: 989 of 1000 used, the call needs 12.", "caveats.md#budget", [BOUNDARY], bt,
+    add("Budget 10.00 EUR: 9.89 EUR used, the call needs 0.12 EUR.", "caveats.md#budget",
+        [BOUNDARY], bt,
         ctx(counters={k: 989}), deny("budget_exceeded"))
     add("A EUR budget, and the request is priced only in USD.", "verification.md#counters", [],
         bt, ctx(call(cost={"USD": 12})), deny("price_unknown"))
@@ -1273,10 +1315,11 @@ def build_verify() -> File:
         "verification.md#counters", [ORDER], mt,
         ctx(counters={mk["quota"]: 10000, mk["budget"]: 1000}), deny("quota_exceeded"))
     ca = tok("verify-confirm", "confirm-above 500 EUR")
-    add("confirm-above 500 EUR, the call costs exactly 500: no approval needed.",
+    add("confirm-above 500 EUR (5.00 EUR), the call costs exactly 5.00 EUR (500000000 "
+        "microunits): no approval needed.",
         "caveats.md#confirm-above", [BOUNDARY, VALID], ca, ctx(call(cost={"EUR": 500})),
         allow())
-    add("confirm-above 500 EUR, the call costs 501 and carries no approval.",
+    add("confirm-above 500 EUR, the call costs 5.01 EUR and carries no approval.",
         "caveats.md#confirm-above", [BOUNDARY], ca, ctx(call(cost={"EUR": 501})),
         deny("confirmation_required"))
     add("confirm-above EUR, and the call is priced only in USD.", "verification.md#counters",
@@ -1313,6 +1356,40 @@ def build_verify() -> File:
           "are only read after the chain verifies).", "verification.md#algorithm", [ORDER, SIG],
           keys=keys, **token_json(Raw(bad.ident, bad.caveats, bytes(s))), context=ctx(),
           expected=deny("bad_signature"))
+
+    # Microunits (appended in revision 1.1).
+    short = Micros(1000 * MICROS - 1)
+    add("Budget 10.00 EUR, one microunit short of full (999999999 microunits used); a call "
+        "costing 1 microunit fills it exactly.", "caveats.md#budget", [MICRO, BOUNDARY, VALID],
+        bt, ctx(call(cost={"EUR": Micros(1)}), counters={k: short}),
+        allow(debit("budget", t, bu, "2026-09", amount=Micros(1), limit=1000, used=short,
+                    unit="EUR", resets_at=oct1)))
+    add("Budget 10.00 EUR, 999999999 microunits used; a call costing 2 microunits does not fit.",
+        "caveats.md#budget", [MICRO, BOUNDARY], bt,
+        ctx(call(cost={"EUR": Micros(2)}), counters={k: short}), deny("budget_exceeded"))
+    add("A cheap call is debited at its price, not rounded up to a cent: 1000 input and 500 "
+        "output tokens at 0.15 and 0.60 EUR per million tokens cost 0.00045 EUR, 45000 "
+        "microunits.", "caveats.md#currencies", [MICRO, VALID], bt,
+        ctx(call(cost={"EUR": Micros(45_000)}), counters={k: Micros(123_456_789)}),
+        allow(debit("budget", t, bu, "2026-09", amount=Micros(45_000), limit=1000,
+                    used=Micros(123_456_789), unit="EUR", resets_at=oct1)))
+    add("confirm-above 500 EUR, the call costs 5.00 EUR and 1 microunit (500000001 "
+        "microunits): above the threshold, so an approval is needed.", "caveats.md#confirm-above",
+        [MICRO, BOUNDARY], ca, ctx(call(cost={"EUR": Micros(500 * MICROS + 1)})),
+        deny("confirmation_required"))
+    bm = f"budget b000000000000022 {MAX_MINOR} EUR total"
+    tm = tok("verify-budget-max", bm)
+    km = ckey(tm.token_id, bm, "total")
+    add(f"The largest budget, {MAX_MINOR} EUR minor units: its limit in microunits, "
+        f"{MAX_MINOR * MICROS}, is still below 2^53. One microunit short of it, a call costing "
+        "1 microunit fills it exactly.", "caveats.md#budget", [MICRO, BOUNDARY, VALID], tm,
+        ctx(call(cost={"EUR": Micros(1)}), counters={km: Micros(MAX_MINOR * MICROS - 1)}),
+        allow(debit("budget", tm.token_id, bm, "total", amount=Micros(1), limit=MAX_MINOR,
+                    used=Micros(MAX_MINOR * MICROS - 1), unit="EUR", resets_at=None)))
+    add(f"The largest confirm-above, {MAX_MINOR} EUR minor units; the call costs 1 microunit "
+        "more than that.", "caveats.md#confirm-above", [MICRO, BOUNDARY],
+        tok("verify-confirm-max", f"confirm-above {MAX_MINOR} EUR"),
+        ctx(call(cost={"EUR": Micros(MAX_MINOR * MICROS + 1)})), deny("confirmation_required"))
     return f
 
 
@@ -1332,6 +1409,8 @@ ARGS = flag("ArgumentCount", "Too few or too many arguments for the caveat type.
 BADVALUE = flag("BadValue", "An argument that is not one of the values the type accepts "
                 "(period, currency, time zone, nonce, logging level).")
 CONTROL = flag("Control", "A valid caveat next to the invalid ones it resembles.")
+AMOUNT = flag("AmountRange", f"A budget or confirm-above amount above {MAX_MINOR} minor units, "
+              "whose value in microunits would pass 2^53-1.")
 
 
 @builder
@@ -1475,6 +1554,22 @@ def build_negative() -> File:
     add("budget in 'Factory', the tz database's placeholder for 'zone not set', which ICU (and "
         "so JavaScript's Intl) does not have.", "caveats.md#time-zones", [BADVALUE],
         [f"budget {nonce} 1000 EUR month Factory".encode()], inv)
+    # Amount range (appended in revision 1.1).
+    add(f"budget with amount {MAX_MINOR + 1}, one more than the largest: its limit in "
+        "microunits would pass 2^53-1.", budget, [AMOUNT, BOUNDARY],
+        [f"budget {nonce} {MAX_MINOR + 1} EUR month".encode()], inv)
+    add("budget with amount 9007199254740991 (2^53-1, a valid integer, far above the largest "
+        "amount).", budget, [AMOUNT], [f"budget {nonce} {MAX_SAFE} EUR month".encode()], inv)
+    mx = f"budget {nonce} {MAX_MINOR} JPY month"
+    add(f"Control: budget with amount {MAX_MINOR}, the largest.", budget,
+        [CONTROL, VALID, BOUNDARY], [mx.encode()],
+        allow(debit("budget", tid(f"negative-{n + 1}"), mx, "2026-09", amount=7, limit=MAX_MINOR,
+                    unit="JPY", resets_at=utc(2026, 10, 1))), call(cost={"JPY": 7}))
+    add(f"confirm-above with amount {MAX_MINOR + 1}, one more than the largest.",
+        reg + "confirm-above", [AMOUNT, BOUNDARY],
+        [f"confirm-above {MAX_MINOR + 1} EUR".encode()], inv)
+    add(f"Control: confirm-above with amount {MAX_MINOR}, the largest.", reg + "confirm-above",
+        [CONTROL, VALID, BOUNDARY], [f"confirm-above {MAX_MINOR} EUR".encode()], allow())
     return f
 
 
@@ -1521,10 +1616,10 @@ def build_budget() -> File:
             if s.token is not None:
                 step["token"] = s.token.s
             step.update(now=s.now, request=s.request, expected=s.expected,
-                        counters_after=s.after)
+                        counters_after=scale_counters(s.after))
             out.append(step)
-        f.add(desc, spec, [SEQ, *flags], keys=keys, **token_json(t), counters=counters or {},
-              steps=out)
+        f.add(desc, spec, [SEQ, *flags], keys=keys, **token_json(t),
+              counters=scale_counters(counters or {}), steps=out)
 
     eur = lambda n: call(cost={"EUR": n})  # noqa: E731
     b = "budget b000000000000030 100 EUR month"
@@ -1536,8 +1631,13 @@ def build_budget() -> File:
         return debit("budget", t.token_id, b, "2026-09", amount=amount, limit=100, used=used,
                      unit="EUR", resets_at=oct1)
 
+    def one(caveat: str, tt: Tok, amount: int, used: int, limit: int, unit: str) -> dict[str, Any]:
+        return debit("budget", tt.token_id, caveat, "total", amount=Micros(amount), limit=limit,
+                     used=Micros(used), unit=unit, resets_at=None)
+
     seq("A 1.00 EUR monthly budget spent down: 0.40 + 0.40 fit, a third 0.40 does not, 0.20 "
-        "fills it exactly, a free call passes, then 0.01 is refused.", "budgets.md#counter-keys",
+        "fills it exactly, a free call passes, then 0.01 is refused (counters in microunits: "
+        "the limit is 100000000).", "budgets.md#counter-keys",
         [ZERO, BOUNDARY], t, [
             Step(T, eur(40), allow(d(40, 0)), {k: 40}),
             Step(T + 1, eur(40), allow(d(40, 40)), {k: 80}),
@@ -1762,6 +1862,42 @@ def build_budget() -> File:
             Step(T + 1, call(cost={"EUR": 30}), deny("price_unknown"), {ke: 60, ku: 65}),
             Step(T + 2, call(cost={"EUR": 30, "USD": 40}), deny("budget_exceeded"),
                  {ke: 60, ku: 65}),
+        ])
+
+    # Microunits (appended in revision 1.1).
+    bc = "budget b000000000000046 1 USD total"
+    ct = tok("budget-cent", bc)
+    kc_ = ckey(ct.token_id, bc, "total")
+    usd = lambda n: call(cost={"USD": Micros(n)})  # noqa: E731
+    seq("A budget of one cent (1 USD minor unit, 1000000 microunits) pays for several cheap "
+        "calls: three of 0.003 USD fit, a fourth does not, 0.001 USD fills it exactly, then "
+        "1 microunit is refused. Counted in whole cents, the first call alone would have "
+        "used it up.", "caveats.md#currencies", [MICRO, BOUNDARY], ct, [
+            Step(T, usd(300_000), allow(one(bc, ct, 300_000, 0, 1, "USD")),
+                 {kc_: Micros(300_000)}),
+            Step(T + 1, usd(300_000), allow(one(bc, ct, 300_000, 300_000, 1, "USD")),
+                 {kc_: Micros(600_000)}),
+            Step(T + 2, usd(300_000), allow(one(bc, ct, 300_000, 600_000, 1, "USD")),
+                 {kc_: Micros(900_000)}),
+            Step(T + 3, usd(300_000), deny("budget_exceeded"), {kc_: Micros(900_000)}),
+            Step(T + 4, usd(100_000), allow(one(bc, ct, 100_000, 900_000, 1, "USD")),
+                 {kc_: Micros(1_000_000)}),
+            Step(T + 5, usd(1), deny("budget_exceeded"), {kc_: Micros(1_000_000)}),
+        ])
+    by = "budget b000000000000047 1 JPY total"
+    yt = tok("budget-yen", by)
+    ky = ckey(yt.token_id, by, "total")
+    jpy = lambda n: call(cost={"JPY": Micros(n)})  # noqa: E731
+    seq("JPY has no minor unit (exponent 0), so a microunit is a millionth of a yen: a 1 JPY "
+        "budget takes two calls of 0.4 yen (400000 microunits), refuses a third, and 0.2 yen "
+        "fills it.", "caveats.md#currencies", [MICRO, BOUNDARY], yt, [
+            Step(T, jpy(400_000), allow(one(by, yt, 400_000, 0, 1, "JPY")),
+                 {ky: Micros(400_000)}),
+            Step(T + 1, jpy(400_000), allow(one(by, yt, 400_000, 400_000, 1, "JPY")),
+                 {ky: Micros(800_000)}),
+            Step(T + 2, jpy(400_000), deny("budget_exceeded"), {ky: Micros(800_000)}),
+            Step(T + 3, jpy(200_000), allow(one(by, yt, 200_000, 800_000, 1, "JPY")),
+                 {ky: Micros(1_000_000)}),
         ])
     return f
 

@@ -1,7 +1,7 @@
 """The backend-agnostic Store test suite: the semantics of capwallet.store.base, per backend.
 
-Every backend in BACKENDS runs every test here. To add one (e.g. Redis), write a factory that
-takes pytest's tmp_path and returns a function opening a *new handle* to one fresh, empty store
+Every backend in BACKENDS runs every test here. To add one, write a factory that takes pytest's
+request and tmp_path and returns a function opening a *new handle* to one fresh, empty store
 (several handles must share state, as several relay processes do), and add one line to
 BACKENDS. tests/test_store_suite.py collects these tests; this module is imported, not collected
 on its own (its name does not start with test_).
@@ -29,14 +29,30 @@ from capwallet.store import (
 Opener = Callable[[], Store]
 
 
-def sqlite_backend(tmp_path: Path) -> Opener:
+def sqlite_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     url = f"sqlite:///{tmp_path / 'store.db'}"  # tmp_path is absolute: sqlite:////tmp/...
+    return lambda: open_store(url)
+
+
+def redis_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """The session's Redis (conftest.redis_url); a fresh key prefix makes an empty store."""
+    base: str = request.getfixturevalue("redis_url")
+    url = f"{base}?prefix=t{secrets.token_hex(6)}"
+    return lambda: open_store(url)
+
+
+def redis_cluster_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """A one-node Redis Cluster: it refuses any script or command whose keys span hash slots,
+    so this proves the key layout is cluster-safe."""
+    base: str = request.getfixturevalue("redis_cluster_url")
+    url = f"{base}?cluster=1&prefix=t{secrets.token_hex(6)}"
     return lambda: open_store(url)
 
 
 BACKENDS = [
     pytest.param(sqlite_backend, id="sqlite"),
-    # pytest.param(redis_backend, id="redis"),  # one line per backend
+    pytest.param(redis_backend, id="redis"),
+    pytest.param(redis_cluster_backend, id="redis-cluster"),
 ]
 
 pytestmark = pytest.mark.anyio
@@ -49,8 +65,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture(params=BACKENDS)
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
-    factory: Callable[[Path], Opener] = request.param
-    return factory(tmp_path)
+    factory: Callable[[pytest.FixtureRequest, Path], Opener] = request.param
+    return factory(request, tmp_path)
 
 
 @pytest.fixture
@@ -203,7 +219,8 @@ async def test_expire_leases_charges_the_reserved_amount(store: Store) -> None:
             "currency": "EUR"}
     stale = res(Hold("b", 30, 100), Hold("rate", 1, 10), lease=NOW + 10, meta=meta,
                 token="tok-a")
-    live = res(Hold("b", 20, 100), lease=NOW + 1000)
+    # Same token: a counter key is derived from its token id, so it never spans two tokens.
+    live = res(Hold("b", 20, 100), lease=NOW + 1000, token="tok-a")
     assert (await store.reserve(stale)).ok
     assert (await store.reserve(live)).ok
     assert await store.expire_leases(NOW + 5) == 0
@@ -219,7 +236,7 @@ async def test_expire_leases_charges_the_reserved_amount(store: Store) -> None:
     assert not await store.settle(stale.reservation_id, {"b": 1}, entry())
     assert await store.expire_leases(NOW + 11) == 0
     # The live one still settles normally.
-    assert await store.settle(live.reservation_id, {"b": 5}, entry(cost=5))
+    assert await store.settle(live.reservation_id, {"b": 5}, entry(cost=5, token="tok-a"))
     assert await store.counters(["b"]) == {"b": 35}
 
 

@@ -18,7 +18,7 @@ OTHER = RootKey(bytes.fromhex("1112131415161718"), bytes(range(32, 64)))
 
 
 def _request(approval: str | None, digest: bytes) -> Request:
-    return Request(provider="openai", model="m", operation="chat", cost={"EUR": 500},
+    return Request(provider="openai", model="m", operation="chat", cost={"EUR": 500 * 1_000_000},
                    approval=approval, digest=digest)
 
 

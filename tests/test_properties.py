@@ -47,7 +47,7 @@ model_call = st.builds(
     provider=providers, model=models, operation=ops,
     scopes=st.lists(scopes, max_size=2).map(tuple),
     input_tokens=small, output_tokens=small,
-    cost=st.fixed_dictionaries({"EUR": small}),
+    cost=st.fixed_dictionaries({"EUR": small.map(lambda n: n * 1_000_000 + n)}),
     zero_retention=st.booleans(),
 )
 resource = st.lists(scopes, max_size=2).map(lambda s: Request(scopes=tuple(s)))

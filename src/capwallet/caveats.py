@@ -18,7 +18,7 @@ from typing import ClassVar, Self, Union
 
 from capwallet import grammar
 from capwallet.grammar import GrammarError, parse_int, sorted_unique
-from capwallet.money import EXPONENTS
+from capwallet.money import EXPONENTS, MAX_MINOR_AMOUNT
 from capwallet.periods import PERIODS, zone
 from capwallet.reasons import Reason, TokenError
 
@@ -49,6 +49,13 @@ def _currency(text: str) -> str:
     if not _CURRENCY.fullmatch(text):
         raise GrammarError(f"currency {text!r} is not an ISO 4217 code")
     return text
+
+
+def _amount(text: str) -> int:
+    amount = parse_int(text, "amount")
+    if amount > MAX_MINOR_AMOUNT:
+        raise GrammarError(f"amount {amount} is above the largest allowed, {MAX_MINOR_AMOUNT}")
+    return amount
 
 
 def _period(text: str) -> str:
@@ -201,6 +208,10 @@ class Budget:
     tz: str = "UTC"
     nonce: str = field(default_factory=new_nonce)
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.amount <= MAX_MINOR_AMOUNT:
+            raise ValueError(f"budget amount must be 0..{MAX_MINOR_AMOUNT} minor units")
+
     def args(self) -> list[str]:
         return [self.nonce, str(self.amount), self.currency, self.period, *_tz_args(self.tz)]
 
@@ -213,7 +224,7 @@ class Budget:
             raise GrammarError(f"currency {currency} has no known ISO 4217 exponent")
         return cls(
             nonce=_nonce(args[0]),
-            amount=parse_int(args[1], "amount"),
+            amount=_amount(args[1]),
             currency=currency,
             period=_period(args[3]),
             tz=_tz(args[4:]),
@@ -271,6 +282,10 @@ class ConfirmAbove:
     amount: int
     currency: str
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.amount <= MAX_MINOR_AMOUNT:
+            raise ValueError(f"confirm-above amount must be 0..{MAX_MINOR_AMOUNT} minor units")
+
     def args(self) -> list[str]:
         return [str(self.amount), self.currency]
 
@@ -281,7 +296,7 @@ class ConfirmAbove:
         currency = _currency(args[1])
         if currency not in EXPONENTS:
             raise GrammarError(f"currency {currency} has no known ISO 4217 exponent")
-        return cls(parse_int(args[0], "amount"), currency)
+        return cls(_amount(args[0]), currency)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capwallet import caveats as cav
-from capwallet.money import format_minor
+from capwallet.money import MICROS_PER_MINOR, format_minor
 
 
 def counter_id(token_id: bytes, caveat_bytes: bytes) -> str:
@@ -32,6 +32,12 @@ class CounterLimit:
     unit: str  # currency for budgets, "tokens" for quotas, "requests" for rates
     period: str  # day | week | month | year | total | minute
     tz: str = "UTC"
+
+    @property
+    def counted_limit(self) -> int:
+        """The limit in the counter's own unit: microunits for a budget (money.MICROS_PER_MINOR
+        per minor unit of the caveat), tokens for a quota, requests for a rate."""
+        return self.limit * MICROS_PER_MINOR if self.kind == "budget" else self.limit
 
     def describe(self) -> str:
         amount = format_minor(self.limit, self.unit) if self.kind == "budget" else (

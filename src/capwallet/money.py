@@ -1,8 +1,14 @@
-"""Money as integers in minor units, with ISO 4217 exponents. Never a float.
+"""Money as integers, with ISO 4217 exponents. Never a float.
 
-An amount is (minor_units: int, currency: str). "10EUR" is 1000 EUR minor units (cents); "5JPY"
-is 5 JPY (no minor unit). Only currencies with a known exponent are accepted, so "0.5" always
-means the same number of minor units.
+Limits a person sets are in minor units: "10EUR" is 1000 EUR minor units (cents); "5JPY" is 5
+JPY (no minor unit). Only currencies with a known exponent are accepted, so "0.5" always means
+the same number of minor units.
+
+What a call costs is counted in **microunits**, millionths of a minor unit
+(MICROS_PER_MINOR): a 300-token call to a small model costs a few thousandths of a cent, and
+rounding each call up to a whole cent would overstate cheap calls a hundredfold and exhaust
+budgets early. Budget counters and request costs are in microunits; caveat amounts stay in
+minor units and are multiplied by MICROS_PER_MINOR where they are compared.
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ EXPONENTS: dict[str, int] = {
     **dict.fromkeys("BHD IQD JOD KWD LYD OMR TND".split(), 3),
 }
 _AMOUNT = re.compile(r"\s*(\d{1,15})(?:\.(\d{1,6}))?\s*([A-Za-z]{3})\s*")
+
+
+MICROS_PER_MINOR = 1_000_000
+# Largest caveat amount (minor units) whose microunit value is still an exact JavaScript number.
+MAX_MINOR_AMOUNT = (2**53 - 1) // MICROS_PER_MINOR
 
 
 class MoneyError(ValueError):
@@ -62,3 +73,12 @@ def format_minor(minor: int, currency: str) -> str:
     sign = "-" if minor < 0 else ""
     whole, frac = divmod(abs(minor), 10**exp)
     return f"{sign}{whole}.{frac:0{exp}d} {currency}" if exp else f"{sign}{whole} {currency}"
+
+
+def format_micros(micros: int, currency: str) -> str:
+    """Microunits for people: '0.012 USD', '10.00 EUR', '0.0000033 USD' (no rounding)."""
+    exp = EXPONENTS.get(currency, 0)
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), 10 ** (exp + 6))
+    digits = f"{frac:0{exp + 6}d}".rstrip("0").ljust(exp, "0")
+    return f"{sign}{whole}.{digits} {currency}" if digits else f"{sign}{whole} {currency}"

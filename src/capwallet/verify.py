@@ -20,7 +20,7 @@ from capwallet import approval as approvals
 from capwallet import caveats as cav
 from capwallet import macaroon
 from capwallet.limits import CounterLimit, EffectiveLimits, effective
-from capwallet.money import format_minor
+from capwallet.money import MICROS_PER_MINOR, format_micros
 from capwallet.periods import period_end, period_key
 from capwallet.reasons import Reason, TokenError
 from capwallet.token import Token
@@ -49,7 +49,7 @@ class Request(NamedTuple):
     scopes: tuple[str, ...] = ()
     input_tokens: int = 0
     output_tokens: int = 0
-    cost: Mapping[str, int] = _NO_COST  # currency -> minor units
+    cost: Mapping[str, int] = _NO_COST  # currency -> microunits (millionths of a minor unit)
     zero_retention: bool = False  # does the provider promise zero retention?
     approval: str | None = None  # a cwa1_ approval string, if the app has one
     digest: bytes | None = None  # approvals.request_digest(...) of this exact request
@@ -61,6 +61,9 @@ class Request(NamedTuple):
 
 class Debit(NamedTuple):
     """One counter the request must debit (reserve) if it is allowed.
+
+    ``amount``, ``limit`` and ``used`` are in the counter's unit: microunits of ``unit`` (the
+    currency) for a budget, tokens for a quota, requests for a rate.
 
     (Debit and Decision are NamedTuples: immutable like frozen dataclasses, but several times
     cheaper to build, and one of each is built on every request.)
@@ -154,7 +157,7 @@ def _deny(reason: Reason, message: str, v: VerifiedToken | None = None, **kw: An
 
 
 def _fmt(limit: CounterLimit, n: int) -> str:
-    return format_minor(n, limit.unit) if limit.kind == "budget" else f"{n} {limit.unit}"
+    return format_micros(n, limit.unit) if limit.kind == "budget" else f"{n} {limit.unit}"
 
 
 class Verifier:
@@ -268,19 +271,21 @@ def evaluate(
             kind = c.kind
             amount = cost[c.unit] if kind == "budget" else tokens if kind == "quota" else 1
             used = counters.get(counter_key, 0)
-            if amount > 0 and used + amount > c.limit:
-                left = max(c.limit - used, 0)
+            limit = c.counted_limit
+            if amount > 0 and used + amount > limit:
+                left = max(limit - used, 0)
                 return _deny(_COUNTER_REASONS[kind],
                              f"{c.describe()}: {_fmt(c, used)} used, {_fmt(c, left)} left; "
                              f"this call needs up to {_fmt(c, amount)}", v)
-            debits.append(Debit(kind, counter_key, amount, c.limit, used, c.unit, resets))
+            debits.append(Debit(kind, counter_key, amount, limit, used, c.unit, resets))
     # Confirmation.
     why: str | None = None
     if model_call:
         for currency, threshold in lim.confirm_above.items():
-            if request.cost[currency] > threshold:
-                why = (f"this call may cost up to {format_minor(request.cost[currency], currency)},"
-                       f" above the {format_minor(threshold, currency)} that needs your approval")
+            price, above = request.cost[currency], threshold * MICROS_PER_MINOR
+            if price > above:
+                why = (f"this call may cost up to {format_micros(price, currency)}, above the "
+                       f"{format_micros(above, currency)} that needs your approval")
                 break
     if why is None and lim.ask_first:
         for scope in request.scopes:

@@ -13,7 +13,7 @@
 
 import { TokenError } from './reasons.js';
 import { MAX_SAFE_INTEGER, compareUtf8 } from './encoding.js';
-import { isKnownCurrency } from './money.js';
+import { MAX_MINOR_AMOUNT, isKnownCurrency } from './money.js';
 import { isTzName } from './tzdb.js';
 
 const MAX_ARGS = 128;
@@ -64,6 +64,13 @@ function int(text, what) {
     throw new GrammarError(`${what} ${text} is not a canonical integer in 0..2^53-1`);
   }
   return Number(text);
+}
+
+/** A budget or confirm-above amount: minor units, small enough to count in microunits. */
+function amount(text) {
+  const n = int(text, 'amount');
+  if (n > MAX_MINOR_AMOUNT) throw new GrammarError(`amount ${n} is above the largest allowed, ${MAX_MINOR_AMOUNT}`);
+  return n;
 }
 
 function one(args, name) {
@@ -132,7 +139,7 @@ const REGISTRY = new Map([
   ['budget', (a) => {
     counted(a, 4, 5, 'budget takes: nonce amount currency period [time-zone]');
     return {
-      type: 'budget', nonce: nonce(a[0]), amount: int(a[1], 'amount'), currency: currency(a[2]),
+      type: 'budget', nonce: nonce(a[0]), amount: amount(a[1]), currency: currency(a[2]),
       period: period(a[3]), tz: tz(a.slice(4)),
     };
   }],
@@ -149,7 +156,7 @@ const REGISTRY = new Map([
   }],
   ['confirm-above', (a) => {
     counted(a, 2, 2, 'confirm-above takes: amount currency');
-    return { type: 'confirm-above', amount: int(a[0], 'amount'), currency: currency(a[1]) };
+    return { type: 'confirm-above', amount: amount(a[0]), currency: currency(a[1]) };
   }],
   ['logging', (a) => {
     const level = one(a, 'logging');

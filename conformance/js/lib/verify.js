@@ -12,6 +12,8 @@
 //
 // The first failing check decides the reason. Comparisons are written as differences, as the
 // spec states them, so every intermediate value stays within 2^53 and is exact in a double.
+// Money: costs and budget counters are microunits; a caveat's amount (minor units, at most
+// 9007199254) is multiplied by MICROS_PER_MINOR where it is compared, which stays below 2^53.
 
 import { timingSafeEqual } from 'node:crypto';
 import { TokenError } from './reasons.js';
@@ -22,6 +24,7 @@ import { countersInCheckOrder, effective, pricedCurrencies } from './limits.js';
 import { periodKey, periodEnd } from './periods.js';
 import { checkApproval } from './approval.js';
 import { hex } from './encoding.js';
+import { MICROS_PER_MINOR, formatMicros } from './money.js';
 
 export const CLOCK_SKEW = 60;
 const COUNTER_REASON = { rate: 'rate_limited', quota: 'quota_exceeded', budget: 'budget_exceeded' };
@@ -54,7 +57,7 @@ function deny(reason, message) {
 
 /**
  * A request is {provider, model, operation, scopes, input_tokens, output_tokens,
- * cost: {currency: minor units}, zero_retention, approval, digest (Uint8Array | null)}; it is
+ * cost: {currency: microunits}, zero_retention, approval, digest (Uint8Array | null)}; it is
  * a model call if it has a provider, else a resource access (spec/verification.md#requests).
  * counters maps counter key -> used; revoked lists token ids (hex).
  */
@@ -90,11 +93,15 @@ function evaluate(v, request, now, counters, keys) {
     for (const c of countersInCheckOrder(l)) {
       const amount = c.kind === 'budget' ? cost[c.unit]
         : c.kind === 'quota' ? request.input_tokens + request.output_tokens : 1;
+      const limit = c.kind === 'budget' ? c.limit * MICROS_PER_MINOR : c.limit; // counter units
       const key = `${c.counterId}/${periodKey(c.period, minuteStart, c.tz)}`;
       const used = Object.hasOwn(counters, key) ? counters[key] : 0;
-      if (amount > 0 && amount > c.limit - used) deny(COUNTER_REASON[c.kind], `${c.kind} ${key}: ${used} of ${c.limit} used`);
+      if (amount > 0 && amount > limit - used) {
+        const fmt = (n) => (c.kind === 'budget' ? formatMicros(n, c.unit) : `${n} ${c.unit}`);
+        deny(COUNTER_REASON[c.kind], `${c.kind} ${key}: ${fmt(used)} of ${fmt(limit)} used, this call needs ${fmt(amount)}`);
+      }
       debits.push({
-        kind: c.kind, counter_key: key, amount, limit: c.limit, used, unit: c.unit,
+        kind: c.kind, counter_key: key, amount, limit, used, unit: c.unit,
         resets_at: periodEnd(c.period, minuteStart, c.tz),
       });
     }
@@ -103,8 +110,9 @@ function evaluate(v, request, now, counters, keys) {
   let why = null;
   if (modelCall) {
     for (const [cur, threshold] of l.confirmAbove) {
-      if (request.cost[cur] > threshold) {
-        why = `this call may cost ${request.cost[cur]} ${cur}, above ${threshold}`;
+      const above = threshold * MICROS_PER_MINOR;
+      if (request.cost[cur] > above) {
+        why = `this call may cost ${formatMicros(request.cost[cur], cur)}, above ${formatMicros(above, cur)}`;
         break;
       }
     }

@@ -12,7 +12,7 @@ from capwallet.cli.caveat_flags import add_caveat_flags, caveats_from_args
 from capwallet.cli.common import CliError, now_arg, print_json, read_token_arg
 from capwallet.keys import KeyFileError, Keyring, RootKey
 from capwallet.limits import effective
-from capwallet.money import MoneyError, parse_amount
+from capwallet.money import MICROS_PER_MINOR, MoneyError, parse_amount
 from capwallet.reasons import TokenError
 from capwallet.token import Token, mint
 from capwallet.verify import Request, Verifier
@@ -193,7 +193,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             m = parse_amount(c)
         except MoneyError as exc:
             raise CliError(f"--cost: {exc}") from None
-        cost[m.currency] = m.minor
+        cost[m.currency] = m.minor * MICROS_PER_MINOR
     if args.provider is not None and not args.model:
         raise CliError("--provider needs --model (a model call names both)")
     if args.provider is None and (args.model or args.operation):

@@ -4,6 +4,9 @@ Semantics every backend implements (and tests/store_suite.py checks for each):
 
 * A counter is keyed ``<counter id>/<period key>`` (capwallet.verify.Debit.counter_key); the
   period is in the key, so there is no reset job. Its value is ``used`` = settled + reserved.
+  A counter belongs to one token id (the counter id is derived from it), so every reservation
+  naming a counter has the same ``token_id``: a backend may partition its data by token id
+  (the Redis store does), and settle/release find the reservation under ``entry.token_id``.
 * ``reserve`` is atomic, all or none: for every debit with amount > 0, used + amount <= limit,
   else nothing changes and the first failing counter is reported. A zero amount never blocks.
   An approval id, if given, is consumed in the same step (single use). The reservation has a

@@ -1,0 +1,559 @@
+"""The shared store: Redis, so several relay processes enforce one set of budgets exactly.
+
+Why Redis: a company gateway, a hosted wallet or a provider runs many relay processes; they
+must see one counter per budget. Redis executes a Lua script atomically, so each of reserve,
+settle (or release) and the lease sweep is one script: the limit check and the increments of
+all of a token's counters happen together or not at all, an approval id is consumed in the
+same script as the reservation it pays for, and settle deletes the reservation in the script
+that charges it, so it happens at most once. Nothing is read-modify-written from Python.
+
+URL: ``redis://[user:password@]host:port/db`` (``rediss://`` for TLS), options in the query:
+``prefix=cw`` (key namespace, so several deployments can share one Redis), ``timeout=2``
+(seconds for one command; a Redis that does not answer in time is "unavailable": deny),
+``max_connections=16`` (connections per process, per node; under load a command queues up to
+POOL_WAIT seconds for a free one: Redis runs one command at a time, so more connections add
+overhead, not speed), ``cluster=1`` (Redis Cluster: the URL names any one node; that client
+cannot queue for a connection, so it may open 8 x max_connections per node and fails closed
+beyond).
+
+Key layout (hash tags in braces; every key one script touches shares one tag, so one slot):
+
+* A token's state lives in one of 256 *buckets*, ``{<prefix>:<bb>}`` with ``bb`` = CRC-32 of
+  the token id, low byte, in hex. The bucket, not the token id itself, is the tag, so that the
+  lease sweep and the ledger can enumerate every slot in use (256 of them) without an index
+  kept outside the scripts; tokens still spread over 256 slots, enough for any cluster size.
+  - ``{P:bb}:c:<counter key>``  a counter (integer, settled + reserved). Counter keys are
+    derived from the token id (capwallet.limits.counter_id), so a counter has one bucket.
+    Expires at its period's end (``resets_at``) plus COUNTER_MARGIN; "total" never expires.
+  - ``{P:bb}:r:<reservation id>``  an open reservation (hash: holds, token, created, and the
+    ledger row to write if its lease expires).
+  - ``{P:bb}:leases``  sorted set reservation id -> lease_until: the sweep reads only what has
+    expired (ZRANGEBYSCORE), one script per bucket.
+  - ``{P:bb}:approvals``  set of consumed approval ids.
+  - ``{P:bb}:revoked``  hash token id -> revoked_at.
+  - ``{P:bb}:rows`` (hash seq -> row), ``{P:bb}:log`` (sorted set by time: the bucket's ledger),
+    ``{P:bb}:log:<token id>`` (the token's ledger), ``{P:bb}:seq`` (row numbers). A settle
+    appends its row in the same script that charges the counters.
+* ``<prefix>:ck:<counter key>`` -> bucket: lets ``counters(keys)``, which is not told the token,
+  find a counter's bucket. Written before the reserve that may create the counter, with the
+  same expiry; a process also remembers the mapping (it never changes).
+* Pending approvals are few and not on the request path: ``{P:pending}:p:<id>`` (hash, kept
+  PENDING_KEEP seconds after it expires) and ``{P:pending}:open`` (sorted set by created_at).
+
+Settle and release find the reservation's bucket from the token id in the ledger entry (the
+relay always passes the reservation's own token id) or from the process that reserved it.
+
+Ledger order: newest first by time; rows with the same time come in the order their bucket
+wrote them (per bucket sequence), buckets tied by time in bucket order.
+
+Durability: Redis must persist (``appendonly yes``; ``appendfsync everysec`` loses at most a
+second of debits on power loss, ``always`` none). A Redis restarted empty forgets spending.
+
+Failures: any Redis error or timeout raises StoreUnavailable (the relay answers 503 and
+forwards nothing). After a connection error the command is retried once on another
+connection; pooled connections the server closed are reconnected when next used, so a
+restarted Redis is picked up by the next request. Retrying a
+reserve whose reply was lost is safe: the script refuses a duplicate reservation id before
+anything else, and on a retry that answer means the first attempt landed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from capwallet.store import redis_scripts as lua
+from capwallet.store.base import (
+    LedgerEntry,
+    PendingApproval,
+    Reservation,
+    ReserveResult,
+    Store,
+    StoreUnavailable,
+)
+
+T = TypeVar("T")
+BUCKETS = 256
+COUNTER_MARGIN = 2 * 86400  # a counter outlives its period by this (late settles, the wallet)
+PENDING_KEEP = 7 * 86400  # a pending approval record outlives its expiry by this
+MAX_EXACT = 2**53 - 1  # Lua numbers are doubles: larger amounts are refused before Lua
+SWEEP_BATCH = 500
+POOL_WAIT = 10.0  # seconds a command may queue for a free connection under load
+CACHE_SIZE = 65536
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+Client = aioredis.Redis | RedisCluster
+
+
+def bucket_of(token_id: str) -> str:
+    """The token's bucket: low byte of CRC-32 of its id, two hex digits (stable everywhere)."""
+    return f"{zlib.crc32(token_id.encode()) & 0xFF:02x}"
+
+
+def _exact(n: int, what: str) -> int:
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise ValueError(f"{what} must be an integer")
+    return n
+
+
+def _row_tail(values: Sequence[Any]) -> str:
+    """A ledger row without time and latency (which Lua prefixes when the lease expires): the
+    JSON array of the other fields, less its leading '['."""
+    return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False)[1:]
+
+
+def _entry(row: str) -> LedgerEntry:
+    r = json.loads(row)
+    return LedgerEntry(
+        time=r[0], latency_ms=r[1], token_id=r[2], app=r[3], provider=r[4], model=r[5],
+        operation=r[6], input_tokens=r[7], output_tokens=r[8], cost=r[9], currency=r[10],
+        status=r[11], reservation_id=r[12], request_body=r[13], response_body=r[14],
+    )
+
+
+class _Script:
+    """A Lua script run by SHA; loaded when Redis does not know it (first use, restart)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis's script id
+
+    async def __call__(self, r: Client, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await r.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await r.script_load(self.source)
+            return await r.evalsha(self.sha, len(keys), *keys, *args)
+
+
+class RedisStore(Store):
+    """Store on Redis or Redis Cluster (see the module docstring for the layout)."""
+
+    def __init__(self, client: Client, *, prefix: str = "cw", url: str = "") -> None:
+        if not prefix or any(c in prefix for c in "{}"):
+            raise ValueError("the Redis key prefix must be non-empty and have no braces")
+        self._r = client
+        self.prefix = prefix
+        self.url = url
+        self._closed = False
+        self._buckets: OrderedDict[str, str] = OrderedDict()  # counter key -> bucket
+        self._res_buckets: OrderedDict[str, str] = OrderedDict()  # reservation id -> bucket
+        self._reserve = _Script(lua.RESERVE)
+        self._settle = _Script(lua.SETTLE)
+        self._expire = _Script(lua.EXPIRE)
+        self._ledger = _Script(lua.LEDGER)
+        self._add_pending = _Script(lua.ADD_PENDING)
+        self._resolve_pending = _Script(lua.RESOLVE_PENDING)
+        self._list_pending = _Script(lua.LIST_PENDING)
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError(f"not a redis URL: {url!r} (write redis://host:port/db)")
+        opts = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(opts) - {"prefix", "timeout", "cluster", "max_connections"}
+        if unknown:
+            raise ValueError(f"unknown redis store option(s): {', '.join(sorted(unknown))} "
+                             "(known: prefix, timeout, cluster, max_connections)")
+        try:
+            timeout = float(opts.get("timeout", "2"))
+        except ValueError:
+            raise ValueError("redis store option timeout must be a number of seconds") from None
+        if not 0 < timeout <= 600:
+            raise ValueError("redis store option timeout must be in (0, 600] seconds")
+        cluster = opts.get("cluster", "0").lower() in ("1", "true", "yes")
+        max_conn_text = opts.get("max_connections", "16")
+        if not max_conn_text.isdigit() or not 1 <= int(max_conn_text) <= 10_000:
+            raise ValueError("redis store option max_connections must be 1..10000")
+        max_conn = int(max_conn_text)
+        base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        # RESP2 and no client-info handshake: a new connection costs one round trip, not four
+        # (it matters when a loaded relay opens its pool).
+        common: dict[str, Any] = {
+            "socket_timeout": timeout, "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0), "decode_responses": True, "protocol": 2,
+        }
+        try:  # newer redis-py calls the client-info handshake driver_info, older lib_name
+            import redis.driver_info  # noqa: F401
+            common["driver_info"] = None
+        except ImportError:
+            common.update(lib_name=None, lib_version=None)
+        try:
+            if cluster:
+                # The cluster client cannot queue for a connection (it fails at the cap), so
+                # it gets headroom; a relay at the cap fails closed (503).
+                client: Client = RedisCluster.from_url(base, max_connections=8 * max_conn,
+                                                       **common)
+            else:  # a command queues up to POOL_WAIT for a free connection, then fails closed
+                pool = aioredis.BlockingConnectionPool.from_url(
+                    base, max_connections=max_conn, timeout=POOL_WAIT, **common)
+                client = aioredis.Redis(connection_pool=pool)
+        except (ValueError, RedisError) as exc:
+            raise ValueError(f"bad redis URL: {exc}") from None
+        safe = urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port
+                                                           else ""), parts.path, "", ""))
+        return cls(client, prefix=opts.get("prefix", "cw"), url=safe)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _tag(self, bucket: str) -> str:
+        return "{" + self.prefix + ":" + bucket + "}:"
+
+    async def _run(self, op: Callable[[], Awaitable[T]], on_retry: Callable[[], None] | None = None
+                   ) -> T:
+        """Run ``op``; on a connection error try once more; any failure of the client becomes
+        StoreUnavailable."""
+        if self._closed:
+            raise StoreUnavailable("store is closed")
+        try:
+            try:
+                return await op()
+            except _TRANSIENT as exc:
+                if "No connection available" in str(exc):
+                    raise  # queued POOL_WAIT seconds already: overloaded, deny now
+                # The client dropped the failed connection; pooled ones that the server closed
+                # (a restart) are reconnected when next checked out.
+                if on_retry is not None:
+                    on_retry()
+                return await op()
+        except Exception as exc:  # whatever the client raises: deny
+            raise StoreUnavailable(f"Redis store failed: {type(exc).__name__}: {exc}") from None
+
+    def _remember(self, cache: OrderedDict[str, str], key: str, bucket: str) -> None:
+        cache[key] = bucket
+        cache.move_to_end(key)
+        if len(cache) > CACHE_SIZE:
+            cache.popitem(last=False)
+
+    # -- reservations -----------------------------------------------------------------------
+
+    async def reserve(self, reservation: Reservation) -> ReserveResult:
+        r = reservation
+        b = bucket_of(r.token_id)
+        tag = self._tag(b)
+        holds: dict[str, list[int]] = {}  # merged: amounts add, the smallest limit wins
+        for h in r.holds:
+            amount, limit = _exact(h.amount, "amount"), _exact(h.limit, "limit")
+            resets = -1 if h.resets_at is None else _exact(h.resets_at, "resets_at")
+            old = holds.get(h.counter_key)
+            if old is None:
+                holds[h.counter_key] = [amount, limit, resets]
+            else:
+                old[0] += amount
+                old[1] = min(old[1], limit)
+                old[2] = old[2] if old[2] >= 0 else resets
+        args: list[Any] = []
+        order = list(holds)
+        for key in order:
+            amount, limit, resets = holds[key]
+            if amount > MAX_EXACT:  # cannot fit any limit Lua can compare exactly
+                return ReserveResult(False, failed_counter=key,
+                                     used=(await self.counters([key]))[key])
+            args += [key, amount, min(limit, MAX_EXACT), resets]
+        m = r.meta
+        expired_row = _row_tail([
+            r.token_id, str(m.get("app", "")), str(m.get("provider", "")),
+            str(m.get("model", "")), str(m.get("operation", "")), int(m.get("input_tokens", 0)),
+            int(m.get("output_tokens", 0)), int(m.get("cost", 0)), str(m.get("currency", "")),
+            "lease_expired", r.reservation_id, None, None,
+        ])
+        keys = [tag + "r:" + r.reservation_id, tag + "leases", tag + "approvals"]
+        argv = [r.reservation_id, _exact(r.lease_until, "lease_until"), r.approval_id or "",
+                tag, COUNTER_MARGIN,
+                json.dumps([[k, *holds[k]] for k in order], separators=(",", ":")),
+                r.token_id, _exact(r.created_at, "created_at"), expired_row, *args]
+        retried = False
+
+        def mark_retry() -> None:
+            nonlocal retried
+            retried = True
+
+        new_keys = [k for k in order if self._buckets.get(k) != b]
+
+        async def op() -> list[Any]:
+            if new_keys:  # the index first, so counters(keys) can find what reserve creates
+                await self._index(new_keys, b, holds)
+            result: list[Any] = await self._reserve(self._r, keys, argv)
+            return result
+
+        out = await self._run(op, mark_retry)
+        for k in new_keys:
+            self._remember(self._buckets, k, b)
+        status = int(out[0])
+        if status == -1:
+            if retried:  # our first attempt landed and only its reply was lost
+                self._remember(self._res_buckets, r.reservation_id, b)
+                return ReserveResult(True)
+            raise ValueError(f"reservation id {r.reservation_id} already exists")
+        if status == 1:
+            self._remember(self._res_buckets, r.reservation_id, b)
+            return ReserveResult(True)
+        if int(out[3]):
+            return ReserveResult(False, approval_used=True)
+        i = int(out[1])
+        return ReserveResult(False, failed_counter=order[i - 1] if i else None,
+                             used=int(out[2]))
+
+    async def _index(self, counter_keys: list[str], bucket: str,
+                     holds: Mapping[str, list[int]]) -> None:
+        pipe = self._r.pipeline(transaction=False)
+        for k in counter_keys:
+            resets = holds[k][2]
+            name = f"{self.prefix}:ck:{k}"
+            if resets >= 0:
+                pipe.set(name, bucket, exat=max(resets, int(time.time())) + COUNTER_MARGIN)
+            else:
+                pipe.set(name, bucket)
+        await pipe.execute()
+
+    def _res_bucket(self, reservation_id: str, entry: LedgerEntry) -> str:
+        return self._res_buckets.pop(reservation_id, None) or bucket_of(entry.token_id)
+
+    async def settle(
+        self, reservation_id: str, actual: Mapping[str, int], entry: LedgerEntry
+    ) -> bool:
+        b = self._res_bucket(reservation_id, entry)
+        tag = self._tag(b)
+        row = json.dumps([
+            entry.time, entry.latency_ms, entry.token_id, entry.app, entry.provider, entry.model,
+            entry.operation, entry.input_tokens, entry.output_tokens, entry.cost,
+            entry.currency, entry.status, reservation_id, entry.request_body,
+            entry.response_body,
+        ], separators=(",", ":"), ensure_ascii=False)
+        charges: list[Any] = []
+        for k, v in actual.items():
+            v = _exact(v, "charge")
+            if abs(v) > MAX_EXACT:
+                raise ValueError("charge too large")
+            charges += [k, v]
+        keys = [tag + "r:" + reservation_id, tag + "leases", tag + "seq", tag + "rows",
+                tag + "log"]
+        argv = [reservation_id, tag, COUNTER_MARGIN, _exact(entry.time, "time"), row,
+                entry.token_id, *charges]
+
+        async def op() -> Any:
+            return await self._settle(self._r, keys, argv)
+
+        return bool(int(await self._run(op)))
+
+    async def expire_leases(self, now: int) -> int:
+        now = _exact(now, "now")
+        total = 0
+        buckets = [f"{i:02x}" for i in range(BUCKETS)]
+
+        async def due() -> list[Any]:  # one round trip: which buckets have an expired lease
+            pipe = self._r.pipeline(transaction=False)
+            for b in buckets:
+                pipe.zrangebyscore(self._tag(b) + "leases", "-inf", f"({now}", start=0, num=1)
+            return list(await pipe.execute())
+
+        pending = [b for b, hit in zip(buckets, await self._run(due), strict=True) if hit]
+        while pending:
+            results = await self._scripts(self._expire, [
+                ([self._tag(b) + "leases", self._tag(b) + "seq", self._tag(b) + "rows",
+                  self._tag(b) + "log"], [now, self._tag(b), SWEEP_BATCH]) for b in pending])
+            again = []
+            for b, (closed, seen) in zip(pending, results, strict=True):
+                total += int(closed)
+                if int(seen) >= SWEEP_BATCH:
+                    again.append(b)
+            pending = again
+        return total
+
+    async def _scripts(self, script: _Script,
+                       calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """Run ``script`` once per (keys, args): pipelined (one round trip) on one Redis, 8 at a
+        time on a cluster."""
+        if not calls:
+            return []
+
+        async def execute() -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return list(await pipe.execute())
+
+        async def on_cluster() -> list[Any]:  # cluster pipelines refuse EVALSHA
+            sem = asyncio.Semaphore(8)
+
+            async def one(keys: Sequence[str], args: Sequence[Any]) -> Any:
+                async with sem:
+                    return await script(self._r, keys, args)
+
+            return list(await asyncio.gather(*(one(k, a) for k, a in calls)))
+
+        async def op() -> list[Any]:
+            if isinstance(self._r, RedisCluster):
+                return await on_cluster()
+            try:
+                return await execute()
+            except NoScriptError:
+                await self._r.script_load(script.source)
+                return await execute()
+
+        return await self._run(op)
+
+    async def counters(self, keys: Iterable[str]) -> dict[str, int]:
+        wanted = list(dict.fromkeys(keys))
+        result = dict.fromkeys(wanted, 0)
+        if not wanted:
+            return result
+
+        async def op() -> dict[str, int]:
+            unknown = [k for k in wanted if k not in self._buckets]
+            if unknown:
+                pipe = self._r.pipeline(transaction=False)
+                for k in unknown:
+                    pipe.get(f"{self.prefix}:ck:{k}")
+                for k, b in zip(unknown, await pipe.execute(), strict=True):
+                    if b is not None:
+                        self._remember(self._buckets, k, str(b))
+            groups: dict[str, list[str]] = {}  # bucket -> keys: one MGET per slot
+            for k in wanted:
+                if k in self._buckets:
+                    groups.setdefault(self._buckets[k], []).append(k)
+            for b, ks in groups.items():
+                values = await self._r.mget([self._tag(b) + "c:" + k for k in ks])
+                for k, v in zip(ks, values, strict=True):
+                    result[k] = int(v) if v is not None else 0
+            return result
+
+        return await self._run(op)
+
+    # -- revocation -------------------------------------------------------------------------
+
+    async def revoke(self, token_id: str, now: int) -> None:
+        name = self._tag(bucket_of(token_id)) + "revoked"
+
+        async def op() -> Any:
+            return await self._r.hsetnx(name, token_id, str(_exact(now, "now")))
+
+        await self._run(op)
+
+    async def is_revoked(self, token_id: str) -> bool:
+        name = self._tag(bucket_of(token_id)) + "revoked"
+
+        async def op() -> bool:
+            return bool(await self._r.hexists(name, token_id))
+
+        return await self._run(op)
+
+    # -- ledger -----------------------------------------------------------------------------
+
+    async def ledger(
+        self, *, token_ids: Sequence[str] | None = None, since: int | None = None,
+        limit: int = 1000,
+    ) -> list[LedgerEntry]:
+        limit = max(int(limit), 0)
+        if limit == 0 or (token_ids is not None and not token_ids):
+            return []
+        low = "-inf" if since is None else str(_exact(since, "since"))
+        if token_ids is None:
+            sources = [(f"{i:02x}", "log") for i in range(BUCKETS)]
+        else:
+            sources = [(bucket_of(t), "log:" + t) for t in dict.fromkeys(token_ids)]
+        results = await self._scripts(self._ledger, [
+            ([self._tag(b) + name, self._tag(b) + "rows"], [low, limit]) for b, name in sources])
+        rows: list[tuple[int, str, str, str]] = []
+        for (b, _name), flat in zip(sources, results, strict=True):
+            for i in range(0, len(flat), 2):
+                row = flat[i + 1]
+                rows.append((int(row[1:row.index(",")]), b, flat[i], row))
+        rows.sort(reverse=True)
+        return [_entry(r[3]) for r in rows[:limit]]
+
+    # -- pending approvals ------------------------------------------------------------------
+
+    def _pending_keys(self, approval_request_id: str) -> list[str]:
+        tag = self._tag("pending")
+        return [tag + "p:" + approval_request_id, tag + "open"]
+
+    async def add_pending(self, pending: PendingApproval) -> None:
+        p = pending
+        retried = False
+
+        def mark_retry() -> None:
+            nonlocal retried
+            retried = True
+
+        async def op() -> Any:
+            return await self._add_pending(self._r, self._pending_keys(p.approval_request_id), [
+                p.approval_request_id, p.token_id, p.digest, p.summary,
+                _exact(p.created_at, "created_at"), _exact(p.expires_at, "expires_at"),
+                p.status, p.approval or "", PENDING_KEEP])
+
+        if not int(await self._run(op, mark_retry)) and not retried:
+            raise ValueError(f"approval request {p.approval_request_id} already exists")
+
+    async def get_pending(self, approval_request_id: str) -> PendingApproval | None:
+        name = self._pending_keys(approval_request_id)[0]
+
+        async def op() -> dict[str, str]:
+            got = await self._r.hgetall(name)
+            return {str(k): str(v) for k, v in got.items()}
+
+        h = await self._run(op)
+        if not h:
+            return None
+        return PendingApproval(
+            approval_request_id=approval_request_id, token_id=h["token"], digest=h["digest"],
+            summary=h["summary"], created_at=int(h["created"]), expires_at=int(h["expires"]),
+            status=h["status"], approval=h.get("approval") or None,
+        )
+
+    async def list_pending(self, now: int) -> list[PendingApproval]:
+        """Requests still waiting for the user (status pending, not yet expired), oldest first."""
+        async def op() -> list[str]:
+            got: list[str] = await self._list_pending(
+                self._r, [self._tag("pending") + "open"], [_exact(now, "now"),
+                                                           self._tag("pending")])
+            return got
+
+        flat = await self._run(op)
+        return [
+            PendingApproval(
+                approval_request_id=flat[i], token_id=flat[i + 1], digest=flat[i + 2],
+                summary=flat[i + 3], created_at=int(flat[i + 4]), expires_at=int(flat[i + 5]),
+                status=flat[i + 6], approval=flat[i + 7] or None,
+            )
+            for i in range(0, len(flat), 8)
+        ]
+
+    async def resolve_pending(
+        self, approval_request_id: str, status: str, approval: str | None
+    ) -> bool:
+        """Move a pending request to approved/denied/expired once; False if not pending."""
+        if status not in ("approved", "denied", "expired"):
+            raise ValueError(f"cannot resolve an approval request to {status!r}")
+
+        async def op() -> Any:
+            return await self._resolve_pending(
+                self._r, self._pending_keys(approval_request_id),
+                [approval_request_id, status, approval or ""])
+
+        return bool(int(await self._run(op)))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._r.aclose()
+        except (RedisError, *_TRANSIENT):
+            pass

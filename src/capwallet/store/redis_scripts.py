@@ -1,0 +1,176 @@
+"""The Lua scripts of the Redis store (capwallet.store.redis explains the key layout).
+
+Each script runs atomically inside Redis, so a check and the writes that depend on it cannot
+interleave with another relay's. Every key a script touches carries the same hash tag (the
+token's bucket, or the pending-approvals tag), so on Redis Cluster they share one slot. Keys
+found at run time (counter keys named in a reservation, per-token ledger indexes) are built from
+the ``tag`` argument, which is that same hash tag: Redis Cluster allows a script to touch
+undeclared keys as long as they hash to the declared keys' slot.
+
+Numbers: Redis Lua numbers are doubles; counter arithmetic uses INCRBY (64-bit integers) and
+formats with ``%d``, and the Python side refuses amounts beyond 2**53 before they get here.
+"""
+
+from __future__ import annotations
+
+# Shared helper: add ``delta`` to counter ``key`` (never below 0) and give it an expiry of the
+# period end (or the server's now, if later) plus the margin, unless resets < 0 ("total").
+_ADD = """
+local function add(key, delta, resets, margin)
+  local v = redis.call('INCRBY', key, string.format('%d', delta))
+  if v < 0 then redis.call('SET', key, '0', 'KEEPTTL') end
+  if resets >= 0 and redis.call('TTL', key) == -1 then
+    local now = tonumber(redis.call('TIME')[1])
+    if resets < now then resets = now end
+    redis.call('EXPIREAT', key, string.format('%d', resets + margin))
+  end
+end
+"""
+
+# Append one ledger row (JSON text) to the bucket's ledger and the token's index.
+_APPEND = """
+local function append(tag, seq_key, rows_key, log_key, token, time, row)
+  local seq = redis.call('INCR', seq_key)
+  local member = string.format('%016d', seq)
+  redis.call('HSET', rows_key, member, row)
+  redis.call('ZADD', log_key, time, member)
+  redis.call('ZADD', tag .. 'log:' .. token, time, member)
+end
+"""
+
+# KEYS: 1 reservation, 2 leases, 3 used approvals
+# ARGV: 1 rid, 2 lease_until, 3 approval id or '', 4 tag, 5 margin, 6 holds JSON, 7 token id,
+#       8 created_at, 9 lease-expired ledger row tail, 10.. (counter key, amount, limit, resets)
+# Returns {1} ok, {-1} duplicate id, {0, hold index (1-based) or 0, used, approval_used 0/1}.
+RESERVE = _ADD + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {-1} end
+local approval = ARGV[3]
+if approval ~= '' and redis.call('SISMEMBER', KEYS[3], approval) == 1 then
+  return {0, 0, 0, 1}
+end
+local tag = ARGV[4]
+local n = (#ARGV - 9) / 4
+for i = 0, n - 1 do
+  local amount = tonumber(ARGV[11 + 4 * i])
+  if amount > 0 then
+    local used = tonumber(redis.call('GET', tag .. 'c:' .. ARGV[10 + 4 * i]) or '0')
+    if used + amount > tonumber(ARGV[12 + 4 * i]) then return {0, i + 1, used, 0} end
+  end
+end
+local margin = tonumber(ARGV[5])
+for i = 0, n - 1 do
+  local amount = tonumber(ARGV[11 + 4 * i])
+  if amount > 0 then
+    add(tag .. 'c:' .. ARGV[10 + 4 * i], amount, tonumber(ARGV[13 + 4 * i]), margin)
+  end
+end
+redis.call('HSET', KEYS[1], 'holds', ARGV[6], 'token', ARGV[7], 'created', ARGV[8],
+           'expired_row', ARGV[9])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+if approval ~= '' then redis.call('SADD', KEYS[3], approval) end
+return {1}
+"""
+
+# KEYS: 1 reservation, 2 leases, 3 ledger seq, 4 ledger rows, 5 bucket ledger
+# ARGV: 1 rid, 2 tag, 3 margin, 4 time, 5 ledger row JSON, 6 token id, 7.. (key, amount)
+# Returns 1 if settled now, 0 if the reservation is unknown or already closed.
+SETTLE = _ADD + _APPEND + """
+local holds_json = redis.call('HGET', KEYS[1], 'holds')
+if not holds_json then return 0 end
+local tag = ARGV[2]
+local margin = tonumber(ARGV[3])
+local charge = {}
+for i = 7, #ARGV, 2 do charge[ARGV[i]] = tonumber(ARGV[i + 1]) end
+for _, h in ipairs(cjson.decode(holds_json)) do
+  local delta = (charge[h[1]] or 0) - h[2]
+  if delta ~= 0 then add(tag .. 'c:' .. h[1], delta, h[4], margin) end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+append(tag, KEYS[3], KEYS[4], KEYS[5], ARGV[6], ARGV[4], ARGV[5])
+return 1
+"""
+
+# KEYS: 1 leases, 2 ledger seq, 3 ledger rows, 4 bucket ledger
+# ARGV: 1 now, 2 tag, 3 batch size
+# Closes up to a batch of reservations whose lease_until < now at their reserved amounts (the
+# counters already hold them) and logs each as lease_expired. Returns {closed, looked at}.
+EXPIRE = _APPEND + """
+local now = tonumber(ARGV[1])
+local tag = ARGV[2]
+local rids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[3])
+local closed = 0
+for _, rid in ipairs(rids) do
+  local rkey = tag .. 'r:' .. rid
+  local r = redis.call('HMGET', rkey, 'token', 'created', 'expired_row')
+  redis.call('ZREM', KEYS[1], rid)
+  if r[1] then
+    redis.call('DEL', rkey)
+    local latency = now - tonumber(r[2])
+    if latency < 0 then latency = 0 end
+    local row = '[' .. ARGV[1] .. ',' .. string.format('%d', latency * 1000) .. ',' .. r[3]
+    append(tag, KEYS[2], KEYS[3], KEYS[4], r[1], ARGV[1], row)
+    closed = closed + 1
+  end
+end
+return {closed, #rids}
+"""
+
+# KEYS: 1 a ledger index (bucket or token), 2 ledger rows
+# ARGV: 1 min time ('-inf' or an integer), 2 limit
+# Returns {member, row, member, row, ...}, newest first.
+LEDGER = """
+local members = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+if #members == 0 then return {} end
+local rows = redis.call('HMGET', KEYS[2], unpack(members))
+local out = {}
+for i, m in ipairs(members) do
+  if rows[i] then
+    out[#out + 1] = m
+    out[#out + 1] = rows[i]
+  end
+end
+return out
+"""
+
+_PENDING_FIELDS = "'token', 'digest', 'summary', 'created', 'expires', 'status', 'approval'"
+
+# KEYS: 1 pending record, 2 open index
+# ARGV: 1 id, 2 token, 3 digest, 4 summary, 5 created, 6 expires, 7 status, 8 approval or '',
+#       9 keep seconds after expiry
+ADD_PENDING = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'token', ARGV[2], 'digest', ARGV[3], 'summary', ARGV[4],
+           'created', ARGV[5], 'expires', ARGV[6], 'status', ARGV[7], 'approval', ARGV[8])
+local now = tonumber(redis.call('TIME')[1])
+local until_ = tonumber(ARGV[6])
+if until_ < now then until_ = now end
+redis.call('EXPIREAT', KEYS[1], string.format('%d', until_ + tonumber(ARGV[9])))
+if ARGV[7] == 'pending' then redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1]) end
+return 1
+"""
+
+# KEYS: 1 pending record, 2 open index; ARGV: 1 id, 2 new status, 3 approval or ''
+RESOLVE_PENDING = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'approval', ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: 1 open index; ARGV: 1 now, 2 tag
+# Returns the open requests still waiting at ``now`` (oldest first) as flat field lists, and
+# drops index entries whose record has expired away.
+LIST_PENDING = f"""
+local out = {{}}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local r = redis.call('HMGET', ARGV[2] .. 'p:' .. id, {_PENDING_FIELDS})
+  if not r[1] then
+    redis.call('ZREM', KEYS[1], id)
+  elseif r[6] == 'pending' and tonumber(r[5]) > tonumber(ARGV[1]) then
+    out[#out + 1] = id
+    for j = 1, 7 do out[#out + 1] = r[j] end
+  end
+end
+return out
+"""

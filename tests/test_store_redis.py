@@ -1,0 +1,132 @@
+"""Redis-specific store behaviour: URLs, failing closed, counter expiry, key slots, big sweeps.
+
+The shared semantics (all backends) are in tests/store_suite.py; this is what only Redis has.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+from redis_server import free_port
+
+from capwallet.store import (
+    Hold,
+    LedgerEntry,
+    Reservation,
+    StoreUnavailable,
+    open_store,
+)
+from capwallet.store.redis import COUNTER_MARGIN, SWEEP_BATCH, RedisStore, bucket_of
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    s = open_store(f"{redis_url}?prefix=r{secrets.token_hex(6)}")
+    assert isinstance(s, RedisStore)
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield r
+    await r.aclose()
+
+
+def entry(token: str, cost: int = 1) -> LedgerEntry:
+    return LedgerEntry(int(time.time()), token, "app", "p", "m", "chat", 1, 2, cost, "USD", "ok",
+                       3)
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("redis://", "not a redis URL"),
+    ("redis://h:1/0?pool=3", "unknown redis store option"),
+    ("redis://h:1/0?timeout=abc", "timeout must be a number"),
+    ("redis://h:1/0?timeout=0", "timeout must be in"),
+    ("redis://h:1/0?max_connections=0", "max_connections"),
+    ("redis://h:1/0?prefix=a{b}", "prefix"),
+])
+def test_bad_urls(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        open_store(url)
+
+
+def test_url_keeps_no_password() -> None:
+    s = open_store("redis://user:s3cret@127.0.0.1:6390/2?prefix=x")
+    assert isinstance(s, RedisStore)
+    assert s.url == "redis://127.0.0.1:6390/2"  # what logs and errors may show
+    assert s.prefix == "x"
+
+
+async def test_unreachable_redis_fails_closed_at_once() -> None:
+    s = open_store(f"redis://127.0.0.1:{free_port()}/0?timeout=1")
+    try:
+        for op in (lambda: s.is_revoked("t"), lambda: s.counters(["k"]),
+                   lambda: s.reserve(Reservation(secrets.token_hex(16), "t", (Hold("k", 1, 5),),
+                                                 lease_until=2_000_000_000)),
+                   lambda: s.expire_leases(int(time.time())), lambda: s.ledger()):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="Redis store failed"):
+                await op()
+            assert time.monotonic() - started < 3
+    finally:
+        await s.close()
+
+
+async def test_counters_expire_after_their_period(store: RedisStore,
+                                                  raw: aioredis.Redis) -> None:
+    now = int(time.time())
+    tag = "{" + store.prefix + ":" + bucket_of("tok") + "}:c:"
+    r = Reservation(secrets.token_hex(16), "tok", (Hold("month/x", 5, 100, now + 1000),
+                                                   Hold("total/x", 5, 100, None)), now + 60)
+    assert (await store.reserve(r)).ok
+    ttl = await raw.ttl(tag + "month/x")
+    assert 1000 + COUNTER_MARGIN - 5 <= ttl <= 1000 + COUNTER_MARGIN
+    assert await raw.ttl(tag + "total/x") == -1  # a "total" budget never expires
+    # The index that lets counters(keys) find a counter expires with it.
+    assert 0 < await raw.ttl(f"{store.prefix}:ck:month/x") <= 1000 + COUNTER_MARGIN
+    assert await store.settle(r.reservation_id, {"month/x": 3, "total/x": 4}, entry("tok"))
+    assert await raw.get(tag + "month/x") == "3"
+    assert 1000 + COUNTER_MARGIN - 5 <= await raw.ttl(tag + "month/x")
+
+
+async def test_every_key_of_a_token_shares_one_slot(store: RedisStore,
+                                                    raw: aioredis.Redis) -> None:
+    tok = secrets.token_hex(16)
+    r = Reservation(secrets.token_hex(16), tok, (Hold("a/1", 1, 9, None), Hold("b/1", 1, 9)),
+                    lease_until=int(time.time()) + 60, approval_id="ap1")
+    assert (await store.reserve(r)).ok
+    open_keys = await raw.keys("{" + store.prefix + ":*")
+    assert await store.settle(r.reservation_id, {"a/1": 1}, entry(tok))
+    await store.revoke(tok, int(time.time()))
+    keys = set(open_keys) | set(await raw.keys("{" + store.prefix + ":*"))
+    # counters, reservation, leases, approvals, ledger rows and indexes, revocations
+    assert len(keys) >= 9
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+
+
+async def test_one_sweep_closes_more_than_a_batch(store: RedisStore) -> None:
+    now = int(time.time())
+    n = SWEEP_BATCH + 20
+    for i in range(n):
+        r = Reservation(f"{i:032x}", "tok", (Hold("k", 2, 10**9, None),), lease_until=now - 1,
+                        created_at=now - 5, meta={"cost": 2, "currency": "USD"})
+        assert (await store.reserve(r)).ok
+    assert await store.expire_leases(now) == n
+    assert await store.expire_leases(now) == 0
+    rows = await store.ledger(token_ids=["tok"], limit=10 * n)
+    assert len(rows) == n and {e.status for e in rows} == {"lease_expired"}
+    assert sum(e.cost for e in rows) == (await store.counters(["k"]))["k"] == 2 * n
