@@ -100,7 +100,8 @@ class Call:
         return self.worst_raw, self.prepared.input.tokens, worst_out
 
     def _money(self, raw: int, currency: str) -> int:
-        got = self.converter.cost(self.model.price, raw, currency)
+        """Microunits of ``currency`` (budgets and the ledger count in microunits)."""
+        got = self.converter.micros(self.model.price, raw, currency)
         if got is None:  # cannot happen for budgets (the verifier denied price_unknown)
             raise RelayError(UPSTREAM_ERROR, f"no exchange rate to {currency}")
         return got[0]

@@ -102,7 +102,7 @@ def test_counter_denials(relay: Relay) -> None:
 
 
 def test_budget_exhausted_mid_sequence(relay: Relay) -> None:
-    # relay-out: 16 output tokens at 0.3 cent = 4.8 -> 5 cents a call, worst case = actual.
+    # relay-out: 16 output tokens at 0.3 cent = 4.8 cents a call, worst case = actual.
     tok = relay.mint(cav.Budget(22, "USD", "month"))
     statuses = [relay.chat(tok, model="relay-out", max_tokens=16).status_code
                 for _ in range(6)]
@@ -110,12 +110,13 @@ def test_budget_exhausted_mid_sequence(relay: Relay) -> None:
     r = relay.chat(tok, model="relay-out", max_tokens=16)
     assert error_code(r) == "budget_exceeded"
     msg = r.json()["error"]["message"]
-    assert "budget 0.22 USD per month: 0.20 USD used, 0.02 USD left" in msg
-    assert r.json()["error"]["left"] == 2 and r.json()["error"]["needed"] == 5
+    assert "budget 0.22 USD per month: 0.192 USD used, 0.028 USD left" in msg
+    err = r.json()["error"]
+    assert (err["left"], err["needed"], err["unit"]) == (2_800_000, 4_800_000, "micro-USD")
     # A smaller call still fits what is left.
     assert relay.chat(tok, model="relay-out", max_tokens=6).status_code == 200
     rows = relay.ledger(tok)
-    assert [sum(e.cost for e in rows)] == [*relay.counters(tok).values()] == [22]
+    assert [sum(e.cost for e in rows)] == [*relay.counters(tok).values()] == [21_000_000]
     assert [e.status for e in rows].count("denied:budget_exceeded") == 3
 
 
