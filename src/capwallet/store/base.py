@@ -65,7 +65,8 @@ class ReserveResult:
 
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
-    """One row per call. Money is integer minor units of ``currency``."""
+    """One row per call. ``cost`` is integer microunits (millionths of a minor unit) of
+    ``currency``, as budget counters count (spec 1.1), so a token's rows sum to its counter."""
 
     time: int
     token_id: str
