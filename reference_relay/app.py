@@ -113,13 +113,20 @@ class LogRedactor(logging.Filter):
         return True
 
 
+# One redactor for the process (every relay app adds the keys it uses), on the relay's loggers.
+REDACTOR = LogRedactor()
+for _name in ("reference_relay", "reference_relay.calls"):
+    logging.getLogger(_name).addFilter(REDACTOR)
+
+
 @lru_cache(maxsize=4096)
 def _period(period: str, tz: str, minute: int) -> str:
     return period_key(period, minute * 60, tz)
 
 
 def counter_keys(limits: EffectiveLimits, now: int) -> list[str]:
-    """The counter keys the verifier will debit at ``now`` (same rule as capwallet.verify)."""
+    """The keys of a token's counters at ``now``, in caveat order (for tools and tests: the
+    relay itself takes them from the verified token's ``windows``, in check order)."""
     minute = now // 60
     return [f"{c.counter_id}/{_period(c.period, c.tz, minute)}" for c in limits.counters]
 
@@ -132,7 +139,16 @@ def worst_raw_cost(price: Price, est: InputEstimate, output_tokens: int) -> int:
                                      output_tokens=output_tokens))
 
 
+def _detail(c: CounterLimit, limit: int, used: int, needed: int,
+            resets_at: int | None) -> dict[str, Any]:
+    """The numbers of a counter denial, in the counter's unit (named in ``unit``)."""
+    unit = f"micro-{c.unit}" if c.kind == "budget" else c.unit
+    return {"limit": limit, "used": used, "left": max(limit - used, 0), "needed": needed,
+            "unit": unit, "resets_at": resets_at}
+
+
 def _fmt(c: CounterLimit, n: int) -> str:
+    """An amount in the counter's unit (microunits for a budget) for people."""
     return format_micros(n, c.unit) if c.kind == "budget" else f"{n} {c.unit}"
 
 
@@ -230,9 +246,7 @@ class Relay:
         self.provider_keys = provider_keys or config.default_provider_keys
         self.converter = config.converter
         self.upstream = Upstream(config)
-        self.redactor = LogRedactor()
-        for name in ("reference_relay", "reference_relay.calls"):
-            logging.getLogger(name).addFilter(self.redactor)
+        self.redactor = REDACTOR
         self.tasks: set[asyncio.Task[Any]] = set()
         self.sweeper: asyncio.Task[None] | None = None
         self.index: dict[str, list[tuple[ProviderConfig, ModelConfig]]] = {}
@@ -347,15 +361,13 @@ class Relay:
 
     def costs(self, price: Price, raw: int,
               limits: EffectiveLimits) -> tuple[dict[str, int], list[str]]:
-        """Worst-case cost in every currency the token budgets or confirms in, and the rates
-        used to get there (a currency with no rate is left out: the verifier says
-        price_unknown)."""
-        wanted = [c.unit for c in limits.counters if c.kind == "budget"]
-        wanted += [c for c in limits.confirm_above if c not in wanted]
+        """Worst-case cost in microunits of every currency the token budgets or confirms in,
+        and the rates used to get there (a currency with no rate is left out: the verifier
+        says price_unknown)."""
         out: dict[str, int] = {}
         rates: list[str] = []
-        for currency in wanted:
-            got = self.converter.cost(price, raw, currency)
+        for currency in limits.priced_currencies:
+            got = self.converter.micros(price, raw, currency)
             if got is None:
                 continue
             out[currency] = got[0]
@@ -422,7 +434,8 @@ class Relay:
         price = model.price
         worst = worst_raw_cost(price, prepared.input, prepared.output_tokens)
         costs, rates = self.costs(price, worst, limits)
-        keys = counter_keys(limits, now)
+        windows = v.windows(now // 60)
+        keys = [key for _, key, _ in windows]
         counters = await self.store.counters(keys) if keys else {}
         approval = request.headers.get(APPROVAL_HEADER)
         digest = None
@@ -435,7 +448,7 @@ class Relay:
         ), now, counters, revoked)
         app_name = limits.apps[0] if limits.apps else ""
         if not decision.allowed:
-            extra = self.counter_detail(decision, limits, keys, counters, costs,
+            extra = self.counter_detail(decision, windows, counters, costs,
                                         prepared.input.tokens + prepared.output_tokens)
             return await self.deny(decision, ep, provider, model, app_name, digest, raw,
                                    request.url.path, rates, now, extra)
@@ -447,7 +460,7 @@ class Relay:
         ledger_currency = budgets[0].unit if budgets else price.currency
         worst_ledger = costs.get(ledger_currency)
         if worst_ledger is None:
-            got = self.converter.cost(price, worst, ledger_currency)
+            got = self.converter.micros(price, worst, ledger_currency)
             worst_ledger = got[0] if got else 0
         reservation = Reservation(
             reservation_id=secrets.token_hex(16), token_id=tid,
@@ -493,8 +506,7 @@ class Relay:
         limit = next(c for c in limits.counters if c.counter_id == counter_id)
         left = max(debit.limit - used, 0)
         reason = _KIND_REASON[debit.kind]
-        extra = {"limit": debit.limit, "used": used, "left": left, "needed": debit.amount,
-                 "unit": debit.unit, "resets_at": debit.resets_at}
+        extra = _detail(limit, debit.limit, used, debit.amount, debit.resets_at)
         headers = {}
         if debit.resets_at is not None and debit.kind != "budget":
             headers["retry-after"] = str(max(debit.resets_at - now, 1))
@@ -504,22 +516,23 @@ class Relay:
                           f"{_fmt(limit, debit.amount)}{note}", extra=extra, headers=headers)
 
     @staticmethod
-    def counter_detail(decision: Decision, limits: EffectiveLimits, keys: list[str],
+    def counter_detail(decision: Decision,
+                       windows: tuple[tuple[CounterLimit, str, int | None], ...],
                        counters: dict[str, int], costs: dict[str, int],
                        tokens: int) -> dict[str, Any]:
-        """For a counter denial: the counter that was hit (limit, used, left, needed)."""
+        """For a counter denial: the counter that was hit (limit, used, left, needed, in its
+        unit: microunits of the currency for a budget)."""
         kind = {v: k for k, v in _KIND_REASON.items()}.get(decision.reason)  # type: ignore[arg-type]
         if kind is None:
             return {}
-        for c, key in zip(limits.counters, keys, strict=True):
+        for c, key, resets in windows:
             if c.kind != kind:
                 continue
             needed = 1 if kind == "rate" else tokens if kind == "quota" else costs.get(c.unit, 0)
             used = counters.get(key, 0)
-            limit = c.counted_limit  # microunits for a budget
+            limit = c.counted_limit
             if needed > 0 and used + needed > limit:
-                return {"limit": limit, "used": used, "left": max(limit - used, 0),
-                        "needed": needed, "unit": c.unit}
+                return _detail(c, limit, used, needed, resets)
         return {}
 
     async def deny(self, decision: Decision, ep: Endpoint, provider: ProviderConfig,

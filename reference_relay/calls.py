@@ -100,7 +100,8 @@ class Call:
         return self.worst_raw, self.prepared.input.tokens, worst_out
 
     def _money(self, raw: int, currency: str) -> int:
-        got = self.converter.cost(self.model.price, raw, currency)
+        """Microunits of ``currency`` (budgets and the ledger count in microunits)."""
+        got = self.converter.micros(self.model.price, raw, currency)
         if got is None:  # cannot happen for budgets (the verifier denied price_unknown)
             raise RelayError(UPSTREAM_ERROR, f"no exchange rate to {currency}")
         return got[0]
@@ -290,11 +291,13 @@ class _StreamPump:
             await self.queue.put(data)
 
     def client_closed(self) -> None:
-        """The response to the client ended (normally or not): stop queueing for it."""
+        """The client side ended (normally or not): stop queueing for it, and wake the
+        response loop if it is waiting for the next piece."""
         if not self.finished:
             self.client_gone = True
         while not self.queue.empty():
             self.queue.get_nowait()
+        self.queue.put_nowait(None)
 
     async def run(self) -> None:
         call = self.call
@@ -375,7 +378,11 @@ class _StreamPump:
 
 
 class _RelayStream(StreamingResponse):
-    """A streamed answer that tells its pump when the client side is over, however it ends."""
+    """A streamed answer that tells its pump when the client side is over, however it ends.
+
+    Its own ASGI loop rather than StreamingResponse's: a plain task listens for the client's
+    disconnect (Starlette's anyio task group cost more per stream than the relay's own work).
+    """
 
     def __init__(self, pump: _StreamPump) -> None:
         super().__init__(pump.chunks(), media_type="text/event-stream",
@@ -383,7 +390,23 @@ class _RelayStream(StreamingResponse):
         self.pump = pump
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        pump = self.pump
+
+        async def listen() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            pump.client_closed()
+
+        listener = asyncio.get_running_loop().create_task(listen())
         try:
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            async for chunk in pump.chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not pump.client_gone:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            pass  # the client went away mid-send
         finally:
-            self.pump.client_closed()
+            listener.cancel()
+            pump.client_closed()

@@ -25,6 +25,7 @@ import httpx
 
 MAX_HEAD_BYTES = 64 * 1024
 READ_CHUNK = 64 * 1024
+_SIZE, _DATA, _CRLF, _TRAILER = range(4)  # chunked decoding states
 Key = tuple[str, str, int]
 
 
@@ -77,36 +78,10 @@ class _Body(httpx.AsyncByteStream):
             raise httpx.ReadError(str(exc) or type(exc).__name__,
                                   request=self._request) from None
 
-    async def _line(self) -> bytes:
-        reader = self._conn.reader
-        try:
-            async with asyncio.timeout(_timeout(self._request, "read")):
-                return await reader.readuntil(b"\r\n")
-        except TimeoutError:
-            raise httpx.ReadTimeout("timed out reading the provider's answer",
-                                    request=self._request) from None
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            raise httpx.RemoteProtocolError("bad chunked framing from the provider",
-                                            request=self._request) from None
-        except OSError as exc:
-            raise httpx.ReadError(str(exc) or type(exc).__name__,
-                                  request=self._request) from None
-
     async def __aiter__(self) -> AsyncIterator[bytes]:
         if self._chunked:
-            while True:
-                size_line = await self._line()
-                try:
-                    size = int(size_line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise httpx.RemoteProtocolError("bad chunk size from the provider",
-                                                    request=self._request) from None
-                if size == 0:
-                    while (await self._line()) != b"\r\n":  # trailers
-                        pass
-                    break
-                data = await self._read(size + 2, exact=True)
-                yield data[:-2]
+            async for data in self._dechunk():
+                yield data
         elif self._length is not None:
             left = self._length
             while left:
@@ -121,6 +96,62 @@ class _Body(httpx.AsyncByteStream):
             while data := await self._read(READ_CHUNK, exact=False):
                 yield data
         self._done = True
+
+    async def _dechunk(self) -> AsyncIterator[bytes]:
+        """Chunked transfer coding, decoded per socket read rather than per chunk: a stream
+        of small events that arrive together comes out as one piece."""
+        buf = bytearray()
+        state, remaining = _SIZE, 0
+        while True:
+            out: list[bytes] = []
+            pos = 0
+            while True:
+                if state == _SIZE or state == _TRAILER:
+                    i = buf.find(b"\r\n", pos)
+                    if i < 0:
+                        if len(buf) - pos > MAX_HEAD_BYTES:
+                            raise self._bad("chunk size line too long")
+                        break
+                    line, pos = bytes(buf[pos:i]), i + 2
+                    if state == _TRAILER:
+                        if line:
+                            continue  # a trailer field: ignored
+                        if pos != len(buf):
+                            self._keep_alive = False  # bytes after the answer: do not reuse
+                        if out:
+                            yield b"".join(out)
+                        return
+                    try:
+                        remaining = int(line.split(b";", 1)[0].strip(), 16)
+                    except ValueError:
+                        raise self._bad("bad chunk size") from None
+                    state = _TRAILER if remaining == 0 else _DATA
+                elif state == _DATA:
+                    take = min(remaining, len(buf) - pos)
+                    if not take:
+                        break
+                    out.append(bytes(buf[pos:pos + take]))
+                    pos += take
+                    remaining -= take
+                    if not remaining:
+                        state = _CRLF
+                else:  # _CRLF after a chunk's data
+                    if len(buf) - pos < 2:
+                        break
+                    if buf[pos:pos + 2] != b"\r\n":
+                        raise self._bad("chunk not followed by CRLF")
+                    pos += 2
+                    state = _SIZE
+            del buf[:pos]
+            if out:
+                yield out[0] if len(out) == 1 else b"".join(out)
+            data = await self._read(READ_CHUNK, exact=False)
+            if not data:
+                raise self._bad("the provider closed the connection mid-answer")
+            buf += data
+
+    def _bad(self, why: str) -> httpx.RemoteProtocolError:
+        return httpx.RemoteProtocolError(why, request=self._request)
 
     async def aclose(self) -> None:
         if self._closed:

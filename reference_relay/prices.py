@@ -1,10 +1,10 @@
 """Model prices and the cost of a call, in integers only.
 
 A price is minor units of a currency per million tokens, times a stated ``scale`` (so that
-0.075 USD per million tokens is still an integer). The cost of a call, in microunits
-(millionths of a minor unit), is the ceiling of the exact rational sum, converted into
-another currency (a budget's) with a configured exchange rate, again rounded up: every
-rounding goes against the user, never in favour of an overspend.
+0.075 USD per million tokens is still an integer). The cost of a call is counted, as budgets
+count it (spec 1.1), in **microunits**, millionths of a minor unit: the exact rational cost,
+converted into another currency (a budget's) with a configured exchange rate when needed, and
+rounded up once: every rounding goes against the user, never in favour of an overspend.
 
 The default table ships as data (prices.toml beside this module) with its date; a relay config
 may override any model.
@@ -19,7 +19,7 @@ from decimal import Decimal, InvalidOperation
 from importlib import resources
 from typing import Any
 
-from capwallet.money import EXPONENTS, MICROS_PER_MINOR
+from capwallet.money import EXPONENTS
 
 MILLION = 1_000_000
 
@@ -58,7 +58,7 @@ class Price:
 
     def raw_cost(self, *, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0,
                  cache_write_tokens: int = 0) -> int:
-        """Exact cost in minor units times MILLION * scale (divide and round up to use it).
+        """Exact cost in microunits times ``scale`` (Converter.micros divides, rounding up).
 
         ``input_tokens`` excludes cached and cache-write tokens; the long-context tier is
         chosen on all of them together, as the providers do.
@@ -111,12 +111,7 @@ def parse_rate(pair: str, value: Any) -> Rate:
 
 
 class Converter:
-    """Converts exact raw costs into microunits of any currency, rounding up.
-
-    A microunit is a millionth of the currency's minor unit (capwallet.money.MICROS_PER_MINOR):
-    budget counters count in it, so a call to a cheap model is charged what it costs rather
-    than a whole cent.
-    """
+    """Converts exact raw costs into microunits of any currency, rounding up."""
 
     def __init__(self, rates: Mapping[tuple[str, str], Rate]) -> None:
         self.rates = dict(rates)
@@ -133,15 +128,16 @@ class Converter:
             return r.den, r.num, r
         return None
 
-    def cost(self, price: Price, raw: int, currency: str) -> tuple[int, Rate | None] | None:
-        """Microunits of ``currency`` for a raw cost in ``price``'s terms, rounded up."""
+    def micros(self, price: Price, raw: int, currency: str) -> tuple[int, Rate | None] | None:
+        """Microunits of ``currency`` for a raw cost in ``price``'s terms, rounded up, and the
+        rate used (None if none was needed); None when no rate is known."""
         f = self.factor(price.currency, currency)
         if f is None:
             return None
         num, den, rate = f
         exp = EXPONENTS[currency] - EXPONENTS[price.currency]
-        top = raw * num * MICROS_PER_MINOR * (10 ** max(exp, 0))
-        bottom = MILLION * price.scale * den * (10 ** max(-exp, 0))
+        top = raw * num * (10 ** max(exp, 0))
+        bottom = price.scale * den * (10 ** max(-exp, 0))
         return ceil_div(top, bottom), rate
 
 

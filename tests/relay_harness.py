@@ -8,7 +8,7 @@ reference_relay/relay.example.toml with base URLs pointed at the fake and a few 
 Test models (prices in USD cents per million tokens x 1000, as in prices.toml):
 * relay-test / claude-test: 0.1 cent per input token, 0.3 cent per output token, max 64 out;
 * relay-out: input free, 0.3 cent per output token (worst case = actual when max_tokens is
-  the fake's reply length, 16: 4.8 -> 5 cents a call);
+  the fake's reply length, 16: 4.8 cents a call, counted in microunits);
 * relay-nolimit: priced, no max_output (an app must bound it);
 * fault-<mode>: the fake misbehaves; priced like relay-test.
 """

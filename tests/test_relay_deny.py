@@ -102,8 +102,7 @@ def test_counter_denials(relay: Relay) -> None:
 
 
 def test_budget_exhausted_mid_sequence(relay: Relay) -> None:
-    # relay-out: 16 output tokens at 0.3 cent = 4.8 cents a call (4,800,000 microunits, not
-    # rounded up to a whole cent), worst case = actual.
+    # relay-out: 16 output tokens at 0.3 cent = 4.8 cents a call, worst case = actual.
     tok = relay.mint(cav.Budget(22, "USD", "month"))
     statuses = [relay.chat(tok, model="relay-out", max_tokens=16).status_code
                 for _ in range(6)]
@@ -112,8 +111,9 @@ def test_budget_exhausted_mid_sequence(relay: Relay) -> None:
     assert error_code(r) == "budget_exceeded"
     msg = r.json()["error"]["message"]
     assert "budget 0.22 USD per month: 0.192 USD used, 0.028 USD left" in msg
-    assert r.json()["error"]["left"] == 2_800_000 and r.json()["error"]["needed"] == 4_800_000
-    # A smaller call (1.8 cents) still fits what is left.
+    err = r.json()["error"]
+    assert (err["left"], err["needed"], err["unit"]) == (2_800_000, 4_800_000, "micro-USD")
+    # A smaller call still fits what is left.
     assert relay.chat(tok, model="relay-out", max_tokens=6).status_code == 200
     rows = relay.ledger(tok)
     assert [sum(e.cost for e in rows)] == [*relay.counters(tok).values()] == [21_000_000]
@@ -251,3 +251,17 @@ def test_dead_token_is_refused_before_the_request_is_judged(relay: Relay) -> Non
     tok = relay.mint(cav.Budget(100, "USD", "month"))
     relay.run(relay.store.revoke(token_id(tok), int(time.time())))
     deny(relay, tok, 401, "revoked", model="relay-nolimit", max_tokens=None)
+
+
+def _with_raw_caveat(token: str, raw: bytes) -> str:
+    from capwallet import macaroon
+    t = Token.parse(token)
+    mac = macaroon.RawMacaroon(t.raw.identifier, (*t.raw.caveats, raw),
+                               macaroon.extend(t.raw.signature, raw))
+    return Token(t.identifier, mac).serialize()
+
+
+def test_unknown_and_invalid_caveats_fail_closed(relay: Relay) -> None:
+    tok = relay.mint(cav.Budget(100, "USD", "month"))
+    deny(relay, _with_raw_caveat(tok, b"frobnicate 1"), 401, "unknown_caveat")
+    deny(relay, _with_raw_caveat(tok, b"expires soon"), 401, "invalid_caveat")

@@ -17,7 +17,6 @@ import pytest
 from relay_harness import EXAMPLE, FAKE_KEY, LogCapture, Relay, error_code, token_id
 
 from capwallet import caveats as cav
-from capwallet.money import MICROS_PER_MINOR as MICROS
 from capwallet.store import Hold, Reservation
 
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -40,7 +39,7 @@ async def _burst(relay: Relay, tok: str, model: str, n: int) -> list[httpx.Respo
 
 
 def test_200_concurrent_calls_never_overspend(relay: Relay) -> None:
-    # relay-out: worst case = actual = 4.8 cents; 2.40 USD afford exactly 50 calls.
+    # relay-out: worst case = actual = 4.8 cents; 240 cents afford exactly 50 calls.
     tok = relay.mint(cav.Budget(240, "USD", "month"), cav.TokenQuota(10**9, "day"))
     rs = asyncio.run(_burst(relay, tok, "relay-out", 200))
     ok = [r for r in rs if r.status_code == 200]
@@ -53,7 +52,7 @@ def test_200_concurrent_calls_never_overspend(relay: Relay) -> None:
     paid = [e for e in rows if e.status == "ok"]
     assert len(paid) == 50
     budget_used_, quota_used = relay.counters(tok).values()  # in caveat order
-    assert sum(e.cost for e in rows) == budget_used_ == 240 * MICROS
+    assert sum(e.cost for e in rows) == budget_used_ == 240_000_000
     assert sum(e.input_tokens + e.output_tokens for e in rows) == quota_used
 
 
@@ -66,7 +65,7 @@ def test_concurrent_calls_settle_below_reservations(relay: Relay) -> None:
     assert ok >= 10
     assert all(r.status_code in (200, 402) for r in rs)
     rows = relay.wait_ledger(tok, 200)
-    assert sum(e.cost for e in rows) == budget_used(relay, tok) <= 300 * MICROS
+    assert sum(e.cost for e in rows) == budget_used(relay, tok) <= 300_000_000
     assert sum(e.status == "ok" for e in rows) == ok
 
 
@@ -93,7 +92,8 @@ def test_non_stream_client_disconnect_is_still_metered(relay: Relay) -> None:
     body = {"model": "fault-delay:1500", "messages": HELLO, "max_tokens": 32}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(relay.url + "/v1/chat/completions", json=body,
-                   headers={"authorization": "Bearer " + tok}, timeout=0.3)
+                   headers={"authorization": "Bearer " + tok},
+                   timeout=httpx.Timeout(10, read=0.3))
     [row] = relay.wait_ledger(tok, 1)
     assert (row.status, row.cost) == ("ok", 5_800_000)
 
@@ -155,7 +155,7 @@ def test_anthropic_stream_cut_charges_known_input_and_worst_output(relay: Relay)
     [row] = relay.wait_ledger(tok, 1)
     # message_start told the input (10 tokens); the output is charged at its cap.
     assert (row.status, row.input_tokens, row.output_tokens) == ("upstream_error", 10, 16)
-    assert row.cost == 5_800_000 == budget_used(relay, tok)  # 10 * 0.1 + 16 * 0.3 = 5.8 cents
+    assert row.cost == 5_800_000 == budget_used(relay, tok)  # 10 * 0.1 + 16 * 0.3 cents
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -182,8 +182,8 @@ def test_provider_exceeding_the_cap_is_charged_its_real_usage(relay: Relay) -> N
     r = relay.chat(tok, model="fault-long:40", max_tokens=16)
     assert r.status_code == 200
     [row] = relay.wait_ledger(tok, 1)
-    assert (row.output_tokens, row.cost) == (40, 13 * MICROS)  # 10 * 0.1 + 40 * 0.3 = 13 cents
-    assert budget_used(relay, tok) == 13 * MICROS
+    assert (row.output_tokens, row.cost) == (40, 13_000_000)  # 10 * 0.1 + 40 * 0.3 cents
+    assert budget_used(relay, tok) == 13_000_000
 
 
 def test_upstream_timeout(fresh_relay: Callable[..., Relay]) -> None:

@@ -42,7 +42,16 @@ class Server:
                 body = await reader.readexactly(length)
                 if self.stall:
                     await asyncio.sleep(self.stall)
-                if b"/chunked" in head:
+                if b"/trickle" in head:
+                    raw = (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                           b"5;ext=1\r\nhello\r\n1\r\n \r\n10\r\n" + b"w" * 16 +
+                           b"\r\n0\r\nx-trailer: t\r\n\r\n")
+                    for i in range(len(raw)):
+                        writer.write(raw[i:i + 1])
+                        await writer.drain()
+                        if i % 7 == 0:
+                            await asyncio.sleep(0.001)
+                elif b"/chunked" in head:
                     writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
                                  b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
                 else:
@@ -119,6 +128,16 @@ async def test_streamed_chunked_body(client: httpx.AsyncClient) -> None:
         assert r2.content == b"after" and srv.connections == 1
 
 
+async def test_chunked_body_in_any_pieces(client: httpx.AsyncClient) -> None:
+    srv = Server()
+    async with srv as url:
+        for _ in range(2):
+            async with client.stream("POST", url + "/trickle", content=b"") as r:
+                body = b"".join([p async for p in r.aiter_bytes()])
+            assert body == b"hello " + b"w" * 16
+        assert srv.connections == 1  # trailers consumed, connection reused
+
+
 async def test_errors_are_httpx_errors(client: httpx.AsyncClient) -> None:
     with pytest.raises(httpx.ConnectError):
         await client.post("http://127.0.0.1:9/echo", content=b"")
@@ -126,7 +145,7 @@ async def test_errors_are_httpx_errors(client: httpx.AsyncClient) -> None:
     srv.stall = 1.0
     async with srv as url:
         with pytest.raises(httpx.ReadTimeout):
-            await client.post(url + "/echo", content=b"", timeout=0.1)
+            await client.post(url + "/echo", content=b"", timeout=httpx.Timeout(5, read=0.1))
         srv.stall = 0
         r = await client.post(url + "/echo", content=b"ok")  # the slot was given back
         assert r.content == b"ok"

@@ -8,8 +8,8 @@ from relay_harness import FAKE_KEY, Relay, assert_no_key, fake_requests, token_i
 from capwallet import caveats as cav
 
 HELLO = [{"role": "user", "content": "hello there"}]  # 10 input tokens at the fake
-# relay-test: 10 in * 0.1 + 16 out * 0.3 = 5.8 cents -> 6
-COST_USD = 5_800_000  # microunits: 10 * 0.1 + 16 * 0.3 = 5.8 cents
+# relay-test: 10 in * 0.1 + 16 out * 0.3 = 5.8 cents, counted in microunits
+COST_USD = 5_800_000
 
 
 def test_openai_non_stream(relay: Relay) -> None:
@@ -43,7 +43,8 @@ def test_openai_stream_without_usage_request(relay: Relay) -> None:
     last = fake_requests(relay)[-1]
     assert last["body"]["stream_options"] == {"include_usage": True}  # type: ignore[index]
     [row] = relay.ledger(tok)
-    assert (row.status, row.input_tokens, row.output_tokens, row.cost) == ("ok", 10, 16, 5_800_000)
+    assert (row.status, row.input_tokens, row.output_tokens, row.cost) == (
+        "ok", 10, 16, COST_USD)
 
 
 def test_openai_stream_with_usage_request(relay: Relay) -> None:
@@ -53,7 +54,7 @@ def test_openai_stream_with_usage_request(relay: Relay) -> None:
         stream_options={"include_usage": True}))
     usage = [c.usage for c in chunks if c.usage is not None]
     assert len(usage) == 1 and usage[0].completion_tokens == 16
-    assert relay.ledger(tok)[0].cost == 5_800_000
+    assert relay.ledger(tok)[0].cost == COST_USD
 
 
 def test_openai_injects_output_cap(relay: Relay) -> None:
@@ -75,7 +76,7 @@ def test_openai_n_choices(relay: Relay) -> None:
     assert len(r.choices) == 3
     row = relay.ledger(tok)[0]
     assert row.output_tokens == 24  # 3 choices x 8
-    assert row.cost == 8_200_000  # 10 * 0.1 + 24 * 0.3 = 8.2 cents, exactly
+    assert row.cost == 8_200_000  # 10 * 0.1 + 24 * 0.3 = 8.2 cents
 
 
 def test_anthropic_non_stream(relay: Relay) -> None:
@@ -86,7 +87,7 @@ def test_anthropic_non_stream(relay: Relay) -> None:
     assert (m.usage.input_tokens, m.usage.output_tokens) == (10, 16)
     [row] = relay.ledger(tok)
     assert (row.provider, row.model, row.input_tokens, row.output_tokens, row.cost) == (
-        "anthropic", "claude-test", 10, 16, 5_800_000)
+        "anthropic", "claude-test", 10, 16, COST_USD)
 
 
 def test_anthropic_stream(relay: Relay) -> None:
@@ -97,7 +98,8 @@ def test_anthropic_stream(relay: Relay) -> None:
         final = s.get_final_message()
     assert len(text.split()) == 16 and final.usage.output_tokens == 16
     [row] = relay.ledger(tok)
-    assert (row.status, row.input_tokens, row.output_tokens, row.cost) == ("ok", 10, 16, 5_800_000)
+    assert (row.status, row.input_tokens, row.output_tokens, row.cost) == (
+        "ok", 10, 16, COST_USD)
 
 
 def test_anthropic_injects_max_tokens(relay: Relay) -> None:
@@ -116,8 +118,7 @@ def test_embeddings(relay: Relay) -> None:
     [row] = relay.ledger(tok)
     assert row.operation == "embeddings" and row.output_tokens == 0
     assert row.input_tokens == e.usage.prompt_tokens
-    # A few tokens at 0.02 USD per million: 2 microunits (millionths of a cent) a token.
-    assert row.cost == 2 * row.input_tokens > 0
+    assert row.cost == 2 * row.input_tokens  # 0.02 USD per million: 2 microcents a token
 
 
 def test_models_lists_only_allowed(relay: Relay) -> None:
@@ -137,7 +138,7 @@ def test_budget_in_another_currency(relay: Relay) -> None:
     assert r.status_code == 200
     assert r.headers["x-capwallet-fx"] == "1 USD = 0.87 EUR"
     [row] = relay.ledger(tok)
-    # 5.8 USD cents * 0.87 = 5.046 EUR cents, exactly 5,046,000 microunits.
+    # 5.8 USD cents * 0.87 = 5.046 EUR cents, in microunits.
     assert (row.cost, row.currency) == (5_046_000, "EUR")
     assert list(relay.counters(tok).values()) == [5_046_000]
 

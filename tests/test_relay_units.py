@@ -34,19 +34,15 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "reference_relay" / "relay.examp
 MINI = Price("USD", 1000, input=15_000, output=60_000, cached_input=7_500)
 
 
-def test_cost_is_rounded_up_in_integers() -> None:
+def test_cost_is_counted_in_microunits_in_integers() -> None:
     conv = Converter({})
-    # Costs are microunits (millionths of a cent): one input token at 0.15 USD per million
-    # tokens is 15 microunits, and 300 tokens 4500 (0.0045 cents), never a whole cent.
-    assert conv.cost(MINI, MINI.raw_cost(input_tokens=1, output_tokens=0), "USD") == (15, None)
-    assert conv.cost(MINI, MINI.raw_cost(input_tokens=0, output_tokens=0), "USD") == (0, None)
-    assert conv.cost(MINI, MINI.raw_cost(input_tokens=300, output_tokens=0), "USD") == (
-        4500, None)
-    assert conv.cost(MINI, 1, "USD") == (1, None)  # a sliver of a microunit rounds up
-    # 1M input + 1M output tokens: 15 + 60 cents exactly, no rounding.
+    # One input token at 0.15 USD per million: 0.000015 cents = 15 microcents.
+    assert conv.micros(MINI, MINI.raw_cost(input_tokens=1, output_tokens=0), "USD") == (15, None)
+    assert conv.micros(MINI, MINI.raw_cost(input_tokens=0, output_tokens=0), "USD") == (0, None)
+    # 1M input + 1M output tokens: 15 + 60 cents exactly.
     raw = MINI.raw_cost(input_tokens=10**6, output_tokens=10**6)
-    assert conv.cost(MINI, raw, "USD") == (75 * 10**6, None)
-    assert conv.cost(MINI, raw + 1, "USD") == (75 * 10**6 + 1, None)
+    assert conv.micros(MINI, raw, "USD") == (75_000_000, None)
+    assert conv.micros(MINI, raw + 1, "USD") == (75_000_001, None)  # rounded up
     # Cached input is cheaper.
     assert MINI.raw_cost(input_tokens=0, output_tokens=0, cached_input_tokens=10) == 75_000
 
@@ -54,22 +50,25 @@ def test_cost_is_rounded_up_in_integers() -> None:
 def test_conversion_uses_the_rate_and_rounds_against_the_user() -> None:
     rate = parse_rate("USD/EUR", "0.87")
     conv = Converter({("USD", "EUR"): rate})
-    raw = 5_800_000_001  # 5.800000001 USD cents
-    assert conv.cost(MINI, raw, "EUR") == (5_046_001, rate)  # 5.04600000087 cents -> up
-    # The inverse direction works from the same entry.
+    raw = 5_800_000_000  # 5.8 USD cents
+    assert conv.micros(MINI, raw, "EUR") == (5_046_000, rate)
+    assert conv.micros(MINI, raw + 1, "EUR") == (5_046_001, rate)
+    # The inverse direction works from the same entry: 1 EUR cent is 1/0.87 USD cents.
     eur = Price("EUR", 1000, input=1_000_000, output=0)
-    assert conv.cost(eur, eur.raw_cost(input_tokens=1000, output_tokens=0), "USD")[0] == (  # type: ignore[index]
-        math.ceil(Fraction(1000 * 1_000_000, 10**9) / Fraction(87, 100) * 10**6))
-    assert conv.cost(MINI, raw, "GBP") is None
+    got = conv.micros(eur, eur.raw_cost(input_tokens=1000, output_tokens=0), "USD")
+    assert got is not None and got[0] == math.ceil(Fraction(10**6) / Fraction(87, 100))
+    assert conv.micros(MINI, raw, "GBP") is None
     assert rate.describe() == "1 USD = 0.87 EUR"
 
 
 def test_currency_exponents_are_respected() -> None:
     conv = Converter({("USD", "JPY"): parse_rate("USD/JPY", "150.5"),
                       ("USD", "KWD"): parse_rate("USD/KWD", "0.307")})
-    raw = 100 * 10**9  # 100 USD cents = 1 USD
-    assert conv.cost(MINI, raw, "JPY")[0] == 150_500_000  # type: ignore[index]  # 150.5 yen
-    assert conv.cost(MINI, raw, "KWD")[0] == 307 * 10**6  # type: ignore[index]  # 0.307 KWD
+    raw = 100 * 10**9  # 1 USD
+    jpy = conv.micros(MINI, raw, "JPY")
+    kwd = conv.micros(MINI, raw, "KWD")
+    assert jpy is not None and jpy[0] == 150_500_000  # 150.5 yen (no minor unit)
+    assert kwd is not None and kwd[0] == 307_000_000  # 0.307 KWD = 307 fils
 
 
 @given(st.integers(0, 10**7), st.integers(0, 10**6), st.integers(0, 10**9),
@@ -79,11 +78,11 @@ def test_cost_is_the_exact_ceiling(tin: int, tout: int, pin: int, pout: int, rat
                                    cur: str) -> None:
     price = Price("USD", 1000, input=pin, output=pout)
     conv = Converter({} if cur == "USD" else {("USD", cur): parse_rate(f"USD/{cur}", rate)})
-    got = conv.cost(price, price.raw_cost(input_tokens=tin, output_tokens=tout), cur)
+    got = conv.micros(price, price.raw_cost(input_tokens=tin, output_tokens=tout), cur)
     assert got is not None
     factor = Fraction(1) if cur == "USD" else Fraction(rate)
-    exact = (Fraction(tin * pin + tout * pout, 10**9) / 100 * factor
-             * 10 ** EXPONENTS[cur] * 10**6)
+    exact = (Fraction(tin * pin + tout * pout, 1000) * factor
+             * Fraction(10 ** EXPONENTS[cur], 10 ** EXPONENTS["USD"]))
     assert got[0] == math.ceil(exact)
 
 

@@ -15,14 +15,14 @@ import pytest
 from scaleout_harness import Fleet, Process, chat_body, fake_process, make_fleet, reason
 
 from capwallet import caveats as cav
-from capwallet.money import MICROS_PER_MINOR as MICROS
+from capwallet.money import MICROS_PER_MINOR
 from capwallet.token import Token
 
 __all__ = ["fake_process"]  # the module-scoped fixture, re-exported for pytest
 
-# relay-out: input free, 16 output tokens at 0.3 cent = 4.8 cents (4,800,000 microunits),
-# reserved and charged alike (max_tokens 16 is the fake's reply length), so a 4.80 USD budget
-# affords exactly 100.
+# relay-out: input free, 16 output tokens at 0.3 cent = 4.8 cents, counted in microunits
+# (spec 1.1), reserved and charged alike (max_tokens 16 is the fake's reply length), so a
+# 480-cent budget affords exactly 100.
 CALL_MICROS = 4_800_000
 
 
@@ -48,7 +48,7 @@ async def _spread(urls: list[str], tok: str, n: int, body: dict[str, object],
 
 
 def test_four_relays_share_one_budget_exactly(fleet: Fleet) -> None:
-    budget = 100 * CALL_MICROS // MICROS  # minor units, the caveat's unit
+    budget = 100 * CALL_MICROS // MICROS_PER_MINOR
     tok = fleet.mint(cav.Budget(budget, "USD", "month"), cav.TokenQuota(10**9, "day"))
     assert len(fleet.urls) == 4
     rs = asyncio.run(_spread(fleet.urls, tok, 400, chat_body()))
@@ -64,7 +64,7 @@ def test_four_relays_share_one_budget_exactly(fleet: Fleet) -> None:
     assert sum(e.status == "ok" for e in rows) == 100
     assert sum(e.status == "denied:budget_exceeded" for e in rows) == 300
     used = fleet.counters(tok)
-    assert sum(e.cost for e in rows) == used["budget"] == budget * MICROS
+    assert sum(e.cost for e in rows) == used["budget"] == budget * MICROS_PER_MINOR
     assert sum(e.input_tokens + e.output_tokens for e in rows) == used["quota"]
 
 
@@ -81,7 +81,8 @@ def test_settled_spend_never_exceeds_the_budget_when_estimates_exceed_use(fleet:
     assert ok >= 10
     rows = fleet.wait_ledger(tok, 200)
     assert len(rows) == 200
-    assert sum(e.cost for e in rows) == fleet.counters(tok)["budget"] <= budget * MICROS
+    assert (sum(e.cost for e in rows) == fleet.counters(tok)["budget"]
+            <= budget * MICROS_PER_MINOR)
     assert sum(e.status == "ok" for e in rows) == ok
 
 

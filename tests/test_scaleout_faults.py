@@ -27,6 +27,9 @@ SHORT_LEASE = {"upstream_timeout": 2, "connect_timeout": 0.5, "lease_margin": 0,
                "sweep_interval": 0.3}
 
 
+RELAY_OUT_MICROS = 4_800_000  # one relay-out call: 16 output tokens at 0.3 cent (spec 1.1)
+
+
 def post(url: str, tok: str, body: dict[str, Any], timeout: float = 30) -> httpx.Response:
     return httpx.post(url + "/v1/chat/completions", json=body, timeout=timeout,
                       headers={"authorization": "Bearer " + tok})
@@ -99,7 +102,7 @@ def test_sigkill_mid_call_charges_reserved_worst_case_once(pair: Fleet) -> None:
     # The surviving relay serves on, and on the same budget.
     r = post(survivor.url, tok, chat_body())
     assert r.status_code == 200, r.text
-    assert pair.counters(tok)["budget"] == reserved + 4_800_000  # one relay-out call
+    assert pair.counters(tok)["budget"] == reserved + RELAY_OUT_MICROS
 
 
 # -- upstream faults --------------------------------------------------------------------------
@@ -193,7 +196,7 @@ def test_redis_outage_fails_closed_and_recovers(fake_process: Process, tmp_path:
         [relay] = fleet.relays
         tok = fleet.mint(cav.Budget(1000, "USD", "month"))
         assert post(relay.url, tok, chat_body()).status_code == 200
-        assert fleet.counters(tok)["budget"] == 4_800_000  # 4.8 cents in microunits
+        assert fleet.counters(tok)["budget"] == RELAY_OUT_MICROS
         # A call in flight when Redis goes: it is answered, but cannot settle.
         with ThreadPoolExecutor(1) as pool:
             inflight = pool.submit(post, relay.url, tok, chat_body("fault-delay:1500"))

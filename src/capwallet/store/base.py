@@ -66,7 +66,7 @@ class ReserveResult:
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
     """One row per call. ``cost`` is integer microunits (millionths of a minor unit) of
-    ``currency``, the unit budget counters count in."""
+    ``currency``, as budget counters count (spec 1.1), so a token's rows sum to its counter."""
 
     time: int
     token_id: str
