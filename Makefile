@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench vectors system-deps clean
+.PHONY: demo protocol-demo test lint bench vectors system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(VENV)/bin/capwallet demo
+
+protocol-demo: $(STAMP)
 	$(PY) examples/protocol_demo.py
 
 # Redis and Chromium come from Debian's packages (installed when run as root).
