@@ -196,7 +196,7 @@ def main() -> int:
             relays.append(Process([sys.executable, "-m", "reference_relay", "--config",
                                    str(config), "--port", "0", "--log-level", "warning"],
                                   tmp / f"relay{i}.log", env=env, cwd=tmp).start())
-        token = mint(root, [cav.Budget(10**15, "USD", "month"), cav.Rate(10**9)]).serialize()
+        token = mint(root, [cav.Budget(10**9, "USD", "month"), cav.Rate(10**9)]).serialize()
         direct = [(fake.url, request_bytes(fake.url, FAKE_KEY))]
         via = [(r.url, request_bytes(r.url, token)) for r in relays]
 

@@ -16,6 +16,7 @@ than the baseline at 10 caveats; cached < 5 us.
 from __future__ import annotations
 
 import argparse
+import gc
 import platform
 import sys
 import time
@@ -75,10 +76,15 @@ def per_op_us(fn: Callable[[int], object], n: int, repeats: int) -> float:
     as timeit advises: slower runs measure the other processes on the machine, not the code.)"""
     runs = []
     for _ in range(repeats):
-        start = time.perf_counter_ns()
-        for i in range(n):
-            fn(i)
-        runs.append((time.perf_counter_ns() - start) / n / 1000)
+        gc.collect()
+        gc.disable()  # as timeit does: a collection triggered by earlier rows is not this code
+        try:
+            start = time.perf_counter_ns()
+            for i in range(n):
+                fn(i)
+            runs.append((time.perf_counter_ns() - start) / n / 1000)
+        finally:
+            gc.enable()
     return min(runs)
 
 

@@ -394,6 +394,10 @@ def decode_all(caveats: Iterable[bytes]) -> list[Caveat]:
     failing check in reason-code order decides (spec/verification.md).
     """
     raws = list(caveats)
-    for data in raws:
-        _known_type(data)
-    return [decode(data) for data in raws]
+    try:
+        return [decode(data) for data in raws]
+    except TokenError:
+        # Only on failure: an unknown type anywhere outranks an invalid caveat before it.
+        for data in raws:
+            _known_type(data)
+        raise
