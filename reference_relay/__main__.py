@@ -23,7 +23,6 @@ import asyncio
 import gc
 import ipaddress
 import logging
-import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -34,23 +33,9 @@ from capwallet.keys import KeyFileError
 from capwallet.store import StoreUnavailable
 from reference_relay.app import MAX_HEADER_BYTES, create_app
 from reference_relay.config import ConfigError, load_config
+from reference_relay.listen import listen
 
 log = logging.getLogger("reference_relay")
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket created with IPPROTO_TCP, so asyncio turns on TCP_NODELAY for its
-    connections (without it small responses wait on Nagle's algorithm and delayed ACKs)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 def _is_loopback(host: str) -> bool:

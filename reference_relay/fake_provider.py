@@ -95,6 +95,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from reference_relay.listen import listen
+
 DEFAULT_API_KEY = "sk-fake-provider-key"
 DEFAULT_REPLY_TOKENS = 16
 REQUEST_OVERHEAD_TOKENS = 3
@@ -927,22 +929,6 @@ def create_app(api_key: str = DEFAULT_API_KEY, *,
 # Serving
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket. proto must be IPPROTO_TCP explicitly: asyncio only turns on
-    TCP_NODELAY for sockets that say so, and without it every response waits ~40 ms on Nagle
-    and delayed ACKs (uvicorn writes the head and the body separately)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def _url(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -960,7 +946,7 @@ def running_fake_provider(api_key: str = DEFAULT_API_KEY, *,
                           host: str = "127.0.0.1") -> Iterator[str]:
     """Serve a fresh fake provider from a background thread; yields its base URL."""
     app = create_app(api_key, default_reply_tokens=default_reply_tokens)
-    sock = _listen(host, 0)
+    sock = listen(host, 0)
     server = _server(app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
                               name="fake-provider", daemon=True)
@@ -1001,7 +987,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         app = create_app(args.api_key, default_reply_tokens=args.default_reply_tokens)
-        sock = _listen(args.host, args.port)
+        sock = listen(args.host, args.port)
     except (ValueError, OSError) as exc:
         print(f"fake provider: {exc}", file=sys.stderr)
         return 2

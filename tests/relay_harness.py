@@ -36,10 +36,10 @@ from capwallet import caveats as cav
 from capwallet.keys import Keyring, RootKey
 from capwallet.store import LedgerEntry, Store, open_store
 from capwallet.token import mint
-from reference_relay.__main__ import listen
 from reference_relay.app import create_app
 from reference_relay.config import RelayConfig, parse_config
 from reference_relay.fake_provider import running_fake_provider
+from reference_relay.listen import listen
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "reference_relay" / "relay.example.toml"
 FAKE_KEY = "sk-fake-" + secrets.token_hex(20)  # unique, so a leak is findable anywhere
