@@ -144,11 +144,8 @@ class StreamMeter:
             return True
         if b'"usage"' not in data or b'"usage":null' in data:
             return True
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            return True
-        if not isinstance(obj, dict):
+        obj = _json_object(data)
+        if obj is None:
             return True
         u = openai_usage(obj.get("usage"))
         if u is None:
@@ -162,11 +159,8 @@ class StreamMeter:
             b"message_stop" not in data
         ):
             return True
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            return True
-        if not isinstance(obj, dict):
+        obj = _json_object(data)
+        if obj is None:
             return True
         kind = obj.get("type")
         if kind == "message_start":
@@ -181,3 +175,11 @@ class StreamMeter:
             self.done = True
         return True
 
+
+def _json_object(data: bytes) -> dict[str, Any] | None:
+    """An SSE data line as a JSON object, or None: a line we cannot read passes through."""
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
