@@ -31,7 +31,6 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -40,6 +39,7 @@ from capwallet.verify import Debit
 from reference_relay.config import ModelConfig, ProviderConfig
 from reference_relay.errors import UPSTREAM_ERROR, RelayError, error_response, sse_error_event
 from reference_relay.metering import StreamMeter, Usage, usage_from_json
+from reference_relay.pool import Response as UpstreamResponse
 from reference_relay.prices import Converter
 from reference_relay.routes import Endpoint, Prepared
 from reference_relay.upstream import Upstream, transport_error, upstream_status_error
@@ -168,9 +168,9 @@ class Call:
 
     # -- forwarding -------------------------------------------------------------------------
 
-    def _request(self) -> httpx.Request:
-        return self.upstream.build(self.provider, self.endpoint.upstream_path,
-                                   self.prepared.body, self.key, self.forward_headers)
+    async def _send(self) -> UpstreamResponse:
+        return await self.upstream.send(self.provider, self.endpoint.upstream_path,
+                                        self.prepared.body, self.key, self.forward_headers)
 
     async def run(self) -> Response:
         if self.prepared.stream:
@@ -192,24 +192,28 @@ class Call:
 
     async def _plain(self) -> Response:
         flavor = self.endpoint.errors
+        resp: UpstreamResponse | None = None
         try:
             async with asyncio.timeout(self.upstream.timeout(self.provider)):
-                resp = await self.upstream.client.send(self._request())
+                resp = await self._send()
+                body = await resp.read()
         except Exception as exc:
             err = transport_error(self.provider, exc)
-            if isinstance(exc, (TimeoutError, httpx.ReadTimeout)):
+            if resp is not None or isinstance(exc, TimeoutError):
                 # The request reached the provider, which may be generating and billing it.
                 await self.settle(None, False, "upstream_error")
             else:
                 await self.release("upstream_error")
             return error_response(err, flavor)
-        body = resp.content
-        if resp.status_code >= 300:
+        finally:
+            if resp is not None:
+                resp.close()
+        if resp.status >= 300:
             await self.release("upstream_error")
-            err, passthrough = upstream_status_error(self.provider, resp.status_code, body,
+            err, passthrough = upstream_status_error(self.provider, resp.status, body,
                                                      self.key)
             if passthrough is not None:
-                return Response(passthrough, status_code=resp.status_code,
+                return Response(passthrough, status_code=resp.status,
                                 media_type="application/json",
                                 headers={"x-capwallet-reason": err.code})
             return error_response(err, flavor)
@@ -228,8 +232,8 @@ class Call:
             settlement = self.settle(None, False, "usage_missing", body)
         else:
             settlement = self.settle(usage, True, "ok", body)
-        headers = {h: resp.headers[h] for h in _PASS_HEADERS if h in resp.headers}
-        return _SettleAfterSend(body, resp.status_code, {**headers, **self.response_headers},
+        headers = {h: v for h in _PASS_HEADERS if (v := resp.header(h)) is not None}
+        return _SettleAfterSend(body, resp.status, {**headers, **self.response_headers},
                                 settlement, self.spawn)
 
     async def _run_stream(self) -> Response:
@@ -303,19 +307,19 @@ class _StreamPump:
         call = self.call
         p = call.provider
         meter = StreamMeter(p.api, drop_usage_chunk=not call.prepared.client_wants_usage)
-        resp: httpx.Response | None = None
+        resp: UpstreamResponse | None = None
         failure: RelayError | None = None
         try:
             async with asyncio.timeout(call.upstream.timeout(p)):
-                resp = await call.upstream.client.send(call._request(), stream=True)
-                if resp.status_code >= 300:
-                    body = await resp.aread()
-                    self.ready.set_result(upstream_status_error(p, resp.status_code, body,
+                resp = await call._send()
+                if resp.status >= 300:
+                    body = await resp.read()
+                    self.ready.set_result(upstream_status_error(p, resp.status, body,
                                                                 call.key))
                     await call.release("upstream_error")
                     return
                 self.ready.set_result(None)
-                async for chunk in resp.aiter_bytes():
+                async for chunk in resp.iter_chunks():
                     out = meter.feed(chunk)
                     if out:
                         await self.emit(out)
@@ -330,7 +334,7 @@ class _StreamPump:
                 return
         finally:
             if resp is not None:
-                await resp.aclose()
+                resp.close()
             if not self.ready.done():  # cancelled before any answer
                 self.ready.set_result((RelayError(UPSTREAM_ERROR, "the call was cancelled"),
                                        None))

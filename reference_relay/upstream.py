@@ -1,7 +1,7 @@
-"""Calls to providers: one pooled httpx.AsyncClient, the provider key added here and only here.
+"""Calls to providers: one connection pool per relay, the provider key added here and only here.
 
-The client's transport is reference_relay.pool.Http1Pool (httpcore's HTTP/1.1 connections in a
-pool whose cost per request does not grow with the number of connections).
+The wire is reference_relay.pool (an asyncio Protocol per connection, httptools parsing; its
+docstring says why not httpx). This module builds the request bytes.
 
 The app's own credentials and headers are not forwarded: the upstream request carries only the
 body, a content type, the provider's key and the few protocol headers each API needs. Upstream
@@ -11,66 +11,104 @@ it (some echo a masked form; a verbatim one must never get through).
 
 from __future__ import annotations
 
-import httpx
+import re
+from urllib.parse import urlsplit
 
 from reference_relay.config import ProviderConfig, RelayConfig
 from reference_relay.errors import (
+    INVALID_REQUEST,
     PROVIDER_UNAVAILABLE,
     UPSTREAM_ERROR,
     UPSTREAM_RATE_LIMITED,
     UPSTREAM_TIMEOUT,
     RelayError,
 )
-from reference_relay.pool import Http1Pool
+from reference_relay.pool import (
+    ConnectFailed,
+    ConnectTimeout,
+    Origin,
+    Pool,
+    ProtocolFailure,
+    Response,
+)
 
 ANTHROPIC_VERSION = "2023-06-01"
 _PASS_THROUGH_STATUS = frozenset({400, 404, 409, 422})
+# A forwarded header value: visible ASCII and inner spaces only (no CR/LF, no controls).
+_HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
 
 
 class Upstream:
+    """The relay's pool of provider connections and the requests it sends on them."""
+
     def __init__(self, config: RelayConfig) -> None:
         self.config = config
-        timeout = httpx.Timeout(config.upstream_timeout, connect=config.connect_timeout)
-        self._timeouts = timeout.as_dict()
-        self._urls: dict[str, httpx.URL] = {}
-        self.client = httpx.AsyncClient(
-            transport=Http1Pool(max_connections=config.max_connections),
-            timeout=timeout,
-            follow_redirects=False,
-            trust_env=False,
-        )
+        self.pool = Pool(max_connections=config.max_connections,
+                         connect_timeout=config.connect_timeout)
+        # (base_url + path, key) -> (origin, the request head up to the content length):
+        # everything of a head but the length is the same for every call to one endpoint.
+        self._heads: dict[tuple[str, str, str], tuple[Origin, bytes]] = {}
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.pool.aclose()
 
     def timeout(self, provider: ProviderConfig) -> float:
         return provider.timeout if provider.timeout is not None else self.config.upstream_timeout
 
     def build(self, provider: ProviderConfig, path: str, body: bytes, key: str,
-              client_headers: dict[str, str]) -> httpx.Request:
-        """The upstream request. ``path`` is relative to the provider's base_url."""
-        headers = {"content-type": "application/json", "accept": "application/json"}
+              client_headers: dict[str, str]) -> tuple[Origin, bytes]:
+        """The origin to connect to and the whole request (head and body) as bytes.
+        ``path`` is relative to the provider's base_url."""
+        url = provider.base_url + path
+        cached = self._heads.get((url, key, provider.api))
+        if cached is None:
+            cached = self._head(provider, url, key)
+            if len(self._heads) < 1024:
+                self._heads[(url, key, provider.api)] = cached
+        origin, head = cached
+        extra = b""
         if provider.api == "anthropic":
-            headers["anthropic-version"] = client_headers.get("anthropic-version",
-                                                              ANTHROPIC_VERSION)
+            version = client_headers.get("anthropic-version", ANTHROPIC_VERSION)
             beta = client_headers.get("anthropic-beta")
+            extra = b"anthropic-version: " + _value("anthropic-version", version) + b"\r\n"
             if beta:
-                headers["anthropic-beta"] = beta
-            if key:
-                headers["x-api-key"] = key
-        elif key:
-            headers["authorization"] = "Bearer " + key
-        # httpx.Request directly rather than client.build_request: nothing of the client's
-        # defaults (base URL, cookies, params) applies, and merging them cost a third of the
-        # upstream call's CPU. The timeout extension is what build_request would have set.
-        return httpx.Request("POST", self._url(provider.base_url + path), content=body,
-                             headers=headers, extensions={"timeout": self._timeouts})
+                extra += b"anthropic-beta: " + _value("anthropic-beta", beta) + b"\r\n"
+        return origin, b"%scontent-length: %d\r\n%s\r\n%s" % (head, len(body), extra, body)
 
-    def _url(self, text: str) -> httpx.URL:
-        url = self._urls.get(text)
-        if url is None:
-            url = self._urls[text] = httpx.URL(text)
-        return url
+    @staticmethod
+    def _head(provider: ProviderConfig, url: str, key: str) -> tuple[Origin, bytes]:
+        parts = urlsplit(url)
+        scheme = parts.scheme
+        host = parts.hostname or ""
+        port = parts.port or (443 if scheme == "https" else 80)
+        default = (scheme == "https" and port == 443) or (scheme == "http" and port == 80)
+        host_header = f"[{host}]" if ":" in host else host
+        if not default:
+            host_header += f":{port}"
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        lines = [f"POST {target} HTTP/1.1", f"host: {host_header}",
+                 "content-type: application/json", "accept: application/json",
+                 "accept-encoding: identity"]
+        if key and not _HEADER_VALUE.fullmatch(key):
+            raise RelayError(PROVIDER_UNAVAILABLE, f"the API key configured for provider "
+                             f"{provider.id!r} has characters that cannot go in a header")
+        if key:
+            lines.append(f"x-api-key: {key}" if provider.api == "anthropic"
+                         else f"authorization: Bearer {key}")
+        return (scheme, host, port), ("\r\n".join(lines) + "\r\n").encode("latin-1")
+
+    async def send(self, provider: ProviderConfig, path: str, body: bytes, key: str,
+                   client_headers: dict[str, str]) -> Response:
+        """Send the request; returns once the answer's status and headers have arrived."""
+        origin, data = self.build(provider, path, body, key, client_headers)
+        return await self.pool.request(origin, data)
+
+
+def _value(name: str, value: str) -> bytes:
+    if not _HEADER_VALUE.fullmatch(value):
+        raise RelayError(INVALID_REQUEST, f"the {name} header has characters the relay does "
+                         "not forward")
+    return value.encode("ascii")
 
 
 def provider_key_missing(provider: ProviderConfig) -> RelayError:
@@ -109,9 +147,11 @@ def upstream_status_error(provider: ProviderConfig, status: int, body: bytes,
 
 
 def transport_error(provider: ProviderConfig, exc: BaseException) -> RelayError:
-    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+    if isinstance(exc, (ConnectTimeout, TimeoutError)):
         return RelayError(UPSTREAM_TIMEOUT, f"provider {provider.id!r} did not answer in time")
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, ConnectFailed):
         return RelayError(UPSTREAM_ERROR, f"cannot connect to provider {provider.id!r}")
+    if isinstance(exc, ProtocolFailure):
+        return RelayError(UPSTREAM_ERROR, f"provider {provider.id!r}: {exc}")
     return RelayError(UPSTREAM_ERROR, f"the connection to provider {provider.id!r} failed "
                       f"({type(exc).__name__})")

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
-from reference_relay.pool import Http1Pool
+from reference_relay.pool import ConnectFailed, Pool, ProtocolFailure, Response
 
 pytestmark = pytest.mark.anyio
 
@@ -51,6 +50,25 @@ class Server:
                         await writer.drain()
                         if i % 7 == 0:
                             await asyncio.sleep(0.001)
+                elif b"/close-delimited" in head:
+                    writer.write(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
+                    await writer.drain()
+                    break
+                elif b"/cut" in head:
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nshort")
+                    await writer.drain()
+                    break
+                elif b"/garbage" in head:
+                    writer.write(b"NOT HTTP AT ALL\r\n\r\n")
+                    await writer.drain()
+                    break
+                elif b"/interim" in head:
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"
+                                 b"content-length: 2\r\nx-id: 7\r\n\r\nok")
+                elif b"/big" in head:
+                    data = b"b" * 1_000_000
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s"
+                                 % (len(data), data))
                 elif b"/chunked" in head:
                     writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
                                  b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
@@ -75,89 +93,157 @@ class Server:
         self.server.close()
 
 
+POOL_MAX = 8
+
+
+def request(url: str, path: str, body: bytes) -> tuple[tuple[str, str, int], bytes]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    data = (b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %d\r\n\r\n%s"
+            % (path.encode(), host.encode(), len(body), body))
+    return ("http", host, int(port)), data
+
+
+async def post(pool: Pool, url: str, path: str, body: bytes = b"") -> bytes:
+    resp = await pool.request(*request(url, path, body))
+    try:
+        assert resp.status == 200
+        return await resp.read()
+    finally:
+        resp.close()
+
+
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=Http1Pool(max_connections=8),
-                                 timeout=httpx.Timeout(5)) as c:
-        yield c
+async def pool() -> AsyncIterator[Pool]:
+    p = Pool(max_connections=POOL_MAX, connect_timeout=5)
+    yield p
+    await p.aclose()
 
 
-async def test_keep_alive_reuses_one_connection(client: httpx.AsyncClient) -> None:
+async def test_keep_alive_reuses_one_connection(pool: Pool) -> None:
     srv = Server()
     async with srv as url:
         for i in range(30):
-            r = await client.post(url + "/echo", content=b"x" * i)
-            assert r.status_code == 200 and r.content == b"x" * i
+            assert await post(pool, url, "/echo", b"x" * i) == b"x" * i
         assert srv.connections == 1
         # Head and body went out in one write: the server read them together.
         assert srv.heads[-1].startswith(b"POST /echo HTTP/1.1\r\n")
 
 
-async def test_concurrency_is_bounded_and_connections_reused(
-        client: httpx.AsyncClient) -> None:
+async def test_concurrency_is_bounded_and_connections_reused(pool: Pool) -> None:
     srv = Server()
     srv.stall = 0.02
     async with srv as url:
-        rs = await asyncio.gather(*(client.post(url + "/echo", content=b"%d" % i)
-                                    for i in range(40)))
-        assert [r.content for r in rs] == [b"%d" % i for i in range(40)]
-        assert srv.connections <= 8
+        got = await asyncio.gather(*(post(pool, url, "/echo", b"%d" % i) for i in range(40)))
+        assert got == [b"%d" % i for i in range(40)]
+        assert srv.connections <= POOL_MAX
         before = srv.connections
-        await asyncio.gather(*(client.post(url + "/echo", content=b"y") for _ in range(8)))
+        await asyncio.gather(*(post(pool, url, "/echo", b"y") for _ in range(POOL_MAX)))
         assert srv.connections == before
 
 
-async def test_server_closing_idle_connections(client: httpx.AsyncClient) -> None:
+async def test_server_closing_idle_connections(pool: Pool) -> None:
     srv = Server()
     srv.close_after_reply = True
     async with srv as url:
         for _ in range(5):
-            r = await client.post(url + "/echo", content=b"z")
-            assert r.content == b"z"
+            assert await post(pool, url, "/echo", b"z") == b"z"
             await asyncio.sleep(0.01)  # the close reaches the idle connection
         assert srv.connections == 5
 
 
-async def test_streamed_chunked_body(client: httpx.AsyncClient) -> None:
+async def test_reused_connection_closed_by_the_server_is_retried_once(pool: Pool) -> None:
+    """The server closes its side just as the pool reuses the idle connection: the request
+    goes again on a new connection instead of failing."""
+    srv = Server()
+    srv.close_after_reply = True
+    async with srv as url:
+        for _ in range(5):
+            assert await post(pool, url, "/echo", b"again") == b"again"  # no sleep: races
+        assert srv.connections == 5
+
+
+async def test_streamed_chunked_body(pool: Pool) -> None:
     srv = Server()
     async with srv as url:
-        async with client.stream("POST", url + "/chunked", content=b"") as r:
-            parts = [p async for p in r.aiter_bytes()]
+        resp = await pool.request(*request(url, "/chunked", b""))
+        parts = [p async for p in resp.iter_chunks()]
+        resp.close()
         assert b"".join(parts) == b"abcde"
-        r2 = await client.post(url + "/echo", content=b"after")
-        assert r2.content == b"after" and srv.connections == 1
+        assert await post(pool, url, "/echo", b"after") == b"after"
+        assert srv.connections == 1
 
 
-async def test_chunked_body_in_any_pieces(client: httpx.AsyncClient) -> None:
+async def test_chunked_body_in_any_pieces(pool: Pool) -> None:
     srv = Server()
     async with srv as url:
         for _ in range(2):
-            async with client.stream("POST", url + "/trickle", content=b"") as r:
-                body = b"".join([p async for p in r.aiter_bytes()])
+            resp = await pool.request(*request(url, "/trickle", b""))
+            body = b"".join([p async for p in resp.iter_chunks()])
+            resp.close()
             assert body == b"hello " + b"w" * 16
         assert srv.connections == 1  # trailers consumed, connection reused
 
 
-async def test_errors_are_httpx_errors(client: httpx.AsyncClient) -> None:
-    with pytest.raises(httpx.ConnectError):
-        await client.post("http://127.0.0.1:9/echo", content=b"")
+async def test_interim_answer_skipped_and_headers_read(pool: Pool) -> None:
     srv = Server()
-    srv.stall = 1.0
     async with srv as url:
-        with pytest.raises(httpx.ReadTimeout):
-            await client.post(url + "/echo", content=b"", timeout=httpx.Timeout(5, read=0.1))
+        resp: Response = await pool.request(*request(url, "/interim", b""))
+        assert resp.status == 200 and resp.header("x-id") == "7"
+        assert await resp.read() == b"ok"
+        resp.close()
+
+
+async def test_body_delimited_by_close(pool: Pool) -> None:
+    srv = Server()
+    async with srv as url:
+        assert await post(pool, url, "/close-delimited") == b"until the end"
+        assert await post(pool, url, "/echo", b"next") == b"next"
+        assert srv.connections == 2  # that connection could not be reused
+
+
+async def test_large_body_with_backpressure(pool: Pool) -> None:
+    """A body larger than the pool's buffer high-water mark: reading pauses and resumes."""
+    srv = Server()
+    async with srv as url:
+        resp = await pool.request(*request(url, "/big", b""))
+        total = 0
+        async for part in resp.iter_chunks():
+            total += len(part)
+            await asyncio.sleep(0.001)  # a slow consumer
+        resp.close()
+        assert total == 1_000_000
+        assert await post(pool, url, "/echo", b"still") == b"still"
+
+
+async def test_failures_raise_pool_errors_and_give_the_slot_back(pool: Pool) -> None:
+    with pytest.raises(ConnectFailed):
+        await pool.request(("http", "127.0.0.1", 9), b"POST / HTTP/1.1\r\n\r\n")
+    srv = Server()
+    async with srv as url:
+        for path in ("/cut", "/garbage"):
+            with pytest.raises(ProtocolFailure):
+                resp = await pool.request(*request(url, path, b""))
+                try:
+                    await resp.read()
+                finally:
+                    resp.close()
+        srv.stall = 1.0
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):  # the caller's deadline, as the relay sets it
+                await post(pool, url, "/echo", b"")
         srv.stall = 0
-        r = await client.post(url + "/echo", content=b"ok")  # the slot was given back
-        assert r.content == b"ok"
+        # Every slot was given back: as many calls at once as the pool allows still pass.
+        got = await asyncio.gather(*(post(pool, url, "/echo", b"ok") for _ in range(POOL_MAX)))
+        assert got == [b"ok"] * POOL_MAX
 
 
-async def test_abandoned_stream_closes_its_connection(client: httpx.AsyncClient) -> None:
+async def test_abandoned_stream_closes_its_connection(pool: Pool) -> None:
     srv = Server()
     async with srv as url:
-        async with client.stream("POST", url + "/chunked", content=b"") as r:
-            assert r.status_code == 200  # closed without reading the body
-        r2 = await client.post(url + "/echo", content=b"next")
-        assert r2.content == b"next"
+        resp = await pool.request(*request(url, "/chunked", b""))
+        assert resp.status == 200
+        resp.close()  # without reading the body
+        assert await post(pool, url, "/echo", b"next") == b"next"
 
 
 async def test_https_with_keep_alive(tmp_path: object) -> None:
@@ -178,16 +264,21 @@ async def test_https_with_keep_alive(tmp_path: object) -> None:
     srv = Server()
     server = await asyncio.start_server(srv.handle, "127.0.0.1", 0, ssl=server_ctx)
     port = server.sockets[0].getsockname()[1]
+    origin = ("https", "127.0.0.1", port)
     try:
-        async with httpx.AsyncClient(transport=Http1Pool(max_connections=4,
-                                                         ssl_context=client_ctx)) as c:
-            for i in range(5):
-                r = await c.post(f"https://127.0.0.1:{port}/echo", content=b"tls%d" % i)
-                assert r.content == b"tls%d" % i
+        p = Pool(max_connections=4, connect_timeout=5, ssl_context=client_ctx)
+        for i in range(5):
+            body = b"tls%d" % i
+            resp = await p.request(origin, b"POST /echo HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+                                   b"content-length: %d\r\n\r\n%s" % (len(body), body))
+            assert await resp.read() == body
+            resp.close()
+        await p.aclose()
         assert srv.connections == 1
-        # An untrusted certificate is refused.
-        async with httpx.AsyncClient(transport=Http1Pool(max_connections=4)) as c:
-            with pytest.raises(httpx.ConnectError):
-                await c.post(f"https://127.0.0.1:{port}/echo", content=b"x")
+        # An untrusted certificate is refused (the default context: certifi's roots).
+        p = Pool(max_connections=4, connect_timeout=5)
+        with pytest.raises(ConnectFailed):
+            await p.request(origin, b"POST /echo HTTP/1.1\r\ncontent-length: 0\r\n\r\n")
+        await p.aclose()
     finally:
         server.close()
