@@ -147,6 +147,17 @@ def _detail(c: CounterLimit, limit: int, used: int, needed: int,
             "unit": unit, "resets_at": resets_at}
 
 
+def _counter_extra(decision: Decision) -> dict[str, Any]:
+    """A counter denial's error fields, from the counter the verifier named (the decision's
+    ``counter``, spec/verification.md#decision); none for any other denial."""
+    c = decision.counter
+    if c is None:
+        return {}
+    unit = f"micro-{c.unit}" if c.kind == "budget" else c.unit
+    return {"limit": c.limit, "used": c.used, "left": max(c.limit - c.used, 0),
+            "needed": c.needed, "unit": unit, "resets_at": c.resets_at}
+
+
 def _fmt(c: CounterLimit, n: int) -> str:
     """An amount in the counter's unit (microunits for a budget) for people."""
     return format_micros(n, c.unit) if c.kind == "budget" else f"{n} {c.unit}"
@@ -480,8 +491,7 @@ class Relay:
         ), now, counters, revoked)
         app_name = limits.apps[0] if limits.apps else ""
         if not decision.allowed:
-            extra = self.counter_detail(decision, windows, counters, costs,
-                                        prepared.input.tokens + prepared.output_tokens)
+            extra = _counter_extra(decision)
             return await self.deny(decision, ep, provider, model, app_name, digest, raw,
                                    path, rates, now, extra)
         key = self.provider_keys(provider.id)
@@ -546,26 +556,6 @@ class Relay:
         return RelayError(reason.value, f"{limit.describe()}: {_fmt(limit, used)} used, "
                           f"{_fmt(limit, left)} left; this call needs up to "
                           f"{_fmt(limit, debit.amount)}{note}", extra=extra, headers=headers)
-
-    @staticmethod
-    def counter_detail(decision: Decision,
-                       windows: tuple[tuple[CounterLimit, str, int | None], ...],
-                       counters: dict[str, int], costs: dict[str, int],
-                       tokens: int) -> dict[str, Any]:
-        """For a counter denial: the counter that was hit (limit, used, left, needed, in its
-        unit: microunits of the currency for a budget)."""
-        kind = {v: k for k, v in _KIND_REASON.items()}.get(decision.reason)  # type: ignore[arg-type]
-        if kind is None:
-            return {}
-        for c, key, resets in windows:
-            if c.kind != kind:
-                continue
-            needed = 1 if kind == "rate" else tokens if kind == "quota" else costs.get(c.unit, 0)
-            used = counters.get(key, 0)
-            limit = c.counted_limit
-            if needed > 0 and used + needed > limit:
-                return _detail(c, limit, used, needed, resets)
-        return {}
 
     async def deny(self, decision: Decision, ep: Endpoint, provider: ProviderConfig,
                    model: ModelConfig, app_name: str, digest: bytes | None, raw: bytes,

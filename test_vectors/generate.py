@@ -7,9 +7,9 @@
 Every input is fixed (root keys, token ids, times, nonces, approval ids), so the output is
 reproducible byte for byte. Tokens are assembled here with an independent encoder and HMAC
 chain and cross-checked against capwallet.token.mint / Token.attenuate. Every expected result
-(reason, debits, counter states, effective limits) is written here by hand, and the generator
-stops if the Python implementation disagrees: the vectors say what the spec says, not what
-the code happens to do.
+(reason, the counter a denial names, debits, counter states, effective limits) is written
+here by hand, and the generator stops if the Python implementation disagrees: the vectors say
+what the spec says, not what the code happens to do.
 
 Money (spec/caveats.md#currencies): a request's cost and every budget counter value (debit
 amount, limit and used; counter states) is in microunits, millionths of a minor unit, while
@@ -273,8 +273,16 @@ def ctx(
             "counters": scale_counters(counters or {}), "revoked": list(revoked)}
 
 
-def deny(reason: str) -> dict[str, Any]:
-    return {"result": "deny", "reason": reason}
+COUNTER_REASONS = ("rate_limited", "quota_exceeded", "budget_exceeded")
+
+
+def deny(reason: str, counter: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A denial; a counter denial names its counter (hit(...)), and no other denial does."""
+    assert (counter is not None) == (reason in COUNTER_REASONS), reason
+    out: dict[str, Any] = {"result": "deny", "reason": reason}
+    if counter is not None:
+        out["counter"] = counter
+    return out
 
 
 def allow(
@@ -296,6 +304,20 @@ def debit(
         amount, limit, used = mu(amount), mu(limit), mu(used)
     return {"kind": kind, "counter_key": ckey(token_id, caveat, period_key), "amount": amount,
             "limit": limit, "used": used, "unit": unit, "resets_at": resets_at}
+
+
+def hit(
+    kind: str, token_id: bytes, caveat: str, period_key: str, *, limit: int, used: int,
+    needed: int, unit: str, resets_at: int | None,
+) -> dict[str, Any]:
+    """The counter a counter denial names (spec/verification.md#decision): the first one, in
+    check order, the call does not fit. Like debit(), a budget's limit, used and needed are
+    written in minor units (or Micros); ``needed`` is what the call would add to it."""
+    if kind == "budget":
+        limit, used, needed = mu(limit), mu(used), mu(needed)
+    return {"kind": kind, "counter_id": counter_id(token_id, caveat),
+            "counter_key": ckey(token_id, caveat, period_key), "unit": unit, "limit": limit,
+            "used": used, "needed": needed, "resets_at": resets_at}
 
 
 def limits(**over: Any) -> dict[str, Any]:
@@ -461,6 +483,9 @@ def compare(vid: str, expected: dict[str, Any], d: Decision) -> None:
         fail("result", expected, (got, d.reason))
     if not d.allowed and expected["reason"] != d.reason:
         fail("reason", expected["reason"], d.reason)
+    named = None if d.counter is None else d.counter.to_json()
+    if named != expected.get("counter"):
+        fail("counter", expected.get("counter"), named)
     if d.allowed:
         debits = [x.to_json() for x in d.debits]
         if debits != expected["debits"]:
@@ -1052,12 +1077,14 @@ def build_attenuate() -> File:
         [CHAIN], G, C,
         ctx(call(cost={"EUR": 30}), counters={ckey(t, pb, "2026-09"): 480,
                                                ckey(t, cb, "2026-09"): 480}),
-        deny("budget_exceeded"))
+        deny("budget_exceeded", hit("budget", t, cb, "2026-09", limit=500, used=480, needed=30,
+                                    unit="EUR", resets_at=nov)))
     add("The grandchild's 0.30 EUR request fits its own budget but not the parent's (19.90 "
         "of 20.00 EUR used): a child never outspends its parent.",
         "budgets.md#attenuation-and-budgets", [CHAIN], G, C,
         ctx(call(cost={"EUR": 30}), counters={ckey(t, pb, "2026-09"): 1990}),
-        deny("budget_exceeded"))
+        deny("budget_exceeded", hit("budget", t, pb, "2026-09", limit=2000, used=1990,
+                                    needed=30, unit="EUR", resets_at=nov)))
     sa, sb = "budget b0000000000000a1 500 EUR month", "budget b0000000000000b1 500 EUR month"
     A, B = P.child(sa), P.child(sb)
     add("Sibling A: its 5.00 EUR budget has its own counter, its nonce b0000000000000a1 in the "
@@ -1143,6 +1170,9 @@ REVOKE = flag("Revocation", "The verifier's revocation list names the token id."
 EXACT = flag("ExactMatch", "Names match exactly: no case folding, no prefix matching.")
 MICRO = flag("Microunits", "An amount that is not a whole number of minor units: costs and "
              "budget counters count microunits, millionths of a minor unit.")
+COUNTER_ORDER = flag("CounterOrder", "Several counters do not fit the call; the denial names "
+                     "the first in check order (rates, then quotas, then budgets; token order "
+                     "within a kind).")
 
 
 @builder
@@ -1252,7 +1282,9 @@ def build_verify() -> File:
                     resets_at=oct1)))
     add("Budget 10.00 EUR: 9.89 EUR used, the call needs 0.12 EUR.", "caveats.md#budget",
         [BOUNDARY], bt,
-        ctx(counters={k: 989}), deny("budget_exceeded"))
+        ctx(counters={k: 989}),
+        deny("budget_exceeded", hit("budget", t, bu, "2026-09", limit=1000, used=989,
+                                    needed=12, unit="EUR", resets_at=oct1)))
     add("A EUR budget, and the request is priced only in USD.", "verification.md#counters", [],
         bt, ctx(call(cost={"USD": 12})), deny("price_unknown"))
     add("A EUR budget, and the request has no price at all.", "verification.md#counters", [],
@@ -1269,7 +1301,9 @@ def build_verify() -> File:
                     resets_at=oct1)))
     add("A budget of 0 EUR: any call that costs something is denied.", "caveats.md#budget", [],
         tok("verify-budget0", "budget b000000000000021 0 EUR total"), ctx(),
-        deny("budget_exceeded"))
+        deny("budget_exceeded", hit("budget", tid("verify-budget0"),
+                                    "budget b000000000000021 0 EUR total", "total", limit=0,
+                                    used=0, needed=12, unit="EUR", resets_at=None)))
 
     qu = "token-quota a000000000000020 10000 day"
     qt = tok("verify-quota", qu)
@@ -1280,7 +1314,9 @@ def build_verify() -> File:
         allow(debit("quota", qt.token_id, qu, "2026-09-21", amount=1500, limit=10000,
                     used=8500, unit="tokens", resets_at=sep22)))
     add("Quota: 8501 of 10000 used.", "caveats.md#token-quota", [BOUNDARY], qt,
-        ctx(counters={qk: 8501}), deny("quota_exceeded"))
+        ctx(counters={qk: 8501}),
+        deny("quota_exceeded", hit("quota", qt.token_id, qu, "2026-09-21", limit=10000,
+                                   used=8501, needed=1500, unit="tokens", resets_at=sep22)))
     add("Quota exhausted, and the call has 0 input and 0 output tokens.",
         "verification.md#zero-cost-rule", [ZERO], qt,
         ctx(call(input_tokens=0, output_tokens=0), counters={qk: 10000}),
@@ -1294,12 +1330,17 @@ def build_verify() -> File:
         allow(debit("rate", rt.token_id, ra, "2026-09-21T14:13", amount=1, limit=2, used=1,
                     unit="requests", resets_at=utc(2026, 9, 21, 14, 14))))
     add("Rate 2 per minute, 2 calls made this minute.", "caveats.md#rate", [BOUNDARY], rt,
-        ctx(counters={rk: 2}), deny("rate_limited"))
+        ctx(counters={rk: 2}),
+        deny("rate_limited", hit("rate", rt.token_id, ra, "2026-09-21T14:13", limit=2, used=2,
+                                 needed=1, unit="requests", resets_at=utc(2026, 9, 21, 14, 14))))
     add("A resource access is not a model call: rates are not checked or debited.",
         "verification.md#resource-access", [RESOURCE], rt, ctx(access(), counters={rk: 2}),
         allow())
     add("Rate 0: every model call is denied (a call always counts 1).", "caveats.md#rate", [],
-        tok("verify-rate0", "rate c000000000000021 0"), ctx(), deny("rate_limited"))
+        tok("verify-rate0", "rate c000000000000021 0"), ctx(),
+        deny("rate_limited", hit("rate", tid("verify-rate0"), "rate c000000000000021 0",
+                                 "2026-09-21T14:13", limit=0, used=0, needed=1, unit="requests",
+                                 resets_at=utc(2026, 9, 21, 14, 14))))
 
     mixed_caveats = [ra, qu, bu]
     mt = tok("verify-mixed", *mixed_caveats)
@@ -1310,10 +1351,13 @@ def build_verify() -> File:
         ctx(call(cost={"USD": 1}), counters={mk["rate"]: 2}), deny("price_unknown"))
     add("Rate, quota and budget all exhausted: rate_limited first.", "verification.md#counters",
         [ORDER], mt, ctx(counters={mk["rate"]: 2, mk["quota"]: 10000, mk["budget"]: 1000}),
-        deny("rate_limited"))
+        deny("rate_limited", hit("rate", mt.token_id, ra, "2026-09-21T14:13", limit=2, used=2,
+                                 needed=1, unit="requests", resets_at=utc(2026, 9, 21, 14, 14))))
     add("Quota and budget exhausted: quota_exceeded before budget_exceeded.",
         "verification.md#counters", [ORDER], mt,
-        ctx(counters={mk["quota"]: 10000, mk["budget"]: 1000}), deny("quota_exceeded"))
+        ctx(counters={mk["quota"]: 10000, mk["budget"]: 1000}),
+        deny("quota_exceeded", hit("quota", mt.token_id, qu, "2026-09-21", limit=10000,
+                                   used=10000, needed=1500, unit="tokens", resets_at=sep22)))
     ca = tok("verify-confirm", "confirm-above 500 EUR")
     add("confirm-above 500 EUR (5.00 EUR), the call costs exactly 5.00 EUR (500000000 "
         "microunits): no approval needed.",
@@ -1329,7 +1373,9 @@ def build_verify() -> File:
         tok("verify-confirm-budget", "confirm-above 5 EUR", bu),
         ctx(call(cost={"EUR": 20}),
             counters={ckey(tid("verify-confirm-budget"), bu, "2026-09"): 990}),
-        deny("budget_exceeded"))
+        deny("budget_exceeded", hit("budget", tid("verify-confirm-budget"), bu, "2026-09",
+                                    limit=1000, used=990, needed=20, unit="EUR",
+                                    resets_at=oct1)))
 
     rv = tok("verify-revoked", f"expires {T - 3600}")
     rid = rv.token_id.hex()
@@ -1366,7 +1412,9 @@ def build_verify() -> File:
                     unit="EUR", resets_at=oct1)))
     add("Budget 10.00 EUR, 999999999 microunits used; a call costing 2 microunits does not fit.",
         "caveats.md#budget", [MICRO, BOUNDARY], bt,
-        ctx(call(cost={"EUR": Micros(2)}), counters={k: short}), deny("budget_exceeded"))
+        ctx(call(cost={"EUR": Micros(2)}), counters={k: short}),
+        deny("budget_exceeded", hit("budget", t, bu, "2026-09", limit=1000, used=short,
+                                    needed=Micros(2), unit="EUR", resets_at=oct1)))
     add("A cheap call is debited at its price, not rounded up to a cent: 1000 input and 500 "
         "output tokens at 0.15 and 0.60 EUR per million tokens cost 0.00045 EUR, 45000 "
         "microunits.", "caveats.md#currencies", [MICRO, VALID], bt,
@@ -1390,6 +1438,50 @@ def build_verify() -> File:
         "more than that.", "caveats.md#confirm-above", [MICRO, BOUNDARY],
         tok("verify-confirm-max", f"confirm-above {MAX_MINOR} EUR"),
         ctx(call(cost={"EUR": Micros(MAX_MINOR * MICROS + 1)})), deny("confirmation_required"))
+
+    # The counter a denial names (appended in revision 1.2).
+    cb_, cq_, cr_ = ("budget b000000000000023 1000 EUR month",
+                     "token-quota a000000000000021 10000 day", "rate c000000000000022 5")
+    co = tok("verify-counter-order", cb_, cq_, cr_)
+    add("Budget, quota and rate caveats in that token order; the budget and the quota are both "
+        "exhausted and the rate has room. The denial is quota_exceeded and names the quota: "
+        "counters are checked rate, quota, budget, whatever their order in the token.",
+        "verification.md#counters", [ORDER, COUNTER_ORDER], co,
+        ctx(counters={ckey(co.token_id, cb_, "2026-09"): 1000,
+                      ckey(co.token_id, cq_, "2026-09-21"): 9000,
+                      ckey(co.token_id, cr_, "2026-09-21T14:13"): 4}),
+        deny("quota_exceeded", hit("quota", co.token_id, cq_, "2026-09-21", limit=10000,
+                                   used=9000, needed=1500, unit="tokens", resets_at=sep22)))
+    b1, b2 = "budget b000000000000024 500 EUR month", "budget b000000000000025 100 EUR day"
+    two = tok("verify-two-budgets", b1, b2)
+    k1, k2 = ckey(two.token_id, b1, "2026-09"), ckey(two.token_id, b2, "2026-09-21")
+    add("Two EUR budgets, monthly then daily, and neither has room for a 0.12 EUR call: the "
+        "first in token order, the monthly one, is named.", "verification.md#decision",
+        [COUNTER_ORDER], two, ctx(counters={k1: 495, k2: 95}),
+        deny("budget_exceeded", hit("budget", two.token_id, b1, "2026-09", limit=500, used=495,
+                                    needed=12, unit="EUR", resets_at=oct1)))
+    add("The same two budgets, the monthly one with room: the daily one, the counter the call "
+        "does not fit, is named, with its own period key and reset time.",
+        "verification.md#decision", [], two, ctx(counters={k1: 100, k2: 95}),
+        deny("budget_exceeded", hit("budget", two.token_id, b2, "2026-09-21", limit=100,
+                                    used=95, needed=12, unit="EUR", resets_at=sep22)))
+    add(f"The largest budget, one microunit short of full; a call costing 2 microunits is "
+        f"denied, and the named counter states the limit {MAX_MINOR * MICROS} and the used "
+        "amount exactly.", "verification.md#decision", [MICRO, BOUNDARY], tm,
+        ctx(call(cost={"EUR": Micros(2)}), counters={km: Micros(MAX_MINOR * MICROS - 1)}),
+        deny("budget_exceeded", hit("budget", tm.token_id, bm, "total", limit=MAX_MINOR,
+                                    used=Micros(MAX_MINOR * MICROS - 1), needed=Micros(2),
+                                    unit="EUR", resets_at=None)))
+    bk = "budget b000000000000026 1000 INR day Asia/Kathmandu"
+    kt = tok("verify-kathmandu", bk)
+    add("A daily INR budget in Asia/Kathmandu (UTC+05:45), exhausted, at 18:14 UTC on 21 "
+        "September, one minute before the local day ends: the named counter has the local "
+        "day's key, 2026-09-21, and resets at 18:15 UTC.", "verification.md#decision", [TZF],
+        kt, ctx(call(cost={"INR": 12}), now=utc(2026, 9, 21, 18, 14),
+                counters={ckey(kt.token_id, bk, "2026-09-21"): 1000}),
+        deny("budget_exceeded", hit("budget", kt.token_id, bk, "2026-09-21", limit=1000,
+                                    used=1000, needed=12, unit="INR",
+                                    resets_at=utc(2026, 9, 21, 18, 15))))
     return f
 
 
@@ -1631,6 +1723,10 @@ def build_budget() -> File:
         return debit("budget", t.token_id, b, "2026-09", amount=amount, limit=100, used=used,
                      unit="EUR", resets_at=oct1)
 
+    def dh(needed: int, used: int) -> dict[str, Any]:
+        return hit("budget", t.token_id, b, "2026-09", limit=100, used=used, needed=needed,
+                   unit="EUR", resets_at=oct1)
+
     def one(caveat: str, tt: Tok, amount: int, used: int, limit: int, unit: str) -> dict[str, Any]:
         return debit("budget", tt.token_id, caveat, "total", amount=Micros(amount), limit=limit,
                      used=Micros(used), unit=unit, resets_at=None)
@@ -1641,16 +1737,17 @@ def build_budget() -> File:
         [ZERO, BOUNDARY], t, [
             Step(T, eur(40), allow(d(40, 0)), {k: 40}),
             Step(T + 1, eur(40), allow(d(40, 40)), {k: 80}),
-            Step(T + 2, eur(40), deny("budget_exceeded"), {k: 80}),
+            Step(T + 2, eur(40), deny("budget_exceeded", dh(40, 80)), {k: 80}),
             Step(T + 3, eur(20), allow(d(20, 80)), {k: 100}),
             Step(T + 4, eur(0), allow(d(0, 100)), {k: 100}),
-            Step(T + 5, eur(1), deny("budget_exceeded"), {k: 100}),
+            Step(T + 5, eur(1), deny("budget_exceeded", dh(1, 100)), {k: 100}),
         ])
     k10 = ckey(t.token_id, b, "2026-10")
     seq("The exhausted September budget refuses a call at 23:59:59 UTC on 30 September; at "
         "00:00:00 on 1 October the key is <id>/2026-10, a fresh counter.",
         "budgets.md#period-rollover", [ROLL], t, [
-            Step(utc(2026, 9, 30, 23, 59, 59), eur(10), deny("budget_exceeded"), {k: 100}),
+            Step(utc(2026, 9, 30, 23, 59, 59), eur(10), deny("budget_exceeded", dh(10, 100)),
+                 {k: 100}),
             Step(utc(2026, 10, 1), eur(10),
                  allow(debit("budget", t.token_id, b, "2026-10", amount=10, limit=100,
                              unit="EUR", resets_at=utc(2026, 11, 1))),
@@ -1766,7 +1863,10 @@ def build_budget() -> File:
                  {rk13: 1}),
             Step(utc(2026, 9, 21, 14, 13, 30), call(), allow(rd("2026-09-21T14:13", 1, m14)),
                  {rk13: 2}),
-            Step(utc(2026, 9, 21, 14, 13, 59), call(), deny("rate_limited"), {rk13: 2}),
+            Step(utc(2026, 9, 21, 14, 13, 59), call(),
+                 deny("rate_limited", hit("rate", rt.token_id, r, "2026-09-21T14:13", limit=2,
+                                          used=2, needed=1, unit="requests", resets_at=m14)),
+                 {rk13: 2}),
             Step(utc(2026, 9, 21, 14, 13, 59), access(), allow(), {rk13: 2}),
             Step(utc(2026, 9, 21, 14, 14), call(), allow(rd("2026-09-21T14:14", 0, m15)),
                  {rk13: 2, rk14: 1}),
@@ -1785,7 +1885,10 @@ def build_budget() -> File:
             Step(T, call(input_tokens=1000, output_tokens=500), allow(qd(1500, 0)), {qk: 1500}),
             Step(T + 1, call(input_tokens=1200, output_tokens=300), allow(qd(1500, 1500)),
                  {qk: 3000}),
-            Step(T + 2, call(input_tokens=1, output_tokens=0), deny("quota_exceeded"),
+            Step(T + 2, call(input_tokens=1, output_tokens=0),
+                 deny("quota_exceeded", hit("quota", qt.token_id, q, "2026-09-21", limit=3000,
+                                            used=3000, needed=1, unit="tokens",
+                                            resets_at=utc(2026, 9, 22))),
                  {qk: 3000}),
             Step(T + 3, call(input_tokens=0, output_tokens=0), allow(qd(0, 3000)), {qk: 3000}),
         ])
@@ -1802,19 +1905,26 @@ def build_budget() -> File:
         return debit("budget", ft, caveat, "2026-09", amount=amount, limit=limit, used=used,
                      unit="EUR", resets_at=oct1)
 
+    def fh(caveat: str, limit: int, needed: int, used: int) -> dict[str, Any]:
+        return hit("budget", ft, caveat, "2026-09", limit=limit, used=used, needed=needed,
+                   unit="EUR", resets_at=oct1)
+
     seq("Parent (10.00 EUR), child (+3.00 EUR) and grandchild (+1.00 EUR) share counters: the "
         "grandchild's spend is debited on all three budgets, so no level outspends the one "
         "above it.", "budgets.md#attenuation-and-budgets", [CHAIN], P, [
             Step(T, eur(100), allow(fd(pb, 1000, 100, 0), fd(cb, 300, 100, 0),
                                     fd(gb, 100, 100, 0)), {kp: 100, kc: 100, kg: 100}, G),
-            Step(T + 1, eur(1), deny("budget_exceeded"), {kp: 100, kc: 100, kg: 100}, G),
+            Step(T + 1, eur(1), deny("budget_exceeded", fh(gb, 100, 1, 100)),
+                 {kp: 100, kc: 100, kg: 100}, G),
             Step(T + 2, eur(0), allow(fd(pb, 1000, 0, 100), fd(cb, 300, 0, 100),
                                       fd(gb, 100, 0, 100)), {kp: 100, kc: 100, kg: 100}, G),
             Step(T + 3, eur(200), allow(fd(pb, 1000, 200, 100), fd(cb, 300, 200, 100)),
                  {kp: 300, kc: 300, kg: 100}, C),
-            Step(T + 4, eur(1), deny("budget_exceeded"), {kp: 300, kc: 300, kg: 100}, C),
+            Step(T + 4, eur(1), deny("budget_exceeded", fh(cb, 300, 1, 300)),
+                 {kp: 300, kc: 300, kg: 100}, C),
             Step(T + 5, eur(700), allow(fd(pb, 1000, 700, 300)), {kp: 1000, kc: 300, kg: 100}),
-            Step(T + 6, eur(1), deny("budget_exceeded"), {kp: 1000, kc: 300, kg: 100}),
+            Step(T + 6, eur(1), deny("budget_exceeded", fh(pb, 1000, 1, 1000)),
+                 {kp: 1000, kc: 300, kg: 100}),
         ])
     sa, sb = "budget b0000000000000a4 600 EUR month", "budget b0000000000000b4 600 EUR month"
     A, B = P.child(sa), P.child(sb)
@@ -1823,10 +1933,12 @@ def build_budget() -> File:
         "and both draw on the parent's 10.00 EUR.", "budgets.md#siblings", [SIBLING], P, [
             Step(T, eur(600), allow(fd(pb, 1000, 600, 0), fd(sa, 600, 600, 0)),
                  {kp: 600, ka: 600}, A),
-            Step(T + 1, eur(600), deny("budget_exceeded"), {kp: 600, ka: 600}, B),
+            Step(T + 1, eur(600), deny("budget_exceeded", fh(pb, 1000, 600, 600)),
+                 {kp: 600, ka: 600}, B),
             Step(T + 2, eur(400), allow(fd(pb, 1000, 400, 600), fd(sb, 600, 400, 0)),
                  {kp: 1000, ka: 600, kb: 400}, B),
-            Step(T + 3, eur(1), deny("budget_exceeded"), {kp: 1000, ka: 600, kb: 400}, A),
+            Step(T + 3, eur(1), deny("budget_exceeded", fh(pb, 1000, 1, 1000)),
+                 {kp: 1000, ka: 600, kb: 400}, A),
         ])
     ss = "budget b0000000000000c4 600 EUR month"
     S1, S2 = P.child(ss), P.child(ss)
@@ -1836,7 +1948,8 @@ def build_budget() -> File:
         "budgets.md#identical-caveats", [SIBLING], P, [
             Step(T, eur(600), allow(fd(pb, 1000, 600, 0), fd(ss, 600, 600, 0)),
                  {kp: 600, ks: 600}, S1),
-            Step(T + 1, eur(1), deny("budget_exceeded"), {kp: 600, ks: 600}, S2),
+            Step(T + 1, eur(1), deny("budget_exceeded", fh(ss, 600, 1, 600)),
+                 {kp: 600, ks: 600}, S2),
         ])
     db = "budget b000000000000043 100 EUR month"
     dt_ = tok("budget-dup", db, db)
@@ -1860,7 +1973,9 @@ def build_budget() -> File:
                        debit("budget", mt.token_id, bd, "2026-09", amount=65, limit=100,
                              unit="USD", resets_at=oct1)), {ke: 60, ku: 65}),
             Step(T + 1, call(cost={"EUR": 30}), deny("price_unknown"), {ke: 60, ku: 65}),
-            Step(T + 2, call(cost={"EUR": 30, "USD": 40}), deny("budget_exceeded"),
+            Step(T + 2, call(cost={"EUR": 30, "USD": 40}),
+                 deny("budget_exceeded", hit("budget", mt.token_id, bd, "2026-09", limit=100,
+                                             used=65, needed=40, unit="USD", resets_at=oct1)),
                  {ke: 60, ku: 65}),
         ])
 
@@ -1879,10 +1994,18 @@ def build_budget() -> File:
                  {kc_: Micros(600_000)}),
             Step(T + 2, usd(300_000), allow(one(bc, ct, 300_000, 600_000, 1, "USD")),
                  {kc_: Micros(900_000)}),
-            Step(T + 3, usd(300_000), deny("budget_exceeded"), {kc_: Micros(900_000)}),
+            Step(T + 3, usd(300_000),
+                 deny("budget_exceeded", hit("budget", ct.token_id, bc, "total", limit=1,
+                                             used=Micros(900_000), needed=Micros(300_000),
+                                             unit="USD", resets_at=None)),
+                 {kc_: Micros(900_000)}),
             Step(T + 4, usd(100_000), allow(one(bc, ct, 100_000, 900_000, 1, "USD")),
                  {kc_: Micros(1_000_000)}),
-            Step(T + 5, usd(1), deny("budget_exceeded"), {kc_: Micros(1_000_000)}),
+            Step(T + 5, usd(1),
+                 deny("budget_exceeded", hit("budget", ct.token_id, bc, "total", limit=1,
+                                             used=Micros(1_000_000), needed=Micros(1),
+                                             unit="USD", resets_at=None)),
+                 {kc_: Micros(1_000_000)}),
         ])
     by = "budget b000000000000047 1 JPY total"
     yt = tok("budget-yen", by)
@@ -1895,7 +2018,11 @@ def build_budget() -> File:
                  {ky: Micros(400_000)}),
             Step(T + 1, jpy(400_000), allow(one(by, yt, 400_000, 400_000, 1, "JPY")),
                  {ky: Micros(800_000)}),
-            Step(T + 2, jpy(400_000), deny("budget_exceeded"), {ky: Micros(800_000)}),
+            Step(T + 2, jpy(400_000),
+                 deny("budget_exceeded", hit("budget", yt.token_id, by, "total", limit=1,
+                                             used=Micros(800_000), needed=Micros(400_000),
+                                             unit="JPY", resets_at=None)),
+                 {ky: Micros(800_000)}),
             Step(T + 3, jpy(200_000), allow(one(by, yt, 200_000, 800_000, 1, "JPY")),
                  {ky: Micros(1_000_000)}),
         ])
@@ -2044,7 +2171,9 @@ def build_approval() -> File:
     add("A valid approval does not lift a budget: 9.00 EUR with 2.00 EUR left.",
         "verification.md#confirmation", [APPROVAL_F, ORDER], TB,
         ctx(big(bgood), counters={ckey(TB.token_id, bud, "2026-09"): 800}),
-        deny("budget_exceeded"), binfo)
+        deny("budget_exceeded", hit("budget", TB.token_id, bud, "2026-09", limit=1000, used=800,
+                                    needed=900, unit="EUR", resets_at=utc(2026, 10, 1))),
+        binfo)
     add("With room in the budget, the same approval is accepted; the budget is debited and "
         "the approval id is named for consumption.", "verification.md#confirmation",
         [APPROVAL_F, VALID], TB, ctx(big(bgood)),

@@ -233,6 +233,38 @@ def test_cli_fails_an_implementation_that_allows_everything(
     assert out.rstrip().endswith("0 passed, 62 failed")
 
 
+_NO_COUNTER_IMPL = '''
+import json, sys
+from capwallet.conformance_adapter import handle
+for line in sys.stdin:
+    res = handle(line)
+    if "allowed" in res.get("result", {}):
+        res["result"]["counter"] = None
+    print(json.dumps(res), flush=True)
+'''
+
+
+def test_runner_fails_an_implementation_that_names_no_counter(
+    impl_env: None, tmp_path: Path, vectors: dict[str, list[Any]],
+) -> None:
+    """The Python implementation with every decision's counter blanked fails exactly the
+    vectors whose expected result names a counter (spec/verification.md#decision)."""
+    script = tmp_path / "no_counter.py"
+    script.write_text(_NO_COUNTER_IMPL, "utf-8")
+    groups = {g: vectors[g] for g in ("verify", "budget", "attenuate", "approval")}
+    report = conformance.run(f"python {script}", groups)
+    failed = {r.id for r in report.results if not r.passed}
+
+    def names_a_counter(v: dict[str, Any]) -> bool:
+        expected = [s["expected"] for s in v["steps"]] if "steps" in v else [v["expected"]]
+        return any("counter" in e for e in expected)
+
+    expected = {v["id"] for tests in groups.values() for v in tests if names_a_counter(v)}
+    assert len(expected) >= 20
+    assert failed == expected
+    assert all("counter: expected {" in f for r in report.results for f in r.failures)
+
+
 @pytest.mark.parametrize("command", ["cat", "no-such-adapter-command-xyz"])
 def test_cli_rejects_a_command_that_does_not_speak_the_protocol(
     impl_env: None, command: str, capsys: pytest.CaptureFixture[str]

@@ -78,6 +78,15 @@ def test_every_reason_code_is_expected_somewhere() -> None:
     assert seen == {r.value for r in Reason}
 
 
+def test_every_counter_kind_is_named_by_a_denial() -> None:
+    """Each kind of counter denial names its counter in some vector (the schema requires the
+    counter on every counter denial and forbids it on any other)."""
+    named = {(e["counter"]["kind"], e["reason"]) for v in ALL for e in _expectations(v)
+             if "counter" in e}
+    assert named == {("rate", "rate_limited"), ("quota", "quota_exceeded"),
+                     ("budget", "budget_exceeded")}
+
+
 def test_every_caveat_type_allows_and_denies() -> None:
     """Each registered type appears in an allowed vector and in a denied one."""
     def names(v: dict[str, Any]) -> set[str]:
@@ -157,13 +166,16 @@ def _request(r: dict[str, Any]) -> Request:
 
 
 def _check_decision(where: str, expected: dict[str, Any], d: Decision) -> None:
+    named = None if d.counter is None else d.counter.to_json()
     if expected["result"] == "deny":
         assert not d.allowed, f"{where}: allowed, expected {expected['reason']}"
         assert d.reason is not None and d.reason.value == expected["reason"], (
             f"{where}: {d.reason} ({d.message})")
+        assert named == expected.get("counter"), where
         return
     assert d.allowed, f"{where}: denied {d.reason} ({d.message})"
     assert d.reason is None
+    assert named is None, where
     assert [x.to_json() for x in d.debits] == expected["debits"], where
     assert d.approval_id == expected["approval_id"], where
     if "limits" in expected:

@@ -16,7 +16,7 @@ import { TokenError } from './lib/reasons.js';
 import { fromHex, hex } from './lib/encoding.js';
 
 const PROTOCOL = 1;
-const IMPLEMENTATION = { name: 'capwallet-js', version: '1.1.0', language: 'JavaScript, Node.js 20+' };
+const IMPLEMENTATION = { name: 'capwallet-js', version: '1.2.0', language: 'JavaScript, Node.js 20+' };
 
 class BadRequest extends Error {}
 

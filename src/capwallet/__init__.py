@@ -23,10 +23,10 @@ from capwallet.keys import Keyring, RootKey
 from capwallet.limits import EffectiveLimits
 from capwallet.reasons import Reason, TokenError
 from capwallet.token import Token, attenuate, mint
-from capwallet.verify import Debit, Decision, Request, Verifier, verify
+from capwallet.verify import CounterDenial, Debit, Decision, Request, Verifier, verify
 
 __all__ = [
-    "App", "AskFirst", "Budget", "Caveat", "ConfirmAbove", "Debit", "Decision",
+    "App", "AskFirst", "Budget", "Caveat", "ConfirmAbove", "CounterDenial", "Debit", "Decision",
     "EffectiveLimits", "Expires", "Keyring", "Logging", "MaxInputTokens", "MaxOutputTokens",
     "Models", "NotBefore", "Operations", "Providers", "Rate", "Reason", "Request", "RootKey",
     "Scopes", "Token", "TokenError", "TokenQuota", "Verifier", "ZeroRetention", "attenuate",

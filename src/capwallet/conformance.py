@@ -274,15 +274,20 @@ def _check_approval(a: Adapter, v: dict[str, Any]) -> None:
 
 def _compare_decision(where: str, expected: dict[str, Any], got: dict[str, Any]) -> None:
     result = "allow" if got.get("allowed") is True else "deny"
+    if "counter" not in got:
+        raise _Mismatch(f"{where}: the decision has no counter member (null unless the "
+                        "denial is on a counter)")
     if expected["result"] == "deny":
         if result != "deny" or got.get("reason") != expected["reason"]:
             raise _Mismatch(f"{where}: expected deny {expected['reason']}, got {result} "
                             f"{got.get('reason')} ({got.get('message', '')})")
+        _expect(f"{where} counter", expected.get("counter"), got["counter"])
         return
     if result != "allow":
         raise _Mismatch(f"{where}: expected allow, got deny {got.get('reason')} "
                         f"({got.get('message', '')})")
     _expect(f"{where} reason", None, got.get("reason"))
+    _expect(f"{where} counter", None, got["counter"])
     _expect(f"{where} debits", expected["debits"], got.get("debits"))
     _expect(f"{where} approval_id", expected["approval_id"], got.get("approval_id"))
     if "limits" in expected:

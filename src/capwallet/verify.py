@@ -84,6 +84,33 @@ class Debit(NamedTuple):
         }
 
 
+class CounterDenial(NamedTuple):
+    """The counter a rate_limited, quota_exceeded or budget_exceeded denial stopped on.
+
+    It is the first counter, in check order (``EffectiveLimits.counters_in_check_order``),
+    that the call does not fit, so a relay or an app can say which limit was hit and what is
+    left without redoing the verifier's comparison. ``limit``, ``used`` and ``needed`` (what
+    this call would add) are in the counter's unit, as in a Debit: microunits of ``unit`` (the
+    currency) for a budget, tokens for a quota, requests for a rate.
+    """
+
+    kind: str
+    counter_id: str
+    counter_key: str  # "<counter id>/<period key>"
+    unit: str
+    limit: int  # CounterLimit.counted_limit
+    used: int
+    needed: int
+    resets_at: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind, "counter_id": self.counter_id, "counter_key": self.counter_key,
+            "unit": self.unit, "limit": self.limit, "used": self.used, "needed": self.needed,
+            "resets_at": self.resets_at,
+        }
+
+
 class Decision(NamedTuple):
     allowed: bool
     reason: Reason | None
@@ -93,6 +120,7 @@ class Decision(NamedTuple):
     debits: tuple[Debit, ...] = ()
     approval_id: str | None = None  # approval to consume (single use) if allowed
     needs_approval: bool = False  # True when confirmation_required: the wallet may ask the user
+    counter: CounterDenial | None = None  # the counter a counter denial stopped on, else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -104,6 +132,7 @@ class Decision(NamedTuple):
             "debits": [d.to_json() for d in self.debits],
             "approval_id": self.approval_id,
             "needs_approval": self.needs_approval,
+            "counter": None if self.counter is None else self.counter.to_json(),
         }
 
 
@@ -276,7 +305,9 @@ def evaluate(
                 left = max(limit - used, 0)
                 return _deny(_COUNTER_REASONS[kind],
                              f"{c.describe()}: {_fmt(c, used)} used, {_fmt(c, left)} left; "
-                             f"this call needs up to {_fmt(c, amount)}", v)
+                             f"this call needs up to {_fmt(c, amount)}", v,
+                             counter=CounterDenial(kind, c.counter_id, counter_key, c.unit,
+                                                   limit, used, amount, resets))
             debits.append(Debit(kind, counter_key, amount, limit, used, c.unit, resets))
     # Confirmation.
     why: str | None = None

@@ -45,14 +45,16 @@ export function checkToken(text, keys) {
 }
 
 class Deny extends Error {
-  constructor(reason, message) {
+  constructor(reason, message, counter) {
     super(message);
     this.reason = reason;
+    this.counter = counter;
   }
 }
 
-function deny(reason, message) {
-  throw new Deny(reason, message);
+/** Stop with a reason; a counter denial also names the counter it stopped on. */
+function deny(reason, message, counter = null) {
+  throw new Deny(reason, message, counter);
 }
 
 /**
@@ -96,14 +98,15 @@ function evaluate(v, request, now, counters, keys) {
       const limit = c.kind === 'budget' ? c.limit * MICROS_PER_MINOR : c.limit; // counter units
       const key = `${c.counterId}/${periodKey(c.period, minuteStart, c.tz)}`;
       const used = Object.hasOwn(counters, key) ? counters[key] : 0;
+      const resetsAt = periodEnd(c.period, minuteStart, c.tz);
       if (amount > 0 && amount > limit - used) {
         const fmt = (n) => (c.kind === 'budget' ? formatMicros(n, c.unit) : `${n} ${c.unit}`);
-        deny(COUNTER_REASON[c.kind], `${c.kind} ${key}: ${fmt(used)} of ${fmt(limit)} used, this call needs ${fmt(amount)}`);
+        deny(COUNTER_REASON[c.kind], `${c.kind} ${key}: ${fmt(used)} of ${fmt(limit)} used, this call needs ${fmt(amount)}`, {
+          kind: c.kind, counter_id: c.counterId, counter_key: key, unit: c.unit, limit, used,
+          needed: amount, resets_at: resetsAt,
+        });
       }
-      debits.push({
-        kind: c.kind, counter_key: key, amount, limit, used, unit: c.unit,
-        resets_at: periodEnd(c.period, minuteStart, c.tz),
-      });
+      debits.push({ kind: c.kind, counter_key: key, amount, limit, used, unit: c.unit, resets_at: resetsAt });
     }
   }
   // Confirmation.
@@ -140,17 +143,21 @@ function evaluate(v, request, now, counters, keys) {
   return { debits, approvalId };
 }
 
-/** A denial: no debits, no approval; token_id and limits once the token passed step 3. */
-function denial(reason, message, tokenId = null, limits = null) {
+/**
+ * A denial: no debits, no approval; token_id and limits once the token passed step 3; the
+ * counter it stopped on for rate_limited, quota_exceeded and budget_exceeded, else null.
+ */
+function denial(reason, message, tokenId = null, limits = null, counter = null) {
   return {
     allowed: false, reason, message, token_id: tokenId, limits, debits: [], approval_id: null,
-    needs_approval: reason === 'confirmation_required',
+    needs_approval: reason === 'confirmation_required', counter,
   };
 }
 
 /**
  * The decision for one request (spec/verification.md#decision): {allowed, reason, message,
- * token_id, limits, debits, approval_id, needs_approval}. `keys` maps key id (hex) to root key.
+ * token_id, limits, debits, approval_id, needs_approval, counter}. `keys` maps key id (hex)
+ * to root key.
  */
 export function verify(token, keys, request, now, counters = {}, revoked = []) {
   let v;
@@ -166,10 +173,10 @@ export function verify(token, keys, request, now, counters = {}, revoked = []) {
     const { debits, approvalId } = evaluate(v, request, now, counters, keys);
     return {
       allowed: true, reason: null, message: 'allowed', token_id: tokenId, limits: v.limits, debits,
-      approval_id: approvalId, needs_approval: false,
+      approval_id: approvalId, needs_approval: false, counter: null,
     };
   } catch (err) {
-    if (err instanceof Deny) return denial(err.reason, err.message, tokenId, v.limits);
+    if (err instanceof Deny) return denial(err.reason, err.message, tokenId, v.limits, err.counter);
     throw err;
   }
 }
