@@ -49,7 +49,7 @@ ROUNDS = 5  # direct and relayed rounds alternate
 
 def start(cmd: list[str], marker: str, env: dict[str, str] | None = None,
           cwd: Path | None = None) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None if os.environ.get("BENCH_STDERR") else subprocess.DEVNULL, text=True,
                             env=env, cwd=cwd)
     assert proc.stdout is not None
     line = proc.stdout.readline()
