@@ -49,8 +49,10 @@ ROUNDS = 5  # direct and relayed rounds alternate
 
 def start(cmd: list[str], marker: str, env: dict[str, str] | None = None,
           cwd: Path | None = None) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None if os.environ.get("BENCH_STDERR") else subprocess.DEVNULL, text=True,
-                            env=env, cwd=cwd)
+    # BENCH_STDERR=1 shows the servers' logs (a crash would otherwise look like a hang).
+    err = None if os.environ.get("BENCH_STDERR") else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
+                            cwd=cwd)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if marker not in line:

@@ -1,7 +1,10 @@
-"""``python -m reference_relay --config relay.toml [--host 127.0.0.1] [--port N]``
+"""``python -m reference_relay --config relay.toml [--host 127.0.0.1] [--port N] [--workers N]``
 
 Serves the relay with uvicorn on loopback by default. ``--port 0`` picks a free port; the
 first line on stdout is ``relay listening on http://HOST:PORT`` once it accepts connections.
+``--workers N`` runs N processes on the one listening socket under uvicorn's supervisor: the
+relay keeps no state between requests (the store holds it), so a second core serves more
+calls, at the cost of the processes contending for the SQLite write lock (Redis: none).
 
 uvicorn runs on uvloop when it is installed (``pip install uvloop``, the ``relay`` extra;
 about 20% less CPU per call), else on asyncio; it parses requests with httptools (a
@@ -10,8 +13,8 @@ dependency: the relay's upstream client parses with it too).
 Limits on what a client may send:
 * request target + headers: at most 16 KiB in total and 100 fields (431 headers_too_large
   from the relay, see reference_relay.app.RequestGuard; a head still arriving is cut off at
-  16 KiB too: by h11 with a 400, by reference_relay.http_limits with a 431 under httptools,
-  whose parser alone would buffer any size); a capability token is at most
+  16 KiB too, by reference_relay.http_limits with a 431, since httptools alone would buffer
+  any size); a capability token is at most
   8192 characters (capwallet.token.MAX_TOKEN_CHARS: 401 malformed);
 * body: ``max_body_bytes`` from the config, 4 MiB by default (413 beyond it), arriving within
   ``body_timeout`` seconds of the headers, 30 by default (408 request_timeout otherwise).
@@ -24,16 +27,22 @@ import asyncio
 import gc
 import ipaddress
 import logging
+import os
+import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from capwallet.keys import KeyFileError
 from capwallet.store import StoreUnavailable
-from reference_relay.app import MAX_HEADER_BYTES, create_app
-from reference_relay.config import ConfigError, load_config
+from reference_relay.app import REDACTOR, create_app
+from reference_relay.config import ConfigError, RelayConfig, load_config
+from reference_relay.http_limits import BoundedHttpToolsProtocol
 from reference_relay.listen import listen
 
 log = logging.getLogger("reference_relay")
@@ -48,27 +57,86 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+CONFIG_ENV = "CAPWALLET_RELAY_CONFIG"  # how worker processes find the config (--workers N)
+LOG_LEVEL_ENV = "CAPWALLET_RELAY_LOG_LEVEL"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(REDACTOR)
+
+
+def _tune_gc() -> None:
+    # Fewer cyclic-GC passes: a call allocates many short-lived objects and almost no cycles,
+    # and everything loaded at startup lives forever (measured: about 8% less CPU per call).
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 1000)
+
+
+def _uvicorn_config(app: Any, log_level: str, config: RelayConfig, **kw: Any) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, http=BoundedHttpToolsProtocol, loop="auto", lifespan="on", log_config=None,
+        log_level=log_level, access_log=False, server_header=False, proxy_headers=False,
+        timeout_graceful_shutdown=int(config.upstream_timeout) + 5, **kw)
+
+
+def worker_app() -> Starlette:
+    """The app of one worker process (``--workers N``): its own store connections, upstream
+    pool and caches; the config path comes from the parent in CAPWALLET_RELAY_CONFIG."""
+    _setup_logging(os.environ.get(LOG_LEVEL_ENV, "info"))
+    app = create_app(load_config(os.environ[CONFIG_ENV]))
+    _tune_gc()
+    return app
+
+
+class _Workers(Multiprocess):
+    """uvicorn's worker supervisor (restarts a worker that dies or hangs, forwards signals),
+    which says "listening" once every worker serves."""
+
+    def __init__(self, config: uvicorn.Config, sock: socket.socket, url: str) -> None:
+        super().__init__(config, sockets=[sock])
+        self.url = url
+
+    def init_processes(self) -> None:
+        super().init_processes()
+        for process in self.processes:
+            if not process.wait_until_ready(60.0, self.should_exit):
+                print("relay: a worker process did not start", file=sys.stderr, flush=True)
+                self.should_exit.set()
+                return
+        log.info("%d worker processes serve %s", len(self.processes), self.url)
+        print(f"relay listening on {self.url}", flush=True)
+
+
+def _url(sock: socket.socket) -> str:
+    h, p = sock.getsockname()[:2]
+    return f"http://[{h}]:{p}" if ":" in h else f"http://{h}:{p}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reference_relay",
                                      description="Serve the capwallet reference relay.")
     parser.add_argument("--config", required=True, help="relay TOML config")
     parser.add_argument("--host", help="address to listen on (default: the config's, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: the config's; 0 = any free)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="worker processes sharing the port, each with its own store "
+                             "connections (the relay keeps no state of its own; default 1)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
+    if not 1 <= args.workers <= 64:
+        parser.error("--workers must be between 1 and 64")
 
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _setup_logging(args.log_level)
     try:
         config = load_config(args.config)
-        app = create_app(config)
+        app = create_app(config)  # also checks the keys and opens the store: errors show here
     except (ConfigError, KeyFileError, ValueError, StoreUnavailable) as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return 2
-    relay = app.state.relay
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(relay.redactor)
     host = args.host or config.host
     port = config.port if args.port is None else args.port
     if not _is_loopback(host):
@@ -79,32 +147,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"relay: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         return 2
-    http: Any = "h11"
-    try:  # httptools when installed, with the head bound h11 has built in
-        from reference_relay.http_limits import BoundedHttpToolsProtocol
-        http = BoundedHttpToolsProtocol
-    except ImportError:
-        pass
-    server = uvicorn.Server(uvicorn.Config(
-        app, http=http, loop="auto", lifespan="on", log_config=None, log_level=args.log_level,
-        access_log=False, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
-        timeout_graceful_shutdown=int(config.upstream_timeout) + 5, server_header=False,
-        proxy_headers=False,
-    ))
 
-    # Fewer cyclic-GC passes: a call allocates many short-lived objects and almost no cycles,
-    # and everything loaded at startup lives forever (measured: about 8% less CPU per call).
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 1000)
+    if args.workers > 1:
+        asyncio.run(app.state.relay.aclose())  # each worker opens its own
+        os.environ[CONFIG_ENV] = str(Path(args.config).resolve())
+        os.environ[LOG_LEVEL_ENV] = args.log_level
+        workers = _Workers(_uvicorn_config("reference_relay.__main__:worker_app", args.log_level,
+                                           config, factory=True, workers=args.workers),
+                           sock, _url(sock))
+        with sock:
+            workers.run()
+        return 0
+
+    server = uvicorn.Server(_uvicorn_config(app, args.log_level, config))
+    _tune_gc()
 
     async def serve() -> None:
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not task.done():
             await asyncio.sleep(0.005)
         if server.started:
-            h, p = sock.getsockname()[:2]
-            url = f"http://[{h}]:{p}" if ":" in h else f"http://{h}:{p}"
-            print(f"relay listening on {url}", flush=True)
+            print(f"relay listening on {_url(sock)}", flush=True)
         await task
 
     # uvicorn's own choice of loop (uvloop when installed), which asyncio.run() would ignore.
