@@ -20,6 +20,8 @@ class Messages:
     def prepare(self, body: dict[str, Any], raw: bytes, provider: ProviderConfig,
                 model: ModelConfig, limits: EffectiveLimits) -> Prepared:
         stream = body.get("stream", False)
+        # Unlike OpenAI's (routes/openai.py), Anthropic's schema has no null for 'stream':
+        # refused here rather than forwarded for the provider to refuse.
         if not isinstance(stream, bool):
             raise bad("'stream' must be true or false")
         est = anthropic_input(body, raw)

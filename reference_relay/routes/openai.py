@@ -18,6 +18,7 @@ from reference_relay.routes import Prepared, dump, unbounded_ok
 
 
 def _stream_flag(body: dict[str, Any]) -> bool:
+    """OpenAI's schema makes 'stream' nullable (null: not streamed); Anthropic's does not."""
     stream = body.get("stream", False)
     if stream is None:
         return False
