@@ -146,6 +146,7 @@ _INSERT_RESERVATION = (
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _OK = ReserveResult(True)
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 _Op = Callable[[sqlite3.Connection], Any]
 _Outcome = tuple[bool, Any]  # (True, the op's value) or (False, the exception it raised)
@@ -292,7 +293,8 @@ class SQLiteStore(Store):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capwallet-sqlite")
         # Group commit state; touched only on the event loop's thread.
         self._queue: list[tuple[_Op, asyncio.Future[Any]]] = []  # writes waiting for a batch
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop that runs the batches
+        self._thread = 0  # and its thread
         self._active = False  # a flush is scheduled, or a batch or checkpoint is on the worker
         self._since_checkpoint = 0  # writes committed since the last checkpoint
         self._drained: asyncio.Future[None] | None = None  # close() waits for the queue
@@ -320,7 +322,7 @@ class SQLiteStore(Store):
         """Queue ``op`` for the next batch and wait for its outcome (after the COMMIT)."""
         if self._closed:
             raise StoreUnavailable("store is closed")
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         if self._active and self._loop is not loop:
             if self._loop is not None and not self._loop.is_closed():
                 raise RuntimeError("an SQLiteStore serves one event loop at a time")
@@ -329,9 +331,22 @@ class SQLiteStore(Store):
         self._queue.append((op, future))
         if not self._active:
             self._active = True
-            self._loop = loop
+            self._loop, self._thread = loop, threading.get_ident()
             loop.call_soon(self._flush)
         return cast(T, await future)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, found without asyncio.get_running_loop (a getpid system call on
+        each use) when it is the store's own."""
+        if self._on_loop_thread():
+            assert self._loop is not None
+            return self._loop
+        return asyncio.get_running_loop()
+
+    def _on_loop_thread(self) -> bool:
+        """Whether this code runs inside the loop that runs the batches (so between two)."""
+        loop = self._loop
+        return loop is not None and threading.get_ident() == self._thread and loop.is_running()
 
     def _flush(self) -> None:
         """Run every queued write as one batch: here if the lock is free, else on the worker."""
@@ -446,7 +461,7 @@ class SQLiteStore(Store):
         if self._closed:
             raise StoreUnavailable("store is closed")
         fast = self._fast
-        if fast is not None and self._loop is not None and self._is_loop_thread():
+        if fast is not None and self._on_loop_thread():
             try:
                 return fast.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
@@ -458,12 +473,6 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite store failed: {exc}") from None
 
-    def _is_loop_thread(self) -> bool:
-        try:
-            return asyncio.get_running_loop() is self._loop
-        except RuntimeError:
-            return False
-
     # -- reservations -----------------------------------------------------------------------
 
     async def reserve(self, reservation: Reservation) -> ReserveResult:
@@ -474,7 +483,7 @@ class SQLiteStore(Store):
             r.reservation_id, r.token_id,
             json.dumps([[h.counter_key, h.amount, h.limit, h.resets_at] for h in holds]),
             r.lease_until, r.approval_id, r.created_at,
-            json.dumps(dict(r.meta), separators=(",", ":")),
+            _compact(dict(r.meta)),
         )
         keys = [h.counter_key for h in debits]
         adds = [x for h in debits for x in (h.counter_key, h.amount, h.resets_at)]
