@@ -72,7 +72,7 @@ T = TypeVar("T")
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
 CHECKPOINT_EVERY = 200  # committed writes (about 1000 WAL pages uncontended) between checkpoints
-HOLDS_CACHE = 65536  # reservations whose holds this process remembers for their settle
+HOLDS_CACHE = 16384  # open reservations whose holds this process remembers for their settle
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (
@@ -332,8 +332,8 @@ class SQLiteStore(Store):
         self._active = False  # a flush is scheduled, or a batch or checkpoint is on the worker
         self._since_checkpoint = 0  # writes committed since the last checkpoint
         self._drained: asyncio.Future[None] | None = None  # close() waits for the queue
-        # reservation id -> (counter key, reserved amount, resets_at) of each hold, for the
-        # settle of a reservation this process made (it need not read the row back).
+        # reservation id -> its (merged) holds, for the settle of a reservation this process
+        # made: it need not read the row back (the DELETE still decides whether it is open).
         self._holds: OrderedDict[str, Sequence[Hold]] = OrderedDict()
 
     @classmethod
@@ -359,7 +359,8 @@ class SQLiteStore(Store):
         loop = self._running_loop()
         if self._active and self._loop is not loop:
             if self._loop is not None and not self._loop.is_closed():
-                raise RuntimeError("an SQLiteStore serves one event loop at a time")
+                raise StoreUnavailable("an SQLiteStore serves one event loop at a time "
+                                       "(open one per loop)")
             self._queue, self._active = [], False  # that loop died with writes queued
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((op, future))
@@ -407,7 +408,7 @@ class SQLiteStore(Store):
         self._since_checkpoint += len(ops)
         if self._since_checkpoint >= CHECKPOINT_EVERY:
             self._since_checkpoint = 0
-            self._submit(self._checkpoint, [], checkpoint=True)
+            self._submit(self._checkpoint, [])
             return
         self._idle()
 
@@ -419,8 +420,8 @@ class SQLiteStore(Store):
         self._submit(self._on_worker, batch, ops, checkpoint)
 
     def _submit(self, fn: Callable[..., list[_Outcome] | None],
-                batch: list[tuple[_Op, asyncio.Future[Any]]], *args: Any,
-                checkpoint: bool = False) -> None:
+                batch: list[tuple[_Op, asyncio.Future[Any]]], *args: Any) -> None:
+        """Run ``fn(*args)`` on the worker; its outcomes go to ``batch`` back on the loop."""
         assert self._loop is not None
         try:
             job = self._loop.run_in_executor(self._executor, fn, *args)
