@@ -327,3 +327,86 @@ async def test_an_existing_ledger_with_autoincrement_still_works(tmp_path: Path)
         await store.close()
     with sqlite3.connect(path) as c:
         assert c.execute("SELECT seq FROM sqlite_sequence WHERE name = 'ledger'").fetchone() == (2,)
+
+
+_BATCHING_WORKER = textwrap.dedent("""
+    import asyncio, secrets, sys
+    from capwallet.store import Hold, LedgerEntry, Reservation, open_store
+
+    async def main(url, n, concurrency):
+        store = open_store(url)
+        ok = refused = 0
+
+        async def caller():
+            nonlocal ok, refused
+            for _ in range(n // concurrency):
+                rid = secrets.token_hex(16)
+                r = Reservation(rid, "tok", (Hold("budget", 3, 200), Hold("rate", 1, 10**6)),
+                                lease_until=2_000_000_000)
+                if (await store.reserve(r)).ok:
+                    ok += 1
+                    await asyncio.sleep(0)
+                    assert await store.settle(rid, {"budget": 2, "rate": 1}, LedgerEntry(
+                        1, "tok", "", "p", "m", "chat", 1, 1, 2, "USD", "ok", 1))
+                else:
+                    refused += 1
+                    await store.append_ledger(LedgerEntry(
+                        1, "tok", "", "p", "m", "chat", 0, 0, 0, "USD", "denied:budget", 0))
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        await store.close()
+        print(ok, refused)
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+""")
+
+
+async def test_processes_with_batches_share_one_file_exactly(tmp_path: Path) -> None:
+    """Three processes, each with 10 concurrent callers (so each commits batches), spend one
+    budget: it is never exceeded and the ledger matches the counters row for row."""
+    url = f"sqlite:///{tmp_path / 'batches.db'}"
+    SQLiteStore.from_url(url)
+    procs = [subprocess.Popen([sys.executable, "-c", _BATCHING_WORKER, url, "80", "10"],
+                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    ok = refused = 0
+    for p in procs:
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0
+        a, b = map(int, out.split())
+        ok, refused = ok + a, refused + b
+    assert ok + refused == 240
+    assert 0 < ok <= 100 and refused > 0  # 2 settled per call: the budget allows 100
+    store = open_store(url)
+    try:
+        assert await store.counters(["budget", "rate"]) == {"budget": 2 * ok, "rate": ok}
+        rows = await store.ledger(limit=1000)
+        assert sorted(e.status for e in rows) == ["denied:budget"] * refused + ["ok"] * ok
+        assert sum(e.cost for e in rows) == 2 * ok
+    finally:
+        await store.close()
+
+
+async def test_a_writer_killed_holding_the_lock_lets_the_batch_through(tmp_path: Path) -> None:
+    """A process killed mid-transaction: its write is rolled back and its lock released, and
+    the batch that was waiting for the lock commits."""
+    store = SQLiteStore(tmp_path / "k.db")
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import os, signal, sqlite3, sys, time
+        c = sqlite3.connect(sys.argv[1], isolation_level=None)
+        c.execute("BEGIN IMMEDIATE")
+        c.execute("INSERT INTO counters (key, used) VALUES ('b', 100)")
+        print("locked", flush=True)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """), str(tmp_path / "k.db")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "locked"
+        results = await asyncio.wait_for(asyncio.gather(
+            *(store.reserve(_reservation(Hold("b", 4, 10))) for _ in range(3))), 10)
+        assert [r.ok for r in results] == [True, True, False]
+        assert child.wait(5) == -9
+        assert await store.counters(["b"]) == {"b": 8}
+    finally:
+        if child.poll() is None:
+            child.kill()
+        await store.close()
