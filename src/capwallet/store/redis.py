@@ -56,7 +56,8 @@ forwards nothing). After a connection error the command is retried once on anoth
 connection; pooled connections the server closed are reconnected when next used, so a
 restarted Redis is picked up by the next request. Retrying a
 reserve whose reply was lost is safe: the script refuses a duplicate reservation id before
-anything else, and on a retry that answer means the first attempt landed.
+anything else, and on a retry that answer means the first attempt landed. ``append_ledger`` is
+not retried (its row may have landed; a lost reply loses that row rather than doubling it).
 """
 
 from __future__ import annotations
@@ -240,7 +241,7 @@ class RedisStore(Store):
                 return await op()
             except _TRANSIENT as exc:
                 if not retry or "No connection available" in str(exc):
-                    raise  # queued POOL_WAIT seconds already: overloaded, deny now
+                    raise  # not safe to repeat, or queued POOL_WAIT s already: deny now
                 # The client dropped the failed connection; pooled ones that the server closed
                 # (a restart) are reconnected when next checked out.
                 if on_retry is not None:
