@@ -33,6 +33,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/verify.py
+	$(PY) bench/store.py --quick
 
 vectors: $(STAMP)
 	$(PY) test_vectors/generate.py

@@ -21,6 +21,7 @@ from capwallet.store import (
     LedgerEntry,
     PendingApproval,
     Reservation,
+    Snapshot,
     Store,
     StoreUnavailable,
     open_store,
@@ -274,7 +275,72 @@ async def test_revocation_is_shared_and_idempotent(opener: Opener) -> None:
         await b.close()
 
 
+# -- snapshot ---------------------------------------------------------------------------------
+
+async def test_snapshot_reads_revocation_and_counters_at_once(store: Store) -> None:
+    assert (await store.reserve(res(Hold("b", 30, 100), Hold("rate", 1, 10), token="t1"))).ok
+    snap = await store.snapshot("t1", ["b", "rate", "absent", "b"])
+    assert snap == Snapshot(False, {"b": 30, "rate": 1, "absent": 0})
+    assert snap.counters == await store.counters(["b", "rate", "absent"])
+    assert await store.snapshot("t1", []) == Snapshot(False, {})
+    await store.revoke("t1", NOW)
+    assert await store.snapshot("t1", ["b"]) == Snapshot(True, {"b": 30})
+    assert await store.snapshot("t1", []) == (True, {})
+    # Another token's revocation is its own.
+    assert not (await store.snapshot("t2", ["b2"])).revoked
+
+
+async def test_snapshot_follows_settles_and_other_handles(opener: Opener) -> None:
+    a, b = opener(), opener()
+    try:
+        r = res(Hold("b", 50, 100), token="tok")
+        assert (await a.reserve(r)).ok
+        assert await b.snapshot("tok", ["b"]) == Snapshot(False, {"b": 50})
+        assert await a.settle(r.reservation_id, {"b": 20}, entry(cost=20, token="tok"))
+        assert await b.snapshot("tok", ["b"]) == Snapshot(False, {"b": 20})
+        await b.revoke("tok", NOW)
+        assert (await a.snapshot("tok", ["b"])).revoked
+    finally:
+        await a.close()
+        await b.close()
+
+
 # -- ledger -----------------------------------------------------------------------------------
+
+async def test_append_ledger_writes_one_row_and_charges_nothing(store: Store) -> None:
+    r = res(Hold("b", 10, 100), token="t1")
+    assert (await store.reserve(r)).ok
+    assert await store.settle(r.reservation_id, {"b": 10}, entry(cost=10, token="t1", time=NOW))
+    denied = LedgerEntry(
+        time=NOW + 1, token_id="t1", app="app", provider="p", model="m2", operation="chat",
+        input_tokens=0, output_tokens=0, cost=0, currency="USD",
+        status="denied:budget_exceeded", latency_ms=0,
+    )
+    await store.append_ledger(denied)
+    await store.append_ledger(LedgerEntry(
+        time=NOW + 2, token_id="t2", app="", provider="p", model="m3", operation="chat",
+        input_tokens=0, output_tokens=0, cost=0, currency="USD", status="denied:revoked",
+        latency_ms=0))
+    rows = await store.ledger()
+    assert [e.model for e in rows] == ["m3", "m2", "m"]
+    assert rows[1] == denied  # every field kept, and no reservation named
+    assert [e.status for e in await store.ledger(token_ids=["t1"])] == [
+        "denied:budget_exceeded", "ok"]
+    assert await store.counters(["b"]) == {"b": 10}
+
+
+async def test_concurrent_appends_and_settles_all_land(store: Store) -> None:
+    rs = [res(Hold("b", 5, 1000), token="t1") for _ in range(10)]
+    assert all(r.ok for r in await asyncio.gather(*(store.reserve(r) for r in rs)))
+    await asyncio.gather(
+        *(store.settle(r.reservation_id, {"b": 1}, entry(cost=1, token="t1")) for r in rs),
+        *(store.append_ledger(entry(status="denied:rate_limited", token="t1"))
+          for _ in range(10)),
+    )
+    rows = await store.ledger(token_ids=["t1"])
+    assert sorted(e.status for e in rows) == ["denied:rate_limited"] * 10 + ["ok"] * 10
+    assert (await store.counters(["b"]))["b"] == 10 == sum(e.cost for e in rows)
+
 
 async def test_ledger_filters_newest_first(store: Store) -> None:
     for i, tok in enumerate(["t1", "t2", "t1", "t3", "t1"]):

@@ -130,3 +130,39 @@ async def test_one_sweep_closes_more_than_a_batch(store: RedisStore) -> None:
     rows = await store.ledger(token_ids=["tok"], limit=10 * n)
     assert len(rows) == n and {e.status for e in rows} == {"lease_expired"}
     assert sum(e.cost for e in rows) == (await store.counters(["k"]))["k"] == 2 * n
+
+
+async def _commands(raw: aioredis.Redis) -> dict[str, int]:
+    stats = await raw.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+async def test_snapshot_and_append_ledger_are_one_command_each(store: RedisStore,
+                                                               raw: aioredis.Redis) -> None:
+    tok = secrets.token_hex(16)
+    r = Reservation(secrets.token_hex(16), tok, (Hold("a/1", 4, 9), Hold("b/1", 1, 9)),
+                    lease_until=int(time.time()) + 60)
+    assert (await store.reserve(r)).ok
+    await store.snapshot(tok, ["a/1"])  # loads the script once
+    await store.append_ledger(entry(tok, cost=0))
+    before = await _commands(raw)
+    assert await store.snapshot(tok, ["a/1", "b/1", "c/1"]) == (False, {"a/1": 4, "b/1": 1,
+                                                                      "c/1": 0})
+    await store.append_ledger(entry(tok, cost=0))
+    after = await _commands(raw)
+    delta = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k)}
+    # Two scripts; what ran inside them is counted too (one HEXISTS and three GETs in the
+    # snapshot), and nothing else was sent (INFO is this test's own).
+    assert delta["evalsha"] == 2 and delta["info"] == 1
+    assert delta["hexists"] == 1 and delta["get"] == 3 and "mget" not in delta
+
+
+async def test_snapshot_reads_a_counter_known_to_live_in_another_bucket(
+        store: RedisStore) -> None:
+    owner, other = "tok-a", next(t for t in (f"tok-{i}" for i in range(100))
+                                 if bucket_of(t) != bucket_of("tok-a"))
+    r = Reservation(secrets.token_hex(16), owner, (Hold("k/1", 7, 9),),
+                    lease_until=int(time.time()) + 60)
+    assert (await store.reserve(r)).ok
+    await store.revoke(other, int(time.time()))
+    assert await store.snapshot(other, ["k/1"]) == (True, {"k/1": 7})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import sqlite3
 import subprocess
 import sys
@@ -10,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from capwallet.store import StoreUnavailable, open_store
+from capwallet.store import (
+    Hold,
+    LedgerEntry,
+    Reservation,
+    ReserveResult,
+    StoreUnavailable,
+    open_store,
+)
 from capwallet.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
@@ -120,17 +129,284 @@ async def test_write_waits_for_a_lock_held_elsewhere_without_blocking_the_loop(
 
 
 async def test_wal_is_checkpointed(tmp_path: Path) -> None:
-    import secrets
-
-    from capwallet.store import Hold, Reservation
     from capwallet.store.sqlite import CHECKPOINT_EVERY
     store = SQLiteStore(tmp_path / "w.db")
+    wal = tmp_path / "w.db-wal"
+
+    async def calls(n: int) -> None:
+        for _ in range(n):
+            r = _reservation(Hold("b", 1, 10**9))
+            assert (await store.reserve(r)).ok
+            assert await store.settle(r.reservation_id, {"b": 1}, LedgerEntry(
+                1, "t", "", "p", "m", "chat", 1, 1, 1, "USD", "ok", 1))
+
     try:
-        for _ in range(3 * CHECKPOINT_EVERY):
-            await store.reserve(Reservation(secrets.token_hex(16), "t",
-                                            (Hold("b", 1, 10**9),), lease_until=1))
-        wal = tmp_path / "w.db-wal"
-        # Without checkpoints the WAL would hold every commit (well over 10 MB here).
-        assert wal.stat().st_size < 8 * 1024 * 1024
+        await calls(3 * CHECKPOINT_EVERY)  # one write per batch
+        # Without checkpoints the WAL would hold every commit (over 14 MB here).
+        assert wal.stat().st_size < 4 * 1024 * 1024
+        await asyncio.gather(*(calls(3 * CHECKPOINT_EVERY // 20) for _ in range(20)))  # batches
+        assert wal.stat().st_size < 4 * 1024 * 1024
+        assert await store.counters(["b"]) == {"b": 6 * CHECKPOINT_EVERY}
     finally:
+        await store.close()
+
+
+# -- group commit -------------------------------------------------------------------------------
+
+def _reservation(*holds: Hold, rid: str | None = None) -> Reservation:
+    return Reservation(rid or secrets.token_hex(16), "t", holds, lease_until=2_000_000_000)
+
+
+def _trace(conn: sqlite3.Connection) -> list[str]:
+    """The transaction statements a connection runs (SQLite's own trace, not a mock)."""
+    seen: list[str] = []
+    words = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+    conn.set_trace_callback(lambda sql: seen.append(sql) if sql.startswith(words) else None)
+    return seen
+
+
+async def test_writes_of_one_loop_iteration_share_one_transaction(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "g.db")
+    try:
+        assert store._fast is not None
+        statements = _trace(store._fast)
+        results = await asyncio.gather(*(store.reserve(_reservation(Hold("b", 1, 100)))
+                                         for _ in range(5)))
+        assert all(r.ok for r in results)
+        assert statements == ["BEGIN IMMEDIATE", "COMMIT"]  # no savepoint needed
+        assert await store.counters(["b"]) == {"b": 5}
+    finally:
+        await store.close()
+
+
+async def test_a_failing_write_rolls_back_alone_and_the_batch_commits(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "f.db")
+    try:
+        taken = _reservation(Hold("b", 1, 100))
+        assert (await store.reserve(taken)).ok
+        assert store._fast is not None
+        statements = _trace(store._fast)
+        first = _reservation(Hold("b", 10, 100), Hold("c", 1, 10))
+        # Same id as ``taken``: it adds to the counters and then fails on the insert, so only
+        # its savepoint can undo its increments.
+        dup = _reservation(Hold("b", 20, 100), Hold("c", 2, 10), rid=taken.reservation_id)
+        last = _reservation(Hold("b", 30, 100))
+        results = await asyncio.gather(store.reserve(first), store.reserve(dup),
+                                       store.reserve(last), store.append_ledger(LedgerEntry(
+                                           1, "t", "", "p", "m", "chat", 0, 0, 0, "USD",
+                                           "denied:x", 0)), return_exceptions=True)
+        assert results[0] == ReserveResult(True) and results[2] == ReserveResult(True)
+        assert isinstance(results[1], ValueError) and "already exists" in str(results[1])
+        assert results[3] is None
+        # Rolled back at the failure, run again with a savepoint per write: one commit.
+        assert statements.count("COMMIT") == 1 and statements.count("SAVEPOINT op") == 4
+        assert statements.count("ROLLBACK TO op") == 1
+        assert await store.counters(["b", "c"]) == {"b": 41, "c": 1}
+        assert [e.status for e in await store.ledger()] == ["denied:x"]
+        assert await store.settle(last.reservation_id, {"b": 3}, LedgerEntry(
+            2, "t", "", "p", "m", "chat", 1, 1, 3, "USD", "ok", 1))
+        assert await store.counters(["b"]) == {"b": 14}
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+async def test_a_batch_runs_its_writes_in_call_order(tmp_path: Path,
+                                                     order: tuple[int, int]) -> None:
+    store = SQLiteStore(tmp_path / "o.db")
+    try:
+        pair = [_reservation(Hold("b", 60, 100)), _reservation(Hold("b", 50, 100))]
+        first, second = (pair[i] for i in order)
+        a, b = await asyncio.gather(store.reserve(first), store.reserve(second))
+        assert a.ok and not b.ok
+        assert b.failed_counter == "b" and b.used == first.holds[0].amount
+        assert await store.counters(["b"]) == {"b": first.holds[0].amount}
+    finally:
+        await store.close()
+
+
+async def test_a_batch_waits_for_a_lock_held_elsewhere_in_one_hop(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "l.db")
+    other = sqlite3.connect(tmp_path / "l.db", isolation_level=None)
+    try:
+        assert (await store.reserve(_reservation(Hold("b", 1, 4)))).ok
+        writer = _trace(store._writer)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock ...
+        other.execute("UPDATE counters SET used = used + 1 WHERE key = 'b'")  # ... and spends
+        tasks = [asyncio.create_task(store.reserve(_reservation(Hold("b", 1, 4))))
+                 for _ in range(3)]
+        ticks = 0
+        for _ in range(10):
+            await asyncio.sleep(0.02)
+            ticks += 1
+        assert ticks == 10 and not any(t.done() for t in tasks)  # the loop runs on
+        later = asyncio.create_task(store.reserve(_reservation(Hold("c", 1, 4))))
+        await asyncio.sleep(0.02)
+        other.execute("COMMIT")
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        # The batch saw the other process's write: 2 used, room for two of the three.
+        assert [r.ok for r in results] == [True, True, False]
+        assert (await asyncio.wait_for(later, 5)).ok
+        assert await store.counters(["b", "c"]) == {"b": 4, "c": 1}
+        # The three waited on the worker as one transaction (the later write came after).
+        assert writer.count("BEGIN IMMEDIATE") == 1 and writer.count("COMMIT") == 1
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_a_write_cancelled_before_its_batch_does_not_happen(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "c.db")
+    try:
+        task = asyncio.create_task(store.reserve(_reservation(Hold("b", 1, 10))))
+        await asyncio.sleep(0)  # the task queued its write; the batch runs next iteration
+        task.cancel()
+        kept = await store.reserve(_reservation(Hold("b", 2, 10)))
+        assert kept.ok and task.cancelled()
+        assert await store.counters(["b"]) == {"b": 2}
+    finally:
+        await store.close()
+
+
+async def test_close_lets_queued_writes_commit(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "q.db")
+    task = asyncio.create_task(store.reserve(_reservation(Hold("b", 3, 10))))
+    await asyncio.sleep(0)
+    await store.close()
+    assert (await task).ok
+    with pytest.raises(StoreUnavailable):
+        await store.reserve(_reservation(Hold("b", 1, 10)))
+    again = SQLiteStore(tmp_path / "q.db")
+    try:
+        assert await again.counters(["b"]) == {"b": 3}
+    finally:
+        await again.close()
+
+
+async def test_synchronous_full_commits_batches_on_the_worker(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "full.db", synchronous="full")
+    try:
+        assert store._fast is None
+        writer = _trace(store._writer)
+        results = await asyncio.gather(*(store.reserve(_reservation(Hold("b", 1, 3)))
+                                         for _ in range(5)))
+        assert [r.ok for r in results] == [True, True, True, False, False]
+        assert writer.count("BEGIN IMMEDIATE") == 1 and writer.count("COMMIT") == 1
+    finally:
+        await store.close()
+
+
+def test_one_store_serves_successive_event_loops(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "loops.db")
+    assert asyncio.run(store.reserve(_reservation(Hold("b", 1, 10)))).ok
+    assert asyncio.run(store.reserve(_reservation(Hold("b", 1, 10)))).ok
+    assert asyncio.run(store.snapshot("t", ["b"])) == (False, {"b": 2})
+    asyncio.run(store.close())
+
+
+async def test_an_existing_ledger_with_autoincrement_still_works(tmp_path: Path) -> None:
+    """Files created before the ledger lost AUTOINCREMENT keep it and work unchanged."""
+    path = tmp_path / "old.db"
+    from capwallet.store.sqlite import _SCHEMA
+    old_schema = _SCHEMA.replace("seq INTEGER PRIMARY KEY,",
+                                 "seq INTEGER PRIMARY KEY AUTOINCREMENT,")
+    assert old_schema != _SCHEMA
+    with sqlite3.connect(path) as c:
+        c.execute("PRAGMA journal_mode = WAL")
+        c.executescript(old_schema)
+    store = SQLiteStore(path)
+    try:
+        r = _reservation(Hold("b", 5, 10))
+        assert (await store.reserve(r)).ok
+        assert await store.settle(r.reservation_id, {"b": 4}, LedgerEntry(
+            5, "t", "", "p", "m", "chat", 1, 1, 4, "USD", "ok", 1))
+        await store.append_ledger(LedgerEntry(6, "t", "", "p", "m", "chat", 0, 0, 0, "USD",
+                                              "denied:x", 0))
+        assert [e.status for e in await store.ledger()] == ["denied:x", "ok"]
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as c:
+        assert c.execute("SELECT seq FROM sqlite_sequence WHERE name = 'ledger'").fetchone() == (2,)
+
+
+_BATCHING_WORKER = textwrap.dedent("""
+    import asyncio, secrets, sys
+    from capwallet.store import Hold, LedgerEntry, Reservation, open_store
+
+    async def main(url, n, concurrency):
+        store = open_store(url)
+        ok = refused = 0
+
+        async def caller():
+            nonlocal ok, refused
+            for _ in range(n // concurrency):
+                rid = secrets.token_hex(16)
+                r = Reservation(rid, "tok", (Hold("budget", 3, 200), Hold("rate", 1, 10**6)),
+                                lease_until=2_000_000_000)
+                if (await store.reserve(r)).ok:
+                    ok += 1
+                    await asyncio.sleep(0)
+                    assert await store.settle(rid, {"budget": 2, "rate": 1}, LedgerEntry(
+                        1, "tok", "", "p", "m", "chat", 1, 1, 2, "USD", "ok", 1))
+                else:
+                    refused += 1
+                    await store.append_ledger(LedgerEntry(
+                        1, "tok", "", "p", "m", "chat", 0, 0, 0, "USD", "denied:budget", 0))
+
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        await store.close()
+        print(ok, refused)
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+""")
+
+
+async def test_processes_with_batches_share_one_file_exactly(tmp_path: Path) -> None:
+    """Three processes, each with 10 concurrent callers (so each commits batches), spend one
+    budget: it is never exceeded and the ledger matches the counters row for row."""
+    url = f"sqlite:///{tmp_path / 'batches.db'}"
+    SQLiteStore.from_url(url)
+    procs = [subprocess.Popen([sys.executable, "-c", _BATCHING_WORKER, url, "80", "10"],
+                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    ok = refused = 0
+    for p in procs:
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0
+        a, b = map(int, out.split())
+        ok, refused = ok + a, refused + b
+    assert ok + refused == 240
+    assert 0 < ok <= 100 and refused > 0  # 2 settled per call: the budget allows 100
+    store = open_store(url)
+    try:
+        assert await store.counters(["budget", "rate"]) == {"budget": 2 * ok, "rate": ok}
+        rows = await store.ledger(limit=1000)
+        assert sorted(e.status for e in rows) == ["denied:budget"] * refused + ["ok"] * ok
+        assert sum(e.cost for e in rows) == 2 * ok
+    finally:
+        await store.close()
+
+
+async def test_a_writer_killed_holding_the_lock_lets_the_batch_through(tmp_path: Path) -> None:
+    """A process killed mid-transaction: its write is rolled back and its lock released, and
+    the batch that was waiting for the lock commits."""
+    store = SQLiteStore(tmp_path / "k.db")
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import os, signal, sqlite3, sys, time
+        c = sqlite3.connect(sys.argv[1], isolation_level=None)
+        c.execute("BEGIN IMMEDIATE")
+        c.execute("INSERT INTO counters (key, used) VALUES ('b', 100)")
+        print("locked", flush=True)
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """), str(tmp_path / "k.db")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "locked"
+        results = await asyncio.wait_for(asyncio.gather(
+            *(store.reserve(_reservation(Hold("b", 4, 10))) for _ in range(3))), 10)
+        assert [r.ok for r in results] == [True, True, False]
+        assert child.wait(5) == -9
+        assert await store.counters(["b"]) == {"b": 8}
+    finally:
+        if child.poll() is None:
+            child.kill()
         await store.close()

@@ -19,6 +19,7 @@ from capwallet.store.base import (
     PendingApproval,
     Reservation,
     ReserveResult,
+    Snapshot,
     Store,
     StoreUnavailable,
 )
@@ -55,6 +56,6 @@ def open_store(url: str) -> Store:
 
 
 __all__ = [
-    "BACKENDS", "Hold", "LedgerEntry", "PendingApproval", "Reservation", "ReserveResult", "Store",
-    "StoreUnavailable", "open_store",
+    "BACKENDS", "Hold", "LedgerEntry", "PendingApproval", "Reservation", "ReserveResult",
+    "Snapshot", "Store", "StoreUnavailable", "open_store",
 ]

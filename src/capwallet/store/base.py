@@ -18,15 +18,21 @@ Semantics every backend implements (and tests/store_suite.py checks for each):
   (worst-case) amount, since the relay that held it cannot say what the provider served: a
   crash may cost the user the reservation, never an overspend. The ledger row says
   ``lease_expired``.
+* ``snapshot`` reads what a request needs before it is judged, the token's revocation and its
+  counters, in one read (one statement, one round trip): the relay calls it once per request.
+  The counters are read as of one moment; ``reserve`` checks the limits again atomically, so
+  a stale snapshot can only make a request be refused there, never overspend.
+* ``append_ledger`` writes one row that belongs to no reservation (a refused call).
 * Any backend failure raises StoreUnavailable; callers deny (fail closed).
 """
 
 from __future__ import annotations
 
 import abc
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class StoreUnavailable(RuntimeError):
@@ -85,6 +91,13 @@ class LedgerEntry:
     response_body: str | None = None
 
 
+class Snapshot(NamedTuple):
+    """What a request needs from the store before it is judged (``Store.snapshot``)."""
+
+    revoked: bool
+    counters: dict[str, int]  # counter key -> used (settled + reserved); absent counters 0
+
+
 @dataclass(frozen=True, slots=True)
 class PendingApproval:
     approval_request_id: str  # 32 hex
@@ -119,6 +132,14 @@ class Store(abc.ABC):
     async def counters(self, keys: Iterable[str]) -> dict[str, int]:
         """Current used (settled + reserved) of each counter; absent counters are 0."""
 
+    async def snapshot(self, token_id: str, keys: Sequence[str]) -> Snapshot:
+        """The token's revocation and the current used of each of ``keys`` (the token's own
+        counters: a counter key derives from its token id, and a backend may look the keys up
+        in the token's partition), in one read where the backend can. This default makes two;
+        backends override it."""
+        revoked = await self.is_revoked(token_id)
+        return Snapshot(revoked, await self.counters(keys) if keys else {})
+
     @abc.abstractmethod
     async def revoke(self, token_id: str, now: int) -> None: ...
 
@@ -131,6 +152,16 @@ class Store(abc.ABC):
         limit: int = 1000,
     ) -> list[LedgerEntry]:
         """Newest first."""
+
+    async def append_ledger(self, entry: LedgerEntry) -> None:
+        """Append one ledger row that belongs to no reservation (a refused call, cost 0).
+
+        This default writes it through an empty reservation closed at once (two writes, and
+        the row names that reservation); backends override it with one write."""
+        rid = secrets.token_hex(16)
+        await self.reserve(Reservation(rid, entry.token_id, (), entry.time + 60,
+                                       created_at=entry.time))
+        await self.release(rid, entry)
 
     @abc.abstractmethod
     async def add_pending(self, pending: PendingApproval) -> None: ...

@@ -30,10 +30,12 @@ Key layout (hash tags in braces; every key one script touches shares one tag, so
   - ``{P:bb}:leases``  sorted set reservation id -> lease_until: the sweep reads only what has
     expired (ZRANGEBYSCORE), one script per bucket.
   - ``{P:bb}:approvals``  set of consumed approval ids.
-  - ``{P:bb}:revoked``  hash token id -> revoked_at.
+  - ``{P:bb}:revoked``  hash token id -> revoked_at. ``snapshot`` reads it and the token's
+    counters with one script in the bucket (one round trip per request).
   - ``{P:bb}:rows`` (hash seq -> row), ``{P:bb}:log`` (sorted set by time: the bucket's ledger),
     ``{P:bb}:log:<token id>`` (the token's ledger), ``{P:bb}:seq`` (row numbers). A settle
-    appends its row in the same script that charges the counters.
+    appends its row in the same script that charges the counters; ``append_ledger`` (a
+    refused call's row, no reservation) is one script of its own.
 * ``<prefix>:ck:<counter key>`` -> bucket: lets ``counters(keys)``, which is not told the token,
   find a counter's bucket. Written before the reserve that may create the counter, with the
   same expiry; a process also remembers the mapping (it never changes).
@@ -54,7 +56,8 @@ forwards nothing). After a connection error the command is retried once on anoth
 connection; pooled connections the server closed are reconnected when next used, so a
 restarted Redis is picked up by the next request. Retrying a
 reserve whose reply was lost is safe: the script refuses a duplicate reservation id before
-anything else, and on a retry that answer means the first attempt landed.
+anything else, and on a retry that answer means the first attempt landed. ``append_ledger`` is
+not retried (its row may have landed; a lost reply loses that row rather than doubling it).
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ from capwallet.store.base import (
     PendingApproval,
     Reservation,
     ReserveResult,
+    Snapshot,
     Store,
     StoreUnavailable,
 )
@@ -115,6 +119,15 @@ def _row_tail(values: Sequence[Any]) -> str:
     """A ledger row without time and latency (which Lua prefixes when the lease expires): the
     JSON array of the other fields, less its leading '['."""
     return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False)[1:]
+
+
+def _row(entry: LedgerEntry, reservation_id: str | None) -> str:
+    """A ledger row as stored: the JSON array of its fields, time and latency first."""
+    return json.dumps([
+        _exact(entry.time, "time"), entry.latency_ms, entry.token_id, entry.app, entry.provider,
+        entry.model, entry.operation, entry.input_tokens, entry.output_tokens, entry.cost,
+        entry.currency, entry.status, reservation_id, entry.request_body, entry.response_body,
+    ], separators=(",", ":"), ensure_ascii=False)
 
 
 def _entry(row: str) -> LedgerEntry:
@@ -157,6 +170,8 @@ class RedisStore(Store):
         self._settle = _Script(lua.SETTLE)
         self._expire = _Script(lua.EXPIRE)
         self._ledger = _Script(lua.LEDGER)
+        self._append_ledger = _Script(lua.APPEND_LEDGER)
+        self._snapshot = _Script(lua.SNAPSHOT)
         self._add_pending = _Script(lua.ADD_PENDING)
         self._resolve_pending = _Script(lua.RESOLVE_PENDING)
         self._list_pending = _Script(lua.LIST_PENDING)
@@ -215,18 +230,18 @@ class RedisStore(Store):
     def _tag(self, bucket: str) -> str:
         return "{" + self.prefix + ":" + bucket + "}:"
 
-    async def _run(self, op: Callable[[], Awaitable[T]], on_retry: Callable[[], None] | None = None
-                   ) -> T:
-        """Run ``op``; on a connection error try once more; any failure of the client becomes
-        StoreUnavailable."""
+    async def _run(self, op: Callable[[], Awaitable[T]], on_retry: Callable[[], None] | None = None,
+                   *, retry: bool = True) -> T:
+        """Run ``op``; on a connection error try once more (unless ``retry`` is False: an op
+        that is not safe to run twice); any failure of the client becomes StoreUnavailable."""
         if self._closed:
             raise StoreUnavailable("store is closed")
         try:
             try:
                 return await op()
             except _TRANSIENT as exc:
-                if "No connection available" in str(exc):
-                    raise  # queued POOL_WAIT seconds already: overloaded, deny now
+                if not retry or "No connection available" in str(exc):
+                    raise  # not safe to repeat, or queued POOL_WAIT s already: deny now
                 # The client dropped the failed connection; pooled ones that the server closed
                 # (a restart) are reconnected when next checked out.
                 if on_retry is not None:
@@ -330,12 +345,7 @@ class RedisStore(Store):
     ) -> bool:
         b = self._res_bucket(reservation_id, entry)
         tag = self._tag(b)
-        row = json.dumps([
-            entry.time, entry.latency_ms, entry.token_id, entry.app, entry.provider, entry.model,
-            entry.operation, entry.input_tokens, entry.output_tokens, entry.cost,
-            entry.currency, entry.status, reservation_id, entry.request_body,
-            entry.response_body,
-        ], separators=(",", ":"), ensure_ascii=False)
+        row = _row(entry, reservation_id)
         charges: list[Any] = []
         for k, v in actual.items():
             v = _exact(v, "charge")
@@ -436,6 +446,28 @@ class RedisStore(Store):
 
         return await self._run(op)
 
+    async def snapshot(self, token_id: str, keys: Sequence[str]) -> Snapshot:
+        """One script in the token's bucket: its revocation and its counters (a counter lives
+        in its token's bucket). A key this process knows to be in another bucket is read as
+        ``counters`` reads it, in a second round trip."""
+        wanted = list(dict.fromkeys(keys))
+        b = bucket_of(token_id)
+        tag = self._tag(b)
+        own = [k for k in wanted if self._buckets.get(k, b) == b]
+        script_keys = [tag + "revoked", *(tag + "c:" + k for k in own)]
+
+        async def op() -> list[Any]:
+            got: list[Any] = await self._snapshot(self._r, script_keys, [token_id])
+            return got
+
+        out = await self._run(op)
+        counters = dict.fromkeys(wanted, 0)
+        for k, v in zip(own, out[1:], strict=True):
+            counters[k] = int(v) if v is not None else 0
+        if len(own) < len(wanted):
+            counters.update(await self.counters([k for k in wanted if k not in own]))
+        return Snapshot(bool(int(out[0])), counters)
+
     # -- revocation -------------------------------------------------------------------------
 
     async def revoke(self, token_id: str, now: int) -> None:
@@ -477,6 +509,18 @@ class RedisStore(Store):
                 rows.append((int(row[1:row.index(",")]), b, flat[i], row))
         rows.sort(reverse=True)
         return [_entry(r[3]) for r in rows[:limit]]
+
+    async def append_ledger(self, entry: LedgerEntry) -> None:
+        """One script in the token's bucket. Not retried after a connection error (the row
+        may have been written): a lost reply loses the call, never doubles the row."""
+        tag = self._tag(bucket_of(entry.token_id))
+        keys = [tag + "seq", tag + "rows", tag + "log"]
+        argv = [tag, entry.token_id, _exact(entry.time, "time"), _row(entry, entry.reservation_id)]
+
+        async def op() -> Any:
+            return await self._append_ledger(self._r, keys, argv)
+
+        await self._run(op, retry=False)
 
     # -- pending approvals ------------------------------------------------------------------
 

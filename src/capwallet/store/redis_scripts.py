@@ -116,6 +116,22 @@ end
 return {closed, #rids}
 """
 
+# KEYS: 1 ledger seq, 2 ledger rows, 3 bucket ledger; ARGV: 1 tag, 2 token id, 3 time, 4 row JSON
+# A ledger row that belongs to no reservation (a refused call). Returns 1.
+APPEND_LEDGER = _APPEND + """
+append(ARGV[1], KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[3], ARGV[4])
+return 1
+"""
+
+# KEYS: 1 revoked (the token's bucket), 2.. the token's counters; ARGV: 1 token id
+# Returns {1 if revoked else 0, used of each counter (nil if absent)}: what a request needs,
+# in one round trip.
+SNAPSHOT = """
+local out = {redis.call('HEXISTS', KEYS[1], ARGV[1])}
+for i = 2, #KEYS do out[i] = redis.call('GET', KEYS[i]) end
+return out
+"""
+
 # KEYS: 1 a ledger index (bucket or token), 2 ledger rows
 # ARGV: 1 min time ('-inf' or an integer), 2 limit
 # Returns {member, row, member, row, ...}, newest first.
