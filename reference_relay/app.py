@@ -463,7 +463,11 @@ class Relay:
         now = int(time.time())
         tid = v.token_id_hex
         limits = v.limits
-        revoked = (tid,) if await self.store.is_revoked(tid) else ()
+        windows = v.windows(now // 60)
+        # Revocation and every counter the token names, in one read (the counters are only
+        # read here to judge; the reservation below checks them again atomically).
+        snapshot = await self.store.snapshot(tid, [key for _, key, _ in windows])
+        revoked = (tid,) if snapshot.revoked else ()
         if revoked or limits.expires is not None or limits.not_before is not None:
             # A dead token is refused as such before anything about the request is judged.
             alive = self.verifier.verify(token, Request(), now, {}, revoked)
@@ -474,9 +478,7 @@ class Relay:
         price = model.price
         worst = worst_raw_cost(price, prepared.input, prepared.output_tokens)
         costs, rates = self.costs(price, worst, limits)
-        windows = v.windows(now // 60)
-        keys = [key for _, key, _ in windows]
-        counters = await self.store.counters(keys) if keys else {}
+        counters = snapshot.counters
         approval = headers.get(APPROVAL_HEADER)
         path: str = scope["path"]
         digest = None
@@ -589,16 +591,12 @@ class Relay:
 
     def record_denial(self, token_id: str, app_name: str, provider: ProviderConfig,
                       model: ModelConfig, ep: Endpoint, code: str, now: int) -> None:
-        """One ledger row for a refused call (the store records rows through reservations:
-        an empty one, closed at once, charges nothing)."""
+        """One ledger row for a refused call, written off the request path."""
         async def write() -> None:
-            rid = secrets.token_hex(16)
-            await self.store.reserve(Reservation(rid, token_id, (), now + 60, created_at=now))
-            await self.store.release(rid, LedgerEntry(
+            await self.store.append_ledger(LedgerEntry(
                 time=now, token_id=token_id, app=app_name, provider=provider.id, model=model.id,
                 operation=ep.operation, input_tokens=0, output_tokens=0, cost=0,
-                currency=model.price.currency, status=f"denied:{code}", latency_ms=0,
-                reservation_id=rid))
+                currency=model.price.currency, status=f"denied:{code}", latency_ms=0))
             log.info("denied token=%s model=%s reason=%s", token_id, model.id, code)
 
         self.spawn(write())
