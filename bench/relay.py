@@ -2,23 +2,25 @@
 
     python bench/relay.py [--quick]
 
-One run, all on loopback: a fake provider (reference_relay.fake_provider) and the relay (in a
-subprocess, as deployed: ``python -m reference_relay``) each in their own process. The same
-load generator calls the provider directly (the baseline) and through the relay, with the same
-non-streamed chat request, at concurrency 1, 20 and 100, plus a streamed request at 1; direct
-and relayed rounds alternate, so a change in the machine's load hits both alike. Each
-relay call is a full one: token verification (cached chain), revocation and counter reads, an
-atomic reservation on a budget and a token quota, the upstream call, settlement and a ledger
-row in SQLite.
+One run, all on loopback: a fake provider (reference_relay.fake_provider) and two relays, as
+deployed (``python -m reference_relay``, in subprocesses): one with a single process, one with
+``--workers 2`` (one per core; each relay with its own SQLite file). The same load generator
+calls the provider directly (the baseline) and through a relay, with the same non-streamed
+chat request, at concurrency 1, 20 and 100 (the two-worker relay at 20 and 100), plus a
+streamed request at 1; direct and relayed rounds alternate, so a change in the machine's load
+hits both alike. Each relay call is a full one: token verification (cached chain), one store
+read (revocation and counters), an atomic reservation on a budget and a token quota, the
+upstream call, settlement and a ledger row in SQLite.
 
 Reported: latency p50/p99 (ms), the relay's added latency (relay - direct), requests per
-second and their ratio, and the CPU time per request of the relay process and, for scale, of
-the fake provider (from /proc, user + system). Targets: added p50 under 1.5 ms at
-concurrency 1; at concurrency 20 at least half the direct throughput while the three processes
-share the machine's cores.
+second and their ratio, and the CPU time per request of the relay's processes and, for scale,
+of the fake provider (from /proc, user + system). Targets: added p50 under 1.5 ms at
+concurrency 1; at concurrency 20 at least half the direct throughput while the relay, the fake
+provider and the load generator share the machine's cores (printed for both relays).
 
-The load generator is a minimal keep-alive HTTP/1.1 client on asyncio streams, so that its own
-CPU use (which shares the cores with the servers) stays small and identical in both runs.
+The load generator is a minimal keep-alive HTTP/1.1 client (an asyncio Protocol per connection,
+httptools parsing), so that its own CPU use, which shares the cores with the servers, stays
+small and identical in both runs.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import httptools
 
 from capwallet import caveats as cav
 from capwallet.keys import RootKey
@@ -61,52 +65,74 @@ def start(cmd: list[str], marker: str, env: dict[str, str] | None = None,
     return proc, line.split()[-1]
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its children (a relay's worker processes)."""
+    total = cpu_seconds(pid)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    total += cpu_seconds(int(entry.name))
+            except (OSError, ValueError):
+                continue  # exited meanwhile
+    return total
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
+class _Exchange(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, read with httptools (the parser the relay and
+    uvicorn use): the load generator's own CPU per request is about a third of what asyncio
+    streams cost, and it shares the cores with the servers being measured."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.done: asyncio.Future[tuple[int, bytes]] | None = None
+        self.body: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(ConnectionError("connection lost"))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_result((self.parser.get_status_code(), b"".join(self.body)))
+
+
 class Conn:
-    """One keep-alive HTTP/1.1 connection; responses must have Content-Length or be chunked."""
+    """A keep-alive connection to one server, opened on first use."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
+        self.proto: _Exchange | None = None
 
     async def request(self, head: bytes, body: bytes) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        self.writer.write(head + body)
-        status_line = await self.reader.readline()
-        status = int(status_line.split()[1])
-        length = -1
-        chunked = False
-        while True:
-            line = await self.reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                chunked = True
-        if chunked:
-            parts = []
-            while True:
-                size = int((await self.reader.readline()).strip(), 16)
-                data = await self.reader.readexactly(size + 2)
-                if size == 0:
-                    break
-                parts.append(data[:-2])
-            return status, b"".join(parts)
-        return status, await self.reader.readexactly(length)
+        loop = asyncio.get_running_loop()
+        if self.proto is None:
+            _, self.proto = await loop.create_connection(_Exchange, self.host, self.port)
+        proto = self.proto
+        assert proto.transport is not None
+        proto.body = []
+        proto.done = loop.create_future()
+        proto.transport.write(head + body)
+        return await proto.done
 
     async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self.proto is not None and self.proto.transport is not None:
+            self.proto.transport.close()
 
 
 def build(base: str, path: str, body: dict[str, object], auth: str) -> tuple[str, int, bytes,
@@ -180,23 +206,30 @@ def main() -> int:
                 "http://127.0.0.1:11434/v1"):
         text = text.replace(f'"{url}"', f'"{fake_url}/v1"')
     text = text.replace('"https://api.anthropic.com"', f'"{fake_url}"')
-    (tmp / "relay.toml").write_text(text)
     root = RootKey.generate()
-    root.save(tmp / "root.key")
     env = {**os.environ, "OPENAI_API_KEY": KEY, "ANTHROPIC_API_KEY": KEY}
-    relay, relay_url = start([sys.executable, "-m", "reference_relay", "--config",
-                              str(tmp / "relay.toml"), "--port", "0", "--log-level", "warning"],
-                             "listening", env=env, cwd=tmp)
+    relays: dict[int, tuple[subprocess.Popen[str], str]] = {}
+    for workers in (1, 2):  # each with its own store file, as two separate deployments
+        d = tmp / f"workers{workers}"
+        d.mkdir()
+        (d / "relay.toml").write_text(text)
+        root.save(d / "root.key")
+        relays[workers] = start([sys.executable, "-m", "reference_relay", "--config",
+                                 str(d / "relay.toml"), "--port", "0", "--workers",
+                                 str(workers), "--log-level", "warning"],
+                                "listening", env=env, cwd=d)
     token = mint(root, [cav.Budget(10**9, "USD", "month"), cav.TokenQuota(10**12, "month"),
                         cav.App("bench")]).serialize()
     body: dict[str, object] = {"model": "gpt-4o-mini", "max_tokens": 16,
                                "messages": [{"role": "user", "content": "Say hello."}]}
     stream_body = {**body, "stream": True, "stream_options": {"include_usage": True}}
-    plan = [("chat", body, 1, 600), ("chat", body, 20, 3000), ("chat", body, 100, 4000),
-            ("stream", stream_body, 1, 300)]
+    plan = [("chat", body, 1, 1, 600), ("chat", body, 1, 20, 3000), ("chat", body, 1, 100, 4000),
+            ("stream", stream_body, 1, 1, 300), ("chat", body, 2, 20, 3000),
+            ("chat", body, 2, 100, 4000)]
     rows = []
     try:
-        for name, b, conc, n in plan:
+        for name, b, workers, conc, n in plan:
+            relay, relay_url = relays[workers]
             total = max(int(n * scale) // (conc * ROUNDS) * conc * ROUNDS, conc * ROUNDS)
             warm = max(total // 10, conc)
             asyncio.run(load(fake_url, "/v1/chat/completions", b, KEY, conc, warm, 0))
@@ -209,44 +242,48 @@ def main() -> int:
                 direct.add(asyncio.run(load(fake_url, "/v1/chat/completions", b, KEY, conc,
                                             total // ROUNDS, 0)))
                 fake_cpu += cpu_seconds(fake.pid) - f0
-                r0 = cpu_seconds(relay.pid)
+                r0 = tree_cpu_seconds(relay.pid)
                 via.add(asyncio.run(load(relay_url, "/v1/chat/completions", b, token, conc,
                                          total // ROUNDS, 0)))
-                cpu += cpu_seconds(relay.pid) - r0
-            rows.append((name, conc, total, direct, via, cpu / total, fake_cpu / total))
-            print(f"  {name} c={conc}: {total} requests each way", file=sys.stderr, flush=True)
+                cpu += tree_cpu_seconds(relay.pid) - r0
+            rows.append((name, workers, conc, total, direct, via, cpu / total,
+                         fake_cpu / total))
+            print(f"  {name} workers={workers} c={conc}: {total} requests each way",
+                  file=sys.stderr, flush=True)
     finally:
-        relay.terminate()
+        for relay, _ in relays.values():
+            relay.terminate()
         fake.terminate()
-        relay.wait(timeout=30)
+        for relay, _ in relays.values():
+            relay.wait(timeout=30)
         fake.wait(timeout=30)
 
     load_avg = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"\nrelay benchmark ({os.cpu_count()} cores shared by the fake provider, the relay and "
           f"the load generator; load average at the end {load_avg}; times in ms)\n")
-    hdr = (f"{'case':<8}{'conc':>5}{'reqs':>6} | {'direct p50':>10}{'p99':>7} | "
+    hdr = (f"{'case':<8}{'workers':>8}{'conc':>5}{'reqs':>6} | {'direct p50':>10}{'p99':>7} | "
            f"{'relay p50':>9}{'p99':>7} | {'added p50':>9}{'p99':>7} | "
            f"{'direct rps':>10}{'relay rps':>10}{'ratio':>7} | {'relay cpu/req':>13}"
            f"{'fake cpu/req':>13}")
     print(hdr)
     print("-" * len(hdr))
-    for name, conc, total, d, v, cpu, fake_cpu in rows:
+    for name, workers, conc, total, d, v, cpu, fake_cpu in rows:
         errs = f"  ({d.errors}+{v.errors} errors)" if d.errors or v.errors else ""
-        print(f"{name:<8}{conc:>5}{total:>6} | {d.pct(.5):>10.3f}{d.pct(.99):>7.2f} | "
+        print(f"{name:<8}{workers:>8}{conc:>5}{total:>6} | {d.pct(.5):>10.3f}{d.pct(.99):>7.2f} | "
               f"{v.pct(.5):>9.3f}{v.pct(.99):>7.2f} | {v.pct(.5) - d.pct(.5):>9.3f}"
               f"{v.pct(.99) - d.pct(.99):>7.2f} | {d.rps:>10.0f}{v.rps:>10.0f}"
               f"{v.rps / d.rps:>7.2f} | {cpu * 1000:>10.3f} ms{fake_cpu * 1000:>10.3f} ms"
               f"{errs}")
     c1 = rows[0]
-    c20 = rows[1]
-    added = c1[4].pct(.5) - c1[3].pct(.5)
-    ratio = c20[4].rps / c20[3].rps
+    added = c1[5].pct(.5) - c1[4].pct(.5)
     print(f"\ntarget: added p50 at c=1 < 1.5 ms: {added:.3f} ms -> "
           f"{'met' if added < 1.5 else 'MISSED'}")
-    print(f"target: relay rps at c=20 >= 0.5 x direct: {ratio:.2f} x -> "
-          f"{'met' if ratio >= 0.5 else 'MISSED'}")
-    print(f"(direct p50 at c=1 is {statistics.median(c1[3].latencies) * 1000:.3f} ms; relay CPU "
-          f"per call is {c20[5] / c20[6]:.1f}x the fake provider's at c=20)")
+    for row in (rows[1], rows[4]):
+        ratio = row[5].rps / row[4].rps
+        print(f"target: relay rps at c=20 >= 0.5 x direct, {row[1]} worker process(es): "
+              f"{ratio:.2f} x -> {'met' if ratio >= 0.5 else 'MISSED'}")
+    print(f"(direct p50 at c=1 is {statistics.median(c1[4].latencies) * 1000:.3f} ms; relay CPU "
+          f"per call is {rows[1][6] / rows[1][7]:.1f}x the fake provider's at c=20)")
     return 0
 
 
