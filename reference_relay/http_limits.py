@@ -5,16 +5,20 @@ httptools parser has no such bound: a client that trickles header bytes and neve
 head makes the relay buffer all of them, so a few connections can exhaust its memory. This
 protocol counts the bytes of a head that is still incomplete and, past MAX_HEADER_BYTES,
 answers 431 ``headers_too_large`` and closes the connection. (A head that completes is
-measured exactly by reference_relay.app.RequestGuard.) Importing this module needs httptools.
+measured exactly by reference_relay.app.RequestGuard.) It also sends each response's head
+and body in one write (reference_relay.coalesce).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from reference_relay.app import MAX_HEADER_BYTES
+from reference_relay.coalesce import CoalescingTransport
 from reference_relay.errors import HEADERS_TOO_LARGE, RelayError, error_body
 
 
@@ -32,6 +36,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     limit = MAX_HEADER_BYTES
     _in_head = True  # waiting for (the rest of) a request head
     _head_bytes = 0  # bytes received while the current head is incomplete
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Head and body of a response in one send (reference_relay.coalesce).
+        super().connection_made(cast(asyncio.Transport, CoalescingTransport(
+            cast(asyncio.Transport, transport), asyncio.get_running_loop())))
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
