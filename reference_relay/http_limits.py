@@ -42,11 +42,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(cast(asyncio.Transport, CoalescingTransport(
             cast(asyncio.Transport, transport), asyncio.get_running_loop())))
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> None:
         # The client half-closed: the transport closes itself when this returns, below the
         # coalescing wrapper, so what the wrapper holds must go out first.
         self.transport.flush()  # type: ignore[attr-defined]
-        return None
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
