@@ -29,9 +29,14 @@ meanwhile wait in memory (and then go as one batch), so the checkpoint can finis
 commit starts the WAL over from its beginning: under steady load the WAL stays bounded instead
 of growing while writers keep appending to it.
 
-Reads (``snapshot``, ``counters``, ...) run on the caller's thread on a third connection: WAL
-readers never wait for writers. ``snapshot`` is one statement. One SQLiteStore serves one event
-loop at a time; other processes (or loops) open their own.
+Reads (``snapshot``, ``counters``, ...) run on the caller's thread; WAL readers never wait for
+writers. Inside the loop that runs the batches they use the batches' connection (never in a
+transaction between two batches, and its page cache survives its own commits); elsewhere a
+third connection. ``snapshot`` is one statement. A settle of a reservation this process made
+takes its holds from memory instead of reading the row back (its DELETE still decides whether
+the reservation was open). One SQLiteStore serves one event loop at a time (a second loop that
+writes while the first has writes in flight gets StoreUnavailable); other processes (or loops)
+open their own.
 
 Durability: ``synchronous=NORMAL`` by default, which in WAL mode survives a crash of the relay
 process but may lose the last transactions on power loss; ``sqlite:///path?synchronous=full``
