@@ -29,9 +29,14 @@ meanwhile wait in memory (and then go as one batch), so the checkpoint can finis
 commit starts the WAL over from its beginning: under steady load the WAL stays bounded instead
 of growing while writers keep appending to it.
 
-Reads (``snapshot``, ``counters``, ...) run on the caller's thread on a third connection: WAL
-readers never wait for writers. ``snapshot`` is one statement. One SQLiteStore serves one event
-loop at a time; other processes (or loops) open their own.
+Reads (``snapshot``, ``counters``, ...) run on the caller's thread; WAL readers never wait for
+writers. Inside the loop that runs the batches they use the batches' connection (never in a
+transaction between two batches, and its page cache survives its own commits); elsewhere a
+third connection. ``snapshot`` is one statement. A settle of a reservation this process made
+takes its holds from memory instead of reading the row back (its DELETE still decides whether
+the reservation was open). One SQLiteStore serves one event loop at a time (a second loop that
+writes while the first has writes in flight gets StoreUnavailable); other processes (or loops)
+open their own.
 
 Durability: ``synchronous=NORMAL`` by default, which in WAL mode survives a crash of the relay
 process but may lose the last transactions on power loss; ``sqlite:///path?synchronous=full``
@@ -166,7 +171,7 @@ def _json_encoder() -> Callable[[Any], str]:
 
 _compact = _json_encoder()
 
-_Op = Callable[[sqlite3.Connection], Any]
+_Op = Callable[[sqlite3.Cursor], Any]
 _Outcome = tuple[bool, Any]  # (True, the op's value) or (False, the exception it raised)
 
 
@@ -215,16 +220,16 @@ def _connect(path: str, synchronous: str, busy_ms: int = BUSY_TIMEOUT_MS) -> sql
     return conn
 
 
-def _begin(conn: sqlite3.Connection) -> None:
+def _begin(cur: sqlite3.Cursor) -> None:
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        cur.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as exc:
         if _is_busy(exc):
             raise _Busy from None
         raise
 
 
-def _run_batch(conn: sqlite3.Connection, ops: Sequence[_Op]) -> list[_Outcome]:
+def _run_batch(cur: sqlite3.Cursor, ops: Sequence[_Op]) -> list[_Outcome]:
     """Run ``ops`` in one transaction, in call order, and commit what succeeded: an op that
     raises is rolled back alone and its exception is its outcome.
 
@@ -235,38 +240,39 @@ def _run_batch(conn: sqlite3.Connection, ops: Sequence[_Op]) -> list[_Outcome]:
 
     Raises _Busy if BEGIN finds the write lock taken (or still taken after the connection's
     busy timeout), or the sqlite3.Error that failed the transaction as a whole (nothing was
-    committed)."""
-    _begin(conn)
+    committed). ``cur`` is the connection's one cursor: reusing it spares each statement a
+    cursor object (measured: about 2 us a statement)."""
+    _begin(cur)
     try:
         try:
-            outcomes: list[_Outcome] = [(True, op(conn)) for op in ops]
+            outcomes: list[_Outcome] = [(True, op(cur)) for op in ops]
         except Exception as exc:  # handed to the op's caller
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            if cur.connection.in_transaction:
+                cur.execute("ROLLBACK")
             if len(ops) == 1:
                 return [(False, exc)]
-            _begin(conn)
-            outcomes = _with_savepoints(conn, ops)
-        conn.execute("COMMIT")
+            _begin(cur)
+            outcomes = _with_savepoints(cur, ops)
+        cur.execute("COMMIT")
     except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
+        if cur.connection.in_transaction:
+            cur.execute("ROLLBACK")
         raise
     return outcomes
 
 
-def _with_savepoints(conn: sqlite3.Connection, ops: Sequence[_Op]) -> list[_Outcome]:
+def _with_savepoints(cur: sqlite3.Cursor, ops: Sequence[_Op]) -> list[_Outcome]:
     outcomes: list[_Outcome] = []
     for op in ops:
-        conn.execute("SAVEPOINT op")
+        cur.execute("SAVEPOINT op")
         try:
-            outcomes.append((True, op(conn)))
+            outcomes.append((True, op(cur)))
         except Exception as exc:  # handed to the op's caller
-            if not conn.in_transaction:
+            if not cur.connection.in_transaction:
                 raise  # SQLite rolled everything back (I/O error, disk full)
-            conn.execute("ROLLBACK TO op")
+            cur.execute("ROLLBACK TO op")
             outcomes.append((False, exc))
-        conn.execute("RELEASE op")
+        cur.execute("RELEASE op")
     return outcomes
 
 
@@ -322,6 +328,10 @@ class SQLiteStore(Store):
             if synchronous.upper() == "NORMAL":
                 self._fast = _connect(self.path, synchronous, busy_ms=0)
                 self._fast.execute("PRAGMA wal_autocheckpoint = 0")
+            # One cursor per connection, reused by every statement on it.
+            self._fast_cur = None if self._fast is None else self._fast.cursor()
+            self._writer_cur = self._writer.cursor()
+            self._reader_cur = self._reader.cursor()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capwallet-sqlite")
@@ -352,7 +362,7 @@ class SQLiteStore(Store):
 
     # -- group commit -----------------------------------------------------------------------
 
-    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, op: Callable[[sqlite3.Cursor], T]) -> T:
         """Queue ``op`` for the next batch and wait for its outcome (after the COMMIT)."""
         if self._closed:
             raise StoreUnavailable("store is closed")
@@ -392,11 +402,11 @@ class SQLiteStore(Store):
             self._idle()
             return
         ops = [op for op, _ in batch]
-        if self._fast is None:  # synchronous=full: commits fsync, never on the loop
+        if self._fast_cur is None:  # synchronous=full: commits fsync, never on the loop
             self._to_worker(batch, ops)
             return
         try:
-            outcomes = _run_batch(self._fast, ops)
+            outcomes = _run_batch(self._fast_cur, ops)
         except _Busy:  # another process holds the lock: the worker waits for it
             self._to_worker(batch, ops)
             return
@@ -435,7 +445,7 @@ class SQLiteStore(Store):
         """The worker thread: one batch on the connection that waits for the lock, then the
         checkpoint if it is due (still one hop)."""
         try:
-            outcomes = _run_batch(self._writer, ops)
+            outcomes = _run_batch(self._writer_cur, ops)
         except _Busy:
             raise StoreUnavailable(
                 f"SQLite store: the write lock stayed taken for {BUSY_TIMEOUT_MS} ms") from None
@@ -495,7 +505,7 @@ class SQLiteStore(Store):
         database busy (it never waits), the reader connection, which waits."""
         if self._closed:
             raise StoreUnavailable("store is closed")
-        fast = self._fast
+        fast = self._fast_cur
         if fast is not None and self._on_loop_thread():
             try:
                 return fast.execute(sql, params).fetchall()
@@ -504,7 +514,7 @@ class SQLiteStore(Store):
                     raise StoreUnavailable(f"SQLite store failed: {exc}") from None
         try:
             with self._lock:
-                return self._reader.execute(sql, params).fetchall()
+                return self._reader_cur.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite store failed: {exc}") from None
 
@@ -523,7 +533,7 @@ class SQLiteStore(Store):
         keys = [h.counter_key for h in debits]
         adds = [x for h in debits for x in (h.counter_key, h.amount, h.resets_at)]
 
-        def txn(c: sqlite3.Connection) -> ReserveResult:
+        def txn(c: sqlite3.Cursor) -> ReserveResult:
             if r.approval_id is not None and c.execute(
                 "SELECT 1 FROM used_approvals WHERE approval_id = ?", (r.approval_id,)
             ).fetchone():
@@ -559,7 +569,7 @@ class SQLiteStore(Store):
         rid = (reservation_id,)
         known = self._holds.pop(reservation_id, None)
 
-        def txn(c: sqlite3.Connection) -> bool:
+        def txn(c: sqlite3.Cursor) -> bool:
             if known is None:  # reserved by another process (or forgotten): read it back
                 found = c.execute("SELECT holds FROM reservations WHERE id = ?", rid).fetchall()
                 if not found:
@@ -584,7 +594,7 @@ class SQLiteStore(Store):
         return await self._write(txn)
 
     async def expire_leases(self, now: int) -> int:
-        def txn(c: sqlite3.Connection) -> int:
+        def txn(c: sqlite3.Cursor) -> int:
             rows = c.execute(
                 "SELECT id, token_id, created_at, meta FROM reservations WHERE lease_until < ?",
                 (now,),
@@ -631,7 +641,7 @@ class SQLiteStore(Store):
     # -- revocation -------------------------------------------------------------------------
 
     async def revoke(self, token_id: str, now: int) -> None:
-        def txn(c: sqlite3.Connection) -> None:
+        def txn(c: sqlite3.Cursor) -> None:
             c.execute(
                 "INSERT INTO revoked (token_id, revoked_at) VALUES (?, ?) "
                 "ON CONFLICT (token_id) DO NOTHING", (token_id, now),
@@ -647,7 +657,7 @@ class SQLiteStore(Store):
     async def append_ledger(self, entry: LedgerEntry) -> None:
         row = _ledger_row(entry, entry.reservation_id)
 
-        def txn(c: sqlite3.Connection) -> None:
+        def txn(c: sqlite3.Cursor) -> None:
             c.execute(_LEDGER_INSERT, row)
 
         await self._write(txn)
@@ -685,7 +695,7 @@ class SQLiteStore(Store):
     async def add_pending(self, pending: PendingApproval) -> None:
         p = pending
 
-        def txn(c: sqlite3.Connection) -> None:
+        def txn(c: sqlite3.Cursor) -> None:
             c.execute(
                 "INSERT INTO pending (id, token_id, digest, summary, created_at, expires_at, "
                 "status, approval) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -724,7 +734,7 @@ class SQLiteStore(Store):
         if status not in ("approved", "denied", "expired"):
             raise ValueError(f"cannot resolve an approval request to {status!r}")
 
-        def txn(c: sqlite3.Connection) -> bool:
+        def txn(c: sqlite3.Cursor) -> bool:
             cur = c.execute(
                 "UPDATE pending SET status = ?, approval = ? WHERE id = ? AND status = 'pending'",
                 (status, approval, approval_request_id),
