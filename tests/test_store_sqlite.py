@@ -261,11 +261,26 @@ async def test_a_write_cancelled_before_its_batch_does_not_happen(tmp_path: Path
         task = asyncio.create_task(store.reserve(_reservation(Hold("b", 1, 10))))
         await asyncio.sleep(0)  # the task queued its write; the batch runs next iteration
         task.cancel()
-        kept = await store.reserve(_reservation(Hold("b", 2, 10)))
+        kept = await asyncio.wait_for(store.reserve(_reservation(Hold("b", 2, 10))), 5)
         assert kept.ok and task.cancelled()
         assert await store.counters(["b"]) == {"b": 2}
     finally:
-        await store.close()
+        await asyncio.wait_for(store.close(), 5)
+
+
+async def test_the_others_commit_when_the_first_caller_is_cancelled(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "lead.db")
+    try:
+        first = asyncio.create_task(store.reserve(_reservation(Hold("b", 1, 10))))
+        second = asyncio.create_task(store.reserve(_reservation(Hold("b", 2, 10))))
+        await asyncio.sleep(0)  # both queued their writes; the first leads the batch
+        first.cancel()
+        assert (await asyncio.wait_for(second, 5)).ok
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert await store.counters(["b"]) == {"b": 2}
+    finally:
+        await asyncio.wait_for(store.close(), 5)  # a batch left unrun would hang it
 
 
 async def test_close_lets_queued_writes_commit(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ amount <= limit" and the increment cannot interleave with another writer in this
 any other process using the same file.
 
 Writes: group commit on the event loop's thread. A write (reserve, settle, append_ledger, ...)
-is queued in memory and its caller awaits a future; the first write of a loop iteration
-schedules a flush for the next one, so every write requested in the same iteration runs in ONE
+is queued in memory and its caller awaits a future; the first write of a loop iteration yields
+once and then runs the batch, so every write requested in the same iteration runs in ONE
 ``BEGIN IMMEDIATE ... COMMIT``, in call order. An operation that fails (a duplicate
 reservation id: ValueError) rolls back only itself and gets its own exception; the others
 commit (a batch in which an operation raises is rolled back and runs again with a SAVEPOINT
@@ -374,11 +374,21 @@ class SQLiteStore(Store):
             self._queue, self._active = [], False  # that loop died with writes queued
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((op, future))
-        if not self._active:
-            self._active = True
-            self._loop, self._thread = loop, threading.get_ident()
+        if self._active:
+            return cast(T, await future)
+        # The first write of this iteration leads the batch: it lets the loop run the other
+        # callers of this iteration once (they queue theirs), then runs the batch itself, and
+        # usually has its outcome without being woken again.
+        self._active = True
+        self._loop, self._thread = loop, threading.get_ident()
+        try:
+            await asyncio.sleep(0)
+        except BaseException:  # cancelled: the batch still runs, without this write
+            future.cancel()
             loop.call_soon(self._flush)
-        return cast(T, await future)
+            raise
+        self._flush()
+        return cast(T, future.result() if future.done() else await future)
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         """The running loop, found without asyncio.get_running_loop (a getpid system call on
