@@ -30,9 +30,11 @@ test: $(STAMP) system-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy --strict src/capwallet
+	MYPYPATH=src $(VENV)/bin/mypy --strict reference_relay
 
 bench: $(STAMP)
 	$(PY) bench/verify.py
+	$(PY) bench/relay.py
 	$(PY) bench/store.py --quick
 
 vectors: $(STAMP)
