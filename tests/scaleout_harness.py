@@ -179,10 +179,12 @@ class Fleet:
                 return rows
             time.sleep(0.05)
 
-    def counters(self, tok: str) -> dict[str, int]:
-        """Used value of each of the token's counters, keyed by kind (budget, quota, rate)."""
+    def counters(self, tok: str, at: int | None = None) -> dict[str, int]:
+        """Used value of each of the token's counters, keyed by kind (budget, quota, rate), in
+        the periods of time ``at`` (default now: a per-minute rate reads 0 once the minute of
+        the calls has passed)."""
         v = Verifier(Keyring([self.root])).check_token(tok)
-        keys = counter_keys(v.limits, int(time.time()))
+        keys = counter_keys(v.limits, int(time.time()) if at is None else at)
         used: dict[str, int] = self.run(self.store.counters(keys))
         return {c.kind: used[k] for c, k in zip(v.limits.counters, keys, strict=True)}
 
