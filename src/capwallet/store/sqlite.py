@@ -18,8 +18,11 @@ microseconds, less than handing it to a thread and back under the GIL; and one c
 writes writes each page they share (a counter, the ledger's last leaf) once.
 
 Contention: the loop thread's connection never waits for the lock (busy timeout 0). If another
-process holds it, the whole batch goes to one worker thread whose connection waits up to
-BUSY_TIMEOUT_MS (then StoreUnavailable: deny), so a slow lock never blocks the event loop.
+process holds it, the batch tries again on the loop a few times over about 3 ms (BUSY_RETRIES;
+another relay's batch holds the lock for well under a millisecond, and a thread hop costs more
+than a retry); if the lock is still taken, the whole batch goes to one worker thread whose
+connection waits up to BUSY_TIMEOUT_MS (then StoreUnavailable: deny), so a slow lock never
+blocks the event loop.
 Writes requested while a batch is on the worker wait in memory and go as the next batch: one
 thread hop per batch, never per write, and batches commit in call order.
 
@@ -76,6 +79,8 @@ from capwallet.store.base import (
 T = TypeVar("T")
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
+BUSY_RETRIES = 4  # tries on the loop before a batch that finds the lock taken goes to the worker
+BUSY_RETRY_S = 0.0002  # the first try's wait; each next one waits twice as long (3 ms in all)
 CHECKPOINT_EVERY = 200  # committed writes (about 1000 WAL pages uncontended) between checkpoints
 HOLDS_CACHE = 16384  # open reservations whose holds this process remembers for their settle
 
@@ -341,6 +346,7 @@ class SQLiteStore(Store):
         self._thread = 0  # and its thread
         self._active = False  # a flush is scheduled, or a batch or checkpoint is on the worker
         self._since_checkpoint = 0  # writes committed since the last checkpoint
+        self._busy_tries = 0  # consecutive flushes that found the write lock taken
         self._drained: asyncio.Future[None] | None = None  # close() waits for the queue
         # reservation id -> its (merged) holds, for the settle of a reservation this process
         # made: it need not read the row back (the DELETE still decides whether it is open).
@@ -417,13 +423,24 @@ class SQLiteStore(Store):
             return
         try:
             outcomes = _run_batch(self._fast_cur, ops)
-        except _Busy:  # another process holds the lock: the worker waits for it
+        except _Busy:  # another process holds the lock
+            if self._busy_tries < BUSY_RETRIES:
+                # Mostly for well under a millisecond (another relay's batch): try again
+                # shortly here, the writes queued meanwhile joining this batch, rather than
+                # pay a thread hop each time (measured with two relay processes on one file).
+                self._busy_tries += 1
+                self._queue = batch + self._queue
+                assert self._loop is not None
+                self._loop.call_later(BUSY_RETRY_S * 2 ** (self._busy_tries - 1), self._flush)
+                return
+            self._busy_tries = 0  # still taken: the worker's connection waits for it
             self._to_worker(batch, ops)
             return
         except Exception as exc:  # the batch failed as a whole
             self._fail(batch, exc)
             self._idle()
             return
+        self._busy_tries = 0
         self._resolve(batch, outcomes)
         self._since_checkpoint += len(ops)
         if self._since_checkpoint >= CHECKPOINT_EVERY:
