@@ -43,7 +43,7 @@ from capwallet.store import StoreUnavailable
 from reference_relay.app import REDACTOR, create_app
 from reference_relay.config import ConfigError, RelayConfig, load_config
 from reference_relay.http_limits import BoundedHttpToolsProtocol
-from reference_relay.listen import listen
+from reference_relay.listen import listen, serve_announced, url
 
 log = logging.getLogger("reference_relay")
 
@@ -110,11 +110,6 @@ class _Workers(Multiprocess):
         print(f"relay listening on {self.url}", flush=True)
 
 
-def _url(sock: socket.socket) -> str:
-    h, p = sock.getsockname()[:2]
-    return f"http://[{h}]:{p}" if ":" in h else f"http://{h}:{p}"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reference_relay",
                                      description="Serve the capwallet reference relay.")
@@ -154,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ[LOG_LEVEL_ENV] = args.log_level
         workers = _Workers(_uvicorn_config("reference_relay.__main__:worker_app", args.log_level,
                                            config, factory=True, workers=args.workers),
-                           sock, _url(sock))
+                           sock, url(sock))
         with sock:
             workers.run()
         return 0
@@ -162,17 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = uvicorn.Server(_uvicorn_config(app, args.log_level, config))
     _tune_gc()
 
-    async def serve() -> None:
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not task.done():
-            await asyncio.sleep(0.005)
-        if server.started:
-            print(f"relay listening on {_url(sock)}", flush=True)
-        await task
-
     # uvicorn's own choice of loop (uvloop when installed), which asyncio.run() would ignore.
     with sock, asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
-        runner.run(serve())
+        runner.run(serve_announced(server, sock, "relay"))
     return 0
 
 

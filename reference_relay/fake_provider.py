@@ -95,7 +95,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from reference_relay.listen import listen
+from reference_relay.listen import listen, serve_announced, url
 
 DEFAULT_API_KEY = "sk-fake-provider-key"
 DEFAULT_REPLY_TOKENS = 16
@@ -929,11 +929,6 @@ def create_app(api_key: str = DEFAULT_API_KEY, *,
 # Serving
 
 
-def _url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 def _server(app: Starlette) -> uvicorn.Server:
     config = uvicorn.Config(app, lifespan="off", log_config=None, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=2)
@@ -957,20 +952,11 @@ def running_fake_provider(api_key: str = DEFAULT_API_KEY, *,
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("fake provider did not start")
             time.sleep(0.002)
-        yield _url(sock)
+        yield url(sock)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
-
-
-async def _serve_announced(server: uvicorn.Server, sock: socket.socket) -> None:
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started and not task.done():
-        await asyncio.sleep(0.002)
-    if server.started:
-        print(f"fake provider listening on {_url(sock)}", flush=True)
-    await task
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -992,7 +978,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fake provider: {exc}", file=sys.stderr)
         return 2
     with sock:
-        asyncio.run(_serve_announced(_server(app), sock))
+        asyncio.run(serve_announced(_server(app), sock, "fake provider"))
     return 0
 
 
