@@ -53,8 +53,9 @@ class ProtocolFailure(UpstreamError):
     """The provider closed the connection early or sent something that is not HTTP/1.1."""
 
 
-class _Stale(Exception):
-    """A reused keep-alive connection was already closed: nothing was answered."""
+class _Stale(UpstreamError):
+    """A reused keep-alive connection was already closed: nothing was answered (the pool
+    retries once on a new connection)."""
 
 
 class _Connection(asyncio.Protocol):
@@ -250,7 +251,7 @@ class Response:
         if self.status and not self._framed():
             self.complete(False)  # delimited by the connection closing: that is its end
         elif not self.status and not self.headers and self._conn.reused:
-            self.fail(_StaleError())
+            self.fail(_Stale())
         else:
             self.fail(ProtocolFailure("the provider closed the connection mid-answer"
                                       if self.status else
@@ -312,10 +313,6 @@ class Response:
         self._closed = True
         self._pool._release(self._conn, self._done and self._keep_alive
                             and self._error is None)
-
-
-class _StaleError(UpstreamError):
-    """Internal: turned into a retry by the pool."""
 
 
 class Pool:
@@ -393,12 +390,12 @@ class Pool:
             if conn is not None:
                 try:
                     return await self._exchange(conn, data)
-                except (_Stale, _StaleError):
+                except _Stale:
                     conn.close()  # the server closed it as we reused it: once more, new
             conn = await self._connect(origin)
             try:
                 return await self._exchange(conn, data)
-            except (_Stale, _StaleError):
+            except _Stale:
                 raise ProtocolFailure("the provider closed the connection without "
                                       "answering") from None
         except BaseException:
