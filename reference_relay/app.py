@@ -139,12 +139,12 @@ def worst_raw_cost(price: Price, est: InputEstimate, output_tokens: int) -> int:
                                      output_tokens=output_tokens))
 
 
-def _detail(c: CounterLimit, limit: int, used: int, needed: int,
+def _detail(kind: str, unit: str, limit: int, used: int, needed: int,
             resets_at: int | None) -> dict[str, Any]:
-    """The numbers of a counter denial, in the counter's unit (named in ``unit``)."""
-    unit = f"micro-{c.unit}" if c.kind == "budget" else c.unit
+    """The numbers of a counter denial, in the counter's unit (named in ``unit``: microunits
+    of the currency for a budget)."""
     return {"limit": limit, "used": used, "left": max(limit - used, 0), "needed": needed,
-            "unit": unit, "resets_at": resets_at}
+            "unit": f"micro-{unit}" if kind == "budget" else unit, "resets_at": resets_at}
 
 
 def _counter_extra(decision: Decision) -> dict[str, Any]:
@@ -153,9 +153,7 @@ def _counter_extra(decision: Decision) -> dict[str, Any]:
     c = decision.counter
     if c is None:
         return {}
-    unit = f"micro-{c.unit}" if c.kind == "budget" else c.unit
-    return {"limit": c.limit, "used": c.used, "left": max(c.limit - c.used, 0),
-            "needed": c.needed, "unit": unit, "resets_at": c.resets_at}
+    return _detail(c.kind, c.unit, c.limit, c.used, c.needed, c.resets_at)
 
 
 def _fmt(c: CounterLimit, n: int) -> str:
@@ -548,7 +546,8 @@ class Relay:
         limit = next(c for c in limits.counters if c.counter_id == counter_id)
         left = max(debit.limit - used, 0)
         reason = _KIND_REASON[debit.kind]
-        extra = _detail(limit, debit.limit, used, debit.amount, debit.resets_at)
+        extra = _detail(limit.kind, limit.unit, debit.limit, used, debit.amount,
+                        debit.resets_at)
         headers = {}
         if debit.resets_at is not None and debit.kind != "budget":
             headers["retry-after"] = str(max(debit.resets_at - now, 1))
