@@ -77,7 +77,7 @@ from reference_relay.prices import Price
 from reference_relay.routes import Endpoint
 from reference_relay.routes.anthropic import Messages
 from reference_relay.routes.openai import ChatCompletions, Embeddings
-from reference_relay.upstream import Upstream, provider_key_missing
+from reference_relay.upstream import Upstream, forwarded_headers, provider_key_missing
 
 log = logging.getLogger("reference_relay")
 APPROVAL_HEADER = "x-capwallet-approval"
@@ -496,6 +496,10 @@ class Relay:
         if not key and provider.api_key_env:
             raise provider_key_missing(provider)
         self.redactor.add(key)
+        # Checked before anything is reserved: the key and the app's forwarded headers
+        # must fit in a header line.
+        self.upstream.head(provider, ep.upstream_path, key)
+        fwd = forwarded_headers(headers)
         budgets = [d for d in decision.debits if d.kind == "budget"]
         ledger_currency = budgets[0].unit if budgets else price.currency
         worst_ledger = costs.get(ledger_currency)
@@ -519,8 +523,6 @@ class Relay:
                                      result.approval_used, rates, now)
             self.record_denial(tid, app_name, provider, model, ep, err.code, now)
             return error_response(err, ep.errors)
-        fwd: dict[str, str] = {h: headers[h] for h in ("anthropic-version", "anthropic-beta")
-                               if h in headers}
         call = Call(
             store=self.store, upstream=self.upstream, converter=self.converter,
             spawn=self.spawn, endpoint=ep, provider=provider, model=model, prepared=prepared,

@@ -12,6 +12,7 @@ it (some echo a masked form; a verbatim one must never get through).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from reference_relay.config import ProviderConfig, RelayConfig
@@ -55,24 +56,29 @@ class Upstream:
     def timeout(self, provider: ProviderConfig) -> float:
         return provider.timeout if provider.timeout is not None else self.config.upstream_timeout
 
-    def build(self, provider: ProviderConfig, path: str, body: bytes, key: str,
-              client_headers: dict[str, str]) -> tuple[Origin, bytes]:
-        """The origin to connect to and the whole request (head and body) as bytes.
-        ``path`` is relative to the provider's base_url."""
+    def head(self, provider: ProviderConfig, path: str, key: str) -> tuple[Origin, bytes]:
+        """The origin and the request head up to its content length, the same for every call
+        to one endpoint with one key (cached). The relay asks for it before it reserves, so
+        that a key that cannot go in a header refuses the call with nothing reserved."""
         url = provider.base_url + path
         cached = self._heads.get((url, key, provider.api))
         if cached is None:
             cached = self._head(provider, url, key)
             if len(self._heads) < 1024:
                 self._heads[(url, key, provider.api)] = cached
-        origin, head = cached
+        return cached
+
+    def build(self, provider: ProviderConfig, path: str, body: bytes, key: str,
+              forward: dict[str, str]) -> tuple[Origin, bytes]:
+        """The origin to connect to and the whole request (head and body) as bytes. ``path``
+        is relative to the provider's base_url; ``forward`` comes from forwarded_headers."""
+        origin, head = self.head(provider, path, key)
         extra = b""
         if provider.api == "anthropic":
-            version = client_headers.get("anthropic-version", ANTHROPIC_VERSION)
-            beta = client_headers.get("anthropic-beta")
-            extra = b"anthropic-version: " + _value("anthropic-version", version) + b"\r\n"
-            if beta:
-                extra += b"anthropic-beta: " + _value("anthropic-beta", beta) + b"\r\n"
+            extra = b"anthropic-version: %s\r\n" % forward.get(
+                "anthropic-version", ANTHROPIC_VERSION).encode("ascii")
+            if forward.get("anthropic-beta"):
+                extra += b"anthropic-beta: %s\r\n" % forward["anthropic-beta"].encode("ascii")
         return origin, b"%scontent-length: %d\r\n%s\r\n%s" % (head, len(body), extra, body)
 
     @staticmethod
@@ -98,17 +104,24 @@ class Upstream:
         return (scheme, host, port), ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
     async def send(self, provider: ProviderConfig, path: str, body: bytes, key: str,
-                   client_headers: dict[str, str]) -> Response:
+                   forward: dict[str, str]) -> Response:
         """Send the request; returns once the answer's status and headers have arrived."""
-        origin, data = self.build(provider, path, body, key, client_headers)
+        origin, data = self.build(provider, path, body, key, forward)
         return await self.pool.request(origin, data)
 
 
-def _value(name: str, value: str) -> bytes:
-    if not _HEADER_VALUE.fullmatch(value):
-        raise RelayError(INVALID_REQUEST, f"the {name} header has characters the relay does "
-                         "not forward")
-    return value.encode("ascii")
+def forwarded_headers(client: Mapping[str, str]) -> dict[str, str]:
+    """The app's headers the relay passes on (Anthropic's version and beta flags), checked:
+    visible ASCII only, so nothing the app sends can add a line to the upstream request."""
+    out = {}
+    for name in ("anthropic-version", "anthropic-beta"):
+        value = client.get(name)
+        if value is not None:
+            if not _HEADER_VALUE.fullmatch(value):
+                raise RelayError(INVALID_REQUEST, f"the {name} header has characters the "
+                                 "relay does not forward")
+            out[name] = value
+    return out
 
 
 def provider_key_missing(provider: ProviderConfig) -> RelayError:

@@ -214,6 +214,30 @@ def test_missing_provider_key(fresh_relay: Callable[..., Relay]) -> None:
     assert list(r.counters(tok).values()) == [0]
 
 
+def test_forwarded_headers_and_keys_cannot_add_header_lines(
+        relay: Relay, fresh_relay: Callable[..., Relay]) -> None:
+    """The app's anthropic-version / anthropic-beta go upstream only as visible ASCII, and a
+    provider key that cannot go in a header refuses the call: either way before anything is
+    reserved or sent."""
+    tok = relay.mint(cav.Budget(100, "USD", "month"))
+    body = {"model": "claude-test", "max_tokens": 4, "messages": HELLO}
+    for name, value in (("anthropic-beta", "tools\tx-evil: 1"),
+                        ("anthropic-version", "2023-06-01\t2")):
+        httpx.delete(relay.fake + "/_fake/requests")
+        r = relay.post("/v1/messages", body, tok, headers={name: value})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request", r.text
+        assert name in r.json()["error"]["message"]
+        assert fake_calls(relay) == 0
+    assert list(relay.counters(tok).values()) == [0]
+    bad_key = "sk-bad\r\nx-evil: 1"
+    r = fresh_relay(provider_keys=lambda pid: bad_key)
+    tok = r.mint(cav.Budget(100, "USD", "month"))
+    resp = r.chat(tok, max_tokens=4)
+    assert resp.status_code == 502 and error_code(resp) == "provider_unavailable"
+    assert "sk-bad" not in resp.text
+    assert list(r.counters(tok).values()) == [0]
+
+
 def test_header_limits(relay: Relay) -> None:
     headers = {f"x-filler-{i}": "y" for i in range(120)}
     r = httpx.get(relay.url + "/healthz", headers=headers)
