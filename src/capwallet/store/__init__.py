@@ -24,8 +24,8 @@ from capwallet.store.base import (
     StoreUnavailable,
 )
 
-# URL scheme -> (module, class). The Redis backend is the hook for capwallet.store.redis
-# (RedisStore.from_url); until that module exists a redis:// URL fails with a clear error.
+# URL scheme -> (module, class); each class has a from_url(url). Imported on first use, so
+# an embedded (SQLite) deployment never imports the Redis client.
 BACKENDS: dict[str, tuple[str, str]] = {
     "sqlite": ("capwallet.store.sqlite", "SQLiteStore"),
     "redis": ("capwallet.store.redis", "RedisStore"),
