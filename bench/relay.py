@@ -14,9 +14,16 @@ upstream call, settlement and a ledger row in SQLite.
 
 Reported: latency p50/p99 (ms), the relay's added latency (relay - direct), requests per
 second and their ratio, and the CPU time per request of the relay's processes and, for scale,
-of the fake provider (from /proc, user + system). Targets: added p50 under 1.5 ms at
-concurrency 1; at concurrency 20 at least half the direct throughput while the relay, the fake
-provider and the load generator share the machine's cores (printed for both relays).
+of the fake provider (from /proc, user + system).
+
+A second baseline runs in the same rounds as the one-process relay: bench/passthrough.py, a bare
+forwarding proxy on the relay's own serving stack (uvicorn, httptools, the relay's middleware
+and upstream pool) with no capability logic. Its row shows what serving and forwarding cost on
+this stack, so the relay's CPU per call splits into that floor and the logic on top.
+
+Targets: added p50 under 1.5 ms at concurrency 1; at concurrency 20 at least half the direct
+throughput while the relay, the fake provider and the load generator share the machine's cores
+(printed for both relays).
 
 The load generator is a minimal keep-alive HTTP/1.1 client (an asyncio Protocol per connection,
 httptools parsing), so that its own CPU use, which shares the cores with the servers, stays
@@ -218,6 +225,9 @@ def main() -> int:
                                  str(d / "relay.toml"), "--port", "0", "--workers",
                                  str(workers), "--log-level", "warning"],
                                 "listening", env=env, cwd=d)
+    proxy, proxy_url = start([sys.executable, str(ROOT / "bench" / "passthrough.py"),
+                              "--upstream", f"{fake_url}/v1", "--key", KEY, "--port", "0"],
+                             "listening")
     token = mint(root, [cav.Budget(10**9, "USD", "month"), cav.TokenQuota(10**12, "month"),
                         cav.App("bench")]).serialize()
     body: dict[str, object] = {"model": "gpt-4o-mini", "max_tokens": 16,
@@ -227,6 +237,7 @@ def main() -> int:
             ("stream", stream_body, 1, 1, 300), ("chat", body, 2, 20, 3000),
             ("chat", body, 2, 100, 4000)]
     rows = []
+    floor: dict[int, tuple[Result, float]] = {}  # concurrency -> (proxy result, CPU per call)
     try:
         for name, b, workers, conc, n in plan:
             relay, relay_url = relays[workers]
@@ -234,18 +245,28 @@ def main() -> int:
             warm = max(total // 10, conc)
             asyncio.run(load(fake_url, "/v1/chat/completions", b, KEY, conc, warm, 0))
             asyncio.run(load(relay_url, "/v1/chat/completions", b, token, conc, warm, 0))
-            direct, via = Result([], 0.0, 0), Result([], 0.0, 0)
-            fake_cpu = cpu = 0.0
-            # Alternate direct and relayed rounds so that both see the same machine load.
+            with_floor = name == "chat" and workers == 1
+            if with_floor:
+                asyncio.run(load(proxy_url, "/v1/chat/completions", b, KEY, conc, warm, 0))
+            direct, via, bare = Result([], 0.0, 0), Result([], 0.0, 0), Result([], 0.0, 0)
+            fake_cpu = cpu = bare_cpu = 0.0
+            # Alternate direct, proxy and relayed rounds so that all see the same machine load.
             for _ in range(ROUNDS):
                 f0 = cpu_seconds(fake.pid)
                 direct.add(asyncio.run(load(fake_url, "/v1/chat/completions", b, KEY, conc,
                                             total // ROUNDS, 0)))
                 fake_cpu += cpu_seconds(fake.pid) - f0
+                if with_floor:
+                    p0 = cpu_seconds(proxy.pid)
+                    bare.add(asyncio.run(load(proxy_url, "/v1/chat/completions", b, KEY, conc,
+                                              total // ROUNDS, 0)))
+                    bare_cpu += cpu_seconds(proxy.pid) - p0
                 r0 = tree_cpu_seconds(relay.pid)
                 via.add(asyncio.run(load(relay_url, "/v1/chat/completions", b, token, conc,
                                          total // ROUNDS, 0)))
                 cpu += tree_cpu_seconds(relay.pid) - r0
+            if with_floor:
+                floor[conc] = (bare, bare_cpu / total)
             rows.append((name, workers, conc, total, direct, via, cpu / total,
                          fake_cpu / total))
             print(f"  {name} workers={workers} c={conc}: {total} requests each way",
@@ -253,9 +274,11 @@ def main() -> int:
     finally:
         for relay, _ in relays.values():
             relay.terminate()
+        proxy.terminate()
         fake.terminate()
         for relay, _ in relays.values():
             relay.wait(timeout=30)
+        proxy.wait(timeout=30)
         fake.wait(timeout=30)
 
     load_avg = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -274,6 +297,20 @@ def main() -> int:
               f"{v.pct(.99) - d.pct(.99):>7.2f} | {d.rps:>10.0f}{v.rps:>10.0f}"
               f"{v.rps / d.rps:>7.2f} | {cpu * 1000:>10.3f} ms{fake_cpu * 1000:>10.3f} ms"
               f"{errs}")
+    print("\nfloor: a bare forwarding proxy on the relay's stack (bench/passthrough.py), in the "
+          "same rounds as the one-process relay")
+    hdr2 = (f"{'conc':>5} | {'proxy p50':>9}{'added':>7} | {'proxy rps':>9}{'ratio':>7} | "
+            f"{'proxy cpu/req':>13}{'relay cpu/req':>14}{'logic cpu/req':>14}")
+    print(hdr2)
+    print("-" * len(hdr2))
+    for name, workers, conc, _total, d, _via, cpu, _ in rows:
+        if conc not in floor or workers != 1 or name != "chat":
+            continue
+        bare, bare_cpu = floor[conc]
+        print(f"{conc:>5} | {bare.pct(.5):>9.3f}{bare.pct(.5) - d.pct(.5):>7.3f} | "
+              f"{bare.rps:>9.0f}{bare.rps / d.rps:>7.2f} | {bare_cpu * 1000:>10.3f} ms"
+              f"{cpu * 1000:>11.3f} ms{(cpu - bare_cpu) * 1000:>11.3f} ms"
+              f"{f'  ({bare.errors} errors)' if bare.errors else ''}")
     c1 = rows[0]
     added = c1[5].pct(.5) - c1[4].pct(.5)
     print(f"\ntarget: added p50 at c=1 < 1.5 ms: {added:.3f} ms -> "

@@ -1,0 +1,102 @@
+"""A bare forwarding proxy on the relay's own serving stack: the floor under bench/relay.py.
+
+    python bench/passthrough.py --upstream http://127.0.0.1:PORT/v1 --key sk-... [--port N]
+
+It is the relay with the capability work taken out: the same uvicorn server (uvloop, httptools,
+reference_relay.http_limits.BoundedHttpToolsProtocol), the same Starlette app shape (the
+relay's RequestGuard middleware, a router, a plain ASGI endpoint), the same body read under a
+deadline and the same upstream pool (reference_relay.pool). A call is read, parsed as JSON (a
+proxy routes by model), forwarded with the provider key and answered with the provider's body.
+No token, no store, no pricing, no metering, no ledger.
+
+bench/relay.py runs it beside the relay, so each run shows how much of the relay's cost per
+call is serving and forwarding on this stack (what any Python proxy here pays) and how much is
+the capability logic on top: verification, one store read, reservation, settlement, ledger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import socket
+import sys
+from urllib.parse import urlsplit
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from reference_relay.app import RequestGuard
+from reference_relay.http_limits import BoundedHttpToolsProtocol
+from reference_relay.listen import listen, serve_announced
+from reference_relay.pool import Pool
+
+BODY_TIMEOUT = 30.0
+UPSTREAM_TIMEOUT = 60.0
+
+
+class Forward:
+    """POST the request body to one upstream URL with the key, answer what it answers."""
+
+    def __init__(self, upstream: str, key: str) -> None:
+        parts = urlsplit(upstream)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.origin = (parts.scheme, parts.hostname or "", port)
+        self.head = (f"POST {parts.path}/chat/completions HTTP/1.1\r\nhost: {parts.netloc}\r\n"
+                     f"content-type: application/json\r\naccept-encoding: identity\r\n"
+                     f"authorization: Bearer {key}\r\n").encode("latin-1")
+        self.pool = Pool(max_connections=256, connect_timeout=5.0)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        chunks: list[bytes] = []
+        async with asyncio.timeout(BODY_TIMEOUT):
+            while True:
+                message = await receive()
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        raw = b"".join(chunks)
+        if not isinstance(json.loads(raw).get("model"), str):
+            response = Response(b'{"error":"no model"}', status_code=400)
+        else:
+            async with asyncio.timeout(UPSTREAM_TIMEOUT):
+                upstream = await self.pool.request(
+                    self.origin, b"%scontent-length: %d\r\n\r\n%s" % (self.head, len(raw), raw))
+                try:
+                    body = await upstream.read()
+                finally:
+                    upstream.close()
+            response = Response(body, status_code=upstream.status,
+                                media_type="application/json")
+        await response(scope, receive, send)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--upstream", required=True, help="base URL, e.g. http://host:port/v1")
+    parser.add_argument("--key", required=True, help="the provider API key to send")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    app = Starlette(
+        routes=[Route("/v1/chat/completions", Forward(args.upstream, args.key),
+                      methods=["POST"])],
+        middleware=[Middleware(RequestGuard, allowed=("127.0.0.1", "localhost"))],
+    )
+    server = uvicorn.Server(uvicorn.Config(
+        app, http=BoundedHttpToolsProtocol, loop="auto", lifespan="off", log_config=None,
+        log_level="warning", access_log=False, server_header=False, proxy_headers=False))
+    sock: socket.socket = listen("127.0.0.1", args.port)
+    gc.freeze()  # as the relay does (reference_relay.__main__._tune_gc)
+    gc.set_threshold(20_000, 50, 1000)
+    with sock, asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+        runner.run(serve_announced(server, sock, "passthrough"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
