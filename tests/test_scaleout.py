@@ -78,7 +78,11 @@ def test_settled_spend_never_exceeds_the_budget_when_estimates_exceed_use(fleet:
     rs = asyncio.run(_spread(fleet.urls, tok, 200, body))
     assert {r.status_code for r in rs} <= {200, 402}
     ok = sum(r.status_code == 200 for r in rs)
-    assert ok >= 10
+    # However the 200 race, the first budget // worst reservations must fit (each call holds
+    # at most its worst case, settled or not); a fixed floor failed when all raced at once.
+    worst = {int(r.json()["error"]["needed"]) for r in rs if r.status_code == 402}
+    assert len(worst) == 1  # the same request, the same worst case
+    assert ok >= budget * MICROS_PER_MINOR // worst.pop() >= 5
     rows = fleet.wait_ledger(tok, 200)
     assert len(rows) == 200
     assert (sum(e.cost for e in rows) == fleet.counters(tok)["budget"]
