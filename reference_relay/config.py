@@ -55,7 +55,7 @@ class ProviderConfig:
     api_key_env: str | None
     models: dict[str, ModelConfig]
     zero_retention: bool = False
-    max_tokens_field: str = "max_tokens"  # the field set when the app gives no output bound
+    max_tokens_field: str = "max_tokens"  # the output cap the provider honours (sent alone)
     timeout: float | None = None  # overrides the relay's upstream_timeout
 
 

@@ -26,9 +26,12 @@ def test_openai_non_stream(relay: Relay) -> None:
     assert row.token_id == token_id(tok) and row.latency_ms >= 0
     assert row.request_body is None and row.response_body is None
     assert list(relay.counters(tok).values()) == [COST_USD]
-    # The provider got the relay's key, not the token; the app's max_tokens went through.
+    # The provider got the relay's key, not the token; the app's max_tokens went through, in
+    # the field this provider's config says it honours (max_completion_tokens), alone.
     last = fake_requests(relay)[-1]
-    assert last["auth_ok"] is True and last["body"]["max_tokens"] == 32  # type: ignore[index]
+    assert last["auth_ok"] is True
+    assert last["body"]["max_completion_tokens"] == 32  # type: ignore[index]
+    assert "max_tokens" not in last["body"]  # type: ignore[operator]
 
 
 def test_openai_stream_without_usage_request(relay: Relay) -> None:
@@ -67,6 +70,34 @@ def test_openai_injects_output_cap(relay: Relay) -> None:
     tok2 = relay.mint(cav.Budget(1000, "USD", "month"))
     relay.openai(tok2).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
     assert fake_requests(relay)[-1]["body"]["max_completion_tokens"] == 16384  # type: ignore[index]
+
+
+def test_output_cap_reaches_the_provider_in_the_field_it_honours(relay: Relay) -> None:
+    # deepseek's config leaves max_tokens_field at max_tokens (the field DeepSeek reads). An
+    # app's max_completion_tokens alone, or beside a larger max_tokens, must arrive as the one
+    # max_tokens the reservation was made for; else the provider's default bounds the answer.
+    for extra, cap in (({"max_completion_tokens": 5}, 5),
+                       ({"max_tokens": 8000, "max_completion_tokens": 3}, 3),
+                       ({"max_tokens": 6}, 6)):
+        tok = relay.mint(cav.Budget(1000, "USD", "month"))
+        r = relay.openai(tok).chat.completions.create(model="deepseek-chat", messages=HELLO,
+                                                      **extra)
+        assert r.usage is not None and r.usage.completion_tokens == cap
+        body = fake_requests(relay)[-1]["body"]
+        assert body["max_tokens"] == cap and "max_completion_tokens" not in body
+        [row] = relay.ledger(tok)
+        assert row.output_tokens == cap
+    # The reservation is for the smaller cap, and only that cap reaches the provider: a budget
+    # of 1 cent affords 3 output tokens of relay-out (0.3 cent each, input free), not 8000.
+    tok = relay.mint(cav.Budget(1, "USD", "month"))
+    r2 = relay.post("/v1/chat/completions", {
+        "model": "relay-out", "messages": HELLO, "max_tokens": 8000,
+        "max_completion_tokens": 3}, tok)
+    assert r2.status_code == 200, r2.text
+    body = fake_requests(relay)[-1]["body"]
+    assert body["max_completion_tokens"] == 3 and "max_tokens" not in body
+    [row] = relay.ledger(tok)
+    assert (row.output_tokens, row.cost) == (3, 900_000)
 
 
 def test_openai_n_choices(relay: Relay) -> None:

@@ -41,11 +41,20 @@ class ChatCompletions:
         caps = [c for c in (positive_int(body, "max_tokens"),
                             positive_int(body, "max_completion_tokens")) if c is not None]
         est = openai_chat_input(body, len(raw))
-        bound = output_bound(min(caps) if caps else None, n, limits.max_output_tokens,
+        requested = min(caps) if caps else None
+        bound = output_bound(requested, n, limits.max_output_tokens,
                              model.price.max_output, unbounded_ok=unbounded_ok(model, limits))
         changed = False
-        if bound.inject is not None:
-            body[provider.max_tokens_field] = bound.inject
+        cap = bound.inject if bound.inject is not None else requested
+        if cap is not None and _cap_fields(body) != {provider.max_tokens_field: cap}:
+            # The reservation holds for `cap` output tokens: the provider must get it in the
+            # field it honours (max_tokens_field), alone. An app's max_completion_tokens sent
+            # to a provider that reads only max_tokens (or the reverse), or a second, larger
+            # cap in the other field, would otherwise leave the answer bounded by the
+            # provider's default, not by what was reserved.
+            body.pop("max_tokens", None)
+            body.pop("max_completion_tokens", None)
+            body[provider.max_tokens_field] = cap
             changed = True
         wants_usage = True
         if stream:
@@ -57,6 +66,10 @@ class ChatCompletions:
                 body["stream_options"] = {**(opts or {}), "include_usage": True}
                 changed = True
         return Prepared(est, bound.total, stream, dump(body) if changed else raw, wants_usage)
+
+
+def _cap_fields(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: body[k] for k in ("max_tokens", "max_completion_tokens") if k in body}
 
 
 class Embeddings:
