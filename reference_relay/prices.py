@@ -130,7 +130,10 @@ class Converter:
 
     def micros(self, price: Price, raw: int, currency: str) -> tuple[int, Rate | None] | None:
         """Microunits of ``currency`` for a raw cost in ``price``'s terms, rounded up, and the
-        rate used (None if none was needed); None when no rate is known."""
+        rate used (None if none was needed); None when no rate is known. Nothing costs nothing
+        in every currency, so a free model or a zero cost needs no rate."""
+        if raw == 0:
+            return 0, None
         f = self.factor(price.currency, currency)
         if f is None:
             return None

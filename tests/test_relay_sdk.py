@@ -181,6 +181,16 @@ def test_local_zero_price_model_is_never_blocked_by_budget(relay: Relay) -> None
     assert relay.ledger(tok)[0].cost == 0
     denied = relay.chat(tok, model="relay-test", max_tokens=4)
     assert denied.status_code == 402
+    # Nor by a budget in a currency the config has no rate for (USD prices, a JPY budget): a
+    # free call costs nothing in every currency. A priced model is still refused for want of
+    # a rate.
+    tok = relay.mint(cav.Budget(0, "JPY", "month"))
+    r = relay.chat(tok, model="llama3.2")
+    assert r.status_code == 200, r.text
+    assert "x-capwallet-fx" not in r.headers
+    unpriced = relay.chat(tok, model="relay-test", max_tokens=4)
+    assert unpriced.status_code == 403
+    assert unpriced.headers["x-capwallet-reason"] == "price_unknown"
 
 
 def test_token_in_x_api_key_for_openai_route(relay: Relay) -> None:
