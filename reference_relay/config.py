@@ -173,7 +173,8 @@ def _provider(raw: Mapping[str, Any], table: PriceTable, i: int) -> ProviderConf
             if base is not None:  # inline fields override the table's
                 merged = {k: getattr(base, k) for k in (
                     "input", "output", "cached_input", "cache_write", "max_output",
-                    "long_context_above", "input_long", "output_long", "currency", "scale")}
+                    "long_context_above", "input_long", "output_long", "max_image_tokens",
+                    "currency", "scale")}
                 merged.update(entry)
                 entry = {k: v for k, v in merged.items() if v is not None}
             entry.pop("id")

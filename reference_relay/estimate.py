@@ -8,13 +8,25 @@ of B bytes is at most B tokens. JSON escaping only ever adds bytes. So the estim
 
     input_tokens = bytes of the raw request body
                    - bytes of image payloads (base64 data or URLs)
-                   + IMAGE_TOKENS per image
+                   + the model's image allowance per image
                    + PER_MESSAGE_TOKENS per message + PER_REQUEST_TOKENS
                    + TOOLS_TOKENS if tools are declared
+                   + ANTHROPIC_TOOL_TOKENS per Anthropic-defined tool (computer, text editor, bash)
 
 which counts every field (keys, parameters, tool schemas) as if it were prompt text, plus room
-for the chat template and the tool-use system prompt a provider adds. Images are bounded by
-IMAGE_TOKENS each, above what any supported model bills for its largest image.
+for the chat template and the tool-use system prompt a provider adds.
+
+An image is billed at a number of tokens that depends on the model, not on its bytes: OpenAI's
+gpt-4o-mini bills one high-detail image at up to 48,169 tokens (its image tokens are priced
+lower), gpt-4o at up to 1,445, Claude at about 1,600. So the allowance per image is the model's
+``max_image_tokens`` (prices.toml, or the relay config), at or above the most that model bills
+for its largest image; a model without one gets DEFAULT_IMAGE_TOKENS, above the worst case of
+every model in the shipped table.
+
+Anthropic's own client tools (computer use, text editor, bash) are declared by type alone, and
+the provider adds their definitions and instructions as hidden input tokens: each gets its
+ANTHROPIC_TOOL_TOKENS allowance on top of TOOLS_TOKENS. Any other typed tool is either a server
+tool billed per use or one whose hidden size is not known here, and is refused.
 
 What cannot be bounded is refused (reason ``unbounded_request``), never guessed: audio, file and
 document inputs, audio output, priced server-side tools (web search, code execution, MCP),
@@ -35,17 +47,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from reference_relay.errors import INVALID_REQUEST, UNBOUNDED_REQUEST, RelayError
+from reference_relay.prices import Price
 
-IMAGE_TOKENS = 6000
+# Above the largest max_image_tokens in prices.toml (gpt-4o-mini: 2833 + 8 tiles x 5667 = 48,169),
+# so a model priced inline without its own value is never under-reserved.
+DEFAULT_IMAGE_TOKENS = 50_000
 PER_MESSAGE_TOKENS = 8
 PER_REQUEST_TOKENS = 64
+# The tool-use system prompt Anthropic adds when any tool is declared (346 tokens on Claude 4
+# models, 530 at most on Claude 3), with room to spare.
 TOOLS_TOKENS = 1024
+# Hidden input tokens per Anthropic-defined client tool, by type prefix, on top of TOOLS_TOKENS.
+# Documented (docs.claude.com tool use pricing, computer use / text editor / bash tool pages, as
+# of 2025-11): computer use 735 for the tool definition plus 466-499 of extra system prompt;
+# text editor 700; bash 245. Rounded up.
+ANTHROPIC_TOOL_TOKENS = (("computer_", 1536), ("text_editor_", 1024), ("bash_", 512))
 MAX_CHOICES = 128
 
 _OPENAI_TEXT_PARTS = frozenset({"text", "refusal"})
 _ANTHROPIC_TEXT_BLOCKS = frozenset({"text", "tool_use", "thinking", "redacted_thinking",
                                     "search_result"})
-_ANTHROPIC_CLIENT_TOOLS = ("custom", "bash_", "text_editor_", "computer_")
 
 
 def bad(message: str) -> RelayError:
@@ -62,6 +83,24 @@ class InputEstimate:
     tokens: int
     images: int = 0
     cache_write: bool = False  # Anthropic prompt caching asked for: input may cost more
+
+
+def image_allowance(price: Price) -> int:
+    """Tokens reserved per image for a model: its own worst case, else the safe default."""
+    if price.max_image_tokens is None:
+        return DEFAULT_IMAGE_TOKENS
+    return price.max_image_tokens
+
+
+def anthropic_tool_tokens(kind: Any) -> int | None:
+    """Hidden input tokens of one Anthropic tool of this type; None when it cannot be bounded."""
+    if kind == "custom":
+        return 0  # its name, description and schema are in the body, counted byte for byte
+    if isinstance(kind, str):
+        for prefix, tokens in ANTHROPIC_TOOL_TOKENS:
+            if kind.startswith(prefix):
+                return tokens
+    return None
 
 
 def _len(s: Any) -> int:
@@ -92,7 +131,8 @@ def _openai_content(content: Any, where: str) -> tuple[int, int]:
     return images, payload
 
 
-def openai_chat_input(body: Mapping[str, Any], raw_bytes: int) -> InputEstimate:
+def openai_chat_input(body: Mapping[str, Any], raw_bytes: int,
+                      image_tokens: int = DEFAULT_IMAGE_TOKENS) -> InputEstimate:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad("'messages' must be a non-empty list")
@@ -119,7 +159,7 @@ def openai_chat_input(body: Mapping[str, Any], raw_bytes: int) -> InputEstimate:
     for t in tools or ():
         if isinstance(t, dict) and t.get("type", "function") not in ("function", "custom"):
             raise unbounded(f"tool type {t.get('type')!r} is billed by the provider per use")
-    tokens = (raw_bytes - payload + images * IMAGE_TOKENS + len(messages) * PER_MESSAGE_TOKENS
+    tokens = (raw_bytes - payload + images * image_tokens + len(messages) * PER_MESSAGE_TOKENS
               + PER_REQUEST_TOKENS + (TOOLS_TOKENS if tools else 0))
     return InputEstimate(tokens, images)
 
@@ -170,7 +210,8 @@ def _anthropic_blocks(content: Any, where: str) -> tuple[int, int]:
     return images, payload
 
 
-def anthropic_input(body: Mapping[str, Any], raw: bytes) -> InputEstimate:
+def anthropic_input(body: Mapping[str, Any], raw: bytes,
+                    image_tokens: int = DEFAULT_IMAGE_TOKENS) -> InputEstimate:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad("'messages' must be a non-empty list")
@@ -189,17 +230,21 @@ def anthropic_input(body: Mapping[str, Any], raw: bytes) -> InputEstimate:
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise bad("'tools' must be a list")
+    hidden = 0
     for t in tools or ():
         kind = t.get("type", "custom") if isinstance(t, dict) else None
-        if not isinstance(kind, str) or not kind.startswith(_ANTHROPIC_CLIENT_TOOLS):
-            raise unbounded(f"tool type {kind!r} is a server tool billed by the provider per use")
+        allowance = anthropic_tool_tokens(kind)
+        if allowance is None:
+            raise unbounded(f"tool type {kind!r} is a server tool billed by the provider per use, "
+                            "or a provider-defined tool whose hidden prompt size is not known")
+        hidden += allowance
     for key in ("mcp_servers", "container"):
         if body.get(key) is not None:
             raise unbounded(f"the request uses {key!r}")
     if body.get("service_tier") not in (None, "auto", "standard_only"):
         raise unbounded(f"service tier {body.get('service_tier')!r} is priced differently")
-    tokens = (len(raw) - payload + images * IMAGE_TOKENS + len(messages) * PER_MESSAGE_TOKENS
-              + PER_REQUEST_TOKENS + (TOOLS_TOKENS if tools else 0))
+    tokens = (len(raw) - payload + images * image_tokens + len(messages) * PER_MESSAGE_TOKENS
+              + PER_REQUEST_TOKENS + (TOOLS_TOKENS if tools else 0) + hidden)
     return InputEstimate(tokens, images, cache_write=b'"cache_control"' in raw)
 
 

@@ -42,6 +42,7 @@ class Price:
     long_context_above: int | None = None
     input_long: int | None = None
     output_long: int | None = None
+    max_image_tokens: int | None = None  # most input tokens one image can be billed as
 
     @property
     def is_free(self) -> bool:
@@ -146,7 +147,8 @@ class Converter:
 
 def price_from_table(entry: Mapping[str, Any], currency: str, scale: int, where: str) -> Price:
     known = {"input", "output", "cached_input", "cache_write", "max_output",
-             "long_context_above", "input_long", "output_long", "currency", "scale", "id"}
+             "long_context_above", "input_long", "output_long", "max_image_tokens", "currency",
+             "scale", "id"}
     extra = set(entry) - known
     if extra:
         raise PriceError(f"{where}: unknown price field(s) {', '.join(sorted(extra))}")
@@ -169,6 +171,7 @@ def price_from_table(entry: Mapping[str, Any], currency: str, scale: int, where:
         cached_input=values["cached_input"], cache_write=values["cache_write"],
         max_output=values["max_output"], long_context_above=values["long_context_above"],
         input_long=values["input_long"], output_long=values["output_long"],
+        max_image_tokens=values["max_image_tokens"],
     )
 
 

@@ -12,13 +12,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from capwallet.limits import EffectiveLimits
 from capwallet.money import EXPONENTS
 from reference_relay.config import ConfigError, load_config, parse_config
 from reference_relay.errors import RelayError
 from reference_relay.estimate import (
-    IMAGE_TOKENS,
+    DEFAULT_IMAGE_TOKENS,
     PER_MESSAGE_TOKENS,
     PER_REQUEST_TOKENS,
+    TOOLS_TOKENS,
     anthropic_input,
     openai_chat_input,
     openai_embeddings_input,
@@ -26,6 +28,8 @@ from reference_relay.estimate import (
 )
 from reference_relay.metering import StreamMeter, usage_from_json
 from reference_relay.prices import Converter, Price, PriceError, default_table, parse_rate
+from reference_relay.routes.anthropic import Messages
+from reference_relay.routes.openai import ChatCompletions
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "reference_relay" / "relay.example.toml"
 
@@ -139,8 +143,66 @@ def test_images_are_bounded_per_image_not_by_payload() -> None:
     raw = _raw(body)
     est = openai_chat_input(body, len(raw))
     assert est.images == 1
-    assert est.tokens == len(raw) - len(data) + IMAGE_TOKENS + PER_MESSAGE_TOKENS + (
+    assert est.tokens == len(raw) - len(data) + DEFAULT_IMAGE_TOKENS + PER_MESSAGE_TOKENS + (
         PER_REQUEST_TOKENS)
+    assert openai_chat_input(body, len(raw), 1234).tokens == est.tokens - (
+        DEFAULT_IMAGE_TOKENS - 1234)
+
+
+# OpenAI, "Images and vision", calculating costs: gpt-4o-mini bills a high-detail image at
+# 2833 base + 5667 per 512 px tile, and an image has at most 8 tiles (fitted in 2048 x 2048,
+# short side scaled to 768: 2 x 4 tiles).
+GPT_4O_MINI_WORST_IMAGE = 2833 + 8 * 5667
+
+
+def test_a_gpt_4o_mini_image_reserves_its_documented_worst_case() -> None:
+    cfg = load_config(EXAMPLE)
+    provider = cfg.providers[0]
+    data = "data:image/png;base64," + "A" * 1000
+    body = {"model": "gpt-4o-mini", "max_tokens": 1, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data, "detail": "high"}}]}]}
+    raw = _raw(body)
+    prepared = ChatCompletions().prepare(body, raw, provider, provider.models["gpt-4o-mini"],
+                                         EffectiveLimits())
+    text = len(raw) - len(data) + PER_MESSAGE_TOKENS + PER_REQUEST_TOKENS
+    assert prepared.input.tokens - text >= GPT_4O_MINI_WORST_IMAGE
+    # Two images, twice the worst case.
+    body["messages"][0]["content"] *= 2
+    raw = _raw(body)
+    prepared = ChatCompletions().prepare(body, raw, provider, provider.models["gpt-4o-mini"],
+                                         EffectiveLimits())
+    assert prepared.input.tokens - (len(raw) - 2 * len(data)) >= 2 * GPT_4O_MINI_WORST_IMAGE
+
+
+def test_the_default_image_allowance_covers_every_shipped_model() -> None:
+    table = default_table()
+    values = [p.max_image_tokens for sec in table.sections.values() for p in sec.values()
+              if p.max_image_tokens is not None]
+    assert max(values) >= GPT_4O_MINI_WORST_IMAGE
+    assert DEFAULT_IMAGE_TOKENS >= max(values)
+    # A vision model priced inline without the field gets the default, never less.
+    cfg = load_config(EXAMPLE)
+    local = cfg.providers[3]
+    body = {"model": "llama3.2", "max_tokens": 1, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]}
+    raw = _raw(body)
+    est = ChatCompletions().prepare(body, raw, local, local.models["llama3.2"],
+                                    EffectiveLimits()).input
+    assert est.tokens >= DEFAULT_IMAGE_TOKENS
+
+
+def test_max_image_tokens_survives_an_inline_override(tmp_path: Path) -> None:
+    d = _base()
+    d["providers"][0]["price_table"] = "openai"
+    d["providers"][0]["models"] = [{"id": "gpt-4o-mini", "output": 1}]
+    p = parse_config(d, tmp_path).providers[0].models["gpt-4o-mini"].price
+    assert p.max_image_tokens is not None and p.max_image_tokens >= GPT_4O_MINI_WORST_IMAGE
+    d["providers"][0]["models"] = [{"id": "gpt-4o-mini", "max_image_tokens": 60_000}]
+    p = parse_config(d, tmp_path).providers[0].models["gpt-4o-mini"].price
+    assert p.max_image_tokens == 60_000
+    d["providers"][0]["models"] = [{"id": "gpt-4o-mini", "max_image_tokens": -1}]
+    with pytest.raises(ConfigError, match="max_image_tokens"):
+        parse_config(d, tmp_path)
 
 
 @pytest.mark.parametrize("part", [
@@ -179,7 +241,7 @@ def test_anthropic_estimate() -> None:
     raw = _raw(body)
     est = anthropic_input(body, raw)
     assert est.images == 2 and est.cache_write
-    assert est.tokens == (len(raw) - 5000 - len("https://x/y.png") + 2 * IMAGE_TOKENS
+    assert est.tokens == (len(raw) - 5000 - len("https://x/y.png") + 2 * DEFAULT_IMAGE_TOKENS
                           + PER_MESSAGE_TOKENS + PER_REQUEST_TOKENS + 1024)
     for bad in ({"type": "document", "source": {}},):
         b2 = {**body, "messages": [{"role": "user", "content": [bad]}]}
@@ -188,6 +250,48 @@ def test_anthropic_estimate() -> None:
     b3 = {**body, "tools": [{"type": "web_search_20250305", "name": "web_search"}]}
     with pytest.raises(RelayError):
         anthropic_input(b3, _raw(b3))
+
+
+# Anthropic, tool use pricing and the computer use / text editor / bash tool pages: the tool-use
+# system prompt (346 tokens on Claude 4 models), computer use's extra system prompt (up to 499)
+# and definition (735), the text editor's (700) and bash's (245) are billed as hidden input.
+ANTHROPIC_HIDDEN_TOOL_TOKENS = 346 + 499 + 735 + 700 + 245
+
+
+def test_anthropic_defined_tools_reserve_their_hidden_tokens() -> None:
+    cfg = load_config(EXAMPLE)
+    provider = cfg.providers[1]
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 1,
+            "messages": [{"role": "user", "content": "open the file"}],
+            "tools": [{"type": "computer_20250124", "name": "computer", "display_width_px": 1024,
+                       "display_height_px": 768},
+                      {"type": "bash_20250124", "name": "bash"},
+                      {"type": "text_editor_20250728", "name": "str_replace_based_edit_tool"}]}
+    raw = _raw(body)
+    est = Messages().prepare(body, raw, provider, provider.models["claude-sonnet-4-5"],
+                             EffectiveLimits()).input
+    visible = len(raw) + PER_MESSAGE_TOKENS + PER_REQUEST_TOKENS
+    assert est.tokens - visible >= ANTHROPIC_HIDDEN_TOOL_TOKENS
+    # Each kind adds its own allowance on top of the tool-use base.
+    alone = {**body, "tools": [{"type": "bash_20250124", "name": "bash"}]}
+    raw1 = _raw(alone)
+    est1 = anthropic_input(alone, raw1)
+    assert est1.tokens - (len(raw1) + PER_MESSAGE_TOKENS + PER_REQUEST_TOKENS) >= (
+        TOOLS_TOKENS + 245)
+
+
+@pytest.mark.parametrize("tool", [
+    {"type": "memory_20250818", "name": "memory"},  # typed, hidden size unknown here
+    {"type": "web_fetch_20250910", "name": "web_fetch"},  # a server tool
+    {"type": "customized", "name": "x"},
+    {"type": None, "name": "x"},
+])
+def test_unknown_typed_anthropic_tools_are_refused(tool: dict[str, Any]) -> None:
+    body = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}],
+            "tools": [tool]}
+    with pytest.raises(RelayError) as exc:
+        anthropic_input(body, _raw(body))
+    assert exc.value.code == "unbounded_request"
 
 
 def test_embeddings_estimate() -> None:

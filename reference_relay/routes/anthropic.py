@@ -6,7 +6,13 @@ from typing import Any
 
 from capwallet.limits import EffectiveLimits
 from reference_relay.config import ModelConfig, ProviderConfig
-from reference_relay.estimate import anthropic_input, bad, output_bound, positive_int
+from reference_relay.estimate import (
+    anthropic_input,
+    bad,
+    image_allowance,
+    output_bound,
+    positive_int,
+)
 from reference_relay.routes import Prepared, dump, unbounded_ok
 
 
@@ -24,7 +30,7 @@ class Messages:
         # refused here rather than forwarded for the provider to refuse.
         if not isinstance(stream, bool):
             raise bad("'stream' must be true or false")
-        est = anthropic_input(body, raw)
+        est = anthropic_input(body, raw, image_allowance(model.price))
         # Extended thinking's budget_tokens is part of max_tokens, so max_tokens bounds it.
         bound = output_bound(positive_int(body, "max_tokens"), 1, limits.max_output_tokens,
                              model.price.max_output, unbounded_ok=unbounded_ok(model, limits))

@@ -9,6 +9,7 @@ from reference_relay.config import ModelConfig, ProviderConfig
 from reference_relay.estimate import (
     bad,
     choices,
+    image_allowance,
     openai_chat_input,
     openai_embeddings_input,
     output_bound,
@@ -40,7 +41,7 @@ class ChatCompletions:
         stream = _stream_flag(body)
         caps = [c for c in (positive_int(body, "max_tokens"),
                             positive_int(body, "max_completion_tokens")) if c is not None]
-        est = openai_chat_input(body, len(raw))
+        est = openai_chat_input(body, len(raw), image_allowance(model.price))
         requested = min(caps) if caps else None
         bound = output_bound(requested, n, limits.max_output_tokens,
                              model.price.max_output, unbounded_ok=unbounded_ok(model, limits))
