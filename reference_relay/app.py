@@ -88,6 +88,9 @@ _KIND_REASON = {"budget": Reason.BUDGET_EXCEEDED, "quota": Reason.QUOTA_EXCEEDED
                 "rate": Reason.RATE_LIMITED}
 
 
+_PLAIN = logging.Formatter()  # formats tracebacks for LogRedactor
+
+
 class LogRedactor(logging.Filter):
     """Removes provider keys and capability tokens from log records (defence in depth)."""
 
@@ -99,18 +102,48 @@ class LogRedactor(logging.Filter):
         if secret and len(self.secrets) < 1024:
             self.secrets.add(secret)
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            msg = record.getMessage()
-        except Exception:
-            return True
-        clean = _TOKEN_TEXT.sub("cwt1_[redacted]", msg) if "cwt1_" in msg else msg
+    def scrub(self, text: str) -> str:
+        """``text`` without tokens or known provider keys (the same object when it had none)."""
+        clean = _TOKEN_TEXT.sub("cwt1_[redacted]", text) if "cwt1_" in text else text
         for s in self.secrets:
             if s in clean:
                 clean = clean.replace(s, "[provider key redacted]")
+        return clean
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info or record.exc_text or record.stack_info:
+            self._scrub_traceback(record)
+        try:
+            msg = record.getMessage()
+        except Exception:
+            # The handler would fail the same way and print msg and args to stderr.
+            try:
+                text = self.scrub(str(record.msg))
+            except Exception:
+                text = "(unprintable log message)"
+            record.msg, record.args = text + " [arguments dropped: unformattable]", None
+            return True
+        clean = self.scrub(msg)
         if clean is not msg:
             record.msg, record.args = clean, None
         return True
+
+    def _scrub_traceback(self, record: logging.LogRecord) -> None:
+        """A traceback (log.exception) repeats the exception's message, which may hold a key
+        or a token: format it here, scrub the text and drop exc_info, so that a handler
+        writes the scrubbed text (logging.Formatter uses exc_text when set) rather than
+        formatting the exception again. stack_info is text already."""
+        if record.exc_info:
+            if not record.exc_text:
+                try:
+                    record.exc_text = _PLAIN.formatException(record.exc_info)
+                except Exception:
+                    record.exc_text = "(traceback could not be formatted)"
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = self.scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.scrub(record.stack_info)
 
 
 # One redactor for the process (every relay app adds the keys it uses), on the relay's loggers.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import threading
 import time
@@ -45,6 +46,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "reference_relay" / "relay.examp
 FAKE_KEY = "sk-fake-" + secrets.token_hex(20)  # unique, so a leak is findable anywhere
 FAULTS = ["http500", "http429", "reset", "malformed", "stream_cut:2", "no_usage",
           "delay:1500", "slow_stream:40", "long:40"]
+WHOLE_TOKEN = re.compile(r"cwt1_[A-Za-z0-9_-]{40,}")  # logs may name a token id, never this
 TEST_PRICE = {"input": 100_000_000, "output": 300_000_000, "currency": "USD", "max_output": 64}
 
 
@@ -260,6 +262,9 @@ def captured_logs() -> Iterator[LogCapture]:
         root.setLevel(old)
     leaked = [line for line in handler.lines if FAKE_KEY in line]
     assert not leaked, f"provider key in {len(leaked)} log line(s)"
+    tokens = [WHOLE_TOKEN.sub("cwt1_<token>", line)[:200] for line in handler.lines
+              if WHOLE_TOKEN.search(line)]
+    assert not tokens, f"a whole capability token in {len(tokens)} log line(s): {tokens[:3]}"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,57 @@
+"""Budgets in another currency than the price: a refusal says which exchange rate the relay
+used (Relay.fx_note), and a forwarded call says it in the x-capwallet-fx header. The harness
+config is reference_relay/relay.example.toml: 1 USD = 0.87 EUR, rates dated 2025-11-20."""
+
+from __future__ import annotations
+
+import httpx
+from relay_harness import Relay, error_code, fake_requests
+
+from capwallet import caveats as cav
+
+HELLO = [{"role": "user", "content": "hello there"}]
+RATE_NOTE = "(prices converted at 1 USD = 0.87 EUR, the relay's configured rate of 2025-11-20)"
+
+
+def chat(relay: Relay, token: str, max_tokens: int) -> httpx.Response:
+    # relay-out: input free, 0.3 USD cent per output token, so the worst case is exact.
+    httpx.delete(relay.fake + "/_fake/requests")
+    return relay.post("/v1/chat/completions", {"model": "relay-out", "messages": HELLO,
+                                               "max_tokens": max_tokens}, token)
+
+
+def test_budget_refusal_names_the_rate(relay: Relay) -> None:
+    tok = relay.mint(cav.Budget(3, "EUR", "month"))
+    # 16 x 0.3 = 4.8 USD cents = 4.176 EUR cents: more than the 3 EUR cents of the budget.
+    r = chat(relay, tok, 16)
+    assert r.status_code == 402, r.text
+    assert error_code(r) == "budget_exceeded"
+    err = r.json()["error"]
+    assert (err["needed"], err["unit"]) == (4_176_000, "micro-EUR")
+    assert err["message"].endswith(RATE_NOTE), err["message"]
+    assert "x-capwallet-fx" not in r.headers
+    assert fake_requests(relay) == []
+
+    # 8 x 0.3 = 2.4 USD cents = 2.088 EUR cents: fits, and the answer names the rate.
+    ok = chat(relay, tok, 8)
+    assert ok.status_code == 200, ok.text
+    assert ok.headers["x-capwallet-fx"] == "1 USD = 0.87 EUR"
+    [row] = [e for e in relay.ledger(tok) if e.status == "ok"]
+    assert (row.cost, row.currency) == (2_088_000, "EUR")
+
+
+def test_confirmation_refusal_names_the_rate(relay: Relay) -> None:
+    tok = relay.mint(cav.Budget(1000, "EUR", "month"), cav.ConfirmAbove(2, "EUR"))
+    r = chat(relay, tok, 8)  # 2.088 EUR cents, above the 2 cents that need no approval
+    assert r.status_code == 403, r.text
+    assert error_code(r) == "confirmation_required"
+    assert RATE_NOTE in r.json()["error"]["message"]
+    assert fake_requests(relay) == []
+
+
+def test_no_rate_note_without_conversion(relay: Relay) -> None:
+    r = chat(relay, relay.mint(cav.Budget(3, "USD", "month")), 16)
+    assert r.status_code == 402 and error_code(r) == "budget_exceeded"
+    assert "converted at" not in r.json()["error"]["message"]
+    ok = chat(relay, relay.mint(cav.Budget(3, "USD", "month")), 8)
+    assert ok.status_code == 200 and "x-capwallet-fx" not in ok.headers
