@@ -477,16 +477,8 @@ class Relay:
                      started: float) -> Response:
         headers = _wanted_headers(scope)
         token = self.token(headers)
-        raw = await self.body(headers, receive)
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise RelayError(INVALID_REQUEST, "the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise RelayError(INVALID_REQUEST, "the request body must be a JSON object")
-        model_id = body.get("model")
-        if not isinstance(model_id, str) or not model_id:
-            raise RelayError(INVALID_REQUEST, "the request must name a 'model'")
+        # The token is judged before the body: a bad, revoked or expired token gets its own
+        # 401 whatever the body holds (a broken body behind a dead token is not the news).
         try:
             v = self.verifier.check_token(token)
         except TokenError as exc:
@@ -504,6 +496,16 @@ class Relay:
             alive = self.verifier.verify(token, Request(), now, {}, revoked)
             if not alive.allowed and alive.reason is not None:
                 raise RelayError(alive.reason.value, alive.message)
+        raw = await self.body(headers, receive)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise RelayError(INVALID_REQUEST, "the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise RelayError(INVALID_REQUEST, "the request body must be a JSON object")
+        model_id = body.get("model")
+        if not isinstance(model_id, str) or not model_id:
+            raise RelayError(INVALID_REQUEST, "the request must name a 'model'")
         provider, model = self.route(model_id, ep, limits)
         prepared = ep.prepare(body, raw, provider, model, limits)
         price = model.price

@@ -74,6 +74,33 @@ def test_revoked(relay: Relay) -> None:
     assert r.status_code == 401 and error_code(r) == "revoked"
 
 
+def test_a_bad_or_dead_token_is_refused_as_such_whatever_the_body(relay: Relay) -> None:
+    # The token is judged before the body: broken JSON, a non-object or no model behind a bad,
+    # expired or revoked token still gets the token's 401, not invalid_request.
+    httpx.delete(relay.fake + "/_fake/requests")
+    revoked = relay.mint(cav.Budget(100, "USD", "month"))
+    relay.run(relay.store.revoke(token_id(revoked), int(time.time())))
+    tokens = [("cwt1_" + "A" * 40, "malformed"),
+              (mint(RootKey.generate(), [cav.Budget(1, "USD", "month")]).serialize(),
+               "unknown_key"),
+              (relay.mint(cav.Expires(int(time.time()) - 3600)), "expired"),
+              (revoked, "revoked")]
+    for tok, code in tokens:
+        for raw in (b"{not json", b"[1, 2]", b'{"messages": []}'):
+            for path in ("/v1/chat/completions", "/v1/messages"):
+                r = httpx.post(relay.url + path, content=raw,
+                               headers={"authorization": "Bearer " + tok,
+                                        "content-type": "application/json"})
+                assert (r.status_code, r.headers["x-capwallet-reason"]) == (401, code), (
+                    path, raw, r.text)
+    # A good token with a broken body is the body's fault.
+    good = relay.mint(cav.Budget(100, "USD", "month"))
+    r = httpx.post(relay.url + "/v1/chat/completions", content=b"{not json",
+                   headers={"authorization": "Bearer " + good})
+    assert (r.status_code, error_code(r)) == (400, "invalid_request")
+    assert fake_calls(relay) == 0
+
+
 def test_shape_denials(relay: Relay) -> None:
     deny(relay, relay.mint(cav.Providers(("anthropic",))), 403, "provider_not_allowed")
     deny(relay, relay.mint(cav.Models(("gpt-4o",))), 403, "model_not_allowed")
