@@ -9,9 +9,10 @@ Settlement rules (see also reference_relay.metering):
 * provider answered with usage: charge the actual cost of the reported tokens;
 * provider failed before any output (connection refused or reset, an HTTP error status, no
   event received): release the whole reservation, charge nothing;
-* output started but the final usage never came (stream cut, usage missing, malformed body,
-  timeout after the request was sent): charge conservatively, the reserved worst case for the
-  output and the provider's input count if it sent one, else the input estimate.
+* output started but the final usage never came (stream cut, usage missing, malformed body),
+  or a timeout after the request was sent, streamed or not (the provider may be generating and
+  billing it): charge conservatively, the reserved worst case for the output and the
+  provider's input count if it sent one, else the input estimate.
 
 A successful non-streamed answer is sent first and settled right after (``_SettleAfterSend``);
 a stream is settled before its last bytes reach the app. Either way the reservation holds the
@@ -330,7 +331,12 @@ class _StreamPump:
             failure = transport_error(p, exc)
             if not self.ready.done():
                 self.ready.set_result((failure, None))
-                await call.release("upstream_error")
+                if isinstance(exc, TimeoutError):
+                    # As for a plain call: the provider has the request and may be generating
+                    # (and billing) it, so the reservation is charged, not released.
+                    await call.settle(None, False, "upstream_error")
+                else:
+                    await call.release("upstream_error")
                 return
         finally:
             if resp is not None:

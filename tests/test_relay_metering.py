@@ -194,6 +194,13 @@ def test_upstream_timeout(fresh_relay: Callable[..., Relay]) -> None:
     [row] = r.wait_ledger(tok, 1)
     # The request reached the provider, which may bill it: charged conservatively.
     assert row.status == "upstream_error" and row.cost == budget_used(r, tok) > 0
+    # A stream that times out before its first byte is charged alike (it was released).
+    tok = r.mint(cav.Budget(1000, "USD", "month"))
+    resp = r.chat(tok, model="fault-delay:1500", max_tokens=16, stream=True)
+    assert resp.status_code == 504 and error_code(resp) == "upstream_timeout"
+    [streamed] = r.wait_ledger(tok, 1)
+    assert streamed.status == "upstream_error"
+    assert streamed.cost == budget_used(r, tok) > 0
 
 
 # -- leases -----------------------------------------------------------------------------------
