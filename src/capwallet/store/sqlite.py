@@ -320,6 +320,11 @@ class SQLiteStore(Store):
             raise ValueError("the SQLite store needs a file path (several connections share it)")
         self._closed = False
         self._lock = threading.Lock()  # guards the reader connection across threads
+        # Guards the batches' connection: it belongs to the loop that runs the batches, but a
+        # second loop in another thread may take the store over between two batches while a
+        # read of the first is still in SQLite (the GIL released), and one sqlite3 cursor
+        # used by two threads at once can crash the process. Uncontended, about 0.1 us.
+        self._fast_lock = threading.Lock()
         try:
             self._writer = _connect(self.path, synchronous)
             mode = self._writer.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -422,7 +427,8 @@ class SQLiteStore(Store):
             self._to_worker(batch, ops)
             return
         try:
-            outcomes = _run_batch(self._fast_cur, ops)
+            with self._fast_lock:
+                outcomes = _run_batch(self._fast_cur, ops)
         except _Busy:  # another process holds the lock
             if self._busy_tries < BUSY_RETRIES:
                 # Mostly for well under a millisecond (another relay's batch): try again
@@ -535,7 +541,8 @@ class SQLiteStore(Store):
         fast = self._fast_cur
         if fast is not None and self._on_loop_thread():
             try:
-                return fast.execute(sql, params).fetchall()
+                with self._fast_lock:
+                    return fast.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 if not _is_busy(exc):
                     raise StoreUnavailable(f"SQLite store failed: {exc}") from None
@@ -782,5 +789,6 @@ class SQLiteStore(Store):
         with self._lock:
             self._reader.close()
         if self._fast is not None:
-            self._fast.close()
+            with self._fast_lock:
+                self._fast.close()
         self._writer.close()
