@@ -194,6 +194,15 @@ class Relay:
             asyncio.run(self._store.close())
 
 
+def relay_out(relay: Relay, token: str, **body: Any) -> httpx.Response:
+    """A chat call on relay-out (input free, 0.3 USD cent per output token, so its worst case is
+    exactly max_tokens x n x 0.3 cent), with the fake provider's request log cleared first."""
+    httpx.delete(relay.fake + "/_fake/requests")
+    return relay.post("/v1/chat/completions", {
+        "model": "relay-out", "messages": [{"role": "user", "content": "hello there"}], **body},
+        token)
+
+
 def fake_requests(relay: Relay) -> list[dict[str, Any]]:
     """What the fake provider received (oldest first)."""
     data = httpx.get(relay.fake + "/_fake/requests").json()

@@ -4,27 +4,19 @@ the relay must reserve ``n * max_tokens`` output tokens on the token's budget an
 
 from __future__ import annotations
 
-import httpx
-from relay_harness import Relay, error_code, fake_requests
+from relay_harness import Relay, error_code, fake_requests, relay_out
 
 from capwallet import caveats as cav
 
-HELLO = [{"role": "user", "content": "hello there"}]
 MAX_TOKENS = 8
 # relay-out: input free, 0.3 USD cent per output token, in microunits.
 PER_OUTPUT_TOKEN = 300_000
 
 
-def chat(relay: Relay, token: str, n: int) -> httpx.Response:
-    httpx.delete(relay.fake + "/_fake/requests")
-    return relay.post("/v1/chat/completions", {"model": "relay-out", "messages": HELLO,
-                                               "max_tokens": MAX_TOKENS, "n": n}, token)
-
-
 def test_budget_counts_every_choice(relay: Relay) -> None:
     # 5 cents: one choice (8 x 0.3 = 2.4 cents) fits, four (9.6 cents) do not.
     tok = relay.mint(cav.Budget(5, "USD", "month"))
-    r = chat(relay, tok, 4)
+    r = relay_out(relay, tok, max_tokens=MAX_TOKENS, n=4)
     assert r.status_code == 402, r.text
     assert error_code(r) == "budget_exceeded"
     err = r.json()["error"]
@@ -34,7 +26,7 @@ def test_budget_counts_every_choice(relay: Relay) -> None:
     assert fake_requests(relay) == [], "a refused call must not reach the provider"
     assert list(relay.counters(tok).values()) == [0]
 
-    ok = chat(relay, tok, 1)
+    ok = relay_out(relay, tok, max_tokens=MAX_TOKENS, n=1)
     assert ok.status_code == 200, ok.text
     assert len(ok.json()["choices"]) == 1
     rows = relay.ledger(tok)
@@ -47,21 +39,21 @@ def test_budget_counts_every_choice(relay: Relay) -> None:
 def test_token_quota_counts_every_choice(relay: Relay) -> None:
     # What one choice needs (the relay's input estimate + max_tokens), read from a refusal so
     # the test does not depend on how the input is estimated.
-    probe = chat(relay, relay.mint(cav.TokenQuota(1, "day")), 1)
+    probe = relay_out(relay, relay.mint(cav.TokenQuota(1, "day")), max_tokens=MAX_TOKENS, n=1)
     assert probe.status_code == 429, probe.text
     one = probe.json()["error"]["needed"]
     assert one > MAX_TOKENS
 
     # Room for one choice and a few tokens more, not for four.
     tok = relay.mint(cav.TokenQuota(one + MAX_TOKENS, "day"))
-    r = chat(relay, tok, 4)
+    r = relay_out(relay, tok, max_tokens=MAX_TOKENS, n=4)
     assert r.status_code == 429, r.text
     assert error_code(r) == "quota_exceeded"
     assert r.json()["error"]["needed"] == one + 3 * MAX_TOKENS
     assert fake_requests(relay) == [], "a refused call must not reach the provider"
     assert list(relay.counters(tok).values()) == [0]
 
-    ok = chat(relay, tok, 1)
+    ok = relay_out(relay, tok, max_tokens=MAX_TOKENS, n=1)
     assert ok.status_code == 200, ok.text
     usage = ok.json()["usage"]
     [settled] = [row for row in relay.ledger(tok) if row.status == "ok"]
@@ -72,7 +64,7 @@ def test_token_quota_counts_every_choice(relay: Relay) -> None:
 def test_every_choice_is_metered(relay: Relay) -> None:
     # A budget that affords four choices: all four are forwarded and settled.
     tok = relay.mint(cav.Budget(10, "USD", "month"))
-    ok = chat(relay, tok, 4)
+    ok = relay_out(relay, tok, max_tokens=MAX_TOKENS, n=4)
     assert ok.status_code == 200, ok.text
     assert len(ok.json()["choices"]) == 4
     [row] = relay.ledger(tok)

@@ -4,26 +4,17 @@ config is reference_relay/relay.example.toml: 1 USD = 0.87 EUR, rates dated 2025
 
 from __future__ import annotations
 
-import httpx
-from relay_harness import Relay, error_code, fake_requests
+from relay_harness import Relay, error_code, fake_requests, relay_out
 
 from capwallet import caveats as cav
 
-HELLO = [{"role": "user", "content": "hello there"}]
 RATE_NOTE = "(prices converted at 1 USD = 0.87 EUR, the relay's configured rate of 2025-11-20)"
-
-
-def chat(relay: Relay, token: str, max_tokens: int) -> httpx.Response:
-    # relay-out: input free, 0.3 USD cent per output token, so the worst case is exact.
-    httpx.delete(relay.fake + "/_fake/requests")
-    return relay.post("/v1/chat/completions", {"model": "relay-out", "messages": HELLO,
-                                               "max_tokens": max_tokens}, token)
 
 
 def test_budget_refusal_names_the_rate(relay: Relay) -> None:
     tok = relay.mint(cav.Budget(3, "EUR", "month"))
     # 16 x 0.3 = 4.8 USD cents = 4.176 EUR cents: more than the 3 EUR cents of the budget.
-    r = chat(relay, tok, 16)
+    r = relay_out(relay, tok, max_tokens=16)
     assert r.status_code == 402, r.text
     assert error_code(r) == "budget_exceeded"
     err = r.json()["error"]
@@ -33,7 +24,7 @@ def test_budget_refusal_names_the_rate(relay: Relay) -> None:
     assert fake_requests(relay) == []
 
     # 8 x 0.3 = 2.4 USD cents = 2.088 EUR cents: fits, and the answer names the rate.
-    ok = chat(relay, tok, 8)
+    ok = relay_out(relay, tok, max_tokens=8)
     assert ok.status_code == 200, ok.text
     assert ok.headers["x-capwallet-fx"] == "1 USD = 0.87 EUR"
     [row] = [e for e in relay.ledger(tok) if e.status == "ok"]
@@ -42,7 +33,8 @@ def test_budget_refusal_names_the_rate(relay: Relay) -> None:
 
 def test_confirmation_refusal_names_the_rate(relay: Relay) -> None:
     tok = relay.mint(cav.Budget(1000, "EUR", "month"), cav.ConfirmAbove(2, "EUR"))
-    r = chat(relay, tok, 8)  # 2.088 EUR cents, above the 2 cents that need no approval
+    # 2.088 EUR cents, above the 2 cents that need no approval.
+    r = relay_out(relay, tok, max_tokens=8)
     assert r.status_code == 403, r.text
     assert error_code(r) == "confirmation_required"
     assert RATE_NOTE in r.json()["error"]["message"]
@@ -50,8 +42,8 @@ def test_confirmation_refusal_names_the_rate(relay: Relay) -> None:
 
 
 def test_no_rate_note_without_conversion(relay: Relay) -> None:
-    r = chat(relay, relay.mint(cav.Budget(3, "USD", "month")), 16)
+    r = relay_out(relay, relay.mint(cav.Budget(3, "USD", "month")), max_tokens=16)
     assert r.status_code == 402 and error_code(r) == "budget_exceeded"
     assert "converted at" not in r.json()["error"]["message"]
-    ok = chat(relay, relay.mint(cav.Budget(3, "USD", "month")), 8)
+    ok = relay_out(relay, relay.mint(cav.Budget(3, "USD", "month")), max_tokens=8)
     assert ok.status_code == 200 and "x-capwallet-fx" not in ok.headers
