@@ -4,6 +4,9 @@ config is reference_relay/relay.example.toml: 1 USD = 0.87 EUR, rates dated 2025
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 from relay_harness import Relay, error_code, fake_requests, relay_out
 
 from capwallet import caveats as cav
@@ -47,3 +50,28 @@ def test_no_rate_note_without_conversion(relay: Relay) -> None:
     assert "converted at" not in r.json()["error"]["message"]
     ok = relay_out(relay, relay.mint(cav.Budget(3, "USD", "month")), max_tokens=8)
     assert ok.status_code == 200 and "x-capwallet-fx" not in ok.headers
+
+
+def test_every_refusal_of_a_race_names_the_rate(relay: Relay) -> None:
+    # 40 calls at once on a budget of exactly 4 (8 x 0.3 USD cents = 2.088 EUR cents each; 10
+    # EUR cents fit 4, not 5; relay-out's worst case is its actual cost). Calls that read the
+    # counters before the others reserved are refused by the atomic reservation instead of the
+    # verifier (Relay.reserve_error): every refusal, either way, names the rate.
+    tok = relay.mint(cav.Budget(10, "EUR", "month"))
+    body = {"model": "relay-out", "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 8}
+
+    async def all_at_once() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*(
+                client.post(relay.url + "/v1/chat/completions", json=body,
+                            headers={"authorization": "Bearer " + tok}) for _ in range(40)))
+
+    rs = asyncio.run(all_at_once())
+    assert sorted(r.status_code for r in rs) == [200] * 4 + [402] * 36
+    for r in rs:
+        if r.status_code == 402:
+            assert error_code(r) == "budget_exceeded"
+            assert r.json()["error"]["message"].endswith(RATE_NOTE), r.text
+        else:
+            assert r.headers["x-capwallet-fx"] == "1 USD = 0.87 EUR"
