@@ -143,6 +143,15 @@ class Call:
                       self.reservation_id, exc)
         self._log(entry)
 
+    async def upstream_failed(self, exc: BaseException, answered: bool) -> None:
+        """Close the reservation of a call whose exchange with the provider failed: charged
+        conservatively once the provider may be generating (and billing) it, that is once its
+        answer began or the call timed out after sending; released otherwise."""
+        if answered or isinstance(exc, TimeoutError):
+            await self.settle(None, False, "upstream_error")
+        else:
+            await self.release("upstream_error")
+
     def _entry(self, status: str, tokens_in: int, tokens_out: int, cost: int,
                response_body: bytes | None) -> LedgerEntry:
         def text(b: bytes | None) -> str | None:
@@ -200,11 +209,7 @@ class Call:
                 body = await resp.read()
         except Exception as exc:
             err = transport_error(self.provider, exc)
-            if resp is not None or isinstance(exc, TimeoutError):
-                # The request reached the provider, which may be generating and billing it.
-                await self.settle(None, False, "upstream_error")
-            else:
-                await self.release("upstream_error")
+            await self.upstream_failed(exc, answered=resp is not None)
             return error_response(err, flavor)
         finally:
             if resp is not None:
@@ -331,12 +336,7 @@ class _StreamPump:
             failure = transport_error(p, exc)
             if not self.ready.done():
                 self.ready.set_result((failure, None))
-                if isinstance(exc, TimeoutError):
-                    # As for a plain call: the provider has the request and may be generating
-                    # (and billing) it, so the reservation is charged, not released.
-                    await call.settle(None, False, "upstream_error")
-                else:
-                    await call.release("upstream_error")
+                await call.upstream_failed(exc, answered=resp is not None)
                 return
         finally:
             if resp is not None:

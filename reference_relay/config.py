@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from reference_relay.prices import (
+    PRICE_FIELDS,
     Converter,
     Price,
     PriceError,
@@ -171,10 +172,7 @@ def _provider(raw: Mapping[str, Any], table: PriceTable, i: int) -> ProviderConf
             base = section.get(mid)
             entry = dict(m)
             if base is not None:  # inline fields override the table's
-                merged = {k: getattr(base, k) for k in (
-                    "input", "output", "cached_input", "cache_write", "max_output",
-                    "long_context_above", "input_long", "output_long", "max_image_tokens",
-                    "currency", "scale")}
+                merged = {k: getattr(base, k) for k in PRICE_FIELDS}
                 merged.update(entry)
                 entry = {k: v for k, v in merged.items() if v is not None}
             entry.pop("id")

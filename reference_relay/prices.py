@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from typing import Any
@@ -70,6 +70,10 @@ class Price:
         write = self.cache_write if self.cache_write is not None else 2 * p_in
         return (input_tokens * p_in + output_tokens * p_out + cached_input_tokens * cached
                 + cache_write_tokens * write)
+
+
+# Every field a price entry may give (a table entry or inline in a relay config).
+PRICE_FIELDS = tuple(f.name for f in fields(Price))
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -146,9 +150,7 @@ class Converter:
 
 
 def price_from_table(entry: Mapping[str, Any], currency: str, scale: int, where: str) -> Price:
-    known = {"input", "output", "cached_input", "cache_write", "max_output",
-             "long_context_above", "input_long", "output_long", "max_image_tokens", "currency",
-             "scale", "id"}
+    known = {*PRICE_FIELDS, "id"}
     extra = set(entry) - known
     if extra:
         raise PriceError(f"{where}: unknown price field(s) {', '.join(sorted(extra))}")

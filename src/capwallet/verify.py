@@ -78,10 +78,7 @@ class Debit(NamedTuple):
     resets_at: int | None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind, "counter_key": self.counter_key, "amount": self.amount,
-            "limit": self.limit, "used": self.used, "unit": self.unit, "resets_at": self.resets_at,
-        }
+        return self._asdict()  # the fields, in their order (the spec's JSON names them so)
 
 
 class CounterDenial(NamedTuple):
@@ -104,11 +101,7 @@ class CounterDenial(NamedTuple):
     resets_at: int | None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind, "counter_id": self.counter_id, "counter_key": self.counter_key,
-            "unit": self.unit, "limit": self.limit, "used": self.used, "needed": self.needed,
-            "resets_at": self.resets_at,
-        }
+        return self._asdict()  # the fields, in their order (the spec's JSON names them so)
 
 
 class Decision(NamedTuple):
