@@ -10,10 +10,8 @@ from __future__ import annotations
 import secrets
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from capwallet.wallet.oauth import AuthorizationRequest
+from capwallet.wallet.authorization import AuthorizationRequest
 
 CONSENT_TTL = 15 * 60
 
