@@ -153,7 +153,7 @@ def test_edge_cases_beyond_the_vectors(impl_env: None, command: str) -> None:
 
 
 _PERIODS_JS = """
-import { periodKey, periodEnd } from './conformance/js/lib/periods.js';
+import { periodKey, periodEnd } from './js/src/token/periods.js';
 let text = '';
 for await (const chunk of process.stdin) text += chunk;
 const out = JSON.parse(text).map(([p, t, tz]) => [periodKey(p, t, tz), periodEnd(p, t, tz)]);

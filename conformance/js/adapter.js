@@ -7,13 +7,13 @@
 // adapter holds no state between lines.
 
 import { createInterface } from 'node:readline';
-import { verify } from './lib/verify.js';
-import { describe, mint, attenuate } from './lib/token.js';
-import { deriveKey, chainSteps } from './lib/macaroon.js';
-import { requestDigest, issueApproval } from './lib/approval.js';
-import { limitsToJson } from './lib/limits.js';
-import { TokenError } from './lib/reasons.js';
-import { fromHex, hex } from './lib/encoding.js';
+import { verify } from '../../js/src/token/verify.js';
+import { describe, mint, attenuate } from '../../js/src/token/token.js';
+import { deriveKey, chainSteps } from '../../js/src/token/macaroon.js';
+import { requestDigest, issueApproval } from '../../js/src/token/approval.js';
+import { limitsToJson } from '../../js/src/token/limits.js';
+import { TokenError } from '../../js/src/token/reasons.js';
+import { fromHex, hex } from '../../js/src/token/encoding.js';
 
 const PROTOCOL = 1;
 const IMPLEMENTATION = { name: 'capwallet-js', version: '1.2.0', language: 'JavaScript, Node.js 20+' };
@@ -59,8 +59,8 @@ const OPS = {
     if (req.protocol !== PROTOCOL) throw new BadRequest(`this adapter speaks protocol ${PROTOCOL}`);
     return { protocol: PROTOCOL, implementation: IMPLEMENTATION, ops: Object.keys(OPS) };
   },
-  verify(req) {
-    const d = verify(
+  async verify(req) {
+    const d = await verify(
       field(req, 'token', 'string'), keyring(field(req, 'keys', 'array')),
       request(field(req, 'request', 'object')), field(req, 'now', 'integer'),
       field(req, 'counters', 'object'), field(req, 'revoked', 'array'),
@@ -75,27 +75,28 @@ const OPS = {
       throw err;
     }
   },
-  mint(req) {
+  async mint(req) {
     const rootKey = bytes(req, 'root_key');
     const caveats = field(req, 'caveats', 'array').map((_, i) => bytes(req.caveats, i));
-    const token = mint({
+    const token = await mint({
       rootKey, keyId: bytes(req, 'key_id'), tokenId: bytes(req, 'token_id'),
       issuedAt: field(req, 'issued_at', 'integer'), caveats,
     });
     const identifier = fromHex(describe(token).identifier.hex);
-    return { token, derived_key: hex(deriveKey(rootKey)), chain: chainSteps(rootKey, identifier, caveats).map(hex) };
+    const steps = await chainSteps(rootKey, identifier, caveats);
+    return { token, derived_key: hex(await deriveKey(rootKey)), chain: steps.map(hex) };
   },
-  attenuate(req) {
+  async attenuate(req) {
     const caveats = field(req, 'caveats', 'array').map((_, i) => bytes(req.caveats, i));
-    return { token: attenuate(field(req, 'token', 'string'), caveats) };
+    return { token: await attenuate(field(req, 'token', 'string'), caveats) };
   },
-  request_digest(req) {
-    const digest = requestDigest(field(req, 'method', 'string'), field(req, 'path', 'string'), bytes(req, 'body_hex'));
+  async request_digest(req) {
+    const digest = await requestDigest(field(req, 'method', 'string'), field(req, 'path', 'string'), bytes(req, 'body_hex'));
     return { digest: hex(digest) };
   },
-  issue_approval(req) {
+  async issue_approval(req) {
     return {
-      approval: issueApproval({
+      approval: await issueApproval({
         rootKey: bytes(req, 'root_key'), keyId: bytes(req, 'key_id'), approvalId: bytes(req, 'approval_id'),
         tokenId: bytes(req, 'token_id'), digest: bytes(req, 'digest'), expires: field(req, 'expires', 'integer'),
       }),
@@ -103,7 +104,7 @@ const OPS = {
   },
 };
 
-function handle(line) {
+async function handle(line) {
   let req;
   try {
     req = JSON.parse(line);
@@ -115,7 +116,7 @@ function handle(line) {
     if (req === null || typeof req !== 'object' || !Object.hasOwn(OPS, req.op)) {
       throw new BadRequest(`unknown op ${JSON.stringify(req?.op)}`);
     }
-    return { id, result: OPS[req.op](req) };
+    return { id, result: await OPS[req.op](req) };
   } catch (err) {
     return { id, error: { message: err instanceof BadRequest ? err.message : `${err.name}: ${err.message}` } };
   }
@@ -124,5 +125,5 @@ function handle(line) {
 const lines = createInterface({ input: process.stdin, crlfDelay: Infinity });
 for await (const line of lines) {
   if (line.trim() === '') continue;
-  process.stdout.write(`${JSON.stringify(handle(line))}\n`);
+  process.stdout.write(`${JSON.stringify(await handle(line))}\n`);
 }

@@ -67,16 +67,16 @@ function fits(raw) {
 }
 
 /** Mint a token string from a root key, identifier fields and caveat bytes. */
-export function mint({ rootKey, keyId, tokenId, issuedAt, caveats }) {
+export async function mint({ rootKey, keyId, tokenId, issuedAt, caveats }) {
   const identifier = encodeIdentifier(keyId, tokenId, issuedAt);
-  return fits({ identifier, caveats, signature: mac.chain(rootKey, identifier, caveats) });
+  return fits({ identifier, caveats, signature: await mac.chain(rootKey, identifier, caveats) });
 }
 
 /** Append caveats to a token without a key; the signature extends one HMAC per caveat. */
-export function attenuate(text, added) {
+export async function attenuate(text, added) {
   const { raw } = parseToken(text);
   let signature = raw.signature;
-  for (const c of added) signature = mac.extend(signature, c);
+  for (const c of added) signature = await mac.extend(signature, c);
   return fits({ identifier: raw.identifier, caveats: [...raw.caveats, ...added], signature });
 }
 

@@ -6,10 +6,12 @@
 // first-party caveat an identifier field then EOS (no location, no verification id); EOS;
 // signature field (type 6) of 32 bytes; nothing after it. Lengths are minimal varints of at
 // most 3 bytes. Any other byte sequence is malformed.
+//
+// HMAC comes from WebCrypto (globalThis.crypto.subtle: Node 20+ and every current browser),
+// which is asynchronous: so are the chain, minting, attenuation and verification.
 
-import { createHmac } from 'node:crypto';
 import { TokenError } from './reasons.js';
-import { encodeVarint, readVarint } from './encoding.js';
+import { encodeVarint, readVarint, utf8 } from './encoding.js';
 
 const VERSION = 0x02;
 const EOS = 0;
@@ -17,11 +19,25 @@ const LOCATION = 1;
 const IDENTIFIER = 2;
 const VID = 4;
 const SIGNATURE = 6;
-const KEY_GENERATOR = Buffer.from('macaroons-key-generator', 'ascii');
+const KEY_GENERATOR = utf8('macaroons-key-generator');
 export const SIGNATURE_BYTES = 32;
+const HMAC = { name: 'HMAC', hash: 'SHA-256' };
 
-export function hmacSha256(key, message) {
-  return new Uint8Array(createHmac('sha256', key).update(message).digest());
+function subtle() {
+  const s = globalThis.crypto?.subtle;
+  if (!s) throw new Error('WebCrypto (crypto.subtle) is not available: use Node 20+ or a page served over https or from localhost');
+  return s;
+}
+
+/** HMAC-SHA256(key, message) as 32 bytes. */
+export async function hmacSha256(key, message) {
+  const k = await subtle().importKey('raw', key, HMAC, false, ['sign']);
+  return new Uint8Array(await subtle().sign('HMAC', k, message));
+}
+
+/** SHA-256(message) as 32 bytes. */
+export async function sha256(message) {
+  return new Uint8Array(await subtle().digest('SHA-256', message));
 }
 
 /** libmacaroons' key derivation: HMAC-SHA256(key = "macaroons-key-generator", root key). */
@@ -30,14 +46,14 @@ export function deriveKey(rootKey) {
 }
 
 /** Signatures after the identifier and after each caveat; the last is the macaroon's. */
-export function chainSteps(rootKey, identifier, caveats) {
-  const steps = [hmacSha256(deriveKey(rootKey), identifier)];
-  for (const c of caveats) steps.push(hmacSha256(steps[steps.length - 1], c));
+export async function chainSteps(rootKey, identifier, caveats) {
+  const steps = [await hmacSha256(await deriveKey(rootKey), identifier)];
+  for (const c of caveats) steps.push(await hmacSha256(steps[steps.length - 1], c));
   return steps;
 }
 
-export function chain(rootKey, identifier, caveats) {
-  const steps = chainSteps(rootKey, identifier, caveats);
+export async function chain(rootKey, identifier, caveats) {
+  const steps = await chainSteps(rootKey, identifier, caveats);
   return steps[steps.length - 1];
 }
 

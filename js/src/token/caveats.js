@@ -12,14 +12,14 @@
 // type is checked before any caveat's arguments, so unknown_caveat wins wherever it stands.
 
 import { TokenError } from './reasons.js';
-import { MAX_SAFE_INTEGER, compareUtf8 } from './encoding.js';
+import { MAX_SAFE_INTEGER, compareUtf8, latin1, utf8 as utf8Bytes } from './encoding.js';
 import { MAX_MINOR_AMOUNT, isKnownCurrency } from './money.js';
 import { isTzName } from './tzdb.js';
 
 const MAX_ARGS = 128;
 const CAVEAT = /^[a-z][a-z0-9-]{0,31}(?: (?:[A-Za-z0-9\-._~:/@+]|%[0-9A-F]{2})+)*$/;
-const SAFE = new Set(Buffer.from(
-  'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/@+', 'ascii'));
+const SAFE = new Set(utf8Bytes(
+  'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:/@+'));
 const INT = /^(?:0|[1-9][0-9]{0,15})$/;
 const NONCE = /^[0-9a-f]{16}$/;
 const CURRENCY = /^[A-Z]{3}$/;
@@ -52,7 +52,7 @@ function decodeArg(text) {
 
 /** Name and decoded arguments of caveat bytes that follow the grammar. */
 function split(bytes) {
-  const text = Buffer.from(bytes).toString('latin1'); // one char per byte; non-ASCII fails below
+  const text = latin1(bytes); // one char per byte; non-ASCII fails below
   if (!CAVEAT.test(text)) throw new GrammarError('caveat does not follow the grammar');
   const parts = text.split(' ');
   if (parts.length - 1 > MAX_ARGS) throw new GrammarError(`more than ${MAX_ARGS} arguments`);
@@ -171,7 +171,7 @@ export const CAVEAT_TYPES = [...REGISTRY.keys()];
 /** The caveat's type name: the bytes before the first space. */
 function typeName(bytes) {
   const space = bytes.indexOf(0x20);
-  return Buffer.from(space < 0 ? bytes : bytes.subarray(0, space)).toString('latin1');
+  return latin1(space < 0 ? bytes : bytes.subarray(0, space));
 }
 
 function knownType(bytes) {

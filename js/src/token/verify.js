@@ -15,7 +15,6 @@
 // Money: costs and budget counters are microunits; a caveat's amount (minor units, at most
 // 9007199254) is multiplied by MICROS_PER_MINOR where it is compared, which stays below 2^53.
 
-import { timingSafeEqual } from 'node:crypto';
 import { TokenError } from './reasons.js';
 import { parseToken } from './token.js';
 import { chain } from './macaroon.js';
@@ -23,7 +22,7 @@ import { decodeAll } from './caveats.js';
 import { countersInCheckOrder, effective, pricedCurrencies } from './limits.js';
 import { periodKey, periodEnd } from './periods.js';
 import { checkApproval } from './approval.js';
-import { hex } from './encoding.js';
+import { constantTimeEqual, hex } from './encoding.js';
 import { MICROS_PER_MINOR, formatMicros } from './money.js';
 
 export const CLOCK_SKEW = 60;
@@ -33,14 +32,14 @@ const COUNTER_REASON = { rate: 'rate_limited', quota: 'quota_exceeded', budget: 
  * Parse and authenticate a token and decode its caveats. `keys` maps key id (hex) to root
  * key bytes. Returns {tokenId, keyId, issuedAt, limits}; throws TokenError.
  */
-export function checkToken(text, keys) {
+export async function checkToken(text, keys) {
   const { identifier: id, raw } = parseToken(text);
   const rootKey = keys.get(hex(id.keyId));
   if (rootKey === undefined) throw new TokenError('unknown_key', `no root key with id ${hex(id.keyId)}`);
-  const expected = chain(rootKey, raw.identifier, raw.caveats);
-  if (!timingSafeEqual(expected, raw.signature)) throw new TokenError('bad_signature', 'token signature does not match');
+  const expected = await chain(rootKey, raw.identifier, raw.caveats);
+  if (!constantTimeEqual(expected, raw.signature)) throw new TokenError('bad_signature', 'token signature does not match');
   const typed = decodeAll(raw.caveats);
-  const limits = effective(id.tokenId, raw.caveats.map((bytes, i) => [bytes, typed[i]]));
+  const limits = await effective(id.tokenId, raw.caveats.map((bytes, i) => [bytes, typed[i]]));
   return { tokenId: id.tokenId, keyId: id.keyId, issuedAt: id.issuedAt, limits };
 }
 
@@ -63,7 +62,7 @@ function deny(reason, message, counter = null) {
  * a model call if it has a provider, else a resource access (spec/verification.md#requests).
  * counters maps counter key -> used; revoked lists token ids (hex).
  */
-function evaluate(v, request, now, counters, keys) {
+async function evaluate(v, request, now, counters, keys) {
   const l = v.limits;
   // Time.
   if (v.issuedAt - now > CLOCK_SKEW) deny('not_yet_valid', 'token was issued in the future');
@@ -132,7 +131,7 @@ function evaluate(v, request, now, counters, keys) {
   if (why !== null) {
     if (request.approval === null) deny('confirmation_required', why);
     try {
-      approvalId = checkApproval(request.approval, keys, {
+      approvalId = await checkApproval(request.approval, keys, {
         tokenId: v.tokenId, tokenKeyId: v.keyId, digest: request.digest, now,
       });
     } catch (err) {
@@ -159,10 +158,10 @@ function denial(reason, message, tokenId = null, limits = null, counter = null) 
  * token_id, limits, debits, approval_id, needs_approval, counter}. `keys` maps key id (hex)
  * to root key.
  */
-export function verify(token, keys, request, now, counters = {}, revoked = []) {
+export async function verify(token, keys, request, now, counters = {}, revoked = []) {
   let v;
   try {
-    v = checkToken(token, keys);
+    v = await checkToken(token, keys);
   } catch (err) {
     if (err instanceof TokenError) return denial(err.reason, err.message);
     throw err;
@@ -170,7 +169,7 @@ export function verify(token, keys, request, now, counters = {}, revoked = []) {
   const tokenId = hex(v.tokenId);
   if (revoked.includes(tokenId)) return denial('revoked', 'this token has been revoked', tokenId, v.limits);
   try {
-    const { debits, approvalId } = evaluate(v, request, now, counters, keys);
+    const { debits, approvalId } = await evaluate(v, request, now, counters, keys);
     return {
       allowed: true, reason: null, message: 'allowed', token_id: tokenId, limits: v.limits, debits,
       approval_id: approvalId, needs_approval: false, counter: null,

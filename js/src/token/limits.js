@@ -9,14 +9,15 @@
 // order; verification checks them rate, then quota, then budget (the order of the reason
 // codes), in token order within a kind.
 
-import { createHash } from 'node:crypto';
 import { LOGGING_LEVELS } from './caveats.js';
-import { compareUtf8, sortUtf8 } from './encoding.js';
+import { compareUtf8, concat, hex, sortUtf8 } from './encoding.js';
+import { sha256 } from './macaroon.js';
 
 const RANK = { rate: 0, quota: 1, budget: 2 };
+const COUNTED = new Set(['budget', 'token-quota', 'rate']);
 
-export function counterId(tokenId, caveatBytes) {
-  return createHash('sha256').update(tokenId).update(caveatBytes).digest('hex').slice(0, 32);
+export async function counterId(tokenId, caveatBytes) {
+  return hex((await sha256(concat(tokenId, caveatBytes))).subarray(0, 16));
 }
 
 function intersect(current, values) {
@@ -28,21 +29,24 @@ function min(current, value) {
 }
 
 /** Combine [caveat bytes, typed caveat] pairs into one limits object. */
-export function effective(tokenId, pairs) {
+export async function effective(tokenId, pairs) {
   const l = {
     notBefore: null, expires: null, providers: null, models: null, operations: null,
     scopes: null, askFirst: new Set(), zeroRetention: false, maxInputTokens: null,
     maxOutputTokens: null, counters: [], confirmAbove: new Map(), logging: null, apps: [],
   };
   const seen = new Set();
+  const ids = await Promise.all(pairs.map(([bytes, c]) => (COUNTED.has(c.type) ? counterId(tokenId, bytes) : null)));
+  let at = 0;
   const counter = (bytes, fields) => {
-    const id = counterId(tokenId, bytes);
+    const id = ids[at];
     if (!seen.has(id)) {
       seen.add(id);
       l.counters.push({ counterId: id, tz: 'UTC', ...fields });
     }
   };
-  for (const [bytes, c] of pairs) {
+  for (; at < pairs.length; at++) {
+    const [bytes, c] = pairs[at];
     switch (c.type) {
       case 'not-before': l.notBefore = l.notBefore === null ? c.time : Math.max(l.notBefore, c.time); break;
       case 'expires': l.expires = min(l.expires, c.time); break;

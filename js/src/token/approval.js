@@ -13,26 +13,23 @@
 //   approval key   = HMAC-SHA256(root key, "capwallet-approval-v1")
 //   request digest = SHA-256("capwallet-request-v1" 0x00 METHOD 0x00 path 0x00 body)
 
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { TokenError } from './reasons.js';
-import { hmacSha256 } from './macaroon.js';
-import { b64urlDecodeStrict, b64urlEncode, concat, readUint64Safe, writeUint64, hex } from './encoding.js';
+import { hmacSha256, sha256 } from './macaroon.js';
+import {
+  b64urlDecodeStrict, b64urlEncode, concat, constantTimeEqual, readUint64Safe, writeUint64, hex, utf8,
+} from './encoding.js';
 
 export const PREFIX = 'cwa1_';
 const MAX_CHARS = 200;
 const BODY_BYTES = 81;
 const APPROVAL_BYTES = BODY_BYTES + 32;
-const KEY_LABEL = Buffer.from('capwallet-approval-v1', 'ascii');
+const KEY_LABEL = utf8('capwallet-approval-v1');
 
 /** The digest binding an approval to one request; the method must be ASCII. */
-export function requestDigest(method, path, body) {
+export async function requestDigest(method, path, body) {
   if (!/^[\x00-\x7f]*$/.test(method)) throw new TypeError('the HTTP method must be ASCII');
   const upper = method.replace(/[a-z]/g, (c) => c.toUpperCase()); // a-z only, nothing else
-  return new Uint8Array(createHash('sha256')
-    .update(Buffer.from('capwallet-request-v1\0', 'ascii'))
-    .update(Buffer.from(`${upper}\0${path}\0`, 'utf8'))
-    .update(body)
-    .digest());
+  return sha256(concat(utf8('capwallet-request-v1\0'), utf8(`${upper}\0${path}\0`), body));
 }
 
 export function approvalKey(rootKey) {
@@ -44,9 +41,9 @@ function body({ keyId, approvalId, tokenId, digest, expires }) {
 }
 
 /** Issue an approval string (what a wallet does; here for the mint-side vectors). */
-export function issueApproval({ rootKey, keyId, approvalId, tokenId, digest, expires }) {
+export async function issueApproval({ rootKey, keyId, approvalId, tokenId, digest, expires }) {
   const b = body({ keyId, approvalId, tokenId, digest, expires });
-  return PREFIX + b64urlEncode(concat(b, hmacSha256(approvalKey(rootKey), b)));
+  return PREFIX + b64urlEncode(concat(b, await hmacSha256(await approvalKey(rootKey), b)));
 }
 
 const bad = (message) => new TokenError('approval_invalid', message);
@@ -66,19 +63,19 @@ export function parseApproval(text) {
   };
 }
 
-const same = (a, b) => a.length === b.length && timingSafeEqual(a, b);
+const same = constantTimeEqual;
 
 /**
  * Check an approval for this token (its id and root key id) and this request digest at
  * `now`; returns the approval id (hex) to consume, or throws TokenError('approval_invalid').
  * `keys` maps key id (hex) to root key bytes.
  */
-export function checkApproval(text, keys, { tokenId, tokenKeyId, digest, now }) {
+export async function checkApproval(text, keys, { tokenId, tokenKeyId, digest, now }) {
   const a = parseApproval(text);
   if (!same(a.keyId, tokenKeyId)) throw bad('approval was made under another root key than the token');
   const rootKey = keys.get(hex(a.keyId));
   if (rootKey === undefined) throw bad('approval was made under an unknown root key');
-  if (!same(hmacSha256(approvalKey(rootKey), a.body), a.mac)) throw bad('approval signature does not match');
+  if (!same(await hmacSha256(await approvalKey(rootKey), a.body), a.mac)) throw bad('approval signature does not match');
   if (!same(a.tokenId, tokenId)) throw bad('approval was issued for another token');
   if (digest === null || !same(a.digest, digest)) throw bad('approval was issued for a different request');
   if (now >= a.expires) throw bad('approval has expired');

@@ -5,23 +5,29 @@
 // the tz database (ICU's "PST", "SystemV/AST4"), so Intl alone cannot decide validity: the
 // name list is read from the tz database's own compact source, tzdata.zi, which ships with it
 // (the same files Python's zoneinfo reads). The rules themselves are applied by Intl (ICU).
+//
+// A browser has no tz database files: there the list is Intl.supportedValuesOf('timeZone'),
+// matched byte for byte. It holds the canonical names only, so a browser refuses a Link name
+// (Asia/Calcutta) a server accepts: stricter, never looser (a browser only inspects and
+// attenuates tokens; the relay verifies them with the full list).
 
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
-
+const NODE = typeof globalThis.process?.versions?.node === 'string';
 // The places zoneinfo looks (CPython's default TZPATH), after $TZDIR.
-const SEARCH = [
-  process.env.TZDIR, '/usr/share/zoneinfo', '/usr/lib/zoneinfo', '/usr/share/lib/zoneinfo',
+const SEARCH = NODE ? [
+  globalThis.process.env.TZDIR, '/usr/share/zoneinfo', '/usr/lib/zoneinfo', '/usr/share/lib/zoneinfo',
   '/etc/zoneinfo',
-].filter(Boolean);
+].filter(Boolean) : [];
+// Read once at load time; the specifier is a variable so that bundlers for browsers leave it.
+const fs = NODE ? await import(/* webpackIgnore: true */ ['node', 'fs'].join(':')) : null;
 
 let names = null;
 
 function load() {
+  if (!NODE) return new Set(Intl.supportedValuesOf?.('timeZone') ?? []);
   for (const dir of SEARCH) {
     let text;
     try {
-      text = readFileSync(join(dir, 'tzdata.zi'), 'utf8');
+      text = fs.readFileSync(`${dir}/tzdata.zi`, 'utf8');
     } catch {
       continue;
     }
