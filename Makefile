@@ -30,7 +30,7 @@ test: $(STAMP) system-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy --strict src/capwallet
-	MYPYPATH=src $(VENV)/bin/mypy --strict reference_relay
+	MYPYPATH=src $(VENV)/bin/mypy --strict reference_relay fake_provider
 
 bench: $(STAMP)
 	$(PY) bench/verify.py

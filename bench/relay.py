@@ -2,7 +2,7 @@
 
     python bench/relay.py [--quick]
 
-One run, all on loopback: a fake provider (reference_relay.fake_provider) and two relays, as
+One run, all on loopback: a fake provider (the fake_provider package) and two relays, as
 deployed (``python -m reference_relay``, in subprocesses): one with a single process, one with
 ``--workers 2`` (one per core; each relay with its own SQLite file). The same load generator
 calls the provider directly (the baseline) and through a relay, with the same non-streamed
@@ -206,7 +206,7 @@ def main() -> int:
     args = parser.parse_args()
     scale = 0.2 if args.quick else 1.0
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
-    fake, fake_url = start([sys.executable, "-m", "reference_relay.fake_provider", "--port", "0",
+    fake, fake_url = start([sys.executable, "-m", "fake_provider", "--port", "0",
                             "--api-key", KEY], "listening")
     text = EXAMPLE.read_text()
     for url in ("https://api.openai.com/v1", "https://api.deepseek.com/v1",

@@ -4,7 +4,8 @@ An app calls it with its ``cwt1_`` token where an API key would go. The relay ve
 offline, reserves the worst-case cost on every counter the token names, forwards the request
 with the user's provider key, meters the real usage (streams included), settles, and writes one
 ledger row per call. See reference_relay.app.create_app and relay.example.toml. Its tests run
-against reference_relay.fake_provider, a fake model provider speaking both wire formats.
+against the fake provider (the top-level fake_provider package, test equipment), which
+speaks both wire formats.
 """
 
 from reference_relay.app import create_app

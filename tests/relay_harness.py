@@ -2,7 +2,7 @@
 
 The relay runs in-process under a real uvicorn server in a thread (so its log records reach
 this process's handlers and can be checked for leaked keys); the fake provider
-(reference_relay.fake_provider) stands for OpenAI and Anthropic. Configs start from the shipped
+(the fake_provider package) stands for OpenAI and Anthropic. Configs start from the shipped
 reference_relay/relay.example.toml with base URLs pointed at the fake and a few test models.
 
 Test models (prices in USD cents per million tokens x 1000, as in prices.toml):
@@ -37,9 +37,9 @@ from capwallet import caveats as cav
 from capwallet.keys import Keyring, RootKey
 from capwallet.store import LedgerEntry, Store, open_store
 from capwallet.token import mint
+from fake_provider import running_fake_provider
 from reference_relay.app import create_app
 from reference_relay.config import RelayConfig, parse_config
-from reference_relay.fake_provider import running_fake_provider
 from reference_relay.listen import listen
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "reference_relay" / "relay.example.toml"

@@ -1,7 +1,7 @@
 """Several real relay processes on one Redis, against a fake provider process, on loopback.
 
 Each relay is ``python -m reference_relay --config relay.toml --port 0`` (the command an
-operator runs); the fake provider is ``python -m reference_relay.fake_provider --port 0``. Both
+operator runs); the fake provider is ``python -m fake_provider --port 0``. Both
 announce their URL on the first line of stdout. Their logs go to files in the test's temp
 directory (read them after a failure). Configs start from the test models of relay_harness
 (prices in its docstring) with the store pointed at Redis under a fresh key prefix, so tests
@@ -104,7 +104,7 @@ class Process:
 
 
 def start_fake(tmp: Path) -> Process:
-    return Process([sys.executable, "-m", "reference_relay.fake_provider", "--port", "0",
+    return Process([sys.executable, "-m", "fake_provider", "--port", "0",
                     "--api-key", FAKE_KEY], tmp / "fake.log").start()
 
 

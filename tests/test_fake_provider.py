@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 
-from reference_relay.fake_provider import REPLY_WORDS, running_fake_provider
+from fake_provider import REPLY_WORDS, running_fake_provider
 
 KEY = "sk-test-fake-0123456789"
 WRONG = "sk-test-wrong-000"
@@ -526,7 +526,7 @@ def test_bad_fault_modes_are_refused(raw: httpx.Client) -> None:
 
 def test_command_line_server_announces_its_port() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "reference_relay.fake_provider", "--port", "0",
+        [sys.executable, "-m", "fake_provider", "--port", "0",
          "--api-key", KEY],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(30, process.kill)  # a server that never announces fails, not hangs

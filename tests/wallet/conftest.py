@@ -75,7 +75,7 @@ def hidden(html: str, name: str) -> str:
 
 @pytest.fixture
 def fake_provider() -> Iterator[str]:
-    from reference_relay.fake_provider import running_fake_provider
+    from fake_provider import running_fake_provider
 
     with running_fake_provider() as url:
         yield url
@@ -85,7 +85,7 @@ def fake_provider() -> Iterator[str]:
 def wallet_relay(home: WalletHome, fake_provider: str) -> Iterator[RunningWallet]:
     """The whole wallet server: pages and the relay, provider key from the keystore, calls
     going to the fake provider."""
-    from reference_relay.fake_provider import DEFAULT_API_KEY
+    from fake_provider import DEFAULT_API_KEY
 
     ks = Keystore.open(home.keystore_path, PASSPHRASE)
     ks.add_provider("openai", DEFAULT_API_KEY, f"{fake_provider}/v1", "openai")

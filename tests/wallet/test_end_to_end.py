@@ -175,7 +175,7 @@ def test_relay_cors_only_for_granted_origins(wallet_relay: RunningWallet) -> Non
 
 def test_provider_check_against_the_fake_provider(wallet_relay: RunningWallet,
                                                   fake_provider: str) -> None:
-    from reference_relay.fake_provider import DEFAULT_API_KEY
+    from fake_provider import DEFAULT_API_KEY
 
     env_key = {"FAKE_KEY": DEFAULT_API_KEY}
     r = subprocess.run(

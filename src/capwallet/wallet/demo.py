@@ -96,7 +96,7 @@ def _spend(w: RunningWallet) -> Snapshot:
 
 def run_demo(*, home: str | None, port: int, keep_running: bool, as_json: bool) -> int:
     from capwallet.cli.common import CliError
-    from reference_relay.fake_provider import DEFAULT_API_KEY, running_fake_provider
+    from fake_provider import DEFAULT_API_KEY, running_fake_provider
 
     def say(*parts: object, flush: bool = False) -> None:
         if not as_json:

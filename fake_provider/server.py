@@ -1,4 +1,4 @@
-"""A fake model provider: a real HTTP server that speaks the OpenAI and Anthropic wire formats.
+"""The fake provider's server: a real HTTP server that speaks the OpenAI and Anthropic wire formats.
 
 It stands for the outside world (OpenAI, Anthropic, a local Ollama) in the relay's tests, its
 benchmark baseline and the demo, so it answers closely enough to the real APIs that the official
@@ -961,7 +961,7 @@ def running_fake_provider(api_key: str = DEFAULT_API_KEY, *,
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m reference_relay.fake_provider",
+        prog="python -m fake_provider",
         description="Serve a fake OpenAI/Anthropic-compatible provider for tests and demos.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
