@@ -32,6 +32,7 @@ from capwallet.wallet.keystore import (
     Keystore,
     KeystoreError,
     read_passphrase,
+    read_passphrase_file,
 )
 from capwallet.wallet.provider_check import ProviderCheckError, check_key
 from capwallet.wallet.usage import Snapshot, snapshot
@@ -106,6 +107,25 @@ def register(sub: Any) -> None:
                                    "127.0.0.1, with provider keys from the keystore.")
     p.add_argument("--port", type=int, default=8750, help="port (default 8750; 0 picks one)")
     p.add_argument("--open", action="store_true", help="open the dashboard in your browser")
+    h = p.add_argument_group(
+        "on a server", "Run the wallet behind a reverse proxy (Caddy) that terminates TLS; see "
+        "README 'Run your wallet on a server'.")
+    h.add_argument("--public-url", metavar="URL",
+                   help="the https URL the wallet is reached at, e.g. https://wallet.example.com; "
+                        "used in every URL the wallet publishes, and the only Host it answers")
+    h.add_argument("--trusted-proxy", metavar="ADDR", action="append", default=[],
+                   help="believe X-Forwarded-For/-Proto only from this address or network "
+                        "(repeatable; e.g. 127.0.0.1 for a proxy on the same machine)")
+    h.add_argument("--listen", metavar="ADDR", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: only a local proxy reaches it)")
+    h.add_argument("--passphrase-file", metavar="PATH",
+                   help="read the keystore passphrase from this file (owner-only, e.g. a systemd "
+                        "credential) so the server starts unattended")
+    h.add_argument("--store", metavar="URL",
+                   help="relay store: default the wallet's SQLite file; redis://host:6379/0 when "
+                        "several relay processes share budgets")
+    h.add_argument("--tls-cert", metavar="PEM", help="serve TLS directly (certificate chain)")
+    h.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="see the whole story with a bundled fake provider",
@@ -424,11 +444,38 @@ def cmd_revoke(args: Any) -> int:
 
 
 def cmd_serve(args: Any) -> int:
-    from capwallet.wallet.runner import serve_forever
+    from capwallet.wallet.deployment import (
+        Deployment,
+        DeploymentError,
+        parse_public_url,
+        parse_trusted_proxies,
+    )
+    from capwallet.wallet.runner import ServeOptions, serve_forever
 
+    try:
+        public = parse_public_url(args.public_url) if args.public_url else None
+        proxies = parse_trusted_proxies(args.trusted_proxy)
+    except DeploymentError as exc:
+        raise CliError(str(exc)) from None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CliError("--tls-cert and --tls-key go together")
+    if args.listen not in ("127.0.0.1", "::1", "localhost") and public is None:
+        raise CliError("--listen on a non-loopback address needs --public-url (the Host the "
+                       "wallet answers to)")
     home = _existing(args)
-    ks = unlock(home)
-    return serve_forever(home, ks, port=args.port, open_browser=args.open)
+    if args.passphrase_file:
+        try:
+            ks = Keystore.open(home.keystore_path, read_passphrase_file(args.passphrase_file))
+        except KeystoreError as exc:
+            raise CliError(str(exc)) from None
+    else:
+        ks = unlock(home)
+    options = ServeOptions(
+        port=args.port, listen=args.listen, store_url=args.store,
+        deployment=Deployment(public_origin=public, trusted_proxies=proxies),
+        tls_cert=args.tls_cert, tls_key=args.tls_key,
+    )
+    return serve_forever(home, ks, options=options, open_browser=args.open)
 
 
 def cmd_demo(args: Any) -> int:

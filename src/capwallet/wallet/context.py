@@ -11,6 +11,7 @@ from capwallet.store.base import Store
 from capwallet.verify import Verifier
 from capwallet.wallet.codes import CodeBook
 from capwallet.wallet.consents import Consents
+from capwallet.wallet.deployment import Deployment
 from capwallet.wallet.grants import GrantStore
 from capwallet.wallet.home import WalletHome
 from capwallet.wallet.keystore import Keystore
@@ -33,6 +34,7 @@ class WalletContext:
     relay_url: str = ""  # empty: the relay is this server, at the URL the app called
     clock: Callable[[], int] = field(default=lambda: int(time.time()))
     verifier: Verifier | None = None
+    deployment: Deployment = field(default_factory=Deployment)
 
     def __post_init__(self) -> None:
         if self.verifier is None:

@@ -20,6 +20,7 @@ import getpass
 import json
 import os
 import secrets
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -246,3 +247,41 @@ def read_passphrase(*, confirm: bool = False, prompt: str = "Wallet passphrase: 
     if not first:
         raise KeystoreError("the passphrase must not be empty")
     return first
+
+
+def read_passphrase_file(path: str) -> str:
+    """The passphrase from a file, for a server that starts with no one at a console.
+
+    The file must be a regular file that only its owner can read (a systemd credential is
+    0400 in a private directory; a container secret must be mounted with mode 0400): one
+    readable by group or others is refused, because anyone who reads it holds every provider
+    key in the wallet. One trailing newline is dropped (``echo pass > file`` writes one).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise KeystoreError(f"cannot read the passphrase file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise KeystoreError(f"the passphrase file {path} is not a regular file")
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o077:
+            raise KeystoreError(
+                f"the passphrase file {path} is readable by group or others (mode {mode:04o}); "
+                f"make it private first: chmod 600 {path}"
+            )
+        raw = f.read(4097)
+    if len(raw) > 4096:
+        raise KeystoreError(f"the passphrase file {path} is longer than 4096 bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise KeystoreError(f"the passphrase file {path} is not UTF-8 text") from None
+    if text.endswith("\n"):
+        text = text[:-1]
+        if text.endswith("\r"):
+            text = text[:-1]
+    if not text:
+        raise KeystoreError(f"the passphrase file {path} is empty")
+    return text

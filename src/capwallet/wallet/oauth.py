@@ -24,6 +24,7 @@ from capwallet.wallet.authorization import (
 from capwallet.wallet.codes import CODE_TTL, CodeEntry, CodeError
 from capwallet.wallet.consents import CONSENT_TTL, Consent
 from capwallet.wallet.context import WalletContext
+from capwallet.wallet.deployment import wallet_origin
 from capwallet.wallet.grants import issue_grant, revoke_grant
 from capwallet.wallet.permissions import PermissionRequestError
 
@@ -42,7 +43,7 @@ def _ctx(request: Request) -> WalletContext:
 
 
 def _issuer(request: Request) -> str:
-    return "http://" + request.headers.get("host", "127.0.0.1")
+    return wallet_origin(request)
 
 
 async def authorize_page(request: Request) -> Response:

@@ -18,15 +18,16 @@ import threading
 import tomllib
 import webbrowser
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import uvicorn
 from starlette.types import ASGIApp
 
 from capwallet.store import open_store
-from capwallet.store.base import Store
+from capwallet.store.base import Store, StoreUnavailable
 from capwallet.wallet.context import WalletContext, cookie_key
+from capwallet.wallet.deployment import Deployment
 from capwallet.wallet.grants import GrantStore
 from capwallet.wallet.home import WalletHome
 from capwallet.wallet.keystore import Keystore
@@ -112,52 +113,87 @@ def build_relay(home: WalletHome, keystore: Keystore, store: Store, wallet_url: 
 
 @dataclass
 class RunningWallet:
-    base_url: str
+    base_url: str  # the public URL of a hosted wallet, else its loopback URL
     ctx: WalletContext
+    local_port: int = 0  # the port it listens on (behind the proxy, for a hosted wallet)
 
     @property
     def login_url(self) -> str:
         return login_url(self.base_url, self.ctx)
 
 
-def bind_loopback(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def bind_loopback(port: int, address: str = "127.0.0.1") -> socket.socket:
+    """Listen on ``address`` (loopback unless --listen says otherwise) at ``port``."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind(("127.0.0.1", port))
+        sock.bind((address, port))
     except OSError as exc:
         sock.close()
-        raise RelaySetupError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from None
+        raise RelaySetupError(f"cannot listen on {address}:{port}: {exc.strerror}") from None
     sock.listen(128)
     return sock
 
 
-def make_context(home: WalletHome, keystore: Keystore) -> WalletContext:
+@dataclass(frozen=True)
+class ServeOptions:
+    """How `capwallet serve` is reached. The defaults are the local profile (127.0.0.1)."""
+
+    port: int = 8750
+    listen: str = "127.0.0.1"
+    deployment: Deployment = field(default_factory=Deployment)
+    store_url: str | None = None  # default: the wallet's SQLite file; redis://... to share
+    tls_cert: str | None = None  # direct TLS in uvicorn (instead of a reverse proxy)
+    tls_key: str | None = None
+
+
+def make_context(home: WalletHome, keystore: Keystore,
+                 options: ServeOptions | None = None) -> WalletContext:
     home.ensure()
+    options = options or ServeOptions()
     sessions = Sessions(cookie_key(keystore))
     return WalletContext(
         home=home, keystore=keystore, grants=GrantStore(home.db_path),
-        store=open_store(home.store_url), pages=Pages(sessions), sessions=sessions,
+        store=open_store(options.store_url or home.store_url), pages=Pages(sessions),
+        sessions=sessions, deployment=options.deployment,
     )
 
 
-def _server(app: ASGIApp) -> uvicorn.Server:
+def _server(app: ASGIApp, options: ServeOptions | None = None) -> uvicorn.Server:
+    options = options or ServeOptions()
+    trusted = list(options.deployment.trusted_proxies)
+    # uvicorn believes X-Forwarded-* from 127.0.0.1 by default; we believe them from the
+    # configured proxies only, and from nobody when none is configured.
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=3)
+                            timeout_graceful_shutdown=3, proxy_headers=bool(trusted),
+                            forwarded_allow_ips=trusted or None,
+                            ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key)
     return uvicorn.Server(config)
+
+
+def local_base_url(sock: socket.socket, options: ServeOptions) -> str:
+    host, port = sock.getsockname()[:2]
+    scheme = "https" if options.tls_cert else "http"
+    name = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{name}:{port}"
 
 
 @contextlib.contextmanager
 def running_wallet(
     home: WalletHome, keystore: Keystore, *, port: int = 0, with_relay: bool = True,
+    options: ServeOptions | None = None,
 ) -> Iterator[RunningWallet]:
-    """Run the wallet server in a background thread; yields its URL and context."""
-    sock = bind_loopback(port)
-    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    ctx = make_context(home, keystore)
+    """Run the wallet server in a background thread; yields its URL and context.
+
+    ``base_url`` is the public URL when ``options`` give one, else the loopback URL."""
+    options = options or ServeOptions(port=port)
+    sock = bind_loopback(options.port, options.listen)
+    base_url = options.deployment.public_origin or local_base_url(sock, options)
+    ctx = make_context(home, keystore, options)
     try:
         relay = build_relay(home, keystore, ctx.store, base_url) if with_relay else None
-        server = _server(create_wallet_app(ctx, relay))
+        server = _server(create_wallet_app(ctx, relay), options)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         while not server.started:
@@ -165,7 +201,7 @@ def running_wallet(
                 raise RelaySetupError("the wallet server did not start")
             threading.Event().wait(0.02)
         try:
-            yield RunningWallet(base_url, ctx)
+            yield RunningWallet(base_url, ctx, sock.getsockname()[1])
         finally:
             server.should_exit = True
             thread.join(10)
@@ -189,29 +225,40 @@ def run_async(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return box[0]
 
 
-def serve_forever(home: WalletHome, keystore: Keystore, *, port: int, open_browser: bool) -> int:
-    """`capwallet serve`: run in the foreground until Ctrl-C."""
+def serve_forever(home: WalletHome, keystore: Keystore, *, options: ServeOptions,
+                  open_browser: bool) -> int:
+    """`capwallet serve`: run in the foreground until Ctrl-C (or SIGTERM from systemd)."""
     from capwallet.cli.common import CliError
 
     try:
-        sock = bind_loopback(port)
+        sock = bind_loopback(options.port, options.listen)
     except RelaySetupError as exc:
         raise CliError(str(exc)) from None
-    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    ctx = make_context(home, keystore)
+    local = local_base_url(sock, options)
+    base_url = options.deployment.public_origin or local
+    try:
+        ctx = make_context(home, keystore, options)
+    except (ValueError, StoreUnavailable) as exc:
+        sock.close()
+        raise CliError(f"store: {exc}") from None
     try:
         try:
             relay = build_relay(home, keystore, ctx.store, base_url)
         except RelaySetupError as exc:
             raise CliError(str(exc)) from None
         url = login_url(base_url, ctx)
-        print(f"capwallet is running on {base_url} (only this computer can reach it).")
+        if options.deployment.public_origin is None:
+            print(f"capwallet is running on {base_url} (only this computer can reach it).")
+        else:
+            print(f"capwallet is running on {local}, published as {base_url}.")
+            proxies = ", ".join(options.deployment.trusted_proxies) or "none"
+            print(f"  Forwarded headers trusted from: {proxies}")
         print(f"  Sign in to your wallet:  {url}")
         print(f"  Relay for apps:          {base_url}/v1  (openai SDK base_url)")
         print("  Keep this sign-in link private. Stop with Ctrl-C.", flush=True)
         if open_browser:
             webbrowser.open(url)
-        server = _server(create_wallet_app(ctx, relay))
+        server = _server(create_wallet_app(ctx, relay), options)
         server.run(sockets=[sock])
     finally:
         sock.close()

@@ -3,8 +3,9 @@
 Loopback is not a trust boundary for a browser: any web page can make the user's browser send
 requests to 127.0.0.1. So, for the wallet's own endpoints:
 
-* the Host header must name a loopback host (127.0.0.1, localhost, [::1]): a DNS-rebinding
-  page reaches us under its own host name and is refused;
+* the Host header must name a loopback host (127.0.0.1, localhost, [::1]), or exactly the
+  public host of a hosted wallet (``deployment.py``): a DNS-rebinding page reaches us under
+  its own host name and is refused;
 * a request that carries an Origin must come from the wallet's own origin, and wallet
   responses carry no CORS headers, so another origin can neither read nor change anything;
 * pages need a session: a cookie set by the one-time login link that ``capwallet serve``
@@ -27,6 +28,8 @@ from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from capwallet.wallet.deployment import ORIGIN_SCOPE_KEY, Deployment, wallet_origin
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 SESSION_COOKIE = "capwallet_session"
@@ -67,7 +70,21 @@ def is_loopback_host(host: str) -> bool:
 
 
 def own_origin(headers: Headers) -> str:
+    """The loopback origin a request came to (a hosted wallet's is its public URL: the
+    middleware records it in the scope, and :func:`deployment.wallet_origin` reads it)."""
     return "http://" + headers.get("host", "").strip().lower()
+
+
+def host_allowed(host: str, deployment: Deployment) -> bool:
+    """Loopback names on a local wallet; exactly the public host on a hosted one."""
+    public = deployment.public_host
+    if public is None:
+        return is_loopback_host(host)
+    host = host.strip().lower()
+    if hmac.compare_digest(host.encode(), public.encode()):
+        return True
+    default_port = ":443" if deployment.secure else ":80"
+    return ":" not in public.rsplit("]", 1)[-1] and host == public + default_port
 
 
 class Sessions:
@@ -105,7 +122,7 @@ class Sessions:
         sid = self.session_id(conn)
         if sid is None or not offered:
             return False
-        if not same_origin_request(conn.headers):
+        if not same_origin_request(conn.headers, wallet_origin(conn)):
             return False
         return hmac.compare_digest(offered.encode(), self.csrf_token(sid).encode())
 
@@ -113,9 +130,9 @@ class Sessions:
         return hmac.new(self._key, f"{label}:{sid}".encode(), hashlib.sha256).hexdigest()[:40]
 
 
-def same_origin_request(headers: Headers) -> bool:
+def same_origin_request(headers: Headers, mine: str | None = None) -> bool:
     """A state change must say where it came from, and that must be the wallet itself."""
-    mine = own_origin(headers)
+    mine = own_origin(headers) if mine is None else mine
     origin = headers.get("origin")
     if origin is not None:
         return hmac.compare_digest(origin.lower().encode(), mine.encode())
@@ -132,24 +149,31 @@ class LocalOnlyMiddleware:
     in a browser call the relay cross-origin, under ``cors.py``'s rules).
     """
 
-    def __init__(self, app: ASGIApp, relay_prefixes: tuple[str, ...] = ("/v1/", "/healthz")):
+    def __init__(self, app: ASGIApp, relay_prefixes: tuple[str, ...] = ("/v1/", "/healthz"),
+                 deployment: Deployment | None = None):
         self.app = app
         self.relay_prefixes = relay_prefixes
+        self.deployment = deployment or Deployment()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        if not is_loopback_host(headers.get("host", "")):
-            await _refuse(scope, receive, send, "this server answers only to 127.0.0.1/localhost")
+        if not host_allowed(headers.get("host", ""), self.deployment):
+            why = ("this server answers only to 127.0.0.1/localhost"
+                   if self.deployment.public_host is None
+                   else f"this server answers only to {self.deployment.public_host}")
+            await _refuse(scope, receive, send, why)
             return
+        mine = self.deployment.public_origin or own_origin(headers)
+        scope[ORIGIN_SCOPE_KEY] = mine
         path: str = scope.get("path", "")
         if path.startswith(self.relay_prefixes) or path == "/healthz":
             await self.app(scope, receive, send)
             return
         origin = headers.get("origin")
-        if origin is not None and origin.lower() != own_origin(headers):
+        if origin is not None and origin.lower() != mine:
             await _refuse(scope, receive, send, "cross-origin requests to the wallet are refused")
             return
 

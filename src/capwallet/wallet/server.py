@@ -96,7 +96,7 @@ def create_wallet_app(ctx: WalletContext, relay: ASGIApp | None = None) -> ASGIA
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.wallet = ctx
-    return LocalOnlyMiddleware(app)
+    return LocalOnlyMiddleware(app, deployment=ctx.deployment)
 
 
 async def _approval_link(request: Request) -> Response:

@@ -1,0 +1,180 @@
+"""The hosted profile without the proxy: --public-url in what the wallet publishes, the Host
+check for the public host, forwarded headers only from trusted proxies, the passphrase file.
+
+(tests/wallet/test_hosted_caddy.py runs the same wallet behind a real Caddy with TLS.)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from capwallet.wallet.deployment import (
+    Deployment,
+    DeploymentError,
+    parse_public_url,
+    parse_trusted_proxies,
+)
+from capwallet.wallet.home import WalletHome
+from capwallet.wallet.keystore import Keystore
+from capwallet.wallet.runner import RunningWallet, ServeOptions, running_wallet
+
+from .conftest import PASSPHRASE
+from .oauth_helpers import answer, authorize_params, consent_page
+
+PUBLIC = "https://wallet.capwallet.test"
+HOST = "wallet.capwallet.test"
+
+
+@pytest.fixture
+def hosted(home: WalletHome, keystore: Keystore) -> Iterator[tuple[RunningWallet, str]]:
+    """A hosted wallet on a loopback port; returns it and its loopback address."""
+    options = ServeOptions(port=0, deployment=Deployment(PUBLIC, ("127.0.0.1/32",)))
+    with running_wallet(home, keystore, with_relay=False, options=options) as w:
+        yield w, _loopback(w)
+
+
+def _loopback(w: RunningWallet) -> str:
+    return f"http://127.0.0.1:{w.local_port}"
+
+
+def _client(local: str, host: str = HOST) -> httpx.Client:
+    return httpx.Client(base_url=local, headers={"host": host}, follow_redirects=False,
+                        timeout=30)
+
+
+def test_public_url_parsing() -> None:
+    assert parse_public_url("https://Wallet.Example.com/") == "https://wallet.example.com"
+    assert parse_public_url("https://wallet.example.com:443") == "https://wallet.example.com"
+    assert parse_public_url("https://w.example.com:8443") == "https://w.example.com:8443"
+    assert parse_public_url("http://127.0.0.1:8750") == "http://127.0.0.1:8750"
+    for bad in ("http://wallet.example.com", "https://wallet.example.com/wallet",
+                "https://user@wallet.example.com", "wallet.example.com", "https://"):
+        with pytest.raises(DeploymentError):
+            parse_public_url(bad)
+    assert parse_trusted_proxies(["127.0.0.1", "10.0.0.0/8,::1"]) == (
+        "127.0.0.1/32", "10.0.0.0/8", "::1/128")
+    with pytest.raises(DeploymentError):
+        parse_trusted_proxies(["proxy.example.com"])
+
+
+def test_only_the_public_host_is_answered(hosted: tuple[RunningWallet, str]) -> None:
+    w, local = hosted
+    assert w.base_url == PUBLIC
+    with _client(local) as c:
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/").status_code == 401  # the locked page (no session), under our name
+    for host in ("127.0.0.1", f"127.0.0.1:{local.rsplit(':', 1)[1]}", "localhost",
+                 "evil.example", "wallet.capwallet.test.evil.example",
+                 "wallet.capwallet.test:8443"):
+        with _client(local, host) as c:
+            r = c.get("/healthz")
+            assert r.status_code == 403, host
+            assert HOST in r.text
+    with _client(local, f"{HOST}:443") as c:  # the default port spelled out is the same host
+        assert c.get("/healthz").status_code == 200
+
+
+def test_published_urls_use_the_public_url(hosted: tuple[RunningWallet, str]) -> None:
+    w, local = hosted
+    with _client(local) as c:
+        # An error sent back to the app names the wallet by its public URL (RFC 9207 iss).
+        params, _ = authorize_params(response_type="nope")
+        r = consent_page(c, params)
+        assert r.status_code == 303
+        assert parse_qs(urlsplit(r.headers["location"]).query)["iss"] == [PUBLIC]
+        # Signed in through the one-time link, the session's Origin check wants the public
+        # origin: a form posted with the loopback origin is refused, the public one accepted.
+        r = c.get(w.login_url.replace(PUBLIC, ""))
+        assert r.status_code == 303
+        params, verifier = authorize_params()
+        page = consent_page(c, params).text
+        c.base_url = httpx.URL(local)  # answer() sends Origin = base_url: the loopback one
+        refused = answer(c, page, "approve")
+        assert refused.status_code == 403
+        c.base_url = httpx.URL(local)
+        r = c.post("/authorize", data={}, headers={"origin": PUBLIC})
+        assert r.status_code == 403  # no CSRF token: the Origin alone is not enough
+        page = consent_page(c, params).text
+        r = _answer_as(c, page, PUBLIC)
+        assert r.status_code == 303, r.text
+        q = parse_qs(urlsplit(r.headers["location"]).query)
+        assert q["iss"] == [PUBLIC]
+        tok = c.post("/token", data={
+            "grant_type": "authorization_code", "code": q["code"][0],
+            "redirect_uri": params["redirect_uri"], "code_verifier": verifier,
+        })
+        assert tok.status_code == 200, tok.text
+        assert tok.json()["relay_url"] == PUBLIC
+
+
+def _answer_as(c: httpx.Client, page: str, origin: str) -> httpx.Response:
+    from .conftest import csrf_of, hidden
+    from .oauth_helpers import DETAILS
+
+    data: dict[str, list[str]] = {
+        "csrf": [csrf_of(page)], "consent": [hidden(page, "consent")], "decision": ["approve"],
+        "provider": DETAILS["providers"], "model": DETAILS["models"], "scope": DETAILS["scopes"],
+    }
+    return c.post("/authorize", data=data, headers={"origin": origin})
+
+
+def _serve(home: WalletHome, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "CAPWALLET_HOME": str(home.path), "CAPWALLET_KDF_LIMITS": "interactive"}
+    env.pop("CAPWALLET_PASSPHRASE", None)
+    return subprocess.Popen([sys.executable, "-m", "capwallet", "serve", "--port", "0", *args],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_passphrase_file_readable_by_others_is_refused(home: WalletHome, tmp_path: Path,
+                                                       mode: int) -> None:
+    f = tmp_path / "passphrase"
+    f.write_text(PASSPHRASE + "\n")
+    f.chmod(mode)
+    proc = _serve(home, "--passphrase-file", str(f), "--public-url", PUBLIC)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, (out, err)
+    assert "readable by group or others" in err and f"chmod 600 {f}" in err
+    assert PASSPHRASE not in out + err
+    assert "Traceback" not in err
+
+
+def test_passphrase_file_starts_unattended(home: WalletHome, tmp_path: Path) -> None:
+    f = tmp_path / "passphrase"
+    f.write_text(PASSPHRASE + "\n")
+    f.chmod(0o600)
+    proc = _serve(home, "--passphrase-file", str(f), "--public-url", PUBLIC,
+                  "--trusted-proxy", "127.0.0.1")
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert "published as https://wallet.capwallet.test" in first, first
+        rest = [proc.stdout.readline() for _ in range(3)]
+        assert any("Sign in to your wallet:  https://wallet.capwallet.test/login?" in line
+                   for line in rest), rest
+        assert any("Relay for apps:          https://wallet.capwallet.test/v1" in line
+                   for line in rest), rest
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the passphrase")
+    wrong.chmod(0o400)
+    proc = _serve(home, "--passphrase-file", str(wrong))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in err and err.strip()
+
+
+def test_serve_refuses_a_plain_http_public_url(home: WalletHome) -> None:
+    proc = _serve(home, "--public-url", "http://wallet.example.com")
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "must be https" in err
