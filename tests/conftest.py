@@ -8,10 +8,20 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from capwallet.keys import Keyring, RootKey
 
 pytest_plugins = ("relay_harness",)
+
+# Hypothesis: in CI (CI=true, as .ci/run is called) every property runs the same examples on
+# every run, so a property that once catches a bug catches it on every run; elsewhere it
+# explores new examples each time. CAPWALLET_HYPOTHESIS_PROFILE overrides either.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None,
+                          print_blob=True)
+settings.register_profile("dev", deadline=None)
+settings.load_profile(os.environ.get("CAPWALLET_HYPOTHESIS_PROFILE")
+                      or ("ci" if os.environ.get("CI") else "dev"))
 
 NOW = 1_790_000_000  # 2026-09-21T14:13:20Z, a fixed "now" for deterministic tests
 

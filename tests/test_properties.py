@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from capwallet import caveats as cav
 from capwallet.keys import Keyring, RootKey
+from capwallet.limits import EffectiveLimits
 from capwallet.reasons import Reason, TokenError
 from capwallet.token import Token, mint
 from capwallet.verify import Request, Verifier
@@ -72,6 +75,59 @@ def test_attenuation_never_widens(base, extra, request, now, data) -> None:  # t
         assert d_parent.allowed, (d_parent.reason, d_parent.message)
         # The child debits every counter the parent debits, and maybe more.
         assert {d.counter_key for d in d_parent.debits} <= {d.counter_key for d in d_child.debits}
+
+
+def _at_most(child: int | None, parent: int | None) -> bool:
+    return parent is None or (child is not None and child <= parent)
+
+
+def _names(child: frozenset[str] | None, parent: frozenset[str] | None) -> bool:
+    return parent is None or (child is not None and child <= parent)
+
+
+_LOGGING_RANK = {level: i for i, level in enumerate(cav.LOGGING_LEVELS)}
+
+# One rule per field of EffectiveLimits: "the child's value is no wider than the parent's".
+# A new field without a rule fails test_every_limit_field_has_a_narrowing_rule.
+NARROWER = {
+    "not_before": lambda c, p: p is None or (c is not None and c >= p),
+    "expires": _at_most,
+    "providers": _names,
+    "models": _names,
+    "operations": _names,
+    "scopes": _names,
+    "ask_first": lambda c, p: c >= p,
+    "zero_retention": lambda c, p: c or not p,
+    "max_input_tokens": _at_most,
+    "max_output_tokens": _at_most,
+    "counters": lambda c, p: set(p) <= set(c),
+    "confirm_above": lambda c, p: all(k in c and c[k] <= v for k, v in p.items()),
+    "logging": lambda c, p: p is None or (c is not None and _LOGGING_RANK[c] <= _LOGGING_RANK[p]),
+    "apps": lambda c, p: set(p) <= set(c),
+}
+
+
+def _public_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(EffectiveLimits) if not f.name.startswith("_")]
+
+
+def test_every_limit_field_has_a_narrowing_rule() -> None:
+    assert sorted(NARROWER) == sorted(_public_fields())
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(caveat, max_size=6), st.lists(caveat, min_size=1, max_size=4))
+def test_attenuation_narrows_every_effective_limit(base, extra) -> None:  # type: ignore[no-untyped-def]
+    """Whatever caveats a holder appends, every field of the effective limits stays the same
+    or gets narrower (including the counter and confirm-above sets)."""
+    parent = mint(KEY, base, now=T0 - 1000)
+    child = parent.attenuate(extra)
+    verifier = Verifier(KEYS)
+    lp = verifier.check_token(parent.serialize()).limits
+    lc = verifier.check_token(child.serialize()).limits
+    for name in _public_fields():
+        c, p = getattr(lc, name), getattr(lp, name)
+        assert NARROWER[name](c, p), (name, c, p)
 
 
 @settings(max_examples=300)
