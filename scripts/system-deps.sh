@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System packages some tests need: redis-server (the shared store), chromium (the wallet's
 # pages and the web example, driven by Playwright), nodejs and npm (the JS package, the
-# conformance adapter, the npm SDKs). Installed from Debian's packages when missing and run as root;
+# conformance adapter, the npm SDKs), caddy (the TLS proxy in front of a hosted wallet). Installed from Debian's packages when missing and run as root;
 # otherwise says what to install.
 set -euo pipefail
 need=()
@@ -9,6 +9,7 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v caddy >/dev/null 2>&1 || need+=(caddy)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing system packages: ${need[*]} (install them: sudo apt-get install -y ${need[*]})" >&2

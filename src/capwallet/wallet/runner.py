@@ -20,6 +20,7 @@ import webbrowser
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -57,6 +58,11 @@ def relay_config_data(home: WalletHome, keystore: Keystore, wallet_url: str) -> 
     relay["root_keys"] = [str(home.keystore_path)]
     relay["store"] = home.store_url
     relay["wallet_url"] = wallet_url
+    public_host = urlsplit(wallet_url).hostname or ""
+    if public_host not in ("127.0.0.1", "localhost", "::1"):
+        # A hosted wallet: the relay answers to its public name only (the wallet's middleware
+        # has checked the Host, port included, before the relay sees the request).
+        relay["allowed_hosts"] = [public_host]
     data["relay"] = relay
     if "rates" not in data:
         data["rates"] = default_rates()
