@@ -3,7 +3,9 @@
 A temporary wallet (unless --home), the bundled fake provider standing in for OpenAI, the
 wallet and relay on a loopback port, a sample app granted a budget, real calls through the
 openai SDK (one refused, one through an attenuated token), then the spend and the dashboard
-link. By default it stops after printing; --keep-running leaves the server up.
+link. It also serves the web example (examples/web_app/) on a second loopback origin and
+prints its URL: a page that connects to this wallet from the browser. By default it stops
+after printing; --keep-running leaves both servers up.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import secrets
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +97,25 @@ def _spend(w: RunningWallet) -> Snapshot:
     return asyncio.run(go())
 
 
+def _web_app(stack: contextlib.ExitStack, w: RunningWallet, say: Callable[..., None],
+             keep_running: bool) -> str | None:
+    """Serve examples/web_app/ on its own origin (another loopback port); its URL."""
+    from urllib.parse import quote
+
+    from capwallet.wallet.example_site import PAGE_PATH, missing_files, running_example_site
+
+    missing = missing_files()
+    if missing:
+        say(f"Web app: not offered ({', '.join(missing)} missing; run `npm ci` in the "
+            "repository)")
+        return None
+    origin = stack.enter_context(running_example_site())
+    url = f"{origin}{PAGE_PATH}?wallet={quote(w.base_url, safe=':/')}"
+    say(f"Web app: {url}\n   (a page on another origin: Connect your AI wallet, then ask"
+        + (")" if keep_running else "; it needs `capwallet demo --keep-running`)"))
+    return url
+
+
 def run_demo(*, home: str | None, port: int, keep_running: bool, as_json: bool) -> int:
     from capwallet.cli.common import CliError
     from fake_provider import DEFAULT_API_KEY, running_fake_provider
@@ -144,10 +166,12 @@ def run_demo(*, home: str | None, port: int, keep_running: bool, as_json: bool) 
         for name, cur, cost, n in snap.spend_by("model"):
             say(f"   {name:<28} {n} calls  {format_micros(cost, cur)}")
         say(f"\nDashboard: {w.login_url}")
+        web_url = _web_app(stack, w, say, keep_running)
         if as_json:
             print(json.dumps({
                 "home": str(wallet_home.path), "wallet_url": w.base_url,
                 "dashboard_url": w.login_url, "relay_url": f"{w.base_url}/v1",
+                "web_app_url": web_url,
                 "grant_id": grant.grant_id, "calls": calls,
                 "spend": {"spent": spent.spent if spent else 0,
                           "limit": spent.limit if spent else 0,
@@ -156,8 +180,8 @@ def run_demo(*, home: str | None, port: int, keep_running: bool, as_json: bool) 
                               for n, c, v, k in snap.spend_by("model")],
             }, indent=2), flush=True)
         if keep_running:
-            say("The wallet keeps running; open the dashboard link above. Stop with Ctrl-C.",
-                flush=True)
+            say("The wallet keeps running; open the dashboard link above (it signs you in), "
+                "then the web app. Stop with Ctrl-C.", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 threading.Event().wait()
         else:
