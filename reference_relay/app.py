@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from capwallet.approval import request_digest
+from capwallet.approval import Kind, request_digest
 from capwallet.keys import Keyring, RootKey
 from capwallet.limits import CounterLimit, EffectiveLimits
 from capwallet.money import format_micros
@@ -612,6 +612,7 @@ class Relay:
                 digest = request_digest("POST", path, raw)
             await self.store.add_pending(PendingApproval(
                 approval_request_id=pid, token_id=decision.token_id, digest=digest.hex(),
+                kind=Kind.MODEL_CALL.label,
                 summary=f"{app_name or 'an app'} wants to call {model.id} at {provider.id}: "
                         f"{decision.message}",
                 created_at=now, expires_at=now + self.config.approval_ttl,

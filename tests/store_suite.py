@@ -10,6 +10,7 @@ on its own (its name does not start with test_).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -396,6 +397,16 @@ async def test_pending_approvals_lifecycle(store: Store) -> None:
     assert p1 is not None and p1.status == "approved" and p1.approval == "cwa1_xyz"
     assert await store.resolve_pending("p2", "denied", None)
     assert await store.list_pending(NOW + 5) == [pending("p3", NOW + 2, NOW + 10)]
+
+
+async def test_pending_approval_keeps_its_kind(store: Store) -> None:
+    """The kind decides what approval the wallet issues (spec/approvals.md#kinds)."""
+    await store.add_pending(dataclasses.replace(pending("p1"), kind="resource_access"))
+    await store.add_pending(pending("p2", created=NOW + 1))
+    got = await store.get_pending("p1")
+    assert got is not None and got.kind == "resource_access"
+    assert [p.kind for p in await store.list_pending(NOW + 5)] == ["resource_access",
+                                                                    "model_call"]
 
 
 async def test_resolve_pending_rejects_unknown_status(store: Store) -> None:

@@ -206,7 +206,7 @@ def test_confirmation_and_single_use_approval(relay: Relay) -> None:
     assert pending.digest == digest.hex()
     raw = relay.post
     a = approvals.issue(relay.root, bytes.fromhex(token_id(tok)), digest,
-                        int(time.time()) + 300).serialize()
+                        int(time.time()) + 300, kind=approvals.Kind.MODEL_CALL).serialize()
     hdr = {"x-capwallet-approval": a, "content-type": "application/json"}
     ok = raw("/v1/chat/completions", data, tok, headers=hdr)
     assert ok.status_code == 200, ok.text

@@ -15,6 +15,7 @@ import pytest
 from capwallet.store import (
     Hold,
     LedgerEntry,
+    PendingApproval,
     Reservation,
     ReserveResult,
     StoreUnavailable,
@@ -425,3 +426,31 @@ async def test_a_writer_killed_holding_the_lock_lets_the_batch_through(tmp_path:
         if child.poll() is None:
             child.kill()
         await store.close()
+
+
+def test_a_store_file_from_before_approval_kinds_gains_the_column(tmp_path: Path) -> None:
+    """A pending table without ``kind`` (made before approvals stated their kind) is migrated:
+    its rows read as model calls, and new rows keep their kind."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE pending (id TEXT PRIMARY KEY, token_id TEXT NOT NULL, digest TEXT NOT NULL,"
+        " summary TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,"
+        " status TEXT NOT NULL, approval TEXT);"
+        "INSERT INTO pending VALUES ('old', 't', 'ab', 's', 1, 9999999999, 'pending', NULL);")
+    conn.commit()
+    conn.close()
+
+    async def run() -> None:
+        store = SQLiteStore(str(path))
+        try:
+            old = await store.get_pending("old")
+            assert old is not None and old.kind == "model_call"
+            await store.add_pending(PendingApproval(
+                approval_request_id="new", token_id="t", digest="cd", summary="s",
+                created_at=2, expires_at=9999999999, kind="resource_access"))
+            new = await store.get_pending("new")
+            assert new is not None and new.kind == "resource_access"
+        finally:
+            await store.close()
+    asyncio.run(run())

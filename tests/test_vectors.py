@@ -239,22 +239,30 @@ def _check_approval(v: dict[str, Any]) -> None:
     data = bytes.fromhex(a["hex"])
     assert approvals.PREFIX + base64.urlsafe_b64encode(data).rstrip(b"=").decode() == a["string"]
     parsed = approvals.Approval.parse(a["string"])
-    assert (parsed.key_id.hex(), parsed.approval_id.hex(), parsed.token_id.hex(),
-            parsed.digest.hex(), parsed.expires, parsed.mac.hex()) == (
-        a["key_id"], a["approval_id"], a["token_id"], a["digest"], a["expires"], a["mac"])
-    mac = hmac.new(bytes.fromhex(a["approval_key"]), data[:81], hashlib.sha256).digest()
+    assert (parsed.kind.label, parsed.key_id.hex(), parsed.approval_id.hex(),
+            parsed.token_id.hex(), parsed.digest.hex(), parsed.expires, parsed.mac.hex()) == (
+        a["kind"], a["key_id"], a["approval_id"], a["token_id"], a["digest"], a["expires"],
+        a["mac"])
+    mac = hmac.new(bytes.fromhex(a["approval_key"]), data[:82], hashlib.sha256).digest()
     assert mac.hex() == a["mac"]
     keys = {k["key_id"]: bytes.fromhex(k["root_key"]) for k in v["keys"]}
     if a["key_id"] in keys:
         key = RootKey(bytes.fromhex(a["key_id"]), keys[a["key_id"]])
         issued = approvals.issue(key, bytes.fromhex(a["token_id"]), bytes.fromhex(a["digest"]),
-                                 a["expires"], approval_id=bytes.fromhex(a["approval_id"]))
+                                 a["expires"], approval_id=bytes.fromhex(a["approval_id"]),
+                                 kind=approvals.Kind.of(a["kind"]))
         assert issued.serialize() == a["string"]
 
 
 def _check_digest(v: dict[str, Any]) -> None:
     r = v["request_digest"]
     got = approvals.request_digest(r["method"], r["path"], bytes.fromhex(r["body_hex"]))
+    assert got.hex() == r["digest"]
+
+
+def _check_access_digest(v: dict[str, Any]) -> None:
+    r = v["access_digest"]
+    got = approvals.access_digest(r["scopes"], r["summary"], bytes.fromhex(r["request"]))
     assert got.hex() == r["digest"]
 
 
@@ -269,6 +277,8 @@ def test_vector(v: dict[str, Any]) -> None:
         _check_approval(v)
     if "request_digest" in v:
         _check_digest(v)
+    if "access_digest" in v:
+        _check_access_digest(v)
     keys = _keyring(v)
     if "steps" not in v:
         c = v["context"]

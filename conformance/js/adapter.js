@@ -10,7 +10,7 @@ import { createInterface } from 'node:readline';
 import { verify } from '../../js/src/token/verify.js';
 import { describe, mint, attenuate } from '../../js/src/token/token.js';
 import { deriveKey, chainSteps } from '../../js/src/token/macaroon.js';
-import { requestDigest, issueApproval } from '../../js/src/token/approval.js';
+import { accessDigest, requestDigest, issueApproval } from '../../js/src/token/approval.js';
 import { limitsToJson } from '../../js/src/token/limits.js';
 import { TokenError } from '../../js/src/token/reasons.js';
 import { fromHex, hex } from '../../js/src/token/encoding.js';
@@ -94,10 +94,16 @@ const OPS = {
     const digest = await requestDigest(field(req, 'method', 'string'), field(req, 'path', 'string'), bytes(req, 'body_hex'));
     return { digest: hex(digest) };
   },
+  async access_digest(req) {
+    const scopes = field(req, 'scopes', 'array');
+    if (!scopes.every((x) => typeof x === 'string')) throw new TypeError('scopes must be strings');
+    const digest = await accessDigest(scopes, field(req, 'summary', 'string'), bytes(req, 'request'));
+    return { digest: hex(digest) };
+  },
   async issue_approval(req) {
     return {
       approval: await issueApproval({
-        rootKey: bytes(req, 'root_key'), keyId: bytes(req, 'key_id'), approvalId: bytes(req, 'approval_id'),
+        kind: field(req, 'kind', 'string'), rootKey: bytes(req, 'root_key'), keyId: bytes(req, 'key_id'), approvalId: bytes(req, 'approval_id'),
         tokenId: bytes(req, 'token_id'), digest: bytes(req, 'digest'), expires: field(req, 'expires', 'integer'),
       }),
     };

@@ -215,7 +215,9 @@ def check_scope(
 ) -> dict[str, Any]:
     """For an app's resource server: may ``token`` use ``scopes`` for this exact request?
 
-    ``digest`` is capwallet.approval.request_digest(method, path, body) of the request. The
+    ``digest`` is capwallet.approval.request_digest(method, path, body) of the request, and
+    ``summary`` the words the user is shown. The wallet binds an approval to both (and to the
+    scopes), so the retry with ``approval`` must send the same scopes, digest and summary. The
     answer has "allowed", "reason", and for an ask-first scope "approval_request_id".
     """
     r = httpx.post(

@@ -263,12 +263,18 @@ def _check_digest(a: Adapter, v: dict[str, Any]) -> None:
     _expect("request_digest", r["digest"], got.get("digest"))
 
 
+def _check_access_digest(a: Adapter, v: dict[str, Any]) -> None:
+    r = v["access_digest"]
+    got = a.call("access_digest", scopes=r["scopes"], summary=r["summary"], request=r["request"])
+    _expect("access_digest", r["digest"], got.get("digest"))
+
+
 def _check_approval(a: Adapter, v: dict[str, Any]) -> None:
     ap = v["approval"]
     keys = {k["key_id"]: k["root_key"] for k in v["keys"]}
-    got = a.call("issue_approval", root_key=keys[ap["key_id"]], key_id=ap["key_id"],
-                 approval_id=ap["approval_id"], token_id=ap["token_id"], digest=ap["digest"],
-                 expires=ap["expires"])
+    got = a.call("issue_approval", kind=ap["kind"], root_key=keys[ap["key_id"]],
+                 key_id=ap["key_id"], approval_id=ap["approval_id"], token_id=ap["token_id"],
+                 digest=ap["digest"], expires=ap["expires"])
     _expect("issue_approval", ap["string"], got.get("approval"))
 
 
@@ -327,6 +333,8 @@ def _checks(v: dict[str, Any]) -> Iterator[tuple[str, Callable[[Adapter, dict[st
         yield "attenuate", _check_attenuate
     if "request_digest" in v:
         yield "request_digest", _check_digest
+    if "access_digest" in v:
+        yield "access_digest", _check_access_digest
     if "approval" in v and any(k["key_id"] == v["approval"]["key_id"] for k in v["keys"]):
         yield "issue_approval", _check_approval
     yield "verify", _check_decision

@@ -5,7 +5,8 @@
 One JSON request per line on standard input, one JSON response per line on standard output,
 in order. Each request carries every input it needs (keys, token, time, request, counters),
 so the adapter keeps no state. It is glue only: every answer comes from capwallet's own
-functions (Token.parse, verify, macaroon.chain, approval.issue, approval.request_digest).
+functions (Token.parse, verify, macaroon.chain, approval.issue, approval.request_digest,
+approval.access_digest).
 Tokens and keys are test data here; nothing is logged.
 """
 
@@ -156,18 +157,28 @@ def op_request_digest(req: dict[str, Any]) -> dict[str, Any]:
     return {"digest": digest.hex()}
 
 
+def op_access_digest(req: dict[str, Any]) -> dict[str, Any]:
+    scopes = req.get("scopes")
+    if not isinstance(scopes, list) or not all(isinstance(x, str) for x in scopes):
+        raise ValueError("scopes must be a list of strings")
+    digest = approvals.access_digest(scopes, _field(req, "summary", str),
+                                     _hex(req.get("request"), "request"))
+    return {"digest": digest.hex()}
+
+
 def op_issue_approval(req: dict[str, Any]) -> dict[str, Any]:
     key = RootKey(_hex(req.get("key_id"), "key_id"), _hex(req.get("root_key"), "root_key"))
     a = approvals.issue(key, _hex(req.get("token_id"), "token_id"),
                         _hex(req.get("digest"), "digest"), _int(req, "expires"),
-                        approval_id=_hex(req.get("approval_id"), "approval_id"))
+                        approval_id=_hex(req.get("approval_id"), "approval_id"),
+                        kind=approvals.Kind.of(_field(req, "kind", str)))
     return {"approval": a.serialize()}
 
 
 OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "hello": op_hello, "verify": op_verify, "parse": op_parse, "mint": op_mint,
     "attenuate": op_attenuate, "request_digest": op_request_digest,
-    "issue_approval": op_issue_approval,
+    "access_digest": op_access_digest, "issue_approval": op_issue_approval,
 }
 
 

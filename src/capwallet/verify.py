@@ -52,7 +52,9 @@ class Request(NamedTuple):
     cost: Mapping[str, int] = _NO_COST  # currency -> microunits (millionths of a minor unit)
     zero_retention: bool = False  # does the provider promise zero retention?
     approval: str | None = None  # a cwa1_ approval string, if the app has one
-    digest: bytes | None = None  # approvals.request_digest(...) of this exact request
+    # A model call: approvals.request_digest(...) of this exact HTTP request. A resource
+    # access: approvals.access_digest(...) of its scopes, summary and request.
+    digest: bytes | None = None
 
     @property
     def is_model_call(self) -> bool:
@@ -322,7 +324,8 @@ def evaluate(
             return _deny(Reason.CONFIRMATION_REQUIRED, why, v, needs_approval=True)
         try:
             a = approvals.check(
-                request.approval, keys, v.token_id, request.digest, now, token_key_id=v.key_id
+                request.approval, keys, v.token_id, request.digest, now, token_key_id=v.key_id,
+                kind=approvals.Kind.MODEL_CALL if model_call else approvals.Kind.RESOURCE_ACCESS,
             )
         except TokenError as exc:
             return _deny(Reason.APPROVAL_INVALID, exc.message, v)

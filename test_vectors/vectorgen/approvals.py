@@ -13,9 +13,19 @@ def digest_of(method: str, path: str, body: bytes) -> bytes:
                           + path.encode() + b"\x00" + body).digest()
 
 
-def approval_body(key_id: bytes, approval_id: bytes, token_id: bytes, digest: bytes,
+MODEL_CALL, RESOURCE_ACCESS = 1, 2  # the kind byte
+KIND_NAMES = {MODEL_CALL: "model_call", RESOURCE_ACCESS: "resource_access"}
+
+
+def access_digest_of(scopes: list[str], summary: str, request: bytes) -> bytes:
+    return hashlib.sha256(b"capwallet-access-v1\x00" + ",".join(sorted(set(scopes))).encode()
+                          + b"\x00" + summary.encode("utf-8") + b"\x00" + request).digest()
+
+
+def approval_body(kind: int, key_id: bytes, approval_id: bytes, token_id: bytes, digest: bytes,
                   expires: int, version: int = 1) -> bytes:
-    return struct.pack(">B8s16s16s32sQ", version, key_id, approval_id, token_id, digest, expires)
+    return struct.pack(">BB8s16s16s32sQ", version, kind, key_id, approval_id, token_id, digest,
+                       expires)
 
 
 def approval_mac(secret: bytes, body: bytes) -> bytes:

@@ -91,6 +91,10 @@ APPROVAL_F = flag("Approval", "The request carries an approval (cwa1_...); 'appr
                   "the fields it was issued from, so it can be rebuilt and compared.")
 DIGEST_F = flag("RequestDigest", "'request_digest' gives a method, path and body and the "
                 "SHA-256 request digest they must produce.")
-BAD_APPROVAL = flag("BadApproval", "An approval that is expired, for another token or request, "
-                    "under the wrong key, tampered or malformed.")
+BAD_APPROVAL = flag("BadApproval", "An approval that is expired, for another token, request "
+                    "or kind, under the wrong key, tampered or malformed.")
+ACCESS_F = flag("AccessDigest", "'access_digest' gives the scopes, summary and request digest "
+                "of a resource access and the access digest they produce.")
+KIND_F = flag("ApprovalKind", "An approval presented for a request of another kind than it "
+              "states (model call, resource access), or stating an unknown kind.")
 ASK = flag("AskFirst", "A scope named by ask-first is used.")

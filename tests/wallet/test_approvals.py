@@ -69,13 +69,15 @@ def test_approve_then_poll(wallet: RunningWallet, browser_client: httpx.Client) 
     got = wait_for_approval(wallet.base_url, token, rid, timeout=5)
     t = Token.parse(token)
     checked = approvals.check(got, wallet.ctx.keystore.keyring(), t.identifier.token_id, digest,
-                              int(time.time()), token_key_id=t.identifier.key_id)
+                              int(time.time()), token_key_id=t.identifier.key_id,
+                              kind=approvals.Kind.MODEL_CALL)
     assert checked.expires <= int(time.time()) + 300
     # Bound to this request: another digest fails.
     other = approvals.request_digest("POST", "/v1/chat/completions", b"{}")
     try:
         approvals.check(got, wallet.ctx.keystore.keyring(), t.identifier.token_id, other,
-                        int(time.time()), token_key_id=t.identifier.key_id)
+                        int(time.time()), token_key_id=t.identifier.key_id,
+                        kind=approvals.Kind.MODEL_CALL)
         raise AssertionError("approval accepted for another request")
     except approvals.TokenError as exc:
         assert exc.reason.value == "approval_invalid"
@@ -144,13 +146,20 @@ def test_ask_first_scope_through_the_resource_check(
     assert "Publish “Hello”" in browser_client.get("/approvals").text
     _decide(browser_client, wallet, rid, "approve")
     approval = wait_for_approval(base, token, rid, timeout=5)
-    ok = check_scope(base, token, ["posts:publish"], digest, approval=approval)
+    # The approval is bound to what the user saw: other words for the same request fail.
+    reworded = check_scope(base, token, ["posts:publish"], digest, summary="Publish “Bye”",
+                           approval=approval)
+    assert reworded["allowed"] is False and reworded["reason"] == "approval_invalid"
+    ok = check_scope(base, token, ["posts:publish"], digest, summary="Publish “Hello”",
+                     approval=approval)
     assert ok["allowed"] is True
     # Single use: the same approval again is refused; so is one for another request.
-    again = check_scope(base, token, ["posts:publish"], digest, approval=approval)
+    again = check_scope(base, token, ["posts:publish"], digest, summary="Publish “Hello”",
+                        approval=approval)
     assert again["allowed"] is False and again["reason"] == "approval_invalid"
     other = approvals.request_digest("POST", "/posts/8/publish", b"")
-    wrong = check_scope(base, token, ["posts:publish"], other, approval=approval)
+    wrong = check_scope(base, token, ["posts:publish"], other, summary="Publish “Hello”",
+                        approval=approval)
     assert wrong["allowed"] is False and wrong["reason"] == "approval_invalid"
 
 

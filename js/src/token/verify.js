@@ -133,6 +133,7 @@ async function evaluate(v, request, now, counters, keys) {
     try {
       approvalId = await checkApproval(request.approval, keys, {
         tokenId: v.tokenId, tokenKeyId: v.keyId, digest: request.digest, now,
+        kind: modelCall ? 'model_call' : 'resource_access',
       });
     } catch (err) {
       if (err instanceof TokenError) deny('approval_invalid', err.message);

@@ -102,12 +102,16 @@ class Snapshot(NamedTuple):
 class PendingApproval:
     approval_request_id: str  # 32 hex
     token_id: str
-    digest: str  # hex of capwallet.approval.request_digest(...)
+    digest: str  # hex of the digest the approval will carry (request or access digest)
     summary: str  # what the user is asked, in plain words
     created_at: int
     expires_at: int
     status: str = "pending"  # pending | approved | denied | expired
     approval: str | None = None  # the cwa1_ string once approved
+    # What the approval approves (capwallet.approval.Kind label): "model_call" (recorded by the
+    # relay, digest = request_digest of the bytes it judges) or "resource_access" (recorded by
+    # the wallet, digest = access_digest of what it shows).
+    kind: str = "model_call"
 
 
 class Store(abc.ABC):

@@ -540,7 +540,7 @@ class RedisStore(Store):
             return await self._add_pending(self._r, self._pending_keys(p.approval_request_id), [
                 p.approval_request_id, p.token_id, p.digest, p.summary,
                 _exact(p.created_at, "created_at"), _exact(p.expires_at, "expires_at"),
-                p.status, p.approval or "", PENDING_KEEP])
+                p.status, p.approval or "", PENDING_KEEP, p.kind])
 
         if not int(await self._run(op, mark_retry)) and not retried:
             raise ValueError(f"approval request {p.approval_request_id} already exists")
@@ -559,6 +559,7 @@ class RedisStore(Store):
             approval_request_id=approval_request_id, token_id=h["token"], digest=h["digest"],
             summary=h["summary"], created_at=int(h["created"]), expires_at=int(h["expires"]),
             status=h["status"], approval=h.get("approval") or None,
+            kind=h.get("kind") or "model_call",
         )
 
     async def list_pending(self, now: int) -> list[PendingApproval]:
@@ -575,8 +576,9 @@ class RedisStore(Store):
                 approval_request_id=flat[i], token_id=flat[i + 1], digest=flat[i + 2],
                 summary=flat[i + 3], created_at=int(flat[i + 4]), expires_at=int(flat[i + 5]),
                 status=flat[i + 6], approval=flat[i + 7] or None,
+                kind=flat[i + 8] or "model_call",
             )
-            for i in range(0, len(flat), 8)
+            for i in range(0, len(flat), 9)
         ]
 
     async def resolve_pending(

@@ -149,15 +149,17 @@ end
 return out
 """
 
-_PENDING_FIELDS = "'token', 'digest', 'summary', 'created', 'expires', 'status', 'approval'"
+_PENDING_FIELDS = ("'token', 'digest', 'summary', 'created', 'expires', 'status', 'approval', "
+                   "'kind'")
 
 # KEYS: 1 pending record, 2 open index
 # ARGV: 1 id, 2 token, 3 digest, 4 summary, 5 created, 6 expires, 7 status, 8 approval or '',
-#       9 keep seconds after expiry
+#       9 keep seconds after expiry, 10 kind
 ADD_PENDING = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'token', ARGV[2], 'digest', ARGV[3], 'summary', ARGV[4],
-           'created', ARGV[5], 'expires', ARGV[6], 'status', ARGV[7], 'approval', ARGV[8])
+           'created', ARGV[5], 'expires', ARGV[6], 'status', ARGV[7], 'approval', ARGV[8],
+           'kind', ARGV[10])
 local now = tonumber(redis.call('TIME')[1])
 local until_ = tonumber(ARGV[6])
 if until_ < now then until_ = now end
@@ -186,6 +188,7 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   elseif r[6] == 'pending' and tonumber(r[5]) > tonumber(ARGV[1]) then
     out[#out + 1] = id
     for j = 1, 7 do out[#out + 1] = r[j] end
+    out[#out + 1] = r[8] or false
   end
 end
 return out

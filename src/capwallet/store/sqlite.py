@@ -135,10 +135,26 @@ CREATE TABLE IF NOT EXISTS pending (
     created_at INTEGER NOT NULL,
     expires_at INTEGER NOT NULL,
     status TEXT NOT NULL,
-    approval TEXT
+    approval TEXT,
+    kind TEXT NOT NULL DEFAULT 'model_call'
 );
 CREATE INDEX IF NOT EXISTS pending_status ON pending (status, expires_at);
 """
+
+
+def _add_pending_kind(conn: sqlite3.Connection) -> None:
+    """A store file made before approvals stated their kind gets the column (its open requests
+    were all recorded by the relay, so 'model_call'). Two processes may race to add it."""
+    cols = {str(r[1]) for r in conn.execute("PRAGMA table_info(pending)").fetchall()}
+    if "kind" in cols:
+        return
+    try:
+        conn.execute("ALTER TABLE pending ADD COLUMN kind TEXT NOT NULL DEFAULT 'model_call'")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):
+            raise
+
+
 # Every page a transaction touches is one more WAL frame to write, so the hot tables are
 # WITHOUT ROWID (the primary key is the table: one page, not table + key index) and the
 # reservations table, which only holds calls in flight, has no lease index (the sweep scans it).
@@ -332,6 +348,7 @@ class SQLiteStore(Store):
                 raise StoreUnavailable(f"SQLite could not switch {self.path} to WAL mode")
             # CREATE ... IF NOT EXISTS: several processes may open the same file at once.
             self._writer.executescript(_SCHEMA)
+            _add_pending_kind(self._writer)
             self._writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._reader = _connect(self.path, synchronous)
             self._fast: sqlite3.Connection | None = None
@@ -732,9 +749,9 @@ class SQLiteStore(Store):
         def txn(c: sqlite3.Cursor) -> None:
             c.execute(
                 "INSERT INTO pending (id, token_id, digest, summary, created_at, expires_at, "
-                "status, approval) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "status, approval, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (p.approval_request_id, p.token_id, p.digest, p.summary, p.created_at,
-                 p.expires_at, p.status, p.approval),
+                 p.expires_at, p.status, p.approval, p.kind),
             )
 
         await self._write(txn)
@@ -743,10 +760,11 @@ class SQLiteStore(Store):
     def _pending(r: Sequence[Any]) -> PendingApproval:
         return PendingApproval(
             approval_request_id=r[0], token_id=r[1], digest=r[2], summary=r[3],
-            created_at=r[4], expires_at=r[5], status=r[6], approval=r[7],
+            created_at=r[4], expires_at=r[5], status=r[6], approval=r[7], kind=r[8],
         )
 
-    _PENDING_COLUMNS = "id, token_id, digest, summary, created_at, expires_at, status, approval"
+    _PENDING_COLUMNS = ("id, token_id, digest, summary, created_at, expires_at, status, approval, "
+                        "kind")
 
     async def get_pending(self, approval_request_id: str) -> PendingApproval | None:
         rows = self._read(f"SELECT {self._PENDING_COLUMNS} FROM pending WHERE id = ?",  # noqa: S608

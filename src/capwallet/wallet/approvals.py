@@ -2,12 +2,16 @@
 
 The relay (for a model call above ``confirm-above``) or the wallet itself (for an app's
 resource server checking an ask-first scope, POST /resource/check) records a PendingApproval
-bound to the token id and the request digest. The user approves or denies it on the Approvals
-page; approving issues a single-use approval (capwallet.approval.issue) under the token's root
-key, valid for a few minutes. The app polls GET /approvals/{id}/status with its token in
-Authorization and retries the request with ``X-Capwallet-Approval``. The approval is bound to
-the token and the request digest, so it is useless for any other request or token. Denied,
-expired and unknown requests fail closed.
+bound to the token id, the kind of request and a digest of what the user is shown: for a model
+call, the relay's request digest of the bytes it judges; for a resource access, the access
+digest the wallet computes itself over the scopes, the summary it shows and the resource
+server's request digest (an app never supplies the digest an approval carries). The user
+approves or denies it on the Approvals page; approving issues a single-use approval
+(capwallet.approval.issue) of that kind under the token's root key, valid for a few minutes.
+The app polls GET /approvals/{id}/status with its token in Authorization and retries the
+request with ``X-Capwallet-Approval``. The approval is bound to the token, the kind and the
+digest, so it is useless for any other request, kind or token: the yes to "Publish the post"
+is no yes to an expensive model call. Denied, expired and unknown requests fail closed.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from capwallet import approval as approvals
+from capwallet.approval import access_digest
 from capwallet.reasons import Reason, TokenError
 from capwallet.store.base import LedgerEntry, PendingApproval, Reservation, StoreUnavailable
 from capwallet.verify import Request as VerifyRequest
@@ -93,9 +98,15 @@ async def decide(request: Request) -> Response:
                 key = ctx.keystore.root_key(bytes.fromhex(grant.key_id))
             if key is None:
                 key = ctx.keystore.current_root_key
+            try:
+                kind = approvals.Kind.of(pending.kind)
+            except ValueError:
+                return ctx.pages.error(request, "Cannot approve",
+                                       "This request is of a kind this wallet does not know.",
+                                       400)
             issued = approvals.issue(
                 key, bytes.fromhex(pending.token_id), bytes.fromhex(pending.digest),
-                now + APPROVAL_TTL,
+                now + APPROVAL_TTL, kind=kind,
             )
             await ctx.store.resolve_pending(rid, "approved", issued.serialize())
     except StoreUnavailable:
@@ -152,10 +163,13 @@ async def approval_status(request: Request) -> Response:
 async def resource_check(request: Request) -> Response:
     """An app's own server asks: may this token use these scopes for this exact request?
 
-    JSON body: {"scopes": [...], "digest": <hex of capwallet.approval.request_digest>,
-    "summary": <what the user is asked>, "approval": <cwa1_..., optional>}. Answers the
-    verifier's decision; for an ask-first scope without an approval it records a pending
-    approval and returns its id and status URL. An approval is consumed on success.
+    JSON body: {"scopes": [...], "digest": <hex of capwallet.approval.request_digest of the
+    resource server's own request>, "summary": <what the user is asked>, "approval": <cwa1_...,
+    optional>}. The digest an approval carries is not the app's: the wallet computes the access
+    digest over the scopes, the summary it shows the user and the app's request digest, and
+    checks a resource-access approval against that. Answers the verifier's decision; for an
+    ask-first scope without an approval it records a pending approval and returns its id and
+    status URL. An approval is consumed on success.
     """
     ctx = _ctx(request)
     try:
@@ -177,14 +191,15 @@ async def resource_check(request: Request) -> Response:
         return _json_error("invalid_request", "summary must be text of at most 300 chars", 400)
     if approval is not None and not isinstance(approval, str):
         return _json_error("invalid_request", "approval must be a string", 400)
+    what = summary.strip() or f"use {', '.join(sorted(set(scopes)))}"
+    shown = access_digest(scopes, what, bytes.fromhex(digest))
     now = ctx.now()
     try:
         auth = await _authenticated(request)
         if isinstance(auth, JSONResponse):
             return auth
         decision = evaluate(
-            auth, VerifyRequest(scopes=tuple(scopes), approval=approval,
-                                digest=bytes.fromhex(digest)),
+            auth, VerifyRequest(scopes=tuple(scopes), approval=approval, digest=shown),
             now, {}, ctx.keystore.keyring(),
         )
         if decision.allowed and decision.approval_id is not None:
@@ -206,11 +221,10 @@ async def resource_check(request: Request) -> Response:
             ))
         if decision.needs_approval:
             rid = secrets.token_hex(16)
-            what = summary.strip() or f"use {', '.join(scopes)}"
             await ctx.store.add_pending(PendingApproval(
-                approval_request_id=rid, token_id=auth.token_id_hex, digest=digest,
-                summary=f"{what} (scope {', '.join(scopes)})", created_at=now,
-                expires_at=now + PENDING_TTL,
+                approval_request_id=rid, token_id=auth.token_id_hex, digest=shown.hex(),
+                summary=f"{what} (scope {', '.join(sorted(set(scopes)))})", created_at=now,
+                expires_at=now + PENDING_TTL, kind=approvals.Kind.RESOURCE_ACCESS.label,
             ))
             return JSONResponse({
                 "allowed": False, "reason": Reason.CONFIRMATION_REQUIRED.value,
