@@ -169,26 +169,27 @@ function waitForAnswer(popup, state, timeoutMs) {
       finish(resolve, m.params);
     };
     const timer = setTimeout(() => finish(reject, new TimeoutError('the consent page')), timeoutMs);
-    // A popup the wallet's page isolated (cross-origin-opener-policy) also reads as closed:
-    // so "closed" counts only once it has stayed closed while no answer came for a while.
+    // popup.closed is also true for a window the browser isolated from its opener (a page
+    // with a cross-origin-opener-policy; the wallet's consent page sends unsafe-none so this
+    // does not happen there). So "closed" counts only once the popup was seen open on the
+    // wallet's origin (reading its location throws), has read closed for over a second, and
+    // the user is back on this page (focus returned to it).
+    let seenOpen = false;
     const watch = setInterval(() => {
       if (!popup.closed) {
         closedSince = null;
+        try {
+          void popup.location.href; // readable while still about:blank (same origin)
+        } catch {
+          seenOpen = true;
+        }
         return;
       }
       closedSince ??= Date.now();
-      if (popupReachable(popup) && Date.now() - closedSince > 1500) finish(reject, new PopupClosedError());
-    }, 500);
+      const back = globalThis.document?.hasFocus?.() ?? true;
+      if (seenOpen && back && Date.now() - closedSince > 1000) finish(reject, new PopupClosedError());
+    }, 400);
   });
-}
-
-/** Whether the opener still holds a live reference (not severed by COOP). */
-function popupReachable(popup) {
-  try {
-    return popup.closed && popup.opener !== undefined;
-  } catch {
-    return false;
-  }
 }
 
 /** The OAuth answer in this page's URL: {code, state, iss, error, error_description} or null. */
