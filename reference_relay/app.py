@@ -20,7 +20,6 @@ Nothing here returns a traceback, a provider key or a token: errors are JSON wit
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import secrets
@@ -54,6 +53,7 @@ from capwallet.store import (
     open_store,
 )
 from capwallet.verify import Decision, Request, Verifier
+from reference_relay.body import parse_body
 from reference_relay.calls import Call
 from reference_relay.config import ModelConfig, ProviderConfig, RelayConfig
 from reference_relay.errors import (
@@ -497,12 +497,7 @@ class Relay:
             if not alive.allowed and alive.reason is not None:
                 raise RelayError(alive.reason.value, alive.message)
         raw = await self.body(headers, receive)
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise RelayError(INVALID_REQUEST, "the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise RelayError(INVALID_REQUEST, "the request body must be a JSON object")
+        body = parse_body(raw)  # duplicate keys, non-UTF-8, NaN: refused (reference_relay.body)
         model_id = body.get("model")
         if not isinstance(model_id, str) or not model_id:
             raise RelayError(INVALID_REQUEST, "the request must name a 'model'")

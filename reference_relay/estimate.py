@@ -46,6 +46,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from reference_relay.body import has_key
 from reference_relay.errors import INVALID_REQUEST, UNBOUNDED_REQUEST, RelayError
 from reference_relay.prices import Price
 
@@ -118,6 +119,8 @@ def _openai_content(content: Any, where: str) -> tuple[int, int]:
         if not isinstance(part, dict):
             raise bad(f"{where}.content parts must be objects")
         kind = part.get("type")
+        if not isinstance(kind, str):
+            raise bad(f"{where}.content parts must have a string 'type'")
         if kind in _OPENAI_TEXT_PARTS:
             continue
         if kind == "image_url":
@@ -145,7 +148,10 @@ def openai_chat_input(body: Mapping[str, Any], raw_bytes: int,
         n, p = _openai_content(m.get("content"), f"messages[{i}]")
         images += n
         payload += p
-    if body.get("audio") is not None or "audio" in (body.get("modalities") or ()):
+    modalities = body.get("modalities")
+    if modalities is not None and not isinstance(modalities, list):
+        raise bad("'modalities' must be a list")
+    if body.get("audio") is not None or "audio" in (modalities or ()):
         raise unbounded("the request asks for audio output")
     if body.get("web_search_options") is not None:
         raise unbounded("the request uses web search, which is billed per call")
@@ -191,6 +197,8 @@ def _anthropic_blocks(content: Any, where: str) -> tuple[int, int]:
         if not isinstance(block, dict):
             raise bad(f"{where}.content[{j}] must be an object")
         kind = block.get("type")
+        if not isinstance(kind, str):
+            raise bad(f"{where}.content[{j}] must have a string 'type'")
         if kind in _ANTHROPIC_TEXT_BLOCKS:
             continue
         if kind == "image":
@@ -245,7 +253,8 @@ def anthropic_input(body: Mapping[str, Any], raw: bytes,
         raise unbounded(f"service tier {body.get('service_tier')!r} is priced differently")
     tokens = (len(raw) - payload + images * image_tokens + len(messages) * PER_MESSAGE_TOKENS
               + PER_REQUEST_TOKENS + (TOOLS_TOKENS if tools else 0) + hidden)
-    return InputEstimate(tokens, images, cache_write=b'"cache_control"' in raw)
+    # Decided on the parsed body, anywhere in it: a byte search misses "cache\u005fcontrol".
+    return InputEstimate(tokens, images, cache_write=has_key(body, "cache_control"))
 
 
 def positive_int(body: Mapping[str, Any], key: str) -> int | None:

@@ -1,0 +1,86 @@
+"""The request body as the relay reads it: one strict JSON parse that every decision uses.
+
+Rule: the relay judges exactly what it forwards. It forwards the app's bytes (unless it must
+add an output cap), so its reading of those bytes must be the only reading a provider can
+have. JSON leaves room for parsers to disagree, and each such room is closed here by refusing
+the body (reason ``invalid_request``) rather than by picking one reading:
+
+* duplicate keys in an object, at any depth: Python keeps the last, other parsers the first
+  (or refuse). ``{"model": "gpt-4o", ..., "model": "gpt-4o-mini"}`` would be judged as one
+  model and run as the other;
+* bytes that are not UTF-8 (``json.loads`` on bytes also accepts UTF-16/32 and encoded
+  surrogates, which other parsers reject or replace), and a byte-order mark;
+* ``NaN``, ``Infinity`` and ``-Infinity``, which are not JSON.
+
+After this parse nothing about cost or routing is decided by searching the raw bytes
+(``has_key`` walks the parsed body instead: ``"cache\\u005fcontrol"`` is the key
+``cache_control`` to every parser).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from reference_relay.errors import INVALID_REQUEST, RelayError
+
+
+class DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise DuplicateKey(k)
+            seen.add(k)
+    return obj
+
+
+def _constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# Built once: json.loads(s, **kw) would build a decoder per call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant)
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or RelayError(invalid_request) saying what is wrong."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise RelayError(INVALID_REQUEST, "the request body is not UTF-8") from None
+    try:
+        body = _DECODER.decode(text)
+    except DuplicateKey as dup:
+        name = dup.key if len(dup.key) <= 64 else dup.key[:64] + "..."
+        raise RelayError(INVALID_REQUEST, f"the request body has the key {name!r} twice in "
+                         "one object; JSON parsers disagree on which one counts, so the "
+                         "relay refuses it (send each key once)") from None
+    except ValueError:  # JSONDecodeError, a BOM, NaN/Infinity
+        raise RelayError(INVALID_REQUEST, "the request body is not valid JSON") from None
+    except RecursionError:
+        raise RelayError(INVALID_REQUEST, "the request body is nested too deeply") from None
+    if not isinstance(body, dict):
+        raise RelayError(INVALID_REQUEST, "the request body must be a JSON object")
+    return body
+
+
+def has_key(value: Any, key: str) -> bool:
+    """Whether ``key`` names a member of any object anywhere in a parsed body."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            if key in v:
+                return True
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False

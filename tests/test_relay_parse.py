@@ -1,0 +1,231 @@
+"""The relay judges exactly what it forwards (issue 13, F3 and parser differentials).
+
+* A body with a duplicate key at any depth is refused (400 invalid_request) and never
+  forwarded: Python's parse keeps the last duplicate, other parsers keep the first.
+* Anthropic cache-write pricing is decided on the parsed body, so ``"cache\\u005fcontrol"``
+  (the key ``cache_control`` to every JSON parser) gets the cache-write reservation.
+* Property: for every body the relay admits, a first-key-wins parse and a last-key-wins parse
+  agree on the whole body, and so on every field the relay judges.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from relay_harness import Relay, config_data, error_code, fake_requests
+
+from capwallet import caveats as cav
+from capwallet.keys import Keyring, RootKey
+from capwallet.token import mint
+from capwallet.verify import Verifier
+from reference_relay.body import parse_body
+from reference_relay.config import parse_config
+from reference_relay.errors import RelayError
+from reference_relay.routes import Endpoint
+from reference_relay.routes.anthropic import Messages
+from reference_relay.routes.openai import ChatCompletions
+
+# The body from the issue: judged as gpt-4o-mini, n=1, 5 tokens; a first-key-wins provider
+# would run gpt-4o with 128 x 16384 output tokens.
+ISSUE_BODY = (b'{"model":"gpt-4o","n":128,"max_tokens":16384,'
+              b'"messages":[{"role":"user","content":"hi"}],'
+              b'"model":"gpt-4o-mini","n":1,"max_tokens":5}')
+
+
+def post_raw(relay: Relay, path: str, raw: bytes, token: str) -> Any:
+    return relay.post(path, raw, token, headers={"content-type": "application/json"})
+
+
+def refused_unforwarded(relay: Relay, path: str, raw: bytes, token: str) -> str:
+    before = len(fake_requests(relay))
+    r = post_raw(relay, path, raw, token)
+    assert r.status_code == 400, r.text
+    assert error_code(r) == "invalid_request"
+    assert len(fake_requests(relay)) == before, "a refused body must not reach the provider"
+    return str(r.json()["error"]["message"])
+
+
+def test_the_issues_duplicate_key_body_is_refused(relay: Relay) -> None:
+    token = relay.mint(cav.Models(("gpt-4o-mini",)), cav.Budget(1, "USD", "day"))
+    message = refused_unforwarded(relay, "/v1/chat/completions", ISSUE_BODY, token)
+    assert "'model' twice" in message
+
+
+@pytest.mark.parametrize(("path", "raw"), [
+    # in a message, in a content part, in a nested tool schema, in an Anthropic block
+    ("/v1/chat/completions", b'{"model":"relay-test","max_tokens":4,"messages":[{"role":"user",'
+                             b'"content":"hi","content":[{"type":"text","text":"x"}]}]}'),
+    ("/v1/chat/completions", b'{"model":"relay-test","max_tokens":4,"messages":[{"role":"user",'
+                             b'"content":[{"type":"input_audio","type":"text","text":"x"}]}]}'),
+    ("/v1/chat/completions", b'{"model":"relay-test","max_tokens":4,"messages":[{"role":"user",'
+                             b'"content":"hi"}],"tools":[{"type":"function","function":{"name":'
+                             b'"f","parameters":{"a":{"b":{"c":1,"c":2}}}}}]}'),
+    ("/v1/messages", b'{"model":"claude-test","max_tokens":4,"messages":[{"role":"user",'
+                     b'"content":[{"type":"text","text":"x","cache_control":null,'
+                     b'"cache_control":{"type":"ephemeral"}}]}]}'),
+    # the same key spelt two ways is still one key
+    ("/v1/chat/completions", b'{"model":"relay-test","max_tokens":4,"max_tokens":64,'
+                             b'"messages":[{"role":"user","content":"hi"}]}'),
+    ("/v1/chat/completions", b'{"model":"relay-test","max_tokens":4,"max\\u005ftokens":64,'
+                             b'"messages":[{"role":"user","content":"hi"}]}'),
+])
+def test_duplicate_keys_at_any_depth_are_refused(relay: Relay, path: str, raw: bytes) -> None:
+    token = relay.mint(cav.Budget(1000, "USD", "month"))
+    refused_unforwarded(relay, path, raw, token)
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"model":"relay-test","max_tokens":4,"temperature":NaN,'
+    b'"messages":[{"role":"user","content":"hi"}]}',
+    b'\xef\xbb\xbf{"model":"relay-test","max_tokens":4,"messages":[{"role":"user",'
+    b'"content":"hi"}]}',
+    '{"model":"relay-test","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}'
+    .encode("utf-16"),
+    b'{"model":"relay-test","max_tokens":4,"messages":[{"role":"user","content":"\xed\xa0\x80"}]}',
+    b"[" * 100_000 + b"]" * 100_000,
+])
+def test_bodies_other_parsers_read_differently_are_refused(relay: Relay, raw: bytes) -> None:
+    token = relay.mint(cav.Budget(1000, "USD", "month"))
+    refused_unforwarded(relay, "/v1/chat/completions", raw, token)
+
+
+def _needed(relay: Relay, token: str, raw: bytes) -> int:
+    """The worst case the relay reserves for an Anthropic call (from its budget refusal)."""
+    r = post_raw(relay, "/v1/messages", raw, token)
+    assert r.status_code != 200 and r.json()["error"]["code"] == "budget_exceeded", r.text
+    return int(r.json()["error"]["needed"])
+
+
+def _anthropic(cache_key: str | None) -> bytes:
+    block = '{"type":"text","text":"a long system prompt"'
+    if cache_key is not None:
+        block += f',"{cache_key}":{{"type":"ephemeral"}}'
+    return ('{"model":"claude-test","max_tokens":8,"system":[' + block + '}],'
+            '"messages":[{"role":"user","content":"hi"}]}').encode()
+
+
+def test_escaped_cache_control_gets_the_cache_write_reservation(relay: Relay) -> None:
+    token = relay.mint(cav.Budget(0, "USD", "month"))
+    plain = _needed(relay, token, _anthropic(None))
+    cached = _needed(relay, token, _anthropic("cache_control"))
+    # 'cache\u005fcontrol' is the same length as 'cache_control' plus 5 bytes: reserve for
+    # those too, so compare with a plain key of the same length.
+    escaped = _needed(relay, token, _anthropic("cache\\u005fcontrol"))
+    padded = _needed(relay, token, _anthropic("cache_control").replace(
+        b'"a long', b'"12345a long'))
+    assert cached > plain
+    assert escaped == padded, "the escaped key must be reserved as a cache write"
+
+
+# -- property: what the relay admits reads the same to every parser -------------------------
+
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        out.setdefault(k, v)
+    return out
+
+
+def first_wins(raw: bytes) -> Any:
+    return json.loads(raw, object_pairs_hook=_first_wins)
+
+
+def last_wins(raw: bytes) -> Any:
+    return json.loads(raw, object_pairs_hook=dict)
+
+
+class Obj(list[tuple[str, Any]]):
+    """A JSON object as written: its members in order, duplicates allowed; keys are JSON text
+    (so a key may be written with escapes)."""
+
+
+def render(v: Any) -> str:
+    if isinstance(v, Obj):
+        return "{" + ",".join(f"{k}:{render(x)}" for k, x in v) + "}"
+    if isinstance(v, list):
+        return "[" + ",".join(render(x) for x in v) + "]"
+    return json.dumps(v)
+
+
+JUDGED = ["model", "n", "max_tokens", "max_completion_tokens", "stream", "stream_options",
+          "include_usage", "messages", "role", "content", "type", "text", "tools", "system",
+          "cache_control", "service_tier", "audio", "modalities", "image_url", "url"]
+KEY_TEXT = st.sampled_from([json.dumps(k) for k in JUDGED]
+                           + ['"cache\\u005fcontrol"', '"mod\\u0065l"', '"max\\u005ftokens"'])
+LEAF = st.one_of(st.none(), st.booleans(), st.integers(-1, 70),
+                 st.sampled_from(["relay-test", "claude-test", "gpt-4o-mini", "user", "text",
+                                  "image_url", "hi", "auto", "priority", "ephemeral"]))
+
+
+def _obj(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Obj]:
+    return st.lists(st.tuples(KEY_TEXT, children), max_size=4).map(Obj)
+
+
+TREE = st.recursive(LEAF, lambda c: st.one_of(st.lists(c, max_size=3), _obj(c)),
+                    max_leaves=12)
+PART = st.one_of(
+    st.builds(lambda t, extra: Obj([('"type"', "text"), ('"text"', t), *extra]),
+              st.sampled_from(["hi", "there"]), st.lists(st.tuples(KEY_TEXT, TREE), max_size=2)),
+    TREE)
+MESSAGE = st.builds(
+    lambda content, extra: Obj([('"role"', "user"), ('"content"', content), *extra]),
+    st.one_of(st.just("hi"), st.lists(PART, min_size=1, max_size=3)),
+    st.lists(st.tuples(KEY_TEXT, TREE), max_size=2))
+
+
+@st.composite
+def bodies(draw: st.DrawFn, model: str) -> bytes:
+    members = [('"model"', model), ('"messages"', draw(st.lists(MESSAGE, min_size=1,
+                                                                 max_size=2)))]
+    if draw(st.booleans()):
+        members.append(('"max_tokens"', draw(st.integers(1, 64))))
+    members += draw(st.lists(st.tuples(KEY_TEXT, TREE), max_size=4))
+    return render(Obj(draw(st.permutations(members)))).encode()
+
+
+def _context() -> tuple[dict[str, Any], Any]:
+    data = config_data("http://127.0.0.1:9")
+    config = parse_config(data, Path("."))
+    models = {(p.api, m.id): (p, m) for p in config.providers for m in p.models.values()}
+    root = RootKey.generate()
+    limits = Verifier(Keyring([root])).check_token(
+        mint(root, [cav.Budget(1000, "USD", "month")]).serialize()).limits
+    return models, limits
+
+
+MODELS, LIMITS = _context()
+
+
+def admitted(ep: Endpoint, raw: bytes) -> Any | None:
+    """What the relay's own parse and estimate make of ``raw`` (None: refused)."""
+    try:
+        body = parse_body(raw)
+        model = body.get("model")
+        if not isinstance(model, str) or (ep.api, model) not in MODELS:
+            return None
+        provider, cfg = MODELS[(ep.api, model)]
+        return ep.prepare(body, raw, provider, cfg, LIMITS)
+    except RelayError:
+        return None
+
+
+@pytest.mark.parametrize(("ep", "model"), [(ChatCompletions(), "relay-test"),
+                                           (Messages(), "claude-test")])
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_first_and_last_key_wins_agree_on_every_admitted_body(
+        ep: Endpoint, model: str, data: st.DataObject) -> None:
+    raw = data.draw(bodies(model))
+    prepared = admitted(ep, raw)
+    if prepared is None:
+        return
+    first, last = first_wins(raw), last_wins(raw)
+    assert first == last, raw
+    # ... and so the relay's judgement is the same from either reading
+    assert ep.prepare(first, raw, *MODELS[(ep.api, model)], LIMITS).input == prepared.input
+    assert first_wins(prepared.body) == last_wins(prepared.body)
