@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from capwallet.provider_url import BaseUrlError, check_base_url
 from reference_relay.prices import (
     PRICE_FIELDS,
     Converter,
@@ -146,9 +147,10 @@ def _provider(raw: Mapping[str, Any], table: PriceTable, i: int) -> ProviderConf
     api = _get(raw, "api", str, where, "openai")
     if api not in FLAVORS:
         raise ConfigError(f"{where}: api must be one of {', '.join(FLAVORS)}")
-    base_url = _get(raw, "base_url", str, where)
-    if not base_url or not base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}: base_url must be an http(s) URL")
+    try:  # the same rule as `capwallet provider add --base-url`
+        base_url = check_base_url(_get(raw, "base_url", str, where))
+    except BaseUrlError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     field_name = _get(raw, "max_tokens_field", str, where, "max_tokens")
     if field_name not in MAX_TOKENS_FIELDS:
         raise ConfigError(f"{where}: max_tokens_field must be one of {MAX_TOKENS_FIELDS}")

@@ -22,6 +22,7 @@ from typing import Any
 from capwallet.cli.caveat_flags import add_caveat_flags, caveats_from_args
 from capwallet.cli.common import CliError, print_json
 from capwallet.money import format_micros
+from capwallet.provider_url import BaseUrlError, check_base_url
 from capwallet.store import open_store
 from capwallet.store.base import Store, StoreUnavailable
 from capwallet.wallet.grants import Grant, GrantStore, issue_grant, revoke_grant
@@ -251,9 +252,10 @@ def cmd_provider_add(args: Any) -> int:
     base_url = args.base_url or DEFAULT_BASE_URLS.get(name)
     if not base_url:
         raise CliError(f"no default base URL for {name!r}: give --base-url")
-    if not base_url.startswith(("https://", "http://127.0.0.1", "http://localhost",
-                                "http://[::1]")):
-        raise CliError("--base-url must be https (or http on a loopback address)")
+    try:
+        base_url = check_base_url(base_url)
+    except BaseUrlError as exc:
+        raise CliError(f"--base-url: {exc}") from None
     key = _read_key(args)
     models = None
     if args.check:
