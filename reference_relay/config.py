@@ -150,7 +150,7 @@ def _provider(raw: Mapping[str, Any], table: PriceTable, i: int) -> ProviderConf
     try:  # the same rule as `capwallet provider add --base-url`
         base_url = check_base_url(_get(raw, "base_url", str, where))
     except BaseUrlError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{where}: base_url: {exc}") from None
     field_name = _get(raw, "max_tokens_field", str, where, "max_tokens")
     if field_name not in MAX_TOKENS_FIELDS:
         raise ConfigError(f"{where}: max_tokens_field must be one of {MAX_TOKENS_FIELDS}")
