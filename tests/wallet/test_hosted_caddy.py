@@ -8,37 +8,16 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from capwallet.wallet.home import WalletHome
-from capwallet.wallet.keystore import Keystore
-from scripts.hosted_up import HostedStack, hosted_stack
+from scripts.hosted_up import HostedStack
 
 from .conftest import PASSPHRASE
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostedStack]:
-    from fake_provider import DEFAULT_API_KEY, running_fake_provider
-
-    tmp = tmp_path_factory.mktemp("hosted")
-    os.environ["CAPWALLET_KDF_LIMITS"] = "interactive"
-    home = WalletHome(tmp / "wallet")
-    home.ensure()
-    with running_fake_provider() as fake:
-        ks = Keystore.create(home.keystore_path, PASSPHRASE)
-        ks.add_provider("openai", DEFAULT_API_KEY, f"{fake}/v1", "openai")
-        ks.save()
-        pw = tmp / "passphrase"
-        pw.write_text(PASSPHRASE + "\n")
-        pw.chmod(0o600)
-        with hosted_stack(home.path, pw) as s:
-            yield s
+from .hosted_fixtures import hosted_stack_fixture  # noqa: F401  (the `stack` fixture)
 
 
 def grant(s: HostedStack, *flags: str) -> str:
