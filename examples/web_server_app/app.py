@@ -287,11 +287,13 @@ class Outcome:
 async def ask_model(app: Starlette, user: str, prompt: str) -> Outcome:
     """One model call with ``user``'s grant, and what to do with each refusal."""
     db: Db = app.state.db
-    rows = db.q("SELECT grant_id, relay_url, token_box FROM connections "
-                "WHERE user = ? AND status = 'connected'", user)
-    if not rows:
+    rows = db.q("SELECT grant_id, relay_url, token_box, status FROM connections "
+                "WHERE user = ?", user)
+    if not rows or rows[0][3] == "none":
         return Outcome(problem="Connect your wallet first.")
-    grant_id, relay_url, box = rows[0]
+    if rows[0][3] == "revoked":  # an earlier call (perhaps the scheduled job) saw the 401
+        return Outcome(problem="Your wallet no longer allows this app. Connect again.")
+    grant_id, relay_url, box, _ = rows[0]
     async with app.state.http() as http:
         client = openai.AsyncOpenAI(api_key=db.open(box), base_url=relay_url + "/v1",
                                     http_client=http, max_retries=0)
