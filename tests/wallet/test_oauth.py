@@ -137,8 +137,9 @@ def test_web_app_origin_must_match(browser_client: httpx.Client) -> None:
     assert r.status_code == 200 and "https://blog.example" in r.text
     params, _ = authorize_params(redirect_uri="https://blog.example/cb",
                                  origin="https://bank.example")
-    q = redirect_query(consent_page(browser_client, params))
-    assert q["error"] == "invalid_request"
+    r = consent_page(browser_client, params)  # off the origin: shown, never followed
+    assert r.status_code == 400 and "location" not in r.headers
+    assert "redirect_uri_off_origin" in r.text
 
 
 def test_bad_details_go_back_to_the_app(browser_client: httpx.Client) -> None:

@@ -31,13 +31,18 @@ def valid_challenge(challenge: str) -> bool:
 
 
 class CodeError(Exception):
-    """OAuth token error: ``error`` is the RFC 6749 code, ``replayed_grant`` set on replay."""
+    """OAuth token error: ``error`` is the RFC 6749 code, ``replayed_grant`` set on replay.
 
-    def __init__(self, error: str, description: str, replayed_grant: str | None = None):
+    ``origin`` is the web origin of the code's grant when the code was known (None when not):
+    the token endpoint lets that origin, and only it, read the error through CORS."""
+
+    def __init__(self, error: str, description: str, replayed_grant: str | None = None,
+                 origin: str | None = None):
         super().__init__(description)
         self.error = error
         self.description = description
         self.replayed_grant = replayed_grant
+        self.origin = origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,7 @@ class CodeEntry:
     challenge: str
     expires_at: int
     details: str  # the granted authorization_details (JSON)
+    origin: str = ""  # the grant's web origin; "" for a native app
 
     def __repr__(self) -> str:  # never show the token
         return f"CodeEntry(grant_id={self.grant_id!r}, expires_at={self.expires_at})"
@@ -56,7 +62,8 @@ class CodeEntry:
 class CodeBook:
     def __init__(self) -> None:
         self._live: dict[str, CodeEntry] = {}
-        self._spent: dict[str, tuple[str, int]] = {}  # code hash -> (grant id, forget after)
+        # code hash -> (grant id, grant origin, forget after)
+        self._spent: dict[str, tuple[str, str, int]] = {}
         self._lock = threading.Lock()
 
     def issue(self, entry: CodeEntry) -> str:
@@ -65,32 +72,48 @@ class CodeBook:
             self._live[_h(code)] = entry
         return code
 
-    def redeem(self, code: str, redirect_uri: str, verifier: str, now: int) -> CodeEntry:
+    def redeem(self, code: str, redirect_uri: str, verifier: str, now: int,
+               origin: str | None = None) -> CodeEntry:
+        """Burn the code and return its entry, or raise CodeError.
+
+        ``origin`` is the request's Origin header (None for a call that sends none, such as
+        a native app's): a code presented from a web origin other than its grant's is refused
+        and NOT burnt, so another page cannot spoil the real app's exchange."""
         key = _h(code)
         with self._lock:
             self._sweep(now)
-            entry = self._live.pop(key, None)
+            entry = self._live.get(key)
             if entry is None:
                 spent = self._spent.get(key)
                 if spent is not None:
                     raise CodeError("invalid_grant", "this code was already used",
-                                    replayed_grant=spent[0])
+                                    replayed_grant=spent[0], origin=spent[1] or None)
                 raise CodeError("invalid_grant", "unknown or expired code")
-            self._spent[key] = (entry.grant_id, now + 3600)
+            if origin is not None and origin != entry.origin:
+                raise CodeError("invalid_grant", "this code was issued to another origin"
+                                if entry.origin else "this code was issued to a native app, "
+                                "not to a web page")
+            del self._live[key]
+            self._spent[key] = (entry.grant_id, entry.origin, now + 3600)
+        theirs = entry.origin or None
         if now >= entry.expires_at:
-            raise CodeError("invalid_grant", "the code has expired")
+            raise CodeError("invalid_grant", "the code has expired", origin=theirs)
         if not hmac.compare_digest(redirect_uri.encode(), entry.redirect_uri.encode()):
-            raise CodeError("invalid_grant", "redirect_uri does not match the authorization")
+            raise CodeError("invalid_grant", "redirect_uri does not match the authorization",
+                            origin=theirs)
         if not _VERIFIER.fullmatch(verifier):
-            raise CodeError("invalid_grant", "code_verifier must be 43-128 unreserved characters")
+            raise CodeError("invalid_grant", "code_verifier must be 43-128 unreserved characters",
+                            origin=theirs)
         if not hmac.compare_digest(s256(verifier).encode(), entry.challenge.encode()):
-            raise CodeError("invalid_grant", "code_verifier does not match the code_challenge")
+            raise CodeError("invalid_grant", "code_verifier does not match the code_challenge",
+                            origin=theirs)
         return entry
 
     def _sweep(self, now: int) -> None:
         for k in [k for k, e in self._live.items() if e.expires_at + CODE_TTL < now]:
-            self._spent[k] = (self._live.pop(k).grant_id, now + 3600)
-        for k in [k for k, (_, until) in self._spent.items() if until < now]:
+            gone = self._live.pop(k)
+            self._spent[k] = (gone.grant_id, gone.origin, now + 3600)
+        for k in [k for k, (_, _, until) in self._spent.items() if until < now]:
             del self._spent[k]
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from capwallet.store.base import Store
 from capwallet.verify import Verifier
+from capwallet.wallet.client_metadata import ClientMetadataFetcher
 from capwallet.wallet.codes import CodeBook
 from capwallet.wallet.consents import Consents
 from capwallet.wallet.deployment import Deployment
@@ -35,6 +36,7 @@ class WalletContext:
     clock: Callable[[], int] = field(default=lambda: int(time.time()))
     verifier: Verifier | None = None
     deployment: Deployment = field(default_factory=Deployment)
+    client_metadata: ClientMetadataFetcher = field(default_factory=ClientMetadataFetcher)
 
     def __post_init__(self) -> None:
         if self.verifier is None:

@@ -4,6 +4,10 @@ A web app that the user granted (its origin is on an active, unexpired grant) ma
 relay from the browser with its token. Every other origin gets no CORS headers at all, so the
 browser keeps the response from it. The allowed set is read per request, so a revoked grant
 loses CORS at once.
+
+A page on a public origin calling the relay on 127.0.0.1 triggers Chromium's Private (Local)
+Network Access preflight, which carries ``Access-Control-Request-Private-Network: true``;
+for a granted origin the answer says ``Access-Control-Allow-Private-Network: true``.
 """
 
 from __future__ import annotations
@@ -40,14 +44,16 @@ class GrantedOriginsCors:
             if not granted:
                 await Response(status_code=403)(scope, receive, send)
                 return
-            preflight = Response(status_code=204, headers={
+            answer = {
                 "access-control-allow-origin": origin or "",
                 "access-control-allow-methods": "GET, POST, OPTIONS",
                 "access-control-allow-headers": ALLOW_HEADERS,
                 "access-control-max-age": "600",
                 "vary": "Origin",
-            })
-            await preflight(scope, receive, send)
+            }
+            if headers.get("access-control-request-private-network") == "true":
+                answer["access-control-allow-private-network"] = "true"
+            await Response(status_code=204, headers=answer)(scope, receive, send)
             return
         if not granted:
             await self.app(scope, receive, send)

@@ -174,6 +174,17 @@ class GrantStore:
             ).fetchall()
         return frozenset(r[0] for r in rows)
 
+    def pending_origins(self, now: int) -> frozenset[str]:
+        """Origins of grants approved but not yet exchanged: the only origins /token's CORS
+        preflight answers (the exchange itself is checked against the code's own grant)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT origin FROM grants WHERE status = 'pending' AND origin != '' "
+                "AND (expires_at IS NULL OR expires_at > ?)",
+                (now,),
+            ).fetchall()
+        return frozenset(r[0] for r in rows)
+
 
 _COLUMNS = (
     "grant_id, key_id, app, source, created_at, caveats, status, origin, redirect_uri, "

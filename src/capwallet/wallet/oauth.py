@@ -4,7 +4,13 @@ GET /authorize shows the consent page for an app's permission request; POST /aut
 user's answer (approve, possibly narrowed, or deny); POST /token exchanges the one-time code
 and its PKCE verifier for the token and the relay URL.
 
-The request's parameters and their checks are in authorization.py.
+The request's parameters and their checks are in authorization.py; a client_id that is a
+metadata document URL is fetched (client_metadata.py) before the consent page is shown.
+
+CORS: /token is the one wallet endpoint a web page may call cross-origin. A preflight is
+answered for origins that have a grant waiting for its code exchange; the exchange itself is
+answered (Access-Control-Allow-Origin) only for the origin of the code's own grant, and a code
+presented from any other origin is refused without being burnt.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from capwallet.wallet.authorization import (
     BadRedirect,
     parse_authorization_request,
 )
+from capwallet.wallet.client_metadata import ClientMetadata, ClientMetadataError, is_metadata_url
 from capwallet.wallet.codes import CODE_TTL, CodeEntry, CodeError
 from capwallet.wallet.consents import CONSENT_TTL, Consent
 from capwallet.wallet.context import WalletContext
@@ -49,10 +56,29 @@ def _issuer(request: Request) -> str:
 async def authorize_page(request: Request) -> Response:
     ctx = _ctx(request)
     params = dict(request.query_params)
+    metadata: ClientMetadata | None = None
+    client_id = params.get("client_id", "")
+    if client_id and is_metadata_url(client_id):
+        # Only a signed-in user's visit makes the wallet fetch anything: a page cannot use a
+        # locked wallet to probe URLs.
+        if ctx.sessions.session_id(request) is None:
+            return ctx.pages.locked(request)
+        try:
+            metadata = await ctx.client_metadata.fetch(client_id)
+        except ClientMetadataError as exc:
+            return ctx.pages.error(
+                request, "This app's identity could not be checked",
+                f"{exc.message}. Nothing was changed in your wallet. (reason: {exc.reason})",
+                status=400,
+            )
     try:
-        areq = parse_authorization_request(params)
+        areq = parse_authorization_request(params, metadata)
     except BadRedirect as exc:
-        return ctx.pages.error(request, "This link cannot be used", str(exc), status=400)
+        return ctx.pages.error(
+            request, "This link cannot be used",
+            f"{exc.message}. Nothing was changed in your wallet. (reason: {exc.reason})",
+            status=400,
+        )
     except AuthorizeError as exc:
         return redirect_with(params["redirect_uri"], {
             "error": exc.error, "error_description": exc.description,
@@ -105,27 +131,61 @@ async def authorize_answer(request: Request) -> Response:
     grant, token = issue_grant(
         ctx.grants, ctx.keystore.current_root_key, app=areq.app_name,
         caveats=granted.caveats(areq.app_name, now), source="oauth", now=now,
-        origin="" if areq.is_native else areq.origin, redirect_uri=areq.redirect_uri,
-        status="pending",
+        origin=areq.origin, redirect_uri=areq.redirect_uri, status="pending",
     )
     code = ctx.codes.issue(CodeEntry(
         grant_id=grant.grant_id, token=token, redirect_uri=areq.redirect_uri,
         challenge=areq.code_challenge, expires_at=now + CODE_TTL, details=granted.details(),
+        origin=areq.origin,
     ))
     return redirect_with(areq.redirect_uri, {
         "code": code, "state": areq.state, "iss": _issuer(request),
     })
 
 
-def _oauth_error(error: str, description: str, status: int = 400) -> JSONResponse:
+def _oauth_error(error: str, description: str, status: int = 400,
+                 cors: str | None = None) -> JSONResponse:
     return JSONResponse(
         {"error": error, "error_description": description}, status_code=status,
-        headers={"cache-control": "no-store", "pragma": "no-cache"},
+        headers=_token_headers(cors),
     )
+
+
+def _token_headers(cors: str | None) -> dict[str, str]:
+    headers = {"cache-control": "no-store", "pragma": "no-cache"}
+    if cors:
+        headers.update({"access-control-allow-origin": cors, "vary": "Origin"})
+    return headers
+
+
+def _cross_origin(request: Request) -> str | None:
+    """The Origin of a cross-origin call (None for a server-side call or the wallet's own)."""
+    origin = request.headers.get("origin")
+    if origin is None or origin.lower() == wallet_origin(request):
+        return None
+    return origin
+
+
+async def token_preflight(request: Request) -> Response:
+    """CORS preflight for POST /token: only origins whose grant awaits its code exchange."""
+    ctx = _ctx(request)
+    origin = request.headers.get("origin")
+    if (origin is None or "access-control-request-method" not in request.headers
+            or origin not in ctx.grants.pending_origins(ctx.now())):
+        return Response(status_code=403)
+    headers = {
+        "access-control-allow-origin": origin, "access-control-allow-methods": "POST",
+        "access-control-allow-headers": "accept, content-type",
+        "access-control-max-age": "60", "vary": "Origin",
+    }
+    if request.headers.get("access-control-request-private-network") == "true":
+        headers["access-control-allow-private-network"] = "true"
+    return Response(status_code=204, headers=headers)
 
 
 async def token_endpoint(request: Request) -> Response:
     ctx = _ctx(request)
+    origin = _cross_origin(request)
     if not request.headers.get("content-type", "").startswith(
         "application/x-www-form-urlencoded"
     ):
@@ -140,16 +200,18 @@ async def token_endpoint(request: Request) -> Response:
         return _oauth_error("invalid_request", "code, redirect_uri and code_verifier are required")
     now = ctx.now()
     try:
-        entry = ctx.codes.redeem(code, redirect_uri, verifier, now)
+        entry = ctx.codes.redeem(code, redirect_uri, verifier, now, origin=origin)
     except CodeError as exc:
         if exc.replayed_grant is not None:
             try:
                 await revoke_grant(ctx.grants, ctx.store, exc.replayed_grant, now)
             except StoreUnavailable:
                 pass  # the relay fails closed while its store is down
-        return _oauth_error(exc.error, exc.description)
+        readable = origin if origin is not None and origin == exc.origin else None
+        return _oauth_error(exc.error, exc.description, cors=readable)
+    readable = origin  # redeem checked it is the grant's own origin
     if not ctx.grants.activate(entry.grant_id):
-        return _oauth_error("invalid_grant", "the grant is no longer pending")
+        return _oauth_error("invalid_grant", "the grant is no longer pending", cors=readable)
     grant = ctx.grants.get(entry.grant_id)
     expires_in = None if grant is None or grant.expires_at is None else grant.expires_at - now
     return JSONResponse(
@@ -158,7 +220,7 @@ async def token_endpoint(request: Request) -> Response:
             "grant_id": entry.grant_id, "relay_url": ctx.relay_url or _issuer(request),
             "authorization_details": json.loads(entry.details),
         },
-        headers={"cache-control": "no-store", "pragma": "no-cache"},
+        headers=_token_headers(readable),
     )
 
 

@@ -15,6 +15,9 @@ requests to 127.0.0.1. So, for the wallet's own endpoints:
 * pages forbid framing (clickjacking of the Approve button) and load nothing external.
 
 The relay's /v1 endpoints get only the Host check here; their CORS is in ``cors.py``.
+Three wallet paths are meant for web apps and carry their own CORS answer (``CROSS_ORIGIN``):
+POST /token (for the origin of the code's own grant only, see oauth.py) and the two public
+discovery documents under /.well-known (any origin may read them, see discovery.py).
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
 SESSION_COOKIE = "capwallet_session"
 SESSION_MAX_AGE = 30 * 86400
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+CROSS_ORIGIN = frozenset({
+    "/token", "/.well-known/oauth-authorization-server", "/.well-known/oauth-protected-resource",
+})
+API_HEADERS: Mapping[str, str] = {
+    "x-content-type-options": "nosniff",
+    "cache-control": "no-store",
+}
 
 PAGE_HEADERS: Mapping[str, str] = {
     "content-security-policy": (
@@ -172,25 +182,34 @@ class LocalOnlyMiddleware:
         if path.startswith(self.relay_prefixes) or path == "/healthz":
             await self.app(scope, receive, send)
             return
+        if path in CROSS_ORIGIN:
+            await self.app(scope, receive, _with_headers(send, API_HEADERS, keep_cors=True))
+            return
         origin = headers.get("origin")
         if origin is not None and origin.lower() != mine:
             await _refuse(scope, receive, send, "cross-origin requests to the wallet are refused")
             return
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                raw = [
-                    (k, v) for k, v in message.get("headers", [])
-                    if not k.lower().startswith(b"access-control-")
-                ]
-                present = {k.lower() for k, _ in raw}
-                for name, value in PAGE_HEADERS.items():
-                    if name.encode() not in present:
-                        raw.append((name.encode(), value.encode()))
-                message = {**message, "headers": raw}
-            await send(message)
+        await self.app(scope, receive, _with_headers(send, PAGE_HEADERS, keep_cors=False))
 
-        await self.app(scope, receive, send_with_headers)
+
+def _with_headers(send: Send, extra: Mapping[str, str], *, keep_cors: bool) -> Send:
+    """Add ``extra`` headers the response lacks; drop any CORS header unless ``keep_cors``."""
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            raw = [
+                (k, v) for k, v in message.get("headers", [])
+                if keep_cors or not k.lower().startswith(b"access-control-")
+            ]
+            present = {k.lower() for k, _ in raw}
+            for name, value in extra.items():
+                if name.encode() not in present:
+                    raw.append((name.encode(), value.encode()))
+            message = {**message, "headers": raw}
+        await send(message)
+
+    return send_with_headers
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, why: str) -> None:

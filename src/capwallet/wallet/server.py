@@ -3,7 +3,10 @@
 Routes:
     GET  /                      dashboard (session)          GET  /login?token=  sign in
     GET  /authorize             consent page                 POST /authorize     the answer
-    POST /token                 code + PKCE verifier -> token and relay URL
+    POST /token                 code + PKCE verifier -> token and relay URL (CORS: the
+                                grant's own origin only)
+    GET  /.well-known/oauth-authorization-server   RFC 8414 metadata (public, any origin)
+    GET  /.well-known/oauth-protected-resource     RFC 9728 metadata for the relay (public)
     POST /grants/{id}/revoke    revoke (session + CSRF)      GET  /api/usage     JSON (session)
     GET  /approvals             pending approvals (session)
     POST /approvals/{id}/approve|deny                        (session + CSRF)
@@ -27,7 +30,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
-from capwallet.wallet import approvals, dashboard, oauth
+from capwallet.wallet import approvals, dashboard, discovery, oauth
 from capwallet.wallet.context import WalletContext
 from capwallet.wallet.cors import GrantedOriginsCors
 from capwallet.wallet.security import SESSION_COOKIE, SESSION_MAX_AGE, LocalOnlyMiddleware
@@ -73,6 +76,11 @@ def create_wallet_app(ctx: WalletContext, relay: ASGIApp | None = None) -> ASGIA
         Route("/authorize", oauth.authorize_page, methods=["GET"]),
         Route("/authorize", oauth.authorize_answer, methods=["POST"]),
         Route("/token", oauth.token_endpoint, methods=["POST"]),
+        Route("/token", oauth.token_preflight, methods=["OPTIONS"]),
+        Route(discovery.AUTHORIZATION_SERVER, discovery.authorization_server, methods=["GET"]),
+        Route(discovery.AUTHORIZATION_SERVER, discovery.preflight, methods=["OPTIONS"]),
+        Route(discovery.PROTECTED_RESOURCE, discovery.protected_resource, methods=["GET"]),
+        Route(discovery.PROTECTED_RESOURCE, discovery.preflight, methods=["OPTIONS"]),
         Route("/grants/{grant_id:str}/revoke", dashboard.revoke, methods=["POST"]),
         Route("/api/usage", dashboard.usage_json),
         Route("/approvals", approvals.approvals_page),
