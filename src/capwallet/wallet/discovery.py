@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from capwallet.wallet.context import WalletContext
-from capwallet.wallet.permissions import DETAILS_TYPE
 from capwallet.wallet.deployment import wallet_origin
+from capwallet.wallet.permissions import DETAILS_TYPE
 
 AUTHORIZATION_SERVER = "/.well-known/oauth-authorization-server"
 PROTECTED_RESOURCE = "/.well-known/oauth-protected-resource"
