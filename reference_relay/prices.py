@@ -42,13 +42,16 @@ class Price:
     long_context_above: int | None = None
     input_long: int | None = None
     output_long: int | None = None
+    cached_input_long: int | None = None  # cache reads above long_context_above
+    cache_write_long: int | None = None  # cache writes above long_context_above
     max_image_tokens: int | None = None  # most input tokens one image can be billed as
 
     @property
     def is_free(self) -> bool:
         return all(
             not p for p in (self.input, self.output, self.cached_input, self.cache_write,
-                            self.input_long, self.output_long)
+                            self.input_long, self.output_long, self.cached_input_long,
+                            self.cache_write_long)
         )
 
     def tier(self, input_tokens: int) -> tuple[int, int]:
@@ -62,14 +65,32 @@ class Price:
         """Exact cost in microunits times ``scale`` (Converter.micros divides, rounding up).
 
         ``input_tokens`` excludes cached and cache-write tokens; the long-context tier is
-        chosen on all of them together, as the providers do.
+        chosen on all of them together, as the providers do. In that tier cache reads and
+        writes cost more too: Anthropic's prompt-caching multipliers apply on top of its long
+        context prices (docs.claude.com/en/docs/about-claude/pricing#long-context-pricing). So
+        they are ``cached_input_long`` / ``cache_write_long`` when given, else the short-tier
+        price scaled by input_long / input (rounded up).
         """
         total_in = input_tokens + cached_input_tokens + cache_write_tokens
         p_in, p_out = self.tier(total_in)
-        cached = self.cached_input if self.cached_input is not None else p_in
-        write = self.cache_write if self.cache_write is not None else 2 * p_in
-        return (input_tokens * p_in + output_tokens * p_out + cached_input_tokens * cached
+        long = self.long_context_above is not None and total_in > self.long_context_above
+        cached = self._cache_price(self.cached_input, self.cached_input_long, long, p_in)
+        write = self._cache_price(self.cache_write, self.cache_write_long, long, p_in)
+        if write is None:
+            write = 2 * p_in  # the 1-hour cache price, the most a write can cost
+        return (input_tokens * p_in + output_tokens * p_out
+                + cached_input_tokens * (cached if cached is not None else p_in)
                 + cache_write_tokens * write)
+
+    def _cache_price(self, short: int | None, long_price: int | None, long: bool,
+                     p_in: int) -> int | None:
+        if not long or short is None:
+            return short
+        if long_price is not None:
+            return long_price
+        if self.input == 0:
+            return max(short, p_in)
+        return ceil_div(short * p_in, self.input)
 
 
 # Every field a price entry may give (a table entry or inline in a relay config).
@@ -173,6 +194,8 @@ def price_from_table(entry: Mapping[str, Any], currency: str, scale: int, where:
         cached_input=values["cached_input"], cache_write=values["cache_write"],
         max_output=values["max_output"], long_context_above=values["long_context_above"],
         input_long=values["input_long"], output_long=values["output_long"],
+        cached_input_long=values["cached_input_long"],
+        cache_write_long=values["cache_write_long"],
         max_image_tokens=values["max_image_tokens"],
     )
 

@@ -454,3 +454,26 @@ def test_unreadable_config(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("[relay\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "bad.toml")
+
+
+def test_long_context_tier_raises_cache_prices_too() -> None:
+    """Anthropic: prompt-caching multipliers apply on top of long-context prices, and the
+    200K threshold counts cache reads and writes (prices.toml cites the page and date)."""
+    sonnet = default_table().section("anthropic")["claude-sonnet-4-5"]
+    short = sonnet.raw_cost(input_tokens=0, output_tokens=0, cached_input_tokens=100_000,
+                            cache_write_tokens=100_000)
+    assert short == 100_000 * 30_000 + 100_000 * 600_000
+    # 200,001 input tokens in all, most of them cache reads and writes: the long tier
+    long = sonnet.raw_cost(input_tokens=1, output_tokens=0, cached_input_tokens=100_000,
+                           cache_write_tokens=100_000)
+    assert long == 1 * 600_000 + 100_000 * 60_000 + 100_000 * 1_200_000
+    # without explicit long cache prices, the short ones are scaled by input_long / input
+    p = Price("USD", 1000, input=300_000, output=1_500_000, cached_input=30_000,
+              cache_write=375_000, long_context_above=200_000, input_long=600_000,
+              output_long=2_250_000)
+    assert p.raw_cost(input_tokens=0, output_tokens=0, cached_input_tokens=200_001) == (
+        200_001 * 60_000)
+    assert p.raw_cost(input_tokens=0, output_tokens=0, cache_write_tokens=200_001) == (
+        200_001 * 750_000)
+    assert p.raw_cost(input_tokens=0, output_tokens=0, cache_write_tokens=200_000) == (
+        200_000 * 375_000)
