@@ -130,7 +130,9 @@ export async function connect(appInfo, request = {}, options = {}) {
       code_challenge: challenge, code_challenge_method: 'S256',
       authorization_details: JSON.stringify([{ type: 'capwallet_ai', ...request }]),
     });
-    if (appInfo.clientId) query.set('client_id', appInfo.clientId);
+    // A page is a web app: its client_id is its origin (the wallet binds the grant to it and
+    // answers /token's CORS for it alone), or the URL of its Client ID Metadata Document.
+    query.set('client_id', appInfo.clientId ?? w.location.origin);
     const url = `${wallet.authorizationEndpoint}?${query}`;
     const pending = { state, verifier, redirectUri, issuer: wallet.issuer, tokenEndpoint: wallet.tokenEndpoint };
     if (!popup || popup.closed) {
