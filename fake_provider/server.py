@@ -8,6 +8,7 @@ demand the ways real providers do.
 Routes
     POST /v1/chat/completions   OpenAI; `Authorization: Bearer <key>`; stream, stream_options,
                                 n, max_tokens, max_completion_tokens
+    POST /v1/responses          OpenAI Responses API, plain and streamed (fake_provider.responses)
     POST /v1/embeddings         OpenAI; input string, list of strings, token ids or lists of them;
                                 encoding_format float|base64; dimensions (default 8)
     POST /v1/messages           Anthropic; `x-api-key: <key>` or `Authorization: Bearer <key>`
@@ -906,8 +907,11 @@ def create_app(api_key: str = DEFAULT_API_KEY, *,
         raise ValueError("api_key must not be empty")
     if default_reply_tokens < 1:
         raise ValueError("default_reply_tokens must be >= 1")
+    from fake_provider.responses import responses_create  # it builds on this module
+
     routes = [
         Route("/v1/chat/completions", _endpoint("openai", _chat_completions), methods=["POST"]),
+        Route("/v1/responses", _endpoint("openai", responses_create), methods=["POST"]),
         Route("/v1/embeddings", _endpoint("openai", _embeddings), methods=["POST"]),
         Route("/v1/messages", _endpoint("anthropic", _messages_create), methods=["POST"]),
         Route("/v1/messages/count_tokens", _endpoint("anthropic", _count_tokens),

@@ -20,6 +20,7 @@ Nothing here returns a traceback, a provider key or a token: errors are JSON wit
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import secrets
@@ -74,13 +75,18 @@ from reference_relay.errors import (
 )
 from reference_relay.estimate import InputEstimate
 from reference_relay.prices import Price
-from reference_relay.routes import Endpoint
-from reference_relay.routes.anthropic import Messages
-from reference_relay.routes.openai import ChatCompletions, Embeddings
+from reference_relay.routes import OUTPUT_CAP_HEADER, Endpoint, Prepared
+from reference_relay.routes.anthropic import CountTokens, Messages
+from reference_relay.routes.openai import ChatCompletions, Embeddings, Responses
 from reference_relay.upstream import Upstream, forwarded_headers, provider_key_missing
 
 log = logging.getLogger("reference_relay")
 APPROVAL_HEADER = "x-capwallet-approval"
+# An app that would rather be refused than have its output cap lowered to what its budget
+# affords sends "x-capwallet-output-cap: refuse" (spec/budgets.md, "Output caps").
+CLAMP_HEADER = "x-capwallet-output-cap"
+# Below this many output tokens a lowered cap is no use to anyone: the call is refused instead.
+MIN_CLAMPED_OUTPUT = 256
 MAX_HEADER_BYTES = 16 * 1024  # all request headers together
 MAX_HEADER_FIELDS = 100
 _TOKEN_TEXT = re.compile(r"cwt1_[A-Za-z0-9_-]{4,}")
@@ -164,6 +170,12 @@ def counter_keys(limits: EffectiveLimits, now: int) -> list[str]:
     return [f"{c.counter_id}/{_period(c.period, c.tz, minute)}" for c in limits.counters]
 
 
+def body_of(raw: bytes) -> dict[str, Any]:
+    """A fresh parse of the app's body (an endpoint's prepare rewrites the one it is given);
+    it parsed once already, so it parses the same way again."""
+    return parse_body(raw)
+
+
 def worst_raw_cost(price: Price, est: InputEstimate, output_tokens: int) -> int:
     plain = price.raw_cost(input_tokens=est.tokens, output_tokens=output_tokens)
     if not est.cache_write:
@@ -195,11 +207,11 @@ def _fmt(c: CounterLimit, n: int) -> str:
 
 
 _CORS_EXPOSE = (b"x-capwallet-reason, x-capwallet-approval-request, x-capwallet-fx, "
-                b"retry-after, x-request-id")
+                b"x-capwallet-output-cap, retry-after, x-request-id, request-id")
 
 
 _WANTED = frozenset((b"authorization", b"x-api-key", b"content-length", b"anthropic-version",
-                     b"anthropic-beta", APPROVAL_HEADER.encode()))
+                     b"anthropic-beta", APPROVAL_HEADER.encode(), CLAMP_HEADER.encode()))
 
 
 def _wanted_headers(scope: Scope) -> dict[str, str]:
@@ -504,7 +516,8 @@ class Relay:
         provider, model = self.route(model_id, ep, limits)
         prepared = ep.prepare(body, raw, provider, model, limits)
         price = model.price
-        worst = worst_raw_cost(price, prepared.input, prepared.output_tokens)
+        worst = worst_raw_cost(price, prepared.input, prepared.output_tokens) + (
+            prepared.fees_worst)
         costs, rates = self.costs(price, worst, limits)
         counters = snapshot.counters
         approval = headers.get(APPROVAL_HEADER)
@@ -512,11 +525,26 @@ class Relay:
         digest = None
         if approval is not None or limits.confirm_above or limits.ask_first:
             digest = request_digest("POST", path, raw)
-        decision = self.verifier.verify(token, Request(
-            provider=provider.id, model=model_id, operation=ep.operation,
-            input_tokens=prepared.input.tokens, output_tokens=prepared.output_tokens, cost=costs,
-            zero_retention=provider.zero_retention, approval=approval, digest=digest,
-        ), now, counters, revoked)
+        def judge(p: Prepared, c: dict[str, int]) -> Decision:
+            return self.verifier.verify(token, Request(
+                provider=provider.id, model=model_id, operation=ep.operation,
+                input_tokens=p.input.tokens, output_tokens=p.output_tokens, cost=c,
+                zero_retention=provider.zero_retention, approval=approval, digest=digest,
+            ), now, counters, revoked)
+
+        decision = judge(prepared, costs)
+        if (not decision.allowed and decision.reason == Reason.BUDGET_EXCEEDED
+                and headers.get(CLAMP_HEADER, "").strip().lower() != "refuse"):
+            clamped = self.clamp_to_budget(decision, ep, body_of(raw), raw, provider, model,
+                                           limits, prepared)
+            if clamped is not None:
+                c_worst = worst_raw_cost(price, clamped.input, clamped.output_tokens) + (
+                    clamped.fees_worst)
+                c_costs, c_rates = self.costs(price, c_worst, limits)
+                c_decision = judge(clamped, c_costs)
+                if c_decision.allowed:
+                    decision, prepared, worst, costs, rates = (
+                        c_decision, clamped, c_worst, c_costs, c_rates)
         app_name = limits.apps[0] if limits.apps else ""
         if not decision.allowed:
             extra = _counter_extra(decision)
@@ -562,9 +590,48 @@ class Relay:
             log_bodies=self.config.log_bodies and limits.logging == "full",
             max_log_bytes=self.config.max_log_body_bytes, request_body=raw,
             forward_headers=fwd,
-            response_headers={"x-capwallet-fx": "; ".join(rates)} if rates else {},
+            response_headers={**dict(prepared.headers),
+                              **({"x-capwallet-fx": "; ".join(rates)} if rates else {})},
         )
         return await call.run()
+
+    def clamp_to_budget(self, decision: Decision, ep: Endpoint, body: dict[str, Any],
+                        raw: bytes, provider: ProviderConfig, model: ModelConfig,
+                        limits: EffectiveLimits, prepared: Prepared) -> Prepared | None:
+        """The call again with its output cap lowered to what the budget that refused it still
+        affords, or None when that is below MIN_CLAMPED_OUTPUT (the refusal stands).
+
+        The worst case is recomputed and judged again by the caller (every budget, in its
+        own currency), and the reservation is atomic as always: a clamp never overspends.
+        """
+        c = decision.counter
+        if c is None or c.kind != "budget" or prepared.output_tokens <= MIN_CLAMPED_OUTPUT:
+            return None
+        left = c.limit - c.used
+        price = model.price
+
+        def fits(out: int) -> bool:
+            raw_cost = worst_raw_cost(price, prepared.input, out) + prepared.fees_worst
+            got = self.converter.micros(price, raw_cost, c.unit)
+            return got is not None and got[0] <= left
+
+        lo, hi = 0, prepared.output_tokens  # fits(lo) is what we look for; hi does not fit
+        if not fits(MIN_CLAMPED_OUTPUT):
+            return None
+        lo = MIN_CLAMPED_OUTPUT
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        try:
+            clamped = ep.prepare(body, raw, provider, model, limits, ceiling=lo)
+        except RelayError:
+            return None
+        if clamped.output_tokens > lo:
+            return None
+        note = (f"requested={prepared.output_tokens}; applied={clamped.output_tokens}; "
+                f"reason=budget ({format_micros(left, c.unit)} left)")
+        return dataclasses.replace(clamped, headers=((OUTPUT_CAP_HEADER, note),),
+                                   output_clamped=True)
 
     def reserve_error(self, decision: Decision, limits: EffectiveLimits, failed: str | None,
                       used: int, approval_used: bool, rates: list[str], now: int) -> RelayError:
@@ -704,9 +771,10 @@ def create_app(config: RelayConfig, *, store: Store | None = None, keys: Keyring
     """
     relay = Relay(config, store, keys, provider_keys)
     chat, messages, embeddings = ChatCompletions(), Messages(), Embeddings()
+    responses, count_tokens = Responses(), CountTokens()
 
     async def not_found(request: HttpRequest, exc: Exception) -> Response:
-        flavor = "anthropic" if request.url.path == "/v1/messages" else "openai"
+        flavor = "anthropic" if request.url.path.startswith("/v1/messages") else "openai"
         code = METHOD_NOT_ALLOWED if isinstance(exc, HTTPException) and exc.status_code == 405 \
             else NOT_FOUND
         return error_response(RelayError(code, f"no route for {request.method} "
@@ -721,6 +789,8 @@ def create_app(config: RelayConfig, *, store: Store | None = None, keys: Keyring
             Route(chat.route, relay.endpoint(chat), methods=["POST"]),
             Route(messages.route, relay.endpoint(messages), methods=["POST"]),
             Route(embeddings.route, relay.endpoint(embeddings), methods=["POST"]),
+            Route(responses.route, relay.endpoint(responses), methods=["POST"]),
+            Route(count_tokens.route, relay.endpoint(count_tokens), methods=["POST"]),
             Route("/v1/models", relay.models, methods=["GET"]),
             Route("/healthz", relay.healthz, methods=["GET"]),
         ],

@@ -89,7 +89,7 @@ class Call:
                 input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
                 cached_input_tokens=usage.cached_input_tokens,
                 cache_write_tokens=usage.cache_write_tokens,
-            ), tokens_in, usage.output_tokens
+            ) + self.fees(usage), tokens_in, usage.output_tokens
         worst_out = self.prepared.output_tokens
         if usage is not None and usage.input_tokens is not None:
             tokens_in = usage.input_tokens + usage.cached_input_tokens + usage.cache_write_tokens
@@ -97,8 +97,13 @@ class Call:
                 input_tokens=usage.input_tokens, output_tokens=worst_out,
                 cached_input_tokens=usage.cached_input_tokens,
                 cache_write_tokens=usage.cache_write_tokens)
-            return raw, tokens_in, worst_out
+            return raw + self.prepared.fees_worst, tokens_in, worst_out
         return self.worst_raw, self.prepared.input.tokens, worst_out
+
+    def fees(self, usage: Usage) -> int:
+        """Per-call tool fees of the calls the answer reports (raw units)."""
+        calls = usage.tool_calls or {}
+        return sum(calls.get(kind, 0) * fee for kind, fee in self.prepared.call_fees)
 
     def _money(self, raw: int, currency: str) -> int:
         """Microunits of ``currency`` (budgets and the ledger count in microunits)."""
@@ -233,7 +238,7 @@ class Call:
             return error_response(RelayError(
                 UPSTREAM_ERROR, f"provider {self.provider.id!r} sent an answer that is not "
                 "valid JSON; it was charged at the reserved worst case"), flavor)
-        usage = usage_from_json(self.provider.api, data)
+        usage = usage_from_json(self.endpoint.meter, data)
         if usage is None:
             settlement = self.settle(None, False, "usage_missing", body)
         else:
@@ -293,6 +298,7 @@ class _StreamPump:
         self.client_gone = False
         self.finished = False
         self.log_buf = bytearray() if call.log_bodies else None
+        self.headers: dict[str, str] = {}  # the provider's request id, passed on
 
     async def emit(self, data: bytes) -> None:
         if self.log_buf is not None and len(self.log_buf) < self.call.max_log_bytes:
@@ -312,7 +318,8 @@ class _StreamPump:
     async def run(self) -> None:
         call = self.call
         p = call.provider
-        meter = StreamMeter(p.api, drop_usage_chunk=not call.prepared.client_wants_usage)
+        meter = StreamMeter(call.endpoint.meter,
+                            drop_usage_chunk=not call.prepared.client_wants_usage)
         resp: UpstreamResponse | None = None
         failure: RelayError | None = None
         try:
@@ -324,6 +331,7 @@ class _StreamPump:
                                                                 call.key))
                     await call.release("upstream_error")
                     return
+                self.headers = {h: v for h in _PASS_HEADERS if (v := resp.header(h)) is not None}
                 self.ready.set_result(None)
                 async for chunk in resp.iter_chunks():
                     out = meter.feed(chunk)
@@ -396,7 +404,8 @@ class _RelayStream(StreamingResponse):
 
     def __init__(self, pump: _StreamPump) -> None:
         super().__init__(pump.chunks(), media_type="text/event-stream",
-                         headers={"cache-control": "no-cache", **pump.call.response_headers})
+                         headers={"cache-control": "no-cache", **pump.headers,
+                                  **pump.call.response_headers})
         self.pump = pump
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

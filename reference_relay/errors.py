@@ -40,6 +40,8 @@ NOT_FOUND = "not_found"  # 404: no such route
 METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
 BAD_HOST = "bad_host"  # 421: Host header is not one this relay serves (DNS rebinding)
 HEADERS_TOO_LARGE = "headers_too_large"  # 431: too many or too large request headers
+UNSUPPORTED_FEATURE = "unsupported_feature"  # 400: a request option the relay cannot meter
+UNSUPPORTED_ROUTE = "unsupported_route"  # 404: a provider route this relay does not serve
 
 STATUS: dict[str, int] = {
     # Stage 1-2: the token itself -> 401.
@@ -74,6 +76,8 @@ STATUS: dict[str, int] = {
     METHOD_NOT_ALLOWED: 405,
     BAD_HOST: 421,
     HEADERS_TOO_LARGE: 431,
+    UNSUPPORTED_FEATURE: 400,
+    UNSUPPORTED_ROUTE: 404,
 }
 
 # Error "type" per status, as the SDKs know them.

@@ -32,12 +32,35 @@ What cannot be bounded is refused (reason ``unbounded_request``), never guessed:
 document inputs, audio output, priced server-side tools (web search, code execution, MCP),
 priority service tiers, predicted outputs.
 
+OpenAI Responses API (POST /v1/responses)
+-----------------------------------------
+The same byte rule over the whole body (``input`` as a string or items, ``instructions``,
+tools), with images at the model's allowance. What the provider would add that the body does
+not show is refused, fail closed: ``previous_response_id``, ``conversation`` and ``prompt``
+(stored context and stored prompts) and ``item_reference`` items. A reasoning item sent back
+by id only (no ``encrypted_content``) makes the provider re-read that reasoning: it counts as
+the model's largest output (``max_output``), or is refused for a model without one.
+
+Built-in tools run inside the one response, each call feeding its results back into the
+model's context. Admitted only where the price table bounds them: ``web_search`` /
+``web_search_preview`` on a model whose table entry gives the per-call price and the search
+content tokens billed per call (``web_search_call`` / ``web_search_tokens``, and the
+``_preview_`` pair). ``max_tool_calls`` (k) bounds the calls; the relay sets
+DEFAULT_MAX_TOOL_CALLS when the app gives none. Worst case: k call fees, and the model sampled
+k + 1 times, each time over the input, k search results and the whole output cap:
+``(k + 1) * (input + k * search_tokens + output)`` input tokens. Every other built-in tool
+(file search, code interpreter, computer use, image generation, MCP, shell) adds results of a
+size nothing in the request bounds, and is refused naming the tool.
+
 Output tokens
 -------------
-The worst case is the request's output cap (``max_tokens`` / ``max_completion_tokens``) times
-the number of choices ``n``. When the app gives no cap, the relay sets one: the token's
-``max-output-tokens`` (divided among the ``n`` choices) or else the model's largest output. A
-token's ``max-output-tokens`` bounds the whole request's output (all choices together).
+The worst case is the request's output cap (``max_tokens`` / ``max_completion_tokens``;
+``max_output_tokens`` for Responses, reasoning included) times the number of choices ``n``.
+When the app gives no cap, the relay sets one: the token's ``max-output-tokens`` (divided
+among the ``n`` choices) or else the model's largest output. A token's ``max-output-tokens``
+bounds the whole request's output (all choices together): a larger cap from the app is
+lowered to it (``OutputBound.clamped``; the relay names both in a response header) rather
+than refused, since frameworks send large default caps the app never chose.
 """
 
 from __future__ import annotations
@@ -64,6 +87,8 @@ TOOLS_TOKENS = 1024
 # text editor 700; bash 245. Rounded up.
 ANTHROPIC_TOOL_TOKENS = (("computer_", 1536), ("text_editor_", 1024), ("bash_", 512))
 MAX_CHOICES = 128
+# Built-in tool calls per Responses request when the app sets no max_tool_calls.
+DEFAULT_MAX_TOOL_CALLS = 4
 
 _OPENAI_TEXT_PARTS = frozenset({"text", "refusal"})
 _ANTHROPIC_TEXT_BLOCKS = frozenset({"text", "tool_use", "thinking", "redacted_thinking",
@@ -276,18 +301,30 @@ def choices(body: Mapping[str, Any]) -> int:
 @dataclass(frozen=True, slots=True)
 class OutputBound:
     total: int  # worst-case output tokens of the whole request (all choices)
-    inject: int | None  # per-choice cap to set in the body when the app gave none
+    inject: int | None  # per-choice cap to set in the body (none given, or lowered)
+    clamped: int | None = None  # the app's own per-choice cap, when ``inject`` lowered it
 
 
 def output_bound(requested: int | None, n: int, token_cap: int | None,
-                 model_max: int | None, *, unbounded_ok: bool) -> OutputBound:
-    """The request's worst-case output, and the cap to add when the app gave none.
+                 model_max: int | None, *, unbounded_ok: bool,
+                 ceiling: int | None = None) -> OutputBound:
+    """The request's worst-case output, and the cap to set when the app gave none or a cap
+    above the token's ``max-output-tokens`` (or above ``ceiling``, an extra per-request bound
+    such as what the remaining budget affords): that cap is lowered, not refused.
 
     ``unbounded_ok`` (a free model and no token quota to protect) lets a request with no cap
     anywhere through with a worst case of 0, since nothing it produces can cost anything.
     """
+    limit = min((c for c in (token_cap, ceiling) if c is not None), default=None)
     if requested is not None:
+        if limit is not None and requested * n > limit:
+            per_choice = limit // n
+            if per_choice < 1:
+                raise unbounded(f"the token allows {limit} output tokens, fewer than the "
+                                f"{n} choices asked for")
+            return OutputBound(per_choice * n, per_choice, requested)
         return OutputBound(requested * n, None)
+    token_cap = limit
     caps = [c for c in (token_cap // n if token_cap is not None else None, model_max)
             if c is not None]
     if caps:
@@ -300,3 +337,157 @@ def output_bound(requested: int | None, n: int, token_cap: int | None,
         return OutputBound(0, None)
     raise unbounded("the request sets no max_tokens and neither the token nor the model "
                     "config gives an output limit; set max_tokens")
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenAI Responses API
+
+# Item types whose whole content is in the body (counted byte for byte).
+_RESPONSES_INLINE_ITEMS = frozenset({
+    "message", "function_call", "function_call_output", "custom_tool_call",
+    "custom_tool_call_output", "web_search_call", "file_search_call", "computer_call",
+    "computer_call_output", "image_generation_call", "code_interpreter_call",
+    "local_shell_call", "local_shell_call_output", "mcp_call", "mcp_list_tools",
+    "mcp_approval_request", "mcp_approval_response",
+})
+_RESPONSES_TEXT_PARTS = frozenset({"input_text", "output_text", "text", "refusal",
+                                   "summary_text", "reasoning_text"})
+# Context the provider adds from its own storage: the request alone cannot bound it.
+_STORED_CONTEXT = (("previous_response_id", "continues a stored response"),
+                   ("conversation", "continues a stored conversation"),
+                   ("prompt", "uses a stored prompt template"))
+# Built-in tools priced per call in the price table: tool type prefix -> Price field stem.
+_PRICED_TOOLS = (("web_search_preview", "web_search_preview"), ("web_search", "web_search"))
+_UNBOUNDED_TOOLS = {
+    "file_search": "its retrieved chunks enter the context",
+    "code_interpreter": "its container time and its outputs enter the context",
+    "computer_use_preview": "its hidden tool prompt is not published",
+    "image_generation": "its image model's input is the whole context",
+    "mcp": "a remote server's results enter the context",
+    "local_shell": "its hidden tool prompt is not published",
+    "shell": "its hidden tool prompt is not published",
+}
+
+
+def _responses_parts(content: Any, where: str) -> tuple[int, int]:
+    """(images, image payload bytes) of one Responses message content or tool output."""
+    if content is None or isinstance(content, str):
+        return 0, 0
+    if not isinstance(content, list):
+        raise bad(f"{where}.content must be a string or a list of parts")
+    images = payload = 0
+    for part in content:
+        if not isinstance(part, dict):
+            raise bad(f"{where}.content parts must be objects")
+        kind = part.get("type")
+        if kind in _RESPONSES_TEXT_PARTS:
+            continue
+        if kind in ("input_image", "computer_screenshot"):
+            images += 1
+            payload += _len(part.get("image_url"))
+            continue
+        if kind in ("input_file", "input_audio"):
+            raise unbounded(f"{where} has an {kind} part")
+        raise unbounded(f"{where} has a content part of unknown type {kind!r}")
+    return images, payload
+
+
+@dataclass(frozen=True, slots=True)
+class ToolBound:
+    calls: int  # most built-in tool calls (max_tool_calls), 0 without priced tools
+    inject_calls: bool  # the relay sets max_tool_calls (the app gave none)
+    fee: int  # raw cost of one call (prices.Price raw units), the dearest declared tool
+    content_tokens: int  # input tokens one call's results add
+    item_type: str  # the output item type such a call leaves (metered at settlement)
+
+
+def responses_tools(body: Mapping[str, Any], price: Price) -> ToolBound:
+    """The declared tools' worst case; unbounded_request naming a tool that has none."""
+    tools = body.get("tools")
+    if tools is None:
+        return ToolBound(0, False, 0, 0, "")
+    if not isinstance(tools, list):
+        raise bad("'tools' must be a list")
+    fee = content = 0
+    priced = False
+    for t in tools:
+        if not isinstance(t, dict):
+            raise bad("'tools' entries must be objects")
+        kind = t.get("type")
+        if kind in ("function", "custom"):
+            continue
+        stem = next((s for p, s in _PRICED_TOOLS if isinstance(kind, str)
+                     and kind.startswith(p)), None)
+        if stem is None:
+            base = next((k for k in _UNBOUNDED_TOOLS if isinstance(kind, str)
+                         and kind.startswith(k)), None)
+            why = _UNBOUNDED_TOOLS[base] if base else "the relay has no price for it"
+            raise unbounded(f"the built-in tool {kind!r} is billed by the provider per use and "
+                            f"{why}")
+        per_1k = getattr(price, f"{stem}_call")
+        tokens = getattr(price, f"{stem}_tokens")
+        if per_1k is None or tokens is None:
+            raise unbounded(f"the built-in tool {kind!r}: the price table gives this model no "
+                            "per-call price and search content bound for it")
+        priced = True
+        fee = max(fee, per_1k * 1000)  # per 1,000 calls -> raw units of one call
+        content = max(content, tokens)
+    if not priced:
+        return ToolBound(0, False, 0, 0, "")
+    given = positive_int(body, "max_tool_calls")
+    return ToolBound(given if given is not None else DEFAULT_MAX_TOOL_CALLS, given is None,
+                     fee, content, "web_search_call")
+
+
+def responses_input(body: Mapping[str, Any], raw_bytes: int,
+                    image_tokens: int = DEFAULT_IMAGE_TOKENS,
+                    reasoning_ref_tokens: int | None = None) -> InputEstimate:
+    """Worst-case input of a Responses request, before any built-in tool loop."""
+    for key, what in _STORED_CONTEXT:
+        if body.get(key) is not None:
+            raise unbounded(f"the request {what} ({key!r}), whose size the relay cannot see; "
+                            "send the whole conversation as 'input' instead")
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise bad("'instructions' must be a string")
+    inp = body.get("input")
+    if isinstance(inp, str):
+        items: list[Any] = [inp]
+    elif isinstance(inp, list) and inp:
+        items = inp
+    else:
+        raise bad("'input' must be a string or a non-empty list of items")
+    images = payload = hidden = 0
+    for i, item in enumerate(items):
+        where = f"input[{i}]"
+        if isinstance(item, str) and i == 0 and isinstance(inp, str):
+            continue
+        if not isinstance(item, dict):
+            raise bad(f"{where} must be an object")
+        kind = item.get("type", "message")
+        if kind == "reasoning":
+            if not isinstance(item.get("encrypted_content"), str):
+                if reasoning_ref_tokens is None:
+                    raise unbounded(f"{where} is a reasoning item sent by id, which the "
+                                    "provider expands to its stored reasoning")
+                hidden += reasoning_ref_tokens
+            continue
+        if kind == "item_reference":
+            raise unbounded(f"{where} is an item_reference, which the provider expands from "
+                            "its storage")
+        if kind not in _RESPONSES_INLINE_ITEMS:
+            raise unbounded(f"{where} is an input item of unknown type {kind!r}")
+        content = item.get("content") if kind == "message" else item.get("output")
+        if kind == "computer_call_output":
+            images += 1
+            shot = item.get("output")
+            payload += _len(shot.get("image_url")) if isinstance(shot, dict) else 0
+            continue
+        n, p = _responses_parts(content, where)
+        images += n
+        payload += p
+    if body.get("service_tier") not in (None, "auto", "default", "flex"):
+        raise unbounded(f"service tier {body.get('service_tier')!r} is priced differently")
+    tokens = (raw_bytes - payload + images * image_tokens + len(items) * PER_MESSAGE_TOKENS
+              + PER_REQUEST_TOKENS + (TOOLS_TOKENS if body.get("tools") else 0) + hidden)
+    return InputEstimate(tokens, images)

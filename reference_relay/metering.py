@@ -7,6 +7,12 @@ Non-streamed responses carry a ``usage`` object. Streams are metered as they pas
   that chunk is dropped from what the app receives.
 * Anthropic flavor: ``message_start`` carries the input usage, each ``message_delta`` the
   cumulative output usage.
+* OpenAI Responses (``responses``): the terminal event (``response.completed``, or
+  ``response.incomplete`` / ``response.failed``) carries the whole response with its usage,
+  as a non-streamed answer does. Reasoning tokens are billed as output: ``output_tokens``
+  includes them at OpenAI; the larger of the two is charged, in case a compatible provider
+  reports them apart. Built-in tool calls billed per call are counted from the response's
+  output items (``Usage.tool_calls``).
 
 Charging rule when the final usage is missing (stream cut, provider error after output, usage
 not sent): input tokens are the provider's count if it sent one (Anthropic's message_start),
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
+_RESPONSES_TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 @dataclass(slots=True)
@@ -34,6 +41,7 @@ class Usage:
     output_tokens: int | None = None
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
+    tool_calls: dict[str, int] | None = None  # output item type -> count (Responses)
 
     @property
     def complete(self) -> bool:
@@ -73,8 +81,36 @@ def anthropic_usage(u: Any, into: Usage | None = None) -> Usage | None:
     return out
 
 
+def responses_usage(response: Any) -> Usage | None:
+    """Usage of a Responses API response object (reasoning billed as output), with the
+    count of its output items by type (built-in tool calls are billed per call)."""
+    if not isinstance(response, dict):
+        return None
+    u = response.get("usage")
+    if not isinstance(u, dict) or "input_tokens" not in u:
+        return None
+    total_in = _int(u.get("input_tokens"))
+    details = u.get("input_tokens_details")
+    cached = min(_int(details.get("cached_tokens")) if isinstance(details, dict) else 0,
+                 total_in)
+    out = _int(u.get("output_tokens"))
+    out_details = u.get("output_tokens_details")
+    reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+    calls: dict[str, int] = {}
+    items = response.get("output")
+    for item in items if isinstance(items, list) else ():
+        kind = item.get("type") if isinstance(item, dict) else None
+        if isinstance(kind, str) and kind.endswith("_call"):
+            calls[kind] = calls.get(kind, 0) + 1
+    return Usage(total_in - cached, max(out, reasoning), cached, 0, calls)
+
+
 def usage_from_json(flavor: str, data: dict[str, Any]) -> Usage | None:
     """The final usage of a non-streamed answer, or None if it has none."""
+    if flavor == "responses":
+        return responses_usage(data)
+    if flavor == "free":  # a route the provider does not bill (count_tokens)
+        return Usage(0, 0)
     if flavor == "anthropic":
         u = anthropic_usage(data.get("usage"))
         return u if u is not None and u.complete else None
@@ -136,7 +172,23 @@ class StreamMeter:
         self.saw_event = True
         if self.flavor == "anthropic":
             return self._anthropic(data)
+        if self.flavor == "responses":
+            return self._responses(data)
         return self._openai(data)
+
+    def _responses(self, data: bytes) -> bool:
+        if b'"response.completed"' not in data and b'"response.incomplete"' not in data and (
+                b'"response.failed"' not in data):
+            return True
+        obj = _json_object(data)
+        if obj is None or obj.get("type") not in _RESPONSES_TERMINAL:
+            return True
+        self.done = True
+        u = responses_usage(obj.get("response"))
+        if u is not None:
+            self.usage = u
+            self.final = True
+        return True
 
     def _openai(self, data: bytes) -> bool:
         if data == b"[DONE]":

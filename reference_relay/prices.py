@@ -45,6 +45,12 @@ class Price:
     cached_input_long: int | None = None  # cache reads above long_context_above
     cache_write_long: int | None = None  # cache writes above long_context_above
     max_image_tokens: int | None = None  # most input tokens one image can be billed as
+    # OpenAI Responses built-in web search: price per 1,000 calls (minor units x scale) and
+    # the search content input tokens one call is billed at most (estimate.responses_tools).
+    web_search_call: int | None = None
+    web_search_tokens: int | None = None
+    web_search_preview_call: int | None = None
+    web_search_preview_tokens: int | None = None
 
     @property
     def is_free(self) -> bool:
@@ -197,6 +203,10 @@ def price_from_table(entry: Mapping[str, Any], currency: str, scale: int, where:
         cached_input_long=values["cached_input_long"],
         cache_write_long=values["cache_write_long"],
         max_image_tokens=values["max_image_tokens"],
+        web_search_call=values["web_search_call"],
+        web_search_tokens=values["web_search_tokens"],
+        web_search_preview_call=values["web_search_preview_call"],
+        web_search_preview_tokens=values["web_search_preview_tokens"],
     )
 
 

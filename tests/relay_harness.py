@@ -10,6 +10,10 @@ Test models (prices in USD cents per million tokens x 1000, as in prices.toml):
 * relay-out: input free, 0.3 cent per output token (worst case = actual when max_tokens is
   the fake's reply length, 16: 4.8 cents a call, counted in microunits);
 * relay-nolimit: priced, no max_output (an app must bound it);
+* gpt-5-test: priced like relay-test, max 64 out; the fake treats gpt-5* as a reasoning model
+  (8 reasoning tokens before the reply);
+* relay-search: priced like relay-test, with web search at 10 USD per 1,000 calls and 100
+  search content tokens per call (the fake's own figure);
 * fault-<mode>: the fake misbehaves; priced like relay-test.
 """
 
@@ -56,6 +60,9 @@ def test_models() -> list[dict[str, Any]]:
         {"id": "relay-out", "input": 0, "output": 300_000_000, "currency": "USD",
          "max_output": 64},
         {"id": "relay-nolimit", "input": 100_000_000, "output": 300_000_000, "currency": "USD"},
+        {"id": "gpt-5-test", **TEST_PRICE},
+        {"id": "relay-search", **TEST_PRICE, "web_search_call": 1_000_000,
+         "web_search_tokens": 100},
         *({"id": f"fault-{f}", **TEST_PRICE} for f in FAULTS),
     ]
 

@@ -107,7 +107,9 @@ def test_shape_denials(relay: Relay) -> None:
     deny(relay, relay.mint(cav.Operations(("embeddings",))), 403, "operation_not_allowed")
     deny(relay, relay.mint(cav.ZeroRetention()), 403, "zero_retention_required")
     deny(relay, relay.mint(cav.MaxInputTokens(20)), 413, "input_too_large")
-    deny(relay, relay.mint(cav.MaxOutputTokens(8)), 400, "output_too_large")
+    # A cap above the token's max-output-tokens is lowered, not refused (test_relay_clamp.py);
+    # fewer output tokens than choices cannot be served at all.
+    deny(relay, relay.mint(cav.MaxOutputTokens(2)), 400, "unbounded_request", n=3)
 
 
 def test_price_unknown_without_exchange_rate(relay: Relay) -> None:

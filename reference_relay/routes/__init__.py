@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from capwallet.limits import EffectiveLimits
 from reference_relay.config import ModelConfig, ProviderConfig
-from reference_relay.estimate import InputEstimate
+from reference_relay.estimate import InputEstimate, OutputBound
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +24,10 @@ class Prepared:
     stream: bool
     body: bytes  # what is sent upstream
     client_wants_usage: bool = True  # an OpenAI stream's usage chunk is kept for the app
+    fees_worst: int = 0  # per-call tool fees at their worst, in Price raw units
+    call_fees: tuple[tuple[str, int], ...] = ()  # (output item type, raw fee per call)
+    headers: tuple[tuple[str, str], ...] = ()  # told to the app, e.g. a lowered output cap
+    output_clamped: bool = False  # the app's own output cap was lowered
 
 
 class Endpoint(Protocol):
@@ -32,9 +36,25 @@ class Endpoint(Protocol):
     api: str  # the provider API flavor it needs
     errors: str  # error body shape: openai | anthropic
     operation: str  # the name checked against the token's operations caveat
+    meter: str  # how usage is read (metering): openai | anthropic | responses
 
     def prepare(self, body: dict[str, Any], raw: bytes, provider: ProviderConfig,
-                model: ModelConfig, limits: EffectiveLimits) -> Prepared: ...
+                model: ModelConfig, limits: EffectiveLimits,
+                ceiling: int | None = None) -> Prepared:
+        """``ceiling``: a further bound on the whole request's output tokens (what the
+        remaining budget affords), below which the app's cap is lowered."""
+        ...
+
+
+OUTPUT_CAP_HEADER = "x-capwallet-output-cap"
+
+
+def cap_note(bound: OutputBound, field: str) -> tuple[tuple[str, str], ...]:
+    """The response header that tells the app its output cap was lowered, and to what."""
+    if bound.clamped is None or bound.inject is None:
+        return ()
+    return ((OUTPUT_CAP_HEADER, f"requested={bound.clamped}; applied={bound.inject}; "
+                                f"field={field}; reason=max-output-tokens"),)
 
 
 def dump(body: dict[str, Any]) -> bytes:

@@ -1,4 +1,4 @@
-"""OpenAI-compatible endpoints: POST /v1/chat/completions and POST /v1/embeddings."""
+"""OpenAI-compatible endpoints: POST /v1/chat/completions, /v1/responses and /v1/embeddings."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ from typing import Any
 
 from capwallet.limits import EffectiveLimits
 from reference_relay.config import ModelConfig, ProviderConfig
+from reference_relay.errors import UNSUPPORTED_FEATURE, RelayError
 from reference_relay.estimate import (
+    InputEstimate,
     bad,
     choices,
     image_allowance,
@@ -14,8 +16,10 @@ from reference_relay.estimate import (
     openai_embeddings_input,
     output_bound,
     positive_int,
+    responses_input,
+    responses_tools,
 )
-from reference_relay.routes import Prepared, dump, unbounded_ok
+from reference_relay.routes import Prepared, cap_note, dump, unbounded_ok
 
 
 def _stream_flag(body: dict[str, Any]) -> bool:
@@ -34,9 +38,11 @@ class ChatCompletions:
     api = "openai"
     errors = "openai"
     operation = "chat"
+    meter = "openai"
 
     def prepare(self, body: dict[str, Any], raw: bytes, provider: ProviderConfig,
-                model: ModelConfig, limits: EffectiveLimits) -> Prepared:
+                model: ModelConfig, limits: EffectiveLimits,
+                ceiling: int | None = None) -> Prepared:
         n = choices(body)
         stream = _stream_flag(body)
         caps = [c for c in (positive_int(body, "max_tokens"),
@@ -44,7 +50,8 @@ class ChatCompletions:
         est = openai_chat_input(body, len(raw), image_allowance(model.price))
         requested = min(caps) if caps else None
         bound = output_bound(requested, n, limits.max_output_tokens,
-                             model.price.max_output, unbounded_ok=unbounded_ok(model, limits))
+                             model.price.max_output, unbounded_ok=unbounded_ok(model, limits),
+                             ceiling=ceiling)
         changed = False
         cap = bound.inject if bound.inject is not None else requested
         if cap is not None and _cap_fields(body) != {provider.max_tokens_field: cap}:
@@ -66,7 +73,9 @@ class ChatCompletions:
             if not wants_usage:
                 body["stream_options"] = {**(opts or {}), "include_usage": True}
                 changed = True
-        return Prepared(est, bound.total, stream, dump(body) if changed else raw, wants_usage)
+        return Prepared(est, bound.total, stream, dump(body) if changed else raw, wants_usage,
+                        headers=cap_note(bound, provider.max_tokens_field),
+                        output_clamped=bound.clamped is not None)
 
 
 def _cap_fields(body: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +88,59 @@ class Embeddings:
     api = "openai"
     errors = "openai"
     operation = "embeddings"
+    meter = "openai"
 
     def prepare(self, body: dict[str, Any], raw: bytes, provider: ProviderConfig,
-                model: ModelConfig, limits: EffectiveLimits) -> Prepared:
+                model: ModelConfig, limits: EffectiveLimits,
+                ceiling: int | None = None) -> Prepared:
         return Prepared(openai_embeddings_input(body), 0, False, raw)
+
+
+class Responses:
+    """The OpenAI Responses API (see reference_relay.estimate for its worst case).
+
+    Stored state is refused rather than guessed (previous_response_id, conversation, stored
+    prompts, item references), and so is ``background: true``: a background response is
+    fetched later by id, outside any call the relay can meter and settle.
+    """
+
+    route = "/v1/responses"
+    upstream_path = "/responses"
+    api = "openai"
+    errors = "openai"
+    operation = "chat"
+    meter = "responses"
+
+    def prepare(self, body: dict[str, Any], raw: bytes, provider: ProviderConfig,
+                model: ModelConfig, limits: EffectiveLimits,
+                ceiling: int | None = None) -> Prepared:
+        stream = _stream_flag(body)
+        background = body.get("background")
+        if background not in (None, False):
+            raise RelayError(UNSUPPORTED_FEATURE, "'background': true is not supported by the "
+                             "relay: a background response is fetched later by id, outside "
+                             "the call the relay meters and settles; call without it")
+        price = model.price
+        est = responses_input(body, len(raw), image_allowance(price), price.max_output)
+        tools = responses_tools(body, price)
+        bound = output_bound(positive_int(body, "max_output_tokens"), 1,
+                             limits.max_output_tokens, price.max_output,
+                             unbounded_ok=unbounded_ok(model, limits) and not tools.calls,
+                             ceiling=ceiling)
+        changed = False
+        if bound.inject is not None:
+            body["max_output_tokens"] = bound.inject
+            changed = True
+        if tools.inject_calls:
+            body["max_tool_calls"] = tools.calls
+            changed = True
+        k = tools.calls
+        if k:
+            # k tool rounds: the model reads the input, k results and its own output k+1 times.
+            tokens = (k + 1) * (est.tokens + k * tools.content_tokens + bound.total)
+            est = InputEstimate(tokens, est.images, est.cache_write)
+        return Prepared(est, bound.total, stream, dump(body) if changed else raw,
+                        fees_worst=k * tools.fee,
+                        call_fees=((tools.item_type, tools.fee),) if k else (),
+                        headers=cap_note(bound, "max_output_tokens"),
+                        output_clamped=bound.clamped is not None)
