@@ -96,6 +96,24 @@ def test_grant_apps_revoke(home: Path) -> None:
     assert r.returncode == 2 and "--app" in r.stderr
 
 
+def test_grant_for_a_web_origin(home: Path) -> None:
+    from capwallet.wallet.grants import GrantStore
+    from capwallet.wallet.home import WalletHome
+
+    r = run(home, "grant", "--app", "Notes", "--origin", "HTTP://LOCALHOST:5500/", "--provider",
+            "openai", "--budget", "1USD/day", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["origin"] == "http://localhost:5500"
+    grants = GrantStore(WalletHome(home).db_path)
+    try:
+        assert grants.live_origins(0) == frozenset({"http://localhost:5500"})
+    finally:
+        grants.close()
+    for bad in ("http://notes.example", "https://notes.example/app", "notes"):
+        r = run(home, "grant", "--app", "Notes", "--origin", bad, "--budget", "1USD")
+        assert r.returncode == 2 and "--origin" in r.stderr, bad
+
+
 def test_usage_filters_and_dates(home: Path) -> None:
     assert run(home, "usage", "--json").stdout.strip() == "[]"
     assert run(home, "usage", "--since", "2026-01-01").returncode == 0

@@ -25,6 +25,7 @@ from capwallet.money import format_micros
 from capwallet.provider_url import BaseUrlError, check_base_url
 from capwallet.store import open_store
 from capwallet.store.base import Store, StoreUnavailable
+from capwallet.wallet.authorization import web_origin
 from capwallet.wallet.grants import Grant, GrantStore, issue_grant, revoke_grant
 from capwallet.wallet.home import WalletHome
 from capwallet.wallet.keystore import (
@@ -82,6 +83,9 @@ def register(sub: Any) -> None:
                        description="Mint a token for an app with the given limits, record the "
                                    "grant in the wallet, and print the token once.")
     add_caveat_flags(p)
+    p.add_argument("--origin", metavar="ORIGIN",
+                   help="the web app's origin (https://notes.example, or http://localhost:5500 "
+                        "for development): its pages may then call the relay from the browser")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_grant)
 
@@ -302,18 +306,24 @@ def cmd_grant(args: Any) -> int:
     home = _existing(args)
     if not args.app:
         raise CliError("say who the grant is for: --app NAME")
+    origin = ""
+    if args.origin:
+        try:
+            origin = web_origin(args.origin)
+        except ValueError as exc:
+            raise CliError(f"--origin {args.origin!r}: {exc}") from None
     now = int(time.time())
     caveats = caveats_from_args(args, now)
     ks = unlock(home)
     grants = GrantStore(home.db_path)
     try:
         grant, token = issue_grant(grants, ks.current_root_key, app=args.app, caveats=caveats,
-                                   source="cli", now=now)
+                                   source="cli", now=now, origin=origin)
     finally:
         grants.close()
     if args.json:
         print_json({"grant_id": grant.grant_id, "app": grant.app, "token": token,
-                    "expires_at": _iso(grant.expires_at)})
+                    "origin": grant.origin or None, "expires_at": _iso(grant.expires_at)})
     else:
         if not args.budget:
             print("capwallet: warning: this grant has no --budget, so no spend limit",
