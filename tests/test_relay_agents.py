@@ -13,7 +13,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from relay_harness import Relay, fake_requests
@@ -24,7 +24,7 @@ agents = pytest.importorskip("agents")  # openai-agents, a test dependency (pypr
 
 
 class _Ingest(BaseHTTPRequestHandler):
-    seen: list[dict[str, str]] = []
+    seen: ClassVar[list[dict[str, str]]] = []
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
