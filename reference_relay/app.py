@@ -289,7 +289,9 @@ class RequestGuard:
             inner = send
 
             async def send(message: Message) -> None:
-                if message["type"] == "http.response.start":
+                if message["type"] == "http.response.start" and not any(
+                        k.lower() == b"access-control-allow-origin"
+                        for k, _ in message.get("headers", [])):  # public: "*" already
                     message["headers"] = [
                         *message.get("headers", []),
                         (b"access-control-allow-origin", origin),
@@ -735,6 +737,21 @@ class Relay:
             {"id": m.id, "object": "model", "created": 0, "owned_by": p.id} for p, m in listed
         ]})
 
+    async def resource_metadata(self, request: HttpRequest) -> Response:
+        """RFC 9728 protected-resource metadata naming the wallet that grants this relay's
+        tokens (config ``wallet_url``), so a client that knows only the relay finds the
+        wallet. Public, readable by any origin."""
+        if not self.config.wallet_url:
+            return error_response(RelayError(NOT_FOUND, "this relay names no wallet "
+                                             "(set wallet_url in its config)"))
+        return JSONResponse({
+            "resource": f"{request.url.scheme}://{request.url.netloc}",
+            "authorization_servers": [self.config.wallet_url],
+            "bearer_methods_supported": ["header"],
+            "authorization_details_types_supported": ["capwallet_ai"],
+            "resource_name": "capwallet relay",
+        }, headers={"access-control-allow-origin": "*", "cache-control": "max-age=300"})
+
     async def healthz(self, request: HttpRequest) -> Response:
         try:
             await self.store.is_revoked("healthz")
@@ -760,7 +777,8 @@ class ModelCallApp:
 
 def create_app(config: RelayConfig, *, store: Store | None = None, keys: Keyring | None = None,
                provider_keys: Callable[[str], str] | None = None) -> Starlette:
-    """The relay as a Starlette app (routes under /v1 and /healthz only).
+    """The relay as a Starlette app (routes under /v1, /healthz and, naming the wallet,
+    /.well-known/oauth-protected-resource).
 
     ``store`` defaults to ``open_store(config.store_url)`` (then closed with the app), ``keys``
     to the root key files named in the config, ``provider_keys`` (provider id -> API key) to
@@ -793,6 +811,8 @@ def create_app(config: RelayConfig, *, store: Store | None = None, keys: Keyring
             Route(count_tokens.route, relay.endpoint(count_tokens), methods=["POST"]),
             Route("/v1/models", relay.models, methods=["GET"]),
             Route("/healthz", relay.healthz, methods=["GET"]),
+            Route("/.well-known/oauth-protected-resource", relay.resource_metadata,
+                  methods=["GET"]),
         ],
         middleware=[Middleware(RequestGuard, allowed=config.allowed_hosts,
                                origins=config.allowed_origins)],

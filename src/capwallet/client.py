@@ -6,7 +6,9 @@
     })
     client = openai.OpenAI(api_key=conn.token, base_url=conn.openai_base_url)
 
-It makes a PKCE verifier, listens on a loopback port (RFC 8252), opens the consent page in the
+It finds the wallet's endpoints (``discover``: RFC 8414 metadata at the wallet, or RFC 9728
+metadata at a relay naming its wallet), makes a PKCE verifier, listens on a loopback port
+(RFC 8252: a native app, so the grant has no web origin), opens the consent page in the
 browser, waits for the redirect, checks ``state`` and ``iss``, and exchanges the code for the
 token and the relay URL. Also here: polling for a human approval, and the call an app's own
 resource server makes to check a scope.
@@ -68,6 +70,78 @@ class Connection:
     def anthropic_base_url(self) -> str:
         """base_url for the anthropic SDK."""
         return self.relay_url.rstrip("/")
+
+
+AS_METADATA = "/.well-known/oauth-authorization-server"
+PR_METADATA = "/.well-known/oauth-protected-resource"
+
+
+@dataclass(frozen=True)
+class WalletEndpoints:
+    """Where a wallet takes requests: from its metadata, or the conventional paths."""
+
+    issuer: str
+    authorization_endpoint: str
+    token_endpoint: str
+    relay_url: str | None = None  # the capwallet_relay_url extension, when published
+    metadata: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def discover(url: str, *, timeout: float = 10.0) -> WalletEndpoints:
+    """The wallet behind ``url``, a wallet's or a relay's URL.
+
+    Tries the wallet's RFC 8414 metadata at ``url``; if there is none, the relay's RFC 9728
+    metadata, whose ``authorization_servers`` names the wallet. A wallet without metadata
+    (an older one) gets the conventional /authorize and /token. Raises ConnectError
+    ("wallet_unreachable" naming the URL tried, or "invalid_metadata")."""
+    base = url.rstrip("/")
+    doc = _metadata(f"{base}{AS_METADATA}", timeout)
+    if doc is not None:
+        return _endpoints(base, doc, f"{base}{AS_METADATA}")
+    resource = _metadata(f"{base}{PR_METADATA}", timeout)
+    if resource is None:
+        return WalletEndpoints(base, f"{base}/authorize", f"{base}/token")
+    servers = resource.get("authorization_servers")
+    if not isinstance(servers, list) or not servers or not isinstance(servers[0], str):
+        raise ConnectError("invalid_metadata",
+                           f"{base}{PR_METADATA} names no authorization server")
+    wallet = servers[0].rstrip("/")
+    doc = _metadata(f"{wallet}{AS_METADATA}", timeout)
+    if doc is None:
+        return WalletEndpoints(wallet, f"{wallet}/authorize", f"{wallet}/token", base)
+    found = _endpoints(wallet, doc, f"{wallet}{AS_METADATA}")
+    return WalletEndpoints(found.issuer, found.authorization_endpoint, found.token_endpoint,
+                           found.relay_url or base, found.metadata)
+
+
+def _metadata(url: str, timeout: float) -> dict[str, Any] | None:
+    try:
+        r = httpx.get(url, headers={"accept": "application/json"}, timeout=timeout,
+                      follow_redirects=False)
+    except httpx.HTTPError as exc:
+        raise ConnectError("wallet_unreachable",
+                           f"cannot reach {url} ({type(exc).__name__}): is the wallet "
+                           "running? (capwallet serve)") from None
+    if r.status_code == 404:
+        return None
+    body = _json_body(r)
+    if r.status_code != 200 or not body:
+        raise ConnectError("wallet_unreachable",
+                           f"{url} answered HTTP {r.status_code}, not JSON metadata")
+    return body
+
+
+def _endpoints(base: str, doc: dict[str, Any], url: str) -> WalletEndpoints:
+    issuer = doc.get("issuer")
+    if not isinstance(issuer, str) or issuer.rstrip("/") != base:
+        raise ConnectError("invalid_metadata",
+                           f"{url} names issuer {issuer!r}, not {base} (RFC 8414 section 3.3)")
+    auth, token = doc.get("authorization_endpoint"), doc.get("token_endpoint")
+    if not isinstance(auth, str) or not isinstance(token, str):
+        raise ConnectError("invalid_metadata", f"{url} lacks the authorization or token "
+                           "endpoint")
+    relay = doc.get("capwallet_relay_url")
+    return WalletEndpoints(base, auth, token, relay if isinstance(relay, str) else None, doc)
 
 
 def pkce_pair() -> tuple[str, str]:
@@ -142,14 +216,16 @@ def connect(
     wallet_url: str | None = None,
     open_browser: Callable[[str], object] = webbrowser.open,
     timeout: float = 300.0,
-    origin: str | None = None,
 ) -> Connection:
     """Ask the user's wallet for permission to use AI; returns the token and relay URL.
 
     ``permissions`` is the authorization_details object (see capwallet.wallet.permissions);
-    its "type" may be omitted. Raises ConnectError if the user denies or the exchange fails.
+    its "type" may be omitted. ``wallet_url`` is the wallet's or a relay's URL (default
+    $CAPWALLET_URL, else the local wallet); the rest is discovered. Raises ConnectError if the
+    wallet cannot be reached, the user denies, or the exchange fails.
     """
-    base = (wallet_url or os.environ.get(ENV_WALLET_URL) or DEFAULT_WALLET_URL).rstrip("/")
+    wallet = discover(wallet_url or os.environ.get(ENV_WALLET_URL) or DEFAULT_WALLET_URL)
+    base = wallet.issuer
     details = {"type": "capwallet_ai", **permissions}
     verifier, challenge = pkce_pair()
     state = secrets.token_urlsafe(24)
@@ -159,9 +235,7 @@ def connect(
             "state": state, "code_challenge": challenge, "code_challenge_method": "S256",
             "authorization_details": _json([details]),
         }
-        if origin:
-            query["origin"] = origin
-        open_browser(f"{base}/authorize?{urlencode(query)}")
+        open_browser(f"{wallet.authorization_endpoint}?{urlencode(query)}")
         if not cb.done.wait(timeout):
             raise ConnectError("timeout", "no answer from the wallet in time")
         params = cb.params or {}
@@ -171,7 +245,7 @@ def connect(
         raise ConnectError("invalid_issuer", "the answer came from another wallet")
     if "error" in params:
         raise ConnectError(params["error"], params.get("error_description", ""))
-    r = httpx.post(f"{base}/token", data={
+    r = httpx.post(wallet.token_endpoint, data={
         "grant_type": "authorization_code", "code": params.get("code", ""),
         "redirect_uri": cb.redirect_uri, "code_verifier": verifier,
     }, timeout=30)
