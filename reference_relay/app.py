@@ -211,7 +211,8 @@ _CORS_EXPOSE = (b"x-capwallet-reason, x-capwallet-approval-request, x-capwallet-
 
 
 _WANTED = frozenset((b"authorization", b"x-api-key", b"content-length", b"anthropic-version",
-                     b"anthropic-beta", APPROVAL_HEADER.encode(), CLAMP_HEADER.encode()))
+                     b"anthropic-beta", APPROVAL_HEADER.encode(), CLAMP_HEADER.encode(),
+                     b"origin"))
 
 
 def _wanted_headers(scope: Scope) -> dict[str, str]:
@@ -505,9 +506,14 @@ class Relay:
         # read here to judge; the reservation below checks them again atomically).
         snapshot = await self.store.snapshot(tid, [key for _, key, _ in windows])
         revoked = (tid,) if snapshot.revoked else ()
-        if revoked or limits.expires is not None or limits.not_before is not None:
-            # A dead token is refused as such before anything about the request is judged.
-            alive = self.verifier.verify(token, Request(), now, {}, revoked)
+        # A browser's Origin header, judged against the token's origin caveat (a server-side
+        # call sends none and is governed by the other caveats).
+        origin = headers.get("origin")
+        if (revoked or limits.expires is not None or limits.not_before is not None
+                or (origin is not None and limits.origins is not None)):
+            # A dead token, or one presented from another web origin, is refused as such
+            # before anything about the request is judged.
+            alive = self.verifier.verify(token, Request(origin=origin), now, {}, revoked)
             if not alive.allowed and alive.reason is not None:
                 raise RelayError(alive.reason.value, alive.message)
         raw = await self.body(headers, receive)
@@ -532,6 +538,7 @@ class Relay:
                 provider=provider.id, model=model_id, operation=ep.operation,
                 input_tokens=p.input.tokens, output_tokens=p.output_tokens, cost=c,
                 zero_retention=provider.zero_retention, approval=approval, digest=digest,
+                origin=origin,
             ), now, counters, revoked)
 
         decision = judge(prepared, costs)
@@ -710,7 +717,8 @@ class Relay:
             token = self.token(request.headers)
             v = self.verifier.check_token(token)
             revoked = (v.token_id_hex,) if await self.store.is_revoked(v.token_id_hex) else ()
-            decision = self.verifier.verify(token, Request(), int(time.time()), {}, revoked)
+            decision = self.verifier.verify(token, Request(origin=request.headers.get("origin")),
+                                            int(time.time()), {}, revoked)
             if not decision.allowed:
                 raise RelayError(decision.reason.value if decision.reason else INTERNAL_ERROR,
                                  decision.message)

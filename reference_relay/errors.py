@@ -51,7 +51,8 @@ STATUS: dict[str, int] = {
         Reason.EXPIRED)},
     # Stage 3: not allowed by the token -> 403.
     **{r.value: 403 for r in (
-        Reason.PROVIDER_NOT_ALLOWED, Reason.MODEL_NOT_ALLOWED, Reason.OPERATION_NOT_ALLOWED,
+        Reason.ORIGIN_MISMATCH, Reason.PROVIDER_NOT_ALLOWED, Reason.MODEL_NOT_ALLOWED,
+        Reason.OPERATION_NOT_ALLOWED,
         Reason.SCOPE_MISSING, Reason.ZERO_RETENTION_REQUIRED, Reason.PRICE_UNKNOWN,
         Reason.CONFIRMATION_REQUIRED, Reason.APPROVAL_INVALID)},
     Reason.INPUT_TOO_LARGE.value: 413,

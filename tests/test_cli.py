@@ -79,6 +79,28 @@ def test_mint_attenuate_inspect_verify(key_file: Path) -> None:
     assert "1.00 EUR left" in decision["message"]
 
 
+def test_origin_flag_binds_the_token_to_a_web_origin(key_file: Path) -> None:
+    r = run("mint", "--key-file", str(key_file), "--origin", "https://Notes.example/",
+            "--now", NOW, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["caveats"] == ["origin https://notes.example"]
+    token = out["token"]
+    base = ["verify", token, "--key-file", str(key_file), "--now", NOW, "--provider", "openai",
+            "--model", "gpt-4o-mini"]
+    assert run(*base, "--origin", "https://notes.example").returncode == 0
+    assert run(*base).returncode == 0  # a server-side call sends no Origin
+    r = run(*base, "--origin", "https://evil.example")
+    assert r.returncode == 1 and r.stdout.startswith("deny: origin_mismatch")
+    r = run("attenuate", token, "--origin", "https://evil.example", "--now", NOW)
+    assert r.returncode == 0, r.stderr
+    r = run("verify", r.stdout.strip(), "--key-file", str(key_file), "--now", NOW,
+            "--provider", "openai", "--model", "gpt-4o-mini", "--origin", "https://notes.example")
+    assert r.returncode == 1 and "origin_mismatch" in r.stdout
+    r = run("mint", "--key-file", str(key_file), "--origin", "notes.example")
+    assert r.returncode == 2 and "--origin" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_bad_input_is_one_line_and_exit_2(key_file: Path, tmp_path: Path) -> None:
     cases = [
         ["mint", "--key-file", str(key_file), "--budget", "10XYZ/month"],

@@ -22,6 +22,7 @@ providers = st.sampled_from(["openai", "anthropic", "local"])
 models = st.sampled_from(["m1", "m2", "m3"])
 ops = st.sampled_from(["chat", "embeddings"])
 scopes = st.sampled_from(["posts:read", "drafts:write", "drafts:search"])
+origins = st.sampled_from(["https://a.example", "https://b.example", "http://127.0.0.1:5500"])
 small = st.integers(min_value=0, max_value=300)
 nonce = st.text("0123456789abcdef", min_size=16, max_size=16)
 
@@ -43,6 +44,7 @@ caveat = st.one_of(
     st.builds(cav.ConfirmAbove, small, st.just("EUR")),
     st.builds(cav.Logging, st.sampled_from(["none", "metadata", "full"])),
     st.builds(cav.App, st.sampled_from(["https://a.example", "cli"])),
+    st.builds(cav.Origin, origins),
 )
 
 model_call = st.builds(
@@ -51,9 +53,10 @@ model_call = st.builds(
     scopes=st.lists(scopes, max_size=2).map(tuple),
     input_tokens=small, output_tokens=small,
     cost=st.fixed_dictionaries({"EUR": small.map(lambda n: n * 1_000_000 + n)}),
-    zero_retention=st.booleans(),
+    zero_retention=st.booleans(), origin=st.one_of(st.none(), origins),
 )
-resource = st.lists(scopes, max_size=2).map(lambda s: Request(scopes=tuple(s)))
+resource = st.builds(lambda s, o: Request(scopes=tuple(s), origin=o),
+                     st.lists(scopes, max_size=2), st.one_of(st.none(), origins))
 requests = st.one_of(model_call, resource)
 
 
@@ -104,6 +107,7 @@ NARROWER = {
     "confirm_above": lambda c, p: all(k in c and c[k] <= v for k, v in p.items()),
     "logging": lambda c, p: p is None or (c is not None and _LOGGING_RANK[c] <= _LOGGING_RANK[p]),
     "apps": lambda c, p: set(p) <= set(c),
+    "origins": _names,
 }
 
 

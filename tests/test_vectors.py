@@ -162,6 +162,7 @@ def _request(r: dict[str, Any]) -> Request:
         output_tokens=r["output_tokens"], cost=dict(r["cost"]),
         zero_retention=r["zero_retention"], approval=r["approval"],
         digest=None if r["digest"] is None else bytes.fromhex(r["digest"]),
+        origin=r.get("origin"),
     )
 
 

@@ -51,6 +51,7 @@ function request(r) {
     output_tokens: field(r, 'output_tokens', 'integer'), cost: field(r, 'cost', 'object'),
     zero_retention: field(r, 'zero_retention', 'boolean'), approval: r.approval ?? null,
     digest: r.digest == null ? null : bytes(r, 'digest'),
+    origin: r.origin == null ? null : field(r, 'origin', 'string'),
   };
 }
 

@@ -8,6 +8,7 @@
 // writes is exactly one the relay reads back.
 
 import { decodeCaveat } from './token/caveats.js';
+import { normaliseOrigin } from './token/origins.js';
 import { TokenError } from './token/reasons.js';
 import { compareUtf8, hex, utf8 } from './token/encoding.js';
 import { InvalidArgumentError } from './errors.js';
@@ -55,6 +56,11 @@ export const ConfirmAbove = (amount, currency) => ({ type: 'confirm-above', amou
 /** Logging level at the relay: none, metadata or full (the most restrictive wins). */
 export const Logging = (level) => ({ type: 'logging', level });
 export const App = (appId) => ({ type: 'app', appId });
+/**
+ * The only web origin a browser may present the token from (spec/caveats.md#origin), e.g.
+ * Origin('https://notes.example'); a looser spelling (upper case, default port) is normalised.
+ */
+export const Origin = (origin) => ({ type: 'origin', origin: normaliseOrigin(String(origin)) ?? String(origin) });
 
 function args(c) {
   switch (c.type) {
@@ -69,6 +75,7 @@ function args(c) {
     case 'confirm-above': return [c.amount, c.currency];
     case 'logging': return [c.level];
     case 'app': return [c.appId];
+    case 'origin': return [c.origin];
     default: return null;
   }
 }

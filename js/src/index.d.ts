@@ -73,6 +73,7 @@ export type Caveat =
   | { type: 'confirm-above'; amount: number; currency: string }
   | { type: 'logging'; level: 'none' | 'metadata' | 'full' }
   | { type: 'app'; appId: string }
+  | { type: 'origin'; origin: string }
   | { type: string; [field: string]: unknown };
 
 export function NotBefore(time: number): Caveat;
@@ -92,6 +93,8 @@ export function Rate(requests: number): Caveat;
 export function ConfirmAbove(amount: number, currency: string): Caveat;
 export function Logging(level: 'none' | 'metadata' | 'full'): Caveat;
 export function App(appId: string): Caveat;
+/** The only web origin a browser may present the token from, e.g. 'https://notes.example'. */
+export function Origin(origin: string): Caveat;
 export function encodeCaveat(caveat: Caveat): Uint8Array;
 
 export interface CounterLimit {
@@ -102,6 +105,7 @@ export interface Limits {
   operations: string[] | null; scopes: string[] | null; ask_first: string[]; zero_retention: boolean;
   max_input_tokens: number | null; max_output_tokens: number | null; counters: CounterLimit[];
   confirm_above: Record<string, number>; logging: string | null; apps: string[];
+  origins: string[] | null;
   [caveat: string]: unknown;
 }
 export interface TokenInfo {

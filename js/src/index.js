@@ -8,7 +8,7 @@ export { discover, DEFAULT_WALLET_URL } from './discovery.js';
 export { attenuate, inspect } from './tokens.js';
 export {
   NotBefore, Expires, Providers, Models, Operations, Scopes, AskFirst, ZeroRetention,
-  MaxInputTokens, MaxOutputTokens, Budget, TokenQuota, Rate, ConfirmAbove, Logging, App,
+  MaxInputTokens, MaxOutputTokens, Budget, TokenQuota, Rate, ConfirmAbove, Logging, App, Origin,
   encodeCaveat,
 } from './caveats.js';
 export { openaiOptions, anthropicOptions } from './sdk.js';

@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import {
-  attenuate, inspect, encodeCaveat, Models, Budget, App, Expires, ConfirmAbove, Rate, Scopes,
+  attenuate, inspect, encodeCaveat, Models, Budget, App, Expires, ConfirmAbove, Rate, Scopes, Origin,
   InvalidArgumentError, CapwalletError,
 } from '../src/index.js';
 import { verify } from '../src/token/verify.js';
@@ -83,4 +83,16 @@ test('bad caveats and tokens are typed errors with reason codes', async () => {
   assert.equal(await code(() => attenuate('cwt1_nope', [Models(['x'])])), 'malformed');
   assert.equal(await code(() => attenuate(base.token, [])), 'invalid_argument');
   assert.equal(await code(() => inspect('not a token')), 'malformed');
+});
+
+test('Origin binds a token to one web origin; server-side calls are unaffected', async () => {
+  const child = await attenuate(base.token, [Origin('https://Notes.example:443')]);
+  const info = await inspect(child);
+  assert.deepEqual(info.limits.origins, ['https://notes.example']);
+  const now = base.context.now;
+  const from = (origin) => verify(child, keys, { ...call('gpt-4o-mini'), origin }, now);
+  assert.equal((await from('https://notes.example')).allowed, true);
+  assert.equal((await from('https://evil.example')).reason, 'origin_mismatch');
+  assert.equal((await from(null)).allowed, true);
+  assert.throws(() => encodeCaveat(Origin('https://notes.example/path')), InvalidArgumentError);
 });

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import ClassVar, Self, Union
 
-from capwallet import grammar
+from capwallet import grammar, origins
 from capwallet.grammar import GrammarError, parse_int, sorted_unique
 from capwallet.money import EXPONENTS, MAX_MINOR_AMOUNT
 from capwallet.periods import PERIODS, zone
@@ -334,9 +334,41 @@ class App:
         return cls(_one(args, cls.name))
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """The web origin the grant was made to: a browser presenting the token from any other
+    origin is refused (origin_mismatch). A request that states no origin (a server-side call,
+    which sends no Origin header) is governed by the other caveats. Several combine to their
+    intersection, so attenuation can keep the origin but never change or widen it.
+
+    ``Origin("https://notes.example")``: the origin must be in its canonical form (lower case,
+    no default port, no path); capwallet.origins.normalise() gives it from a looser spelling.
+    """
+
+    name: ClassVar[str] = "origin"
+    origin: str
+
+    def __post_init__(self) -> None:
+        if not origins.is_canonical(self.origin):
+            hint = origins.normalise(self.origin)
+            raise ValueError(f"{self.origin!r} is not a canonical web origin"
+                             + (f" (write {hint!r})" if hint else " (scheme://host[:port])"))
+
+    def args(self) -> list[str]:
+        return [self.origin]
+
+    @classmethod
+    def from_args(cls, args: list[str]) -> Origin:
+        value = _one(args, cls.name)
+        if not origins.is_canonical(value):
+            raise GrammarError(f"{value!r} is not a canonical web origin")
+        return cls(value)
+
+
 Caveat = Union[  # noqa: UP007  (a runtime alias usable in isinstance-free annotations)
     NotBefore, Expires, Providers, Models, Operations, Scopes, AskFirst, ZeroRetention,
     MaxInputTokens, MaxOutputTokens, Budget, TokenQuota, Rate, ConfirmAbove, Logging, App,
+    Origin,
 ]
 
 REGISTRY: dict[str, type[Caveat]] = {
@@ -344,6 +376,7 @@ REGISTRY: dict[str, type[Caveat]] = {
     for cls in (
         NotBefore, Expires, Providers, Models, Operations, Scopes, AskFirst, ZeroRetention,
         MaxInputTokens, MaxOutputTokens, Budget, TokenQuota, Rate, ConfirmAbove, Logging, App,
+        Origin,
     )
 }
 

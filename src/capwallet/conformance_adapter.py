@@ -77,6 +77,7 @@ def _request(r: dict[str, Any]) -> Request:
         zero_retention=_field(r, "zero_retention", bool),
         approval=r.get("approval"),
         digest=None if r.get("digest") is None else _hex(r["digest"], "digest"),
+        origin=None if r.get("origin") is None else _field(r, "origin", str),
     )
 
 

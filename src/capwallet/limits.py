@@ -2,9 +2,9 @@
 
 A request is allowed only if every caveat allows it. For each caveat type that is the same as
 checking one combined limit: the latest not-before, the earliest expiry, the intersection of
-every name set, the smallest cap, the union of ask-first scopes, the most restrictive logging
-level. Budgets, quotas and rates do not combine: each one is its own counter and every one is
-debited, so a child token can never outspend its parent.
+every name set (origins included), the smallest cap, the union of ask-first scopes, the most
+restrictive logging level. Budgets, quotas and rates do not combine: each one is its own
+counter and every one is debited, so a child token can never outspend its parent.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ class EffectiveLimits:
     confirm_above: dict[str, int] = field(default_factory=dict)
     logging: str | None = None
     apps: tuple[str, ...] = ()
+    origins: frozenset[str] | None = None  # None: no origin caveat; may be empty (conflicting)
     _priced: tuple[str, ...] = field(default=(), repr=False, compare=False)
     _checked: tuple[CounterLimit, ...] = field(default=(), repr=False, compare=False)
 
@@ -112,6 +113,7 @@ class EffectiveLimits:
             "confirm_above": dict(sorted(self.confirm_above.items())),
             "logging": self.logging,
             "apps": list(self.apps),
+            "origins": names(self.origins),
         }
 
 
@@ -167,6 +169,8 @@ def effective(token_id: bytes, caveats: list[tuple[bytes, cav.Caveat]]) -> Effec
             f["logging"] = c.level if old is None else min(old, c.level, key=rank)
         elif isinstance(c, cav.App):
             apps.append(c.app_id)
+        elif isinstance(c, cav.Origin):
+            f["origins"] = _meet(f.get("origins"), (c.origin,))
         else:  # pragma: no cover - every registered type is handled above
             raise TypeError(f"unhandled caveat type {kind.__name__}")
     # Two caveats with identical bytes name the same counter: debit it once, not twice.

@@ -24,6 +24,7 @@ class Reason(StrEnum):
     NOT_YET_VALID = "not_yet_valid"
     EXPIRED = "expired"
     # Stage 3: the shape of the request.
+    ORIGIN_MISMATCH = "origin_mismatch"
     PROVIDER_NOT_ALLOWED = "provider_not_allowed"
     MODEL_NOT_ALLOWED = "model_not_allowed"
     OPERATION_NOT_ALLOWED = "operation_not_allowed"

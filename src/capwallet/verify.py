@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from capwallet import approval as approvals
 from capwallet import caveats as cav
-from capwallet import macaroon
+from capwallet import macaroon, origins
 from capwallet.limits import CounterLimit, EffectiveLimits, effective
 from capwallet.money import MICROS_PER_MINOR, format_micros
 from capwallet.periods import period_end, period_key
@@ -55,6 +55,9 @@ class Request(NamedTuple):
     # A model call: approvals.request_digest(...) of this exact HTTP request. A resource
     # access: approvals.access_digest(...) of its scopes, summary and request.
     digest: bytes | None = None
+    # The Origin header of a browser's request, as sent; None for a server-side call (no
+    # header). Checked only against a token with an origin caveat.
+    origin: str | None = None
 
     @property
     def is_model_call(self) -> bool:
@@ -248,6 +251,13 @@ def evaluate(
     if lim.expires is not None and now >= lim.expires + CLOCK_SKEW:
         return _deny(Reason.EXPIRED, f"token expired at {lim.expires}", v)
     # Request shape.
+    if lim.origins is not None and request.origin is not None:
+        seen = origins.normalise(request.origin)
+        if seen is None or seen not in lim.origins:
+            allowed = ", ".join(sorted(lim.origins)) or "none (the caveats conflict)"
+            return _deny(Reason.ORIGIN_MISMATCH,
+                         f"this token may be used from {allowed}, not from "
+                         f"{request.origin[:80]!r}", v)
     model_call = request.provider is not None
     if model_call:
         if request.model is None or request.operation is None:

@@ -9,7 +9,7 @@ from capwallet.token import Token
 
 from .encoder import Tok, caveat_json, tok
 from .files import File, crosscheck_mint, keys_json, token_json
-from .flags import ATT, CHAIN, COMBINE, SIBLING, VALID, WIDEN
+from .flags import ATT, CHAIN, COMBINE, ORIGIN_F, SIBLING, VALID, WIDEN
 from .requests import access, allow, call, ckey, counter, ctx, debit, deny, hit, limits
 from .seeds import K1, T, utc
 
@@ -184,4 +184,23 @@ def build_attenuate() -> File:
     add("A child requires zero retention; the provider does not promise it.",
         "caveats.md#zero-retention", [CHAIN], P.child("zero-retention"), P, ctx(),
         deny("zero_retention_required"))
+    notes, evil = "https://notes.example", "https://evil.example"
+    PO = P.child(f"origin {notes}")
+    add("A parent granted to https://notes.example; its child keeps the same origin caveat. A "
+        "call from that origin is allowed.", "caveats.md#origin", [ORIGIN_F, CHAIN], PO.child(
+            f"origin {notes}"), PO, ctx(call(origin=notes)),
+        allow(pdebit(), limits=limits(**{**parent_limits, "origins": [notes]})))
+    swapped = PO.child(f"origin {evil}")
+    add("The child tries to move the token to https://evil.example: origins combine by "
+        "intersection, so none is left and a browser call from the new origin is refused.",
+        "caveats.md#origin", [ORIGIN_F, WIDEN], swapped, PO, ctx(call(origin=evil)),
+        deny("origin_mismatch"))
+    add("The same child from the parent's origin: refused as well.", "caveats.md#origin",
+        [ORIGIN_F, WIDEN], swapped, PO, ctx(call(origin=notes)), deny("origin_mismatch"))
+    add("The same child used server-side (no Origin header): the other caveats govern. The "
+        "effective origins are empty.", "caveats.md#origin", [ORIGIN_F, COMBINE], swapped, PO,
+        ctx(call()), allow(pdebit(), limits=limits(**{**parent_limits, "origins": []})))
+    add("A parent without an origin caveat; the child binds itself to https://notes.example "
+        "and is refused from another origin.", "caveats.md#origin", [ORIGIN_F, CHAIN],
+        P.child(f"origin {notes}"), P, ctx(call(origin=evil)), deny("origin_mismatch"))
     return f

@@ -19,6 +19,7 @@ def to_request(r: dict[str, Any]) -> Request:
         input_tokens=r["input_tokens"], output_tokens=r["output_tokens"], cost=dict(r["cost"]),
         zero_retention=r["zero_retention"], approval=r["approval"],
         digest=None if r["digest"] is None else bytes.fromhex(r["digest"]),
+        origin=r.get("origin"),
     )
 
 

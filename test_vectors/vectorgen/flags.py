@@ -97,4 +97,6 @@ ACCESS_F = flag("AccessDigest", "'access_digest' gives the scopes, summary and r
                 "of a resource access and the access digest they produce.")
 KIND_F = flag("ApprovalKind", "An approval presented for a request of another kind than it "
               "states (model call, resource access), or stating an unknown kind.")
+ORIGIN_F = flag("Origin", "The request states a browser's Origin header (or the token has an "
+                "origin caveat and the request states none): the origin caveat decides.")
 ASK = flag("AskFirst", "A scope named by ask-first is used.")

@@ -161,4 +161,14 @@ def build_mint() -> File:
                             confirm_above={"EUR": 200}, logging="metadata",
                             apps=["https://notes.example"])),
         key=K2)
+    add("origin: a web origin, scheme://host[:port]; ':' and '/' are safe and written as they "
+        "are. A browser call from that origin is allowed.", reg + "origin", "mint-origin",
+        [cav.Origin("https://notes.example")], ["origin https://notes.example"],
+        ctx(call(origin="https://notes.example")),
+        allow(limits=limits(origins=["https://notes.example"])))
+    add("origin with an IPv6 host: the brackets are not in the safe set, so they are "
+        "percent-encoded; the decoded value is http://[::1]:5500.", reg + "origin",
+        "mint-origin-ipv6", [cav.Origin("http://[::1]:5500")],
+        ["origin http://%5B::1%5D:5500"], ctx(call(origin="http://[::1]:5500")),
+        allow(limits=limits(origins=["http://[::1]:5500"])))
     return f

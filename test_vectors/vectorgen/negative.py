@@ -181,4 +181,30 @@ def build_negative() -> File:
         [f"confirm-above {MAX_MINOR + 1} EUR".encode()], inv)
     add(f"Control: confirm-above with amount {MAX_MINOR}, the largest.", reg + "confirm-above",
         [CONTROL, VALID, BOUNDARY], [f"confirm-above {MAX_MINOR} EUR".encode()], allow())
+    og = "caveats.md#origin"
+    for text, why in [
+        (b"origin https://Notes.example", "an upper-case host"),
+        (b"origin HTTPS://notes.example", "an upper-case scheme"),
+        (b"origin https://notes.example:443", "the scheme's default port"),
+        (b"origin http://notes.example:80", "the scheme's default port"),
+        (b"origin https://notes.example/", "a trailing slash"),
+        (b"origin https://notes.example/app", "a path"),
+        (b"origin https://user@notes.example", "userinfo"),
+        (b"origin ftp://notes.example", "a scheme other than https or http"),
+        (b"origin notes.example", "no scheme"),
+        (b"origin https://notes.example:0", "port 0"),
+        (b"origin https://notes.example:08443", "a port with a leading zero"),
+        (b"origin https://notes.example:65536", "a port above 65535"),
+        (b"origin http://%5B0:0:0:0:0:0:0:1%5D:5500", "an IPv6 address not in its compressed "
+                                                      "form"),
+        (b"origin http://127.000.0.1", "an IPv4 address with leading zeros"),
+        (b"origin https://notes.example.", "a trailing dot"),
+        (b"origin https://notes.example https://app.example", "two arguments"),
+        (b"origin", "no argument"),
+        (b"origin null", "the opaque origin 'null'"),
+    ]:
+        add(f"origin with {why}: an origin caveat holds one origin in its canonical form.", og,
+            [ARGS] if "argument" in why else [BADVALUE], [text], inv)
+    add("Control: origin https://notes.example:8443 (a non-default port is kept).", og,
+        [CONTROL, VALID], [b"origin https://notes.example:8443"], allow())
     return f

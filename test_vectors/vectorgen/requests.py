@@ -52,20 +52,25 @@ def call(
     zero_retention: bool = False,
     approval: str | None = None,
     digest: bytes | None = None,
+    origin: str | None = None,
 ) -> dict[str, Any]:
     """A model call. ``cost`` is in minor units (or Micros), scaled to microunits. Default
     cost: 12 EUR minor units (0.12 EUR), 12000000 microunits."""
-    return {
+    out: dict[str, Any] = {
         "kind": "model_call", "provider": provider, "model": model, "operation": operation,
         "scopes": list(scopes), "input_tokens": input_tokens, "output_tokens": output_tokens,
         "cost": {c: mu(n) for c, n in ({"EUR": 12} if cost is None else cost).items()},
         "zero_retention": zero_retention,
         "approval": approval, "digest": None if digest is None else digest.hex(),
     }
+    if origin is not None:  # present only when stated: a browser's Origin header
+        out["origin"] = origin
+    return out
 
 
 def access(
-    *scopes: str, approval: str | None = None, digest: bytes | None = None
+    *scopes: str, approval: str | None = None, digest: bytes | None = None,
+    origin: str | None = None,
 ) -> dict[str, Any]:
     """A resource access: only scopes (and an approval, for ask-first scopes)."""
     return {
@@ -73,6 +78,7 @@ def access(
         "scopes": list(scopes), "input_tokens": 0, "output_tokens": 0, "cost": {},
         "zero_retention": False, "approval": approval,
         "digest": None if digest is None else digest.hex(),
+        **({} if origin is None else {"origin": origin}),
     }
 
 
@@ -139,7 +145,7 @@ def limits(**over: Any) -> dict[str, Any]:
         "not_before": None, "expires": None, "providers": None, "models": None,
         "operations": None, "scopes": None, "ask_first": [], "zero_retention": False,
         "max_input_tokens": None, "max_output_tokens": None, "counters": [],
-        "confirm_above": {}, "logging": None, "apps": [],
+        "confirm_above": {}, "logging": None, "apps": [], "origins": None,
     }
     unknown = set(over) - set(base)
     assert not unknown, unknown

@@ -12,6 +12,7 @@ from .flags import (
     EXACT,
     MICRO,
     ORDER,
+    ORIGIN_F,
     RESOURCE,
     REVOKE,
     SIG,
@@ -330,4 +331,37 @@ def build_verify() -> File:
         deny("budget_exceeded", hit("budget", kt.token_id, bk, "2026-09-21", limit=1000,
                                     used=1000, needed=12, unit="INR",
                                     resets_at=utc(2026, 9, 21, 18, 15))))
+    og = "caveats.md#origin"
+    notes = "https://notes.example"
+    to = tok("verify-origin", f"origin {notes}")
+    add("origin https://notes.example, a browser call from https://notes.example.", og,
+        [ORIGIN_F, VALID], to, ctx(call(origin=notes)), allow())
+    add("The same token presented by a page on https://evil.example.", og, [ORIGIN_F], to,
+        ctx(call(origin="https://evil.example")), deny("origin_mismatch"))
+    add("A server-side call states no origin (it sends no Origin header): the origin caveat "
+        "does not apply, the other caveats govern.", og, [ORIGIN_F, VALID], to, ctx(call()),
+        allow())
+    add("The request's origin is normalised before comparing: scheme and host are lower-cased "
+        "and the default port dropped, so https://Notes.Example:443 matches.",
+        "verification.md#request-shape", [ORIGIN_F, VALID], to,
+        ctx(call(origin="HTTPS://Notes.Example:443")), allow())
+    add("An opaque origin ('null', from a sandboxed frame or a file: page) is no origin: it "
+        "matches nothing.", og, [ORIGIN_F], to, ctx(call(origin="null")),
+        deny("origin_mismatch"))
+    for other, why in [("http://notes.example", "another scheme"),
+                       ("https://notes.example:8443", "another port"),
+                       ("https://app.notes.example", "a subdomain"),
+                       ("https://notes.example/app", "a URL with a path, not an origin")]:
+        add(f"A browser call from {other} ({why}): origins match exactly.", og,
+            [ORIGIN_F, EXACT], to, ctx(call(origin=other)), deny("origin_mismatch"))
+    add("A resource access from another origin is refused too.", og, [ORIGIN_F, RESOURCE], to,
+        ctx(access(origin="https://evil.example")), deny("origin_mismatch"))
+    add("A token without an origin caveat: a browser call from any origin is governed by the "
+        "other caveats.", og, [ORIGIN_F, VALID], tok("verify-no-origin", "models gpt-4o-mini"),
+        ctx(call(origin="https://evil.example")), allow())
+    tpo = tok("verify-origin-order", "providers anthropic", f"origin {notes}")
+    add("From another origin and to a provider the token does not allow: origin_mismatch, the "
+        "first check of the request shape.", "verification.md#request-shape",
+        [ORIGIN_F, ORDER], tpo, ctx(call(origin="https://evil.example")),
+        deny("origin_mismatch"))
     return f

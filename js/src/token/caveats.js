@@ -15,6 +15,7 @@ import { TokenError } from './reasons.js';
 import { MAX_SAFE_INTEGER, compareUtf8, latin1, utf8 as utf8Bytes } from './encoding.js';
 import { MAX_MINOR_AMOUNT, isKnownCurrency } from './money.js';
 import { isTzName } from './tzdb.js';
+import { isCanonicalOrigin } from './origins.js';
 
 const MAX_ARGS = 128;
 const CAVEAT = /^[a-z][a-z0-9-]{0,31}(?: (?:[A-Za-z0-9\-._~:/@+]|%[0-9A-F]{2})+)*$/;
@@ -164,6 +165,11 @@ const REGISTRY = new Map([
     return { type: 'logging', level };
   }],
   ['app', (a) => ({ type: 'app', appId: one(a, 'app') })],
+  ['origin', (a) => {
+    const origin = one(a, 'origin');
+    if (!isCanonicalOrigin(origin)) throw new GrammarError(`${origin} is not a canonical web origin`);
+    return { type: 'origin', origin };
+  }],
 ]);
 
 export const CAVEAT_TYPES = [...REGISTRY.keys()];

@@ -34,6 +34,7 @@ export async function effective(tokenId, pairs) {
     notBefore: null, expires: null, providers: null, models: null, operations: null,
     scopes: null, askFirst: new Set(), zeroRetention: false, maxInputTokens: null,
     maxOutputTokens: null, counters: [], confirmAbove: new Map(), logging: null, apps: [],
+    origins: null,
   };
   const seen = new Set();
   const ids = await Promise.all(pairs.map(([bytes, c]) => (COUNTED.has(c.type) ? counterId(tokenId, bytes) : null)));
@@ -78,6 +79,7 @@ export async function effective(tokenId, pairs) {
         break;
       }
       case 'app': l.apps.push(c.appId); break;
+      case 'origin': l.origins = intersect(l.origins, [c.origin]); break;
       default: throw new Error(`unhandled caveat type ${c.type}`);
     }
   }
@@ -116,5 +118,6 @@ export function limitsToJson(l) {
     confirm_above: Object.fromEntries([...l.confirmAbove].sort(([a], [b]) => compareUtf8(a, b))),
     logging: l.logging,
     apps: [...l.apps],
+    origins: names(l.origins),
   };
 }

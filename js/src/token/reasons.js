@@ -10,7 +10,7 @@ export const REASONS = Object.freeze([
   // Stage 2: time.
   'not_yet_valid', 'expired',
   // Stage 3: the shape of the request.
-  'provider_not_allowed', 'model_not_allowed', 'operation_not_allowed', 'scope_missing',
+  'origin_mismatch', 'provider_not_allowed', 'model_not_allowed', 'operation_not_allowed', 'scope_missing',
   'zero_retention_required', 'input_too_large', 'output_too_large',
   // Stage 4: counters.
   'price_unknown', 'rate_limited', 'quota_exceeded', 'budget_exceeded',

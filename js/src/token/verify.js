@@ -22,6 +22,7 @@ import { decodeAll } from './caveats.js';
 import { countersInCheckOrder, effective, pricedCurrencies } from './limits.js';
 import { periodKey, periodEnd } from './periods.js';
 import { checkApproval } from './approval.js';
+import { normaliseOrigin } from './origins.js';
 import { constantTimeEqual, hex } from './encoding.js';
 import { MICROS_PER_MINOR, formatMicros } from './money.js';
 
@@ -62,6 +63,8 @@ function deny(reason, message, counter = null) {
  * a model call if it has a provider, else a resource access (spec/verification.md#requests).
  * counters maps counter key -> used; revoked lists token ids (hex).
  */
+const sortUtf8Safe = (set) => [...set].sort().join(', ') || 'none (the caveats conflict)';
+
 async function evaluate(v, request, now, counters, keys) {
   const l = v.limits;
   // Time.
@@ -69,6 +72,12 @@ async function evaluate(v, request, now, counters, keys) {
   if (l.notBefore !== null && l.notBefore - now > CLOCK_SKEW) deny('not_yet_valid', `not valid before ${l.notBefore}`);
   if (l.expires !== null && now - l.expires >= CLOCK_SKEW) deny('expired', `token expired at ${l.expires}`);
   // Request shape.
+  if (l.origins !== null && request.origin !== null && request.origin !== undefined) {
+    const seen = normaliseOrigin(request.origin);
+    if (seen === null || !l.origins.has(seen)) {
+      deny('origin_mismatch', `this token may be used from ${sortUtf8Safe(l.origins)}, not from ${String(request.origin).slice(0, 80)}`);
+    }
+  }
   const modelCall = request.provider !== null && request.provider !== undefined;
   if (modelCall) {
     if (l.providers !== null && !l.providers.has(request.provider)) deny('provider_not_allowed', `provider ${request.provider}`);

@@ -2,6 +2,7 @@
 
     --provider anthropic --model claude-sonnet-4-5 --budget 10EUR/month --expires 30d
     --max-input-tokens 50000 --scope posts:read --confirm-above 0.50EUR --logging metadata
+    --origin https://notes.example
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from typing import Any
 
 from capwallet import caveats as cav
+from capwallet import origins
 from capwallet.cli.common import CliError
 from capwallet.money import MoneyError, parse_amount
 from capwallet.periods import PERIODS, zone
@@ -50,6 +52,9 @@ def add_caveat_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--logging", choices=cav.LOGGING_LEVELS,
                    help="what the relay may log about calls")
     g.add_argument("--app", metavar="ID", help="the app (origin or id) the grant is made to")
+    g.add_argument("--origin", metavar="ORIGIN",
+                   help="the only web origin a browser may present the token from, e.g. "
+                        "https://notes.example (server-side calls are not affected)")
 
 
 def _int_arg(text: str) -> int:
@@ -140,6 +145,13 @@ def caveats_from_args(args: Any, now: int) -> list[cav.Caveat]:
         out.append(cav.Logging(args.logging))
     if args.app:
         out.append(cav.App(args.app))
+    if getattr(args, "origin", None):
+        text = args.origin.strip()
+        origin = origins.normalise(text[:-1] if text.endswith("/") else text)
+        if origin is None:
+            raise CliError(f"--origin: {text!r} is not a web origin; write it like "
+                           "https://notes.example or http://127.0.0.1:5500")
+        out.append(cav.Origin(origin))
     for c in out:
         try:
             cav.encode(c)

@@ -59,6 +59,9 @@ def register(sub: Any) -> None:
                    help="worst-case cost, e.g. 0.30EUR (repeat for other currencies)")
     p.add_argument("--zero-retention-provider", action="store_true",
                    help="the provider retains no data")
+    p.add_argument("--origin", metavar="ORIGIN",
+                   help="the web origin a browser sent the request from (its Origin header); "
+                        "omit for a server-side call")
     p.add_argument("--counter", action="append", default=[], metavar="KEY=USED",
                    help="current value of a counter (repeat)")
     p.add_argument("--revoked", action="append", default=[], metavar="TOKEN_ID")
@@ -205,7 +208,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         operation=(args.operation or "chat") if args.provider else None,
         scopes=tuple(args.scope), input_tokens=args.input_tokens,
         output_tokens=args.output_tokens, cost=cost,
-        zero_retention=args.zero_retention_provider,
+        zero_retention=args.zero_retention_provider, origin=args.origin,
     )
     counters = dict(_counter(c) for c in args.counter)
     decision = Verifier(keyring).verify(
