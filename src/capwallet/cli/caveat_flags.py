@@ -23,7 +23,9 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PER = re.compile(r"(?P<amount>[^/@]+)(?:/(?P<period>[a-z]+))?(?:@(?P<tz>[A-Za-z0-9_+/\-]+))?")
 
 
-def add_caveat_flags(parser: argparse.ArgumentParser) -> None:
+def add_caveat_flags(parser: argparse.ArgumentParser, *, origin: bool = True) -> None:
+    """The caveat flags; ``origin=False`` leaves --origin to a command that gives it its own
+    meaning (``capwallet grant --origin`` records the web app's origin on the grant)."""
     g = parser.add_argument_group("caveats (each one only narrows what the token allows)")
     g.add_argument("--provider", action="append", metavar="ID", help="allowed provider (repeat)")
     g.add_argument("--model", action="append", metavar="ID", help="allowed model id (repeat)")
@@ -52,9 +54,10 @@ def add_caveat_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--logging", choices=cav.LOGGING_LEVELS,
                    help="what the relay may log about calls")
     g.add_argument("--app", metavar="ID", help="the app (origin or id) the grant is made to")
-    g.add_argument("--origin", metavar="ORIGIN",
-                   help="the only web origin a browser may present the token from, e.g. "
-                        "https://notes.example (server-side calls are not affected)")
+    if origin:
+        g.add_argument("--origin", metavar="ORIGIN", dest="caveat_origin",
+                       help="the only web origin a browser may present the token from, e.g. "
+                            "https://notes.example (server-side calls are not affected)")
 
 
 def _int_arg(text: str) -> int:
@@ -145,8 +148,8 @@ def caveats_from_args(args: Any, now: int) -> list[cav.Caveat]:
         out.append(cav.Logging(args.logging))
     if args.app:
         out.append(cav.App(args.app))
-    if getattr(args, "origin", None):
-        text = args.origin.strip()
+    if getattr(args, "caveat_origin", None):
+        text = args.caveat_origin.strip()
         origin = origins.normalise(text[:-1] if text.endswith("/") else text)
         if origin is None:
             raise CliError(f"--origin: {text!r} is not a web origin; write it like "

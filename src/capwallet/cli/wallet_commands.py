@@ -82,7 +82,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("grant", parents=[home], help="grant an app a token (prints it once)",
                        description="Mint a token for an app with the given limits, record the "
                                    "grant in the wallet, and print the token once.")
-    add_caveat_flags(p)
+    add_caveat_flags(p, origin=False)
     p.add_argument("--origin", metavar="ORIGIN",
                    help="the web app's origin (https://notes.example, or http://localhost:5500 "
                         "for development): its pages may then call the relay from the browser")
