@@ -9,6 +9,7 @@ Routes
     POST /v1/chat/completions   OpenAI; `Authorization: Bearer <key>`; stream, stream_options,
                                 n, max_tokens, max_completion_tokens
     POST /v1/responses          OpenAI Responses API, plain and streamed (fake_provider.responses)
+    POST /v1/moderations        OpenAI; never flags; one result per input string
     POST /v1/embeddings         OpenAI; input string, list of strings, token ids or lists of them;
                                 encoding_format float|base64; dimensions (default 8)
     POST /v1/messages           Anthropic; `x-api-key: <key>` or `Authorization: Bearer <key>`
@@ -795,6 +796,28 @@ async def _messages_create(call: _Call) -> Response:
     return _stream_response(preamble, content, tail, headers, fault)
 
 
+_MODERATION_CATEGORIES = ("harassment", "harassment/threatening", "hate", "hate/threatening",
+                          "illicit", "illicit/violent", "self-harm", "self-harm/instructions",
+                          "self-harm/intent", "sexual", "sexual/minors", "violence",
+                          "violence/graphic")
+
+
+async def _moderations(call: _Call) -> Response:
+    """Never flags anything; one result per input string (or one for a list of parts)."""
+    body = call.body
+    inp = body.get("input")
+    if not isinstance(inp, str | list):
+        raise ApiError(400, "input: expected a string or a list", param="input")
+    n = len(inp) if isinstance(inp, list) and all(isinstance(i, str) for i in inp) else 1
+    result = {"flagged": False,
+              "categories": dict.fromkeys(_MODERATION_CATEGORIES, False),
+              "category_scores": dict.fromkeys(_MODERATION_CATEGORIES, 0.0),
+              "category_applied_input_types": {c: ["text"] for c in _MODERATION_CATEGORIES}}
+    return _json({"id": f"modr-fake{call.request_id.removeprefix('req_fake')}",
+                  "model": body.get("model") or "omni-moderation-latest",
+                  "results": [result] * n}, headers={"x-request-id": call.request_id})
+
+
 async def _count_tokens(call: _Call) -> Response:
     body = call.body
     _model(body)
@@ -913,6 +936,7 @@ def create_app(api_key: str = DEFAULT_API_KEY, *,
         Route("/v1/chat/completions", _endpoint("openai", _chat_completions), methods=["POST"]),
         Route("/v1/responses", _endpoint("openai", responses_create), methods=["POST"]),
         Route("/v1/embeddings", _endpoint("openai", _embeddings), methods=["POST"]),
+        Route("/v1/moderations", _endpoint("openai", _moderations), methods=["POST"]),
         Route("/v1/messages", _endpoint("anthropic", _messages_create), methods=["POST"]),
         Route("/v1/messages/count_tokens", _endpoint("anthropic", _count_tokens),
               methods=["POST"]),

@@ -69,6 +69,7 @@ from reference_relay.errors import (
     REQUEST_TIMEOUT,
     REQUEST_TOO_LARGE,
     STORE_UNAVAILABLE,
+    UNSUPPORTED_ROUTE,
     WRONG_API,
     RelayError,
     error_response,
@@ -77,7 +78,7 @@ from reference_relay.estimate import InputEstimate
 from reference_relay.prices import Price
 from reference_relay.routes import OUTPUT_CAP_HEADER, Endpoint, Prepared
 from reference_relay.routes.anthropic import CountTokens, Messages
-from reference_relay.routes.openai import ChatCompletions, Embeddings, Responses
+from reference_relay.routes.openai import ChatCompletions, Embeddings, Moderations, Responses
 from reference_relay.upstream import Upstream, forwarded_headers, provider_key_missing
 
 log = logging.getLogger("reference_relay")
@@ -90,6 +91,13 @@ MIN_CLAMPED_OUTPUT = 256
 MAX_HEADER_BYTES = 16 * 1024  # all request headers together
 MAX_HEADER_FIELDS = 100
 _TOKEN_TEXT = re.compile(r"cwt1_[A-Za-z0-9_-]{4,}")
+# Provider routes the relay refuses by name (rather than a bare not_found): their cost is
+# per image, per second of audio or otherwise outside what it bounds and meters.
+_UNSUPPORTED = (("/v1/completions", "legacy completions"), ("/v1/images", "image generation"),
+                ("/v1/audio", "audio"), ("/v1/files", "files"), ("/v1/batches", "batches"),
+                ("/v1/fine_tuning", "fine-tuning"), ("/v1/assistants", "assistants"),
+                ("/v1/threads", "assistants threads"), ("/v1/vector_stores", "vector stores"),
+                ("/v1/realtime", "realtime"), ("/v1/messages/batches", "message batches"))
 _KIND_REASON = {"budget": Reason.BUDGET_EXCEEDED, "quota": Reason.QUOTA_EXCEEDED,
                 "rate": Reason.RATE_LIMITED}
 
@@ -518,7 +526,7 @@ class Relay:
                 raise RelayError(alive.reason.value, alive.message)
         raw = await self.body(headers, receive)
         body = parse_body(raw)  # duplicate keys, non-UTF-8, NaN: refused (reference_relay.body)
-        model_id = body.get("model")
+        model_id = body.get("model", getattr(ep, "default_model", None))
         if not isinstance(model_id, str) or not model_id:
             raise RelayError(INVALID_REQUEST, "the request must name a 'model'")
         provider, model = self.route(model_id, ep, limits)
@@ -711,8 +719,18 @@ class Relay:
 
     # -- other routes -----------------------------------------------------------------------
 
-    async def models(self, request: HttpRequest) -> Response:
-        flavor = "anthropic" if "anthropic-version" in request.headers else "openai"
+    @staticmethod
+    def flavor(request: HttpRequest) -> str:
+        """Which API a GET speaks: the Anthropic SDK sends anthropic-version and x-api-key."""
+        h = request.headers
+        return "anthropic" if "anthropic-version" in h or "x-api-key" in h else "openai"
+
+    async def listed(self, request: HttpRequest, flavor: str
+                     ) -> list[tuple[ProviderConfig, ModelConfig]] | Response:
+        """The models the request's token may use through this API flavor, or the refusal.
+
+        Per flavor: a model listed to the Anthropic SDK must be callable with it (a model
+        served only through the OpenAI API would get wrong_api), and the reverse."""
         try:
             token = self.token(request.headers)
             v = self.verifier.check_token(token)
@@ -730,20 +748,49 @@ class Relay:
             return error_response(RelayError(STORE_UNAVAILABLE, "the store is unavailable"),
                                   flavor)
         lim = v.limits
-        listed = [
-            (p, m) for p in self.config.providers for m in p.models.values()
-            if (lim.providers is None or p.id in lim.providers)
-            and (lim.models is None or m.id in lim.models)
-        ]
+        seen: set[str] = set()
+        out = []
+        for p in self.config.providers:
+            if p.api != flavor or (lim.providers is not None and p.id not in lim.providers):
+                continue
+            for m in p.models.values():
+                if (lim.models is None or m.id in lim.models) and m.id not in seen:
+                    seen.add(m.id)
+                    out.append((p, m))
+        return out
+
+    @staticmethod
+    def model_json(flavor: str, p: ProviderConfig, m: ModelConfig) -> dict[str, Any]:
         if flavor == "anthropic":
-            data = [{"type": "model", "id": m.id, "display_name": m.id,
-                     "created_at": "1970-01-01T00:00:00Z"} for p, m in listed]
+            return {"type": "model", "id": m.id, "display_name": m.id,
+                    "created_at": "1970-01-01T00:00:00Z"}
+        return {"id": m.id, "object": "model", "created": 0, "owned_by": p.id}
+
+    async def models(self, request: HttpRequest) -> Response:
+        flavor = self.flavor(request)
+        listed = await self.listed(request, flavor)
+        if isinstance(listed, Response):
+            return listed
+        data = [self.model_json(flavor, p, m) for p, m in listed]
+        if flavor == "anthropic":
             return JSONResponse({"data": data, "has_more": False,
                                  "first_id": data[0]["id"] if data else None,
                                  "last_id": data[-1]["id"] if data else None})
-        return JSONResponse({"object": "list", "data": [
-            {"id": m.id, "object": "model", "created": 0, "owned_by": p.id} for p, m in listed
-        ]})
+        return JSONResponse({"object": "list", "data": data})
+
+    async def model(self, request: HttpRequest) -> Response:
+        """GET /v1/models/{id}: one model the token may use (client.models.retrieve)."""
+        flavor = self.flavor(request)
+        listed = await self.listed(request, flavor)
+        if isinstance(listed, Response):
+            return listed
+        wanted = request.path_params["model_id"]
+        for p, m in listed:
+            if m.id == wanted:
+                return JSONResponse(self.model_json(flavor, p, m))
+        return error_response(RelayError(
+            MODEL_NOT_FOUND, f"model {wanted!r} is not one your token may use through this "
+            "API; GET /v1/models lists those it may"), flavor)
 
     async def resource_metadata(self, request: HttpRequest) -> Response:
         """RFC 9728 protected-resource metadata naming the wallet that grants this relay's
@@ -797,7 +844,7 @@ def create_app(config: RelayConfig, *, store: Store | None = None, keys: Keyring
     """
     relay = Relay(config, store, keys, provider_keys)
     chat, messages, embeddings = ChatCompletions(), Messages(), Embeddings()
-    responses, count_tokens = Responses(), CountTokens()
+    responses, count_tokens, moderations = Responses(), CountTokens(), Moderations()
 
     async def not_found(request: HttpRequest, exc: Exception) -> Response:
         flavor = "anthropic" if request.url.path.startswith("/v1/messages") else "openai"
@@ -805,6 +852,15 @@ def create_app(config: RelayConfig, *, store: Store | None = None, keys: Keyring
             else NOT_FOUND
         return error_response(RelayError(code, f"no route for {request.method} "
                                          f"{request.url.path}"), flavor)
+
+    async def unsupported(request: HttpRequest) -> Response:
+        path = request.url.path
+        what = next((w for prefix, w in _UNSUPPORTED if path.startswith(prefix)), path)
+        return error_response(RelayError(
+            UNSUPPORTED_ROUTE, f"{request.method} {path} ({what}) is not supported by this "
+            "relay: it cannot bound or meter its cost. Supported: /v1/chat/completions, "
+            "/v1/responses, /v1/embeddings, /v1/moderations, /v1/messages"),
+            "anthropic" if path.startswith("/v1/messages") else "openai")
 
     async def crashed(request: HttpRequest, exc: Exception) -> Response:
         log.error("unhandled %s on %s", type(exc).__name__, request.url.path)
@@ -818,6 +874,10 @@ def create_app(config: RelayConfig, *, store: Store | None = None, keys: Keyring
             Route(responses.route, relay.endpoint(responses), methods=["POST"]),
             Route(count_tokens.route, relay.endpoint(count_tokens), methods=["POST"]),
             Route("/v1/models", relay.models, methods=["GET"]),
+            Route("/v1/models/{model_id:path}", relay.model, methods=["GET"]),
+            Route(moderations.route, relay.endpoint(moderations), methods=["POST"]),
+            *(Route(prefix + suffix, unsupported, methods=["GET", "POST", "DELETE"])
+              for prefix, _ in _UNSUPPORTED for suffix in ("", "/{rest:path}")),
             Route("/healthz", relay.healthz, methods=["GET"]),
             Route("/.well-known/oauth-protected-resource", relay.resource_metadata,
                   methods=["GET"]),

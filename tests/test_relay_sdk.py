@@ -154,8 +154,10 @@ def test_embeddings(relay: Relay) -> None:
 
 def test_models_lists_only_allowed(relay: Relay) -> None:
     tok = relay.mint(cav.Models(("gpt-4o-mini", "claude-test", "not-served")))
+    # Listed per API: each SDK sees only the models it can call.
     ids = [m.id for m in relay.openai(tok).models.list()]
-    assert sorted(ids) == ["claude-test", "gpt-4o-mini"]
+    assert ids == ["gpt-4o-mini"]
+    assert [m.id for m in relay.anthropic(tok).models.list()] == ["claude-test"]
     tok2 = relay.mint(cav.Providers(("anthropic",)))
     ids2 = [m.id for m in relay.anthropic(tok2).models.list()]
     assert "claude-test" in ids2 and "gpt-4o-mini" not in ids2

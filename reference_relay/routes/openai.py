@@ -144,3 +144,26 @@ class Responses:
                         call_fees=((tools.item_type, tools.fee),) if k else (),
                         headers=cap_note(bound, "max_output_tokens"),
                         output_clamped=bound.clamped is not None)
+
+
+class Moderations:
+    """OpenAI's free moderation endpoint: forwarded under the token's checks, nothing priced
+    (the moderation models are priced 0 in prices.toml). The operation is ``moderations``, so a
+    token limited to other operations cannot use it."""
+
+    route = "/v1/moderations"
+    upstream_path = "/moderations"
+    api = "openai"
+    errors = "openai"
+    operation = "moderations"
+    meter = "free"
+    default_model = "omni-moderation-latest"  # the provider's default when none is named
+
+    def prepare(self, body: dict[str, Any], raw: bytes, provider: ProviderConfig,
+                model: ModelConfig, limits: EffectiveLimits,
+                ceiling: int | None = None) -> Prepared:
+        if not isinstance(body.get("input"), str | list):
+            raise bad("'input' must be a string or a list")
+        if not model.price.is_free:
+            raise bad(f"model {model.id!r} is not a moderation model")
+        return Prepared(InputEstimate(0), 0, False, raw)
