@@ -1,5 +1,7 @@
 """Wallet fixtures: a real keystore (fast Argon2id limits), a real wallet server on a loopback
-port, and an httpx client signed in the way a browser is (login link -> session cookie)."""
+port, and an httpx client signed in the way the wallet's page script does it (the sign-in
+link's secret posted to /login -> a session cookie, and the session secret sent in the
+x-capwallet-session header on every request)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import pytest
 from capwallet.wallet.home import WalletHome
 from capwallet.wallet.keystore import Keystore
 from capwallet.wallet.runner import RunningWallet, running_wallet
+from capwallet.wallet.sessions import SESSION_HEADER
 
 PASSPHRASE = "correct horse battery staple"
 
@@ -46,12 +49,20 @@ def wallet(home: WalletHome, keystore: Keystore) -> Iterator[RunningWallet]:
         yield w
 
 
+def sign_in(client: httpx.Client, w: RunningWallet) -> str:
+    """Sign ``client`` in as wallet.js does; returns the session secret (header value)."""
+    secret = w.login_url.split("#", 1)[1]
+    r = client.post("/login", json={"secret": secret}, headers={"origin": w.base_url})
+    assert r.status_code == 200, r.text
+    assert "capwallet_session" in client.cookies
+    session: str = r.json()["session"]
+    return session
+
+
 @contextlib.contextmanager
 def signed_in(w: RunningWallet) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=w.base_url, follow_redirects=False, timeout=30) as client:
-        r = client.get(w.login_url)
-        assert r.status_code == 303, r.text
-        assert "capwallet_session" in client.cookies
+        client.headers[SESSION_HEADER] = sign_in(client, w)
         yield client
 
 
@@ -65,6 +76,13 @@ def csrf_of(html: str) -> str:
     m = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
     assert m, "page has no CSRF token"
     return m.group(1)
+
+
+def navigated_to(r: httpx.Response) -> str:
+    """Where the page's script goes after a form post (the wallet answers JSON, not 303)."""
+    assert r.status_code == 200, r.text
+    location: str = r.json()["location"]
+    return location
 
 
 def hidden(html: str, name: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -10,7 +12,7 @@ import httpx
 
 from capwallet.client import pkce_pair
 
-from .conftest import csrf_of, hidden
+from .conftest import csrf_of, hidden, navigated_to
 
 DETAILS: dict[str, Any] = {
     "type": "capwallet_ai", "providers": ["openai"], "models": ["gpt-4o-mini", "gpt-4.1-mini"],
@@ -58,8 +60,19 @@ def answer(client: httpx.Client, page: str, decision: str,
 
 
 def redirect_query(r: httpx.Response) -> dict[str, str]:
-    assert r.status_code == 303, r.text
-    loc = r.headers["location"]
+    """The query the browser takes back to the app after the user answered."""
+    loc = navigated_to(r)
+    return {k: v[0] for k, v in parse_qs(urlsplit(loc).query).items()}
+
+
+def error_link_query(r: httpx.Response) -> dict[str, str]:
+    """A bad request is shown on a signed-in page (never redirected at once); its link takes
+    the RFC 6749 error back to the app."""
+    assert r.status_code == 400, r.text
+    assert "location" not in r.headers
+    m = re.search(r'id="message-action" href="([^"]+)"', r.text)
+    assert m, "the error page has no link back to the app"
+    loc = html.unescape(m.group(1))
     return {k: v[0] for k, v in parse_qs(urlsplit(loc).query).items()}
 
 

@@ -65,7 +65,7 @@ def test_approve_then_poll(wallet: RunningWallet, browser_client: httpx.Client) 
     assert httpx.get(status_url, headers=auth).json()["status"] == "pending"
     page = browser_client.get("/approvals").text
     assert "gpt-4.1 call that may cost up to 0.80 USD" in page and "Blog Assistant" in page
-    assert _decide(browser_client, wallet, rid, "approve").status_code == 303
+    assert _decide(browser_client, wallet, rid, "approve").status_code == 200
     got = wait_for_approval(wallet.base_url, token, rid, timeout=5)
     t = Token.parse(token)
     checked = approvals.check(got, wallet.ctx.keystore.keyring(), t.identifier.token_id, digest,
@@ -103,7 +103,7 @@ def test_denied_and_expired_fail_closed(wallet: RunningWallet,
                                         browser_client: httpx.Client) -> None:
     token = _grant(wallet)
     rid = _pending(wallet, token, b"\x02" * 32)
-    assert _decide(browser_client, wallet, rid, "deny").status_code == 303
+    assert _decide(browser_client, wallet, rid, "deny").status_code == 200
     try:
         wait_for_approval(wallet.base_url, token, rid, timeout=2)
         raise AssertionError("denied approval was returned")

@@ -11,7 +11,7 @@ import httpx
 
 from capwallet.wallet.runner import RunningWallet
 
-from .conftest import csrf_of, signed_in
+from .conftest import csrf_of, navigated_to, signed_in
 from .test_end_to_end import approve_in
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "blog_assistant"
@@ -35,7 +35,7 @@ def test_blog_assistant(wallet_relay: RunningWallet) -> None:
                 rid = page.split('id="approval-', 1)[1].split('"', 1)[0]
                 r = browser.post(f"/approvals/{rid}/approve", data={"csrf": csrf_of(page)},
                                  headers={"origin": wallet_relay.base_url})
-                assert r.status_code == 303
+                assert navigated_to(r) == "/approvals"
             threading.Thread(target=user).start()
 
         out: dict[str, Any] = assistant.run(

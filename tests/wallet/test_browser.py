@@ -25,6 +25,7 @@ from capwallet.wallet.grants import issue_grant
 from capwallet.wallet.runner import RunningWallet
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
+expect = playwright_sync.expect
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -55,9 +56,16 @@ def page(browser: Any, wallet_relay: RunningWallet) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     pg = context.new_page()
     pg.goto(wallet_relay.login_url)  # sign in as the user would, with the printed link
-    assert pg.url.rstrip("/") == wallet_relay.base_url
+    pg.wait_for_url(wallet_relay.base_url + "/")
+    pg.wait_for_selector("#stat-calls")  # the dashboard's content: signed in
     yield pg
     context.close()
+
+
+def open_page(pg: Any, url: str) -> None:
+    """Go to a wallet page and wait for its content (the page's script fetches it)."""
+    pg.goto(url)
+    pg.wait_for_selector("#wallet-shell", state="detached")
 
 
 def shot(pg: Any, name: str) -> Path:
@@ -153,7 +161,7 @@ def test_dashboard_shows_spend_and_revoke_works(page: Any, wallet_relay: Running
                 source="cli", now=int(time.time()))
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-    page.goto(wallet_relay.base_url + "/")
+    open_page(page, wallet_relay.base_url + "/")
     grant = page.locator(f"#grant-{conn.grant_id}")
     assert "of 5.00 USD this month" in grant.inner_text()
     assert "gpt-4o-mini" in page.inner_text("#per-model")
@@ -164,8 +172,7 @@ def test_dashboard_shows_spend_and_revoke_works(page: Any, wallet_relay: Running
     shot(page, "dashboard")
     assert dialogs == []
     grant.locator("button:has-text('Revoke')").click()
-    page.wait_for_load_state()
-    assert "revoked" in page.locator(f"#grant-{conn.grant_id}").inner_text()
+    expect(page.locator(f"#grant-{conn.grant_id}")).to_contain_text("revoked")
     with pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(model="gpt-4o-mini", max_tokens=5,
                                        messages=[{"role": "user", "content": "again"}])
@@ -183,14 +190,15 @@ def test_pending_approval_approved_in_the_page(page: Any, wallet_relay: RunningW
     with pytest.raises(openai.PermissionDeniedError) as exc:
         client.chat.completions.create(**kwargs)
     rid = exc.value.body["approval_request_id"]  # type: ignore[index]
-    page.goto(wallet_relay.base_url + "/")
+    open_page(page, wallet_relay.base_url + "/")
     page.click("a.banner")  # "1 request waiting for your approval"
     card = page.locator(f"#approval-{rid}")
     assert "gpt-4o-mini" in card.inner_text()
     shot(page, "approvals")
     card.locator("button:has-text('Approve this once')").click()
-    page.wait_for_load_state()
-    assert page.locator(f"#approval-{rid}").count() == 0
+    page.wait_for_url(wallet_relay.base_url + "/approvals")  # the script goes back there
+    page.wait_for_selector("#wallet-shell", state="detached")
+    expect(page.locator(f"#approval-{rid}")).to_have_count(0)
     approval = wait_for_approval(wallet_relay.base_url, token, rid, timeout=5)
     ok = client.chat.completions.create(**kwargs,
                                         extra_headers={"X-Capwallet-Approval": approval})

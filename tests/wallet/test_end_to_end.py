@@ -22,7 +22,7 @@ from capwallet.token import Token
 from capwallet.wallet.grants import issue_grant
 from capwallet.wallet.runner import RunningWallet
 
-from .conftest import PASSPHRASE, csrf_of, hidden, signed_in
+from .conftest import PASSPHRASE, csrf_of, hidden, navigated_to, signed_in
 
 PERMISSIONS = {
     "providers": ["openai"], "models": ["gpt-4o-mini"],
@@ -44,8 +44,7 @@ def approve_in(client: httpx.Client, wallet: RunningWallet, **lower: str):  # ty
             form.setdefault(name, []).append(value)
         form.update(lower)
         r = client.post("/authorize", data=form, headers={"origin": wallet.base_url})
-        assert r.status_code == 303
-        callback = r.headers["location"]
+        callback = navigated_to(r)
         assert urlsplit(callback).hostname == "127.0.0.1"
         assert httpx.get(callback).status_code == 200  # the app's loopback listener
     return open_browser
@@ -119,7 +118,7 @@ def test_expensive_call_waits_for_approval(wallet_relay: RunningWallet) -> None:
         assert "Careful" in page.text and "gpt-4o-mini" in page.text
         r = browser.post(f"/approvals/{rid}/approve", data={"csrf": csrf_of(page.text)},
                          headers={"origin": wallet_relay.base_url})
-        assert r.status_code == 303
+        assert navigated_to(r) == "/approvals"
     approval = wait_for_approval(wallet_relay.base_url, token, rid, timeout=5)
     ok = client.chat.completions.create(  # type: ignore[call-overload]
         **kwargs, extra_headers={"X-Capwallet-Approval": approval})
@@ -141,7 +140,7 @@ def test_revoke_in_one_click_stops_the_app(wallet_relay: RunningWallet) -> None:
         page = browser.get("/").text
         r = browser.post(f"/grants/{conn.grant_id}/revoke", data={"csrf": csrf_of(page)},
                          headers={"origin": wallet_relay.base_url})
-        assert r.status_code == 303
+        assert navigated_to(r) == "/"
         assert "revoked" in browser.get("/").text
     with pytest.raises(openai.AuthenticationError) as exc:
         client.chat.completions.create(model="gpt-4o-mini", messages=msg,  # type: ignore[arg-type]

@@ -26,8 +26,8 @@ from capwallet.wallet.home import WalletHome
 from capwallet.wallet.keystore import Keystore
 from capwallet.wallet.runner import RunningWallet, ServeOptions, running_wallet
 
-from .conftest import PASSPHRASE
-from .oauth_helpers import answer, authorize_params, consent_page
+from .conftest import PASSPHRASE, navigated_to
+from .oauth_helpers import answer, authorize_params, consent_page, error_link_query
 
 PUBLIC = "https://wallet.capwallet.test"
 HOST = "wallet.capwallet.test"
@@ -70,7 +70,7 @@ def test_only_the_public_host_is_answered(hosted: tuple[RunningWallet, str]) -> 
     assert w.base_url == PUBLIC
     with _client(local) as c:
         assert c.get("/healthz").status_code == 200
-        assert c.get("/").status_code == 401  # the locked page (no session), under our name
+        assert c.get("/", headers={"x-capwallet-session": "-"}).status_code == 401  # locked
     for host in ("127.0.0.1", f"127.0.0.1:{local.rsplit(':', 1)[1]}", "localhost",
                  "evil.example", "wallet.capwallet.test.evil.example",
                  "wallet.capwallet.test:8443"):
@@ -85,15 +85,28 @@ def test_only_the_public_host_is_answered(hosted: tuple[RunningWallet, str]) -> 
 def test_published_urls_use_the_public_url(hosted: tuple[RunningWallet, str]) -> None:
     w, local = hosted
     with _client(local) as c:
-        # An error sent back to the app names the wallet by its public URL (RFC 9207 iss).
+        # Signed in through the sign-in link's secret, posted from the public origin. The
+        # cookie is __Host- and Secure at an https origin (this client talks plain http to
+        # the loopback port behind the proxy, so it sends the cookie by hand).
+        secret = w.login_url.split("#", 1)[1]
+        assert w.login_url.startswith(PUBLIC + "/login#")
+        r = c.post("/login", json={"secret": secret}, headers={"origin": local})
+        assert r.status_code == 403  # the loopback origin is not this wallet's origin
+        r = c.post("/login", json={"secret": secret}, headers={"origin": PUBLIC})
+        assert r.status_code == 200, r.text
+        set_cookie = r.headers["set-cookie"]
+        assert set_cookie.startswith("__Host-capwallet_session=")
+        assert "Secure" in set_cookie and "HttpOnly" in set_cookie and "Path=/" in set_cookie
+        assert "Domain" not in set_cookie
+        c.headers["cookie"] = set_cookie.split(";", 1)[0]
+        c.headers["x-capwallet-session"] = r.json()["session"]
+        # An error to send back to the app names the wallet by its public URL (RFC 9207 iss),
+        # on a signed-in page (never a redirect before sign-in).
         params, _ = authorize_params(response_type="nope")
-        r = consent_page(c, params)
-        assert r.status_code == 303
-        assert parse_qs(urlsplit(r.headers["location"]).query)["iss"] == [PUBLIC]
-        # Signed in through the one-time link, the session's Origin check wants the public
-        # origin: a form posted with the loopback origin is refused, the public one accepted.
-        r = c.get(w.login_url.replace(PUBLIC, ""))
-        assert r.status_code == 303
+        q = error_link_query(consent_page(c, params))
+        assert q["iss"] == PUBLIC and q["error"] == "unsupported_response_type"
+        # The session's Origin check wants the public origin: a form posted with the loopback
+        # origin is refused, the public one accepted.
         params, verifier = authorize_params()
         page = consent_page(c, params).text
         c.base_url = httpx.URL(local)  # answer() sends Origin = base_url: the loopback one
@@ -104,8 +117,7 @@ def test_published_urls_use_the_public_url(hosted: tuple[RunningWallet, str]) ->
         assert r.status_code == 403  # no CSRF token: the Origin alone is not enough
         page = consent_page(c, params).text
         r = _answer_as(c, page, PUBLIC)
-        assert r.status_code == 303, r.text
-        q = parse_qs(urlsplit(r.headers["location"]).query)
+        q = parse_qs(urlsplit(navigated_to(r)).query)
         assert q["iss"] == [PUBLIC]
         tok = c.post("/token", data={
             "grant_type": "authorization_code", "code": q["code"][0],
@@ -159,7 +171,7 @@ def test_passphrase_file_starts_unattended(home: WalletHome, tmp_path: Path) -> 
         first = proc.stdout.readline()
         assert "published as https://wallet.capwallet.test" in first, first
         rest = [proc.stdout.readline() for _ in range(3)]
-        assert any("Sign in to your wallet:  https://wallet.capwallet.test/login?" in line
+        assert any("Sign in to your wallet:  https://wallet.capwallet.test/login#" in line
                    for line in rest), rest
         assert any("Relay for apps:          https://wallet.capwallet.test/v1" in line
                    for line in rest), rest

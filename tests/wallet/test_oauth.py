@@ -15,6 +15,7 @@ from .oauth_helpers import (
     approve,
     authorize_params,
     consent_page,
+    error_link_query,
     exchange,
     redirect_query,
 )
@@ -111,7 +112,7 @@ def test_wrong_verifier_and_redirect_fail(wallet: RunningWallet,
 def test_plain_pkce_is_rejected(browser_client: httpx.Client) -> None:
     params, verifier = authorize_params(code_challenge_method="plain")
     params["code_challenge"] = verifier
-    q = redirect_query(consent_page(browser_client, params))
+    q = error_link_query(consent_page(browser_client, params))
     assert q["error"] == "invalid_request" and "S256" in q["error_description"]
 
 
@@ -144,15 +145,30 @@ def test_web_app_origin_must_match(browser_client: httpx.Client) -> None:
 
 def test_bad_details_go_back_to_the_app(browser_client: httpx.Client) -> None:
     params, _ = authorize_params(authorization_details='[{"type":"capwallet_ai"}]')
-    q = redirect_query(consent_page(browser_client, params))
+    q = error_link_query(consent_page(browser_client, params))
     assert q["error"] == "invalid_authorization_details" and q["state"] == "st-123"
 
 
 def test_consent_needs_a_session(wallet: RunningWallet) -> None:
     params, _ = authorize_params()
     with httpx.Client(base_url=wallet.base_url) as anonymous:
+        shell = consent_page(anonymous, params)  # a navigation: the shell, no data
+        assert shell.status_code == 200 and 'id="wallet-shell"' in shell.text
+        assert "Blog Assistant" not in shell.text and 'name="csrf"' not in shell.text
+        anonymous.headers["x-capwallet-session"] = "-"  # the shell's script, not signed in
         r = consent_page(anonymous, params)
     assert r.status_code == 401 and "locked" in r.text
+
+
+def test_bad_request_is_not_redirected_before_sign_in(wallet: RunningWallet) -> None:
+    """Issue 13 F1: a bad parameter used to send the browser (and its cookies) to the app's
+    loopback redirect URI at once, before any session check."""
+    params, _ = authorize_params(response_type="nope")
+    with httpx.Client(base_url=wallet.base_url) as anonymous:
+        for header in ({}, {"x-capwallet-session": "-"}):
+            r = anonymous.get("/authorize", params=params, headers=header)
+            assert r.status_code in (200, 401) and "location" not in r.headers
+            assert REDIRECT not in r.text
 
 
 def test_consent_id_is_bound_to_the_session(wallet: RunningWallet,

@@ -10,7 +10,7 @@ import pytest
 from capwallet.wallet.grants import issue_grant
 from capwallet.wallet.runner import RunningWallet
 
-from .conftest import csrf_of
+from .conftest import csrf_of, navigated_to, sign_in, signed_in
 
 
 def _grant(wallet: RunningWallet) -> str:
@@ -54,11 +54,19 @@ def test_revoke_needs_session_csrf_and_origin(wallet: RunningWallet,
     assert browser_client.post(url, data={"csrf": csrf}).status_code == 403
     r = httpx.post(wallet.base_url + url, data={"csrf": csrf}, headers=own)
     assert r.status_code == 403
+    # The cookie without the session header (what another loopback port receives): refused.
+    cookie_only = {"cookie": f"capwallet_session={browser_client.cookies['capwallet_session']}"}
+    r = httpx.post(wallet.base_url + url, data={"csrf": csrf}, headers={**own, **cookie_only})
+    assert r.status_code == 403
+    # The header without the cookie: refused too.
+    r = httpx.post(wallet.base_url + url, data={"csrf": csrf}, headers={
+        **own, "x-capwallet-session": browser_client.headers["x-capwallet-session"]})
+    assert r.status_code == 403
     g = wallet.ctx.grants.get(gid)
     assert g is not None and g.status == "active"
     # The real page's form works.
     r = browser_client.post(url, data={"csrf": csrf}, headers=own)
-    assert r.status_code == 303
+    assert navigated_to(r) == "/"
     g = wallet.ctx.grants.get(gid)
     assert g is not None and g.status == "revoked"
 
@@ -67,10 +75,17 @@ def test_usage_is_not_readable_without_the_session(wallet: RunningWallet,
                                                    browser_client: httpx.Client) -> None:
     _grant(wallet)
     assert httpx.get(wallet.base_url + "/api/usage").status_code == 401
-    r = httpx.get(wallet.base_url + "/")
+    r = httpx.get(wallet.base_url + "/")  # a navigation gets the shell: no data, no token
+    assert r.status_code == 200 and "Victim" not in r.text and 'name="csrf"' not in r.text
+    r = httpx.get(wallet.base_url + "/", headers={"x-capwallet-session": "-"})
     assert r.status_code == 401 and "Victim" not in r.text
-    forged = httpx.get(wallet.base_url + "/", cookies={"capwallet_session": "a" * 32 + ".x"})
+    forged = httpx.get(wallet.base_url + "/", cookies={"capwallet_session": "a" * 32 + ".x"},
+                       headers={"x-capwallet-session": "a" * 32 + ".y"})
     assert forged.status_code == 401
+    cookie_only = httpx.get(wallet.base_url + "/api/usage", headers={
+        "cookie": f"capwallet_session={browser_client.cookies['capwallet_session']}",
+        "x-capwallet-session": "-"})
+    assert cookie_only.status_code == 401
     r = browser_client.get("/api/usage", headers={"origin": "http://evil.example"})
     assert r.status_code == 403  # cross-origin reads are refused outright
     ok = browser_client.get("/api/usage")
@@ -90,10 +105,69 @@ def test_wallet_sends_no_cors_and_forbids_framing(wallet: RunningWallet,
 
 
 def test_session_cookie_is_strict_and_httponly(wallet: RunningWallet) -> None:
-    r = httpx.get(wallet.login_url)
+    secret = wallet.login_url.split("#", 1)[1]
+    assert "?" not in wallet.login_url  # the secret is in the fragment: never sent anywhere
+    own = {"origin": wallet.base_url}
+    r = httpx.post(wallet.base_url + "/login", json={"secret": secret}, headers=own)
+    assert r.status_code == 200
     cookie = r.headers["set-cookie"].lower()
-    assert "httponly" in cookie and "samesite=strict" in cookie
-    assert httpx.get(wallet.base_url + "/login?token=wrong").status_code == 403
+    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+    session = r.json()["session"]
+    assert session.split(".")[0] in cookie and session.split(".")[1].lower() not in cookie
+    wrong = httpx.post(wallet.base_url + "/login", json={"secret": "wrong"}, headers=own)
+    assert wrong.status_code == 403 and "set-cookie" not in wrong.headers
+    no_origin = httpx.post(wallet.base_url + "/login", json={"secret": secret})
+    assert no_origin.status_code == 403 and "set-cookie" not in no_origin.headers
+    assert httpx.get(wallet.base_url + "/login?token=" + secret).headers.get("set-cookie") is None
+
+
+def test_sign_out_and_ending_sessions(wallet: RunningWallet) -> None:
+    with signed_in(wallet) as first, signed_in(wallet) as second:
+        listed = first.get("/api/sessions").json()
+        ids = {s["session_id"] for s in listed["sessions"]}
+        assert listed["current"] in ids and len(ids) == 2
+        csrf = csrf_of(first.get("/").text)
+        other = next(i for i in ids if i != listed["current"])
+        r = first.post(f"/api/sessions/{other}/end", data={"csrf": csrf},
+                       headers={"origin": wallet.base_url})
+        assert r.status_code == 200 and r.json() == {"ended": True}
+        assert second.get("/api/usage").status_code == 401  # ended from the first browser
+        r = first.post("/logout", data={"csrf": csrf}, headers={"origin": wallet.base_url})
+        assert r.status_code == 200 and r.json() == {"location": "/", "forget": True}
+        assert "capwallet_session=" in r.headers["set-cookie"]  # the cookie is cleared
+        assert first.get("/api/usage").status_code == 401
+        assert wallet.ctx.sessions.store.list() == []
+
+
+def test_sessions_expire_and_are_not_derived_from_the_root_key(wallet: RunningWallet) -> None:
+    from capwallet.wallet.sessions import IDLE_TTL, SESSION_TTL
+
+    store = wallet.ctx.sessions.store
+    a = store.create("a", now=1000)
+    b = store.create("b", now=1000)
+    assert a.cookie_value != b.cookie_value and a.header_value != b.header_value
+    assert store.authenticate(a.cookie_value, a.header_value, now=1001) is not None
+    assert store.authenticate(a.cookie_value, b.header_value, now=1001) is None  # mixed
+    assert store.authenticate(a.cookie_value, "", now=1001) is None
+    assert store.authenticate(a.cookie_value, a.cookie_value, now=1001) is None
+    assert store.authenticate(a.cookie_value, a.header_value, now=1000 + IDLE_TTL + 2) is None
+    c = store.create("c", now=5000)
+    for t in range(5000, 5000 + SESSION_TTL, IDLE_TTL // 2):  # used often, still ends
+        assert store.authenticate(c.cookie_value, c.header_value, now=t) is not None
+    assert store.authenticate(c.cookie_value, c.header_value, now=5000 + SESSION_TTL) is None
+    # Nothing in the store can rebuild a secret: only hashes are kept.
+    dump = "\n".join(str(r) for r in store._db.execute("SELECT * FROM sessions"))
+    for value in (a.cookie_value, a.header_value):
+        assert value.split(".")[1] not in dump
+
+
+def test_a_second_sign_in_is_a_second_session(wallet: RunningWallet) -> None:
+    with httpx.Client(base_url=wallet.base_url) as one, httpx.Client(
+            base_url=wallet.base_url) as two:
+        s1, s2 = sign_in(one, wallet), sign_in(two, wallet)
+        assert s1 != s2
+        one.headers["x-capwallet-session"] = s2  # another session's header with this cookie
+        assert one.get("/api/usage").status_code == 401
 
 
 def test_hostile_text_is_escaped(wallet: RunningWallet, browser_client: httpx.Client) -> None:

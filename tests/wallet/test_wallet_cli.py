@@ -156,12 +156,15 @@ def test_serve_prints_a_sign_in_link_and_serves(home: Path) -> None:
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(3)]
         login = lines[1].split()[-1]
-        assert login.startswith("http://127.0.0.1:") and "/login?token=" in login
-        base = login.split("/login")[0]
+        assert login.startswith("http://127.0.0.1:") and "/login#" in login
+        base, secret = login.split("/login#")
         assert httpx.get(f"{base}/healthz").status_code == 200
-        assert httpx.get(f"{base}/").status_code == 401  # locked without the link
+        locked = httpx.get(f"{base}/", headers={"x-capwallet-session": "-"})
+        assert locked.status_code == 401  # locked without the link
         with httpx.Client(base_url=base) as browser:
-            assert browser.get(login).status_code == 303
+            r = browser.post("/login", json={"secret": secret}, headers={"origin": base})
+            assert r.status_code == 200
+            browser.headers["x-capwallet-session"] = r.json()["session"]
             assert browser.get("/").status_code == 200
         r = httpx.post(f"{base}/v1/chat/completions", json={"model": "gpt-4o-mini"},
                        headers={"authorization": "Bearer cwt1_nope"})

@@ -21,7 +21,7 @@ import re
 import secrets
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from capwallet import approval as approvals
 from capwallet.approval import access_digest
@@ -30,6 +30,7 @@ from capwallet.store.base import LedgerEntry, PendingApproval, Reservation, Stor
 from capwallet.verify import Request as VerifyRequest
 from capwallet.verify import VerifiedToken, evaluate
 from capwallet.wallet.context import WalletContext
+from capwallet.wallet.pages import navigate
 
 APPROVAL_TTL = 5 * 60  # how long an approved request may wait for the app's retry
 PENDING_TTL = 10 * 60  # how long a request waits for the user
@@ -111,7 +112,7 @@ async def decide(request: Request) -> Response:
             await ctx.store.resolve_pending(rid, "approved", issued.serialize())
     except StoreUnavailable:
         return ctx.pages.error(request, "The usage store is unavailable", "Try again.", 503)
-    return RedirectResponse("/approvals", status_code=303)
+    return navigate("/approvals")
 
 
 # --- the app's side ---------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,9 +16,7 @@ from capwallet.wallet.grants import GrantStore
 from capwallet.wallet.home import WalletHome
 from capwallet.wallet.keystore import Keystore
 from capwallet.wallet.pages import Pages
-from capwallet.wallet.security import Sessions
-
-_COOKIE_LABEL = b"capwallet-wallet-session-v1"
+from capwallet.wallet.sessions import BrowserSessions
 
 
 @dataclass
@@ -29,7 +26,7 @@ class WalletContext:
     grants: GrantStore
     store: Store
     pages: Pages
-    sessions: Sessions
+    sessions: BrowserSessions
     codes: CodeBook = field(default_factory=CodeBook)
     consents: Consents = field(default_factory=Consents)
     relay_url: str = ""  # empty: the relay is this server, at the URL the app called
@@ -45,7 +42,3 @@ class WalletContext:
     def now(self) -> int:
         return self.clock()
 
-
-def cookie_key(keystore: Keystore) -> bytes:
-    """The key that signs session cookies, derived from the current root key."""
-    return hmac.digest(keystore.current_root_key.secret, _COOKIE_LABEL, "sha256")

@@ -7,13 +7,14 @@ CORS headers, so another web page can neither show nor read it.
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from capwallet.money import format_micros
 from capwallet.store.base import StoreUnavailable
 from capwallet.wallet.chart import spend_chart
 from capwallet.wallet.context import WalletContext
 from capwallet.wallet.grants import revoke_grant
+from capwallet.wallet.pages import navigate
 from capwallet.wallet.usage import snapshot
 
 RECENT = 25
@@ -82,4 +83,4 @@ async def revoke(request: Request) -> Response:
         return ctx.pages.error(request, "Not revoked",
                                "The usage store is unavailable, so the revocation could not be "
                                "recorded. Try again.", status=503)
-    return RedirectResponse("/", status_code=303)
+    return navigate("/")

@@ -11,6 +11,13 @@ CORS: /token is the one wallet endpoint a web page may call cross-origin. A pref
 answered for origins that have a grant waiting for its code exchange; the exchange itself is
 answered (Access-Control-Allow-Origin) only for the origin of the code's own grant, and a code
 presented from any other origin is refused without being burnt.
+
+Nothing goes to the redirect URI before the user is signed in and acts (spec/security.md,
+"Loopback ports share cookies"): a loopback redirect URI is another port of the wallet's host,
+and the browser hands it the wallet's cookies. So an error in the request (RFC 6749 section
+4.1.2.1) is shown on a signed-in page with a link that takes it back to the app, and the
+answers to the consent form are JSON for the page's script (pages.navigate), which then sends
+the browser to the app.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import json
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from capwallet.store.base import StoreUnavailable
 from capwallet.wallet.authorization import (
@@ -33,13 +40,15 @@ from capwallet.wallet.consents import CONSENT_TTL, Consent
 from capwallet.wallet.context import WalletContext
 from capwallet.wallet.deployment import wallet_origin
 from capwallet.wallet.grants import issue_grant, revoke_grant
+from capwallet.wallet.pages import navigate
 from capwallet.wallet.permissions import PermissionRequestError
 
 
-def redirect_with(uri: str, params: dict[str, str]) -> RedirectResponse:
+def with_query(uri: str, params: dict[str, str]) -> str:
+    """``uri`` with ``params`` added to its query (RFC 6749 section 4.1.2)."""
     parts = urlsplit(uri)
     query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
-    return RedirectResponse(urlunsplit(parts._replace(query=urlencode(query))), status_code=303)
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 # --- handlers ---------------------------------------------------------------------------------
@@ -80,10 +89,18 @@ async def authorize_page(request: Request) -> Response:
             status=400,
         )
     except AuthorizeError as exc:
-        return redirect_with(params["redirect_uri"], {
+        if ctx.sessions.session_id(request) is None:
+            return ctx.pages.locked(request)
+        back = with_query(params["redirect_uri"], {
             "error": exc.error, "error_description": exc.description,
             "state": params.get("state", ""), "iss": _issuer(request),
         })
+        return ctx.pages.render(
+            request, "message.html", 400, title="This request cannot be used",
+            message=f"The app asked in a way the wallet does not accept ({exc.error}: "
+                    f"{exc.description}). Nothing was granted.", tone="error",
+            action_url=back, action_label="Tell the app and go back",
+        )
     sid = ctx.sessions.session_id(request)
     if sid is None:
         return ctx.pages.locked(request)
@@ -110,10 +127,10 @@ async def authorize_answer(request: Request) -> Response:
     decision = _str(form.get("decision"))
     if decision == "deny":
         ctx.consents.take(cid)
-        return redirect_with(areq.redirect_uri, {
+        return navigate(with_query(areq.redirect_uri, {
             "error": "access_denied", "error_description": "the user denied the request",
             "state": areq.state, "iss": _issuer(request),
-        })
+        }))
     if decision != "approve":
         return ctx.pages.error(request, "Unknown answer", "Choose Approve or Deny.", status=400)
     fields: dict[str, list[str]] = {}
@@ -138,9 +155,9 @@ async def authorize_answer(request: Request) -> Response:
         challenge=areq.code_challenge, expires_at=now + CODE_TTL, details=granted.details(),
         origin=areq.origin,
     ))
-    return redirect_with(areq.redirect_uri, {
+    return navigate(with_query(areq.redirect_uri, {
         "code": code, "state": areq.state, "iss": _issuer(request),
-    })
+    }))
 
 
 def _oauth_error(error: str, description: str, status: int = 400,

@@ -3,20 +3,31 @@
 App names, origins, model names and approval summaries come from apps, so they are hostile
 text. Autoescaping is on for every template and nothing is marked safe; the spend chart is
 SVG elements whose text goes through the same escaping.
+
+A page that shows anything (dashboard, consent, approvals) is served in two steps, because a
+cookie alone does not prove a session on loopback (``sessions.py``): a navigation gets a shell
+with no data (``shell.html``), whose script (static/wallet.js) fetches the same URL again with
+the session header and shows what comes back. ``behind_shell`` does the first step for a
+handler; answers to the script's form posts are JSON ``{"location": ...}`` (``navigate``),
+since a fetch must not follow a redirect to an app.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from capwallet.money import format_micros, format_minor
-from capwallet.wallet.security import Sessions
+from capwallet.wallet.sessions import SESSION_HEADER, BrowserSessions
+
+STATIC = {"wallet.css": "text/css", "wallet.js": "text/javascript"}
 
 DURATIONS = [
     (3600, "1 hour"), (86400, "1 day"), (7 * 86400, "7 days"), (30 * 86400, "30 days"),
@@ -59,7 +70,7 @@ def expiry_choices(requested: int) -> list[tuple[int, str]]:
 
 
 class Pages:
-    def __init__(self, sessions: Sessions) -> None:
+    def __init__(self, sessions: BrowserSessions) -> None:
         self.sessions = sessions
         self.env = Environment(
             loader=PackageLoader("capwallet.wallet", "templates"),
@@ -72,18 +83,25 @@ class Pages:
             duration=duration, amount=amount, num=lambda n: f"{int(n):,}",
         )
         self.env.globals.update(expiry_choices=expiry_choices)
-        self.css = (
-            resources.files("capwallet.wallet").joinpath("static/wallet.css").read_bytes()
-        )
+        folder = resources.files("capwallet.wallet").joinpath("static")
+        self.static = {name: folder.joinpath(name).read_bytes() for name in STATIC}
+
+    @property
+    def css(self) -> bytes:
+        return self.static["wallet.css"]
 
     def render(self, request: Request, template: str, status: int = 200, **ctx: Any) -> Response:
-        sid = self.sessions.session_id(request)
-        ctx.setdefault("csrf", self.sessions.csrf_token(sid) if sid else "")
-        ctx.setdefault("signed_in", sid is not None)
+        auth = self.sessions.current(request)
+        ctx.setdefault("csrf", auth.csrf if auth else "")
+        ctx.setdefault("signed_in", auth is not None)
         ctx.setdefault("pending_count", 0)
         ctx.setdefault("nav", "")
         html = self.env.get_template(template).render(**ctx)
         return HTMLResponse(html, status_code=status)
+
+    def shell(self, request: Request) -> Response:
+        """The data-less page a navigation gets; its script loads the content."""
+        return self.render(request, "shell.html", 200, signed_in=False, csrf="")
 
     def error(self, request: Request, title: str, message: str, status: int = 400) -> Response:
         return self.render(request, "message.html", status, title=title, message=message,
@@ -107,3 +125,28 @@ class Pages:
                 status: int = 200) -> Response:
         return self.render(request, "consent.html", status, req=areq, perm=areq.permission,
                            consent_id=consent_id, error=error)
+
+
+def navigate(location: str, *, forget: bool = False) -> JSONResponse:
+    """The answer to a form the page's script posted: go to ``location`` (``forget``: also
+    drop the session secret from the browser's storage, at sign-out)."""
+    body: dict[str, object] = {"location": location}
+    if forget:
+        body["forget"] = True
+    return JSONResponse(body, headers={"cache-control": "no-store"})
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def behind_shell(handler: Handler) -> Handler:
+    """A GET without the session header (a navigation) gets the shell, never ``handler``."""
+
+    @functools.wraps(handler)
+    async def page(request: Request) -> Response:
+        if SESSION_HEADER not in request.headers:
+            pages: Pages = request.app.state.wallet.pages
+            return pages.shell(request)
+        return await handler(request)
+
+    return page

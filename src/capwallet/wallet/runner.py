@@ -27,14 +27,14 @@ from starlette.types import ASGIApp
 
 from capwallet.store import open_store
 from capwallet.store.base import Store, StoreUnavailable
-from capwallet.wallet.context import WalletContext, cookie_key
+from capwallet.wallet.context import WalletContext
 from capwallet.wallet.deployment import Deployment
 from capwallet.wallet.grants import GrantStore
 from capwallet.wallet.home import WalletHome
 from capwallet.wallet.keystore import Keystore
 from capwallet.wallet.pages import Pages
-from capwallet.wallet.security import Sessions
 from capwallet.wallet.server import create_wallet_app, login_url
+from capwallet.wallet.sessions import BrowserSessions, CookiePolicy, SessionStore
 
 RELAY_TOML = "relay.toml"
 T = TypeVar("T")
@@ -158,7 +158,11 @@ def make_context(home: WalletHome, keystore: Keystore,
                  options: ServeOptions | None = None) -> WalletContext:
     home.ensure()
     options = options or ServeOptions()
-    sessions = Sessions(cookie_key(keystore))
+    # Sessions live in wallet.db (they outlast a restart, not their expiry or sign-out); their
+    # secrets are random, never derived from the root key. The cookie's name and attributes
+    # follow the origin the wallet is served at (__Host- and Secure on https).
+    sessions = BrowserSessions(SessionStore(home.db_path), CookiePolicy.for_origin(
+        options.deployment.public_origin or ""))
     return WalletContext(
         home=home, keystore=keystore, grants=GrantStore(home.db_path),
         store=open_store(options.store_url or home.store_url), pages=Pages(sessions),
@@ -214,6 +218,7 @@ def running_wallet(
     finally:
         sock.close()
         ctx.grants.close()
+        ctx.sessions.store.close()
         run_async(ctx.store.close)
 
 
@@ -269,6 +274,7 @@ def serve_forever(home: WalletHome, keystore: Keystore, *, options: ServeOptions
     finally:
         sock.close()
         ctx.grants.close()
+        ctx.sessions.store.close()
         asyncio.run(ctx.store.close())
     print("capwallet stopped.", file=sys.stderr)
     return 0

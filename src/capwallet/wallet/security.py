@@ -8,8 +8,9 @@ requests to 127.0.0.1. So, for the wallet's own endpoints:
   its own host name and is refused;
 * a request that carries an Origin must come from the wallet's own origin, and wallet
   responses carry no CORS headers, so another origin can neither read nor change anything;
-* pages need a session: a cookie set by the one-time login link that ``capwallet serve``
-  prints (HttpOnly, SameSite=Strict), signed so it survives restarts of the server;
+* pages need a session (``sessions.py``): a cookie is not enough, because browsers send it
+  to every port of 127.0.0.1; the request must also carry the session's secret from the
+  wallet origin's localStorage in a header, which only the wallet's own script can send;
 * every state-changing form carries a CSRF token bound to the session, checked in constant
   time together with the Origin;
 * pages forbid framing (clickjacking of the Approve button) and load nothing external.
@@ -22,21 +23,16 @@ discovery documents under /.well-known (any origin may read them, see discovery.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 from collections.abc import Mapping
 
 from starlette.datastructures import Headers
-from starlette.requests import HTTPConnection
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from capwallet.wallet.deployment import ORIGIN_SCOPE_KEY, Deployment, wallet_origin
+from capwallet.wallet.deployment import ORIGIN_SCOPE_KEY, Deployment
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]"})
-SESSION_COOKIE = "capwallet_session"
-SESSION_MAX_AGE = 30 * 86400
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CROSS_ORIGIN = frozenset({
     "/token", "/.well-known/oauth-authorization-server", "/.well-known/oauth-protected-resource",
@@ -95,49 +91,6 @@ def host_allowed(host: str, deployment: Deployment) -> bool:
         return True
     default_port = ":443" if deployment.secure else ":80"
     return ":" not in public.rsplit("]", 1)[-1] and host == public + default_port
-
-
-class Sessions:
-    """Login links, session cookies and CSRF tokens.
-
-    ``cookie_key`` comes from the keystore (so a session survives a restart); the login secret
-    is new for every server run and works for any number of logins while the server runs.
-    """
-
-    def __init__(self, cookie_key: bytes, login_secret: str | None = None) -> None:
-        self._key = cookie_key
-        self.login_secret = login_secret or secrets.token_urlsafe(24)
-
-    def check_login(self, offered: str) -> bool:
-        return hmac.compare_digest(offered.encode(), self.login_secret.encode())
-
-    def new_cookie(self) -> str:
-        sid = secrets.token_hex(16)
-        return f"{sid}.{self._mac('session', sid)}"
-
-    def session_id(self, conn: HTTPConnection) -> str | None:
-        """The session id of a validly signed cookie, else None."""
-        value = conn.cookies.get(SESSION_COOKIE, "")
-        sid, _, mac = value.partition(".")
-        if len(sid) != 32 or not hmac.compare_digest(mac.encode(), self._mac("session", sid)
-                                                     .encode()):
-            return None
-        return sid
-
-    def csrf_token(self, sid: str) -> str:
-        return self._mac("csrf", sid)
-
-    def check_csrf(self, conn: HTTPConnection, offered: str | None) -> bool:
-        """Session present, Origin (or Referer) is ours, and the token matches the session."""
-        sid = self.session_id(conn)
-        if sid is None or not offered:
-            return False
-        if not same_origin_request(conn.headers, wallet_origin(conn)):
-            return False
-        return hmac.compare_digest(offered.encode(), self.csrf_token(sid).encode())
-
-    def _mac(self, label: str, sid: str) -> str:
-        return hmac.new(self._key, f"{label}:{sid}".encode(), hashlib.sha256).hexdigest()[:40]
 
 
 def same_origin_request(headers: Headers, mine: str | None = None) -> bool:

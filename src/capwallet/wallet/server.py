@@ -1,7 +1,7 @@
 """The wallet server: the wallet's pages and the relay, one ASGI app on 127.0.0.1.
 
 Routes:
-    GET  /                      dashboard (session)          GET  /login?token=  sign in
+    GET  /                      dashboard (session)          GET  /login#secret  sign in
     GET  /authorize             consent page                 POST /authorize     the answer
     POST /token                 code + PKCE verifier -> token and relay URL (CORS: the
                                 grant's own origin only)
@@ -12,28 +12,34 @@ Routes:
     POST /approvals/{id}/approve|deny                        (session + CSRF)
     GET  /approvals/{id}/status the app polls (its token in Authorization)
     POST /resource/check        an app's resource server checks a scope (token in Authorization)
+    POST /logout                sign out (session + CSRF)    GET  /api/sessions  JSON (session)
+    POST /api/sessions/{id}/end end one session (session + CSRF)
     /v1/..., /healthz           the relay, with CORS for the origins of live grants only
 
+"(session)" is the cookie AND the x-capwallet-session header (sessions.py); pages that show
+data answer a navigation with a data-less shell whose script fetches them (pages.py).
 Everything sits behind LocalOnlyMiddleware (Host and Origin checks, page security headers).
 """
 
 from __future__ import annotations
 
 import contextlib
-import secrets
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
 from capwallet.wallet import approvals, dashboard, discovery, oauth
 from capwallet.wallet.context import WalletContext
 from capwallet.wallet.cors import GrantedOriginsCors
-from capwallet.wallet.security import SESSION_COOKIE, SESSION_MAX_AGE, LocalOnlyMiddleware
+from capwallet.wallet.deployment import wallet_origin
+from capwallet.wallet.pages import STATIC, behind_shell, navigate
+from capwallet.wallet.security import LocalOnlyMiddleware, same_origin_request
 
 
 def _ctx(request: Request) -> WalletContext:
@@ -41,25 +47,78 @@ def _ctx(request: Request) -> WalletContext:
     return ctx
 
 
+async def login_page(request: Request) -> Response:
+    """The sign-in link, /login#<secret>: a shell whose script posts the secret (the fragment
+    never reaches a server log or another port) and keeps the session secret it gets back."""
+    return _ctx(request).pages.shell(request)
+
+
 async def login(request: Request) -> Response:
-    """Trade the login link's secret for a session cookie, then drop the secret from the URL."""
+    """Trade the sign-in secret for a session: the cookie on the response, the origin secret
+    in the JSON body for the page's script to keep in localStorage."""
     ctx = _ctx(request)
-    offered = request.query_params.get("token", "")
-    if not offered or not ctx.sessions.check_login(offered):
+    try:
+        doc = json.loads(await request.body())
+    except ValueError:
+        doc = None
+    offered = doc.get("secret") if isinstance(doc, dict) else None
+    ours = same_origin_request(request.headers, wallet_origin(request))
+    if not ours or not isinstance(offered, str) or not ctx.sessions.check_login(offered):
         return ctx.pages.error(
             request, "This sign-in link is not valid",
             "Use the link that `capwallet serve` printed most recently.", status=403,
         )
-    response = RedirectResponse("/", status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE, ctx.sessions.new_cookie(), max_age=SESSION_MAX_AGE, httponly=True,
-        samesite="strict", path="/",
-    )
+    new = ctx.sessions.start(label=request.headers.get("user-agent", ""))
+    response = JSONResponse({"location": "/", "session": new.header_value},
+                            headers={"cache-control": "no-store"})
+    ctx.sessions.set_cookie(response, new)
     return response
 
 
-async def stylesheet(request: Request) -> Response:
-    return Response(_ctx(request).pages.css, media_type="text/css",
+async def logout(request: Request) -> Response:
+    ctx = _ctx(request)
+    form = await request.form()
+    csrf = form.get("csrf")
+    if not ctx.sessions.check_csrf(request, csrf if isinstance(csrf, str) else None):
+        return ctx.pages.forbidden(request)
+    response = navigate("/", forget=True)
+    ctx.sessions.end_current(request, response)
+    return response
+
+
+async def sessions_json(request: Request) -> Response:
+    """The browsers signed in to this wallet, for a page that lets the user end them."""
+    ctx = _ctx(request)
+    auth = ctx.sessions.current(request)
+    if auth is None:
+        return JSONResponse({"error": "sign in first"}, status_code=401)
+    return JSONResponse({
+        "current": auth.session_id,
+        "sessions": [s.to_json() for s in ctx.sessions.store.list()],
+    }, headers={"cache-control": "no-store"})
+
+
+async def end_session(request: Request) -> Response:
+    ctx = _ctx(request)
+    form = await request.form()
+    csrf = form.get("csrf")
+    if not ctx.sessions.check_csrf(request, csrf if isinstance(csrf, str) else None):
+        return JSONResponse({"error": "forbidden"}, status_code=403)
+    sid = request.path_params["session_id"]
+    auth = ctx.sessions.current(request)
+    if auth is not None and sid == auth.session_id:
+        response = navigate("/", forget=True)
+        ctx.sessions.end_current(request, response)
+        return response
+    ended = ctx.sessions.store.end(sid)
+    return JSONResponse({"ended": ended}, status_code=200 if ended else 404)
+
+
+async def static_file(request: Request) -> Response:
+    name = request.path_params["name"]
+    if name not in STATIC:
+        return Response("not found\n", status_code=404, media_type="text/plain")
+    return Response(_ctx(request).pages.static[name], media_type=STATIC[name],
                     headers={"cache-control": "max-age=300"})
 
 
@@ -70,10 +129,14 @@ async def health(request: Request) -> Response:
 def create_wallet_app(ctx: WalletContext, relay: ASGIApp | None = None) -> ASGIApp:
     """The wallet's ASGI app; ``relay`` (routes under /v1 and /healthz) is served alongside."""
     routes: list[BaseRoute] = [
-        Route("/", dashboard.dashboard_page),
-        Route("/login", login),
-        Route("/static/wallet.css", stylesheet),
-        Route("/authorize", oauth.authorize_page, methods=["GET"]),
+        Route("/", behind_shell(dashboard.dashboard_page)),
+        Route("/login", login_page, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout, methods=["POST"]),
+        Route("/api/sessions", sessions_json),
+        Route("/api/sessions/{session_id:str}/end", end_session, methods=["POST"]),
+        Route("/static/{name:str}", static_file),
+        Route("/authorize", behind_shell(oauth.authorize_page), methods=["GET"]),
         Route("/authorize", oauth.authorize_answer, methods=["POST"]),
         Route("/token", oauth.token_endpoint, methods=["POST"]),
         Route("/token", oauth.token_preflight, methods=["OPTIONS"]),
@@ -83,7 +146,7 @@ def create_wallet_app(ctx: WalletContext, relay: ASGIApp | None = None) -> ASGIA
         Route(discovery.PROTECTED_RESOURCE, discovery.preflight, methods=["OPTIONS"]),
         Route("/grants/{grant_id:str}/revoke", dashboard.revoke, methods=["POST"]),
         Route("/api/usage", dashboard.usage_json),
-        Route("/approvals", approvals.approvals_page),
+        Route("/approvals", behind_shell(approvals.approvals_page)),
         Route("/approvals/{request_id:str}", _approval_link),
         Route("/approvals/{request_id:str}/{verb:str}", _approval_verb, methods=["GET", "POST"]),
         Route("/resource/check", approvals.resource_check, methods=["POST"]),
@@ -125,11 +188,8 @@ async def _approval_verb(request: Request) -> Response:
 
 
 def login_url(base_url: str, ctx: WalletContext) -> str:
-    return f"{base_url.rstrip('/')}/login?token={ctx.sessions.login_secret}"
-
-
-def new_login_secret() -> str:
-    return secrets.token_urlsafe(24)
+    """The sign-in link: the secret is in the fragment, which the browser keeps to itself."""
+    return f"{base_url.rstrip('/')}/login#{ctx.sessions.login_secret}"
 
 
 __all__: list[Any] = ["create_wallet_app", "login_url"]

@@ -1,0 +1,177 @@
+// capwallet's pages: the one script they load (CSP script-src 'self').
+//
+// Why it exists (spec/security.md, "Loopback ports share cookies"): a browser sends the
+// wallet's cookie to every port of 127.0.0.1, so the cookie alone signs nobody in. The session
+// also needs a secret that this origin keeps in localStorage (origin = scheme, host AND port,
+// so no other port can read it). This script is the only thing that sends it, in the
+// x-capwallet-session header, on every request that reads or changes anything:
+//
+// * /login#<sign-in secret>: posts the secret (a fragment never leaves the browser), keeps the
+//   session secret the wallet answers, and goes on to the page that asked for sign-in;
+// * every other page arrives as a shell with no data: the script fetches the same URL with the
+//   header and shows the top bar, title and main part of the page it gets back;
+// * forms are posted with fetch and the header; the wallet answers {"location": ...} where a
+//   plain form post would have been redirected (a fetch must not follow a redirect to an app).
+
+const SECRET_KEY = "capwallet.session";
+const NEXT_KEY = "capwallet.next";
+const HEADER = "x-capwallet-session";
+
+/** @returns {string} the session secret of this origin, or "-" when there is none */
+function secret() {
+  try {
+    return localStorage.getItem(SECRET_KEY) || "-";
+  } catch {
+    return "-";
+  }
+}
+
+/**
+ * fetch() on the wallet's own origin, with the session header.
+ * @param {string} url
+ * @param {RequestInit} [init]
+ * @returns {Promise<Response>}
+ */
+function walletFetch(url, init = {}) {
+  const headers = new Headers(init.headers);
+  headers.set(HEADER, secret());
+  return fetch(url, {
+    ...init, headers, credentials: "same-origin", redirect: "manual", cache: "no-store",
+  });
+}
+
+/**
+ * A path on this origin, or null (the place to go after sign-in must be our own page).
+ * @param {unknown} value
+ * @returns {string | null}
+ */
+function ownPath(value) {
+  if (typeof value !== "string" || !value) return null;
+  try {
+    const url = new URL(value, location.origin);
+    return url.origin === location.origin ? url.pathname + url.search + url.hash : null;
+  } catch {
+    return null;
+  }
+}
+
+let generation = 0;
+
+/**
+ * Show a page the wallet rendered: its title, top bar and main part replace the current ones.
+ * Nothing in it runs: it is parsed as an inert document and only its nodes are moved.
+ * @param {string} html
+ */
+function show(html) {
+  generation += 1;
+  const doc = new DOMParser().parseFromString(html, "text/html");
+  if (doc.title) document.title = doc.title;
+  for (const selector of ["header.topbar", "main"]) {
+    const fresh = doc.querySelector(selector);
+    const old = document.querySelector(selector);
+    if (fresh && old) old.replaceWith(document.adoptNode(fresh));
+  }
+  const refresh = doc.querySelector('meta[http-equiv="refresh"]');
+  const seconds = refresh ? parseInt(refresh.getAttribute("content") || "", 10) : NaN;
+  if (seconds > 0) {
+    const mine = generation;
+    setTimeout(() => { if (mine === generation) load(); }, seconds * 1000);
+  }
+  if (location.hash.length > 1) {
+    document.getElementById(decodeURIComponent(location.hash.slice(1)))?.scrollIntoView();
+  }
+  document.documentElement.dataset.wallet = "ready";
+}
+
+/** @param {string} message */
+function showFailure(message) {
+  const main = document.querySelector("main");
+  if (!main) return;
+  const section = document.createElement("section");
+  section.className = "card message error";
+  const h1 = document.createElement("h1");
+  h1.textContent = "The wallet did not answer";
+  const p = document.createElement("p");
+  p.textContent = message;
+  section.append(h1, p);
+  main.replaceChildren(section);
+  document.documentElement.dataset.wallet = "ready";
+}
+
+/**
+ * Act on the wallet's answer: a JSON instruction (go somewhere, keep or forget the session
+ * secret) or a page to show.
+ * @param {Response} response
+ */
+async function handle(response) {
+  const type = response.headers.get("content-type") || "";
+  if (type.startsWith("application/json")) {
+    const body = await response.json();
+    if (body && typeof body.session === "string") {
+      localStorage.setItem(SECRET_KEY, body.session);
+    }
+    if (body && body.forget === true) localStorage.removeItem(SECRET_KEY);
+    if (body && typeof body.location === "string") {
+      let target = body.location;
+      if (body.session) {
+        target = ownPath(localStorage.getItem(NEXT_KEY)) || target;
+        localStorage.removeItem(NEXT_KEY);
+      }
+      location.assign(target);
+      return;
+    }
+  }
+  if (response.status === 401) {
+    // Locked: remember this page to come back to it after sign-in; a stored secret that
+    // no longer works (ended, expired) is dropped.
+    localStorage.setItem(NEXT_KEY, location.pathname + location.search + location.hash);
+    localStorage.removeItem(SECRET_KEY);
+  }
+  show(await response.text());
+}
+
+/** Fetch and show the content of the page at the current URL. */
+async function load() {
+  try {
+    await handle(await walletFetch(location.pathname + location.search));
+  } catch (err) {
+    showFailure(`Is capwallet still running? (${err})`);
+  }
+}
+
+/** /login#<secret>: trade the sign-in secret for a session. */
+async function login() {
+  const offered = location.hash.slice(1);
+  history.replaceState(null, "", location.pathname);  // the secret leaves the address bar
+  try {
+    await handle(await fetch("/login", {
+      method: "POST", credentials: "same-origin", cache: "no-store",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ secret: offered }),
+    }));
+  } catch (err) {
+    showFailure(`Is capwallet still running? (${err})`);
+  }
+}
+
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (!(form instanceof HTMLFormElement) || form.method.toLowerCase() !== "post") return;
+  event.preventDefault();
+  const submitter = event.submitter instanceof HTMLElement ? event.submitter : null;
+  const body = new URLSearchParams();
+  for (const [name, value] of new FormData(form, submitter)) {
+    if (typeof value === "string") body.append(name, value);
+  }
+  const buttons = form.querySelectorAll("button");
+  buttons.forEach((b) => { b.disabled = true; });
+  walletFetch(form.action, { method: "POST", body })
+    .then(handle)
+    .catch((err) => showFailure(`Nothing was sent. (${err})`))
+    .finally(() => buttons.forEach((b) => { b.disabled = false; }));
+});
+
+if (document.getElementById("wallet-shell")) {
+  if (location.pathname === "/login") login();
+  else load();
+}
