@@ -15,7 +15,7 @@ from capwallet.client import check_scope, wait_for_approval
 from capwallet.wallet.grants import issue_grant
 from capwallet.wallet.runner import RunningWallet
 
-from .conftest import csrf_of, signed_in
+from .conftest import csrf_of, navigated_to, signed_in
 
 BODY = (b'{"model":"gpt-4o-mini","max_tokens":10,'
         b'"messages":[{"role":"user","content":"an expensive question"}]}')
@@ -28,7 +28,7 @@ def _approve(wallet: RunningWallet, rid: str) -> None:
         assert "Sourdough basics" in page.text
         r = browser.post(f"/approvals/{rid}/approve", data={"csrf": csrf_of(page.text)},
                          headers={"origin": wallet.base_url})
-        assert r.status_code == 303
+        assert navigated_to(r) == "/approvals"
 
 
 def test_a_resource_access_approval_does_not_confirm_a_model_call(
