@@ -35,7 +35,7 @@ def test_https_health_and_no_plain_http(stack: HostedStack) -> None:
         r = c.get(stack.wallet_url + "/healthz")
         assert r.status_code == 200
         # The locked dashboard comes over TLS with the page headers the wallet always sends.
-        page = c.get(stack.wallet_url + "/")
+        page = c.get(stack.wallet_url + "/", headers={"x-capwallet-session": "-"})
         assert page.status_code == 401 and page.headers["x-frame-options"] == "DENY"
     # Caddy's certificate is for our name only: a client that does not trust its CA refuses.
     with pytest.raises(httpx.ConnectError), httpx.Client(

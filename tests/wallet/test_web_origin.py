@@ -11,6 +11,7 @@ import pytest
 
 from capwallet.wallet.runner import RunningWallet
 
+from .conftest import signed_in
 from .oauth_helpers import answer, authorize_params, consent_page, exchange, redirect_query
 
 APP = "http://localhost:5500"
@@ -149,8 +150,7 @@ def test_other_wallet_endpoints_stay_closed_to_a_granted_origin(
 def test_relay_preflight_answers_private_network_for_live_grants(
         wallet_relay: RunningWallet) -> None:
     base = wallet_relay.ctx
-    with httpx.Client(base_url=wallet_relay.base_url, follow_redirects=False) as client:
-        client.get(wallet_relay.login_url)
+    with signed_in(wallet_relay) as client:
         q, verifier, _ = web_approve(client)
     pre = {**PRE, "access-control-request-headers": "authorization, content-type",
            "access-control-request-private-network": "true"}

@@ -75,6 +75,7 @@ def test_server_side_app_connects_calls_and_is_refused_after_revoke(
         assert "buy flour" in page.inner_text("#notes")
         page.click("#connect")
         page.wait_for_url(stack.wallet_url + "/authorize?*")
+        page.wait_for_selector("#approve")  # the consent's content (fetched by the page)
         assert "Notebook" in page.content()
         assert stack.app_url.split("://")[1].split(":")[0] in page.content()
         page.click("#approve")
@@ -100,8 +101,8 @@ def test_server_side_app_connects_calls_and_is_refused_after_revoke(
         page.goto(stack.wallet_url + "/")
         grant = page.locator(".grant", has_text="Notebook").first
         grant.locator("button:has-text('Revoke')").click()
-        page.wait_for_load_state()
-        assert "revoked" in page.locator(".grant", has_text="Notebook").first.inner_text()
+        playwright_sync.expect(page.locator(".grant", has_text="Notebook").first).to_contain_text(
+            "revoked")
         browser.close()
 
     # The backend's next call is refused; the app forgets the token and asks again.
