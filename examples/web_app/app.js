@@ -13,7 +13,7 @@ import {
   connect, handleRedirect, attenuate, inspect, openaiOptions, withApproval,
   Models, Budget, Expires, CapwalletError,
 } from 'capwallet';
-import OpenAI from 'openai';
+import OpenAI, { APIConnectionError } from 'openai';
 
 const KEY = 'blog-assistant.connection';
 const $ = (id) => document.getElementById(id);
@@ -56,13 +56,17 @@ function showError(err) {
     return;
   }
   // The relay's refusals carry a reason code (budget_exceeded, revoked, ...); ours carry .code.
-  const code = err.error?.code ?? err.code ?? err.status ?? 'error';
+  // A relay that answers no CORS for this origin (grant revoked or expired, or never granted
+  // to this origin) is only a failed connection to the page: the browser hides the rest.
+  const code = err instanceof APIConnectionError ? 'connection_refused'
+    : err.error?.code ?? err.code ?? err.status ?? 'error';
   const friendly = {
     budget_exceeded: 'The budget you gave this app is used up.',
     revoked: 'You disconnected this app in your wallet.',
     model_not_allowed: 'This token may not use that model.',
     approval_denied: 'You said no to this call.',
     access_denied: 'You did not connect the wallet.',
+    connection_refused: 'The relay did not let this page in: the grant was revoked or has expired, or this site is not the one you connected.',
     wallet_unreachable: 'Your wallet could not be reached.',
   }[code] ?? '';
   box.dataset.code = code;
@@ -86,7 +90,11 @@ async function ask(model, maxTokens, out) {
         model, max_tokens: maxTokens, stream: true,
         messages: [{ role: 'user', content: $('prompt').value }],
       }, { headers });
-      for await (const chunk of stream) out.textContent += chunk.choices[0]?.delta?.content ?? '';
+      out.dataset.chunks = '0';
+      for await (const chunk of stream) {
+        out.textContent += chunk.choices[0]?.delta?.content ?? '';
+        out.dataset.chunks = String(Number(out.dataset.chunks) + 1);
+      }
     }, {
       onApprovalRequired: ({ approvalUrl, message }) => {
         $('approval').hidden = false;

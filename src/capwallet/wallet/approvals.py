@@ -139,26 +139,60 @@ async def _authenticated(request: Request) -> VerifiedToken | JSONResponse:
 
 
 async def approval_status(request: Request) -> Response:
+    """The app polls its approval request. A web app polls from its page: the answer carries
+    CORS for the origin of the token's own grant (errors before the token is known, for any
+    origin with a live grant, so the page can read why), and for no other origin."""
+    response, readers = await _approval_status(request)
+    origin = request.headers.get("origin")
+    if origin is not None and origin in readers:
+        response.headers["access-control-allow-origin"] = origin
+        response.headers["vary"] = "Origin"
+    return response
+
+
+async def status_preflight(request: Request) -> Response:
+    """CORS preflight for GET /approvals/{id}/status: origins with a live grant only."""
+    ctx = _ctx(request)
+    origin = request.headers.get("origin")
+    if (origin is None or "access-control-request-method" not in request.headers
+            or origin not in ctx.grants.live_origins(ctx.now())):
+        return Response(status_code=403)
+    headers = {
+        "access-control-allow-origin": origin, "access-control-allow-methods": "GET",
+        "access-control-allow-headers": "authorization", "access-control-max-age": "600",
+        "vary": "Origin",
+    }
+    if request.headers.get("access-control-request-private-network") == "true":
+        headers["access-control-allow-private-network"] = "true"
+    return Response(status_code=204, headers=headers)
+
+
+async def _approval_status(request: Request) -> tuple[Response, frozenset[str]]:
+    """The answer, and the origins that may read it."""
     ctx = _ctx(request)
     rid = request.path_params["request_id"]
+    readers = ctx.grants.live_origins(ctx.now())
     try:
         auth = await _authenticated(request)
         if isinstance(auth, JSONResponse):
-            return auth
+            return auth, readers
+        grant = ctx.grants.get(auth.token_id_hex)
+        readers = frozenset((grant.origin,)) if grant and grant.origin else frozenset()
         pending = await ctx.store.get_pending(rid) if _ID.fullmatch(rid) else None
     except StoreUnavailable:
-        return _json_error("store_unavailable", "try again", 503)
+        return _json_error("store_unavailable", "try again", 503), readers
     if pending is None or not hmac.compare_digest(pending.token_id.encode(),
                                                    auth.token_id_hex.encode()):
         # One answer for both: an id of another token's request tells nothing.
-        return _json_error("not_found", "no approval request with this id for this token", 404)
+        return _json_error("not_found", "no approval request with this id for this token",
+                           404), readers
     status = pending.status
     if status == "pending" and ctx.now() >= pending.expires_at:
         status = "expired"
     body: dict[str, object] = {"status": status, "expires_at": pending.expires_at}
     if status == "approved" and pending.approval:
         body["approval"] = pending.approval
-    return JSONResponse(body, headers={"cache-control": "no-store"})
+    return JSONResponse(body, headers={"cache-control": "no-store"}), readers
 
 
 async def resource_check(request: Request) -> Response:

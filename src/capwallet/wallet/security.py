@@ -16,14 +16,17 @@ requests to 127.0.0.1. So, for the wallet's own endpoints:
 * pages forbid framing (clickjacking of the Approve button) and load nothing external.
 
 The relay's /v1 endpoints get only the Host check here; their CORS is in ``cors.py``.
-Three wallet paths are meant for web apps and carry their own CORS answer (``CROSS_ORIGIN``):
-POST /token (for the origin of the code's own grant only, see oauth.py) and the two public
-discovery documents under /.well-known (any origin may read them, see discovery.py).
+Some wallet paths are meant for web apps and carry their own CORS answer (``CROSS_ORIGIN``):
+POST /token (for the origin of the code's own grant only, see oauth.py), the two public
+discovery documents under /.well-known (any origin may read them, see discovery.py), and
+GET /approvals/{id}/status, which a page polls with its token (for the origin of the token's
+own grant only, see approvals.py).
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 from collections.abc import Mapping
 
 from starlette.datastructures import Headers
@@ -37,6 +40,7 @@ UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CROSS_ORIGIN = frozenset({
     "/token", "/.well-known/oauth-authorization-server", "/.well-known/oauth-protected-resource",
 })
+APPROVAL_STATUS = re.compile(r"/approvals/[0-9a-f]{32}/status")
 API_HEADERS: Mapping[str, str] = {
     "x-content-type-options": "nosniff",
     "cache-control": "no-store",
@@ -135,7 +139,7 @@ class LocalOnlyMiddleware:
         if path.startswith(self.relay_prefixes) or path == "/healthz":
             await self.app(scope, receive, send)
             return
-        if path in CROSS_ORIGIN:
+        if path in CROSS_ORIGIN or APPROVAL_STATUS.fullmatch(path):
             await self.app(scope, receive, _with_headers(send, API_HEADERS, keep_cors=True))
             return
         origin = headers.get("origin")
