@@ -25,6 +25,7 @@ import trustme
 
 from capwallet.wallet import client_metadata as cm
 from capwallet.wallet.runner import RunningWallet
+from capwallet.wallet.sessions import SESSION_HEADER
 
 from .oauth_helpers import answer, authorize_params, consent_page, redirect_query
 
@@ -262,6 +263,9 @@ def test_a_locked_wallet_fetches_nothing(wallet: RunningWallet, site: MetadataSi
     wallet.ctx.client_metadata = test_fetcher
     before = len(site.hits)
     with httpx.Client(base_url=wallet.base_url) as anonymous:
-        r = ask(anonymous, site)
-    assert r.status_code == 401
+        r = ask(anonymous, site)  # a navigation: the data-less shell
+        assert r.status_code == 200 and "Notes by Example" not in r.text
+        anonymous.headers[SESSION_HEADER] = "not-a-session"
+        r = ask(anonymous, site)  # the shell's script, without a session: locked
+        assert r.status_code == 401
     assert len(site.hits) == before

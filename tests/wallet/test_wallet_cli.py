@@ -103,7 +103,10 @@ def test_grant_for_a_web_origin(home: Path) -> None:
     r = run(home, "grant", "--app", "Notes", "--origin", "HTTP://LOCALHOST:5500/", "--provider",
             "openai", "--budget", "1USD/day", "--json")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["origin"] == "http://localhost:5500"
+    out = json.loads(r.stdout)
+    assert out["origin"] == "http://localhost:5500"
+    assert "origin http://localhost:5500" in [c.decode() for c in
+                                               Token.parse(out["token"]).raw_caveats]
     grants = GrantStore(WalletHome(home).db_path)
     try:
         assert grants.live_origins(0) == frozenset({"http://localhost:5500"})

@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
+from capwallet import caveats as cav
+from capwallet.token import Token
 from capwallet.wallet.runner import RunningWallet
 
 from .conftest import signed_in
@@ -54,6 +56,37 @@ def test_web_app_by_origin_gets_an_origin_grant(wallet: RunningWallet,
     grant = wallet.ctx.grants.get(r.json()["grant_id"])
     assert grant is not None and grant.origin == APP and grant.status == "active"
     assert APP in wallet.ctx.grants.live_origins(wallet.ctx.now())
+
+
+def test_web_token_is_bound_to_its_origin(wallet_relay: RunningWallet) -> None:
+    """The grant's token carries the origin caveat: the relay refuses it when a request says
+    it comes from another origin, even a request that no CORS check stands in front of."""
+    with signed_in(wallet_relay) as client:
+        q, verifier, _ = web_approve(client)
+    r = web_exchange(wallet_relay.base_url, q["code"], verifier, APP)
+    token = r.json()["access_token"]
+    assert [c.origin for c in Token.parse(token).caveats() if isinstance(c, cav.Origin)] == [APP]
+    url = f"{wallet_relay.base_url}/v1/chat/completions"
+    body = {"model": "gpt-4o-mini", "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}]}
+    auth = {"authorization": f"Bearer {token}"}
+    other = httpx.post(url, json=body, headers={**auth, "origin": "http://localhost:5501"})
+    assert other.status_code == 403, other.text
+    assert other.json()["error"]["code"] == "origin_mismatch"
+    assert "access-control-allow-origin" not in other.headers
+    own = httpx.post(url, json=body, headers={**auth, "origin": APP})
+    assert own.status_code == 200, own.text
+    assert own.headers["access-control-allow-origin"] == APP
+    server_side = httpx.post(url, json=body, headers=auth)  # no Origin: other caveats govern
+    assert server_side.status_code == 200, server_side.text
+
+
+def test_native_token_has_no_origin_caveat(wallet: RunningWallet,
+                                           browser_client: httpx.Client) -> None:
+    p, verifier = authorize_params()
+    q = redirect_query(answer(browser_client, consent_page(browser_client, p).text, "approve"))
+    token = exchange(wallet.base_url, q["code"], verifier).json()["access_token"]
+    assert not [c for c in Token.parse(token).caveats() if isinstance(c, cav.Origin)]
 
 
 def test_token_from_another_origin_is_refused_and_the_code_survives(

@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any
 
+from capwallet import caveats as cav
 from capwallet.cli.caveat_flags import add_caveat_flags, caveats_from_args
 from capwallet.cli.common import CliError, print_json
 from capwallet.money import format_micros
@@ -317,6 +318,8 @@ def cmd_grant(args: Any) -> int:
     ks = unlock(home)
     grants = GrantStore(home.db_path)
     try:
+        if origin:  # bound to it: a page on another origin is refused (origin_mismatch)
+            caveats.append(cav.Origin(origin))
         grant, token = issue_grant(grants, ks.current_root_key, app=args.app, caveats=caveats,
                                    source="cli", now=now, origin=origin)
     finally:

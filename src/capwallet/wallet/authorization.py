@@ -114,7 +114,10 @@ def check_redirect_uri(uri: str) -> str:
         raise BadRedirect("a redirect_uri must not carry a user name or password")
     host = parts.hostname or ""
     if (parts.scheme == "http" and host in LOOPBACK) or (parts.scheme == "https" and host):
-        return origin_of(uri)
+        try:
+            return origin_of(uri)
+        except ValueError:
+            raise BadRedirect("the app's redirect_uri has no usable host") from None
     raise BadRedirect(
         "a redirect_uri must be https, or http on a loopback address (127.0.0.1 or [::1])"
     )

@@ -44,6 +44,8 @@ import anyio
 import certifi
 import httpx
 
+from capwallet import origins
+
 SIZE_LIMIT = 8 * 1024
 TIME_LIMIT = 5.0
 _NAME = re.compile(r"[^\x00-\x1f\x7f]{1,80}")
@@ -276,7 +278,8 @@ def parse_document(client_id: str, body: bytes) -> ClientMetadata:
 
 
 def origin_of(url: str) -> str:
-    """The browser's serialization of a URL's origin: lowercase, default port dropped."""
+    """The browser's serialization of a URL's origin (lowercase, default port dropped), in the
+    canonical form the origin caveat names (capwallet.origins)."""
     parts = urlsplit(url)
     port = parts.port  # ValueError on a bad port
     host = (parts.hostname or "").lower()
@@ -286,4 +289,7 @@ def origin_of(url: str) -> str:
     netloc = f"[{host}]" if ":" in host else host
     if port is not None and port != {"http": 80, "https": 443}[scheme]:
         netloc += f":{port}"
-    return f"{scheme}://{netloc}"
+    canonical = origins.normalise(f"{scheme}://{netloc}")
+    if canonical is None:  # e.g. a non-ASCII host: never an origin a caveat could name
+        raise ValueError(f"not a web origin: {url!r}")
+    return canonical

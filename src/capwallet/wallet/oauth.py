@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from capwallet import caveats as cav
 from capwallet.store.base import StoreUnavailable
 from capwallet.wallet.authorization import (
     AuthorizeError,
@@ -147,7 +148,8 @@ async def authorize_answer(request: Request) -> Response:
     ctx.grants.delete_pending_before(now - 2 * CODE_TTL)
     grant, token = issue_grant(
         ctx.grants, ctx.keystore.current_root_key, app=areq.app_name,
-        caveats=granted.caveats(areq.app_name, now), source="oauth", now=now,
+        caveats=web_caveats(granted.caveats(areq.app_name, now), areq.origin),
+        source="oauth", now=now,
         origin=areq.origin, redirect_uri=areq.redirect_uri, status="pending",
     )
     code = ctx.codes.issue(CodeEntry(
@@ -158,6 +160,12 @@ async def authorize_answer(request: Request) -> Response:
     return navigate(with_query(areq.redirect_uri, {
         "code": code, "state": areq.state, "iss": _issuer(request),
     }))
+
+
+def web_caveats(caveats: list[cav.Caveat], origin: str) -> list[cav.Caveat]:
+    """A web app's grant carries its origin as a caveat: a browser presenting the token from
+    any other origin is refused by every verifier (origin_mismatch), CORS or not."""
+    return [*caveats, cav.Origin(origin)] if origin else caveats
 
 
 def _oauth_error(error: str, description: str, status: int = 400,
