@@ -131,3 +131,37 @@ def test_verify_wrong_key_is_a_deny(key_file: Path, tmp_path: Path) -> None:
     assert r.returncode == 1
     assert json.loads(r.stdout)["reason"] == "unknown_key"
     assert token not in r.stdout  # decisions carry the token id, never the token
+
+
+MAX_TIME = str(2**53 - 1)
+
+
+def test_verify_in_the_far_future_denies_without_a_traceback(key_file: Path) -> None:
+    """Issue 13 'Year 10000': now up to 2^53-1 is allowed; a calendar budget then denies with
+    period_out_of_range (it printed a traceback: datetime stops at the year 9999)."""
+    token = run("mint", "--key-file", str(key_file), "--budget", "10EUR/month",
+                "--expires", MAX_TIME, "--now", NOW).stdout.strip()
+    r = run("verify", token, "--key-file", str(key_file), "--now", MAX_TIME,
+            "--provider", "openai", "--model", "gpt-4o-mini", "--cost", "0.10EUR")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.startswith("deny: period_out_of_range"), r.stdout
+    assert "Traceback" not in r.stderr
+    r = run("inspect", token)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"{MAX_TIME} (Unix time, after the year 9999)" in r.stdout
+
+
+def test_a_token_with_whitespace_is_malformed_as_in_the_library(key_file: Path) -> None:
+    """Issue 13 'CLI whitespace': the CLI stripped ' cwt1_... ' and allowed it; the spec and
+    the library call it malformed. From stdin one trailing line break is removed."""
+    token = run("mint", "--key-file", str(key_file), "--now", NOW).stdout.strip()
+    base = ["--key-file", str(key_file), "--now", NOW]
+    for text in (f" {token} ", f"{token} ", f"\t{token}", f"{token}\n"):
+        r = run("verify", text, *base)
+        assert r.returncode == 1 and r.stdout.startswith("deny: malformed"), (text, r.stdout)
+    assert run("verify", token, *base).returncode == 0
+    assert run("verify", "-", *base, stdin=token + "\n").returncode == 0
+    assert run("verify", "-", *base, stdin=token + "\r\n").returncode == 0
+    for text in (token + "\n\n", " " + token + "\n", token + " \n"):
+        r = run("verify", "-", *base, stdin=text)
+        assert r.returncode == 1 and r.stdout.startswith("deny: malformed"), (text, r.stdout)

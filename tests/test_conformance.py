@@ -153,6 +153,26 @@ def test_edge_cases_beyond_the_vectors(impl_env: None, command: str) -> None:
             assert d["allowed"] is (reason is None)
 
 
+@pytest.mark.parametrize("command", [PY_IMPL, JS_IMPL], ids=["python", "javascript"])
+def test_an_adapter_answers_every_line_in_the_far_future(impl_env: None, command: str) -> None:
+    """Issue 13 'Year 10000': at now = 2^53-1 with a calendar budget the Python adapter died
+    (datetime overflow) and answered nothing more. Now both answer period_out_of_range, then
+    the next line; an op that fails answers an error instead of ending the process."""
+    token = _token(b"budget b000000000000001 100 EUR day Europe/Paris")
+    with conformance.Adapter(command) as a:
+        for now in (2**53 - 1, 253402300800, 253339228800):
+            d = a.call("verify", keys=[_KEY], token=token, now=now, request=_CALL,
+                       counters={}, revoked=[])
+            assert d["reason"] == "period_out_of_range", (now, d)
+        d = a.call("verify", keys=[_KEY], token=token, now=1_790_000_000, request=_CALL,
+                   counters={}, revoked=[])
+        assert d["allowed"] is True
+        with pytest.raises(conformance.AdapterError):
+            a.call("mint", root_key="00", key_id="zz", token_id="", issued_at=-1, caveats=[])
+        assert a.call("verify", keys=[_KEY], token=token, now=1_790_000_000, request=_CALL,
+                      counters={}, revoked=[])["allowed"] is True
+
+
 _PERIODS_JS = """
 import { periodKey, periodEnd } from './js/src/token/periods.js';
 let text = '';

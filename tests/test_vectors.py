@@ -181,6 +181,9 @@ def _check_decision(where: str, expected: dict[str, Any], d: Decision) -> None:
     assert d.approval_id == expected["approval_id"], where
     if "limits" in expected:
         assert d.limits is not None and d.limits.to_json() == expected["limits"], where
+        # Dicts compare unordered; confirm_above's order is specified (currency codes).
+        assert list(d.limits.to_json()["confirm_above"]) == list(
+            expected["limits"]["confirm_above"]), where
 
 
 def _check_parts(v: dict[str, Any]) -> None:

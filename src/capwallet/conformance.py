@@ -298,6 +298,9 @@ def _compare_decision(where: str, expected: dict[str, Any], got: dict[str, Any])
     _expect(f"{where} approval_id", expected["approval_id"], got.get("approval_id"))
     if "limits" in expected:
         _expect(f"{where} limits", expected["limits"], got.get("limits"))
+        # JSON objects compare unordered; the order of confirm_above is specified too.
+        _expect(f"{where} confirm_above order", list(expected["limits"]["confirm_above"]),
+                list((got.get("limits") or {}).get("confirm_above") or {}))
 
 
 def _verify(a: Adapter, v: dict[str, Any], token: str, ctx: dict[str, Any],

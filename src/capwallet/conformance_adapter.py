@@ -197,7 +197,7 @@ def handle(line: str) -> dict[str, Any]:
         return {"id": rid, "error": {"message": f"unknown op {req.get('op')!r}"}}
     try:
         return {"id": rid, "result": op(req)}
-    except (BadRequest, ValueError, TypeError) as exc:
+    except Exception as exc:  # any failure is an answer: the adapter never dies
         return {"id": rid, "error": {"message": f"{type(exc).__name__}: {exc}"}}
 
 

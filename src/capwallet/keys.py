@@ -1,6 +1,7 @@
 """Root keys and key rings. A verifier holds several root keys by id, so keys can rotate.
 
-A key file is JSON, mode 0600: {"capwallet_root_key": 1, "key_id": <16 hex>, "key": <64 hex>}.
+A key file is JSON, mode 0600: {"capwallet_root_key": 1, "key_id": <16 hex>, "key": <64 hex>}
+(lower-case hex; spec/security.md#key-files).
 The key id is random, not derived from the key, so it reveals nothing about it.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -16,6 +18,8 @@ from pathlib import Path
 from capwallet.identifier import KEY_ID_BYTES
 
 ROOT_KEY_BYTES = 32
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class KeyFileError(ValueError):
@@ -45,8 +49,13 @@ class RootKey:
             data = json.loads(text)
             if data.get("capwallet_root_key") != 1:
                 raise KeyFileError("not a capwallet root key file (version 1)")
-            key_id = bytes.fromhex(data["key_id"])
-            secret = bytes.fromhex(data["key"])
+            key_hex, secret_hex = data["key_id"], data["key"]
+            if not (isinstance(key_hex, str) and _HEX16.fullmatch(key_hex)
+                    and isinstance(secret_hex, str) and _HEX64.fullmatch(secret_hex)):
+                raise KeyFileError("root key file must hold key_id as 16 and key as 64 "
+                                   "lower-case hex digits")
+            key_id = bytes.fromhex(key_hex)
+            secret = bytes.fromhex(secret_hex)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             if isinstance(exc, KeyFileError):
                 raise

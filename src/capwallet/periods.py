@@ -14,6 +14,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 PERIODS = ("day", "week", "month", "year", "total")
 UTC = dt.UTC
+# The last instant for which counters with a period other than "total" are defined:
+# 9998-01-01T00:00:00Z. Before it, the local time in every zone (offsets up to +14 h) is in a
+# year up to 9998, so every period key and period end (at most the start of 9999 locally) is a
+# date from 0001 to 9999 that every calendar library represents. At or after it, a model call
+# under such a counter is denied with period_out_of_range (spec/caveats.md#periods); the spec
+# lets `now` go up to 2^53-1, so this is a defined answer rather than an overflow.
+PERIOD_LIMIT = 253339228800
 
 
 @lru_cache(maxsize=1)

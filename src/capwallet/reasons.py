@@ -33,6 +33,7 @@ class Reason(StrEnum):
     INPUT_TOO_LARGE = "input_too_large"
     OUTPUT_TOO_LARGE = "output_too_large"
     # Stage 4: counters.
+    PERIOD_OUT_OF_RANGE = "period_out_of_range"
     PRICE_UNKNOWN = "price_unknown"
     RATE_LIMITED = "rate_limited"
     QUOTA_EXCEEDED = "quota_exceeded"

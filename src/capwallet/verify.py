@@ -19,9 +19,10 @@ from typing import Any, NamedTuple
 from capwallet import approval as approvals
 from capwallet import caveats as cav
 from capwallet import macaroon, origins
+from capwallet.identifier import MAX_SAFE_INTEGER
 from capwallet.limits import CounterLimit, EffectiveLimits, effective
 from capwallet.money import MICROS_PER_MINOR, format_micros
-from capwallet.periods import period_end, period_key
+from capwallet.periods import PERIOD_LIMIT, period_end, period_key
 from capwallet.reasons import Reason, TokenError
 from capwallet.token import Token
 
@@ -172,6 +173,10 @@ class VerifiedToken:
 def _window(period: str, tz: str, minute: int) -> tuple[str, int | None]:
     # Every period boundary falls on a minute boundary (time zone offsets are whole minutes).
     t = minute * 60
+    if t >= PERIOD_LIMIT and period != "total":
+        # No calendar period is defined here; verification denies period_out_of_range before
+        # this key is used (a caller that reads counters first reads a counter never written).
+        return "out-of-range", None
     return period_key(period, t, tz), period_end(period, t, tz)
 
 
@@ -293,6 +298,10 @@ def evaluate(
     # Counters.
     debits: list[Debit] = []
     if model_call:
+        if now >= PERIOD_LIMIT and any(c.period != "total" for c in lim.counters):
+            return _deny(Reason.PERIOD_OUT_OF_RANGE,
+                         "the verifier's clock is past 9998-01-01T00:00:00Z, the last time for "
+                         "which this token's counter periods are defined", v)
         cost = request.cost
         for currency in lim.priced_currencies:
             if currency not in cost:
@@ -307,6 +316,9 @@ def evaluate(
             used = counters.get(counter_key, 0)
             limit = c.counted_limit
             if amount > 0 and used + amount > limit:
+                # A quota's amount (input + output) can exceed 2^53-1 although each part fits:
+                # it never fits then, and the denial reports at most 2^53-1 (spec).
+                amount = min(amount, MAX_SAFE_INTEGER)
                 left = max(limit - used, 0)
                 return _deny(_COUNTER_REASONS[kind],
                              f"{c.describe()}: {_fmt(c, used)} used, {_fmt(c, left)} left; "

@@ -203,4 +203,11 @@ def build_attenuate() -> File:
     add("A parent without an origin caveat; the child binds itself to https://notes.example "
         "and is refused from another origin.", "caveats.md#origin", [ORIGIN_F, CHAIN],
         P.child(f"origin {notes}"), P, ctx(call(origin=evil)), deny("origin_mismatch"))
+    ca = P.child("confirm-above 300 USD", "confirm-above 200 EUR", "confirm-above 900 CHF")
+    add("confirm-above in USD, then EUR, then CHF: the effective confirm_above lists the "
+        "currencies in ascending order of their codes (CHF, EUR, USD), not in token order.",
+        "caveats.md#effective-limits", [COMBINE], ca, P,
+        ctx(call(cost={"EUR": 12, "USD": 14, "CHF": 11})),
+        allow(pdebit(), limits=limits(**{**parent_limits,
+                                         "confirm_above": {"CHF": 900, "EUR": 200, "USD": 300}})))
     return f

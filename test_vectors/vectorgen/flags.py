@@ -99,4 +99,6 @@ KIND_F = flag("ApprovalKind", "An approval presented for a request of another ki
               "states (model call, resource access), or stating an unknown kind.")
 ORIGIN_F = flag("Origin", "The request states a browser's Origin header (or the token has an "
                 "origin caveat and the request states none): the origin caveat decides.")
+FAR_FUTURE = flag("FarFuture", "The verifier's clock is at or near the last time for which "
+                  "counter periods are defined (9998-01-01T00:00:00Z), or at 2^53-1.")
 ASK = flag("AskFirst", "A scope named by ask-first is used.")

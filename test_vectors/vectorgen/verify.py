@@ -10,6 +10,7 @@ from .flags import (
     BOUNDARY,
     COUNTER_ORDER,
     EXACT,
+    FAR_FUTURE,
     MICRO,
     ORDER,
     ORIGIN_F,
@@ -364,4 +365,62 @@ def build_verify() -> File:
         "first check of the request shape.", "verification.md#request-shape",
         [ORIGIN_F, ORDER], tpo, ctx(call(origin="https://evil.example")),
         deny("origin_mismatch"))
+    # The far future: `now` may be up to 2^53-1, but counter periods end at 9998-01-01.
+    lim_t = 253339228800
+    assert lim_t == utc(9998, 1, 1)
+    per = "caveats.md#periods"
+    fb = "budget b000000000000030 1000 EUR month"
+    ft = tok("verify-far-month", fb)
+    add("A monthly budget one minute before 9998-01-01T00:00:00Z: the last period, 9997-12, "
+        "resets at that instant.", per, [FAR_FUTURE, BOUNDARY, VALID], ft,
+        ctx(now=lim_t - 60),
+        allow(debit("budget", ft.token_id, fb, "9997-12", amount=12, limit=1000, unit="EUR",
+                    resets_at=lim_t)))
+    add("The same budget at 9998-01-01T00:00:00Z: no period is defined from then on, so the "
+        "call is denied with period_out_of_range.", per, [FAR_FUTURE, BOUNDARY], ft,
+        ctx(now=lim_t), deny("period_out_of_range"))
+    add("The same budget at now = 2^53-1, the largest time the protocol allows.", per,
+        [FAR_FUTURE, BOUNDARY], ft, ctx(now=MAX_SAFE), deny("period_out_of_range"))
+    fy = "budget b000000000000031 1000 EUR year Pacific/Kiritimati"
+    fyt = tok("verify-far-kiritimati", fy)
+    add("A yearly budget in Pacific/Kiritimati (UTC+14) one minute before the limit: locally "
+        "it is already 9998-01-01T13:59, so the period is 9998 and it ends at local "
+        "9999-01-01T00:00.", per, [FAR_FUTURE, TZF, VALID], fyt, ctx(now=lim_t - 60),
+        allow(debit("budget", fyt.token_id, fy, "9998", amount=12, limit=1000, unit="EUR",
+                    resets_at=utc(9998, 12, 31, 10))))
+    fr = "rate c000000000000030 10"
+    add("A rate (per UTC minute) at now = 2^53-1: a minute is a period too.", per,
+        [FAR_FUTURE], tok("verify-far-rate", fr), ctx(now=MAX_SAFE), deny("period_out_of_range"))
+    ftot = "budget b000000000000032 1000 EUR total"
+    ftt = tok("verify-far-total", ftot)
+    add("A total budget has no calendar period: at now = 2^53-1 it is still counted.", per,
+        [FAR_FUTURE, VALID], ftt, ctx(now=MAX_SAFE),
+        allow(debit("budget", ftt.token_id, ftot, "total", amount=12, limit=1000, unit="EUR",
+                    resets_at=None)))
+    add("A resource access at now = 2^53-1 under a monthly budget: counters do not apply to "
+        "it, so it is allowed.", per, [FAR_FUTURE, RESOURCE, VALID], ft,
+        ctx(access(), now=MAX_SAFE), allow())
+    add("At the limit, with a call not priced in the budget's currency: period_out_of_range "
+        "comes first in the counters step.", "verification.md#counters",
+        [FAR_FUTURE, ORDER], ft, ctx(call(cost={"USD": 12}), now=lim_t),
+        deny("period_out_of_range"))
+    # A quota amount is input + output, which can exceed 2^53-1 although each part fits.
+    qm = f"token-quota a000000000000030 {MAX_SAFE} total"
+    qmt = tok("verify-quota-sum", qm)
+    add("The largest token quota and a call of 2^53-2 input and 1 output tokens: the amount, "
+        "2^53-1, fits exactly.", "caveats.md#token-quota", [BOUNDARY, VALID], qmt,
+        ctx(call(input_tokens=MAX_SAFE - 1, output_tokens=1)),
+        allow(debit("quota", qmt.token_id, qm, "total", amount=MAX_SAFE, limit=MAX_SAFE,
+                    unit="tokens", resets_at=None)))
+    add("The largest token quota and a call of 2^53-1 input and 1 output tokens: the amount, "
+        "2^53, is above 2^53-1, so it never fits; the denial reports needed = 2^53-1.",
+        "caveats.md#token-quota", [BOUNDARY], qmt,
+        ctx(call(input_tokens=MAX_SAFE, output_tokens=1)),
+        deny("quota_exceeded", hit("quota", qmt.token_id, qm, "total", limit=MAX_SAFE, used=0,
+                                   needed=MAX_SAFE, unit="tokens", resets_at=None)))
+    add("2^53-1 input and 2^53-1 output tokens (the sum is 2^54-2) against the same quota.",
+        "caveats.md#token-quota", [BOUNDARY], qmt,
+        ctx(call(input_tokens=MAX_SAFE, output_tokens=MAX_SAFE)),
+        deny("quota_exceeded", hit("quota", qmt.token_id, qm, "total", limit=MAX_SAFE, used=0,
+                                   needed=MAX_SAFE, unit="tokens", resets_at=None)))
     return f

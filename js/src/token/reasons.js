@@ -13,7 +13,7 @@ export const REASONS = Object.freeze([
   'origin_mismatch', 'provider_not_allowed', 'model_not_allowed', 'operation_not_allowed', 'scope_missing',
   'zero_retention_required', 'input_too_large', 'output_too_large',
   // Stage 4: counters.
-  'price_unknown', 'rate_limited', 'quota_exceeded', 'budget_exceeded',
+  'period_out_of_range', 'price_unknown', 'rate_limited', 'quota_exceeded', 'budget_exceeded',
   // Stage 5: human confirmation.
   'confirmation_required', 'approval_invalid',
 ]);

@@ -23,10 +23,13 @@ import { countersInCheckOrder, effective, pricedCurrencies } from './limits.js';
 import { periodKey, periodEnd } from './periods.js';
 import { checkApproval } from './approval.js';
 import { normaliseOrigin } from './origins.js';
-import { constantTimeEqual, hex } from './encoding.js';
+import { MAX_SAFE_INTEGER, constantTimeEqual, hex } from './encoding.js';
 import { MICROS_PER_MINOR, formatMicros } from './money.js';
 
 export const CLOCK_SKEW = 60;
+// 9998-01-01T00:00:00Z: counters with a period other than total are defined before it only
+// (spec/caveats.md#periods), so every period key and end is a date in years 0001-9999.
+export const PERIOD_LIMIT = 253339228800;
 const COUNTER_REASON = { rate: 'rate_limited', quota: 'quota_exceeded', budget: 'budget_exceeded' };
 
 /**
@@ -95,6 +98,9 @@ async function evaluate(v, request, now, counters, keys) {
   // Counters.
   const debits = [];
   if (modelCall) {
+    if (now >= PERIOD_LIMIT && l.counters.some((c) => c.period !== 'total')) {
+      deny('period_out_of_range', "the verifier's clock is past 9998-01-01T00:00:00Z, the last time for which this token's counter periods are defined");
+    }
     const cost = request.cost;
     for (const cur of pricedCurrencies(l)) {
       if (!Object.hasOwn(cost, cur)) deny('price_unknown', `the request could not be priced in ${cur}`);
@@ -111,7 +117,7 @@ async function evaluate(v, request, now, counters, keys) {
         const fmt = (n) => (c.kind === 'budget' ? formatMicros(n, c.unit) : `${n} ${c.unit}`);
         deny(COUNTER_REASON[c.kind], `${c.kind} ${key}: ${fmt(used)} of ${fmt(limit)} used, this call needs ${fmt(amount)}`, {
           kind: c.kind, counter_id: c.counterId, counter_key: key, unit: c.unit, limit, used,
-          needed: amount, resets_at: resetsAt,
+          needed: Math.min(amount, MAX_SAFE_INTEGER), resets_at: resetsAt,
         });
       }
       debits.push({ kind: c.kind, counter_key: key, amount, limit, used, unit: c.unit, resets_at: resetsAt });

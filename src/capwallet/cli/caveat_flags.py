@@ -30,7 +30,8 @@ def add_caveat_flags(parser: argparse.ArgumentParser, *, origin: bool = True) ->
     g.add_argument("--provider", action="append", metavar="ID", help="allowed provider (repeat)")
     g.add_argument("--model", action="append", metavar="ID", help="allowed model id (repeat)")
     g.add_argument("--operation", action="append", metavar="OP",
-                   help="allowed operation: chat, embeddings, list-models (repeat)")
+                   help="allowed operation: chat or embeddings (repeat); listing models is "
+                        "not an operation (spec/caveats.md#operations)")
     g.add_argument("--scope", action="append", metavar="SCOPE",
                    help="granted data/tool scope such as posts:read (repeat)")
     g.add_argument("--no-scopes", action="store_true", help="grant no data/tool scopes at all")
@@ -72,7 +73,9 @@ def parse_time(text: str, now: int, flag: str) -> int:
     m = _DURATION.fullmatch(text)
     if m:
         return now + int(m.group(1)) * _UNITS[m.group(2)]
-    if re.fullmatch(r"\d{9,12}", text):
+    if re.fullmatch(r"\d{9,16}", text):
+        if int(text) > 2**53 - 1:
+            raise CliError(f"{flag}: {text} is past the largest protocol time, 2^53-1")
         return int(text)
     try:
         when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))

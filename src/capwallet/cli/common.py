@@ -13,10 +13,16 @@ class CliError(Exception):
 
 
 def read_token_arg(value: str) -> str:
-    """TOKEN may be '-' for standard input (so tokens stay out of shell history)."""
+    """TOKEN may be '-' for standard input (so tokens stay out of shell history).
+
+    The token is taken exactly as given, as a verifier takes it (spec/token-format.md): a
+    token with spaces around it is malformed, not quietly repaired. From standard input one
+    trailing line break (LF or CR LF), which `echo` and editors add, is removed; nothing else.
+    """
     text = sys.stdin.read() if value == "-" else value
-    text = text.strip()
-    if not text:
+    if value == "-":
+        text = text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
+    if not text.strip():
         raise CliError("no token given")
     return text
 

@@ -78,7 +78,12 @@ def _load_key(path: str) -> RootKey:
 
 
 def _iso(t: int | None) -> str | None:
-    return None if t is None else dt.datetime.fromtimestamp(t, dt.UTC).isoformat()
+    if t is None:
+        return None
+    try:
+        return dt.datetime.fromtimestamp(t, dt.UTC).isoformat()
+    except (OverflowError, ValueError, OSError):  # a protocol time may reach 2^53-1
+        return f"{t} (Unix time, after the year 9999)"
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
