@@ -14,7 +14,9 @@ Limits on what a client may send:
 * request target + headers: at most 16 KiB in total and 100 fields (431 headers_too_large
   from the relay, see reference_relay.app.RequestGuard; a head still arriving is cut off at
   16 KiB too, by reference_relay.http_limits with a 431, since httptools alone would buffer
-  any size); a capability token is at most
+  any size), and complete within ``header_timeout`` seconds of the connection (or of the
+  first byte of a later request on it), 10 by default (408 request_timeout and close,
+  reference_relay.http_limits); a capability token is at most
   8192 characters (capwallet.token.MAX_TOKEN_CHARS: 401 malformed);
 * body: ``max_body_bytes`` from the config, 4 MiB by default (413 beyond it), arriving within
   ``body_timeout`` seconds of the headers, 30 by default (408 request_timeout otherwise).
@@ -42,7 +44,7 @@ from capwallet.keys import KeyFileError
 from capwallet.store import StoreUnavailable
 from reference_relay.app import REDACTOR, create_app
 from reference_relay.config import ConfigError, RelayConfig, load_config
-from reference_relay.http_limits import BoundedHttpToolsProtocol
+from reference_relay.http_limits import BoundedHttpToolsProtocol, set_head_timeout
 from reference_relay.listen import listen, serve_announced, url
 
 log = logging.getLogger("reference_relay")
@@ -76,10 +78,10 @@ def _tune_gc() -> None:
 
 
 def _uvicorn_config(app: Any, log_level: str, config: RelayConfig, **kw: Any) -> uvicorn.Config:
-    return uvicorn.Config(
+    return set_head_timeout(uvicorn.Config(
         app, http=BoundedHttpToolsProtocol, loop="auto", lifespan="on", log_config=None,
         log_level=log_level, access_log=False, server_header=False, proxy_headers=False,
-        timeout_graceful_shutdown=int(config.upstream_timeout) + 5, **kw)
+        timeout_graceful_shutdown=int(config.upstream_timeout) + 5, **kw), config.header_timeout)
 
 
 def worker_app() -> Starlette:

@@ -73,6 +73,7 @@ class RelayConfig:
     log_bodies: bool = False  # prompts/answers are kept only if this AND the token allow it
     max_body_bytes: int = 4 * 1024 * 1024
     body_timeout: float = 30.0  # seconds for the whole request body to arrive (else 408)
+    header_timeout: float = 10.0  # seconds for a request head to arrive (else 408 and close)
     max_log_body_bytes: int = 256 * 1024
     upstream_timeout: float = 600.0  # seconds for one whole upstream call, streams included
     connect_timeout: float = 10.0
@@ -266,6 +267,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path) -> RelayConfig:
         log_bodies=bool(_get(relay, "log_bodies", bool, w, False)),
         max_body_bytes=int(_get(relay, "max_body_bytes", int, w, 4 * 1024 * 1024)),
         body_timeout=float(_get(relay, "body_timeout", (int, float), w, 30.0)),
+        header_timeout=float(_get(relay, "header_timeout", (int, float), w, 10.0)),
         max_log_body_bytes=int(_get(relay, "max_log_body_bytes", int, w, 256 * 1024)),
         upstream_timeout=float(_get(relay, "upstream_timeout", (int, float), w, 600.0)),
         connect_timeout=float(_get(relay, "connect_timeout", (int, float), w, 10.0)),
@@ -279,7 +281,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path) -> RelayConfig:
         max_connections=int(_get(relay, "max_connections", int, w, 256)),
     )
     if (cfg.max_body_bytes < 1024 or cfg.upstream_timeout <= 0 or cfg.lease_margin < 0
-            or cfg.body_timeout <= 0):
+            or cfg.body_timeout <= 0 or cfg.header_timeout <= 0):
         raise ConfigError("relay limits must be positive (max_body_bytes >= 1024)")
     return cfg
 

@@ -35,6 +35,7 @@ from capwallet.wallet.keystore import Keystore
 from capwallet.wallet.pages import Pages
 from capwallet.wallet.server import create_wallet_app, login_url
 from capwallet.wallet.sessions import BrowserSessions, CookiePolicy, SessionStore
+from reference_relay.http_limits import HEAD_TIMEOUT, BoundedHttpToolsProtocol, set_head_timeout
 
 RELAY_TOML = "relay.toml"
 T = TypeVar("T")
@@ -152,6 +153,7 @@ class ServeOptions:
     store_url: str | None = None  # default: the wallet's SQLite file; redis://... to share
     tls_cert: str | None = None  # direct TLS in uvicorn (instead of a reverse proxy)
     tls_key: str | None = None
+    head_timeout: float = HEAD_TIMEOUT  # seconds for a request head to arrive (else 408)
 
 
 def make_context(home: WalletHome, keystore: Keystore,
@@ -175,11 +177,14 @@ def _server(app: ASGIApp, options: ServeOptions | None = None) -> uvicorn.Server
     trusted = list(options.deployment.trusted_proxies)
     # uvicorn believes X-Forwarded-* from 127.0.0.1 by default; we believe them from the
     # configured proxies only, and from nobody when none is configured.
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+    # The relay's protocol: request heads bounded in size (431) and in time (408 and close
+    # after head_timeout: a client that never finishes its head no longer holds a connection).
+    config = uvicorn.Config(app, http=BoundedHttpToolsProtocol, log_level="warning",
+                            access_log=False, lifespan="on",
                             timeout_graceful_shutdown=3, proxy_headers=bool(trusted),
                             forwarded_allow_ips=trusted or None,
                             ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key)
-    return uvicorn.Server(config)
+    return uvicorn.Server(set_head_timeout(config, options.head_timeout))
 
 
 def local_base_url(sock: socket.socket, options: ServeOptions) -> str:
