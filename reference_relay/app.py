@@ -90,6 +90,7 @@ CLAMP_HEADER = "x-capwallet-output-cap"
 MIN_CLAMPED_OUTPUT = 256
 MAX_HEADER_BYTES = 16 * 1024  # all request headers together
 MAX_HEADER_FIELDS = 100
+PRUNE_INTERVAL = 3600.0  # seconds between deletions of ledger rows past their retention
 _TOKEN_TEXT = re.compile(r"cwt1_[A-Za-z0-9_-]{4,}")
 # Provider routes the relay refuses by name (rather than a bare not_found): their cost is
 # per image, per second of audio or otherwise outside what it bounds and meters.
@@ -362,11 +363,19 @@ class Relay:
             await self.aclose()
 
     async def _sweep(self) -> None:
+        pruned_at: float | None = None
         while True:
             try:
-                n = await self.store.expire_leases(int(time.time()))
+                now = int(time.time())
+                n = await self.store.expire_leases(now)
                 if n:
                     log.warning("closed %d reservation(s) whose lease expired", n)
+                days = self.config.ledger_retention_days
+                if days and (pruned_at is None or time.monotonic() - pruned_at >= PRUNE_INTERVAL):
+                    pruned_at = time.monotonic()
+                    gone = await self.store.prune_ledger(now - days * 86400)
+                    if gone:
+                        log.info("deleted %d ledger row(s) older than %d days", gone, days)
             except StoreUnavailable as exc:
                 log.error("lease sweep failed: %s", exc)
             await asyncio.sleep(self.config.sweep_interval)

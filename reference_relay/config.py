@@ -80,6 +80,10 @@ class RelayConfig:
     lease_margin: int = 60  # lease = upstream timeout + this, so a live relay settles first
     sweep_interval: float = 30.0  # how often expired leases are closed
     approval_ttl: int = 600  # how long a pending approval request stays open
+    # Ledger rows (each call, refusals compacted per token, reason and minute) are deleted
+    # after this many days; 0 keeps them forever. Spend totals live in the store's usage
+    # aggregates and budgets in its counters, which pruning never touches.
+    ledger_retention_days: int = 90
     allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost", "::1")
     allowed_origins: tuple[str, ...] = ()  # browser origins that may call the relay (CORS)
     host: str = "127.0.0.1"
@@ -274,6 +278,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path) -> RelayConfig:
         lease_margin=int(_get(relay, "lease_margin", int, w, 60)),
         sweep_interval=float(_get(relay, "sweep_interval", (int, float), w, 30.0)),
         approval_ttl=int(_get(relay, "approval_ttl", int, w, 600)),
+        ledger_retention_days=_retention(_get(relay, "ledger_retention_days", int, w, 90)),
         allowed_hosts=tuple(str(h) for h in hosts),
         allowed_origins=tuple(str(o) for o in origins),
         host=_get(relay, "host", str, w, "127.0.0.1"),
@@ -291,6 +296,12 @@ def table_scale(prices: Mapping[str, Any]) -> int:
     if not isinstance(scale, int) or scale < 1:
         raise ConfigError("prices.scale must be a positive integer")
     return scale
+
+
+def _retention(days: int) -> int:
+    if isinstance(days, bool) or days < 0:
+        raise ConfigError("relay.ledger_retention_days must be 0 (keep forever) or more")
+    return days
 
 
 def load_config(path: str | Path) -> RelayConfig:

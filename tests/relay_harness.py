@@ -182,7 +182,8 @@ class Relay:
         deadline = time.monotonic() + timeout
         while True:
             rows = self.ledger(token)
-            if len(rows) >= n or time.monotonic() > deadline:
+            # calls, not rows: a compacted refusal row stands for `count` refused calls
+            if sum(r.count for r in rows) >= n or time.monotonic() > deadline:
                 return rows
             time.sleep(0.02)
 

@@ -175,7 +175,7 @@ class Fleet:
         while True:
             rows = self.ledger(tok)
             hits = rows if status is None else [r for r in rows if r.status == status]
-            if len(hits) >= n or time.monotonic() > deadline:
+            if sum(r.count for r in hits) >= n or time.monotonic() > deadline:
                 return rows
             time.sleep(0.05)
 

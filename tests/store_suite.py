@@ -25,6 +25,7 @@ from capwallet.store import (
     Snapshot,
     Store,
     StoreUnavailable,
+    UsageTotal,
     open_store,
 )
 
@@ -339,7 +340,9 @@ async def test_concurrent_appends_and_settles_all_land(store: Store) -> None:
           for _ in range(10)),
     )
     rows = await store.ledger(token_ids=["t1"])
-    assert sorted(e.status for e in rows) == ["denied:rate_limited"] * 10 + ["ok"] * 10
+    # the ten refusals of one token, reason and minute are one row with a count of 10
+    assert sorted((e.status, e.count) for e in rows) == [("denied:rate_limited", 10)] + [
+        ("ok", 1)] * 10
     assert (await store.counters(["b"]))["b"] == 10 == sum(e.cost for e in rows)
 
 
@@ -440,3 +443,69 @@ async def test_closed_store_is_unavailable(opener: Opener) -> None:
         await s.reserve(res(Hold("b", 1, 10)))
     with pytest.raises(StoreUnavailable):
         await s.is_revoked("tok")
+
+
+# -- usage aggregates, compacted refusals, retention (issue 13 F5) ---------------------------
+
+async def _settled(store: Store, token: str, cost: int, time: int, model: str = "m") -> None:
+    r = res(Hold("b-" + token, cost, 10**12), token=token)
+    assert (await store.reserve(r)).ok
+    assert await store.settle(r.reservation_id, {"b-" + token: cost},
+                              entry(cost=cost, token=token, time=time, model=model))
+
+
+def _refusal(token: str, time: int, status: str = "denied:model_not_allowed") -> LedgerEntry:
+    return LedgerEntry(time=time, token_id=token, app="attacker", provider="p", model="m",
+                       operation="chat", input_tokens=0, output_tokens=0, cost=0,
+                       currency="USD", status=status, latency_ms=0)
+
+
+async def test_usage_aggregates_follow_every_settled_call(store: Store) -> None:
+    day = NOW // 86400
+    await _settled(store, "victim", 7, NOW)
+    await _settled(store, "victim", 5, NOW + 10)
+    await _settled(store, "victim", 3, NOW + 86400, model="m2")
+    meta = {"app": "app", "provider": "p", "model": "m", "operation": "chat",
+            "input_tokens": 10, "output_tokens": 20, "cost": 9, "currency": "EUR"}
+    r = res(Hold("b-victim", 9, 10**12), token="victim", lease=NOW - 1, meta=meta)
+    assert (await store.reserve(r)).ok
+    assert await store.expire_leases(NOW) == 1  # an expired lease counts, at its worst case
+    r2 = res(Hold("b-victim", 4, 10**12), token="victim")
+    assert (await store.reserve(r2)).ok
+    assert await store.release(r2.reservation_id, entry(status="upstream_error", token="victim"))
+    await store.append_ledger(_refusal("victim", NOW))  # a refusal is not usage
+    got = sorted(await store.usage(), key=lambda u: u.day)
+    assert got == [
+        UsageTotal(day, "victim", "app", "p", "m", "EUR", 7 + 5 + 9, 4, 40, 80),
+        UsageTotal(day + 1, "victim", "app", "p", "m2", "EUR", 3, 1, 10, 20),
+    ]
+    assert await store.usage(since_day=day + 1) == [got[1]]
+    assert await store.usage(token_ids=["nobody"]) == []
+    assert sorted(await store.usage(token_ids=["victim"]), key=lambda u: u.day) == got
+
+
+async def test_refusals_are_compacted_and_cannot_evict_usage(store: Store) -> None:
+    """20,000 refusals (issue 13 F5's flood) leave the victim's spend and calls intact, and
+    take one ledger row per token, reason and minute."""
+    await _settled(store, "victim", 42, NOW)
+    for i in range(0, 20_000, 40):  # 40 at a time: within a cluster client's connections
+        await asyncio.gather(*(store.append_ledger(_refusal("attacker", NOW + (i + j) // 100))
+                               for j in range(40)))
+    rows = await store.ledger(token_ids=["attacker"], limit=100_000)
+    assert sum(e.count for e in rows) == 20_000
+    assert len(rows) <= 20_000 // 100 // 60 + 2  # one row per minute the flood lasted
+    assert all(e.refused for e in rows)
+    victim = await store.usage(token_ids=["victim"])
+    assert [(u.cost, u.calls) for u in victim] == [(42, 1)]
+    assert [e.cost for e in await store.ledger(token_ids=["victim"])] == [42]
+
+
+async def test_prune_ledger_keeps_usage_and_counters(store: Store) -> None:
+    await _settled(store, "t1", 5, NOW - 100 * 86400)
+    await _settled(store, "t1", 6, NOW)
+    await store.append_ledger(_refusal("t1", NOW - 100 * 86400))
+    assert await store.prune_ledger(NOW - 90 * 86400) == 2
+    assert [e.cost for e in await store.ledger()] == [6]
+    assert sorted(u.cost for u in await store.usage()) == [5, 6]
+    assert await store.counters(["b-t1"]) == {"b-t1": 11}
+    assert await store.prune_ledger(NOW - 90 * 86400) == 0

@@ -414,7 +414,8 @@ def cmd_usage(args: Any) -> int:
         [[_short(c.entry.time), printable(c.app, 24), printable(c.entry.model or "-", 30),
           str(c.entry.input_tokens), str(c.entry.output_tokens),
           format_micros(c.entry.cost, c.entry.currency) if c.entry.currency else "-",
-          printable(c.entry.status, 30)] for c in calls]))
+          printable(c.entry.status + (f" x{c.entry.count}" if c.entry.count > 1 else ""),
+                    30)] for c in calls]))
     totals: dict[str, int] = {}
     for c in calls:
         if c.entry.currency:

@@ -22,6 +22,7 @@ from capwallet.store.base import (
     Snapshot,
     Store,
     StoreUnavailable,
+    UsageTotal,
 )
 
 # URL scheme -> (module, class); each class has a from_url(url). Imported on first use, so
@@ -57,5 +58,5 @@ def open_store(url: str) -> Store:
 
 __all__ = [
     "BACKENDS", "Hold", "LedgerEntry", "PendingApproval", "Reservation", "ReserveResult",
-    "Snapshot", "Store", "StoreUnavailable", "open_store",
+    "Snapshot", "Store", "StoreUnavailable", "UsageTotal", "open_store",
 ]

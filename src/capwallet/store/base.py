@@ -22,7 +22,17 @@ Semantics every backend implements (and tests/store_suite.py checks for each):
   counters, in one read (one statement, one round trip): the relay calls it once per request.
   The counters are read as of one moment; ``reserve`` checks the limits again atomically, so
   a stale snapshot can only make a request be refused there, never overspend.
-* ``append_ledger`` writes one row that belongs to no reservation (a refused call).
+* ``append_ledger`` writes one row that belongs to no reservation (a refused call). Refusals
+  are compacted: a refusal with the same token, status and UTC minute as an earlier row adds
+  to that row's ``count`` instead of writing another row, so refused calls, which cost an app
+  nothing, cannot flood the ledger.
+* Usage aggregates: every row that is not a refusal and names a provider (settle, release,
+  an expired lease) also adds its cost, one call and its tokens to the total of its UTC day,
+  token, app, provider, model and currency, in the same atomic step. ``usage`` reads them.
+  They are never evicted by ledger rows, so spend figures survive any number of refusals and
+  the ledger's retention.
+* ``prune_ledger`` deletes ledger rows older than a time (the ledger's retention); it never
+  touches counters, reservations or usage aggregates.
 * Any backend failure raises StoreUnavailable; callers deny (fail closed).
 """
 
@@ -89,6 +99,41 @@ class LedgerEntry:
     reservation_id: str | None = None
     request_body: str | None = None  # only when logging "full" is allowed by token and config
     response_body: str | None = None
+    count: int = 1  # calls this row stands for: >1 only for a compacted refusal row
+
+    @property
+    def refused(self) -> bool:
+        return is_refusal(self.status)
+
+
+def is_refusal(status: str) -> bool:
+    return status.startswith("denied")
+
+
+def usage_day(time: int) -> int:
+    """The UTC day of a unix time, as days since 1970-01-01 (the usage aggregates' key)."""
+    return time // 86400
+
+
+def counts_as_usage(entry: LedgerEntry) -> bool:
+    """Whether a ledger row adds to the usage aggregates: a model call that was not refused."""
+    return bool(entry.provider) and not is_refusal(entry.status)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotal:
+    """Settled usage of one token on one model in one UTC day (``Store.usage``)."""
+
+    day: int  # days since 1970-01-01, UTC
+    token_id: str
+    app: str
+    provider: str
+    model: str
+    currency: str
+    cost: int  # microunits of currency
+    calls: int
+    input_tokens: int
+    output_tokens: int
 
 
 class Snapshot(NamedTuple):
@@ -166,6 +211,15 @@ class Store(abc.ABC):
         await self.reserve(Reservation(rid, entry.token_id, (), entry.time + 60,
                                        created_at=entry.time))
         await self.release(rid, entry)
+
+    @abc.abstractmethod
+    async def usage(self, *, since_day: int | None = None,
+                    token_ids: Sequence[str] | None = None) -> list[UsageTotal]:
+        """The usage aggregates (any order), from ``since_day`` (usage_day) on."""
+
+    @abc.abstractmethod
+    async def prune_ledger(self, before: int) -> int:
+        """Delete ledger rows with time < ``before``; return how many."""
 
     @abc.abstractmethod
     async def add_pending(self, pending: PendingApproval) -> None: ...

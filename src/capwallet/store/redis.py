@@ -35,7 +35,12 @@ Key layout (hash tags in braces; every key one script touches shares one tag, so
   - ``{P:bb}:rows`` (hash seq -> row), ``{P:bb}:log`` (sorted set by time: the bucket's ledger),
     ``{P:bb}:log:<token id>`` (the token's ledger), ``{P:bb}:seq`` (row numbers). A settle
     appends its row in the same script that charges the counters; ``append_ledger`` (a
-    refused call's row, no reservation) is one script of its own.
+    refused call's row, no reservation) is one script of its own. ``{P:bb}:count`` (hash
+    member -> count) and ``{P:bb}:d:<token>:<minute>:<status>`` (the minute's refusal row,
+    expiring after 3 minutes) compact refusals into one row per token, status and minute.
+  - ``{P:bb}:agg:cost``, ``:agg:calls``, ``:agg:in``, ``:agg:out``: the usage aggregates,
+    hashes keyed by the JSON array [UTC day, token, app, provider, model, currency], added to
+    by the same script that appends a settled call's row; ``prune_ledger`` never touches them.
 * ``<prefix>:ck:<counter key>`` -> bucket: lets ``counters(keys)``, which is not told the token,
   find a counter's bucket. Written before the reserve that may create the counter, with the
   same expiry; a process also remembers the mapping (it never changes).
@@ -89,6 +94,7 @@ from capwallet.store.base import (
     Snapshot,
     Store,
     StoreUnavailable,
+    UsageTotal,
 )
 
 T = TypeVar("T")
@@ -130,12 +136,22 @@ def _row(entry: LedgerEntry, reservation_id: str | None) -> str:
     ], separators=(",", ":"), ensure_ascii=False)
 
 
-def _entry(row: str) -> LedgerEntry:
+def _pairs(flat: Sequence[Any]) -> dict[str, int]:
+    """HGETALL's flat [field, value, ...] as {field: int}."""
+    return {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _entry(row: str, count: int = 1) -> LedgerEntry:
     r = json.loads(row)
     return LedgerEntry(
         time=r[0], latency_ms=r[1], token_id=r[2], app=r[3], provider=r[4], model=r[5],
         operation=r[6], input_tokens=r[7], output_tokens=r[8], cost=r[9], currency=r[10],
         status=r[11], reservation_id=r[12], request_body=r[13], response_body=r[14],
+        count=count,
     )
 
 
@@ -171,6 +187,8 @@ class RedisStore(Store):
         self._expire = _Script(lua.EXPIRE)
         self._ledger = _Script(lua.LEDGER)
         self._append_ledger = _Script(lua.APPEND_LEDGER)
+        self._prune = _Script(lua.PRUNE)
+        self._usage = _Script(lua.USAGE)
         self._snapshot = _Script(lua.SNAPSHOT)
         self._add_pending = _Script(lua.ADD_PENDING)
         self._resolve_pending = _Script(lua.RESOLVE_PENDING)
@@ -501,26 +519,69 @@ class RedisStore(Store):
         else:
             sources = [(bucket_of(t), "log:" + t) for t in dict.fromkeys(token_ids)]
         results = await self._scripts(self._ledger, [
-            ([self._tag(b) + name, self._tag(b) + "rows"], [low, limit]) for b, name in sources])
-        rows: list[tuple[int, str, str, str]] = []
+            ([self._tag(b) + name, self._tag(b) + "rows", self._tag(b) + "count"], [low, limit])
+            for b, name in sources])
+        rows: list[tuple[int, str, str, str, int]] = []
         for (b, _name), flat in zip(sources, results, strict=True):
-            for i in range(0, len(flat), 2):
+            for i in range(0, len(flat), 3):
                 row = flat[i + 1]
-                rows.append((int(row[1:row.index(",")]), b, flat[i], row))
+                rows.append((int(row[1:row.index(",")]), b, flat[i], row, int(flat[i + 2])))
         rows.sort(reverse=True)
-        return [_entry(r[3]) for r in rows[:limit]]
+        return [_entry(r[3], r[4]) for r in rows[:limit]]
 
     async def append_ledger(self, entry: LedgerEntry) -> None:
         """One script in the token's bucket. Not retried after a connection error (the row
         may have been written): a lost reply loses the call, never doubles the row."""
         tag = self._tag(bucket_of(entry.token_id))
         keys = [tag + "seq", tag + "rows", tag + "log"]
-        argv = [tag, entry.token_id, _exact(entry.time, "time"), _row(entry, entry.reservation_id)]
+        t = _exact(entry.time, "time")
+        compact = f"{entry.token_id}:{t // 60}:{entry.status}" if entry.refused else ""
+        argv = [tag, entry.token_id, t, _row(entry, entry.reservation_id), compact]
 
         async def op() -> Any:
             return await self._append_ledger(self._r, keys, argv)
 
         await self._run(op, retry=False)
+
+    async def usage(self, *, since_day: int | None = None,
+                    token_ids: Sequence[str] | None = None) -> list[UsageTotal]:
+        if token_ids is not None and not token_ids:
+            return []
+        wanted = None if token_ids is None else set(token_ids)
+        buckets = (sorted({bucket_of(t) for t in wanted}) if wanted is not None
+                   else [f"{i:02x}" for i in range(BUCKETS)])
+        results = await self._scripts(self._usage, [
+            ([self._tag(b) + "agg:" + k for k in ("cost", "calls", "in", "out")], [])
+            for b in buckets])
+        out: list[UsageTotal] = []
+        for cost, calls, tin, tout in results:
+            values = [_pairs(h) for h in (calls, tin, tout)]
+            for field, total in _pairs(cost).items():
+                day, token, app, provider, model, currency = json.loads(field)
+                if (wanted is not None and token not in wanted) or (
+                        since_day is not None and int(day) < since_day):
+                    continue
+                out.append(UsageTotal(int(day), token, app, provider, model, currency, total,
+                                      values[0].get(field, 0), values[1].get(field, 0),
+                                      values[2].get(field, 0)))
+        return out
+
+    async def prune_ledger(self, before: int) -> int:
+        before = _exact(before, "before")
+        total = 0
+        pending = [f"{i:02x}" for i in range(BUCKETS)]
+        while pending:
+            results = await self._scripts(self._prune, [
+                ([self._tag(b) + "log", self._tag(b) + "rows"], [self._tag(b), before,
+                                                                SWEEP_BATCH])
+                for b in pending])
+            again = []
+            for b, n in zip(pending, results, strict=True):
+                total += int(n)
+                if int(n) >= SWEEP_BATCH:
+                    again.append(b)
+            pending = again
+        return total
 
     # -- pending approvals ------------------------------------------------------------------
 

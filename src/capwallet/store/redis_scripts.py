@@ -27,7 +27,11 @@ local function add(key, delta, resets, margin)
 end
 """
 
-# Append one ledger row (JSON text) to the bucket's ledger and the token's index.
+# Append one ledger row (JSON text) to the bucket's ledger and the token's index, and add a
+# model call that was not refused to the usage aggregates: four hashes (cost, calls, input and
+# output tokens) keyed by the JSON array [UTC day, token, app, provider, model, currency].
+# Row fields: 1 time, 2 latency, 3 token, 4 app, 5 provider, 6 model, 7 operation, 8 input,
+# 9 output, 10 cost, 11 currency, 12 status. Returns the row's member.
 _APPEND = """
 local function append(tag, seq_key, rows_key, log_key, token, time, row)
   local seq = redis.call('INCR', seq_key)
@@ -35,6 +39,15 @@ local function append(tag, seq_key, rows_key, log_key, token, time, row)
   redis.call('HSET', rows_key, member, row)
   redis.call('ZADD', log_key, time, member)
   redis.call('ZADD', tag .. 'log:' .. token, time, member)
+  local r = cjson.decode(row)
+  if r[5] ~= '' and string.sub(r[12], 1, 6) ~= 'denied' then
+    local field = cjson.encode({math.floor(r[1] / 86400), r[3], r[4], r[5], r[6], r[11]})
+    redis.call('HINCRBY', tag .. 'agg:cost', field, string.format('%d', r[10]))
+    redis.call('HINCRBY', tag .. 'agg:calls', field, 1)
+    redis.call('HINCRBY', tag .. 'agg:in', field, string.format('%d', r[8]))
+    redis.call('HINCRBY', tag .. 'agg:out', field, string.format('%d', r[9]))
+  end
+  return member
 end
 """
 
@@ -116,11 +129,53 @@ end
 return {closed, #rids}
 """
 
-# KEYS: 1 ledger seq, 2 ledger rows, 3 bucket ledger; ARGV: 1 tag, 2 token id, 3 time, 4 row JSON
-# A ledger row that belongs to no reservation (a refused call). Returns 1.
+# KEYS: 1 ledger seq, 2 ledger rows, 3 bucket ledger
+# ARGV: 1 tag, 2 token id, 3 time, 4 row JSON, 5 compaction key suffix ('' for a row that is
+#       not a refusal: '<token>:<minute>:<status>')
+# A ledger row that belongs to no reservation (a refused call). A refusal with the same token,
+# minute and status as an earlier one adds to that row's count ({tag}count, member -> count)
+# instead. Returns 1 for a new row, 2 for a counted one.
 APPEND_LEDGER = _APPEND + """
-append(ARGV[1], KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[3], ARGV[4])
+local tag = ARGV[1]
+local dkey = tag .. 'd:' .. ARGV[5]
+if ARGV[5] ~= '' then
+  local member = redis.call('GET', dkey)
+  if member and redis.call('HEXISTS', KEYS[2], member) == 1 then
+    redis.call('HINCRBY', tag .. 'count', member, 1)
+    return 2
+  end
+end
+local member = append(tag, KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[3], ARGV[4])
+if ARGV[5] ~= '' then
+  redis.call('SET', dkey, member, 'EX', 180)
+  redis.call('HSET', tag .. 'count', member, 1)
+end
 return 1
+"""
+
+# KEYS: 1 bucket ledger, 2 ledger rows; ARGV: 1 tag, 2 before (time), 3 batch size
+# Deletes up to a batch of the bucket's ledger rows with time < before (and their entries in
+# the token indexes and the count hash). Returns how many.
+PRUNE = """
+local tag = ARGV[1]
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', 0,
+                           ARGV[3])
+for _, m in ipairs(members) do
+  local row = redis.call('HGET', KEYS[2], m)
+  if row then
+    redis.call('ZREM', tag .. 'log:' .. cjson.decode(row)[3], m)
+  end
+  redis.call('HDEL', KEYS[2], m)
+  redis.call('HDEL', tag .. 'count', m)
+  redis.call('ZREM', KEYS[1], m)
+end
+return #members
+"""
+
+# KEYS: 1 agg:cost, 2 agg:calls, 3 agg:in, 4 agg:out (one bucket). Returns their HGETALLs.
+USAGE = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]),
+        redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4])}
 """
 
 # KEYS: 1 revoked (the token's bucket), 2.. the token's counters; ARGV: 1 token id
@@ -132,18 +187,20 @@ for i = 2, #KEYS do out[i] = redis.call('GET', KEYS[i]) end
 return out
 """
 
-# KEYS: 1 a ledger index (bucket or token), 2 ledger rows
+# KEYS: 1 a ledger index (bucket or token), 2 ledger rows, 3 refusal counts
 # ARGV: 1 min time ('-inf' or an integer), 2 limit
-# Returns {member, row, member, row, ...}, newest first.
+# Returns {member, row, count, member, row, count, ...}, newest first (count '1' if none).
 LEDGER = """
 local members = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 if #members == 0 then return {} end
 local rows = redis.call('HMGET', KEYS[2], unpack(members))
+local counts = redis.call('HMGET', KEYS[3], unpack(members))
 local out = {}
 for i, m in ipairs(members) do
   if rows[i] then
     out[#out + 1] = m
     out[#out + 1] = rows[i]
+    out[#out + 1] = counts[i] or '1'
   end
 end
 return out

@@ -74,6 +74,9 @@ from capwallet.store.base import (
     Snapshot,
     Store,
     StoreUnavailable,
+    UsageTotal,
+    counts_as_usage,
+    usage_day,
 )
 
 T = TypeVar("T")
@@ -139,7 +142,32 @@ CREATE TABLE IF NOT EXISTS pending (
     kind TEXT NOT NULL DEFAULT 'model_call'
 );
 CREATE INDEX IF NOT EXISTS pending_status ON pending (status, expires_at);
+CREATE TABLE IF NOT EXISTS usage_daily (
+    day INTEGER NOT NULL,
+    token_id TEXT NOT NULL,
+    app TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    cost INTEGER NOT NULL,
+    calls INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    PRIMARY KEY (day, token_id, app, provider, model, currency)
+) WITHOUT ROWID;
 """
+
+
+def _add_ledger_count(conn: sqlite3.Connection) -> None:
+    """A store file made before refusals were compacted gets the ledger's count column."""
+    cols = {str(r[1]) for r in conn.execute("PRAGMA table_info(ledger)").fetchall()}
+    if "count" in cols:
+        return
+    try:
+        conn.execute("ALTER TABLE ledger ADD COLUMN count INTEGER NOT NULL DEFAULT 1")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):
+            raise
 
 
 def _add_pending_kind(conn: sqlite3.Connection) -> None:
@@ -159,8 +187,9 @@ def _add_pending_kind(conn: sqlite3.Connection) -> None:
 # WITHOUT ROWID (the primary key is the table: one page, not table + key index) and the
 # reservations table, which only holds calls in flight, has no lease index (the sweep scans it).
 # The ledger's seq is a plain INTEGER PRIMARY KEY: AUTOINCREMENT would also rewrite
-# sqlite_sequence on every insert (one more page per commit). Rows are never deleted, so the
-# next rowid is always max + 1, the same order. Files created before this still have
+# sqlite_sequence on every insert (one more page per commit). Only the oldest rows are ever
+# deleted (prune_ledger), so the next rowid is always max + 1, the same order. A settled call
+# also upserts one usage_daily row (the aggregates). Files created before this still have
 # AUTOINCREMENT (CREATE TABLE IF NOT EXISTS leaves them be) and work unchanged.
 
 _LEDGER_COLUMNS = (
@@ -168,6 +197,19 @@ _LEDGER_COLUMNS = (
     "currency, status, latency_ms, reservation_id, request_body, response_body"
 )
 _LEDGER_INSERT = f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES ({', '.join('?' * 15)})"  # noqa: S608
+_USAGE_ADD = (
+    "INSERT INTO usage_daily (day, token_id, app, provider, model, currency, cost, calls, "
+    "input_tokens, output_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?) "
+    "ON CONFLICT (day, token_id, app, provider, model, currency) DO UPDATE SET "
+    "cost = cost + excluded.cost, calls = calls + 1, "
+    "input_tokens = input_tokens + excluded.input_tokens, "
+    "output_tokens = output_tokens + excluded.output_tokens"
+)
+# A refusal adds to the row of the same token, status and minute, if there is one.
+_REFUSAL_ADD = (
+    "UPDATE ledger SET count = count + 1 WHERE seq = (SELECT seq FROM ledger "
+    "WHERE token_id = ? AND time >= ? AND time < ? AND status = ? LIMIT 1)"
+)
 _INSERT_RESERVATION = (
     "INSERT INTO reservations (id, token_id, holds, lease_until, approval_id, created_at, meta) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -311,6 +353,15 @@ def _ledger_row(entry: LedgerEntry, reservation_id: str | None) -> tuple[Any, ..
     )
 
 
+def _record(c: sqlite3.Cursor, entry: LedgerEntry, row: tuple[Any, ...]) -> None:
+    """Write a settled call's ledger row and add it to the usage aggregates (one step)."""
+    c.execute(_LEDGER_INSERT, row)
+    if counts_as_usage(entry):
+        c.execute(_USAGE_ADD, (usage_day(entry.time), entry.token_id, entry.app,
+                               entry.provider, entry.model, entry.currency, entry.cost,
+                               entry.input_tokens, entry.output_tokens))
+
+
 def _merge_holds(holds: Sequence[Hold]) -> Sequence[Hold]:
     """One hold per counter key (amounts add, the smallest limit wins)."""
     if len({h.counter_key for h in holds}) == len(holds):
@@ -349,6 +400,7 @@ class SQLiteStore(Store):
             # CREATE ... IF NOT EXISTS: several processes may open the same file at once.
             self._writer.executescript(_SCHEMA)
             _add_pending_kind(self._writer)
+            _add_ledger_count(self._writer)
             self._writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._reader = _connect(self.path, synchronous)
             self._fast: sqlite3.Connection | None = None
@@ -639,7 +691,7 @@ class SQLiteStore(Store):
                     adds += (key, delta, resets_at)
             if adds:
                 c.execute(_add_used(len(adds) // 3), adds)
-            c.execute(_LEDGER_INSERT, ledger_row)
+            _record(c, entry, ledger_row)
             return True
 
         return await self._write(txn)
@@ -664,7 +716,7 @@ class SQLiteStore(Store):
                 # The counters already hold the reserved amounts: closing the reservation
                 # without a delta charges exactly the worst case.
                 c.execute("DELETE FROM reservations WHERE id = ?", (rid,))
-                c.execute(_LEDGER_INSERT, _ledger_row(entry, rid))
+                _record(c, entry, _ledger_row(entry, rid))
             return len(rows)
 
         return await self._write(txn)
@@ -707,11 +759,40 @@ class SQLiteStore(Store):
 
     async def append_ledger(self, entry: LedgerEntry) -> None:
         row = _ledger_row(entry, entry.reservation_id)
+        refusal = entry.refused
+        minute = entry.time - entry.time % 60
+        find = (entry.token_id, minute, minute + 60, entry.status)
 
         def txn(c: sqlite3.Cursor) -> None:
-            c.execute(_LEDGER_INSERT, row)
+            if refusal and c.execute(_REFUSAL_ADD, find).rowcount == 1:
+                return
+            _record(c, entry, row)
 
         await self._write(txn)
+
+    async def usage(self, *, since_day: int | None = None,
+                    token_ids: Sequence[str] | None = None) -> list[UsageTotal]:
+        where: list[str] = []
+        params: list[Any] = []
+        if token_ids is not None:
+            if not token_ids:
+                return []
+            where.append(f"token_id IN ({', '.join('?' * len(token_ids))})")
+            params.extend(token_ids)
+        if since_day is not None:
+            where.append("day >= ?")
+            params.append(since_day)
+        sql = ("SELECT day, token_id, app, provider, model, currency, cost, calls, "
+               "input_tokens, output_tokens FROM usage_daily")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [UsageTotal(*r) for r in self._read(sql, params)]
+
+    async def prune_ledger(self, before: int) -> int:
+        def txn(c: sqlite3.Cursor) -> int:
+            return int(c.execute("DELETE FROM ledger WHERE time < ?", (before,)).rowcount)
+
+        return await self._write(txn)
 
     async def ledger(
         self, *, token_ids: Sequence[str] | None = None, since: int | None = None,
@@ -727,7 +808,7 @@ class SQLiteStore(Store):
         if since is not None:
             where.append("time >= ?")
             params.append(since)
-        sql = f"SELECT {_LEDGER_COLUMNS} FROM ledger"  # noqa: S608 (no user text in the SQL)
+        sql = f"SELECT {_LEDGER_COLUMNS}, count FROM ledger"  # noqa: S608 (no user text)
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY time DESC, seq DESC LIMIT ?"
@@ -737,6 +818,7 @@ class SQLiteStore(Store):
                 time=r[0], token_id=r[1], app=r[2], provider=r[3], model=r[4], operation=r[5],
                 input_tokens=r[6], output_tokens=r[7], cost=r[8], currency=r[9], status=r[10],
                 latency_ms=r[11], reservation_id=r[12], request_body=r[13], response_body=r[14],
+                count=r[15],
             )
             for r in self._read(sql, params)
         ]

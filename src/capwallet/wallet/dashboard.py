@@ -40,14 +40,14 @@ async def dashboard_page(request: Request) -> Response:
     chart = spend_chart(snap.spend_per_day(currency), currency) if currency else None
     active = [r for r in snap.apps if r.grant.is_live(now)]
     others = [r for r in snap.apps if not r.grant.is_live(now)]
-    totals = sorted({c.entry.currency for c in snap.calls if c.entry.provider})
+    totals = snap.currencies()
     total = " + ".join(format_micros(snap.total(c), c) for c in totals) or (
         format_micros(0, currency) if currency else "0"
     )
     return ctx.pages.render(
         request, "dashboard.html", nav="dashboard", snap=snap, chart=chart, now=now,
         rows=active + others, active_count=len({r.app for r in active}), total=total,
-        call_count=sum(1 for c in snap.calls if c.is_model_call and not c.refused),
+        call_count=snap.call_count(),
         per_app=snap.spend_by("app"), per_model=snap.spend_by("model"),
         recent=snap.calls[:RECENT], pending_count=len(pending),
     )
@@ -62,8 +62,20 @@ async def usage_json(request: Request) -> Response:
         snap = await snapshot(ctx.grants, ctx.store, now)
     except StoreUnavailable:
         return JSONResponse({"error": "store unavailable"}, status_code=503)
+    # Spend figures from the store's usage aggregates (refusals and ledger retention cannot
+    # evict them); "calls" is only the recent list.
     return JSONResponse({
         "apps": [r.to_json() for r in snap.apps],
+        "spend": {
+            "days": snap.days,
+            "total": {c: snap.total(c) for c in snap.currencies()},
+            "calls": snap.call_count(),
+            "by_app": [{"app": n, "currency": c, "cost": v, "calls": k}
+                       for n, c, v, k in snap.spend_by("app")],
+            "by_model": [{"model": n, "currency": c, "cost": v, "calls": k}
+                         for n, c, v, k in snap.spend_by("model")],
+            "by_day": {c: dict(snap.spend_per_day(c)) for c in snap.currencies()},
+        },
         "calls": [c.to_json() for c in snap.calls[:200]],
     })
 

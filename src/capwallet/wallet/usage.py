@@ -1,8 +1,14 @@
-"""Where the money went: grants joined with the relay's ledger and counters.
+"""Where the money went: grants joined with the store's usage aggregates, ledger and counters.
 
 Shared by the dashboard and the ``apps`` / ``usage`` commands, so the page and the terminal
 always agree. Money stays in integer minor units per currency; nothing here adds two
 currencies together.
+
+Every spend figure (totals, per app, per model, per day, an app's calls) comes from the usage
+aggregates the store keeps on settlement (Store.usage), never from counting ledger rows: the
+ledger is pruned after its retention and anyone can add refusal rows to it, so a count of its
+newest rows could be emptied by one app's flood of refused calls (issue 13 F5). The ledger
+only gives the list of recent calls.
 """
 
 from __future__ import annotations
@@ -14,10 +20,10 @@ from typing import Any
 
 from capwallet.money import MICROS_PER_MINOR, format_micros, format_minor
 from capwallet.periods import period_key
-from capwallet.store.base import LedgerEntry, Store
+from capwallet.store.base import LedgerEntry, Store, UsageTotal, usage_day
 from capwallet.wallet.grants import Grant, GrantStore
 
-LEDGER_LIMIT = 20_000
+RECENT_LIMIT = 1_000  # recent calls shown; figures come from the aggregates
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,35 +93,46 @@ class Call:
             "time": e.time, "app": self.app, "grant_id": e.token_id, "provider": e.provider,
             "model": e.model, "operation": e.operation, "input_tokens": e.input_tokens,
             "output_tokens": e.output_tokens, "cost": e.cost, "currency": e.currency,
-            "status": e.status, "latency_ms": e.latency_ms,
+            "status": e.status, "latency_ms": e.latency_ms, "count": e.count,
         }
+
+
+def _day_text(day: int) -> str:
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
 
 
 @dataclass
 class Snapshot:
     now: int
     apps: list[AppRow]
-    calls: list[Call]  # newest first, within the window
+    calls: list[Call]  # newest first, within the window: the recent-calls list only
     days: int
+    # The store's usage aggregates in the window, each with its app's name (the grant's).
+    usage: list[tuple[str, UsageTotal]] = field(default_factory=list)
 
     def spend_by(self, key: str) -> list[tuple[str, str, int, int]]:
         """[(name, currency, cost, calls)] by "app" | "model", biggest first."""
         cost: dict[tuple[str, str], int] = defaultdict(int)
         count: Counter[tuple[str, str]] = Counter()
-        for c in self.calls:
-            if not c.is_model_call or c.refused:
-                continue  # resource accesses and refused calls cost nothing
-            name = c.app if key == "app" else f"{c.entry.model} ({c.entry.provider})"
-            cost[(name, c.entry.currency)] += c.entry.cost
-            count[(name, c.entry.currency)] += 1
+        for app, u in self.usage:
+            name = app if key == "app" else f"{u.model} ({u.provider})"
+            cost[(name, u.currency)] += u.cost
+            count[(name, u.currency)] += u.calls
         rows = [(n, cur, v, count[(n, cur)]) for (n, cur), v in cost.items()]
         return sorted(rows, key=lambda r: (-r[2], r[0]))
 
+    def currencies(self) -> list[str]:
+        """Every currency spent in, in the window."""
+        return sorted({u.currency for _, u in self.usage})
+
+    def call_count(self) -> int:
+        """Model calls settled in the window (refused calls are not calls)."""
+        return sum(u.calls for _, u in self.usage)
+
     def main_currency(self) -> str | None:
         totals: dict[str, int] = defaultdict(int)
-        for c in self.calls:
-            if c.entry.provider:
-                totals[c.entry.currency] += c.entry.cost
+        for _, u in self.usage:
+            totals[u.currency] += u.cost
         for row in self.apps:
             for b in row.budgets:
                 totals.setdefault(b.currency, 0)
@@ -123,20 +140,16 @@ class Snapshot:
 
     def spend_per_day(self, currency: str) -> list[tuple[str, int]]:
         """[(YYYY-MM-DD, cost)] for each of the last ``days`` UTC days, oldest first."""
-        today = dt.datetime.fromtimestamp(self.now, dt.UTC).date()
-        days = [today - dt.timedelta(days=i) for i in range(self.days - 1, -1, -1)]
-        per: dict[str, int] = {d.isoformat(): 0 for d in days}
-        for c in self.calls:
-            if c.entry.currency != currency or not c.entry.provider:
-                continue
-            day = dt.datetime.fromtimestamp(c.entry.time, dt.UTC).date().isoformat()
-            if day in per:
-                per[day] += c.entry.cost
+        today = usage_day(self.now)
+        per: dict[str, int] = {_day_text(d): 0 for d in range(today - self.days + 1, today + 1)}
+        for _, u in self.usage:
+            day = _day_text(u.day)
+            if u.currency == currency and day in per:
+                per[day] += u.cost
         return list(per.items())
 
     def total(self, currency: str) -> int:
-        return sum(c.entry.cost for c in self.calls
-                   if c.entry.currency == currency and c.entry.provider)
+        return sum(u.cost for _, u in self.usage if u.currency == currency)
 
 
 def _sorted(values: frozenset[str] | None) -> list[str] | None:
@@ -151,7 +164,9 @@ async def snapshot(
     all_grants = grants.list(statuses=statuses)
     by_id = {g.grant_id: g for g in all_grants}
     since = now - days * 86400
-    entries = await store.ledger(since=since, limit=LEDGER_LIMIT)
+    first_day = usage_day(now) - days + 1
+    entries = await store.ledger(since=since, limit=RECENT_LIMIT)
+    totals = await store.usage(since_day=first_day)
     keys: list[str] = []
     for g in all_grants:
         for b in g.limits.budgets:
@@ -166,14 +181,25 @@ async def snapshot(
         rows[g.grant_id] = app_row
     calls: list[Call] = []
     for e in entries:
-        owner = by_id.get(e.token_id)
-        calls.append(Call(e, owner.app if owner is not None else (e.app or "unknown app")))
+        calls.append(Call(e, _app_name(by_id, e.token_id, e.app)))
         used_by = rows.get(e.token_id)
-        if used_by is None or not e.provider or e.status.startswith("denied"):
-            continue
-        used_by.calls += 1
-        if e.model and e.model not in used_by.models_used:
-            used_by.models_used.append(e.model)
-        if used_by.last_use is None or e.time > used_by.last_use:
+        if used_by is not None and e.provider and not e.refused and (
+                used_by.last_use is None or e.time > used_by.last_use):
             used_by.last_use = e.time
-    return Snapshot(now=now, apps=list(rows.values()), calls=calls, days=days)
+    usage: list[tuple[str, UsageTotal]] = []
+    for u in sorted(totals, key=lambda u: (u.day, u.token_id, u.model)):
+        usage.append((_app_name(by_id, u.token_id, u.app), u))
+        used_by = rows.get(u.token_id)
+        if used_by is None:
+            continue
+        used_by.calls += u.calls
+        if u.model and u.model not in used_by.models_used:
+            used_by.models_used.append(u.model)
+        # a day's start when the call itself has left the recent list (or the ledger)
+        used_by.last_use = max(used_by.last_use or 0, u.day * 86400)
+    return Snapshot(now=now, apps=list(rows.values()), calls=calls, days=days, usage=usage)
+
+
+def _app_name(by_id: dict[str, Grant], token_id: str, recorded: str) -> str:
+    owner = by_id.get(token_id)
+    return owner.app if owner is not None else (recorded or "unknown app")
