@@ -10,6 +10,9 @@ Routes
                                 n, max_tokens, max_completion_tokens
     POST /v1/responses          OpenAI Responses API, plain and streamed (fake_provider.responses)
     POST /v1/moderations        OpenAI; never flags; one result per input string
+    POST /v1beta/openai/chat/completions  Gemini's OpenAI-compatible flavour: as chat
+                                completions, but a gemini-2.5* model reports 8 thinking tokens
+                                in total_tokens and completion_tokens_details only
     POST /v1/embeddings         OpenAI; input string, list of strings, token ids or lists of them;
                                 encoding_format float|base64; dimensions (default 8)
     POST /v1/messages           Anthropic; `x-api-key: <key>` or `Authorization: Bearer <key>`
@@ -111,6 +114,7 @@ MAX_LONG_TOKENS = 100_000
 MAX_FAULT_MS = 600_000
 MAX_RECORDED_REQUESTS = 10_000
 SYSTEM_FINGERPRINT = "fp_fake_provider"
+GEMINI_THOUGHT_TOKENS = 8
 
 OPENAI_MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1-mini", "o4-mini",
                  "text-embedding-3-small", "text-embedding-3-large")
@@ -607,6 +611,12 @@ async def _chat_completions(call: _Call) -> Response:
                                       state.default_reply_tokens, fault)
     finish = "length" if truncated else "stop"
     usage = _openai_usage(prompt, count * n)
+    if call.request.scope["path"].startswith("/v1beta/openai/") and model.startswith(
+            "gemini-2.5"):
+        # Gemini's OpenAI-compatible flavour: a thinking model spends GEMINI_THOUGHT_TOKENS,
+        # reported in total_tokens and completion_tokens_details, not in completion_tokens.
+        usage["completion_tokens_details"]["reasoning_tokens"] = GEMINI_THOUGHT_TOKENS
+        usage["total_tokens"] += GEMINI_THOUGHT_TOKENS
     completion_id = f"chatcmpl-fake{call.request_id.removeprefix('req_fake')}"
     created = int(time.time())
     headers = {"x-request-id": call.request_id}
@@ -935,6 +945,8 @@ def create_app(api_key: str = DEFAULT_API_KEY, *,
     routes = [
         Route("/v1/chat/completions", _endpoint("openai", _chat_completions), methods=["POST"]),
         Route("/v1/responses", _endpoint("openai", responses_create), methods=["POST"]),
+        Route("/v1beta/openai/chat/completions", _endpoint("openai", _chat_completions),
+              methods=["POST"]),
         Route("/v1/embeddings", _endpoint("openai", _embeddings), methods=["POST"]),
         Route("/v1/moderations", _endpoint("openai", _moderations), methods=["POST"]),
         Route("/v1/messages", _endpoint("anthropic", _messages_create), methods=["POST"]),

@@ -2,7 +2,10 @@
 
 Non-streamed responses carry a ``usage`` object. Streams are metered as they pass through:
 
-* OpenAI flavor: the relay always asks for ``stream_options.include_usage``; the provider then
+* OpenAI flavor (OpenAI, DeepSeek, Gemini's OpenAI-compatible endpoint, local servers): the
+  output billed is the larger of ``completion_tokens`` and ``total_tokens - prompt_tokens``
+  (a layer that leaves thinking tokens out of ``completion_tokens`` still bills them); the
+  relay always asks for ``stream_options.include_usage``; the provider then
   sends one last chunk with empty ``choices`` and the ``usage``. If the app did not ask for it,
   that chunk is dropped from what the app receives.
 * Anthropic flavor: ``message_start`` carries the input usage, each ``message_delta`` the
@@ -62,7 +65,12 @@ def openai_usage(u: Any) -> Usage | None:
     if not cached:
         cached = _int(u.get("prompt_cache_hit_tokens"))  # DeepSeek
     cached = min(cached, prompt)
-    return Usage(prompt - cached, _int(u.get("completion_tokens")), cached, 0)
+    # Billed output is the larger of completion_tokens and what total_tokens leaves after the
+    # prompt: some OpenAI-compatible layers (Gemini's thinking models) report reasoning tokens
+    # in total_tokens and completion_tokens_details but not in completion_tokens.
+    completion = _int(u.get("completion_tokens"))
+    total = _int(u.get("total_tokens"))
+    return Usage(prompt - cached, max(completion, total - prompt), cached, 0)
 
 
 def anthropic_usage(u: Any, into: Usage | None = None) -> Usage | None:

@@ -71,6 +71,8 @@ def config_data(fake_url: str, **relay: Any) -> dict[str, Any]:
     data = tomllib.loads(EXAMPLE.read_text("utf-8"))
     for p in data["providers"]:
         p["base_url"] = fake_url + ("/v1" if p["api"] == "openai" else "")
+        if p["id"] == "gemini":  # the fake's Gemini flavour, at Gemini's own path
+            p["base_url"] = fake_url + "/v1beta/openai"
         if p["id"] == "openai":
             p["models"] = [*p["models"], *test_models()]
         if p["id"] == "anthropic":

@@ -182,7 +182,7 @@ def test_the_default_image_allowance_covers_every_shipped_model() -> None:
     assert DEFAULT_IMAGE_TOKENS >= max(values)
     # A vision model priced inline without the field gets the default, never less.
     cfg = load_config(EXAMPLE)
-    local = cfg.providers[3]
+    local = next(p for p in cfg.providers if p.id == "local")
     body = {"model": "llama3.2", "max_tokens": 1, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]}
     raw = _raw(body)
@@ -399,12 +399,16 @@ def test_example_config_loads() -> None:
     cfg = load_config(EXAMPLE)
     assert cfg.store_url == f"sqlite:///{EXAMPLE.parent / 'relay.db'}"
     assert cfg.root_keys == (EXAMPLE.parent / "root.key",)
-    assert [p.id for p in cfg.providers] == ["openai", "anthropic", "deepseek", "local"]
+    assert [p.id for p in cfg.providers] == ["openai", "anthropic", "gemini", "deepseek",
+                                             "local"]
     openai_p = cfg.providers[0]
     assert openai_p.max_tokens_field == "max_completion_tokens"
     assert openai_p.models["gpt-4o-mini"].price.input == 15_000
-    local = cfg.providers[3]
+    local = cfg.providers[4]
     assert local.models["llama3.2"].price.is_free and local.zero_retention
+    gemini = cfg.providers[2]
+    assert gemini.base_url.endswith("/v1beta/openai") and gemini.api == "openai"
+    assert gemini.models["gemini-2.5-flash"].price.output == 250_000
     assert local.api_key_env is None and cfg.default_provider_keys("local") == ""
     assert cfg.rates[("USD", "EUR")].text == "0.87" and cfg.rates_date
     assert cfg.prices_date == default_table().date
