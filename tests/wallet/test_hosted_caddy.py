@@ -37,6 +37,7 @@ def test_https_health_and_no_plain_http(stack: HostedStack) -> None:
         # The locked dashboard comes over TLS with the page headers the wallet always sends.
         page = c.get(stack.wallet_url + "/", headers={"x-capwallet-session": "-"})
         assert page.status_code == 401 and page.headers["x-frame-options"] == "DENY"
+        assert "Sign in to your wallet" in page.text  # the hosted locked page: passkey first
     # Caddy's certificate is for our name only: a client that does not trust its CA refuses.
     with pytest.raises(httpx.ConnectError), httpx.Client(
         transport=_untrusting(stack), timeout=10,

@@ -170,11 +170,13 @@ def test_passphrase_file_starts_unattended(home: WalletHome, tmp_path: Path) -> 
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert "published as https://wallet.capwallet.test" in first, first
-        rest = [proc.stdout.readline() for _ in range(3)]
+        rest = [proc.stdout.readline() for _ in range(4)]
         assert any("Sign in to your wallet:  https://wallet.capwallet.test/login#" in line
                    for line in rest), rest
         assert any("Relay for apps:          https://wallet.capwallet.test/v1" in line
                    for line in rest), rest
+        assert any("No passkey yet: after signing in, add one at "
+                   "https://wallet.capwallet.test/passkeys" in line for line in rest), rest
     finally:
         proc.terminate()
         proc.wait(30)

@@ -16,6 +16,7 @@ from capwallet.wallet.grants import GrantStore
 from capwallet.wallet.home import WalletHome
 from capwallet.wallet.keystore import Keystore
 from capwallet.wallet.pages import Pages
+from capwallet.wallet.passkeys import SignIn
 from capwallet.wallet.sessions import BrowserSessions
 
 
@@ -34,6 +35,7 @@ class WalletContext:
     verifier: Verifier | None = None
     deployment: Deployment = field(default_factory=Deployment)
     client_metadata: ClientMetadataFetcher = field(default_factory=ClientMetadataFetcher)
+    signin: SignIn | None = None  # passkeys and the passphrase fallback (hosted profile)
 
     def __post_init__(self) -> None:
         if self.verifier is None:

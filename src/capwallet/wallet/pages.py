@@ -96,6 +96,7 @@ class Pages:
         ctx.setdefault("signed_in", auth is not None)
         ctx.setdefault("pending_count", 0)
         ctx.setdefault("nav", "")
+        ctx.setdefault("hosted", _public_origin(request))
         html = self.env.get_template(template).render(**ctx)
         return HTMLResponse(html, status_code=status)
 
@@ -115,6 +116,8 @@ class Pages:
         )
 
     def locked(self, request: Request) -> Response:
+        if _public_origin(request).startswith("https://"):
+            return self.render(request, "signin.html", 401)  # passkey, or the passphrase
         return self.render(
             request, "message.html", 401, title="Your wallet is locked in this browser",
             message="Open the sign-in link that `capwallet serve` printed in your terminal, "
@@ -125,6 +128,13 @@ class Pages:
                 status: int = 200) -> Response:
         return self.render(request, "consent.html", status, req=areq, perm=areq.permission,
                            consent_id=consent_id, error=error)
+
+
+def _public_origin(request: Request) -> str:
+    """The public URL of a hosted wallet ('' on loopback)."""
+    wallet = getattr(request.app.state, "wallet", None)
+    origin = getattr(getattr(wallet, "deployment", None), "public_origin", None)
+    return origin if isinstance(origin, str) else ""
 
 
 def navigate(location: str, *, forget: bool = False) -> JSONResponse:

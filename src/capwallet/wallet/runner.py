@@ -33,8 +33,10 @@ from capwallet.wallet.grants import GrantStore
 from capwallet.wallet.home import WalletHome
 from capwallet.wallet.keystore import Keystore
 from capwallet.wallet.pages import Pages
+from capwallet.wallet.passkeys import Ceremonies, PasskeyStore, SignIn
 from capwallet.wallet.server import create_wallet_app, login_url
 from capwallet.wallet.sessions import BrowserSessions, CookiePolicy, SessionStore
+from capwallet.wallet.throttle import SignInThrottle
 from reference_relay.http_limits import HEAD_TIMEOUT, BoundedHttpToolsProtocol, set_head_timeout
 
 RELAY_TOML = "relay.toml"
@@ -169,6 +171,7 @@ def make_context(home: WalletHome, keystore: Keystore,
         home=home, keystore=keystore, grants=GrantStore(home.db_path),
         store=open_store(options.store_url or home.store_url), pages=Pages(sessions),
         sessions=sessions, deployment=options.deployment,
+        signin=SignIn(PasskeyStore(home.db_path), Ceremonies(), SignInThrottle()),
     )
 
 
@@ -223,6 +226,8 @@ def running_wallet(
     finally:
         sock.close()
         ctx.grants.close()
+        if ctx.signin is not None:
+            ctx.signin.passkeys.close()
         ctx.sessions.store.close()
         run_async(ctx.store.close)
 
@@ -270,6 +275,8 @@ def serve_forever(home: WalletHome, keystore: Keystore, *, options: ServeOptions
             proxies = ", ".join(options.deployment.trusted_proxies) or "none"
             print(f"  Forwarded headers trusted from: {proxies}")
         print(f"  Sign in to your wallet:  {url}")
+        if options.deployment.secure and ctx.signin is not None and not ctx.signin.passkeys.all():
+            print(f"  No passkey yet: after signing in, add one at {base_url}/passkeys")
         print(f"  Relay for apps:          {base_url}/v1  (openai SDK base_url)")
         print("  Keep this sign-in link private. Stop with Ctrl-C.", flush=True)
         if open_browser:
@@ -279,6 +286,8 @@ def serve_forever(home: WalletHome, keystore: Keystore, *, options: ServeOptions
     finally:
         sock.close()
         ctx.grants.close()
+        if ctx.signin is not None:
+            ctx.signin.passkeys.close()
         ctx.sessions.store.close()
         asyncio.run(ctx.store.close())
     print("capwallet stopped.", file=sys.stderr)

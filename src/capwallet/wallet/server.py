@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
-from capwallet.wallet import approvals, dashboard, discovery, oauth
+from capwallet.wallet import approvals, dashboard, discovery, oauth, passkeys
 from capwallet.wallet.context import WalletContext
 from capwallet.wallet.cors import GrantedOriginsCors
 from capwallet.wallet.deployment import wallet_origin
@@ -112,7 +112,19 @@ async def end_session(request: Request) -> Response:
         ctx.sessions.end_current(request, response)
         return response
     ended = ctx.sessions.store.end(sid)
+    if form.get("next") == "/sessions":
+        return navigate("/sessions")  # the Sessions page's own form: show the list again
     return JSONResponse({"ended": ended}, status_code=200 if ended else 404)
+
+
+async def sessions_page(request: Request) -> Response:
+    """The browsers signed in to this wallet, each with an End button."""
+    ctx = _ctx(request)
+    auth = ctx.sessions.current(request)
+    if auth is None:
+        return ctx.pages.locked(request)
+    return ctx.pages.render(request, "sessions.html", nav="sessions",
+                            sessions=ctx.sessions.store.list(), current=auth.session_id)
 
 
 async def static_file(request: Request) -> Response:
@@ -135,6 +147,14 @@ def create_wallet_app(ctx: WalletContext, relay: ASGIApp | None = None) -> ASGIA
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/api/sessions", sessions_json),
+        Route("/sessions", behind_shell(sessions_page)),
+        Route("/passkeys", behind_shell(passkeys.passkeys_page)),
+        Route("/passkeys/register/options", passkeys.register_options, methods=["POST"]),
+        Route("/passkeys/register", passkeys.register, methods=["POST"]),
+        Route("/passkeys/{credential_id:str}/remove", passkeys.remove, methods=["POST"]),
+        Route("/signin/passkey/options", passkeys.signin_options, methods=["POST"]),
+        Route("/signin/passkey", passkeys.signin_passkey, methods=["POST"]),
+        Route("/signin/passphrase", passkeys.signin_passphrase, methods=["POST"]),
         Route("/api/sessions/{session_id:str}/end", end_session, methods=["POST"]),
         Route("/static/{name:str}", static_file),
         Route("/authorize", behind_shell(oauth.authorize_page), methods=["GET"]),

@@ -171,6 +171,99 @@ document.addEventListener("submit", (event) => {
     .finally(() => buttons.forEach((b) => { b.disabled = false; }));
 });
 
+// --- passkeys (hosted wallet; passkeys.py) -------------------------------------------------
+// The options come from the wallet as WebAuthn JSON and the browser's answer goes back as
+// JSON (PublicKeyCredential.parse*OptionsFromJSON / toJSON); py_webauthn checks it there.
+
+/** @param {string} text */
+function passkeyStatus(text) {
+  const el = document.getElementById("passkey-status");
+  if (el) el.textContent = text;
+}
+
+/**
+ * POST JSON to the wallet; the answer is JSON.
+ * @param {string} url
+ * @param {object} body
+ * @param {boolean} withSession
+ */
+async function postJson(url, body, withSession) {
+  const init = {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  };
+  return withSession ? walletFetch(url, init)
+    : fetch(url, { ...init, credentials: "same-origin", cache: "no-store" });
+}
+
+/** @param {Response} response */
+async function failed(response) {
+  let message = `the wallet answered ${response.status}`;
+  try {
+    const body = await response.json();
+    if (body && typeof body.message === "string") message = body.message;
+  } catch { /* not JSON */ }
+  passkeyStatus(`Not signed in: ${message}`);
+}
+
+async function passkeySignIn() {
+  passkeyStatus("Waiting for your passkey…");
+  try {
+    const start = await postJson("/signin/passkey/options", {}, false);
+    if (!start.ok) return failed(start);
+    const { ceremony, publicKey } = await start.json();
+    const credential = await navigator.credentials.get({
+      publicKey: PublicKeyCredential.parseRequestOptionsFromJSON(publicKey),
+    });
+    if (!(credential instanceof PublicKeyCredential)) return passkeyStatus("No passkey chosen.");
+    const answer = await postJson("/signin/passkey", { ceremony, credential: credential.toJSON() },
+      false);
+    if (!answer.ok) return failed(answer);
+    await handle(answer);
+  } catch (err) {
+    passkeyStatus(`Not signed in: ${err}`);
+  }
+}
+
+/** @param {HTMLFormElement} form */
+async function passkeyRegister(form) {
+  const data = new FormData(form);
+  const csrf = String(data.get("csrf") || "");
+  passkeyStatus("Waiting for your authenticator…");
+  try {
+    const start = await postJson("/passkeys/register/options", { csrf }, true);
+    if (!start.ok) return failed(start);
+    const { ceremony, publicKey } = await start.json();
+    const credential = await navigator.credentials.create({
+      publicKey: PublicKeyCredential.parseCreationOptionsFromJSON(publicKey),
+    });
+    if (!(credential instanceof PublicKeyCredential)) return passkeyStatus("Nothing was added.");
+    const answer = await postJson("/passkeys/register", {
+      csrf, ceremony, credential: credential.toJSON(), name: String(data.get("name") || ""),
+    }, true);
+    if (!answer.ok) return failed(answer);
+    await handle(answer);
+  } catch (err) {
+    passkeyStatus(`Nothing was added: ${err}`);
+  }
+}
+
+document.addEventListener("click", (event) => {
+  const target = event.target instanceof Element ? event.target.closest("[data-passkey]") : null;
+  if (target && target.getAttribute("data-passkey") === "signin") {
+    event.preventDefault();
+    passkeySignIn();
+  }
+});
+
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (form instanceof HTMLFormElement && form.dataset.passkey === "register") {
+    event.preventDefault();
+    passkeyRegister(form);
+  }
+});
+
 if (document.getElementById("wallet-shell")) {
   if (location.pathname === "/login") login();
   else load();
