@@ -170,11 +170,12 @@ def test_passphrase_file_starts_unattended(home: WalletHome, tmp_path: Path) -> 
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert "published as https://wallet.capwallet.test" in first, first
-        rest = [proc.stdout.readline() for _ in range(4)]
+        rest = [proc.stdout.readline() for _ in range(5)]
         assert any("Sign in to your wallet:  https://wallet.capwallet.test/login#" in line
                    for line in rest), rest
         assert any("Relay for apps:          https://wallet.capwallet.test/v1" in line
                    for line in rest), rest
+        assert any("The sign-in link works once" in line for line in rest), rest
         assert any("No passkey yet: after signing in, add one at "
                    "https://wallet.capwallet.test/passkeys" in line for line in rest), rest
     finally:

@@ -275,6 +275,8 @@ def serve_forever(home: WalletHome, keystore: Keystore, *, options: ServeOptions
             proxies = ", ".join(options.deployment.trusted_proxies) or "none"
             print(f"  Forwarded headers trusted from: {proxies}")
         print(f"  Sign in to your wallet:  {url}")
+        if options.deployment.public_origin is not None:
+            print("  The sign-in link works once; then sign in with a passkey (or the passphrase).")
         if options.deployment.secure and ctx.signin is not None and not ctx.signin.passkeys.all():
             print(f"  No passkey yet: after signing in, add one at {base_url}/passkeys")
         print(f"  Relay for apps:          {base_url}/v1  (openai SDK base_url)")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -38,7 +39,7 @@ from starlette.types import ASGIApp
 from capwallet.wallet import approvals, dashboard, discovery, oauth, passkeys
 from capwallet.wallet.context import WalletContext
 from capwallet.wallet.cors import GrantedOriginsCors
-from capwallet.wallet.deployment import wallet_origin
+from capwallet.wallet.deployment import client_address, wallet_origin
 from capwallet.wallet.pages import STATIC, behind_shell, navigate
 from capwallet.wallet.security import LocalOnlyMiddleware, same_origin_request
 
@@ -69,7 +70,13 @@ async def login(request: Request) -> Response:
             request, "This sign-in link is not valid",
             "Use the link that `capwallet serve` printed most recently.", status=403,
         )
-    new = ctx.sessions.start(label=request.headers.get("user-agent", ""))
+    label = request.headers.get("user-agent", "")
+    if ctx.deployment.public_origin is not None:
+        # On a server the console's link is for set-up, and works once: it may sit in a
+        # journal that others read. Later sign-ins use a passkey (or the passphrase).
+        ctx.sessions.login_secret = secrets.token_urlsafe(24)
+        label = f"console link · {client_address(request)} · {label[:80]}"
+    new = ctx.sessions.start(label=label)
     response = JSONResponse({"location": "/", "session": new.header_value},
                             headers={"cache-control": "no-store"})
     ctx.sessions.set_cookie(response, new)
