@@ -190,7 +190,7 @@ function waitForAnswer(popup, state, timeoutMs) {
       closedSince ??= Date.now();
       const back = globalThis.document?.hasFocus?.() ?? true;
       if (seenOpen && back && Date.now() - closedSince > 1000) finish(reject, new PopupClosedError());
-    }, 400);
+    }, 200);
   });
 }
 

@@ -289,6 +289,24 @@ def test_a_blocked_popup_falls_back_to_a_redirect(
         b.close()
 
 
+def test_closing_the_consent_popup_is_popup_closed(
+        browser: Any, wallet_relay: RunningWallet, site: str) -> None:
+    w = wallet_relay
+    with signed_in_context(browser, w) as (context, _):
+        page = open_app(context, app_url(site, w))
+        with context.expect_page() as info:
+            page.click("#connect")
+        popup = info.value
+        popup.wait_for_selector("#approve")  # the consent page is up; the user reads it,
+        popup.wait_for_timeout(1000)          # then closes the window
+        popup.close()
+        page.bring_to_front()
+        page.wait_for_selector("#error:not([hidden])", timeout=15_000)
+        assert page.get_attribute("#error", "data-code") == "popup_closed"
+        assert page.is_visible("#connect-panel")
+        assert w.ctx.grants.list(statuses=("active", "revoked", "pending")) == []
+
+
 def test_an_answer_with_a_wrong_state_is_a_typed_error(
         browser: Any, wallet_relay: RunningWallet, site: str) -> None:
     w = wallet_relay

@@ -60,6 +60,15 @@ PAGE_HEADERS: Mapping[str, str] = {
     "cross-origin-opener-policy": "same-origin",
     "cross-origin-resource-policy": "same-origin",
 }
+# The consent page opens in a popup from the app's page. With COOP same-origin the browser
+# cuts the popup off from its opener, and the opener then reads popup.closed as true from the
+# first moment: it cannot tell the user closing the consent window (popup_closed) from the
+# consent page loading. unsafe-none keeps the link; what it gives the app is what window.open
+# already gave it (navigate or close its own popup, read closed/length), nothing of the page:
+# framing stays forbidden and the DOM stays cross-origin.
+CONSENT_PAGE_HEADERS: Mapping[str, str] = {
+    **PAGE_HEADERS, "cross-origin-opener-policy": "unsafe-none",
+}
 
 
 def split_host(host: str) -> tuple[str, str]:
@@ -147,7 +156,8 @@ class LocalOnlyMiddleware:
             await _refuse(scope, receive, send, "cross-origin requests to the wallet are refused")
             return
 
-        await self.app(scope, receive, _with_headers(send, PAGE_HEADERS, keep_cors=False))
+        page_headers = CONSENT_PAGE_HEADERS if path == "/authorize" else PAGE_HEADERS
+        await self.app(scope, receive, _with_headers(send, page_headers, keep_cors=False))
 
 
 def _with_headers(send: Send, extra: Mapping[str, str], *, keep_cors: bool) -> Send:
