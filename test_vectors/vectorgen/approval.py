@@ -266,4 +266,12 @@ def build_approval() -> File:
         add(f"An approval stating kind 0x{kind_byte:02x}, correctly MAC'd: unknown kinds fail "
             "closed.", fmt, [BAD_APPROVAL, KIND_F], TA,
             ctx(big(approval_str(kb + approval_mac(K1.secret, kb)))), deny("approval_invalid"))
+    # The range of expires: 0 and 2^53-1 are in range (2^53 is not, above).
+    zero, zero_info = issue(K1, TA.token_id, D, 0)
+    add("An approval expiring at 0 (in range, long expired), checked at T.", ck,
+        [APPROVAL_F, BOUNDARY, BAD_APPROVAL], TA, ctx(big(zero)), deny("approval_invalid"),
+        zero_info)
+    top, top_info = issue(K1, TA.token_id, D, MAX_SAFE)
+    add("An approval expiring at 2^53-1, the largest expiry in range: valid.", ck,
+        [APPROVAL_F, BOUNDARY, VALID], TA, ctx(big(top)), allow(approval_id=aid.hex()), top_info)
     return f

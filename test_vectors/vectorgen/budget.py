@@ -360,4 +360,20 @@ def build_budget() -> File:
             Step(T + 3, jpy(200_000), allow(one(by, yt, 200_000, 800_000, 1, "JPY")),
                  {ky: Micros(1_000_000)}),
         ])
+    tz_seq("A monthly budget through February of a common year (2027, 28 days): the window "
+           "of every day of February ends at 1 March; 1 March starts a new one.",
+           [ROLL, BOUNDARY], "budget-february",
+           "budget b000000000000033 300 EUR month", "EUR", [
+               (utc(2027, 2, 1), "2027-02", utc(2027, 3, 1)),
+               (utc(2027, 2, 28, 23, 59, 59), "2027-02", utc(2027, 3, 1)),
+               (utc(2027, 3, 1), "2027-03", utc(2027, 4, 1)),
+           ], 300)
+    tz_seq("A monthly budget through February of a leap year (2028, 29 days), in "
+           "Pacific/Auckland (NZDT, UTC+13): 29 February there starts at 11:00 UTC on the 28th; "
+           "March starts at 11:00 UTC on the 29th.", [TZF, ROLL, BOUNDARY], "budget-leap",
+           "budget b000000000000034 300 EUR month Pacific/Auckland", "EUR", [
+               (utc(2028, 2, 28, 10, 59, 59), "2028-02", utc(2028, 2, 29, 11)),
+               (utc(2028, 2, 28, 11), "2028-02", utc(2028, 2, 29, 11)),
+               (utc(2028, 2, 29, 11), "2028-03", utc(2028, 3, 31, 11)),
+           ], 300)
     return f

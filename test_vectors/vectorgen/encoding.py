@@ -6,7 +6,7 @@ from typing import Any
 
 from capwallet.keys import RootKey
 
-from .encoder import Tok, fld, identifier, sig_chain, tok, tokstr, v2
+from .encoder import Tok, fld, identifier, leb, sig_chain, tok, tokstr, v2
 from .files import File, Raw, crosscheck_mint, keys_json, token_json
 from .flags import (
     BASE64,
@@ -286,4 +286,31 @@ def build_encoding() -> File:
     add_tok("A caveat of 1025 bytes whose type is unknown: the size limit is a parse error, "
             "checked before caveat types.", lim, [SIZE, BOUNDARY],
             tok("encoding-1025u", b"frobnicate " + b"z" * 1014), deny("malformed"), cross=False)
+
+    # The one-byte/two-byte varint boundary: 127 is 7f, 128 is 80 01.
+    for n, varint in ((127, "7f"), (128, "80 01")):
+        t = tok(f"encoding-len{n}", b"app " + b"v" * (n - 4))
+        assert leb(n).hex(" ") == varint and fld(2, t.caveats[0]) in t.data
+        add_tok(f"A caveat of exactly {n} bytes: its length is the varint {varint}.", vf,
+                [BOUNDARY, VARINT, VALID], t, allow())
+
+    # A token cut off at each point of its structure (every parser state), and the 1-byte
+    # token 02. Each prefix is canonical base64url of its bytes: only the structure is wrong.
+    cut = tok("encoding-cut", "models a")
+    assert len(cut.data) == 83 and cut.data[36:51] == b"\x00\x02\x08models a\x00\x00\x06\x20"
+    points = [
+        (1, "after the version byte"), (2, "after the identifier field type"),
+        (3, "after the identifier length"), (20, "inside the identifier"),
+        (36, "after the identifier, before the header's end-of-section byte"),
+        (37, "at the start of the caveat section"),
+        (38, "after a caveat's field type"), (39, "after a caveat's length"),
+        (43, "inside a caveat"), (47, "after a caveat, before its end-of-caveat byte"),
+        (48, "after a caveat's end-of-caveat byte, before the end of the caveat section"),
+        (49, "after the caveat section, before the signature field"),
+        (50, "after the signature field type"), (51, "after the signature length"),
+        (82, "one byte before the end of the signature"),
+    ]
+    for n, where in points:
+        add_bytes(f"The token cut off {where} ({n} of 83 bytes).", bf, [STRUCT],
+                  cut.data[:n], deny("malformed"))
     return f
