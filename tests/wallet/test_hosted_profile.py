@@ -193,3 +193,92 @@ def test_serve_refuses_a_plain_http_public_url(home: WalletHome) -> None:
     proc = _serve(home, "--public-url", "http://wallet.example.com")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "must be https" in err
+
+
+def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+def test_direct_tls_in_uvicorn(home: WalletHome, keystore: Keystore, tmp_path: Path) -> None:
+    """The alternative to a proxy: --tls-cert/--tls-key, uvicorn terminates TLS itself."""
+    from scripts.hosted_up import free_port, pinned_transport
+
+    cert, key = _self_signed(tmp_path, HOST)
+    port = free_port()
+    public = f"https://{HOST}:{port}"
+    options = ServeOptions(port=port, deployment=Deployment(public), tls_cert=str(cert),
+                           tls_key=str(key))
+    with running_wallet(home, keystore, with_relay=False, options=options) as w:
+        assert w.base_url == public
+        with httpx.Client(transport=pinned_transport(cert, {HOST: "127.0.0.1"}),
+                          timeout=10) as c:
+            assert c.get(public + "/healthz").status_code == 200
+            meta = c.get(public + "/.well-known/oauth-authorization-server")
+            assert meta.status_code == 200 and meta.json()["issuer"] == public
+        with pytest.raises(httpx.HTTPError):  # no plain http on the TLS port
+            httpx.get(f"http://127.0.0.1:{port}/healthz", headers={"host": f"{HOST}:{port}"},
+                      timeout=5)
+
+
+def test_two_relay_processes_share_one_redis_store(home: WalletHome, redis_url: str) -> None:
+    """--store redis://...: budgets and revocations live in Redis, so a second relay process
+    of the same wallet sees what the first did (here: spend, then a revocation)."""
+    import asyncio
+    import secrets as pysecrets
+
+    import openai
+    import redis as redis_lib
+
+    from capwallet import caveats as cav
+    from capwallet.wallet.grants import issue_grant, revoke_grant
+    from fake_provider import DEFAULT_API_KEY, running_fake_provider
+
+    sep = "&" if "?" in redis_url else "?"
+    prefix = "hosted" + pysecrets.token_hex(4)
+    store = f"{redis_url}{sep}prefix={prefix}"
+    with running_fake_provider() as fake:
+        ks = Keystore.open(home.keystore_path, PASSPHRASE)
+        ks.add_provider("openai", DEFAULT_API_KEY, f"{fake}/v1", "openai")
+        ks.save()
+        opts = ServeOptions(port=0, store_url=store)
+        with running_wallet(home, ks, options=opts) as a, \
+                running_wallet(home, ks, options=ServeOptions(port=0, store_url=store)) as b:
+            grant, token = issue_grant(
+                a.ctx.grants, ks.current_root_key, app="shared",
+                caveats=[cav.Budget(100_000_000, "USD", "month")], source="cli",
+                now=a.ctx.now())
+            for w in (a, b):
+                client = openai.OpenAI(api_key=token, base_url=w.base_url + "/v1",
+                                       max_retries=0)
+                client.chat.completions.create(model="gpt-4o-mini", max_tokens=8,
+                                               messages=[{"role": "user", "content": "hi"}])
+            r = redis_lib.Redis.from_url(redis_url)
+            assert any(r.scan_iter(match=f"*{prefix}*", count=1000)), "nothing in Redis"
+            asyncio.run(revoke_grant(a.ctx.grants, a.ctx.store, grant.grant_id, a.ctx.now()))
+            client = openai.OpenAI(api_key=token, base_url=b.base_url + "/v1", max_retries=0)
+            with pytest.raises(openai.AuthenticationError):
+                client.chat.completions.create(model="gpt-4o-mini", max_tokens=8,
+                                               messages=[{"role": "user", "content": "hi"}])
