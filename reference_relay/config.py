@@ -59,6 +59,9 @@ class ProviderConfig:
     zero_retention: bool = False
     max_tokens_field: str = "max_tokens"  # the output cap the provider honours (sent alone)
     timeout: float | None = None  # overrides the relay's upstream_timeout
+    # Whether this OpenAI-flavor provider offers the Responses API (/v1/responses); Gemini,
+    # DeepSeek and most local servers do not, and a call for them is refused up front.
+    responses_api: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +148,7 @@ def _provider(raw: Mapping[str, Any], table: PriceTable, i: int) -> ProviderConf
         raise ConfigError(f"{where} needs an id")
     where = f"provider {pid!r}"
     known = {"id", "api", "base_url", "api_key_env", "models", "zero_retention",
-             "max_tokens_field", "timeout", "price_table"}
+             "max_tokens_field", "timeout", "price_table", "responses_api"}
     extra = set(raw) - known
     if extra:
         raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(extra))}")
@@ -202,6 +205,7 @@ def _provider(raw: Mapping[str, Any], table: PriceTable, i: int) -> ProviderConf
         api_key_env=_get(raw, "api_key_env", str, where), models=models,
         zero_retention=bool(_get(raw, "zero_retention", bool, where, False)),
         max_tokens_field=field_name, timeout=None if timeout is None else float(timeout),
+        responses_api=bool(_get(raw, "responses_api", bool, where, True)),
     )
 
 

@@ -29,3 +29,15 @@ def test_gemini_preset_meters_thinking_tokens(relay: Relay) -> None:
                                                    max_tokens=32, stream=True))
     rows = relay.wait_ledger(tok, 2)
     assert [x.output_tokens for x in rows] == [24, 24]
+
+
+def test_gemini_has_no_responses_api(relay: Relay) -> None:
+    import openai
+    import pytest
+
+    tok = relay.mint(cav.Budget(1000, "USD", "month"))
+    before = len(fake_requests(relay))
+    with pytest.raises(openai.BadRequestError) as exc:
+        relay.openai(tok).responses.create(model="gemini-2.5-flash", input="hello there")
+    assert exc.value.code == "wrong_api" and "/v1/chat/completions" in exc.value.message
+    assert len(fake_requests(relay)) == before  # refused up front, nothing forwarded

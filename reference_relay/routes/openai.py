@@ -6,7 +6,7 @@ from typing import Any
 
 from capwallet.limits import EffectiveLimits
 from reference_relay.config import ModelConfig, ProviderConfig
-from reference_relay.errors import UNSUPPORTED_FEATURE, RelayError
+from reference_relay.errors import UNSUPPORTED_FEATURE, WRONG_API, RelayError
 from reference_relay.estimate import (
     InputEstimate,
     bad,
@@ -114,6 +114,10 @@ class Responses:
     def prepare(self, body: dict[str, Any], raw: bytes, provider: ProviderConfig,
                 model: ModelConfig, limits: EffectiveLimits,
                 ceiling: int | None = None) -> Prepared:
+        if not provider.responses_api:
+            raise RelayError(WRONG_API, f"provider {provider.id!r}, which serves model "
+                             f"{model.id!r}, offers no Responses API; call "
+                             "/v1/chat/completions (OpenAI API) instead")
         stream = _stream_flag(body)
         background = body.get("background")
         if background not in (None, False):
