@@ -3,6 +3,10 @@ passphrase file, and scripts/hosted_up.py's Caddy + `capwallet serve` in front o
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -50,3 +54,14 @@ def wallet_sign_in(page: Any, s: HostedStack) -> None:
     """Sign in with the one-time link `capwallet serve` printed, as the owner would."""
     page.goto(s.login_url)
     page.wait_for_url(s.wallet_url + "/")
+
+
+def grant(s: HostedStack, *flags: str) -> str:
+    """A grant made from the console (`capwallet grant --json`); returns the token."""
+    env = {**os.environ, "CAPWALLET_PASSPHRASE": PASSPHRASE, "CAPWALLET_HOME": str(s.home)}
+    r = subprocess.run([sys.executable, "-m", "capwallet", "grant", "--app", "hosted-test",
+                        "--provider", "openai", "--model", "gpt-4o-mini", *flags, "--json"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    token: str = json.loads(r.stdout)["token"]
+    return token

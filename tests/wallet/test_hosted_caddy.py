@@ -4,10 +4,6 @@ publishes names its public URL."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -16,18 +12,10 @@ import pytest
 
 from scripts.hosted_up import HostedStack
 
-from .conftest import PASSPHRASE
-from .hosted_fixtures import hosted_stack_fixture  # noqa: F401  (the `stack` fixture)
-
-
-def grant(s: HostedStack, *flags: str) -> str:
-    env = {**os.environ, "CAPWALLET_PASSPHRASE": PASSPHRASE, "CAPWALLET_HOME": str(s.home)}
-    r = subprocess.run([sys.executable, "-m", "capwallet", "grant", "--app", "hosted-test",
-                        "--provider", "openai", "--model", "gpt-4o-mini", *flags, "--json"],
-                       env=env, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    token: str = json.loads(r.stdout)["token"]
-    return token
+from .hosted_fixtures import (
+    grant,
+    hosted_stack_fixture,  # noqa: F401  (the `stack` fixture)
+)
 
 
 def test_https_health_and_no_plain_http(stack: HostedStack) -> None:

@@ -139,3 +139,32 @@ def test_app_without_a_grant_asks_to_connect(stack: HostedStack, notebook: Any) 
         r = c.post(stack.app_url + "/ask", data={"question": "hi"},
                    headers={"origin": "https://evil.example"})
         assert r.status_code == 403
+
+
+def test_confirmation_and_spent_budget_are_handled(stack: HostedStack, notebook: Any) -> None:
+    """The example's handling of the two other refusals, with grants the owner made from the
+    console: confirmation_required -> the approval link on the hosted wallet; a spent budget
+    -> a message for the user (and the grant is kept)."""
+    import asyncio
+
+    from examples.web_server_app.app import ask_model
+
+    from .hosted_fixtures import grant
+
+    db = notebook.state.db
+    big = "word " * 70_000  # about 70,000 input tokens: above 0.01 USD on gpt-4o-mini
+
+    def connect(user: str, token: str) -> None:
+        db.q("INSERT OR REPLACE INTO connections VALUES (?, 'g', ?, ?, 'connected', '')", user,
+             stack.wallet_url, db.seal(token))
+
+    connect("cy", grant(stack, "--confirm-above", "0.01USD"))
+    out = asyncio.run(ask_model(notebook, "cy", big))
+    assert out.approval_url is not None and out.text is None
+    assert out.approval_url.startswith(stack.wallet_url + "/approvals/")
+
+    connect("di", grant(stack, "--budget", "0.01USD/month"))
+    out = asyncio.run(ask_model(notebook, "di", big + big))
+    assert out.text is None and out.problem is not None
+    assert "limit for this app is reached" in out.problem
+    assert db.q("SELECT status FROM connections WHERE user = 'di'") == [("connected",)]
