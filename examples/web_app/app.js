@@ -45,6 +45,7 @@ async function render() {
   $('status').textContent = `Connected to ${conn.walletUrl ?? 'your wallet'} (token ${info.tokenId.slice(0, 8)}…)`;
   $('limits').textContent = `Models: ${(info.limits.models ?? ['any']).join(', ')}`
     + (budget ? ` · budget ${(budget.limit / 100).toFixed(2)} ${budget.unit} per ${budget.period}` : '')
+    + (info.limits.origins ? ` · only from ${info.limits.origins.join(', ')}` : '')
     + (info.limits.expires ? ` · until ${new Date(info.limits.expires * 1000).toLocaleString()}` : '');
 }
 

@@ -133,6 +133,7 @@ def test_connect_stream_reload_subtask_approve_revoke(
         assert page.evaluate("localStorage.length") == 0
         grant = w.ctx.grants.get(conn["grantId"])
         assert grant is not None and grant.origin == site
+        assert f"only from {site}" in page.inner_text("#limits")  # the token's origin caveat
 
         # A completion streamed into the page by the openai npm SDK, through the relay.
         ask(page)
@@ -229,6 +230,17 @@ def test_a_third_origin_cannot_use_the_token(
         assert pre[site].headers.get("access-control-allow-origin") == site
         assert "access-control-allow-origin" not in pre[third].headers
         assert pre[third].status_code == 403
+        # Past the browser (a client that sends any Origin it likes), the relay itself refuses
+        # the token from the third origin: it carries an origin caveat for the granted one.
+        body = {"model": "gpt-4o-mini", "max_tokens": 5,
+                "messages": [{"role": "user", "content": "hi"}]}
+        auth = {"authorization": f"Bearer {token}"}
+        r = httpx.post(f"{w.base_url}/v1/chat/completions", json=body,
+                       headers={**auth, "origin": third})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "origin_mismatch", r.text
+        ok = httpx.post(f"{w.base_url}/v1/chat/completions", json=body,
+                        headers={**auth, "origin": site})
+        assert ok.status_code == 200, ok.text
         # Polling an approval's status: readable by the token's own origin, not by the third.
         status = f"{w.base_url}/approvals/{'0' * 32}/status"
         got = {o: httpx.get(status, headers={"origin": o, "authorization": f"Bearer {token}"})
