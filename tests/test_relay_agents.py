@@ -113,3 +113,24 @@ def test_sdk_default_would_upload_the_token(relay: Relay,
         agents.set_default_openai_client(client, use_for_tracing=False)
     assert trace_ingest, "the trace exporter sent nothing"
     assert trace_ingest[0]["authorization"] == f"Bearer {tok}"
+
+
+def test_readme_snippet_runs_verbatim(relay: Relay, trace_ingest: list[dict[str, str]]) -> None:
+    """The README's Agents SDK block, executed as written (with `conn` from the block before
+    it standing for a connection), then an agent run: answered, and no trace upload."""
+    import re
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text("utf-8")
+    [block] = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S)
+               if "set_default_openai_client" in b]
+    assert "use_for_tracing=False" in block
+    tok = relay.mint(cav.Budget(1000, "USD", "month"))
+    scope: dict[str, Any] = {"conn": SimpleNamespace(openai_base_url=relay.url + "/v1",
+                                                     token=tok)}
+    exec(compile(block, "README.md", "exec"), scope)  # our own README
+    result = asyncio.run(agents.Runner.run(_agent(), "What is the weather in Paris?"))
+    assert result.final_output.split()[:2] == ["alpha", "bravo"]
+    agents.flush_traces()
+    assert trace_ingest == []
