@@ -228,3 +228,25 @@ def test_discovery_documents(wallet_relay: RunningWallet) -> None:
     r = httpx.get(f"{base}/.well-known/oauth-authorization-server",
                   headers={"host": "evil.example"})
     assert r.status_code == 403
+
+
+def test_wallet_relay_exposes_what_the_relay_does() -> None:
+    from capwallet.wallet.cors import EXPOSE_HEADERS
+    from reference_relay.app import _CORS_EXPOSE
+
+    assert EXPOSE_HEADERS.encode() == _CORS_EXPOSE
+
+
+def test_relay_preflight_allows_the_sdk_headers(wallet_relay: RunningWallet) -> None:
+    """The openai/anthropic SDKs send headers of their own; a granted origin's preflight
+    admits any (Authorization named, as a "*" does not cover it)."""
+    with signed_in(wallet_relay) as client:
+        q, verifier, _ = web_approve(client)
+    assert web_exchange(wallet_relay.base_url, q["code"], verifier, APP).status_code == 200
+    pre = httpx.options(f"{wallet_relay.base_url}/v1/chat/completions", headers={
+        "origin": APP, "access-control-request-method": "POST",
+        "access-control-request-headers":
+            "authorization, content-type, x-stainless-helper-method, x-capwallet-output-cap"})
+    assert pre.status_code == 204
+    allowed = {h.strip() for h in pre.headers["access-control-allow-headers"].split(",")}
+    assert {"*", "authorization"} <= allowed

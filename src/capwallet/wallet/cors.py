@@ -18,13 +18,16 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-ALLOW_HEADERS = (
-    "authorization, content-type, x-capwallet-approval, anthropic-version, x-api-key, "
-    "openai-organization, openai-project, x-stainless-arch, x-stainless-lang, x-stainless-os, "
-    "x-stainless-package-version, x-stainless-runtime, x-stainless-runtime-version, "
-    "x-stainless-retry-count, x-stainless-timeout, anthropic-dangerous-direct-browser-access"
+# Any request header (the SDKs add their own x-stainless-*, anthropic-beta, ... and change
+# them between versions); Authorization must be named, a "*" does not cover it. The token
+# travels in a header and no cookie is involved, so this gives a granted page nothing more.
+ALLOW_HEADERS = "*, authorization"
+# What a page may read from the relay's answers: the same list the stand-alone relay exposes
+# (reference_relay.app._CORS_EXPOSE; tests/wallet/test_web_origin.py keeps them equal).
+EXPOSE_HEADERS = (
+    "x-capwallet-reason, x-capwallet-approval-request, x-capwallet-fx, x-capwallet-output-cap, "
+    "retry-after, x-request-id, request-id"
 )
-EXPOSE_HEADERS = "x-capwallet-reason, x-capwallet-approval-request, retry-after"
 
 
 class GrantedOriginsCors:
