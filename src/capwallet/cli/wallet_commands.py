@@ -86,7 +86,8 @@ def register(sub: Any) -> None:
     add_caveat_flags(p, origin=False)
     p.add_argument("--origin", metavar="ORIGIN",
                    help="the web app's origin (https://notes.example, or http://localhost:5500 "
-                        "for development): its pages may then call the relay from the browser")
+                        "for development): its pages may then call the relay from the browser, "
+                        "and the token is bound to it (an origin caveat)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_grant)
 
