@@ -2,10 +2,20 @@
 
 Two body shapes, chosen by the endpoint the app called, so each SDK raises its own typed error:
 
-* OpenAI: ``{"error": {"message", "type", "param": null, "code": <reason code>, ...extra}}``
-* Anthropic: ``{"type": "error", "error": {"type", "message", "code": <reason code>, ...}}``
+* OpenAI: ``{"error": {"message", "type", "param": null, "code", "reason", ...extra}}``
+* Anthropic: ``{"type": "error", "error": {"type", "message", "code", "reason", ...}}``
 
-Every error response also carries the header ``x-capwallet-reason: <reason code>``.
+``reason`` is always the relay's reason code, and so is ``code`` except where the provider's
+own convention names the case (CONVENTIONS): a spent budget is what OpenAI answers when credit
+runs out, 429 with type and code ``insufficient_quota``, and on the Anthropic shape 429
+``rate_limit_error`` with ``details.error_code`` ``enforced_spend_limit_reached`` (the anthropic
+SDK raises EnforcedSpendLimitReachedError, a RateLimitError; older ones RateLimitError). Both
+SDKs thus raise a typed RateLimitError rather than a generic APIStatusError for 402.
+
+Every error response also carries the header ``x-capwallet-reason: <reason code>``, and
+``x-should-retry: false`` (honoured by both official SDKs, which otherwise retry every 429,
+408 and 5xx) unless a retry can succeed: a rate window that reopens within MAX_RETRY_AFTER
+seconds (its ``retry-after`` says when), a timeout, or a failure of the provider or the store.
 
 Reason codes are the verifier's (capwallet.reasons.Reason, a closed protocol list) plus the
 relay's own codes below for what happens around verification. Messages never contain a
@@ -55,11 +65,11 @@ STATUS: dict[str, int] = {
         Reason.OPERATION_NOT_ALLOWED,
         Reason.SCOPE_MISSING, Reason.ZERO_RETENTION_REQUIRED, Reason.PRICE_UNKNOWN,
         Reason.CONFIRMATION_REQUIRED, Reason.APPROVAL_INVALID)},
-    Reason.INPUT_TOO_LARGE.value: 413,
+    Reason.INPUT_TOO_LARGE.value: 400,  # as both providers answer a prompt over the context
     Reason.OUTPUT_TOO_LARGE.value: 400,
     Reason.RATE_LIMITED.value: 429,
     Reason.QUOTA_EXCEEDED.value: 429,
-    Reason.BUDGET_EXCEEDED.value: 402,
+    Reason.BUDGET_EXCEEDED.value: 429,  # as OpenAI's insufficient_quota (CONVENTIONS)
     INVALID_REQUEST: 400,
     REQUEST_TOO_LARGE: 413,
     REQUEST_TIMEOUT: 408,
@@ -92,6 +102,29 @@ _TYPES = {
 }
 
 
+# What each provider's own API says in place of a relay reason: fields set on the error object.
+CONVENTIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("openai", Reason.BUDGET_EXCEEDED.value): {"type": "insufficient_quota",
+                                                "code": "insufficient_quota"},
+    ("anthropic", Reason.BUDGET_EXCEEDED.value): {
+        "details": {"error_code": "enforced_spend_limit_reached"}},
+}
+
+# Refusals that the same request may pass when retried (anything else: x-should-retry false).
+RETRYABLE = frozenset({
+    Reason.RATE_LIMITED.value, REQUEST_TIMEOUT, UPSTREAM_ERROR, UPSTREAM_TIMEOUT,
+    UPSTREAM_RATE_LIMITED, STORE_UNAVAILABLE, INTERNAL_ERROR,
+})
+MAX_RETRY_AFTER = 60  # seconds: the SDKs wait out a retry-after up to this, else back off
+
+
+def should_retry(err: RelayError) -> bool:
+    if err.code not in RETRYABLE:
+        return False
+    after = err.headers.get("retry-after")
+    return after is None or (after.isdigit() and int(after) <= MAX_RETRY_AFTER)
+
+
 class RelayError(Exception):
     """An answer the relay gives instead of forwarding: reason code, message, extra fields."""
 
@@ -108,16 +141,20 @@ class RelayError(Exception):
 
 def error_body(err: RelayError, flavor: str) -> dict[str, Any]:
     kind = _TYPES.get(err.status, "api_error")
+    convention = CONVENTIONS.get((flavor, err.code), {})
     if flavor == "anthropic":
         return {"type": "error",
-                "error": {"type": kind, "message": err.message, "code": err.code, **err.extra}}
+                "error": {"type": kind, "message": err.message, "code": err.code,
+                          "reason": err.code, **err.extra, **convention}}
     return {"error": {"message": err.message, "type": kind, "param": None, "code": err.code,
-                      **err.extra}}
+                      "reason": err.code, **err.extra, **convention}}
 
 
 def error_response(err: RelayError, flavor: str = "openai") -> Response:
     body = json.dumps(error_body(err, flavor), separators=(",", ":")).encode()
     headers = {"x-capwallet-reason": err.code, **err.headers}
+    if not should_retry(err):
+        headers["x-should-retry"] = "false"
     return Response(body, status_code=err.status, headers=headers,
                     media_type="application/json")
 

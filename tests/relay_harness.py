@@ -231,7 +231,7 @@ def assert_no_key(r: httpx.Response) -> None:
 
 def error_code(r: httpx.Response) -> str:
     body = r.json()
-    code = body["error"]["code"]
+    code = body["error"]["reason"]  # "code" may be the provider's convention (insufficient_quota)
     assert r.headers["x-capwallet-reason"] == code
     return str(code)
 

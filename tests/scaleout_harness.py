@@ -236,6 +236,6 @@ def reason(r: httpx.Response) -> str:
     code = r.headers.get("x-capwallet-reason", "")
     body = r.json()
     err = body["error"]
-    assert err["code"] == code, (code, body)
+    assert err["reason"] == code, (code, body)
     assert err["message"], body
     return code

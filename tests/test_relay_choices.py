@@ -17,7 +17,7 @@ def test_budget_counts_every_choice(relay: Relay) -> None:
     # 5 cents: one choice (8 x 0.3 = 2.4 cents) fits, four (9.6 cents) do not.
     tok = relay.mint(cav.Budget(5, "USD", "month"))
     r = relay_out(relay, tok, max_tokens=MAX_TOKENS, n=4)
-    assert r.status_code == 402, r.text
+    assert r.status_code == 429, r.text
     assert error_code(r) == "budget_exceeded"
     err = r.json()["error"]
     assert (err["needed"], err["left"], err["unit"]) == (

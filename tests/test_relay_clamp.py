@@ -61,11 +61,11 @@ def test_budget_lowers_the_cap_to_what_it_affords(fresh_relay) -> None:  # type:
     # The app may choose a refusal instead.
     refused = r.post("/v1/chat/completions", body, tok,
                      headers={"x-capwallet-output-cap": "refuse"})
-    assert refused.status_code == 402 and error_code(refused) == "budget_exceeded"
+    assert refused.status_code == 429 and error_code(refused) == "budget_exceeded"
     # Below the useful minimum (256 tokens) the call is refused as before.
     poor = r.mint(cav.Budget(50, "USD", "month"))
     low = r.post("/v1/chat/completions", body, poor)
-    assert low.status_code == 402 and error_code(low) == "budget_exceeded"
+    assert low.status_code == 429 and error_code(low) == "budget_exceeded"
 
 
 def test_langchain_anthropic_default_max_tokens(relay: Relay) -> None:

@@ -106,7 +106,7 @@ def test_shape_denials(relay: Relay) -> None:
     deny(relay, relay.mint(cav.Models(("gpt-4o",))), 403, "model_not_allowed")
     deny(relay, relay.mint(cav.Operations(("embeddings",))), 403, "operation_not_allowed")
     deny(relay, relay.mint(cav.ZeroRetention()), 403, "zero_retention_required")
-    deny(relay, relay.mint(cav.MaxInputTokens(20)), 413, "input_too_large")
+    deny(relay, relay.mint(cav.MaxInputTokens(20)), 400, "input_too_large")
     # A cap above the token's max-output-tokens is lowered, not refused (test_relay_clamp.py);
     # fewer output tokens than choices cannot be served at all.
     deny(relay, relay.mint(cav.MaxOutputTokens(2)), 400, "unbounded_request", n=3)
@@ -118,7 +118,7 @@ def test_price_unknown_without_exchange_rate(relay: Relay) -> None:
 
 
 def test_counter_denials(relay: Relay) -> None:
-    r = deny(relay, relay.mint(cav.Budget(3, "USD", "month")), 402, "budget_exceeded")
+    r = deny(relay, relay.mint(cav.Budget(3, "USD", "month")), 429, "budget_exceeded")
     assert "0.03 USD left" in r.json()["error"]["message"]
     r = deny(relay, relay.mint(cav.TokenQuota(50, "day")), 429, "quota_exceeded")
     assert "50 tokens left" in r.json()["error"]["message"]
@@ -135,7 +135,7 @@ def test_budget_exhausted_mid_sequence(relay: Relay) -> None:
     tok = relay.mint(cav.Budget(22, "USD", "month"))
     statuses = [relay.chat(tok, model="relay-out", max_tokens=16).status_code
                 for _ in range(6)]
-    assert statuses == [200, 200, 200, 200, 402, 402]
+    assert statuses == [200, 200, 200, 200, 429, 429]
     r = relay.chat(tok, model="relay-out", max_tokens=16)
     assert error_code(r) == "budget_exceeded"
     msg = r.json()["error"]["message"]
@@ -151,10 +151,12 @@ def test_budget_exhausted_mid_sequence(relay: Relay) -> None:
 
 
 def test_anthropic_error_shape(relay: Relay) -> None:
-    r = deny(relay, relay.mint(cav.Budget(1, "USD", "month")), 402, "budget_exceeded",
+    r = deny(relay, relay.mint(cav.Budget(1, "USD", "month")), 429, "budget_exceeded",
              path="/v1/messages", body={"model": "claude-test", "max_tokens": 16,
                                         "messages": HELLO})
-    assert r.json()["error"]["type"] == "billing_error"
+    # Anthropic's own shape for a spent limit (tests/test_relay_sdk_errors.py: the SDK's class)
+    assert r.json()["error"]["type"] == "rate_limit_error"
+    assert r.json()["error"]["details"] == {"error_code": "enforced_spend_limit_reached"}
     with pytest.raises(anthropic.PermissionDeniedError) as exc:
         relay.anthropic(relay.mint(cav.Models(("x",)))).messages.create(
             model="claude-test", max_tokens=16, messages=HELLO)

@@ -18,7 +18,7 @@ def test_budget_refusal_names_the_rate(relay: Relay) -> None:
     tok = relay.mint(cav.Budget(3, "EUR", "month"))
     # 16 x 0.3 = 4.8 USD cents = 4.176 EUR cents: more than the 3 EUR cents of the budget.
     r = relay_out(relay, tok, max_tokens=16)
-    assert r.status_code == 402, r.text
+    assert r.status_code == 429, r.text
     assert error_code(r) == "budget_exceeded"
     err = r.json()["error"]
     assert (err["needed"], err["unit"]) == (4_176_000, "micro-EUR")
@@ -46,7 +46,7 @@ def test_confirmation_refusal_names_the_rate(relay: Relay) -> None:
 
 def test_no_rate_note_without_conversion(relay: Relay) -> None:
     r = relay_out(relay, relay.mint(cav.Budget(3, "USD", "month")), max_tokens=16)
-    assert r.status_code == 402 and error_code(r) == "budget_exceeded"
+    assert r.status_code == 429 and error_code(r) == "budget_exceeded"
     assert "converted at" not in r.json()["error"]["message"]
     ok = relay_out(relay, relay.mint(cav.Budget(3, "USD", "month")), max_tokens=8)
     assert ok.status_code == 200 and "x-capwallet-fx" not in ok.headers
@@ -68,9 +68,9 @@ def test_every_refusal_of_a_race_names_the_rate(relay: Relay) -> None:
                             headers={"authorization": "Bearer " + tok}) for _ in range(40)))
 
     rs = asyncio.run(all_at_once())
-    assert sorted(r.status_code for r in rs) == [200] * 4 + [402] * 36
+    assert sorted(r.status_code for r in rs) == [200] * 4 + [429] * 36
     for r in rs:
-        if r.status_code == 402:
+        if r.status_code == 429:
             assert error_code(r) == "budget_exceeded"
             assert r.json()["error"]["message"].endswith(RATE_NOTE), r.text
         else:

@@ -97,7 +97,7 @@ def test_bodies_other_parsers_read_differently_are_refused(relay: Relay, raw: by
 def _needed(relay: Relay, token: str, raw: bytes) -> int:
     """The worst case the relay reserves for an Anthropic call (from its budget refusal)."""
     r = post_raw(relay, "/v1/messages", raw, token)
-    assert r.status_code != 200 and r.json()["error"]["code"] == "budget_exceeded", r.text
+    assert r.status_code != 200 and r.json()["error"]["reason"] == "budget_exceeded", r.text
     return int(r.json()["error"]["needed"])
 
 

@@ -106,7 +106,7 @@ def test_reasoning_item_by_id_counts_as_the_models_largest_output(relay: Relay) 
     assert relay.post("/v1/responses", body, tok).status_code == 200
     small = relay.mint(cav.MaxInputTokens(len(str(body)) + 100))
     r = relay.post("/v1/responses", body, small)
-    assert r.status_code == 413 and error_code(r) == "input_too_large"
+    assert r.status_code == 400 and error_code(r) == "input_too_large"
 
 
 def test_built_in_tools(relay: Relay) -> None:
@@ -135,7 +135,7 @@ def test_built_in_tools(relay: Relay) -> None:
     r2 = relay.post("/v1/responses", {"model": "relay-search", "input": "hi",
                                       "tools": [{"type": "web_search"}], "max_tool_calls": 8,
                                       "max_output_tokens": 16}, small)
-    assert r2.status_code == 413 and error_code(r2) == "input_too_large"
+    assert r2.status_code == 400 and error_code(r2) == "input_too_large"
 
 
 def test_stream_disconnect_settles_like_other_routes(relay: Relay) -> None:

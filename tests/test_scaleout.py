@@ -55,7 +55,7 @@ def test_four_relays_share_one_budget_exactly(fleet: Fleet) -> None:
     ok = [r for r in rs if r.status_code == 200]
     refused = [r for r in rs if r.status_code != 200]
     # Every refusal is a budget refusal, with its reason code in header and body.
-    assert {r.status_code for r in refused} == {402}
+    assert {r.status_code for r in refused} == {429}
     assert {reason(r) for r in refused} == {"budget_exceeded"}
     # Worst case == actual here, so the budget buys exactly 100 calls, no more, no fewer.
     assert len(ok) == 100
@@ -76,11 +76,11 @@ def test_settled_spend_never_exceeds_the_budget_when_estimates_exceed_use(fleet:
     body = chat_body("relay-test")
     del body["max_tokens"]
     rs = asyncio.run(_spread(fleet.urls, tok, 200, body))
-    assert {r.status_code for r in rs} <= {200, 402}
+    assert {r.status_code for r in rs} <= {200, 429}
     ok = sum(r.status_code == 200 for r in rs)
     # However the 200 race, the first budget // worst reservations must fit (each call holds
     # at most its worst case, settled or not); a fixed floor failed when all raced at once.
-    worst = {int(r.json()["error"]["needed"]) for r in rs if r.status_code == 402}
+    worst = {int(r.json()["error"]["needed"]) for r in rs if r.status_code == 429}
     assert len(worst) == 1  # the same request, the same worst case
     assert ok >= budget * MICROS_PER_MINOR // worst.pop() >= 5
     rows = fleet.wait_ledger(tok, 200)

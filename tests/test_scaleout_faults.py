@@ -39,7 +39,7 @@ def worst_case(fleet: Fleet, model: str, **extra: Any) -> int:
     """What one call reserves, read from the denial of a 1-cent budget."""
     tiny = fleet.mint(cav.Budget(1, "USD", "month"))
     r = post(fleet.urls[0], tiny, chat_body(model, **extra))
-    assert r.status_code == 402 and reason(r) == "budget_exceeded", r.text
+    assert r.status_code == 429 and reason(r) == "budget_exceeded", r.text
     return int(r.json()["error"]["needed"])
 
 

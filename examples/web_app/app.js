@@ -60,7 +60,7 @@ function showError(err) {
   // A relay that answers no CORS for this origin (grant revoked or expired, or never granted
   // to this origin) is only a failed connection to the page: the browser hides the rest.
   const code = err instanceof APIConnectionError ? 'connection_refused'
-    : err.error?.code ?? err.code ?? err.status ?? 'error';
+    : err.error?.reason ?? err.error?.code ?? err.code ?? err.status ?? 'error';
   const friendly = {
     budget_exceeded: 'The budget you gave this app is used up.',
     revoked: 'You disconnected this app in your wallet.',

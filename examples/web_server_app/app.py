@@ -19,7 +19,8 @@ How it calls: the official ``openai`` SDK with ``base_url = relay_url + "/v1"`` 
 the API key. What it does with the relay's answers (the expected handling for any app):
 * 401 (revoked, expired): the grant is gone; forget the token and ask the user to connect
   again;
-* 402 budget_exceeded / 429 quota: show it to the user (what was spent, when it resets);
+* 429 budget_exceeded (error.reason; error.code is insufficient_quota) / 429 quota: show it
+  to the user (what was spent, when it resets);
 * 403 confirmation_required: send the user to the approval link the relay returned, then
   retry with the approval (here: the user clicks "ask again" after approving).
 
@@ -309,7 +310,7 @@ async def ask_model(app: Starlette, user: str, prompt: str) -> Outcome:
             return Outcome(problem="Your wallet no longer allows this app. Connect again.")
         except openai.APIStatusError as exc:
             err = _error_of(exc)
-            code = err.get("code")
+            code = err.get("reason") or err.get("code")  # the relay's reason code
             log.info("grant %s of %s refused: %s", grant_id, user, code)
             if code == "confirmation_required" and isinstance(err.get("approval_url"), str):
                 return Outcome(problem="Your wallet asks you to approve this call.",
