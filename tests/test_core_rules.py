@@ -230,3 +230,27 @@ def test_format_minor(minor: int, currency: str, text: str) -> None:
 ])
 def test_format_micros(micros: int, currency: str, text: str) -> None:
     assert format_micros(micros, currency) == text
+
+
+def test_money_prints_like_a_person_writes_it() -> None:
+    assert str(parse_amount("0.5EUR")) == "0.50 EUR"
+    assert str(parse_amount("5JPY")) == "5 JPY"
+
+
+def test_a_currency_without_a_known_exponent_prints_whole_units() -> None:
+    """Formatting never raises: an amount in a currency the table lacks prints as whole units
+    (parsing still refuses such a currency)."""
+    assert format_minor(5, "XTS") == "5 XTS"
+    assert format_micros(5_000_000, "XTS") == "5 XTS"
+    assert format_micros(2_500_000, "XTS") == "2.5 XTS"
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("10", "write it like 10EUR or 0.50USD"),
+    ("0.505EUR", "EUR has 2 decimal places; '0.505EUR' has 3"),
+    ("10XXX", "unknown currency 'XXX' (use an ISO 4217 code such as EUR)"),
+])
+def test_money_errors_say_what_to_write(text: str, says: str) -> None:
+    with pytest.raises(MoneyError) as err:
+        parse_amount(text)
+    assert says in str(err.value)
