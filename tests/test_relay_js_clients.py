@@ -32,3 +32,23 @@ def test_npm_clients(relay: Relay) -> None:
     assert all(status == "ok" for _, status in ops), ops
     # Every Responses call and the token count were metered on the budget token.
     assert len(rows) >= 6 and sum(r.cost for r in rows) > 0
+
+
+ERRORS = Path(__file__).resolve().parent / "js" / "relay_errors.test.js"
+
+
+def test_npm_clients_get_typed_refusals_and_do_not_retry(relay: Relay) -> None:
+    """tests/js/relay_errors.test.js: a spent budget and a spent quota through openai-node and
+    @anthropic-ai/sdk with their default retries: RateLimitError, one request each."""
+    npm_installed()
+    budget = relay.mint(cav.Budget(0, "USD", "month"))
+    quota = relay.mint(cav.TokenQuota(10, "day"))
+    env = {**os.environ, "RELAY_URL": relay.url, "TOKEN_BUDGET": budget, "TOKEN_QUOTA": quota}
+    done = subprocess.run([_tool("node"), "--test", str(ERRORS)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+    passed = re.search(r"^# pass (\d+)$", done.stdout, re.M)
+    assert passed and int(passed.group(1)) == 4, done.stdout[-2000:]
+    for token in (budget, quota):  # one refused call per SDK: nothing was retried
+        rows = relay.wait_ledger(token, 2)
+        assert sum(r.count for r in rows if r.refused) == 2
