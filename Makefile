@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/capwallet demo
+	@echo
+	@echo "Next: . $(VENV)/bin/activate && capwallet demo --keep-running   (puts capwallet on PATH, then keeps the demo wallet up for its dashboard)"
 
 protocol-demo: $(STAMP)
 	$(PY) examples/protocol_demo.py

@@ -50,7 +50,7 @@ def test_mint_attenuate_inspect_verify(key_file: Path) -> None:
     info = json.loads(r.stdout)
     assert info["verified"] is False
     assert info["effective_limits"]["max_output_tokens"] == 200
-    assert [c["type"] for c in info["caveats"]][-2:] == ["max-output-tokens", "budget"]
+    assert [c["type"] for c in info["caveats"]][-2:] == ["budget", "max-output-tokens"]
     assert "UNVERIFIED" in run("inspect", child).stdout
 
     call = ["--provider", "anthropic", "--model", "claude-sonnet-4-5", "--input-tokens", "100",
@@ -165,3 +165,63 @@ def test_a_token_with_whitespace_is_malformed_as_in_the_library(key_file: Path) 
     for text in (token + "\n\n", " " + token + "\n", token + " \n"):
         r = run("verify", "-", *base, stdin=text)
         assert r.returncode == 1 and r.stdout.startswith("deny: malformed"), (text, r.stdout)
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_verify_exit_codes_agree_with_help_and_readme(key_file: Path, tmp_path: Path) -> None:
+    """A token that does not parse is judged and denied (1, reason malformed); a command that
+    cannot run as given is bad input (2). --help and the README say the same."""
+    r = run("verify", "garbage", "--key-file", str(key_file), "--json")
+    assert r.returncode == 1, r.stderr
+    assert json.loads(r.stdout)["reason"] == "malformed"
+    r = run("verify", "cwt1_AAAA", "--key-file", str(key_file))
+    assert r.returncode == 1 and r.stdout.startswith("deny: malformed")
+    r = run("verify", "garbage", "--key-file", str(tmp_path / "missing.json"))
+    assert r.returncode == 2
+    r = run("verify", "garbage", "--key-file", str(key_file), "--cost", "lots")
+    assert r.returncode == 2 and "--cost" in r.stderr
+    helptext = " ".join(run("verify", "--help").stdout.split())
+    assert "1 it denies it" in helptext and "denied as malformed" in helptext
+    assert "2 the command itself is wrong" in helptext
+    readme = " ".join(README.read_text().split())
+    assert "`verify` exits 0 when the token allows the request, 1 when it denies it" in readme
+    assert "is denied too, with reason `malformed`), and 2 when the command itself is wrong" in (
+        readme)
+
+
+def test_verify_cost_to_the_microunit(key_file: Path) -> None:
+    token = run("mint", "--key-file", str(key_file), "--budget", "1EUR/day",
+                "--now", NOW).stdout.strip()
+    r = run("verify", token, "--key-file", str(key_file), "--provider", "openai", "--model",
+            "m", "--cost", "0.000123EUR", "--now", NOW, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    [debit] = json.loads(r.stdout)["debits"]
+    assert debit["amount"] == 12_300  # microunits: millionths of a cent
+    # Eight places is the microunit of a cent; a ninth cannot be counted.
+    r = run("verify", token, "--key-file", str(key_file), "--cost", "0.000000001EUR")
+    assert r.returncode == 2 and "microunits" in r.stderr
+    # Exactly the budget passes; one microunit more is refused.
+    r = run("verify", token, "--key-file", str(key_file), "--provider", "openai", "--model",
+            "m", "--cost", "1.00000000EUR", "--now", NOW)
+    assert r.returncode == 0, r.stdout
+    r = run("verify", token, "--key-file", str(key_file), "--provider", "openai", "--model",
+            "m", "--cost", "1.00000001EUR", "--now", NOW)
+    assert r.returncode == 1 and "budget_exceeded" in r.stdout
+
+
+def test_inspect_reads_like_the_readme(key_file: Path) -> None:
+    token = run("mint", "--key-file", str(key_file), "--app", "https://blog.example",
+                "--provider", "anthropic", "--model", "claude-sonnet-4-5", "--budget",
+                "10EUR/month", "--max-input-tokens", "50000", "--scope", "posts:read",
+                "--expires", "30d", "--confirm-above", "0.50EUR", "--token-quota",
+                "2000000/day", "--rate", "30", "--now", NOW).stdout.strip()
+    out = run("inspect", token).stdout
+    caveats = [line.split(". ", 1)[1].split()[0] for line in out.splitlines()
+               if line[:5].strip().rstrip(".").isdigit()]
+    assert caveats == ["app", "expires", "providers", "models", "budget", "token-quota", "rate",
+                       "max-input-tokens", "scopes", "confirm-above"]
+    assert "confirm above: 0.50 EUR" in out and "{'EUR'" not in out
+    assert "budget 10.00 EUR per month" in out
+    assert "token-quota 2000000 tokens per day" in out or "2000000" in out

@@ -1,7 +1,7 @@
 """A small blog assistant that uses AI through the user's capwallet.
 
     capwallet serve                      # in one terminal (or: capwallet demo --keep-running)
-    python examples/blog_assistant/assistant.py --wallet http://127.0.0.1:8750
+    python examples/blog_assistant/assistant.py --wallet http://127.0.0.1:8750 [--no-browser]
 
 1. ``connect()`` opens the wallet's consent page: "Blog Assistant wants to use AI". The user
    may lower the budget or drop a model; the app gets a token and the relay URL.
@@ -25,7 +25,14 @@ import httpx
 import openai
 
 from capwallet import caveats as cav
-from capwallet.client import APPROVAL_HEADER, Connection, connect, wait_for_approval
+from capwallet.client import (
+    APPROVAL_HEADER,
+    ApprovalDenied,
+    ConnectError,
+    Connection,
+    connect,
+    wait_for_approval,
+)
 from capwallet.token import attenuate
 
 PERMISSIONS: dict[str, Any] = {
@@ -66,7 +73,7 @@ def summarise(conn: Connection, posts: list[dict[str, Any]]) -> list[str]:
 
 
 def publish(conn: Connection, blog_url: str, post_id: int,
-            on_waiting: Callable[[str], None]) -> dict[str, Any]:
+            on_waiting: Callable[[str], None], *, timeout: float = 300.0) -> dict[str, Any]:
     """Publish a post; if the user must approve, wait for the wallet and retry once."""
     auth = {"authorization": f"Bearer {conn.token}"}
     url = f"{blog_url}/posts/{post_id}/publish"
@@ -74,7 +81,7 @@ def publish(conn: Connection, blog_url: str, post_id: int,
     if r.status_code == 403 and r.json().get("error") == "confirmation_required":
         rid = r.json()["approval_request_id"]
         on_waiting(f"{conn.wallet_url}/approvals")
-        approval = wait_for_approval(conn.wallet_url, conn.token, rid, timeout=300)
+        approval = wait_for_approval(conn.wallet_url, conn.token, rid, timeout=timeout)
         r = httpx.post(url, headers={**auth, APPROVAL_HEADER: approval})
     r.raise_for_status()
     result: dict[str, Any] = r.json()
@@ -83,10 +90,15 @@ def publish(conn: Connection, blog_url: str, post_id: int,
 
 def run(wallet_url: str, blog_url: str, *, open_browser: Callable[[str], object] | None = None,
         on_waiting: Callable[[str], None] | None = None, say: Callable[[str], None] = print,
+        no_browser: bool = False, timeout: float = 300.0,
         ) -> dict[str, Any]:
     kwargs: dict[str, Any] = {} if open_browser is None else {"open_browser": open_browser}
-    say("Asking your wallet for permission (a browser tab opens)...")
-    conn = connect("Blog Assistant", PERMISSIONS, wallet_url=wallet_url, **kwargs)
+    if no_browser:
+        kwargs["open_browser"] = None
+    say("Asking your wallet for permission"
+        + (" (open the link below)..." if no_browser else " (a browser tab opens)..."))
+    conn = connect("Blog Assistant", PERMISSIONS, wallet_url=wallet_url, timeout=timeout,
+                   say=say, **kwargs)
     granted = conn.granted
     say(f"Connected: {', '.join(granted['models'])}, budget {granted['budget']['amount']} "
         f"{granted['budget']['currency']} per {granted['budget']['period']}.")
@@ -99,7 +111,7 @@ def run(wallet_url: str, blog_url: str, *, open_browser: Callable[[str], object]
         say(f"  - {line}")
     draft = next(p for p in posts if not p["published"])
     waiting = on_waiting or (lambda url: say(f"Publishing needs your OK: approve it at {url}"))
-    published = publish(conn, blog_url, draft["id"], waiting)
+    published = publish(conn, blog_url, draft["id"], waiting, timeout=timeout)
     say(f"Published “{published['title']}”.")
     return {"connection": conn, "grant_id": conn.grant_id, "summaries": summaries,
             "published": published}
@@ -110,9 +122,18 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--wallet", default="http://127.0.0.1:8750", help="the wallet's URL")
+    parser.add_argument("--no-browser", action="store_true",
+                        help="only print the consent link (open it yourself, on any browser "
+                             "signed in to the wallet)")
+    parser.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="how long to wait for each answer in the wallet (300)")
     args = parser.parse_args(argv)
     with running_blog_api(args.wallet) as blog_url:
-        run(args.wallet, blog_url)
+        try:
+            run(args.wallet, blog_url, no_browser=args.no_browser, timeout=args.timeout)
+        except (ConnectError, ApprovalDenied) as exc:
+            print(f"blog assistant: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -23,6 +23,7 @@ import html
 import json
 import os
 import secrets
+import sys
 import threading
 import time
 import webbrowser
@@ -209,20 +210,29 @@ border-radius:12px;padding:2rem 2.5rem;max-width:28rem}}</style></head>
 <body><div><h1>{title}</h1><p>{text}</p></div></body></html>"""
 
 
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def connect(
     app_name: str,
     permissions: Mapping[str, Any],
     *,
     wallet_url: str | None = None,
-    open_browser: Callable[[str], object] = webbrowser.open,
+    open_browser: Callable[[str], object] | None = webbrowser.open,
     timeout: float = 300.0,
+    say: Callable[[str], object] = _stderr,
 ) -> Connection:
     """Ask the user's wallet for permission to use AI; returns the token and relay URL.
 
     ``permissions`` is the authorization_details object (see capwallet.wallet.permissions);
     its "type" may be omitted. ``wallet_url`` is the wallet's or a relay's URL (default
-    $CAPWALLET_URL, else the local wallet); the rest is discovered. Raises ConnectError if the
-    wallet cannot be reached, the user denies, or the exchange fails.
+    $CAPWALLET_URL, else the local wallet); the rest is discovered. The consent link is
+    printed at once (``say``, standard error by default) before ``open_browser`` opens it, so
+    the user can open it anywhere if no browser appears; ``open_browser=None`` only prints it.
+    Waits ``timeout`` seconds for the answer, and says when it stops waiting. Raises
+    ConnectError if the wallet cannot be reached, the user denies, the wait ends, or the
+    exchange fails.
     """
     wallet = discover(wallet_url or os.environ.get(ENV_WALLET_URL) or DEFAULT_WALLET_URL)
     base = wallet.issuer
@@ -235,9 +245,21 @@ def connect(
             "state": state, "code_challenge": challenge, "code_challenge_method": "S256",
             "authorization_details": _json([details]),
         }
-        open_browser(f"{wallet.authorization_endpoint}?{urlencode(query)}")
+        url = f"{wallet.authorization_endpoint}?{urlencode(query)}"
+        say(f"Open this link to approve: {url}")
+        wport = urlsplit(url).port or 80
+        cport = urlsplit(cb.redirect_uri).port
+        say(f"Waiting up to {_seconds(timeout)} for your answer. No browser opens? Paste the link "
+            "into a browser on this computer that is signed in to your wallet. From another "
+            f"device, forward both ports first: ssh -L {wport}:127.0.0.1:{wport} "
+            f"-L {cport}:127.0.0.1:{cport} <this computer>")
+        opened = open_browser(url) if open_browser is not None else False
+        if open_browser is not None and opened is False:
+            say("No browser opened here: open the link above yourself.")
         if not cb.done.wait(timeout):
-            raise ConnectError("timeout", "no answer from the wallet in time")
+            say(f"Stopped waiting: no answer from the wallet in {_seconds(timeout)}. "
+                "Run again for a new link.")
+            raise ConnectError("timeout", f"no answer from the wallet in {_seconds(timeout)}")
         params = cb.params or {}
     if not hmac.compare_digest(params.get("state", "").encode(), state.encode()):
         raise ConnectError("invalid_state", "the answer does not match this request")
@@ -259,6 +281,11 @@ def connect(
         grant_id=str(body["grant_id"]), wallet_url=base, granted=dict(granted[0]),
         expires_in=body.get("expires_in"),
     )
+
+
+def _seconds(t: float) -> str:
+    t = round(t)
+    return f"{t // 60} minutes" if t >= 120 and t % 60 == 0 else f"{t} s"
 
 
 def wait_for_approval(

@@ -27,6 +27,7 @@ EXPONENTS: dict[str, int] = {
     **dict.fromkeys("BHD IQD JOD KWD LYD OMR TND".split(), 3),
 }
 _AMOUNT = re.compile(r"\s*(\d{1,15})(?:\.(\d{1,6}))?\s*([A-Za-z]{3})\s*")
+_MICROS = re.compile(r"\s*(\d{1,12})(?:\.(\d{1,12}))?\s*([A-Za-z]{3})\s*")
 
 
 MICROS_PER_MINOR = 1_000_000
@@ -66,6 +67,21 @@ def parse_amount(text: str) -> Money:
     if len(frac) > exp:
         raise MoneyError(f"{currency} has {exp} decimal places; {text!r} has {len(frac)}")
     return Money(int(whole) * 10**exp + int(frac.ljust(exp, "0") or "0"), currency)
+
+
+def parse_micros(text: str) -> tuple[int, str]:
+    """'0.000123EUR' -> (123, 'EUR'): a cost in microunits (millionths of a minor unit), the
+    precision the relay counts costs in; up to exponent + 6 decimals. Raises MoneyError."""
+    m = _MICROS.fullmatch(text)
+    if not m:
+        raise MoneyError(f"cannot read amount {text!r}: write it like 0.30EUR or 0.000123USD")
+    whole, frac, currency = m.group(1), m.group(2) or "", m.group(3).upper()
+    places = exponent(currency) + 6
+    if len(frac) > places:
+        raise MoneyError(
+            f"{currency} costs go to {places} decimal places (microunits); {text!r} has "
+            f"{len(frac)}")
+    return int(whole) * 10**places + int(frac.ljust(places, "0") or "0"), currency
 
 
 def format_minor(minor: int, currency: str) -> str:

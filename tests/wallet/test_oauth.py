@@ -160,6 +160,22 @@ def test_consent_needs_a_session(wallet: RunningWallet) -> None:
     assert r.status_code == 401 and "locked" in r.text
 
 
+def test_locked_page_names_the_command_that_printed_the_link(wallet: RunningWallet) -> None:
+    """The locked page names the command whose terminal shows the sign-in link (serve or
+    demo), with no literal backticks, and says the waiting request comes back."""
+    params, _ = authorize_params()
+    with httpx.Client(base_url=wallet.base_url,
+                      headers={"x-capwallet-session": "-"}) as locked:
+        r = consent_page(locked, params)
+        assert r.status_code == 401 and "`" not in r.text
+        assert '<code class="command">capwallet serve</code>' in r.text
+        assert "come back to this request" in r.text
+        wallet.ctx.pages.started_by = "capwallet demo --keep-running"
+        r = locked.get("/")
+        assert '<code class="command">capwallet demo --keep-running</code>' in r.text
+        assert "capwallet serve" not in r.text and "`" not in r.text
+
+
 def test_bad_request_is_not_redirected_before_sign_in(wallet: RunningWallet) -> None:
     """Issue 13 F1: a bad parameter used to send the browser (and its cookies) to the app's
     loopback redirect URI at once, before any session check."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,8 +24,10 @@ def run(home: Path, *args: str, stdin: str | None = None, passphrase: str | None
     e.update({"CAPWALLET_HOME": str(home), "CAPWALLET_KDF_LIMITS": "interactive", **env})
     if passphrase is not None:
         e["CAPWALLET_PASSPHRASE"] = passphrase
+    # A new session: no controlling terminal, as in CI, even when pytest runs in one.
     return subprocess.run([sys.executable, "-m", "capwallet", *args], input=stdin, env=e,
-                          capture_output=True, text=True, timeout=60, check=False)
+                          capture_output=True, text=True, timeout=60, check=False,
+                          start_new_session=True)
 
 
 @pytest.fixture
@@ -178,3 +182,47 @@ def test_serve_prints_a_sign_in_link_and_serves(home: Path) -> None:
     assert KEY not in out + err + "".join(lines)
     r = run(home, "serve", passphrase="wrong")
     assert r.returncode == 2 and "wrong passphrase" in r.stderr
+
+
+def test_piped_key_with_the_passphrase_typed_at_the_terminal(home: Path) -> None:
+    """`echo $KEY | capwallet provider add openai` at a terminal: the key comes from the pipe,
+    the passphrase is asked on the terminal (it failed with "no passphrase" before)."""
+    import pty
+
+    master, slave = pty.openpty()
+    slave_name = os.ttyname(slave)
+    os.close(slave)
+
+    def own_terminal() -> None:
+        os.setsid()
+        fd = os.open(slave_name, os.O_RDWR)  # the session's controlling terminal, like a shell's
+        os.dup2(fd, 2)
+
+    e = {k: v for k, v in os.environ.items() if k != "CAPWALLET_PASSPHRASE"}
+    e.update({"CAPWALLET_HOME": str(home), "CAPWALLET_KDF_LIMITS": "interactive"})
+    proc = subprocess.Popen([sys.executable, "-m", "capwallet", "provider", "add", "openai"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=e,
+                            preexec_fn=own_terminal)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(KEY.encode() + b"\n")
+        proc.stdin.close()
+        seen = b""
+        deadline = time.monotonic() + 30
+        while b"passphrase" not in seen.lower():
+            assert time.monotonic() < deadline, seen
+            ready, _, _ = select.select([master], [], [], 1)
+            if ready:
+                seen += os.read(master, 1024)
+        os.write(master, b"pw-1\n")
+        assert proc.wait(30) == 0
+        out = proc.stdout.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert "Saved the openai key" in out
+    assert KEY.encode() not in seen and KEY not in out
+    r = run(home, "provider", "list", "--json")
+    assert [p["name"] for p in json.loads(r.stdout)] == ["openai"]

@@ -1,5 +1,7 @@
 """The ``capwallet`` command line. Each command group lives in its own module and registers
-its subcommands here; exit codes: 0 success/allow, 1 deny, 2 bad input."""
+its subcommands here. Exit codes: 0 success (verify: allow), 1 deny (verify judged the token,
+a malformed one included, and refused the request), 2 bad arguments (the command could not
+run as given: a missing file, an unreadable value)."""
 
 from __future__ import annotations
 

@@ -104,8 +104,19 @@ def _period_spec(text: str, flag: str) -> tuple[str, str, str]:
 
 
 def caveats_from_args(args: Any, now: int) -> list[cav.Caveat]:
-    """Caveats for the flags that were given, in a fixed order. Raises CliError."""
+    """Caveats for the flags that were given, in the order the README's listing shows them
+    (who, when, what, how much, how big, which data, when to ask, what to log), so
+    ``capwallet inspect`` reads like the documentation. Raises CliError."""
     out: list[cav.Caveat] = []
+    if args.app:
+        out.append(cav.App(args.app))
+    if getattr(args, "caveat_origin", None):
+        text = args.caveat_origin.strip()
+        origin = origins.normalise(text[:-1] if text.endswith("/") else text)
+        if origin is None:
+            raise CliError(f"--origin: {text!r} is not a web origin; write it like "
+                           "https://notes.example or http://127.0.0.1:5500")
+        out.append(cav.Origin(origin))
     if args.not_before:
         out.append(cav.NotBefore(parse_time(args.not_before, now, "--not-before")))
     if args.expires:
@@ -116,18 +127,6 @@ def caveats_from_args(args: Any, now: int) -> list[cav.Caveat]:
         out.append(cav.Models(tuple(args.model)))
     if args.operation:
         out.append(cav.Operations(tuple(args.operation)))
-    if args.no_scopes and args.scope:
-        raise CliError("--no-scopes and --scope contradict each other")
-    if args.scope or args.no_scopes:
-        out.append(cav.Scopes(tuple(args.scope or ())))
-    if args.ask_first:
-        out.append(cav.AskFirst(tuple(args.ask_first)))
-    if args.zero_retention:
-        out.append(cav.ZeroRetention())
-    if args.max_input_tokens is not None:
-        out.append(cav.MaxInputTokens(args.max_input_tokens))
-    if args.max_output_tokens is not None:
-        out.append(cav.MaxOutputTokens(args.max_output_tokens))
     for text in args.budget or ():
         amount, period, tz = _period_spec(text, "--budget")
         try:
@@ -141,23 +140,26 @@ def caveats_from_args(args: Any, now: int) -> list[cav.Caveat]:
     for text in args.rate or ():
         n = text.strip().removesuffix("/min").removesuffix("/minute")
         out.append(cav.Rate(_count(n, "--rate")))
+    if args.max_input_tokens is not None:
+        out.append(cav.MaxInputTokens(args.max_input_tokens))
+    if args.max_output_tokens is not None:
+        out.append(cav.MaxOutputTokens(args.max_output_tokens))
+    if args.no_scopes and args.scope:
+        raise CliError("--no-scopes and --scope contradict each other")
+    if args.scope or args.no_scopes:
+        out.append(cav.Scopes(tuple(args.scope or ())))
+    if args.ask_first:
+        out.append(cav.AskFirst(tuple(args.ask_first)))
     for text in args.confirm_above or ():
         try:
             money = parse_amount(text)
         except MoneyError as exc:
             raise CliError(f"--confirm-above: {exc}") from None
         out.append(cav.ConfirmAbove(money.minor, money.currency))
+    if args.zero_retention:
+        out.append(cav.ZeroRetention())
     if args.logging:
         out.append(cav.Logging(args.logging))
-    if args.app:
-        out.append(cav.App(args.app))
-    if getattr(args, "caveat_origin", None):
-        text = args.caveat_origin.strip()
-        origin = origins.normalise(text[:-1] if text.endswith("/") else text)
-        if origin is None:
-            raise CliError(f"--origin: {text!r} is not a web origin; write it like "
-                           "https://notes.example or http://127.0.0.1:5500")
-        out.append(cav.Origin(origin))
     for c in out:
         try:
             cav.encode(c)

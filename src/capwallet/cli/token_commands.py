@@ -11,8 +11,8 @@ from capwallet import caveats as cav
 from capwallet.cli.caveat_flags import add_caveat_flags, caveats_from_args
 from capwallet.cli.common import CliError, now_arg, print_json, read_token_arg
 from capwallet.keys import KeyFileError, Keyring, RootKey
-from capwallet.limits import effective
-from capwallet.money import MICROS_PER_MINOR, MoneyError, parse_amount
+from capwallet.limits import EffectiveLimits, effective
+from capwallet.money import MoneyError, format_minor, parse_micros
 from capwallet.reasons import TokenError
 from capwallet.token import Token, mint
 from capwallet.verify import Request, Verifier
@@ -45,7 +45,11 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser(
-        "verify", help="verify a token for a request (exit 0 allow, 1 deny, 2 bad input)")
+        "verify", help="verify a token for a request (exit 0 allow, 1 deny, 2 bad arguments)",
+        description="Verify a token for one request, as a relay would. Exit status: 0 the "
+                    "token allows the request; 1 it denies it, with a reason code (a token that "
+                    "does not parse is denied as malformed); 2 the command itself is wrong "
+                    "(unreadable key file, bad flag value).")
     p.add_argument("token", metavar="TOKEN", help="the token, or - to read standard input")
     p.add_argument("--key-file", required=True, action="append", metavar="FILE",
                    help="root key file (repeat to hold several keys)")
@@ -56,7 +60,8 @@ def register(sub: Any) -> None:
     p.add_argument("--input-tokens", type=int, default=0, metavar="N")
     p.add_argument("--output-tokens", type=int, default=0, metavar="N")
     p.add_argument("--cost", action="append", default=[], metavar="AMOUNT",
-                   help="worst-case cost, e.g. 0.30EUR (repeat for other currencies)")
+                   help="worst-case cost, to the microunit: 0.30EUR, 0.000123EUR "
+                        "(repeat for other currencies)")
     p.add_argument("--zero-retention-provider", action="store_true",
                    help="the provider retains no data")
     p.add_argument("--origin", metavar="ORIGIN",
@@ -169,20 +174,49 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for i, row in enumerate(rows, 1):
         flag = f"   <- {row['error']} (a verifier denies)" if "error" in row else ""
         print(f"  {i:2d}. {row['text']}{flag}")
-    if eff is not None and limits is not None:
+    if eff is not None:
         print("effective limits (the intersection of all caveats):")
-        for name, value in limits.items():
-            if name == "counters":
-                for counter in eff.counters:
-                    print(f"  {counter.describe()}  [counter {counter.counter_id}]")
-            elif name in ("expires", "not_before") and value is not None:
-                print(f"  {name}: {_iso(value)}")
-            elif value not in (None, [], {}, False):
-                shown = ", ".join(value) if isinstance(value, list) else value
-                print(f"  {name}: {shown}")
+        for line in limit_lines(eff):
+            print(f"  {line}")
     else:
         print("effective limits: none (a caveat does not decode, so every request is denied)")
     return 0
+
+
+def limit_lines(eff: EffectiveLimits) -> list[str]:
+    """The effective limits in words, in the caveat listing's order; money as people write it
+    (``0.50 EUR``), like the budget lines, never a dict of minor units."""
+    lines: list[str] = []
+
+    def names(label: str, values: frozenset[str] | None) -> None:
+        if values is not None:
+            lines.append(f"{label}: {', '.join(sorted(values)) or '(none)'}")
+
+    if eff.apps:
+        lines.append(f"app: {', '.join(eff.apps)}")
+    if eff.not_before is not None:
+        lines.append(f"not before: {_iso(eff.not_before)}")
+    if eff.expires is not None:
+        lines.append(f"expires: {_iso(eff.expires)}")
+    names("providers", eff.providers)
+    names("models", eff.models)
+    names("operations", eff.operations)
+    for counter in eff.counters:
+        lines.append(f"{counter.describe()}  [counter {counter.counter_id}]")
+    if eff.max_input_tokens is not None:
+        lines.append(f"max input tokens: {eff.max_input_tokens} per request")
+    if eff.max_output_tokens is not None:
+        lines.append(f"max output tokens: {eff.max_output_tokens} per request")
+    names("scopes", eff.scopes)
+    if eff.ask_first:
+        names("ask first", eff.ask_first)
+    for currency, minor in sorted(eff.confirm_above.items()):
+        lines.append(f"confirm above: {format_minor(minor, currency)}")
+    if eff.zero_retention:
+        lines.append("zero retention: only providers that keep no data")
+    if eff.logging is not None:
+        lines.append(f"logging: {eff.logging}")
+    return lines
 
 
 def _counter(text: str) -> tuple[str, int]:
@@ -198,10 +232,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     cost: dict[str, int] = {}
     for c in args.cost:
         try:
-            m = parse_amount(c)
+            micros, currency = parse_micros(c)
         except MoneyError as exc:
             raise CliError(f"--cost: {exc}") from None
-        cost[m.currency] = m.minor * MICROS_PER_MINOR
+        cost[currency] = cost.get(currency, 0) + micros
     if args.provider is not None and not args.model:
         raise CliError("--provider needs --model (a model call names both)")
     if args.provider is None and (args.model or args.operation):

@@ -136,7 +136,9 @@ def run_demo(*, home: str | None, port: int, keep_running: bool, as_json: bool) 
         ks.save()
         say(f"2. Fake provider at {fake}; its key is in the wallet, never in the app")
         try:
-            w = stack.enter_context(running_wallet(wallet_home, ks, port=port))
+            w = stack.enter_context(running_wallet(
+                wallet_home, ks, port=port,
+                started_by="capwallet demo --keep-running" if keep_running else "capwallet demo"))
         except RelaySetupError as exc:
             raise CliError(str(exc)) from None
         say(f"3. Wallet and relay running at {w.base_url} (loopback only)")

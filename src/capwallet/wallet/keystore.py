@@ -230,6 +230,18 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
+def has_terminal() -> bool:
+    """Is there a terminal to ask on? Standard input may be a pipe (the key) while the
+    process still has its controlling terminal, which getpass uses."""
+    if sys.stdin.isatty():
+        return True
+    try:
+        with open("/dev/tty", "rb"):
+            return True
+    except OSError:
+        return False
+
+
 def read_passphrase(*, confirm: bool = False, prompt: str = "Wallet passphrase: ") -> str:
     """$CAPWALLET_PASSPHRASE for scripts, else ask at the terminal (twice when ``confirm``)."""
     env = os.environ.get(ENV_PASSPHRASE)
@@ -237,10 +249,12 @@ def read_passphrase(*, confirm: bool = False, prompt: str = "Wallet passphrase: 
         if not env:
             raise KeystoreError(f"{ENV_PASSPHRASE} is set but empty")
         return env
-    if not sys.stdin.isatty():
+    if not has_terminal():
         raise KeystoreError(
             f"no passphrase: set {ENV_PASSPHRASE} or run this command at a terminal"
         )
+    # getpass asks on /dev/tty, so `echo $KEY | capwallet provider add openai` at a terminal
+    # reads the key from the pipe and the passphrase from the terminal.
     first = getpass.getpass(prompt)
     if confirm and getpass.getpass("Repeat the passphrase: ") != first:
         raise KeystoreError("the two passphrases differ")

@@ -70,8 +70,9 @@ def expiry_choices(requested: int) -> list[tuple[int, str]]:
 
 
 class Pages:
-    def __init__(self, sessions: BrowserSessions) -> None:
+    def __init__(self, sessions: BrowserSessions, started_by: str = "capwallet serve") -> None:
         self.sessions = sessions
+        self.started_by = started_by  # the command whose terminal shows the sign-in link
         self.env = Environment(
             loader=PackageLoader("capwallet.wallet", "templates"),
             autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
@@ -104,9 +105,10 @@ class Pages:
         """The data-less page a navigation gets; its script loads the content."""
         return self.render(request, "shell.html", 200, signed_in=False, csrf="")
 
-    def error(self, request: Request, title: str, message: str, status: int = 400) -> Response:
+    def error(self, request: Request, title: str, message: str, status: int = 400,
+              command: str = "") -> Response:
         return self.render(request, "message.html", status, title=title, message=message,
-                           tone="error")
+                           tone="error", command=command)
 
     def forbidden(self, request: Request) -> Response:
         return self.render(
@@ -116,12 +118,20 @@ class Pages:
         )
 
     def locked(self, request: Request) -> Response:
+        """Not signed in. On a hosted (https) wallet: the sign-in page. Locally: the sign-in
+        link is in the terminal of the command that started the wallet (``serve`` or
+        ``demo``); wallet.js brings the browser back to this page after sign-in, so a waiting
+        consent is not lost."""
         if _public_origin(request).startswith("https://"):
             return self.render(request, "signin.html", 401)  # passkey, or the passphrase
+        waiting = request.url.path == "/authorize"
         return self.render(
             request, "message.html", 401, title="Your wallet is locked in this browser",
-            message="Open the sign-in link that `capwallet serve` printed in your terminal, "
-                    "then reload this page.", tone="info",
+            message="Open the sign-in link that this command printed in its terminal:",
+            command=self.started_by,
+            after=("You come back to this request once you are signed in." if waiting
+                   else "You come back to this page once you are signed in."),
+            tone="info",
         )
 
     def consent(self, request: Request, areq: Any, consent_id: str, *, error: str | None,

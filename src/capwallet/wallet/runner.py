@@ -159,7 +159,8 @@ class ServeOptions:
 
 
 def make_context(home: WalletHome, keystore: Keystore,
-                 options: ServeOptions | None = None) -> WalletContext:
+                 options: ServeOptions | None = None,
+                 started_by: str = "capwallet serve") -> WalletContext:
     home.ensure()
     options = options or ServeOptions()
     # Sessions live in wallet.db (they outlast a restart, not their expiry or sign-out); their
@@ -169,8 +170,8 @@ def make_context(home: WalletHome, keystore: Keystore,
         options.deployment.public_origin or ""))
     return WalletContext(
         home=home, keystore=keystore, grants=GrantStore(home.db_path),
-        store=open_store(options.store_url or home.store_url), pages=Pages(sessions),
-        sessions=sessions, deployment=options.deployment,
+        store=open_store(options.store_url or home.store_url),
+        pages=Pages(sessions, started_by), sessions=sessions, deployment=options.deployment,
         signin=SignIn(PasskeyStore(home.db_path), Ceremonies(), SignInThrottle()),
     )
 
@@ -200,15 +201,17 @@ def local_base_url(sock: socket.socket, options: ServeOptions) -> str:
 @contextlib.contextmanager
 def running_wallet(
     home: WalletHome, keystore: Keystore, *, port: int = 0, with_relay: bool = True,
-    options: ServeOptions | None = None,
+    options: ServeOptions | None = None, started_by: str = "capwallet serve",
 ) -> Iterator[RunningWallet]:
     """Run the wallet server in a background thread; yields its URL and context.
 
-    ``base_url`` is the public URL when ``options`` give one, else the loopback URL."""
+    ``base_url`` is the public URL when ``options`` give one, else the loopback URL.
+    ``started_by`` is the command whose terminal shows the sign-in link (the locked page
+    names it)."""
     options = options or ServeOptions(port=port)
     sock = bind_loopback(options.port, options.listen)
     base_url = options.deployment.public_origin or local_base_url(sock, options)
-    ctx = make_context(home, keystore, options)
+    ctx = make_context(home, keystore, options, started_by)
     try:
         relay = build_relay(home, keystore, ctx.store, base_url) if with_relay else None
         server = _server(create_wallet_app(ctx, relay), options)

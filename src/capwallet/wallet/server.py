@@ -68,7 +68,8 @@ async def login(request: Request) -> Response:
     if not ours or not isinstance(offered, str) or not ctx.sessions.check_login(offered):
         return ctx.pages.error(
             request, "This sign-in link is not valid",
-            "Use the link that `capwallet serve` printed most recently.", status=403,
+            "Use the sign-in link printed most recently in the terminal of this command:",
+            status=403, command=ctx.pages.started_by,
         )
     label = request.headers.get("user-agent", "")
     if ctx.deployment.public_origin is not None:
