@@ -6,7 +6,8 @@ language and run. ``sh`` blocks run in bash in a scratch directory that looks li
 ``bin`` on PATH, a scratch ``HOME`` and ``CAPWALLET_HOME``, and the variables a block sets
 (``T=$(capwallet mint ...)``) kept for the next block. ``python`` blocks run in one Python
 session of the venv's Python, so a block can use what an earlier one made; ``js`` blocks with
-node; ``toml`` and ``json`` blocks must parse. A block in any other language, or one without a
+node, or, for a web page's code, in Chromium on a page of its own origin (its button clicked
+and the consent approved); ``toml`` and ``json`` blocks must parse. A block in any other language, or one without a
 language, must be registered in ``TEXT_CHECKS`` with a check against real output (the caveat
 listing is compared with what ``capwallet inspect`` prints for the token the README minted): an
 unregistered block fails the test, so a block added later either runs or says why it cannot.
@@ -28,6 +29,7 @@ What a reader does by hand, the runner does the same way (``SERVERS`` and ``REWR
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import re
@@ -37,6 +39,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator
@@ -309,9 +312,67 @@ class Reader:
         return out
 
     def run_js(self, block: Block) -> str:
+        if BROWSER_JS.search(block.text):
+            return self.run_in_browser(block)
         path = self.cwd / f"readme-block-{block.line}.mjs"
         path.write_text(self.substitute(block.text), "utf-8")
         return self._run_file(["node", str(path)], block, PY_TIMEOUT)
+
+    def run_in_browser(self, block: Block) -> str:
+        """A web page's code: served on its own loopback origin in a page with an import map
+        to the capwallet package (js/src) and the openai SDK (node_modules), the elements it
+        names, and Chromium signed in to the wallet. If it wires a button, the button is
+        clicked and the consent in the popup approved, as a user would; what the page writes
+        into an element is what the block printed."""
+        from playwright.sync_api import sync_playwright
+
+        ids = sorted(set(re.findall(r"\b([A-Za-z_]\w*)\.(?:onclick|textContent)\b",
+                                    block.text)))
+        page_dir = self.log_dir / "web"
+        page_dir.mkdir(exist_ok=True)
+        (page_dir / f"block-{block.line}.mjs").write_text(self.substitute(block.text), "utf-8")
+        imports = {"capwallet": "/js/src/index.js", "openai": "/node_modules/openai/index.mjs"}
+        body = "".join(f'<button id="{i}">{i}</button>' if i.endswith("Button") else
+                       f'<pre id="{i}"></pre>' for i in ids)
+        (page_dir / f"block-{block.line}.html").write_text(
+            '<!doctype html><meta charset="utf-8"><title>README block</title>'
+            f'<script type="importmap">{json.dumps({"imports": imports})}</script>'
+            f'{body}<script type="module" src="/readme-web/block-{block.line}.mjs"></script>',
+            "utf-8")
+        with _static_site({"/readme-web/": page_dir, "/js/src/": ROOT / "js" / "src",
+                           "/node_modules/openai/": ROOT / "node_modules" / "openai"}) as site, \
+                sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium",
+                                        args=["--no-sandbox", "--disable-gpu"])
+            try:
+                context = browser.new_context()
+                errors: list[str] = []
+                wallet = context.new_page()
+                wallet.goto(self.env["CAPWALLET_README_LOGIN"])
+                wallet.wait_for_selector("html[data-wallet=ready]", timeout=30_000)
+                page = context.new_page()
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.on("response", lambda r: errors.append(f"{r.status} {r.url}")
+                        if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
+                page.goto(f"{site}/readme-web/block-{block.line}.html")
+                page.wait_for_load_state("networkidle")
+                buttons = [i for i in ids if i.endswith("Button")]
+                for button in buttons:
+                    with page.expect_popup(timeout=30_000) as popup_info:
+                        page.click(f"#{button}")
+                        page.wait_for_timeout(500)
+                        assert not errors, f"README.md:{block.line}: the page threw: {errors}"
+                    popup = popup_info.value
+                    popup.locator("#approve").click(timeout=30_000)
+                outputs = [i for i in ids if not i.endswith("Button")]
+                for out in outputs:
+                    page.wait_for_function(
+                        f"document.getElementById({json.dumps(out)}).textContent.length > 0",
+                        timeout=60_000)
+                assert not errors, f"README.md:{block.line}: the page threw: {errors}"
+                return "".join(page.text_content(f"#{i}") or "" for i in outputs)
+            finally:
+                browser.close()
 
     def _run_file(self, argv: list[str], block: Block, timeout: float) -> str:
         try:
@@ -352,6 +413,45 @@ def _kill_group(proc: subprocess.Popen[Any]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # anything still in the group
     proc.wait()
+
+
+BROWSER_JS = re.compile(r"\bhandleRedirect\b|\bdocument\.|\.onclick\b")  # a web page's code
+
+
+@contextlib.contextmanager
+def _static_site(folders: dict[str, Path]) -> Iterator[str]:
+    """Serve files of these folders (URL prefix -> folder) on a loopback port: a web app's
+    origin, another port than the wallet's."""
+    types = {".js": "text/javascript", ".mjs": "text/javascript", ".html": "text/html",
+             ".json": "application/json", ".map": "application/json"}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            for prefix, folder in folders.items():
+                if path.startswith(prefix):
+                    target = (folder / path[len(prefix):]).resolve()
+                    if target.is_file() and folder.resolve() in target.parents:
+                        data = target.read_bytes()
+                        self.send_response(200)
+                        self.send_header("content-type", types.get(target.suffix, "text/plain"))
+                        self.send_header("content-length", str(len(data)))
+                        self.end_headers()
+                        self.wfile.write(data)
+                        return
+            self.send_error(404)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # --- blocks that are not programs: checked against real output -------------------------------
