@@ -6,11 +6,12 @@ language and run. ``sh`` blocks run in bash in a scratch directory that looks li
 ``bin`` on PATH, a scratch ``HOME`` and ``CAPWALLET_HOME``, and the variables a block sets
 (``T=$(capwallet mint ...)``) kept for the next block. ``python`` blocks run in one Python
 session of the venv's Python, so a block can use what an earlier one made; ``js`` blocks with
-node, or, for a web page's code, in Chromium on a page of its own origin (its button clicked
-and the consent approved); ``toml`` and ``json`` blocks must parse. A block in any other language, or one without a
-language, must be registered in ``TEXT_CHECKS`` with a check against real output (the caveat
-listing is compared with what ``capwallet inspect`` prints for the token the README minted): an
-unregistered block fails the test, so a block added later either runs or says why it cannot.
+node, or, for a web page's code, in Chromium on a page of its own origin (its button clicked and
+the consent approved); ``toml`` and ``json`` blocks must parse. A block in any other language,
+or one without a language, must be registered in ``TEXT_CHECKS`` with a check against real
+output (the caveat listing is compared with what ``capwallet inspect`` prints for the token the
+README minted): an unregistered block fails the test, so a block added later either runs or says
+why it cannot.
 
 What a reader does by hand, the runner does the same way (``SERVERS`` and ``REWRITES``):
 
