@@ -253,6 +253,7 @@ def test_two_relay_processes_share_one_redis_store(home: WalletHome, redis_url: 
     import redis as redis_lib
 
     from capwallet import caveats as cav
+    from capwallet.store import open_store
     from capwallet.wallet.grants import issue_grant, revoke_grant
     from fake_provider import DEFAULT_API_KEY, running_fake_provider
 
@@ -277,7 +278,14 @@ def test_two_relay_processes_share_one_redis_store(home: WalletHome, redis_url: 
                                                messages=[{"role": "user", "content": "hi"}])
             r = redis_lib.Redis.from_url(redis_url)
             assert any(r.scan_iter(match=f"*{prefix}*", count=1000)), "nothing in Redis"
-            asyncio.run(revoke_grant(a.ctx.grants, a.ctx.store, grant.grant_id, a.ctx.now()))
+            async def revoke() -> None:  # as `capwallet revoke` would, on its own connection
+                shared = open_store(store)
+                try:
+                    await revoke_grant(a.ctx.grants, shared, grant.grant_id, a.ctx.now())
+                finally:
+                    await shared.close()
+
+            asyncio.run(revoke())
             client = openai.OpenAI(api_key=token, base_url=b.base_url + "/v1", max_retries=0)
             with pytest.raises(openai.AuthenticationError):
                 client.chat.completions.create(model="gpt-4o-mini", max_tokens=8,
