@@ -29,7 +29,7 @@ async function serve(routes) {
     let body = '';
     req.on('data', (c) => { body += c; });
     req.on('end', () => {
-      seen.push({ method: req.method, url: req.url, body });
+      seen.push({ method: req.method, url: req.url, body, headers: req.headers });
       const hit = routes(req.url, server.address().port);
       res.writeHead(hit ? hit[0] : 404, { 'content-type': 'application/json' });
       res.end(JSON.stringify(hit ? hit[1] : { error: 'not_found' }));
@@ -114,6 +114,10 @@ test('SDK options: the official clients accept them and call the relay with the 
     const aerr = await anthropic.messages.create({ model: 'm', max_tokens: 5, messages: [{ role: 'user', content: 'hi' }] }).catch((e) => e);
     assert.equal(aerr.status, 403);
     assert.equal(s.seen.at(-1).url, '/v1/messages');
+    // The token is the key; the SDK marks the call as a browser's, which the relay's CORS allows.
+    assert.equal(s.seen.at(-1).headers.authorization, 'Bearer cwt1_test'); // @anthropic-ai/sdk 1.x
+    assert.equal(s.seen.at(-1).headers['anthropic-dangerous-direct-browser-access'], 'true');
+    assert.equal(s.seen.at(-2).headers.authorization, 'Bearer cwt1_test');
     assert.equal(approvalRequest(new Error('other')), null);
     assert.equal(approvalRequest({ error: { code: 'budget_exceeded' } }), null);
   } finally {
