@@ -8,7 +8,9 @@ import httpx
 import pytest
 
 from capwallet.wallet.grants import issue_grant
-from capwallet.wallet.runner import RunningWallet
+from capwallet.wallet.home import WalletHome
+from capwallet.wallet.keystore import Keystore
+from capwallet.wallet.runner import RunningWallet, running_wallet
 
 from .conftest import csrf_of, navigated_to, sign_in, signed_in
 
@@ -177,3 +179,27 @@ def test_hostile_text_is_escaped(wallet: RunningWallet, browser_client: httpx.Cl
     page = browser_client.get("/").text
     assert "<script>alert(1)" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_a_session_outlives_a_restart_but_not_its_sign_out(home: WalletHome,
+                                                            keystore: Keystore) -> None:
+    """Sessions are rows in wallet.db: a restart keeps them (the sign-in link is new for every
+    run), and sign-out ends one for good."""
+    with running_wallet(home, keystore, with_relay=False) as first:
+        with httpx.Client(base_url=first.base_url) as c:
+            header = sign_in(c, first)
+            cookie = c.cookies["capwallet_session"]
+        first_link = first.login_url
+    with running_wallet(home, keystore, with_relay=False) as second:
+        assert second.login_url.split("#")[1] != first_link.split("#")[1]
+        with httpx.Client(base_url=second.base_url, headers={"x-capwallet-session": header},
+                          cookies={"capwallet_session": cookie}) as c:
+            page = c.get("/")
+            assert page.status_code == 200 and 'id="stat-calls"' in page.text
+            r = c.post("/logout", data={"csrf": csrf_of(page.text)},
+                       headers={"origin": second.base_url})
+            assert r.status_code == 200
+    with running_wallet(home, keystore, with_relay=False) as third, httpx.Client(
+            base_url=third.base_url, headers={"x-capwallet-session": header},
+            cookies={"capwallet_session": cookie}) as c:
+        assert c.get("/api/usage").status_code == 401
