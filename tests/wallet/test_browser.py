@@ -260,3 +260,54 @@ def test_hostile_page_cannot_read_revoke_or_frame(
     page.wait_for_timeout(300)
     frame = page.frame_locator("#fr")
     assert frame.locator("text=Victim").count() == 0  # X-Frame-Options / frame-ancestors
+
+
+def test_consent_prices_warnings_unlimited_and_layout(page: Any,
+                                                      wallet_relay: RunningWallet) -> None:
+    """The consent page prices each model from the relay's own table and says what the budget
+    buys; warns about a provider without a key and a model without a price; shows limits the
+    app did not ask for as "no limit" with a field to add one; scopes in the app's words
+    beside the raw scope; Approve and Deny in view at 1280x800; no sideways scroll at 390 px."""
+    perms = {
+        "providers": ["openai", "anthropic"], "models": ["gpt-4o-mini", "mystery-1"],
+        "budget": {"amount": "5.00", "currency": "USD", "period": "month"},
+        "scopes": ["posts:read"], "scope_descriptions": {"posts:read": "Read your blog posts"},
+    }
+
+    def act(url: str) -> None:
+        page.set_viewport_size({"width": 1280, "height": 800})
+        open_page(page, url)
+        price = page.inner_text(".price[data-model='gpt-4o-mini']")
+        # 1,000 in + 500 out at 0.15 / 0.60 USD per million = 0.00045 USD; 5.00 USD / that:
+        assert "0.15 / 0.60 USD per million tokens in / out" in price
+        assert "about 11,111 calls of 1,000 in + 500 out tokens" in price
+        warnings = page.inner_text("#consent-warnings")
+        assert "no key for anthropic" in warnings and "mystery-1" in warnings
+        for field in ("max_input_tokens", "max_output_tokens", "confirm_above"):
+            assert "No limit asked" in page.inner_text(f"#unlimited-{field}")
+            assert page.get_attribute(f"#{field}", "placeholder") == "no limit"
+        assert "Read your blog posts posts:read" in " ".join(
+            page.inner_text(".scope label").split())
+        for button in ("#approve", "#deny"):
+            box = page.locator(button).bounding_box()
+            assert box is not None and 0 <= box["y"] and box["y"] + box["height"] <= 800, box
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "consent-1280x800.png"))  # what the user sees first
+        shot(page, "consent-prices")
+        page.set_viewport_size({"width": 390, "height": 800})
+        wide = page.evaluate("""[...document.querySelectorAll('body *')]
+            .filter(e => e.getBoundingClientRect().right > 391)
+            .map(e => e.tagName + '.' + e.className).slice(0, 8)""")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, wide
+        page.screenshot(path=str(SHOTS / "consent-390.png"), full_page=True)
+        page.set_viewport_size({"width": 1280, "height": 800})
+        page.fill("#max_input_tokens", "4000")  # add a limit the app did not ask for
+        page.uncheck("input[name=model][value='mystery-1']")
+        page.click("#approve")
+        page.wait_for_selector("text=You're connected")
+
+    conn = connect("Blog Assistant", perms, wallet_url=wallet_relay.base_url,
+                   open_browser=act, timeout=30)
+    caveats = Token.parse(conn.token).caveats()
+    assert cav.MaxInputTokens(4000) in caveats
+    assert cav.Models(("gpt-4o-mini",)) in caveats

@@ -30,7 +30,9 @@ from starlette.responses import JSONResponse, Response
 
 from capwallet import caveats as cav
 from capwallet.store.base import StoreUnavailable
+from capwallet.wallet import pricing
 from capwallet.wallet.authorization import (
+    AuthorizationRequest,
     AuthorizeError,
     BadRedirect,
     parse_authorization_request,
@@ -107,7 +109,7 @@ async def authorize_page(request: Request) -> Response:
         return ctx.pages.locked(request)
     consent = Consent(sid, areq, ctx.now() + CONSENT_TTL)
     cid = ctx.consents.add(consent)
-    return ctx.pages.consent(request, areq, cid, error=None)
+    return ctx.pages.consent(request, areq, cid, error=None, quote=_quote(ctx, areq))
 
 
 async def authorize_answer(request: Request) -> Response:
@@ -141,7 +143,8 @@ async def authorize_answer(request: Request) -> Response:
     try:
         granted = areq.permission.narrow(fields)
     except PermissionRequestError as exc:
-        return ctx.pages.consent(request, areq, cid, error=str(exc), status=400)
+        return ctx.pages.consent(request, areq, cid, error=str(exc), quote=_quote(ctx, areq),
+                                 status=400)
     ctx.consents.take(cid)
     now = ctx.now()
     # Approvals whose code was never exchanged: their token never left the wallet.
@@ -166,6 +169,12 @@ def web_caveats(caveats: list[cav.Caveat], origin: str) -> list[cav.Caveat]:
     """A web app's grant carries its origin as a caveat: a browser presenting the token from
     any other origin is refused by every verifier (origin_mismatch), CORS or not."""
     return [*caveats, cav.Origin(origin)] if origin else caveats
+
+
+def _quote(ctx: WalletContext, areq: AuthorizationRequest) -> pricing.Quote:
+    """Prices and warnings for the consent page, from the relay this wallet runs."""
+    return pricing.quote(areq.permission, pricing.relay_config(ctx),
+                         set(ctx.keystore.providers))
 
 
 def _oauth_error(error: str, description: str, status: int = 400,

@@ -135,9 +135,9 @@ class Pages:
         )
 
     def consent(self, request: Request, areq: Any, consent_id: str, *, error: str | None,
-                status: int = 200) -> Response:
+                quote: Any, status: int = 200) -> Response:
         return self.render(request, "consent.html", status, req=areq, perm=areq.permission,
-                           consent_id=consent_id, error=error)
+                           consent_id=consent_id, error=error, quote=quote)
 
 
 def _public_origin(request: Request) -> str:

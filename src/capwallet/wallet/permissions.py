@@ -34,7 +34,7 @@ DEFAULT_EXPIRES_IN = 30 * 86400
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+\-]{0,99}")
 _FIELDS = {
     "type", "providers", "models", "budget", "max_input_tokens", "max_output_tokens", "scopes",
-    "ask_first", "expires_in", "confirm_above", "logging",
+    "ask_first", "expires_in", "confirm_above", "logging", "scope_descriptions",
 }
 _MAX_DETAILS_CHARS = 8000
 
@@ -56,6 +56,11 @@ class Permission:
     ask_first: tuple[str, ...] = ()
     confirm_above: Money | None = None
     logging: str | None = None
+    # What each scope means, in the app's words, shown beside the raw scope; never a grant.
+    scope_descriptions: tuple[tuple[str, str], ...] = ()
+
+    def describe_scope(self, scope: str) -> str:
+        return dict(self.scope_descriptions).get(scope, "")
 
     # --- JSON ------------------------------------------------------------------------------
 
@@ -113,6 +118,7 @@ class Permission:
             scopes=scopes, ask_first=ask_first,
             confirm_above=None if confirm is None else _money(confirm, "confirm_above"),
             logging=logging,
+            scope_descriptions=_descriptions(d.get("scope_descriptions", {}), scopes),
         )
         if perm.confirm_above is not None and perm.confirm_above.currency != budget.currency:
             raise PermissionRequestError("confirm_above must be in the budget's currency")
@@ -133,6 +139,9 @@ class Permission:
             out["confirm_above"] = _money_json(self.confirm_above)
         if self.logging is not None:
             out["logging"] = self.logging
+        if self.scope_descriptions:
+            out["scope_descriptions"] = {k: v for k, v in self.scope_descriptions
+                                         if k in self.scopes}
         return out
 
     def details(self) -> str:
@@ -248,6 +257,21 @@ class Permission:
     def budget_text(self) -> str:
         per = {"total": "in total"}.get(self.period, f"per {self.period}")
         return f"{format_minor(self.budget.minor, self.budget.currency)} {per}"
+
+
+def _descriptions(value: Any, scopes: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """{"posts:read": "Read your blog posts"}: plain words for scopes the app asks for."""
+    if not isinstance(value, dict):
+        raise PermissionRequestError("scope_descriptions must map a scope to a short text")
+    out = []
+    for scope, text in value.items():
+        if scope not in scopes:
+            raise PermissionRequestError(f"scope_descriptions: {scope[:40]!r} is not asked for")
+        if not isinstance(text, str) or not 0 < len(text) <= 120 or not text.isprintable():
+            raise PermissionRequestError(
+                "a scope description is printable text of 1 to 120 characters")
+        out.append((scope, text))
+    return tuple(out)
 
 
 def _no_float(text: str) -> Any:
