@@ -193,6 +193,10 @@ def test_serve_refuses_a_plain_http_public_url(home: WalletHome) -> None:
     proc = _serve(home, "--public-url", "http://wallet.example.com")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "must be https" in err
+    # Plain http on a public interface, with neither TLS nor a proxy in front, is refused.
+    proc = _serve(home, "--listen", "0.0.0.0", "--public-url", PUBLIC)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "serves plain http" in err
 
 
 def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:

@@ -476,9 +476,15 @@ def cmd_serve(args: Any) -> int:
         raise CliError(str(exc)) from None
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("--tls-cert and --tls-key go together")
-    if args.listen not in ("127.0.0.1", "::1", "localhost") and public is None:
-        raise CliError("--listen on a non-loopback address needs --public-url (the Host the "
-                       "wallet answers to)")
+    if args.listen not in ("127.0.0.1", "::1", "localhost"):
+        if public is None:
+            raise CliError("--listen on a non-loopback address needs --public-url (the Host "
+                           "the wallet answers to)")
+        if not args.tls_cert and not proxies:
+            # Plain http on a public interface would carry the passphrase sign-in and the
+            # session secrets in the clear while the wallet claims an https URL.
+            raise CliError("--listen on a non-loopback address serves plain http: give "
+                           "--tls-cert/--tls-key, or name the TLS proxy with --trusted-proxy")
     home = _existing(args)
     if args.passphrase_file:
         try:
