@@ -11,7 +11,10 @@ import json
 
 import pytest
 
+from capwallet import approval as approvals
 from capwallet import caveats as cav
+from capwallet import grammar, macaroon
+from capwallet.identifier import IDENTIFIER_BYTES, MAX_SAFE_INTEGER, Identifier
 from capwallet.keys import Keyring, RootKey
 from capwallet.limits import CounterLimit, effective
 from capwallet.money import (
@@ -20,9 +23,9 @@ from capwallet.money import (
     format_minor,
     parse_amount,
 )
-from capwallet.periods import period_end, period_key
-from capwallet.reasons import Reason
-from capwallet.token import mint
+from capwallet.periods import PERIOD_LIMIT, period_end, period_key
+from capwallet.reasons import Reason, TokenError
+from capwallet.token import b64url_encode, mint
 from capwallet.verify import Request, Verifier
 
 KEY = RootKey(b"\x01" * 8, b"\x02" * 32)
@@ -254,3 +257,369 @@ def test_money_errors_say_what_to_write(text: str, says: str) -> None:
     with pytest.raises(MoneyError) as err:
         parse_amount(text)
     assert says in str(err.value)
+
+
+# --- grammar ------------------------------------------------------------------------------
+
+
+def test_arguments_are_percent_encoded_over_the_safe_set_only() -> None:
+    assert grammar.encode_arg("gpt-4o:latest/x@y+z~_.") == "gpt-4o:latest/x@y+z~_."
+    assert grammar.encode_arg("a b,é") == "a%20b%2C%C3%A9"
+    assert grammar.decode_arg("a%20b%2C%C3%A9") == "a b,é"
+    assert grammar.decode_arg("plain") == "plain"
+    with pytest.raises(ValueError, match="cannot be empty"):
+        grammar.encode_arg("")
+    for text in ("%41", "x%2D"):  # an encoded safe character has a shorter spelling
+        with pytest.raises(grammar.GrammarError, match="percent-encodes a safe"):
+            grammar.decode_arg(text)
+    with pytest.raises(grammar.GrammarError, match="not UTF-8"):
+        grammar.decode_arg("%FF")
+    for text in ("a b", "%2c", "%2", ""):
+        with pytest.raises(grammar.GrammarError, match="outside the grammar"):
+            grammar.decode_arg(text)
+
+
+def test_caveat_size_and_argument_count_limits_are_inclusive() -> None:
+    name = "app"
+    fits = "a" * (grammar.MAX_CAVEAT_BYTES - len(name) - 1)
+    assert len(grammar.join(name, [fits])) == grammar.MAX_CAVEAT_BYTES
+    with pytest.raises(ValueError, match="longer than 1024"):
+        grammar.join(name, [fits + "a"])
+    args = ["a"] * grammar.MAX_ARGS
+    data = grammar.join("models", args)
+    assert grammar.split(data) == ("models", args)
+    with pytest.raises(ValueError, match="more than 128"):
+        grammar.join("models", [*args, "a"])
+    with pytest.raises(grammar.GrammarError, match="more than 128"):
+        grammar.split(data + b" a")
+    with pytest.raises(ValueError, match="bad caveat name"):
+        grammar.join("Models", ["a"])
+    assert grammar.split(b"zero-retention") == ("zero-retention", [])
+    assert grammar.split(b"models a%20b c") == ("models", ["a b", "c"])
+    with pytest.raises(grammar.GrammarError, match="does not follow the grammar"):
+        grammar.split(b"models  a")
+
+
+def test_integers_are_canonical_and_at_most_2_53_minus_1() -> None:
+    assert grammar.parse_int("0", "n") == 0
+    assert grammar.parse_int("9007199254740991", "n") == 2**53 - 1
+    for text in ("9007199254740992", "01", "-1", "1.0", ""):
+        with pytest.raises(grammar.GrammarError, match=r"canonical integer in 0\.\.2\^53-1"):
+            grammar.parse_int(text, "n")
+
+
+def test_name_sets_are_unique_and_in_ascending_byte_order() -> None:
+    assert grammar.sorted_unique(["B", "a", "é"], "models") == ("B", "a", "é")
+    assert grammar.sorted_unique([], "models") == ()
+    for values in (["a", "a"], ["b", "a"], ["a", "B"]):
+        with pytest.raises(grammar.GrammarError, match="models must be unique"):
+            grammar.sorted_unique(values, "models")
+
+
+# --- identifier -----------------------------------------------------------------------------
+
+
+def test_identifier_layout_and_ranges() -> None:
+
+    ident = Identifier(b"k" * 8, b"t" * 16, MAX_SAFE_INTEGER)
+    data = ident.encode()
+    assert len(data) == IDENTIFIER_BYTES == 33
+    assert data[0] == 1 and data[1:9] == b"k" * 8 and data[9:25] == b"t" * 16
+    assert Identifier.decode(data) == ident
+    assert Identifier(b"k" * 8, b"t" * 16, 0).encode()[25:] == bytes(8)
+    for bad in (Identifier(b"k" * 7, b"t" * 16, 0), Identifier(b"k" * 8, b"t" * 15, 0),
+                Identifier(b"k" * 8, b"t" * 16, -1), Identifier(b"k" * 8, b"t" * 16, 2**53)):
+        with pytest.raises(ValueError):
+            bad.encode()
+    cases = [(b"", Reason.MALFORMED, "identifier is empty"),
+             (b"\x02" + data[1:], Reason.UNSUPPORTED_VERSION, "version 2 is not supported"),
+             (data[:-1], Reason.MALFORMED, "identifier must be 33 bytes"),
+             (data + b"\x00", Reason.MALFORMED, "identifier must be 33 bytes"),
+             (data[:25] + (2**53).to_bytes(8, "big"), Reason.MALFORMED, "out of range")]
+    for raw, reason, says in cases:
+        with pytest.raises(TokenError) as err:
+            Identifier.decode(raw)
+        assert err.value.reason is reason and says in err.value.message
+    new = Identifier.new(b"k" * 8, 5)
+    assert len(new.token_id) == 16 and new.issued_at == 5 and new.version == 1
+    assert new.token_id != Identifier.new(b"k" * 8, 5).token_id
+    assert ident.token_id_hex == (b"t" * 16).hex() and ident.key_id_hex == (b"k" * 8).hex()
+
+
+# --- approval -------------------------------------------------------------------------------
+
+
+def _approval(**kw):  # type: ignore[no-untyped-def]
+    args = {"key": KEY, "token_id": b"\x07" * 16, "digest": b"\x09" * 32,
+            "expires": T0 + 60, "kind": approvals.Kind.MODEL_CALL}
+    args.update(kw)
+    return approvals.issue(**args)
+
+
+def test_approval_parse_refuses_wrong_length_or_version() -> None:
+    a = _approval()
+    raw = a.body() + a.mac
+    assert len(raw) == approvals.APPROVAL_BYTES == 114
+    assert approvals.Approval.parse(a.serialize()) == a
+    for bad in (raw[:-1], raw + b"\x00", b"\x02" + raw[1:], b"\x00" + raw[1:]):
+        with pytest.raises(TokenError, match="wrong length or version") as err:
+            approvals.Approval.parse(approvals.PREFIX + b64url_encode(bad))
+        assert err.value.reason is Reason.APPROVAL_INVALID
+    for text in ("cwt1_" + a.serialize()[5:], a.serialize() + "A" * 60, 7):
+        with pytest.raises(TokenError, match="does not start with"):
+            approvals.Approval.parse(text)  # type: ignore[arg-type]
+    with pytest.raises(TokenError, match="not canonical base64url"):
+        approvals.Approval.parse(a.serialize() + "=")
+    with pytest.raises(TokenError, match="unknown kind"):
+        approvals.Approval.parse(approvals.PREFIX + b64url_encode(raw[:1] + b"\x03" + raw[2:]))
+
+
+def test_approval_issue_ranges() -> None:
+    assert _approval(expires=0).expires == 0
+    assert _approval(expires=2**53 - 1).expires == 2**53 - 1
+    for expires in (-1, 2**53):
+        with pytest.raises(ValueError, match="expiry out of range"):
+            _approval(expires=expires)
+    with pytest.raises(ValueError, match="32 bytes"):
+        _approval(digest=b"\x09" * 31)
+    a = _approval(approval_id=b"\x05" * 16)
+    assert a.approval_id_hex == "05" * 16 and a.key_id == KEY.key_id
+    assert len(_approval().approval_id) == 16
+    assert _approval().approval_id != _approval().approval_id
+    assert approvals.Kind.of("model_call") is approvals.Kind.MODEL_CALL
+    assert approvals.Kind.of("resource_access") is approvals.Kind.RESOURCE_ACCESS
+    with pytest.raises(ValueError, match="unknown approval kind"):
+        approvals.Kind.of("MODEL_CALL")
+
+
+def test_approval_check_refusals_say_why() -> None:
+
+    tid, digest = b"\x07" * 16, b"\x09" * 32
+    a = _approval().serialize()
+    ok = approvals.check(a, KEYS, tid, digest, T0 + 59, token_key_id=KEY.key_id,
+                         kind=approvals.Kind.MODEL_CALL)
+    assert ok.expires == T0 + 60
+    other = RootKey(b"\x03" * 8, b"\x04" * 32)
+    cases = [
+        (dict(now=T0 + 60), "approval has expired"),
+        (dict(token_id=b"\x08" * 16), "approval was issued for another token"),
+        (dict(digest=b"\x0a" * 32), "approval was issued for a different request"),
+        (dict(digest=None), "approval was issued for a different request"),
+        (dict(kind=approvals.Kind.RESOURCE_ACCESS),
+         "approval is for a model call, not a resource access"),
+        (dict(token_key_id=other.key_id),
+         "approval was made under another root key than the token"),
+        (dict(keys=Keyring([other])), "approval was made under an unknown root key"),
+    ]
+    for change, says in cases:
+        args = {"keys": KEYS, "token_id": tid, "digest": digest, "now": T0,
+                "token_key_id": KEY.key_id, "kind": approvals.Kind.MODEL_CALL, **change}
+        with pytest.raises(TokenError) as err:
+            approvals.check(a, **args)  # type: ignore[arg-type]
+        assert err.value.reason is Reason.APPROVAL_INVALID and err.value.message == says
+    forged = _approval(key=RootKey(KEY.key_id, b"\x05" * 32)).serialize()
+    with pytest.raises(TokenError, match="signature does not match"):
+        approvals.check(forged, KEYS, tid, digest, T0, token_key_id=KEY.key_id,
+                        kind=approvals.Kind.MODEL_CALL)
+
+
+def test_access_digest_refuses_what_it_cannot_show() -> None:
+    request = approvals.request_digest("post", "/x", b"{}")
+    assert request == approvals.request_digest("POST", "/x", b"{}")
+    assert request != approvals.request_digest("POST", "/x", b"{} ")
+    assert request != approvals.request_digest("POST", "/y", b"{}")
+    assert approvals.access_digest(["b", "a"], "s", request) \
+        == approvals.access_digest(["a", "b"], "s", request)
+    for scopes in (["é"], ["a\x00"], ["a,b"], []):
+        with pytest.raises(ValueError, match="ASCII scope names"):
+            approvals.access_digest(scopes, "s", request)
+    for req in (request[:31], request + b"\x00"):
+        with pytest.raises(ValueError, match="must be 32 bytes"):
+            approvals.access_digest(["a"], "s", req)
+
+
+# --- macaroon codec -------------------------------------------------------------------------
+
+
+def _mac(identifier: bytes = b"i" * 33, caveats: tuple[bytes, ...] = (b"c1", b"c2"),
+         signature: bytes = b"s" * 32) -> bytes:
+    return macaroon.encode(macaroon.RawMacaroon(identifier, caveats, signature))
+
+
+def _refused(data: bytes, says: str, max_caveats: int = 64, max_caveat_bytes: int = 1024) -> None:
+    with pytest.raises(TokenError) as err:
+        macaroon.decode(data, max_caveats=max_caveats, max_caveat_bytes=max_caveat_bytes)
+    assert err.value.reason is Reason.MALFORMED
+    assert err.value.message == says
+
+
+def test_macaroon_canonical_bytes() -> None:
+    data = _mac(b"id", (b"ab",), b"s" * 32)
+    assert data == b"\x02\x02\x02id\x00\x02\x02ab\x00\x00\x06\x20" + b"s" * 32
+    for size, prefix in ((127, b"\x7f"), (128, b"\x80\x01"), (16383, b"\xff\x7f"),
+                         (16384, b"\x80\x80\x01")):
+        raw = _mac(b"x" * size, ())
+        assert raw[1:2 + len(prefix)] == b"\x02" + prefix
+        back = macaroon.decode(raw, max_caveats=0, max_caveat_bytes=0)
+        assert back.identifier == b"x" * size and back.caveats == ()
+    assert macaroon.chain(b"r", b"i", [b"c1"]) == macaroon.extend(
+        macaroon.chain(b"r", b"i", []), b"c1")
+
+
+def test_macaroon_decode_limits_are_inclusive() -> None:
+    three = _mac(caveats=(b"a", b"b", b"c"))
+    assert len(macaroon.decode(three, max_caveats=3, max_caveat_bytes=1).caveats) == 3
+    _refused(three, "token has more than 2 caveats", max_caveats=2)
+    long = _mac(caveats=(b"abcd",))
+    assert macaroon.decode(long, max_caveats=1, max_caveat_bytes=4).caveats == (b"abcd",)
+    _refused(long, "caveat is longer than 3 bytes", max_caveat_bytes=3)
+
+
+def test_macaroon_decode_says_what_is_wrong() -> None:
+    good = _mac()
+    sig_at = len(good) - 34
+    cases = [
+        (b"", "token is empty"),
+        (b"\x01" + good[1:], "not a macaroon v2 (v1 and other formats are not accepted)"),
+        (b"\x02\x01\x01x" + good[1:], "the macaroon location field must be absent"),
+        (b"\x02", "token ends in the middle of a field"),
+        (b"\x02\x06", "expected identifier field (type 2), found type 6"),
+        (b"\x02\x02", "token ends in the middle of a field"),
+        (b"\x02\x02\x05ab", "identifier field runs past the end of the token"),
+        (b"\x02\x02\x81\x00" + b"x", "field length varint is not minimal"),
+        (b"\x02\x02\x80\x80\x80\x01", "field length varint is too long"),
+        (b"\x02\x02\x01x", "macaroon header has extra fields or is truncated"),
+        (b"\x02\x02\x01x\x02", "macaroon header has extra fields or is truncated"),
+        (b"\x02\x02\x01x\x00", "token ends inside the caveat section"),
+        (b"\x02\x02\x01x\x00\x01\x01y\x00", "caveat location fields are not allowed "
+                                             "(no third-party caveats)"),
+        (b"\x02\x02\x01x\x00\x05", "unexpected field type 5 in caveat section"),
+        (b"\x02\x02\x01x\x00\x02\x01y", "token ends inside a caveat"),
+        (b"\x02\x02\x01x\x00\x02\x01y\x04\x01z\x00", "third-party caveats are not allowed in "
+                                                     "v1 tokens"),
+        (b"\x02\x02\x01x\x00\x02\x01y\x06", "unexpected field type 6 after caveat identifier"),
+        (good[:sig_at] + b"\x06\x1f" + b"s" * 31, "signature is not 32 bytes"),
+        (good[:sig_at] + b"\x06\x21" + b"s" * 33, "signature is not 32 bytes"),
+        (good + b"\x00\x00", "2 trailing bytes after the signature"),
+        (good[:sig_at] + b"\x02\x20" + b"s" * 32, "expected signature field (type 6), "
+                                                  "found type 2"),
+    ]
+    for data, says in cases:
+        _refused(data, says)
+
+
+# --- verify: every denial names the token, its limits and what was wrong -------------------
+
+_ALL = [cav.NotBefore(T0 - 100), cav.Expires(T0 + 1000), cav.Origin("https://a.example"),
+        cav.Providers(("openai",)), cav.Models(("m1",)), cav.Operations(("chat",)),
+        cav.Scopes(("s1", "s2")), cav.MaxInputTokens(100), cav.MaxOutputTokens(50),
+        cav.Rate(2, nonce="00112233aabbcc01"),
+        cav.TokenQuota(1000, "day", nonce="00112233aabbcc02"),
+        cav.Budget(10, "EUR", "total", nonce="00112233aabbcc03"), cav.ConfirmAbove(1, "EUR"),
+        cav.AskFirst(("s2",))]
+_OK = CALL._replace(cost={"EUR": 1}, origin="https://a.example")
+_RATE = "rate 2 requests per minute: "
+_QUOTA = "quota 1000 tokens per day: "
+_BUDGET = "budget 0.10 EUR in total: "
+# name: (caveats, request, seconds after T0, counters {kind: used}, reason, message)
+_DENIALS: dict[str, tuple[list[cav.Caveat] | None, Request, int, dict[str, int], Reason, str]] = {
+    "future": ([], _OK, -61, {}, Reason.NOT_YET_VALID,
+               f"token was issued in the future ({T0})"),
+    "not-before": ([cav.NotBefore(T0 + 500)], _OK, 0, {}, Reason.NOT_YET_VALID,
+                   f"token is not valid before {T0 + 500}"),
+    "expired": (None, _OK, 1060, {}, Reason.EXPIRED, f"token expired at {T0 + 1000}"),
+    "origin": (None, _OK._replace(origin="https://b.example"), 0, {}, Reason.ORIGIN_MISMATCH,
+               "this token may be used from https://a.example, not from 'https://b.example'"),
+    "origin-conflict": ([cav.Origin("https://a.example"), cav.Origin("https://b.example")], _OK,
+                        0, {}, Reason.ORIGIN_MISMATCH, "this token may be used from none (the "
+                        "caveats conflict), not from 'https://a.example'"),
+    "provider": (None, _OK._replace(provider="anthropic"), 0, {}, Reason.PROVIDER_NOT_ALLOWED,
+                 "provider 'anthropic' is not allowed; allowed: openai"),
+    "model": (None, _OK._replace(model="m2"), 0, {}, Reason.MODEL_NOT_ALLOWED,
+              "model 'm2' is not allowed; allowed: m1"),
+    "operation": (None, _OK._replace(operation="embed"), 0, {}, Reason.OPERATION_NOT_ALLOWED,
+                  "operation 'embed' is not allowed; allowed: chat"),
+    "scope": (None, _OK._replace(scopes=("s3",)), 0, {}, Reason.SCOPE_MISSING,
+              "scope 's3' was not granted"),
+    "zero-retention": ([cav.ZeroRetention()], _OK, 0, {}, Reason.ZERO_RETENTION_REQUIRED,
+                       "provider 'openai' is not a zero-retention provider"),
+    "input": (None, _OK._replace(input_tokens=101), 0, {}, Reason.INPUT_TOO_LARGE,
+              "request has about 101 input tokens; the limit is 100"),
+    "output": (None, _OK._replace(output_tokens=51), 0, {}, Reason.OUTPUT_TOO_LARGE,
+               "request asks for up to 51 output tokens; the limit is 50"),
+    "price": (None, _OK._replace(cost={"USD": 1}), 0, {}, Reason.PRICE_UNKNOWN,
+              "the request could not be priced in EUR"),
+    "rate": (None, _OK, 0, {"rate": 2}, Reason.RATE_LIMITED,
+             _RATE + "2 requests used, 0 requests left; this call needs up to 1 requests"),
+    "quota": (None, _OK, 0, {"quota": 990}, Reason.QUOTA_EXCEEDED,
+              _QUOTA + "990 tokens used, 10 tokens left; this call needs up to 20 tokens"),
+    "quota-over": (None, _OK, 0, {"quota": 1200}, Reason.QUOTA_EXCEEDED,
+                   _QUOTA + "1200 tokens used, 0 tokens left; this call needs up to 20 tokens"),
+    "budget": (None, _OK, 0, {"budget": 10_000_000}, Reason.BUDGET_EXCEEDED,
+               _BUDGET + "0.10 EUR used, 0.00 EUR left; this call needs up to 0.00000001 EUR"),
+    "budget-over": (None, _OK, 0, {"budget": 12_000_000}, Reason.BUDGET_EXCEEDED,
+                    _BUDGET + "0.12 EUR used, 0.00 EUR left; "
+                    "this call needs up to 0.00000001 EUR"),
+    "confirm": (None, _OK._replace(cost={"EUR": 1_000_001}), 0, {},
+                Reason.CONFIRMATION_REQUIRED, "this call may cost up to 0.01000001 EUR, above "
+                "the 0.01 EUR that needs your approval"),
+    "ask-first": (None, Request(scopes=("s1", "s2")), 0, {}, Reason.CONFIRMATION_REQUIRED,
+                  "scope 's2' needs your approval each time it is used"),
+    "approval": (None, Request(scopes=("s2",), approval="cwa1_x"), 0, {},
+                 Reason.APPROVAL_INVALID, "approval is not canonical base64url"),
+}
+
+
+@pytest.mark.parametrize("name", list(_DENIALS))
+def test_every_denial_names_token_limits_and_reason(name: str) -> None:
+    caveats, request, dt_, used, reason, message = _DENIALS[name]
+    token = mint(KEY, _ALL if caveats is None else caveats, now=T0)
+    v = Verifier(KEYS)
+    lim = v.check_token(token.serialize()).limits
+    keys = {d.kind: d.counter_key for d in v.verify(token.serialize(), _OK, T0).debits}
+    d = v.verify(token.serialize(), request, T0 + dt_, {keys[k]: n for k, n in used.items()})
+    assert (d.allowed, d.reason, d.message) == (False, reason, message)
+    assert d.token_id == token.identifier.token_id.hex() and d.limits is lim
+    assert d.needs_approval is (reason is Reason.CONFIRMATION_REQUIRED)
+    assert d.debits == () and d.approval_id is None
+    assert (d.counter is not None) is (name.split("-")[0] in ("rate", "quota", "budget"))
+    j = d.to_json()
+    assert j["reason"] == reason.value and j["limits"] == lim.to_json()
+    assert j["token_id"] == d.token_id and j["message"] == message
+
+
+def test_period_out_of_range_denial_and_total_counters_past_it() -> None:
+    day = mint(KEY, [cav.TokenQuota(1000, "day", nonce="00112233aabbcc02")], now=T0)
+    d = Verifier(KEYS).verify(day.serialize(), _OK, PERIOD_LIMIT)
+    assert d.reason is Reason.PERIOD_OUT_OF_RANGE and d.token_id == day.identifier.token_id.hex()
+    assert d.message == ("the verifier's clock is past 9998-01-01T00:00:00Z, the last time for "
+                         "which this token's counter periods are defined")
+    assert d.limits is not None
+    assert Verifier(KEYS).verify(day.serialize(), _OK, PERIOD_LIMIT - 1).allowed
+    total = mint(KEY, [cav.TokenQuota(1000, "total", nonce="00112233aabbcc02")], now=T0)
+    ok = Verifier(KEYS).verify(total.serialize(), _OK, PERIOD_LIMIT + 120)
+    assert ok.allowed and ok.debits[0].counter_key.endswith("/total")
+    assert ok.debits[0].resets_at is None
+
+
+def test_allowed_decision_json() -> None:
+    token = mint(KEY, _ALL, now=T0)
+    d = Verifier(KEYS).verify(token.serialize(), _OK, T0)
+    j = d.to_json()
+    assert (j["allowed"], j["reason"], j["message"]) == (True, None, "allowed")
+    assert j["limits"] == d.limits.to_json() and j["counter"] is None  # type: ignore[union-attr]
+    assert j["debits"] == [x.to_json() for x in d.debits] and len(j["debits"]) == 3
+    assert j["approval_id"] is None and j["needs_approval"] is False
+    denied = Verifier(KEYS).verify("cwt1_AAAA", _OK, T0).to_json()
+    assert denied["limits"] is None and denied["token_id"] is None
+    assert denied["reason"] == "malformed"
+
+
+def test_an_approved_resource_access_names_the_approval_to_consume() -> None:
+    token = mint(KEY, _ALL, now=T0)
+    digest = approvals.access_digest(["s2"], "Publish", bytes(32))
+    a = approvals.issue(KEY, token.identifier.token_id, digest, T0 + 60,
+                        approval_id=b"\x05" * 16, kind=approvals.Kind.RESOURCE_ACCESS)
+    d = Verifier(KEYS).verify(token.serialize(),
+                              Request(scopes=("s2",), approval=a.serialize(), digest=digest), T0)
+    assert d.allowed and d.approval_id == "05" * 16 and d.debits == ()
