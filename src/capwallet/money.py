@@ -91,6 +91,29 @@ def format_minor(minor: int, currency: str) -> str:
     return f"{sign}{whole}.{frac:0{exp}d} {currency}" if exp else f"{sign}{whole} {currency}"
 
 
+def format_short(micros: int, currency: str, digits: int = 3) -> str:
+    """A cost for reading at a glance: whole minor units as usual ('12.35 USD'), below one
+    unit ``digits`` significant digits ('0.000452 USD'); pages show format_micros (exact) in
+    a tooltip beside it. Rounds half up, for display only (never for charging)."""
+    exp = EXPONENTS.get(currency, 0)
+    sign = "-" if micros < 0 else ""
+    micros = abs(micros)
+    unit = 10 ** (exp + 6)  # microunits in one whole currency unit
+    if micros == 0 or micros >= unit:
+        places = exp
+    else:
+        places = exp + 6
+        # keep ``digits`` significant digits: drop places while more than that remain
+        while places > exp and micros // 10 ** (exp + 6 - places) >= 10 ** digits:
+            places -= 1
+    step = 10 ** (exp + 6 - places)
+    rounded = (micros + step // 2) // step  # in units of 10^-places
+    whole, frac = divmod(rounded, 10**places) if places else (rounded, 0)
+    if places == 0:
+        return f"{sign}{whole} {currency}"
+    return f"{sign}{whole}.{frac:0{places}d} {currency}"
+
+
 def format_micros(micros: int, currency: str) -> str:
     """Microunits for people: '0.012 USD', '10.00 EUR', '0.0000033 USD' (no rounding)."""
     exp = EXPONENTS.get(currency, 0)

@@ -28,7 +28,7 @@ def _approve(wallet: RunningWallet, rid: str) -> None:
         assert "Sourdough basics" in page.text
         r = browser.post(f"/approvals/{rid}/approve", data={"csrf": csrf_of(page.text)},
                          headers={"origin": wallet.base_url})
-        assert navigated_to(r) == "/approvals"
+        assert navigated_to(r) == "/approvals?done=approved"
 
 
 def test_a_resource_access_approval_does_not_confirm_a_model_call(

@@ -35,7 +35,7 @@ def test_blog_assistant(wallet_relay: RunningWallet) -> None:
                 rid = page.split('id="approval-', 1)[1].split('"', 1)[0]
                 r = browser.post(f"/approvals/{rid}/approve", data={"csrf": csrf_of(page)},
                                  headers={"origin": wallet_relay.base_url})
-                assert navigated_to(r) == "/approvals"
+                assert navigated_to(r) == "/approvals?done=approved"
             threading.Thread(target=user).start()
 
         out: dict[str, Any] = assistant.run(

@@ -62,6 +62,10 @@ def page(browser: Any, wallet_relay: RunningWallet) -> Iterator[Any]:
     context.close()
 
 
+def token_id_of(token: str) -> str:
+    return Token.parse(token).token_id
+
+
 def open_page(pg: Any, url: str) -> None:
     """Go to a wallet page and wait for its content (the page's script fetches it)."""
     pg.goto(url)
@@ -181,8 +185,9 @@ def test_dashboard_shows_spend_and_revoke_works(page: Any, wallet_relay: Running
 def test_pending_approval_approved_in_the_page(page: Any, wallet_relay: RunningWallet) -> None:
     _, token = issue_grant(
         wallet_relay.ctx.grants, wallet_relay.ctx.keystore.current_root_key, app="Blog Assistant",
-        caveats=[cav.Models(("gpt-4o-mini",)), cav.Budget(500, "USD", "month"),
-                 cav.ConfirmAbove(0, "USD")], source="cli", now=int(time.time()))
+        caveats=[cav.App("Blog Assistant"), cav.Models(("gpt-4o-mini",)),
+                 cav.Budget(500, "USD", "month"), cav.ConfirmAbove(0, "USD")], source="cli",
+        now=int(time.time()))
     client = openai.OpenAI(api_key=token, base_url=f"{wallet_relay.base_url}/v1",
                            max_retries=0)
     kwargs: dict[str, Any] = {"model": "gpt-4o-mini", "max_tokens": 10,
@@ -194,10 +199,20 @@ def test_pending_approval_approved_in_the_page(page: Any, wallet_relay: RunningW
     page.click("a.banner")  # "1 request waiting for your approval"
     card = page.locator(f"#approval-{rid}")
     assert "gpt-4o-mini" in card.inner_text()
+    # The relay's link marks its card; the card says which grant asks, and the app's name
+    # once; a second grant of the same app name would differ by its grant id.
+    open_page(page, f"{wallet_relay.base_url}/approvals/{rid}")
+    card = page.locator(f"#approval-{rid}")
+    assert "focused" in (card.get_attribute("class") or "")
+    text = card.inner_text()
+    assert text.count("Blog Assistant") == 1, text
+    assert f"Grant {token_id_of(token)[:12]}" in text
+    page.set_viewport_size({"width": 1280, "height": 800})
     shot(page, "approvals")
     card.locator("button:has-text('Approve this once')").click()
-    page.wait_for_url(wallet_relay.base_url + "/approvals")  # the script goes back there
+    page.wait_for_url(wallet_relay.base_url + "/approvals?done=approved")
     page.wait_for_selector("#wallet-shell", state="detached")
+    assert page.inner_text("#approval-done").startswith("Approved.")
     expect(page.locator(f"#approval-{rid}")).to_have_count(0)
     approval = wait_for_approval(wallet_relay.base_url, token, rid, timeout=5)
     ok = client.chat.completions.create(**kwargs,
@@ -311,3 +326,57 @@ def test_consent_prices_warnings_unlimited_and_layout(page: Any,
     caveats = Token.parse(conn.token).caveats()
     assert cav.MaxInputTokens(4000) in caveats
     assert cav.Models(("gpt-4o-mini",)) in caveats
+
+
+def test_dashboard_every_currency_quota_words_and_mobile(page: Any,
+                                                         wallet_relay: RunningWallet) -> None:
+    """Spend in USD and EUR each get a chart (none dropped), whose axis labels fit; a grant
+    with only a token quota shows the quota, not 'no limits'; refusals are in words; amounts
+    are short with the exact value in a tooltip; a per-day breakdown by app and model; at
+    390 px the page does not scroll sideways."""
+    ctx, now = wallet_relay.ctx, int(time.time())
+    key = ctx.keystore.current_root_key
+    _, usd = issue_grant(ctx.grants, key, app="Blog Assistant", source="cli", now=now,
+                         caveats=[cav.App("Blog Assistant"), cav.Budget(500, "USD", "month")])
+    _, eur = issue_grant(ctx.grants, key, app="Notes", source="cli", now=now,
+                         caveats=[cav.App("Notes"), cav.Budget(300, "EUR", "month")])
+    _, quota = issue_grant(ctx.grants, key, app="Quota Bot", source="cli", now=now,
+                           caveats=[cav.App("Quota Bot"), cav.Models(("gpt-4o-mini",)),
+                                    cav.TokenQuota(100_000, "day")])
+    child = Token.parse(usd).attenuate([cav.Models(("gpt-4o-mini",)),
+                                        cav.Budget(5, "USD", "total")]).serialize()
+    for token, model in ((usd, "gpt-4o-mini"), (usd, "gpt-4.1-mini"), (eur, "gpt-4o-mini"),
+                         (quota, "gpt-4o-mini"), (child, "gpt-4o-mini")):
+        client = openai.OpenAI(api_key=token, base_url=f"{wallet_relay.base_url}/v1",
+                               max_retries=0)
+        client.chat.completions.create(model=model, max_tokens=20,
+                                       messages=[{"role": "user", "content": "hello"}])
+    with pytest.raises(openai.APIStatusError):
+        openai.OpenAI(api_key=quota, base_url=f"{wallet_relay.base_url}/v1",
+                      max_retries=0).chat.completions.create(
+            model="gpt-4.1-mini", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    page.set_viewport_size({"width": 1280, "height": 800})
+    open_page(page, wallet_relay.base_url + "/")
+    for currency in ("USD", "EUR"):
+        chart = page.locator(f"#chart-{currency}")
+        assert chart.count() == 1, currency
+        # every axis label starts inside the drawing: none is cut off at the left edge
+        lefts = chart.evaluate("svg => [...svg.querySelectorAll('text.tick')]"
+                               ".map(t => t.getBBox().x)")
+        assert min(lefts) >= 0, (currency, lefts)
+    quota_card = page.locator(f"#grant-{Token.parse(quota).token_id}")
+    assert "at most 100,000 model tokens per day" in quota_card.inner_text()
+    assert "no spending limit" not in quota_card.inner_text()
+    recent = page.inner_text("#recent")
+    assert "refused: model not allowed" in recent and "denied:" not in recent
+    title = page.locator("#recent .amount").first.get_attribute("title") or ""
+    assert title.endswith(" USD") or title.endswith(" EUR")
+    per_day = page.inner_text("#per-day")
+    assert "Notes" in per_day and "Quota Bot" in per_day and "gpt-4.1-mini" in per_day
+    shot(page, "dashboard-currencies")
+    page.set_viewport_size({"width": 390, "height": 800})
+    wide = page.evaluate("""[...document.querySelectorAll('body *')]
+        .filter(e => e.getBoundingClientRect().right > 391 && !e.closest('.scroll'))
+        .map(e => e.tagName + '.' + e.className).slice(0, 8)""")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, wide
+    page.screenshot(path=str(SHOTS / "dashboard-390.png"), full_page=True)

@@ -118,7 +118,7 @@ def test_expensive_call_waits_for_approval(wallet_relay: RunningWallet) -> None:
         assert "Careful" in page.text and "gpt-4o-mini" in page.text
         r = browser.post(f"/approvals/{rid}/approve", data={"csrf": csrf_of(page.text)},
                          headers={"origin": wallet_relay.base_url})
-        assert navigated_to(r) == "/approvals"
+        assert navigated_to(r) == "/approvals?done=approved"
     approval = wait_for_approval(wallet_relay.base_url, token, rid, timeout=5)
     ok = client.chat.completions.create(  # type: ignore[call-overload]
         **kwargs, extra_headers={"X-Capwallet-Approval": approval})

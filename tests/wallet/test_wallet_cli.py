@@ -226,3 +226,12 @@ def test_piped_key_with_the_passphrase_typed_at_the_terminal(home: Path) -> None
     assert KEY.encode() not in seen and KEY not in out
     r = run(home, "provider", "list", "--json")
     assert [p["name"] for p in json.loads(r.stdout)] == ["openai"]
+
+
+def test_apps_shows_a_token_quota_not_no_budget(home: Path) -> None:
+    r = run(home, "grant", "--app", "Quota Bot", "--token-quota", "2000000/day", "--rate", "30")
+    assert r.returncode == 0, r.stderr
+    out = run(home, "apps").stdout
+    assert "no budget" not in out and "no limit" not in out
+    assert "at most 2,000,000 model tokens per day" in out
+    assert "at most 30 requests per minute" in out

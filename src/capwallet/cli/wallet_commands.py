@@ -38,7 +38,7 @@ from capwallet.wallet.keystore import (
     read_passphrase_file,
 )
 from capwallet.wallet.provider_check import ProviderCheckError, check_key
-from capwallet.wallet.usage import Snapshot, snapshot
+from capwallet.wallet.usage import Snapshot, limit_words, snapshot
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _PROVIDER_ID = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,39}")
@@ -369,7 +369,7 @@ def cmd_apps(args: Any) -> int:
         lim = r.grant.limits
         granted = ", ".join(sorted(lim.models)) if lim.models else "any model"
         providers = ", ".join(sorted(lim.providers)) if lim.providers else "any"
-        spend = "; ".join(b.text() for b in r.budgets) or "no budget"
+        spend = "; ".join([b.text() for b in r.budgets] + limit_words(r.grant)) or "no limit"
         state = r.grant.status if r.grant.status != "active" else (
             "expired" if not r.grant.is_live(now) else _short(r.grant.expires_at))
         table.append([
@@ -377,7 +377,7 @@ def cmd_apps(args: Any) -> int:
             printable(granted, 36), spend, printable(", ".join(r.models_used) or "-", 30),
             _short(r.last_use), state,
         ])
-    print(_table(["APP", "ID", "PROVIDERS", "MODELS GRANTED", "SPENT / BUDGET", "MODELS USED",
+    print(_table(["APP", "ID", "PROVIDERS", "MODELS GRANTED", "SPENT / LIMITS", "MODELS USED",
                   "LAST USE", "EXPIRES"], table))
     return 0
 

@@ -59,16 +59,26 @@ async def approvals_page(request: Request) -> Response:
         pending = await ctx.store.list_pending(ctx.now())
     except StoreUnavailable:
         return ctx.pages.error(request, "The usage store is unavailable", "Try again.", 503)
+    focus = request.query_params.get("focus", "")
     rows = []
     for p in pending:
         g = ctx.grants.get(p.token_id)
+        app = g.app if g is not None else "An app"
+        summary = p.summary
+        # The relay's summary starts with the app's name ("Blog Assistant wants to call ..."):
+        # say the name once, in the heading.
+        rest = summary[len(app):].lstrip() if summary.startswith(app + " ") else ""
         rows.append({
-            "approval_request_id": p.approval_request_id, "summary": p.summary,
-            "app": g.app if g is not None else "An app", "created_at": p.created_at,
-            "expires_at": p.expires_at,
+            "approval_request_id": p.approval_request_id, "summary": summary, "rest": rest,
+            "app": app, "created_at": p.created_at, "expires_at": p.expires_at,
+            "grant_id": p.token_id, "origin": g.origin if g is not None else "",
+            "granted_at": g.created_at if g is not None else None,
+            "focused": p.approval_request_id == focus,
         })
+    done = request.query_params.get("done", "")
     return ctx.pages.render(request, "approvals.html", nav="approvals", pending=rows,
-                            pending_count=len(rows))
+                            pending_count=len(rows),
+                            done=done if done in ("approved", "denied") else "")
 
 
 async def decide(request: Request) -> Response:
@@ -112,7 +122,8 @@ async def decide(request: Request) -> Response:
             await ctx.store.resolve_pending(rid, "approved", issued.serialize())
     except StoreUnavailable:
         return ctx.pages.error(request, "The usage store is unavailable", "Try again.", 503)
-    return navigate("/approvals")
+    # Back to the list, saying that the answer went through.
+    return navigate("/approvals?done=" + ("denied" if verb == "deny" else "approved"))
 
 
 # --- the app's side ---------------------------------------------------------------------------

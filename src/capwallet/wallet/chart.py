@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from capwallet.money import format_micros
+from capwallet.money import format_micros, format_short
 
 WIDTH = 720
 HEIGHT = 200
-LEFT = 64  # room for the axis labels
+LEFT = 64  # least room for the axis labels (more when a label is longer)
+CHAR_WIDTH = 7  # px per character of an 11 px tick label, generously
 BOTTOM = 24
 TOP = 12
 
@@ -46,6 +47,7 @@ class Chart:
     last_day: str
     total: str
     empty: bool
+    currency: str = ""
 
 
 def _nice_max(value: int) -> int:
@@ -62,8 +64,13 @@ def _nice_max(value: int) -> int:
 
 def spend_chart(per_day: list[tuple[str, int]], currency: str) -> Chart:
     top = _nice_max(max((v for _, v in per_day), default=0))
+    # Values are microunits (ledger costs). Gridlines at 0, the middle (when exact), the top;
+    # the left margin fits the longest label, so none is cut off ("0.0005 USD").
+    steps = (0, 1, 2) if top % 2 == 0 else (0, 2)
+    labels = {k: format_short(top * k // 2, currency) for k in steps}
+    left = max(LEFT, 12 + CHAR_WIDTH * max(len(t) for t in labels.values()))
     plot_h = HEIGHT - BOTTOM - TOP
-    plot_w = WIDTH - LEFT - 8
+    plot_w = WIDTH - left - 8
     n = max(len(per_day), 1)
     slot = plot_w // n
     bar_w = max(slot - 4, 2)
@@ -73,15 +80,12 @@ def spend_chart(per_day: list[tuple[str, int]], currency: str) -> Chart:
         h = value * plot_h // top
         if value > 0 and h < 2:
             h = 2  # a day with any spend stays visible
-        bars.append(Bar(LEFT + i * slot + 2, baseline - h, bar_w, h, day,
+        bars.append(Bar(left + i * slot + 2, baseline - h, bar_w, h, day,
                         f"{day}: {format_micros(value, currency)}"))
-    # Values are microunits (ledger costs). Gridlines at 0, the middle (when exact), the top.
-    steps = (0, 1, 2) if top % 2 == 0 else (0, 2)
-    ticks = [Tick(baseline - plot_h * k // 2, format_micros(top * k // 2, currency))
-             for k in steps]
+    ticks = [Tick(baseline - plot_h * k // 2, labels[k]) for k in steps]
     total = sum(v for _, v in per_day)
     return Chart(
-        width=WIDTH, height=HEIGHT, left=LEFT, baseline=baseline, bars=bars, ticks=ticks,
+        width=WIDTH, height=HEIGHT, left=left, baseline=baseline, bars=bars, ticks=ticks,
         first_day=per_day[0][0] if per_day else "", last_day=per_day[-1][0] if per_day else "",
-        total=format_micros(total, currency), empty=total == 0,
+        total=format_micros(total, currency), empty=total == 0, currency=currency,
     )

@@ -37,7 +37,9 @@ async def dashboard_page(request: Request) -> Response:
         return ctx.pages.error(request, "The usage store is unavailable",
                                "Try again in a moment.", status=503)
     currency = snap.main_currency()
-    chart = spend_chart(snap.spend_per_day(currency), currency) if currency else None
+    # One chart per currency spent in: nothing is converted, nothing silently dropped.
+    charts = [spend_chart(snap.spend_per_day(c), c)
+              for c in (snap.currencies() or ([currency] if currency else []))]
     active = [r for r in snap.apps if r.grant.is_live(now)]
     others = [r for r in snap.apps if not r.grant.is_live(now)]
     totals = snap.currencies()
@@ -45,7 +47,8 @@ async def dashboard_page(request: Request) -> Response:
         format_micros(0, currency) if currency else "0"
     )
     return ctx.pages.render(
-        request, "dashboard.html", nav="dashboard", snap=snap, chart=chart, now=now,
+        request, "dashboard.html", nav="dashboard", snap=snap, charts=charts, now=now,
+        per_day=snap.per_day()[:60],
         rows=active + others, active_count=len({r.app for r in active}), total=total,
         call_count=snap.call_count(),
         per_app=snap.spend_by("app"), per_model=snap.spend_by("model"),

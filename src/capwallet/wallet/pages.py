@@ -24,8 +24,9 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from capwallet.money import format_micros, format_minor
+from capwallet.money import format_micros, format_minor, format_short
 from capwallet.wallet.sessions import SESSION_HEADER, BrowserSessions
+from capwallet.wallet.usage import limit_words, result_words
 
 STATIC = {"wallet.css": "text/css", "wallet.js": "text/javascript"}
 
@@ -79,7 +80,9 @@ class Pages:
         )
         self.env.filters.update(
             money=lambda m, c: format_minor(int(m), str(c)),  # limits: minor units
-            micros=lambda m, c: format_micros(int(m), str(c)),  # costs: microunits
+            micros=lambda m, c: format_micros(int(m), str(c)),  # costs: microunits, exact
+            short=lambda m, c: format_short(int(m), str(c)),  # costs at a glance
+            result=result_words, limit_words=limit_words,
             when=when, day=day,
             duration=duration, amount=amount, num=lambda n: f"{int(n):,}",
         )

@@ -206,7 +206,8 @@ async def _approval_link(request: Request) -> Response:
     rid = request.path_params["request_id"]
     if not rid.isalnum():
         return Response("not found\n", status_code=404, media_type="text/plain")
-    return RedirectResponse(f"/approvals#approval-{rid}", status_code=303)
+    # focus= marks its card (the content arrives after the page, so :target cannot).
+    return RedirectResponse(f"/approvals?focus={rid}#approval-{rid}", status_code=303)
 
 
 async def _approval_verb(request: Request) -> Response:

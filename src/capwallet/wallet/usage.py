@@ -151,6 +151,43 @@ class Snapshot:
     def total(self, currency: str) -> int:
         return sum(u.cost for _, u in self.usage if u.currency == currency)
 
+    def per_day(self) -> list[tuple[str, str, str, str, int, int]]:
+        """[(YYYY-MM-DD, app, model, currency, cost, calls)], newest day first, then by cost:
+        the per-day breakdown by app and by model, every currency kept apart."""
+        cost: dict[tuple[int, str, str, str], int] = defaultdict(int)
+        count: Counter[tuple[int, str, str, str]] = Counter()
+        for app, u in self.usage:
+            key = (u.day, app, f"{u.model} ({u.provider})", u.currency)
+            cost[key] += u.cost
+            count[key] += u.calls
+        rows = sorted(cost, key=lambda k: (-k[0], -cost[k], k[1], k[2]))
+        return [(_day_text(d), a, m, c, cost[(d, a, m, c)], count[(d, a, m, c)])
+                for d, a, m, c in rows]
+
+
+def result_words(status: str) -> str:
+    """A ledger status for people: 'denied:model_not_allowed' -> 'refused: model not
+    allowed'; 'ok' stays 'ok'."""
+    kind, _, reason = status.partition(":")
+    kind = {"denied": "refused"}.get(kind, kind)
+    words = reason.replace("_", " ").strip()
+    return f"{kind}: {words}" if words else kind.replace("_", " ")
+
+
+def limit_words(grant: Grant) -> list[str]:
+    """The grant's counted limits other than budgets (token quotas, request rates) in words,
+    so a quota-only grant never reads as unlimited."""
+    out = []
+    for c in grant.limits.counters:
+        if c.kind == "budget":
+            continue
+        per = {"total": "in total", "minute": "per minute"}.get(c.period, f"per {c.period}")
+        if c.kind == "rate":
+            out.append(f"at most {c.limit:,} requests {per}")
+        else:
+            out.append(f"at most {c.limit:,} model tokens {per}")
+    return out
+
 
 def _sorted(values: frozenset[str] | None) -> list[str] | None:
     return None if values is None else sorted(values)
