@@ -82,7 +82,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from capwallet.store import redis_scripts as lua
@@ -145,6 +145,24 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def _pack_py(args: Sequence[Any]) -> bytes:
+    """One command in RESP (an array of bulk strings); ``str`` is UTF-8, ints in decimal."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a.encode() if isinstance(a, str) else a if isinstance(a, bytes) else str(a).encode()
+        out += (b"$%d\r\n" % len(b), b, b"\r\n")
+    return b"".join(out)
+
+
+try:  # the same bytes, packed in C
+    from hiredis import pack_command as _pack_c
+
+    def _pack(args: Sequence[Any]) -> bytes:
+        return bytes(_pack_c(tuple(args)))
+except ImportError:  # pragma: no cover - hiredis is a dependency; the fallback packs alike
+    _pack = _pack_py
+
+
 def _entry(row: str, count: int = 1) -> LedgerEntry:
     r = json.loads(row)
     return LedgerEntry(
@@ -193,6 +211,10 @@ class RedisStore(Store):
         self._add_pending = _Script(lua.ADD_PENDING)
         self._resolve_pending = _Script(lua.RESOLVE_PENDING)
         self._list_pending = _Script(lua.LIST_PENDING)
+        # Scripts of concurrent calls waiting for the next pipelined round trip (_eval).
+        self._queue: list[tuple[_Script, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._batch_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -268,6 +290,112 @@ class RedisStore(Store):
         except Exception as exc:  # whatever the client raises: deny
             raise StoreUnavailable(f"Redis store failed: {type(exc).__name__}: {exc}") from None
 
+    async def _eval(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one script of the request path (snapshot, reserve, settle, a ledger row) in the
+        next batch: the scripts of every call waiting go to Redis in ONE pipelined round trip
+        and their replies are read in one pass, as the SQLite store groups its commits.
+
+        Why: on Redis the store's cost is the client's CPU per round trip (connection checkout,
+        a socket write and read, the reply's future), not Redis's; under load a relay has many
+        calls waiting at once, and one round trip for all of them costs about what one costs.
+        The first call finding no batch in flight starts one (a task, so a cancelled caller
+        never strands the others); it runs after the callers of this loop iteration queued
+        theirs, and while its round trip is out new calls queue for the next one. A lone call
+        goes at once, so concurrency 1 waits for nothing. Each script stays one atomic script:
+        grouping changes how many travel together, never what one does. A failed round trip
+        fails every call in it with the same error, and each caller's ``_run`` decides alone
+        whether to retry (append_ledger does not). Redis Cluster (whose pipelines refuse
+        EVALSHA) and a second event loop using this store run the script alone."""
+        if isinstance(self._r, RedisCluster):
+            return await script(self._r, keys, args)
+        loop = asyncio.get_running_loop()
+        if self._batch_loop is not loop:
+            if self._flusher is not None:  # batches belong to another loop: go alone
+                return await script(self._r, keys, args)
+            self._batch_loop = loop
+            self._queue = []
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((script, keys, args, fut))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush())
+        return await fut
+
+    async def _flush(self) -> None:
+        """Send what is waiting as one pipeline until nothing waits (see ``_eval``)."""
+        try:
+            while self._queue:
+                # A caller cancelled before its batch leaves does not get its script run.
+                batch = [item for item in self._queue if not item[3].done()]
+                self._queue = []
+                if not batch:
+                    continue
+                try:
+                    results = await self._pipeline(batch)
+                except asyncio.CancelledError:
+                    for item in batch:
+                        item[3].cancel()
+                    raise
+                except Exception as exc:  # every caller gets it, as its own
+                    for item in batch:
+                        if not item[3].done():
+                            item[3].set_exception(exc)
+                    continue
+                for item, result in zip(batch, results, strict=True):
+                    if not item[3].done():
+                        if isinstance(result, Exception):
+                            item[3].set_exception(result)
+                        else:
+                            item[3].set_result(result)
+        finally:
+            self._flusher = None
+            for item in self._queue:  # only when cancelled (the loop is closing)
+                item[3].cancel()
+            self._queue = []
+
+    async def _pipeline(self, batch: Sequence[tuple[_Script, Sequence[str], Sequence[Any],
+                                                    asyncio.Future[Any]]]) -> list[Any]:
+        """One round trip for ``batch``'s scripts; a script Redis does not know (first use, a
+        restarted Redis: NOSCRIPT, nothing ran) is loaded and its calls sent once more."""
+        results = await self._round_trip(
+            [("EVALSHA", s.sha, len(keys), *keys, *args) for s, keys, args, _ in batch])
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            for script in {batch[i][0].sha: batch[i][0] for i in missing}.values():
+                await self._r.script_load(script.source)
+            again = await self._round_trip([
+                ("EVALSHA", batch[i][0].sha, len(batch[i][1]), *batch[i][1], *batch[i][2])
+                for i in missing])
+            for i, r in zip(missing, again, strict=True):
+                results[i] = r
+        return results
+
+    async def _round_trip(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Write ``commands`` on one pooled connection in one write, packed here in one pass
+        (hiredis packs in C), and read their replies; an error reply (a ResponseError) takes
+        its command's place in the list. Not redis-py's Pipeline: that encodes each argument
+        through a Python call and parses each reply through its response callbacks, which
+        cost more than the round trip itself (bench/store.py). Any other failure drops the
+        connection (replies may still be on it) and raises."""
+        assert isinstance(self._r, aioredis.Redis)  # _eval sends a cluster's scripts alone
+        pool = self._r.connection_pool
+        payload = b"".join(_pack(c) for c in commands)
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            try:
+                await conn.send_packed_command(payload, check_health=False)
+                results: list[Any] = []
+                for _ in commands:
+                    try:
+                        results.append(await conn.read_response())
+                    except ResponseError as exc:
+                        results.append(exc)
+            except BaseException:
+                await conn.disconnect(nowait=True)
+                raise
+        finally:
+            await pool.release(conn)
+        return results
+
     def _remember(self, cache: OrderedDict[str, str], key: str, bucket: str) -> None:
         cache[key] = bucket
         cache.move_to_end(key)
@@ -322,7 +450,7 @@ class RedisStore(Store):
         async def op() -> list[Any]:
             if new_keys:  # the index first, so counters(keys) can find what reserve creates
                 await self._index(new_keys, b, holds)
-            result: list[Any] = await self._reserve(self._r, keys, argv)
+            result: list[Any] = await self._eval(self._reserve, keys, argv)
             return result
 
         out = await self._run(op, mark_retry)
@@ -376,7 +504,7 @@ class RedisStore(Store):
                 entry.token_id, *charges]
 
         async def op() -> Any:
-            return await self._settle(self._r, keys, argv)
+            return await self._eval(self._settle, keys, argv)
 
         return bool(int(await self._run(op)))
 
@@ -475,7 +603,7 @@ class RedisStore(Store):
         script_keys = [tag + "revoked", *(tag + "c:" + k for k in own)]
 
         async def op() -> list[Any]:
-            got: list[Any] = await self._snapshot(self._r, script_keys, [token_id])
+            got: list[Any] = await self._eval(self._snapshot, script_keys, [token_id])
             return got
 
         out = await self._run(op)
@@ -539,7 +667,7 @@ class RedisStore(Store):
         argv = [tag, entry.token_id, t, _row(entry, entry.reservation_id), compact]
 
         async def op() -> Any:
-            return await self._append_ledger(self._r, keys, argv)
+            return await self._eval(self._append_ledger, keys, argv)
 
         await self._run(op, retry=False)
 
