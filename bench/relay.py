@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import secrets
 import statistics
 import subprocess
@@ -56,6 +57,8 @@ EXAMPLE = ROOT / "reference_relay" / "relay.example.toml"
 KEY = "sk-bench-" + secrets.token_hex(12)
 TICK = os.sysconf("SC_CLK_TCK")
 ROUNDS = 5  # direct and relayed rounds alternate
+CONTENT = re.compile(rb'"content":"[^"]')  # an SSE chunk with a non-empty content delta
+LONG = 500  # content chunks of the long stream (the fake provider sends one word per chunk)
 
 
 def start(cmd: list[str], marker: str, env: dict[str, str] | None = None,
@@ -100,11 +103,17 @@ class _Exchange(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.done: asyncio.Future[tuple[int, bytes]] | None = None
         self.body: list[bytes] = []
+        # perf_counter of the response's first byte and of its first non-empty content delta
+        # (a stream's time to first token): 0.0 until seen.
+        self.first_byte = 0.0
+        self.first_content = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self.first_byte:
+            self.first_byte = time.perf_counter()
         self.parser.feed_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -112,6 +121,8 @@ class _Exchange(asyncio.Protocol):
             self.done.set_exception(ConnectionError("connection lost"))
 
     def on_body(self, body: bytes) -> None:
+        if not self.first_content and CONTENT.search(body):
+            self.first_content = time.perf_counter()
         self.body.append(body)
 
     def on_message_complete(self) -> None:
@@ -133,6 +144,7 @@ class Conn:
         proto = self.proto
         assert proto.transport is not None
         proto.body = []
+        proto.first_byte = proto.first_content = 0.0
         proto.done = loop.create_future()
         proto.transport.write(head + body)
         return await proto.done
@@ -200,6 +212,37 @@ async def load(base: str, path: str, body: dict[str, object], auth: str, concurr
     return Result(lat, seconds, errors)
 
 
+@dataclass
+class StreamTimes:
+    """Per streamed call at concurrency 1, in seconds from the request's write."""
+
+    first_byte: list[float]
+    first_content: list[float]
+    total: list[float]
+
+    def p50(self, name: str) -> float:
+        return statistics.median(getattr(self, name)) * 1000
+
+
+async def stream_times(base: str, body: dict[str, object], auth: str, n: int) -> StreamTimes:
+    """``n`` streamed calls one after another on one keep-alive connection."""
+    host, port, head, data = build(base, "/v1/chat/completions", body, auth)
+    conn = Conn(host, port)
+    out = StreamTimes([], [], [])
+    for _ in range(n):
+        t = time.perf_counter()
+        status, got = await conn.request(head, data)
+        end = time.perf_counter()
+        assert conn.proto is not None
+        if status != 200 or not conn.proto.first_content:
+            raise SystemExit(f"stream failed: {status} {got[:200]!r}")
+        out.first_byte.append(conn.proto.first_byte - t)
+        out.first_content.append(conn.proto.first_content - t)
+        out.total.append(end - t)
+    await conn.close()
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
@@ -207,7 +250,8 @@ def main() -> int:
     scale = 0.2 if args.quick else 1.0
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     fake, fake_url = start([sys.executable, "-m", "fake_provider", "--port", "0",
-                            "--api-key", KEY], "listening")
+                            "--api-key", KEY, "--default-reply-tokens", str(LONG)],
+                            "listening")
     text = EXAMPLE.read_text()
     for url in ("https://api.openai.com/v1", "https://api.deepseek.com/v1",
                 "http://127.0.0.1:11434/v1"):
@@ -271,6 +315,28 @@ def main() -> int:
                          fake_cpu / total))
             print(f"  {name} workers={workers} c={conc}: {total} requests each way",
                   file=sys.stderr, flush=True)
+        # Streams at concurrency 1 on the one-process relay: time to the first byte and to the
+        # first content chunk (what a chat UI shows), and a LONG-chunk stream for the cost per
+        # chunk; direct and relayed rounds alternate.
+        long_body = {**stream_body, "max_tokens": LONG}
+        relay_url = relays[1][1]
+        streams: dict[str, StreamTimes] = {}
+        stream_cpu = {"short": 0.0, "long": 0.0}
+        per_round = {"short": max(int(60 * scale), 10), "long": max(int(20 * scale), 4)}
+        for url, auth in ((fake_url, KEY), (relay_url, token)):
+            asyncio.run(stream_times(url, stream_body, auth, 5))  # warm
+        for _ in range(ROUNDS):
+            for kind, b in (("short", stream_body), ("long", long_body)):
+                for who, url, auth in (("direct", fake_url, KEY), ("relay", relay_url, token)):
+                    r0 = tree_cpu_seconds(relays[1][0].pid)
+                    got = asyncio.run(stream_times(url, b, auth, per_round[kind]))
+                    if who == "relay":
+                        stream_cpu[kind] += tree_cpu_seconds(relays[1][0].pid) - r0
+                    have = streams.setdefault(f"{who} {kind}", StreamTimes([], [], []))
+                    have.first_byte += got.first_byte
+                    have.first_content += got.first_content
+                    have.total += got.total
+        print("  streams c=1 done", file=sys.stderr, flush=True)
     finally:
         for relay, _ in relays.values():
             relay.terminate()
@@ -311,6 +377,36 @@ def main() -> int:
               f"{bare.rps:>9.0f}{bare.rps / d.rps:>7.2f} | {bare_cpu * 1000:>10.3f} ms"
               f"{cpu * 1000:>11.3f} ms{(cpu - bare_cpu) * 1000:>11.3f} ms"
               f"{f'  ({bare.errors} errors)' if bare.errors else ''}")
+    print(f"\nstreams at concurrency 1, one-process relay (p50 ms; {per_round['short'] * ROUNDS} "
+          f"short streams of 16 content chunks, {per_round['long'] * ROUNDS} long ones of {LONG})")
+    hdr3 = (f"{'stream':<7} | {'first byte':>10}{'added':>7} | {'first content':>13}{'added':>7} | "
+            f"{'whole':>7}{'added':>7} | {'relay cpu/stream':>16}")
+    print(hdr3)
+    print("-" * len(hdr3))
+    for kind in ("short", "long"):
+        d, v = streams[f"direct {kind}"], streams[f"relay {kind}"]
+        n = len(v.total)
+        print(f"{kind:<7} | {v.p50('first_byte'):>10.3f}"
+              f"{v.p50('first_byte') - d.p50('first_byte'):>7.3f} | "
+              f"{v.p50('first_content'):>13.3f}"
+              f"{v.p50('first_content') - d.p50('first_content'):>7.3f} | "
+              f"{v.p50('total'):>7.3f}{v.p50('total') - d.p50('total'):>7.3f} | "
+              f"{stream_cpu[kind] / n * 1000:>13.3f} ms")
+    sd, sv = streams["direct short"], streams["relay short"]
+    ld, lv = streams["direct long"], streams["relay long"]
+    added_ttfb = sv.p50("first_byte") - sd.p50("first_byte")
+    # What the relay adds per chunk: the long stream's added whole time less the short one's,
+    # over the chunks between them; and the relay's CPU per extra chunk likewise.
+    per_chunk = ((lv.p50("total") - ld.p50("total")) - (sv.p50("total") - sd.p50("total"))
+                 ) / (LONG - 16) * 1000
+    cpu_chunk = (stream_cpu["long"] / len(lv.total) - stream_cpu["short"] / len(sv.total)
+                 ) / (LONG - 16) * 1e6
+    print(f"per-chunk overhead: added time {per_chunk:.1f} us, relay CPU {cpu_chunk:.1f} us "
+          f"per chunk (long minus short stream, over {LONG - 16} chunks)")
+    print(f"target: added time to first byte <= 0.5 ms p50 at c=1: {added_ttfb:.3f} ms -> "
+          f"{'met' if added_ttfb <= 0.5 else 'MISSED'}")
+    print(f"target: per-chunk overhead < 20 us: {per_chunk:.1f} us -> "
+          f"{'met' if per_chunk < 20 else 'MISSED'}")
     c1 = rows[0]
     added = c1[5].pct(.5) - c1[4].pct(.5)
     print(f"\ntarget: added p50 at c=1 < 1.5 ms: {added:.3f} ms -> "
