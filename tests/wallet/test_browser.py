@@ -380,3 +380,34 @@ def test_dashboard_every_currency_quota_words_and_mobile(page: Any,
         .map(e => e.tagName + '.' + e.className).slice(0, 8)""")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, wide
     page.screenshot(path=str(SHOTS / "dashboard-390.png"), full_page=True)
+
+
+def test_dashboard_notifies_when_an_approval_waits(page: Any,
+                                                   wallet_relay: RunningWallet) -> None:
+    """While the dashboard is open and notifications are allowed, a new pending approval
+    shows a browser notification (Notification stands in for the browser's own here)."""
+    page.context.add_init_script("""
+        window.__notes = [];
+        window.Notification = class {
+          constructor(title, options) { window.__notes.push([title, options.body]); }
+          static get permission() { return "granted"; }
+          static requestPermission() { return Promise.resolve("granted"); }
+        };""")
+    open_page(page, wallet_relay.base_url + "/")
+    page.wait_for_selector("#approval-watch")
+    page.wait_for_timeout(1000)  # the first poll records that nothing waits
+    assert page.evaluate("window.__notes") == []
+    _, token = issue_grant(
+        wallet_relay.ctx.grants, wallet_relay.ctx.keystore.current_root_key, app="Blog Assistant",
+        caveats=[cav.App("Blog Assistant"), cav.Budget(500, "USD", "month"),
+                 cav.ConfirmAbove(0, "USD")], source="cli", now=int(time.time()))
+    client = openai.OpenAI(api_key=token, base_url=f"{wallet_relay.base_url}/v1", max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(model="gpt-4o-mini", max_tokens=5,
+                                       messages=[{"role": "user", "content": "expensive"}])
+    deadline = time.monotonic() + 20  # (wait_for_function would eval under the page's CSP)
+    while not page.evaluate("window.__notes.length") and time.monotonic() < deadline:
+        page.wait_for_timeout(250)
+    [[title, body]] = page.evaluate("window.__notes")
+    assert title == "capwallet: an app is waiting for your approval" and body.startswith("1 ")
+    assert "Notifications are on" in page.inner_text("#approval-watch")

@@ -56,6 +56,18 @@ async def dashboard_page(request: Request) -> Response:
     )
 
 
+async def pending_json(request: Request) -> Response:
+    """How many approvals wait: the dashboard's script polls it to notify the user."""
+    ctx = _ctx(request)
+    if ctx.sessions.session_id(request) is None:
+        return JSONResponse({"error": "sign in first"}, status_code=401)
+    try:
+        pending = await ctx.store.list_pending(ctx.now())
+    except StoreUnavailable:
+        return JSONResponse({"error": "store unavailable"}, status_code=503)
+    return JSONResponse({"count": len(pending)}, headers={"cache-control": "no-store"})
+
+
 async def usage_json(request: Request) -> Response:
     ctx = _ctx(request)
     if ctx.sessions.session_id(request) is None:

@@ -8,6 +8,7 @@ Routes:
     GET  /.well-known/oauth-authorization-server   RFC 8414 metadata (public, any origin)
     GET  /.well-known/oauth-protected-resource     RFC 9728 metadata for the relay (public)
     POST /grants/{id}/revoke    revoke (session + CSRF)      GET  /api/usage     JSON (session)
+    GET  /api/pending           approvals waiting, a count (session; the dashboard polls it)
     GET  /approvals             pending approvals (session)
     POST /approvals/{id}/approve|deny                        (session + CSRF)
     GET  /approvals/{id}/status the app polls (its token in Authorization; CORS: the origin of
@@ -175,6 +176,7 @@ def create_wallet_app(ctx: WalletContext, relay: ASGIApp | None = None) -> ASGIA
         Route(discovery.PROTECTED_RESOURCE, discovery.preflight, methods=["OPTIONS"]),
         Route("/grants/{grant_id:str}/revoke", dashboard.revoke, methods=["POST"]),
         Route("/api/usage", dashboard.usage_json),
+        Route("/api/pending", dashboard.pending_json),
         Route("/approvals", behind_shell(approvals.approvals_page)),
         Route("/approvals/{request_id:str}", _approval_link),
         Route("/approvals/{request_id:str}/status", approvals.status_preflight,

@@ -268,3 +268,60 @@ if (document.getElementById("wallet-shell")) {
   if (location.pathname === "/login") login();
   else load();
 }
+
+// --- approvals waiting: a browser notification while the dashboard is open -------------------
+// The dashboard carries #approval-watch; while it is shown, the script asks the wallet every
+// POLL_MS how many approvals wait (GET /api/pending, with the session header) and, when the
+// number grows and the user allowed notifications (the "Notify me" button), shows one.
+
+const POLL_MS = 5000;
+let watching = false;
+let lastPending = -1;
+
+function notificationsAllowed() {
+  return typeof Notification !== "undefined" && Notification.permission === "granted";
+}
+
+async function checkPending() {
+  const watch = document.getElementById("approval-watch");
+  if (!watch) { watching = false; return; }
+  try {
+    const response = await walletFetch("/api/pending");
+    if (response.ok) {
+      const body = await response.json();
+      const count = typeof body.count === "number" ? body.count : 0;
+      if (lastPending >= 0 && count > lastPending && notificationsAllowed()) {
+        const note = new Notification("capwallet: an app is waiting for your approval", {
+          body: count === 1 ? "1 request is waiting." : `${count} requests are waiting.`,
+          tag: "capwallet-approvals",
+        });
+        note.onclick = () => { window.focus(); location.assign("/approvals"); };
+      }
+      lastPending = count;
+      const state = document.getElementById("approval-watch-state");
+      if (state) {
+        state.textContent = notificationsAllowed()
+          ? "Notifications are on while this page is open."
+          : "Get a notification when an app waits for your approval:";
+      }
+      const button = document.getElementById("approval-notify");
+      if (button) button.hidden = notificationsAllowed();
+    }
+  } catch { /* the wallet is restarting: try again */ }
+  setTimeout(checkPending, POLL_MS);
+}
+
+new MutationObserver(() => {
+  if (!watching && document.getElementById("approval-watch")) {
+    watching = true;
+    lastPending = Number(document.getElementById("approval-watch")?.dataset.pending ?? -1);
+    checkPending();
+  }
+}).observe(document.documentElement, { childList: true, subtree: true });
+
+document.addEventListener("click", (event) => {
+  const target = event.target instanceof Element ? event.target.closest("#approval-notify") : null;
+  if (!target || typeof Notification === "undefined") return;
+  event.preventDefault();
+  Notification.requestPermission().then(() => checkPending());
+});
