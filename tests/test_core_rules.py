@@ -124,7 +124,8 @@ def test_denials_name_the_token_and_its_limits() -> None:
 @pytest.mark.parametrize("missing", ["model", "operation"])
 def test_model_call_must_state_model_and_operation(missing: str) -> None:
     token = mint(KEY, [], now=T0).serialize()
-    with pytest.raises(ValueError, match="provider, model and operation"):
+    with pytest.raises(ValueError, match=r"^a model call must state "
+                       r"provider, model and operation$"):
         Verifier(KEYS).verify(token, CALL._replace(**{missing: None}), T0)
 
 
@@ -533,12 +534,29 @@ _DENIALS: dict[str, tuple[list[cav.Caveat] | None, Request, int, dict[str, int],
     "origin-conflict": ([cav.Origin("https://a.example"), cav.Origin("https://b.example")], _OK,
                         0, {}, Reason.ORIGIN_MISMATCH, "this token may be used from none (the "
                         "caveats conflict), not from 'https://a.example'"),
+    "origin-long": (None, _OK._replace(origin="https://" + "x" * 100), 0, {},
+                    Reason.ORIGIN_MISMATCH, "this token may be used from https://a.example, "
+                    f"not from {('https://' + 'x' * 72)!r}"),
     "provider": (None, _OK._replace(provider="anthropic"), 0, {}, Reason.PROVIDER_NOT_ALLOWED,
                  "provider 'anthropic' is not allowed; allowed: openai"),
     "model": (None, _OK._replace(model="m2"), 0, {}, Reason.MODEL_NOT_ALLOWED,
               "model 'm2' is not allowed; allowed: m1"),
     "operation": (None, _OK._replace(operation="embed"), 0, {}, Reason.OPERATION_NOT_ALLOWED,
                   "operation 'embed' is not allowed; allowed: chat"),
+    "provider-two": ([cav.Providers(("a1", "a2"))], _OK._replace(provider="x"), 0, {},
+                 Reason.PROVIDER_NOT_ALLOWED, "provider 'x' is not allowed; allowed: a1, a2"),
+    "provider-none": ([cav.Providers(("a1",)), cav.Providers(("a2",))],
+                  _OK._replace(provider="a1"), 0, {},
+                  Reason.PROVIDER_NOT_ALLOWED, "provider 'a1' is not allowed; allowed: none"),
+    "model-two": ([cav.Models(("a1", "a2"))], _OK._replace(model="x"), 0, {},
+                 Reason.MODEL_NOT_ALLOWED, "model 'x' is not allowed; allowed: a1, a2"),
+    "model-none": ([cav.Models(("a1",)), cav.Models(("a2",))], _OK._replace(model="a1"), 0, {},
+                  Reason.MODEL_NOT_ALLOWED, "model 'a1' is not allowed; allowed: none"),
+    "operation-two": ([cav.Operations(("a1", "a2"))], _OK._replace(operation="x"), 0, {},
+                 Reason.OPERATION_NOT_ALLOWED, "operation 'x' is not allowed; allowed: a1, a2"),
+    "operation-none": ([cav.Operations(("a1",)), cav.Operations(("a2",))],
+                  _OK._replace(operation="a1"), 0, {},
+                  Reason.OPERATION_NOT_ALLOWED, "operation 'a1' is not allowed; allowed: none"),
     "scope": (None, _OK._replace(scopes=("s3",)), 0, {}, Reason.SCOPE_MISSING,
               "scope 's3' was not granted"),
     "zero-retention": ([cav.ZeroRetention()], _OK, 0, {}, Reason.ZERO_RETENTION_REQUIRED,
