@@ -641,3 +641,112 @@ def test_an_approved_resource_access_names_the_approval_to_consume() -> None:
     d = Verifier(KEYS).verify(token.serialize(),
                               Request(scopes=("s2",), approval=a.serialize(), digest=digest), T0)
     assert d.allowed and d.approval_id == "05" * 16 and d.debits == ()
+
+
+# --- caveats: each refusal says what is wrong ---------------------------------------------
+
+_N = "00112233aabbccdd"
+_MAXM = 9007199254  # MAX_MINOR_AMOUNT
+
+
+@pytest.mark.parametrize(("data", "says"), [
+    (f"budget {_N} 10 EUR day UTC", "time zone 'UTC' is not a canonical IANA name (omit it "
+                                     "for UTC)"),
+    (f"budget {_N} 10 EUR", "budget takes: nonce amount currency period [time-zone]"),
+    (f"budget {_N} 10 EUR day Europe/Paris x",
+     "budget takes: nonce amount currency period [time-zone]"),
+    (f"budget {_N} 10 EUR day Mars/Base", "unknown time zone 'Mars/Base'"),
+    (f"budget {_N} 10 EUR day europe%20paris", "time zone 'europe paris' is not a canonical "
+                                                "IANA name (omit it for UTC)"),
+    (f"budget {_N.upper()} 10 EUR day", "nonce must be 16 lowercase hex digits"),
+    (f"budget {_N}0 10 EUR day", "nonce must be 16 lowercase hex digits"),
+    (f"budget {_N} 10 eur day", "currency 'eur' is not an ISO 4217 code"),
+    (f"budget {_N} 10 EURO day", "currency 'EURO' is not an ISO 4217 code"),
+    (f"budget {_N} 10 XTS day", "currency XTS has no known ISO 4217 exponent"),
+    (f"budget {_N} {_MAXM + 1} EUR day",
+     f"amount {_MAXM + 1} is above the largest allowed, {_MAXM}"),
+    (f"budget {_N} 10 EUR fortnight", "period 'fortnight' is not one of "
+                                      "day, week, month, year, total"),
+    (f"token-quota {_N} 5", "token-quota takes: nonce tokens period [time-zone]"),
+    (f"token-quota {_N} 5 day UTC x", "token-quota takes: nonce tokens period [time-zone]"),
+    (f"rate {_N}", "rate takes: nonce requests-per-minute"),
+    (f"rate {_N} 1 2", "rate takes: nonce requests-per-minute"),
+    ("confirm-above 10", "confirm-above takes: amount currency"),
+    ("confirm-above 10 XTS", "currency XTS has no known ISO 4217 exponent"),
+    ("confirm-above 10 eur", "currency 'eur' is not an ISO 4217 code"),
+    (f"confirm-above {_MAXM + 1} EUR", f"amount {_MAXM + 1} is above the largest allowed, "
+                                       f"{_MAXM}"),
+    ("logging loud", "logging level 'loud' is not one of ('none', 'metadata', 'full')"),
+    ("zero-retention x", "zero-retention takes no arguments"),
+    ("expires 1 2", "expires takes exactly one argument"),
+    ("not-before", "not-before takes exactly one argument"),
+    ("providers", "providers needs at least one value"),
+    ("ask-first", "ask-first needs at least one value"),
+    ("models b a", "models must be unique and in ascending byte order"),
+    ("origin https://A.example", "'https://A.example' is not a canonical web origin"),
+    ("app a b", "app takes exactly one argument"),
+])
+def test_invalid_caveats_say_why(data: str, says: str) -> None:
+    name = data.split(" ", 1)[0]
+    with pytest.raises(TokenError) as err:
+        cav.decode(data.encode())
+    assert err.value.reason is Reason.INVALID_CAVEAT
+    assert err.value.message == f"caveat {name!r} does not decode: {says}"
+
+
+@pytest.mark.parametrize("data", [
+    f"budget {_N} {_MAXM} EUR day", f"budget {_N} 0 EUR week Europe/Paris",
+    f"token-quota {_N} 5 day", f"token-quota {_N} 5 day Asia/Tokyo", f"rate {_N} 0",
+    f"confirm-above {_MAXM} EUR", "confirm-above 0 JPY", "scopes", "logging none",
+    "zero-retention", "app a", "origin https://a.example", "models a b",
+])
+def test_canonical_caveats_decode_and_encode_back(data: str) -> None:
+    assert cav.encode(cav.decode(data.encode())) == data.encode()
+
+
+def test_unknown_caveat_type_is_named_cut_at_40_characters() -> None:
+    for data, shown in ((b"x" * 50, "x" * 40), (b"fly me", "fly"), (b"\xff\xfe a", "\ufffd\ufffd")):
+        with pytest.raises(TokenError) as err:
+            cav.decode(data)
+        assert err.value.reason is Reason.UNKNOWN_CAVEAT
+        assert err.value.message == f"unknown caveat type {shown!r}"
+    # An unknown type outranks an invalid caveat wherever they stand; valid tokens decode.
+    with pytest.raises(TokenError) as err:
+        cav.decode_all([b"expires x", b"fly"])
+    assert err.value.reason is Reason.UNKNOWN_CAVEAT
+    with pytest.raises(TokenError) as err:
+        cav.decode_all([b"expires x", b"expires 1"])
+    assert err.value.reason is Reason.INVALID_CAVEAT
+    assert cav.decode_all([b"expires 1", b"app a"]) == [cav.Expires(1), cav.App("a")]
+
+
+def test_caveat_values_refuse_out_of_range_arguments() -> None:
+    assert cav.Budget(0, "EUR", "day").amount == 0
+    assert cav.Budget(_MAXM, "EUR", "day").amount == _MAXM
+    assert cav.ConfirmAbove(0, "EUR").amount == 0 and cav.ConfirmAbove(_MAXM, "EUR").amount
+    for amount in (-1, _MAXM + 1):
+        with pytest.raises(ValueError, match=f"budget amount must be 0..{_MAXM} minor units"):
+            cav.Budget(amount, "EUR", "day")
+        with pytest.raises(ValueError, match=f"confirm-above amount must be 0..{_MAXM} minor"):
+            cav.ConfirmAbove(amount, "EUR")
+    with pytest.raises(ValueError, match="logging level must be one of none, metadata, full"):
+        cav.Logging("loud")
+    with pytest.raises(ValueError, match="models needs at least one value"):
+        cav.Models(())
+    assert cav.Scopes(()).values == ()
+    assert cav.Models(("b", "a", "b", "B")).values == ("B", "a", "b")
+    assert cav.Models(("é", "z")).values == ("z", "é")  # byte order, not code point order
+    with pytest.raises(ValueError, match=r"\(write 'https://a.example'\)"):
+        cav.Origin("https://A.example")
+    with pytest.raises(ValueError, match=r"\(scheme://host\[:port\]\)"):
+        cav.Origin("not an origin")
+    a, b = cav.Budget(1, "EUR", "day"), cav.Budget(1, "EUR", "day")
+    assert len(a.nonce) == 16 and a.nonce != b.nonce
+    assert cav.Budget(1, "EUR", "day").tz == "UTC"
+    assert cav.encode(cav.Rate(3, nonce=_N)) == f"rate {_N} 3".encode()
+    assert cav.encode(cav.TokenQuota(3, "day", "Asia/Tokyo", nonce=_N)) \
+        == f"token-quota {_N} 3 day Asia/Tokyo".encode()
+    assert sorted(cav.REGISTRY) == sorted([
+        "not-before", "expires", "providers", "models", "operations", "scopes", "ask-first",
+        "zero-retention", "max-input-tokens", "max-output-tokens", "budget", "token-quota",
+        "rate", "confirm-above", "logging", "app", "origin"])
