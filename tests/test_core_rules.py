@@ -750,3 +750,9 @@ def test_caveat_values_refuse_out_of_range_arguments() -> None:
         "not-before", "expires", "providers", "models", "operations", "scopes", "ask-first",
         "zero-retention", "max-input-tokens", "max-output-tokens", "budget", "token-quota",
         "rate", "confirm-above", "logging", "app", "origin"])
+
+def test_minute_window_ends_at_the_next_whole_minute() -> None:
+    assert period_end("minute", 125) == 180
+    assert period_end("minute", 120) == 180
+    assert period_end("minute", 179) == 180
+    assert period_key("minute", 125) == "1970-01-01T00:02"

@@ -78,13 +78,13 @@ def period_end(period: str, now: int, tz: str = "UTC") -> int | None:
     if period == "minute":
         return now - now % 60 + 60
     t = _local(now, tz)
-    day = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    day = t.date()
     if period == "day":
-        start = day.date() + dt.timedelta(days=1)
+        start = day + dt.timedelta(days=1)
     elif period == "week":
-        start = day.date() + dt.timedelta(days=7 - t.weekday())
+        start = day + dt.timedelta(days=7 - t.weekday())
     elif period == "month":
-        start = (day.replace(day=28) + dt.timedelta(days=4)).replace(day=1).date()
+        start = (day.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
     elif period == "year":
         start = dt.date(t.year + 1, 1, 1)
     else:
