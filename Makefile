@@ -26,7 +26,12 @@ protocol-demo: $(STAMP)
 system-deps:
 	bash scripts/system-deps.sh
 
-test: $(STAMP) system-deps
+# The npm package's dev tools and the npm SDKs the tests drive, from package-lock.json.
+NODE_STAMP := node_modules/.package-lock.json
+$(NODE_STAMP): package-lock.json
+	npm ci --no-audit --no-fund
+
+test: $(STAMP) system-deps $(NODE_STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)
