@@ -483,6 +483,7 @@ def test_macaroon_decode_says_what_is_wrong() -> None:
         (b"", "token is empty"),
         (b"\x01" + good[1:], "not a macaroon v2 (v1 and other formats are not accepted)"),
         (b"\x02\x01\x01x" + good[1:], "the macaroon location field must be absent"),
+        (b"\x02\x01", "the macaroon location field must be absent"),
         (b"\x02", "token ends in the middle of a field"),
         (b"\x02\x06", "expected identifier field (type 2), found type 6"),
         (b"\x02\x02", "token ends in the middle of a field"),
@@ -628,6 +629,10 @@ def test_allowed_decision_json() -> None:
     assert j["limits"] == d.limits.to_json() and j["counter"] is None  # type: ignore[union-attr]
     assert j["debits"] == [x.to_json() for x in d.debits] and len(j["debits"]) == 3
     assert j["approval_id"] is None and j["needs_approval"] is False
+    # Times are integer seconds in the JSON (1790000040, never 1790000040.0).
+    late = Verifier(KEYS).verify(token.serialize(), _OK, T0 + 37).to_json()
+    assert [type(x["resets_at"]) for x in late["debits"]] == [int, int, type(None)]
+    assert late["debits"][0]["resets_at"] == (T0 + 37) // 60 * 60 + 60
     denied = Verifier(KEYS).verify("cwt1_AAAA", _OK, T0).to_json()
     assert denied["limits"] is None and denied["token_id"] is None
     assert denied["reason"] == "malformed"
