@@ -47,6 +47,10 @@ from reference_relay.upstream import Upstream, transport_error, upstream_status_
 
 log = logging.getLogger("reference_relay.calls")
 STREAM_QUEUE = 64
+# How long a stream's pump waits for the response head to go out before it meters and queues
+# the provider's first burst (see _StreamPump.run); a safety bound, the head normally goes out
+# within a few event loop turns.
+HEAD_WAIT = 0.5
 _PASS_HEADERS = ("x-request-id", "request-id", "openai-processing-ms")
 
 
@@ -294,6 +298,8 @@ class _StreamPump:
         self.call = call
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[tuple[RelayError, bytes | None] | None] = loop.create_future()
+        # Set once the response head is sent to the app (or the app is gone).
+        self.head_sent: asyncio.Future[None] = loop.create_future()
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_QUEUE)
         self.client_gone = False
         self.finished = False
@@ -311,6 +317,8 @@ class _StreamPump:
         response loop if it is waiting for the next piece."""
         if not self.finished:
             self.client_gone = True
+        if not self.head_sent.done():
+            self.head_sent.set_result(None)
         while not self.queue.empty():
             self.queue.get_nowait()
         self.queue.put_nowait(None)
@@ -333,6 +341,10 @@ class _StreamPump:
                     return
                 self.headers = {h: v for h in _PASS_HEADERS if (v := resp.header(h)) is not None}
                 self.ready.set_result(None)
+                # Let the response head go out first: the provider's first burst may already
+                # be buffered (a long answer arrives in a few large reads), and metering it
+                # before yielding would hold the app's first byte back for all of it.
+                await asyncio.wait((self.head_sent,), timeout=HEAD_WAIT)
                 async for chunk in resp.iter_chunks():
                     out = meter.feed(chunk)
                     if out:
@@ -420,6 +432,8 @@ class _RelayStream(StreamingResponse):
         try:
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": self.raw_headers})
+            if not pump.head_sent.done():
+                pump.head_sent.set_result(None)
             async for chunk in pump.chunks():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if not pump.client_gone:
