@@ -633,9 +633,26 @@ def test_allowed_decision_json() -> None:
     late = Verifier(KEYS).verify(token.serialize(), _OK, T0 + 37).to_json()
     assert [type(x["resets_at"]) for x in late["debits"]] == [int, int, type(None)]
     assert late["debits"][0]["resets_at"] == (T0 + 37) // 60 * 60 + 60
+    assert j["token_id"] == token.identifier.token_id.hex()
     denied = Verifier(KEYS).verify("cwt1_AAAA", _OK, T0).to_json()
     assert denied["limits"] is None and denied["token_id"] is None
+    assert denied["message"] == "not a macaroon v2 (v1 and other formats are not accepted)"
     assert denied["reason"] == "malformed"
+
+
+def test_revoked_denial_names_the_token() -> None:
+    token = mint(KEY, _ALL, now=T0)
+    tid = token.identifier.token_id.hex()
+    d = Verifier(KEYS).verify(token.serialize(), _OK, T0, revoked={tid})
+    assert (d.reason, d.message, d.token_id) == (Reason.REVOKED, "this token has been revoked", tid)
+    assert d.limits is not None and d.limits.models == frozenset({"m1"})
+
+
+def test_a_price_above_confirm_above_is_the_reason_given_before_ask_first() -> None:
+    token = mint(KEY, _ALL, now=T0)
+    d = Verifier(KEYS).verify(token.serialize(),
+                              _OK._replace(cost={"EUR": 1_000_001}, scopes=("s2",)), T0)
+    assert d.reason is Reason.CONFIRMATION_REQUIRED and d.message.startswith("this call may cost")
 
 
 def test_an_approved_resource_access_names_the_approval_to_consume() -> None:
