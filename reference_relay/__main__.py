@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import ipaddress
 import logging
 import os
 import socket
@@ -41,6 +40,7 @@ from starlette.applications import Starlette
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from capwallet.keys import KeyFileError
+from capwallet.provider_url import is_loopback_host
 from capwallet.store import StoreUnavailable
 from reference_relay.app import REDACTOR, create_app
 from reference_relay.config import ConfigError, RelayConfig, load_config
@@ -48,15 +48,6 @@ from reference_relay.http_limits import BoundedHttpToolsProtocol, set_head_timeo
 from reference_relay.listen import listen, serve_announced, url
 
 log = logging.getLogger("reference_relay")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 CONFIG_ENV = "CAPWALLET_RELAY_CONFIG"  # how worker processes find the config (--workers N)
@@ -136,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     host = args.host or config.host
     port = config.port if args.port is None else args.port
-    if not _is_loopback(host):
+    if not is_loopback_host(host):
         log.warning("listening on %s, which is not loopback: tokens travel in clear text "
                     "unless a TLS proxy fronts the relay; set relay.allowed_hosts", host)
     try:

@@ -28,7 +28,8 @@ class BaseUrlError(ValueError):
     """The URL may not carry a provider key; the message says why."""
 
 
-def _loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """A loopback IP literal, or exactly "localhost" (no name that merely starts with it)."""
     if host == "localhost":
         return True
     try:
@@ -64,7 +65,7 @@ def check_base_url(url: str) -> str:
         raise BaseUrlError(f"base URL host {host!r} is not a host name or IP address")
     if port == 0:
         raise BaseUrlError("base URL port must be 1-65535")
-    if parts.scheme == "http" and not _loopback(host):
+    if parts.scheme == "http" and not is_loopback_host(host):
         raise BaseUrlError(f"base URL must use https: plain http is allowed only to this "
                            f"machine (127.0.0.1, [::1] or localhost), not to {host!r}")
     return url.rstrip("/")

@@ -9,10 +9,6 @@ user's approval and the app's code exchange, then ``active``, or ``revoked``.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +17,7 @@ from capwallet.keys import RootKey
 from capwallet.limits import EffectiveLimits, effective
 from capwallet.store.base import Store
 from capwallet.token import mint
+from capwallet.wallet.table import WalletTable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS grants (
@@ -73,30 +70,11 @@ class Grant:
         return self.status == "active" and (self.expires_at is None or now < self.expires_at)
 
 
-class GrantStore:
-    """The grants table. Thread-safe: one connection behind a lock (calls are short)."""
+class GrantStore(WalletTable):
+    """The grants table (wallet/table.py: one connection behind a lock)."""
 
     def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
-        self._db.execute("PRAGMA busy_timeout = 5000")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        super().__init__(path, _SCHEMA)
 
     def add(self, g: Grant) -> None:
         with self._tx() as db:

@@ -31,11 +31,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +41,7 @@ from starlette.responses import Response
 
 from capwallet.wallet.deployment import wallet_origin
 from capwallet.wallet.security import same_origin_request
+from capwallet.wallet.table import WalletTable
 
 SESSION_HEADER = "x-capwallet-session"
 SESSION_TTL = 30 * 86400  # absolute lifetime after sign-in
@@ -128,32 +126,12 @@ def csrf_for(header_value: str) -> str:
     return hmac.new(header_value.encode(), _CSRF_LABEL, hashlib.sha256).hexdigest()[:40]
 
 
-class SessionStore:
-    """The ``sessions`` table. Thread-safe: one connection behind a lock (calls are short)."""
+class SessionStore(WalletTable):
+    """The ``sessions`` table (wallet/table.py: one connection behind a lock)."""
 
     def __init__(self, path: Path | str, clock: Callable[[], int] | None = None) -> None:
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._lock = threading.Lock()
+        super().__init__(path, _SCHEMA)
         self._clock = clock or (lambda: int(time.time()))
-        self._db.execute("PRAGMA busy_timeout = 5000")
-        if str(path) != ":memory:":
-            self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     def create(self, label: str = "", *, now: int | None = None,
                ttl: int = SESSION_TTL) -> NewSession:
