@@ -778,3 +778,21 @@ def test_minute_window_ends_at_the_next_whole_minute() -> None:
     assert period_end("minute", 120) == 180
     assert period_end("minute", 179) == 180
     assert period_key("minute", 125) == "1970-01-01T00:02"
+
+
+def test_unknown_root_key_is_named() -> None:
+    token = mint(RootKey(b"\x03" * 8, b"\x04" * 32), [], now=T0)
+    d = Verifier(KEYS).verify(token.serialize(), _OK, T0)
+    assert (d.reason, d.message) == (Reason.UNKNOWN_KEY, "no root key with id 0303030303030303")
+
+
+def test_verified_chain_cache_holds_4096_tokens_by_default() -> None:
+    assert Verifier(KEYS).cache_size == 4096
+
+
+def test_counters_in_the_first_minutes_of_the_epoch() -> None:
+    """The per-minute memo of counter windows starts empty for every real minute, 0 and 1 too."""
+    token = mint(KEY, [cav.Rate(2, nonce=_N)], now=0)
+    for now in (0, 60, 61, 119, 120):
+        d = Verifier(KEYS).verify(token.serialize(), _OK, now)
+        assert [x.resets_at for x in d.debits] == [now // 60 * 60 + 60]
