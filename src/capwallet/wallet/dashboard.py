@@ -9,7 +9,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from capwallet.money import format_micros
+from capwallet.money import format_micros, format_short
 from capwallet.store.base import StoreUnavailable
 from capwallet.wallet.chart import spend_chart
 from capwallet.wallet.context import WalletContext
@@ -43,13 +43,14 @@ async def dashboard_page(request: Request) -> Response:
     active = [r for r in snap.apps if r.grant.is_live(now)]
     others = [r for r in snap.apps if not r.grant.is_live(now)]
     totals = snap.currencies()
-    total = " + ".join(format_micros(snap.total(c), c) for c in totals) or (
+    total = " + ".join(format_short(snap.total(c), c) for c in totals) or (
         format_micros(0, currency) if currency else "0"
     )
     return ctx.pages.render(
         request, "dashboard.html", nav="dashboard", snap=snap, charts=charts, now=now,
         per_day=snap.per_day()[:60],
         rows=active + others, active_count=len({r.app for r in active}), total=total,
+        total_exact=" + ".join(format_micros(snap.total(c), c) for c in totals),
         call_count=snap.call_count(),
         per_app=snap.spend_by("app"), per_model=snap.spend_by("model"),
         recent=snap.calls[:RECENT], pending_count=len(pending),
