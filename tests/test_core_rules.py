@@ -796,3 +796,13 @@ def test_counters_in_the_first_minutes_of_the_epoch() -> None:
     for now in (0, 60, 61, 119, 120):
         d = Verifier(KEYS).verify(token.serialize(), _OK, now)
         assert [x.resets_at for x in d.debits] == [now // 60 * 60 + 60]
+
+
+def test_bad_signature_denial_and_a_cache_of_one() -> None:
+    token = mint(KEY, [], now=T0)
+    forged = mint(RootKey(KEY.key_id, b"\x05" * 32), [], now=T0)
+    d = Verifier(KEYS).verify(forged.serialize(), _OK, T0)
+    assert (d.reason, d.message) == (Reason.BAD_SIGNATURE, "token signature does not match")
+    one = Verifier(KEYS, cache_size=1)
+    assert one.verify(token.serialize(), _OK, T0).allowed
+    assert list(one._cache) == [token.serialize()]
