@@ -335,6 +335,7 @@ def test_identifier_layout_and_ranges() -> None:
     cases = [(b"", Reason.MALFORMED, "identifier is empty"),
              (b"\x02" + data[1:], Reason.UNSUPPORTED_VERSION, "version 2 is not supported"),
              (data[:-1], Reason.MALFORMED, "identifier must be 33 bytes"),
+             (b"\x01", Reason.MALFORMED, "identifier must be 33 bytes"),
              (data + b"\x00", Reason.MALFORMED, "identifier must be 33 bytes"),
              (data[:25] + (2**53).to_bytes(8, "big"), Reason.MALFORMED, "out of range")]
     for raw, reason, says in cases:
@@ -366,7 +367,8 @@ def test_approval_parse_refuses_wrong_length_or_version() -> None:
         with pytest.raises(TokenError, match="wrong length or version") as err:
             approvals.Approval.parse(approvals.PREFIX + b64url_encode(bad))
         assert err.value.reason is Reason.APPROVAL_INVALID
-    for text in ("cwt1_" + a.serialize()[5:], a.serialize() + "A" * 60, 7):
+    for text in ("cwt1_" + a.serialize()[5:], a.serialize() + "A" * 60, 7,
+                 approvals.PREFIX + "A" * 196):  # 201 characters: over the 200 allowed
         with pytest.raises(TokenError, match="does not start with"):
             approvals.Approval.parse(text)  # type: ignore[arg-type]
     with pytest.raises(TokenError, match="not canonical base64url"):
