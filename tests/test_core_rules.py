@@ -709,6 +709,22 @@ _MAXM = 9007199254  # MAX_MINOR_AMOUNT
     ("models b a", "models must be unique and in ascending byte order"),
     ("origin https://A.example", "'https://A.example' is not a canonical web origin"),
     ("app a b", "app takes exactly one argument"),
+    ("expires x", "time 'x' is not a canonical integer in 0..2^53-1"),
+    ("not-before 01", "time '01' is not a canonical integer in 0..2^53-1"),
+    ("max-input-tokens x", "tokens 'x' is not a canonical integer in 0..2^53-1"),
+    ("max-output-tokens x", "tokens 'x' is not a canonical integer in 0..2^53-1"),
+    ("max-input-tokens 1 2", "max-input-tokens takes exactly one argument"),
+    ("max-output-tokens 1 2", "max-output-tokens takes exactly one argument"),
+    ("logging a b", "logging takes exactly one argument"),
+    ("origin a b", "origin takes exactly one argument"),
+    (f"budget {_N} x EUR day", "amount 'x' is not a canonical integer in 0..2^53-1"),
+    (f"token-quota {_N} x day", "tokens 'x' is not a canonical integer in 0..2^53-1"),
+    (f"rate {_N} x", "requests 'x' is not a canonical integer in 0..2^53-1"),
+    ("operations", "operations needs at least one value"),
+    ("scopes b a", "scopes must be unique and in ascending byte order"),
+    ("ask-first b a", "ask-first must be unique and in ascending byte order"),
+    ("providers b a", "providers must be unique and in ascending byte order"),
+    ("operations b a", "operations must be unique and in ascending byte order"),
 ])
 def test_invalid_caveats_say_why(data: str, says: str) -> None:
     name = data.split(" ", 1)[0]
