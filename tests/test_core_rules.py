@@ -499,6 +499,9 @@ def test_macaroon_decode_says_what_is_wrong() -> None:
                                              "(no third-party caveats)"),
         (b"\x02\x02\x01x\x00\x05", "unexpected field type 5 in caveat section"),
         (b"\x02\x02\x01x\x00\x02\x01y", "token ends inside a caveat"),
+        (b"\x02\x02\x01x\x00\x02\x05ab", "caveat identifier field runs past the end of "
+                                          "the token"),
+        (b"\x02\x02\x01x\x00\x00\x06\x20ab", "signature field runs past the end of the token"),
         (b"\x02\x02\x01x\x00\x02\x01y\x04\x01z\x00", "third-party caveats are not allowed in "
                                                      "v1 tokens"),
         (b"\x02\x02\x01x\x00\x02\x01y\x06", "unexpected field type 6 after caveat identifier"),
