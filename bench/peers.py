@@ -194,6 +194,8 @@ def _ms(text: str) -> float:
 
 def ratio(per: dict[str, list[tuple[float, float, int]]], a: str, b: str) -> str:
     """Median and range over rounds of a's throughput over b's (same round)."""
+    if any(x[2] for x in per[a] + per[b]):
+        return "n/a (errors)"  # a path that answers errors fast is not faster
     rs = [x[0] / y[0] for x, y in zip(per[a], per[b], strict=True) if y[0] > 0]
     if not rs:
         return "n/a"
