@@ -26,7 +26,8 @@ from capwallet.token import Token
 from capwallet.wallet.grants import issue_grant
 from capwallet.wallet.home import WalletHome
 from capwallet.wallet.keystore import Keystore, KeystoreError, read_passphrase
-from capwallet.wallet.runner import RelaySetupError, RunningWallet, running_wallet
+from capwallet.wallet.relay_config import RelaySetupError
+from capwallet.wallet.runner import RunningWallet, running_wallet
 from capwallet.wallet.usage import Snapshot, snapshot
 
 APP = "Demo Blog Assistant"

@@ -47,7 +47,7 @@ class Quote:
 
 def relay_config(ctx: WalletContext) -> RelayConfig | None:
     """The relay configuration this wallet serves (None when it has no provider keys)."""
-    from capwallet.wallet.runner import RelaySetupError, relay_config_data
+    from capwallet.wallet.relay_config import RelaySetupError, relay_config_data
     from reference_relay.config import ConfigError, parse_config
 
     try:

@@ -15,12 +15,10 @@ import logging
 import socket
 import sys
 import threading
-import tomllib
 import webbrowser
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -34,67 +32,13 @@ from capwallet.wallet.home import WalletHome
 from capwallet.wallet.keystore import Keystore
 from capwallet.wallet.pages import Pages
 from capwallet.wallet.passkeys import Ceremonies, PasskeyStore, SignIn
+from capwallet.wallet.relay_config import RelaySetupError, relay_config_data
 from capwallet.wallet.server import create_wallet_app, login_url
 from capwallet.wallet.sessions import BrowserSessions, CookiePolicy, SessionStore
 from capwallet.wallet.throttle import SignInThrottle
 from reference_relay.http_limits import HEAD_TIMEOUT, BoundedHttpToolsProtocol, set_head_timeout
 
-RELAY_TOML = "relay.toml"
 T = TypeVar("T")
-
-
-class RelaySetupError(Exception):
-    pass
-
-
-def relay_config_data(home: WalletHome, keystore: Keystore, wallet_url: str) -> dict[str, Any]:
-    """The relay configuration (as parsed TOML) for this wallet."""
-    from reference_relay.prices import default_table
-
-    path = home.path / RELAY_TOML
-    try:
-        data: dict[str, Any] = tomllib.loads(path.read_text("utf-8")) if path.exists() else {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise RelaySetupError(f"cannot read {path}: {exc}") from None
-    relay = dict(data.get("relay", {}))
-    # The relay gets the keystore's keys directly (create_app keys=); it reads no key file.
-    relay["root_keys"] = [str(home.keystore_path)]
-    relay["store"] = home.store_url
-    relay["wallet_url"] = wallet_url
-    public_host = urlsplit(wallet_url).hostname or ""
-    if public_host not in ("127.0.0.1", "localhost", "::1"):
-        # A hosted wallet: the relay answers to its public name only (the wallet's middleware
-        # has checked the Host, port included, before the relay sees the request).
-        relay["allowed_hosts"] = [public_host]
-    data["relay"] = relay
-    if "rates" not in data:
-        data["rates"] = default_rates()
-    if "providers" not in data:
-        table = default_table()
-        providers = []
-        for p in sorted(keystore.providers.values(), key=lambda p: p.name):
-            section = p.name if p.name in table.sections else p.api
-            models = sorted(table.sections.get(section, {}))
-            if not models:
-                continue
-            providers.append({"id": p.name, "api": p.api, "base_url": p.base_url,
-                              "models": models, "price_table": section})
-        data["providers"] = providers
-    if not data["providers"]:
-        raise RelaySetupError(
-            "no provider keys in the wallet: add one with `capwallet provider add openai`"
-        )
-    return data
-
-
-def default_rates() -> dict[str, Any]:
-    """The dated example exchange rates shipped with the reference relay (relay.example.toml),
-    so a budget in EUR works with USD prices; error messages name the rate that was used."""
-    from importlib import resources
-
-    text = resources.files("reference_relay").joinpath("relay.example.toml").read_text("utf-8")
-    rates: dict[str, Any] = tomllib.loads(text).get("rates", {})
-    return rates
 
 
 def build_relay(home: WalletHome, keystore: Keystore, store: Store, wallet_url: str) -> ASGIApp:
