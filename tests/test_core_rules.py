@@ -829,3 +829,22 @@ def test_bad_signature_denial_and_a_cache_of_one() -> None:
     one = Verifier(KEYS, cache_size=1)
     assert one.verify(token.serialize(), _OK, T0).allowed
     assert list(one._cache) == [token.serialize()]
+
+
+def test_identifier_refusals_say_what_is_wrong() -> None:
+    from capwallet.identifier import Identifier
+    from capwallet.reasons import TokenError
+
+    with pytest.raises(ValueError, match="key id must be 8 bytes and token id 16 bytes"):
+        Identifier(key_id=b"\x01" * 7, token_id=b"\x02" * 16, issued_at=T0).encode()
+    with pytest.raises(ValueError, match="key id must be 8 bytes and token id 16 bytes"):
+        Identifier(key_id=b"\x01" * 8, token_id=b"\x02" * 15, issued_at=T0).encode()
+    for bad in (-1, 2**53):
+        with pytest.raises(ValueError, match="issued_at out of range"):
+            Identifier(key_id=b"\x01" * 8, token_id=b"\x02" * 16, issued_at=bad).encode()
+    with pytest.raises(TokenError, match="identifier is empty"):
+        Identifier.decode(b"")
+    # issued_at read as unsigned: 2^64-1 is out of range (a signed read would see -1).
+    top = b"\x01" + b"\x01" * 8 + b"\x02" * 16 + b"\xff" * 8
+    with pytest.raises(TokenError, match="issued_at is out of range"):
+        Identifier.decode(top)
