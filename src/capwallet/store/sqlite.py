@@ -772,16 +772,9 @@ class SQLiteStore(Store):
 
     async def usage(self, *, since_day: int | None = None,
                     token_ids: Sequence[str] | None = None) -> list[UsageTotal]:
-        where: list[str] = []
-        params: list[Any] = []
-        if token_ids is not None:
-            if not token_ids:
-                return []
-            where.append(f"token_id IN ({', '.join('?' * len(token_ids))})")
-            params.extend(token_ids)
-        if since_day is not None:
-            where.append("day >= ?")
-            params.append(since_day)
+        if token_ids is not None and not token_ids:
+            return []
+        where, params = _filter(token_ids, "day", since_day)
         sql = ("SELECT day, token_id, app, provider, model, currency, cost, calls, "
                "input_tokens, output_tokens FROM usage_daily")
         if where:
@@ -798,16 +791,9 @@ class SQLiteStore(Store):
         self, *, token_ids: Sequence[str] | None = None, since: int | None = None,
         limit: int = 1000,
     ) -> list[LedgerEntry]:
-        where: list[str] = []
-        params: list[Any] = []
-        if token_ids is not None:
-            if not token_ids:
-                return []
-            where.append(f"token_id IN ({', '.join('?' * len(token_ids))})")
-            params.extend(token_ids)
-        if since is not None:
-            where.append("time >= ?")
-            params.append(since)
+        if token_ids is not None and not token_ids:
+            return []
+        where, params = _filter(token_ids, "time", since)
         sql = f"SELECT {_LEDGER_COLUMNS}, count FROM ledger"  # noqa: S608 (no user text)
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -892,3 +878,18 @@ class SQLiteStore(Store):
             with self._fast_lock:
                 self._fast.close()
         self._writer.close()
+
+
+def _filter(token_ids: Sequence[str] | None, column: str,
+            since: int | None) -> tuple[list[str], list[Any]]:
+    """WHERE terms and parameters for the ledger and usage reads: these tokens, from ``since``
+    on (``column`` is "time" or "day", never user text)."""
+    where: list[str] = []
+    params: list[Any] = []
+    if token_ids is not None:
+        where.append(f"token_id IN ({', '.join('?' * len(token_ids))})")
+        params.extend(token_ids)
+    if since is not None:
+        where.append(f"{column} >= ?")
+        params.append(since)
+    return where, params
