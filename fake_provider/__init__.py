@@ -9,12 +9,11 @@ arithmetic and fault modes are described in fake_provider.server. Run it standal
 from fake_provider.server import (
     ANTHROPIC_MODELS,
     DEFAULT_API_KEY,
-    DEFAULT_REPLY_TOKENS,
     OPENAI_MODELS,
-    REPLY_WORDS,
     create_app,
     running_fake_provider,
 )
+from fake_provider.tokens import DEFAULT_REPLY_TOKENS, REPLY_WORDS
 
 __all__ = ["ANTHROPIC_MODELS", "DEFAULT_API_KEY", "DEFAULT_REPLY_TOKENS", "OPENAI_MODELS",
            "REPLY_WORDS", "create_app", "running_fake_provider"]

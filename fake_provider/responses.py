@@ -3,7 +3,7 @@
 Close enough to the real API that the official `openai` SDKs (``responses.create``,
 ``responses.stream``), the OpenAI Agents SDK and the Vercel AI SDK accept its answers.
 
-Token counts (deterministic, as in fake_provider.server)
+Token counts (deterministic, as in fake_provider.tokens)
     input      = 3 + (4 + text(instructions) if instructions) + per input item:
                  a string input is one message; a message item 4 + content(content) (input_image
                  parts count 85); a function_call 4 + text(name) + text(arguments); a
@@ -39,22 +39,24 @@ from typing import Any
 
 from starlette.responses import Response
 
-from fake_provider.server import (
+from fake_provider.calls import (
+    ApiError,
+    Call,
+    EventStream,
+    apply_fault,
+    dumps,
+    fault_kind,
+    int_field,
+    json_response,
+    malformed_body,
+    provider_state,
+    requested_model,
+    stream_flag,
+    stream_response,
+)
+from fake_provider.tokens import (
     MESSAGE_OVERHEAD_TOKENS,
     REQUEST_OVERHEAD_TOKENS,
-    ApiError,
-    _apply_fault,
-    _Call,
-    _dumps,
-    _EventStream,
-    _int_field,
-    _json,
-    _kind,
-    _malformed_body,
-    _model,
-    _state,
-    _stream_flag,
-    _stream_response,
     content_tokens,
     reply_pieces,
     reply_text,
@@ -127,22 +129,22 @@ def _searches(body: dict[str, Any]) -> int:
         isinstance(t, dict) and str(t.get("type", "")).startswith("web_search") for t in tools))
 
 
-async def responses_create(call: _Call) -> Response:
+async def responses_create(call: Call) -> Response:
     body = call.body
-    model, model_fault = _model(body)
+    model, model_fault = requested_model(body)
     inp = body.get("input")
     if not isinstance(inp, str | list):
         raise ApiError(400, "input: expected a string or a list of input items", param="input")
-    cap = _int_field(body, "max_output_tokens", low=MIN_OUTPUT_TOKENS)
-    stream = _stream_flag(body)
+    cap = int_field(body, "max_output_tokens", low=MIN_OUTPUT_TOKENS)
+    stream = stream_flag(body)
     if body.get("background") is True and not body.get("store", True):
         raise ApiError(400, "background mode requires store=true", param="background")
 
-    early = await _apply_fault(call, model_fault)
+    early = await apply_fault(call, model_fault)
     if early is not None:
         return early
     fault = call.fault
-    state = _state(call.request)
+    state = provider_state(call.request)
     searches = _searches(body)
     tokens_in = responses_input_tokens(body) + searches * WEB_SEARCH_CONTENT_TOKENS
     reasoning = REASONING_TOKENS if is_reasoning_model(model) else 0
@@ -150,7 +152,7 @@ async def responses_create(call: _Call) -> Response:
     if fault is not None and fault.kind == "long":
         visible, reasoning = fault.arg, 0
     incomplete = False
-    if cap is not None and reasoning + visible > cap and _kind(fault) != "long":
+    if cap is not None and reasoning + visible > cap and fault_kind(fault) != "long":
         incomplete = True
         reasoning = min(reasoning, cap)
         visible = cap - reasoning
@@ -195,23 +197,23 @@ async def responses_create(call: _Call) -> Response:
         "usage": usage, "user": None, "metadata": body.get("metadata") or {},
     }
     headers = {"x-request-id": call.request_id}
-    if _kind(fault) == "no_usage":
+    if fault_kind(fault) == "no_usage":
         response["usage"] = None
     if not stream:
-        if _kind(fault) == "malformed":
-            return _malformed_body(response)
-        return _json(response, headers=headers)
+        if fault_kind(fault) == "malformed":
+            return malformed_body(response)
+        return json_response(response, headers=headers)
     return _stream(response, items, text, visible, headers, call)
 
 
 def _stream(response: dict[str, Any], items: list[dict[str, Any]], text: str, visible: int,
-            headers: dict[str, str], call: _Call) -> Response:
+            headers: dict[str, str], call: Call) -> Response:
     fault = call.fault
     counter = iter(range(1_000_000))
 
     def event(kind: str, **fields: Any) -> bytes:
         data = {"type": kind, "sequence_number": next(counter), **fields}
-        return f"event: {kind}\n".encode() + b"data: " + _dumps(data) + b"\n\n"
+        return f"event: {kind}\n".encode() + b"data: " + dumps(data) + b"\n\n"
 
     start = {**response, "status": "in_progress", "output": [], "usage": None,
              "incomplete_details": None}
@@ -227,10 +229,10 @@ def _stream(response: dict[str, Any], items: list[dict[str, Any]], text: str, vi
                       item={**item, "status": "in_progress", "content": []}),
                 event("response.content_part.added", item_id=item["id"], output_index=index,
                       content_index=0, part=part)]
-            if _kind(fault) == "malformed":
+            if fault_kind(fault) == "malformed":
                 broken = event("response.output_text.delta", item_id=item["id"],
                                output_index=index, content_index=0, delta="alpha", logprobs=[])
-                return _EventStream(preamble, [broken[: len(broken) // 2] + b"\n\n"], [],
+                return EventStream(preamble, [broken[: len(broken) // 2] + b"\n\n"], [],
                                     headers=headers)
             content += [event("response.output_text.delta", item_id=item["id"],
                               output_index=index, content_index=0, delta=piece, logprobs=[])
@@ -256,4 +258,4 @@ def _stream(response: dict[str, Any], items: list[dict[str, Any]], text: str, vi
     final = "response.incomplete" if response["status"] == "incomplete" else (
         "response.completed")
     tail.append(event(final, response=response))
-    return _stream_response(preamble, content, tail, headers, fault)
+    return stream_response(preamble, content, tail, headers, fault)

@@ -76,21 +76,15 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import hmac
-import itertools
 import json
 import os
-import socket
 import struct
 import sys
 import threading
 import time
 from array import array
-from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -100,80 +94,47 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from fake_provider.calls import (
+    CYCLE_KEY,
+    ApiError,
+    Call,
+    CallFailed,
+    EventStream,
+    Flavor,
+    ProviderState,
+    apply_fault,
+    begin_call,
+    dumps,
+    fault_kind,
+    int_field,
+    json_response,
+    malformed_body,
+    provider_state,
+    requested_model,
+    stream_flag,
+    stream_response,
+)
+from fake_provider.faults import Fault, QueuedFault, parse_fault
+from fake_provider.responses import responses_create
+from fake_provider.tokens import (
+    DEFAULT_REPLY_TOKENS,
+    chat_input_tokens,
+    reply_pieces,
+    reply_text,
+    text_tokens,
+)
 from reference_relay.listen import listen, serve_announced, url
 
 DEFAULT_API_KEY = "sk-fake-provider-key"
-DEFAULT_REPLY_TOKENS = 16
-REQUEST_OVERHEAD_TOKENS = 3
-MESSAGE_OVERHEAD_TOKENS = 4
-NON_TEXT_PART_TOKENS = 85
 DEFAULT_EMBEDDING_DIMENSIONS = 8
 MAX_EMBEDDING_DIMENSIONS = 4096
 MAX_CHOICES = 128
-MAX_LONG_TOKENS = 100_000
-MAX_FAULT_MS = 600_000
-MAX_RECORDED_REQUESTS = 10_000
 SYSTEM_FINGERPRINT = "fp_fake_provider"
 GEMINI_THOUGHT_TOKENS = 8
 
 OPENAI_MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1-mini", "o4-mini",
                  "text-embedding-3-small", "text-embedding-3-large")
 ANTHROPIC_MODELS = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-3-5-haiku-latest")
-
-REPLY_WORDS = (
-    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
-    "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa",
-    "quebec", "romeo", "sierra", "tango", "uniform", "victor", "whiskey", "xray",
-    "yankee", "zulu",
-)
-
-Flavor = Literal["openai", "anthropic"]
-_CYCLE_KEY = "fake_provider.cycle"
-
-# ---------------------------------------------------------------------------------------------
-# Token arithmetic
-
-
-def text_tokens(text: str) -> int:
-    """ceil(len(text) / 4): the fake tokenizer (about right for English, and easy to check)."""
-    return -(-len(text) // 4)
-
-
-def content_tokens(content: object) -> int:
-    """Tokens of a message content: a string, or a list of parts (text parts by length)."""
-    if isinstance(content, str):
-        return text_tokens(content)
-    if isinstance(content, list):
-        total = 0
-        for part in content:
-            text = part.get("text") if isinstance(part, dict) else None
-            total += text_tokens(text) if isinstance(text, str) else NON_TEXT_PART_TOKENS
-        return total
-    return 0
-
-
-def chat_input_tokens(messages: Sequence[Any], system: object = None) -> int:
-    """Input tokens of a chat request; an Anthropic system prompt counts as one more message."""
-    total = REQUEST_OVERHEAD_TOKENS
-    if system:
-        total += MESSAGE_OVERHEAD_TOKENS + content_tokens(system)
-    for message in messages:
-        total += MESSAGE_OVERHEAD_TOKENS + content_tokens(message.get("content"))
-    return total
-
-
-@lru_cache(maxsize=256)
-def reply_pieces(count: int) -> tuple[str, ...]:
-    """The reply as stream pieces: `count` words, every one after the first with a leading space."""
-    return tuple(
-        (" " if i else "") + REPLY_WORDS[i % len(REPLY_WORDS)] for i in range(count)
-    )
-
-
-@lru_cache(maxsize=256)
-def reply_text(count: int) -> str:
-    """The whole reply: exactly `count` space-separated words."""
-    return "".join(reply_pieces(count))
 
 
 def embedding_vector(item: str | list[int], dimensions: int) -> list[float]:
@@ -185,278 +146,11 @@ def embedding_vector(item: str | list[int], dimensions: int) -> list[float]:
     return array("f", (v / norm for v in ints)).tolist()
 
 
-# ---------------------------------------------------------------------------------------------
-# Fault modes
-
-_FAULTS_WITH_ARG = frozenset({"delay", "stream_cut", "slow_stream", "long"})
-_FAULTS_PLAIN = frozenset({"http500", "http429", "reset", "malformed", "no_usage"})
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One parsed fault mode; `arg` is the ms / chunk count / token count, 0 when unused."""
-
-    kind: str
-    arg: int = 0
-
-    @property
-    def mode(self) -> str:
-        return f"{self.kind}:{self.arg}" if self.kind in _FAULTS_WITH_ARG else self.kind
-
-
-def parse_fault(mode: str) -> Fault:
-    """Parse `kind` or `kind:<int>`; ValueError with a readable message when it is not one."""
-    kind, sep, arg = mode.partition(":")
-    if kind in _FAULTS_PLAIN and not sep:
-        return Fault(kind)
-    if kind in _FAULTS_WITH_ARG and sep and arg.isdigit() and arg.isascii():
-        value = int(arg)
-        limit = MAX_LONG_TOKENS if kind == "long" else MAX_FAULT_MS
-        if kind == "long" and value < 1:
-            raise ValueError("long:<n> needs n >= 1")
-        if value > limit:
-            raise ValueError(f"{kind} argument must be at most {limit}")
-        return Fault(kind, value)
-    known = sorted(_FAULTS_PLAIN) + sorted(f"{k}:<int>" for k in _FAULTS_WITH_ARG)
-    raise ValueError(f"unknown fault mode {mode!r}; known: {', '.join(known)}")
-
-
-@dataclass
-class _QueuedFault:
-    fault: Fault
-    remaining: int
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-app state
-
-
-@dataclass
-class _State:
-    api_key: bytes
-    default_reply_tokens: int
-    faults: deque[_QueuedFault] = field(default_factory=deque)
-    requests: deque[dict[str, Any]] = field(
-        default_factory=lambda: deque(maxlen=MAX_RECORDED_REQUESTS)
-    )
-    ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
-
-    def auth_ok(self, given: str | None) -> bool:
-        return given is not None and hmac.compare_digest(given.encode(), self.api_key)
-
-    def take_fault(self) -> Fault | None:
-        if not self.faults:
-            return None
-        head = self.faults[0]
-        head.remaining -= 1
-        if head.remaining <= 0:
-            self.faults.popleft()
-        return head.fault
-
-    def queued(self) -> list[dict[str, Any]]:
-        return [{"mode": q.fault.mode, "remaining": q.remaining} for q in self.faults]
-
-
-def _state(request: Request) -> _State:
-    state: _State = request.app.state.fake
-    return state
-
-
-# ---------------------------------------------------------------------------------------------
-# Responses
-
-
-def _dumps(obj: object) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _json(obj: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_dumps(obj), status, headers, media_type="application/json")
-
-
-class ApiError(Exception):
-    """An error answer, rendered in the shape of whichever provider the route imitates."""
-
-    _ANTHROPIC_TYPES: ClassVar[dict[int, str]] = {
-        400: "invalid_request_error", 401: "authentication_error",
-        404: "not_found_error", 429: "rate_limit_error", 500: "api_error"}
-
-    def __init__(self, status: int, message: str, *, openai_type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.openai_type = openai_type
-        self.param = param
-        self.code = code
-        self.headers = headers or {}
-
-    def response(self, flavor: Flavor, request_id: str) -> Response:
-        headers = dict(self.headers)
-        if flavor == "anthropic":
-            headers["request-id"] = request_id
-            kind = self._ANTHROPIC_TYPES.get(self.status, "api_error")
-            body: dict[str, Any] = {"type": "error",
-                                    "error": {"type": kind, "message": self.message},
-                                    "request_id": request_id}
-        else:
-            headers["x-request-id"] = request_id
-            body = {"error": {"message": self.message, "type": self.openai_type,
-                              "param": self.param, "code": self.code}}
-        return _json(body, self.status, headers)
-
-
-def _auth_error(flavor: Flavor) -> ApiError:
-    if flavor == "anthropic":
-        return ApiError(401, "invalid x-api-key")
-    return ApiError(401, "Incorrect API key provided. You can find your API key at "
-                    "https://platform.openai.com/account/api-keys.", code="invalid_api_key")
-
-
-def _fault_error(fault: Fault, flavor: Flavor) -> ApiError:
-    if fault.kind == "http429":
-        message = ("Number of request tokens has exceeded your per-minute rate limit"
-                   if flavor == "anthropic" else
-                   "Rate limit reached for requests. Please try again in 1s.")
-        return ApiError(429, message, openai_type="requests", code="rate_limit_exceeded",
-                        headers={"retry-after": "1"})
-    message = ("Internal server error" if flavor == "anthropic" else
-               "The server had an error while processing your request. Sorry about that!")
-    return ApiError(500, message, openai_type="server_error")
-
-
-async def _drop_connection(scope: Scope, *, reset: bool) -> None:
-    """Close the client's TCP connection under uvicorn, mid-response or before any response.
-
-    ASGI has no "abort", so the app reaches uvicorn's transport through the request cycle that
-    owns the raw `send` (captured by FakeProviderApp). `reset` sends a RST (SO_LINGER 0);
-    otherwise bytes already written are flushed first and the close is an ordinary FIN.
-    Once uvicorn sees the connection gone it drops anything else the app sends, silently.
-    """
-    cycle = scope.get(_CYCLE_KEY)
-    transport = getattr(cycle, "transport", None)
-    if transport is None:
-        raise RuntimeError("fake provider: cannot drop the connection (not served by uvicorn)")
-    if reset:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    else:
-        for _ in range(1000):
-            if not transport.get_write_buffer_size() or transport.is_closing():
-                break
-            await asyncio.sleep(0.001)
-    transport.abort()
-    for _ in range(100):
-        if getattr(cycle, "disconnected", True):
-            break
-        await asyncio.sleep(0)
-
-
-class _ResetResponse(Response):
-    """No response at all: the connection is reset."""
-
-    def __init__(self) -> None:
-        self.status_code = 0
-        self.background = None
-        self.raw_headers = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _drop_connection(scope, reset=True)
-
-
-class _EventStream(Response):
-    """An SSE response sent frame by frame: preamble, content frames, tail.
-
-    `cut_after` sends only that many content frames and then closes the connection;
-    `interval` sleeps before every frame after the first.
-    """
-
-    media_type = "text/event-stream"
-
-    def __init__(self, preamble: list[bytes], content: list[bytes], tail: list[bytes], *,
-                 headers: dict[str, str], interval: float = 0.0,
-                 cut_after: int | None = None) -> None:
-        self.status_code = 200
-        self.background = None
-        self.init_headers({**headers, "cache-control": "no-cache"})
-        self.preamble, self.content, self.tail = preamble, content, tail
-        self.interval = interval
-        self.cut_after = cut_after
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code,
-                    "headers": self.raw_headers})
-        cut = self.cut_after is not None
-        frames = itertools.chain(
-            self.preamble,
-            self.content[: self.cut_after] if cut else self.content,
-            () if cut else self.tail,
-        )
-        first = True
-        for frame in frames:
-            if self.interval and not first:
-                await asyncio.sleep(self.interval)
-            first = False
-            await send({"type": "http.response.body", "body": frame, "more_body": True})
-        if cut:
-            await _drop_connection(scope, reset=False)
-            return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
 
 def _sse(data: object, event: str | None = None) -> bytes:
     head = f"event: {event}\n".encode() if event else b""
-    return head + b"data: " + _dumps(data) + b"\n\n"
+    return head + b"data: " + dumps(data) + b"\n\n"
 
-
-def _malformed_body(body: object) -> Response:
-    text = _dumps(body)
-    return Response(text[: len(text) // 2], 200, media_type="application/json")
-
-
-# ---------------------------------------------------------------------------------------------
-# Request parsing and validation
-
-
-@dataclass
-class _Call:
-    """What every model call handler needs after auth, parsing and the fault lookup."""
-
-    request: Request
-    flavor: Flavor
-    body: dict[str, Any]
-    record: dict[str, Any]
-    request_id: str
-    fault: Fault | None = None
-
-
-def _int_field(body: dict[str, Any], name: str, *, low: int, high: int | None = None,
-               required: bool = False) -> int | None:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise ApiError(400, f"{name}: Field required", param=name)
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (
-            high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ApiError(400, f"Invalid '{name}': expected an integer {bound}.", param=name)
-    return value
-
-
-def _model(body: dict[str, Any]) -> tuple[str, Fault | None]:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise ApiError(400, "you must provide a model parameter", param="model")
-    if not model.startswith("fault-"):
-        return model, None
-    try:
-        return model, parse_fault(model.removeprefix("fault-"))
-    except ValueError as exc:
-        raise ApiError(404, f"The model `{model}` does not exist: {exc}", param="model",
-                       code="model_not_found") from None
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -468,92 +162,6 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return messages
 
 
-def _stream_flag(body: dict[str, Any]) -> bool:
-    stream = body.get("stream", False)
-    if stream is None:
-        return False
-    if not isinstance(stream, bool):
-        raise ApiError(400, "stream: expected a boolean", param="stream")
-    return stream
-
-
-def _credential(request: Request, flavor: Flavor) -> tuple[str | None, str | None]:
-    """(header that carried the key, the key). Anthropic takes `x-api-key` first and also
-    `Authorization: Bearer`, which its current SDK sends; OpenAI takes only the Bearer."""
-    if flavor == "anthropic" and "x-api-key" in request.headers:
-        return "x-api-key", request.headers["x-api-key"]
-    authorization = request.headers.get("authorization")
-    if authorization is None:
-        return None, None
-    scheme, _, token = authorization.partition(" ")
-    return "authorization", token.strip() if scheme.lower() == "bearer" else None
-
-
-async def _begin(request: Request, flavor: Flavor, *, has_body: bool = True) -> _Call:
-    """Record the request, check the key, parse the JSON body. Raises ApiError."""
-    state = _state(request)
-    auth_header, given = _credential(request, flavor)
-    auth_ok = state.auth_ok(given)
-    key = state.api_key.decode()
-    headers = {
-        name: ("[redacted]" if key in value else value)
-        for name, value in request.headers.items()
-        if name not in ("authorization", "x-api-key")
-    }
-    body: Any = None
-    error: ApiError | None = None
-    if has_body:
-        raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            error = ApiError(400, "We could not parse the JSON body of your request.")
-        else:
-            if not isinstance(body, dict):
-                error = ApiError(400, "The request body must be a JSON object.")
-    record: dict[str, Any] = {
-        "method": request.method,
-        "path": request.scope["path"],
-        "query": request.scope["query_string"].decode("latin-1"),
-        "headers": headers,
-        "auth_ok": auth_ok,
-        "auth_header": auth_header,
-        "body": body,
-        "fault": None,
-        "status": None,
-    }
-    state.requests.append(record)
-    call = _Call(request, flavor, body if isinstance(body, dict) else {}, record,
-                 f"req_fake{next(state.ids):012d}")
-    if not auth_ok:
-        raise _CallFailed(call, _auth_error(flavor))
-    if error is not None:
-        raise _CallFailed(call, error)
-    return call
-
-
-class _CallFailed(Exception):
-    def __init__(self, call: _Call, error: ApiError) -> None:
-        super().__init__(error.message)
-        self.call = call
-        self.error = error
-
-
-async def _apply_fault(call: _Call, model_fault: Fault | None) -> Response | None:
-    """Pick the fault (model name first, else the queue); answer now if it pre-empts the reply."""
-    fault = model_fault or _state(call.request).take_fault()
-    call.fault = fault
-    if fault is None:
-        return None
-    call.record["fault"] = fault.mode
-    if fault.kind == "delay":
-        await asyncio.sleep(fault.arg / 1000)
-    elif fault.kind in ("http500", "http429"):
-        return _fault_error(fault, call.flavor).response(call.flavor, call.request_id)
-    elif fault.kind == "reset":
-        return _ResetResponse()
-    return None
-
 
 def _output_tokens(cap: int | None, default: int, fault: Fault | None) -> tuple[int, bool]:
     """(tokens per choice, whether the cap truncated the reply)."""
@@ -564,8 +172,6 @@ def _output_tokens(cap: int | None, default: int, fault: Fault | None) -> tuple[
     return default, False
 
 
-def _kind(fault: Fault | None) -> str:
-    return fault.kind if fault is not None else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,14 +190,14 @@ def _openai_usage(prompt: int, completion: int) -> dict[str, Any]:
     }
 
 
-async def _chat_completions(call: _Call) -> Response:
+async def _chat_completions(call: Call) -> Response:
     body = call.body
-    model, model_fault = _model(body)
+    model, model_fault = requested_model(body)
     messages = _messages(body)
-    caps = [c for c in (_int_field(body, "max_tokens", low=1),
-                        _int_field(body, "max_completion_tokens", low=1)) if c is not None]
-    n = _int_field(body, "n", low=1, high=MAX_CHOICES) or 1
-    stream = _stream_flag(body)
+    caps = [c for c in (int_field(body, "max_tokens", low=1),
+                        int_field(body, "max_completion_tokens", low=1)) if c is not None]
+    n = int_field(body, "n", low=1, high=MAX_CHOICES) or 1
+    stream = stream_flag(body)
     stream_options = body.get("stream_options")
     if stream_options is not None:
         if not stream:
@@ -601,11 +207,11 @@ async def _chat_completions(call: _Call) -> Response:
             raise ApiError(400, "stream_options: expected an object", param="stream_options")
     include_usage = bool(stream and stream_options and stream_options.get("include_usage"))
 
-    early = await _apply_fault(call, model_fault)
+    early = await apply_fault(call, model_fault)
     if early is not None:
         return early
     fault = call.fault
-    state = _state(call.request)
+    state = provider_state(call.request)
     prompt = chat_input_tokens(messages)
     count, truncated = _output_tokens(min(caps) if caps else None,
                                       state.default_reply_tokens, fault)
@@ -620,7 +226,7 @@ async def _chat_completions(call: _Call) -> Response:
     completion_id = f"chatcmpl-fake{call.request_id.removeprefix('req_fake')}"
     created = int(time.time())
     headers = {"x-request-id": call.request_id}
-    no_usage = _kind(fault) == "no_usage"
+    no_usage = fault_kind(fault) == "no_usage"
 
     if not stream:
         text = reply_text(count)
@@ -635,16 +241,16 @@ async def _chat_completions(call: _Call) -> Response:
         }
         if no_usage:
             del reply["usage"]
-        if _kind(fault) == "malformed":
-            return _malformed_body(reply)
-        return _json(reply, headers=headers)
+        if fault_kind(fault) == "malformed":
+            return malformed_body(reply)
+        return json_response(reply, headers=headers)
 
     base = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
             "model": model, "service_tier": "default", "system_fingerprint": SYSTEM_FINGERPRINT}
     chunk_usage = {"usage": None} if include_usage and not no_usage else {}
 
     def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        return b"data: " + _dumps({
+        return b"data: " + dumps({
             **base,
             "choices": [{"index": index, "delta": delta, "logprobs": None,
                          "finish_reason": finish_reason}],
@@ -653,31 +259,21 @@ async def _chat_completions(call: _Call) -> Response:
 
     preamble = [chunk(i, {"role": "assistant", "content": "", "refusal": None})
                 for i in range(n)]
-    if _kind(fault) == "malformed":
+    if fault_kind(fault) == "malformed":
         broken = chunk(0, {"content": reply_pieces(max(count, 1))[0]})
-        return _EventStream(preamble, [broken[: len(broken) // 2] + b"\n\n"],
+        return EventStream(preamble, [broken[: len(broken) // 2] + b"\n\n"],
                             [b"data: [DONE]\n\n"], headers=headers)
     content = [chunk(i, {"content": piece}) for piece in reply_pieces(count) for i in range(n)]
     tail = [chunk(i, {}, finish) for i in range(n)]
     if include_usage and not no_usage:
-        tail.append(b"data: " + _dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
+        tail.append(b"data: " + dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
     tail.append(b"data: [DONE]\n\n")
-    return _stream_response(preamble, content, tail, headers, fault)
+    return stream_response(preamble, content, tail, headers, fault)
 
 
-def _stream_response(preamble: list[bytes], content: list[bytes], tail: list[bytes],
-                     headers: dict[str, str], fault: Fault | None) -> _EventStream:
-    kind = _kind(fault)
-    return _EventStream(
-        preamble, content, tail, headers=headers,
-        interval=fault.arg / 1000 if fault is not None and kind == "slow_stream" else 0.0,
-        cut_after=fault.arg if fault is not None and kind == "stream_cut" else None,
-    )
-
-
-async def _embeddings(call: _Call) -> Response:
+async def _embeddings(call: Call) -> Response:
     body = call.body
-    model, model_fault = _model(body)
+    model, model_fault = requested_model(body)
     raw_input = body.get("input")
     items: list[str | list[int]]
     if isinstance(raw_input, str):
@@ -693,14 +289,14 @@ async def _embeddings(call: _Call) -> Response:
     else:
         raise ApiError(400, "'input' must be a non-empty string, array of strings, array of "
                        "tokens or array of token arrays.", param="input")
-    dimensions = _int_field(body, "dimensions", low=1, high=MAX_EMBEDDING_DIMENSIONS)
+    dimensions = int_field(body, "dimensions", low=1, high=MAX_EMBEDDING_DIMENSIONS)
     dimensions = dimensions or DEFAULT_EMBEDDING_DIMENSIONS
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise ApiError(400, "encoding_format must be 'float' or 'base64'",
                        param="encoding_format")
 
-    early = await _apply_fault(call, model_fault)
+    early = await apply_fault(call, model_fault)
     if early is not None:
         return early
     prompt = sum(text_tokens(x) if isinstance(x, str) else len(x) for x in items)
@@ -714,12 +310,12 @@ async def _embeddings(call: _Call) -> Response:
         data.append({"object": "embedding", "index": index, "embedding": embedding})
     reply: dict[str, Any] = {"object": "list", "data": data, "model": model,
                              "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
-    kind = _kind(call.fault)
+    kind = fault_kind(call.fault)
     if kind == "no_usage":
         del reply["usage"]
     if kind == "malformed":
-        return _malformed_body(reply)
-    return _json(reply, headers={"x-request-id": call.request_id})
+        return malformed_body(reply)
+    return json_response(reply, headers={"x-request-id": call.request_id})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -728,8 +324,8 @@ async def _embeddings(call: _Call) -> Response:
 
 def _anthropic_request(body: dict[str, Any]) -> tuple[str, Fault | None, int, int]:
     """(model, model fault, max_tokens, input tokens); raises ApiError."""
-    model, model_fault = _model(body)
-    max_tokens = _int_field(body, "max_tokens", low=1, required=True)
+    model, model_fault = requested_model(body)
+    max_tokens = int_field(body, "max_tokens", low=1, required=True)
     assert max_tokens is not None
     messages = _messages(body)
     system = body.get("system")
@@ -739,15 +335,15 @@ def _anthropic_request(body: dict[str, Any]) -> tuple[str, Fault | None, int, in
     return model, model_fault, max_tokens, chat_input_tokens(messages, system)
 
 
-async def _messages_create(call: _Call) -> Response:
+async def _messages_create(call: Call) -> Response:
     model, model_fault, max_tokens, prompt = _anthropic_request(call.body)
-    stream = _stream_flag(call.body)
-    early = await _apply_fault(call, model_fault)
+    stream = stream_flag(call.body)
+    early = await apply_fault(call, model_fault)
     if early is not None:
         return early
     fault = call.fault
-    kind = _kind(fault)
-    count, truncated = _output_tokens(max_tokens, _state(call.request).default_reply_tokens,
+    kind = fault_kind(fault)
+    count, truncated = _output_tokens(max_tokens, provider_state(call.request).default_reply_tokens,
                                       fault)
     stop_reason = "max_tokens" if truncated else "end_turn"
     message_id = f"msg_fake{call.request_id.removeprefix('req_fake')}"
@@ -767,8 +363,8 @@ async def _messages_create(call: _Call) -> Response:
         if kind == "no_usage":
             del reply["usage"]
         if kind == "malformed":
-            return _malformed_body(reply)
-        return _json(reply, headers=headers)
+            return malformed_body(reply)
+        return json_response(reply, headers=headers)
 
     start_message: dict[str, Any] = {
         "id": message_id, "type": "message", "role": "assistant", "model": model,
@@ -791,7 +387,7 @@ async def _messages_create(call: _Call) -> Response:
         broken = _sse({"type": "content_block_delta", "index": 0,
                        "delta": {"type": "text_delta", "text": reply_pieces(max(count, 1))[0]}},
                       "content_block_delta")
-        return _EventStream(preamble, [broken[: len(broken) // 2] + b"\n\n"], [stop],
+        return EventStream(preamble, [broken[: len(broken) // 2] + b"\n\n"], [stop],
                             headers=headers)
     content = [
         _sse({"type": "content_block_delta", "index": 0,
@@ -803,7 +399,7 @@ async def _messages_create(call: _Call) -> Response:
         _sse(delta, "message_delta"),
         stop,
     ]
-    return _stream_response(preamble, content, tail, headers, fault)
+    return stream_response(preamble, content, tail, headers, fault)
 
 
 _MODERATION_CATEGORIES = ("harassment", "harassment/threatening", "hate", "hate/threatening",
@@ -812,7 +408,7 @@ _MODERATION_CATEGORIES = ("harassment", "harassment/threatening", "hate", "hate/
                           "violence/graphic")
 
 
-async def _moderations(call: _Call) -> Response:
+async def _moderations(call: Call) -> Response:
     """Never flags anything; one result per input string (or one for a list of parts)."""
     body = call.body
     inp = body.get("input")
@@ -823,26 +419,26 @@ async def _moderations(call: _Call) -> Response:
               "categories": dict.fromkeys(_MODERATION_CATEGORIES, False),
               "category_scores": dict.fromkeys(_MODERATION_CATEGORIES, 0.0),
               "category_applied_input_types": {c: ["text"] for c in _MODERATION_CATEGORIES}}
-    return _json({"id": f"modr-fake{call.request_id.removeprefix('req_fake')}",
+    return json_response({"id": f"modr-fake{call.request_id.removeprefix('req_fake')}",
                   "model": body.get("model") or "omni-moderation-latest",
                   "results": [result] * n}, headers={"x-request-id": call.request_id})
 
 
-async def _count_tokens(call: _Call) -> Response:
+async def _count_tokens(call: Call) -> Response:
     body = call.body
-    _model(body)
+    requested_model(body)
     system = body.get("system")
     prompt = chat_input_tokens(_messages(body), system if isinstance(system, str | list) else None)
-    return _json({"input_tokens": prompt}, headers={"request-id": call.request_id})
+    return json_response({"input_tokens": prompt}, headers={"request-id": call.request_id})
 
 
-async def _models(call: _Call) -> Response:
+async def _models(call: Call) -> Response:
     if call.flavor == "anthropic":
         data = [{"type": "model", "id": m, "display_name": m.replace("-", " ").title(),
                  "created_at": "2025-01-01T00:00:00Z"} for m in ANTHROPIC_MODELS]
-        return _json({"data": data, "has_more": False, "first_id": data[0]["id"],
+        return json_response({"data": data, "has_more": False, "first_id": data[0]["id"],
                       "last_id": data[-1]["id"]}, headers={"request-id": call.request_id})
-    return _json({"object": "list",
+    return json_response({"object": "list",
                   "data": [{"id": m, "object": "model", "created": 1_700_000_000,
                             "owned_by": "fake-provider"} for m in OPENAI_MODELS]},
                  headers={"x-request-id": call.request_id})
@@ -853,7 +449,7 @@ async def _models(call: _Call) -> Response:
 
 
 def _endpoint(flavor: Flavor | None, handler: Any, *, has_body: bool = True) -> Any:
-    """Wrap a handler: auth + parsing via _begin, ApiError rendering, status recording.
+    """Wrap a handler: auth + parsing via begin_call, ApiError rendering, status recording.
 
     flavor None means "decide by the credential header" (GET /v1/models serves both APIs).
     """
@@ -863,8 +459,8 @@ def _endpoint(flavor: Flavor | None, handler: Any, *, has_body: bool = True) -> 
             "anthropic" if "anthropic-version" in request.headers
             or "x-api-key" in request.headers else "openai")
         try:
-            call = await _begin(request, chosen, has_body=has_body)
-        except _CallFailed as failed:
+            call = await begin_call(request, chosen, has_body=has_body)
+        except CallFailed as failed:
             failed.call.record["status"] = failed.error.status
             return failed.error.response(chosen, failed.call.request_id)
         try:
@@ -878,7 +474,7 @@ def _endpoint(flavor: Flavor | None, handler: Any, *, has_body: bool = True) -> 
 
 
 async def _post_fault(request: Request) -> Response:
-    state = _state(request)
+    state = provider_state(request)
     try:
         body = json.loads(await request.body())
         if not isinstance(body, dict):
@@ -891,36 +487,36 @@ async def _post_fault(request: Request) -> Response:
             raise ValueError("'count' must be an integer >= 1")
         fault = parse_fault(mode)
     except ValueError as exc:
-        return _json({"error": str(exc)}, 400)
-    state.faults.append(_QueuedFault(fault, count))
-    return _json({"queued": state.queued()})
+        return json_response({"error": str(exc)}, 400)
+    state.faults.append(QueuedFault(fault, count))
+    return json_response({"queued": state.queued()})
 
 
 async def _get_faults(request: Request) -> Response:
-    return _json({"queued": _state(request).queued()})
+    return json_response({"queued": provider_state(request).queued()})
 
 
 async def _clear_faults(request: Request) -> Response:
-    _state(request).faults.clear()
-    return _json({"queued": []})
+    provider_state(request).faults.clear()
+    return json_response({"queued": []})
 
 
 async def _get_requests(request: Request) -> Response:
-    return _json(list(_state(request).requests))
+    return json_response(list(provider_state(request).requests))
 
 
 async def _clear_requests(request: Request) -> Response:
-    requests = _state(request).requests
+    requests = provider_state(request).requests
     cleared = len(requests)
     requests.clear()
-    return _json({"cleared": cleared})
+    return json_response({"cleared": cleared})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     message = (f"Invalid URL ({request.method} {request.url.path})" if status in (404, 405)
                else "The server had an error while processing your request.")
-    return _json({"error": {"message": message, "type": "invalid_request_error",
+    return json_response({"error": {"message": message, "type": "invalid_request_error",
                             "param": None, "code": None}}, status)
 
 
@@ -929,7 +525,7 @@ class FakeProviderApp(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            scope[_CYCLE_KEY] = getattr(send, "__self__", None)
+            scope[CYCLE_KEY] = getattr(send, "__self__", None)
         await super().__call__(scope, receive, send)
 
 
@@ -940,8 +536,6 @@ def create_app(api_key: str = DEFAULT_API_KEY, *,
         raise ValueError("api_key must not be empty")
     if default_reply_tokens < 1:
         raise ValueError("default_reply_tokens must be >= 1")
-    from fake_provider.responses import responses_create  # it builds on this module
-
     routes = [
         Route("/v1/chat/completions", _endpoint("openai", _chat_completions), methods=["POST"]),
         Route("/v1/responses", _endpoint("openai", responses_create), methods=["POST"]),
@@ -961,7 +555,7 @@ def create_app(api_key: str = DEFAULT_API_KEY, *,
     ]
     app = FakeProviderApp(routes=routes,
                           exception_handlers={404: _http_error, 405: _http_error})
-    app.state.fake = _State(api_key.encode(), default_reply_tokens)
+    app.state.fake = ProviderState(api_key.encode(), default_reply_tokens)
     return app
 
 
