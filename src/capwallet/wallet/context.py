@@ -16,8 +16,8 @@ from capwallet.wallet.grants import GrantStore
 from capwallet.wallet.home import WalletHome
 from capwallet.wallet.keystore import Keystore
 from capwallet.wallet.pages import Pages
-from capwallet.wallet.passkeys import SignIn
 from capwallet.wallet.sessions import BrowserSessions
+from capwallet.wallet.signin_state import SignIn
 
 
 @dataclass

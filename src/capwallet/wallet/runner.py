@@ -31,10 +31,10 @@ from capwallet.wallet.grants import GrantStore
 from capwallet.wallet.home import WalletHome
 from capwallet.wallet.keystore import Keystore
 from capwallet.wallet.pages import Pages
-from capwallet.wallet.passkeys import Ceremonies, PasskeyStore, SignIn
 from capwallet.wallet.relay_config import RelaySetupError, relay_config_data
 from capwallet.wallet.server import create_wallet_app, login_url
 from capwallet.wallet.sessions import BrowserSessions, CookiePolicy, SessionStore
+from capwallet.wallet.signin_state import Ceremonies, PasskeyStore, SignIn
 from capwallet.wallet.throttle import SignInThrottle
 from reference_relay.http_limits import HEAD_TIMEOUT, BoundedHttpToolsProtocol, set_head_timeout
 
