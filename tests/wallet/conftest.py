@@ -19,6 +19,8 @@ from capwallet.wallet.keystore import Keystore
 from capwallet.wallet.runner import RunningWallet, running_wallet
 from capwallet.wallet.sessions import SESSION_HEADER
 
+from .browser_session import launch_chromium, playwright_driver
+
 PASSPHRASE = "correct horse battery staple"
 
 
@@ -110,6 +112,21 @@ def wallet_relay(home: WalletHome, fake_provider: str) -> Iterator[RunningWallet
     ks.save()
     with running_wallet(home, ks) as w:
         yield w
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Any]:
+    """Playwright, shared by a test module's browser tests (see browser_session.py)."""
+    with playwright_driver() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Any) -> Iterator[Any]:
+    """Debian's Chromium, shared by a test module's tests; each test opens its own context."""
+    b = launch_chromium(playwright)
+    yield b
+    b.close()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

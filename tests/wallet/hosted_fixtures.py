@@ -16,11 +16,8 @@ from capwallet.wallet.home import WalletHome
 from capwallet.wallet.keystore import Keystore
 from scripts.hosted_up import HostedStack, hosted_stack
 
+from . import browser_session
 from .conftest import PASSPHRASE
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module", name="stack")
@@ -47,7 +44,7 @@ def hosted_stack_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[H
 def launch_chromium(playwright: Any, s: HostedStack) -> Any:
     """Chromium that resolves our test names to 127.0.0.1 and accepts Caddy's certificates
     for them (by public key); every other certificate is checked as usual."""
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS + s.chromium_args())
+    return browser_session.launch_chromium(playwright, *s.chromium_args())
 
 
 def wallet_sign_in(page: Any, s: HostedStack) -> None:

@@ -24,12 +24,11 @@ from capwallet.token import Token
 from capwallet.wallet.grants import issue_grant
 from capwallet.wallet.runner import RunningWallet
 
+from .browser_session import sign_in_page
+
 playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 PERMISSIONS: dict[str, Any] = {
     "providers": ["openai"], "models": ["gpt-4o-mini", "gpt-4.1-mini"],
@@ -41,23 +40,11 @@ PERMISSIONS: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: apt-get install -y chromium (scripts/system-deps.sh)")
-    with playwright_sync.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser: Any, wallet_relay: RunningWallet) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     pg = context.new_page()
-    pg.goto(wallet_relay.login_url)  # sign in as the user would, with the printed link
-    pg.wait_for_url(wallet_relay.base_url + "/")
-    pg.wait_for_selector("#stat-calls")  # the dashboard's content: signed in
+    sign_in_page(pg, wallet_relay)
     yield pg
     context.close()
 

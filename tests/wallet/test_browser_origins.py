@@ -12,7 +12,6 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,12 +21,6 @@ from capwallet.wallet.runner import RunningWallet
 
 from .conftest import signed_in
 from .oauth_helpers import answer, authorize_params, consent_page, redirect_query
-
-playwright_sync = pytest.importorskip("playwright.sync_api")
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 
 EXCHANGE = """async ([tokenUrl, form]) => {
   try {
@@ -42,16 +35,6 @@ MODELS = """async ([url, token]) => {
     return {status: r.status, body: await r.json()};
   } catch (e) { return {blocked: String(e)}; }
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: apt-get install -y chromium (scripts/system-deps.sh)")
-    with playwright_sync.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

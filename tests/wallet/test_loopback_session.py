@@ -17,7 +17,6 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -31,11 +30,8 @@ from capwallet.token import Token
 from capwallet.wallet.grants import issue_grant
 from capwallet.wallet.runner import RunningWallet, run_async
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
+from .browser_session import sign_in_page
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 GREEDY = {"type": "capwallet_ai", "providers": ["openai"], "models": ["gpt-4o"],
           "budget": {"amount": "9000000.00", "currency": "USD", "period": "day"},
           "expires_in": 365 * 86400}
@@ -75,16 +71,6 @@ class Listener:
 
     def cookies(self) -> set[str]:
         return {c for _, c in self.seen if c}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: apt-get install -y chromium (scripts/system-deps.sh)")
-    with playwright_sync.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
@@ -171,9 +157,7 @@ def test_a_leaked_cookie_is_worthless(browser: Any, wallet_relay: RunningWallet,
 
     context = browser.new_context()
     page = context.new_page()
-    page.goto(w.login_url)  # the user signs in with the printed link
-    page.wait_for_url(w.base_url + "/")
-    page.wait_for_selector("#stat-calls")  # the dashboard shows: signed in
+    sign_in_page(page, w)  # the user signs in with the printed link
 
     # 1. A bad /authorize request naming the listener as redirect URI.
     bad, _ = _authorize_url(w, listener.url + "/bad", MODEST, response_type="nope")

@@ -24,29 +24,16 @@ import pytest
 from capwallet.wallet.example_site import PAGE_PATH, missing_files, running_example_site
 from capwallet.wallet.runner import RunningWallet
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
+from .browser_session import launch_chromium, sign_in_page
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 KEY = "blog-assistant.connection"
 
 
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: apt-get install -y chromium (scripts/system-deps.sh)")
+@pytest.fixture(scope="module", autouse=True)
+def _npm_packages() -> None:
+    """The page loads the capwallet and openai npm packages from node_modules."""
     assert missing_files() == [], "run `npm ci` at the repository root first"
-    with playwright_sync.sync_playwright() as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Any) -> Iterator[Any]:
-    b = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-    yield b
-    b.close()
 
 
 @pytest.fixture
@@ -64,9 +51,7 @@ def signed_in_context(browser: Any, w: RunningWallet) -> Iterator[tuple[Any, Any
     """A browser profile whose user is signed in to the wallet: (context, wallet page)."""
     context = browser.new_context(viewport={"width": 1000, "height": 900})
     wallet_page = context.new_page()
-    wallet_page.goto(w.login_url)  # sign in as the user would, with the printed link
-    wallet_page.wait_for_url(w.base_url + "/")
-    wallet_page.wait_for_selector("#stat-calls")  # the dashboard's content: signed in
+    sign_in_page(wallet_page, w)
     try:
         yield context, wallet_page
     finally:
@@ -262,8 +247,7 @@ def test_a_blocked_popup_falls_back_to_a_redirect(
     # Playwright turns Chromium's popup blocker off by default; keep it on here, and click
     # from a script with no user gesture (an init script: page.evaluate would count as one),
     # as a page that connects on load would.
-    b = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS,
-                                   ignore_default_args=["--disable-popup-blocking"])
+    b = launch_chromium(playwright, ignore_default_args=["--disable-popup-blocking"])
     try:
         with signed_in_context(b, w) as (context, _):
             context.add_init_script(
