@@ -1,0 +1,292 @@
+"""Where the relay's CPU per call goes: a profile of the one-process relay under load.
+
+    python bench/relay_profile.py [--calls N] [--concurrency C] [--sampler cprofile|py-spy]
+                                  [--top N] [--out FILE]
+    python bench/relay_profile.py --sampler none [--rounds R]
+
+Not a benchmark (bench/relay.py measures; this explains). One run, on loopback: the fake
+provider and a one-process relay (``python -m reference_relay``, as deployed, in a subprocess),
+warmed up, then ``--calls`` plain chat calls at ``--concurrency`` (the load generator of
+bench/relay.py). With ``--passthrough`` the floor proxy (bench/passthrough.py) is profiled
+the same way instead, for comparison.
+
+Samplers:
+
+* ``yappi`` (default; ``pip install yappi``): the relay runs under yappi with its CPU clock, so
+  a function's time is CPU spent in it, not wall time: a socket write that wakes the peer
+  process and loses the core to it shows as its few microseconds of CPU, not the wait (a
+  wall-clock profiler charges that wait to the write). Printed: the top functions by own
+  and by inclusive CPU time, per request. yappi's own cost inflates every figure (the relay
+  runs several times slower under it): read the shares and the ranking.
+
+* ``none``: no profile; the relay and the floor proxy run side by side, ``--rounds`` alternating
+  rounds of ``--calls`` each, and the CPU per call of each (user and system apart) and their
+  ratio are printed per round: a quick check of a change against the floor, the same split as
+  bench/relay.py's floor table without its other rows.
+
+* ``cprofile`` (default): the relay runs under ``python -m cProfile``; printed are the Python
+  function calls per request (what "about 500 calls per request" counts) and the top
+  functions by own time and by cumulative time. cProfile's own cost per call inflates the
+  times of small functions: read the ranking and the call counts, not the absolute figures.
+* ``py-spy``: samples the running relay (``pip install py-spy``; needs ptrace, i.e. root or
+  ``kernel.yama.ptrace_scope=0``) without pausing it, only while a thread holds the GIL (so
+  the SQLite worker thread waiting for work is not counted); ``--native`` adds the frames of C
+  extensions. ``--out`` writes a speedscope file; the top functions by own and by inclusive
+  samples are printed. Low overhead, so its shares are close to the real ones, time in C
+  (JSON, SQLite, the event loop) attributed to its Python caller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import pstats
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from relay import EXAMPLE, KEY, ROOT, TICK, cpu_seconds, load, start
+
+from capwallet import caveats as cav
+from capwallet.keys import RootKey
+from capwallet.token import mint
+
+BODY: dict[str, object] = {"model": "gpt-4o-mini", "max_tokens": 16,
+                           "messages": [{"role": "user", "content": "Say hello."}]}
+
+
+def _relay_dir(tmp: Path, fake_url: str, root: RootKey) -> Path:
+    text = EXAMPLE.read_text()
+    for url in ("https://api.openai.com/v1", "https://api.deepseek.com/v1",
+                "http://127.0.0.1:11434/v1"):
+        text = text.replace(f'"{url}"', f'"{fake_url}/v1"')
+    text = text.replace('"https://api.anthropic.com"', f'"{fake_url}"')
+    (tmp / "relay.toml").write_text(text)
+    root.save(tmp / "root.key")
+    return tmp
+
+
+def _print_cprofile(path: Path, calls: int, top: int) -> None:
+    stats = pstats.Stats(str(path))
+    raw = stats.stats  # type: ignore[attr-defined]
+    total_calls = sum(v[1] for v in raw.values())  # primitive + recursive calls
+    print(f"\ncProfile: {total_calls} Python function calls in the whole run, about "
+          f"{total_calls / calls:.0f} per request (startup and warm-up included)\n")
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+
+
+def _run_under_yappi(out: str, argv: list[str]) -> None:
+    """The child side of ``--sampler yappi``: run ``argv`` (``-m module ...`` or a script) as
+    ``python`` would, under yappi's CPU clock, and save the stats (pstats format) on exit."""
+    import runpy
+
+    import yappi
+
+    yappi.set_clock_type("cpu")
+    yappi.start(builtins=True)
+    try:
+        if argv[0] == "-m":
+            sys.argv = [argv[1], *argv[2:]]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = argv
+            runpy.run_path(argv[0], run_name="__main__")
+    finally:
+        yappi.stop()
+        yappi.get_func_stats().save(out, type="pstat")
+
+
+def _print_yappi(path: Path, calls: int, top: int) -> None:
+    stats = pstats.Stats(str(path))
+    raw = stats.stats  # type: ignore[attr-defined]
+    total = max(v[3] for v in raw.values())
+
+    def name(key: tuple[str, int, str]) -> str:
+        file, line, func = key
+        file = file.replace(str(ROOT) + "/", "")
+        if "site-packages/" in file:
+            file = file.split("site-packages/", 1)[1]
+        elif "/lib/python3" in file:
+            file = "stdlib/" + file.split("/lib/python3", 1)[1].split("/", 1)[-1]
+        return f"{func} ({file}:{line})"
+
+    print(f"\nyappi (CPU clock): {total:.2f} s in the whole run; per request, under yappi:")
+    for title, col in (("own", 2), ("inclusive", 3)):
+        print(f"\ntop {top} by {title} CPU time: us per request, share, calls per request")
+        rows = sorted(raw.items(), key=lambda kv: kv[1][col], reverse=True)[:top]
+        for key, v in rows:
+            print(f"{v[col] / calls * 1e6:8.1f} {100 * v[col] / total:5.1f}% "
+                  f"{v[1] / calls:6.2f}  {name(key)}")
+
+
+def _print_speedscope(path: Path, top: int) -> None:
+    """Own and inclusive sample counts per frame from a py-spy speedscope file."""
+    data = json.loads(path.read_text())
+    frames = data["shared"]["frames"]
+    own: collections.Counter[int] = collections.Counter()
+    incl: collections.Counter[int] = collections.Counter()
+    n = 0
+    for profile in data["profiles"]:
+        for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
+            n += weight
+            if stack:
+                own[stack[-1]] += weight
+            for f in set(stack):
+                incl[f] += weight
+
+    def name(i: int) -> str:
+        f = frames[i]
+        file = f.get("file", "").replace(str(ROOT) + "/", "")
+        if "site-packages/" in file:
+            file = file.split("site-packages/", 1)[1]
+        return f"{f['name']} ({file}:{f.get('line', '?')})"
+
+    print(f"\npy-spy: {n:.1f} s sampled")
+    for title, counter in (("own", own), ("inclusive", incl)):
+        print(f"\ntop {top} by {title} samples")
+        for i, c in counter.most_common(top):
+            print(f"{100 * c / n:6.1f}%  {name(i)}")
+
+
+def _times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def _compare(fake_url: str, d: Path, root: RootKey, calls: int, conc: int, rounds: int) -> None:
+    """The relay and the floor proxy in alternating rounds: CPU per call of each."""
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "ANTHROPIC_API_KEY": KEY}
+    relay, relay_url = start([sys.executable, "-m", "reference_relay", "--config",
+                              str(d / "relay.toml"), "--port", "0", "--log-level", "warning"],
+                             "listening", env=env, cwd=d)
+    proxy, proxy_url = start([sys.executable, str(ROOT / "bench" / "passthrough.py"),
+                              "--upstream", f"{fake_url}/v1", "--key", KEY, "--port", "0"],
+                             "listening")
+    token = mint(root, [cav.Budget(10**9, "USD", "month"), cav.TokenQuota(10**12, "month"),
+                        cav.App("bench")]).serialize()
+    targets = (("floor", proxy, proxy_url, KEY), ("relay", relay, relay_url, token))
+    ratios = []
+    try:
+        for _, _proc, url, auth in targets:
+            asyncio.run(load(url, "/v1/chat/completions", BODY, auth, conc, max(calls // 5, conc),
+                             0))
+        print(f"CPU per call at concurrency {conc}, {calls} calls per round (ms: user + system)")
+        for i in range(rounds):
+            got = {}
+            for name, proc, url, auth in targets:
+                u0, s0 = _times(proc.pid)
+                r = asyncio.run(load(url, "/v1/chat/completions", BODY, auth, conc, calls, 0))
+                u1, s1 = _times(proc.pid)
+                n = len(r.latencies)
+                got[name] = ((u1 - u0) / n * 1000, (s1 - s0) / n * 1000, r.errors)
+            (fu, fs, fe), (ru, rs, re_) = got["floor"], got["relay"]
+            ratios.append((ru + rs) / (fu + fs))
+            print(f"round {i + 1}: floor {fu + fs:.3f} ({fu:.3f} + {fs:.3f})  relay "
+                  f"{ru + rs:.3f} ({ru:.3f} + {rs:.3f})  logic {ru + rs - fu - fs:.3f}  "
+                  f"ratio {ratios[-1]:.2f}x" + (f"  errors {fe}+{re_}" if fe or re_ else ""))
+        print(f"ratio relay/floor: median {statistics.median(ratios):.2f}x, "
+              f"{min(ratios):.2f}-{max(ratios):.2f}; load average {os.getloadavg()[0]:.2f}")
+    finally:
+        for p in (relay, proxy):
+            p.terminate()
+            p.wait(timeout=30)
+
+
+def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "--run-under-yappi":
+        _run_under_yappi(sys.argv[2], sys.argv[3:])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=6000, help="profiled calls (default 6000)")
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--sampler", choices=["yappi", "cprofile", "py-spy", "none"],
+                        default="yappi")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --sampler none")
+    parser.add_argument("--passthrough", action="store_true",
+                        help="profile the floor proxy (bench/passthrough.py) instead")
+    parser.add_argument("--native", action="store_true",
+                        help="py-spy: include frames of C extensions (uvloop, sqlite3, json)")
+    parser.add_argument("--top", type=int, default=30, help="functions listed (default 30)")
+    parser.add_argument("--out", type=Path, help="keep the profile here (pstats or speedscope)")
+    args = parser.parse_args()
+    if args.sampler == "py-spy" and shutil.which("py-spy") is None and not (
+            Path(sys.executable).parent / "py-spy").exists():
+        raise SystemExit("py-spy is not installed: pip install py-spy")
+    tmp = Path(tempfile.mkdtemp(prefix="relay-profile-"))
+    fake, fake_url = start([sys.executable, "-m", "fake_provider", "--port", "0",
+                            "--api-key", KEY], "listening")
+    root = RootKey.generate()
+    d = _relay_dir(tmp, fake_url, root)
+    if args.sampler == "none":
+        try:
+            _compare(fake_url, d, root, args.calls, args.concurrency, args.rounds)
+        finally:
+            fake.terminate()
+            fake.wait(timeout=30)
+        return 0
+    out = args.out or tmp / ("relay.pstats" if args.sampler == "cprofile" else "relay.json")
+    if args.passthrough:
+        cmd = [str(ROOT / "bench" / "passthrough.py"), "--upstream", f"{fake_url}/v1",
+               "--key", KEY, "--port", "0"]
+        auth = KEY
+    else:
+        cmd = ["-m", "reference_relay", "--config", str(d / "relay.toml"), "--port", "0",
+               "--log-level", "warning"]
+        auth = mint(root, [cav.Budget(10**9, "USD", "month"), cav.TokenQuota(10**12, "month"),
+                           cav.App("bench")]).serialize()
+    if args.sampler == "cprofile":
+        cmd = ["-m", "cProfile", "-o", str(out), *cmd]
+    elif args.sampler == "yappi":
+        cmd = [str(Path(__file__).resolve()), "--run-under-yappi", str(out), *cmd]
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "ANTHROPIC_API_KEY": KEY}
+    server, url = start([sys.executable, *cmd], "listening", env=env, cwd=d)
+    spy: subprocess.Popen[bytes] | None = None
+    try:
+        asyncio.run(load(url, "/v1/chat/completions", BODY, auth, args.concurrency,
+                         max(args.calls // 5, args.concurrency), 0))
+        if args.sampler == "py-spy":
+            exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            spy = subprocess.Popen([exe, "record", "--pid", str(server.pid), "--rate", "1000",
+                                    "--format", "speedscope", "--output", str(out), "--gil",
+                                    "--nonblocking", *(["--native"] if args.native else [])],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)  # let it attach
+        c0 = cpu_seconds(server.pid)
+        result = asyncio.run(load(url, "/v1/chat/completions", BODY, auth, args.concurrency,
+                                  args.calls, 0))
+        cpu = cpu_seconds(server.pid) - c0
+    finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+        server.send_signal(signal.SIGINT)  # cProfile writes its file as the server returns
+        server.wait(timeout=60)
+        fake.terminate()
+        fake.wait(timeout=30)
+    n = len(result.latencies)
+    print(f"{'passthrough' if args.passthrough else 'relay'}: {n} calls at concurrency "
+          f"{args.concurrency}, {result.errors} errors, {cpu / n * 1000:.3f} ms CPU per call "
+          f"under the {args.sampler} sampler; profile in {out}")
+    if args.sampler == "cprofile":
+        _print_cprofile(out, n + max(args.calls // 5, args.concurrency), args.top)
+    elif args.sampler == "yappi":
+        _print_yappi(out, n + max(args.calls // 5, args.concurrency), args.top)
+    else:
+        _print_speedscope(out, args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
