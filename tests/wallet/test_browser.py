@@ -8,8 +8,6 @@ approvals page are saved under artifacts/screenshots/.
 
 from __future__ import annotations
 
-import http.server
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from capwallet.wallet.grants import issue_grant
 from capwallet.wallet.runner import RunningWallet
 
 from .browser_session import sign_in_page
+from .loopback_site import loopback_site
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
@@ -210,26 +209,8 @@ def test_pending_approval_approved_in_the_page(page: Any, wallet_relay: RunningW
 @pytest.fixture
 def hostile_site() -> Iterator[tuple[str, dict[str, str]]]:
     """Another web origin on this machine, serving whatever page a test puts in `pages`."""
-    pages: dict[str, str] = {}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = pages.get(self.path, "not found").encode()
-            self.send_response(200 if self.path in pages else 404)
-            self.send_header("content-type", "text/html")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a: Any) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://localhost:{server.server_address[1]}", pages
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback_site("localhost") as site:
+        yield site.url, site.pages
 
 
 def test_hostile_page_cannot_read_revoke_or_frame(

@@ -9,8 +9,6 @@ stopped by the relay's preflight. These are the browser's own CORS checks, not a
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +18,7 @@ import pytest
 from capwallet.wallet.runner import RunningWallet
 
 from .conftest import signed_in
+from .loopback_site import loopback_site
 from .oauth_helpers import answer, authorize_params, consent_page, redirect_query
 
 EXCHANGE = """async ([tokenUrl, form]) => {
@@ -40,29 +39,10 @@ MODELS = """async ([url, token]) => {
 @pytest.fixture
 def two_sites() -> Iterator[tuple[str, str]]:
     """Two origins (two ports on localhost), each serving an empty page."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b"<!doctype html><title>app</title><p>app page</p>"
-            self.send_response(200)
-            self.send_header("content-type", "text/html")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a: Any) -> None:
-            pass
-
-    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(2)]
-    for s in servers:
-        threading.Thread(target=s.serve_forever, daemon=True).start()
-    try:
-        a, b = (f"http://localhost:{s.server_address[1]}" for s in servers)
-        yield a, b
-    finally:
-        for s in servers:
-            s.shutdown()
-            s.server_close()
+    page = "<!doctype html><title>app</title><p>app page</p>"
+    with loopback_site("localhost", fallback=page) as a, \
+            loopback_site("localhost", fallback=page) as b:
+        yield a.url, b.url
 
 
 def test_only_the_granted_origin_gets_and_uses_the_token(

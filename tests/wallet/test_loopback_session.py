@@ -11,10 +11,8 @@ a grant, or approve a pending approval.
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +29,7 @@ from capwallet.wallet.grants import issue_grant
 from capwallet.wallet.runner import RunningWallet, run_async
 
 from .browser_session import sign_in_page
+from .loopback_site import LoopbackSite, loopback_site
 
 GREEDY = {"type": "capwallet_ai", "providers": ["openai"], "models": ["gpt-4o"],
           "budget": {"amount": "9000000.00", "currency": "USD", "period": "day"},
@@ -40,44 +39,12 @@ MODEST = {"type": "capwallet_ai", "providers": ["openai"], "models": ["gpt-4o-mi
           "expires_in": 86400}
 
 
-class Listener:
-    """Another program on this computer: it listens on a loopback port and records what the
-    browser sends it (the Cookie header above all)."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, str]] = []  # (path, cookie header)
-        seen = self.seen
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                seen.append((self.path, self.headers.get("cookie", "")))
-                body = b"<html><body><h1 id=got>thanks</h1></body></html>"
-                self.send_response(200)
-                self.send_header("content-type", "text/html")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def cookies(self) -> set[str]:
-        return {c for _, c in self.seen if c}
-
-
 @pytest.fixture
-def listener() -> Iterator[Listener]:
-    lst = Listener()
-    yield lst
-    lst.close()
+def listener() -> Iterator[LoopbackSite]:
+    """Another program on this computer: it listens on a loopback port (127.0.0.1, as the
+    wallet) and records what the browser sends it (the Cookie header above all)."""
+    with loopback_site(fallback="<html><body><h1 id=got>thanks</h1></body></html>") as site:
+        yield site
 
 
 def _authorize_url(wallet: RunningWallet, redirect_uri: str, details: dict[str, Any],
@@ -89,7 +56,7 @@ def _authorize_url(wallet: RunningWallet, redirect_uri: str, details: dict[str, 
     return f"{wallet.base_url}/authorize?{urlencode(params)}", verifier
 
 
-def _attack(wallet: RunningWallet, cookie: str, listener: Listener, victim: str,
+def _attack(wallet: RunningWallet, cookie: str, listener: LoopbackSite, victim: str,
             pending: str) -> list[str]:
     """Everything the listener tries with the cookie it got; returns what worked."""
     w = wallet.base_url
@@ -143,7 +110,7 @@ def _attack(wallet: RunningWallet, cookie: str, listener: Listener, victim: str,
 
 
 def test_a_leaked_cookie_is_worthless(browser: Any, wallet_relay: RunningWallet,
-                                      listener: Listener) -> None:
+                                      listener: LoopbackSite) -> None:
     w = wallet_relay
     now = int(time.time())
     victim, victim_token = issue_grant(
@@ -190,7 +157,7 @@ def test_a_leaked_cookie_is_worthless(browser: Any, wallet_relay: RunningWallet,
 
 
 def test_sign_in_returns_to_the_waiting_consent_and_sign_out_locks(
-        browser: Any, wallet_relay: RunningWallet, listener: Listener) -> None:
+        browser: Any, wallet_relay: RunningWallet, listener: LoopbackSite) -> None:
     w = wallet_relay
     context = browser.new_context()
     page = context.new_page()
