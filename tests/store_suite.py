@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from capwallet.store import (
+    Chain,
     Hold,
     LedgerEntry,
     PendingApproval,
@@ -28,6 +29,7 @@ from capwallet.store import (
     UsageTotal,
     open_store,
 )
+from capwallet.store.base import MAX_CHAINS
 
 Opener = Callable[[], Store]
 
@@ -509,3 +511,60 @@ async def test_prune_ledger_keeps_usage_and_counters(store: Store) -> None:
     assert sorted(u.cost for u in await store.usage()) == [5, 6]
     assert await store.counters(["b-t1"]) == {"b-t1": 11}
     assert await store.prune_ledger(NOW - 90 * 86400) == 0
+
+
+# -- chains (sub-task tokens) -------------------------------------------------------------------
+
+async def test_every_ledger_row_keeps_its_chain(store: Store) -> None:
+    """Settled, released, refused and lease-expired rows each name the chain that made them,
+    so a sub-task's calls can be told from its parent's (same token id)."""
+    parent, child = "a1" * 8, "b2" * 8
+    r = res(Hold("b", 10, 100), token="t1")
+    assert (await store.reserve(r)).ok
+    await store.settle(r.reservation_id, {"b": 4},
+                       dataclasses.replace(entry(cost=4), chain_id=parent))
+    r2 = res(Hold("b", 10, 100), token="t1")
+    assert (await store.reserve(r2)).ok
+    await store.release(r2.reservation_id, dataclasses.replace(entry(time=NOW + 1),
+                                                               chain_id=child))
+    await store.append_ledger(dataclasses.replace(_refusal("t1", NOW + 2), chain_id=child))
+    stale = res(Hold("b", 7, 100), token="t1", lease=NOW + 3,
+                meta={"provider": "p", "model": "m", "currency": "EUR", "cost": 7,
+                      "chain_id": child})
+    assert (await store.reserve(stale)).ok
+    assert await store.expire_leases(NOW + 4) == 1
+    rows = await store.ledger(token_ids=["t1"])
+    assert [(e.status, e.chain_id) for e in rows] == [
+        ("lease_expired", child), ("denied:model_not_allowed", child), ("ok", child),
+        ("ok", parent)]
+    await store.append_ledger(entry(time=NOW + 5, token="t2"))  # no chain given: ""
+    assert (await store.ledger(token_ids=["t2"]))[0].chain_id == ""
+
+
+async def test_a_chain_is_recorded_once_and_per_token(opener: Opener) -> None:
+    a, b = opener(), opener()  # two relay processes see the same chain
+    try:
+        first = Chain("t1", "c1" * 8, ("app Blog", "models gpt-4o-mini"), NOW)
+        assert await a.note_chain(first)
+        again = dataclasses.replace(first, caveats=("other",), first_seen=NOW + 9)
+        assert not await b.note_chain(again)  # first write wins
+        assert not await a.note_chain(first)
+        sub = Chain("t1", "d4" * 8, (*first.caveats, "budget 5 USD total"), NOW + 1)
+        assert await b.note_chain(sub)
+        assert await a.note_chain(Chain("t2", "e5" * 8, (), NOW))
+        assert await a.chains(["t1"]) == [first, sub]  # oldest first
+        assert await b.chains(["t2", "t1", "t2"]) == [first, sub, Chain("t2", "e5" * 8, (), NOW)]
+        assert await a.chains(["nobody"]) == []
+        assert await a.chains([]) == []
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_token_cannot_record_unbounded_chains(store: Store) -> None:
+    """Anyone holding a token can mint chains offline: the store keeps MAX_CHAINS of them."""
+    done = await asyncio.gather(*(store.note_chain(Chain("flood", f"{i:016x}", ("x",), NOW + i))
+                                  for i in range(MAX_CHAINS + 10)))
+    assert sum(done) == MAX_CHAINS
+    assert len(await store.chains(["flood"])) == MAX_CHAINS
+    assert await store.note_chain(Chain("other", "0" * 16, (), NOW))  # others unaffected

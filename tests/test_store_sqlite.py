@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from capwallet.store import (
+    Chain,
     Hold,
     LedgerEntry,
     PendingApproval,
@@ -456,4 +457,43 @@ def test_a_store_file_from_before_approval_kinds_gains_the_column(tmp_path: Path
             assert new is not None and new.kind == "resource_access"
         finally:
             await store.close()
+    asyncio.run(run())
+
+
+def test_a_store_file_from_before_chains_opens_and_keeps_its_rows(tmp_path: Path) -> None:
+    """A ledger without ``count`` and ``chain_id`` and no chains table (a file made before
+    either) opens: its rows read with chain "" and count 1, new rows keep their chain, chains
+    are recorded, and it opens again after that."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE ledger (seq INTEGER PRIMARY KEY AUTOINCREMENT, time INTEGER NOT NULL,"
+        " token_id TEXT NOT NULL, app TEXT NOT NULL, provider TEXT NOT NULL,"
+        " model TEXT NOT NULL, operation TEXT NOT NULL, input_tokens INTEGER NOT NULL,"
+        " output_tokens INTEGER NOT NULL, cost INTEGER NOT NULL, currency TEXT NOT NULL,"
+        " status TEXT NOT NULL, latency_ms INTEGER NOT NULL, reservation_id TEXT,"
+        " request_body TEXT, response_body TEXT);"
+        "INSERT INTO ledger (time, token_id, app, provider, model, operation, input_tokens,"
+        " output_tokens, cost, currency, status, latency_ms) VALUES"
+        " (100, 't', 'a', 'p', 'm', 'chat', 1, 2, 3, 'EUR', 'ok', 4);")
+    conn.commit()
+    conn.close()
+
+    async def run() -> None:
+        store = SQLiteStore(str(path))
+        try:
+            [old] = await store.ledger()
+            assert (old.cost, old.chain_id, old.count) == (3, "", 1)
+            await store.append_ledger(LedgerEntry(101, "t", "a", "p", "m", "chat", 0, 0, 0,
+                                                  "EUR", "denied:revoked", 0,
+                                                  chain_id="ab" * 8))
+            assert await store.note_chain(Chain("t", "ab" * 8, ("app a",), 101))
+        finally:
+            await store.close()
+        again = SQLiteStore(str(path))
+        try:
+            assert [e.chain_id for e in await again.ledger()] == ["ab" * 8, ""]
+            assert await again.chains(["t"]) == [Chain("t", "ab" * 8, ("app a",), 101)]
+        finally:
+            await again.close()
     asyncio.run(run())

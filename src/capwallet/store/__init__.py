@@ -14,6 +14,7 @@ import importlib
 from urllib.parse import urlsplit
 
 from capwallet.store.base import (
+    Chain,
     Hold,
     LedgerEntry,
     PendingApproval,
@@ -57,6 +58,6 @@ def open_store(url: str) -> Store:
 
 
 __all__ = [
-    "BACKENDS", "Hold", "LedgerEntry", "PendingApproval", "Reservation", "ReserveResult",
+    "BACKENDS", "Chain", "Hold", "LedgerEntry", "PendingApproval", "Reservation", "ReserveResult",
     "Snapshot", "Store", "StoreUnavailable", "UsageTotal", "open_store",
 ]

@@ -33,6 +33,15 @@ Semantics every backend implements (and tests/store_suite.py checks for each):
   the ledger's retention.
 * ``prune_ledger`` deletes ledger rows older than a time (the ledger's retention); it never
   touches counters, reservations or usage aggregates.
+* Chains: a ledger row names the token chain that made the call (``chain_id``, see
+  capwallet.macaroon.chain_id): an app may attenuate its token offline for a sub-task, and the
+  attenuated token keeps the token id, so the token id alone cannot tell the sub-task's calls
+  from the app's. ``note_chain`` records, once per chain, which caveats it carries (first
+  write wins, at most MAX_CHAINS per token id, so a holder minting chains offline cannot grow
+  the store without bound); ``chains`` reads them back for the wallet, which knows how many
+  caveats its grant issued and so which chains are sub-tasks. Refusal rows are compacted per
+  token, status and minute as before (a flood of fresh chains must not defeat compaction), so
+  a compacted row names the chain of its first refusal.
 * Any backend failure raises StoreUnavailable; callers deny (fail closed).
 """
 
@@ -100,6 +109,9 @@ class LedgerEntry:
     request_body: str | None = None  # only when logging "full" is allowed by token and config
     response_body: str | None = None
     count: int = 1  # calls this row stands for: >1 only for a compacted refusal row
+    # The presented token chain (capwallet.macaroon.chain_id: 16 hex, not a secret); "" in
+    # rows written before chains were recorded, and in rows of no verified token.
+    chain_id: str = ""
 
     @property
     def refused(self) -> bool:
@@ -134,6 +146,21 @@ class UsageTotal:
     calls: int
     input_tokens: int
     output_tokens: int
+
+
+MAX_CHAINS = 64  # chains recorded per token id (note_chain ignores any beyond)
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """One token chain the relay has seen (``Store.note_chain``): its caveats' signed text,
+    from which the wallet derives its effective limits and counter ids. Not a secret: it
+    cannot be used as a token (no signature)."""
+
+    token_id: str
+    chain_id: str
+    caveats: tuple[str, ...]
+    first_seen: int  # unix seconds
 
 
 class Snapshot(NamedTuple):
@@ -216,6 +243,16 @@ class Store(abc.ABC):
     async def usage(self, *, since_day: int | None = None,
                     token_ids: Sequence[str] | None = None) -> list[UsageTotal]:
         """The usage aggregates (any order), from ``since_day`` (usage_day) on."""
+
+    @abc.abstractmethod
+    async def note_chain(self, chain: Chain) -> bool:
+        """Record ``chain`` if its (token id, chain id) is new and its token has fewer than
+        MAX_CHAINS; True if this call recorded it. A chain is recorded once: later calls
+        change nothing."""
+
+    @abc.abstractmethod
+    async def chains(self, token_ids: Sequence[str]) -> list[Chain]:
+        """The recorded chains of these tokens, by token id, oldest first per token."""
 
     @abc.abstractmethod
     async def prune_ledger(self, before: int) -> int:

@@ -41,6 +41,10 @@ Key layout (hash tags in braces; every key one script touches shares one tag, so
   - ``{P:bb}:agg:cost``, ``:agg:calls``, ``:agg:in``, ``:agg:out``: the usage aggregates,
     hashes keyed by the JSON array [UTC day, token, app, provider, model, currency], added to
     by the same script that appends a settled call's row; ``prune_ledger`` never touches them.
+  - ``{P:bb}:chains:<token id>``  hash chain id -> JSON [first_seen, [caveat text, ...]]: the
+    token chains seen (``note_chain``, at most MAX_CHAINS per token; kept like revocations).
+  A ledger row is the JSON array of the entry's fields, the chain id last (rows written
+  before it existed have none: read as "").
 * ``<prefix>:ck:<counter key>`` -> bucket: lets ``counters(keys)``, which is not told the token,
   find a counter's bucket. Written before the reserve that may create the counter, with the
   same expiry; a process also remembers the mapping (it never changes).
@@ -87,6 +91,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from capwallet.store import redis_scripts as lua
 from capwallet.store.base import (
+    MAX_CHAINS,
+    Chain,
     LedgerEntry,
     PendingApproval,
     Reservation,
@@ -133,6 +139,7 @@ def _row(entry: LedgerEntry, reservation_id: str | None) -> str:
         _exact(entry.time, "time"), entry.latency_ms, entry.token_id, entry.app, entry.provider,
         entry.model, entry.operation, entry.input_tokens, entry.output_tokens, entry.cost,
         entry.currency, entry.status, reservation_id, entry.request_body, entry.response_body,
+        entry.chain_id,
     ], separators=(",", ":"), ensure_ascii=False)
 
 
@@ -169,7 +176,7 @@ def _entry(row: str, count: int = 1) -> LedgerEntry:
         time=r[0], latency_ms=r[1], token_id=r[2], app=r[3], provider=r[4], model=r[5],
         operation=r[6], input_tokens=r[7], output_tokens=r[8], cost=r[9], currency=r[10],
         status=r[11], reservation_id=r[12], request_body=r[13], response_body=r[14],
-        count=count,
+        chain_id=r[15] if len(r) > 15 else "", count=count,
     )
 
 
@@ -211,6 +218,8 @@ class RedisStore(Store):
         self._add_pending = _Script(lua.ADD_PENDING)
         self._resolve_pending = _Script(lua.RESOLVE_PENDING)
         self._list_pending = _Script(lua.LIST_PENDING)
+        self._note_chain = _Script(lua.NOTE_CHAIN)
+        self._chains = _Script(lua.CHAINS)
         # Scripts of concurrent calls waiting for the next pipelined round trip (_eval).
         self._queue: list[tuple[_Script, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -432,7 +441,7 @@ class RedisStore(Store):
             r.token_id, str(m.get("app", "")), str(m.get("provider", "")),
             str(m.get("model", "")), str(m.get("operation", "")), int(m.get("input_tokens", 0)),
             int(m.get("output_tokens", 0)), int(m.get("cost", 0)), str(m.get("currency", "")),
-            "lease_expired", r.reservation_id, None, None,
+            "lease_expired", r.reservation_id, None, None, str(m.get("chain_id", "")),
         ])
         keys = [tag + "r:" + r.reservation_id, tag + "leases", tag + "approvals"]
         argv = [r.reservation_id, _exact(r.lease_until, "lease_until"), r.approval_id or "",
@@ -692,6 +701,35 @@ class RedisStore(Store):
                 out.append(UsageTotal(int(day), token, app, provider, model, currency, total,
                                       values[0].get(field, 0), values[1].get(field, 0),
                                       values[2].get(field, 0)))
+        return out
+
+    # -- chains -----------------------------------------------------------------------------
+
+    def _chains_key(self, token_id: str) -> str:
+        return self._tag(bucket_of(token_id)) + "chains:" + token_id
+
+    async def note_chain(self, chain: Chain) -> bool:
+        """One script in the token's bucket; safe to retry (first write wins)."""
+        keys = [self._chains_key(chain.token_id)]
+        record = json.dumps([_exact(chain.first_seen, "first_seen"), list(chain.caveats)],
+                            separators=(",", ":"), ensure_ascii=False)
+
+        async def op() -> Any:
+            return await self._note_chain(self._r, keys, [chain.chain_id, record, MAX_CHAINS])
+
+        return bool(int(await self._run(op)))
+
+    async def chains(self, token_ids: Sequence[str]) -> list[Chain]:
+        wanted = sorted(set(token_ids))
+        results = await self._scripts(self._chains,
+                                      [([self._chains_key(t)], []) for t in wanted])
+        out: list[Chain] = []
+        for token_id, flat in zip(wanted, results, strict=True):
+            found = []
+            for i in range(0, len(flat), 2):
+                first_seen, caveats = json.loads(flat[i + 1])
+                found.append(Chain(token_id, _text(flat[i]), tuple(caveats), int(first_seen)))
+            out += sorted(found, key=lambda c: (c.first_seen, c.chain_id))
         return out
 
     async def prune_ledger(self, before: int) -> int:

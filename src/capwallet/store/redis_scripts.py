@@ -250,3 +250,19 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
 end
 return out
 """
+
+# KEYS: 1 the token's chains (hash chain id -> JSON [first_seen, caveats]);
+# ARGV: 1 chain id, 2 JSON record, 3 most chains a token may have
+# First write wins, and a token's chains stop at the limit. Returns 1 if recorded, else 0.
+NOTE_CHAIN = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: 1 the token's chains. A script, not HGETALL, so that the store's script runner reads
+# many tokens' chains in one pipelined round trip (and 8 at a time on a cluster).
+CHAINS = """
+return redis.call('HGETALL', KEYS[1])
+"""

@@ -47,8 +47,8 @@ makes every commit durable at the cost of an fsync each. With ``full`` every bat
 worker (its commit fsyncs), still one commit, so one fsync, per batch.
 
 What a reservation's ``meta`` should hold, for the ledger row written when its lease expires:
-``app``, ``provider``, ``model``, ``operation``, ``input_tokens``, ``output_tokens``, ``cost``
-and ``currency`` (the reserved worst case). Missing keys are logged as empty or 0.
+``app``, ``provider``, ``model``, ``operation``, ``input_tokens``, ``output_tokens``, ``cost``,
+``currency`` (the reserved worst case) and ``chain_id``. Missing keys are logged as empty or 0.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
 from capwallet.store.base import (
+    MAX_CHAINS,
+    Chain,
     Hold,
     LedgerEntry,
     PendingApproval,
@@ -80,7 +82,7 @@ from capwallet.store.base import (
 )
 
 T = TypeVar("T")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: ledger.chain_id and the chains table
 BUSY_TIMEOUT_MS = 5000
 BUSY_RETRIES = 4  # tries on the loop before a batch that finds the lock taken goes to the worker
 BUSY_RETRY_S = 0.0002  # the first try's wait; each next one waits twice as long (3 ms in all)
@@ -155,32 +157,41 @@ CREATE TABLE IF NOT EXISTS usage_daily (
     output_tokens INTEGER NOT NULL,
     PRIMARY KEY (day, token_id, app, provider, model, currency)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chains (
+    token_id TEXT NOT NULL,
+    chain_id TEXT NOT NULL,
+    caveats TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    PRIMARY KEY (token_id, chain_id)
+) WITHOUT ROWID;
 """
 
 
-def _add_ledger_count(conn: sqlite3.Connection) -> None:
-    """A store file made before refusals were compacted gets the ledger's count column."""
-    cols = {str(r[1]) for r in conn.execute("PRAGMA table_info(ledger)").fetchall()}
-    if "count" in cols:
-        return
-    try:
-        conn.execute("ALTER TABLE ledger ADD COLUMN count INTEGER NOT NULL DEFAULT 1")
-    except sqlite3.OperationalError as exc:
-        if "duplicate column" not in str(exc):
-            raise
+# Columns added after the first release, to old files and new ones alike (CREATE TABLE IF NOT
+# EXISTS leaves an old file's tables as they were): (table, column, declaration, why).
+_ADDED_COLUMNS = (
+    # refusals compacted into one row per token, status and minute
+    ("ledger", "count", "INTEGER NOT NULL DEFAULT 1"),
+    # approvals state their kind; an old file's open requests were all the relay's model calls
+    ("pending", "kind", "TEXT NOT NULL DEFAULT 'model_call'"),
+    # the token chain that made the call (old rows: '', unknown)
+    ("ledger", "chain_id", "TEXT NOT NULL DEFAULT ''"),
+)
 
 
-def _add_pending_kind(conn: sqlite3.Connection) -> None:
-    """A store file made before approvals stated their kind gets the column (its open requests
-    were all recorded by the relay, so 'model_call'). Two processes may race to add it."""
-    cols = {str(r[1]) for r in conn.execute("PRAGMA table_info(pending)").fetchall()}
-    if "kind" in cols:
-        return
-    try:
-        conn.execute("ALTER TABLE pending ADD COLUMN kind TEXT NOT NULL DEFAULT 'model_call'")
-    except sqlite3.OperationalError as exc:
-        if "duplicate column" not in str(exc):
-            raise
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Give a store file the columns added since it was made. ADD COLUMN with a constant
+    default rewrites nothing (SQLite reads the default for old rows), so opening a large old
+    file stays quick. Two processes may race to add a column: the loser's duplicate is fine."""
+    for table, column, declaration in _ADDED_COLUMNS:
+        cols = {str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})").fetchall()}
+        if column in cols:
+            continue
+        try:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise
 
 
 # Every page a transaction touches is one more WAL frame to write, so the hot tables are
@@ -194,9 +205,9 @@ def _add_pending_kind(conn: sqlite3.Connection) -> None:
 
 _LEDGER_COLUMNS = (
     "time, token_id, app, provider, model, operation, input_tokens, output_tokens, cost, "
-    "currency, status, latency_ms, reservation_id, request_body, response_body"
+    "currency, status, latency_ms, reservation_id, request_body, response_body, chain_id"
 )
-_LEDGER_INSERT = f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES ({', '.join('?' * 15)})"  # noqa: S608
+_LEDGER_INSERT = f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES ({', '.join('?' * 16)})"  # noqa: S608
 _USAGE_ADD = (
     "INSERT INTO usage_daily (day, token_id, app, provider, model, currency, cost, calls, "
     "input_tokens, output_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?) "
@@ -209,6 +220,13 @@ _USAGE_ADD = (
 _REFUSAL_ADD = (
     "UPDATE ledger SET count = count + 1 WHERE seq = (SELECT seq FROM ledger "
     "WHERE token_id = ? AND time >= ? AND time < ? AND status = ? LIMIT 1)"
+)
+# First write wins; a token's chains stop at MAX_CHAINS (params: token, chain, caveats, time,
+# token, MAX_CHAINS).
+_NOTE_CHAIN = (
+    "INSERT INTO chains (token_id, chain_id, caveats, first_seen) SELECT ?, ?, ?, ? "
+    "WHERE (SELECT count(*) FROM chains WHERE token_id = ?) < ? "
+    "ON CONFLICT (token_id, chain_id) DO NOTHING"
 )
 _INSERT_RESERVATION = (
     "INSERT INTO reservations (id, token_id, holds, lease_until, approval_id, created_at, meta) "
@@ -350,6 +368,7 @@ def _ledger_row(entry: LedgerEntry, reservation_id: str | None) -> tuple[Any, ..
         entry.time, entry.token_id, entry.app, entry.provider, entry.model, entry.operation,
         entry.input_tokens, entry.output_tokens, entry.cost, entry.currency, entry.status,
         entry.latency_ms, reservation_id, entry.request_body, entry.response_body,
+        entry.chain_id,
     )
 
 
@@ -399,8 +418,7 @@ class SQLiteStore(Store):
                 raise StoreUnavailable(f"SQLite could not switch {self.path} to WAL mode")
             # CREATE ... IF NOT EXISTS: several processes may open the same file at once.
             self._writer.executescript(_SCHEMA)
-            _add_pending_kind(self._writer)
-            _add_ledger_count(self._writer)
+            _add_columns(self._writer)
             self._writer.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._reader = _connect(self.path, synchronous)
             self._fast: sqlite3.Connection | None = None
@@ -712,6 +730,7 @@ class SQLiteStore(Store):
                     output_tokens=int(m.get("output_tokens", 0)),
                     cost=int(m.get("cost", 0)), currency=str(m.get("currency", "")),
                     status="lease_expired", latency_ms=max(now - int(created_at), 0) * 1000,
+                    chain_id=str(m.get("chain_id", "")),
                 )
                 # The counters already hold the reserved amounts: closing the reservation
                 # without a delta charges exactly the worst case.
@@ -781,6 +800,27 @@ class SQLiteStore(Store):
             sql += " WHERE " + " AND ".join(where)
         return [UsageTotal(*r) for r in self._read(sql, params)]
 
+    # -- chains -----------------------------------------------------------------------------
+
+    async def note_chain(self, chain: Chain) -> bool:
+        params = (chain.token_id, chain.chain_id, _compact(list(chain.caveats)),
+                  chain.first_seen, chain.token_id, MAX_CHAINS)
+
+        def txn(c: sqlite3.Cursor) -> bool:
+            return c.execute(_NOTE_CHAIN, params).rowcount == 1
+
+        return await self._write(txn)
+
+    async def chains(self, token_ids: Sequence[str]) -> list[Chain]:
+        wanted = list(dict.fromkeys(token_ids))
+        if not wanted:
+            return []
+        where, params = _filter(wanted, "first_seen", None)
+        rows = self._read("SELECT token_id, chain_id, caveats, first_seen FROM chains WHERE "  # noqa: S608
+                          + " AND ".join(where) + " ORDER BY token_id, first_seen, chain_id",
+                          params)
+        return [Chain(r[0], r[1], tuple(json.loads(r[2])), r[3]) for r in rows]
+
     async def prune_ledger(self, before: int) -> int:
         def txn(c: sqlite3.Cursor) -> int:
             return int(c.execute("DELETE FROM ledger WHERE time < ?", (before,)).rowcount)
@@ -804,7 +844,7 @@ class SQLiteStore(Store):
                 time=r[0], token_id=r[1], app=r[2], provider=r[3], model=r[4], operation=r[5],
                 input_tokens=r[6], output_tokens=r[7], cost=r[8], currency=r[9], status=r[10],
                 latency_ms=r[11], reservation_id=r[12], request_body=r[13], response_body=r[14],
-                count=r[15],
+                chain_id=r[15], count=r[16],
             )
             for r in self._read(sql, params)
         ]
