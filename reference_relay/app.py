@@ -56,6 +56,7 @@ from capwallet.store import (
 from capwallet.verify import Decision, Request, Verifier
 from reference_relay.body import parse_body
 from reference_relay.calls import Call
+from reference_relay.chains import ChainNotes
 from reference_relay.config import ModelConfig, ProviderConfig, RelayConfig
 from reference_relay.errors import (
     BAD_HOST,
@@ -331,6 +332,7 @@ class Relay:
         self.redactor = REDACTOR
         self.tasks: set[asyncio.Task[Any]] = set()
         self.sweeper: asyncio.Task[None] | None = None
+        self.chains = ChainNotes(self.store, self.spawn)
         self.index: dict[str, list[tuple[ProviderConfig, ModelConfig]]] = {}
         for p in config.providers:
             for m in p.models.values():
@@ -533,6 +535,7 @@ class Relay:
             alive = self.verifier.verify(token, Request(origin=origin), now, {}, revoked)
             if not alive.allowed and alive.reason is not None:
                 raise RelayError(alive.reason.value, alive.message)
+        self.chains.note(v, now)  # once per chain: which sub-task token made the call
         raw = await self.body(headers, receive)
         body = parse_body(raw)  # duplicate keys, non-UTF-8, NaN: refused (reference_relay.body)
         model_id = body.get("model", getattr(ep, "default_model", None))
@@ -575,7 +578,7 @@ class Relay:
         if not decision.allowed:
             extra = _counter_extra(decision)
             return await self.deny(decision, ep, provider, model, app_name, digest, raw,
-                                   path, rates, now, extra)
+                                   path, rates, now, extra, v.chain_id)
         key = self.provider_keys(provider.id)
         if not key and provider.api_key_env:
             raise provider_key_missing(provider)
@@ -599,13 +602,13 @@ class Relay:
             meta={"app": app_name, "provider": provider.id, "model": model.id,
                   "operation": ep.operation, "input_tokens": prepared.input.tokens,
                   "output_tokens": prepared.output_tokens, "cost": worst_ledger,
-                  "currency": ledger_currency},
+                  "currency": ledger_currency, "chain_id": v.chain_id},
         )
         result = await self.store.reserve(reservation)
         if not result.ok:
             err = self.reserve_error(decision, limits, result.failed_counter, result.used,
                                      result.approval_used, rates, now)
-            self.record_denial(tid, app_name, provider, model, ep, err.code, now)
+            self.record_denial(tid, app_name, provider, model, ep, err.code, now, v.chain_id)
             return error_response(err, ep.errors)
         call = Call(
             store=self.store, upstream=self.upstream, converter=self.converter,
@@ -615,7 +618,7 @@ class Relay:
             ledger_currency=ledger_currency, key=key, started=started,
             log_bodies=self.config.log_bodies and limits.logging == "full",
             max_log_bytes=self.config.max_log_body_bytes, request_body=raw,
-            forward_headers=fwd,
+            forward_headers=fwd, chain_id=v.chain_id,
             response_headers={**dict(prepared.headers),
                               **({"x-capwallet-fx": "; ".join(rates)} if rates else {})},
         )
@@ -684,7 +687,7 @@ class Relay:
     async def deny(self, decision: Decision, ep: Endpoint, provider: ProviderConfig,
                    model: ModelConfig, app_name: str, digest: bytes | None, raw: bytes,
                    path: str, rates: list[str], now: int,
-                   extra: dict[str, Any] | None = None) -> Response:
+                   extra: dict[str, Any] | None = None, chain_id: str = "") -> Response:
         reason = decision.reason
         code = reason.value if reason is not None else INTERNAL_ERROR
         message = decision.message
@@ -711,17 +714,20 @@ class Relay:
                         f"the same request with the header X-Capwallet-Approval: cwa1_...")
             headers["x-capwallet-approval-request"] = pid
         if decision.token_id is not None:
-            self.record_denial(decision.token_id, app_name, provider, model, ep, code, now)
+            self.record_denial(decision.token_id, app_name, provider, model, ep, code, now,
+                               chain_id)
         return error_response(RelayError(code, message, extra=extra, headers=headers), ep.errors)
 
     def record_denial(self, token_id: str, app_name: str, provider: ProviderConfig,
-                      model: ModelConfig, ep: Endpoint, code: str, now: int) -> None:
+                      model: ModelConfig, ep: Endpoint, code: str, now: int,
+                      chain_id: str = "") -> None:
         """One ledger row for a refused call, written off the request path."""
         async def write() -> None:
             await self.store.append_ledger(LedgerEntry(
                 time=now, token_id=token_id, app=app_name, provider=provider.id, model=model.id,
                 operation=ep.operation, input_tokens=0, output_tokens=0, cost=0,
-                currency=model.price.currency, status=f"denied:{code}", latency_ms=0))
+                currency=model.price.currency, status=f"denied:{code}", latency_ms=0,
+                chain_id=chain_id))
             log.info("denied token=%s model=%s reason=%s", token_id, model.id, code)
 
         self.spawn(write())

@@ -79,6 +79,7 @@ class Call:
     request_body: bytes
     forward_headers: dict[str, str] = field(default_factory=dict)  # anthropic-version/-beta
     response_headers: dict[str, str] = field(default_factory=dict)  # e.g. the exchange rate
+    chain_id: str = ""  # the presented token chain (reference_relay.chains)
     _settled: bool = False
 
     # -- money ------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ class Call:
             currency=self.ledger_currency, status=status,
             latency_ms=int((time.perf_counter() - self.started) * 1000),
             reservation_id=self.reservation_id, request_body=text(self.request_body),
-            response_body=text(response_body),
+            response_body=text(response_body), chain_id=self.chain_id,
         )
 
     def _log(self, e: LedgerEntry) -> None:

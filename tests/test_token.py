@@ -150,3 +150,24 @@ def test_mint_and_attenuate_never_produce_an_overlong_token(root_key: RootKey) -
     assert Token.parse(six.serialize()) == six
     with pytest.raises(ValueError, match="8192"):
         six.attenuate(big[:1])
+
+
+def test_chain_id_names_each_chain_and_cannot_be_used_as_one(root_key: RootKey) -> None:
+    """The ledger's public name for a chain: 8 bytes of SHA-256 of its signature, in hex. A
+    sub-task's attenuated token shares its parent's token id but not its chain id; the id
+    holds neither the signature nor anything of the token text."""
+    import hashlib
+
+    from capwallet.verify import Verifier
+
+    parent = mint(root_key, [cav.Models(("gpt-4o-mini",))], now=NOW)
+    child = parent.attenuate([cav.MaxOutputTokens(10)])
+    assert parent.chain_id == hashlib.sha256(parent.raw.signature).hexdigest()[:16]
+    assert macaroon.chain_id(parent.raw.signature) == parent.chain_id
+    assert len(parent.chain_id) == 16 and int(parent.chain_id, 16) >= 0
+    assert child.token_id == parent.token_id and child.chain_id != parent.chain_id
+    assert Token.parse(child.serialize()).chain_id == child.chain_id  # stable across parsing
+    assert parent.raw.signature.hex()[:16] != parent.chain_id
+    assert parent.chain_id not in parent.serialize()
+    v = Verifier({root_key.key_id: root_key.secret}).check_token(child.serialize())
+    assert (v.chain_id, v.caveats) == (child.chain_id, child.raw_caveats)

@@ -14,6 +14,7 @@ EOS; first-party caveats only (identifier then EOS, no location, no verification
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -54,6 +55,18 @@ def chain(root_key: bytes, identifier: bytes, caveats: tuple[bytes, ...] | list[
 def extend(signature: bytes, caveat: bytes) -> bytes:
     """Attenuation: the signature after appending one first-party caveat (no key needed)."""
     return hmac.digest(signature, caveat, "sha256")
+
+
+CHAIN_ID_BYTES = 8
+
+
+def chain_id(signature: bytes) -> str:
+    """A short public name for one token chain: the first 8 bytes of SHA-256 of its
+    signature, in hex. Every attenuation changes the signature, so a sub-task's token and the
+    token it came from (which share the token id) get different names. It is not a secret:
+    the signature cannot be recovered from a hash of it, and without the signature nothing
+    can be appended, so the relay may log it where it must never log the token."""
+    return hashlib.sha256(signature).digest()[:CHAIN_ID_BYTES].hex()
 
 
 def _put_varint(out: bytearray, value: int) -> None:

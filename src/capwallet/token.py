@@ -64,6 +64,11 @@ class Token:
     def raw_caveats(self) -> tuple[bytes, ...]:
         return self.raw.caveats
 
+    @property
+    def chain_id(self) -> str:
+        """This chain's public name (capwallet.macaroon.chain_id), as the ledger records it."""
+        return macaroon.chain_id(self.raw.signature)
+
     def caveats(self) -> list[cav.Caveat]:
         """Decoded caveats in token order; raises TokenError(unknown_/invalid_caveat)."""
         return cav.decode_all(self.raw.caveats)

@@ -140,20 +140,26 @@ class VerifiedToken:
 
     It also memoises, per UTC minute, the counter keys of the token's counters, since every
     period boundary falls on a minute boundary (time zone offsets are whole minutes).
+    ``chain_id`` names the chain (capwallet.macaroon.chain_id) and ``caveats`` are its raw
+    caveats, so that a relay can tell a sub-task's attenuated token from its parent's.
     """
 
     __slots__ = (
-        "_minute", "_windows", "issued_at", "key_id", "limits", "token_id", "token_id_hex"
+        "_minute", "_windows", "caveats", "chain_id", "issued_at", "key_id", "limits",
+        "token_id", "token_id_hex",
     )
 
     def __init__(
-        self, token_id: bytes, issued_at: int, limits: EffectiveLimits, key_id: bytes
+        self, token_id: bytes, issued_at: int, limits: EffectiveLimits, key_id: bytes,
+        chain_id: str = "", caveats: tuple[bytes, ...] = (),
     ) -> None:
         self.token_id = token_id
         self.token_id_hex = token_id.hex()
         self.issued_at = issued_at
         self.limits = limits
         self.key_id = key_id
+        self.chain_id = chain_id
+        self.caveats = caveats
         self._minute = -1
         self._windows: tuple[tuple[CounterLimit, str, int | None], ...] = ()
 
@@ -215,7 +221,8 @@ class Verifier:
         decoded = list(zip(token.raw.caveats, cav.decode_all(token.raw.caveats), strict=True))
         tid = token.identifier.token_id
         limits = effective(tid, decoded)
-        verified = VerifiedToken(tid, token.identifier.issued_at, limits, token.identifier.key_id)
+        verified = VerifiedToken(tid, token.identifier.issued_at, limits, token.identifier.key_id,
+                                 macaroon.chain_id(token.raw.signature), token.raw.caveats)
         if self.cache_size > 0:
             if len(self._cache) >= self.cache_size:  # evict the oldest entry (FIFO)
                 self._cache.pop(next(iter(self._cache)), None)
