@@ -299,7 +299,8 @@ def test_consent_prices_warnings_unlimited_and_layout(page: Any,
 def test_dashboard_every_currency_quota_words_and_mobile(page: Any,
                                                          wallet_relay: RunningWallet) -> None:
     """Spend in USD and EUR each get a chart (none dropped), whose axis labels fit; a grant
-    with only a token quota shows the quota, not 'no limits'; refusals are in words; amounts
+    with only a token quota shows the quota, not 'no limits'; a sub-task's token's calls show
+    under its grant, marked, with its own limits; refusals are in words; amounts
     are short with the exact value in a tooltip; a per-day breakdown by app and model; at
     390 px the page does not scroll sideways."""
     ctx, now = wallet_relay.ctx, int(time.time())
@@ -332,6 +333,18 @@ def test_dashboard_every_currency_quota_words_and_mobile(page: Any,
         lefts = chart.evaluate("svg => [...svg.querySelectorAll('text.tick')]"
                                ".map(t => t.getBBox().x)")
         assert min(lefts) >= 0, (currency, lefts)
+    # The sub-task's calls: under its grant, marked, with its own limits (issue 14).
+    sub_id = Token.parse(child).chain_id
+    sub = page.locator(f"#grant-{Token.parse(usd).token_id} #subtask-{sub_id}")
+    expect(sub).to_have_count(1)
+    text = sub.inner_text()
+    assert "sub-task" in text and sub_id[:8] in text and "1 recent call" in text
+    assert "of 0.05 USD in total" in text and "models: gpt-4o-mini" in text
+    assert sub.locator("svg.meter").count() == 1
+    assert page.locator(f"#grant-{Token.parse(eur).token_id} .subtask").count() == 0
+    marked = page.locator("#recent tr.subtask-call")
+    assert marked.count() == 1 and f"sub-task {sub_id[:8]}" in marked.inner_text()
+    sub.locator("xpath=..").screenshot(path=str(SHOTS / "dashboard-subtask.png"))
     quota_card = page.locator(f"#grant-{Token.parse(quota).token_id}")
     assert "at most 100,000 model tokens per day" in quota_card.inner_text()
     assert "no spending limit" not in quota_card.inner_text()

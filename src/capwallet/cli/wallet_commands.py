@@ -377,6 +377,16 @@ def cmd_apps(args: Any) -> int:
             printable(granted, 36), spend, printable(", ".join(r.models_used) or "-", 30),
             _short(r.last_use), state,
         ])
+        for t in r.subtasks:  # under its grant, marked, with its own limits
+            tlim = t.limits
+            table.append([
+                "  sub-task", t.chain_id[:12],
+                printable(", ".join(sorted(tlim.providers)) if tlim.providers else "any", 20),
+                printable(", ".join(sorted(tlim.models)) if tlim.models else "any model", 36),
+                "; ".join([b.text() for b in t.budgets] + [c.text() for c in t.counters])
+                or "the grant's", f"{t.calls} recent call" + ("s" if t.calls != 1 else ""),
+                _short(t.last_use), _short(tlim.expires),
+            ])
     print(_table(["APP", "ID", "PROVIDERS", "MODELS GRANTED", "SPENT / LIMITS", "MODELS USED",
                   "LAST USE", "EXPIRES"], table))
     return 0
@@ -412,7 +422,9 @@ def cmd_usage(args: Any) -> int:
         return 0
     print(_table(
         ["TIME (UTC)", "APP", "MODEL", "IN", "OUT", "COST", "STATUS"],
-        [[_short(c.entry.time), printable(c.app, 24), printable(c.entry.model or "-", 30),
+        [[_short(c.entry.time),
+          printable(c.app, 24) + (f" (sub-task {c.entry.chain_id[:8]})" if c.subtask else ""),
+          printable(c.entry.model or "-", 30),
           str(c.entry.input_tokens), str(c.entry.output_tokens),
           format_micros(c.entry.cost, c.entry.currency) if c.entry.currency else "-",
           printable(c.entry.status + (f" x{c.entry.count}" if c.entry.count > 1 else ""),

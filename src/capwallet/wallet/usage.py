@@ -9,6 +9,14 @@ aggregates the store keeps on settlement (Store.usage), never from counting ledg
 ledger is pruned after its retention and anyone can add refusal rows to it, so a count of its
 newest rows could be emptied by one app's flood of refused calls (issue 13 F5). The ledger
 only gives the list of recent calls.
+
+Sub-tasks: an app may attenuate its token for a sub-task; the relay records which chain made
+each call (LedgerEntry.chain_id) and each chain's caveats once (Store.chains). A chain with
+more caveats than the wallet issued for the grant is a sub-task (the same token id with the
+issued number of caveats can only be the issued token: nothing can be changed in a chain
+without the root key, only appended). It is shown under its grant with its own limits: the
+effective limits of its whole chain, its own counters (those its added caveats created) read
+from the store like the grant's.
 """
 
 from __future__ import annotations
@@ -18,9 +26,11 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from capwallet import caveats as cav
+from capwallet.limits import CounterLimit, EffectiveLimits, counter_id, effective
 from capwallet.money import MICROS_PER_MINOR, format_micros, format_minor
 from capwallet.periods import period_key
-from capwallet.store.base import LedgerEntry, Store, UsageTotal, usage_day
+from capwallet.store.base import Chain, LedgerEntry, Store, UsageTotal, usage_day
 from capwallet.wallet.grants import Grant, GrantStore
 
 RECENT_LIMIT = 1_000  # recent calls shown; figures come from the aggregates
@@ -47,6 +57,77 @@ class BudgetUse:
                 f"{format_minor(self.limit, self.currency)} {per}")
 
 
+@dataclass(frozen=True, slots=True)
+class CounterUse:
+    """A quota or rate counter's use this period (budgets are BudgetUse)."""
+
+    used: int
+    limit: int
+    kind: str  # quota | rate
+    period: str
+
+    def text(self) -> str:
+        per = {"total": "in total", "minute": "this minute", "day": "today"}.get(
+            self.period, f"this {self.period}")
+        unit = "requests" if self.kind == "rate" else "model tokens"
+        return f"{self.used:,} of {self.limit:,} {unit} {per}"
+
+
+@dataclass
+class SubTask:
+    """Calls made with a token the app attenuated from its grant's (see the module docstring).
+
+    ``limits`` are the chain's effective limits (never wider than the grant's); ``added`` the
+    caveats it appended to its parent (the grant, or the sub-task it was narrowed from);
+    ``budgets`` and ``counters`` the use of the counters those caveats created (its parents'
+    counters are debited too, and shown on them; its own also count its sub-tasks' calls).
+    ``calls``, ``spend`` and ``last_use`` count its calls in the recent-calls window."""
+
+    chain: Chain
+    limits: EffectiveLimits
+    added: tuple[str, ...]
+    parent: str | None = None  # chain id of the sub-task it was attenuated from, if any
+    budgets: list[BudgetUse] = field(default_factory=list)
+    counters: list[CounterUse] = field(default_factory=list)
+    calls: int = 0
+    spend: dict[str, int] = field(default_factory=dict)  # currency -> microunits
+    last_use: int | None = None
+
+    @property
+    def chain_id(self) -> str:
+        return self.chain.chain_id
+
+    def words(self) -> list[str]:
+        """Its limits in words, narrowest first: its own counters, then what it may use."""
+        lim = self.limits
+        out = [b.text() for b in self.budgets] + [c.text() for c in self.counters]
+        if lim.models is not None:
+            out.append("models: " + (", ".join(sorted(lim.models)) or "none"))
+        if lim.providers is not None:
+            out.append("providers: " + (", ".join(sorted(lim.providers)) or "none"))
+        if lim.max_output_tokens is not None:
+            out.append(f"up to {lim.max_output_tokens:,} output tokens per call")
+        if lim.max_input_tokens is not None:
+            out.append(f"up to {lim.max_input_tokens:,} input tokens per call")
+        if lim.expires is not None:
+            out.append("expires " + dt.datetime.fromtimestamp(
+                lim.expires, dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chain_id": self.chain_id, "parent": self.parent,
+            "first_seen": self.chain.first_seen, "caveats_added": list(self.added),
+            "limits": self.limits.to_json(),
+            "budgets": [{"spent": b.spent, "limit": b.limit, "currency": b.currency,
+                         "period": b.period} for b in self.budgets],
+            "counters": [{"kind": c.kind, "used": c.used, "limit": c.limit,
+                          "period": c.period} for c in self.counters],
+            "recent_calls": self.calls, "recent_spend": dict(sorted(self.spend.items())),
+            "last_use": self.last_use, "words": self.words(),
+        }
+
+
 @dataclass
 class AppRow:
     grant: Grant
@@ -54,6 +135,7 @@ class AppRow:
     models_used: list[str] = field(default_factory=list)
     last_use: int | None = None
     calls: int = 0
+    subtasks: list[SubTask] = field(default_factory=list)
 
     @property
     def app(self) -> str:
@@ -71,6 +153,7 @@ class AppRow:
             "budgets": [{"spent": b.spent, "limit": b.limit, "currency": b.currency,
                          "period": b.period} for b in self.budgets],
             "models_used": self.models_used, "last_use": self.last_use, "calls": self.calls,
+            "subtasks": [t.to_json() for t in self.subtasks],
         }
 
 
@@ -78,6 +161,7 @@ class AppRow:
 class Call:
     entry: LedgerEntry
     app: str
+    subtask: bool = False  # made with a sub-task's token (entry.chain_id names it)
 
     @property
     def is_model_call(self) -> bool:
@@ -94,6 +178,7 @@ class Call:
             "model": e.model, "operation": e.operation, "input_tokens": e.input_tokens,
             "output_tokens": e.output_tokens, "cost": e.cost, "currency": e.currency,
             "status": e.status, "latency_ms": e.latency_ms, "count": e.count,
+            "chain_id": e.chain_id or None, "subtask": self.subtask,
         }
 
 
@@ -204,21 +289,37 @@ async def snapshot(
     first_day = usage_day(now) - days + 1
     entries = await store.ledger(since=since, limit=RECENT_LIMIT)
     totals = await store.usage(since_day=first_day)
+    subtasks = subtasks_of(all_grants, await store.chains(list(by_id)) if by_id else [])
     keys: list[str] = []
     for g in all_grants:
-        for b in g.limits.budgets:
-            keys.append(f"{b.counter_id}/{period_key(b.period, now, b.tz)}")
+        keys += [_key(b, now) for b in g.limits.budgets]
+    for t in subtasks.values():
+        keys += [_key(c, now) for c in _own_counters(t)]
     used = await store.counters(keys) if keys else {}
     rows: dict[str, AppRow] = {}
     for g in all_grants:
         app_row = AppRow(g)
         for b in g.limits.budgets:
-            spent = used.get(f"{b.counter_id}/{period_key(b.period, now, b.tz)}", 0)
-            app_row.budgets.append(BudgetUse(spent, b.limit, b.unit, b.period))
+            app_row.budgets.append(BudgetUse(used.get(_key(b, now), 0), b.limit, b.unit,
+                                             b.period))
         rows[g.grant_id] = app_row
+    for t in sorted(subtasks.values(), key=lambda t: (t.chain.first_seen, t.chain_id)):
+        for c in _own_counters(t):
+            n = used.get(_key(c, now), 0)
+            if c.kind == "budget":
+                t.budgets.append(BudgetUse(n, c.limit, c.unit, c.period))
+            else:
+                t.counters.append(CounterUse(n, c.limit, c.kind, c.period))
+        rows[t.chain.token_id].subtasks.append(t)
     calls: list[Call] = []
     for e in entries:
-        calls.append(Call(e, _app_name(by_id, e.token_id, e.app)))
+        sub = subtasks.get((e.token_id, e.chain_id))
+        calls.append(Call(e, _app_name(by_id, e.token_id, e.app), sub is not None))
+        if sub is not None and e.provider and not e.refused:
+            sub.calls += e.count
+            if e.currency:
+                sub.spend[e.currency] = sub.spend.get(e.currency, 0) + e.cost
+            sub.last_use = max(sub.last_use or 0, e.time)
         used_by = rows.get(e.token_id)
         if used_by is not None and e.provider and not e.refused and (
                 used_by.last_use is None or e.time > used_by.last_use):
@@ -235,6 +336,44 @@ async def snapshot(
         # a day's start when the call itself has left the recent list (or the ledger)
         used_by.last_use = max(used_by.last_use or 0, u.day * 86400)
     return Snapshot(now=now, apps=list(rows.values()), calls=calls, days=days, usage=usage)
+
+
+def subtasks_of(grants: list[Grant], chains: list[Chain]) -> dict[tuple[str, str], SubTask]:
+    """(token id, chain id) -> SubTask for every recorded chain that extends its grant's
+    issued caveats (the issued chain itself, and chains of unknown grants, are left out)."""
+    issued = {g.grant_id: g.caveat_text for g in grants}
+    out: dict[tuple[str, str], SubTask] = {}
+    for c in chains:
+        base = issued.get(c.token_id)
+        if base is None or len(c.caveats) <= len(base) or c.caveats[:len(base)] != base:
+            continue
+        raw = [t.encode("utf-8") for t in c.caveats]
+        try:
+            limits = effective(bytes.fromhex(c.token_id), [(r, cav.decode(r)) for r in raw])
+        except ValueError:  # a record this wallet cannot read: not shown, never guessed
+            continue
+        out[(c.token_id, c.chain_id)] = SubTask(c, limits, c.caveats[len(base):])
+    for t in out.values():  # the longest other sub-task its caveats extend, if any
+        longest = 0
+        for o in out.values():
+            n = len(o.chain.caveats)
+            if (o.chain.token_id == t.chain.token_id and longest < n < len(t.chain.caveats)
+                    and t.chain.caveats[:n] == o.chain.caveats):
+                t.parent, longest = o.chain_id, n
+        if longest:  # what it adds to the sub-task it was narrowed from
+            t.added = t.chain.caveats[longest:]
+    return out
+
+
+def _own_counters(t: SubTask) -> list[CounterLimit]:
+    """The sub-task's counters that its added caveats created (the grant shows its own)."""
+    token = bytes.fromhex(t.chain.token_id)
+    own = {counter_id(token, r.encode("utf-8")) for r in t.added}
+    return [c for c in t.limits.counters if c.counter_id in own]
+
+
+def _key(c: CounterLimit, now: int) -> str:
+    return f"{c.counter_id}/{period_key(c.period, now, c.tz)}"
 
 
 def _app_name(by_id: dict[str, Grant], token_id: str, recorded: str) -> str:
