@@ -29,16 +29,21 @@ def npm_installed() -> None:
                        capture_output=True, timeout=600)
 
 
-def test_node_unit_tests_pass() -> None:
-    npm_installed()
-    done = subprocess.run([_tool("node"), "--test", "js/test/"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+def node_tests(target: str, env: dict[str, str] | None = None) -> int:
+    """Run Node's test runner on ``target`` from the repository root; every test must pass.
+    Returns how many passed."""
+    done = subprocess.run([_tool("node"), "--test", target], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     passed = re.search(r"^# pass (\d+)$", done.stdout, re.M)
     failed = re.search(r"^# fail (\d+)$", done.stdout, re.M)
-    assert passed and failed, done.stdout[-2000:]
-    assert int(failed.group(1)) == 0
-    assert int(passed.group(1)) >= 10
+    assert passed and failed and int(failed.group(1)) == 0, done.stdout[-2000:]
+    return int(passed.group(1))
+
+
+def test_node_unit_tests_pass() -> None:
+    npm_installed()
+    assert node_tests("js/test/") >= 10
 
 
 def test_type_declarations_compile() -> None:
