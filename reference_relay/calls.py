@@ -28,12 +28,12 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from capwallet.store import LedgerEntry, Store, StoreUnavailable
 from capwallet.verify import Debit
@@ -46,11 +46,11 @@ from reference_relay.routes import Endpoint, Prepared
 from reference_relay.upstream import Upstream, transport_error, upstream_status_error
 
 log = logging.getLogger("reference_relay.calls")
-STREAM_QUEUE = 64
-# How long a stream's pump waits for the response head to go out before it meters and queues
-# the provider's first burst (see _StreamPump.run); a safety bound, the head normally goes out
-# within a few event loop turns.
+# How long a stream's pump, once the provider has answered, waits for the response to hand it
+# the app's connection (_StreamPump.answer); a safety bound: the response runs as soon as the
+# handler returns it, before any provider can answer. Past it the app is taken as gone.
 HEAD_WAIT = 0.5
+_SSE_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
 _PASS_HEADERS = ("x-request-id", "request-id", "openai-processing-ms")
 
 
@@ -253,16 +253,10 @@ class Call:
                                 settlement, self.spawn)
 
     async def _run_stream(self) -> Response:
+        """Start the pump and return at once: the response waits for the provider's answer
+        itself, and the pump sends the head and each metered piece straight to the app."""
         pump = _StreamPump(self)
         self.spawn(pump.run())
-        outcome = await asyncio.shield(pump.ready)
-        if outcome is not None:
-            err, passthrough = outcome
-            if passthrough is not None:
-                return Response(passthrough, status_code=err.status,
-                                media_type="application/json",
-                                headers={"x-capwallet-reason": err.code})
-            return error_response(err, self.endpoint.errors)
         return _RelayStream(pump)
 
 
@@ -293,36 +287,98 @@ class _SettleAfterSend(Response):
 
 
 class _StreamPump:
-    """Reads the upstream stream to its end whatever the client does, then settles."""
+    """Reads the provider's stream to its end whatever the app does: meters each piece and
+    sends it on at once (while the app is there), then settles.
+
+    It sends from its own task, through the app's ASGI ``send`` that the response hands it
+    (``answer``): the head goes out as soon as the provider's has arrived, and each piece as
+    soon as it is metered, with no queue and no task switch between the provider and the app
+    (each was a turn of the event loop before the app's first byte). The response's task only
+    waits, and listens for the app's disconnect. A slow app slows the pump (a send waits for
+    the connection to drain), never what is metered: every byte read is metered before it is
+    sent, and after a disconnect the pump reads and meters to the end without sending.
+    """
 
     def __init__(self, call: Call) -> None:
         self.call = call
-        loop = asyncio.get_running_loop()
-        self.ready: asyncio.Future[tuple[RelayError, bytes | None] | None] = loop.create_future()
-        # Set once the response head is sent to the app (or the app is gone).
-        self.head_sent: asyncio.Future[None] = loop.create_future()
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(STREAM_QUEUE)
+        self._loop = asyncio.get_running_loop()
+        # The provider's verdict once its status is in: None (the stream follows, sent by the
+        # pump) or the error, with a body to pass through, that the response sends instead.
+        self.ready: asyncio.Future[tuple[RelayError, bytes | None] | None] = (
+            self._loop.create_future())
+        self.send: Send | None = None  # the app's, once the response runs
+        self._attached: asyncio.Future[None] | None = None  # the pump waits for `send`
+        self._waiter: asyncio.Future[None] | None = None  # the response waits for `ready`
+        self._over: asyncio.Future[None] = self._loop.create_future()  # and then for the end
+        self.head_sent = False
         self.client_gone = False
         self.finished = False
         self.log_buf = bytearray() if call.log_bodies else None
-        self.headers: dict[str, str] = {}  # the provider's request id, passed on
+
+    # -- the response's side ------------------------------------------------------------------
+
+    async def answer(self, send: Send) -> tuple[RelayError, bytes | None] | None:
+        """Hand the pump the app's ``send`` and wait for the provider's verdict (on a future of
+        the response's own: cancelling the response leaves the pump's state intact)."""
+        self.send = send
+        if self._attached is not None and not self._attached.done():
+            self._attached.set_result(None)
+        if not self.ready.done():
+            self._waiter = self._loop.create_future()
+            await self._waiter
+        return self.ready.result()
+
+    async def over(self) -> None:
+        """Wait until the pump has sent the last byte, or the app is gone."""
+        if not self._over.done():
+            await self._over
+
+    def client_closed(self) -> None:
+        """The app's side ended (normally or not): stop sending to it, end the response."""
+        if not self.finished:
+            self.client_gone = True
+        if self._attached is not None and not self._attached.done():
+            self._attached.set_result(None)
+        if not self._over.done():
+            self._over.set_result(None)
+
+    # -- the pump -------------------------------------------------------------------------------
+
+    def _verdict(self, outcome: tuple[RelayError, bytes | None] | None) -> None:
+        self.ready.set_result(outcome)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _to_app(self, message: Message) -> None:
+        if self.client_gone or self.send is None:
+            return
+        try:
+            await self.send(message)
+        except Exception as exc:  # OSError: the app went away mid-send
+            if not isinstance(exc, OSError):
+                log.error("sending a stream to the app failed token=%s: %s",
+                          self.call.token_id, type(exc).__name__)
+            self.client_closed()
+
+    async def _start(self, headers: dict[str, str]) -> None:
+        """Send the response head: the provider's request id and the relay's own headers."""
+        if self.send is None:  # not yet handed over (see HEAD_WAIT)
+            self._attached = self._loop.create_future()
+            await asyncio.wait((self._attached,), timeout=HEAD_WAIT)
+            if self.send is None:
+                self.client_closed()
+                return
+        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in
+               {"cache-control": "no-cache", **headers, **self.call.response_headers}.items()]
+        raw.append(_SSE_TYPE)
+        self.head_sent = True
+        await self._to_app({"type": "http.response.start", "status": 200, "headers": raw})
 
     async def emit(self, data: bytes) -> None:
         if self.log_buf is not None and len(self.log_buf) < self.call.max_log_bytes:
             self.log_buf += data
-        if not self.client_gone:
-            await self.queue.put(data)
-
-    def client_closed(self) -> None:
-        """The client side ended (normally or not): stop queueing for it, and wake the
-        response loop if it is waiting for the next piece."""
-        if not self.finished:
-            self.client_gone = True
-        if not self.head_sent.done():
-            self.head_sent.set_result(None)
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        self.queue.put_nowait(None)
+        await self._to_app({"type": "http.response.body", "body": data, "more_body": True})
 
     async def run(self) -> None:
         call = self.call
@@ -336,16 +392,12 @@ class _StreamPump:
                 resp = await call._send()
                 if resp.status >= 300:
                     body = await resp.read()
-                    self.ready.set_result(upstream_status_error(p, resp.status, body,
-                                                                call.key))
+                    self._verdict(upstream_status_error(p, resp.status, body, call.key))
                     await call.release("upstream_error")
                     return
-                self.headers = {h: v for h in _PASS_HEADERS if (v := resp.header(h)) is not None}
-                self.ready.set_result(None)
-                # Let the response head go out first: the provider's first burst may already
-                # be buffered (a long answer arrives in a few large reads), and metering it
-                # before yielding would hold the app's first byte back for all of it.
-                await asyncio.wait((self.head_sent,), timeout=HEAD_WAIT)
+                self._verdict(None)
+                await self._start({h: v for h in _PASS_HEADERS
+                                   if (v := resp.header(h)) is not None})
                 async for chunk in resp.iter_chunks():
                     out = meter.feed(chunk)
                     if out:
@@ -356,15 +408,14 @@ class _StreamPump:
         except Exception as exc:
             failure = transport_error(p, exc)
             if not self.ready.done():
-                self.ready.set_result((failure, None))
+                self._verdict((failure, None))
                 await call.upstream_failed(exc, answered=resp is not None)
                 return
         finally:
             if resp is not None:
                 resp.close()
             if not self.ready.done():  # cancelled before any answer
-                self.ready.set_result((RelayError(UPSTREAM_ERROR, "the call was cancelled"),
-                                       None))
+                self._verdict((RelayError(UPSTREAM_ERROR, "the call was cancelled"), None))
                 await call.release("upstream_error")
         try:
             cut = failure is not None or not meter.done
@@ -385,44 +436,37 @@ class _StreamPump:
                 await call.settle(meter.usage, False, status, logged)
         finally:
             self.finished = True
-            if not self.client_gone:
-                await self.queue.put(None)
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """What to send the client: everything queued so far in one piece (one send for a
-        burst of events, not one per event)."""
-        queue = self.queue
-        while True:
-            item = await queue.get()
-            if item is None:
-                return
-            if not queue.empty():
-                parts = [item]
-                while not queue.empty():
-                    nxt = queue.get_nowait()
-                    if nxt is None:
-                        yield b"".join(parts)
-                        return
-                    parts.append(nxt)
-                item = b"".join(parts)
-            yield item
+            await self._to_app({"type": "http.response.body", "body": b"", "more_body": False})
+            self.client_closed()
 
 
-class _RelayStream(StreamingResponse):
-    """A streamed answer that tells its pump when the client side is over, however it ends.
+class _RelayStream(Response):
+    """A streamed answer: the provider's error if it refused, else what the pump sends.
 
-    Its own ASGI loop rather than StreamingResponse's: a plain task listens for the client's
-    disconnect (Starlette's anyio task group cost more per stream than the relay's own work).
+    It is returned before the provider answers, so that the pump can send the head the moment
+    the provider's arrives; this task waits for the verdict, then (for a stream) only listens
+    for the app's disconnect and tells the pump, however the client side ends.
     """
 
     def __init__(self, pump: _StreamPump) -> None:
-        super().__init__(pump.chunks(), media_type="text/event-stream",
-                         headers={"cache-control": "no-cache", **pump.headers,
-                                  **pump.call.response_headers})
         self.pump = pump
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = []  # the pump sends the head
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = self.pump
+        outcome = await pump.answer(send)
+        if outcome is not None:
+            err, passthrough = outcome
+            if passthrough is not None:
+                refusal = Response(passthrough, status_code=err.status,
+                                   media_type="application/json",
+                                   headers={"x-capwallet-reason": err.code})
+            else:
+                refusal = error_response(err, pump.call.endpoint.errors)
+            await refusal(scope, receive, send)
+            return
 
         async def listen() -> None:
             while (await receive())["type"] != "http.disconnect":
@@ -431,16 +475,7 @@ class _RelayStream(StreamingResponse):
 
         listener = asyncio.get_running_loop().create_task(listen())
         try:
-            await send({"type": "http.response.start", "status": self.status_code,
-                        "headers": self.raw_headers})
-            if not pump.head_sent.done():
-                pump.head_sent.set_result(None)
-            async for chunk in pump.chunks():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if not pump.client_gone:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:
-            pass  # the client went away mid-send
+            await pump.over()
         finally:
             listener.cancel()
             pump.client_closed()
