@@ -312,7 +312,7 @@ def test_dashboard_every_currency_quota_words_and_mobile(page: Any,
     _, quota = issue_grant(ctx.grants, key, app="Quota Bot", source="cli", now=now,
                            caveats=[cav.App("Quota Bot"), cav.Models(("gpt-4o-mini",)),
                                     cav.TokenQuota(100_000, "day")])
-    child = Token.parse(usd).attenuate([cav.Models(("gpt-4o-mini",)),
+    child = Token.parse(usd).attenuate([cav.App("proofreader"), cav.Models(("gpt-4o-mini",)),
                                         cav.Budget(5, "USD", "total")]).serialize()
     for token, model in ((usd, "gpt-4o-mini"), (usd, "gpt-4.1-mini"), (eur, "gpt-4o-mini"),
                          (quota, "gpt-4o-mini"), (child, "gpt-4o-mini")):
@@ -339,6 +339,7 @@ def test_dashboard_every_currency_quota_words_and_mobile(page: Any,
     expect(sub).to_have_count(1)
     text = sub.inner_text()
     assert "sub-task" in text and sub_id[:8] in text and "1 recent call" in text
+    assert sub.locator(".subtask-label").inner_text() == "proofreader"
     assert "of 0.05 USD in total" in text and "models: gpt-4o-mini" in text
     assert sub.locator("svg.meter").count() == 1
     assert page.locator(f"#grant-{Token.parse(eur).token_id} .subtask").count() == 0

@@ -64,7 +64,7 @@ def family(wallet_relay: RunningWallet) -> dict[str, str]:
         caveats=[cav.App("Research Agent"), cav.Models(("gpt-4o-mini", "gpt-4.1-mini")),
                  cav.Budget(500, "USD", "month")])
     child = Token.parse(parent).attenuate([
-        cav.Models(("gpt-4o-mini",)), cav.Budget(5, "USD", "total"),
+        cav.App("summariser"), cav.Models(("gpt-4o-mini",)), cav.Budget(5, "USD", "total"),
         cav.TokenQuota(5000, "day"), cav.MaxOutputTokens(64)]).serialize()
     grandchild = Token.parse(child).attenuate([cav.Rate(3)]).serialize()
     return {"parent": parent, "child": child, "grandchild": grandchild}
@@ -90,6 +90,9 @@ def test_subtask_calls_are_told_apart_and_shown_with_their_limits(
     assert set(subs) == {ids["child"], ids["grandchild"]}  # the grant's own chain is not one
     sub = subs[ids["child"]]
     assert sub["parent"] is None and subs[ids["grandchild"]]["parent"] == ids["child"]
+    # Named by the app caveat it appended; the one narrowed from it appended none.
+    assert sub["label"] == "summariser" and subs[ids["grandchild"]]["label"] is None
+    assert all(c["app"] == "Research Agent" for c in usage["calls"])  # the grant's name stays
     # Its own limits: the chain's effective limits, and the counters its caveats added.
     assert sub["limits"]["models"] == ["gpt-4o-mini"]
     assert sub["limits"]["max_output_tokens"] == 64
@@ -107,6 +110,10 @@ def test_subtask_calls_are_told_apart_and_shown_with_their_limits(
     assert "models: gpt-4o-mini" in sub["words"]
     assert "up to 64 output tokens per call" in sub["words"]
     assert [c["kind"] for c in subs[ids["grandchild"]]["counters"]] == ["rate"]
+    # Its words name only what it narrows: the models it shares with its parent are not news.
+    [only] = subs[ids["grandchild"]]["words"]
+    assert only.endswith(" of 3 requests this minute")
+    assert subs[ids["grandchild"]]["limits"]["models"] == ["gpt-4o-mini"]  # still effective
     # Each ledger row names its chain; the sub-task's (its refusal too) are marked.
     calls = [c for c in usage["calls"] if c["app"] == "Research Agent"]
     by_chain = {(c["chain_id"], c["status"], c["subtask"]) for c in calls}
@@ -123,7 +130,7 @@ def test_subtask_calls_are_told_apart_and_shown_with_their_limits(
     assert {t["chain_id"] for t in cli_app["subtasks"]} == set(subs)
     table = _cli(home, "apps")
     [line] = [ln for ln in table.splitlines() if ids["child"][:12] in ln]
-    assert line.startswith("  sub-task ")  # indented under its grant's line
+    assert line.startswith("  sub-task summariser ")  # indented under its grant's line
     assert "of 0.05 USD in total" in line and "of 5,000 model tokens today" in line
     assert f"(sub-task {ids['child'][:8]})" in _cli(home, "usage")
 

@@ -149,6 +149,10 @@ def test_demo_json(tmp_path: Path) -> None:
     assert out["spend"]["spent"] > 0 and out["spend"]["limit"] == 500
     assert [c["ok"] for c in out["calls"]] == [True, True, True, True, False]
     assert out["calls"][-1]["reason"] == "model_not_allowed"
+    [sub] = out["subtasks"]  # the attenuated token's call, under the grant, with its limits
+    assert sub["label"] == "proofreader" and sub["calls"] == 1
+    assert "models: gpt-4o-mini" in sub["limits"]
+    assert any(w.endswith("of 0.05 USD in total") for w in sub["limits"])
     assert out["dashboard_url"].startswith("http://127.0.0.1:")
 
 

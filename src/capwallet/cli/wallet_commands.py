@@ -380,7 +380,7 @@ def cmd_apps(args: Any) -> int:
         for t in r.subtasks:  # under its grant, marked, with its own limits
             tlim = t.limits
             table.append([
-                "  sub-task", t.chain_id[:12],
+                "  sub-task" + (f" {printable(t.label, 12)}" if t.label else ""), t.chain_id[:12],
                 printable(", ".join(sorted(tlim.providers)) if tlim.providers else "any", 20),
                 printable(", ".join(sorted(tlim.models)) if tlim.models else "any model", 36),
                 "; ".join([b.text() for b in t.budgets] + [c.text() for c in t.counters])

@@ -64,9 +64,10 @@ def _calls(w: RunningWallet, token: str) -> list[dict[str, Any]]:
         usage = r.usage
         out.append({"model": model, "ok": True, "prompt": prompt,
                     "output_tokens": usage.completion_tokens if usage else 0})
-    # A sub-task gets an attenuated token: one cheap model, a 0.05 USD budget of its own.
+    # A sub-task gets an attenuated token: one cheap model, a 0.05 USD budget of its own, and
+    # a name for the dashboard (an app caveat only labels; the grant keeps its own name).
     child = Token.parse(token).attenuate([
-        cav.Models(("gpt-4o-mini",)), cav.Budget(5, "USD", "total"),
+        cav.App("proofreader"), cav.Models(("gpt-4o-mini",)), cav.Budget(5, "USD", "total"),
     ]).serialize()
     sub = openai.OpenAI(api_key=child, base_url=f"{w.base_url}/v1", max_retries=0)
     r = sub.chat.completions.create(
@@ -168,6 +169,9 @@ def run_demo(*, home: str | None, port: int, keep_running: bool, as_json: bool) 
             f"({row.calls} calls logged; models used: {', '.join(row.models_used)})")
         for name, cur, cost, n in snap.spend_by("model"):
             say(f"   {name:<28} {n} calls  {format_micros(cost, cur)}")
+        for t in row.subtasks:  # the attenuated token's calls, told apart from the app's
+            say(f"   sub-task {t.label or ''} ({t.chain_id[:8]}): {t.calls} call"
+                f"{'s' if t.calls != 1 else ''}; " + "; ".join(t.words()))
         say(f"\nDashboard: {w.login_url}")
         web_url = _web_app(stack, w, say, keep_running)
         if as_json:
@@ -181,6 +185,8 @@ def run_demo(*, home: str | None, port: int, keep_running: bool, as_json: bool) 
                           "currency": spent.currency if spent else None},
                 "per_model": [{"model": n, "currency": c, "cost": v, "calls": k}
                               for n, c, v, k in snap.spend_by("model")],
+                "subtasks": [{"chain_id": t.chain_id, "label": t.label, "calls": t.calls,
+                              "limits": t.words()} for t in row.subtasks],
             }, indent=2), flush=True)
         if keep_running:
             say("The wallet keeps running; open the dashboard link above (it signs you in), "

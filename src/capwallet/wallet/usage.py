@@ -87,6 +87,8 @@ class SubTask:
     limits: EffectiveLimits
     added: tuple[str, ...]
     parent: str | None = None  # chain id of the sub-task it was attenuated from, if any
+    # The effective limits of what it was narrowed from (the grant's, or its parent's).
+    parent_limits: EffectiveLimits | None = None
     budgets: list[BudgetUse] = field(default_factory=list)
     counters: list[CounterUse] = field(default_factory=list)
     calls: int = 0
@@ -97,26 +99,42 @@ class SubTask:
     def chain_id(self) -> str:
         return self.chain.chain_id
 
+    @property
+    def label(self) -> str | None:
+        """The name the app gave the sub-task, if it appended an ``app`` caveat (a display
+        name, spec/caveats.md#app: it never denies anything, and the grant keeps its own)."""
+        names = [c.app_id for t in self.added
+                 if isinstance(c := cav.decode(t.encode("utf-8")), cav.App)]
+        return names[-1] if names else None
+
     def words(self) -> list[str]:
-        """Its limits in words, narrowest first: its own counters, then what it may use."""
-        lim = self.limits
+        """Its own limits in words: its counters, then each effective limit that is narrower
+        than what it was narrowed from (the rest it shares with its grant, shown there)."""
+        lim, was = self.limits, self.parent_limits or EffectiveLimits()
         out = [b.text() for b in self.budgets] + [c.text() for c in self.counters]
-        if lim.models is not None:
-            out.append("models: " + (", ".join(sorted(lim.models)) or "none"))
-        if lim.providers is not None:
-            out.append("providers: " + (", ".join(sorted(lim.providers)) or "none"))
-        if lim.max_output_tokens is not None:
+        for name, now, before in (("models", lim.models, was.models),
+                                  ("providers", lim.providers, was.providers),
+                                  ("operations", lim.operations, was.operations),
+                                  ("data", lim.scopes, was.scopes)):
+            if now is not None and now != before:
+                out.append(f"{name}: " + (", ".join(sorted(now)) or "none"))
+        if lim.max_output_tokens is not None and lim.max_output_tokens != was.max_output_tokens:
             out.append(f"up to {lim.max_output_tokens:,} output tokens per call")
-        if lim.max_input_tokens is not None:
+        if lim.max_input_tokens is not None and lim.max_input_tokens != was.max_input_tokens:
             out.append(f"up to {lim.max_input_tokens:,} input tokens per call")
-        if lim.expires is not None:
+        if lim.expires is not None and lim.expires != was.expires:
             out.append("expires " + dt.datetime.fromtimestamp(
                 lim.expires, dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
+        for cur, amount in sorted(lim.confirm_above.items()):
+            if was.confirm_above.get(cur) != amount:
+                out.append(f"asks first above {format_minor(amount, cur)}")
+        if lim.ask_first != was.ask_first:
+            out.append("asks first for: " + ", ".join(sorted(lim.ask_first)))
         return out
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "chain_id": self.chain_id, "parent": self.parent,
+            "chain_id": self.chain_id, "label": self.label, "parent": self.parent,
             "first_seen": self.chain.first_seen, "caveats_added": list(self.added),
             "limits": self.limits.to_json(),
             "budgets": [{"spent": b.spent, "limit": b.limit, "currency": b.currency,
@@ -341,18 +359,20 @@ async def snapshot(
 def subtasks_of(grants: list[Grant], chains: list[Chain]) -> dict[tuple[str, str], SubTask]:
     """(token id, chain id) -> SubTask for every recorded chain that extends its grant's
     issued caveats (the issued chain itself, and chains of unknown grants, are left out)."""
-    issued = {g.grant_id: g.caveat_text for g in grants}
+    by_id = {g.grant_id: g for g in grants}
     out: dict[tuple[str, str], SubTask] = {}
     for c in chains:
-        base = issued.get(c.token_id)
-        if base is None or len(c.caveats) <= len(base) or c.caveats[:len(base)] != base:
+        grant = by_id.get(c.token_id)
+        base = () if grant is None else grant.caveat_text
+        if grant is None or len(c.caveats) <= len(base) or c.caveats[:len(base)] != base:
             continue
         raw = [t.encode("utf-8") for t in c.caveats]
         try:
             limits = effective(bytes.fromhex(c.token_id), [(r, cav.decode(r)) for r in raw])
         except ValueError:  # a record this wallet cannot read: not shown, never guessed
             continue
-        out[(c.token_id, c.chain_id)] = SubTask(c, limits, c.caveats[len(base):])
+        out[(c.token_id, c.chain_id)] = SubTask(c, limits, c.caveats[len(base):],
+                                                parent_limits=grant.limits)
     for t in out.values():  # the longest other sub-task its caveats extend, if any
         longest = 0
         for o in out.values():
@@ -360,6 +380,7 @@ def subtasks_of(grants: list[Grant], chains: list[Chain]) -> dict[tuple[str, str
             if (o.chain.token_id == t.chain.token_id and longest < n < len(t.chain.caveats)
                     and t.chain.caveats[:n] == o.chain.caveats):
                 t.parent, longest = o.chain_id, n
+                t.parent_limits = o.limits
         if longest:  # what it adds to the sub-task it was narrowed from
             t.added = t.chain.caveats[longest:]
     return out
