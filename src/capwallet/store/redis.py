@@ -10,11 +10,12 @@ that charges it, so it happens at most once. Nothing is read-modify-written from
 URL: ``redis://[user:password@]host:port/db`` (``rediss://`` for TLS), options in the query:
 ``prefix=cw`` (key namespace, so several deployments can share one Redis), ``timeout=2``
 (seconds for one command; a Redis that does not answer in time is "unavailable": deny),
-``max_connections=16`` (connections per process, per node; under load a command queues up to
-POOL_WAIT seconds for a free one: Redis runs one command at a time, so more connections add
-overhead, not speed), ``cluster=1`` (Redis Cluster: the URL names any one node; that client
-cannot queue for a connection, so it may open 8 x max_connections per node and fails closed
-beyond).
+``max_connections=16`` (pooled connections per process, per node, for what is not on the
+request path; under load a command queues up to POOL_WAIT seconds for a free one: Redis runs
+one command at a time, so more connections add overhead, not speed; the request path's
+scripts share one more connection of their own, capwallet.store.redis_pipe), ``cluster=1``
+(Redis Cluster: the URL names any one node; that client cannot queue for a connection, so it
+may open 8 x max_connections per node and fails closed beyond).
 
 Key layout (hash tags in braces; every key one script touches shares one tag, so one slot):
 
@@ -62,11 +63,12 @@ second of debits on power loss, ``always`` none). A Redis restarted empty forget
 
 Failures: any Redis error or timeout raises StoreUnavailable (the relay answers 503 and
 forwards nothing). After a connection error the command is retried once on another
-connection; pooled connections the server closed are reconnected when next used, so a
-restarted Redis is picked up by the next request. Retrying a
-reserve whose reply was lost is safe: the script refuses a duplicate reservation id before
-anything else, and on a retry that answer means the first attempt landed. ``append_ledger`` is
-not retried (its row may have landed; a lost reply loses that row rather than doubling it).
+connection; pooled connections the server closed are reconnected when next used, and the
+request path's connection is reopened, so a restarted Redis is picked up by the next request.
+Retrying a reserve whose reply was lost is safe: the script refuses a duplicate reservation id
+before anything else, and on a retry that answer means the first attempt landed.
+``append_ledger`` is not retried (its row may have landed; a lost reply loses that row rather
+than doubling it).
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from capwallet.store import redis_scripts as lua
@@ -102,6 +104,7 @@ from capwallet.store.base import (
     StoreUnavailable,
     UsageTotal,
 )
+from capwallet.store.redis_pipe import Endpoint, Pipe
 
 T = TypeVar("T")
 BUCKETS = 256
@@ -122,25 +125,33 @@ def bucket_of(token_id: str) -> str:
 
 
 def _exact(n: int, what: str) -> int:
+    if n.__class__ is int:  # the common case, checked first (a dozen times per call)
+        return n
     if not isinstance(n, int) or isinstance(n, bool):
         raise ValueError(f"{what} must be an integer")
     return n
 
 
+# The JSON of the records the scripts read (cjson): encoders built once, not per call as
+# json.dumps(separators=...) does (half its cost on these small arrays).
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_dumps_ascii = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _row_tail(values: Sequence[Any]) -> str:
     """A ledger row without time and latency (which Lua prefixes when the lease expires): the
     JSON array of the other fields, less its leading '['."""
-    return json.dumps(list(values), separators=(",", ":"), ensure_ascii=False)[1:]
+    return _dumps(list(values))[1:]
 
 
 def _row(entry: LedgerEntry, reservation_id: str | None) -> str:
     """A ledger row as stored: the JSON array of its fields, time and latency first."""
-    return json.dumps([
+    return _dumps([
         _exact(entry.time, "time"), entry.latency_ms, entry.token_id, entry.app, entry.provider,
         entry.model, entry.operation, entry.input_tokens, entry.output_tokens, entry.cost,
         entry.currency, entry.status, reservation_id, entry.request_body, entry.response_body,
         entry.chain_id,
-    ], separators=(",", ":"), ensure_ascii=False)
+    ])
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, int]:
@@ -150,24 +161,6 @@ def _pairs(flat: Sequence[Any]) -> dict[str, int]:
 
 def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
-
-
-def _pack_py(args: Sequence[Any]) -> bytes:
-    """One command in RESP (an array of bulk strings); ``str`` is UTF-8, ints in decimal."""
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a.encode() if isinstance(a, str) else a if isinstance(a, bytes) else str(a).encode()
-        out += (b"$%d\r\n" % len(b), b, b"\r\n")
-    return b"".join(out)
-
-
-try:  # the same bytes, packed in C
-    from hiredis import pack_command as _pack_c
-
-    def _pack(args: Sequence[Any]) -> bytes:
-        return bytes(_pack_c(tuple(args)))
-except ImportError:  # pragma: no cover - hiredis is a dependency; the fallback packs alike
-    _pack = _pack_py
 
 
 def _entry(row: str, count: int = 1) -> LedgerEntry:
@@ -198,10 +191,13 @@ class _Script:
 class RedisStore(Store):
     """Store on Redis or Redis Cluster (see the module docstring for the layout)."""
 
-    def __init__(self, client: Client, *, prefix: str = "cw", url: str = "") -> None:
+    def __init__(self, client: Client, *, prefix: str = "cw", url: str = "",
+                 endpoint: Endpoint | None = None) -> None:
         if not prefix or any(c in prefix for c in "{}"):
             raise ValueError("the Redis key prefix must be non-empty and have no braces")
         self._r = client
+        # Asked on every script: isinstance on RedisCluster (a typing Protocol) costs ~2 us.
+        self._cluster = isinstance(client, RedisCluster)
         self.prefix = prefix
         self.url = url
         self._closed = False
@@ -220,10 +216,10 @@ class RedisStore(Store):
         self._list_pending = _Script(lua.LIST_PENDING)
         self._note_chain = _Script(lua.NOTE_CHAIN)
         self._chains = _Script(lua.CHAINS)
-        # Scripts of concurrent calls waiting for the next pipelined round trip (_eval).
-        self._queue: list[tuple[_Script, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._batch_loop: asyncio.AbstractEventLoop | None = None
+        # The request path's connection (_eval): None until the first script, or on a cluster.
+        self._endpoint = None if self._cluster else endpoint
+        self._pipe: Pipe | None = None
+        self._opening: asyncio.Task[Pipe] | None = None
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -258,6 +254,7 @@ class RedisStore(Store):
             common["driver_info"] = None
         except ImportError:
             common.update(lib_name=None, lib_version=None)
+        endpoint: Endpoint | None = None  # the request path's own connection (not on a cluster)
         try:
             if cluster:
                 # The cluster client cannot queue for a connection (it fails at the cap), so
@@ -268,11 +265,16 @@ class RedisStore(Store):
                 pool = aioredis.BlockingConnectionPool.from_url(
                     base, max_connections=max_conn, timeout=POOL_WAIT, **common)
                 client = aioredis.Redis(connection_pool=pool)
+                kw = pool.connection_kwargs  # as redis-py read the URL
+                endpoint = Endpoint(
+                    host=str(kw["host"]), port=int(kw.get("port") or 6379),
+                    db=int(kw.get("db") or 0), username=kw.get("username") or None,
+                    password=kw.get("password"), tls=parts.scheme == "rediss", timeout=timeout)
         except (ValueError, RedisError) as exc:
             raise ValueError(f"bad redis URL: {exc}") from None
         safe = urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port
                                                            else ""), parts.path, "", ""))
-        return cls(client, prefix=opts.get("prefix", "cw"), url=safe)
+        return cls(client, prefix=opts.get("prefix", "cw"), url=safe, endpoint=endpoint)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -300,110 +302,58 @@ class RedisStore(Store):
             raise StoreUnavailable(f"Redis store failed: {type(exc).__name__}: {exc}") from None
 
     async def _eval(self, script: _Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run one script of the request path (snapshot, reserve, settle, a ledger row) in the
-        next batch: the scripts of every call waiting go to Redis in ONE pipelined round trip
-        and their replies are read in one pass, as the SQLite store groups its commits.
+        """Run one script of the request path (snapshot, reserve, settle, a ledger row) on the
+        store's pipe (capwallet.store.redis_pipe): the scripts that the calls of one event-loop
+        turn send leave in one write, one round trip for all of them, and each reply goes to
+        its caller, as the SQLite store groups its commits.
 
-        Why: on Redis the store's cost is the client's CPU per round trip (connection checkout,
-        a socket write and read, the reply's future), not Redis's; under load a relay has many
-        calls waiting at once, and one round trip for all of them costs about what one costs.
-        The first call finding no batch in flight starts one (a task, so a cancelled caller
-        never strands the others); it runs after the callers of this loop iteration queued
-        theirs, and while its round trip is out new calls queue for the next one. A lone call
-        goes at once, so concurrency 1 waits for nothing. Each script stays one atomic script:
-        grouping changes how many travel together, never what one does. A failed round trip
-        fails every call in it with the same error, and each caller's ``_run`` decides alone
-        whether to retry (append_ledger does not). Redis Cluster (whose pipelines refuse
-        EVALSHA) and a second event loop using this store run the script alone."""
-        if isinstance(self._r, RedisCluster):
-            return await script(self._r, keys, args)
-        loop = asyncio.get_running_loop()
-        if self._batch_loop is not loop:
-            if self._flusher is not None:  # batches belong to another loop: go alone
+        Why: on Redis the store's cost is the client's CPU per command, not Redis's; under load
+        a relay has many calls waiting at once, and one round trip for all of them costs about
+        what one costs. A lone call goes at once, so concurrency 1 waits for nothing. Each
+        script stays one atomic script: grouping changes how many travel together, never what
+        one does. A connection that fails fails every call waiting on it, and each caller's
+        ``_run`` decides alone whether to retry (append_ledger does not). A script Redis does
+        not know (first use, a restarted Redis: NOSCRIPT, nothing ran) is sent once more with
+        its source. Redis Cluster, and a second event loop while the first still runs, send the
+        script alone through redis-py."""
+        pipe = self._pipe
+        if pipe is None or pipe.broken is not None or pipe.loop is not asyncio.get_running_loop():
+            pipe = await self._open_pipe()
+            if pipe is None:
                 return await script(self._r, keys, args)
-            self._batch_loop = loop
-            self._queue = []
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((script, keys, args, fut))
-        if self._flusher is None:
-            self._flusher = loop.create_task(self._flush())
-        return await fut
-
-    async def _flush(self) -> None:
-        """Send what is waiting as one pipeline until nothing waits (see ``_eval``)."""
         try:
-            while self._queue:
-                # A caller cancelled before its batch leaves does not get its script run.
-                batch = [item for item in self._queue if not item[3].done()]
-                self._queue = []
-                if not batch:
-                    continue
-                try:
-                    results = await self._pipeline(batch)
-                except asyncio.CancelledError:
-                    for item in batch:
-                        item[3].cancel()
-                    raise
-                except Exception as exc:  # every caller gets it, as its own
-                    for item in batch:
-                        if not item[3].done():
-                            item[3].set_exception(exc)
-                    continue
-                for item, result in zip(batch, results, strict=True):
-                    if not item[3].done():
-                        if isinstance(result, Exception):
-                            item[3].set_exception(result)
-                        else:
-                            item[3].set_result(result)
-        finally:
-            self._flusher = None
-            for item in self._queue:  # only when cancelled (the loop is closing)
-                item[3].cancel()
-            self._queue = []
+            return await pipe.send(("EVALSHA", script.sha, len(keys), *keys, *args))
+        except NoScriptError:
+            return await pipe.send(("EVAL", script.source, len(keys), *keys, *args))
 
-    async def _pipeline(self, batch: Sequence[tuple[_Script, Sequence[str], Sequence[Any],
-                                                    asyncio.Future[Any]]]) -> list[Any]:
-        """One round trip for ``batch``'s scripts; a script Redis does not know (first use, a
-        restarted Redis: NOSCRIPT, nothing ran) is loaded and its calls sent once more."""
-        results = await self._round_trip(
-            [("EVALSHA", s.sha, len(keys), *keys, *args) for s, keys, args, _ in batch])
-        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-        if missing:
-            for script in {batch[i][0].sha: batch[i][0] for i in missing}.values():
-                await self._r.script_load(script.source)
-            again = await self._round_trip([
-                ("EVALSHA", batch[i][0].sha, len(batch[i][1]), *batch[i][1], *batch[i][2])
-                for i in missing])
-            for i, r in zip(missing, again, strict=True):
-                results[i] = r
-        return results
-
-    async def _round_trip(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        """Write ``commands`` on one pooled connection in one write, packed here in one pass
-        (hiredis packs in C), and read their replies; an error reply (a ResponseError) takes
-        its command's place in the list. Not redis-py's Pipeline: that encodes each argument
-        through a Python call and parses each reply through its response callbacks, which
-        cost more than the round trip itself (bench/store.py). Any other failure drops the
-        connection (replies may still be on it) and raises."""
-        assert isinstance(self._r, aioredis.Redis)  # _eval sends a cluster's scripts alone
-        pool = self._r.connection_pool
-        payload = b"".join(_pack(c) for c in commands)
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
+    async def _open_pipe(self) -> Pipe | None:
+        """This loop's pipe, opened once however many calls ask for it at the same time; None
+        when scripts must go through redis-py (see ``_eval``)."""
+        if self._endpoint is None:
+            return None
+        loop = asyncio.get_running_loop()
+        pipe = self._pipe
+        if pipe is not None and pipe.loop is not loop:
+            if pipe.loop.is_running():  # another thread's loop uses it: leave it alone
+                return None
+            self._pipe = None  # its loop is over, and the connection with it
             try:
-                await conn.send_packed_command(payload, check_health=False)
-                results: list[Any] = []
-                for _ in commands:
-                    try:
-                        results.append(await conn.read_response())
-                    except ResponseError as exc:
-                        results.append(exc)
-            except BaseException:
-                await conn.disconnect(nowait=True)
-                raise
-        finally:
-            await pool.release(conn)
-        return results
+                pipe.close()
+            except RuntimeError:  # that loop is closed
+                pass
+        elif pipe is not None and pipe.broken is None:
+            return pipe  # opened by another call while this one was on its way here
+        opening = self._opening
+        if opening is None or opening.get_loop() is not loop or (
+                opening.done() and (opening.cancelled() or opening.exception() is not None
+                                    or opening.result().broken is not None)):
+            opening = self._opening = loop.create_task(Pipe.open(self._endpoint))
+        pipe = await asyncio.shield(opening)
+        if self._closed:
+            pipe.close()
+            raise StoreUnavailable("store is closed")
+        self._pipe = pipe
+        return pipe
 
     def _remember(self, cache: OrderedDict[str, str], key: str, bucket: str) -> None:
         cache[key] = bucket
@@ -446,7 +396,7 @@ class RedisStore(Store):
         keys = [tag + "r:" + r.reservation_id, tag + "leases", tag + "approvals"]
         argv = [r.reservation_id, _exact(r.lease_until, "lease_until"), r.approval_id or "",
                 tag, COUNTER_MARGIN,
-                json.dumps([[k, *holds[k]] for k in order], separators=(",", ":")),
+                _dumps_ascii([[k, *holds[k]] for k in order]),
                 r.token_id, _exact(r.created_at, "created_at"), expired_row, *args]
         retried = False
 
@@ -564,7 +514,7 @@ class RedisStore(Store):
             return list(await asyncio.gather(*(one(k, a) for k, a in calls)))
 
         async def op() -> list[Any]:
-            if isinstance(self._r, RedisCluster):
+            if self._cluster:
                 return await on_cluster()
             try:
                 return await execute()
@@ -826,6 +776,12 @@ class RedisStore(Store):
         if self._closed:
             return
         self._closed = True
+        if self._pipe is not None:
+            try:
+                self._pipe.close()
+            except RuntimeError:  # its loop is closed already
+                pass
+            self._pipe = None
         try:
             await self._r.aclose()
         except (RedisError, *_TRANSIENT):

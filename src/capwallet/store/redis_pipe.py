@@ -1,0 +1,223 @@
+"""One Redis connection that carries the request path's scripts of every concurrent call.
+
+The rule: the commands that the calls of one event-loop turn send leave in ONE socket write,
+and their replies are matched to their callers in order as they arrive (Redis answers the
+commands of one connection in the order it received them). This is what a relay under load
+needs from its store: many calls waiting at once, one round trip for all of them, as the
+SQLite store groups its commits.
+
+Why a connection of our own, not redis-py's Pipeline or pooled connections: for these small
+scripts, the client's CPU per command is the store's cost, not Redis's. redis-py spends about
+10-14 us per reply (a pool checkout per round trip, a timeout context and four Python frames per
+reply read); this protocol spends about 1 us (bench/store.py, and the figures in the commit
+that added this module). The commands are packed by hiredis (C) and the replies parsed by its
+Reader (C), fed straight from ``data_received``: no stream reader, no per-reply coroutine.
+
+Failing closed: a reply that does not come within ``timeout`` seconds of its command's write, a
+connection that fails or closes, or a failed handshake (AUTH, SELECT) aborts the connection and
+fails every command waiting on it with a redis-py ConnectionError or TimeoutError; the store
+turns those into StoreUnavailable (after its one retry, which opens a new connection). An
+error reply (a ResponseError, NOSCRIPT among them) fails only its own command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to connect: what a ``redis://`` or ``rediss://`` URL names."""
+
+    host: str
+    port: int
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    timeout: float = 2.0  # seconds to connect, and for each reply
+
+
+def pack(args: Sequence[Any]) -> bytes:
+    """One command in RESP, packed in C (``str`` as UTF-8, ``int`` in decimal)."""
+    return bytes(hiredis.pack_command(tuple(args)))
+
+
+def _reply_error(message: str) -> RedisError:
+    """The error a reply carries, as redis-py names it (what the store already handles)."""
+    code = message.split(" ", 1)[0]
+    if code == "NOSCRIPT":
+        return NoScriptError(message)
+    if code in ("LOADING", "MASTERDOWN"):  # this Redis cannot answer now: the call fails closed
+        return RedisConnectionError(message)
+    return ResponseError(message)
+
+
+class Pipe(asyncio.Protocol):
+    """The connection (see the module docstring). Belongs to one event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, endpoint: Endpoint) -> None:
+        self.loop = loop
+        self.endpoint = endpoint
+        self._transport: asyncio.Transport | None = None
+        self._reader = hiredis.Reader(encoding="utf-8", replyError=_reply_error)
+        # Written and waiting for their reply, oldest first, each with its deadline.
+        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        # Sent this loop turn, not yet written: one write for all of them.
+        self._out: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._write_scheduled = False
+        self._watchdog: asyncio.TimerHandle | None = None
+        self.broken: RedisError | None = None  # set once; a broken pipe is never reused
+
+    # -- opening ----------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, endpoint: Endpoint) -> Pipe:
+        """Connect (TLS for rediss) and authenticate; raise a redis-py ConnectionError or
+        TimeoutError if Redis is unreachable or refuses the handshake."""
+        loop = asyncio.get_running_loop()
+        pipe = cls(loop, endpoint)
+        e = endpoint
+        context = ssl.create_default_context() if e.tls else None
+        handshake: list[asyncio.Future[Any]] = []
+        failure: RedisError
+        try:
+            async with asyncio.timeout(e.timeout):
+                await loop.create_connection(lambda: pipe, e.host, e.port, ssl=context)
+                if pipe._transport is None:  # connection_made failed (and was logged)
+                    raise RedisConnectionError("the connection was not set up")
+                if e.password is not None:
+                    handshake.append(pipe.send(
+                        ("AUTH", e.username, e.password) if e.username else ("AUTH", e.password)))
+                if e.db:
+                    handshake.append(pipe.send(("SELECT", e.db)))
+                for reply in handshake:
+                    await reply
+        except TimeoutError:
+            failure = RedisTimeoutError(f"Redis at {e.host}:{e.port} did not answer in time")
+        except (OSError, RedisError) as exc:
+            failure = RedisConnectionError(
+                f"cannot connect to Redis at {e.host}:{e.port}: {type(exc).__name__}: {exc}")
+        else:
+            return pipe
+        pipe.close(failure)
+        for reply in handshake:  # retrieved here, so asyncio does not log them as lost
+            if not reply.cancelled():
+                reply.exception()
+        raise failure
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def send(self, args: Sequence[Any]) -> asyncio.Future[Any]:
+        """Queue one command for this loop turn's write; the future gets its reply (an error
+        reply as its exception)."""
+        fut = self.loop.create_future()
+        if self.broken is not None:
+            fut.set_exception(self.broken)
+            return fut
+        self._out.append((pack(args), fut))
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            self.loop.call_soon(self._write)
+        return fut
+
+    def _write(self) -> None:
+        self._write_scheduled = False
+        if self._transport is None and self.broken is None:
+            return  # not connected yet: connection_made writes what waits
+        out, self._out = self._out, []
+        if self.broken is not None:
+            for _, fut in out:
+                if not fut.done():
+                    fut.set_exception(self.broken)
+            return
+        # A caller cancelled before its command left does not get it run.
+        out = [item for item in out if not item[1].done()]
+        if not out:
+            return
+        assert self._transport is not None
+        self._transport.write(b"".join([payload for payload, _ in out]))
+        deadline = self.loop.time() + self.endpoint.timeout
+        self._waiting.extend([(fut, deadline) for _, fut in out])
+        if self._watchdog is None:
+            self._watchdog = self.loop.call_at(deadline, self._check)
+
+    def _check(self) -> None:
+        """The oldest command waiting is past its deadline: the connection is dead to us."""
+        self._watchdog = None
+        if not self._waiting:
+            return
+        deadline = self._waiting[0][1]
+        if self.loop.time() >= deadline:
+            e = self.endpoint
+            self.close(RedisTimeoutError(
+                f"Redis at {e.host}:{e.port} did not answer within {e.timeout} s"))
+        else:
+            self._watchdog = self.loop.call_at(deadline, self._check)
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        if self._out and not self._write_scheduled:
+            self._write()
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        waiting = self._waiting
+        try:
+            reader.feed(data)
+            while waiting:
+                reply = reader.gets()
+                if reply is False:  # RESP2 has no booleans: False is "need more data"
+                    break
+                fut = waiting.popleft()[0]
+                if fut.done():  # its caller was cancelled; the reply is dropped
+                    continue
+                if isinstance(reply, Exception):
+                    fut.set_exception(reply)
+                else:
+                    fut.set_result(reply)
+        except Exception as exc:  # a malformed or undecodable reply: nothing after it is sure
+            self.close(RedisConnectionError(f"Redis sent a reply the store cannot read: {exc}"))
+            return
+        if not waiting and self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def eof_received(self) -> bool:
+        self.close(RedisConnectionError("Redis closed the connection"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close(RedisConnectionError(
+            "lost the connection to Redis" + (f": {exc}" if exc else "")))
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def close(self, why: RedisError | None = None) -> None:
+        """Abort the connection and fail every command not answered yet with ``why``."""
+        if self.broken is None:
+            self.broken = why or RedisConnectionError("the store's Redis connection is closed")
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        waiting = [fut for fut, _ in self._waiting] + [fut for _, fut in self._out]
+        self._waiting.clear()
+        self._out = []
+        for fut in waiting:
+            if not fut.done():
+                fut.set_exception(self.broken)
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.abort()

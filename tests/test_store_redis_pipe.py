@@ -1,0 +1,181 @@
+"""The Redis store's request-path connection (capwallet.store.redis_pipe) against a real Redis.
+
+It carries the scripts of every concurrent call on one connection, in one write per event-loop
+turn, and matches replies to callers by order: so these tests check what could go wrong with
+that: the grouping itself, replies reaching the right caller when some callers are cancelled,
+a Redis that stops answering or drops the connection (fail closed, then recover), the URL's
+user, password and database, and a store used from one event loop after another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from capwallet.store import Hold, Reservation, StoreUnavailable, open_store
+from capwallet.store.redis import RedisStore
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield r
+    await r.aclose()
+
+
+def _open(url: str, **opts: str) -> RedisStore:
+    query = "&".join(f"{k}={v}" for k, v in {"prefix": f"p{secrets.token_hex(6)}",
+                                              **opts}.items())
+    s = open_store(f"{url}?{query}")
+    assert isinstance(s, RedisStore)
+    return s
+
+
+async def _charge(store: RedisStore, token: str, amount: int) -> None:
+    r = Reservation(secrets.token_hex(16), token, (Hold(f"k/{token}", amount, 10**9),),
+                    lease_until=int(time.time()) + 600)
+    assert (await store.reserve(r)).ok
+
+
+async def _reads(raw: aioredis.Redis) -> int:
+    return int((await raw.info("stats"))["total_reads_processed"])
+
+
+async def test_concurrent_calls_leave_in_one_write(redis_url: str, raw: aioredis.Redis) -> None:
+    store = _open(redis_url)
+    try:
+        tokens = [secrets.token_hex(16) for _ in range(40)]
+        for i, t in enumerate(tokens):
+            await _charge(store, t, i + 1)
+        before = await _reads(raw)
+        snaps = await asyncio.gather(*(store.snapshot(t, [f"k/{t}"]) for t in tokens))
+        reads = await _reads(raw) - before
+        # 40 scripts, and Redis read them in about one go (the INFO calls are 2 reads of their
+        # own); one command per read would be 40.
+        assert reads <= 5, reads
+        assert [s.counters[f"k/{t}"] for s, t in zip(snaps, tokens, strict=True)] == [
+            i + 1 for i in range(len(tokens))]
+    finally:
+        await store.close()
+
+
+async def test_cancelled_callers_do_not_shift_the_replies(redis_url: str) -> None:
+    store = _open(redis_url)
+    try:
+        tokens = [secrets.token_hex(16) for _ in range(30)]
+        for i, t in enumerate(tokens):
+            await _charge(store, t, 100 + i)
+        for when in range(3):  # cancelled before the write, and after it at two depths
+            tasks = [asyncio.ensure_future(store.snapshot(t, [f"k/{t}"])) for t in tokens]
+            for _ in range(when):
+                await asyncio.sleep(0)
+            for task in tasks[::3]:
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for i, (t, got) in enumerate(zip(tokens, results, strict=True)):
+                if isinstance(got, asyncio.CancelledError):
+                    continue
+                assert not isinstance(got, BaseException), got
+                assert got.counters == {f"k/{t}": 100 + i}
+            # and what comes next is still answered in order
+            after = await asyncio.gather(*(store.snapshot(t, [f"k/{t}"]) for t in tokens))
+            assert [s.counters[f"k/{t}"] for s, t in zip(after, tokens, strict=True)] == [
+                100 + i for i in range(len(tokens))]
+    finally:
+        await store.close()
+
+
+async def test_a_redis_that_stops_answering_fails_closed_then_recovers(
+        redis_url: str, raw: aioredis.Redis) -> None:
+    store = _open(redis_url, timeout="0.5")
+    token = secrets.token_hex(16)
+    try:
+        await _charge(store, token, 7)
+        await raw.execute_command("CLIENT", "PAUSE", "2500", "ALL")
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="Timeout"):
+                await store.snapshot(token, [f"k/{token}"])
+            # the first try and its one retry, each given 0.5 s
+            assert time.monotonic() - started < 2.4
+        finally:
+            await raw.execute_command("CLIENT", "UNPAUSE")
+        assert (await store.snapshot(token, [f"k/{token}"])).counters == {f"k/{token}": 7}
+    finally:
+        await store.close()
+
+
+async def test_a_dropped_connection_is_replaced(redis_url: str, raw: aioredis.Redis) -> None:
+    store = _open(redis_url)
+    token = secrets.token_hex(16)
+    try:
+        await _charge(store, token, 3)
+        killed = await raw.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        assert int(killed) >= 1
+        await asyncio.sleep(0.05)  # the store sees the close before its next call
+        assert (await store.snapshot(token, [f"k/{token}"])).counters == {f"k/{token}": 3}
+        # a connection killed while calls are out: they retry once on a new one
+        calls = [store.snapshot(token, [f"k/{token}"]) for _ in range(10)]
+        kill = raw.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        results = await asyncio.gather(*calls, kill, return_exceptions=True)
+        for got in results[:-1]:
+            assert not isinstance(got, BaseException), got
+            assert got.counters == {f"k/{token}": 3}
+    finally:
+        await store.close()
+
+
+async def test_the_urls_user_password_and_database_are_used(redis_url: str,
+                                                           raw: aioredis.Redis) -> None:
+    user, password = f"cw{secrets.token_hex(4)}", secrets.token_hex(8)
+    await raw.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*",
+                              "+@all")
+    base = redis_url.removeprefix("redis://").split("/")[0]
+    token = secrets.token_hex(16)
+    try:
+        store = _open(f"redis://{user}:{password}@{base}/5")
+        try:
+            await _charge(store, token, 11)
+            assert (await store.snapshot(token, [f"k/{token}"])).counters == {
+                f"k/{token}": 11}
+            clients = await raw.execute_command("CLIENT", "LIST")
+            text = clients if isinstance(clients, str) else str(clients)
+            assert f"user={user}" in text and " db=5 " in text
+        finally:
+            await store.close()
+        db5 = aioredis.Redis.from_url(f"redis://{base}/5", decode_responses=True)
+        try:
+            assert await db5.keys(f"{{{store.prefix}:*") != []
+        finally:
+            await db5.aclose()
+        assert await raw.keys(f"{{{store.prefix}:*") == []  # nothing in db 0
+        wrong = _open(f"redis://{user}:not-{password}@{base}/5")
+        try:
+            with pytest.raises(StoreUnavailable):
+                await wrong.snapshot(token, [f"k/{token}"])
+        finally:
+            await wrong.close()
+    finally:
+        await raw.execute_command("ACL", "DELUSER", user)
+
+
+def test_one_store_serves_one_event_loop_after_another(redis_url: str) -> None:
+    store = _open(redis_url)
+    token = secrets.token_hex(16)
+    asyncio.run(_charge(store, token, 5))
+    for _ in range(2):  # the first loop's connection closed with it; a new one is opened
+        snap = asyncio.run(store.snapshot(token, [f"k/{token}"]))
+        assert snap.counters == {f"k/{token}": 5}
+    asyncio.run(store.close())
