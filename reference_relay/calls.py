@@ -456,26 +456,28 @@ class _RelayStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = self.pump
-        outcome = await pump.answer(send)
-        if outcome is not None:
-            err, passthrough = outcome
-            if passthrough is not None:
-                refusal = Response(passthrough, status_code=err.status,
-                                   media_type="application/json",
-                                   headers={"x-capwallet-reason": err.code})
-            else:
-                refusal = error_response(err, pump.call.endpoint.errors)
-            await refusal(scope, receive, send)
-            return
-
-        async def listen() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            pump.client_closed()
-
-        listener = asyncio.get_running_loop().create_task(listen())
         try:
-            await pump.over()
+            outcome = await pump.answer(send)
+            if outcome is not None:
+                err, passthrough = outcome
+                if passthrough is not None:
+                    refusal = Response(passthrough, status_code=err.status,
+                                       media_type="application/json",
+                                       headers={"x-capwallet-reason": err.code})
+                else:
+                    refusal = error_response(err, pump.call.endpoint.errors)
+                await refusal(scope, receive, send)
+                return
+
+            async def listen() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                pump.client_closed()
+
+            listener = asyncio.get_running_loop().create_task(listen())
+            try:
+                await pump.over()
+            finally:
+                listener.cancel()
         finally:
-            listener.cancel()
-            pump.client_closed()
+            pump.client_closed()  # however this ends (cancelled too): the pump sends no more

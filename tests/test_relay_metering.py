@@ -94,6 +94,22 @@ def test_non_stream_client_disconnect_is_still_metered(relay: Relay) -> None:
     assert (row.status, row.cost) == ("ok", 5_800_000)
 
 
+def test_stream_client_gone_before_the_provider_answers_is_still_metered(relay: Relay) -> None:
+    # The app hangs up while the relay waits for the provider's head: the relay still reads
+    # the stream the provider then sends, and charges its reported usage.
+    tok = relay.mint(cav.Budget(1000, "USD", "month"))
+    body = {"model": "fault-delay:1500", "messages": HELLO, "max_tokens": 32,
+            "stream": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(relay.url + "/v1/chat/completions", json=body,
+                   headers={"authorization": "Bearer " + tok},
+                   timeout=httpx.Timeout(10, read=0.3))
+    [row] = relay.wait_ledger(tok, 1)
+    assert row.status in ("ok", "client_disconnected")
+    assert (row.input_tokens, row.output_tokens, row.cost) == (10, 16, 5_800_000)
+    assert budget_used(relay, tok) == 5_800_000
+
+
 # -- upstream faults ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("fault", "status", "code"), [
