@@ -395,11 +395,26 @@ class _StreamPump:
                     self._verdict(upstream_status_error(p, resp.status, body, call.key))
                     await call.release("upstream_error")
                     return
-                self._verdict(None)
+                # The head first, then the response's wake-up: its flush is queued before the
+                # response task's turn (which only starts listening for a disconnect).
                 await self._start({h: v for h in _PASS_HEADERS
                                    if (v := resp.header(h)) is not None})
+                self._verdict(None)
+                first = True  # until the first piece is sent
                 async for chunk in resp.iter_chunks():
-                    out = meter.feed(chunk)
+                    if first:
+                        # The events before a usage or end event go out with the head, before
+                        # that event is parsed (a fast provider's answer arrives whole, its
+                        # usage behind its content).
+                        out = meter.feed_plain(chunk)
+                        if out:
+                            first = False
+                            if meter.has_whole:
+                                await self.emit(out)
+                                await asyncio.sleep(0)  # sent: the transport flushes per turn
+                                out = meter.feed(b"")
+                    else:
+                        out = meter.feed(chunk)
                     if out:
                         await self.emit(out)
                 tail = meter.flush()

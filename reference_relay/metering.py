@@ -197,6 +197,28 @@ class StreamMeter:
         self._buf = buf[end:]
         return self._pass(buf[:end]) if end else b""
 
+    def feed_plain(self, chunk: bytes) -> bytes:
+        """Like ``feed``, but stop before the first marked event: return the whole events
+        before it (metered: they carry nothing to read) and keep it and the rest buffered
+        (``has_whole`` tells; ``feed(b"")`` goes on). The relay sends a stream's first
+        burst so, so that the content before a usage event goes out before that event is
+        parsed."""
+        buf = self._buf + chunk if self._buf else chunk
+        end = _whole_end(buf)
+        mark = self._mark(buf, 0) if end else -1
+        if 0 <= mark < end:
+            start = _whole_end(buf, 0, mark)
+            if start:
+                self._saw(buf, 0, start)
+                self._buf = buf[start:]
+                return buf[:start]
+        return self.feed(chunk)
+
+    @property
+    def has_whole(self) -> bool:
+        """Whether a whole event is buffered (after ``feed_plain``)."""
+        return _whole_end(self._buf) > 0
+
     def _pass(self, whole: bytes) -> bytes:
         """Meter ``whole`` (complete events) and return what the client gets of it: runs of
         events without the mark in one slice each, the marked events one by one."""

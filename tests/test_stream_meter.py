@@ -112,6 +112,38 @@ def test_burst_metering_matches_reading_event_by_event(
         ref.usage, ref.final, ref.done, ref.saw_event)
 
 
+@settings(max_examples=300, deadline=None)
+@given(streams())
+def test_the_plain_events_first_then_the_rest_meters_the_same(
+        case: tuple[str, bool, bytes, list[int]]) -> None:
+    """feed_plain (the relay's first burst) stops before the first marked event; feeding
+    on from there gives the same bytes and the same metering as feeding it all."""
+    flavor, drop, body, cuts = case
+    cut = cuts[0] if cuts else len(body)
+    split = StreamMeter(flavor, drop_usage_chunk=drop)
+    first = split.feed_plain(body[:cut])
+    if first:
+        assert split.saw_event or not any(
+            line.startswith(b"data:") for line in first.splitlines())
+    got = first + split.feed(b"") + split.feed(body[cut:]) + split.flush()
+    ref = PerEventMeter(flavor, drop_usage_chunk=drop)
+    want = ref.feed(body[:cut]) + ref.feed(body[cut:]) + ref.flush()
+    assert got == want
+    assert (split.usage, split.final, split.done, split.saw_event) == (
+        ref.usage, ref.final, ref.done, ref.saw_event)
+
+
+def test_the_first_burst_stops_before_its_usage_event() -> None:
+    events = b"".join(_chunk(f" w{i}") + b"\n\n" for i in range(16))
+    usage = _data({"id": "c", "choices": [], "usage": {"prompt_tokens": 7,
+                                                      "completion_tokens": 16}}) + b"\n\n"
+    meter = StreamMeter("openai", drop_usage_chunk=True)
+    assert meter.feed_plain(events + usage + b"data: [DONE]\n\n") == events
+    assert meter.has_whole and meter.usage is None and meter.saw_event
+    assert meter.feed(b"") == b"data: [DONE]\n\n"
+    assert not meter.has_whole and meter.final and meter.done
+
+
 def test_a_long_burst_passes_in_one_slice() -> None:
     """500 content events and the usage at the end, in one read: everything before the
     usage event is passed as it is (the same bytes object is not required, the bytes are)."""
