@@ -195,22 +195,38 @@ class Call:
     async def run(self) -> Response:
         if self.prepared.stream:
             return await self._run_stream()
-        # Shielded: a disconnecting app cannot cancel the upstream call or its settlement.
-        task = self.spawn(self._plain())
+        # The exchange and its settlement run in a task of their own, which a disconnecting
+        # app cannot cancel: the handler awaits only the future the task fills in (cancelling
+        # the handler cancels that future, which tells the task to settle without sending).
+        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self.spawn(self._plain(answer))
+        return await answer
+
+    async def _plain(self, answer: asyncio.Future[Response]) -> None:
+        """Forward, then hand the answer over and settle once it is sent (or unsendable)."""
         try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            task.add_done_callback(self._settle_unsent)
+            response = await self._exchange()
+        except BaseException as exc:
+            if not answer.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    answer.cancel()
+                else:
+                    answer.set_exception(exc)
             raise
+        if not isinstance(response, _SettleAfterSend):  # already settled or released
+            if not answer.done():
+                answer.set_result(response)
+            return
+        try:
+            if not answer.done():  # else the handler went away: settle without sending
+                answer.set_result(response)
+                await response.sent  # set however the send ends
+            await response.settlement
+        finally:
+            response.settlement.close()  # never started (this task cancelled): no warning
+            response.settled()
 
-    def _settle_unsent(self, task: asyncio.Task[Response]) -> None:
-        """The handler went away before sending the answer: settle without sending."""
-        if not task.cancelled() and task.exception() is None:
-            response = task.result()
-            if isinstance(response, _SettleAfterSend):
-                response.settle_now()
-
-    async def _plain(self) -> Response:
+    async def _exchange(self) -> Response:
         flavor = self.endpoint.errors
         resp: UpstreamResponse | None = None
         try:
@@ -250,7 +266,7 @@ class Call:
             settlement = self.settle(usage, True, "ok", body)
         headers = {h: v for h in _PASS_HEADERS if (v := resp.header(h)) is not None}
         return _SettleAfterSend(body, resp.status, {**headers, **self.response_headers},
-                                settlement, self.spawn)
+                                settlement)
 
     async def _run_stream(self) -> Response:
         """Start the pump and return at once: the response waits for the provider's answer
@@ -263,27 +279,33 @@ class Call:
 class _SettleAfterSend(Response):
     """A non-streamed answer whose settlement is written right after it is sent (or fails to
     be), keeping the ledger write off the app's latency. Until then the reservation still holds
-    the worst case, so nothing can be overspent in between."""
+    the worst case, so nothing can be overspent in between.
+
+    The settlement runs in the call's own task (Call._plain), not in the handler that sends:
+    ``sent`` tells that task the send is over, and the handler then waits on ``_settled``, a
+    plain future, so that cancelling it cannot cancel the settlement (one task per call
+    instead of a task and a shield for the exchange and another pair for the settlement)."""
 
     def __init__(self, body: bytes, status: int, headers: dict[str, str],
-                 settlement: Coroutine[Any, Any, None],
-                 spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]) -> None:
+                 settlement: Coroutine[Any, Any, None]) -> None:
         super().__init__(body, status_code=status, media_type="application/json",
                          headers=headers)
-        self._settlement: Coroutine[Any, Any, None] | None = settlement
-        self._spawn = spawn
+        self.settlement = settlement
+        loop = asyncio.get_running_loop()
+        self.sent: asyncio.Future[None] = loop.create_future()
+        self._settled: asyncio.Future[None] = loop.create_future()
 
-    def settle_now(self) -> asyncio.Task[Any] | None:
-        settlement, self._settlement = self._settlement, None
-        return None if settlement is None else self._spawn(settlement)
+    def settled(self) -> None:
+        if not self._settled.done():
+            self._settled.set_result(None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            task = self.settle_now()
-            if task is not None:
-                await asyncio.shield(task)
+            if not self.sent.done():
+                self.sent.set_result(None)
+            await self._settled
 
 
 class _StreamPump:
