@@ -52,6 +52,17 @@ log = logging.getLogger("reference_relay.calls")
 HEAD_WAIT = 0.5
 _SSE_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
 _PASS_HEADERS = ("x-request-id", "request-id", "openai-processing-ms")
+_PASSED = frozenset(h.encode() for h in _PASS_HEADERS)
+
+
+def _passed_headers(resp: UpstreamResponse) -> dict[str, str]:
+    """The provider's request id headers, passed on to the app (the first of each name), in
+    one pass over the answer's headers."""
+    out: dict[str, str] = {}
+    for k, v in resp.headers:
+        if k in _PASSED:
+            out.setdefault(k.decode("latin-1"), v.decode("latin-1"))
+    return out
 
 
 @dataclass(slots=True)
@@ -123,15 +134,16 @@ class Call:
             return
         self._settled = True
         raw, tokens_in, tokens_out = self.raw_cost(usage, final)
+        cost = self._money(raw, self.ledger_currency)
         actual: dict[str, int] = {}
         for d in self.debits:
             if d.kind == "budget":
-                actual[d.counter_key] = self._money(raw, d.unit)
+                actual[d.counter_key] = (cost if d.unit == self.ledger_currency
+                                         else self._money(raw, d.unit))
             elif d.kind == "quota":
                 actual[d.counter_key] = tokens_in + tokens_out
             else:
                 actual[d.counter_key] = 1
-        cost = self._money(raw, self.ledger_currency)
         entry = self._entry(status, tokens_in, tokens_out, cost, response_body)
         try:
             await self.store.settle(self.reservation_id, actual, entry)
@@ -224,7 +236,6 @@ class Call:
             await response.settlement
         finally:
             response.settlement.close()  # never started (this task cancelled): no warning
-            response.settled()
 
     async def _exchange(self) -> Response:
         flavor = self.endpoint.errors
@@ -264,7 +275,7 @@ class Call:
             settlement = self.settle(None, False, "usage_missing", body)
         else:
             settlement = self.settle(usage, True, "ok", body)
-        headers = {h: v for h in _PASS_HEADERS if (v := resp.header(h)) is not None}
+        headers = _passed_headers(resp)
         return _SettleAfterSend(body, resp.status, {**headers, **self.response_headers},
                                 settlement)
 
@@ -282,22 +293,17 @@ class _SettleAfterSend(Response):
     the worst case, so nothing can be overspent in between.
 
     The settlement runs in the call's own task (Call._plain), not in the handler that sends:
-    ``sent`` tells that task the send is over, and the handler then waits on ``_settled``, a
-    plain future, so that cancelling it cannot cancel the settlement (one task per call
-    instead of a task and a shield for the exchange and another pair for the settlement)."""
+    ``sent`` tells that task the send is over. The handler does not wait for it: the task is
+    one of the relay's (Relay.aclose waits for them on shutdown), so nothing the app does can
+    cancel it, and one task per call does what a task and a shield for the exchange and
+    another pair for the settlement did."""
 
     def __init__(self, body: bytes, status: int, headers: dict[str, str],
                  settlement: Coroutine[Any, Any, None]) -> None:
         super().__init__(body, status_code=status, media_type="application/json",
                          headers=headers)
         self.settlement = settlement
-        loop = asyncio.get_running_loop()
-        self.sent: asyncio.Future[None] = loop.create_future()
-        self._settled: asyncio.Future[None] = loop.create_future()
-
-    def settled(self) -> None:
-        if not self._settled.done():
-            self._settled.set_result(None)
+        self.sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -305,7 +311,6 @@ class _SettleAfterSend(Response):
         finally:
             if not self.sent.done():
                 self.sent.set_result(None)
-            await self._settled
 
 
 class _StreamPump:

@@ -9,6 +9,7 @@ re-serialised).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,8 +58,29 @@ def cap_note(bound: OutputBound, field: str) -> tuple[tuple[str, str], ...]:
                                 f"field={field}; reason=max-output-tokens"),)
 
 
+def _compact_encoder() -> Callable[[Any], str]:
+    """``json.dumps(obj, separators=(",", ":"), ensure_ascii=False)``, with the C encoder
+    built once: json.dumps with arguments builds an encoder, and the C one under it, on every
+    call (a third of dump's time for a small body)."""
+    from json import encoder
+
+    plain = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
+    make = getattr(encoder, "c_make_encoder", None)
+    if make is None:
+        return plain.encode
+    # No circular check (markers None): a parsed body has no cycles, and a markers dict shared
+    # by every call would keep entries from an encode that failed half way.
+    c_encode = make(None, plain.default, encoder.encode_basestring, None, ":", ",", False,
+                    False, True)
+    return lambda obj: "".join(c_encode(obj, 0))
+
+
+_dumps = _compact_encoder()
+
+
 def dump(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """A rewritten body, compact: what json.dumps gives with these separators."""
+    return _dumps(body).encode("utf-8")
 
 
 def unbounded_ok(model: ModelConfig, limits: EffectiveLimits) -> bool:
