@@ -7,8 +7,12 @@ In one run, on this machine:
   relays     the same load through 2 ``python -m reference_relay`` processes sharing a Redis
              store (verify, reserve, forward, meter, settle, ledger on every call)
 and prints requests per second, latency p50/p99 and the latency the relays add, errors (must
-be 0), each relay's memory (RSS from /proc) at the start and end of the run, and then the
-store alone: reserve+settle pairs per second on SQLite and on Redis, side by side.
+be 0), each relay's memory (RSS from /proc) at the start and end of the run, where the CPU
+went (CPU ms per request of the load generator, the fake provider, the relays and Redis, from
+/proc, and the share of the machine's cores they used: which of them is the bottleneck; the
+inverse ratio of all their CPU per request is the relays/direct throughput a machine would
+reach with every core given to them), and then the store alone: reserve+settle pairs per
+second on SQLite and on Redis, side by side.
 
 The load generator is a minimal keep-alive HTTP/1.1 client on asyncio (cheaper than a full
 client library, so it steals less CPU from what is measured). Everything runs on one machine:
@@ -127,6 +131,26 @@ async def drive(targets: list[tuple[str, bytes]], concurrency: int, seconds: flo
     return out
 
 
+def cpu_s(pid: int | None) -> float:
+    """A process's CPU seconds so far (user + system, from /proc); this process's if None."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_metered(pids: dict[str, int | None], targets: list[tuple[str, bytes]],
+                concurrency: int, seconds: float) -> tuple[Result, dict[str, float]]:
+    """``drive`` the load, and each named process's CPU seconds over it."""
+    before = {name: cpu_s(pid) for name, pid in pids.items()}
+    result = asyncio.run(drive(targets, concurrency, seconds))
+    return result, {name: cpu_s(pid) - before[name] for name, pid in pids.items()}
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -203,9 +227,13 @@ def main() -> int:
         print(f"warming up; then {base_secs:.0f} s direct, {args.seconds:.0f} s through "
               f"{args.relays} relays, concurrency {args.concurrency}", file=sys.stderr)
         asyncio.run(drive(via + direct, 20, 2.0))
-        base = asyncio.run(drive(direct, args.concurrency, base_secs))
+        pids: dict[str, int | None] = {"load generator": None, "fake provider": fake.pid}
+        pids.update({f"relay {i}": r.pid for i, r in enumerate(relays)})
+        if server is not None and server.proc is not None:  # a --redis-url one is not ours
+            pids["Redis"] = server.proc.pid
+        base, base_cpu = run_metered(pids, direct, args.concurrency, base_secs)
         rss_start = [rss_mb(r.pid) for r in relays]
-        load = asyncio.run(drive(via, args.concurrency, args.seconds))
+        load, load_cpu = run_metered(pids, via, args.concurrency, args.seconds)
         rss_end = [rss_mb(r.pid) for r in relays]
         one_direct = asyncio.run(drive(direct, 1, min(5.0, base_secs)))
         one_via = asyncio.run(drive(via[:1], 1, min(5.0, base_secs)))
@@ -241,6 +269,23 @@ def main() -> int:
     for i, (a, b) in enumerate(zip(rss_start, rss_end, strict=True)):
         print(f"{f'relay {i} RSS MB, start -> end':{w}} {'':>12} {f'{a:.0f} -> {b:.0f}':>12} "
               f"{f'{b - a:+.1f} MB':>14}")
+    cores = os.cpu_count() or 1
+    print(f"\n{'CPU ms per request (share of ' + str(cores) + ' cores)':{w}} {'direct':>12} "
+          f"{'via relays':>12}")
+
+    def per_request(cpu: float, run: Result) -> str:
+        share = cpu / run.seconds / cores
+        return f"{cpu / max(len(run.latencies), 1) * 1000:.3f} ({share:.0%})"
+
+    for name in load_cpu:
+        print(f"{name:{w}} {per_request(base_cpu[name], base):>12} "
+              f"{per_request(load_cpu[name], load):>12}")
+    d_all, v_all = sum(base_cpu.values()), sum(load_cpu.values())
+    print(f"{'all of these':{w}} {per_request(d_all, base):>12} {per_request(v_all, load):>12}")
+    # With every core ours, each path would run until the CPU is used up: the ratio of their
+    # CPU per request is then the throughput ratio, whatever else loads the machine now.
+    ceiling = (d_all / max(len(base.latencies), 1)) / (v_all / max(len(load.latencies), 1))
+    print(f"{'CPU-bound relays/direct (CPU ratio)':{w}} {'':>12} {'':>12} {ceiling:>13.2f}x")
     print(f"\n{'store: reserve+settle pairs/s':{w}} {'sqlite':>12} {'redis':>12} "
           f"{'redis/sqlite':>14}")
     print(f"{'(one process, 16 concurrent)':{w}} {sqlite_rate:>12.0f} {redis_rate:>12.0f} "
