@@ -51,12 +51,24 @@ bench: $(STAMP)
 #  - the vector no-change check (generate.py --check) runs in a subprocess, which never sees a
 #    mutant: check survivors in src/capwallet against it by hand (mutmut apply NAME, then
 #    python test_vectors/generate.py --check; git checkout the file after).
-# MUTANTS='capwallet.money*' narrows a run; scripts/mutation_score.py prints the score per file.
+# Two limits keep one bad mutant from stalling or sinking the run:
+#  - time: mutmut gives each mutant's worker a CPU limit (RLIMIT_CPU) of
+#    2 x timeout_multiplier x (its tests' time in the clean run + timeout_constant) and a wall
+#    limit of half that ([tool.mutmut]: at least 50 s wall, 100 s CPU); a mutant that loops is
+#    stopped with SIGXCPU and counted as a timeout, which the score counts as killed;
+#  - memory: ulimit -v caps every process of the run at MUTATION_MEMORY_KB of address space
+#    (1 GiB; the fast tests need under 1 GiB). A mutant that grows memory without end (e.g.
+#    value <<= 7 in macaroon._put_varint) gets MemoryError, its tests fail and it counts as
+#    killed, instead of taking the machine's memory from the other processes.
+# MUTANTS='capwallet.money*' narrows a run; MUTATION_CHILDREN mutants run at once (default 2);
+# scripts/mutation_score.py prints the score per file.
 MUTANTS ?=
+MUTATION_CHILDREN ?= 2
+MUTATION_MEMORY_KB ?= 1048576
 mutation: $(STAMP)
 	$(PY) -m pip install -q 'mutmut==3.8.1'
 	rm -rf mutants
-	$(VENV)/bin/mutmut run $(MUTANTS) || true
+	ulimit -v $(MUTATION_MEMORY_KB) && { $(VENV)/bin/mutmut run --max-children $(MUTATION_CHILDREN) $(MUTANTS) || true; }
 	$(PY) scripts/mutation_score.py
 
 vectors: $(STAMP)

@@ -1,13 +1,17 @@
 """Print the mutation score per protocol-core file from mutmut's results (make mutation).
 
 mutmut 3 records, per source file, the exit code of the test run for each mutant in
-``mutants/<path>.meta``. Killed: the tests failed (1, 3) or timed out; survived: they passed
-(0); no tests: no selected test reaches the mutant. The score is killed / (killed + survived
-+ no tests), the number the issue tracker's figures use.
+``mutants/<path>.meta``. Killed: the tests failed (1, 3, or a crash such as MemoryError under
+the run's memory limit); timeout: the mutant's worker ran out of its time limit (a loop), which
+counts as killed; survived: the tests passed (0); no tests: no selected test reaches the
+mutant. The raw score is (killed + timeout) / (killed + timeout + survived + no tests), the
+number the issue tracker's figures use.
 
-Survivors that are equivalent (behaviour unchanged, e.g. a message-only change or a check that
-a later check repeats) are listed by name in ``scripts/mutation_equivalents.txt`` with why;
-they are reported apart and left out of the adjusted score.
+Survivors judged harmless are listed by name in ``scripts/mutation_equivalents.txt`` with why:
+equivalent (behaviour unchanged, e.g. a check that a later check repeats) or, when the reason
+starts with "message only", a mutant that changes only the wording of an error whose reason
+code a test does check. Both are reported apart and left out of the adjusted score; a listed
+mutant that a test kills counts as killed.
 """
 
 from __future__ import annotations
@@ -17,19 +21,23 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-KILLED = {1, 3, 36, -24, 24, 152, 255, -11, -9, 37}
+KILLED = {1, 3, 37, -11, -6, 134, 139}
+TIMEOUT = {36, -24, 24, 152, 255, -9}  # -9: the hard CPU limit (SIGKILL)
 SURVIVED = {0}
 NO_TESTS = {5, 33}
+MESSAGE_ONLY = "message only"
 
 
-def equivalents(path: Path) -> set[str]:
+def listed(path: Path) -> dict[str, str]:
+    """Listed mutant name -> its reason."""
     if not path.exists():
-        return set()
-    names = set()
+        return {}
+    names: dict[str, str] = {}
     for line in path.read_text("utf-8").splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            names.add(line.split()[0])
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        name, _, reason = line.strip().partition(" ")
+        names[name] = reason.strip()
     return names
 
 
@@ -38,40 +46,45 @@ def main(root: str = "mutants") -> int:
     if not metas:
         print(f"no mutmut results under {root}/ (run make mutation first)", file=sys.stderr)
         return 2
-    equiv = equivalents(Path(__file__).with_name("mutation_equivalents.txt"))
-    print(f"{'file':<28}{'mutants':>8}{'killed':>8}{'survived':>9}{'no test':>8}"
-          f"{'equiv':>6}{'score':>8}{'adjusted':>9}")
+    known = listed(Path(__file__).with_name("mutation_equivalents.txt"))
+    print(f"{'file':<24}{'mutants':>8}{'killed':>7}{'timeout':>8}{'survived':>9}{'no test':>8}"
+          f"{'equiv':>6}{'msg':>5}{'score':>8}{'adjusted':>9}")
     survivors: list[str] = []
     for meta in metas:
         codes: dict[str, int | None] = json.loads(meta.read_text("utf-8"))["exit_code_by_key"]
         if not codes:
             continue
-        n = Counter()
+        n: Counter[str] = Counter()
         for name, code in codes.items():
             if code in KILLED:
                 n["killed"] += 1
+            elif code in TIMEOUT:
+                n["timeout"] += 1
             elif code in SURVIVED:
-                if name in equiv:
-                    n["equiv"] += 1
-                else:
+                if name not in known:
                     n["survived"] += 1
                     survivors.append(name)
+                elif known[name].startswith(MESSAGE_ONLY):
+                    n["msg"] += 1
+                else:
+                    n["equiv"] += 1
             elif code in NO_TESTS:
                 n["no tests"] += 1
                 survivors.append(name + " (no test)")
             else:
                 n["unchecked"] += 1
-        judged = n["killed"] + n["survived"] + n["equiv"] + n["no tests"]
+        caught = n["killed"] + n["timeout"]
+        judged = caught + n["survived"] + n["equiv"] + n["msg"] + n["no tests"]
         if not judged:
             continue
-        score = 100 * n["killed"] / judged
-        adjusted = 100 * n["killed"] / max(judged - n["equiv"], 1)
-        name = str(meta.relative_to(root)).removesuffix(".meta").removeprefix("src/")
-        print(f"{name:<28}{judged:>8}{n['killed']:>8}{n['survived']:>9}{n['no tests']:>8}"
-              f"{n['equiv']:>6}{score:>7.1f}%{adjusted:>8.1f}%"
+        score = 100 * caught / judged
+        adjusted = 100 * caught / max(judged - n["equiv"] - n["msg"], 1)
+        name = str(meta.relative_to(root)).removesuffix(".meta").removeprefix("src/capwallet/")
+        print(f"{name:<24}{judged:>8}{n['killed']:>7}{n['timeout']:>8}{n['survived']:>9}"
+              f"{n['no tests']:>8}{n['equiv']:>6}{n['msg']:>5}{score:>7.1f}%{adjusted:>8.1f}%"
               + (f"  ({n['unchecked']} not run)" if n["unchecked"] else ""))
     if survivors:
-        print("\nsurvivors not listed as equivalent (mutmut show NAME):")
+        print("\nsurvivors not listed in scripts/mutation_equivalents.txt (mutmut show NAME):")
         for s in survivors:
             print("  " + s)
     return 0
