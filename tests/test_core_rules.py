@@ -441,6 +441,49 @@ def test_access_digest_refuses_what_it_cannot_show() -> None:
             approvals.access_digest(["a"], "s", req)
 
 
+
+def _approval_refusal(text: str) -> str:
+    with pytest.raises(TokenError) as err:
+        approvals.Approval.parse(text)
+    assert err.value.reason is Reason.APPROVAL_INVALID
+    return err.value.message
+
+
+def test_approval_parse_refusals_name_the_fault() -> None:
+    """Each parse refusal says which rule the string broke; the 200-character bound is inclusive."""
+    a = _approval()
+    raw = a.body() + a.mac
+    assert _approval_refusal(approvals.PREFIX + b64url_encode(raw[:-1])) \
+        == "approval has the wrong length or version"
+    assert _approval_refusal(approvals.PREFIX + b64url_encode(raw[:1] + b"\x03" + raw[2:])) \
+        == "approval states an unknown kind"
+    body = raw[:74] + (2**53).to_bytes(8, "big")
+    assert _approval_refusal(approvals.PREFIX + b64url_encode(body + a.mac)) \
+        == "approval expiry is out of range"
+    # 200 characters is still within the length bound: refused by the decoded length instead.
+    assert _approval_refusal(approvals.PREFIX + "A" * 195) \
+        == "approval has the wrong length or version"
+    forged = _approval(key=RootKey(KEY.key_id, b"\x05" * 32)).serialize()
+    with pytest.raises(TokenError) as err:
+        approvals.check(forged, KEYS, b"\x07" * 16, b"\x09" * 32, T0, token_key_id=KEY.key_id,
+                        kind=approvals.Kind.MODEL_CALL)
+    assert err.value.message == "approval signature does not match"
+
+
+def test_approval_issue_and_access_digest_errors_say_why() -> None:
+    for kw, says in ((dict(expires=-1), "approval expiry out of range"),
+                     (dict(digest=b"\x09" * 31), "the digest must be 32 bytes")):
+        with pytest.raises(ValueError) as err:
+            _approval(**kw)
+        assert str(err.value) == says
+    request = approvals.request_digest("POST", "/x", b"{}")
+    for scopes, req, says in ((["a,b"], request, "scopes must be ASCII scope names"),
+                              (["a"], request[:31], "the request digest must be 32 bytes")):
+        with pytest.raises(ValueError) as err:
+            approvals.access_digest(scopes, "s", req)
+        assert str(err.value) == says
+
+
 # --- macaroon codec -------------------------------------------------------------------------
 
 

@@ -274,4 +274,17 @@ def build_approval() -> File:
     top, top_info = issue(K1, TA.token_id, D, MAX_SAFE)
     add("An approval expiring at 2^53-1, the largest expiry in range: valid.", ck,
         [APPROVAL_F, BOUNDARY, VALID], TA, ctx(big(top)), allow(approval_id=aid.hex()), top_info)
+    # The access digest of several scopes: deduplicated, sorted in byte order, joined with ','.
+    two = ["files:read", "email:send", "files:read"]
+    tsum = "Send bob@example.com the minutes from your files"
+    TD = access_digest_of(two, tsum, MD)
+    td = {"scopes": two, "summary": tsum, "request": MD.hex(), "digest": TD.hex()}
+    both, both_info = issue(K1, TS.token_id, TD, exp, aid2, kind=RESOURCE_ACCESS)
+    add("A resource access using two scopes, one of them ask-first, with an approval for what "
+        "the user saw. The access digest's scopes are listed here as files:read, email:send, "
+        "files:read and hashed deduplicated, sorted and joined with ',': "
+        "'email:send,files:read'.", "approvals.md#access-digest",
+        [ASK, RESOURCE, APPROVAL_F, DIGEST_F, ACCESS_F, VALID], TS,
+        ctx(access("files:read", "email:send", approval=both, digest=TD)),
+        allow(approval_id=aid2.hex()), both_info, mrd, access_=td)
     return f
