@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -179,3 +181,43 @@ def test_one_store_serves_one_event_loop_after_another(redis_url: str) -> None:
         snap = asyncio.run(store.snapshot(token, [f"k/{token}"]))
         assert snap.counters == {f"k/{token}": 5}
     asyncio.run(store.close())
+
+
+CLOSE_FROM_ANOTHER_THREAD = """
+import asyncio, secrets, sys, threading, time
+import uvloop
+from capwallet.store import open_store
+url, rounds = sys.argv[1], int(sys.argv[2])
+for i in range(rounds):
+    store = open_store(f"{url}?prefix=t{secrets.token_hex(4)}")
+    stop = threading.Event()
+    def owner():
+        async def main():
+            while not stop.is_set():
+                try:
+                    await asyncio.gather(*(store.snapshot(f"{j:032x}", ["k/1"]) for j in range(8)))
+                except Exception:
+                    pass
+        uvloop.run(main())
+    t = threading.Thread(target=owner)
+    t.start()
+    time.sleep(0.02)
+    if i % 2:  # the owner's loop over and closed, or still running
+        stop.set()
+        t.join()
+    asyncio.run(store.close())
+    stop.set()
+    t.join(10)
+    assert not t.is_alive()
+print("survived", rounds)
+"""
+
+
+def test_a_store_closed_from_another_thread_does_not_crash(redis_url: str) -> None:
+    # A wallet or relay closes its store from the main thread after (or, when its server
+    # thread is slow to stop, while) the server's uvloop loop used it: the store must close its
+    # connection on that loop's own thread, never touch the loop's transport from this one.
+    proc = subprocess.run([sys.executable, "-c", CLOSE_FROM_ANOTHER_THREAD, redis_url, "30"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.strip() == "survived 30"

@@ -193,6 +193,31 @@ def _entry(row: str, count: int = 1) -> LedgerEntry:
     )
 
 
+def _close_pipe(pipe: Pipe) -> None:
+    """Close ``pipe`` from whatever thread: its transport belongs to its loop, and touching a
+    loop's transport from another thread while that loop runs is undefined (uvloop's libuv is
+    not thread-safe: a relay or wallet closing its store from the main thread while the server
+    thread still runs must not crash the process)."""
+    try:
+        current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        current = None
+    if pipe.loop is current:
+        pipe.close()
+    elif pipe.loop.is_running():
+        try:
+            pipe.loop.call_soon_threadsafe(pipe.close)
+        except RuntimeError:  # it closed meanwhile
+            pass
+    elif not pipe.loop.is_closed():  # stopped: nothing else touches it now
+        try:
+            pipe.close()
+        except RuntimeError:
+            pass
+    # A closed loop cannot run anything: its futures are gone with it, and the socket is
+    # closed when its transport is collected.
+
+
 class _Script:
     """A Lua script run by SHA; loaded when Redis does not know it (first use, restart)."""
 
@@ -357,10 +382,7 @@ class RedisStore(Store):
             if pipe.loop.is_running():  # another thread's loop uses it: leave it alone
                 return None
             self._pipe = None  # its loop is over, and the connection with it
-            try:
-                pipe.close()
-            except RuntimeError:  # that loop is closed
-                pass
+            _close_pipe(pipe)
         elif pipe is not None and pipe.broken is None:
             return pipe  # opened by another call while this one was on its way here
         opening = self._opening
@@ -796,12 +818,9 @@ class RedisStore(Store):
         if self._closed:
             return
         self._closed = True
-        if self._pipe is not None:
-            try:
-                self._pipe.close()
-            except RuntimeError:  # its loop is closed already
-                pass
-            self._pipe = None
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            _close_pipe(pipe)
         try:
             await self._r.aclose()
         except (RedisError, *_TRANSIENT):
