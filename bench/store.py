@@ -84,7 +84,7 @@ def _work(n: int, now: int) -> list[tuple[Reservation, LedgerEntry]]:
                                               "input_tokens": 10, "output_tokens": 100,
                                               "cost": 40_000_000, "currency": "USD"}),
             LedgerEntry(now, TOKEN, "bench", "fake", "m", "chat", 10, 20, 8_000_000, "USD", "ok",
-                        3, reservation_id=rid),
+                        3, reservation_id=rid, chain_id="0123456789abcdef"),
         ))
     return out
 
