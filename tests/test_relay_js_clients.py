@@ -11,6 +11,7 @@ from relay_harness import Relay
 from test_js_package import node_tests, npm_installed
 
 from capwallet import caveats as cav
+from capwallet.token import Token
 
 TESTS = Path(__file__).resolve().parent / "js" / "relay_clients.test.js"
 
@@ -42,3 +43,31 @@ def test_npm_clients_get_typed_refusals_and_do_not_retry(relay: Relay) -> None:
     for token in (budget, quota):  # one refused call per SDK: nothing was retried
         rows = relay.wait_ledger(token, 2)
         assert sum(r.count for r in rows if r.refused) == 2
+
+
+SUBTASK = Path(__file__).resolve().parent / "js" / "relay_subtask.test.js"
+
+
+def test_npm_subtask_token_is_told_apart_in_the_ledger(relay: Relay) -> None:
+    """tests/js/relay_subtask.test.js attenuates the token with the npm package and calls
+    through openai-node with both: every ledger row names its chain, the parent's rows the
+    chain Python computes for it, and the relay recorded the JS-made chain's caveats."""
+    npm_installed()
+    token = relay.mint(cav.Budget(100_000, "USD", "month"))
+    env = {**os.environ, "RELAY_URL": relay.url, "TOKEN": token}
+    assert node_tests(str(SUBTASK), env) == 1
+    rows = relay.wait_ledger(token, 4)
+    parent_chain = Token.parse(token).chain_id
+    mine = sorted((r.model, r.status) for r in rows if r.chain_id == parent_chain)
+    assert mine == [("gpt-5-test", "ok"), ("relay-test", "ok")]
+    child_rows = [r for r in rows if r.chain_id != parent_chain]
+    assert sorted((r.model, r.status) for r in child_rows) == [
+        ("gpt-5-test", "denied:model_not_allowed"), ("relay-test", "ok")]
+    [child_chain] = {r.chain_id for r in child_rows}
+    chains = {c.chain_id: c for c in relay.run(relay.store.chains([Token.parse(token).token_id]))}
+    assert set(chains) == {parent_chain, child_chain}
+    parent_caveats = tuple(c.decode() for c in Token.parse(token).raw_caveats)
+    assert chains[parent_chain].caveats == parent_caveats
+    added = chains[child_chain].caveats[len(parent_caveats):]
+    assert chains[child_chain].caveats[:len(parent_caveats)] == parent_caveats
+    assert added[0] == "models relay-test" and added[1].startswith("budget ")
