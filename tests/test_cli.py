@@ -225,3 +225,21 @@ def test_inspect_reads_like_the_readme(key_file: Path) -> None:
     assert "confirm above: 0.50 EUR" in out and "{'EUR'" not in out
     assert "budget 10.00 EUR per month" in out
     assert "token-quota 2000000 tokens per day" in out or "2000000" in out
+
+
+def test_output_into_a_closed_pipe_is_no_traceback(key_file: Path) -> None:
+    """`capwallet inspect T --json | head -c 100`: the reader closes the pipe early; the command
+    stops quietly with 141 (128 + SIGPIPE, as a shell reports it), not a BrokenPipeError
+    traceback (which is what `... --json | head` printed)."""
+    token = run("mint", "--key-file", str(key_file), "--budget", "1EUR/day",
+                "--now", NOW).stdout.strip()
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    try:
+        r = subprocess.run([sys.executable, "-m", "capwallet", "inspect", token, "--json"],
+                           stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+                           check=False)
+    finally:
+        os.close(write_end)
+    assert r.returncode == 141, r.stderr
+    assert r.stderr == ""

@@ -6,6 +6,7 @@ run as given: a missing file, an unreadable value)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -52,4 +53,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
+    try:
+        sys.stdout.flush()  # here, where a closed pipe can still be told apart from a bug
+    except BrokenPipeError:
+        return _reader_gone()
     return code
+
+
+def _reader_gone() -> int:
+    """The reader of our output went away (``capwallet inspect T --json | head``): stop quietly
+    as a shell tool does, 128 + SIGPIPE, instead of a traceback; stdout goes to /dev/null so
+    the interpreter's own flush at exit does not raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
