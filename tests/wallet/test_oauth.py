@@ -212,3 +212,23 @@ def test_unexchanged_approvals_are_forgotten(wallet: RunningWallet,
     approve(browser_client)
     left = wallet.ctx.grants.list(statuses=("pending",))
     assert [g.grant_id for g in left] != [pending.grant_id] and len(left) == 1
+
+
+def test_a_model_at_a_provider_without_a_key_is_said_so(browser_client: httpx.Client) -> None:
+    """A model priced at a requested provider the wallet has no key for is warned about for
+    the missing key; only a model no requested provider prices is "no price". (The page said
+    "claude-sonnet-4-5: no price at openai or anthropic", blaming the price table.)"""
+    import html
+    import json
+
+    details = {"type": "capwallet_ai", "providers": ["openai", "anthropic"],
+               "models": ["gpt-4o-mini", "claude-sonnet-4-5", "mystery-1"],
+               "budget": {"amount": "5.00", "currency": "USD", "period": "month"}}
+    params, _ = authorize_params(authorization_details=json.dumps([details]))
+    page = consent_page(browser_client, params)
+    assert page.status_code == 200, page.text
+    text = " ".join(html.unescape(page.text).split())
+    assert "Your wallet has no key for <strong>anthropic</strong>" in text
+    assert "served by anthropic, for which your wallet has no key" in text
+    assert "no price at openai or anthropic, so the relay refuses calls to it" in text  # mystery
+    assert text.count("no price at") == 2  # mystery-1: in the warnings and under the model

@@ -10,6 +10,7 @@ cost of the sample call is the relay's (microunits, rounded up), N is rounded do
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
 from capwallet.money import MICROS_PER_MINOR, format_micros
@@ -18,6 +19,7 @@ from capwallet.wallet.permissions import Permission
 if TYPE_CHECKING:
     from capwallet.wallet.context import WalletContext
     from reference_relay.config import RelayConfig
+    from reference_relay.prices import PriceTable
 
 SAMPLE_INPUT = 1000  # a typical call: a page of context in, a paragraph out
 SAMPLE_OUTPUT = 500
@@ -57,6 +59,18 @@ def relay_config(ctx: WalletContext) -> RelayConfig | None:
         return None
 
 
+@cache
+def _shipped_table() -> PriceTable:
+    from reference_relay.prices import default_table
+
+    return default_table()
+
+
+def shipped(provider: str) -> frozenset[str]:
+    """The models the reference relay's shipped price table prices for a provider id."""
+    return frozenset(_shipped_table().sections.get(provider, {}))
+
+
 def quote(perm: Permission, config: RelayConfig | None, keys: set[str]) -> Quote:
     """Every model the request names, priced as the relay would price it at the first
     requested provider that serves it; and every requested provider without a key."""
@@ -70,8 +84,12 @@ def quote(perm: Permission, config: RelayConfig | None, keys: set[str]) -> Quote
                      None)
         if found is None or config is None:
             where = " or ".join(perm.providers)
+            # A model priced only at a requested provider the wallet has no key for: that is
+            # the reason (saying "no price at openai or anthropic" blamed the price table).
+            keyless = [p for p in perm.providers if p not in keys and model in shipped(p)]
             why = (f"your wallet has no key for {where}" if not serving else
-                   f"no price at {where}, so the relay refuses calls to it")
+                   f"served by {' or '.join(keyless)}, for which your wallet has no key"
+                   if keyless else f"no price at {where}, so the relay refuses calls to it")
             rows.append(ModelPrice(", ".join(perm.providers), model, False, why))
             continue
         provider, price = found
