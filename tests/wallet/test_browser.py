@@ -377,6 +377,10 @@ def test_dashboard_notifies_when_an_approval_waits(page: Any,
         };""")
     open_page(page, wallet_relay.base_url + "/")
     page.wait_for_selector("#approval-watch")
+    # "Notify me" looks like a link to click, not like the muted sentence around it
+    look = page.eval_on_selector("#approval-notify", """b => [getComputedStyle(b).color,
+        getComputedStyle(b).textDecorationLine, getComputedStyle(b.parentElement).color]""")
+    assert look[1] == "underline" and look[0] != look[2], look
     page.wait_for_timeout(1000)  # the first poll records that nothing waits
     assert page.evaluate("window.__notes") == []
     _, token = issue_grant(
