@@ -38,6 +38,7 @@ import httpx
 DEFAULT_WALLET_URL = "http://127.0.0.1:8750"
 ENV_WALLET_URL = "CAPWALLET_URL"
 APPROVAL_HEADER = "X-Capwallet-Approval"
+EXCHANGE_TIMEOUT = 30.0  # seconds for one request to the wallet (the user's wait has its own)
 
 
 class ConnectError(Exception):
@@ -267,10 +268,16 @@ def connect(
         raise ConnectError("invalid_issuer", "the answer came from another wallet")
     if "error" in params:
         raise ConnectError(params["error"], params.get("error_description", ""))
-    r = httpx.post(wallet.token_endpoint, data={
-        "grant_type": "authorization_code", "code": params.get("code", ""),
-        "redirect_uri": cb.redirect_uri, "code_verifier": verifier,
-    }, timeout=30)
+    try:
+        r = httpx.post(wallet.token_endpoint, data={
+            "grant_type": "authorization_code", "code": params.get("code", ""),
+            "redirect_uri": cb.redirect_uri, "code_verifier": verifier,
+        }, timeout=EXCHANGE_TIMEOUT)
+    except httpx.HTTPError as exc:
+        raise ConnectError("wallet_unreachable",
+                           f"approved, but cannot reach {wallet.token_endpoint} to collect the "
+                           f"token ({type(exc).__name__}): is the wallet still running? "
+                           "Run again for a new link.") from None
     body = _json_body(r)
     if r.status_code != 200:
         raise ConnectError(str(body.get("error", "token_error")),
@@ -296,7 +303,12 @@ def wait_for_approval(
     url = f"{wallet_url.rstrip('/')}/approvals/{approval_request_id}/status"
     deadline = time.monotonic() + timeout
     while True:
-        r = httpx.get(url, headers={"authorization": f"Bearer {token}"}, timeout=30)
+        try:
+            r = httpx.get(url, headers={"authorization": f"Bearer {token}"},
+                          timeout=EXCHANGE_TIMEOUT)
+        except httpx.HTTPError as exc:  # fail closed, and say where it failed
+            raise ApprovalDenied(f"cannot reach the wallet at {url} ({type(exc).__name__}); "
+                                 "no approval") from None
         body = _json_body(r)
         if r.status_code != 200:
             raise ApprovalDenied(str(body.get("message", f"HTTP {r.status_code}")))
@@ -321,13 +333,17 @@ def check_scope(
     scopes), so the retry with ``approval`` must send the same scopes, digest and summary. The
     answer has "allowed", "reason", and for an ask-first scope "approval_request_id".
     """
-    r = httpx.post(
-        f"{wallet_url.rstrip('/')}/resource/check",
-        headers={"authorization": f"Bearer {token}"},
-        json={"scopes": scopes, "digest": digest.hex(), "summary": summary,
-              **({"approval": approval} if approval else {})},
-        timeout=30,
-    )
+    url = f"{wallet_url.rstrip('/')}/resource/check"
+    try:
+        r = httpx.post(
+            url, headers={"authorization": f"Bearer {token}"},
+            json={"scopes": scopes, "digest": digest.hex(), "summary": summary,
+                  **({"approval": approval} if approval else {})},
+            timeout=EXCHANGE_TIMEOUT,
+        )
+    except httpx.HTTPError as exc:  # fail closed: no answer is no permission
+        return {"allowed": False, "reason": "wallet_unreachable",
+                "message": f"cannot reach the wallet at {url} ({type(exc).__name__})"}
     body = _json_body(r)
     body.setdefault("allowed", False)
     return body

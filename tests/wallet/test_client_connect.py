@@ -60,3 +60,42 @@ def test_blog_example_has_no_browser_and_timeout_flags() -> None:
     r = subprocess.run([sys.executable, str(example), "--help"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and "--no-browser" in r.stdout and "--timeout" in r.stdout
+
+
+def test_a_wallet_gone_after_the_answer_is_a_clear_error() -> None:
+    """A network failure after the user answered is a typed error naming the URL, never a bare
+    httpx exception: the code exchange (connect), the approval poll (wait_for_approval, fail
+    closed) and a resource server's scope check (not allowed)."""
+    import json
+    import socket
+    from urllib.parse import parse_qs, urlsplit
+
+    import httpx
+
+    from capwallet.client import ApprovalDenied, check_scope, wait_for_approval
+
+    from .loopback_site import loopback_site
+
+    with socket.socket() as s:  # a port nobody listens on: the wallet that went away
+        s.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{s.getsockname()[1]}"
+    with loopback_site() as site:
+        site.pages["/.well-known/oauth-authorization-server"] = json.dumps({
+            "issuer": site.url, "authorization_endpoint": f"{site.url}/authorize",
+            "token_endpoint": f"{gone}/token"})
+
+        def approve_at_once(url: str) -> bool:  # the wallet answers, then disappears
+            q = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+            httpx.get(q["redirect_uri"], params={"code": "c", "state": q["state"],
+                                                 "iss": site.url})
+            return True
+
+        with pytest.raises(ConnectError) as exc:
+            connect("Test App", PERMS, wallet_url=site.url, open_browser=approve_at_once,
+                    timeout=10, say=lambda _: None)
+    assert exc.value.error == "wallet_unreachable"
+    assert f"{gone}/token" in exc.value.description
+    with pytest.raises(ApprovalDenied, match=f"cannot reach the wallet at {gone}/approvals/"):
+        wait_for_approval(gone, "cwt1_x", "rid", timeout=5)
+    answer = check_scope(gone, "cwt1_x", ["posts:read"], b"\0" * 32)
+    assert answer["allowed"] is False and answer["reason"] == "wallet_unreachable"
