@@ -371,8 +371,14 @@ class _StreamPump:
 
     # -- the pump -------------------------------------------------------------------------------
 
-    def _verdict(self, outcome: tuple[RelayError, bytes | None] | None) -> None:
+    def _verdict(self, outcome: tuple[RelayError, bytes | None] | None, *,
+                 wake: bool = True) -> None:
         self.ready.set_result(outcome)
+        if wake:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Wake the response if it waits for the verdict."""
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -408,6 +414,14 @@ class _StreamPump:
         await self._to_app({"type": "http.response.body", "body": data, "more_body": True})
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:  # however it ends (cancelled too), the response waits no more
+            self._wake()
+            if not self._over.done():
+                self._over.set_result(None)
+
+    async def _run(self) -> None:
         call = self.call
         p = call.provider
         meter = StreamMeter(call.endpoint.meter,
@@ -422,11 +436,13 @@ class _StreamPump:
                     self._verdict(upstream_status_error(p, resp.status, body, call.key))
                     await call.release("upstream_error")
                     return
-                # The head first, then the response's wake-up: its flush is queued before the
-                # response task's turn (which only starts listening for a disconnect).
+                # The provider answered (from here on the call is charged, not released);
+                # the head goes out before the response is woken, so that the head's flush is
+                # queued before the response task's turn (it only listens for a disconnect).
+                self._verdict(None, wake=False)
                 await self._start({h: v for h in _PASS_HEADERS
                                    if (v := resp.header(h)) is not None})
-                self._verdict(None)
+                self._wake()
                 first = True  # until the first piece is sent
                 async for chunk in resp.iter_chunks():
                     if first:

@@ -7,6 +7,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -108,6 +109,32 @@ def test_stream_client_gone_before_the_provider_answers_is_still_metered(relay: 
     assert row.status in ("ok", "client_disconnected")
     assert (row.input_tokens, row.output_tokens, row.cost) == (10, 16, 5_800_000)
     assert budget_used(relay, tok) == 5_800_000
+
+
+def test_stream_call_cancelled_before_the_provider_answers_releases(relay: Relay) -> None:
+    # The call's task is cancelled (as at a shutdown past its grace) while it waits for the
+    # provider's head: the app gets a refusal instead of a hang, and nothing is charged.
+    tok = relay.mint(cav.Budget(1000, "USD", "month"))
+    body = {"model": "fault-delay:1500", "messages": HELLO, "max_tokens": 16, "stream": True}
+    tasks = relay.server.app.state.relay.tasks
+    got: list[httpx.Response] = []
+    sender = threading.Thread(target=lambda: got.append(httpx.post(
+        relay.url + "/v1/chat/completions", json=body, timeout=30,
+        headers={"authorization": "Bearer " + tok})))
+    sender.start()
+    deadline = time.monotonic() + 10
+    while not tasks and time.monotonic() < deadline:
+        time.sleep(0.005)
+    for task in list(tasks):
+        task.get_loop().call_soon_threadsafe(task.cancel)
+    sender.join(timeout=30)
+    [r] = got
+    # The refusal the cancelled call answers with (an uncancelled call streams a 200).
+    assert r.status_code == 502 and error_code(r) == "upstream_error"
+    assert "cancelled" in r.json()["error"]["message"]
+    [row] = relay.wait_ledger(tok, 1)
+    assert (row.status, row.cost) == ("upstream_error", 0)
+    assert budget_used(relay, tok) == 0
 
 
 # -- upstream faults ----------------------------------------------------------------------------
