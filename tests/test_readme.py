@@ -139,6 +139,7 @@ OUTPUT_CHECKS: list[tuple[re.Pattern[str], Callable[[str], None]]] = []
 def _check_demo(out: str) -> None:
     assert re.search(r"^Next: .*capwallet ", out, re.M), (
         "make demo must end by telling the reader what to type next:\n" + out[-2000:])
+    assert not re.search(r"\b1 calls\b", out), "one call is '1 call':\n" + out[-2000:]
 
 
 def _check_token_example(out: str) -> None:

@@ -168,7 +168,7 @@ def run_demo(*, home: str | None, port: int, keep_running: bool, as_json: bool) 
         say(f"6. Spend: {APP}: {spent.text() if spent else '-'} "
             f"({row.calls} calls logged; models used: {', '.join(row.models_used)})")
         for name, cur, cost, n in snap.spend_by("model"):
-            say(f"   {name:<28} {n} calls  {format_micros(cost, cur)}")
+            say(f"   {name:<28} {n} call{'s' if n != 1 else ' '}  {format_micros(cost, cur)}")
         for t in row.subtasks:  # the attenuated token's calls, told apart from the app's
             say(f"   sub-task {t.label or ''} ({t.chain_id[:8]}): {t.calls} call"
                 f"{'s' if t.calls != 1 else ''}; " + "; ".join(t.words()))
