@@ -331,20 +331,27 @@ def test_identifier_layout_and_ranges() -> None:
     assert data[0] == 1 and data[1:9] == b"k" * 8 and data[9:25] == b"t" * 16
     assert Identifier.decode(data) == ident
     assert Identifier(b"k" * 8, b"t" * 16, 0).encode()[25:] == bytes(8)
-    for bad in (Identifier(b"k" * 7, b"t" * 16, 0), Identifier(b"k" * 8, b"t" * 15, 0),
-                Identifier(b"k" * 8, b"t" * 16, -1), Identifier(b"k" * 8, b"t" * 16, 2**53)):
-        with pytest.raises(ValueError):
+    sizes, issued = "key id must be 8 bytes and token id 16 bytes", "issued_at out of range"
+    for bad, says in ((Identifier(b"k" * 7, b"t" * 16, 0), sizes),
+                      (Identifier(b"k" * 8, b"t" * 15, 0), sizes),
+                      (Identifier(b"k" * 8, b"t" * 16, -1), issued),
+                      (Identifier(b"k" * 8, b"t" * 16, 2**53), issued)):
+        with pytest.raises(ValueError) as refused:
             bad.encode()
+        assert str(refused.value) == says
+    length = "identifier must be 33 bytes"
     cases = [(b"", Reason.MALFORMED, "identifier is empty"),
-             (b"\x02" + data[1:], Reason.UNSUPPORTED_VERSION, "version 2 is not supported"),
-             (data[:-1], Reason.MALFORMED, "identifier must be 33 bytes"),
-             (b"\x01", Reason.MALFORMED, "identifier must be 33 bytes"),
-             (data + b"\x00", Reason.MALFORMED, "identifier must be 33 bytes"),
-             (data[:25] + (2**53).to_bytes(8, "big"), Reason.MALFORMED, "out of range")]
+             (b"\x02" + data[1:], Reason.UNSUPPORTED_VERSION,
+              "token protocol version 2 is not supported (this verifier knows 1)"),
+             (data[:-1], Reason.MALFORMED, length),
+             (b"\x01", Reason.MALFORMED, length),
+             (data + b"\x00", Reason.MALFORMED, length),
+             (data[:25] + (2**53).to_bytes(8, "big"), Reason.MALFORMED,
+              "issued_at is out of range")]
     for raw, reason, says in cases:
         with pytest.raises(TokenError) as err:
             Identifier.decode(raw)
-        assert err.value.reason is reason and says in err.value.message
+        assert err.value.reason is reason and err.value.message == says
     new = Identifier.new(b"k" * 8, 5)
     assert len(new.token_id) == 16 and new.issued_at == 5 and new.version == 1
     assert new.token_id != Identifier.new(b"k" * 8, 5).token_id
