@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from capwallet.token import Token
+
 NOW = "1790000000"
 
 
@@ -52,6 +54,9 @@ def test_mint_attenuate_inspect_verify(key_file: Path) -> None:
     assert info["effective_limits"]["max_output_tokens"] == 200
     assert [c["type"] for c in info["caveats"]][-2:] == ["budget", "max-output-tokens"]
     assert "UNVERIFIED" in run("inspect", child).stdout
+    # The chain id the wallet shows a sub-task by: the child's, not the parent's.
+    assert info["chain_id"] == Token.parse(child).chain_id != Token.parse(parent).chain_id
+    assert f"chain id   {info['chain_id']}" in run("inspect", child).stdout
 
     call = ["--provider", "anthropic", "--model", "claude-sonnet-4-5", "--input-tokens", "100",
             "--now", NOW]

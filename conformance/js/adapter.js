@@ -9,7 +9,7 @@
 import { createInterface } from 'node:readline';
 import { verify } from '../../js/src/token/verify.js';
 import { describe, mint, attenuate } from '../../js/src/token/token.js';
-import { deriveKey, chainSteps } from '../../js/src/token/macaroon.js';
+import { deriveKey, chainSteps, chainId } from '../../js/src/token/macaroon.js';
 import { accessDigest, requestDigest, issueApproval } from '../../js/src/token/approval.js';
 import { limitsToJson } from '../../js/src/token/limits.js';
 import { TokenError } from '../../js/src/token/reasons.js';
@@ -89,7 +89,8 @@ const OPS = {
   },
   async attenuate(req) {
     const caveats = field(req, 'caveats', 'array').map((_, i) => bytes(req.caveats, i));
-    return { token: await attenuate(field(req, 'token', 'string'), caveats) };
+    const token = await attenuate(field(req, 'token', 'string'), caveats);
+    return { token, chain_id: await chainId(fromHex(describe(token).signature)) };
   },
   async request_digest(req) {
     const digest = await requestDigest(field(req, 'method', 'string'), field(req, 'path', 'string'), bytes(req, 'body_hex'));

@@ -109,7 +109,9 @@ export interface Limits {
   [caveat: string]: unknown;
 }
 export interface TokenInfo {
-  tokenId: string; keyId: string; issuedAt: number; caveats: Caveat[]; limits: Limits;
+  tokenId: string; keyId: string; issuedAt: number;
+  /** The chain id (spec/token-format.md#chain-id): 16 hex, different for each attenuation. */
+  chainId: string; caveats: Caveat[]; limits: Limits;
 }
 export function attenuate(token: string, caveats: Caveat[]): Promise<string>;
 export function inspect(token: string): Promise<TokenInfo>;

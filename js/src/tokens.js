@@ -7,6 +7,7 @@ import { decodeAll } from './token/caveats.js';
 import { effective, limitsToJson } from './token/limits.js';
 import { TokenError } from './token/reasons.js';
 import { hex } from './token/encoding.js';
+import { chainId } from './token/macaroon.js';
 import { encodeCaveat } from './caveats.js';
 import { InvalidArgumentError } from './errors.js';
 
@@ -33,8 +34,10 @@ export async function attenuate(token, caveats) {
 
 /**
  * What a token says about itself, read without a key (so: claims, not yet verified; the relay
- * verifies). {tokenId, keyId, issuedAt, caveats: [typed], limits: {expires, models, counters,
- * ...}} with limits in the shape of the test vectors (snake_case, sorted name lists).
+ * verifies). {tokenId, keyId, issuedAt, chainId, caveats: [typed], limits: {expires, models,
+ * counters, ...}} with limits in the shape of the test vectors (snake_case, sorted name
+ * lists). chainId names this chain (spec/token-format.md#chain-id): a sub-task's attenuated
+ * token has its own, and the wallet's dashboard shows the sub-task's calls under it.
  */
 export async function inspect(token) {
   try {
@@ -43,7 +46,7 @@ export async function inspect(token) {
     const limits = await effective(identifier.tokenId, raw.caveats.map((b, i) => [b, caveats[i]]));
     return {
       tokenId: hex(identifier.tokenId), keyId: hex(identifier.keyId), issuedAt: identifier.issuedAt,
-      caveats, limits: limitsToJson(limits),
+      chainId: await chainId(raw.signature), caveats, limits: limitsToJson(limits),
     };
   } catch (err) {
     throw tokenError(err);

@@ -52,6 +52,20 @@ test('inspect reads caveats and the effective limits', async () => {
   assert.match(info.limits.counters[0].counter_id, /^[0-9a-f]{32}$/);
 });
 
+test('inspect names the chain: the vectors\' chain ids, a new one for each attenuation', async () => {
+  const att = JSON.parse(readFileSync(new URL('../../test_vectors/v1/attenuate.json', import.meta.url), 'utf8'));
+  // (inspect refuses a caveat it cannot decode; those vectors are the conformance runner's)
+  const bad = ['unknown_caveat', 'invalid_caveat'];
+  const withIds = att.tests.filter((t) => 'chain_id' in t && !bad.includes(t.expected?.reason));
+  assert.ok(withIds.length >= 10);
+  for (const t of withIds) assert.equal((await inspect(t.token)).chainId, t.chain_id, t.id);
+  const parent = await inspect(base.token);
+  const child = await inspect(await attenuate(base.token, [Models(['gpt-4o-mini'])]));
+  assert.match(parent.chainId, /^[0-9a-f]{16}$/);
+  assert.equal(child.tokenId, parent.tokenId); // a sub-task keeps the token id ...
+  assert.notEqual(child.chainId, parent.chainId); // ... and gets its own chain id
+});
+
 test('caveats encode to the one canonical spelling', () => {
   const text = (c) => latin1(encodeCaveat(c));
   assert.equal(text(Models(['b', 'a', 'b'])), 'models a b');

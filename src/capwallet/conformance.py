@@ -255,6 +255,8 @@ def _check_mint(a: Adapter, v: dict[str, Any]) -> None:
 def _check_attenuate(a: Adapter, v: dict[str, Any]) -> None:
     got = a.call("attenuate", token=v["parent"], caveats=[c["hex"] for c in v["attenuate"]])
     _expect("attenuate token", v["token"], got.get("token"))
+    if "chain_id" in v:
+        _expect("attenuate chain_id", v["chain_id"], got.get("chain_id"))
 
 
 def _check_digest(a: Adapter, v: dict[str, Any]) -> None:

@@ -149,7 +149,7 @@ def op_attenuate(req: dict[str, Any]) -> dict[str, Any]:
     for c in added:
         sig = macaroon.extend(sig, c)
     raw = macaroon.RawMacaroon(parent.raw.identifier, parent.raw.caveats + tuple(added), sig)
-    return {"token": _token(parent.identifier, raw)}
+    return {"token": _token(parent.identifier, raw), "chain_id": macaroon.chain_id(sig)}
 
 
 def op_request_digest(req: dict[str, Any]) -> dict[str, Any]:

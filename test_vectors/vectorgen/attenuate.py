@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from capwallet import caveats as cav
@@ -47,9 +48,13 @@ def build_attenuate() -> File:
             if again != child.s:
                 raise SystemExit(f"attenuate: implementation differs for {desc}")
             crosscheck_mint(child)
+        # Computed here from the signature alone; the implementation must agree.
+        chain_id = hashlib.sha256(child.sig).digest()[:8].hex()
+        if Token.parse(child.s).chain_id != chain_id:
+            raise SystemExit(f"attenuate: chain id differs for {desc}")
         f.add(desc, spec, [ATT, *flags], keys=keys, parent=parent.s,
-              attenuate=[caveat_json(c) for c in added], **token_json(child), context=context,
-              expected=expected)
+              attenuate=[caveat_json(c) for c in added], chain_id=chain_id, **token_json(child),
+              context=context, expected=expected)
 
     crosscheck_mint(P)
     f.add("The parent used in this file: 30-day expiry, two providers, three models, a "

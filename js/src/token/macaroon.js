@@ -11,7 +11,7 @@
 // which is asynchronous: so are the chain, minting, attenuation and verification.
 
 import { TokenError } from './reasons.js';
-import { encodeVarint, readVarint, utf8 } from './encoding.js';
+import { encodeVarint, hex, readVarint, utf8 } from './encoding.js';
 
 const VERSION = 0x02;
 const EOS = 0;
@@ -55,6 +55,14 @@ export async function chainSteps(rootKey, identifier, caveats) {
 export async function chain(rootKey, identifier, caveats) {
   const steps = await chainSteps(rootKey, identifier, caveats);
   return steps[steps.length - 1];
+}
+
+/**
+ * The chain id (spec/token-format.md#chain-id): hex of the first 8 bytes of SHA-256 of the
+ * signature. Names one chain (a sub-task's attenuated token gets its own); not a secret.
+ */
+export async function chainId(signature) {
+  return hex((await sha256(signature)).subarray(0, 8));
 }
 
 /** Attenuation: the signature after appending one caveat (needs no key). */

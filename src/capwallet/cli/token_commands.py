@@ -158,6 +158,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     info = {
         "verified": False,
         "token_id": token.token_id,
+        "chain_id": token.chain_id,
         "key_id": token.key_id,
         "issued_at": token.identifier.issued_at,
         "caveats": rows,
@@ -168,6 +169,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 0
     print("UNVERIFIED: decoded without a key; a verifier may still reject this token.")
     print(f"token id   {token.token_id}")
+    print(f"chain id   {token.chain_id}   (this chain: each attenuation gets its own)")
     print(f"root key   {token.key_id}")
     print(f"issued at  {_iso(token.identifier.issued_at)}")
     print(f"caveats    {len(rows)}")
