@@ -11,7 +11,7 @@
 
 import {
   connect, handleRedirect, attenuate, inspect, openaiOptions, withApproval,
-  Models, Budget, Expires, CapwalletError,
+  App, Models, Budget, Expires, CapwalletError,
 } from 'capwallet';
 import OpenAI, { APIConnectionError } from 'openai';
 
@@ -136,14 +136,17 @@ $('subtask').addEventListener('click', async () => {
   showError(null);
   busy(true);
   try {
-    // The sub-task (say, a third-party typo fixer) gets only what it needs.
+    // The sub-task (say, a third-party typo fixer) gets only what it needs, and a name: the
+    // wallet's dashboard shows its calls under this app's grant as "sub-task typo fixer".
     const child = await attenuate(conn.token, [
-      Models(['gpt-4o-mini']), Budget(1, 'USD', 'total'), Expires(Math.floor(Date.now() / 1000) + 600),
+      App('typo fixer'), Models(['gpt-4o-mini']), Budget(1, 'USD', 'total'), Expires(Math.floor(Date.now() / 1000) + 600),
     ]);
     const info = await inspect(child);
     $('subtask-panel').hidden = false;
-    $('subtask-limits').textContent = `Sub-task token ${info.tokenId.slice(0, 8)}…: models ${info.limits.models.join(', ')}, `
+    // Its chain id is how the dashboard tells it from this app's own token (same token id).
+    $('subtask-limits').textContent = `Sub-task ${info.chainId.slice(0, 8)}: models ${info.limits.models.join(', ')}, `
       + `${info.limits.counters.length} budgets, expires in 10 minutes`;
+    $('subtask-limits').dataset.chain = info.chainId;
     const sub = new OpenAI({ ...openaiOptions({ ...conn, token: child }), maxRetries: 0 });
     const r = await sub.chat.completions.create({
       model: 'gpt-4o-mini', max_tokens: 64, messages: [{ role: 'user', content: `Fix typos: ${$('prompt').value}` }],

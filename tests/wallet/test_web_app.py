@@ -140,6 +140,16 @@ def test_connect_stream_reload_subtask_approve_revoke(
         assert page.is_hidden("#error"), page.inner_text("#error")
         assert "models gpt-4o-mini" in page.inner_text("#subtask-limits")
         assert page.inner_text("#subtask-answer").strip()
+        # The dashboard shows it under the app's grant by the chain id the page shows.
+        chain = page.get_attribute("#subtask-limits", "data-chain") or ""
+        assert f"Sub-task {chain[:8]}:" in page.inner_text("#subtask-limits")
+        row = wallet_page.locator(f"#grant-{conn['grantId']} #subtask-{chain}")
+        for _ in range(40):  # the relay records a chain off the request path
+            wallet_page.goto(w.base_url + "/")
+            if row.count():
+                break
+            wallet_page.wait_for_timeout(250)
+        assert "typo fixer" in row.inner_text() and "of 0.01 USD in total" in row.inner_text()
 
         # Above confirm-above (0.01 USD): the page asks, the user approves in the wallet,
         # the page retries with the approval and shows the answer.
