@@ -248,3 +248,26 @@ def test_output_into_a_closed_pipe_is_no_traceback(key_file: Path) -> None:
         os.close(write_end)
     assert r.returncode == 141, r.stderr
     assert r.stderr == ""
+
+
+def test_every_command_has_help_and_json() -> None:
+    """Every leaf command (keygen ... serve, provider add/list/remove) takes --json, and says
+    what it does in --help; a command added later without them fails here."""
+    import argparse
+
+    from capwallet.cli import build_parser
+
+    def leaves(p: argparse.ArgumentParser, path: tuple[str, ...]
+               ) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            return [(path, p)]
+        return [leaf for name, child in subs[0].choices.items()
+                for leaf in leaves(child, (*path, name))]
+
+    found = leaves(build_parser(), ())
+    assert len(found) >= 16
+    for path, p in found:
+        flags = {s for a in p._actions for s in a.option_strings}
+        assert "--json" in flags, " ".join(path)
+        assert p.description or p.format_help().count("\n") > 3, " ".join(path)

@@ -73,8 +73,8 @@ def test_provider_key_from_stdin_or_env_never_printed(home: Path) -> None:
     assert bad.returncode == 2 and KEY not in bad.stderr
     r = run(home, "provider", "add", "openai", "--key-env", "UNSET_VAR_123")
     assert r.returncode == 2 and "UNSET_VAR_123" in r.stderr
-    r = run(home, "provider", "remove", "anthropic")
-    assert r.returncode == 0
+    r = run(home, "provider", "remove", "anthropic", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == {"name": "anthropic", "removed": True}
     assert [p["name"] for p in json.loads(run(home, "provider", "list", "--json").stdout)] == [
         "openai"]
 
@@ -239,3 +239,32 @@ def test_apps_shows_a_token_quota_not_no_budget(home: Path) -> None:
     assert "no budget" not in out and "no limit" not in out
     assert "at most 2,000,000 model tokens per day" in out
     assert "at most 30 requests per minute" in out
+
+
+def test_serve_json_is_one_line_a_script_can_read(home: Path) -> None:
+    """`capwallet serve --json` prints the addresses as one JSON line (the keys of `demo
+    --json`), and they work: the sign-in link signs in, the relay answers."""
+    import httpx
+    e = {k: v for k, v in os.environ.items()}
+    e.update({"CAPWALLET_HOME": str(home), "CAPWALLET_PASSPHRASE": "pw-1"})
+    run(home, "provider", "add", "openai", stdin=KEY + "\n")
+    proc = subprocess.Popen([sys.executable, "-m", "capwallet", "serve", "--port", "0",
+                             "--json"], env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        base = info["wallet_url"]
+        assert base.startswith("http://127.0.0.1:") and info["listening_on"] == base
+        assert info["relay_url"] == f"{base}/v1"
+        login, secret = info["dashboard_url"].split("/login#")
+        assert login == base and secret
+        with httpx.Client(base_url=base) as browser:
+            r = browser.post("/login", json={"secret": secret}, headers={"origin": base})
+            assert r.status_code == 200, r.text
+        r = httpx.get(f"{info['relay_url']}/models", headers={"authorization": "Bearer cwt1_x"})
+        assert r.headers["x-capwallet-reason"] == "malformed"
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=20)
+    assert out == "" and KEY not in err  # nothing but the one line on stdout

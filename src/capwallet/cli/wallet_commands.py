@@ -78,6 +78,7 @@ def register(sub: Any) -> None:
     ls.set_defaults(func=cmd_provider_list)
     rm = psub.add_parser("remove", parents=[home], help="forget a provider's key")
     rm.add_argument("name", metavar="NAME")
+    rm.add_argument("--json", action="store_true")
     rm.set_defaults(func=cmd_provider_remove)
 
     p = sub.add_parser("grant", parents=[home], help="grant an app a token (prints it once)",
@@ -114,6 +115,9 @@ def register(sub: Any) -> None:
                                    "127.0.0.1, with provider keys from the keystore.")
     p.add_argument("--port", type=int, default=8750, help="port (default 8750; 0 picks one)")
     p.add_argument("--open", action="store_true", help="open the dashboard in your browser")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON line (wallet_url, dashboard_url: the sign-in link, "
+                        "relay_url) instead of the text, for a script that starts it")
     h = p.add_argument_group(
         "on a server", "Run the wallet behind a reverse proxy (Caddy) that terminates TLS; see "
         "README 'Run your wallet on a server'.")
@@ -300,7 +304,10 @@ def cmd_provider_remove(args: Any) -> int:
     if not ks.remove_provider(args.name):
         raise CliError(f"no provider named {args.name!r}")
     ks.save()
-    print(f"Removed the {args.name} key.")
+    if args.json:
+        print_json({"name": args.name, "removed": True})
+    else:
+        print(f"Removed the {args.name} key.")
     return 0
 
 
@@ -510,7 +517,7 @@ def cmd_serve(args: Any) -> int:
         deployment=Deployment(public_origin=public, trusted_proxies=proxies),
         tls_cert=args.tls_cert, tls_key=args.tls_key,
     )
-    return serve_forever(home, ks, options=options, open_browser=args.open)
+    return serve_forever(home, ks, options=options, open_browser=args.open, as_json=args.json)
 
 
 def cmd_demo(args: Any) -> int:

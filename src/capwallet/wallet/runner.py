@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 import sys
@@ -193,9 +194,20 @@ def run_async(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return box[0]
 
 
+def _say_started(base_url: str, url: str, options: ServeOptions, ctx: WalletContext) -> None:
+    print(f"  Sign in to your wallet:  {url}")
+    if options.deployment.public_origin is not None:
+        print("  The sign-in link works once; then sign in with a passkey (or the passphrase).")
+    if options.deployment.secure and ctx.signin is not None and not ctx.signin.passkeys.all():
+        print(f"  No passkey yet: after signing in, add one at {base_url}/passkeys")
+    print(f"  Relay for apps:          {base_url}/v1  (openai SDK base_url)")
+    print("  Keep this sign-in link private. Stop with Ctrl-C.", flush=True)
+
+
 def serve_forever(home: WalletHome, keystore: Keystore, *, options: ServeOptions,
-                  open_browser: bool) -> int:
-    """`capwallet serve`: run in the foreground until Ctrl-C (or SIGTERM from systemd)."""
+                  open_browser: bool, as_json: bool = False) -> int:
+    """`capwallet serve`: run in the foreground until Ctrl-C (or SIGTERM from systemd).
+    ``as_json``: the addresses as one JSON line on stdout instead of the text."""
     from capwallet.cli.common import CliError
 
     try:
@@ -215,19 +227,18 @@ def serve_forever(home: WalletHome, keystore: Keystore, *, options: ServeOptions
         except RelaySetupError as exc:
             raise CliError(str(exc)) from None
         url = login_url(base_url, ctx)
-        if options.deployment.public_origin is None:
+        if as_json:
+            # the keys `capwallet demo --json` uses; dashboard_url is the sign-in link
+            print(json.dumps({"wallet_url": base_url, "listening_on": local,
+                              "dashboard_url": url, "relay_url": f"{base_url}/v1"}), flush=True)
+        elif options.deployment.public_origin is None:
             print(f"capwallet is running on {base_url} (only this computer can reach it).")
         else:
             print(f"capwallet is running on {local}, published as {base_url}.")
             proxies = ", ".join(options.deployment.trusted_proxies) or "none"
             print(f"  Forwarded headers trusted from: {proxies}")
-        print(f"  Sign in to your wallet:  {url}")
-        if options.deployment.public_origin is not None:
-            print("  The sign-in link works once; then sign in with a passkey (or the passphrase).")
-        if options.deployment.secure and ctx.signin is not None and not ctx.signin.passkeys.all():
-            print(f"  No passkey yet: after signing in, add one at {base_url}/passkeys")
-        print(f"  Relay for apps:          {base_url}/v1  (openai SDK base_url)")
-        print("  Keep this sign-in link private. Stop with Ctrl-C.", flush=True)
+        if not as_json:
+            _say_started(base_url, url, options, ctx)
         if open_browser:
             webbrowser.open(url)
         server = _server(create_wallet_app(ctx, relay), options)
