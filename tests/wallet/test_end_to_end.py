@@ -93,6 +93,9 @@ def test_connect_call_and_see_the_spend(wallet_relay: RunningWallet) -> None:
     r = _cli(wallet_relay, "usage", "--app", "Blog Assistant", "--json")
     calls = json.loads(r.stdout)
     assert [c["status"] for c in calls].count("ok") == 3
+    assert "denied:model_not_allowed" in [c["status"] for c in calls]  # JSON: the code
+    r = _cli(wallet_relay, "usage", "--app", "Blog Assistant")
+    assert "refused: model not allowed" in r.stdout and "denied:" not in r.stdout  # words
     r = _cli(wallet_relay, "apps")
     assert "Blog Assistant" in r.stdout and "gpt-4o-mini" in r.stdout
     assert conn.token not in r.stdout + r.stderr

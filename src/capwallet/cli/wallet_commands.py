@@ -38,7 +38,7 @@ from capwallet.wallet.keystore import (
     read_passphrase_file,
 )
 from capwallet.wallet.provider_check import ProviderCheckError, check_key
-from capwallet.wallet.usage import Snapshot, limit_words, snapshot
+from capwallet.wallet.usage import Snapshot, limit_words, result_words, snapshot
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _PROVIDER_ID = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,39}")
@@ -428,14 +428,16 @@ def cmd_usage(args: Any) -> int:
               f"No calls by {printable(args.app)} in that time.")
         return 0
     print(_table(
-        ["TIME (UTC)", "APP", "MODEL", "IN", "OUT", "COST", "STATUS"],
+        ["TIME (UTC)", "APP", "MODEL", "IN", "OUT", "COST", "RESULT"],
         [[_short(c.entry.time),
           printable(c.app, 24) + (f" (sub-task {c.entry.chain_id[:8]})" if c.subtask else ""),
           printable(c.entry.model or "-", 30),
           str(c.entry.input_tokens), str(c.entry.output_tokens),
           format_micros(c.entry.cost, c.entry.currency) if c.entry.currency else "-",
-          printable(c.entry.status + (f" x{c.entry.count}" if c.entry.count > 1 else ""),
-                    30)] for c in calls]))
+          # in words as on the dashboard ("refused: model not allowed"); --json keeps the code
+          printable(result_words(c.entry.status)
+                    + (f" x{c.entry.count}" if c.entry.count > 1 else ""), 40)]
+         for c in calls]))
     totals: dict[str, int] = {}
     for c in calls:
         if c.entry.currency:
