@@ -2,7 +2,7 @@
 
     python bench/relay_profile.py [--calls N] [--concurrency C] [--sampler cprofile|py-spy]
                                   [--top N] [--out FILE]
-    python bench/relay_profile.py --sampler none [--rounds R]
+    python bench/relay_profile.py --sampler none [--rounds R] [--in-process]
 
 Not a benchmark (bench/relay.py measures; this explains). One run, on loopback: the fake
 provider and a one-process relay (``python -m reference_relay``, as deployed, in a subprocess),
@@ -22,7 +22,10 @@ Samplers:
 * ``none``: no profile; the relay and the floor proxy run side by side, ``--rounds`` alternating
   rounds of ``--calls`` each, and the CPU per call of each (user and system apart) and their
   ratio are printed per round: a quick check of a change against the floor, the same split as
-  bench/relay.py's floor table without its other rows.
+  bench/relay.py's floor table without its other rows. ``--in-process`` drives the relay's and
+  the floor's ASGI apps in this one process instead (no uvicorn, no sockets from a client):
+  on a loaded machine its rounds spread far less, so an A/B of two versions of the code
+  (run it from each checkout in turn) shows changes of 10% that the three-process rounds hide.
 
 * ``cprofile`` (default): the relay runs under ``python -m cProfile``; printed are the Python
   function calls per request (what "about 500 calls per request" counts) and the top
@@ -52,6 +55,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -204,6 +208,106 @@ def _compare(fake_url: str, d: Path, root: RootKey, calls: int, conc: int, round
             p.wait(timeout=30)
 
 
+def _asgi_scope(auth: str, length: int) -> dict[str, object]:
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": "/v1/chat/completions",
+            "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
+            "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1),
+            "headers": [(b"host", b"127.0.0.1"), (b"authorization", b"Bearer " + auth.encode()),
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(length).encode())]}
+
+
+async def _drive(app: Any, auth: str, calls: int, conc: int) -> int:
+    """``calls`` requests through an ASGI app, ``conc`` at a time; the number that failed."""
+    data = json.dumps(BODY, separators=(",", ":")).encode()
+    errors = 0
+
+    async def one() -> None:
+        nonlocal errors
+        given = False
+        status = 0
+
+        async def receive() -> dict[str, object]:
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": data, "more_body": False}
+            await asyncio.Event().wait()  # no disconnect: the call runs to its end
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, object]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])  # type: ignore[call-overload]
+
+        await app(_asgi_scope(auth, len(data)), receive, send)
+        errors += status != 200
+
+    async def worker(n: int) -> None:
+        for _ in range(n):
+            await one()
+
+    await asyncio.gather(*(worker(calls // conc) for _ in range(conc)))
+    return errors
+
+
+def _in_process(fake_url: str, d: Path, root: RootKey, calls: int, conc: int,
+                rounds: int) -> None:
+    """The relay's ASGI app and the floor's, driven in this process (no HTTP server, no
+    load generator process): process CPU per call, alternating rounds. What it leaves out
+    (uvicorn, the sockets from the client) is the same for both, so the difference is the
+    capability logic with less of the machine's noise than three processes have."""
+    import gc
+
+    from passthrough import Forward
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.routing import Route
+
+    from reference_relay.app import RequestGuard, create_app
+    from reference_relay.config import load_config
+
+    os.environ["OPENAI_API_KEY"] = KEY
+    token = mint(root, [cav.Budget(10**9, "USD", "month"), cav.TokenQuota(10**12, "month"),
+                        cav.App("bench")]).serialize()
+
+    async def run() -> None:
+        relay_app = create_app(load_config(d / "relay.toml"))
+        floor_app = Starlette(
+            routes=[Route("/v1/chat/completions", Forward(f"{fake_url}/v1", KEY),
+                          methods=["POST"])],
+            middleware=[Middleware(RequestGuard, allowed=("127.0.0.1", "localhost"))])
+        targets = (("floor", floor_app, KEY), ("relay", relay_app, token))
+        for _, app, auth in targets:  # warm: connections, caches, statements
+            await _drive(app, auth, max(calls // 5, conc), conc)
+        gc.freeze()  # as the relay's process does (reference_relay.__main__._tune_gc)
+        gc.set_threshold(20_000, 50, 1000)
+        print(f"CPU per call at concurrency {conc} in one process (us), {calls} calls per round")
+        ratios = []
+        for i in range(rounds):
+            got = {}
+            for name, app, auth in targets:
+                t0 = time.process_time()
+                errors = await _drive(app, auth, calls, conc)
+                got[name] = (time.process_time() - t0) / calls * 1e6
+                if errors:
+                    raise SystemExit(f"{name}: {errors} calls failed")
+            ratios.append(got["relay"] / got["floor"])
+            print(f"round {i + 1}: floor {got['floor']:.1f}  relay {got['relay']:.1f}  logic "
+                  f"{got['relay'] - got['floor']:.1f}  ratio {ratios[-1]:.2f}x")
+        print(f"ratio relay/floor: median {statistics.median(ratios):.2f}x, "
+              f"{min(ratios):.2f}-{max(ratios):.2f}; load average {os.getloadavg()[0]:.2f}")
+        await relay_app.state.relay.aclose()
+
+    try:  # the relay's loop when installed, as uvicorn picks it
+        import uvloop
+    except ImportError:
+        asyncio.run(run())
+    else:
+        uvloop.run(run())
+
+
 def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "--run-under-yappi":
         _run_under_yappi(sys.argv[2], sys.argv[3:])
@@ -214,6 +318,8 @@ def main() -> int:
     parser.add_argument("--sampler", choices=["yappi", "cprofile", "py-spy", "none"],
                         default="yappi")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --sampler none")
+    parser.add_argument("--in-process", action="store_true",
+                        help="--sampler none: drive both ASGI apps in this process")
     parser.add_argument("--passthrough", action="store_true",
                         help="profile the floor proxy (bench/passthrough.py) instead")
     parser.add_argument("--native", action="store_true",
@@ -231,7 +337,8 @@ def main() -> int:
     d = _relay_dir(tmp, fake_url, root)
     if args.sampler == "none":
         try:
-            _compare(fake_url, d, root, args.calls, args.concurrency, args.rounds)
+            compare = _in_process if args.in_process else _compare
+            compare(fake_url, d, root, args.calls, args.concurrency, args.rounds)
         finally:
             fake.terminate()
             fake.wait(timeout=30)
