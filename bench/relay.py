@@ -1,6 +1,6 @@
 """Benchmark: what the relay adds on top of a direct provider call (not a timed test).
 
-    python bench/relay.py [--quick]
+    python bench/relay.py [--quick] [--streams] [--runs N]
 
 One run, all on loopback: a fake provider (the fake_provider package) and two relays, as
 deployed (``python -m reference_relay``, in subprocesses): one with a single process, one with
@@ -20,6 +20,12 @@ A second baseline runs in the same rounds as the one-process relay: bench/passth
 forwarding proxy on the relay's own serving stack (uvicorn, httptools, the relay's middleware
 and upstream pool) with no capability logic. Its row shows what serving and forwarding cost on
 this stack, so the relay's CPU per call splits into that floor and the logic on top.
+
+Streams (at concurrency 1, after the plain calls; ``--streams`` runs only them, ``--runs N``
+repeats them N times in the run): the added time to the first byte and to the first content
+chunk of a 16-chunk stream, and the cost per chunk from a 500-chunk stream (long minus short);
+targets: first byte at most 0.5 ms added p50, under 20 us per chunk, judged on the median over
+the runs with the range beside it.
 
 Targets: added p50 under 1.5 ms at concurrency 1; at concurrency 20 at least half the direct
 throughput while the relay, the fake provider and the load generator share the machine's cores
