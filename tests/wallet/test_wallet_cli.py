@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,22 @@ def test_serve_json_is_one_line_a_script_can_read(home: Path) -> None:
         proc.terminate()
         out, err = proc.communicate(timeout=20)
     assert out == "" and KEY not in err  # nothing but the one line on stdout
+
+
+def test_demo_without_the_openai_sdk_says_how_to_get_it(tmp_path: Path) -> None:
+    """`pipx install .` leaves out the test extras, openai among them; `capwallet demo` then
+    failed halfway with a ModuleNotFoundError traceback. It now says, before starting
+    anything, which extra to install (openai is made unimportable here as Python documents:
+    None in sys.modules)."""
+    code = ("import sys; sys.modules['openai'] = None; from capwallet.cli import main; "
+            "sys.exit(main(['demo']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, check=False, env={**os.environ, "HOME": str(tmp_path)})
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    assert "pipx install '.[demo]'" in r.stderr
+    root = Path(__file__).resolve().parents[2]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert any(d.startswith("openai") for d in extras["demo"])
+    assert "pipx install '.[demo]'" in (root / "README.md").read_text()

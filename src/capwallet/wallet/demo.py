@@ -126,6 +126,14 @@ def run_demo(*, home: str | None, port: int, keep_running: bool, as_json: bool) 
         if not as_json:
             print(*parts, flush=flush)
 
+    try:
+        import openai  # noqa: F401 - the calls below need it
+    except ImportError:
+        # Installed without the demo's extra (`pipx install .`): say so before starting anything.
+        raise CliError("capwallet demo makes its calls with the official openai SDK, which is "
+                       "not installed here: pipx install '.[demo]' (or pip install "
+                       "'capwallet[demo]'); make demo's .venv has it") from None
+
     with contextlib.ExitStack() as stack:
         try:
             wallet_home, ks = _open_home(home, stack)
