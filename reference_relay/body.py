@@ -10,7 +10,10 @@ the body (reason ``invalid_request``) rather than by picking one reading:
   model and run as the other;
 * bytes that are not UTF-8 (``json.loads`` on bytes also accepts UTF-16/32 and encoded
   surrogates, which other parsers reject or replace), and a byte-order mark;
-* ``NaN``, ``Infinity`` and ``-Infinity``, which are not JSON.
+* ``NaN``, ``Infinity`` and ``-Infinity``, which are not JSON;
+* a ``\\u`` escape of a lone UTF-16 surrogate (``"\\ud800"``), which names no character:
+  Python keeps it as an unpaired code point, other parsers replace it or refuse, and the relay
+  could not re-encode a body holding one as UTF-8 (it answered 500 when it had to rewrite it).
 
 After this parse nothing about cost or routing is decided by searching the raw bytes
 (``has_key`` walks the parsed body instead: ``"cache\\u005fcontrol"`` is the key
@@ -20,6 +23,7 @@ After this parse nothing about cost or routing is decided by searching the raw b
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from reference_relay.errors import INVALID_REQUEST, RelayError
@@ -46,6 +50,26 @@ def _constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# After the parse, an escaped surrogate pair is one character: a surrogate left is a lone one.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether any key or string anywhere in a parsed body holds a lone surrogate."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v)
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
 # Built once: json.loads(s, **kw) would build a decoder per call.
 _DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant)
 
@@ -69,6 +93,11 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise RelayError(INVALID_REQUEST, "the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise RelayError(INVALID_REQUEST, "the request body must be a JSON object")
+    # Only an escape can make a surrogate (the text is strict UTF-8): walk the body only then.
+    if ("\\ud" in text or "\\uD" in text) and _lone_surrogate(body):
+        raise RelayError(INVALID_REQUEST, "the request body has a \\u escape of a lone UTF-16 "
+                         "surrogate, which is not a character; JSON parsers disagree on it, so "
+                         "the relay refuses it (escape a character outside the BMP as a pair)")
     return body
 
 

@@ -94,6 +94,29 @@ def test_bodies_other_parsers_read_differently_are_refused(relay: Relay, raw: by
     refused_unforwarded(relay, "/v1/chat/completions", raw, token)
 
 
+# A \u escape of a lone surrogate: Python keeps an unpaired code point, other parsers put
+# U+FFFD or refuse. The relay refused nothing here before: a body it had to rewrite (an
+# OpenAI stream gets include_usage) failed re-encoding and answered 500, one it forwarded
+# as sent reached the provider with a string the relay had read differently.
+@pytest.mark.parametrize("text", ["\\ud800", "x\\uDC00", "\\ude00\\ud83d"])
+@pytest.mark.parametrize("where", ["content", "key"])
+def test_escaped_lone_surrogates_are_refused(relay: Relay, text: str, where: str) -> None:
+    token = relay.mint(cav.Budget(1000, "USD", "month"))
+    field = f'"content":"{text}"' if where == "content" else f'"content":"hi","{text}":1'
+    for extra in ("", ',"stream":true'):
+        raw = ('{"model":"relay-test","max_tokens":4' + extra
+               + ',"messages":[{"role":"user",' + field + '}]}').encode()
+        assert "surrogate" in refused_unforwarded(relay, "/v1/chat/completions", raw, token)
+
+
+def test_an_escaped_surrogate_pair_is_one_character_and_passes(relay: Relay) -> None:
+    token = relay.mint(cav.Budget(1000, "USD", "month"))
+    raw = (b'{"model":"relay-test","max_tokens":4,"messages":[{"role":"user",'
+           b'"content":"\\ud83d\\ude00 \\u00e9"}]}')
+    r = post_raw(relay, "/v1/chat/completions", raw, token)
+    assert r.status_code == 200, r.text
+
+
 def _needed(relay: Relay, token: str, raw: bytes) -> int:
     """The worst case the relay reserves for an Anthropic call (from its budget refusal)."""
     r = post_raw(relay, "/v1/messages", raw, token)
