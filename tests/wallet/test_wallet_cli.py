@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import stat
 import subprocess
 import sys
@@ -182,8 +183,9 @@ def test_serve_prints_a_sign_in_link_and_serves(home: Path) -> None:
                        headers={"authorization": "Bearer cwt1_nope"})
         assert r.status_code in (400, 401) and r.headers["x-capwallet-reason"] == "malformed"
     finally:
-        proc.terminate()
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
         out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "capwallet stopped." in err, err
     assert KEY not in out + err + "".join(lines)
     r = run(home, "serve", passphrase="wrong")
     assert r.returncode == 2 and "wrong passphrase" in r.stderr
@@ -266,9 +268,10 @@ def test_serve_json_is_one_line_a_script_can_read(home: Path) -> None:
         r = httpx.get(f"{info['relay_url']}/models", headers={"authorization": "Bearer cwt1_x"})
         assert r.headers["x-capwallet-reason"] == "malformed"
     finally:
-        proc.terminate()
+        proc.terminate()  # SIGTERM, as systemd stops it: the wallet closes and says so
         out, err = proc.communicate(timeout=20)
     assert out == "" and KEY not in err  # nothing but the one line on stdout
+    assert proc.returncode == 0 and err.strip().endswith("capwallet stopped."), err
 
 
 def test_demo_without_the_openai_sdk_says_how_to_get_it(tmp_path: Path) -> None:

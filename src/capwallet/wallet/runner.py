@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import socket
 import sys
 import threading
@@ -194,6 +195,31 @@ def run_async(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return box[0]
 
 
+class _Stopped(Exception):
+    """SIGTERM (systemd's stop, `kill`) arrived: leave server.run like Ctrl-C does."""
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise _Stopped
+
+
+@contextlib.contextmanager
+def _stop_signals_return() -> Iterator[None]:
+    """uvicorn shuts down on SIGINT/SIGTERM and then raises the signal again with the handler
+    it found. SIGTERM's default handler ended the process there, before the wallet closed its
+    stores or said it stopped, and Ctrl-C left as a KeyboardInterrupt. Both now return here."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        yield
+    except (KeyboardInterrupt, _Stopped):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def _say_started(base_url: str, url: str, options: ServeOptions, ctx: WalletContext) -> None:
     print(f"  Sign in to your wallet:  {url}")
     if options.deployment.public_origin is not None:
@@ -242,7 +268,8 @@ def serve_forever(home: WalletHome, keystore: Keystore, *, options: ServeOptions
         if open_browser:
             webbrowser.open(url)
         server = _server(create_wallet_app(ctx, relay), options)
-        server.run(sockets=[sock])
+        with _stop_signals_return():
+            server.run(sockets=[sock])
     finally:
         sock.close()
         ctx.grants.close()
