@@ -116,6 +116,25 @@ async def test_counters_expire_after_their_period(store: RedisStore,
     assert 1000 + COUNTER_MARGIN - 5 <= await raw.ttl(tag + "month/x")
 
 
+async def test_a_counter_created_again_gets_its_expiry_again(store: RedisStore,
+                                                            raw: aioredis.Redis) -> None:
+    # A counter that expired between reserve and settle is created again by the settle's
+    # refund (at 0) and must expire again; one that holds a value keeps the expiry it has.
+    now = int(time.time())
+    name = "{" + store.prefix + ":" + bucket_of("tok") + "}:c:month/y"
+    r1 = Reservation(secrets.token_hex(16), "tok", (Hold("month/y", 5, 100, now + 1000),), now + 60)
+    assert (await store.reserve(r1)).ok
+    first = await raw.ttl(name)
+    assert 1000 + COUNTER_MARGIN - 5 <= first <= 1000 + COUNTER_MARGIN
+    r2 = Reservation(secrets.token_hex(16), "tok", (Hold("month/y", 5, 100, now + 9000),), now + 60)
+    assert (await store.reserve(r2)).ok  # a later period end does not move the expiry
+    assert await raw.get(name) == "10" and await raw.ttl(name) <= first
+    await raw.delete(name)  # as if it expired
+    assert await store.settle(r1.reservation_id, {"month/y": 2}, entry("tok"))
+    assert await raw.get(name) == "0"
+    assert 1000 + COUNTER_MARGIN - 5 <= await raw.ttl(name) <= 1000 + COUNTER_MARGIN
+
+
 async def test_every_key_of_a_token_shares_one_slot(store: RedisStore,
                                                     raw: aioredis.Redis) -> None:
     tok = secrets.token_hex(16)
