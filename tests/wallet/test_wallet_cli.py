@@ -291,3 +291,23 @@ def test_demo_without_the_openai_sdk_says_how_to_get_it(tmp_path: Path) -> None:
         "optional-dependencies"]
     assert any(d.startswith("openai") for d in extras["demo"])
     assert "pipx install '.[demo]'" in (root / "README.md").read_text()
+
+
+def test_demo_keep_running_sends_the_reader_only_where_it_can_go(tmp_path: Path) -> None:
+    """The last line of `capwallet demo --keep-running` mentions the web app only when the
+    demo offers one (it is not offered before `npm ci`)."""
+    proc = subprocess.Popen([sys.executable, "-m", "capwallet", "demo", "--keep-running",
+                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "HOME": str(tmp_path)})
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while not (lines and lines[-1].startswith("The wallet keeps running")):
+            assert time.monotonic() < deadline and proc.poll() is None, lines
+            lines.append(proc.stdout.readline())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    offered = not any(line.startswith("Web app: not offered") for line in lines)
+    assert ("then the web app" in lines[-1]) == offered, lines[-2:]

@@ -197,8 +197,8 @@ def run_demo(*, home: str | None, port: int, keep_running: bool, as_json: bool) 
                               "limits": t.words()} for t in row.subtasks],
             }, indent=2), flush=True)
         if keep_running:
-            say("The wallet keeps running; open the dashboard link above (it signs you in), "
-                "then the web app. Stop with Ctrl-C.", flush=True)
+            say("The wallet keeps running; open the dashboard link above (it signs you in)"
+                + (", then the web app" if web_url else "") + ". Stop with Ctrl-C.", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 threading.Event().wait()
         else:
