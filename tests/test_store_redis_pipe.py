@@ -194,8 +194,9 @@ for i in range(rounds):
     def owner():
         async def main():
             while not stop.is_set():
-                try:
-                    await asyncio.gather(*(store.snapshot(f"{j:032x}", ["k/1"]) for j in range(8)))
+                try:  # the store's own connection, and redis-py's pooled ones
+                    await asyncio.gather(*(store.snapshot(f"{j:032x}", ["k/1"]) for j in range(8)),
+                                         store.counters([f"c/{secrets.token_hex(4)}"]))
                 except Exception:
                     pass
         uvloop.run(main())

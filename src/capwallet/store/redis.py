@@ -821,6 +821,16 @@ class RedisStore(Store):
         pipe, self._pipe = self._pipe, None
         if pipe is not None:
             _close_pipe(pipe)
+        home = pipe.loop if pipe is not None else None
+        if home is not None and home is not asyncio.get_running_loop() and home.is_running():
+            # The pooled connections were opened on that loop too, in another thread: they
+            # are closed there (see _close_pipe), waited for a few seconds at most.
+            try:
+                done = asyncio.run_coroutine_threadsafe(self._r.aclose(), home)
+                await asyncio.wait_for(asyncio.wrap_future(done), 5)
+            except Exception:  # noqa: S110 - closing: nothing is left to tell
+                pass
+            return
         try:
             await self._r.aclose()
         except (RedisError, *_TRANSIENT):
