@@ -327,6 +327,12 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=30, help="functions listed (default 30)")
     parser.add_argument("--out", type=Path, help="keep the profile here (pstats or speedscope)")
     args = parser.parse_args()
+    if args.sampler == "yappi":
+        try:
+            import yappi  # noqa: F401
+        except ImportError:
+            raise SystemExit("yappi is not installed: pip install yappi (or --sampler "
+                             "cprofile, which needs nothing)") from None
     if args.sampler == "py-spy" and shutil.which("py-spy") is None and not (
             Path(sys.executable).parent / "py-spy").exists():
         raise SystemExit("py-spy is not installed: pip install py-spy")
@@ -343,7 +349,7 @@ def main() -> int:
             fake.terminate()
             fake.wait(timeout=30)
         return 0
-    out = args.out or tmp / ("relay.pstats" if args.sampler == "cprofile" else "relay.json")
+    out = args.out or tmp / ("relay.json" if args.sampler == "py-spy" else "relay.pstats")
     if args.passthrough:
         cmd = [str(ROOT / "bench" / "passthrough.py"), "--upstream", f"{fake_url}/v1",
                "--key", KEY, "--port", "0"]
