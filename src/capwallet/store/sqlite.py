@@ -437,10 +437,18 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capwallet-sqlite")
-        # Group commit state; touched only on the event loop's thread.
+        # Group commit state. The loop that runs the batches touches it on its own thread; a
+        # loop in another thread reads it to find the store taken (and is refused), or takes it
+        # over when it is idle. Which loop holds the store and the queue it appends to change
+        # under ``_claim``: a check then an append without it let two threads both find the
+        # store idle, queue into one batch and resolve the other loop's future from the wrong
+        # thread (no wake-up: that loop slept in select for ever, seen as a hung test).
+        self._claim = threading.Lock()
         self._queue: list[tuple[_Op, asyncio.Future[Any]]] = []  # writes waiting for a batch
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop that runs the batches
-        self._thread = 0  # and its thread
+        # (that loop, its thread), replaced as one value so another thread never pairs one
+        # loop with the other's thread when it asks whether it is the store's loop
+        self._owner: tuple[asyncio.AbstractEventLoop, int] | None = None
         self._active = False  # a flush is scheduled, or a batch or checkpoint is on the worker
         self._since_checkpoint = 0  # commits since the last checkpoint
         self._busy_tries = 0  # consecutive flushes that found the write lock taken
@@ -470,20 +478,23 @@ class SQLiteStore(Store):
         if self._closed:
             raise StoreUnavailable("store is closed")
         loop = self._running_loop()
-        if self._active and self._loop is not loop:
-            if self._loop is not None and not self._loop.is_closed():
-                raise StoreUnavailable("an SQLiteStore serves one event loop at a time "
-                                       "(open one per loop)")
-            self._queue, self._active = [], False  # that loop died with writes queued
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((op, future))
-        if self._active:
+        with self._claim:
+            if self._active and self._loop is not loop:
+                if self._loop is not None and not self._loop.is_closed():
+                    raise StoreUnavailable("an SQLiteStore serves one event loop at a time "
+                                           "(open one per loop)")
+                self._queue, self._active = [], False  # that loop died with writes queued
+            self._queue.append((op, future))
+            lead = not self._active
+            if lead:
+                self._active = True
+                self._loop, self._owner = loop, (loop, threading.get_ident())
+        if not lead:
             return cast(T, await future)
         # The first write of this iteration leads the batch: it lets the loop run the other
         # callers of this iteration once (they queue theirs), then runs the batch itself, and
         # usually has its outcome without being woken again.
-        self._active = True
-        self._loop, self._thread = loop, threading.get_ident()
         try:
             await asyncio.sleep(0)
         except BaseException:  # cancelled: the batch still runs, without this write
@@ -496,21 +507,21 @@ class SQLiteStore(Store):
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         """The running loop, found without asyncio.get_running_loop (a getpid system call on
         each use) when it is the store's own."""
-        if self._on_loop_thread():
-            assert self._loop is not None
-            return self._loop
-        return asyncio.get_running_loop()
+        return self._own_loop() or asyncio.get_running_loop()
 
-    def _on_loop_thread(self) -> bool:
-        """Whether this code runs inside the loop that runs the batches (so between two)."""
-        loop = self._loop
-        return loop is not None and threading.get_ident() == self._thread and loop.is_running()
+    def _own_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop that runs the batches if this code runs inside it (so between two)."""
+        owner = self._owner
+        if owner is None or owner[1] != threading.get_ident() or not owner[0].is_running():
+            return None
+        return owner[0]
 
     def _flush(self) -> None:
         """Run every queued write as one batch: here if the lock is free, else on the worker."""
         # A caller cancelled before its batch starts does not get its write.
-        batch = [item for item in self._queue if not item[1].done()]
-        self._queue = []
+        with self._claim:
+            batch = [item for item in self._queue if not item[1].done()]
+            self._queue = []
         if not batch:
             self._idle()
             return
@@ -527,7 +538,8 @@ class SQLiteStore(Store):
                 # shortly here, the writes queued meanwhile joining this batch, rather than
                 # pay a thread hop each time (measured with two relay processes on one file).
                 self._busy_tries += 1
-                self._queue = batch + self._queue
+                with self._claim:
+                    self._queue = batch + self._queue
                 assert self._loop is not None
                 self._loop.call_later(BUSY_RETRY_S * 2 ** (self._busy_tries - 1), self._flush)
                 return
@@ -619,7 +631,8 @@ class SQLiteStore(Store):
                 future.set_exception(error)
 
     def _idle(self) -> None:
-        self._active = False
+        with self._claim:
+            self._active = False
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
 
@@ -631,7 +644,7 @@ class SQLiteStore(Store):
         if self._closed:
             raise StoreUnavailable("store is closed")
         fast = self._fast_cur
-        if fast is not None and self._on_loop_thread():
+        if fast is not None and self._own_loop() is not None:
             try:
                 with self._fast_lock:
                     return fast.execute(sql, params).fetchall()
