@@ -157,7 +157,7 @@ def test_dashboard_shows_spend_and_revoke_works(page: Any, wallet_relay: Running
     assert "gpt-4o-mini" in page.inner_text("#per-model")
     assert "gpt-4.1-mini" in page.inner_text("#per-model")
     assert page.inner_text("#stat-calls") == "3"
-    assert page.locator("svg.chart rect.bar").count() == 30
+    assert page.locator("svg.chart-wide rect.bar").count() == 30
     assert page.locator("text=<img src=x onerror=alert(1)>").count() >= 1  # shown as text
     shot(page, "dashboard")
     assert dialogs == []
@@ -361,6 +361,13 @@ def test_dashboard_every_currency_quota_words_and_mobile(page: Any,
         .filter(e => e.getBoundingClientRect().right > 391 && !e.closest('.scroll'))
         .map(e => e.tagName + '.' + e.className).slice(0, 8)""")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390, wide
+    for currency in ("USD", "EUR"):  # the phone's chart: labels a person can read
+        expect(page.locator(f"#chart-{currency}")).to_be_hidden()
+        narrow = page.locator(f"#chart-{currency}-narrow")
+        expect(narrow).to_be_visible()
+        sizes = narrow.evaluate("svg => [...svg.querySelectorAll('text.tick')].map(t => "
+                                "[t.getBoundingClientRect().height, t.getBBox().x])")
+        assert all(h >= 9 and x >= 0 for h, x in sizes), (currency, sizes)
     page.screenshot(path=str(SHOTS / "dashboard-390.png"), full_page=True)
 
 

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from capwallet.money import format_micros, format_short
 
 WIDTH = 720
+# The chart a phone shows (below 560 px): the SVG scales to the page's width, text included, so
+# the wide chart's 11 px labels came out about 4.5 px on a 390 px screen. This one scales ~1:1.
+NARROW_WIDTH = 340
 HEIGHT = 200
 LEFT = 64  # least room for the axis labels (more when a label is longer)
 CHAR_WIDTH = 7  # px per character of an 11 px tick label, generously
@@ -62,7 +65,7 @@ def _nice_max(value: int) -> int:
         step *= 10
 
 
-def spend_chart(per_day: list[tuple[str, int]], currency: str) -> Chart:
+def spend_chart(per_day: list[tuple[str, int]], currency: str, width: int = WIDTH) -> Chart:
     top = _nice_max(max((v for _, v in per_day), default=0))
     # Values are microunits (ledger costs). Gridlines at 0, the middle (when exact), the top;
     # the left margin fits the longest label, so none is cut off ("0.0005 USD").
@@ -70,7 +73,7 @@ def spend_chart(per_day: list[tuple[str, int]], currency: str) -> Chart:
     labels = {k: format_short(top * k // 2, currency) for k in steps}
     left = max(LEFT, 12 + CHAR_WIDTH * max(len(t) for t in labels.values()))
     plot_h = HEIGHT - BOTTOM - TOP
-    plot_w = WIDTH - left - 8
+    plot_w = width - left - 8
     n = max(len(per_day), 1)
     slot = plot_w // n
     bar_w = max(slot - 4, 2)
@@ -85,7 +88,7 @@ def spend_chart(per_day: list[tuple[str, int]], currency: str) -> Chart:
     ticks = [Tick(baseline - plot_h * k // 2, labels[k]) for k in steps]
     total = sum(v for _, v in per_day)
     return Chart(
-        width=WIDTH, height=HEIGHT, left=left, baseline=baseline, bars=bars, ticks=ticks,
+        width=width, height=HEIGHT, left=left, baseline=baseline, bars=bars, ticks=ticks,
         first_day=per_day[0][0] if per_day else "", last_day=per_day[-1][0] if per_day else "",
         total=format_micros(total, currency), empty=total == 0, currency=currency,
     )

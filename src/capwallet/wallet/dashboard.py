@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from capwallet.money import format_micros, format_short
 from capwallet.store.base import StoreUnavailable
-from capwallet.wallet.chart import spend_chart
+from capwallet.wallet.chart import NARROW_WIDTH, spend_chart
 from capwallet.wallet.context import WalletContext
 from capwallet.wallet.grants import revoke_grant
 from capwallet.wallet.pages import navigate
@@ -40,6 +40,8 @@ async def dashboard_page(request: Request) -> Response:
     # One chart per currency spent in: nothing is converted, nothing silently dropped.
     charts = [spend_chart(snap.spend_per_day(c), c)
               for c in (snap.currencies() or ([currency] if currency else []))]
+    narrow = {c.currency: spend_chart(snap.spend_per_day(c.currency), c.currency,
+                                      width=NARROW_WIDTH) for c in charts}
     active = [r for r in snap.apps if r.grant.is_live(now)]
     others = [r for r in snap.apps if not r.grant.is_live(now)]
     totals = snap.currencies()
@@ -47,7 +49,8 @@ async def dashboard_page(request: Request) -> Response:
         format_micros(0, currency) if currency else "0"
     )
     return ctx.pages.render(
-        request, "dashboard.html", nav="dashboard", snap=snap, charts=charts, now=now,
+        request, "dashboard.html", nav="dashboard", snap=snap, charts=charts, narrow=narrow,
+        now=now,
         per_day=snap.per_day()[:60],
         rows=active + others, active_count=len({r.app for r in active}), total=total,
         total_exact=" + ".join(format_micros(snap.total(c), c) for c in totals),
