@@ -356,6 +356,11 @@ def test_dashboard_every_currency_quota_words_and_mobile(page: Any,
     per_day = page.inner_text("#per-day")
     assert "Notes" in per_day and "Quota Bot" in per_day and "gpt-4.1-mini" in per_day
     shot(page, "dashboard-currencies")
+    page.set_viewport_size({"width": 800, "height": 800})  # a small laptop window
+    lines = page.evaluate("""[...document.querySelectorAll('#recent tbody td:nth-child(3)')]
+        .map(td => { const r = document.createRange(); r.selectNodeContents(td);
+                     return r.getClientRects().length; })""")
+    assert lines and max(lines) == 1, lines  # a model name is not broken at its hyphens
     page.set_viewport_size({"width": 390, "height": 800})
     wide = page.evaluate("""[...document.querySelectorAll('body *')]
         .filter(e => e.getBoundingClientRect().right > 391 && !e.closest('.scroll'))
