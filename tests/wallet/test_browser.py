@@ -346,6 +346,11 @@ def test_dashboard_every_currency_quota_words_and_mobile(page: Any,
     marked = page.locator("#recent tr.subtask-call")
     assert marked.count() == 1 and f"sub-task {sub_id[:8]}" in marked.inner_text()
     sub.locator("xpath=..").screenshot(path=str(SHOTS / "dashboard-subtask.png"))
+    # A grant's spend is short like every amount (3 significant digits), exact in its tooltip
+    spent = page.locator(f"#grant-{Token.parse(usd).token_id} > .spend-text .amount")
+    exact = (spent.get_attribute("title") or "").split()[0]
+    digits = spent.inner_text().split()[0].replace(".", "").lstrip("0")
+    assert len(digits) <= 3 and exact.startswith("0.0000") and len(exact) > 2, (spent, exact)
     quota_card = page.locator(f"#grant-{Token.parse(quota).token_id}")
     assert "at most 100,000 model tokens per day" in quota_card.inner_text()
     assert "no spending limit" not in quota_card.inner_text()

@@ -52,9 +52,13 @@ class BudgetUse:
         return min(100, max(self.spent * 100 // limit, 1 if self.spent > 0 else 0))
 
     def text(self) -> str:
+        return f"{format_micros(self.spent, self.currency)} {self.limit_text()}"
+
+    def limit_text(self) -> str:
+        """'of 5.00 USD this month': the page puts the spent amount before it, short, with
+        the exact value in its tooltip like every other amount there."""
         per = {"total": "in total", "day": "today"}.get(self.period, f"this {self.period}")
-        return (f"{format_micros(self.spent, self.currency)} of "
-                f"{format_minor(self.limit, self.currency)} {per}")
+        return f"of {format_minor(self.limit, self.currency)} {per}"
 
 
 @dataclass(frozen=True, slots=True)
