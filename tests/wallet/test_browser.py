@@ -342,6 +342,14 @@ def test_dashboard_every_currency_quota_words_and_mobile(page: Any,
     assert sub.locator(".subtask-label").inner_text() == "proofreader"
     assert "of 0.05 USD in total" in text and "models: gpt-4o-mini" in text
     assert sub.locator("svg.meter").count() == 1
+    # Its budget's spend is short like every amount on the page, exact in its tooltip (it
+    # was the exact micro amount, e.g. 0.00001095 USD of 0.05 USD in total)
+    sub_spent = sub.locator(".subtask-limits .spend-text .amount")
+    expect(sub_spent).to_have_count(1)
+    sub_exact = (sub_spent.get_attribute("title") or "").split()[0]
+    sub_digits = sub_spent.inner_text().split()[0].replace(".", "").lstrip("0")
+    assert len(sub_digits) <= 3 and sub_exact.startswith("0.0000"), (sub_spent, sub_exact)
+    assert sub_exact not in text, text  # the exact amount only in the tooltip
     assert page.locator(f"#grant-{Token.parse(eur).token_id} .subtask").count() == 0
     marked = page.locator("#recent tr.subtask-call")
     assert marked.count() == 1 and f"sub-task {sub_id[:8]}" in marked.inner_text()

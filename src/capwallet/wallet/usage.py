@@ -113,9 +113,16 @@ class SubTask:
 
     def words(self) -> list[str]:
         """Its own limits in words: its counters, then each effective limit that is narrower
-        than what it was narrowed from (the rest it shares with its grant, shown there)."""
+        than what it was narrowed from (the rest it shares with its grant, shown there).
+        Exact amounts: for the terminal and ``--json``."""
+        return [b.text() for b in self.budgets] + self.rule_words()
+
+    def rule_words(self) -> list[str]:
+        """words() without its budgets: the page writes those itself, the spent amount short
+        with the exact value in its tooltip like every other amount there (BudgetUse.limit_text
+        is the rest of the line)."""
         lim, was = self.limits, self.parent_limits or EffectiveLimits()
-        out = [b.text() for b in self.budgets] + [c.text() for c in self.counters]
+        out = [c.text() for c in self.counters]
         for name, now, before in (("models", lim.models, was.models),
                                   ("providers", lim.providers, was.providers),
                                   ("operations", lim.operations, was.operations),
