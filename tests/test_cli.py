@@ -216,6 +216,32 @@ def test_verify_cost_to_the_microunit(key_file: Path) -> None:
     assert r.returncode == 1 and "budget_exceeded" in r.stdout
 
 
+def test_verify_json_money_units_are_what_help_and_readme_say(key_file: Path) -> None:
+    """verify --json has money in two units (spec/caveats.md#amounts-and-microunits): the
+    debits in microunits, the effective limits in the caveats' minor units. The values stay
+    as they are (the conformance runner compares them); --help and the README say which is
+    which, with the README's own figures checked against a real run."""
+    token = run("mint", "--key-file", str(key_file), "--budget", "1EUR/day",
+                "--confirm-above", "0.50EUR", "--now", NOW).stdout.strip()
+    r = run("verify", token, "--key-file", str(key_file), "--provider", "openai", "--model",
+            "m", "--cost", "0.20EUR", "--now", NOW, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    decision = json.loads(r.stdout)
+    [counter] = decision["limits"]["counters"]
+    assert (counter["limit"], counter["unit"]) == (100, "EUR")  # minor units
+    assert decision["limits"]["confirm_above"] == {"EUR": 50}  # minor units
+    [debit] = decision["debits"]
+    assert (debit["amount"], debit["limit"]) == (20_000_000, 100_000_000)  # microunits
+    helptext = " ".join(run("verify", "--help").stdout.split())
+    assert "in `debits` and `counter` a budget's amount, limit and used are microunits" in (
+        helptext)
+    assert "in `limits` a budget counter's limit and `confirm_above` are the caveats' own " \
+           "minor units" in helptext
+    readme = " ".join(README.read_text().split())
+    assert "a budget debit's `limit` of 1 EUR is `100000000`" in readme
+    assert "that budget's `limit` is `100`, `confirm_above` 0.50 EUR is `50`" in readme
+
+
 def test_inspect_reads_like_the_readme(key_file: Path) -> None:
     token = run("mint", "--key-file", str(key_file), "--app", "https://blog.example",
                 "--provider", "anthropic", "--model", "claude-sonnet-4-5", "--budget",

@@ -71,7 +71,12 @@ def register(sub: Any) -> None:
                    help="current value of a counter (repeat)")
     p.add_argument("--revoked", action="append", default=[], metavar="TOKEN_ID")
     p.add_argument("--now", type=int, metavar="UNIX_SECONDS")
-    p.add_argument("--json", action="store_true", help="print the Decision as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the Decision as JSON (spec/verification.md#decision). Money in "
+                        "it has two units: in `debits` and `counter` a budget's amount, limit "
+                        "and used are microunits (millionths of a minor unit, as the relay "
+                        "counts); in `limits` a budget counter's limit and `confirm_above` are "
+                        "the caveats' own minor units (1000 for 10.00 EUR)")
     p.set_defaults(func=cmd_verify)
 
 
