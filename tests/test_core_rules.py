@@ -21,7 +21,9 @@ from capwallet.money import (
     MoneyError,
     format_micros,
     format_minor,
+    format_short,
     parse_amount,
+    parse_micros,
 )
 from capwallet.periods import PERIOD_LIMIT, period_end, period_key
 from capwallet.reasons import Reason, TokenError
@@ -258,6 +260,66 @@ def test_money_errors_say_what_to_write(text: str, says: str) -> None:
     with pytest.raises(MoneyError) as err:
         parse_amount(text)
     assert says in str(err.value)
+
+
+
+@pytest.mark.parametrize(("text", "micros", "currency"), [
+    ("0.000123EUR", 12_300, "EUR"), ("0.00000001EUR", 1, "EUR"), ("1EUR", 100_000_000, "EUR"),
+    (" 12.5 usd ", 1_250_000_000, "USD"), ("0.30EUR", 30_000_000, "EUR"),
+    ("1.000001JPY", 1_000_001, "JPY"), ("0.000000001KWD", 1, "KWD"),
+    ("999999999999EUR", 999_999_999_999 * 10**8, "EUR"),
+])
+def test_parse_micros_reads_costs_to_the_microunit(text: str, micros: int,
+                                                   currency: str) -> None:
+    """A cost has up to exponent + 6 decimals: the microunit is its smallest step."""
+    assert parse_micros(text) == (micros, currency)
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("0.000000001EUR", "EUR costs go to 8 decimal places (microunits); '0.000000001EUR' has 9"),
+    ("1.0000001JPY", "JPY costs go to 6 decimal places (microunits); '1.0000001JPY' has 7"),
+    ("1EUR5", "cannot read amount '1EUR5': write it like 0.30EUR or 0.000123USD"),
+    ("1000000000000EUR",
+     "cannot read amount '1000000000000EUR': write it like 0.30EUR or 0.000123USD"),
+    ("0.1234567890123KWD",
+     "cannot read amount '0.1234567890123KWD': write it like 0.30EUR or 0.000123USD"),
+    ("1XXX", "unknown currency 'XXX' (use an ISO 4217 code such as EUR)"),
+])
+def test_parse_micros_refusals_say_why(text: str, says: str) -> None:
+    with pytest.raises(MoneyError) as err:
+        parse_micros(text)
+    assert str(err.value) == says
+
+
+@pytest.mark.parametrize(("micros", "currency", "digits", "text"), [
+    (0, "EUR", 3, "0.00 EUR"), (0, "JPY", 3, "0 JPY"),
+    (1_234_567_890, "EUR", 3, "12.35 EUR"),          # whole units: the currency's places
+    (1_234_500_000, "EUR", 3, "12.35 EUR"),          # half up
+    (1_234_499_999, "EUR", 3, "12.34 EUR"),
+    (100_000_000, "EUR", 3, "1.00 EUR"),             # exactly one unit
+    (99_999_999, "EUR", 3, "1.000 EUR"),             # below one unit: 3 significant digits
+    (45_200, "USD", 3, "0.000452 USD"), (45_250, "USD", 3, "0.000453 USD"),
+    (45_249, "USD", 3, "0.000452 USD"), (45_200, "USD", 2, "0.00045 USD"),
+    (45_200, "USD", 5, "0.00045200 USD"), (1, "USD", 3, "0.00000001 USD"),
+    (-45_200, "USD", 3, "-0.000452 USD"), (-1_234_567_890, "EUR", 3, "-12.35 EUR"),
+    (1_500_000, "JPY", 3, "2 JPY"), (1_499_999, "JPY", 3, "1 JPY"), (452, "JPY", 3, "0.000452 JPY"),
+    (123_456, "JPY", 3, "0.123 JPY"), (5_000_000, "XTS", 3, "5 XTS"),
+    (1_234_567_890, "KWD", 3, "1.235 KWD"), (12_345, "KWD", 3, "0.0000123 KWD"),
+    (1_000_000, "JPY", 3, "1 JPY"),                  # exactly one unit has no decimals
+    (110_000, "USD", 3, "0.00110 USD"),              # places dropped by powers of ten
+    (100_000, "USD", 3, "0.00100 USD"),              # 1000 is four digits
+    (999_999_999, "KWD", 2, "1.000 KWD"),            # never fewer than the currency's places
+    (99_999_999, "EUR", 1, "1.00 EUR"),
+])
+def test_format_short_rounds_for_reading_at_a_glance(micros: int, currency: str, digits: int,
+                                                     text: str) -> None:
+    """Whole units print with the currency's places; below one unit, ``digits`` significant
+    digits; half up; the sign kept."""
+    assert format_short(micros, currency, digits) == text
+
+
+def test_format_short_keeps_three_significant_digits_by_default() -> None:
+    assert format_short(45_200, "USD") == "0.000452 USD"
 
 
 # --- grammar ------------------------------------------------------------------------------

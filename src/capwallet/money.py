@@ -70,7 +70,7 @@ def parse_amount(text: str) -> Money:
 
 
 def parse_micros(text: str) -> tuple[int, str]:
-    """'0.000123EUR' -> (123, 'EUR'): a cost in microunits (millionths of a minor unit), the
+    """'0.000123EUR' -> (12300, 'EUR'): a cost in microunits (millionths of a minor unit), the
     precision the relay counts costs in; up to exponent + 6 decimals. Raises MoneyError."""
     m = _MICROS.fullmatch(text)
     if not m:
