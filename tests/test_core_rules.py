@@ -82,6 +82,14 @@ def test_logging_keeps_the_most_restrictive_level() -> None:
         == "none"
 
 
+@pytest.mark.parametrize("level", ["none", "metadata", "full"])
+def test_logging_caveat_reads_its_level(level: str) -> None:
+    """from_args called directly: decode() memoises caveats, and a token minted while the
+    tests are collected can fill that memo before a test runs, so a test through decode() may
+    never reach from_args."""
+    assert cav.Logging.from_args([level]) == cav.Logging(level)
+
+
 def test_identical_counter_caveats_are_one_counter() -> None:
     budget = cav.Budget(100, "EUR", "day", nonce="00112233aabbccdd")
     raw = cav.encode(budget)
