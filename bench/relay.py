@@ -27,9 +27,10 @@ chunk of a 16-chunk stream, and the cost per chunk from a 500-chunk stream (long
 targets: first byte at most 0.5 ms added p50, under 20 us per chunk, judged on the median over
 the runs with the range beside it.
 
-Targets: added p50 under 1.5 ms at concurrency 1; at concurrency 20 at least half the direct
-throughput while the relay, the fake provider and the load generator share the machine's cores
-(printed for both relays).
+Targets: added p50 under 1.5 ms at concurrency 1; at concurrency 20 the relay's CPU per call at
+most twice the floor proxy's, in the same rounds (issue 17). The throughput ratio to direct is
+printed for both relays but is no target: the fake provider answers thousands of calls per
+second on the same cores, so that ratio measures the machine more than the relay.
 
 The load generator is a minimal keep-alive HTTP/1.1 client (an asyncio Protocol per connection,
 httptools parsing), so that its own CPU use, which shares the cores with the servers, stays
@@ -479,10 +480,15 @@ def main() -> int:
     added = c1[5].pct(.5) - c1[4].pct(.5)
     print(f"\ntarget: added p50 at c=1 < 1.5 ms: {added:.3f} ms -> "
           f"{'met' if added < 1.5 else 'MISSED'}")
+    if 20 in floor:
+        relay_cpu, floor_cpu = rows[1][6], floor[20][1]
+        ratio = relay_cpu / floor_cpu
+        print(f"target: relay CPU per call at c=20 <= 2 x the floor proxy's: "
+              f"{relay_cpu * 1000:.3f} / {floor_cpu * 1000:.3f} ms = {ratio:.1f} x -> "
+              f"{'met' if ratio <= 2 else 'MISSED'}")
     for row in (rows[1], rows[4]):
-        ratio = row[5].rps / row[4].rps
-        print(f"target: relay rps at c=20 >= 0.5 x direct, {row[1]} worker process(es): "
-              f"{ratio:.2f} x -> {'met' if ratio >= 0.5 else 'MISSED'}")
+        print(f"(relay rps at c=20 is {row[5].rps / row[4].rps:.2f} x direct with {row[1]} "
+              f"worker process(es), all sharing the cores with the fake provider)")
     print(f"(direct p50 at c=1 is {statistics.median(c1[4].latencies) * 1000:.3f} ms; relay CPU "
           f"per call is {rows[1][6] / rows[1][7]:.1f}x the fake provider's at c=20)")
     return 0
