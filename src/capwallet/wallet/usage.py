@@ -57,8 +57,16 @@ class BudgetUse:
     def limit_text(self) -> str:
         """'of 5.00 USD this month': the page puts the spent amount before it, short, with
         the exact value in its tooltip like every other amount there."""
-        per = {"total": "in total", "day": "today"}.get(self.period, f"this {self.period}")
-        return f"of {format_minor(self.limit, self.currency)} {per}"
+        return f"of {format_minor(self.limit, self.currency)} {_this_period(self.period)}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spent": self.spent, "limit": self.limit, "currency": self.currency,
+                "period": self.period}
+
+
+def _this_period(period: str) -> str:
+    """'in total', 'today', or 'this month' (week, minute, ...): a counter's current window."""
+    return {"total": "in total", "day": "today"}.get(period, f"this {period}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +79,8 @@ class CounterUse:
     period: str
 
     def text(self) -> str:
-        per = {"total": "in total", "minute": "this minute", "day": "today"}.get(
-            self.period, f"this {self.period}")
         unit = "requests" if self.kind == "rate" else "model tokens"
-        return f"{self.used:,} of {self.limit:,} {unit} {per}"
+        return f"{self.used:,} of {self.limit:,} {unit} {_this_period(self.period)}"
 
 
 @dataclass
@@ -148,8 +154,7 @@ class SubTask:
             "chain_id": self.chain_id, "label": self.label, "parent": self.parent,
             "first_seen": self.chain.first_seen, "caveats_added": list(self.added),
             "limits": self.limits.to_json(),
-            "budgets": [{"spent": b.spent, "limit": b.limit, "currency": b.currency,
-                         "period": b.period} for b in self.budgets],
+            "budgets": [b.to_json() for b in self.budgets],
             "counters": [{"kind": c.kind, "used": c.used, "limit": c.limit,
                           "period": c.period} for c in self.counters],
             "recent_calls": self.calls, "recent_spend": dict(sorted(self.spend.items())),
@@ -179,8 +184,7 @@ class AppRow:
             "expires_at": self.grant.expires_at,
             "providers": _sorted(lim.providers), "models": _sorted(lim.models),
             "scopes": _sorted(lim.scopes), "ask_first": _sorted(lim.ask_first),
-            "budgets": [{"spent": b.spent, "limit": b.limit, "currency": b.currency,
-                         "period": b.period} for b in self.budgets],
+            "budgets": [b.to_json() for b in self.budgets],
             "models_used": self.models_used, "last_use": self.last_use, "calls": self.calls,
             "subtasks": [t.to_json() for t in self.subtasks],
         }
