@@ -3,8 +3,9 @@
     python bench/store.py [--quick] [--calls 4000] [--rounds 5] [--redis-url redis://...]
 
 One call is what the relay asks of the store for a request it forwards:
-  new   snapshot (revocation and counters, one read), reserve, settle
-  old   is_revoked, counters, reserve, settle (the baseline: the same work as separate calls)
+  new   reserve (which checks the revocation and the counters atomically), settle
+  old   snapshot (revocation and counters, one read), reserve, settle (the baseline: the
+        relay's path before the reservation checked the revocation itself)
 at concurrency 1 and 20 (that many callers on one event loop, each running calls one after
 another), on one SQLite file and on one Redis (a redis-server started on a free loopback port
 in a temp directory unless --redis-url names one). Rounds alternate old and new on the same
@@ -90,15 +91,13 @@ def _work(n: int, now: int) -> list[tuple[Reservation, LedgerEntry]]:
 
 
 async def _call_new(store: Store, r: Reservation, e: LedgerEntry) -> None:
-    snap = await store.snapshot(TOKEN, KEYS)
-    assert not snap.revoked
     assert (await store.reserve(r)).ok
     assert await store.settle(r.reservation_id, {BUDGET: 8_000_000, RATE: 1}, e)
 
 
 async def _call_old(store: Store, r: Reservation, e: LedgerEntry) -> None:
-    assert not await store.is_revoked(TOKEN)
-    await store.counters(KEYS)
+    snap = await store.snapshot(TOKEN, KEYS)
+    assert not snap.revoked
     assert (await store.reserve(r)).ok
     assert await store.settle(r.reservation_id, {BUDGET: 8_000_000, RATE: 1}, e)
 
@@ -183,7 +182,7 @@ def main() -> int:
     print(f"\ncapwallet store benchmark: {platform.system()} {platform.machine()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}, SQLite "
           f"{sqlite3.sqlite_version}; {calls} calls per round, median of {rounds} rounds\n"
-          f"old = is_revoked + counters + reserve + settle; new = snapshot + reserve + settle\n")
+          f"old = snapshot + reserve + settle; new = reserve (revocation inside) + settle\n")
     head = (f"{'backend':8} {'conc':>4} {'old CPU us':>11} {'new CPU us':>11} {'new/old':>8} "
             f"{'least old/new':>14} {'old calls/s':>12} {'new calls/s':>12} {'new/old':>8} "
             f"{'server us old/new':>18}")

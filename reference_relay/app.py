@@ -5,13 +5,17 @@ so the wallet can mount it in its own process. Request path for a model call:
 
 1. the capability token from ``Authorization: Bearer`` (OpenAI SDK) or ``x-api-key``
    (Anthropic SDK); the body (at most ``max_body_bytes``) as JSON;
-2. the token's chain is checked (cached by the one Verifier) and the revocation list read;
+2. the token's chain is checked (cached by the one Verifier);
 3. the model is routed to a configured provider; the request's worst case is computed
    (reference_relay.estimate) and priced in every currency the token budgets or confirms in;
-4. the Verifier decides, with the current counters; confirmation_required creates a pending
-   approval in the store and answers with its id and URL;
-5. the worst case is reserved atomically on every counter (all or none; an approval is consumed
-   in the same step), then the call is forwarded and settled (reference_relay.calls).
+4. the Verifier decides, with no counters read;
+5. the worst case is reserved atomically on every counter (all or none; the token's revocation
+   is checked and an approval consumed in the same step), then the call is forwarded and
+   settled (reference_relay.calls): two store operations for a call that goes through.
+   A refusal (by the Verifier or the reservation) reads the revocation and the counters and is
+   judged again with them, so it says exactly what was hit; confirmation_required creates a
+   pending approval in the store and answers with its id and URL. Any refusal before the
+   reservation reads the revocation first: a revoked token always gets its own 401.
 
 Nothing here returns a traceback, a provider key or a token: errors are JSON with a reason code
 (reference_relay.errors) and logs name the token id only (LogRedactor scrubs anything else).
@@ -49,6 +53,7 @@ from capwallet.store import (
     LedgerEntry,
     PendingApproval,
     Reservation,
+    ReserveResult,
     Store,
     StoreUnavailable,
     open_store,
@@ -513,6 +518,11 @@ class Relay:
         token = self.token(headers)
         # The token is judged before the body: a bad, revoked or expired token gets its own
         # 401 whatever the body holds (a broken body behind a dead token is not the news).
+        # Revocation is in the store, and a call that goes through reads nothing before it
+        # reserves: the reservation checks the revocation atomically, so a call of a token
+        # revoked at any moment before its reservation is refused. Every refusal before the
+        # reservation reads the revocation first (revocation_first), so a revoked token still
+        # gets its own 401 whatever else is wrong with the request.
         try:
             v = self.verifier.check_token(token)
         except TokenError as exc:
@@ -520,48 +530,111 @@ class Relay:
         now = int(time.time())
         tid = v.token_id_hex
         limits = v.limits
-        windows = v.windows(now // 60)
-        # Revocation and every counter the token names, in one read (the counters are only
-        # read here to judge; the reservation below checks them again atomically).
-        snapshot = await self.store.snapshot(tid, [key for _, key, _ in windows])
-        revoked = (tid,) if snapshot.revoked else ()
         # A browser's Origin header, judged against the token's origin caveat (a server-side
         # call sends none and is governed by the other caveats).
         origin = headers.get("origin")
-        if (revoked or limits.expires is not None or limits.not_before is not None
+        if (limits.expires is not None or limits.not_before is not None
                 or (origin is not None and limits.origins is not None)):
             # A dead token, or one presented from another web origin, is refused as such
             # before anything about the request is judged.
-            alive = self.verifier.verify(token, Request(origin=origin), now, {}, revoked)
+            alive = self.verifier.verify(token, Request(origin=origin), now)
             if not alive.allowed and alive.reason is not None:
+                await self.revocation_first(token, tid, now)
                 raise RelayError(alive.reason.value, alive.message)
-        self.chains.note(v, now)  # once per chain: which sub-task token made the call
-        raw = await self.body(headers, receive)
-        body = parse_body(raw)  # duplicate keys, non-UTF-8, NaN: refused (reference_relay.body)
-        model_id = body.get("model", getattr(ep, "default_model", None))
-        if not isinstance(model_id, str) or not model_id:
-            raise RelayError(INVALID_REQUEST, "the request must name a 'model'")
-        provider, model = self.route(model_id, ep, limits)
-        prepared = ep.prepare(body, raw, provider, model, limits)
+        try:
+            raw = await self.body(headers, receive)
+            body = parse_body(raw)  # duplicate keys, non-UTF-8, NaN: refused (reference_relay.body)
+            model_id = body.get("model", getattr(ep, "default_model", None))
+            if not isinstance(model_id, str) or not model_id:
+                raise RelayError(INVALID_REQUEST, "the request must name a 'model'")
+            provider, model = self.route(model_id, ep, limits)
+            prepared = ep.prepare(body, raw, provider, model, limits)
+        except RelayError:
+            await self.revocation_first(token, tid, now)
+            self.chains.note(v, now)
+            raise
         price = model.price
         worst = worst_raw_cost(price, prepared.input, prepared.output_tokens) + (
             prepared.fees_worst)
         costs, rates = self.costs(price, worst, limits)
-        counters = snapshot.counters
         approval = headers.get(APPROVAL_HEADER)
         path: str = scope["path"]
         digest = None
         if approval is not None or limits.confirm_above or limits.ask_first:
             digest = request_digest("POST", path, raw)
-        def judge(p: Prepared, c: dict[str, int]) -> Decision:
+        def judge(p: Prepared, c: dict[str, int], counters: dict[str, int] | None) -> Decision:
             return self.verifier.verify(token, Request(
                 provider=provider.id, model=model_id, operation=ep.operation,
                 input_tokens=p.input.tokens, output_tokens=p.output_tokens, cost=c,
                 zero_retention=provider.zero_retention, approval=approval, digest=digest,
                 origin=origin,
-            ), now, counters, revoked)
+            ), now, counters)
 
-        decision = judge(prepared, costs)
+        app_name = limits.apps[0] if limits.apps else ""
+
+        async def forward(d: Decision, p: Prepared, worst: int, costs: dict[str, int],
+                          rates: list[str], key: str, fwd: dict[str, str]
+                          ) -> Response | ReserveResult:
+            """Reserve the worst case and make the call; the store's refusal if it refuses."""
+            budgets = [x for x in d.debits if x.kind == "budget"]
+            ledger_currency = budgets[0].unit if budgets else price.currency
+            worst_ledger = costs.get(ledger_currency)
+            if worst_ledger is None:
+                got = self.converter.micros(price, worst, ledger_currency)
+                worst_ledger = got[0] if got else 0
+            reservation = Reservation(
+                reservation_id=secrets.token_hex(16), token_id=tid,
+                holds=tuple(Hold(x.counter_key, x.amount, x.limit, x.resets_at)
+                            for x in d.debits),
+                lease_until=now + self.config.lease_seconds(provider),
+                approval_id=d.approval_id, created_at=now,
+                meta={"app": app_name, "provider": provider.id, "model": model.id,
+                      "operation": ep.operation, "input_tokens": p.input.tokens,
+                      "output_tokens": p.output_tokens, "cost": worst_ledger,
+                      "currency": ledger_currency, "chain_id": v.chain_id},
+            )
+            result = await self.store.reserve(reservation)
+            if not result.ok:
+                return result
+            call = Call(
+                store=self.store, upstream=self.upstream, converter=self.converter,
+                spawn=self.spawn, endpoint=ep, provider=provider, model=model, prepared=p,
+                token_id=tid, app=app_name, debits=d.debits,
+                reservation_id=reservation.reservation_id, worst_raw=worst,
+                ledger_currency=ledger_currency, key=key, started=started,
+                log_bodies=self.config.log_bodies and limits.logging == "full",
+                max_log_bytes=self.config.max_log_body_bytes, request_body=raw,
+                forward_headers=fwd, chain_id=v.chain_id,
+                response_headers={**dict(p.headers),
+                                  **({"x-capwallet-fx": "; ".join(rates)} if rates else {})},
+            )
+            return await call.run()
+
+        # Judged first with every counter read as 0: all a call that goes through needs, since
+        # the reservation checks the counters (and the revocation) atomically. Only a refusal,
+        # by this judgement or by the store, reads the snapshot below and is judged again with
+        # the counters, so that it is told exactly as it is (which counter, what is left).
+        decision = judge(prepared, costs, None)
+        if decision.allowed:
+            try:
+                key, fwd = self.forwarding(provider, ep, headers)
+            except RelayError:
+                await self.revocation_first(token, tid, now)
+                self.chains.note(v, now)
+                raise
+            done = await forward(decision, prepared, worst, costs, rates, key, fwd)
+            if isinstance(done, Response):
+                self.chains.note(v, now)  # once per chain: which sub-task token made the call
+                return done
+            if done.revoked:
+                raise self.revoked(token, tid, now)
+        # A refusal: revocation and every counter the token names, in one read.
+        snapshot = await self.store.snapshot(tid, [k for _, k, _ in v.windows(now // 60)])
+        if snapshot.revoked:
+            raise self.revoked(token, tid, now)
+        self.chains.note(v, now)
+        counters = snapshot.counters
+        decision = judge(prepared, costs, counters)
         if (not decision.allowed and decision.reason == Reason.BUDGET_EXCEEDED
                 and headers.get(CLAMP_HEADER, "").strip().lower() != "refuse"):
             clamped = self.clamp_to_budget(decision, ep, body_of(raw), raw, provider, model,
@@ -570,59 +643,47 @@ class Relay:
                 c_worst = worst_raw_cost(price, clamped.input, clamped.output_tokens) + (
                     clamped.fees_worst)
                 c_costs, c_rates = self.costs(price, c_worst, limits)
-                c_decision = judge(clamped, c_costs)
+                c_decision = judge(clamped, c_costs, counters)
                 if c_decision.allowed:
                     decision, prepared, worst, costs, rates = (
                         c_decision, clamped, c_worst, c_costs, c_rates)
-        app_name = limits.apps[0] if limits.apps else ""
         if not decision.allowed:
             extra = _counter_extra(decision)
             return await self.deny(decision, ep, provider, model, app_name, digest, raw,
                                    path, rates, now, extra, v.chain_id)
+        key, fwd = self.forwarding(provider, ep, headers)
+        done = await forward(decision, prepared, worst, costs, rates, key, fwd)
+        if isinstance(done, Response):
+            return done
+        if done.revoked:
+            raise self.revoked(token, tid, now)
+        err = self.reserve_error(decision, limits, done.failed_counter, done.used,
+                                 done.approval_used, rates, now)
+        self.record_denial(tid, app_name, provider, model, ep, err.code, now, v.chain_id)
+        return error_response(err, ep.errors)
+
+    def forwarding(self, provider: ProviderConfig, ep: Endpoint,
+                   headers: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+        """The provider's API key and the app's headers to forward, checked before anything
+        is reserved: the key must exist, and it and the headers must fit in a header line."""
         key = self.provider_keys(provider.id)
         if not key and provider.api_key_env:
             raise provider_key_missing(provider)
         self.redactor.add(key)
-        # Checked before anything is reserved: the key and the app's forwarded headers
-        # must fit in a header line.
         self.upstream.head(provider, ep.upstream_path, key)
-        fwd = forwarded_headers(headers)
-        budgets = [d for d in decision.debits if d.kind == "budget"]
-        ledger_currency = budgets[0].unit if budgets else price.currency
-        worst_ledger = costs.get(ledger_currency)
-        if worst_ledger is None:
-            got = self.converter.micros(price, worst, ledger_currency)
-            worst_ledger = got[0] if got else 0
-        reservation = Reservation(
-            reservation_id=secrets.token_hex(16), token_id=tid,
-            holds=tuple(Hold(d.counter_key, d.amount, d.limit, d.resets_at)
-                        for d in decision.debits),
-            lease_until=now + self.config.lease_seconds(provider),
-            approval_id=decision.approval_id, created_at=now,
-            meta={"app": app_name, "provider": provider.id, "model": model.id,
-                  "operation": ep.operation, "input_tokens": prepared.input.tokens,
-                  "output_tokens": prepared.output_tokens, "cost": worst_ledger,
-                  "currency": ledger_currency, "chain_id": v.chain_id},
-        )
-        result = await self.store.reserve(reservation)
-        if not result.ok:
-            err = self.reserve_error(decision, limits, result.failed_counter, result.used,
-                                     result.approval_used, rates, now)
-            self.record_denial(tid, app_name, provider, model, ep, err.code, now, v.chain_id)
-            return error_response(err, ep.errors)
-        call = Call(
-            store=self.store, upstream=self.upstream, converter=self.converter,
-            spawn=self.spawn, endpoint=ep, provider=provider, model=model, prepared=prepared,
-            token_id=tid, app=app_name, debits=decision.debits,
-            reservation_id=reservation.reservation_id, worst_raw=worst,
-            ledger_currency=ledger_currency, key=key, started=started,
-            log_bodies=self.config.log_bodies and limits.logging == "full",
-            max_log_bytes=self.config.max_log_body_bytes, request_body=raw,
-            forward_headers=fwd, chain_id=v.chain_id,
-            response_headers={**dict(prepared.headers),
-                              **({"x-capwallet-fx": "; ".join(rates)} if rates else {})},
-        )
-        return await call.run()
+        return key, forwarded_headers(headers)
+
+    def revoked(self, token: str, tid: str, now: int) -> RelayError:
+        """A revoked token's refusal, as the verifier words it."""
+        d = self.verifier.verify(token, Request(), now, None, (tid,))
+        return RelayError(d.reason.value if d.reason is not None else INTERNAL_ERROR,
+                          d.message)
+
+    async def revocation_first(self, token: str, tid: str, now: int) -> None:
+        """Before any refusal ahead of the reservation: a revoked token is refused as such
+        (one read, only on the way to a refusal)."""
+        if await self.store.is_revoked(tid):
+            raise self.revoked(token, tid, now)
 
     def clamp_to_budget(self, decision: Decision, ep: Endpoint, body: dict[str, Any],
                         raw: bytes, provider: ProviderConfig, model: ModelConfig,

@@ -159,6 +159,34 @@ async def test_failed_reserve_does_not_consume_the_approval(store: Store) -> Non
     assert (await store.reserve(res(Hold("b", 5, 100), approval="a1"))).ok
 
 
+async def test_reserve_refuses_a_revoked_token(opener: Opener) -> None:
+    # The reservation checks the revocation in its own atomic step: a token revoked by another
+    # relay after this one last looked reserves nothing, whatever its holds or approval.
+    a, b = opener(), opener()
+    try:
+        first = res(Hold("b", 10, 100), token="tok")
+        assert (await a.reserve(first)).ok
+        await b.revoke("tok", NOW)
+        for holds, approval in (((Hold("b", 10, 100), Hold("rate", 1, 10)), None),
+                                ((Hold("b", 10, 100),), "a1"),
+                                ((Hold("b", 500, 100),), None),  # would not fit either
+                                ((), None)):
+            r = await a.reserve(res(*holds, token="tok", approval=approval))
+            assert not r.ok, f"a revoked token reserved {holds}"
+            assert (r.revoked, r.approval_used, r.failed_counter) == (True, False, None), (
+                holds, approval)
+        assert await a.counters(["b", "rate"]) == {"b": 10, "rate": 0}
+        # Nothing was reserved: only the first reservation is open.
+        assert await a.expire_leases(NOW + 10**6) == 1
+        assert await a.counters(["b"]) == {"b": 10}
+        # Another token's reservations are its own.
+        ok = await a.reserve(res(Hold("b2", 1, 10), token="other"))
+        assert ok.ok and not ok.revoked
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def test_concurrent_reserves_never_exceed_the_limit(opener: Opener) -> None:
     handles = [opener() for _ in range(3)]
     try:

@@ -74,6 +74,48 @@ def test_revoked(relay: Relay) -> None:
     assert r.status_code == 401 and error_code(r) == "revoked"
 
 
+def test_a_token_revoked_just_before_its_reservation_is_refused(
+        fresh_relay: Callable[..., Relay], tmp_path: object) -> None:
+    """A revocation that lands after the relay last looked but before the call reserves (the
+    wallet or another relay revoking at that moment) stops the call: the reservation checks
+    the revocation in its own atomic step. A relay that read the revocation first and reserved
+    after forwarded this call."""
+    from capwallet.store import Reservation, ReserveResult
+    from capwallet.store.sqlite import SQLiteStore
+
+    class RevokedMeanwhile(SQLiteStore):
+        """A real SQLite store on which ``victim`` is revoked just before each of its
+        reservations runs (one more write, committed first)."""
+
+        victim = ""
+
+        async def reserve(self, reservation: Reservation) -> ReserveResult:
+            if reservation.token_id == self.victim:
+                await self.revoke(self.victim, int(time.time()))
+            return await super().reserve(reservation)
+
+    store = RevokedMeanwhile(f"{tmp_path}/race.db")
+    r = fresh_relay(store=store)
+    tok = r.mint(cav.Budget(100, "USD", "month"))
+    store.victim = token_id(tok)
+    httpx.delete(r.fake + "/_fake/requests")
+    with pytest.raises(openai.AuthenticationError) as err:
+        r.openai(tok).chat.completions.create(model="relay-test", messages=HELLO,  # type: ignore[arg-type]
+                                              max_tokens=4)
+    assert err.value.status_code == 401
+    assert err.value.response.headers["x-capwallet-reason"] == "revoked"
+    assert fake_calls(r) == 0, "a call of a revoked token reached the provider"
+    assert r.run(store.is_revoked(token_id(tok)))
+    assert list(r.counters(tok).values()) == [0]
+    assert [e.status for e in r.ledger(tok)] == []
+    # Revoked now: a broken body, or none at all, still gets the token's 401.
+    for raw in (b"{not json", b'{"messages": []}'):
+        resp = r.post("/v1/chat/completions", raw, tok)
+        assert (resp.status_code, error_code(resp)) == (401, "revoked"), resp.text
+    assert fake_calls(r) == 0
+    r.run(store.close())
+
+
 def test_a_bad_or_dead_token_is_refused_as_such_whatever_the_body(relay: Relay) -> None:
     # The token is judged before the body: broken JSON, a non-object or no model behind a bad,
     # expired or revoked token still gets the token's 401, not invalid_request.

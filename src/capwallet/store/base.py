@@ -7,10 +7,15 @@ Semantics every backend implements (and tests/store_suite.py checks for each):
   A counter belongs to one token id (the counter id is derived from it), so every reservation
   naming a counter has the same ``token_id``: a backend may partition its data by token id
   (the Redis store does), and settle/release find the reservation under ``entry.token_id``.
-* ``reserve`` is atomic, all or none: for every debit with amount > 0, used + amount <= limit,
-  else nothing changes and the first failing counter is reported. A zero amount never blocks.
-  An approval id, if given, is consumed in the same step (single use). The reservation has a
-  lease: if its relay dies, ``expire_leases`` closes it later.
+* ``reserve`` is atomic, all or none: the token (``token_id``) is not revoked, and for every
+  debit with amount > 0, used + amount <= limit, else nothing changes and the result says why
+  (``revoked``, or the first failing counter). A zero amount never blocks. An approval id, if
+  given, is consumed in the same step (single use). The reservation has a lease: if its relay
+  dies, ``expire_leases`` closes it later. Revocation is checked first, then the approval,
+  then the counters.
+  Revocation inside the reservation is what makes a revoke final for every call that has not
+  reserved yet: a relay that read the revocation first and reserved after could forward a call
+  of a token revoked between the two.
 * ``settle`` moves each counter from the reserved amount to the actual amount, closes the
   reservation and appends the ledger row, all in one step, at most once per reservation
   (a second settle or release of the same id changes nothing and returns False).
@@ -18,10 +23,11 @@ Semantics every backend implements (and tests/store_suite.py checks for each):
   (worst-case) amount, since the relay that held it cannot say what the provider served: a
   crash may cost the user the reservation, never an overspend. The ledger row says
   ``lease_expired``.
-* ``snapshot`` reads what a request needs before it is judged, the token's revocation and its
-  counters, in one read (one statement, one round trip): the relay calls it once per request.
-  The counters are read as of one moment; ``reserve`` checks the limits again atomically, so
-  a stale snapshot can only make a request be refused there, never overspend.
+* ``snapshot`` reads the token's revocation and its counters in one read (one statement, one
+  round trip). The relay's success path does not need it (``reserve`` checks both): it reads
+  a snapshot only to tell a refusal as it is (which counter, how much is left). The counters
+  are read as of one moment; ``reserve`` checks the limits again atomically, so a stale
+  snapshot can only make a request be refused there, never overspend.
 * ``append_ledger`` writes one row that belongs to no reservation (a refused call). Refusals
   are compacted: a refusal with the same token, status and UTC minute as an earlier row adds
   to that row's ``count`` instead of writing another row, so refused calls, which cost an app
@@ -86,6 +92,7 @@ class ReserveResult:
     failed_counter: str | None = None  # counter key that would exceed its limit
     used: int = 0  # that counter's used value at the time
     approval_used: bool = False  # the approval id was already consumed
+    revoked: bool = False  # the reservation's token is revoked (nothing else was checked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +240,8 @@ class Store(abc.ABC):
         """Append one ledger row that belongs to no reservation (a refused call, cost 0).
 
         This default writes it through an empty reservation closed at once (two writes, and
-        the row names that reservation); backends override it with one write."""
+        the row names that reservation; a revoked token's row is not written, as reserve
+        refuses it); backends override it with one write."""
         rid = secrets.token_hex(16)
         await self.reserve(Reservation(rid, entry.token_id, (), entry.time + 60,
                                        created_at=entry.time))

@@ -31,8 +31,9 @@ Key layout (hash tags in braces; every key one script touches shares one tag, so
   - ``{P:bb}:leases``  sorted set reservation id -> lease_until: the sweep reads only what has
     expired (ZRANGEBYSCORE), one script per bucket.
   - ``{P:bb}:approvals``  set of consumed approval ids.
-  - ``{P:bb}:revoked``  hash token id -> revoked_at. ``snapshot`` reads it and the token's
-    counters with one script in the bucket (one round trip per request).
+  - ``{P:bb}:revoked``  hash token id -> revoked_at. The reserve script checks it before
+    anything else (a revoked token reserves nothing); ``snapshot`` reads it and the token's
+    counters with one script in the bucket (one round trip, on a refusal).
   - ``{P:bb}:rows`` (hash seq -> row), ``{P:bb}:log`` (sorted set by time: the bucket's ledger),
     ``{P:bb}:log:<token id>`` (the token's ledger), ``{P:bb}:seq`` (row numbers). A settle
     appends its row in the same script that charges the counters; ``append_ledger`` (a
@@ -114,6 +115,7 @@ MAX_EXACT = 2**53 - 1  # Lua numbers are doubles: larger amounts are refused bef
 SWEEP_BATCH = 500
 POOL_WAIT = 10.0  # seconds a command may queue for a free connection under load
 CACHE_SIZE = 65536
+_REVOKED = ReserveResult(False, revoked=True)
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 Client = aioredis.Redis | RedisCluster
@@ -425,6 +427,8 @@ class RedisStore(Store):
         for key in order:
             amount, limit, resets = holds[key]
             if amount > MAX_EXACT:  # cannot fit any limit Lua can compare exactly
+                if await self.is_revoked(r.token_id):
+                    return _REVOKED
                 return ReserveResult(False, failed_counter=key,
                                      used=(await self.counters([key]))[key])
             args += [key, amount, min(limit, MAX_EXACT), resets]
@@ -435,7 +439,8 @@ class RedisStore(Store):
             int(m.get("output_tokens", 0)), int(m.get("cost", 0)), str(m.get("currency", "")),
             "lease_expired", r.reservation_id, None, None, str(m.get("chain_id", "")),
         ])
-        keys = [tag + "r:" + r.reservation_id, tag + "leases", tag + "approvals"]
+        keys = [tag + "r:" + r.reservation_id, tag + "leases", tag + "approvals",
+                tag + "revoked"]
         argv = [r.reservation_id, _exact(r.lease_until, "lease_until"), r.approval_id or "",
                 tag, COUNTER_MARGIN,
                 _dumps_ascii([[k, *holds[k]] for k in order]),
@@ -466,6 +471,8 @@ class RedisStore(Store):
         if status == 1:
             self._remember(self._res_buckets, r.reservation_id, b)
             return ReserveResult(True)
+        if status == -2:
+            return _REVOKED
         if int(out[3]):
             return ReserveResult(False, approval_used=True)
         i = int(out[1])

@@ -51,12 +51,16 @@ local function append(tag, seq_key, rows_key, log_key, token, time, row)
 end
 """
 
-# KEYS: 1 reservation, 2 leases, 3 used approvals
+# KEYS: 1 reservation, 2 leases, 3 used approvals, 4 revoked (the token's bucket)
 # ARGV: 1 rid, 2 lease_until, 3 approval id or '', 4 tag, 5 margin, 6 holds JSON, 7 token id,
 #       8 created_at, 9 lease-expired ledger row tail, 10.. (counter key, amount, limit, resets)
-# Returns {1} ok, {-1} duplicate id, {0, hold index (1-based) or 0, used, approval_used 0/1}.
+# Returns {1} ok, {-1} duplicate id, {-2} the token is revoked,
+# {0, hold index (1-based) or 0, used, approval_used 0/1}.
+# The duplicate id first: a retried reserve whose first attempt landed must say so, even if
+# the token was revoked in between (that call then reserved before the revocation).
 RESERVE = _ADD + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {-1} end
+if redis.call('HEXISTS', KEYS[4], ARGV[7]) == 1 then return {-2} end
 local approval = ARGV[3]
 if approval ~= '' and redis.call('SISMEMBER', KEYS[3], approval) == 1 then
   return {0, 0, 0, 1}

@@ -238,6 +238,8 @@ _INSERT_RESERVATION = (
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _OK = ReserveResult(True)
+_REVOKED = ReserveResult(False, revoked=True)
+_APPROVAL_USED = ReserveResult(False, approval_used=True)
 
 
 def _json_encoder() -> Callable[[Any], str]:
@@ -276,6 +278,19 @@ def _add_used(n: int) -> str:
     rows = ", ".join(["(?, ?, ?)"] * n)
     return (f"INSERT INTO counters (key, used, resets_at) VALUES {rows} "  # noqa: S608
             "ON CONFLICT (key) DO UPDATE SET used = max(used + excluded.used, 0)")
+
+
+@lru_cache(maxsize=128)
+def _reserve_read_sql(n: int, approval: bool) -> str:
+    """What a reservation checks, in one statement: the token's revocation (a row (NULL, 0)),
+    the approval's earlier use (a row (NULL, 1); params: token, [approval], the keys) and ``n``
+    counters (key, used)."""
+    parts = ["SELECT NULL, 0 FROM revoked WHERE token_id = ?"]
+    if approval:
+        parts.append("SELECT NULL, 1 FROM used_approvals WHERE approval_id = ?")
+    if n:
+        parts.append(_used_sql(n))
+    return " UNION ALL ".join(parts)
 
 
 @lru_cache(maxsize=64)
@@ -669,16 +684,26 @@ class SQLiteStore(Store):
             r.lease_until, r.approval_id, r.created_at,
             _compact(dict(r.meta)),
         )
-        keys = [h.counter_key for h in debits]
+        approval = r.approval_id is not None
+        # Revocation, the approval and the counters: one statement.
+        check = _reserve_read_sql(len(debits), approval)
+        params: list[Any] = [r.token_id, r.approval_id] if approval else [r.token_id]
+        params += [h.counter_key for h in debits]
         adds = [x for h in debits for x in (h.counter_key, h.amount, h.resets_at)]
 
         def txn(c: sqlite3.Cursor) -> ReserveResult:
-            if r.approval_id is not None and c.execute(
-                "SELECT 1 FROM used_approvals WHERE approval_id = ?", (r.approval_id,)
-            ).fetchone():
-                return ReserveResult(False, approval_used=True)
+            used: dict[str, int] = {}
+            approval_used = False
+            for key, value in c.execute(check, params).fetchall():
+                if key is not None:
+                    used[key] = value
+                elif value == 0:
+                    return _REVOKED
+                else:
+                    approval_used = True
+            if approval_used:
+                return _APPROVAL_USED
             if debits:
-                used = dict(c.execute(_used_sql(len(keys)), keys).fetchall())
                 for h in debits:
                     u = int(used.get(h.counter_key, 0))
                     if u + h.amount > h.limit:
