@@ -80,15 +80,24 @@ def test_random_bytes_never_crash(data: bytes) -> None:
         assert exc.reason in (Reason.UNKNOWN_CAVEAT, Reason.INVALID_CAVEAT)
 
 
-def test_unknown_caveat_wins_over_an_earlier_invalid_one() -> None:
+@pytest.mark.parametrize("invalid", [b"expires 01", b"expires x"])
+@pytest.mark.parametrize("unknown", [b"frobnicate 1", b"fly"])
+def test_unknown_caveat_wins_over_an_invalid_one_wherever_they_stand(
+        invalid: bytes, unknown: bytes) -> None:
     """Reason order decides: unknown_caveat is checked for every caveat before invalid_caveat."""
-    with pytest.raises(TokenError) as info:
-        cav.decode_all([b"expires 01", b"frobnicate 1"])
-    assert info.value.reason is Reason.UNKNOWN_CAVEAT
-    with pytest.raises(TokenError) as info:
-        cav.decode_all([b"expires 1", b"expires 01"])
-    assert info.value.reason is Reason.INVALID_CAVEAT
+    for caveats in ([invalid, unknown], [unknown, invalid]):
+        with pytest.raises(TokenError) as info:
+            cav.decode_all(caveats)
+        assert info.value.reason is Reason.UNKNOWN_CAVEAT
+    for caveats in ([b"expires 1", invalid], [invalid, b"expires 1"]):
+        with pytest.raises(TokenError) as info:
+            cav.decode_all(caveats)
+        assert info.value.reason is Reason.INVALID_CAVEAT
+
+
+def test_valid_caveats_decode_in_token_order() -> None:
     assert cav.decode_all([b"expires 1", b"models a b"]) == [cav.Expires(1), cav.Models(("a", "b"))]
+    assert cav.decode_all([b"expires 1", b"app a"]) == [cav.Expires(1), cav.App("a")]
 
 
 @pytest.mark.parametrize("tz", ["localtime", "posixrules", "right/UTC", "posix/Europe/Paris"])

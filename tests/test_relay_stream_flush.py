@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -133,54 +133,45 @@ def gated_relay(gated: tuple[GatedProvider, str],
         relay.close()
 
 
-def _check_row(relay: Relay, token: str, cost: int) -> None:
-    [row] = relay.wait_ledger(token, 1)
-    assert (row.status, row.input_tokens, row.output_tokens, row.cost) == (
-        "ok", PROMPT_TOKENS, len(REPLY), cost)
-    assert row.token_id == token_id(token)
-
-
-def test_openai_stream_first_chunk_reaches_the_client_while_the_provider_pauses(
-        gated: tuple[GatedProvider, str], gated_relay: Relay) -> None:
-    provider, _ = gated
-    provider.reset()
-    token = gated_relay.mint(cav.Budget(1000, "USD", "month"))
-    client = gated_relay.openai(token, timeout=PAUSE_LIMIT * 3)
-    seen_while_paused = None
-    text = []
+def _openai_text(relay: Relay, token: str) -> Iterator[str]:
+    """The reply's text pieces as the openai SDK yields them from a chat completion stream."""
+    client = relay.openai(token, timeout=PAUSE_LIMIT * 3)
     for chunk in client.chat.completions.create(
             model="relay-test", messages=[{"role": "user", "content": "hi"}], max_tokens=16,
             stream=True):
         content = chunk.choices[0].delta.content if chunk.choices else None
-        if content and seen_while_paused is None:
-            seen_while_paused = not provider.second_sent.is_set()
-            provider.release.set()
         if content:
-            text.append(content)
-    assert seen_while_paused is True
-    assert provider.released is True  # the provider did not give up waiting
-    assert "".join(text) == "".join(REPLY)
-    # relay-test (relay_harness.TEST_PRICE): 100_000 per input token, 300_000 per output token.
-    _check_row(gated_relay, token, PROMPT_TOKENS * 100_000 + len(REPLY) * 300_000)
+            yield content
 
 
-def test_anthropic_stream_first_chunk_reaches_the_client_while_the_provider_pauses(
+def _anthropic_text(relay: Relay, token: str) -> Iterator[str]:
+    """The reply's text pieces as the anthropic SDK yields them from a messages stream."""
+    client = relay.anthropic(token, timeout=PAUSE_LIMIT * 3)
+    with client.messages.stream(model="claude-test", max_tokens=16,
+                                messages=[{"role": "user", "content": "hi"}]) as stream:
+        yield from stream.text_stream
+
+
+@pytest.mark.parametrize("sdk_text", [_openai_text, _anthropic_text],
+                         ids=["openai", "anthropic"])
+def test_stream_first_chunk_reaches_the_client_while_the_provider_pauses(
+        sdk_text: Callable[[Relay, str], Iterator[str]],
         gated: tuple[GatedProvider, str], gated_relay: Relay) -> None:
     provider, _ = gated
     provider.reset()
     token = gated_relay.mint(cav.Budget(1000, "USD", "month"))
-    client = gated_relay.anthropic(token, timeout=PAUSE_LIMIT * 3)
     seen_while_paused = None
     text = []
-    with client.messages.stream(model="claude-test", max_tokens=16,
-                                messages=[{"role": "user", "content": "hi"}]) as stream:
-        for piece in stream.text_stream:
-            if piece and seen_while_paused is None:
-                seen_while_paused = not provider.second_sent.is_set()
-                provider.release.set()
-            text.append(piece)
+    for piece in sdk_text(gated_relay, token):
+        if piece and seen_while_paused is None:
+            seen_while_paused = not provider.second_sent.is_set()
+            provider.release.set()
+        text.append(piece)
     assert seen_while_paused is True
-    assert provider.released is True
+    assert provider.released is True  # the provider did not give up waiting
     assert "".join(text) == "".join(REPLY)
-    _check_row(gated_relay, token, PROMPT_TOKENS * 100_000 + len(REPLY) * 300_000)
-
+    # relay-test (relay_harness.TEST_PRICE): 100_000 per input token, 300_000 per output token.
+    [row] = gated_relay.wait_ledger(token, 1)
+    assert (row.status, row.input_tokens, row.output_tokens, row.cost) == (
+        "ok", PROMPT_TOKENS, len(REPLY), PROMPT_TOKENS * 100_000 + len(REPLY) * 300_000)
+    assert row.token_id == token_id(token)
