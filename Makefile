@@ -62,11 +62,15 @@ bench: $(STAMP)
 #    killed, instead of taking the machine's memory from the other processes.
 # MUTANTS='capwallet.money*' narrows a run; MUTATION_CHILDREN mutants run at once (default 2);
 # scripts/mutation_score.py prints the score per file.
+# First, scripts/mutation_equivalents.py reports listed equivalents that went stale (mutmut
+# renumbers a function's mutants when the function changes): the run goes on, but a stale
+# name may now be another mutant, which the adjusted score would count as equivalent.
 MUTANTS ?=
 MUTATION_CHILDREN ?= 2
 MUTATION_MEMORY_KB ?= 1048576
 mutation: $(STAMP)
 	$(PY) -m pip install -q 'mutmut==3.8.1'
+	$(PY) scripts/mutation_equivalents.py || echo "make mutation: re-judge the stale entries above before trusting the adjusted score"
 	rm -rf mutants
 	ulimit -v $(MUTATION_MEMORY_KB) && { $(VENV)/bin/mutmut run --max-children $(MUTATION_CHILDREN) $(MUTANTS) || true; }
 	$(PY) scripts/mutation_score.py
