@@ -43,7 +43,7 @@ class Stale:
 
 
 def listed(path: Path) -> dict[str, str]:
-    """Listed mutant name -> its reason (the same reading as scripts/mutation_score.py)."""
+    """Listed mutant name -> its reason (scripts/mutation_score.py reads the list with it)."""
     names: dict[str, str] = {}
     for line in path.read_text("utf-8").splitlines():
         if line.lstrip().startswith("#") or not line.strip():

@@ -21,6 +21,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from mutation_equivalents import listed  # run as a script: scripts/ is on sys.path
+
 KILLED = {1, 3, 37, -11, -6, 134, 139}
 TIMEOUT = {36, -24, 24, 152, 255, -9}  # -9: the hard CPU limit (SIGKILL)
 SURVIVED = {0}
@@ -28,25 +30,13 @@ NO_TESTS = {5, 33}
 MESSAGE_ONLY = "message only"
 
 
-def listed(path: Path) -> dict[str, str]:
-    """Listed mutant name -> its reason."""
-    if not path.exists():
-        return {}
-    names: dict[str, str] = {}
-    for line in path.read_text("utf-8").splitlines():
-        if line.lstrip().startswith("#") or not line.strip():
-            continue
-        name, _, reason = line.strip().partition(" ")
-        names[name] = reason.strip()
-    return names
-
-
 def main(root: str = "mutants") -> int:
     metas = sorted(Path(root).rglob("*.py.meta"))
     if not metas:
         print(f"no mutmut results under {root}/ (run make mutation first)", file=sys.stderr)
         return 2
-    known = listed(Path(__file__).with_name("mutation_equivalents.txt"))
+    listing = Path(__file__).with_name("mutation_equivalents.txt")
+    known = listed(listing) if listing.exists() else {}
     print(f"{'file':<24}{'mutants':>8}{'killed':>7}{'timeout':>8}{'survived':>9}{'no test':>8}"
           f"{'equiv':>6}{'msg':>5}{'score':>8}{'adjusted':>9}")
     survivors: list[str] = []
