@@ -8,9 +8,9 @@ deployed (``python -m reference_relay``, in subprocesses): one with a single pro
 calls the provider directly (the baseline) and through a relay, with the same non-streamed
 chat request, at concurrency 1, 20 and 100 (the two-worker relay at 20 and 100), plus a
 streamed request at 1; direct and relayed rounds alternate, so a change in the machine's load
-hits both alike. Each relay call is a full one: token verification (cached chain), one store
-read (revocation and counters), an atomic reservation on a budget and a token quota, the
-upstream call, settlement and a ledger row in SQLite.
+hits both alike. Each relay call is a full one: token verification (cached chain), an atomic
+reservation on a budget and a token quota that also checks the revocation, the upstream call,
+settlement and a ledger row in SQLite.
 
 Reported: latency p50/p99 (ms), the relay's added latency (relay - direct), requests per
 second and their ratio, and the CPU time per request of the relay's processes and, for scale,

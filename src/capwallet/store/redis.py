@@ -115,6 +115,7 @@ MAX_EXACT = 2**53 - 1  # Lua numbers are doubles: larger amounts are refused bef
 SWEEP_BATCH = 500
 POOL_WAIT = 10.0  # seconds a command may queue for a free connection under load
 CACHE_SIZE = 65536
+_OK = ReserveResult(True)
 _REVOKED = ReserveResult(False, revoked=True)
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
@@ -249,7 +250,10 @@ class RedisStore(Store):
         self.url = url
         self._closed = False
         self._buckets: OrderedDict[str, str] = OrderedDict()  # counter key -> bucket
-        self._res_buckets: OrderedDict[str, str] = OrderedDict()  # reservation id -> bucket
+        # token id -> (bucket, its key tag): a CRC-32 and two string builds fewer per script
+        self._token_tags: dict[str, tuple[str, str]] = {}
+        # reservation id -> its bucket's key tag, for its settle
+        self._res_tags: OrderedDict[str, str] = OrderedDict()
         self._reserve = _Script(lua.RESERVE)
         self._settle = _Script(lua.SETTLE)
         self._expire = _Script(lua.EXPIRE)
@@ -327,6 +331,18 @@ class RedisStore(Store):
 
     def _tag(self, bucket: str) -> str:
         return "{" + self.prefix + ":" + bucket + "}:"
+
+    def _token_tag(self, token_id: str) -> tuple[str, str]:
+        """The token's bucket and that bucket's key tag (remembered; forgotten all at once
+        past CACHE_SIZE tokens)."""
+        got = self._token_tags.get(token_id)
+        if got is None:
+            b = bucket_of(token_id)
+            got = (b, self._tag(b))
+            if len(self._token_tags) >= CACHE_SIZE:
+                self._token_tags.clear()
+            self._token_tags[token_id] = got
+        return got
 
     async def _run(self, op: Callable[[], Awaitable[T]], on_retry: Callable[[], None] | None = None,
                    *, retry: bool = True) -> T:
@@ -409,8 +425,7 @@ class RedisStore(Store):
 
     async def reserve(self, reservation: Reservation) -> ReserveResult:
         r = reservation
-        b = bucket_of(r.token_id)
-        tag = self._tag(b)
+        b, tag = self._token_tag(r.token_id)
         holds: dict[str, list[int]] = {}  # merged: amounts add, the smallest limit wins
         for h in r.holds:
             amount, limit = _exact(h.amount, "amount"), _exact(h.limit, "limit")
@@ -465,12 +480,12 @@ class RedisStore(Store):
         status = int(out[0])
         if status == -1:
             if retried:  # our first attempt landed and only its reply was lost
-                self._remember(self._res_buckets, r.reservation_id, b)
-                return ReserveResult(True)
+                self._reserved(r.reservation_id, tag)
+                return _OK
             raise ValueError(f"reservation id {r.reservation_id} already exists")
         if status == 1:
-            self._remember(self._res_buckets, r.reservation_id, b)
-            return ReserveResult(True)
+            self._reserved(r.reservation_id, tag)
+            return _OK
         if status == -2:
             return _REVOKED
         if int(out[3]):
@@ -491,14 +506,21 @@ class RedisStore(Store):
                 pipe.set(name, bucket)
         await pipe.execute()
 
-    def _res_bucket(self, reservation_id: str, entry: LedgerEntry) -> str:
-        return self._res_buckets.pop(reservation_id, None) or bucket_of(entry.token_id)
+    def _reserved(self, reservation_id: str, tag: str) -> None:
+        """Remember a new reservation's bucket (its tag) for its settle (a new id: nothing to
+        reorder)."""
+        cache = self._res_tags
+        cache[reservation_id] = tag
+        if len(cache) > CACHE_SIZE:
+            cache.popitem(last=False)
+
+    def _res_tag(self, reservation_id: str, entry: LedgerEntry) -> str:
+        return self._res_tags.pop(reservation_id, None) or self._token_tag(entry.token_id)[1]
 
     async def settle(
         self, reservation_id: str, actual: Mapping[str, int], entry: LedgerEntry
     ) -> bool:
-        b = self._res_bucket(reservation_id, entry)
-        tag = self._tag(b)
+        tag = self._res_tag(reservation_id, entry)
         row = _row(entry, reservation_id)
         charges: list[Any] = []
         for k, v in actual.items():
@@ -605,8 +627,7 @@ class RedisStore(Store):
         in its token's bucket). A key this process knows to be in another bucket is read as
         ``counters`` reads it, in a second round trip."""
         wanted = list(dict.fromkeys(keys))
-        b = bucket_of(token_id)
-        tag = self._tag(b)
+        b, tag = self._token_tag(token_id)
         own = [k for k in wanted if self._buckets.get(k, b) == b]
         script_keys = [tag + "revoked", *(tag + "c:" + k for k in own)]
 
