@@ -63,17 +63,20 @@ class Forward:
         raw = b"".join(chunks)
         if not isinstance(json.loads(raw).get("model"), str):
             response = Response(b'{"error":"no model"}', status_code=400)
-        else:
-            async with asyncio.timeout(UPSTREAM_TIMEOUT):
-                upstream = await self.pool.request(
-                    self.origin, b"%scontent-length: %d\r\n\r\n%s" % (self.head, len(raw), raw))
-                try:
-                    body = await upstream.read()
-                finally:
-                    upstream.close()
-            response = Response(body, status_code=upstream.status,
-                                media_type="application/json")
-        await response(scope, receive, send)
+            await response(scope, receive, send)
+            return
+        async with asyncio.timeout(UPSTREAM_TIMEOUT):
+            upstream = await self.pool.request(
+                self.origin, b"%scontent-length: %d\r\n\r\n%s" % (self.head, len(raw), raw))
+            try:
+                body = await upstream.read()
+            finally:
+                upstream.close()
+        # The answer as raw ASGI messages, as the relay sends a provider's answer
+        # (reference_relay.calls._SettleAfterSend), not through a Starlette Response.
+        await send({"type": "http.response.start", "status": upstream.status, "headers": [
+            (b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def main() -> int:

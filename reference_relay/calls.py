@@ -25,7 +25,6 @@ client_disconnected, and lease_expired / denied:<reason> (written elsewhere).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -39,7 +38,7 @@ from capwallet.store import LedgerEntry, Store, StoreUnavailable
 from capwallet.verify import Debit
 from reference_relay.config import ModelConfig, ProviderConfig
 from reference_relay.errors import UPSTREAM_ERROR, RelayError, error_response, sse_error_event
-from reference_relay.metering import StreamMeter, Usage, usage_from_json
+from reference_relay.metering import StreamMeter, Usage, answer_usage
 from reference_relay.pool import Response as UpstreamResponse
 from reference_relay.prices import Converter
 from reference_relay.routes import Endpoint, Prepared
@@ -51,17 +50,18 @@ log = logging.getLogger("reference_relay.calls")
 # handler returns it, before any provider can answer. Past it the app is taken as gone.
 HEAD_WAIT = 0.5
 _SSE_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
-_PASS_HEADERS = ("x-request-id", "request-id", "openai-processing-ms")
-_PASSED = frozenset(h.encode() for h in _PASS_HEADERS)
+_NO_CACHE = (b"cache-control", b"no-cache")
+_JSON_TYPE = (b"content-type", b"application/json")
+# The provider's request id headers, passed on to the app (the first of each name).
+_PASSED = frozenset((b"x-request-id", b"request-id", b"openai-processing-ms"))
 
 
-def _passed_headers(resp: UpstreamResponse) -> dict[str, str]:
-    """The provider's request id headers, passed on to the app (the first of each name), in
-    one pass over the answer's headers."""
-    out: dict[str, str] = {}
-    for k, v in resp.headers:
-        if k in _PASSED:
-            out.setdefault(k.decode("latin-1"), v.decode("latin-1"))
+def _passed_headers(resp: UpstreamResponse) -> list[tuple[bytes, bytes]]:
+    """The provider's request id headers as the app gets them: the first of each name, in
+    one pass over the answer's headers (the pool gives their names in lower case)."""
+    out = [(k, v) for k, v in resp.headers if k in _PASSED]
+    if len(out) > 1:
+        out = list({k: (k, v) for k, v in reversed(out)}.values())
     return out
 
 
@@ -176,19 +176,19 @@ class Call:
 
     def _entry(self, status: str, tokens_in: int, tokens_out: int, cost: int,
                response_body: bytes | None) -> LedgerEntry:
-        def text(b: bytes | None) -> str | None:
-            if not self.log_bodies or b is None:
-                return None
-            return b[: self.max_log_bytes].decode("utf-8", "replace")
-
+        request_text = response_text = None
+        if self.log_bodies:
+            request_text = self.request_body[: self.max_log_bytes].decode("utf-8", "replace")
+            if response_body is not None:
+                response_text = response_body[: self.max_log_bytes].decode("utf-8", "replace")
         return LedgerEntry(
             time=int(time.time()), token_id=self.token_id, app=self.app,
             provider=self.provider.id, model=self.model.id, operation=self.endpoint.operation,
             input_tokens=tokens_in, output_tokens=tokens_out, cost=cost,
             currency=self.ledger_currency, status=status,
             latency_ms=int((time.perf_counter() - self.started) * 1000),
-            reservation_id=self.reservation_id, request_body=text(self.request_body),
-            response_body=text(response_body), chain_id=self.chain_id,
+            reservation_id=self.reservation_id, request_body=request_text,
+            response_body=response_text, chain_id=self.chain_id,
         )
 
     def _log(self, e: LedgerEntry) -> None:
@@ -261,23 +261,28 @@ class Call:
                                 headers={"x-capwallet-reason": err.code})
             return error_response(err, flavor)
         try:
-            data = json.loads(body)
+            usage = answer_usage(self.endpoint.meter, body)
         except ValueError:
-            data = None
-        if not isinstance(data, dict):
             # Output may have been generated and billed: charge the reserved worst case.
             await self.settle(None, False, "upstream_error", body)
             return error_response(RelayError(
                 UPSTREAM_ERROR, f"provider {self.provider.id!r} sent an answer that is not "
                 "valid JSON; it was charged at the reserved worst case"), flavor)
-        usage = usage_from_json(self.endpoint.meter, data)
         if usage is None:
             settlement = self.settle(None, False, "usage_missing", body)
         else:
             settlement = self.settle(usage, True, "ok", body)
-        headers = _passed_headers(resp)
-        return _SettleAfterSend(body, resp.status, {**headers, **self.response_headers},
-                                settlement)
+        head = _passed_headers(resp)
+        if self.response_headers:
+            head += self._own_headers()
+        head.append((b"content-length", b"%d" % len(body)))
+        head.append(_JSON_TYPE)
+        return _SettleAfterSend(body, resp.status, head, settlement)
+
+    def _own_headers(self) -> list[tuple[bytes, bytes]]:
+        """The relay's own response headers (a lowered output cap, the exchange rate used)."""
+        return [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in self.response_headers.items()]
 
     async def _run_stream(self) -> Response:
         """Start the pump and return at once: the response waits for the provider's answer
@@ -298,16 +303,22 @@ class _SettleAfterSend(Response):
     cancel it, and one task per call does what a task and a shield for the exchange and
     another pair for the settlement did."""
 
-    def __init__(self, body: bytes, status: int, headers: dict[str, str],
+    def __init__(self, body: bytes, status: int, raw_headers: list[tuple[bytes, bytes]],
                  settlement: Coroutine[Any, Any, None]) -> None:
-        super().__init__(body, status_code=status, media_type="application/json",
-                         headers=headers)
+        # Not Response.__init__: the head comes whole, as the ASGI header list it is sent as
+        # (content length and type included), built by Call._exchange from bytes it has.
+        self.body = body
+        self.status_code = status
+        self.background = None
+        self.raw_headers = raw_headers
         self.settlement = settlement
         self.sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            await send({"type": "http.response.body", "body": self.body})
         finally:
             if not self.sent.done():
                 self.sent.set_result(None)
@@ -394,7 +405,7 @@ class _StreamPump:
                           self.call.token_id, type(exc).__name__)
             self.client_closed()
 
-    async def _start(self, headers: dict[str, str]) -> None:
+    async def _start(self, headers: list[tuple[bytes, bytes]]) -> None:
         """Send the response head: the provider's request id and the relay's own headers."""
         if self.send is None:  # not yet handed over (see HEAD_WAIT)
             self._attached = self._loop.create_future()
@@ -402,8 +413,9 @@ class _StreamPump:
             if self.send is None:
                 self.client_closed()
                 return
-        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in
-               {"cache-control": "no-cache", **headers, **self.call.response_headers}.items()]
+        raw = [_NO_CACHE, *headers]
+        if self.call.response_headers:
+            raw += self.call._own_headers()
         raw.append(_SSE_TYPE)
         self.head_sent = True
         await self._to_app({"type": "http.response.start", "status": 200, "headers": raw})
@@ -440,8 +452,7 @@ class _StreamPump:
                 # the head goes out before the response is woken, so that the head's flush is
                 # queued before the response task's turn (it only listens for a disconnect).
                 self._verdict(None, wake=False)
-                await self._start({h: v for h in _PASS_HEADERS
-                                   if (v := resp.header(h)) is not None})
+                await self._start(_passed_headers(resp))
                 self._wake()
                 first = True  # until the first piece is sent
                 async for chunk in resp.iter_chunks():

@@ -32,6 +32,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+try:  # optional C parser (see answer_usage)
+    from orjson import loads as _orjson_loads
+except ImportError:  # pragma: no cover - the json module does the same, slower
+    _orjson_loads = None  # type: ignore[assignment]
+
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 # What makes an event worth a closer look, per flavor: an event with none of these passes as it
 # is and changes nothing but ``saw_event`` (each _<flavor> method below returns True for it
@@ -82,7 +87,8 @@ class Usage:
 
 
 def _int(v: Any) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
+    """A positive token count, else 0 (a JSON number is an int or a float; bool is not one)."""
+    return v if type(v) is int and v > 0 else 0
 
 
 def openai_usage(u: Any) -> Usage | None:
@@ -153,6 +159,44 @@ def usage_from_json(flavor: str, data: dict[str, Any]) -> Usage | None:
         u = anthropic_usage(data.get("usage"))
         return u if u is not None and u.complete else None
     return openai_usage(data.get("usage"))
+
+
+def answer_usage(flavor: str, body: bytes) -> Usage | None:
+    """The final usage of a non-streamed answer's bytes, or None if it has none; ValueError
+    when the body is not a JSON object.
+
+    Parsed with orjson when it is installed (three to four times faster than the json module;
+    the relay parses every answer), else, and whenever orjson's reading could differ from the
+    json module's, with the json module, so the result is the json module's either way:
+    orjson refuses some text json reads (NaN, a byte-order mark, a lone surrogate escape:
+    those go to json), and reads an integer past 64 bits as a float, which would read as no
+    tokens (a usage object holding such a float is read again by json)."""
+    if _orjson_loads is not None:
+        try:
+            data = _orjson_loads(body)
+        except ValueError:
+            pass
+        else:
+            if not isinstance(data, dict):
+                raise ValueError("the answer is not a JSON object")
+            if not _inexact(data.get("usage")):
+                return usage_from_json(flavor, data)
+    data = json.loads(body)
+    if not isinstance(data, dict):
+        raise ValueError("the answer is not a JSON object")
+    return usage_from_json(flavor, data)
+
+
+def _inexact(u: Any) -> bool:
+    """Whether a usage object (or one nested in it) holds a float outside the 64-bit integer
+    range: what orjson makes of an integer too large for 64 bits."""
+    if isinstance(u, dict):
+        for v in u.values():
+            if type(v) is float and not -(2.0 ** 63) <= v < 2.0 ** 64:
+                return True
+            if isinstance(v, dict) and _inexact(v):
+                return True
+    return False
 
 
 def _data(event: bytes) -> bytes | None:

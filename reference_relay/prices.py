@@ -77,6 +77,9 @@ class Price:
         they are ``cached_input_long`` / ``cache_write_long`` when given, else the short-tier
         price scaled by input_long / input (rounded up).
         """
+        if not cached_input_tokens and not cache_write_tokens:  # the usual call: no caching
+            p_in, p_out = self.tier(input_tokens)
+            return input_tokens * p_in + output_tokens * p_out
         total_in = input_tokens + cached_input_tokens + cache_write_tokens
         p_in, p_out = self.tier(total_in)
         long = self.long_context_above is not None and total_in > self.long_context_above
@@ -143,10 +146,17 @@ def parse_rate(pair: str, value: Any) -> Rate:
 
 
 class Converter:
-    """Converts exact raw costs into microunits of any currency, rounding up."""
+    """Converts exact raw costs into microunits of any currency, rounding up.
+
+    The factor between a price's terms (its currency and scale) and a target currency is
+    worked out once per pair and kept: a call converts its cost twice or more (the worst case
+    per budget currency, the settlement), always between the same few pairs."""
 
     def __init__(self, rates: Mapping[tuple[str, str], Rate]) -> None:
         self.rates = dict(rates)
+        # (price currency, scale, target currency) -> (multiplier, divisor, rate), or None
+        # when no rate is known.
+        self._factors: dict[tuple[str, int, str], tuple[int, int, Rate | None] | None] = {}
 
     def factor(self, src: str, dst: str) -> tuple[int, int, Rate | None] | None:
         """(num, den, rate used) with 1 src = num/den dst, or None when no rate is known."""
@@ -160,20 +170,31 @@ class Converter:
             return r.den, r.num, r
         return None
 
+    def _terms(self, src: str, scale: int, dst: str) -> tuple[int, int, Rate | None] | None:
+        """raw * multiplier / divisor = microunits of ``dst`` for a raw cost in a price's
+        terms (``src`` at ``scale``), exact before the one rounding up."""
+        f = self.factor(src, dst)
+        if f is None:
+            return None
+        num, den, rate = f
+        exp = EXPONENTS[dst] - EXPONENTS[src]
+        return num * (10 ** max(exp, 0)), scale * den * (10 ** max(-exp, 0)), rate
+
     def micros(self, price: Price, raw: int, currency: str) -> tuple[int, Rate | None] | None:
         """Microunits of ``currency`` for a raw cost in ``price``'s terms, rounded up, and the
         rate used (None if none was needed); None when no rate is known. Nothing costs nothing
         in every currency, so a free model or a zero cost needs no rate."""
         if raw == 0:
             return 0, None
-        f = self.factor(price.currency, currency)
-        if f is None:
+        key = (price.currency, price.scale, currency)
+        try:
+            terms = self._factors[key]
+        except KeyError:
+            terms = self._factors[key] = self._terms(*key)
+        if terms is None:
             return None
-        num, den, rate = f
-        exp = EXPONENTS[currency] - EXPONENTS[price.currency]
-        top = raw * num * (10 ** max(exp, 0))
-        bottom = price.scale * den * (10 ** max(-exp, 0))
-        return ceil_div(top, bottom), rate
+        mul, div, rate = terms
+        return -(-raw * mul // div), rate
 
 
 def price_from_table(entry: Mapping[str, Any], currency: str, scale: int, where: str) -> Price:

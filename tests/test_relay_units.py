@@ -26,7 +26,7 @@ from reference_relay.estimate import (
     openai_embeddings_input,
     output_bound,
 )
-from reference_relay.metering import StreamMeter, usage_from_json
+from reference_relay.metering import StreamMeter, answer_usage, usage_from_json
 from reference_relay.prices import Converter, Price, PriceError, default_table, parse_rate
 from reference_relay.routes.anthropic import Messages
 from reference_relay.routes.openai import ChatCompletions
@@ -65,6 +65,20 @@ def test_conversion_uses_the_rate_and_rounds_against_the_user() -> None:
     assert rate.describe() == "1 USD = 0.87 EUR"
 
 
+def test_one_converter_keeps_each_price_terms_apart() -> None:
+    # The converter keeps one factor per (price currency, scale, target): prices of other
+    # scales and currencies through the same converter each get their own.
+    conv = Converter({("USD", "EUR"): parse_rate("USD/EUR", "0.5")})
+    unscaled = Price("USD", 1, input=1, output=0)
+    eur = Price("EUR", 1000, input=1, output=0)
+    for _ in range(2):  # the second round is served from what the first worked out
+        assert conv.micros(MINI, 1000, "USD") == (1, None)
+        assert conv.micros(unscaled, 1000, "USD") == (1000, None)
+        assert conv.micros(unscaled, 1000, "EUR")[0] == 500  # type: ignore[index]
+        assert conv.micros(eur, 1000, "USD")[0] == 2  # type: ignore[index]
+        assert conv.micros(eur, 1000, "GBP") is None
+
+
 def test_currency_exponents_are_respected() -> None:
     conv = Converter({("USD", "JPY"): parse_rate("USD/JPY", "150.5"),
                       ("USD", "KWD"): parse_rate("USD/KWD", "0.307")})
@@ -95,6 +109,11 @@ def test_long_context_tier() -> None:
               input_long=600_000, output_long=2_250_000)
     assert p.tier(200_000) == (300_000, 1_500_000)
     assert p.tier(200_001) == (600_000, 2_250_000)
+    # Without cached tokens the tier is chosen on the input alone.
+    assert p.raw_cost(input_tokens=200_001, output_tokens=10) == (
+        200_001 * 600_000 + 10 * 2_250_000)
+    assert p.raw_cost(input_tokens=200_000, output_tokens=10) == (
+        200_000 * 300_000 + 10 * 1_500_000)
     assert p.raw_cost(input_tokens=100_000, output_tokens=0, cached_input_tokens=100_001) == (
         100_000 * 600_000 + 100_001 * 600_000)  # cached defaults to the (long) input price
 
@@ -391,6 +410,24 @@ def test_usage_from_json() -> None:
     a = usage_from_json("anthropic", {"usage": {"input_tokens": 5, "output_tokens": 9}})
     assert a is not None and (a.input_tokens, a.output_tokens) == (5, 9)
     assert usage_from_json("anthropic", {"usage": {"input_tokens": 5}}) is None
+
+
+def test_answer_usage_reads_what_the_json_module_reads() -> None:
+    # orjson reads an integer past 64 bits as a float (no tokens, read so): such a usage
+    # object is read again by the json module, and the count is exact.
+    big = 2**64 + 1
+    u = answer_usage("openai", b'{"usage":{"prompt_tokens":10,"completion_tokens":%d}}' % big)
+    assert u is not None and (u.input_tokens, u.output_tokens) == (10, big)
+    # Text orjson refuses and json reads (NaN, UTF-16 with its byte-order mark) is read as json reads it.
+    u = answer_usage("openai", b'{"x":NaN,"usage":{"prompt_tokens":3,"completion_tokens":4}}')
+    assert u is not None and (u.input_tokens, u.output_tokens) == (3, 4)
+    u = answer_usage("anthropic",
+                     '{"usage":{"input_tokens":5,"output_tokens":9}}'.encode("utf-16"))
+    assert u is not None and (u.input_tokens, u.output_tokens) == (5, 9)
+    assert answer_usage("openai", b'{"choices":[]}') is None
+    for not_an_object in (b"[1]", b'{"usage":', b"", b'"x"'):
+        with pytest.raises(ValueError):
+            answer_usage("openai", not_an_object)
 
 
 # -- configuration ------------------------------------------------------------------------------
