@@ -487,6 +487,12 @@ class _StreamPump:
                 self._verdict((RelayError(UPSTREAM_ERROR, "the call was cancelled"), None))
                 await call.release("upstream_error")
         try:
+            if not self.client_gone and self.head_sent:
+                # A hang-up that arrived while the pump was busy with a burst is delivered to
+                # the listener in the next turns of the loop: let it through before the
+                # ledger says whether the app stayed to the end.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
             cut = failure is not None or not meter.done
             if cut:
                 failure = failure or RelayError(
@@ -525,6 +531,15 @@ class _RelayStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = self.pump
+
+        async def listen() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            pump.client_closed()
+
+        # Listening starts at once, before the provider's verdict: an app that hangs up while
+        # the provider thinks is gone when the stream comes, and the ledger says so.
+        listener = asyncio.get_running_loop().create_task(listen())
         try:
             outcome = await pump.answer(send)
             if outcome is not None:
@@ -537,16 +552,7 @@ class _RelayStream(Response):
                     refusal = error_response(err, pump.call.endpoint.errors)
                 await refusal(scope, receive, send)
                 return
-
-            async def listen() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                pump.client_closed()
-
-            listener = asyncio.get_running_loop().create_task(listen())
-            try:
-                await pump.over()
-            finally:
-                listener.cancel()
+            await pump.over()
         finally:
+            listener.cancel()
             pump.client_closed()  # however this ends (cancelled too): the pump sends no more

@@ -156,14 +156,18 @@ class Relay:
                 **extra}
         return self.post("/v1/chat/completions", body, token)
 
-    def hang_up_stream(self, path: str, body: dict[str, Any], token: str) -> None:
-        """Start a streamed call, read its first chunk, then close the connection: a client
-        that goes away mid-stream."""
+    def hang_up_stream(self, path: str, body: dict[str, Any], token: str,
+                       until: bytes = b"") -> None:
+        """Start a streamed call, read its first chunk (or read until ``until`` has come),
+        then close the connection: a client that goes away mid-stream."""
         with httpx.stream("POST", self.url + path, json=body,
                           headers={"authorization": "Bearer " + token}, timeout=30) as r:
             assert r.status_code == 200
-            for _ in r.iter_raw():
-                break
+            seen = b""
+            for chunk in r.iter_raw():
+                seen += chunk
+                if until in seen:
+                    break
 
     # -- store (the test's own handle on the relay's SQLite file) -------------------------------
 

@@ -84,6 +84,19 @@ def test_stream_client_disconnect_is_still_metered(relay: Relay) -> None:
     assert budget_used(relay, tok) == 5_800_000
 
 
+def test_stream_client_gone_near_the_end_is_recorded_as_gone(relay: Relay) -> None:
+    # The app reads every content chunk, up to the finish reason, and hangs up before the
+    # usage event and [DONE]: it did not stay to the end, and the ledger says so; the relay
+    # still reads the usage and charges it.
+    tok = relay.mint(cav.Budget(1000, "USD", "month"))
+    body = {"model": "fault-slow_stream:40", "messages": HELLO, "max_tokens": 32,
+            "stream": True}
+    relay.hang_up_stream("/v1/chat/completions", body, tok, until=b'"finish_reason":"')
+    [row] = relay.wait_ledger(tok, 1)
+    assert (row.status, row.input_tokens, row.output_tokens, row.cost) == (
+        "client_disconnected", 10, 16, 5_800_000)
+
+
 def test_non_stream_client_disconnect_is_still_metered(relay: Relay) -> None:
     tok = relay.mint(cav.Budget(1000, "USD", "month"))
     body = {"model": "fault-delay:1500", "messages": HELLO, "max_tokens": 32}
@@ -97,7 +110,9 @@ def test_non_stream_client_disconnect_is_still_metered(relay: Relay) -> None:
 
 def test_stream_client_gone_before_the_provider_answers_is_still_metered(relay: Relay) -> None:
     # The app hangs up while the relay waits for the provider's head: the relay still reads
-    # the stream the provider then sends, and charges its reported usage.
+    # the stream the provider then sends (in one burst), and charges its reported usage. The
+    # ledger says the app left: it got none of the stream (the relay listens for the hang-up
+    # from the start, not only once the provider's head is in).
     tok = relay.mint(cav.Budget(1000, "USD", "month"))
     body = {"model": "fault-delay:1500", "messages": HELLO, "max_tokens": 32,
             "stream": True}
@@ -106,7 +121,7 @@ def test_stream_client_gone_before_the_provider_answers_is_still_metered(relay: 
                    headers={"authorization": "Bearer " + tok},
                    timeout=httpx.Timeout(10, read=0.3))
     [row] = relay.wait_ledger(tok, 1)
-    assert row.status in ("ok", "client_disconnected")
+    assert row.status == "client_disconnected"
     assert (row.input_tokens, row.output_tokens, row.cost) == (10, 16, 5_800_000)
     assert budget_used(relay, tok) == 5_800_000
 
