@@ -418,7 +418,8 @@ def test_answer_usage_reads_what_the_json_module_reads() -> None:
     big = 2**64 + 1
     u = answer_usage("openai", b'{"usage":{"prompt_tokens":10,"completion_tokens":%d}}' % big)
     assert u is not None and (u.input_tokens, u.output_tokens) == (10, big)
-    # Text orjson refuses and json reads (NaN, UTF-16 with its byte-order mark) is read as json reads it.
+    # Text orjson refuses and json reads (NaN, UTF-16 with its byte-order mark): read as json
+    # reads it.
     u = answer_usage("openai", b'{"x":NaN,"usage":{"prompt_tokens":3,"completion_tokens":4}}')
     assert u is not None and (u.input_tokens, u.output_tokens) == (3, 4)
     u = answer_usage("anthropic",
