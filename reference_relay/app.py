@@ -45,7 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from capwallet.approval import Kind, request_digest
 from capwallet.keys import Keyring, RootKey
 from capwallet.limits import CounterLimit, EffectiveLimits
-from capwallet.money import format_micros
+from capwallet.money import EXPONENTS, format_micros
 from capwallet.periods import period_key
 from capwallet.reasons import Reason, TokenError
 from capwallet.store import (
@@ -58,7 +58,7 @@ from capwallet.store import (
     StoreUnavailable,
     open_store,
 )
-from capwallet.verify import Decision, Request, Verifier
+from capwallet.verify import Decision, Request, Verifier, evaluate
 from reference_relay.body import parse_body
 from reference_relay.calls import Call
 from reference_relay.chains import ChainNotes
@@ -81,7 +81,7 @@ from reference_relay.errors import (
     error_response,
 )
 from reference_relay.estimate import InputEstimate
-from reference_relay.prices import Price
+from reference_relay.prices import Converter, Price
 from reference_relay.routes import OUTPUT_CAP_HEADER, Endpoint, Prepared
 from reference_relay.routes.anthropic import CountTokens, Messages
 from reference_relay.routes.openai import ChatCompletions, Embeddings, Moderations, Responses
@@ -216,6 +216,15 @@ def _counter_extra(decision: Decision) -> dict[str, Any]:
     return _detail(c.kind, c.unit, c.limit, c.used, c.needed, c.resets_at)
 
 
+def _response_headers(prepared: Prepared, rates: list[str]) -> dict[str, str]:
+    """What the relay tells the app beside the provider's answer: a lowered output cap, the
+    exchange rates a budget was converted at (one dict, usually empty)."""
+    out = dict(prepared.headers)
+    if rates:
+        out["x-capwallet-fx"] = "; ".join(rates)
+    return out
+
+
 def _fmt(c: CounterLimit, n: int) -> str:
     """An amount in the counter's unit (microunits for a budget) for people."""
     return format_micros(n, c.unit) if c.kind == "budget" else f"{n} {c.unit}"
@@ -320,6 +329,52 @@ class RequestGuard:
         await self.app(scope, receive, send)
 
 
+class CostPlans:
+    """A call's worst case in every currency a token budgets or confirms in, with the rates
+    used: Converter.micros for each currency, its factors worked out once per model price
+    and set of currencies, so that a call pays one multiplication and one division per
+    currency (the same results: tests/test_relay_costs.py)."""
+
+    def __init__(self, converter: Converter) -> None:
+        self.converter = converter
+        # (id(price), currencies) -> (price, steps); the price is kept to check the id.
+        self._plans: dict[tuple[int, tuple[str, ...]],
+                          tuple[Price, tuple[tuple[str, int, int, str | None], ...]]] = {}
+
+    def costs(self, price: Price, raw: int,
+              currencies: tuple[str, ...]) -> tuple[dict[str, int], list[str]]:
+        """Microunits of each currency that has a rate (rounded up), and the rates used."""
+        if not raw:  # nothing costs nothing in every currency, with no rate (Converter.micros)
+            return dict.fromkeys(currencies, 0), []
+        plan = self._plans.get((id(price), currencies))
+        if plan is None or plan[0] is not price:
+            plan = self._plan(price, currencies)
+        out: dict[str, int] = {}
+        rates: list[str] = []
+        for currency, top, bottom, rate in plan[1]:
+            out[currency] = -(-raw * top // bottom)
+            if rate is not None and rate not in rates:
+                rates.append(rate)
+        return out, rates
+
+    def _plan(self, price: Price, currencies: tuple[str, ...]
+              ) -> tuple[Price, tuple[tuple[str, int, int, str | None], ...]]:
+        steps = []
+        for currency in currencies:
+            f = self.converter.factor(price.currency, currency)
+            if f is None:
+                continue  # no rate: left out (the verifier says price_unknown)
+            num, den, rate = f
+            exp = EXPONENTS[currency] - EXPONENTS[price.currency]
+            steps.append((currency, num * 10 ** max(exp, 0),
+                          price.scale * den * 10 ** max(-exp, 0),
+                          None if rate is None else rate.describe()))
+        plan = (price, tuple(steps))
+        if len(self._plans) < 4096:  # a config's prices times the tokens' currency sets
+            self._plans[(id(price), currencies)] = plan
+        return plan
+
+
 class Relay:
     """The relay's state: config, keys and one Verifier, store, upstream pool, tasks."""
 
@@ -338,6 +393,9 @@ class Relay:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.sweeper: asyncio.Task[None] | None = None
         self.chains = ChainNotes(self.store, self.spawn)
+        self.cost_plans = CostPlans(self.converter)
+        self._routes: dict[tuple[str, str, frozenset[str] | None],
+                           tuple[ProviderConfig, ModelConfig]] = {}
         self.index: dict[str, list[tuple[ProviderConfig, ModelConfig]]] = {}
         for p in config.providers:
             for m in p.models.values():
@@ -451,6 +509,19 @@ class Relay:
 
     def route(self, model_id: str, ep: Endpoint,
               limits: EffectiveLimits) -> tuple[ProviderConfig, ModelConfig]:
+        """The provider and model a call goes to; the same for every call of one model
+        through one API by tokens allowing one set of providers, so remembered (bounded: a
+        model the config does not serve is refused before anything is remembered)."""
+        key = (model_id, ep.api, limits.providers)
+        hit = self._routes.get(key)
+        if hit is None:
+            hit = self._route(model_id, ep, limits)
+            if len(self._routes) < 4096:
+                self._routes[key] = hit
+        return hit
+
+    def _route(self, model_id: str, ep: Endpoint,
+               limits: EffectiveLimits) -> tuple[ProviderConfig, ModelConfig]:
         candidates = self.index.get(model_id)
         if not candidates:
             raise RelayError(MODEL_NOT_FOUND, f"no provider of this relay serves model "
@@ -469,16 +540,7 @@ class Relay:
         """Worst-case cost in microunits of every currency the token budgets or confirms in,
         and the rates used to get there (a currency with no rate is left out: the verifier
         says price_unknown)."""
-        out: dict[str, int] = {}
-        rates: list[str] = []
-        for currency in limits.priced_currencies:
-            got = self.converter.micros(price, raw, currency)
-            if got is None:
-                continue
-            out[currency] = got[0]
-            if got[1] is not None and got[1].describe() not in rates:
-                rates.append(got[1].describe())
-        return out, rates
+        return self.cost_plans.costs(price, raw, limits.priced_currencies)
 
     def fx_note(self, rates: list[str]) -> str:
         if not rates:
@@ -562,13 +624,15 @@ class Relay:
         digest = None
         if approval is not None or limits.confirm_above or limits.ask_first:
             digest = request_digest("POST", path, raw)
+        keys = self.verifier.keys
+
         def judge(p: Prepared, c: dict[str, int], counters: dict[str, int] | None) -> Decision:
-            return self.verifier.verify(token, Request(
-                provider=provider.id, model=model_id, operation=ep.operation,
-                input_tokens=p.input.tokens, output_tokens=p.output_tokens, cost=c,
-                zero_retention=provider.zero_retention, approval=approval, digest=digest,
-                origin=origin,
-            ), now, counters)
+            # The token's chain was checked above, so this is the rest of Verifier.verify:
+            # the per-request checks (Request positional, in its fields' order: cheaper than
+            # keywords on every call).
+            return evaluate(v, Request(
+                provider.id, model_id, ep.operation, (), p.input.tokens, p.output_tokens, c,
+                provider.zero_retention, approval, digest, origin), now, counters or {}, keys)
 
         app_name = limits.apps[0] if limits.apps else ""
 
@@ -605,8 +669,7 @@ class Relay:
                 log_bodies=self.config.log_bodies and limits.logging == "full",
                 max_log_bytes=self.config.max_log_body_bytes, request_body=raw,
                 forward_headers=fwd, chain_id=v.chain_id,
-                response_headers={**dict(p.headers),
-                                  **({"x-capwallet-fx": "; ".join(rates)} if rates else {})},
+                response_headers=_response_headers(p, rates),
             )
             return await call.run()
 

@@ -146,7 +146,7 @@ class VerifiedToken:
 
     __slots__ = (
         "_minute", "_windows", "caveats", "chain_id", "issued_at", "key_id", "limits",
-        "token_id", "token_id_hex",
+        "shaped", "token_id", "token_id_hex",
     )
 
     def __init__(
@@ -162,6 +162,16 @@ class VerifiedToken:
         self.caveats = caveats
         self._minute = -1
         self._windows: tuple[tuple[CounterLimit, str, int | None], ...] = ()
+        # Whether any caveat limits the request's shape (origin, provider, model, operation,
+        # scopes, zero retention, input or output size): decided once per token, so that
+        # evaluate skips those checks for a token that has none of them (most of a relay's
+        # calls). Forcing it True never changes a decision (tests/test_verify_plan.py).
+        self.shaped = (
+            limits.origins is not None or limits.providers is not None
+            or limits.models is not None or limits.operations is not None
+            or limits.scopes is not None or limits.zero_retention
+            or limits.max_input_tokens is not None or limits.max_output_tokens is not None
+        )
 
     def windows(self, minute: int) -> tuple[tuple[CounterLimit, str, int | None], ...]:
         """(counter, counter key, resets_at) for each counter, for the minute given."""
@@ -262,46 +272,12 @@ def evaluate(
         return _deny(Reason.NOT_YET_VALID, f"token is not valid before {lim.not_before}", v)
     if lim.expires is not None and now >= lim.expires + CLOCK_SKEW:
         return _deny(Reason.EXPIRED, f"token expired at {lim.expires}", v)
-    # Request shape.
-    if lim.origins is not None and request.origin is not None:
-        seen = origins.normalise(request.origin)
-        if seen is None or seen not in lim.origins:
-            allowed = ", ".join(sorted(lim.origins)) or "none (the caveats conflict)"
-            return _deny(Reason.ORIGIN_MISMATCH,
-                         f"this token may be used from {allowed}, not from "
-                         f"{request.origin[:80]!r}", v)
+    # Request shape (nothing to check unless a caveat limits it).
     model_call = request.provider is not None
-    if model_call:
-        if request.model is None or request.operation is None:
-            raise ValueError("a model call must state provider, model and operation")
-        if lim.providers is not None and request.provider not in lim.providers:
-            return _deny(Reason.PROVIDER_NOT_ALLOWED,
-                         f"provider {request.provider!r} is not allowed; allowed: "
-                         f"{', '.join(sorted(lim.providers)) or 'none'}", v)
-        if lim.models is not None and request.model not in lim.models:
-            return _deny(Reason.MODEL_NOT_ALLOWED,
-                         f"model {request.model!r} is not allowed; allowed: "
-                         f"{', '.join(sorted(lim.models)) or 'none'}", v)
-        if lim.operations is not None and request.operation not in lim.operations:
-            return _deny(Reason.OPERATION_NOT_ALLOWED,
-                         f"operation {request.operation!r} is not allowed; allowed: "
-                         f"{', '.join(sorted(lim.operations)) or 'none'}", v)
-    if lim.scopes is not None:
-        for scope in request.scopes:
-            if scope not in lim.scopes:
-                return _deny(Reason.SCOPE_MISSING, f"scope {scope!r} was not granted", v)
-    if model_call:
-        if lim.zero_retention and not request.zero_retention:
-            return _deny(Reason.ZERO_RETENTION_REQUIRED,
-                         f"provider {request.provider!r} is not a zero-retention provider", v)
-        if lim.max_input_tokens is not None and request.input_tokens > lim.max_input_tokens:
-            return _deny(Reason.INPUT_TOO_LARGE,
-                         f"request has about {request.input_tokens} input tokens; "
-                         f"the limit is {lim.max_input_tokens}", v)
-        if lim.max_output_tokens is not None and request.output_tokens > lim.max_output_tokens:
-            return _deny(Reason.OUTPUT_TOO_LARGE,
-                         f"request asks for up to {request.output_tokens} output tokens; "
-                         f"the limit is {lim.max_output_tokens}", v)
+    if model_call and (request.model is None or request.operation is None):
+        raise ValueError("a model call must state provider, model and operation")
+    if v.shaped and (denied := _shape(v, lim, request, model_call)) is not None:
+        return denied
     # Counters.
     debits: list[Debit] = []
     if model_call:
@@ -361,6 +337,49 @@ def evaluate(
         approval_id = a.approval_id_hex
     return Decision(True, None, "allowed", v.token_id_hex, lim, tuple(debits), approval_id)
 
+
+def _shape(
+    v: VerifiedToken, lim: EffectiveLimits, request: Request, model_call: bool
+) -> Decision | None:
+    """The checks of the request's shape, in the order of the reason codes: the denial of
+    the first one that fails, else None."""
+    if lim.origins is not None and request.origin is not None:
+        seen = origins.normalise(request.origin)
+        if seen is None or seen not in lim.origins:
+            allowed = ", ".join(sorted(lim.origins)) or "none (the caveats conflict)"
+            return _deny(Reason.ORIGIN_MISMATCH,
+                         f"this token may be used from {allowed}, not from "
+                         f"{request.origin[:80]!r}", v)
+    if model_call:
+        if lim.providers is not None and request.provider not in lim.providers:
+            return _deny(Reason.PROVIDER_NOT_ALLOWED,
+                         f"provider {request.provider!r} is not allowed; allowed: "
+                         f"{', '.join(sorted(lim.providers)) or 'none'}", v)
+        if lim.models is not None and request.model not in lim.models:
+            return _deny(Reason.MODEL_NOT_ALLOWED,
+                         f"model {request.model!r} is not allowed; allowed: "
+                         f"{', '.join(sorted(lim.models)) or 'none'}", v)
+        if lim.operations is not None and request.operation not in lim.operations:
+            return _deny(Reason.OPERATION_NOT_ALLOWED,
+                         f"operation {request.operation!r} is not allowed; allowed: "
+                         f"{', '.join(sorted(lim.operations)) or 'none'}", v)
+    if lim.scopes is not None:
+        for scope in request.scopes:
+            if scope not in lim.scopes:
+                return _deny(Reason.SCOPE_MISSING, f"scope {scope!r} was not granted", v)
+    if model_call:
+        if lim.zero_retention and not request.zero_retention:
+            return _deny(Reason.ZERO_RETENTION_REQUIRED,
+                         f"provider {request.provider!r} is not a zero-retention provider", v)
+        if lim.max_input_tokens is not None and request.input_tokens > lim.max_input_tokens:
+            return _deny(Reason.INPUT_TOO_LARGE,
+                         f"request has about {request.input_tokens} input tokens; "
+                         f"the limit is {lim.max_input_tokens}", v)
+        if lim.max_output_tokens is not None and request.output_tokens > lim.max_output_tokens:
+            return _deny(Reason.OUTPUT_TOO_LARGE,
+                         f"request asks for up to {request.output_tokens} output tokens; "
+                         f"the limit is {lim.max_output_tokens}", v)
+    return None
 
 def verify(
     token: str,

@@ -1,0 +1,131 @@
+"""The verifier's per-token plan never changes a decision.
+
+A VerifiedToken decides once, when its chain is verified, whether any caveat limits the shape
+of a request (``shaped``); evaluate skips those checks for a token that has none. These tests
+run every request of the conformance vectors and the property tests' generated tokens and
+requests through evaluate twice, with the token's own plan and with the plan forced to check
+everything, and require the same Decision, field by field. They also pin the plan itself, so
+that a plan that checks too much (correct, only slower) fails here as well.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from capwallet import caveats as cav
+from capwallet.keys import Keyring
+from capwallet.token import mint
+from capwallet.verify import Decision, Request, VerifiedToken, Verifier, evaluate
+from tests.test_properties import KEY, KEYS, T0, caveat, requests, small
+from tests.test_vectors import ALL, _keyring, _request
+
+
+def _full(v: VerifiedToken) -> VerifiedToken:
+    """The same verified token with a plan that checks everything."""
+    full = VerifiedToken(v.token_id, v.issued_at, v.limits, v.key_id, v.chain_id, v.caveats)
+    full.shaped = True
+    return full
+
+
+def _same(v: VerifiedToken, request: Request, now: int, counters: dict[str, int],
+          keys: Keyring) -> Decision:
+    planned = evaluate(v, request, now, counters, keys)
+    full = evaluate(_full(v), request, now, counters, keys)
+    assert planned == full, (planned.to_json(), full.to_json())
+    assert planned.to_json() == full.to_json()
+    return planned
+
+
+def _contexts(v: dict[str, Any]) -> list[tuple[str, dict[str, Any], int, dict[str, int]]]:
+    """(token, request, now, counters) of every verification a vector makes."""
+    if "steps" in v:
+        return [(s.get("token", v["token"]), s["request"], s["now"], dict(v["counters"]))
+                for s in v["steps"]]
+    c = v["context"]
+    return [(v["token"], c["request"], c["now"], dict(c["counters"]))]
+
+
+_VERIFYING = [v for v in ALL if "context" in v or "steps" in v]
+
+
+@pytest.mark.parametrize("v", _VERIFYING, ids=[v["id"] for v in _VERIFYING])
+def test_vectors_decide_the_same_with_and_without_the_plan(v: dict[str, Any]) -> None:
+    keys = _keyring(v)
+    verifier = Verifier(keys)
+    for token, request, now, counters in _contexts(v):
+        try:
+            checked = verifier.check_token(token)
+        except Exception:
+            continue  # a token that does not verify never reaches evaluate
+        _same(checked, _request(request), now, counters, keys)
+
+
+def test_the_vectors_exercise_both_plans() -> None:
+    """Both kinds of token occur in the vectors, so the comparison above means something."""
+    seen = set()
+    for v in _VERIFYING:
+        verifier = Verifier(_keyring(v))
+        for token, *_ in _contexts(v):
+            try:
+                seen.add(verifier.check_token(token).shaped)
+            except Exception:
+                continue
+    assert seen == {False, True}
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(caveat, max_size=6), requests, st.integers(T0 - 700, T0 + 700), st.data())
+def test_generated_tokens_decide_the_same_with_and_without_the_plan(  # type: ignore[no-untyped-def]
+        caveats, request, now, data) -> None:
+    token = mint(KEY, caveats, now=T0 - 1000).serialize()
+    v = Verifier(KEYS).check_token(token)
+    probe = evaluate(_full(v), request, now, {}, KEYS)
+    counters = {d.counter_key: data.draw(small) for d in probe.debits}
+    _same(v, request, now, counters, KEYS)
+
+
+# The caveats that limit a request's shape, one at a time, and those that do not.
+SHAPING = [
+    cav.Origin("https://a.example"), cav.Providers(("openai",)), cav.Models(("m1",)),
+    cav.Operations(("chat",)), cav.Scopes(("posts:read",)), cav.ZeroRetention(),
+    cav.MaxInputTokens(10), cav.MaxOutputTokens(10),
+]
+NOT_SHAPING = [
+    cav.NotBefore(T0 - 10), cav.Expires(T0 + 10), cav.AskFirst(("posts:read",)),
+    cav.Budget(5, "EUR", "day"), cav.TokenQuota(5, "total"), cav.Rate(2),
+    cav.ConfirmAbove(5, "EUR"), cav.Logging("none"), cav.App("cli"),
+]
+
+
+def _verified(caveats: list[cav.Caveat]) -> VerifiedToken:
+    return Verifier(KEYS).check_token(mint(KEY, caveats, now=T0).serialize())
+
+
+def test_every_caveat_type_is_classed() -> None:
+    """A new caveat type must be placed in one list or the other (and in the plan)."""
+    assert {type(c) for c in SHAPING + NOT_SHAPING} == set(cav.REGISTRY.values())
+
+
+@pytest.mark.parametrize("c", SHAPING, ids=lambda c: type(c).__name__)
+def test_a_shaping_caveat_makes_the_token_check_the_shape(c: cav.Caveat) -> None:
+    assert _verified([c]).shaped is True
+    assert _verified([*NOT_SHAPING, c]).shaped is True
+
+
+def test_a_token_without_shaping_caveats_skips_the_shape_checks() -> None:
+    assert _verified([]).shaped is False
+    assert _verified(NOT_SHAPING).shaped is False
+
+
+@pytest.mark.parametrize("caveats", [[], [cav.Models(("m1",))]], ids=["plain", "shaped"])
+def test_a_model_call_without_model_or_operation_is_a_programming_error(
+        caveats: list[cav.Caveat]) -> None:
+    v = _verified(caveats)
+    for request in (Request(provider="openai", operation="chat"),
+                    Request(provider="openai", model="m1")):
+        with pytest.raises(ValueError, match="must state provider, model and operation"):
+            evaluate(v, request, T0, {}, KEYS)
