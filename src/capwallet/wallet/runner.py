@@ -5,6 +5,8 @@ one provider entry per stored key, priced from the relay's default table, the sa
 store as the wallet, and the keystore's root keys. $CAPWALLET_HOME/relay.toml, if present,
 may add [rates], [prices] and [relay] settings or replace the providers (their keys still come
 from the keystore).
+
+Stopping: wallet/stopping.py (the server closes the stores itself, in order).
 """
 
 from __future__ import annotations
@@ -37,10 +39,17 @@ from capwallet.wallet.relay_config import RelaySetupError, relay_config_data
 from capwallet.wallet.server import create_wallet_app, login_url
 from capwallet.wallet.sessions import BrowserSessions, CookiePolicy, SessionStore
 from capwallet.wallet.signin_state import Ceremonies, PasskeyStore, SignIn
+from capwallet.wallet.stopping import DRAIN_S, CutAtStop, WalletServer, close_stores
 from capwallet.wallet.throttle import SignInThrottle
 from reference_relay.http_limits import HEAD_TIMEOUT, BoundedHttpToolsProtocol, set_head_timeout
 
 T = TypeVar("T")
+
+log = logging.getLogger("capwallet.wallet.runner")
+
+# running_wallet: how long the caller waits for the server thread to end (its drain, the
+# relay's grace for settlements, SETTLE_S, and some more); after it, the stores stay open.
+JOIN_S = 90.0
 
 
 def build_relay(home: WalletHome, keystore: Keystore, store: Store, wallet_url: str) -> ASGIApp:
@@ -102,6 +111,7 @@ class ServeOptions:
     tls_cert: str | None = None  # direct TLS in uvicorn (instead of a reverse proxy)
     tls_key: str | None = None
     head_timeout: float = HEAD_TIMEOUT  # seconds for a request head to arrive (else 408)
+    drain: int = DRAIN_S  # seconds requests in flight may take to finish after a stop
 
 
 def make_context(home: WalletHome, keystore: Keystore,
@@ -122,19 +132,22 @@ def make_context(home: WalletHome, keystore: Keystore,
     )
 
 
-def _server(app: ASGIApp, options: ServeOptions | None = None) -> uvicorn.Server:
+def _server(app: ASGIApp, ctx: WalletContext, relay: ASGIApp | None,
+            options: ServeOptions | None = None) -> WalletServer:
     options = options or ServeOptions()
     trusted = list(options.deployment.trusted_proxies)
     # uvicorn believes X-Forwarded-* from 127.0.0.1 by default; we believe them from the
     # configured proxies only, and from nobody when none is configured.
     # The relay's protocol: request heads bounded in size (431) and in time (408 and close
     # after head_timeout: a client that never finishes its head no longer holds a connection).
-    config = uvicorn.Config(app, http=BoundedHttpToolsProtocol, log_level="warning",
+    # A stop lets requests in flight finish for options.drain seconds (wallet/stopping.py).
+    cut = CutAtStop(app)
+    config = uvicorn.Config(cut, http=BoundedHttpToolsProtocol, log_level="warning",
                             access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=3, proxy_headers=bool(trusted),
+                            timeout_graceful_shutdown=options.drain, proxy_headers=bool(trusted),
                             forwarded_allow_ips=trusted or None,
                             ssl_certfile=options.tls_cert, ssl_keyfile=options.tls_key)
-    return uvicorn.Server(set_head_timeout(config, options.head_timeout))
+    return WalletServer(set_head_timeout(config, options.head_timeout), ctx, relay, cut)
 
 
 def local_base_url(sock: socket.socket, options: ServeOptions) -> str:
@@ -157,28 +170,36 @@ def running_wallet(
     options = options or ServeOptions(port=port)
     sock = bind_loopback(options.port, options.listen)
     base_url = options.deployment.public_origin or local_base_url(sock, options)
-    ctx = make_context(home, keystore, options, started_by)
+    try:
+        ctx = make_context(home, keystore, options, started_by)
+    except BaseException:
+        sock.close()
+        raise
+    server: WalletServer | None = None
+    thread: threading.Thread | None = None
     try:
         relay = build_relay(home, keystore, ctx.store, base_url) if with_relay else None
-        server = _server(create_wallet_app(ctx, relay), options)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        server = _server(create_wallet_app(ctx, relay), ctx, relay, options)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+                                  name="capwallet-wallet", daemon=True)
         thread.start()
         while not server.started:
             if not thread.is_alive():
                 raise RelaySetupError("the wallet server did not start")
             threading.Event().wait(0.02)
-        try:
-            yield RunningWallet(base_url, ctx, sock.getsockname()[1])
-        finally:
-            server.should_exit = True
-            thread.join(10)
+        yield RunningWallet(base_url, ctx, sock.getsockname()[1])
     finally:
-        sock.close()
-        ctx.grants.close()
-        if ctx.signin is not None:
-            ctx.signin.passkeys.close()
-        ctx.sessions.store.close()
-        run_async(ctx.store.close)
+        if server is not None and thread is not None:
+            server.should_exit = True
+            thread.join(JOIN_S)
+        if thread is not None and thread.is_alive():
+            # It still owns the stores: closing them under it is what the order prevents.
+            log.error("the wallet server thread did not end within %.0f s; its stores are "
+                      "left open", JOIN_S)
+        else:
+            sock.close()
+            if server is None or not server.entered:  # it never ran: nothing else uses them
+                run_async(lambda: close_stores(ctx))
 
 
 def run_async(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -195,29 +216,23 @@ def run_async(fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return box[0]
 
 
-class _Stopped(Exception):
-    """SIGTERM (systemd's stop, `kill`) arrived: leave server.run like Ctrl-C does."""
-
-
-def _raise_stopped(signum: int, frame: object) -> None:
-    raise _Stopped
-
-
 @contextlib.contextmanager
-def _stop_signals_return() -> Iterator[None]:
-    """uvicorn shuts down on SIGINT/SIGTERM and then raises the signal again with the handler
-    it found. SIGTERM's default handler ended the process there, before the wallet closed its
-    stores or said it stopped, and Ctrl-C left as a KeyboardInterrupt. Both now return here."""
+def _stop_on_signals(server: WalletServer) -> Iterator[None]:
+    """SIGINT (Ctrl-C) and SIGTERM (systemd's stop, `kill`) stop the server in order
+    (wallet/stopping.py; a second Ctrl-C stops waiting for calls in flight). The handlers are
+    ours, not uvicorn's: uvicorn raised the signal again when serving ended, with the handler
+    it found, so SIGTERM ended the process before the stores closed and Ctrl-C left as a
+    KeyboardInterrupt."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.signal(signal.SIGTERM, _raise_stopped)
+    before = {sig: signal.signal(sig, server.handle_exit)
+              for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
-    except (KeyboardInterrupt, _Stopped):
-        pass
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def _say_started(base_url: str, url: str, options: ServeOptions, ctx: WalletContext) -> None:
@@ -247,35 +262,37 @@ def serve_forever(home: WalletHome, keystore: Keystore, *, options: ServeOptions
     except (ValueError, StoreUnavailable) as exc:
         sock.close()
         raise CliError(f"store: {exc}") from None
+    server: WalletServer | None = None
     try:
         try:
             relay = build_relay(home, keystore, ctx.store, base_url)
         except RelaySetupError as exc:
             raise CliError(str(exc)) from None
-        url = login_url(base_url, ctx)
-        if as_json:
-            # the keys `capwallet demo --json` uses; dashboard_url is the sign-in link
-            print(json.dumps({"wallet_url": base_url, "listening_on": local,
-                              "dashboard_url": url, "relay_url": f"{base_url}/v1"}), flush=True)
-        elif options.deployment.public_origin is None:
-            print(f"capwallet is running on {base_url} (only this computer can reach it).")
-        else:
-            print(f"capwallet is running on {local}, published as {base_url}.")
-            proxies = ", ".join(options.deployment.trusted_proxies) or "none"
-            print(f"  Forwarded headers trusted from: {proxies}")
-        if not as_json:
-            _say_started(base_url, url, options, ctx)
-        if open_browser:
-            webbrowser.open(url)
-        server = _server(create_wallet_app(ctx, relay), options)
-        with _stop_signals_return():
+        server = _server(create_wallet_app(ctx, relay), ctx, relay, options)
+        # From here a stop signal stops the server the ordered way, even one that arrives
+        # before it runs (a service manager may stop the wallet as soon as it printed).
+        with _stop_on_signals(server):
+            url = login_url(base_url, ctx)
+            if as_json:
+                # the keys `capwallet demo --json` uses; dashboard_url is the sign-in link
+                print(json.dumps({"wallet_url": base_url, "listening_on": local,
+                                  "dashboard_url": url, "relay_url": f"{base_url}/v1"}),
+                      flush=True)
+            elif options.deployment.public_origin is None:
+                print(f"capwallet is running on {base_url} (only this computer can reach it).")
+            else:
+                print(f"capwallet is running on {local}, published as {base_url}.")
+                proxies = ", ".join(options.deployment.trusted_proxies) or "none"
+                print(f"  Forwarded headers trusted from: {proxies}")
+            if not as_json:
+                _say_started(base_url, url, options, ctx)
+            if open_browser:
+                webbrowser.open(url)
             server.run(sockets=[sock])
     finally:
         sock.close()
-        ctx.grants.close()
-        if ctx.signin is not None:
-            ctx.signin.passkeys.close()
-        ctx.sessions.store.close()
-        asyncio.run(ctx.store.close())
-    print("capwallet stopped.", file=sys.stderr)
+        if server is None or not server.entered:  # it never ran: nothing else uses them
+            asyncio.run(close_stores(ctx))
+    print("capwallet stopped." if server is None or server.stores_closed else
+          "capwallet stopped, leaving calls unfinished (see the error above).", file=sys.stderr)
     return 0
