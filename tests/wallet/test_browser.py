@@ -134,6 +134,31 @@ def test_deny_in_the_browser(page: Any, wallet_relay: RunningWallet) -> None:
     assert exc.value.error == "access_denied"
 
 
+def test_an_empty_dashboard_says_what_to_do_first(page: Any,
+                                                  wallet_relay: RunningWallet) -> None:
+    w = wallet_relay
+    open_page(page, w.base_url + "/")
+    steps = page.locator("#first-steps")
+    expect(steps).to_be_visible()
+    text = steps.inner_text()
+    assert "No app has asked to use AI yet." in text
+    # what to run, with this wallet's own address in it
+    assert f"python examples/blog_assistant/assistant.py --wallet {w.base_url}" in text
+    assert 'capwallet.client.connect("My app", {...})' in text and "capwallet demo" in text
+    assert page.locator("#step-provider").count() == 0  # it has a provider key
+    shot(page, "dashboard-empty")
+    # Without a provider key, adding one comes first.
+    assert w.ctx.keystore.remove_provider("openai")  # in memory only: the file keeps it
+    open_page(page, w.base_url + "/")
+    expect(page.locator("#step-provider")).to_contain_text("capwallet provider add openai")
+    # Once an app has asked, the steps give way to the apps.
+    issue_grant(w.ctx.grants, w.ctx.keystore.current_root_key, app="First app",
+                caveats=[cav.Budget(100, "USD", "day")], source="cli", now=int(time.time()))
+    open_page(page, w.base_url + "/")
+    expect(page.locator(".app-name")).to_have_text("First app")
+    assert page.locator("#first-steps").count() == 0
+
+
 def test_dashboard_shows_spend_and_revoke_works(page: Any, wallet_relay: RunningWallet) -> None:
     def act(url: str) -> None:
         page.goto(url)

@@ -57,6 +57,9 @@ async def dashboard_page(request: Request) -> Response:
         call_count=snap.call_count(),
         per_app=snap.spend_by("app"), per_model=snap.spend_by("model"),
         recent=snap.calls[:RECENT], pending_count=len(pending),
+        # the first steps, on a wallet no app has asked yet
+        has_provider=bool(ctx.keystore.providers),
+        wallet_url=ctx.deployment.public_origin or str(request.base_url).rstrip("/"),
     )
 
 
