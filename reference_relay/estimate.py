@@ -65,7 +65,7 @@ than refused, since frameworks send large default caps the app never chose.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,8 +159,11 @@ def _openai_content(content: Any, where: str) -> tuple[int, int]:
     return images, payload
 
 
-def openai_chat_input(body: Mapping[str, Any], raw_bytes: int,
-                      image_tokens: int = DEFAULT_IMAGE_TOKENS) -> InputEstimate:
+def _messages(body: Mapping[str, Any], content: Callable[[Any, str], tuple[int, int]],
+              *, audio: bool = True) -> tuple[list[Any], int, int]:
+    """(messages, images, image payload bytes) of a chat body's ``messages``, each message's
+    content read by ``content`` (a text content, the usual one, needs no reading);
+    ``audio=False`` refuses a message that refers to audio (OpenAI's)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad("'messages' must be a non-empty list")
@@ -168,11 +171,19 @@ def openai_chat_input(body: Mapping[str, Any], raw_bytes: int,
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise bad(f"messages[{i}] must be an object")
-        if "audio" in m and m["audio"] is not None:
+        if not audio and m.get("audio") is not None:
             raise unbounded(f"messages[{i}] refers to audio")
-        n, p = _openai_content(m.get("content"), f"messages[{i}]")
-        images += n
-        payload += p
+        c = m.get("content")
+        if not isinstance(c, str):
+            n, p = content(c, f"messages[{i}]")
+            images += n
+            payload += p
+    return messages, images, payload
+
+
+def openai_chat_input(body: Mapping[str, Any], raw_bytes: int,
+                      image_tokens: int = DEFAULT_IMAGE_TOKENS) -> InputEstimate:
+    messages, images, payload = _messages(body, _openai_content, audio=False)
     modalities = body.get("modalities")
     if modalities is not None and not isinstance(modalities, list):
         raise bad("'modalities' must be a list")
@@ -245,16 +256,7 @@ def _anthropic_blocks(content: Any, where: str) -> tuple[int, int]:
 
 def anthropic_input(body: Mapping[str, Any], raw: bytes,
                     image_tokens: int = DEFAULT_IMAGE_TOKENS) -> InputEstimate:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad("'messages' must be a non-empty list")
-    images = payload = 0
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise bad(f"messages[{i}] must be an object")
-        n, p = _anthropic_blocks(m.get("content"), f"messages[{i}]")
-        images += n
-        payload += p
+    messages, images, payload = _messages(body, _anthropic_blocks)
     system = body.get("system")
     if system is not None and not isinstance(system, str):
         n, p = _anthropic_blocks(system, "system")
@@ -315,7 +317,8 @@ def output_bound(requested: int | None, n: int, token_cap: int | None,
     ``unbounded_ok`` (a free model and no token quota to protect) lets a request with no cap
     anywhere through with a worst case of 0, since nothing it produces can cost anything.
     """
-    limit = min((c for c in (token_cap, ceiling) if c is not None), default=None)
+    limit = token_cap if ceiling is None else ceiling if token_cap is None else min(
+        token_cap, ceiling)
     if requested is not None:
         if limit is not None and requested * n > limit:
             per_choice = limit // n

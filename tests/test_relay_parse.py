@@ -252,3 +252,34 @@ def test_first_and_last_key_wins_agree_on_every_admitted_body(
     # ... and so the relay's judgement is the same from either reading
     assert ep.prepare(first, raw, *MODELS[(ep.api, model)], LIMITS).input == prepared.input
     assert first_wins(prepared.body) == last_wins(prepared.body)
+    # What is forwarded (an added output cap or include_usage written in front of the app's
+    # own bytes, routes.BodyEdit) reads as the body the relay judged, with its edits.
+    assert parse_body(prepared.body) == first
+
+
+def test_a_key_the_app_did_not_send_is_added_in_front_of_its_own_bytes() -> None:
+    provider, cfg = MODELS[("openai", "relay-test")]
+    field = provider.max_tokens_field  # max_completion_tokens
+    raw = (b' \n{"model":"relay-test", "messages":[{"role":"user","content":"hi"}],\n'
+           b'"stream":true}')
+    prepared = ChatCompletions().prepare(parse_body(raw), raw, provider, cfg, LIMITS)
+    assert prepared.body.startswith(b'{"%s":' % field.encode())
+    assert prepared.body.endswith(b',"stream_options":{"include_usage":true},' + raw[3:])
+    # A cap the app sent in the other field: the body is encoded again, with the cap moved.
+    raw = b'{"model":"relay-test","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}'
+    prepared = ChatCompletions().prepare(parse_body(raw), raw, provider, cfg, LIMITS)
+    assert prepared.body == (b'{"model":"relay-test","messages":[{"role":"user","content":"hi"}],'
+                             b'"%s":5}' % field.encode())
+
+
+def test_a_body_edit_of_an_empty_object_adds_no_comma() -> None:
+    from reference_relay.routes import BodyEdit
+    edit = BodyEdit({})
+    edit.set("a", 1)
+    assert edit.bytes(b" { \n } ") == b'{"a":1 \n } '
+    edit.pop("a")
+    assert edit.bytes(b"{}") == b"{}"
+    kept = BodyEdit({"a": 1})
+    assert kept.bytes(b'{"a":1}') == b'{"a":1}'
+    kept.set("a", 2)
+    assert kept.bytes(b'{"a":1}') == b'{"a":2}'

@@ -9,13 +9,14 @@ re-serialised).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from capwallet.limits import EffectiveLimits
 from reference_relay.config import ModelConfig, ProviderConfig
-from reference_relay.estimate import InputEstimate, OutputBound
+from reference_relay.estimate import InputEstimate, OutputBound, output_bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,66 @@ def dump(body: dict[str, Any]) -> bytes:
     return _dumps(body).encode("utf-8")
 
 
+_REST_IS_EMPTY = re.compile(rb"[ \t\r\n]*}")
+
+
+class BodyEdit:
+    """The changes an endpoint makes to an app's body, and the bytes that carry them.
+
+    The usual change adds a top-level key the app did not send (an output cap, an OpenAI
+    stream's ``include_usage``): such keys are written in front of the app's own bytes, which
+    are otherwise sent as they came, instead of re-encoding the whole body (for a long
+    conversation, most of a streamed call's work before it is sent). parse_body admitted the
+    body as one JSON object with each key once, so the result reads as the edited body to
+    every parser. Any other change (a key the app sent, changed or removed) re-encodes.
+    """
+
+    __slots__ = ("added", "body", "changed")
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.added: dict[str, Any] = {}
+        self.changed = False
+
+    def set(self, key: str, value: Any) -> None:
+        if key in self.added:
+            self.added[key] = value
+        elif key in self.body:
+            self.changed = True
+        else:
+            self.added[key] = value
+        self.body[key] = value
+
+    def pop(self, key: str) -> None:
+        if key in self.added:
+            del self.added[key]
+        elif key in self.body:
+            self.changed = True
+        self.body.pop(key, None)
+
+    def bytes(self, raw: bytes) -> bytes:
+        """What is sent upstream: ``raw`` itself when nothing changed."""
+        if self.changed:
+            return dump(self.body)
+        if not self.added:
+            return raw
+        # Only whitespace can come before the object's opening brace.
+        start = raw.index(b"{") + 1
+        keys = dump(self.added)[1:-1]
+        sep = b"" if _REST_IS_EMPTY.match(raw, start) else b","
+        return b"{" + keys + sep + raw[start:]
+
+
 def unbounded_ok(model: ModelConfig, limits: EffectiveLimits) -> bool:
     """A free model with no token quota to protect needs no output bound."""
     return model.price.is_free and not any(c.kind == "quota" for c in limits.counters)
+
+
+def bound_output(requested: int | None, n: int, model: ModelConfig, limits: EffectiveLimits,
+                 ceiling: int | None, *, tools: bool = False) -> OutputBound:
+    """estimate.output_bound for a request to ``model`` under ``limits``: a request with no
+    cap anywhere may go unbounded only on a free model with no token quota and no priced
+    tool calls (``tools``); whether it may is asked only when the app set no cap."""
+    return output_bound(requested, n, limits.max_output_tokens, model.price.max_output,
+                        unbounded_ok=requested is None and not tools
+                        and unbounded_ok(model, limits), ceiling=ceiling)

@@ -12,10 +12,9 @@ from reference_relay.estimate import (
     anthropic_input,
     bad,
     image_allowance,
-    output_bound,
     positive_int,
 )
-from reference_relay.routes import Prepared, cap_note, dump, unbounded_ok
+from reference_relay.routes import BodyEdit, Prepared, bound_output, cap_note
 
 
 class Messages:
@@ -36,12 +35,11 @@ class Messages:
             raise bad("'stream' must be true or false")
         est = anthropic_input(body, raw, image_allowance(model.price))
         # Extended thinking's budget_tokens is part of max_tokens, so max_tokens bounds it.
-        bound = output_bound(positive_int(body, "max_tokens"), 1, limits.max_output_tokens,
-                             model.price.max_output, unbounded_ok=unbounded_ok(model, limits),
-                             ceiling=ceiling)
+        bound = bound_output(positive_int(body, "max_tokens"), 1, model, limits, ceiling)
         if bound.inject is not None:
-            body["max_tokens"] = bound.inject
-            return Prepared(est, bound.total, stream, dump(body),
+            edit = BodyEdit(body)
+            edit.set("max_tokens", bound.inject)
+            return Prepared(est, bound.total, stream, edit.bytes(raw),
                             headers=cap_note(bound, "max_tokens"),
                             output_clamped=bound.clamped is not None)
         return Prepared(est, bound.total, stream, raw)

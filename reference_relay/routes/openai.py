@@ -14,12 +14,11 @@ from reference_relay.estimate import (
     image_allowance,
     openai_chat_input,
     openai_embeddings_input,
-    output_bound,
     positive_int,
     responses_input,
     responses_tools,
 )
-from reference_relay.routes import Prepared, cap_note, dump, unbounded_ok
+from reference_relay.routes import BodyEdit, Prepared, bound_output, cap_note
 
 
 def _stream_flag(body: dict[str, Any]) -> bool:
@@ -49,21 +48,20 @@ class ChatCompletions:
                             positive_int(body, "max_completion_tokens")) if c is not None]
         est = openai_chat_input(body, len(raw), image_allowance(model.price))
         requested = min(caps) if caps else None
-        bound = output_bound(requested, n, limits.max_output_tokens,
-                             model.price.max_output, unbounded_ok=unbounded_ok(model, limits),
-                             ceiling=ceiling)
-        changed = False
+        bound = bound_output(requested, n, model, limits, ceiling)
+        edit = BodyEdit(body)
         cap = bound.inject if bound.inject is not None else requested
-        if cap is not None and _cap_fields(body) != {provider.max_tokens_field: cap}:
+        field = provider.max_tokens_field
+        other = "max_completion_tokens" if field == "max_tokens" else "max_tokens"
+        if cap is not None and (body.get(field) != cap or other in body):
             # The reservation holds for `cap` output tokens: the provider must get it in the
             # field it honours (max_tokens_field), alone. An app's max_completion_tokens sent
             # to a provider that reads only max_tokens (or the reverse), or a second, larger
             # cap in the other field, would otherwise leave the answer bounded by the
             # provider's default, not by what was reserved.
-            body.pop("max_tokens", None)
-            body.pop("max_completion_tokens", None)
-            body[provider.max_tokens_field] = cap
-            changed = True
+            edit.pop("max_tokens")
+            edit.pop("max_completion_tokens")
+            edit.set(field, cap)
         wants_usage = True
         if stream:
             opts = body.get("stream_options")
@@ -71,15 +69,10 @@ class ChatCompletions:
                 raise bad("'stream_options' must be an object")
             wants_usage = bool(opts and opts.get("include_usage") is True)
             if not wants_usage:
-                body["stream_options"] = {**(opts or {}), "include_usage": True}
-                changed = True
-        return Prepared(est, bound.total, stream, dump(body) if changed else raw, wants_usage,
-                        headers=cap_note(bound, provider.max_tokens_field),
+                edit.set("stream_options", {**(opts or {}), "include_usage": True})
+        return Prepared(est, bound.total, stream, edit.bytes(raw), wants_usage,
+                        headers=cap_note(bound, field),
                         output_clamped=bound.clamped is not None)
-
-
-def _cap_fields(body: dict[str, Any]) -> dict[str, Any]:
-    return {k: body[k] for k in ("max_tokens", "max_completion_tokens") if k in body}
 
 
 class Embeddings:
@@ -127,23 +120,19 @@ class Responses:
         price = model.price
         est = responses_input(body, len(raw), image_allowance(price), price.max_output)
         tools = responses_tools(body, price)
-        bound = output_bound(positive_int(body, "max_output_tokens"), 1,
-                             limits.max_output_tokens, price.max_output,
-                             unbounded_ok=unbounded_ok(model, limits) and not tools.calls,
-                             ceiling=ceiling)
-        changed = False
+        bound = bound_output(positive_int(body, "max_output_tokens"), 1, model, limits,
+                             ceiling, tools=bool(tools.calls))
+        edit = BodyEdit(body)
         if bound.inject is not None:
-            body["max_output_tokens"] = bound.inject
-            changed = True
+            edit.set("max_output_tokens", bound.inject)
         if tools.inject_calls:
-            body["max_tool_calls"] = tools.calls
-            changed = True
+            edit.set("max_tool_calls", tools.calls)
         k = tools.calls
         if k:
             # k tool rounds: the model reads the input, k results and its own output k+1 times.
             tokens = (k + 1) * (est.tokens + k * tools.content_tokens + bound.total)
             est = InputEstimate(tokens, est.images, est.cache_write)
-        return Prepared(est, bound.total, stream, dump(body) if changed else raw,
+        return Prepared(est, bound.total, stream, edit.bytes(raw),
                         fees_worst=k * tools.fee,
                         call_fees=((tools.item_type, tools.fee),) if k else (),
                         headers=cap_note(bound, "max_output_tokens"),
