@@ -363,7 +363,7 @@ def test_dashboard_every_currency_quota_words_and_mobile(page: Any,
     sub = page.locator(f"#grant-{Token.parse(usd).token_id} #subtask-{sub_id}")
     expect(sub).to_have_count(1)
     text = sub.inner_text()
-    assert "sub-task" in text and sub_id[:8] in text and "1 recent call" in text
+    assert "sub-task" in text and sub_id[:8] in text and "1 call" in text
     assert sub.locator(".subtask-label").inner_text() == "proofreader"
     assert "of 0.05 USD in total" in text and "models: gpt-4o-mini" in text
     assert sub.locator("svg.meter").count() == 1

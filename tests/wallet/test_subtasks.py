@@ -8,8 +8,10 @@ signed-in session, and `capwallet apps/usage --json` as a user runs them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -19,10 +21,13 @@ import openai
 import pytest
 
 from capwallet import caveats as cav
+from capwallet.store import open_store
+from capwallet.store.base import LedgerEntry
 from capwallet.token import Token
 from capwallet.wallet.grants import issue_grant
 from capwallet.wallet.home import WalletHome
 from capwallet.wallet.runner import RunningWallet
+from capwallet.wallet.usage import RECENT_LIMIT
 
 from .conftest import signed_in
 
@@ -104,9 +109,9 @@ def test_subtask_calls_are_told_apart_and_shown_with_their_limits(
     assert quota["used"] > 0
     # The budget is debited by every call whose chain carries its caveat: the sub-task's own
     # calls and those of the sub-task narrowed from it.
-    assert sub["recent_calls"] == 2
-    assert budget["spent"] == (sub["recent_spend"]["USD"]
-                               + subs[ids["grandchild"]]["recent_spend"]["USD"])
+    assert sub["calls"] == 2
+    assert budget["spent"] == (sub["spend"]["USD"]
+                               + subs[ids["grandchild"]]["spend"]["USD"])
     assert "models: gpt-4o-mini" in sub["words"]
     assert "up to 64 output tokens per call" in sub["words"]
     assert [c["kind"] for c in subs[ids["grandchild"]]["counters"]] == ["rate"]
@@ -142,3 +147,43 @@ def test_a_token_without_subtasks_shows_none(wallet_relay: RunningWallet,
     [app] = [a for a in usage["apps"] if a["app"] == "Research Agent"]
     assert app["subtasks"] == []
     assert [c["subtask"] for c in usage["calls"]] == [False]
+
+
+def test_a_subtasks_calls_still_count_once_they_left_the_recent_calls(
+        wallet_relay: RunningWallet, home: WalletHome, family: dict[str, str]) -> None:
+    """The recent-calls list holds the newest RECENT_LIMIT rows of every app; a sub-task's
+    count used to be read from it, so other traffic after its calls took the count to 0."""
+    child = family["child"]
+    child_id = Token.parse(child).chain_id
+    for _ in range(3):
+        _call(child, wallet_relay)
+
+    async def flood() -> None:
+        """More refused calls than the list holds, each from its own token, after the
+        sub-task's: written to the wallet's store file on another connection, as a second
+        relay process sharing the file writes them."""
+        store = open_store(home.store_url)
+        try:
+            later = int(time.time()) + 1
+            for _ in range(RECENT_LIMIT + 1):
+                await store.append_ledger(LedgerEntry(
+                    time=later, token_id=secrets.token_hex(16), app="", provider="", model="",
+                    operation="chat", input_tokens=0, output_tokens=0, cost=0, currency="",
+                    status="denied:bad_signature", latency_ms=0))
+        finally:
+            await store.close()
+
+    asyncio.run(flood())
+    usage = _usage(wallet_relay, 1)
+    assert not [c for c in usage["calls"] if c["chain_id"] == child_id]  # out of the list
+    [app] = [a for a in usage["apps"] if a["app"] == "Research Agent"]
+    [sub] = app["subtasks"]
+    assert sub["chain_id"] == child_id
+    assert sub["calls"] == 3
+    [budget] = sub["budgets"]  # its own budget counter saw exactly its three calls
+    assert sub["spend"] == {"USD": budget["spent"]} and budget["spent"] > 0
+    assert sub["last_use"] is not None
+    with signed_in(wallet_relay) as client:
+        page = client.get("/").text
+    row = page.split(f'id="subtask-{child_id}"', 1)[1].split('class="subtask-limits', 1)[0]
+    assert "· 3 calls" in row, row

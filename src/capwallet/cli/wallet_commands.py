@@ -391,7 +391,7 @@ def cmd_apps(args: Any) -> int:
                 printable(", ".join(sorted(tlim.providers)) if tlim.providers else "any", 20),
                 printable(", ".join(sorted(tlim.models)) if tlim.models else "any model", 36),
                 "; ".join([b.text() for b in t.budgets] + [c.text() for c in t.counters])
-                or "the grant's", f"{t.calls} recent call" + ("s" if t.calls != 1 else ""),
+                or "the grant's", f"{t.calls} call" + ("s" if t.calls != 1 else ""),
                 _short(t.last_use), _short(tlim.expires),
             ])
     print(_table(["APP", "ID", "PROVIDERS", "MODELS GRANTED", "SPENT / LIMITS", "MODELS USED",

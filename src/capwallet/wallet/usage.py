@@ -17,6 +17,16 @@ issued number of caveats can only be the issued token: nothing can be changed in
 without the root key, only appended). It is shown under its grant with its own limits: the
 effective limits of its whole chain, its own counters (those its added caveats created) read
 from the store like the grant's.
+
+A sub-task's calls, spend and last use come from its grant's own ledger rows (the token's index
+in the store), not from the recent-calls list: that list is the newest RECENT_LIMIT rows of
+every app, so any other app's traffic or a refusal flood pushed a sub-task's calls out of it
+and its count fell to 0. The usage aggregates have no chain id (adding it would rebuild the
+SQLite aggregates table, whose primary key it would join, and change the settle path both
+backends are tuned on), and the ledger names the chain on every row; only settled model calls
+count, so refusal rows cannot crowd them out. The ledger keeps rows for the relay's
+``ledger_retention_days`` (90 by default, 0 keeps them for ever): calls older than that are no
+longer counted, and a grant is read up to SUBTASK_ROWS rows.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from capwallet.store.base import Chain, LedgerEntry, Store, UsageTotal, usage_da
 from capwallet.wallet.grants import Grant, GrantStore
 
 RECENT_LIMIT = 1_000  # recent calls shown; figures come from the aggregates
+SUBTASK_ROWS = 100_000  # ledger rows read per grant that has sub-tasks (module docstring)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +102,7 @@ class SubTask:
     caveats it appended to its parent (the grant, or the sub-task it was narrowed from);
     ``budgets`` and ``counters`` the use of the counters those caveats created (its parents'
     counters are debited too, and shown on them; its own also count its sub-tasks' calls).
-    ``calls``, ``spend`` and ``last_use`` count its calls in the recent-calls window."""
+    ``calls``, ``spend`` and ``last_use`` count its settled calls in its grant's ledger."""
 
     chain: Chain
     limits: EffectiveLimits
@@ -157,7 +168,7 @@ class SubTask:
             "budgets": [b.to_json() for b in self.budgets],
             "counters": [{"kind": c.kind, "used": c.used, "limit": c.limit,
                           "period": c.period} for c in self.counters],
-            "recent_calls": self.calls, "recent_spend": dict(sorted(self.spend.items())),
+            "calls": self.calls, "spend": dict(sorted(self.spend.items())),
             "last_use": self.last_use, "words": self.words(),
         }
 
@@ -344,15 +355,11 @@ async def snapshot(
             else:
                 t.counters.append(CounterUse(n, c.limit, c.kind, c.period))
         rows[t.chain.token_id].subtasks.append(t)
+    await _count_subtask_calls(store, subtasks)
     calls: list[Call] = []
     for e in entries:
         sub = subtasks.get((e.token_id, e.chain_id))
         calls.append(Call(e, _app_name(by_id, e.token_id, e.app), sub is not None))
-        if sub is not None and e.provider and not e.refused:
-            sub.calls += e.count
-            if e.currency:
-                sub.spend[e.currency] = sub.spend.get(e.currency, 0) + e.cost
-            sub.last_use = max(sub.last_use or 0, e.time)
         used_by = rows.get(e.token_id)
         if used_by is not None and e.provider and not e.refused and (
                 used_by.last_use is None or e.time > used_by.last_use):
@@ -369,6 +376,20 @@ async def snapshot(
         # a day's start when the call itself has left the recent list (or the ledger)
         used_by.last_use = max(used_by.last_use or 0, u.day * 86400)
     return Snapshot(now=now, apps=list(rows.values()), calls=calls, days=days, usage=usage)
+
+
+async def _count_subtask_calls(store: Store, subtasks: dict[tuple[str, str], SubTask]) -> None:
+    """Each sub-task's settled calls, spend and last use, from its grant's ledger rows."""
+    tokens = sorted({token for token, _ in subtasks})
+    if not tokens:
+        return
+    for e in await store.ledger(token_ids=tokens, limit=SUBTASK_ROWS):
+        sub = subtasks.get((e.token_id, e.chain_id))
+        if sub is not None and e.provider and not e.refused:
+            sub.calls += e.count
+            if e.currency:
+                sub.spend[e.currency] = sub.spend.get(e.currency, 0) + e.cost
+            sub.last_use = max(sub.last_use or 0, e.time)
 
 
 def subtasks_of(grants: list[Grant], chains: list[Chain]) -> dict[tuple[str, str], SubTask]:
