@@ -29,7 +29,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any
@@ -239,9 +239,16 @@ _WANTED = frozenset((b"authorization", b"x-api-key", b"content-length", b"anthro
                      b"origin"))
 
 
+HEADERS_SCOPE_KEY = "capwallet.headers"  # where the relay's RequestGuard puts them
+
+
 def _wanted_headers(scope: Scope) -> dict[str, str]:
     """The request headers a model call reads (the first of each name, as Starlette's
-    Headers.get would give), decoded."""
+    Headers.get would give), decoded: as the relay's RequestGuard collected them, or
+    collected here when no guard did."""
+    got: dict[str, str] | None = scope.get(HEADERS_SCOPE_KEY)
+    if got is not None:
+        return got
     out: dict[str, str] = {}
     for k, v in scope["headers"]:
         if k in _WANTED:
@@ -262,8 +269,12 @@ class RequestGuard:
     """
 
     def __init__(self, app: ASGIApp, allowed: tuple[str, ...],
-                 origins: tuple[str, ...] = ()) -> None:
+                 origins: tuple[str, ...] = (), collect: bool = False) -> None:
         self.app = app
+        # The relay's own guard also collects the headers a model call reads (_WANTED) in
+        # the walk that measures them, into scope[HEADERS_SCOPE_KEY], so that the call does
+        # not walk them again (_wanted_headers does when that key is missing).
+        self.collect = collect
         self.any = "*" in allowed
         self.allowed = frozenset(h.lower().strip("[]") for h in allowed)
         self.any_origin = "*" in origins
@@ -284,9 +295,21 @@ class RequestGuard:
         headers = scope["headers"]
         err = None
         # The request target counts too: a parser bounds only a head that arrives in pieces.
-        target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
-        if len(headers) > MAX_HEADER_FIELDS or target + sum(
-                len(k) + len(v) + 4 for k, v in headers) > MAX_HEADER_BYTES:
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        if len(headers) > MAX_HEADER_FIELDS:
+            size = MAX_HEADER_BYTES + 1
+        elif self.collect:
+            wanted: dict[str, str] = {}
+            for k, v in headers:
+                size += len(k) + len(v) + 4
+                if k in _WANTED:
+                    name = k.decode("latin-1")
+                    if name not in wanted:
+                        wanted[name] = v.decode("latin-1")
+            scope[HEADERS_SCOPE_KEY] = wanted
+        else:
+            size += sum(len(k) + len(v) + 4 for k, v in headers)
+        if size > MAX_HEADER_BYTES:
             err = RelayError(HEADERS_TOO_LARGE, f"request headers exceed the relay's limit "
                              f"({MAX_HEADER_FIELDS} fields, {MAX_HEADER_BYTES} bytes)")
         elif not self.any:
@@ -599,7 +622,7 @@ class Relay:
                 or (origin is not None and limits.origins is not None)):
             # A dead token, or one presented from another web origin, is refused as such
             # before anything about the request is judged.
-            alive = self.verifier.verify(token, Request(origin=origin), now)
+            alive = evaluate(v, Request(origin=origin), now, {}, self.verifier.keys)
             if not alive.allowed and alive.reason is not None:
                 await self.revocation_first(token, tid, now)
                 raise RelayError(alive.reason.value, alive.message)
@@ -965,8 +988,10 @@ class ModelCallApp:
     def __init__(self, relay: Relay, endpoint: Endpoint) -> None:
         self.relay, self.endpoint = relay, endpoint
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.relay.serve(self.endpoint, scope, receive, send)
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not async itself: the caller awaits serve's coroutine directly, one coroutine frame
+        # less to create per call and to pass through at every resume of the call's task.
+        return self.relay.serve(self.endpoint, scope, receive, send)
 
 
 def create_app(config: RelayConfig, *, store: Store | None = None, keys: Keyring | None = None,
@@ -1022,7 +1047,7 @@ def create_app(config: RelayConfig, *, store: Store | None = None, keys: Keyring
                   methods=["GET"]),
         ],
         middleware=[Middleware(RequestGuard, allowed=config.allowed_hosts,
-                               origins=config.allowed_origins)],
+                               origins=config.allowed_origins, collect=True)],
         exception_handlers={HTTPException: not_found, Exception: crashed},
         lifespan=relay.lifespan,
     )

@@ -32,12 +32,14 @@ class CounterLimit:
     unit: str  # currency for budgets, "tokens" for quotas, "requests" for rates
     period: str  # day | week | month | year | total | minute
     tz: str = "UTC"
+    # The limit in the counter's own unit: microunits for a budget (money.MICROS_PER_MINOR
+    # per minor unit of the caveat), tokens for a quota, requests for a rate. Worked out once
+    # here rather than by a property on every verification.
+    counted_limit: int = field(init=False, repr=False, compare=False)
 
-    @property
-    def counted_limit(self) -> int:
-        """The limit in the counter's own unit: microunits for a budget (money.MICROS_PER_MINOR
-        per minor unit of the caveat), tokens for a quota, requests for a rate."""
-        return self.limit * MICROS_PER_MINOR if self.kind == "budget" else self.limit
+    def __post_init__(self) -> None:
+        counted = self.limit * MICROS_PER_MINOR if self.kind == "budget" else self.limit
+        object.__setattr__(self, "counted_limit", counted)
 
     def describe(self) -> str:
         amount = format_minor(self.limit, self.unit) if self.kind == "budget" else (
