@@ -14,8 +14,9 @@ so the wallet can mount it in its own process. Request path for a model call:
    settled (reference_relay.calls): two store operations for a call that goes through.
    A refusal (by the Verifier or the reservation) reads the revocation and the counters and is
    judged again with them, so it says exactly what was hit; confirmation_required creates a
-   pending approval in the store and answers with its id and URL. Any refusal before the
-   reservation reads the revocation first: a revoked token always gets its own 401.
+   pending approval in the store and answers with its id and URL. Any refusal of a received
+   request before the reservation reads the revocation first: a revoked token gets its own
+   401 (a body too large or too slow to receive is refused as such, with no store read).
 
 Nothing here returns a traceback, a provider key or a token: errors are JSON with a reason code
 (reference_relay.errors) and logs name the token id only (LogRedactor scrubs anything else).
@@ -605,9 +606,9 @@ class Relay:
         # 401 whatever the body holds (a broken body behind a dead token is not the news).
         # Revocation is in the store, and a call that goes through reads nothing before it
         # reserves: the reservation checks the revocation atomically, so a call of a token
-        # revoked at any moment before its reservation is refused. Every refusal before the
-        # reservation reads the revocation first (revocation_first), so a revoked token still
-        # gets its own 401 whatever else is wrong with the request.
+        # revoked at any moment before its reservation is refused. Every refusal of a received
+        # request before the reservation reads the revocation first (revocation_first), so a
+        # revoked token still gets its own 401 whatever else is wrong with the request.
         try:
             v = self.verifier.check_token(token)
         except TokenError as exc:
@@ -626,8 +627,11 @@ class Relay:
             if not alive.allowed and alive.reason is not None:
                 await self.revocation_first(token, tid, now)
                 raise RelayError(alive.reason.value, alive.message)
+        # A body the relay cannot receive (too large, too slow, the client gone) is refused as
+        # such at once, with no store read: an answer that waited for the store could find
+        # a client that half-closed after sending already cut off.
+        raw = await self.body(headers, receive)
         try:
-            raw = await self.body(headers, receive)
             body = parse_body(raw)  # duplicate keys, non-UTF-8, NaN: refused (reference_relay.body)
             model_id = body.get("model", getattr(ep, "default_model", None))
             if not isinstance(model_id, str) or not model_id:
@@ -683,6 +687,7 @@ class Relay:
             result = await self.store.reserve(reservation)
             if not result.ok:
                 return result
+            self.chains.note(v, now)  # once per chain: which sub-task token made the call
             call = Call(
                 store=self.store, upstream=self.upstream, converter=self.converter,
                 spawn=self.spawn, endpoint=ep, provider=provider, model=model, prepared=p,
@@ -710,7 +715,6 @@ class Relay:
                 raise
             done = await forward(decision, prepared, worst, costs, rates, key, fwd)
             if isinstance(done, Response):
-                self.chains.note(v, now)  # once per chain: which sub-task token made the call
                 return done
             if done.revoked:
                 raise self.revoked(token, tid, now)
