@@ -654,12 +654,9 @@ class RedisStore(Store):
         await self._run(op)
 
     async def is_revoked(self, token_id: str) -> bool:
-        name = self._tag(bucket_of(token_id)) + "revoked"
-
-        async def op() -> bool:
-            return bool(await self._r.hexists(name, token_id))
-
-        return await self._run(op)
+        """The snapshot script with no counters: on the request path's own connection (the
+        relay reads this before any refusal of a request it received), not a pooled one."""
+        return (await self.snapshot(token_id, ())).revoked
 
     # -- ledger -----------------------------------------------------------------------------
 
