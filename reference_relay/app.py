@@ -235,6 +235,8 @@ _CORS_EXPOSE = (b"x-capwallet-reason, x-capwallet-approval-request, x-capwallet-
                 b"x-capwallet-output-cap, retry-after, x-request-id, request-id")
 
 
+_new = tuple.__new__  # a NamedTuple from all its fields, in order (see judge in Relay.handle)
+
 _WANTED = frozenset((b"authorization", b"x-api-key", b"content-length", b"anthropic-version",
                      b"anthropic-beta", APPROVAL_HEADER.encode(), CLAMP_HEADER.encode(),
                      b"origin"))
@@ -655,11 +657,11 @@ class Relay:
 
         def judge(p: Prepared, c: dict[str, int], counters: dict[str, int] | None) -> Decision:
             # The token's chain was checked above, so this is the rest of Verifier.verify:
-            # the per-request checks (Request positional, in its fields' order: cheaper than
-            # keywords on every call).
-            return evaluate(v, Request(
+            # the per-request checks. The Request is built from all its fields in order,
+            # without the generated __new__'s Python frame (half the cost, on every call).
+            return evaluate(v, _new(Request, (
                 provider.id, model_id, ep.operation, (), p.input.tokens, p.output_tokens, c,
-                provider.zero_retention, approval, digest, origin), now, counters or {}, keys)
+                provider.zero_retention, approval, digest, origin)), now, counters or {}, keys)
 
         app_name = limits.apps[0] if limits.apps else ""
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from capwallet import caveats as cav
 from capwallet.keys import Keyring
 from capwallet.token import mint
-from capwallet.verify import Decision, Request, VerifiedToken, Verifier, evaluate
+from capwallet.verify import Debit, Decision, Request, VerifiedToken, Verifier, evaluate
 from tests.test_properties import KEY, KEYS, T0, caveat, requests, small
 from tests.test_vectors import ALL, _keyring, _request
 
@@ -129,3 +129,24 @@ def test_a_model_call_without_model_or_operation_is_a_programming_error(
                     Request(provider="openai", model="m1")):
         with pytest.raises(ValueError, match="must state provider, model and operation"):
             evaluate(v, request, T0, {}, KEYS)
+
+
+@pytest.mark.parametrize("v", _VERIFYING, ids=[v["id"] for v in _VERIFYING])
+def test_an_allowed_decision_has_every_field(v: dict[str, Any]) -> None:
+    """evaluate builds its Debits and an allowed Decision from all their fields at once
+    (tuple.__new__): each is the NamedTuple its constructor would give."""
+    keys = _keyring(v)
+    verifier = Verifier(keys)
+    for token, request, now, counters in _contexts(v):
+        try:
+            checked = verifier.check_token(token)
+        except Exception:
+            continue
+        d = evaluate(checked, _request(request), now, counters, keys)
+        for debit in d.debits:
+            assert len(debit) == len(Debit._fields) and debit == Debit(*debit)
+        if d.allowed:
+            assert len(d) == len(Decision._fields)
+            assert d == Decision(True, None, "allowed", checked.token_id_hex, checked.limits,
+                                 d.debits, d.approval_id)
+            assert d.needs_approval is False and d.counter is None
