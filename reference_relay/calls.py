@@ -487,12 +487,6 @@ class _StreamPump:
                 self._verdict((RelayError(UPSTREAM_ERROR, "the call was cancelled"), None))
                 await call.release("upstream_error")
         try:
-            if not self.client_gone and self.head_sent:
-                # A hang-up that arrived while the pump was busy with a burst is delivered to
-                # the listener in the next turns of the loop: let it through before the
-                # ledger says whether the app stayed to the end.
-                await asyncio.sleep(0)
-                await asyncio.sleep(0)
             cut = failure is not None or not meter.done
             if cut:
                 failure = failure or RelayError(
