@@ -3,6 +3,7 @@
     python bench/relay_profile.py [--calls N] [--concurrency C] [--sampler cprofile|py-spy]
                                   [--top N] [--out FILE]
     python bench/relay_profile.py --sampler none [--rounds R] [--in-process]
+    python bench/relay_profile.py --sampler callgrind [--calls N]
 
 Not a benchmark (bench/relay.py measures; this explains). One run, on loopback: the fake
 provider and a one-process relay (``python -m reference_relay``, as deployed, in a subprocess),
@@ -27,7 +28,13 @@ Samplers:
   on a loaded machine its rounds spread far less, so an A/B of two versions of the code
   (run it from each checkout in turn) shows changes of 10% that the three-process rounds hide.
 
-* ``cprofile`` (default): the relay runs under ``python -m cProfile``; printed are the Python
+* ``callgrind``: instructions per call of the relay and of the floor (valgrind's callgrind,
+  ``apt-get install valgrind``), each ASGI app driven in-process as ``--in-process`` does:
+  a count that does not move with the machine's load, for an A/B of two versions of the
+  code on a busy machine (run it from each checkout in turn; a few minutes per run, the
+  code runs some 50 times slower under valgrind: ``--calls 1000`` is plenty). Instructions
+  are not time: read it beside a timed run.
+* ``cprofile``: the relay runs under ``python -m cProfile``; printed are the Python
   function calls per request (what "about 500 calls per request" counts) and the top
   functions by own time and by cumulative time. cProfile's own cost per call inflates the
   times of small functions: read the ranking and the call counts, not the absolute figures.
@@ -308,15 +315,93 @@ def _in_process(fake_url: str, d: Path, root: RootKey, calls: int, conc: int,
         uvloop.run(run())
 
 
+def _count_child(target: str, calls: int, conc: int, d: Path, fake_url: str) -> None:
+    """The child side of ``--sampler callgrind``: build ``target``'s ASGI app (relay or
+    floor) as --in-process does, warm it up, then drive ``calls`` calls (none: the run that
+    is subtracted, start-up and warm-up alone)."""
+    import gc
+
+    from passthrough import Forward
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.routing import Route
+
+    from reference_relay.app import RequestGuard, create_app
+    from reference_relay.config import load_config
+
+    key = (d / "provider.key").read_text()  # the fake provider's (KEY is per process)
+    os.environ["OPENAI_API_KEY"] = key
+
+    async def run() -> None:
+        if target == "relay":
+            app: Any = create_app(load_config(d / "relay.toml"))
+            auth = (d / "token").read_text()
+        else:
+            app = Starlette(
+                routes=[Route("/v1/chat/completions", Forward(f"{fake_url}/v1", key),
+                              methods=["POST"])],
+                middleware=[Middleware(RequestGuard, allowed=("127.0.0.1", "localhost"))])
+            auth = key
+        await _drive(app, auth, max(calls // 5, conc, 400), conc)
+        gc.freeze()
+        gc.set_threshold(20_000, 50, 1000)
+        if calls and await _drive(app, auth, calls, conc):
+            raise SystemExit(f"{target}: calls failed")
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(run())
+    else:
+        uvloop.run(run())
+
+
+def _callgrind(fake_url: str, d: Path, root: RootKey, calls: int, conc: int) -> None:
+    """Instructions per call of the relay and of the floor, counted by valgrind's callgrind:
+    each app driven in-process (as --in-process) in a child under callgrind, once with
+    ``calls`` calls and once with none, the difference divided by ``calls``. The count does
+    not depend on what else the machine runs, so it shows a change of a few percent that
+    wall-clock rounds on a loaded machine cannot (it is not time: a cache miss or a system
+    call's kernel side costs more than its instructions)."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    (d / "provider.key").write_text(KEY)
+    (d / "token").write_text(mint(root, [cav.Budget(10**9, "USD", "month"),
+                                         cav.TokenQuota(10**12, "month"),
+                                         cav.App("bench")]).serialize())
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+
+    def collected(target: str, n: int) -> int:
+        run = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+             str(Path(__file__).resolve()), "--count-child", target, str(n), str(conc),
+             str(d), fake_url], env=env, capture_output=True, text=True, check=True)
+        found = [line for line in run.stderr.splitlines() if "Collected :" in line]
+        if not found:
+            raise SystemExit(f"callgrind printed no count:\n{run.stderr[-2000:]}")
+        return int(found[-1].split()[-1])
+
+    got = {}
+    for target in ("floor", "relay"):
+        got[target] = (collected(target, calls) - collected(target, 0)) / calls
+    print(f"instructions per call at concurrency {conc}, in-process, {calls} calls "
+          f"(callgrind): floor {got['floor']:,.0f}  relay {got['relay']:,.0f}  logic "
+          f"{got['relay'] - got['floor']:,.0f}  ratio {got['relay'] / got['floor']:.2f}x")
+
+
 def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "--run-under-yappi":
         _run_under_yappi(sys.argv[2], sys.argv[3:])
         return 0
+    if len(sys.argv) > 2 and sys.argv[1] == "--count-child":
+        child = sys.argv[2:7]  # target, calls, concurrency, relay dir, fake provider URL
+        _count_child(child[0], int(child[1]), int(child[2]), Path(child[3]), child[4])
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=6000, help="profiled calls (default 6000)")
     parser.add_argument("--concurrency", type=int, default=20)
-    parser.add_argument("--sampler", choices=["yappi", "cprofile", "py-spy", "none"],
-                        default="yappi")
+    parser.add_argument("--sampler", choices=["yappi", "cprofile", "py-spy", "none",
+                                              "callgrind"], default="yappi")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --sampler none")
     parser.add_argument("--in-process", action="store_true",
                         help="--sampler none: drive both ASGI apps in this process")
@@ -341,6 +426,13 @@ def main() -> int:
                             "--api-key", KEY], "listening")
     root = RootKey.generate()
     d = _relay_dir(tmp, fake_url, root)
+    if args.sampler == "callgrind":
+        try:
+            _callgrind(fake_url, d, root, args.calls, args.concurrency)
+        finally:
+            fake.terminate()
+            fake.wait(timeout=30)
+        return 0
     if args.sampler == "none":
         try:
             compare = _in_process if args.in_process else _compare
