@@ -30,10 +30,11 @@ Samplers:
 
 * ``callgrind``: instructions per call of the relay and of the floor (valgrind's callgrind,
   ``apt-get install valgrind``), each ASGI app driven in-process as ``--in-process`` does:
-  a count that does not move with the machine's load, for an A/B of two versions of the
+  a count that hardly moves with the machine's load (two runs of one tree agreed within 1%:
+  the SQLite store's commit batches vary with timing), for an A/B of two versions of the
   code on a busy machine (run it from each checkout in turn; a few minutes per run, the
-  code runs some 50 times slower under valgrind: ``--calls 1000`` is plenty). Instructions
-  are not time: read it beside a timed run.
+  code runs some 50 times slower under valgrind: ``--calls 1000`` is plenty). A difference
+  under 2% is noise. Instructions are not time: read it beside a timed run.
 * ``cprofile``: the relay runs under ``python -m cProfile``; printed are the Python
   function calls per request (what "about 500 calls per request" counts) and the top
   functions by own time and by cumulative time. cProfile's own cost per call inflates the
@@ -359,10 +360,11 @@ def _count_child(target: str, calls: int, conc: int, d: Path, fake_url: str) -> 
 def _callgrind(fake_url: str, d: Path, root: RootKey, calls: int, conc: int) -> None:
     """Instructions per call of the relay and of the floor, counted by valgrind's callgrind:
     each app driven in-process (as --in-process) in a child under callgrind, once with
-    ``calls`` calls and once with none, the difference divided by ``calls``. The count does
-    not depend on what else the machine runs, so it shows a change of a few percent that
-    wall-clock rounds on a loaded machine cannot (it is not time: a cache miss or a system
-    call's kernel side costs more than its instructions)."""
+    ``calls`` calls and once with none, the difference divided by ``calls``. The count
+    hardly depends on what else the machine runs (within 1% between runs: the store's
+    commit batches follow timing), so it shows a change of a few percent that wall-clock
+    rounds on a loaded machine cannot (it is not time: a cache miss or a system call's
+    kernel side costs more than its instructions)."""
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     (d / "provider.key").write_text(KEY)
