@@ -8,17 +8,22 @@ import secrets
 import time
 
 import httpx
+import pytest
 
 from capwallet import approval as approvals
 from capwallet import caveats as cav
 from capwallet.client import ApprovalDenied, check_scope, wait_for_approval
 from capwallet.store import open_store
-from capwallet.store.base import PendingApproval
+from capwallet.store.base import PendingApproval, Reservation, ReserveResult
+from capwallet.store.sqlite import SQLiteStore
 from capwallet.token import Token
+from capwallet.wallet import runner
 from capwallet.wallet.grants import issue_grant
-from capwallet.wallet.runner import RunningWallet
+from capwallet.wallet.home import WalletHome
+from capwallet.wallet.keystore import Keystore
+from capwallet.wallet.runner import RunningWallet, running_wallet
 
-from .conftest import csrf_of
+from .conftest import csrf_of, signed_in
 
 
 def _grant(wallet: RunningWallet, *extra: cav.Caveat) -> str:
@@ -176,3 +181,53 @@ def test_resource_check_refuses_revoked_and_bad_input(wallet: RunningWallet,
     r2 = httpx.post(f"{wallet.base_url}/resource/check", json={"scopes": "x"},
                     headers={"authorization": f"Bearer {token}"})
     assert r2.status_code == 400
+
+
+def test_a_token_revoked_just_before_its_resource_reservation_is_refused_as_revoked(
+    home: WalletHome, keystore: Keystore, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A revocation landing after the resource check read it but before the approval's
+    reservation (the store's reserve checks it atomically) gets the revoked token's own 401,
+    the same answer as a token revoked earlier, not a 403 approval_invalid."""
+
+    class RevokedMeanwhile(SQLiteStore):
+        """The wallet's real SQLite store, on which ``victim`` is revoked just before each of
+        its reservations runs (one more write, committed first)."""
+
+        victim = ""
+
+        async def reserve(self, reservation: Reservation) -> ReserveResult:
+            if reservation.token_id == self.victim:
+                await self.revoke(self.victim, int(time.time()))
+            return await super().reserve(reservation)
+
+    monkeypatch.setattr(runner, "open_store", RevokedMeanwhile.from_url)
+    with running_wallet(home, keystore, with_relay=False) as wallet, \
+            signed_in(wallet) as browser_client:
+        store = wallet.ctx.store
+        assert isinstance(store, RevokedMeanwhile)
+        token = _grant(wallet, cav.AskFirst(("posts:publish",)))
+        base = wallet.base_url
+        digest = approvals.request_digest("POST", "/posts/7/publish", b"")
+        first = check_scope(base, token, ["posts:publish"], digest, summary="Publish it")
+        rid = first["approval_request_id"]
+        _decide(browser_client, wallet, rid, "approve")
+        approval = wait_for_approval(base, token, rid, timeout=5)
+        store.victim = Token.parse(token).token_id
+        ask = {"scopes": ["posts:publish"], "digest": digest.hex(), "summary": "Publish it",
+               "approval": approval}
+        auth = {"authorization": f"Bearer {token}"}
+        raced = httpx.post(f"{base}/resource/check", json=ask, headers=auth)
+        assert raced.status_code == 401 and raced.json().get("error") == "revoked", raced.text
+        assert asyncio.run(_is_revoked(wallet.ctx.home.store_url, store.victim))
+        # The same answer as the revocation read before the reservation (now, on a retry).
+        later = httpx.post(f"{base}/resource/check", json=ask, headers=auth)
+        assert (later.status_code, later.json()) == (raced.status_code, raced.json())
+
+
+async def _is_revoked(store_url: str, token_id: str) -> bool:
+    store = open_store(store_url)
+    try:
+        return await store.is_revoked(token_id)
+    finally:
+        await store.close()

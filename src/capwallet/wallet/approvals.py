@@ -145,8 +145,14 @@ async def _authenticated(request: Request) -> VerifiedToken | JSONResponse:
     except TokenError as exc:
         return _json_error(exc.reason.value, exc.message, 401)
     if await ctx.store.is_revoked(verified.token_id_hex):
-        return _json_error(Reason.REVOKED.value, "this token has been revoked", 401)
+        return _revoked()
     return verified
+
+
+def _revoked() -> JSONResponse:
+    """A revoked token's one answer, whether the wallet read the revocation before its work or
+    the reservation found it (a revocation landing between the two)."""
+    return _json_error(Reason.REVOKED.value, "this token has been revoked", 401)
 
 
 async def approval_status(request: Request) -> Response:
@@ -254,6 +260,8 @@ async def resource_check(request: Request) -> Response:
                 reservation_id=rid, token_id=auth.token_id_hex, holds=(), lease_until=now + 60,
                 approval_id=decision.approval_id, created_at=now,
             ))
+            if result.revoked:  # revoked after _authenticated read it: refused as revoked
+                return _revoked()
             if not result.ok or result.approval_used:
                 return JSONResponse({"allowed": False, "reason": Reason.APPROVAL_INVALID.value,
                                      "message": "this approval was already used"},
