@@ -146,6 +146,12 @@ def test_an_empty_dashboard_says_what_to_do_first(page: Any,
     assert f"python examples/blog_assistant/assistant.py --wallet {w.base_url}" in text
     assert 'capwallet.client.connect("My app", {...})' in text and "capwallet demo" in text
     assert page.locator("#step-provider").count() == 0  # it has a provider key
+    # A name with no space in it (base_url) is never cut in two; a long command wraps at its
+    # spaces (the page's code style breaks anywhere, which cut base_url into "base_ur" + "l").
+    cut = page.eval_on_selector_all(
+        "#first-steps code", "els => els.filter(e => !e.textContent.includes(' ')"
+        " && e.getClientRects().length > 1).map(e => e.textContent)")
+    assert cut == []
     shot(page, "dashboard-empty")
     # Without a provider key, adding one comes first.
     assert w.ctx.keystore.remove_provider("openai")  # in memory only: the file keeps it
