@@ -153,6 +153,12 @@ def test_an_empty_dashboard_says_what_to_do_first(page: Any,
         " && e.getClientRects().length > 1).map(e => e.textContent)")
     assert cut == []
     shot(page, "dashboard-empty")
+    # On a phone the steps fit the width: no sideways scroll.
+    page.set_viewport_size({"width": 390, "height": 800})
+    wide = page.evaluate("document.documentElement.scrollWidth")
+    assert wide <= 390, wide
+    shot(page, "dashboard-empty-390")
+    page.set_viewport_size({"width": 1100, "height": 900})
     # Without a provider key, adding one comes first.
     assert w.ctx.keystore.remove_provider("openai")  # in memory only: the file keeps it
     open_page(page, w.base_url + "/")
