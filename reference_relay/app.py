@@ -59,7 +59,7 @@ from capwallet.store import (
     StoreUnavailable,
     open_store,
 )
-from capwallet.verify import Decision, Request, Verifier, evaluate
+from capwallet.verify import Decision, Request, VerifiedToken, Verifier, evaluate
 from reference_relay.body import parse_body
 from reference_relay.calls import Call
 from reference_relay.chains import ChainNotes
@@ -641,8 +641,7 @@ class Relay:
             provider, model = self.route(model_id, ep, limits)
             prepared = ep.prepare(body, raw, provider, model, limits)
         except RelayError:
-            await self.revocation_first(token, tid, now)
-            self.chains.note(v, now)
+            await self.refusing(token, v, now)
             raise
         price = model.price
         worst = worst_raw_cost(price, prepared.input, prepared.output_tokens) + (
@@ -712,8 +711,7 @@ class Relay:
             try:
                 key, fwd = self.forwarding(provider, ep, headers)
             except RelayError:
-                await self.revocation_first(token, tid, now)
-                self.chains.note(v, now)
+                await self.refusing(token, v, now)
                 raise
             done = await forward(decision, prepared, worst, costs, rates, key, fwd)
             if isinstance(done, Response):
@@ -776,6 +774,12 @@ class Relay:
         (one read, only on the way to a refusal)."""
         if await self.store.is_revoked(tid):
             raise self.revoked(token, tid, now)
+
+    async def refusing(self, token: str, v: VerifiedToken, now: int) -> None:
+        """A received request is about to be refused before its reservation: a revoked token
+        is refused as such instead, and the refusal names the chain that made it."""
+        await self.revocation_first(token, v.token_id_hex, now)
+        self.chains.note(v, now)
 
     def clamp_to_budget(self, decision: Decision, ep: Endpoint, body: dict[str, Any],
                         raw: bytes, provider: ProviderConfig, model: ModelConfig,
