@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+import checkout  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
 from relay_harness import FAKE_KEY  # noqa: E402
 from scaleout_harness import Process, start_fake, write_config  # noqa: E402
@@ -196,6 +197,7 @@ def main() -> int:
     ap.add_argument("--relays", type=int, default=2)
     ap.add_argument("--redis-url", help="use this Redis instead of starting one")
     args = ap.parse_args()
+    print(f"code measured: {checkout.describe()}")
     base_secs = max(3.0, args.seconds / 4)
     store_secs = max(2.0, min(10.0, args.seconds / 6))
 
@@ -215,7 +217,7 @@ def main() -> int:
         root.save(tmp / "root.key")
         store_url = f"{redis_url}?prefix=load{secrets.token_hex(4)}"
         config = write_config(tmp, fake.url, store_url, sweep_interval=30)
-        env = {**os.environ, "OPENAI_API_KEY": FAKE_KEY}
+        env = checkout.env(OPENAI_API_KEY=FAKE_KEY)
         for i in range(args.relays):
             relays.append(Process([sys.executable, "-m", "reference_relay", "--config",
                                    str(config), "--port", "0", "--log-level", "warning"],

@@ -48,6 +48,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import checkout
 import httpx
 
 from capwallet import caveats as cav
@@ -216,6 +217,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run")
     args = parser.parse_args()
+    print(f"code measured: {checkout.describe()}")
     # LiteLLM answers in about 0.7 s at concurrency 20 here: a run shorter than 2 s sees
     # almost none of its answers.
     rounds, seconds = (1, 2.0) if args.quick else (args.rounds, args.seconds)
@@ -237,7 +239,7 @@ def main() -> int:
     }))
     token = mint(root, [cav.Budget(10**9, "USD", "month"), cav.TokenQuota(10**12, "month"),
                         cav.App("bench")]).serialize()
-    base_env = {**os.environ, "OPENAI_API_KEY": KEY}
+    base_env = checkout.env(OPENAI_API_KEY=KEY)
     litellm_env = {**base_env, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "DISABLE_SCHEMA_UPDATE":
                    "True", "LITELLM_LOG": "ERROR", "NO_DOCS": "True"}
     auth = {"authorization": f"Bearer {KEY}"}

@@ -53,6 +53,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import checkout
 import httptools
 
 from capwallet import caveats as cav
@@ -353,6 +354,7 @@ def main() -> int:
                         help="repeat the stream rounds N times in this run and judge the "
                              "stream targets on the median (default 3 with --streams, else 1)")
     args = parser.parse_args()
+    print(f"code measured: {checkout.describe()}")
     runs = args.runs if args.runs is not None else (3 if args.streams else 1)
     if runs < 1:
         parser.error("--runs must be at least 1")
@@ -367,7 +369,7 @@ def main() -> int:
         text = text.replace(f'"{url}"', f'"{fake_url}/v1"')
     text = text.replace('"https://api.anthropic.com"', f'"{fake_url}"')
     root = RootKey.generate()
-    env = {**os.environ, "OPENAI_API_KEY": KEY, "ANTHROPIC_API_KEY": KEY}
+    env = checkout.env(OPENAI_API_KEY=KEY, ANTHROPIC_API_KEY=KEY)
     relays: dict[int, tuple[subprocess.Popen[str], str]] = {}
     for workers in (1,) if args.streams else (1, 2):  # each with its own store file
         d = tmp / f"workers{workers}"

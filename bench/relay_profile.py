@@ -67,6 +67,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import checkout
 from relay import EXAMPLE, KEY, ROOT, TICK, cpu_seconds, load, start
 
 from capwallet import caveats as cav
@@ -179,7 +180,7 @@ def _times(pid: int) -> tuple[float, float]:
 
 def _compare(fake_url: str, d: Path, root: RootKey, calls: int, conc: int, rounds: int) -> None:
     """The relay and the floor proxy in alternating rounds: CPU per call of each."""
-    env = {**os.environ, "OPENAI_API_KEY": KEY, "ANTHROPIC_API_KEY": KEY}
+    env = checkout.env(OPENAI_API_KEY=KEY, ANTHROPIC_API_KEY=KEY)
     relay, relay_url = start([sys.executable, "-m", "reference_relay", "--config",
                               str(d / "relay.toml"), "--port", "0", "--log-level", "warning"],
                              "listening", env=env, cwd=d)
@@ -371,7 +372,7 @@ def _callgrind(fake_url: str, d: Path, root: RootKey, calls: int, conc: int) -> 
     (d / "token").write_text(mint(root, [cav.Budget(10**9, "USD", "month"),
                                          cav.TokenQuota(10**12, "month"),
                                          cav.App("bench")]).serialize())
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    env = checkout.env(PYTHONHASHSEED="0")
 
     def collected(target: str, n: int) -> int:
         run = subprocess.run(
@@ -414,6 +415,7 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=30, help="functions listed (default 30)")
     parser.add_argument("--out", type=Path, help="keep the profile here (pstats or speedscope)")
     args = parser.parse_args()
+    print(f"code measured: {checkout.describe()}")
     if args.sampler == "yappi":
         try:
             import yappi  # noqa: F401
@@ -457,7 +459,7 @@ def main() -> int:
         cmd = ["-m", "cProfile", "-o", str(out), *cmd]
     elif args.sampler == "yappi":
         cmd = [str(Path(__file__).resolve()), "--run-under-yappi", str(out), *cmd]
-    env = {**os.environ, "OPENAI_API_KEY": KEY, "ANTHROPIC_API_KEY": KEY}
+    env = checkout.env(OPENAI_API_KEY=KEY, ANTHROPIC_API_KEY=KEY)
     server, url = start([sys.executable, *cmd], "listening", env=env, cwd=d)
     spy: subprocess.Popen[bytes] | None = None
     try:

@@ -39,6 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+import checkout  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
 
 from capwallet.store import Hold, LedgerEntry, Reservation, Store, open_store  # noqa: E402
@@ -158,6 +159,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5, help="rounds of each path (5)")
     ap.add_argument("--redis-url", help="use this Redis instead of starting one")
     args = ap.parse_args()
+    print(f"code measured: {checkout.describe()}")
     calls, rounds = (300, 2) if args.quick else (args.calls, args.rounds)
 
     tmp = Path(tempfile.mkdtemp(prefix="capwallet-store-bench-"))

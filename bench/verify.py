@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import checkout
 import pymacaroons
 
 from capwallet import caveats as cav
@@ -130,6 +131,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer iterations (for CI smoke runs)")
     args = ap.parse_args()
+    print(f"code measured: {checkout.describe()}")
     n, repeats = (300, 3) if args.quick else (3000, 7)
     keys = Keyring([KEY])
     print(f"python {platform.python_version()} on {platform.machine()}, pymacaroons 0.13.0; "
