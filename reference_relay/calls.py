@@ -36,13 +36,14 @@ from starlette.types import Message, Receive, Scope, Send
 
 from capwallet.store import LedgerEntry, Store, StoreUnavailable
 from capwallet.verify import Debit
+from reference_relay.coalesce import SEND_NOW_SCOPE_KEY
 from reference_relay.config import ModelConfig, ProviderConfig
 from reference_relay.errors import UPSTREAM_ERROR, RelayError, error_response, sse_error_event
 from reference_relay.metering import StreamMeter, Usage, answer_usage
 from reference_relay.pool import Response as UpstreamResponse
 from reference_relay.prices import Converter
 from reference_relay.routes import Endpoint, Prepared
-from reference_relay.upstream import Upstream, transport_error, upstream_status_error
+from reference_relay.upstream import Started, Upstream, transport_error, upstream_status_error
 
 log = logging.getLogger("reference_relay.calls")
 # How long a stream's pump, once the provider has answered, waits for the response to hand it
@@ -200,24 +201,38 @@ class Call:
 
     # -- forwarding -------------------------------------------------------------------------
 
-    async def _send(self) -> UpstreamResponse:
-        return await self.upstream.send(self.provider, self.endpoint.upstream_path,
-                                        self.prepared.body, self.key, self.forward_headers)
+    def _start(self) -> Started:
+        return self.upstream.start(self.provider, self.endpoint.upstream_path,
+                                   self.prepared.body, self.key, self.forward_headers)
+
+    async def _send(self, started: Started | None) -> UpstreamResponse:
+        return await self.upstream.send(started if started is not None else self._start())
+
+    def _started(self) -> Started | None:
+        """The request, sent to the provider now when a pooled connection is idle: from the
+        handler that reserved the call, so that no turn of the event loop (the call's task
+        starting) lies between the reservation and the provider getting the request. None
+        if building it failed: the call's task meets that again and closes the reservation."""
+        try:
+            return self._start()
+        except Exception:
+            return None
 
     async def run(self) -> Response:
+        started = self._started()
         if self.prepared.stream:
-            return await self._run_stream()
+            return self._run_stream(started)
         # The exchange and its settlement run in a task of their own, which a disconnecting
         # app cannot cancel: the handler awaits only the future the task fills in (cancelling
         # the handler cancels that future, which tells the task to settle without sending).
         answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
-        self.spawn(self._plain(answer))
+        self.spawn(self._plain(answer, started))
         return await answer
 
-    async def _plain(self, answer: asyncio.Future[Response]) -> None:
+    async def _plain(self, answer: asyncio.Future[Response], started: Started | None) -> None:
         """Forward, then hand the answer over and settle once it is sent (or unsendable)."""
         try:
-            response = await self._exchange()
+            response = await self._exchange(started)
         except BaseException as exc:
             if not answer.done():
                 if isinstance(exc, asyncio.CancelledError):
@@ -237,12 +252,12 @@ class Call:
         finally:
             response.settlement.close()  # never started (this task cancelled): no warning
 
-    async def _exchange(self) -> Response:
+    async def _exchange(self, started: Started | None) -> Response:
         flavor = self.endpoint.errors
         resp: UpstreamResponse | None = None
         try:
             async with asyncio.timeout(self.upstream.timeout(self.provider)):
-                resp = await self._send()
+                resp = await self._send(started)
                 body = await resp.read()
         except Exception as exc:
             err = transport_error(self.provider, exc)
@@ -284,10 +299,10 @@ class Call:
         return [(k.lower().encode("latin-1"), v.encode("latin-1"))
                 for k, v in self.response_headers.items()]
 
-    async def _run_stream(self) -> Response:
+    def _run_stream(self, started: Started | None) -> Response:
         """Start the pump and return at once: the response waits for the provider's answer
         itself, and the pump sends the head and each metered piece straight to the app."""
-        pump = _StreamPump(self)
+        pump = _StreamPump(self, started)
         self.spawn(pump.run())
         return _RelayStream(pump)
 
@@ -337,14 +352,18 @@ class _StreamPump:
     sent, and after a disconnect the pump reads and meters to the end without sending.
     """
 
-    def __init__(self, call: Call) -> None:
+    def __init__(self, call: Call, started: Started | None) -> None:
         self.call = call
+        self.started = started  # the request, perhaps sent already (Call._started)
         self._loop = asyncio.get_running_loop()
         # The provider's verdict once its status is in: None (the stream follows, sent by the
         # pump) or the error, with a body to pass through, that the response sends instead.
         self.ready: asyncio.Future[tuple[RelayError, bytes | None] | None] = (
             self._loop.create_future())
         self.send: Send | None = None  # the app's, once the response runs
+        # The server's hook that sends what the connection holds back now, and every later
+        # write of this response at once (SEND_NOW_SCOPE_KEY); None if it has none.
+        self.send_now: Callable[[], None] | None = None
         self._attached: asyncio.Future[None] | None = None  # the pump waits for `send`
         self._waiter: asyncio.Future[None] | None = None  # the response waits for `ready`
         self._over: asyncio.Future[None] = self._loop.create_future()  # and then for the end
@@ -355,10 +374,13 @@ class _StreamPump:
 
     # -- the response's side ------------------------------------------------------------------
 
-    async def answer(self, send: Send) -> tuple[RelayError, bytes | None] | None:
-        """Hand the pump the app's ``send`` and wait for the provider's verdict (on a future of
-        the response's own: cancelling the response leaves the pump's state intact)."""
+    async def answer(self, send: Send, send_now: Callable[[], None] | None = None
+                     ) -> tuple[RelayError, bytes | None] | None:
+        """Hand the pump the app's ``send`` (and the server's send_now hook, if it has one)
+        and wait for the provider's verdict (on a future of the response's own: cancelling
+        the response leaves the pump's state intact)."""
         self.send = send
+        self.send_now = send_now
         if self._attached is not None and not self._attached.done():
             self._attached.set_result(None)
         if not self.ready.done():
@@ -442,17 +464,20 @@ class _StreamPump:
         failure: RelayError | None = None
         try:
             async with asyncio.timeout(call.upstream.timeout(p)):
-                resp = await call._send()
+                resp = await call._send(self.started)
                 if resp.status >= 300:
                     body = await resp.read()
                     self._verdict(upstream_status_error(p, resp.status, body, call.key))
                     await call.release("upstream_error")
                     return
                 # The provider answered (from here on the call is charged, not released);
-                # the head goes out before the response is woken, so that the head's flush is
-                # queued before the response task's turn (it only listens for a disconnect).
+                # the head goes out before the response is woken (it only listens for a
+                # disconnect): at once if no body has come with the provider's head, else
+                # with the first piece of it.
                 self._verdict(None, wake=False)
                 await self._start(_passed_headers(resp))
+                if not resp.buffered and self.send_now is not None:
+                    self.send_now()
                 self._wake()
                 first = True  # until the first piece is sent
                 async for chunk in resp.iter_chunks():
@@ -463,10 +488,12 @@ class _StreamPump:
                         out = meter.feed_plain(chunk)
                         if out:
                             first = False
-                            if meter.has_whole:
-                                await self.emit(out)
+                            await self.emit(out)
+                            if self.send_now is not None:
+                                self.send_now()  # sent now, and every later piece at once
+                            elif meter.has_whole:
                                 await asyncio.sleep(0)  # sent: the transport flushes per turn
-                                out = meter.feed(b"")
+                            out = meter.feed(b"") if meter.has_whole else b""
                     else:
                         out = meter.feed(chunk)
                     if out:
@@ -535,7 +562,7 @@ class _RelayStream(Response):
         # the provider thinks is gone when the stream comes, and the ledger says so.
         listener = asyncio.get_running_loop().create_task(listen())
         try:
-            outcome = await pump.answer(send)
+            outcome = await pump.answer(send, scope.get(SEND_NOW_SCOPE_KEY))
             if outcome is not None:
                 err, passthrough = outcome
                 if passthrough is not None:

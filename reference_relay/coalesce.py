@@ -11,6 +11,13 @@ system call and a client wake-up per call.
 Ordering is kept (one buffer, flushed in order, and flushed before ``close``); a streamed
 answer's chunks, sent in different iterations, still go out as they come. Anything that is
 not a write is passed to the real transport.
+
+Waiting for the end of the iteration is only worth it while more of the answer may follow
+in it. So a whole answer goes out as soon as it is complete (the server's protocol calls
+``flush`` then: reference_relay.http_limits), and a stream is sent as it goes: the server puts
+the connection's ``send_now`` in the scope (SEND_NOW_SCOPE_KEY), which the relay's stream
+calls once its head (and the provider's first events, if they came with the provider's head)
+is written: what is held goes out at once, and every later write of that answer too.
 """
 
 from __future__ import annotations
@@ -18,18 +25,26 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+# The scope key of the connection's send_now (CoalescingTransport.send_now), for the app.
+SEND_NOW_SCOPE_KEY = "capwallet.send_now"
+
 
 class CoalescingTransport:
-    __slots__ = ("_buf", "_loop", "_scheduled", "_transport")
+    __slots__ = ("_buf", "_direct", "_loop", "_scheduled", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._buf: list[bytes] = []
         self._scheduled = False
+        self._direct = False  # after send_now: writes go straight out until coalesce()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
+            return
+        if self._direct:
+            if not self._transport.is_closing():
+                self._transport.write(data)
             return
         self._buf.append(bytes(data))
         if not self._scheduled:
@@ -44,6 +59,15 @@ class CoalescingTransport:
             buf.clear()
             if not self._transport.is_closing():
                 self._transport.write(data)
+
+    def send_now(self) -> None:
+        """Send what is held now, and the current answer's later writes as they come."""
+        self._direct = True
+        self.flush()
+
+    def coalesce(self) -> None:
+        """Hold writes till the end of the iteration again (the next answer's)."""
+        self._direct = False
 
     def close(self) -> None:
         self.flush()

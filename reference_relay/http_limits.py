@@ -16,7 +16,10 @@ after the first byte of a later request on it; else the answer is 408 ``request_
 the connection is closed. ``set_head_timeout(config, seconds)`` sets another bound on a
 uvicorn.Config (an attribute of the config, so it reaches worker processes with it).
 
-It also sends each response's head and body in one write (reference_relay.coalesce).
+It also sends each response's head and body in one write (reference_relay.coalesce): the
+writes of an answer are held till the end of the event loop's iteration or, sooner, till the
+answer is complete (on_response_complete); a stream's are sent as they come once it calls the
+connection's send_now, which each request's scope carries (SEND_NOW_SCOPE_KEY).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from reference_relay.app import MAX_HEADER_BYTES
-from reference_relay.coalesce import CoalescingTransport
+from reference_relay.coalesce import SEND_NOW_SCOPE_KEY, CoalescingTransport
 from reference_relay.errors import HEADERS_TOO_LARGE, REQUEST_TIMEOUT, RelayError, error_body
 
 HEAD_TIMEOUT = 10.0  # seconds for a whole request head to arrive
@@ -68,8 +71,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Head and body of a response in one send (reference_relay.coalesce).
-        super().connection_made(cast(asyncio.Transport, CoalescingTransport(
-            cast(asyncio.Transport, transport), asyncio.get_running_loop())))
+        self._coalescing = CoalescingTransport(cast(asyncio.Transport, transport),
+                                               asyncio.get_running_loop())
+        super().connection_made(cast(asyncio.Transport, self._coalescing))
         # A new connection owes its first head at once; uvicorn has no timer for it.
         self._head_deadline = self.loop.time() + self.head_timeout
         self._arm_head_timer()
@@ -102,7 +106,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._cancel_head_timer()
         self._head_deadline = None
+        cast(dict[str, Any], self.scope)[SEND_NOW_SCOPE_KEY] = self._coalescing.send_now
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        # The answer is whole: nothing more of it can join what is held, so it goes now
+        # rather than at the end of the iteration; the next answer is coalesced again.
+        self._coalescing.flush()
+        self._coalescing.coalesce()
+        super().on_response_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

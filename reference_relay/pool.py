@@ -11,7 +11,8 @@ Scope, what the relay needs and no more: requests whose whole body is known (sen
 Content-Length, head and body in one write); responses framed by Content-Length, chunked
 transfer coding (decoded by llhttp) or connection close; 1xx interim responses skipped;
 keep-alive unless either side says close; a per-origin stack of idle connections taken in
-O(1); a semaphore bounding the connections in use; TLS through asyncio's ssl support with
+O(1); a count of slots bounding the connections in use (``start`` sends on an idle connection
+with no await when a slot is free: see its docstring); TLS through asyncio's ssl support with
 certifi's roots. No HTTP/2, proxies, redirects, cookies or content decoding (requests say
 ``accept-encoding: identity``; a compressed answer is a protocol error, since the relay must
 read its usage).
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -147,13 +149,18 @@ class _Connection(asyncio.Protocol):
 
     # -- used by the pool and the response --------------------------------------------------
 
-    async def send(self, data: bytes, response: Response) -> None:
+    def write(self, data: bytes, response: Response) -> None:
+        """Write a whole request for ``response`` (no wait: Pool.start sends this way)."""
         transport = self.transport
         if transport is None or transport.is_closing():
             raise _Stale
         self.response = response
         self.parser = httptools.HttpResponseParser(self)
         transport.write(data)
+
+    async def send(self, data: bytes, response: Response) -> None:
+        """Write a whole request and wait until the transport has taken it."""
+        self.write(data, response)
         if self._paused:
             self._drain = asyncio.get_running_loop().create_future()
             try:
@@ -278,6 +285,11 @@ class Response:
         if self._error is not None:
             raise self._error
 
+    @property
+    def buffered(self) -> bool:
+        """Body bytes have arrived that no read has taken yet."""
+        return bool(self._buf)
+
     def _take(self) -> bytes:
         buf = self._buf
         data = buf[0] if len(buf) == 1 else b"".join(buf)
@@ -323,8 +335,11 @@ class Pool:
                  ) -> None:
         self._idle: dict[Origin, list[_Connection]] = {}
         self._open: set[_Connection] = set()
-        self._max = max_connections
-        self._slots: asyncio.Semaphore | None = None
+        # Connections in use are bounded by a count of free slots and a queue of requests
+        # waiting for one (asyncio.Semaphore's logic, which Pool.start needs to take a slot
+        # without awaiting); a released slot goes to the first waiter, in order.
+        self._free = max_connections
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._connect_timeout = connect_timeout
         self._expiry = keepalive_expiry
         self._ssl = ssl_context
@@ -362,9 +377,38 @@ class Pool:
             conn.close()
         return None
 
+    def _take_slot(self) -> bool:
+        """A free slot taken at once, if one is free and nobody waits for one."""
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def _slot(self) -> None:
+        """Wait for a free slot (first come, first served)."""
+        if self._take_slot():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self._give_slot()  # handed this slot as this task was cancelled: pass it on
+            elif waiter in self._waiters:  # (a release may have dropped it already)
+                self._waiters.remove(waiter)
+            raise
+
+    def _give_slot(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes to it, still counted as taken
+                return
+        self._free += 1
+
     def _release(self, conn: _Connection, reusable: bool) -> None:
-        assert self._slots is not None
-        self._slots.release()
+        self._give_slot()
         conn.response = None
         conn.resume_reading()
         if reusable and conn.usable(0.0, float("inf")):
@@ -380,16 +424,47 @@ class Pool:
         if idle and conn in idle:
             idle.remove(conn)
 
-    async def request(self, origin: Origin, data: bytes) -> Response:
-        """Send ``data`` (a whole request: head and body) and wait for the answer's head."""
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self._max)
-        await self._slots.acquire()
+    def start(self, origin: Origin, data: bytes) -> Response | None:
+        """Send ``data`` at once, with no await, if a slot is free and an idle connection to
+        ``origin`` is open; None otherwise (``request`` then connects or waits). Pass what it
+        returns to ``request``, which waits for the answer's head (and, as for any reused
+        connection, sends once more on a new one if this one turns out closed).
+
+        Why: the relay starts a call's exchange from the handler that reserved it, before
+        the call's own task first runs, so no turn of the event loop lies between the
+        reservation and the provider getting the request."""
+        if not self._take_slot():
+            return None
         conn = self._checkout(origin)
+        if conn is None:
+            self._give_slot()
+            return None
+        resp = Response(self, conn)
+        try:
+            conn.write(data, resp)
+        except Exception:  # closing after all: the request path sends on a new connection
+            conn.response = None
+            conn.close()
+            self._give_slot()
+            return None
+        return resp
+
+    async def request(self, origin: Origin, data: bytes,
+                      started: Response | None = None) -> Response:
+        """Send ``data`` (a whole request: head and body) and wait for the answer's head;
+        ``started``: ``start``'s answer for this request (sent already, its slot taken)."""
+        if started is None:
+            await self._slot()
+            conn = self._checkout(origin)
+        else:
+            conn = started._conn
         try:
             if conn is not None:
                 try:
-                    return await self._exchange(conn, data)
+                    if started is None:
+                        return await self._exchange(conn, data)
+                    await started._head()
+                    return started
                 except _Stale:
                     conn.close()  # the server closed it as we reused it: once more, new
             conn = await self._connect(origin)
@@ -402,7 +477,7 @@ class Pool:
             if conn is not None:
                 conn.response = None
                 conn.close()
-            self._slots.release()
+            self._give_slot()
             raise
 
     async def _exchange(self, conn: _Connection, data: bytes) -> Response:

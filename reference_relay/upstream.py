@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from reference_relay.config import ProviderConfig, RelayConfig
@@ -103,11 +104,26 @@ class Upstream:
                          else f"authorization: Bearer {key}")
         return (scheme, host, port), ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
-    async def send(self, provider: ProviderConfig, path: str, body: bytes, key: str,
-                   forward: dict[str, str]) -> Response:
-        """Send the request; returns once the answer's status and headers have arrived."""
+    def start(self, provider: ProviderConfig, path: str, body: bytes, key: str,
+              forward: dict[str, str]) -> Started:
+        """Build the request and send it at once if an idle connection to the provider is
+        free (Pool.start); ``send`` finishes it: sends it if it is not sent yet, and waits
+        for the answer's head."""
         origin, data = self.build(provider, path, body, key, forward)
-        return await self.pool.request(origin, data)
+        return Started(origin, data, self.pool.start(origin, data))
+
+    async def send(self, started: Started) -> Response:
+        """Returns once the answer's status and headers have arrived."""
+        return await self.pool.request(started.origin, started.data, started.response)
+
+
+class Started(NamedTuple):
+    """A request to a provider, built and perhaps sent (``response`` then waits for its
+    answer: see Upstream.start)."""
+
+    origin: Origin
+    data: bytes
+    response: Response | None
 
 
 def forwarded_headers(client: Mapping[str, str]) -> dict[str, str]:

@@ -25,6 +25,7 @@ class Server:
         self.connections = 0
         self.close_after_reply = False
         self.stall = 0.0
+        self.drop_next = False  # close the connection on the next request, answering nothing
         self.heads: list[bytes] = []
         self.server: asyncio.Server | None = None
 
@@ -39,6 +40,9 @@ class Server:
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":")[1])
                 body = await reader.readexactly(length)
+                if self.drop_next:
+                    self.drop_next = False
+                    break
                 if self.stall:
                     await asyncio.sleep(self.stall)
                 if b"/trickle" in head:
@@ -160,6 +164,108 @@ async def test_reused_connection_closed_by_the_server_is_retried_once(pool: Pool
         for _ in range(5):
             assert await post(pool, url, "/echo", b"again") == b"again"  # no sleep: races
         assert srv.connections == 5
+
+
+async def started(pool: Pool, url: str, path: str, body: bytes = b"") -> tuple[bool, bytes]:
+    """(whether Pool.start sent the request at once, the answer's body)."""
+    origin, data = request(url, path, body)
+    sent = pool.start(origin, data)
+    resp = await pool.request(origin, data, sent)
+    try:
+        assert resp.status == 200
+        return sent is not None, await resp.read()
+    finally:
+        resp.close()
+
+
+async def test_start_sends_at_once_on_an_idle_connection(pool: Pool) -> None:
+    """Pool.start writes the request with no await when an idle connection is open, and
+    request() then waits for that answer; with none it sends nothing (request() connects)."""
+    srv = Server()
+    async with srv as url:
+        assert await started(pool, url, "/echo", b"first") == (False, b"first")  # no idle one
+        for i in range(5):
+            assert await started(pool, url, "/echo", b"n%d" % i) == (True, b"n%d" % i)
+        assert srv.connections == 1
+        # The request was on its way before anything was awaited: the server has it by the
+        # time the loop next turns, without request() being called.
+        origin, data = request(url, "/echo", b"early")
+        sent = pool.start(origin, data)
+        assert sent is not None
+        for _ in range(100):
+            if srv.heads[-1:] and b"content-length: 5" in srv.heads[-1]:
+                break
+            await asyncio.sleep(0.001)
+        assert len(srv.heads) == 7
+        resp = await pool.request(origin, data, sent)
+        assert await resp.read() == b"early"
+        resp.close()
+
+
+async def test_start_takes_no_slot_from_a_waiting_request_and_gives_its_own_back() -> None:
+    """start never jumps the queue for a connection slot, and a started request that fails
+    gives its slot back like any other."""
+    p = Pool(max_connections=1, connect_timeout=5)
+    srv = Server()
+    try:
+        async with srv as url:
+            origin, data = request(url, "/echo", b"x")
+            assert await post(p, url, "/echo", b"warm") == b"warm"  # one idle connection
+            srv.stall = 0.05
+            busy = asyncio.ensure_future(post(p, url, "/echo", b"busy"))
+            await asyncio.sleep(0.01)  # busy holds the only slot
+            assert p.start(origin, data) is None
+            waiting = asyncio.ensure_future(post(p, url, "/echo", b"waiting"))
+            await asyncio.sleep(0)
+            assert await busy == b"busy"
+            # The slot went to the waiting request, not to a start in between.
+            assert p.start(origin, data) is None
+            assert await waiting == b"waiting"
+            srv.stall = 0
+            # A started request whose reused connection the server closes without answering
+            # (the pool finds out only then) is sent once more on a new connection.
+            connections = srv.connections
+            srv.drop_next = True
+            assert await started(p, url, "/echo", b"again") == (True, b"again")
+            assert srv.connections == connections + 1
+            # A started request abandoned by its caller's deadline gives the slot back.
+            srv.stall = 1.0
+            sent = p.start(origin, data)
+            assert sent is not None
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await p.request(origin, data, sent)
+            srv.stall = 0
+            assert await post(p, url, "/echo", b"free") == b"free"
+    finally:
+        await p.aclose()
+
+
+async def test_a_cancelled_waiter_passes_its_slot_on() -> None:
+    """A request cancelled while it waits for a slot, even one just handed the slot, leaves
+    the slot to the next waiter: nothing is lost."""
+    p = Pool(max_connections=1, connect_timeout=5)
+    srv = Server()
+    try:
+        async with srv as url:
+            busy = await p.request(*request(url, "/echo", b"busy"))
+            doomed = asyncio.ensure_future(post(p, url, "/echo", b"doomed"))
+            later = asyncio.ensure_future(post(p, url, "/echo", b"later"))
+            await asyncio.sleep(0.01)  # both wait for the one slot
+            assert await busy.read() == b"busy"
+            busy.close()  # hands the slot to doomed...
+            doomed.cancel()  # ...which is cancelled before it runs
+            with pytest.raises(asyncio.CancelledError):
+                await doomed
+            async with asyncio.timeout(5):  # a lost slot would keep it waiting for ever
+                assert await later == b"later"
+            gone = asyncio.ensure_future(post(p, url, "/echo", b"gone"))
+            gone.cancel()  # cancelled before it ever waits
+            with pytest.raises(asyncio.CancelledError):
+                await gone
+            assert await post(p, url, "/echo", b"still") == b"still"
+    finally:
+        await p.aclose()
 
 
 async def test_streamed_chunked_body(pool: Pool) -> None:
