@@ -4,7 +4,16 @@ The rule: the commands that the calls of one event-loop turn send leave in ONE s
 and their replies are matched to their callers in order as they arrive (Redis answers the
 commands of one connection in the order it received them). This is what a relay under load
 needs from its store: many calls waiting at once, one round trip for all of them, as the
-SQLite store groups its commits.
+SQLite store groups its commits. One exception, for a relay with one call at a time: when the
+connection's last write carried a single command and nothing waits for a reply, a command
+leaves at once instead of at the end of the turn (no loop turn and no wake-up spent waiting
+for company that a lone caller does not have; a burst after such a lone command sends its
+first command alone and the rest together).
+
+The deadline check (a timer) is armed at a write when none is armed, and left to run out even
+when every reply has come (it then re-arms only if a command still waits): arming and
+cancelling a timer per round trip cost 1.2-1.6 us of the 13-15 us client CPU of a lone
+round trip (the two changes together: 14.6 -> 11.8 us per PING, this machine).
 
 Why a connection of our own, not redis-py's Pipeline or pooled connections: for these small
 scripts, the client's CPU per command is the store's cost, not Redis's. redis-py spends about
@@ -76,6 +85,7 @@ class Pipe(asyncio.Protocol):
         # Sent this loop turn, not yet written: one write for all of them.
         self._out: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._write_scheduled = False
+        self._solo = True  # the last write carried one command (see send)
         self._watchdog: asyncio.TimerHandle | None = None
         self.broken: RedisError | None = None  # set once; a broken pipe is never reused
 
@@ -126,7 +136,9 @@ class Pipe(asyncio.Protocol):
             fut.set_exception(self.broken)
             return fut
         self._out.append((pack(args), fut))
-        if not self._write_scheduled:
+        if self._solo and not self._waiting and self._transport is not None:
+            self._write()
+        elif not self._write_scheduled:
             self._write_scheduled = True
             self.loop.call_soon(self._write)
         return fut
@@ -147,13 +159,15 @@ class Pipe(asyncio.Protocol):
             return
         assert self._transport is not None
         self._transport.write(b"".join([payload for payload, _ in out]))
+        self._solo = len(out) == 1
         deadline = self.loop.time() + self.endpoint.timeout
         self._waiting.extend([(fut, deadline) for _, fut in out])
         if self._watchdog is None:
             self._watchdog = self.loop.call_at(deadline, self._check)
 
     def _check(self) -> None:
-        """The oldest command waiting is past its deadline: the connection is dead to us."""
+        """The timer ran out: if the oldest command waiting is past its deadline, the
+        connection is dead to us; else wait for that command's deadline (none waiting: stop)."""
         self._watchdog = None
         if not self._waiting:
             return
@@ -191,9 +205,6 @@ class Pipe(asyncio.Protocol):
         except Exception as exc:  # a malformed or undecodable reply: nothing after it is sure
             self.close(RedisConnectionError(f"Redis sent a reply the store cannot read: {exc}"))
             return
-        if not waiting and self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
 
     def eof_received(self) -> bool:
         self.close(RedisConnectionError("Redis closed the connection"))
