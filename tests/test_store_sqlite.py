@@ -213,6 +213,76 @@ async def test_a_failing_write_rolls_back_alone_and_the_batch_commits(tmp_path: 
         await store.close()
 
 
+async def test_a_batchs_settles_add_to_the_usage_aggregates_once_each(tmp_path: Path) -> None:
+    """The settles of one batch add their merged totals with one upsert per aggregate row; when
+    a write of the batch fails and the batch runs again with savepoints, the totals of the
+    first run are forgotten with its rows (counted once), and the failed write adds none."""
+    store = SQLiteStore(tmp_path / "u.db")
+    try:
+        rs = [_reservation(Hold("b", 10, 1000)) for _ in range(4)]
+        for r in rs:
+            assert (await store.reserve(r)).ok
+        assert store._fast is not None
+        upserts: list[str] = []
+        store._fast.set_trace_callback(
+            lambda sql: upserts.append(sql) if "usage_daily" in sql else None)
+
+        def entry(cost: int, model: str) -> LedgerEntry:
+            return LedgerEntry(86400 * 3 + 5, "t", "app", "p", model, "chat", 2, 3, cost, "USD",
+                               "ok", 1)
+
+        dup = _reservation(Hold("b", 1, 1000), rid=rs[3].reservation_id)  # still open
+        results = await asyncio.gather(
+            store.settle(rs[0].reservation_id, {"b": 4}, entry(4, "m")),
+            store.reserve(dup),  # fails: the batch runs again with savepoints
+            store.settle(rs[1].reservation_id, {"b": 5}, entry(5, "m")),
+            store.settle(rs[2].reservation_id, {"b": 6}, entry(6, "other")),
+            return_exceptions=True)
+        assert results[0] is True and results[2] is True and results[3] is True
+        assert isinstance(results[1], ValueError)
+        assert len(upserts) == 1  # two aggregate rows, one statement, after the rerun
+        totals = {u.model: (u.cost, u.calls, u.input_tokens, u.output_tokens)
+                  for u in await store.usage()}
+        assert totals == {"m": (9, 2, 4, 6), "other": (6, 1, 2, 3)}
+        assert await store.counters(["b"]) == {"b": 25}
+        # A lone settle adds as before, to the same row.
+        r = _reservation(Hold("b", 10, 1000))
+        assert (await store.reserve(r)).ok
+        assert await store.settle(r.reservation_id, {"b": 1}, entry(1, "m"))
+        assert {u.model: u.calls for u in await store.usage()} == {"m": 3, "other": 1}
+    finally:
+        await store.close()
+
+
+def test_the_ledger_and_usage_reads_have_index_plans(tmp_path: Path) -> None:
+    """Every read of the ledger and the aggregates is a search or an ordered index walk, never
+    a scan of the table (EXPLAIN QUERY PLAN): dropping an index would fail here."""
+    from capwallet.store.sqlite import _LEDGER_COLUMNS, _REFUSAL_ADD, _filter
+
+    SQLiteStore(tmp_path / "x.db")  # the schema
+    reads = []
+    for tokens in (None, ["a"], ["a", "b"]):
+        for since in (None, 5):
+            where, params = _filter(tokens, "time", since)
+            sql = f"SELECT {_LEDGER_COLUMNS}, count FROM ledger"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            reads.append((sql + " ORDER BY time DESC, seq DESC LIMIT ?", [*params, 10]))
+            where, params = _filter(tokens, "day", since)
+            if since is not None:  # the wallet's reads (a token filter alone has no caller)
+                reads.append(("SELECT cost FROM usage_daily WHERE "
+                              + " AND ".join(where), params))
+    reads += [("DELETE FROM ledger WHERE time < ?", [5]),
+              (_REFUSAL_ADD, ["t", 0, 60, "denied:x"])]
+    with sqlite3.connect(tmp_path / "x.db") as c:
+        for sql, params in reads:
+            plan = [r[3] for r in c.execute("EXPLAIN QUERY PLAN " + sql, params)]
+            for step in plan:
+                if step.startswith("SCAN "):
+                    assert "USING INDEX" in step, (sql, plan)
+            assert any("USING" in step for step in plan), (sql, plan)
+
+
 @pytest.mark.parametrize("order", [(0, 1), (1, 0)])
 async def test_a_batch_runs_its_writes_in_call_order(tmp_path: Path,
                                                      order: tuple[int, int]) -> None:

@@ -204,23 +204,24 @@ def _add_columns(conn: sqlite3.Connection) -> None:
 # reservations table, which only holds calls in flight, has no lease index (the sweep scans it).
 # The ledger's seq is a plain INTEGER PRIMARY KEY: AUTOINCREMENT would also rewrite
 # sqlite_sequence on every insert (one more page per commit). Only the oldest rows are ever
-# deleted (prune_ledger), so the next rowid is always max + 1, the same order. A settled call
-# also upserts one usage_daily row (the aggregates). Files created before this still have
-# AUTOINCREMENT (CREATE TABLE IF NOT EXISTS leaves them be) and work unchanged.
+# deleted (prune_ledger), so the next rowid is always max + 1, the same order. Files created
+# before this still have AUTOINCREMENT (CREATE TABLE IF NOT EXISTS leaves them be) and work
+# unchanged. A settled call also adds to one usage_daily row (the aggregates): one upsert per
+# row and batch, of the batch's merged totals (_Cursor).
+# The ledger's two indexes are what its reads need (EXPLAIN QUERY PLAN, tests/test_store_sqlite):
+# ledger_time serves the wallet's recent calls of every token (ORDER BY time DESC, seq DESC
+# LIMIT: a walk back from the index's end) and the retention's DELETE by time; seq order cannot
+# stand in for it, as a row's time is its call's and calls settle out of order (a long stream
+# after many short calls). ledger_token_time serves one token's rows. Each costs about 1.5% of
+# a call's store CPU (callgrind, bench/store.py's call at c=20: 325 K -> 320 K instructions
+# without ledger_time).
 
 _LEDGER_COLUMNS = (
     "time, token_id, app, provider, model, operation, input_tokens, output_tokens, cost, "
     "currency, status, latency_ms, reservation_id, request_body, response_body, chain_id"
 )
 _LEDGER_INSERT = f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES ({', '.join('?' * 16)})"  # noqa: S608
-_USAGE_ADD = (
-    "INSERT INTO usage_daily (day, token_id, app, provider, model, currency, cost, calls, "
-    "input_tokens, output_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?) "
-    "ON CONFLICT (day, token_id, app, provider, model, currency) DO UPDATE SET "
-    "cost = cost + excluded.cost, calls = calls + 1, "
-    "input_tokens = input_tokens + excluded.input_tokens, "
-    "output_tokens = output_tokens + excluded.output_tokens"
-)
+USAGE_ROWS = 256  # usage_daily rows per upsert statement (10 parameters each)
 # A refusal adds to the row of the same token, status and minute, if there is one.
 _REFUSAL_ADD = (
     "UPDATE ledger SET count = count + 1 WHERE seq = (SELECT seq FROM ledger "
@@ -259,7 +260,26 @@ def _json_encoder() -> Callable[[Any], str]:
 
 _compact = _json_encoder()
 
-_Op = Callable[[sqlite3.Cursor], Any]
+_UsageKey = tuple[int, str, str, str, str, str]  # day, token, app, provider, model, currency
+_UsageSum = tuple[int, int, int, int]  # cost, calls, input tokens, output tokens
+
+
+class _Cursor(sqlite3.Cursor):
+    """A batches' cursor, carrying the usage totals its open transaction still owes the
+    usage_daily table (``_record`` adds to them, ``_run_batch`` writes them before COMMIT).
+
+    Why: every settled call adds to one aggregate row, and under load the calls of one batch
+    mostly add to the same few rows (one token, app and model, today): one upsert of the
+    merged totals per row and batch replaces one upsert per call. Nothing reads usage_daily
+    inside a batch, so deferring the write to the end of the same transaction changes
+    nothing that can be seen: the totals still commit with their ledger rows, or not at all."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        super().__init__(connection)
+        self.usage: dict[_UsageKey, _UsageSum] = {}
+
+
+_Op = Callable[[_Cursor], Any]
 _Outcome = tuple[bool, Any]  # (True, the op's value) or (False, the exception it raised)
 
 
@@ -278,6 +298,22 @@ def _add_used(n: int) -> str:
     rows = ", ".join(["(?, ?, ?)"] * n)
     return (f"INSERT INTO counters (key, used, resets_at) VALUES {rows} "  # noqa: S608
             "ON CONFLICT (key) DO UPDATE SET used = max(used + excluded.used, 0)")
+
+
+@lru_cache(maxsize=64)
+def _usage_add(n: int) -> str:
+    """Add ``n`` merged totals to the usage aggregates in one statement (params per row: day,
+    token, app, provider, model, currency, cost, calls, input tokens, output tokens)."""
+    rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * n)
+    return ("INSERT INTO usage_daily (day, token_id, app, provider, model, currency, cost, "  # noqa: S608
+            f"calls, input_tokens, output_tokens) VALUES {rows} "
+            "ON CONFLICT (day, token_id, app, provider, model, currency) DO UPDATE SET "
+            "cost = cost + excluded.cost, calls = calls + excluded.calls, "
+            "input_tokens = input_tokens + excluded.input_tokens, "
+            "output_tokens = output_tokens + excluded.output_tokens")
+
+
+_USAGE_ADD_ONE = _usage_add(1)
 
 
 @lru_cache(maxsize=128)
@@ -321,7 +357,7 @@ def _connect(path: str, synchronous: str, busy_ms: int = BUSY_TIMEOUT_MS) -> sql
     return conn
 
 
-def _begin(cur: sqlite3.Cursor) -> None:
+def _begin(cur: _Cursor) -> None:
     try:
         cur.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as exc:
@@ -330,7 +366,7 @@ def _begin(cur: sqlite3.Cursor) -> None:
         raise
 
 
-def _run_batch(cur: sqlite3.Cursor, ops: Sequence[_Op]) -> list[_Outcome]:
+def _run_batch(cur: _Cursor, ops: Sequence[_Op]) -> list[_Outcome]:
     """Run ``ops`` in one transaction, in call order, and commit what succeeded: an op that
     raises is rolled back alone and its exception is its outcome.
 
@@ -342,7 +378,9 @@ def _run_batch(cur: sqlite3.Cursor, ops: Sequence[_Op]) -> list[_Outcome]:
     Raises _Busy if BEGIN finds the write lock taken (or still taken after the connection's
     busy timeout), or the sqlite3.Error that failed the transaction as a whole (nothing was
     committed). ``cur`` is the connection's one cursor: reusing it spares each statement a
-    cursor object (measured: about 2 us a statement)."""
+    cursor object (measured: about 2 us a statement). The usage totals the ops owe
+    (``cur.usage``, see _Cursor) are written last, in the same transaction."""
+    cur.usage.clear()
     _begin(cur)
     try:
         try:
@@ -350,31 +388,51 @@ def _run_batch(cur: sqlite3.Cursor, ops: Sequence[_Op]) -> list[_Outcome]:
         except Exception as exc:  # handed to the op's caller
             if cur.connection.in_transaction:
                 cur.execute("ROLLBACK")
+            cur.usage.clear()
             if len(ops) == 1:
                 return [(False, exc)]
             _begin(cur)
             outcomes = _with_savepoints(cur, ops)
+        if cur.usage:
+            _add_usage(cur)
         cur.execute("COMMIT")
     except BaseException:
+        cur.usage.clear()
         if cur.connection.in_transaction:
             cur.execute("ROLLBACK")
         raise
     return outcomes
 
 
-def _with_savepoints(cur: sqlite3.Cursor, ops: Sequence[_Op]) -> list[_Outcome]:
+def _with_savepoints(cur: _Cursor, ops: Sequence[_Op]) -> list[_Outcome]:
     outcomes: list[_Outcome] = []
     for op in ops:
         cur.execute("SAVEPOINT op")
+        owed = cur.usage.copy()  # the totals are immutable tuples: a copy is a snapshot
         try:
             outcomes.append((True, op(cur)))
         except Exception as exc:  # handed to the op's caller
             if not cur.connection.in_transaction:
                 raise  # SQLite rolled everything back (I/O error, disk full)
             cur.execute("ROLLBACK TO op")
+            cur.usage = owed  # the op's totals roll back with its rows
             outcomes.append((False, exc))
         cur.execute("RELEASE op")
     return outcomes
+
+
+def _add_usage(cur: _Cursor) -> None:
+    """Write the usage totals the transaction owes (merged per aggregate row), then forget them."""
+    owed = cur.usage
+    if len(owed) == 1:  # the usual batch at low concurrency
+        for key, total in owed.items():
+            cur.execute(_USAGE_ADD_ONE, key + total)
+    else:
+        rows = list(owed.items())
+        for i in range(0, len(rows), USAGE_ROWS):
+            chunk = rows[i:i + USAGE_ROWS]
+            cur.execute(_usage_add(len(chunk)), [x for key, total in chunk for x in key + total])
+    owed.clear()
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailable:
@@ -392,13 +450,17 @@ def _ledger_row(entry: LedgerEntry, reservation_id: str | None) -> tuple[Any, ..
     )
 
 
-def _record(c: sqlite3.Cursor, entry: LedgerEntry, row: tuple[Any, ...]) -> None:
-    """Write a settled call's ledger row and add it to the usage aggregates (one step)."""
+def _record(c: _Cursor, entry: LedgerEntry, row: tuple[Any, ...]) -> None:
+    """Write a settled call's ledger row and add it to the usage aggregates (one step: the
+    totals are written before the same transaction commits, merged with the batch's others)."""
     c.execute(_LEDGER_INSERT, row)
     if counts_as_usage(entry):
-        c.execute(_USAGE_ADD, (usage_day(entry.time), entry.token_id, entry.app,
-                               entry.provider, entry.model, entry.currency, entry.cost,
-                               entry.input_tokens, entry.output_tokens))
+        key = (usage_day(entry.time), entry.token_id, entry.app, entry.provider, entry.model,
+               entry.currency)
+        old = c.usage.get(key)
+        c.usage[key] = ((entry.cost, 1, entry.input_tokens, entry.output_tokens) if old is None
+                        else (old[0] + entry.cost, old[1] + 1, old[2] + entry.input_tokens,
+                              old[3] + entry.output_tokens))
 
 
 def _merge_holds(holds: Sequence[Hold]) -> Sequence[Hold]:
@@ -446,8 +508,8 @@ class SQLiteStore(Store):
                 self._fast = _connect(self.path, synchronous, busy_ms=0)
                 self._fast.execute("PRAGMA wal_autocheckpoint = 0")
             # One cursor per connection, reused by every statement on it.
-            self._fast_cur = None if self._fast is None else self._fast.cursor()
-            self._writer_cur = self._writer.cursor()
+            self._fast_cur = None if self._fast is None else self._fast.cursor(_Cursor)
+            self._writer_cur = self._writer.cursor(_Cursor)
             self._reader_cur = self._reader.cursor()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from None
@@ -488,7 +550,7 @@ class SQLiteStore(Store):
 
     # -- group commit -----------------------------------------------------------------------
 
-    async def _write(self, op: Callable[[sqlite3.Cursor], T]) -> T:
+    async def _write(self, op: Callable[[_Cursor], T]) -> T:
         """Queue ``op`` for the next batch and wait for its outcome (after the COMMIT)."""
         if self._closed:
             raise StoreUnavailable("store is closed")
@@ -691,7 +753,7 @@ class SQLiteStore(Store):
         params += [h.counter_key for h in debits]
         adds = [x for h in debits for x in (h.counter_key, h.amount, h.resets_at)]
 
-        def txn(c: sqlite3.Cursor) -> ReserveResult:
+        def txn(c: _Cursor) -> ReserveResult:
             used: dict[str, int] = {}
             approval_used = False
             for key, value in c.execute(check, params).fetchall():
@@ -733,7 +795,7 @@ class SQLiteStore(Store):
         rid = (reservation_id,)
         known = self._holds.pop(reservation_id, None)
 
-        def txn(c: sqlite3.Cursor) -> bool:
+        def txn(c: _Cursor) -> bool:
             if known is None:  # reserved by another process (or forgotten): read it back
                 found = c.execute("SELECT holds FROM reservations WHERE id = ?", rid).fetchall()
                 if not found:
@@ -758,7 +820,7 @@ class SQLiteStore(Store):
         return await self._write(txn)
 
     async def expire_leases(self, now: int) -> int:
-        def txn(c: sqlite3.Cursor) -> int:
+        def txn(c: _Cursor) -> int:
             rows = c.execute(
                 "SELECT id, token_id, created_at, meta FROM reservations WHERE lease_until < ?",
                 (now,),
@@ -806,7 +868,7 @@ class SQLiteStore(Store):
     # -- revocation -------------------------------------------------------------------------
 
     async def revoke(self, token_id: str, now: int) -> None:
-        def txn(c: sqlite3.Cursor) -> None:
+        def txn(c: _Cursor) -> None:
             c.execute(
                 "INSERT INTO revoked (token_id, revoked_at) VALUES (?, ?) "
                 "ON CONFLICT (token_id) DO NOTHING", (token_id, now),
@@ -825,7 +887,7 @@ class SQLiteStore(Store):
         minute = entry.time - entry.time % 60
         find = (entry.token_id, minute, minute + 60, entry.status)
 
-        def txn(c: sqlite3.Cursor) -> None:
+        def txn(c: _Cursor) -> None:
             if refusal and c.execute(_REFUSAL_ADD, find).rowcount == 1:
                 return
             _record(c, entry, row)
@@ -849,7 +911,7 @@ class SQLiteStore(Store):
         params = (chain.token_id, chain.chain_id, _compact(list(chain.caveats)),
                   chain.first_seen, chain.token_id, MAX_CHAINS)
 
-        def txn(c: sqlite3.Cursor) -> bool:
+        def txn(c: _Cursor) -> bool:
             return c.execute(_NOTE_CHAIN, params).rowcount == 1
 
         return await self._write(txn)
@@ -865,7 +927,7 @@ class SQLiteStore(Store):
         return [Chain(r[0], r[1], tuple(json.loads(r[2])), r[3]) for r in rows]
 
     async def prune_ledger(self, before: int) -> int:
-        def txn(c: sqlite3.Cursor) -> int:
+        def txn(c: _Cursor) -> int:
             return int(c.execute("DELETE FROM ledger WHERE time < ?", (before,)).rowcount)
 
         return await self._write(txn)
@@ -897,7 +959,7 @@ class SQLiteStore(Store):
     async def add_pending(self, pending: PendingApproval) -> None:
         p = pending
 
-        def txn(c: sqlite3.Cursor) -> None:
+        def txn(c: _Cursor) -> None:
             c.execute(
                 "INSERT INTO pending (id, token_id, digest, summary, created_at, expires_at, "
                 "status, approval, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -937,7 +999,7 @@ class SQLiteStore(Store):
         if status not in ("approved", "denied", "expired"):
             raise ValueError(f"cannot resolve an approval request to {status!r}")
 
-        def txn(c: sqlite3.Cursor) -> bool:
+        def txn(c: _Cursor) -> bool:
             cur = c.execute(
                 "UPDATE pending SET status = ?, approval = ? WHERE id = ? AND status = 'pending'",
                 (status, approval, approval_request_id),
