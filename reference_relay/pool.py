@@ -155,8 +155,10 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             raise _Stale
         self.response = response
-        self.parser = httptools.HttpResponseParser(self)
         transport.write(data)
+        # After the write: no answer can be read before the loop next turns, and the request
+        # is then on its way a parser's making sooner.
+        self.parser = httptools.HttpResponseParser(self)
 
     async def send(self, data: bytes, response: Response) -> None:
         """Write a whole request and wait until the transport has taken it."""
