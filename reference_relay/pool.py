@@ -63,11 +63,14 @@ class _Stale(UpstreamError):
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection; at most one exchange at a time."""
 
-    __slots__ = ("_drain", "_paused", "idle_since", "origin", "parser", "pool",
+    __slots__ = ("_drain", "_paused", "idle_since", "loop", "origin", "parser", "pool",
                  "reading_paused", "response", "reused", "transport")
 
     def __init__(self, pool: Pool, origin: Origin) -> None:
         self.pool, self.origin = pool, origin
+        # The loop it was made in (by create_connection), which alone runs its callbacks:
+        # asyncio.get_running_loop costs a getpid system call on each use (Python 3.11).
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser: Any = None
         self.response: Response | None = None
@@ -164,7 +167,7 @@ class _Connection(asyncio.Protocol):
         """Write a whole request and wait until the transport has taken it."""
         self.write(data, response)
         if self._paused:
-            self._drain = asyncio.get_running_loop().create_future()
+            self._drain = self.loop.create_future()
             try:
                 await self._drain
             except ConnectionResetError:
@@ -275,7 +278,7 @@ class Response:
     # -- read by the caller -----------------------------------------------------------------
 
     async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._conn.loop.create_future()
         try:
             await self._waiter
         finally:
@@ -371,7 +374,7 @@ class Pool:
         idle = self._idle.get(origin)
         if not idle:
             return None
-        now = asyncio.get_running_loop().time()
+        now = idle[-1].loop.time()
         while idle:
             conn = idle.pop()
             if conn.usable(now, self._expiry):
@@ -414,7 +417,7 @@ class Pool:
         conn.response = None
         conn.resume_reading()
         if reusable and conn.usable(0.0, float("inf")):
-            conn.idle_since = asyncio.get_running_loop().time()
+            conn.idle_since = conn.loop.time()
             conn.reused = True
             self._idle.setdefault(conn.origin, []).append(conn)
         else:
