@@ -77,6 +77,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 import time
 import zlib
 from collections import OrderedDict
@@ -109,7 +110,7 @@ from capwallet.store.redis_pipe import Endpoint, Pipe
 
 T = TypeVar("T")
 BUCKETS = 256
-COUNTER_MARGIN = 2 * 86400  # a counter outlives its period by this (late settles, the wallet)
+COUNTER_MARGIN = lua.COUNTER_MARGIN  # a counter outlives its period by this (late settles)
 PENDING_KEEP = 7 * 86400  # a pending approval record outlives its expiry by this
 MAX_EXACT = 2**53 - 1  # Lua numbers are doubles: larger amounts are refused before Lua
 SWEEP_BATCH = 500
@@ -380,7 +381,11 @@ class RedisStore(Store):
         its source. Redis Cluster, and a second event loop while the first still runs, send the
         script alone through redis-py."""
         pipe = self._pipe
-        if pipe is None or pipe.broken is not None or pipe.loop is not asyncio.get_running_loop():
+        # Is ``pipe`` this loop's? A thread runs one loop at a time, so it is if its loop runs
+        # in this thread: two C calls, where asyncio.get_running_loop makes a getpid system
+        # call (CPython 3.11 checks the loop's process on each use).
+        if (pipe is None or pipe.broken is not None or pipe.thread != threading.get_ident()
+                or not pipe.loop.is_running()):
             pipe = await self._open_pipe()
             if pipe is None:
                 return await script(self._r, keys, args)
@@ -437,8 +442,8 @@ class RedisStore(Store):
                 old[0] += amount
                 old[1] = min(old[1], limit)
                 old[2] = old[2] if old[2] >= 0 else resets
-        args: list[Any] = []
         order = list(holds)
+        records: list[list[Any]] = []  # the holds as the script reads and keeps them
         for key in order:
             amount, limit, resets = holds[key]
             if amount > MAX_EXACT:  # cannot fit any limit Lua can compare exactly
@@ -446,7 +451,7 @@ class RedisStore(Store):
                     return _REVOKED
                 return ReserveResult(False, failed_counter=key,
                                      used=(await self.counters([key]))[key])
-            args += [key, amount, min(limit, MAX_EXACT), resets]
+            records.append([key, amount, min(limit, MAX_EXACT), resets])
         m = r.meta
         expired_row = _row_tail([
             r.token_id, str(m.get("app", "")), str(m.get("provider", "")),
@@ -454,12 +459,10 @@ class RedisStore(Store):
             int(m.get("output_tokens", 0)), int(m.get("cost", 0)), str(m.get("currency", "")),
             "lease_expired", r.reservation_id, None, None, str(m.get("chain_id", "")),
         ])
-        keys = [tag + "r:" + r.reservation_id, tag + "leases", tag + "approvals",
-                tag + "revoked"]
+        keys = [tag + "leases"]
         argv = [r.reservation_id, _exact(r.lease_until, "lease_until"), r.approval_id or "",
-                tag, COUNTER_MARGIN,
-                _dumps_ascii([[k, *holds[k]] for k in order]),
-                r.token_id, _exact(r.created_at, "created_at"), expired_row, *args]
+                _dumps_ascii(records), r.token_id, _exact(r.created_at, "created_at"),
+                expired_row]
         retried = False
 
         def mark_retry() -> None:
@@ -528,10 +531,8 @@ class RedisStore(Store):
             if abs(v) > MAX_EXACT:
                 raise ValueError("charge too large")
             charges += [k, v]
-        keys = [tag + "r:" + reservation_id, tag + "leases", tag + "seq", tag + "rows",
-                tag + "log"]
-        argv = [reservation_id, tag, COUNTER_MARGIN, _exact(entry.time, "time"), row,
-                entry.token_id, *charges]
+        keys = [tag + "leases"]
+        argv = [reservation_id, _exact(entry.time, "time"), row, entry.token_id, *charges]
 
         async def op() -> Any:
             return await self._eval(self._settle, keys, argv)

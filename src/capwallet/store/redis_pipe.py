@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,6 +78,9 @@ class Pipe(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, endpoint: Endpoint) -> None:
         self.loop = loop
+        # The thread that runs ``loop`` (made on it): a running loop in this thread is this
+        # one, a test without asyncio.get_running_loop's getpid system call (RedisStore._eval).
+        self.thread = threading.get_ident()
         self.endpoint = endpoint
         self._transport: asyncio.Transport | None = None
         self._reader = hiredis.Reader(encoding="utf-8", replyError=_reply_error)

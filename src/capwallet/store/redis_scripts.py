@@ -7,11 +7,18 @@ found at run time (counter keys named in a reservation, per-token ledger indexes
 the ``tag`` argument, which is that same hash tag: Redis Cluster allows a script to touch
 undeclared keys as long as they hash to the declared keys' slot.
 
+The request path's scripts (reserve, settle) declare one key, the bucket's leases, and build
+the others from its tag, and take the counter margin written into their source: on Redis the
+client's CPU per call is the store's cost, and each argument is one more to pack and parse (24
++ 18 arguments per call before, 11 + 12 now).
+
 Numbers: Redis Lua numbers are doubles; counter arithmetic uses INCRBY (64-bit integers) and
 formats with ``%d``, and the Python side refuses amounts beyond 2**53 before they get here.
 """
 
 from __future__ import annotations
+
+COUNTER_MARGIN = 2 * 86400  # a counter outlives its period by this (late settles, the wallet)
 
 # Shared helper: add ``delta`` to counter ``key`` (never below 0) and give it an expiry of the
 # period end (or the server's now, if later) plus the margin, unless resets < 0 ("total").
@@ -51,60 +58,59 @@ local function append(tag, seq_key, rows_key, log_key, token, time, row)
 end
 """
 
-# KEYS: 1 reservation, 2 leases, 3 used approvals, 4 revoked (the token's bucket)
-# ARGV: 1 rid, 2 lease_until, 3 approval id or '', 4 tag, 5 margin, 6 holds JSON, 7 token id,
-#       8 created_at, 9 lease-expired ledger row tail, 10.. (counter key, amount, limit, resets)
+# The bucket's key tag, from the one key a request-path script declares (its tag + 'leases').
+_TAG = """
+local tag = string.sub(KEYS[1], 1, -7)
+"""
+
+# KEYS: 1 the bucket's leases (its tag + 'leases')
+# ARGV: 1 rid, 2 lease_until, 3 approval id or '', 4 holds JSON [[counter key, amount, limit,
+#       resets], ...], 5 token id, 6 created_at, 7 lease-expired ledger row tail
 # Returns {1} ok, {-1} duplicate id, {-2} the token is revoked,
 # {0, hold index (1-based) or 0, used, approval_used 0/1}.
 # The duplicate id first: a retried reserve whose first attempt landed must say so, even if
 # the token was revoked in between (that call then reserved before the revocation).
-RESERVE = _ADD + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {-1} end
-if redis.call('HEXISTS', KEYS[4], ARGV[7]) == 1 then return {-2} end
+RESERVE = _ADD + _TAG + f"""
+local rkey = tag .. 'r:' .. ARGV[1]
+if redis.call('EXISTS', rkey) == 1 then return {{-1}} end
+if redis.call('HEXISTS', tag .. 'revoked', ARGV[5]) == 1 then return {{-2}} end
 local approval = ARGV[3]
-if approval ~= '' and redis.call('SISMEMBER', KEYS[3], approval) == 1 then
-  return {0, 0, 0, 1}
+if approval ~= '' and redis.call('SISMEMBER', tag .. 'approvals', approval) == 1 then
+  return {{0, 0, 0, 1}}
 end
-local tag = ARGV[4]
-local n = (#ARGV - 9) / 4
-for i = 0, n - 1 do
-  local amount = tonumber(ARGV[11 + 4 * i])
-  if amount > 0 then
-    local used = tonumber(redis.call('GET', tag .. 'c:' .. ARGV[10 + 4 * i]) or '0')
-    if used + amount > tonumber(ARGV[12 + 4 * i]) then return {0, i + 1, used, 0} end
+local holds = cjson.decode(ARGV[4])
+for i, h in ipairs(holds) do
+  if h[2] > 0 then
+    local used = tonumber(redis.call('GET', tag .. 'c:' .. h[1]) or '0')
+    if used + h[2] > h[3] then return {{0, i, used, 0}} end
   end
 end
-local margin = tonumber(ARGV[5])
-for i = 0, n - 1 do
-  local amount = tonumber(ARGV[11 + 4 * i])
-  if amount > 0 then
-    add(tag .. 'c:' .. ARGV[10 + 4 * i], amount, tonumber(ARGV[13 + 4 * i]), margin)
-  end
+for _, h in ipairs(holds) do
+  if h[2] > 0 then add(tag .. 'c:' .. h[1], h[2], h[4], {COUNTER_MARGIN}) end
 end
-redis.call('HSET', KEYS[1], 'holds', ARGV[6], 'token', ARGV[7], 'created', ARGV[8],
-           'expired_row', ARGV[9])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-if approval ~= '' then redis.call('SADD', KEYS[3], approval) end
-return {1}
+redis.call('HSET', rkey, 'holds', ARGV[4], 'token', ARGV[5], 'created', ARGV[6],
+           'expired_row', ARGV[7])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if approval ~= '' then redis.call('SADD', tag .. 'approvals', approval) end
+return {{1}}
 """
 
-# KEYS: 1 reservation, 2 leases, 3 ledger seq, 4 ledger rows, 5 bucket ledger
-# ARGV: 1 rid, 2 tag, 3 margin, 4 time, 5 ledger row JSON, 6 token id, 7.. (key, amount)
+# KEYS: 1 the bucket's leases (its tag + 'leases')
+# ARGV: 1 rid, 2 time, 3 ledger row JSON, 4 token id, 5.. (counter key, amount)
 # Returns 1 if settled now, 0 if the reservation is unknown or already closed.
-SETTLE = _ADD + _APPEND + """
-local holds_json = redis.call('HGET', KEYS[1], 'holds')
+SETTLE = _ADD + _APPEND + _TAG + f"""
+local rkey = tag .. 'r:' .. ARGV[1]
+local holds_json = redis.call('HGET', rkey, 'holds')
 if not holds_json then return 0 end
-local tag = ARGV[2]
-local margin = tonumber(ARGV[3])
-local charge = {}
-for i = 7, #ARGV, 2 do charge[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local charge = {{}}
+for i = 5, #ARGV, 2 do charge[ARGV[i]] = tonumber(ARGV[i + 1]) end
 for _, h in ipairs(cjson.decode(holds_json)) do
   local delta = (charge[h[1]] or 0) - h[2]
-  if delta ~= 0 then add(tag .. 'c:' .. h[1], delta, h[4], margin) end
+  if delta ~= 0 then add(tag .. 'c:' .. h[1], delta, h[4], {COUNTER_MARGIN}) end
 end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-append(tag, KEYS[3], KEYS[4], KEYS[5], ARGV[6], ARGV[4], ARGV[5])
+redis.call('DEL', rkey)
+redis.call('ZREM', KEYS[1], ARGV[1])
+append(tag, tag .. 'seq', tag .. 'rows', tag .. 'log', ARGV[4], ARGV[2], ARGV[3])
 return 1
 """
 
