@@ -50,7 +50,9 @@ bench: $(STAMP)
 #    workers inherit the lru_caches the stats run filled and many mutants never execute;
 #  - the vector no-change check (generate.py --check) runs in a subprocess, which never sees a
 #    mutant: check survivors in src/capwallet against it by hand (mutmut apply NAME, then
-#    python test_vectors/generate.py --check; git checkout the file after).
+#    python test_vectors/generate.py --check; git checkout the file after). mutmut 3.8.1's apply
+#    writes the mutant over the FIRST def of that bare name in the file (verify.verify lands
+#    on Verifier.verify, Verifier.__init__ on VerifiedToken.__init__): read git diff after it.
 # Two limits keep one bad mutant from stalling or sinking the run:
 #  - time: mutmut gives each mutant's worker a CPU limit (RLIMIT_CPU) of
 #    2 x timeout_multiplier x (its tests' time in the clean run + timeout_constant) and a wall
