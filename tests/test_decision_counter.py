@@ -221,3 +221,15 @@ def test_named_counter_is_the_first_in_check_order_that_does_not_fit(
     assert d.counter is not None
     assert (d.counter.kind, d.counter.counter_key, d.counter.limit, d.counter.used,
             d.counter.needed) == (kind, key(c, p), limit, counters[key(c, p)], needed[kind])
+
+
+def test_a_clock_just_before_1970_still_checks_the_counters() -> None:
+    # A token issued at time 0 verifies at -30 (inside the clock allowance); that is minute
+    # -1, which must not be mistaken for "no minute computed yet": the rate is still checked.
+    token = mint(KEY, [RATE], now=0, token_id=TID).serialize()
+    verifier = Verifier(Keyring([KEY]))
+    d = verifier.verify(token, CALL, -30, {key(RATE, "1969-12-31T23:59"): 2})
+    assert d.reason is Reason.RATE_LIMITED
+    fits = verifier.verify(token, CALL, -30, {})
+    assert fits.allowed and [x.counter_key for x in fits.debits] == [
+        key(RATE, "1969-12-31T23:59")]

@@ -164,7 +164,10 @@ class VerifiedToken:
         self.key_id = key_id
         self.chain_id = chain_id
         self.caveats = caveats
-        self._minute = -1
+        # None, not a minute number: any number (such as -1) is also a real minute, one
+        # whose counters would then be skipped (a clock 1-60 s before 1970 with a token
+        # issued at 0, inside the clock allowance, read as "no counters").
+        self._minute: int | None = None
         self._windows: tuple[tuple[CounterLimit, str, int | None], ...] = ()
         # Whether any caveat limits the request's shape (origin, provider, model, operation,
         # scopes, zero retention, input or output size): decided once per token, so that
