@@ -346,7 +346,13 @@ class _StreamPump:
     It sends from its own task, through the app's ASGI ``send`` that the response hands it
     (``answer``): the head goes out as soon as the provider's has arrived, and each piece as
     soon as it is metered, with no queue and no task switch between the provider and the app
-    (each was a turn of the event loop before the app's first byte). The response's task only
+    (each was a turn of the event loop before the app's first byte); the server's send_now
+    (reference_relay.coalesce) puts each on the wire in the same step, not at the end of the
+    loop's iteration. The request itself was sent by the handler that reserved the call
+    (Call._started), so nothing waits for this task to start either. On the way to the app's
+    first byte the relay then wakes twice, for the app's request and for the provider's head,
+    and turns the loop once more only in the store (the SQLite store's group commit lets the
+    reservation wait one turn for company). The response's task only
     waits, and listens for the app's disconnect. A slow app slows the pump (a send waits for
     the connection to drain), never what is metered: every byte read is metered before it is
     sent, and after a disconnect the pump reads and meters to the end without sending.
