@@ -361,6 +361,24 @@ async def test_append_ledger_writes_one_row_and_charges_nothing(store: Store) ->
     assert await store.counters(["b"]) == {"b": 10}
 
 
+async def test_a_revoked_tokens_refusals_are_written(store: Store) -> None:
+    """The rows a user reads to see that a revocation holds: append_ledger writes a revoked
+    token's refusal (and compacts the next of the same minute into it) as any other."""
+    await store.revoke("t1", NOW)
+    refusal = dataclasses.replace(entry(status="denied:revoked", time=NOW + 1), input_tokens=0,
+                                  output_tokens=0)
+    await store.append_ledger(refusal)
+    await store.append_ledger(dataclasses.replace(refusal, time=NOW + 2))
+    rows = await store.ledger(token_ids=["t1"])
+    assert [(e.status, e.count, e.reservation_id) for e in rows] == [("denied:revoked", 2, None)]
+
+
+def test_every_store_writes_refusal_rows_itself() -> None:
+    """append_ledger has no default built on reserve and release (which would drop a revoked
+    token's refusals and name a reservation the call never had): a backend must write them."""
+    assert "append_ledger" in Store.__abstractmethods__
+
+
 async def test_concurrent_appends_and_settles_all_land(store: Store) -> None:
     rs = [res(Hold("b", 5, 1000), token="t1") for _ in range(10)]
     assert all(r.ok for r in await asyncio.gather(*(store.reserve(r) for r in rs)))

@@ -54,7 +54,6 @@ Semantics every backend implements (and tests/store_suite.py checks for each):
 from __future__ import annotations
 
 import abc
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -241,16 +240,15 @@ class Store(abc.ABC):
     ) -> list[LedgerEntry]:
         """Newest first."""
 
+    @abc.abstractmethod
     async def append_ledger(self, entry: LedgerEntry) -> None:
-        """Append one ledger row that belongs to no reservation (a refused call, cost 0).
+        """Append one ledger row that belongs to no reservation (a refused call, cost 0),
+        compacted with an earlier refusal of the same token, status and minute (see the
+        module docstring), in one write. A revoked token's refusals are written too: they are
+        what the user reads to see that the revocation holds.
 
-        This default writes it through an empty reservation closed at once (two writes, and
-        the row names that reservation; a revoked token's row is not written, as reserve
-        refuses it); backends override it with one write."""
-        rid = secrets.token_hex(16)
-        await self.reserve(Reservation(rid, entry.token_id, (), entry.time + 60,
-                                       created_at=entry.time))
-        await self.release(rid, entry)
+        No default: one built on reserve and release would drop exactly those rows (reserve
+        refuses a revoked token), name a reservation the call never had, and take two writes."""
 
     @abc.abstractmethod
     async def usage(self, *, since_day: int | None = None,
