@@ -16,6 +16,13 @@ Redis/SQLite ratio of the new path (issue 17: at most 1.3x at concurrency 20).
 CPU us per call is this process's CPU time (every thread: SQLite's worker and checkpoints
 included) over the calls; for Redis the server's CPU per call (from /proc) is shown apart.
 Reservations and ledger entries are built before the clock starts: only store work is timed.
+
+Redis at concurrency 1 is bimodal on a small VM: each call waits twice for Redis, and where
+redis-server runs on the client's CPU it answers without the client sleeping, while on the
+other CPU every wait is a sleep and a cross-CPU wake-up. Measured on the 2-vCPU machine of
+issue 17 (client CPU per call, taskset): 68-76 us on one CPU, 132-150 us on two; an unpinned
+run falls on either side, so compare c=1 Redis figures only within the same mode (the range
+column shows a run that switched). SQLite never waits.
 Each call has two holds (a budget and a rate counter), as a token with both caveats does.
 """
 
