@@ -25,10 +25,10 @@ Nothing here returns a traceback, a provider key or a token: errors are JSON wit
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
@@ -417,6 +417,8 @@ class Relay:
         self.upstream = Upstream(config)
         self.redactor = REDACTOR
         self.tasks: set[asyncio.Task[Any]] = set()
+        # (loop, thread id) of the last loop found running (see running_loop)
+        self._owner: tuple[asyncio.AbstractEventLoop, int] | None = None
         self.sweeper: asyncio.Task[None] | None = None
         self.chains = ChainNotes(self.store, self.spawn)
         self.cost_plans = CostPlans(self.converter)
@@ -433,7 +435,7 @@ class Relay:
         """Start the lease sweeper (idempotent; also done lazily on the first request, so a
         relay mounted inside another app, whose lifespan does not reach it, still sweeps)."""
         if self.sweeper is None or self.sweeper.done():
-            self.sweeper = asyncio.get_running_loop().create_task(self._sweep())
+            self.sweeper = self.running_loop().create_task(self._sweep())
 
     async def aclose(self, grace: float = 30.0) -> None:
         """Stop sweeping, let in-flight calls settle (up to ``grace`` seconds), close pools."""
@@ -471,8 +473,19 @@ class Relay:
                 log.error("lease sweep failed: %s", exc)
             await asyncio.sleep(self.config.sweep_interval)
 
+    def running_loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, found without asyncio.get_running_loop (a getpid system call on
+        each use, three per call) when it is the loop this thread ran last: a thread runs one
+        loop at a time, so if that one still runs, it is the one running this code."""
+        owner = self._owner
+        if owner is not None and owner[1] == threading.get_ident() and owner[0].is_running():
+            return owner[0]
+        loop = asyncio.get_running_loop()
+        self._owner = (loop, threading.get_ident())
+        return loop
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = self.running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self._done)
         return task
@@ -691,7 +704,8 @@ class Relay:
             self.chains.note(v, now)  # once per chain: which sub-task token made the call
             call = Call(
                 store=self.store, upstream=self.upstream, converter=self.converter,
-                spawn=self.spawn, endpoint=ep, provider=provider, model=model, prepared=p,
+                spawn=self.spawn, loop=self.running_loop(), endpoint=ep, provider=provider,
+                model=model, prepared=p,
                 token_id=tid, app=app_name, debits=d.debits,
                 reservation_id=reservation.reservation_id, worst_raw=worst,
                 ledger_currency=ledger_currency, key=key, started=started,
@@ -816,8 +830,7 @@ class Relay:
             return None
         note = (f"requested={prepared.output_tokens}; applied={clamped.output_tokens}; "
                 f"reason=budget ({format_micros(left, c.unit)} left)")
-        return dataclasses.replace(clamped, headers=((OUTPUT_CAP_HEADER, note),),
-                                   output_clamped=True)
+        return clamped._replace(headers=((OUTPUT_CAP_HEADER, note),), output_clamped=True)
 
     def reserve_error(self, decision: Decision, limits: EffectiveLimits, failed: str | None,
                       used: int, approval_used: bool, rates: list[str], now: int) -> RelayError:

@@ -19,7 +19,8 @@ a stream is settled before its last bytes reach the app. Either way the reservat
 worst case until the settlement lands, so the order cannot cause an overspend.
 
 Ledger statuses: ok, usage_missing (answered, charged the worst case), upstream_error,
-client_disconnected, and lease_expired / denied:<reason> (written elsewhere).
+client_disconnected (the app hung up before its answer, streamed or not, was all sent; charged
+as the answer's usage says), and lease_expired / denied:<reason> (written elsewhere).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Call:
     upstream: Upstream
     converter: Converter
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
+    loop: asyncio.AbstractEventLoop  # the running one (Relay.running_loop)
     endpoint: Endpoint
     provider: ProviderConfig
     model: ModelConfig
@@ -225,7 +227,7 @@ class Call:
         # The exchange and its settlement run in a task of their own, which a disconnecting
         # app cannot cancel: the handler awaits only the future the task fills in (cancelling
         # the handler cancels that future, which tells the task to settle without sending).
-        answer: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[Response] = self.loop.create_future()
         self.spawn(self._plain(answer, started))
         return await answer
 
@@ -244,13 +246,15 @@ class Call:
             if not answer.done():
                 answer.set_result(response)
             return
-        try:
-            if not answer.done():  # else the handler went away: settle without sending
-                answer.set_result(response)
-                await response.sent  # set however the send ends
-            await response.settlement
-        finally:
-            response.settlement.close()  # never started (this task cancelled): no warning
+        if not answer.done():
+            answer.set_result(response)
+            await response.sent  # set however the send ends
+        else:  # the handler went away: settle without sending
+            response.gone = True
+        usage = response.usage
+        status = ("client_disconnected" if response.gone else
+                  "usage_missing" if usage is None else "ok")
+        await self.settle(usage, usage is not None, status, response.answer)
 
     async def _exchange(self, started: Started | None) -> Response:
         flavor = self.endpoint.errors
@@ -283,16 +287,12 @@ class Call:
             return error_response(RelayError(
                 UPSTREAM_ERROR, f"provider {self.provider.id!r} sent an answer that is not "
                 "valid JSON; it was charged at the reserved worst case"), flavor)
-        if usage is None:
-            settlement = self.settle(None, False, "usage_missing", body)
-        else:
-            settlement = self.settle(usage, True, "ok", body)
         head = _passed_headers(resp)
         if self.response_headers:
             head += self._own_headers()
         head.append((b"content-length", b"%d" % len(body)))
         head.append(_JSON_TYPE)
-        return _SettleAfterSend(body, resp.status, head, settlement)
+        return _SettleAfterSend(body, resp.status, head, usage, self.loop)
 
     def _own_headers(self) -> list[tuple[bytes, bytes]]:
         """The relay's own response headers (a lowered output cap, the exchange rate used)."""
@@ -307,27 +307,39 @@ class Call:
         return _RelayStream(pump)
 
 
+def _client_gone(receive: Receive) -> bool:
+    """Whether the app has hung up, as far as the server shows it without waiting: uvicorn
+    (which serves the relay and the wallet) marks its request cycle ``disconnected`` when the
+    connection is lost, and ``receive`` is that cycle's bound method unless a middleware
+    wrapped it. Elsewhere False: the answer was sent, and whether it arrived is not known
+    (asking ``receive`` would wait, and a listener task per call costs more than it tells)."""
+    return getattr(getattr(receive, "__self__", None), "disconnected", False) is True
+
+
 class _SettleAfterSend(Response):
     """A non-streamed answer whose settlement is written right after it is sent (or fails to
     be), keeping the ledger write off the app's latency. Until then the reservation still holds
     the worst case, so nothing can be overspent in between.
 
     The settlement runs in the call's own task (Call._plain), not in the handler that sends:
-    ``sent`` tells that task the send is over. The handler does not wait for it: the task is
-    one of the relay's (Relay.aclose waits for them on shutdown), so nothing the app does can
-    cancel it, and one task per call does what a task and a shield for the exchange and
-    another pair for the settlement did."""
+    ``sent`` tells that task the send is over, and ``gone`` whether the app had hung up by
+    then (the ledger says client_disconnected, as for a stream the app left: the answer was
+    produced and is charged, but the app did not get it). The handler does not wait for the
+    settlement: the task is one of the relay's (Relay.aclose waits for them on shutdown), so
+    nothing the app does can cancel it, and one task per call does what a task and a shield
+    for the exchange and another pair for the settlement did."""
 
     def __init__(self, body: bytes, status: int, raw_headers: list[tuple[bytes, bytes]],
-                 settlement: Coroutine[Any, Any, None]) -> None:
+                 usage: Usage | None, loop: asyncio.AbstractEventLoop) -> None:
         # Not Response.__init__: the head comes whole, as the ASGI header list it is sent as
         # (content length and type included), built by Call._exchange from bytes it has.
-        self.body = body
+        self.body = self.answer = body  # answer: typed as bytes (Response.body may be a view)
         self.status_code = status
         self.background = None
         self.raw_headers = raw_headers
-        self.settlement = settlement
-        self.sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.usage = usage  # the answer's usage (None: it reported none)
+        self.gone = False
+        self.sent: asyncio.Future[None] = loop.create_future()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -335,6 +347,7 @@ class _SettleAfterSend(Response):
                         "headers": self.raw_headers})
             await send({"type": "http.response.body", "body": self.body})
         finally:
+            self.gone = _client_gone(receive)
             if not self.sent.done():
                 self.sent.set_result(None)
 
@@ -361,7 +374,7 @@ class _StreamPump:
     def __init__(self, call: Call, started: Started | None) -> None:
         self.call = call
         self.started = started  # the request, perhaps sent already (Call._started)
-        self._loop = asyncio.get_running_loop()
+        self._loop = call.loop
         # The provider's verdict once its status is in: None (the stream follows, sent by the
         # pump) or the error, with a body to pass through, that the response sends instead.
         self.ready: asyncio.Future[tuple[RelayError, bytes | None] | None] = (
@@ -566,7 +579,7 @@ class _RelayStream(Response):
 
         # Listening starts at once, before the provider's verdict: an app that hangs up while
         # the provider thinks is gone when the stream comes, and the ledger says so.
-        listener = asyncio.get_running_loop().create_task(listen())
+        listener = pump._loop.create_task(listen())
         try:
             outcome = await pump.answer(send, scope.get(SEND_NOW_SCOPE_KEY))
             if outcome is not None:

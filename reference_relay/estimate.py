@@ -66,8 +66,7 @@ than refused, since frameworks send large default caps the app never chose.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from reference_relay.body import has_key
 from reference_relay.errors import INVALID_REQUEST, UNBOUNDED_REQUEST, RelayError
@@ -104,8 +103,9 @@ def unbounded(message: str) -> RelayError:
                                                    "so the relay cannot reserve it)")
 
 
-@dataclass(frozen=True, slots=True)
-class InputEstimate:
+class InputEstimate(NamedTuple):
+    # InputEstimate, OutputBound and ToolBound are NamedTuples, as routes.Prepared: built
+    # on every call, and a frozen dataclass sets each field through object.__setattr__.
     tokens: int
     images: int = 0
     cache_write: bool = False  # Anthropic prompt caching asked for: input may cost more
@@ -300,8 +300,7 @@ def choices(body: Mapping[str, Any]) -> int:
     return n
 
 
-@dataclass(frozen=True, slots=True)
-class OutputBound:
+class OutputBound(NamedTuple):
     total: int  # worst-case output tokens of the whole request (all choices)
     inject: int | None  # per-choice cap to set in the body (none given, or lowered)
     clamped: int | None = None  # the app's own per-choice cap, when ``inject`` lowered it
@@ -395,8 +394,7 @@ def _responses_parts(content: Any, where: str) -> tuple[int, int]:
     return images, payload
 
 
-@dataclass(frozen=True, slots=True)
-class ToolBound:
+class ToolBound(NamedTuple):
     calls: int  # most built-in tool calls (max_tool_calls), 0 without priced tools
     inject_calls: bool  # the relay sets max_tool_calls (the app gave none)
     fee: int  # raw cost of one call (prices.Price raw units), the dearest declared tool

@@ -97,13 +97,34 @@ def test_stream_client_gone_near_the_end_is_recorded_as_gone(relay: Relay) -> No
         "client_disconnected", 10, 16, 5_800_000)
 
 
-def test_non_stream_client_disconnect_is_still_metered(relay: Relay) -> None:
+@pytest.mark.parametrize("client", ["httpx", "openai"])
+def test_non_stream_client_disconnect_is_still_metered(relay: Relay, client: str) -> None:
+    # The app gives up while the provider thinks: the relay still reads the answer, charges
+    # its reported usage, and the ledger says the app left before the answer was sent (as
+    # for a stream), not ok: it was charged for an answer it never got.
     tok = relay.mint(cav.Budget(1000, "USD", "month"))
     body = {"model": "fault-delay:1500", "messages": HELLO, "max_tokens": 32}
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(relay.url + "/v1/chat/completions", json=body,
-                   headers={"authorization": "Bearer " + tok},
-                   timeout=httpx.Timeout(10, read=0.3))
+    if client == "httpx":
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(relay.url + "/v1/chat/completions", json=body,
+                       headers={"authorization": "Bearer " + tok},
+                       timeout=httpx.Timeout(10, read=0.3))
+    else:
+        with pytest.raises(openai.APITimeoutError):
+            relay.openai(tok, timeout=0.3).chat.completions.create(
+                model="fault-delay:1500", messages=HELLO, max_tokens=32)  # type: ignore[arg-type]
+    [row] = relay.wait_ledger(tok, 1)
+    assert (row.status, row.input_tokens, row.output_tokens, row.cost) == (
+        "client_disconnected", 10, 16, 5_800_000)
+    assert budget_used(relay, tok) == 5_800_000
+
+
+def test_non_stream_answer_the_app_got_is_ok(relay: Relay) -> None:
+    # The same slow answer, waited for: ok (the disconnect test above is not always true).
+    tok = relay.mint(cav.Budget(1000, "USD", "month"))
+    got = relay.openai(tok, timeout=30).chat.completions.create(
+        model="fault-delay:1500", messages=HELLO, max_tokens=32)  # type: ignore[arg-type]
+    assert got.usage is not None and got.usage.completion_tokens == 16
     [row] = relay.wait_ledger(tok, 1)
     assert (row.status, row.cost) == ("ok", 5_800_000)
 
