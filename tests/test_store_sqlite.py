@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -568,3 +569,31 @@ def test_a_store_file_from_before_chains_opens_and_keeps_its_rows(tmp_path: Path
         finally:
             await again.close()
     asyncio.run(run())
+
+
+async def test_the_commit_that_starts_the_wal_over_runs_off_the_loop(tmp_path: Path) -> None:
+    # After a checkpoint the next commit writes the WAL's first frame again, and SQLite syncs
+    # the new WAL header then (an fdatasync): that commit belongs on the worker, like the
+    # checkpoint, not on the event loop's thread.
+    from capwallet.store.sqlite import CHECKPOINT_EVERY
+    store = SQLiteStore(tmp_path / "r.db")
+    loop_thread = threading.get_ident()
+    commits: list[bool] = []  # per COMMIT: whether it ran on the loop's thread
+
+    def seen(sql: str) -> None:
+        if sql == "COMMIT":
+            commits.append(threading.get_ident() == loop_thread)
+
+    try:
+        assert store._fast is not None
+        store._fast.set_trace_callback(seen)
+        store._writer.set_trace_callback(seen)
+        for _ in range(2 * CHECKPOINT_EVERY + 2):  # one write per batch: one commit each
+            assert (await store.reserve(_reservation(Hold("b", 1, 10**9)))).ok
+        # Commits 1..CHECKPOINT_EVERY on the loop, then the checkpoint (on the worker), then
+        # the commit that starts the WAL over: on the worker, and the next ones on the loop.
+        off_loop = [i for i, on_loop in enumerate(commits, 1) if not on_loop]
+        assert off_loop == [CHECKPOINT_EVERY + 1, 2 * CHECKPOINT_EVERY + 1]
+        assert await store.counters(["b"]) == {"b": 2 * CHECKPOINT_EVERY + 2}
+    finally:
+        await store.close()
