@@ -54,10 +54,13 @@ Semantics every backend implements (and tests/store_suite.py checks for each):
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
+
+_C = TypeVar("_C", bound=type)
 
 
 class StoreUnavailable(RuntimeError):
@@ -99,6 +102,35 @@ class ReserveResult:
     revoked: bool = False  # the reservation's token is revoked (nothing else was checked)
 
 
+def _slot_init(cls: _C) -> _C:
+    """Give a frozen, slotted dataclass an ``__init__`` that sets each field through its
+    slot's descriptor: same signature, defaults and result as the generated one.
+
+    Why: the generated ``__init__`` of a frozen dataclass sets each field with
+    ``object.__setattr__`` (a lookup of the name on the type per field); LedgerEntry has 17
+    and the relay builds one per call: 2.3 us against 1.4 us this way (timeit). The class
+    stays a frozen dataclass (``dataclasses.replace`` builds through this ``__init__``)."""
+    params: list[str] = []
+    body: list[str] = []
+    names: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING or not f.init:
+            raise TypeError(f"{cls.__name__}.{f.name}: only plain defaults are supported")
+        if f.default is dataclasses.MISSING:
+            params.append(f.name)
+        else:
+            names[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+        names[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
+        body.append(f"    _set_{f.name}(self, {f.name})\n")
+    exec(f"def __init__(self, {', '.join(params)}):\n" + "".join(body), names)  # noqa: S102
+    init = names["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    type.__setattr__(cls, "__init__", init)
+    return cls
+
+
+@_slot_init
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
     """One row per call. ``cost`` is integer microunits (millionths of a minor unit) of

@@ -63,7 +63,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from capwallet.store.base import (
@@ -466,8 +466,9 @@ def _record(c: _Cursor, entry: LedgerEntry, row: tuple[Any, ...]) -> None:
 
 def _merge_holds(holds: Sequence[Hold]) -> Sequence[Hold]:
     """One hold per counter key (amounts add, the smallest limit wins)."""
-    if len({h.counter_key for h in holds}) == len(holds):
-        return holds  # the usual case: nothing to merge
+    n = len(holds)
+    if n < 2 or (n == 2 and holds[0][0] != holds[1][0]) or len({h[0] for h in holds}) == n:
+        return holds  # the usual case (a budget and a rate counter): nothing to merge
     merged: dict[str, Hold] = {}
     for h in holds:
         old = merged.get(h.counter_key)
@@ -556,8 +557,12 @@ class SQLiteStore(Store):
         """Queue ``op`` for the next batch and wait for its outcome (after the COMMIT)."""
         if self._closed:
             raise StoreUnavailable("store is closed")
-        loop = self._running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        owner = self._owner  # _running_loop, inline: twice per relayed call
+        if owner is not None and owner[1] == threading.get_ident() and owner[0].is_running():
+            loop = owner[0]
+        else:
+            loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
         with self._claim:
             if self._active and self._loop is not loop:
                 if self._loop is not None and not self._loop.is_closed():
@@ -570,7 +575,7 @@ class SQLiteStore(Store):
                 self._active = True
                 self._loop, self._owner = loop, (loop, threading.get_ident())
         if not lead:
-            return cast(T, await future)
+            return await future
         # The first write of this iteration leads the batch: it lets the loop run the other
         # callers of this iteration once (they queue theirs), then runs the batch itself, and
         # usually has its outcome without being woken again.
@@ -581,7 +586,7 @@ class SQLiteStore(Store):
             loop.call_soon(self._flush)
             raise
         self._flush()
-        return cast(T, future.result() if future.done() else await future)
+        return future.result() if future.done() else await future
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         """The running loop, found without asyncio.get_running_loop (a getpid system call on
@@ -747,18 +752,22 @@ class SQLiteStore(Store):
         r = reservation
         holds = _merge_holds(r.holds)
         debits = [h for h in holds if h.amount > 0]
+        meta = r.meta
+        # A Hold is a tuple (counter_key, amount, limit, resets_at): JSON writes it as the
+        # array the row stores, with no list built per hold; a plain dict needs no copy.
         row = (
-            r.reservation_id, r.token_id,
-            _compact([[h.counter_key, h.amount, h.limit, h.resets_at] for h in holds]),
+            r.reservation_id, r.token_id, _compact(holds),
             r.lease_until, r.approval_id, r.created_at,
-            _compact(dict(r.meta)),
+            _compact(meta if type(meta) is dict else dict(meta)),
         )
         approval = r.approval_id is not None
         # Revocation, the approval and the counters: one statement.
         check = _reserve_read_sql(len(debits), approval)
         params: list[Any] = [r.token_id, r.approval_id] if approval else [r.token_id]
-        params += [h.counter_key for h in debits]
-        adds = [x for h in debits for x in (h.counter_key, h.amount, h.resets_at)]
+        adds: list[Any] = []
+        for h in debits:
+            params.append(h.counter_key)
+            adds += (h.counter_key, h.amount, h.resets_at)
 
         def txn(c: _Cursor) -> ReserveResult:
             used: dict[str, int] = {}
@@ -807,15 +816,15 @@ class SQLiteStore(Store):
                 found = c.execute("SELECT holds FROM reservations WHERE id = ?", rid).fetchall()
                 if not found:
                     return False
-                holds = [(k, a, z) for k, a, _limit, z in json.loads(found[0][0])]
+                holds = json.loads(found[0][0])
             else:
-                holds = [(h.counter_key, h.amount, h.resets_at) for h in known]
+                holds = known
             # The DELETE decides: a reservation already closed (settled, released, or expired
             # by any process) deletes nothing and changes nothing.
             if c.execute("DELETE FROM reservations WHERE id = ?", rid).rowcount != 1:
                 return False
             adds: list[Any] = []
-            for key, amount, resets_at in holds:
+            for key, amount, _limit, resets_at in holds:  # a Hold, or its stored array
                 delta = int(charges.get(key, 0)) - int(amount)
                 if delta:
                     adds += (key, delta, resets_at)
