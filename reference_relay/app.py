@@ -28,7 +28,6 @@ import asyncio
 import logging
 import re
 import secrets
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
@@ -46,6 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from capwallet.approval import Kind, request_digest
 from capwallet.keys import Keyring, RootKey
 from capwallet.limits import CounterLimit, EffectiveLimits
+from capwallet.loops import running_loop
 from capwallet.money import EXPONENTS, format_micros
 from capwallet.periods import period_key
 from capwallet.reasons import Reason, TokenError
@@ -417,8 +417,6 @@ class Relay:
         self.upstream = Upstream(config)
         self.redactor = REDACTOR
         self.tasks: set[asyncio.Task[Any]] = set()
-        # (loop, thread id) of the last loop found running (see running_loop)
-        self._owner: tuple[asyncio.AbstractEventLoop, int] | None = None
         self.sweeper: asyncio.Task[None] | None = None
         self.chains = ChainNotes(self.store, self.spawn)
         self.cost_plans = CostPlans(self.converter)
@@ -435,7 +433,7 @@ class Relay:
         """Start the lease sweeper (idempotent; also done lazily on the first request, so a
         relay mounted inside another app, whose lifespan does not reach it, still sweeps)."""
         if self.sweeper is None or self.sweeper.done():
-            self.sweeper = self.running_loop().create_task(self._sweep())
+            self.sweeper = running_loop().create_task(self._sweep())
 
     async def aclose(self, grace: float = 30.0) -> None:
         """Stop sweeping, let in-flight calls settle (up to ``grace`` seconds), close pools."""
@@ -473,19 +471,8 @@ class Relay:
                 log.error("lease sweep failed: %s", exc)
             await asyncio.sleep(self.config.sweep_interval)
 
-    def running_loop(self) -> asyncio.AbstractEventLoop:
-        """The running loop, found without asyncio.get_running_loop (a getpid system call on
-        each use, three per call) when it is the loop this thread ran last: a thread runs one
-        loop at a time, so if that one still runs, it is the one running this code."""
-        owner = self._owner
-        if owner is not None and owner[1] == threading.get_ident() and owner[0].is_running():
-            return owner[0]
-        loop = asyncio.get_running_loop()
-        self._owner = (loop, threading.get_ident())
-        return loop
-
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = self.running_loop().create_task(coro)
+        task = running_loop().create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self._done)
         return task
@@ -704,7 +691,7 @@ class Relay:
             self.chains.note(v, now)  # once per chain: which sub-task token made the call
             call = Call(
                 store=self.store, upstream=self.upstream, converter=self.converter,
-                spawn=self.spawn, loop=self.running_loop(), endpoint=ep, provider=provider,
+                spawn=self.spawn, loop=running_loop(), endpoint=ep, provider=provider,
                 model=model, prepared=p,
                 token_id=tid, app=app_name, debits=d.debits,
                 reservation_id=reservation.reservation_id, worst_raw=worst,

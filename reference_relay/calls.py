@@ -75,7 +75,7 @@ class Call:
     upstream: Upstream
     converter: Converter
     spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]]
-    loop: asyncio.AbstractEventLoop  # the running one (Relay.running_loop)
+    loop: asyncio.AbstractEventLoop  # the running one (capwallet.loops.running_loop)
     endpoint: Endpoint
     provider: ProviderConfig
     model: ModelConfig

@@ -66,6 +66,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from capwallet.loops import running_loop
 from capwallet.store.base import (
     MAX_CHAINS,
     Chain,
@@ -557,11 +558,7 @@ class SQLiteStore(Store):
         """Queue ``op`` for the next batch and wait for its outcome (after the COMMIT)."""
         if self._closed:
             raise StoreUnavailable("store is closed")
-        owner = self._owner  # _running_loop, inline: twice per relayed call
-        if owner is not None and owner[1] == threading.get_ident() and owner[0].is_running():
-            loop = owner[0]
-        else:
-            loop = asyncio.get_running_loop()
+        loop = running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._claim:
             if self._active and self._loop is not loop:
@@ -587,11 +584,6 @@ class SQLiteStore(Store):
             raise
         self._flush()
         return future.result() if future.done() else await future
-
-    def _running_loop(self) -> asyncio.AbstractEventLoop:
-        """The running loop, found without asyncio.get_running_loop (a getpid system call on
-        each use) when it is the store's own."""
-        return self._own_loop() or asyncio.get_running_loop()
 
     def _own_loop(self) -> asyncio.AbstractEventLoop | None:
         """The loop that runs the batches if this code runs inside it (so between two)."""
