@@ -82,6 +82,7 @@ from reference_relay.errors import (
     error_response,
 )
 from reference_relay.estimate import InputEstimate
+from reference_relay.ids import new_id
 from reference_relay.prices import Converter, Price
 from reference_relay.routes import OUTPUT_CAP_HEADER, Endpoint, Prepared
 from reference_relay.routes.anthropic import CountTokens, Messages
@@ -236,6 +237,7 @@ _CORS_EXPOSE = (b"x-capwallet-reason, x-capwallet-approval-request, x-capwallet-
 
 
 _new = tuple.__new__  # a NamedTuple from all its fields, in order (see judge in Relay.handle)
+_ABSENT: Any = object()  # a key the body does not have (None is a value it can have)
 
 _WANTED = frozenset((b"authorization", b"x-api-key", b"content-length", b"anthropic-version",
                      b"anthropic-beta", APPROVAL_HEADER.encode(), CLAMP_HEADER.encode(),
@@ -420,6 +422,7 @@ class Relay:
         self.sweeper: asyncio.Task[None] | None = None
         self.chains = ChainNotes(self.store, self.spawn)
         self.cost_plans = CostPlans(self.converter)
+        self._keys_checked: dict[str, str] = {}  # provider id -> the key forwarding() passed
         self._routes: dict[tuple[str, str, frozenset[str] | None],
                            tuple[ProviderConfig, ModelConfig]] = {}
         self.index: dict[str, list[tuple[ProviderConfig, ModelConfig]]] = {}
@@ -602,7 +605,9 @@ class Relay:
 
     async def handle(self, scope: Scope, receive: Receive, ep: Endpoint,
                      started: float) -> Response:
-        headers = _wanted_headers(scope)
+        headers: dict[str, str] | None = scope.get(HEADERS_SCOPE_KEY)
+        if headers is None:
+            headers = _wanted_headers(scope)
         token = self.token(headers)
         # The token is judged before the body: a bad, revoked or expired token gets its own
         # 401 whatever the body holds (a broken body behind a dead token is not the news).
@@ -635,7 +640,9 @@ class Relay:
         raw = await self.body(headers, receive)
         try:
             body = parse_body(raw)  # duplicate keys, non-UTF-8, NaN: refused (reference_relay.body)
-            model_id = body.get("model", getattr(ep, "default_model", None))
+            model_id = body.get("model", _ABSENT)
+            if model_id is _ABSENT:
+                model_id = getattr(ep, "default_model", None)
             if not isinstance(model_id, str) or not model_id:
                 raise RelayError(INVALID_REQUEST, "the request must name a 'model'")
             provider, model = self.route(model_id, ep, limits)
@@ -663,28 +670,34 @@ class Relay:
                 provider.zero_retention, approval, digest, origin)), now, counters or {}, keys)
 
         app_name = limits.apps[0] if limits.apps else ""
+        lease = self.config.lease_seconds(provider)
 
         async def forward(d: Decision, p: Prepared, worst: int, costs: dict[str, int],
                           rates: list[str], key: str, fwd: dict[str, str]
                           ) -> Response | ReserveResult:
             """Reserve the worst case and make the call; the store's refusal if it refuses."""
-            budgets = [x for x in d.debits if x.kind == "budget"]
-            ledger_currency = budgets[0].unit if budgets else price.currency
+            debits = d.debits
+            # The ledger counts in the first budget's currency (the price's without one).
+            ledger_currency = price.currency
+            for x in debits:
+                if x.kind == "budget":
+                    ledger_currency = x.unit
+                    break
             worst_ledger = costs.get(ledger_currency)
             if worst_ledger is None:
                 got = self.converter.micros(price, worst, ledger_currency)
                 worst_ledger = got[0] if got else 0
-            reservation = Reservation(
-                reservation_id=secrets.token_hex(16), token_id=tid,
-                holds=tuple(Hold(x.counter_key, x.amount, x.limit, x.resets_at)
-                            for x in d.debits),
-                lease_until=now + self.config.lease_seconds(provider),
-                approval_id=d.approval_id, created_at=now,
-                meta={"app": app_name, "provider": provider.id, "model": model.id,
-                      "operation": ep.operation, "input_tokens": p.input.tokens,
-                      "output_tokens": p.output_tokens, "cost": worst_ledger,
-                      "currency": ledger_currency, "chain_id": v.chain_id},
-            )
+            # Hold and Reservation are NamedTuples built from all their fields, in order (see
+            # judge).
+            reservation = _new(Reservation, (
+                new_id(), tid, tuple([_new(Hold, (x.counter_key, x.amount, x.limit, x.resets_at))
+                                  for x in debits]),
+                now + lease, d.approval_id, now,
+                {"app": app_name, "provider": provider.id, "model": model.id,
+                 "operation": ep.operation, "input_tokens": p.input.tokens,
+                 "output_tokens": p.output_tokens, "cost": worst_ledger,
+                 "currency": ledger_currency, "chain_id": v.chain_id},
+            ))
             result = await self.store.reserve(reservation)
             if not result.ok:
                 return result
@@ -693,13 +706,13 @@ class Relay:
                 store=self.store, upstream=self.upstream, converter=self.converter,
                 spawn=self.spawn, loop=running_loop(), endpoint=ep, provider=provider,
                 model=model, prepared=p,
-                token_id=tid, app=app_name, debits=d.debits,
+                token_id=tid, app=app_name, debits=debits,
                 reservation_id=reservation.reservation_id, worst_raw=worst,
                 ledger_currency=ledger_currency, key=key, started=started,
                 log_bodies=self.config.log_bodies and limits.logging == "full",
                 max_log_bytes=self.config.max_log_body_bytes, request_body=raw,
                 forward_headers=fwd, chain_id=v.chain_id,
-                response_headers=_response_headers(p, rates),
+                response_headers=_response_headers(p, rates) if rates or p.headers else {},
             )
             return await call.run()
 
@@ -757,11 +770,14 @@ class Relay:
                    headers: Mapping[str, str]) -> tuple[str, dict[str, str]]:
         """The provider's API key and the app's headers to forward, checked before anything
         is reserved: the key must exist, and it and the headers must fit in a header line."""
-        key = self.provider_keys(provider.id)
-        if not key and provider.api_key_env:
-            raise provider_key_missing(provider)
-        self.redactor.add(key)
-        self.upstream.head(provider, ep.upstream_path, key)
+        key = self.provider_keys(provider.id)  # read on every call: a key may be rotated
+        if self._keys_checked.get(provider.id) != key:
+            if not key and provider.api_key_env:
+                raise provider_key_missing(provider)
+            self.redactor.add(key)
+            self.upstream.head(provider, ep.upstream_path, key)  # refuses a key unfit for a head
+            # Checked once per provider and key (the checks depend on nothing else).
+            self._keys_checked[provider.id] = key
         return key, forwarded_headers(headers)
 
     def revoked(self, token: str, tid: str, now: int) -> RelayError:

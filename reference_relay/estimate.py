@@ -94,6 +94,9 @@ _ANTHROPIC_TEXT_BLOCKS = frozenset({"text", "tool_use", "thinking", "redacted_th
                                     "search_result"})
 
 
+_new = tuple.__new__  # a NamedTuple from all its fields, in order, without its __new__'s frame
+
+
 def bad(message: str) -> RelayError:
     return RelayError(INVALID_REQUEST, message)
 
@@ -181,9 +184,19 @@ def _messages(body: Mapping[str, Any], content: Callable[[Any, str], tuple[int, 
     return messages, images, payload
 
 
+# The keys of a chat body that can make it refused or add TOOLS_TOKENS: a body with none of
+# them (most) skips their checks, each of which passes for a key that is absent.
+_OPENAI_CHAT_CHECKED = frozenset({"modalities", "audio", "web_search_options", "prediction",
+                                  "service_tier", "tools", "functions"})
+
+
 def openai_chat_input(body: Mapping[str, Any], raw_bytes: int,
                       image_tokens: int = DEFAULT_IMAGE_TOKENS) -> InputEstimate:
     messages, images, payload = _messages(body, _openai_content, audio=False)
+    if _OPENAI_CHAT_CHECKED.isdisjoint(body):
+        return _new(InputEstimate, (
+            raw_bytes - payload + images * image_tokens + len(messages) * PER_MESSAGE_TOKENS
+            + PER_REQUEST_TOKENS, images, False))
     modalities = body.get("modalities")
     if modalities is not None and not isinstance(modalities, list):
         raise bad("'modalities' must be a list")

@@ -78,6 +78,9 @@ class Price:
         price scaled by input_long / input (rounded up).
         """
         if not cached_input_tokens and not cache_write_tokens:  # the usual call: no caching
+            above = self.long_context_above  # self.tier, inline: twice per call
+            if above is None or input_tokens <= above:
+                return input_tokens * self.input + output_tokens * self.output
             p_in, p_out = self.tier(input_tokens)
             return input_tokens * p_in + output_tokens * p_out
         total_in = input_tokens + cached_input_tokens + cache_write_tokens

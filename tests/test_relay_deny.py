@@ -288,6 +288,35 @@ def test_missing_provider_key(fresh_relay: Callable[..., Relay]) -> None:
     assert list(r.counters(tok).values()) == [0]
 
 
+def test_a_rotated_provider_key_is_read_and_checked_on_every_call(
+        fresh_relay: Callable[..., Relay]) -> None:
+    """The relay checks a provider key once and remembers it passed (forwarding), but reads
+    the key on every call: a key changed under a running relay is used, or refused, at the
+    next call, with nothing reserved or sent for a refused one."""
+    from relay_harness import FAKE_KEY
+    current = [FAKE_KEY]
+    r = fresh_relay(provider_keys=lambda pid: current[0])
+    tok = r.mint(cav.Budget(100, "USD", "month"))
+    assert r.chat(tok, max_tokens=4).status_code == 200
+    spent = sum(r.counters(tok).values())
+    for bad in ("sk-bad\r\nx-evil: 1", ""):
+        current[0] = bad
+        httpx.delete(r.fake + "/_fake/requests")
+        resp = r.chat(tok, max_tokens=4)
+        assert resp.status_code == 502 and error_code(resp) == "provider_unavailable", resp.text
+        assert fake_calls(r) == 0
+        assert sum(r.counters(tok).values()) == spent
+    current[0] = "sk-wrong-" + FAKE_KEY  # fits a header, the provider refuses it
+    httpx.delete(r.fake + "/_fake/requests")
+    resp = r.chat(tok, max_tokens=4)
+    assert resp.status_code == 502 and error_code(resp) == "upstream_error", resp.text
+    assert [q["auth_ok"] for q in fake_requests(r)] == [False]
+    current[0] = FAKE_KEY
+    httpx.delete(r.fake + "/_fake/requests")
+    assert r.chat(tok, max_tokens=4).status_code == 200
+    assert [q["auth_ok"] for q in fake_requests(r)] == [True]
+
+
 def test_forwarded_headers_and_keys_cannot_add_header_lines(
         relay: Relay, fresh_relay: Callable[..., Relay]) -> None:
     """The app's anthropic-version / anthropic-beta go upstream only as visible ASCII, and a
