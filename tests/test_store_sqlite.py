@@ -255,6 +255,119 @@ async def test_a_batchs_settles_add_to_the_usage_aggregates_once_each(tmp_path: 
         await store.close()
 
 
+def _ok(rid: str, cost: int, t: int = 10) -> LedgerEntry:
+    return LedgerEntry(t, "t", "app", "p", "m", "chat", 1, 1, cost, "USD", "ok", 1,
+                       reservation_id=rid)
+
+
+async def test_a_batch_writes_each_counter_once_and_its_rows_together(tmp_path: Path) -> None:
+    """A batch's reserves and settles owe their writes (capwallet.store.sqlite._Cursor): each
+    counter gets one upsert of the batch's merged delta, whatever the number of calls, and a
+    reserve later in the batch sees the deltas of the earlier ones (refused at the limit)."""
+    store = SQLiteStore(tmp_path / "m.db")
+    try:
+        old = [_reservation(Hold("b", 10, 100), Hold("r", 1, 100)) for _ in range(4)]
+        for r in old:
+            assert (await store.reserve(r)).ok
+        assert store._fast is not None
+        seen: list[str] = []
+        store._fast.set_trace_callback(seen.append)
+        new = [_reservation(Hold("b", 25, 100), Hold("r", 1, 100)) for _ in range(4)]
+        results = await asyncio.gather(
+            *(store.settle(r.reservation_id, {"b": 3, "r": 1}, _ok(r.reservation_id, 3))
+              for r in old),
+            *(store.reserve(r) for r in new))
+        # 4 x 3 settled, then 25 a reserve: 12 + 25 + 25 + 25 fits in 100, the fourth not.
+        assert results[:4] == [True] * 4
+        assert [r.ok for r in results[4:]] == [True, True, True, False]
+        assert results[7] == ReserveResult(False, failed_counter="b", used=87)
+        assert seen[0] == "BEGIN IMMEDIATE" and seen[-1] == "COMMIT"
+        assert sum(s.startswith("INSERT INTO counters") for s in seen) == 2  # b and r
+        assert sum(s.startswith("INSERT INTO ledger") for s in seen) == 4
+        assert sum(s.startswith("DELETE FROM reservations") for s in seen) == 4
+        assert not any(s.startswith("SAVEPOINT") for s in seen)
+        assert await store.counters(["b", "r"]) == {"b": 87, "r": 7}
+        assert sorted(e.reservation_id or "" for e in await store.ledger()) == sorted(
+            r.reservation_id for r in old)
+        # What the batch owed was committed: the reservations it opened settle, and the ones
+        # it closed do not settle again.
+        assert await store.settle(new[0].reservation_id, {"b": 1}, _ok(new[0].reservation_id, 1))
+        assert not await store.release(old[0].reservation_id, _ok(old[0].reservation_id, 0))
+        assert await store.counters(["b", "r"]) == {"b": 63, "r": 6}
+    finally:
+        await store.close()
+
+
+async def test_a_settle_of_a_reservation_closed_elsewhere_is_told_in_a_batch(
+        tmp_path: Path) -> None:
+    """A settle whose DELETE is owed assumes its reservation open; if another process's
+    sweep closed it meanwhile, the batch runs again write by write: that settle returns
+    False and charges nothing, the others of the batch commit once."""
+    store = SQLiteStore(tmp_path / "s.db")
+    other = SQLiteStore(tmp_path / "s.db")
+    try:
+        gone = Reservation(secrets.token_hex(16), "t", (Hold("b", 10, 100),), lease_until=5)
+        kept = _reservation(Hold("b", 10, 100))
+        for r in (gone, kept):
+            assert (await store.reserve(r)).ok
+        assert await other.expire_leases(6) == 1  # charges gone's 10, closes it
+        assert store._fast is not None
+        statements = _trace(store._fast)
+        fresh = _reservation(Hold("b", 70, 100))
+        results = await asyncio.gather(
+            store.settle(gone.reservation_id, {"b": 1}, _ok(gone.reservation_id, 1)),
+            store.settle(kept.reservation_id, {"b": 2}, _ok(kept.reservation_id, 2)),
+            store.reserve(fresh))
+        assert results == [False, True, ReserveResult(True)]
+        assert statements.count("COMMIT") == 1
+        assert await store.counters(["b"]) == {"b": 10 + 2 + 70}
+        assert sorted(e.status for e in await store.ledger()) == ["lease_expired", "ok"]
+    finally:
+        await other.close()
+        await store.close()
+
+
+async def test_refusals_of_one_batch_are_compacted_into_one_row(tmp_path: Path) -> None:
+    """A refusal adds to its minute's row even when that row is owed by the same batch."""
+    store = SQLiteStore(tmp_path / "c.db")
+    try:
+        r = _reservation(Hold("b", 10, 100))
+        assert (await store.reserve(r)).ok
+
+        def refusal(t: int) -> LedgerEntry:
+            return LedgerEntry(t, "t", "app", "", "", "chat", 0, 0, 0, "USD", "denied:x", 0)
+
+        await asyncio.gather(store.settle(r.reservation_id, {"b": 1}, _ok(r.reservation_id, 1)),
+                             store.append_ledger(refusal(120)), store.append_ledger(refusal(121)),
+                             store.append_ledger(refusal(125)))
+        rows = await store.ledger()
+        assert sorted((e.status, e.count) for e in rows) == [("denied:x", 3), ("ok", 1)]
+    finally:
+        await store.close()
+
+
+async def test_a_batch_settles_a_reservation_another_process_made(tmp_path: Path) -> None:
+    """A settle of a reservation this store did not make reads it back, seeing what the
+    batch owes: one settled earlier in the batch is not settled twice."""
+    store = SQLiteStore(tmp_path / "x.db")
+    other = SQLiteStore(tmp_path / "x.db")
+    try:
+        theirs = _reservation(Hold("b", 10, 100))
+        mine = _reservation(Hold("b", 10, 100))
+        assert (await other.reserve(theirs)).ok and (await store.reserve(mine)).ok
+        results = await asyncio.gather(
+            store.settle(mine.reservation_id, {"b": 1}, _ok(mine.reservation_id, 1)),
+            store.settle(theirs.reservation_id, {"b": 2}, _ok(theirs.reservation_id, 2)),
+            store.settle(mine.reservation_id, {"b": 5}, _ok(mine.reservation_id, 5)),
+            store.reserve(_reservation(Hold("b", 97, 100))))
+        assert results == [True, True, False, ReserveResult(True)]
+        assert await store.counters(["b"]) == {"b": 100}
+        assert len(await store.ledger()) == 2
+    finally:
+        await other.close()
+        await store.close()
+
+
 def test_the_ledger_and_usage_reads_have_index_plans(tmp_path: Path) -> None:
     """Every read of the ledger and the aggregates is a search or an ordered index walk, never
     a scan of the table (EXPLAIN QUERY PLAN): dropping an index would fail here."""

@@ -9,10 +9,16 @@ any other process using the same file.
 Writes: group commit on the event loop's thread. A write (reserve, settle, append_ledger, ...)
 is queued in memory and its caller awaits a future; the first write of a loop iteration yields
 once and then runs the batch, so every write requested in the same iteration runs in ONE
-``BEGIN IMMEDIATE ... COMMIT``, in call order. An operation that fails (a duplicate
-reservation id: ValueError) rolls back only itself and gets its own exception; the others
-commit (a batch in which an operation raises is rolled back and runs again with a SAVEPOINT
-around each operation; the usual batch needs none). Every future resolves after the COMMIT.
+``BEGIN IMMEDIATE ... COMMIT``, in call order. Inside it, the reserves' and settles' writes
+are owed and written together at the batch's end: one upsert per counter of its merged delta,
+one ``executemany`` each for the new reservations, the closed ones and the ledger rows, one
+upsert per usage total (_Cursor says why, and how a later reserve still sees the counters
+the earlier ones changed); a batch of several calls runs about two statements per call
+instead of six. An operation that fails (a duplicate reservation id: ValueError) rolls back
+only itself and gets its own exception; the others commit (a batch in which an operation or
+an owed write raises is rolled back and runs again writing each operation's rows at once,
+with a SAVEPOINT around each; the usual batch needs none). Every future resolves after the
+COMMIT.
 Why on the loop's thread: an uncontended transaction without fsync costs tens of
 microseconds, less than handing it to a thread and back under the GIL; and one commit for many
 writes writes each page they share (a counter, the ledger's last leaf) once.
@@ -240,6 +246,7 @@ _INSERT_RESERVATION = (
     "INSERT INTO reservations (id, token_id, holds, lease_until, approval_id, created_at, meta) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+_DELETE_RESERVATION = "DELETE FROM reservations WHERE id = ?"
 _OK = ReserveResult(True)
 _REVOKED = ReserveResult(False, revoked=True)
 _APPROVAL_USED = ReserveResult(False, approval_used=True)
@@ -266,19 +273,73 @@ _UsageKey = tuple[int, str, str, str, str, str]  # day, token, app, provider, mo
 _UsageSum = tuple[int, int, int, int]  # cost, calls, input tokens, output tokens
 
 
-class _Cursor(sqlite3.Cursor):
-    """A batches' cursor, carrying the usage totals its open transaction still owes the
-    usage_daily table (``_record`` adds to them, ``_run_batch`` writes them before COMMIT).
+class _Stale(Exception):
+    """A settle written at the batch's end found its reservation already closed (by another
+    process's lease sweep): the batch runs again, each write in turn, so that settle is told."""
 
-    Why: every settled call adds to one aggregate row, and under load the calls of one batch
-    mostly add to the same few rows (one token, app and model, today): one upsert of the
-    merged totals per row and batch replaces one upsert per call. Nothing reads usage_daily
-    inside a batch, so deferring the write to the end of the same transaction changes
-    nothing that can be seen: the totals still commit with their ledger rows, or not at all."""
+
+class _Cursor(sqlite3.Cursor):
+    """A batches' cursor, carrying what its open transaction still owes the database: the
+    writes of the batch's usual operations, merged and written together at its end (``owe``).
+
+    Why: under load a batch holds the reserves and settles of several calls, and these mostly
+    touch the same few rows (one token's counters, its usage total for today, the ledger's
+    last leaf). Written one statement per operation, a call cost six statements; owed, a
+    batch writes each kind once: the new reservations, the closed ones, each counter's
+    merged delta, the ledger rows and the usage totals, one ``executemany`` or upsert each.
+    What an operation later in the batch reads, it reads through what is owed: a reserve adds
+    the counters' owed deltas to the values it reads (``adds``), and the operations that read
+    or change the reservations or the ledger themselves (a settle of a reservation this
+    process did not make, an expiry, a refusal, a prune) first write what is owed
+    (``owe``). Nothing else reads these tables inside a batch, and the owed writes are
+    written before the same COMMIT: they commit together with the rest, or not at all.
+
+    A settle owes its DELETE too: its outcome (True) assumes its reservation is still open,
+    which this process knows for the reservations it made unless another process's sweep
+    expired one meanwhile; if the owed DELETEs close fewer rows than were owed, _Stale makes
+    the batch run again with ``defer`` off (each operation writing at once, as a failed
+    batch's retry does, see _run_batch), so that settle finds it closed and returns False.
+    Counters: a merged delta is the sum of the ops' deltas, written as one upsert that keeps
+    the counter at or above 0 as each op's did; the two agree since a counter never drops
+    below what its open reservations hold (a settle's negative delta is at most its own
+    hold), so no op's delta clamped at 0 before either."""
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         super().__init__(connection)
-        self.usage: dict[_UsageKey, _UsageSum] = {}
+        self.defer = False  # owe the usual writes (else write each at once)
+        self.usage: dict[_UsageKey, _UsageSum] = {}  # totals owed per usage_daily row
+        self.adds: dict[str, list[Any]] = {}  # counter key -> [delta owed, its resets_at]
+        self.inserts: list[tuple[Any, ...]] = []  # new reservation rows owed
+        self.deletes: list[tuple[str]] = []  # ids of reservations whose DELETE is owed
+        self.rows: list[tuple[Any, ...]] = []  # ledger rows owed
+
+    def forget(self) -> None:
+        """Drop what is owed (the transaction rolled back)."""
+        self.usage.clear()
+        self.adds.clear()
+        self.inserts.clear()
+        self.deletes.clear()
+        self.rows.clear()
+
+    def owe(self) -> None:
+        """Write what is owed, in the order the ops would have (new reservations before
+        closed ones: a reservation opened and closed in one batch is opened first)."""
+        if self.inserts:
+            self.executemany(_INSERT_RESERVATION, self.inserts)
+            self.inserts.clear()
+        if self.deletes:
+            n = self.executemany(_DELETE_RESERVATION, self.deletes).rowcount
+            if n != len(self.deletes):
+                raise _Stale
+            self.deletes.clear()
+        if self.adds:
+            self.executemany(_ADD_USED_ONE, [(k, d, r) for k, (d, r) in self.adds.items()])
+            self.adds.clear()
+        if self.rows:
+            self.executemany(_LEDGER_INSERT, self.rows)
+            self.rows.clear()
+        if self.usage:
+            _add_usage(self)
 
 
 _Op = Callable[[_Cursor], Any]
@@ -316,6 +377,7 @@ def _usage_add(n: int) -> str:
 
 
 _USAGE_ADD_ONE = _usage_add(1)
+_ADD_USED_ONE = _add_used(1)
 
 
 @lru_cache(maxsize=128)
@@ -372,34 +434,38 @@ def _run_batch(cur: _Cursor, ops: Sequence[_Op]) -> list[_Outcome]:
     """Run ``ops`` in one transaction, in call order, and commit what succeeded: an op that
     raises is rolled back alone and its exception is its outcome.
 
-    Savepoints only when needed: the batch first runs plainly (two statements fewer per op);
-    if an op raises, the batch is rolled back and runs again with each op inside its own
-    SAVEPOINT (a lone op needs none: its failure rolls back the transaction). An op changes
-    only the database, so running it again is running it later.
+    The batch first runs with its usual writes owed and written together at its end (see
+    _Cursor), and no savepoints (two statements fewer per op). If anything raises (an op, or
+    the owed writes: a duplicate reservation id, a reservation closed meanwhile), the batch
+    is rolled back and runs again writing each op's rows at once, each op inside its own
+    SAVEPOINT, so an op that raises is rolled back alone and gets its own exception. An op
+    changes only the database and what its cursor owes, so running it again is running it
+    later.
 
     Raises _Busy if BEGIN finds the write lock taken (or still taken after the connection's
     busy timeout), or the sqlite3.Error that failed the transaction as a whole (nothing was
     committed). ``cur`` is the connection's one cursor: reusing it spares each statement a
-    cursor object (measured: about 2 us a statement). The usage totals the ops owe
-    (``cur.usage``, see _Cursor) are written last, in the same transaction."""
-    cur.usage.clear()
-    _begin(cur)
+    cursor object (measured: about 2 us a statement)."""
+    _begin(cur)  # (nothing is owed between batches: each ends in owe() or forget())
     try:
         try:
+            cur.defer = defer = len(ops) > 1  # a lone op has nothing to merge with
             outcomes: list[_Outcome] = [(True, op(cur)) for op in ops]
-        except Exception as exc:  # handed to the op's caller
+            if defer:
+                cur.owe()
+            elif cur.usage:
+                _add_usage(cur)
+        except Exception:  # an op's, or a write's: found again below, op by op
             if cur.connection.in_transaction:
                 cur.execute("ROLLBACK")
-            cur.usage.clear()
-            if len(ops) == 1:
-                return [(False, exc)]
+            cur.forget()
+            cur.defer = False
             _begin(cur)
             outcomes = _with_savepoints(cur, ops)
-        if cur.usage:
-            _add_usage(cur)
+            cur.owe()
         cur.execute("COMMIT")
     except BaseException:
-        cur.usage.clear()
+        cur.forget()
         if cur.connection.in_transaction:
             cur.execute("ROLLBACK")
         raise
@@ -453,9 +519,13 @@ def _ledger_row(entry: LedgerEntry, reservation_id: str | None) -> tuple[Any, ..
 
 
 def _record(c: _Cursor, entry: LedgerEntry, row: tuple[Any, ...]) -> None:
-    """Write a settled call's ledger row and add it to the usage aggregates (one step: the
-    totals are written before the same transaction commits, merged with the batch's others)."""
-    c.execute(_LEDGER_INSERT, row)
+    """Write a settled call's ledger row (or owe it) and add it to the usage aggregates (one
+    step: the totals are written before the same transaction commits, merged with the
+    batch's others)."""
+    if c.defer:
+        c.rows.append(row)
+    else:
+        c.execute(_LEDGER_INSERT, row)
     if counts_as_usage(entry):
         key = (usage_day(entry.time), entry.token_id, entry.app, entry.provider, entry.model,
                entry.currency)
@@ -537,6 +607,9 @@ class SQLiteStore(Store):
         # reservation id -> its (merged) holds, for the settle of a reservation this process
         # made: it need not read the row back (the DELETE still decides whether it is open).
         self._holds: OrderedDict[str, Sequence[Hold]] = OrderedDict()
+        # What the group commit did, for benchmarks: commits (batches) and the writes in them.
+        self.commits = 0
+        self.writes = 0
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -631,6 +704,8 @@ class SQLiteStore(Store):
             self._idle()
             return
         self._busy_tries = 0
+        self.commits += 1
+        self.writes += len(ops)
         self._resolve(batch, outcomes)
         self._since_checkpoint += 1
         if self._since_checkpoint >= CHECKPOINT_EVERY:
@@ -685,6 +760,8 @@ class SQLiteStore(Store):
         elif (exc := done.exception()) is not None:
             self._fail(batch, exc)
         elif batch:
+            self.commits += 1
+            self.writes += len(batch)
             self._resolve(batch, done.result() or [])
         if self._queue:
             self._flush()  # the writes that waited in memory: one batch
@@ -756,10 +833,8 @@ class SQLiteStore(Store):
         # Revocation, the approval and the counters: one statement.
         check = _reserve_read_sql(len(debits), approval)
         params: list[Any] = [r.token_id, r.approval_id] if approval else [r.token_id]
-        adds: list[Any] = []
         for h in debits:
             params.append(h.counter_key)
-            adds += (h.counter_key, h.amount, h.resets_at)
 
         def txn(c: _Cursor) -> ReserveResult:
             used: dict[str, int] = {}
@@ -773,16 +848,36 @@ class SQLiteStore(Store):
                     approval_used = True
             if approval_used:
                 return _APPROVAL_USED
-            if debits:
+            if c.defer:  # the counters as the batch's earlier ops left them; owe the rest
+                owed = c.adds
+                for h in debits:
+                    key = h.counter_key
+                    u = int(used.get(key, 0))
+                    got = owed.get(key)
+                    if got is not None:
+                        u += got[0]
+                    if u + h.amount > h.limit:
+                        return ReserveResult(False, failed_counter=key, used=u)
+                for h in debits:
+                    got = owed.get(h.counter_key)
+                    if got is None:
+                        owed[h.counter_key] = [h.amount, h.resets_at]
+                    else:
+                        got[0] += h.amount
+                c.inserts.append(row)
+            else:
                 for h in debits:
                     u = int(used.get(h.counter_key, 0))
                     if u + h.amount > h.limit:
                         return ReserveResult(False, failed_counter=h.counter_key, used=u)
-                c.execute(_add_used(len(debits)), adds)
-            try:
-                c.execute(_INSERT_RESERVATION, row)
-            except sqlite3.IntegrityError:
-                raise ValueError(f"reservation id {r.reservation_id} already exists") from None
+                if debits:
+                    c.execute(_add_used(len(debits)),
+                              [x for h in debits for x in (h.counter_key, h.amount, h.resets_at)])
+                try:
+                    c.execute(_INSERT_RESERVATION, row)
+                except sqlite3.IntegrityError:
+                    raise ValueError(
+                        f"reservation id {r.reservation_id} already exists") from None
             if r.approval_id is not None:
                 c.execute("INSERT INTO used_approvals (approval_id, used_at) VALUES (?, ?)",
                           (r.approval_id, r.created_at))
@@ -805,15 +900,29 @@ class SQLiteStore(Store):
 
         def txn(c: _Cursor) -> bool:
             if known is None:  # reserved by another process (or forgotten): read it back
+                c.owe()
                 found = c.execute("SELECT holds FROM reservations WHERE id = ?", rid).fetchall()
                 if not found:
                     return False
                 holds = json.loads(found[0][0])
+            elif c.defer:  # open unless another process closed it: the owed DELETE tells
+                c.deletes.append(rid)
+                owed = c.adds
+                for key, amount, _limit, resets_at in known:
+                    delta = int(charges.get(key, 0)) - int(amount)
+                    if delta:
+                        got = owed.get(key)
+                        if got is None:
+                            owed[key] = [delta, resets_at]
+                        else:
+                            got[0] += delta
+                _record(c, entry, ledger_row)
+                return True
             else:
                 holds = known
             # The DELETE decides: a reservation already closed (settled, released, or expired
             # by any process) deletes nothing and changes nothing.
-            if c.execute("DELETE FROM reservations WHERE id = ?", rid).rowcount != 1:
+            if c.execute(_DELETE_RESERVATION, rid).rowcount != 1:
                 return False
             adds: list[Any] = []
             for key, amount, _limit, resets_at in holds:  # a Hold, or its stored array
@@ -829,6 +938,7 @@ class SQLiteStore(Store):
 
     async def expire_leases(self, now: int) -> int:
         def txn(c: _Cursor) -> int:
+            c.owe()  # it reads the reservations and writes the ledger
             rows = c.execute(
                 "SELECT id, token_id, created_at, meta FROM reservations WHERE lease_until < ?",
                 (now,),
@@ -847,7 +957,7 @@ class SQLiteStore(Store):
                 )
                 # The counters already hold the reserved amounts: closing the reservation
                 # without a delta charges exactly the worst case.
-                c.execute("DELETE FROM reservations WHERE id = ?", (rid,))
+                c.execute(_DELETE_RESERVATION, (rid,))
                 _record(c, entry, _ledger_row(entry, rid))
             return len(rows)
 
@@ -896,8 +1006,10 @@ class SQLiteStore(Store):
         find = (entry.token_id, minute, minute + 60, entry.status)
 
         def txn(c: _Cursor) -> None:
-            if refusal and c.execute(_REFUSAL_ADD, find).rowcount == 1:
-                return
+            if refusal:
+                c.owe()  # the row to add to may be one this batch owes
+                if c.execute(_REFUSAL_ADD, find).rowcount == 1:
+                    return
             _record(c, entry, row)
 
         await self._write(txn)
@@ -936,6 +1048,7 @@ class SQLiteStore(Store):
 
     async def prune_ledger(self, before: int) -> int:
         def txn(c: _Cursor) -> int:
+            c.owe()
             return int(c.execute("DELETE FROM ledger WHERE time < ?", (before,)).rowcount)
 
         return await self._write(txn)
