@@ -1,8 +1,12 @@
 """One admitted call, from its reservation to its settlement: forward, meter, settle, log.
 
-The upstream work runs in a task of its own that the app's connection cannot cancel: if the
-app disconnects (mid-stream or while waiting for a non-streamed answer) the relay still reads
-the provider's answer to the end, meters it and settles, because the provider bills it anyway.
+Nothing the app does can cancel the upstream work: if the app disconnects (mid-stream or
+while waiting for a non-streamed answer) the relay still reads the provider's answer to the
+end, meters it and settles, because the provider bills it anyway. A stream is pumped by a task
+of the relay's. A plain call sent on an idle pooled connection (the usual call) is read by the
+app's handler itself, which servers such as uvicorn never cancel; if one does, a task of the
+relay's takes the call over where it stands (Call.run, Call._close); any other plain call runs
+in a task of the relay's from the start.
 
 Settlement rules (see also reference_relay.metering):
 
@@ -121,6 +125,8 @@ class Call:
 
     def fees(self, usage: Usage) -> int:
         """Per-call tool fees of the calls the answer reports (raw units)."""
+        if not self.prepared.call_fees:  # most calls: no tool billed per call
+            return 0
         calls = usage.tool_calls or {}
         return sum(calls.get(kind, 0) * fee for kind, fee in self.prepared.call_fees)
 
@@ -147,25 +153,39 @@ class Call:
                 actual[d.counter_key] = tokens_in + tokens_out
             else:
                 actual[d.counter_key] = 1
-        entry = self._entry(status, tokens_in, tokens_out, cost, response_body)
-        try:
-            await self.store.settle(self.reservation_id, actual, entry)
-        except StoreUnavailable as exc:
-            # The lease will close it at the reserved (worst-case) amount: never an overspend.
-            log.error("settle failed token=%s reservation=%s: %s", self.token_id,
-                      self.reservation_id, exc)
-        self._log(entry)
+        await self._close(actual, self._entry(status, tokens_in, tokens_out, cost,
+                                              response_body))
 
     async def release(self, status: str) -> None:
         if self._settled:
             return
         self._settled = True
-        entry = self._entry(status, 0, 0, 0, None)
+        await self._close(None, self._entry(status, 0, 0, 0, None))
+
+    async def _close(self, actual: dict[str, int] | None, entry: LedgerEntry,
+                     again: bool = False) -> None:
+        """Write the settlement (``actual``) or the release (None) of the reservation.
+
+        Whatever task runs it may be cancelled: the app's handler on a server that cancels it
+        when the app hangs up (uvicorn does not), a call's task at a shutdown past its grace.
+        Then the store may not have the write (the SQLite store drops a write cancelled
+        before its batch starts), so it is written again from a task of the relay's, which
+        nothing the app does can cancel; the store closes a reservation once (a settlement
+        that landed makes the second do nothing), so it cannot count twice."""
         try:
-            await self.store.release(self.reservation_id, entry)
+            if actual is None:
+                await self.store.release(self.reservation_id, entry)
+            else:
+                await self.store.settle(self.reservation_id, actual, entry)
         except StoreUnavailable as exc:
-            log.error("release failed token=%s reservation=%s: %s", self.token_id,
+            # The lease will close it at the reserved (worst-case) amount: never an overspend.
+            log.error("%s failed token=%s reservation=%s: %s",
+                      "release" if actual is None else "settle", self.token_id,
                       self.reservation_id, exc)
+        except asyncio.CancelledError:
+            if not again:
+                self.spawn(self._close(actual, entry, True))
+            raise
         self._log(entry)
 
     async def upstream_failed(self, exc: BaseException, answered: bool) -> None:
@@ -207,8 +227,10 @@ class Call:
         return self.upstream.start(self.provider, self.endpoint.upstream_path,
                                    self.prepared.body, self.key, self.forward_headers)
 
-    async def _send(self, started: Started | None) -> UpstreamResponse:
-        return await self.upstream.send(started if started is not None else self._start())
+    def _send(self, started: Started | None) -> Coroutine[Any, Any, UpstreamResponse]:
+        """Awaited, the provider's answer (its head): the pool's coroutine, with no frame of
+        this module's between."""
+        return self.upstream.send(started if started is not None else self._start())
 
     def _started(self) -> Started | None:
         """The request, sent to the provider now when a pooled connection is idle: from the
@@ -224,58 +246,92 @@ class Call:
         started = self._started()
         if self.prepared.stream:
             return self._run_stream(started)
-        # The exchange and its settlement run in a task of their own, which a disconnecting
-        # app cannot cancel: the handler awaits only the future the task fills in (cancelling
-        # the handler cancels that future, which tells the task to settle without sending).
+        deadline = self.loop.time() + self.upstream.timeout(self.provider)
+        resp = started.response if started is not None else None
+        if resp is not None:
+            # The usual call: sent on an idle connection (Call._started). The handler reads
+            # the answer itself (no task, no future, no loop turn of the call's own: callgrind
+            # put them at 3% of the relay's instructions per call), and a disconnecting app
+            # still cannot cancel the call: a cancelled wait here leaves the exchange as it
+            # was (pool.Response.head), and a task of the relay's takes it over where it
+            # stands (_plain), reads the answer to its end, meters it and settles it; the
+            # settlement after the send is guarded the same way (Call._close).
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await resp.head()
+                    body = await resp.read()
+            except asyncio.CancelledError:
+                self.spawn(self._plain(None, started, deadline))
+                raise
+            except Exception as exc:
+                if resp.status:  # it failed once the provider answered: charged
+                    resp.close()
+                    self.spawn(self.upstream_failed(exc, answered=True))
+                    return error_response(transport_error(self.provider, exc),
+                                          self.endpoint.errors)
+                # No answer (a stale reused connection, the deadline, a reset): the pool's
+                # request, in the call's task, retries or says how it failed.
+            else:
+                resp.close()
+                return self._answered(resp.status, resp, body)
+        # The exchange runs in a task of the relay's, which a disconnecting app cannot cancel:
+        # the handler awaits only the future the task fills in (cancelling the handler cancels
+        # that future, which tells the task to settle without sending).
         answer: asyncio.Future[Response] = self.loop.create_future()
-        self.spawn(self._plain(answer, started))
-        return await answer
-
-    async def _plain(self, answer: asyncio.Future[Response], started: Started | None) -> None:
-        """Forward, then hand the answer over and settle once it is sent (or unsendable)."""
+        self.spawn(self._plain(answer, started, deadline))
         try:
-            response = await self._exchange(started)
+            return await answer
+        except asyncio.CancelledError:
+            if answer.done() and not answer.cancelled() and answer.exception() is None:
+                # Handed over just as the handler was cancelled: nobody will send it.
+                response = answer.result()
+                if isinstance(response, _SettleAfterSend):
+                    self.spawn(response.settle(True))
+            raise
+
+    async def _plain(self, answer: asyncio.Future[Response] | None, started: Started | None,
+                     deadline: float) -> None:
+        """The exchange in a task of the relay's: hand the answer to the handler if it still
+        waits for it (``answer``), else settle it as one the app left before it was sent."""
+        try:
+            response = await self._exchange(started, deadline)
         except BaseException as exc:
-            if not answer.done():
+            if answer is not None and not answer.done():
                 if isinstance(exc, asyncio.CancelledError):
                     answer.cancel()
                 else:
                     answer.set_exception(exc)
             raise
-        if not isinstance(response, _SettleAfterSend):  # already settled or released
-            if not answer.done():
-                answer.set_result(response)
-            return
-        if not answer.done():
-            answer.set_result(response)
-            await response.sent  # set however the send ends
-        else:  # the handler went away: settle without sending
-            response.gone = True
-        usage = response.usage
-        status = ("client_disconnected" if response.gone else
-                  "usage_missing" if usage is None else "ok")
-        await self.settle(usage, usage is not None, status, response.answer)
+        if answer is not None and not answer.done():
+            answer.set_result(response)  # sent, then settled, by the handler
+        elif isinstance(response, _SettleAfterSend):  # the handler went away: not sent
+            await response.settle(True)
 
-    async def _exchange(self, started: Started | None) -> Response:
-        flavor = self.endpoint.errors
+    async def _exchange(self, started: Started | None, deadline: float) -> Response:
         resp: UpstreamResponse | None = None
         try:
-            async with asyncio.timeout(self.upstream.timeout(self.provider)):
+            async with asyncio.timeout_at(deadline):
                 resp = await self._send(started)
                 body = await resp.read()
         except Exception as exc:
             err = transport_error(self.provider, exc)
             await self.upstream_failed(exc, answered=resp is not None)
-            return error_response(err, flavor)
+            return error_response(err, self.endpoint.errors)
         finally:
             if resp is not None:
                 resp.close()
-        if resp.status >= 300:
-            await self.release("upstream_error")
-            err, passthrough = upstream_status_error(self.provider, resp.status, body,
-                                                     self.key)
+        return self._answered(resp.status, resp, body)
+
+    def _answered(self, status: int, resp: UpstreamResponse, body: bytes) -> Response:
+        """The app's response to the provider's whole answer. A refusal or an unreadable
+        answer closes the reservation from a task of the relay's (the app need not wait for
+        that); a good answer is settled once it is sent (_SettleAfterSend)."""
+        flavor = self.endpoint.errors
+        if status >= 300:
+            self.spawn(self.release("upstream_error"))
+            err, passthrough = upstream_status_error(self.provider, status, body, self.key)
             if passthrough is not None:
-                return Response(passthrough, status_code=resp.status,
+                return Response(passthrough, status_code=status,
                                 media_type="application/json",
                                 headers={"x-capwallet-reason": err.code})
             return error_response(err, flavor)
@@ -283,7 +339,7 @@ class Call:
             usage = answer_usage(self.endpoint.meter, body)
         except ValueError:
             # Output may have been generated and billed: charge the reserved worst case.
-            await self.settle(None, False, "upstream_error", body)
+            self.spawn(self.settle(None, False, "upstream_error", body))
             return error_response(RelayError(
                 UPSTREAM_ERROR, f"provider {self.provider.id!r} sent an answer that is not "
                 "valid JSON; it was charged at the reserved worst case"), flavor)
@@ -292,7 +348,7 @@ class Call:
             head += self._own_headers()
         head.append((b"content-length", b"%d" % len(body)))
         head.append(_JSON_TYPE)
-        return _SettleAfterSend(body, resp.status, head, usage, self.loop)
+        return _SettleAfterSend(self, body, status, head, usage)
 
     def _own_headers(self) -> list[tuple[bytes, bytes]]:
         """The relay's own response headers (a lowered output cap, the exchange rate used)."""
@@ -321,35 +377,41 @@ class _SettleAfterSend(Response):
     be), keeping the ledger write off the app's latency. Until then the reservation still holds
     the worst case, so nothing can be overspent in between.
 
-    The settlement runs in the call's own task (Call._plain), not in the handler that sends:
-    ``sent`` tells that task the send is over, and ``gone`` whether the app had hung up by
-    then (the ledger says client_disconnected, as for a stream the app left: the answer was
-    produced and is charged, but the app did not get it). The handler does not wait for the
-    settlement: the task is one of the relay's (Relay.aclose waits for them on shutdown), so
-    nothing the app does can cancel it, and one task per call does what a task and a shield
-    for the exchange and another pair for the settlement did."""
+    The task that sends it settles it, after the send: the app's handler (the app does not
+    wait for that, its answer is out), or the call's task when the handler went away before
+    the answer was ready. ``gone`` says whether the app had hung up by then (the ledger says
+    client_disconnected, as for a stream the app left: the answer was produced and is
+    charged, but the app did not get it). A send that fails or is cancelled hands the
+    settlement to a task of the relay's, and a cancelled settlement is written again from
+    one (Call._close): nothing the app does can cancel it, and Relay.aclose waits for those
+    tasks on shutdown (a server waits for its handlers before that)."""
 
-    def __init__(self, body: bytes, status: int, raw_headers: list[tuple[bytes, bytes]],
-                 usage: Usage | None, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, call: Call, body: bytes, status: int,
+                 raw_headers: list[tuple[bytes, bytes]], usage: Usage | None) -> None:
         # Not Response.__init__: the head comes whole, as the ASGI header list it is sent as
-        # (content length and type included), built by Call._exchange from bytes it has.
+        # (content length and type included), built by Call._answered from bytes it has.
+        self.call = call
         self.body = self.answer = body  # answer: typed as bytes (Response.body may be a view)
         self.status_code = status
         self.background = None
         self.raw_headers = raw_headers
         self.usage = usage  # the answer's usage (None: it reported none)
-        self.gone = False
-        self.sent: asyncio.Future[None] = loop.create_future()
+
+    def settle(self, gone: bool) -> Coroutine[Any, Any, None]:
+        usage = self.usage
+        status = ("client_disconnected" if gone else
+                  "usage_missing" if usage is None else "ok")
+        return self.call.settle(usage, usage is not None, status, self.answer)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": self.raw_headers})
             await send({"type": "http.response.body", "body": self.body})
-        finally:
-            self.gone = _client_gone(receive)
-            if not self.sent.done():
-                self.sent.set_result(None)
+        except BaseException:  # the app is gone (or the server cancelled the handler)
+            self.call.spawn(self.settle(True))
+            raise
+        await self.settle(_client_gone(receive))
 
 
 class _StreamPump:

@@ -284,7 +284,11 @@ class Response:
         finally:
             self._waiter = None
 
-    async def _head(self) -> None:
+    async def head(self) -> None:
+        """Wait for the answer's status and headers; raises how the exchange failed. A
+        cancelled wait changes nothing else: another task may wait again (the relay's handler
+        waits here, and a task of the relay's takes the call over if the handler is
+        cancelled), and a failure is told again (``request`` retries a stale connection)."""
         while not self.status and self._error is None:
             await self._wait()
         if self._error is not None:
@@ -468,7 +472,7 @@ class Pool:
                 try:
                     if started is None:
                         return await self._exchange(conn, data)
-                    await started._head()
+                    await started.head()
                     return started
                 except _Stale:
                     conn.close()  # the server closed it as we reused it: once more, new
@@ -488,7 +492,7 @@ class Pool:
     async def _exchange(self, conn: _Connection, data: bytes) -> Response:
         resp = Response(self, conn)
         await conn.send(data, resp)
-        await resp._head()
+        await resp.head()
         return resp
 
     async def aclose(self) -> None:

@@ -182,10 +182,13 @@ class Relay:
 
     def quiesce(self, timeout: float = 10) -> None:
         """Wait until the relay has no call in flight (settlements and denial rows are written
-        by tasks that may finish just after the app got its answer)."""
+        by tasks that may finish just after the app got its answer: the relay's own, and the
+        server's request handlers, which settle a plain call after sending its answer)."""
         tasks = self.server.app.state.relay.tasks
+        assert self.server.server is not None
+        handlers = self.server.server.server_state.tasks
         deadline = time.monotonic() + timeout
-        while tasks and time.monotonic() < deadline:
+        while (tasks or handlers) and time.monotonic() < deadline:
             time.sleep(0.005)
 
     def ledger(self, token: str | None = None) -> list[LedgerEntry]:

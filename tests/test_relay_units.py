@@ -431,6 +431,35 @@ def test_answer_usage_reads_what_the_json_module_reads() -> None:
             answer_usage("openai", not_an_object)
 
 
+def test_answer_usage_of_openai_answers_is_openai_usage_of_the_json_modules_reading() -> None:
+    # answer_usage reads an OpenAI answer's usage fields itself (metering._openai_answer):
+    # every combination of the values a field may hold (absent, null, bool, negative, zero,
+    # positive, in-range float, float past 64 bits, huge integer, text, object) gives what
+    # openai_usage gives for the json module's reading of the same bytes.
+    import itertools
+    import json
+
+    from reference_relay.metering import openai_usage
+
+    values = ["ABSENT", None, True, -3, 0, 7, 12, 2.0, 1e30, 2**64 + 5, "9", {"x": 1}]
+    fields = ("prompt_tokens", "completion_tokens", "total_tokens", "prompt_cache_hit_tokens")
+    checked = 0
+    for combo in itertools.product(values, repeat=len(fields)):
+        for details in ("ABSENT", None, [], {}, {"cached_tokens": 5}, {"cached_tokens": 1e30},
+                        {"cached_tokens": 2**64}, {"cached_tokens": 99}):
+            u: dict[str, object] = {k: v for k, v in zip(fields, combo, strict=True)
+                                    if v != "ABSENT"}
+            if details != "ABSENT":
+                u["prompt_tokens_details"] = details
+            body = json.dumps({"id": "x", "usage": u}).encode()
+            want = openai_usage(json.loads(body)["usage"])
+            assert answer_usage("openai", body) == want, body
+            checked += 1
+    assert checked == len(values) ** len(fields) * 8
+    for usage in (b"null", b"[]", b'"x"', b"{}", b'{"completion_tokens":3}'):
+        assert answer_usage("openai", b'{"usage":%s}' % usage) is None
+
+
 # -- configuration ------------------------------------------------------------------------------
 
 def test_example_config_loads() -> None:
