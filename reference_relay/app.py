@@ -239,9 +239,11 @@ _CORS_EXPOSE = (b"x-capwallet-reason, x-capwallet-approval-request, x-capwallet-
 _new = tuple.__new__  # a NamedTuple from all its fields, in order (see judge in Relay.handle)
 _ABSENT: Any = object()  # a key the body does not have (None is a value it can have)
 
-_WANTED = frozenset((b"authorization", b"x-api-key", b"content-length", b"anthropic-version",
-                     b"anthropic-beta", APPROVAL_HEADER.encode(), CLAMP_HEADER.encode(),
-                     b"origin"))
+# The request headers a model call reads, each with its name decoded (looked up, not decoded
+# per request).
+_WANTED = {n: n.decode("latin-1") for n in (
+    b"authorization", b"x-api-key", b"content-length", b"anthropic-version", b"anthropic-beta",
+    APPROVAL_HEADER.encode(), CLAMP_HEADER.encode(), b"origin")}
 
 
 HEADERS_SCOPE_KEY = "capwallet.headers"  # where the relay's RequestGuard puts them
@@ -257,7 +259,7 @@ def _wanted_headers(scope: Scope) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in scope["headers"]:
         if k in _WANTED:
-            name = k.decode("latin-1")
+            name = _WANTED[k]
             if name not in out:
                 out[name] = v.decode("latin-1")
     return out
@@ -308,7 +310,7 @@ class RequestGuard:
             for k, v in headers:
                 size += len(k) + len(v) + 4
                 if k in _WANTED:
-                    name = k.decode("latin-1")
+                    name = _WANTED[k]
                     if name not in wanted:
                         wanted[name] = v.decode("latin-1")
             scope[HEADERS_SCOPE_KEY] = wanted
@@ -651,9 +653,11 @@ class Relay:
             await self.refusing(token, v, now)
             raise
         price = model.price
-        worst = worst_raw_cost(price, prepared.input, prepared.output_tokens) + (
-            prepared.fees_worst)
-        costs, rates = self.costs(price, worst, limits)
+        est = prepared.input
+        worst = (worst_raw_cost(price, est, prepared.output_tokens) if est.cache_write else
+                 price.raw_cost(input_tokens=est.tokens, output_tokens=prepared.output_tokens)
+                 ) + prepared.fees_worst
+        costs, rates = self.cost_plans.costs(price, worst, limits.priced_currencies)
         approval = headers.get(APPROVAL_HEADER)
         path: str = scope["path"]
         digest = None

@@ -283,3 +283,97 @@ def test_a_body_edit_of_an_empty_object_adds_no_comma() -> None:
     assert kept.bytes(b'{"a":1}') == b'{"a":1}'
     kept.set("a", 2)
     assert kept.bytes(b'{"a":1}') == b'{"a":2}'
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.dictionaries(st.text(), _JSON_VALUES, max_size=6))
+def test_a_re_encoded_body_reads_as_the_json_encoders_output(body: dict[str, Any]) -> None:
+    """routes.dump (orjson, json where orjson would differ: integers beyond 64 bits, infinite
+    floats) gives bytes that every parser reads as the body: the same values as the json
+    encoder's compact output, byte for byte where the body has no float."""
+    from reference_relay.routes import _dumps, dump
+    out, reference = dump(body), _dumps(body).encode("utf-8")
+    assert json.loads(out) == json.loads(reference)
+    if not _has_float(body):  # a float may be written otherwise (1e-7 for 1e-07)
+        assert out == reference
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    return isinstance(value, list) and any(_has_float(v) for v in value)
+
+
+def test_a_re_encoded_body_keeps_what_orjson_would_change() -> None:
+    from reference_relay.routes import dump
+    # A number literal beyond a double is infinite once parsed: written as json writes it
+    # (Infinity), never as orjson's null, which would forward another value than was judged.
+    body = parse_body(b'{"model":"m","temperature":1e400,"user":null}')
+    assert dump(body) == b'{"model":"m","temperature":Infinity,"user":null}'
+    body = parse_body(b'{"model":"m","seed":123456789012345678901234567890}')
+    assert dump(body) == b'{"model":"m","seed":123456789012345678901234567890}'
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.dictionaries(st.text(), _JSON_VALUES, min_size=1, max_size=6),
+       data=st.data())
+def test_the_compact_fast_path_reads_as_the_strict_parse(body: dict[str, Any],
+                                                         data: st.DataObject) -> None:
+    """parse_body takes a body written exactly as orjson writes it without its per-object
+    hook (body._canonical): it gives the strict parse's result, and a duplicate key, NaN or
+    a lone surrogate in such a body is still refused."""
+    import orjson
+
+    from reference_relay.body import _DECODER
+    for raw in {json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
+                json.dumps(body).encode()} | ({orjson.dumps(body)} if _orjson_ok(body) else set()):
+        try:
+            strict = _DECODER.decode(raw.decode())
+        except ValueError:
+            with pytest.raises(RelayError):
+                parse_body(raw)
+            continue
+        assert parse_body(raw) == strict
+    # The same key twice in the top object, written compactly: refused.
+    key = data.draw(st.sampled_from(sorted(body)))
+    dup = orjson.dumps({"x": 1}).replace(b'"x":1', json.dumps(
+        {key: 1}, ensure_ascii=False, separators=(",", ":")).encode()[1:-1] + b"," +
+        json.dumps({key: 2}, ensure_ascii=False, separators=(",", ":")).encode()[1:-1])
+    with pytest.raises(RelayError, match="twice"):
+        parse_body(dup)
+
+
+def _orjson_ok(body: Any) -> bool:
+    import orjson
+    try:
+        orjson.dumps(body)
+    except TypeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("raw", [b'{"a":NaN}', b'{"a":"\\ud800"}', b'{"a":1,"a":2}',
+                                 b'{"a":{"b":1,"b":1}}', b'[1]', b'{"a":1}x', b'\xef\xbb\xbf{}'])
+def test_compact_bodies_the_strict_rules_refuse_are_refused(raw: bytes) -> None:
+    with pytest.raises(RelayError):
+        parse_body(raw)
+
+
+def test_an_sdk_shaped_body_takes_the_compact_path() -> None:
+    from reference_relay.body import _canonical
+    body = {"model": "gpt-4o-mini", "temperature": 0.7, "max_tokens": 16, "messages": [
+        {"role": "user", "content": "Say hello, \u00e9t\u00e9 \U0001f600 \"quoted\"\n"}]}
+    raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    assert _canonical(raw, raw.decode()) == body
+    spaced = json.dumps(body).encode()  # requests' default: the strict parse alone
+    assert _canonical(spaced, spaced.decode()) is None
+    assert parse_body(spaced) == body

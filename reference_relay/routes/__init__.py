@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
+import orjson
+
 from capwallet.limits import EffectiveLimits
 from reference_relay.config import ModelConfig, ProviderConfig
 from reference_relay.estimate import InputEstimate, OutputBound, output_bound
@@ -82,8 +84,22 @@ _dumps = _compact_encoder()
 
 
 def dump(body: dict[str, Any]) -> bytes:
-    """A rewritten body, compact: what json.dumps gives with these separators."""
-    return _dumps(body).encode("utf-8")
+    """A rewritten body, compact: what json.dumps gives with these separators, read by any
+    parser as the same values.
+
+    orjson writes it several times faster (for a short chat body, most of re-encoding one whose
+    output cap was renamed to the provider's field). Where it would write something else, the
+    json encoder writes it, as it always did: an integer beyond 64 bits (orjson refuses it) and
+    an infinite float (a number literal too large for a double, which orjson writes as null;
+    any null in its output sends the body to json, which tells them apart).
+    """
+    try:
+        out = orjson.dumps(body)
+    except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits
+        return _dumps(body).encode("utf-8")
+    if b"null" in out:
+        return _dumps(body).encode("utf-8")
+    return out
 
 
 _REST_IS_EMPTY = re.compile(rb"[ \t\r\n]*}")
