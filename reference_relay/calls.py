@@ -204,14 +204,13 @@ class Call:
             request_text = self.request_body[: self.max_log_bytes].decode("utf-8", "replace")
             if response_body is not None:
                 response_text = response_body[: self.max_log_bytes].decode("utf-8", "replace")
+        # Positional, in the field order (a keyword call costs 0.55 of its 1.45 us matching
+        # the 16 names; tests/test_relay_units.py checks the order against a keyword build).
         return LedgerEntry(
-            time=int(time.time()), token_id=self.token_id, app=self.app,
-            provider=self.provider.id, model=self.model.id, operation=self.endpoint.operation,
-            input_tokens=tokens_in, output_tokens=tokens_out, cost=cost,
-            currency=self.ledger_currency, status=status,
-            latency_ms=int((time.perf_counter() - self.started) * 1000),
-            reservation_id=self.reservation_id, request_body=request_text,
-            response_body=response_text, chain_id=self.chain_id,
+            int(time.time()), self.token_id, self.app, self.provider.id, self.model.id,
+            self.endpoint.operation, tokens_in, tokens_out, cost, self.ledger_currency, status,
+            int((time.perf_counter() - self.started) * 1000), self.reservation_id,
+            request_text, response_text, 1, self.chain_id,
         )
 
     def _log(self, e: LedgerEntry) -> None:
@@ -253,13 +252,12 @@ class Call:
             # the answer itself (no task, no future, no loop turn of the call's own: callgrind
             # put them at 3% of the relay's instructions per call), and a disconnecting app
             # still cannot cancel the call: a cancelled wait here leaves the exchange as it
-            # was (pool.Response.head), and a task of the relay's takes it over where it
+            # was (pool.Response.read), and a task of the relay's takes it over where it
             # stands (_plain), reads the answer to its end, meters it and settles it; the
             # settlement after the send is guarded the same way (Call._close).
             try:
                 async with asyncio.timeout_at(deadline):
-                    await resp.head()
-                    body = await resp.read()
+                    body = await resp.read()  # the head first: a failure before it has status 0
             except asyncio.CancelledError:
                 self.spawn(self._plain(None, started, deadline))
                 raise

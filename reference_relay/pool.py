@@ -286,9 +286,10 @@ class Response:
 
     async def head(self) -> None:
         """Wait for the answer's status and headers; raises how the exchange failed. A
-        cancelled wait changes nothing else: another task may wait again (the relay's handler
-        waits here, and a task of the relay's takes the call over if the handler is
-        cancelled), and a failure is told again (``request`` retries a stale connection)."""
+        cancelled wait (here or in ``read``) changes nothing else: another task may wait
+        again (the relay's handler reads a plain answer, and a task of the relay's takes the
+        call over if the handler is cancelled), and a failure is told again (``request``
+        retries a stale connection)."""
         while not self.status and self._error is None:
             await self._wait()
         if self._error is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -458,6 +459,31 @@ def test_answer_usage_of_openai_answers_is_openai_usage_of_the_json_modules_read
     assert checked == len(values) ** len(fields) * 8
     for usage in (b"null", b"[]", b'"x"', b"{}", b'{"completion_tokens":3}'):
         assert answer_usage("openai", b'{"usage":%s}' % usage) is None
+
+
+def test_a_calls_ledger_entry_is_the_one_a_keyword_build_makes() -> None:
+    # Call._entry builds its LedgerEntry positionally (cheaper): every field lands where a
+    # keyword build puts it, whatever order the fields are declared in.
+    from capwallet.store import LedgerEntry
+    from reference_relay.calls import Call
+
+    call = Call.__new__(Call)
+    for name, value in (("token_id", "tid"), ("app", "app"), ("reservation_id", "rid"),
+                        ("ledger_currency", "EUR"), ("chain_id", "chain"),
+                        ("log_bodies", True), ("max_log_bytes", 3), ("request_body", b"abcd"),
+                        ("started", 0.0)):
+        setattr(call, name, value)
+    call.provider = type("P", (), {"id": "prov"})()  # type: ignore[assignment]
+    call.model = type("M", (), {"id": "mod"})()  # type: ignore[assignment]
+    call.endpoint = type("E", (), {"operation": "op"})()  # type: ignore[assignment]
+    e = call._entry("ok", 11, 22, 33, b"wxyz")
+    want = LedgerEntry(time=e.time, token_id="tid", app="app", provider="prov", model="mod",
+                       operation="op", input_tokens=11, output_tokens=22, cost=33,
+                       currency="EUR", status="ok", latency_ms=e.latency_ms,
+                       reservation_id="rid", request_body="abc", response_body="wxy",
+                       chain_id="chain")
+    assert e == want and e.count == 1
+    assert abs(e.time - time.time()) < 5 and e.latency_ms > 0
 
 
 # -- configuration ------------------------------------------------------------------------------
