@@ -298,6 +298,55 @@ async def test_a_batch_writes_each_counter_once_and_its_rows_together(tmp_path: 
         await store.close()
 
 
+async def test_a_batchs_reserves_of_one_token_read_its_counters_once(tmp_path: Path) -> None:
+    """Inside one batch (it holds the write lock) the second reserve of a token needs no read:
+    the first one's values plus what the batch owes are its counters."""
+    store = SQLiteStore(tmp_path / "r.db")
+    try:
+        assert (await store.reserve(_reservation(Hold("b", 10, 100)))).ok
+        assert store._fast is not None
+        seen: list[str] = []
+        store._fast.set_trace_callback(seen.append)
+        got = await asyncio.gather(*(store.reserve(_reservation(Hold("b", 30, 100),
+                                                                Hold("r", 1, 9)))
+                                     for _ in range(4)))
+        assert [r.ok for r in got] == [True, True, True, False]
+        assert got[3] == ReserveResult(False, failed_counter="b", used=100)
+        assert sum("FROM revoked" in s for s in seen) == 1
+        assert await store.counters(["b", "r"]) == {"b": 100, "r": 3}
+    finally:
+        await store.close()
+
+
+async def test_a_batch_reserve_sees_a_revocation_and_writes_made_earlier_in_it(
+        tmp_path: Path) -> None:
+    """What a batch's reserves read is forgotten when the batch changes it otherwise: a
+    revocation, or counters written at once (a settle of another process's reservation)."""
+    store = SQLiteStore(tmp_path / "v.db")
+    other = SQLiteStore(tmp_path / "v.db")
+    try:
+        results = await asyncio.gather(store.reserve(_reservation(Hold("b", 1, 100))),
+                                       store.revoke("t", 5),
+                                       store.reserve(_reservation(Hold("b", 1, 100))))
+        assert results == [ReserveResult(True), None, ReserveResult(False, revoked=True)]
+        theirs = Reservation(secrets.token_hex(16), "u", (Hold("c", 40, 100),), 2_000_000_000)
+        assert (await other.reserve(theirs)).ok
+
+        def mine(n: int) -> Reservation:
+            return Reservation(secrets.token_hex(16), "u", (Hold("c", n, 100),), 2_000_000_000)
+
+        results = await asyncio.gather(
+            store.reserve(mine(50)),  # reads c = 40, owes +50
+            store.settle(theirs.reservation_id, {"c": 40}, _ok(theirs.reservation_id, 40)),
+            store.reserve(mine(50)))  # 40 + 50 + 50 > 100
+        assert results == [ReserveResult(True), True,
+                           ReserveResult(False, failed_counter="c", used=90)]
+        assert await store.counters(["c"]) == {"c": 90}
+    finally:
+        await other.close()
+        await store.close()
+
+
 async def test_a_settle_of_a_reservation_closed_elsewhere_is_told_in_a_batch(
         tmp_path: Path) -> None:
     """A settle whose DELETE is owed assumes its reservation open; if another process's

@@ -13,12 +13,12 @@ once and then runs the batch, so every write requested in the same iteration run
 are owed and written together at the batch's end: one upsert per counter of its merged delta,
 one ``executemany`` each for the new reservations, the closed ones and the ledger rows, one
 upsert per usage total (_Cursor says why, and how a later reserve still sees the counters
-the earlier ones changed); a batch of several calls runs about two statements per call
-instead of six. An operation that fails (a duplicate reservation id: ValueError) rolls back
-only itself and gets its own exception; the others commit (a batch in which an operation or
-an owed write raises is rolled back and runs again writing each operation's rows at once,
-with a SAVEPOINT around each; the usual batch needs none). Every future resolves after the
-COMMIT.
+the earlier ones changed), and a token's counters are read once per batch, not once per
+reserve: a batch of several calls runs under two statements per call instead of six. An
+operation that fails (a duplicate reservation id: ValueError) rolls back only itself and gets
+its own exception; the others commit (a batch in which an operation or an owed write raises
+is rolled back and runs again writing each operation's rows at once, with a SAVEPOINT around
+each; the usual batch needs none). Every future resolves after the COMMIT.
 Why on the loop's thread: an uncontended transaction without fsync costs tens of
 microseconds, less than handing it to a thread and back under the GIL; and one commit for many
 writes writes each page they share (a counter, the ledger's last leaf) once.
@@ -302,7 +302,14 @@ class _Cursor(sqlite3.Cursor):
     Counters: a merged delta is the sum of the ops' deltas, written as one upsert that keeps
     the counter at or above 0 as each op's did; the two agree since a counter never drops
     below what its open reservations hold (a settle's negative delta is at most its own
-    hold), so no op's delta clamped at 0 before either."""
+    hold), so no op's delta clamped at 0 before either.
+
+    Reads: a batch's transaction holds the write lock, so only the batch changes what its
+    reserves read. The first reserve of a token reads its revocation and counters; the next
+    ones of the batch reuse those values (``seen``, ``live``) plus the owed deltas instead of
+    reading again (under load a batch holds several calls of one token). They are forgotten
+    whenever the batch changes them another way: a revocation, and every ``owe`` (which
+    writes the deltas, and precedes every write made at once in a deferred batch)."""
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         super().__init__(connection)
@@ -312,6 +319,10 @@ class _Cursor(sqlite3.Cursor):
         self.inserts: list[tuple[Any, ...]] = []  # new reservation rows owed
         self.deletes: list[tuple[str]] = []  # ids of reservations whose DELETE is owed
         self.rows: list[tuple[Any, ...]] = []  # ledger rows owed
+        # Read by this batch's reserves: counters' values as stored (without ``adds``), and
+        # tokens found not revoked. Forgotten when the owed writes are written (``owe``).
+        self.seen: dict[str, int] = {}
+        self.live: set[str] = set()
 
     def forget(self) -> None:
         """Drop what is owed (the transaction rolled back)."""
@@ -320,10 +331,15 @@ class _Cursor(sqlite3.Cursor):
         self.inserts.clear()
         self.deletes.clear()
         self.rows.clear()
+        self.seen.clear()
+        self.live.clear()
 
     def owe(self) -> None:
         """Write what is owed, in the order the ops would have (new reservations before
-        closed ones: a reservation opened and closed in one batch is opened first)."""
+        closed ones: a reservation opened and closed in one batch is opened first), and
+        forget what the batch read (the counters now hold the deltas)."""
+        self.seen.clear()
+        self.live.clear()
         if self.inserts:
             self.executemany(_INSERT_RESERVATION, self.inserts)
             self.inserts.clear()
@@ -830,13 +846,14 @@ class SQLiteStore(Store):
             _compact(meta if type(meta) is dict else dict(meta)),
         )
         approval = r.approval_id is not None
+        tid = r.token_id
         # Revocation, the approval and the counters: one statement.
         check = _reserve_read_sql(len(debits), approval)
-        params: list[Any] = [r.token_id, r.approval_id] if approval else [r.token_id]
-        for h in debits:
-            params.append(h.counter_key)
+        params: list[Any] = [tid, r.approval_id] if approval else [tid]
+        keys = [h.counter_key for h in debits]
+        params += keys
 
-        def txn(c: _Cursor) -> ReserveResult:
+        def read(c: _Cursor) -> dict[str, int] | ReserveResult:
             used: dict[str, int] = {}
             approval_used = False
             for key, value in c.execute(check, params).fetchall():
@@ -846,28 +863,43 @@ class SQLiteStore(Store):
                     return _REVOKED
                 else:
                     approval_used = True
-            if approval_used:
-                return _APPROVAL_USED
-            if c.defer:  # the counters as the batch's earlier ops left them; owe the rest
+            return _APPROVAL_USED if approval_used else used
+
+        def txn(c: _Cursor) -> ReserveResult:
+            if c.defer:
+                # The batch's earlier reserves of this token read what this one needs (the
+                # transaction holds the write lock: only this batch changes it), and the
+                # counters' owed deltas say what the batch did to them since.
+                seen = c.seen
+                if approval or tid not in c.live or not seen.keys() >= frozenset(keys):
+                    got = read(c)
+                    if type(got) is ReserveResult:
+                        return got
+                    c.live.add(tid)
+                    for key in keys:
+                        seen[key] = got.get(key, 0)  # type: ignore[union-attr]
                 owed = c.adds
                 for h in debits:
                     key = h.counter_key
-                    u = int(used.get(key, 0))
-                    got = owed.get(key)
-                    if got is not None:
-                        u += got[0]
+                    u = seen[key]
+                    add = owed.get(key)
+                    if add is not None:
+                        u += add[0]
                     if u + h.amount > h.limit:
                         return ReserveResult(False, failed_counter=key, used=u)
                 for h in debits:
-                    got = owed.get(h.counter_key)
-                    if got is None:
+                    add = owed.get(h.counter_key)
+                    if add is None:
                         owed[h.counter_key] = [h.amount, h.resets_at]
                     else:
-                        got[0] += h.amount
+                        add[0] += h.amount
                 c.inserts.append(row)
             else:
+                got = read(c)
+                if type(got) is ReserveResult:
+                    return got
                 for h in debits:
-                    u = int(used.get(h.counter_key, 0))
+                    u = int(got.get(h.counter_key, 0))  # type: ignore[union-attr]
                     if u + h.amount > h.limit:
                         return ReserveResult(False, failed_counter=h.counter_key, used=u)
                 if debits:
@@ -987,6 +1019,7 @@ class SQLiteStore(Store):
 
     async def revoke(self, token_id: str, now: int) -> None:
         def txn(c: _Cursor) -> None:
+            c.live.discard(token_id)  # a later reserve of the batch must see it
             c.execute(
                 "INSERT INTO revoked (token_id, revoked_at) VALUES (?, ?) "
                 "ON CONFLICT (token_id) DO NOTHING", (token_id, now),
