@@ -33,6 +33,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 
 from starlette.applications import Starlette
@@ -195,7 +196,7 @@ def body_of(raw: bytes) -> dict[str, Any]:
 
 
 def worst_raw_cost(price: Price, est: InputEstimate, output_tokens: int) -> int:
-    plain = price.raw_cost(input_tokens=est.tokens, output_tokens=output_tokens)
+    plain = price.plain_cost(est.tokens, output_tokens)
     if not est.cache_write:
         return plain
     return max(plain, price.raw_cost(input_tokens=0, cache_write_tokens=est.tokens,
@@ -259,6 +260,7 @@ def check_positions(cls: type, names: tuple[str, ...]) -> None:
 
 
 check_positions(Call, _CALL_FIELDS)
+_NO_COST: Mapping[str, int] = MappingProxyType({})
 _ABSENT: Any = object()  # a key the body does not have (None is a value it can have)
 
 # The request headers a model call reads, each with its name decoded (looked up, not decoded
@@ -654,7 +656,8 @@ class Relay:
                 or (origin is not None and limits.origins is not None)):
             # A dead token, or one presented from another web origin, is refused as such
             # before anything about the request is judged.
-            alive = evaluate(v, Request(origin=origin), now, {}, self.verifier.keys)
+            alive = evaluate(v, _new(Request, (None, None, None, (), 0, 0, _NO_COST, False,
+                                               None, None, origin)), now, {}, self.verifier.keys)
             if not alive.allowed and alive.reason is not None:
                 await self.revocation_first(token, tid, now)
                 raise RelayError(alive.reason.value, alive.message)
@@ -677,8 +680,7 @@ class Relay:
         price = model.price
         est = prepared.input
         worst = (worst_raw_cost(price, est, prepared.output_tokens) if est.cache_write else
-                 price.raw_cost(input_tokens=est.tokens, output_tokens=prepared.output_tokens)
-                 ) + prepared.fees_worst
+                 price.plain_cost(est.tokens, prepared.output_tokens)) + prepared.fees_worst
         costs, rates = self.cost_plans.costs(price, worst, limits.priced_currencies)
         approval = headers.get(APPROVAL_HEADER)
         path: str = scope["path"]

@@ -66,6 +66,15 @@ class Price:
             return (self.input_long or self.input, self.output_long or self.output)
         return self.input, self.output
 
+    def plain_cost(self, input_tokens: int, output_tokens: int) -> int:
+        """``raw_cost`` of a call with no cached or cache-write tokens, taking positions (the
+        relay prices every call's worst case so: keywords cost more to pass)."""
+        above = self.long_context_above
+        if above is None or input_tokens <= above:
+            return input_tokens * self.input + output_tokens * self.output
+        p_in, p_out = self.tier(input_tokens)
+        return input_tokens * p_in + output_tokens * p_out
+
     def raw_cost(self, *, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0,
                  cache_write_tokens: int = 0) -> int:
         """Exact cost in microunits times ``scale`` (Converter.micros divides, rounding up).
@@ -78,11 +87,7 @@ class Price:
         price scaled by input_long / input (rounded up).
         """
         if not cached_input_tokens and not cache_write_tokens:  # the usual call: no caching
-            above = self.long_context_above  # self.tier, inline: twice per call
-            if above is None or input_tokens <= above:
-                return input_tokens * self.input + output_tokens * self.output
-            p_in, p_out = self.tier(input_tokens)
-            return input_tokens * p_in + output_tokens * p_out
+            return self.plain_cost(input_tokens, output_tokens)
         total_in = input_tokens + cached_input_tokens + cache_write_tokens
         p_in, p_out = self.tier(total_in)
         long = self.long_context_above is not None and total_in > self.long_context_above

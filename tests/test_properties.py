@@ -112,7 +112,10 @@ NARROWER = {
 
 
 def _public_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(EffectiveLimits) if not f.name.startswith("_")]
+    """The limits a token's caveats set (not those worked out from them, such as
+    priced_currencies, which EffectiveLimits computes itself: init=False)."""
+    return [f.name for f in dataclasses.fields(EffectiveLimits)
+            if f.init and not f.name.startswith("_")]
 
 
 def test_every_limit_field_has_a_narrowing_rule() -> None:

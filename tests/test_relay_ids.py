@@ -35,4 +35,3 @@ def test_a_forked_child_does_not_reuse_the_parents_batch() -> None:
     assert len(child) == 8
     assert not set(child) & set(left)
     assert ids._batch == left  # the parent's batch is untouched
-

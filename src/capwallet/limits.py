@@ -67,17 +67,14 @@ class EffectiveLimits:
     logging: str | None = None
     apps: tuple[str, ...] = ()
     origins: frozenset[str] | None = None  # None: no origin caveat; may be empty (conflicting)
-    _priced: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    # Currencies a model call must be priced in (budgets, then confirm-above): worked out once
+    # here, a plain attribute rather than a property (read twice on every relayed call).
+    priced_currencies: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _checked: tuple[CounterLimit, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def budgets(self) -> tuple[CounterLimit, ...]:
         return tuple(c for c in self.counters if c.kind == "budget")
-
-    @property
-    def priced_currencies(self) -> tuple[str, ...]:
-        """Currencies a model call must be priced in (budgets, then confirm-above)."""
-        return self._priced
 
     @property
     def counters_in_check_order(self) -> tuple[CounterLimit, ...]:
@@ -88,7 +85,7 @@ class EffectiveLimits:
 
     def __post_init__(self) -> None:
         seen = [c.unit for c in self.counters if c.kind == "budget"] + list(self.confirm_above)
-        object.__setattr__(self, "_priced", tuple(dict.fromkeys(seen)))
+        object.__setattr__(self, "priced_currencies", tuple(dict.fromkeys(seen)))
         checked = sorted(self.counters, key=lambda c: _RANK[c.kind])
         object.__setattr__(self, "_checked", tuple(checked))
 

@@ -300,7 +300,9 @@ def evaluate(
                 )
         tokens = request.input_tokens + request.output_tokens
         # Ordered rate, quota, budget: the order of the reason codes.
-        for c, counter_key, resets in v.windows(now // 60):
+        minute = now // 60
+        for c, counter_key, resets in (v._windows if v._minute == minute  # v.windows, inline
+                                       else v.windows(minute)):
             kind = c.kind
             amount = cost[c.unit] if kind == "budget" else tokens if kind == "quota" else 1
             used = counters.get(counter_key, 0)
