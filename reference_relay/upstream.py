@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Coroutine, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from reference_relay.config import ProviderConfig, RelayConfig
@@ -49,7 +49,7 @@ class Upstream:
                          connect_timeout=config.connect_timeout)
         # (base_url + path, key) -> (origin, the request head up to the content length):
         # everything of a head but the length is the same for every call to one endpoint.
-        self._heads: dict[tuple[str, str, str], tuple[Origin, bytes]] = {}
+        self._heads: dict[tuple[str, str, str, str], tuple[Origin, bytes]] = {}
 
     async def aclose(self) -> None:
         await self.pool.aclose()
@@ -61,12 +61,14 @@ class Upstream:
         """The origin and the request head up to its content length, the same for every call
         to one endpoint with one key (cached). The relay asks for it before it reserves, so
         that a key that cannot go in a header refuses the call with nothing reserved."""
-        url = provider.base_url + path
-        cached = self._heads.get((url, key, provider.api))
+        # Keyed by the strings the URL is made of (their hashes are kept in them), not by
+        # the joined URL, a new string to hash on every call.
+        k = (provider.base_url, path, key, provider.api)
+        cached = self._heads.get(k)
         if cached is None:
-            cached = self._head(provider, url, key)
+            cached = self._head(provider, provider.base_url + path, key)
             if len(self._heads) < 1024:
-                self._heads[(url, key, provider.api)] = cached
+                self._heads[k] = cached
         return cached
 
     def build(self, provider: ProviderConfig, path: str, body: bytes, key: str,
@@ -110,7 +112,7 @@ class Upstream:
         free (Pool.start); ``send`` finishes it: sends it if it is not sent yet, and waits
         for the answer's head."""
         origin, data = self.build(provider, path, body, key, forward)
-        return Started(origin, data, self.pool.start(origin, data))
+        return _new(Started, (origin, data, self.pool.start(origin, data)))
 
     def send(self, started: Started) -> Coroutine[Any, Any, Response]:
         """Awaited, returns once the answer's status and headers have arrived. (The pool's
@@ -118,15 +120,17 @@ class Upstream:
         return self.pool.request(started.origin, started.data, started.response)
 
 
-class Started:
+class Started(NamedTuple):
     """A request to a provider, built and perhaps sent (``response`` then waits for its
-    answer: see Upstream.start). A slotted class, not a NamedTuple, whose generated
-    ``__new__`` is a Python frame more per call."""
+    answer: see Upstream.start). Built with tuple.__new__ from all its fields, in order
+    (``_new``): the generated ``__new__`` is a Python frame more per call."""
 
-    __slots__ = ("data", "origin", "response")
+    origin: Origin
+    data: bytes
+    response: Response | None
 
-    def __init__(self, origin: Origin, data: bytes, response: Response | None) -> None:
-        self.origin, self.data, self.response = origin, data, response
+
+_new = tuple.__new__
 
 
 def forwarded_headers(client: Mapping[str, str]) -> dict[str, str]:
