@@ -233,7 +233,7 @@ class Call:
 
     def _started(self) -> Started | None:
         """The request, sent to the provider now when a pooled connection is idle: from the
-        handler that reserved the call, so that no turn of the event loop (the call's task
+        handler that reserved the call, so that no turn of the event loop (a stream's pump
         starting) lies between the reservation and the provider getting the request. None
         if building it failed: the call's task meets that again and closes the reservation."""
         try:
