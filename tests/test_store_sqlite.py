@@ -283,7 +283,8 @@ async def test_a_batch_writes_each_counter_once_and_its_rows_together(tmp_path: 
         assert results[7] == ReserveResult(False, failed_counter="b", used=87)
         assert seen[0] == "BEGIN IMMEDIATE" and seen[-1] == "COMMIT"
         assert sum(s.startswith("INSERT INTO counters") for s in seen) == 2  # b and r
-        assert sum(s.startswith("INSERT INTO ledger") for s in seen) == 4
+        assert sum(s.startswith("INSERT INTO ledger") for s in seen) == 1  # 4 rows
+        assert sum(s.startswith("INSERT INTO reservations") for s in seen) == 1  # 3 rows
         assert sum(s.startswith("DELETE FROM reservations") for s in seen) == 4
         assert not any(s.startswith("SAVEPOINT") for s in seen)
         assert await store.counters(["b", "r"]) == {"b": 87, "r": 7}
@@ -344,6 +345,30 @@ async def test_a_batch_reserve_sees_a_revocation_and_writes_made_earlier_in_it(
         assert await store.counters(["c"]) == {"c": 90}
     finally:
         await other.close()
+        await store.close()
+
+
+async def test_a_batch_larger_than_one_insert_writes_every_row(tmp_path: Path) -> None:
+    """A batch's owed rows go as multi-row INSERTs of at most INSERT_ROWS rows each."""
+    from capwallet.store.sqlite import INSERT_ROWS
+
+    store = SQLiteStore(tmp_path / "big.db")
+    try:
+        n = INSERT_ROWS + 3
+        rs = [_reservation(Hold("b", 2, 10**6)) for _ in range(n)]
+        assert store._fast is not None
+        seen: list[str] = []
+        store._fast.set_trace_callback(seen.append)
+        assert all(r.ok for r in await asyncio.gather(*(store.reserve(r) for r in rs)))
+        assert sum(s.startswith("INSERT INTO reservations") for s in seen) == 2
+        assert all(await asyncio.gather(*(
+            store.settle(r.reservation_id, {"b": 1}, _ok(r.reservation_id, 1)) for r in rs)))
+        assert sum(s.startswith("INSERT INTO ledger") for s in seen) == 2
+        assert await store.counters(["b"]) == {"b": n}
+        assert sorted(e.reservation_id or "" for e in await store.ledger(limit=2 * n)) == sorted(
+            r.reservation_id for r in rs)
+        assert [(u.calls, u.cost) for u in await store.usage()] == [(n, n)]
+    finally:
         await store.close()
 
 
