@@ -65,7 +65,7 @@ from capwallet.verify import Decision, Request, VerifiedToken, Verifier, evaluat
 from reference_relay.body import parse_body
 from reference_relay.calls import Call
 from reference_relay.chains import ChainNotes
-from reference_relay.config import ModelConfig, ProviderConfig, RelayConfig
+from reference_relay.config import ModelConfig, ProviderConfig, RelayConfig, env_keys
 from reference_relay.errors import (
     BAD_HOST,
     HEADERS_TOO_LARGE,
@@ -440,7 +440,7 @@ class Relay:
         self.verifier = Verifier(self.keys)
         self.owns_store = store is None
         self.store = store if store is not None else open_store(config.store_url)
-        self.provider_keys = provider_keys or config.default_provider_keys
+        self.provider_keys = provider_keys or env_keys(config)
         self.converter = config.converter
         self.upstream = Upstream(config)
         self.redactor = REDACTOR
@@ -449,6 +449,7 @@ class Relay:
         self.chains = ChainNotes(self.store, self.spawn)
         self.cost_plans = CostPlans(self.converter)
         self._keys_checked: dict[str, str] = {}  # provider id -> the key forwarding() passed
+        self._leases: dict[str, int] = {}  # provider id -> its lease_seconds (config is fixed)
         self._routes: dict[tuple[str, str, frozenset[str] | None],
                            tuple[ProviderConfig, ModelConfig]] = {}
         self.index: dict[str, list[tuple[ProviderConfig, ModelConfig]]] = {}
@@ -698,7 +699,9 @@ class Relay:
                 provider.zero_retention, approval, digest, origin)), now, counters or {}, keys)
 
         app_name = limits.apps[0] if limits.apps else ""
-        lease = self.config.lease_seconds(provider)
+        lease = self._leases.get(provider.id)
+        if lease is None:
+            lease = self._leases[provider.id] = self.config.lease_seconds(provider)
 
         async def forward(d: Decision, p: Prepared, worst: int, costs: dict[str, int],
                           rates: list[str], key: str, fwd: dict[str, str]
@@ -745,7 +748,9 @@ class Relay:
         # the reservation checks the counters (and the revocation) atomically. Only a refusal,
         # by this judgement or by the store, reads the snapshot below and is judged again with
         # the counters, so that it is told exactly as it is (which counter, what is left).
-        decision = judge(prepared, costs, None)
+        decision = evaluate(v, _new(Request, (  # judge(prepared, costs, None), inline
+            provider.id, model_id, ep.operation, (), est.tokens, prepared.output_tokens, costs,
+            provider.zero_retention, approval, digest, origin)), now, {}, keys)
         if decision.allowed:
             try:
                 key, fwd = self.forwarding(provider, ep, headers)

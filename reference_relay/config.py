@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,43 @@ class RelayConfig:
         if p is None or p.api_key_env is None:
             return ""
         return os.environ.get(p.api_key_env, "")
+
+
+def env_keys(config: RelayConfig) -> Callable[[str], str]:
+    """``config.default_provider_keys`` with the same results, read more cheaply: the relay
+    asks for a key on every call, and ``os.environ.get`` is four Python calls (Mapping.get,
+    _Environ.__getitem__, its key encoding and value decoding).
+
+    Still read on every call: each call looks the variable up in the mapping os.environ keeps
+    its values in (``os.environ._data``, the one that ``os.environ[...] = ...`` and ``del``
+    change), and decodes a value only when it is not the one decoded last. Where os.environ
+    has no such mapping, the config's own method is used."""
+    data = getattr(os.environ, "_data", None)
+    encode = getattr(os.environ, "encodekey", None)
+    decode = getattr(os.environ, "decodevalue", None)
+    if not isinstance(data, dict) or encode is None or decode is None:
+        return config.default_provider_keys
+    names: dict[str, Any] = {}
+    for p in config.providers:  # the first provider of an id, as config.provider finds it
+        if p.id not in names:
+            names[p.id] = None if p.api_key_env is None else encode(p.api_key_env)
+    last: dict[str, tuple[Any, str]] = {}  # provider id -> (raw value, its decoding)
+
+    def read(provider_id: str) -> str:
+        name = names.get(provider_id)
+        if name is None:
+            return ""
+        raw = data.get(name)
+        if raw is None:
+            return ""
+        seen = last.get(provider_id)
+        if seen is not None and seen[0] is raw:
+            return seen[1]
+        value: str = decode(raw)
+        last[provider_id] = (raw, value)
+        return value
+
+    return read
 
 
 def _get(table: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str,

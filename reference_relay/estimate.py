@@ -192,7 +192,19 @@ _OPENAI_CHAT_CHECKED = frozenset({"modalities", "audio", "web_search_options", "
 
 def openai_chat_input(body: Mapping[str, Any], raw_bytes: int,
                       image_tokens: int = DEFAULT_IMAGE_TOKENS) -> InputEstimate:
-    messages, images, payload = _messages(body, _openai_content, audio=False)
+    messages: Any = body.get("messages")
+    images = payload = 0
+    # The usual messages (objects with a text content and no audio) need no reading: _messages
+    # is called, and says what is wrong, only when one is not.
+    plain = isinstance(messages, list) and len(messages) > 0
+    if plain:
+        for m in messages:
+            if type(m) is not dict or type(m.get("content")) is not str or (
+                    m.get("audio") is not None):
+                plain = False
+                break
+    if not plain:
+        messages, images, payload = _messages(body, _openai_content, audio=False)
     if _OPENAI_CHAT_CHECKED.isdisjoint(body):
         return _new(InputEstimate, (
             raw_bytes - payload + images * image_tokens + len(messages) * PER_MESSAGE_TOKENS

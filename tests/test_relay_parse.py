@@ -377,3 +377,25 @@ def test_an_sdk_shaped_body_takes_the_compact_path() -> None:
     spaced = json.dumps(body).encode()  # requests' default: the strict parse alone
     assert _canonical(spaced, spaced.decode()) is None
     assert parse_body(spaced) == body
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=st.lists(st.sampled_from(["a", "b", "c", "d"]), max_size=4, unique=True),
+       others=st.lists(st.sampled_from(["a", "b", "c"]), max_size=3, unique=True),
+       key=st.sampled_from(["a", "b", "c", "d"]), spaced=st.booleans())
+def test_set_alone_gives_what_a_body_edit_gives(keys: list[str], others: list[str], key: str,
+                                                spaced: bool) -> None:
+    """routes.set_alone (ChatCompletions.prepare's one call for a cap moved to the provider's
+    field) changes the body and gives the bytes a BodyEdit does: pop of each other, then set."""
+    from reference_relay.routes import BodyEdit, set_alone
+    body = {k: i for i, k in enumerate(keys)}
+    raw = (json.dumps(body) if spaced else json.dumps(body, separators=(",", ":"))).encode()
+    one, two = parse_body(raw), parse_body(raw)
+    edit = BodyEdit(two)
+    for k in others:
+        edit.pop(k)
+    edit.set(key, 7)
+    out = set_alone(one, raw, key, 7, tuple(others))
+    assert out == edit.bytes(raw)
+    assert one == two and list(one) == list(two)
+    assert parse_body(out) == one

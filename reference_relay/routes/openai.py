@@ -8,6 +8,7 @@ from capwallet.limits import EffectiveLimits
 from reference_relay.config import ModelConfig, ProviderConfig
 from reference_relay.errors import UNSUPPORTED_FEATURE, WRONG_API, RelayError
 from reference_relay.estimate import (
+    DEFAULT_IMAGE_TOKENS,
     InputEstimate,
     OutputBound,
     bad,
@@ -19,9 +20,10 @@ from reference_relay.estimate import (
     responses_input,
     responses_tools,
 )
-from reference_relay.routes import BodyEdit, Prepared, bound_output, cap_note
+from reference_relay.routes import BodyEdit, Prepared, bound_output, cap_note, set_alone
 
 _new = tuple.__new__  # a NamedTuple from all its fields, in order, without its __new__'s frame
+_CAP_FIELDS = ("max_tokens", "max_completion_tokens")
 
 
 def _stream_flag(body: dict[str, Any]) -> bool:
@@ -60,7 +62,8 @@ class ChatCompletions:
             b = positive_int(body, "max_completion_tokens")
         requested = a if b is None else b if a is None else min(a, b)
         price = model.price
-        est = openai_chat_input(body, len(raw), image_allowance(price))
+        est = openai_chat_input(body, len(raw), DEFAULT_IMAGE_TOKENS
+                                if price.max_image_tokens is None else price.max_image_tokens)
         if requested is not None and ceiling is None and limits.max_output_tokens is None:
             # bound_output with nothing to bound the app's own cap by: it stands.
             bound = _new(OutputBound, (requested * n, None, None))
@@ -69,6 +72,7 @@ class ChatCompletions:
         cap = bound.inject if bound.inject is not None else requested
         field = provider.max_tokens_field
         edit: BodyEdit | None = None
+        out = raw
         if cap is not None and (get(field) != cap or (
                 "max_completion_tokens" if field == "max_tokens" else "max_tokens") in body):
             # The reservation holds for `cap` output tokens: the provider must get it in the
@@ -76,10 +80,13 @@ class ChatCompletions:
             # to a provider that reads only max_tokens (or the reverse), or a second, larger
             # cap in the other field, would otherwise leave the answer bounded by the
             # provider's default, not by what was reserved.
-            edit = BodyEdit(body)
-            edit.pop("max_tokens")
-            edit.pop("max_completion_tokens")
-            edit.set(field, cap)
+            if stream:
+                edit = BodyEdit(body)
+                edit.pop("max_tokens")
+                edit.pop("max_completion_tokens")
+                edit.set(field, cap)
+            else:  # the one change: BodyEdit's bytes in one call
+                out = set_alone(body, raw, field, cap, _CAP_FIELDS)
         wants_usage = True
         if stream:
             opts = get("stream_options")
@@ -90,7 +97,8 @@ class ChatCompletions:
                 if edit is None:
                     edit = BodyEdit(body)
                 edit.set("stream_options", {**(opts or {}), "include_usage": True})
-        out = raw if edit is None else edit.bytes(raw)
+        if edit is not None:
+            out = edit.bytes(raw)
         clamped = bound.clamped is not None
         return _new(Prepared, (est, bound.total, stream, out, wants_usage, 0, (),
                                cap_note(bound, field) if clamped else (), clamped))
