@@ -100,6 +100,7 @@ CLAMP_HEADER = "x-capwallet-output-cap"
 MIN_CLAMPED_OUTPUT = 256
 MAX_HEADER_BYTES = 16 * 1024  # all request headers together
 MAX_HEADER_FIELDS = 100
+AUTH_REMEMBERED = 4096  # Authorization headers whose token check Relay.handle remembers
 PRUNE_INTERVAL = 3600.0  # seconds between deletions of ledger rows past their retention
 _TOKEN_TEXT = re.compile(r"cwt1_[A-Za-z0-9_-]{4,}")
 # Provider routes the relay refuses by name (rather than a bare not_found): their cost is
@@ -450,6 +451,8 @@ class Relay:
         self.cost_plans = CostPlans(self.converter)
         self._keys_checked: dict[str, str] = {}  # provider id -> the key forwarding() passed
         self._leases: dict[str, int] = {}  # provider id -> its lease_seconds (config is fixed)
+        # Authorization header -> (its token, the Verifier's check of it): see handle.
+        self._by_header: dict[str, tuple[str, VerifiedToken]] = {}
         self._routes: dict[tuple[str, str, frozenset[str] | None],
                            tuple[ProviderConfig, ModelConfig]] = {}
         self.index: dict[str, list[tuple[ProviderConfig, ModelConfig]]] = {}
@@ -635,7 +638,6 @@ class Relay:
         headers: dict[str, str] | None = scope.get(HEADERS_SCOPE_KEY)
         if headers is None:
             headers = _wanted_headers(scope)
-        token = self.token(headers)
         # The token is judged before the body: a bad, revoked or expired token gets its own
         # 401 whatever the body holds (a broken body behind a dead token is not the news).
         # Revocation is in the store, and a call that goes through reads nothing before it
@@ -643,10 +645,23 @@ class Relay:
         # revoked at any moment before its reservation is refused. Every refusal of a received
         # request before the reservation reads the revocation first (revocation_first), so a
         # revoked token still gets its own 401 whatever else is wrong with the request.
-        try:
-            v = self.verifier.check_token(token)
-        except TokenError as exc:
-            raise RelayError(exc.reason.value, exc.message) from None
+        # The chain's check is remembered per exact Authorization header (as the Verifier
+        # remembers it per exact token string); time, revocation and the rest are judged on
+        # every call below.
+        auth = headers.get("authorization")
+        hit = self._by_header.get(auth) if auth is not None else None
+        if hit is None:
+            token = self.token(headers)
+            try:
+                v = self.verifier.check_token(token)
+            except TokenError as exc:
+                raise RelayError(exc.reason.value, exc.message) from None
+            if auth is not None:
+                if len(self._by_header) >= AUTH_REMEMBERED:  # the oldest first (FIFO)
+                    self._by_header.pop(next(iter(self._by_header)), None)
+                self._by_header[auth] = (token, v)
+        else:
+            token, v = hit
         now = int(time.time())
         tid = v.token_id_hex
         limits = v.limits

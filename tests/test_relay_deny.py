@@ -74,6 +74,28 @@ def test_revoked(relay: Relay) -> None:
     assert r.status_code == 401 and error_code(r) == "revoked"
 
 
+def test_the_remembered_token_checks_are_bounded_and_judged_again_each_call(
+        relay: Relay, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relay.handle remembers the chain check per Authorization header (at most
+    AUTH_REMEMBERED, the oldest forgotten first); time is judged on every call all the same:
+    a remembered token that expires is refused as expired."""
+    import reference_relay.app as app_module
+    monkeypatch.setattr(app_module, "AUTH_REMEMBERED", 2)
+    remembered = relay.server.app.state.relay._by_header
+    remembered.clear()
+    toks = [relay.mint(cav.Budget(100, "USD", "month"), cav.App(f"a{i}")) for i in range(4)]
+    for tok in toks:
+        assert relay.chat(tok, max_tokens=4).status_code == 200
+        assert len(remembered) <= 2
+    assert list(remembered) == ["Bearer " + t for t in toks[2:]]
+    soon = relay.mint(cav.Budget(100, "USD", "month"), cav.Expires(int(time.time()) - 30))
+    assert relay.chat(soon, max_tokens=4).status_code == 200  # inside the clock allowance
+    assert "Bearer " + soon in remembered
+    real_time = time.time
+    monkeypatch.setattr(app_module.time, "time", lambda: real_time() + 60)
+    deny(relay, soon, 401, "expired")
+
+
 def test_a_token_revoked_just_before_its_reservation_is_refused(
         fresh_relay: Callable[..., Relay], tmp_path: object) -> None:
     """A revocation that lands after the relay last looked but before the call reserves (the

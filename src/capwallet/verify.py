@@ -320,7 +320,7 @@ def evaluate(
             debits.append(_new(Debit, (kind, counter_key, amount, limit, used, c.unit, resets)))
     # Confirmation.
     why: str | None = None
-    if model_call:
+    if model_call and lim.confirm_above:
         for currency, threshold in lim.confirm_above.items():
             price, above = request.cost[currency], threshold * MICROS_PER_MINOR
             if price > above:
