@@ -469,11 +469,20 @@ class Relay:
             self.sweeper = running_loop().create_task(self._sweep())
 
     async def aclose(self, grace: float = 30.0) -> None:
-        """Stop sweeping, let in-flight calls settle (up to ``grace`` seconds), close pools."""
+        """Stop sweeping, let in-flight calls settle (up to ``grace`` seconds), close pools.
+
+        It waits until no task of the relay's is left, not only for those it finds: a call's
+        task may hand its release or settlement to a new task as it ends (Call._answered),
+        and closing the store under that write left the reservation open (on Redis)."""
         if self.sweeper is not None:
             self.sweeper.cancel()
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=grace)
+        loop = running_loop()
+        deadline = loop.time() + grace
+        while pending := [t for t in self.tasks if not t.done()]:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            await asyncio.wait(pending, timeout=left)
         await self.upstream.aclose()
         if self.owns_store:
             await self.store.close()

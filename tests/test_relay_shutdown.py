@@ -1,0 +1,101 @@
+"""A server stopping past its grace: the calls in flight still close their reservations
+exactly, on SQLite and on Redis.
+
+A plain call whose request could not go out on an idle pooled connection runs in a task of
+the relay's (reference_relay.calls.Call._plain). When the provider refuses it or sends an
+answer that is not JSON, that task ends by spawning the release (or the worst-case
+settlement) in a task of its own (Call._answered) rather than awaiting it. A server past its
+grace cancels the request handlers (uvicorn's timeout_graceful_shutdown), then runs the
+lifespan's shutdown, Relay.aclose, which waits for the relay's tasks it finds and then closes
+the store: the spawned write must reach the store before it closes (it does: the spawned
+task starts before the task that spawned it is seen as done), or the reservation stays open
+until a lease sweep charges its worst case.
+
+These tests cancel the handler of such a call as a server does, call Relay.aclose at once,
+and read the ledger and the counters afterwards from a new handle on the same store: one row,
+and the budget used exactly what the row says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from relay_harness import FAKE_KEY, token_id
+from test_relay_cancelled_handler import in_process, run
+
+from capwallet.store import open_store
+from fake_provider import running_fake_provider
+from reference_relay.app import counter_keys
+
+
+@pytest.fixture(scope="module")
+def fake() -> Any:
+    with running_fake_provider(FAKE_KEY) as url:
+        yield url
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize(("model", "status", "charged"), [
+    ("fault-http500", "upstream_error", False),  # released: Call._answered spawns it
+    ("fault-malformed", "upstream_error", True),  # the worst case: spawned as well
+    ("relay-test", "client_disconnected", True),  # settled by the call's task itself
+])
+def test_aclose_waits_for_what_a_call_task_spawns(fake: str, tmp_path: Path, backend: str,
+                                                  model: str, status: str, charged: bool,
+                                                  request: pytest.FixtureRequest) -> None:
+    # The old Relay.aclose returned with the spawned write still running, and on Redis often
+    # lost it (it raced the store's close): three runs each.
+    for attempt in range(3):
+        tmp = tmp_path / str(attempt)
+        tmp.mkdir()
+        if backend == "redis":
+            url = request.getfixturevalue("redis_url") + f"?prefix=shut{secrets.token_hex(4)}"
+        else:
+            url = f"sqlite:///{tmp}/relay.db"
+        rows, used, left = _shut_down_during(fake, tmp, url, model)
+        assert left == []
+        assert [e.status for e in rows] == [status]
+        assert (rows[0].cost > 0) is charged
+        assert used == rows[0].cost  # the reservation was closed: the counter holds the charge
+
+
+def _shut_down_during(fake: str, tmp: Path, url: str, model: str
+                      ) -> tuple[list[Any], int, list[Any]]:
+    """Cancel the handler of a call in flight on the task path, as a server past its grace
+    does, and shut the relay down; the token's ledger rows and budget used afterwards, and
+    the relay's tasks still running when Relay.aclose returned."""
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with in_process(fake, tmp, warm=False, store=url) as r:
+            seen["token"] = r.token
+            seen["limits"] = r.relay.verifier.check_token(r.token).limits
+            handler = asyncio.get_running_loop().create_task(r.call(model))
+            while not r.relay.tasks:  # the call's task is in flight (no idle connection)
+                await asyncio.sleep(0)
+            handler.cancel()  # the server's grace is over: it cancels its handlers...
+            with pytest.raises(asyncio.CancelledError):
+                await handler
+            await r.relay.aclose()  # ...then runs the lifespan's shutdown
+            # Nothing of the relay's is left running once it returns (the store is closed).
+            seen["left"] = [t for t in r.relay.tasks if not t.done()]
+
+    run(main())
+
+    async def read() -> tuple[list[Any], int]:
+        store = open_store(url)
+        try:
+            rows = await store.ledger(token_ids=[token_id(seen["token"])])
+            [used] = (await store.counters(
+                counter_keys(seen["limits"], int(time.time())))).values()
+            return rows, used
+        finally:
+            await store.close()
+
+    rows, used = asyncio.run(read())
+    return rows, used, seen["left"]
