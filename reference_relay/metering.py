@@ -163,7 +163,7 @@ def usage_from_json(flavor: str, data: dict[str, Any]) -> Usage | None:
 
 def answer_usage(flavor: str, body: bytes) -> Usage | None:
     """The final usage of a non-streamed answer's bytes, or None if it has none; ValueError
-    when the body is not a JSON object.
+    when the body is not a JSON object (or is nested past what the parsers read).
 
     Parsed with orjson when it is installed (three to four times faster than the json module;
     the relay parses every answer), else, and whenever orjson's reading could differ from the
@@ -185,7 +185,10 @@ def answer_usage(flavor: str, body: bytes) -> Usage | None:
                     return got
             elif not _inexact(data.get("usage")):
                 return usage_from_json(flavor, data)
-    data = json.loads(body)
+    try:
+        data = json.loads(body)
+    except RecursionError:  # nested past the parser's depth (orjson stops at 1024 levels)
+        raise ValueError("the answer is nested too deeply") from None
     if not isinstance(data, dict):
         raise ValueError("the answer is not a JSON object")
     return usage_from_json(flavor, data)
