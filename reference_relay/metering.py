@@ -183,8 +183,13 @@ def answer_usage(flavor: str, body: bytes) -> Usage | None:
                 got = _openai_answer(data.get("usage"))
                 if got is not _INEXACT:
                     return got
-            elif not _inexact(data.get("usage")):
-                return usage_from_json(flavor, data)
+            else:
+                try:
+                    exact = not _inexact(data.get("usage"))
+                except RecursionError:  # a usage object nested past Python's depth
+                    raise ValueError("the answer is nested too deeply") from None
+                if exact:
+                    return usage_from_json(flavor, data)
     try:
         data = json.loads(body)
     except RecursionError:  # nested past the parser's depth (orjson stops at 1024 levels)

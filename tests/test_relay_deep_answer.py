@@ -19,11 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from relay_harness import ServerThread, token_id
 from test_relay_cancelled_handler import in_process, run
 
 from capwallet.store import open_store
 from reference_relay.app import counter_keys
+from reference_relay.metering import answer_usage
 
 DEEP = (b'{"id":"x","object":"chat.completion","choices":[],"usage":{"prompt_tokens":10,'
         b'"completion_tokens":16,"total_tokens":26},"extra":' + b"[" * 5000 + b"]" * 5000
@@ -79,3 +81,15 @@ def test_a_deeply_nested_answer_is_an_upstream_error_charged_the_worst_case(
     assert [e.status for e in rows] == ["upstream_error"]
     assert rows[0].output_tokens == 32 and rows[0].cost > 32 * 3_000 * 100
     assert used == rows[0].cost
+
+
+@pytest.mark.parametrize("flavor", ["openai", "anthropic", "responses"])
+@pytest.mark.parametrize("depth", [10, 990, 1010, 1020, 5000])
+def test_answer_usage_reads_any_depth_or_says_value_error(flavor: str, depth: int) -> None:
+    # Nesting inside the usage object itself: orjson reads up to 1024 levels, deeper than
+    # Python's recursion limit lets a walk of it go (_inexact), and the json module's depth.
+    body = (b'{"usage":' + b'{"a":' * depth + b"1" + b"}" * depth + b"}")
+    try:
+        answer_usage(flavor, body)
+    except ValueError:
+        pass  # an unreadable answer: charged the worst case (Call._answered)
