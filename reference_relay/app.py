@@ -703,9 +703,8 @@ class Relay:
             await self.refusing(token, v, now)
             raise
         price = model.price
-        est = prepared.input
-        worst = (worst_raw_cost(price, est, prepared.output_tokens) if est.cache_write else
-                 price.plain_cost(est.tokens, prepared.output_tokens)) + prepared.fees_worst
+        worst = worst_raw_cost(price, prepared.input, prepared.output_tokens) + (
+            prepared.fees_worst)
         costs, rates = self.cost_plans.costs(price, worst, limits.priced_currencies)
         approval = headers.get(APPROVAL_HEADER)
         path: str = scope["path"]
@@ -772,9 +771,7 @@ class Relay:
         # the reservation checks the counters (and the revocation) atomically. Only a refusal,
         # by this judgement or by the store, reads the snapshot below and is judged again with
         # the counters, so that it is told exactly as it is (which counter, what is left).
-        decision = evaluate(v, _new(Request, (  # judge(prepared, costs, None), inline
-            provider.id, model_id, ep.operation, (), est.tokens, prepared.output_tokens, costs,
-            provider.zero_retention, approval, digest, origin)), now, {}, keys)
+        decision = judge(prepared, costs, None)
         if decision.allowed:
             try:
                 key, fwd = self.forwarding(provider, ep, headers)

@@ -39,10 +39,11 @@ import uvicorn
 
 from capwallet import caveats as cav
 from capwallet.keys import Keyring, RootKey
+from capwallet.limits import EffectiveLimits
 from capwallet.store import LedgerEntry, Store, open_store
 from capwallet.token import mint
 from fake_provider import running_fake_provider
-from reference_relay.app import create_app
+from reference_relay.app import counter_keys, create_app
 from reference_relay.config import RelayConfig, parse_config
 from reference_relay.listen import listen
 
@@ -238,6 +239,23 @@ def fake_requests(relay: Relay) -> list[dict[str, Any]]:
 def token_id(token: str) -> str:
     from capwallet.token import Token
     return Token.parse(token).token_id
+
+
+def stored_outcome(url: str, token: str, limits: EffectiveLimits
+                   ) -> tuple[list[LedgerEntry], int]:
+    """What the store at ``url`` holds for ``token`` once its calls are over: its ledger rows
+    and the used amount of the one counter its ``limits`` name."""
+
+    async def read() -> tuple[list[LedgerEntry], int]:
+        store = open_store(url)
+        try:
+            rows = await store.ledger(token_ids=[token_id(token)])
+            [used] = (await store.counters(counter_keys(limits, int(time.time())))).values()
+            return rows, used
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
 
 
 def assert_no_key(r: httpx.Response) -> None:

@@ -13,18 +13,14 @@ a 200 whose body is a chat completion holding a 5000-deep array.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from relay_harness import ServerThread, token_id
+from relay_harness import ServerThread, stored_outcome
 from test_relay_cancelled_handler import in_process, run
 
-from capwallet.store import open_store
-from reference_relay.app import counter_keys
 from reference_relay.metering import answer_usage
 
 DEEP = (b'{"id":"x","object":"chat.completion","choices":[],"usage":{"prompt_tokens":10,'
@@ -66,17 +62,7 @@ def test_a_deeply_nested_answer_is_an_upstream_error_charged_the_worst_case(
     assert seen["headers"][b"x-capwallet-reason"] == b"upstream_error"
     assert "not valid JSON" in seen["body"]["error"]["message"]
 
-    async def read() -> tuple[list[Any], int]:
-        store = open_store(url)
-        try:
-            rows = await store.ledger(token_ids=[token_id(seen["token"])])
-            [used] = (await store.counters(
-                counter_keys(seen["limits"], int(time.time())))).values()
-            return rows, used
-        finally:
-            await store.close()
-
-    rows, used = asyncio.run(read())
+    rows, used = stored_outcome(url, seen["token"], seen["limits"])
     # relay-test's worst case: the input estimate and max_tokens (32) of output, both priced.
     assert [e.status for e in rows] == ["upstream_error"]
     assert rows[0].output_tokens == 32 and rows[0].cost > 32 * 3_000 * 100

@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from relay_harness import FAKE_KEY, token_id
+from relay_harness import FAKE_KEY, stored_outcome
 from test_relay_cancelled_handler import in_process, run
 
-from capwallet.store import open_store
 from fake_provider import running_fake_provider
-from reference_relay.app import counter_keys
 
 
 @pytest.fixture(scope="module")
@@ -87,15 +84,5 @@ def _shut_down_during(fake: str, tmp: Path, url: str, model: str
 
     run(main())
 
-    async def read() -> tuple[list[Any], int]:
-        store = open_store(url)
-        try:
-            rows = await store.ledger(token_ids=[token_id(seen["token"])])
-            [used] = (await store.counters(
-                counter_keys(seen["limits"], int(time.time())))).values()
-            return rows, used
-        finally:
-            await store.close()
-
-    rows, used = asyncio.run(read())
+    rows, used = stored_outcome(url, seen["token"], seen["limits"])
     return rows, used, seen["left"]

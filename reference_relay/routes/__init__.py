@@ -145,11 +145,7 @@ class BodyEdit:
             return dump(self.body)
         if not self.added:
             return raw
-        # Only whitespace can come before the object's opening brace.
-        start = raw.index(b"{") + 1
-        keys = dump(self.added)[1:-1]
-        sep = b"" if _REST_IS_EMPTY.match(raw, start) else b","
-        return b"{" + keys + sep + raw[start:]
+        return _prepend(raw, self.added)
 
 
 def set_alone(body: dict[str, Any], raw: bytes, key: str, value: Any,
@@ -168,9 +164,15 @@ def set_alone(body: dict[str, Any], raw: bytes, key: str, value: Any,
         body[key] = value
         return dump(body)
     body[key] = value
+    return _prepend(raw, {key: value})
+
+
+def _prepend(raw: bytes, added: dict[str, Any]) -> bytes:
+    """``raw`` (an object parse_body admitted) with the keys ``added``, which it does not
+    have, written in front of its own bytes."""
     start = raw.index(b"{") + 1  # only whitespace can come before the opening brace
     sep = b"" if _REST_IS_EMPTY.match(raw, start) else b","
-    return b"{" + dump({key: value})[1:-1] + sep + raw[start:]
+    return b"{" + dump(added)[1:-1] + sep + raw[start:]
 
 
 def unbounded_ok(model: ModelConfig, limits: EffectiveLimits) -> bool:
