@@ -10,7 +10,10 @@ the body (reason ``invalid_request``) rather than by picking one reading:
   model and run as the other;
 * bytes that are not UTF-8 (``json.loads`` on bytes also accepts UTF-16/32 and encoded
   surrogates, which other parsers reject or replace), and a byte-order mark;
-* ``NaN``, ``Infinity`` and ``-Infinity``, which are not JSON;
+* ``NaN``, ``Infinity`` and ``-Infinity``, which are not JSON, and a number literal beyond a
+  double's range (``1e400``): Python reads it as infinity, JavaScript too, Go and Rust refuse
+  it, an arbitrary-precision parser keeps it; re-encoded it became ``Infinity``, which no
+  provider reads as the app's number;
 * a ``\\u`` escape of a lone UTF-16 surrogate (``"\\ud800"``), which names no character:
   Python keeps it as an unpaired code point, other parsers replace it or refuse, and the relay
   could not re-encode a body holding one as UTF-8 (it answered 500 when it had to rewrite it).
@@ -52,6 +55,17 @@ def _constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class NumberOutOfRange(ValueError):
+    """A number literal too large for a double (parsers disagree on what it is)."""
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if value - value != 0.0:  # inf - inf is NaN (a literal can only overflow, never be NaN)
+        raise NumberOutOfRange(text)
+    return value
+
+
 # After the parse, an escaped surrogate pair is one character: a surrogate left is a lone one.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -73,7 +87,8 @@ def _lone_surrogate(value: Any) -> bool:
 
 
 # Built once: json.loads(s, **kw) would build a decoder per call.
-_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant)
+_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant,
+                            parse_float=_float)
 # The C scanner of a decoder with no hook: dicts built in C (see _canonical). Called
 # directly: JSONDecoder.decode's Python wrapper (two whitespace matches) costs as much again.
 _SCAN: Any = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # set in its __init__
@@ -88,8 +103,9 @@ def _canonical(raw: bytes, text: str) -> dict[str, Any] | None:
     SDKs send a body: compact, UTF-8, no escapes but the required ones); else None.
 
     Then every rule of parse_body holds with no per-object hook: orjson writes each key of an
-    object once, so a text it wrote has no duplicate key; it writes no NaN or Infinity and
-    fails on a lone surrogate rather than writing one; its output is UTF-8 with nothing
+    object once, so a text it wrote has no duplicate key; it writes no NaN or Infinity (an
+    infinite float, from a literal beyond a double, it writes as null, which that literal is
+    not) and fails on a lone surrogate rather than writing one; its output is UTF-8 with nothing
     around the object. The hook that counts each object's keys (_object) costs a Python call
     per object, most of the parse of a long conversation; this check is one C encode and a
     comparison."""
@@ -120,6 +136,11 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise RelayError(INVALID_REQUEST, f"the request body has the key {name!r} twice in "
                          "one object; JSON parsers disagree on which one counts, so the "
                          "relay refuses it (send each key once)") from None
+    except NumberOutOfRange as big:
+        literal = str(big) if len(str(big)) <= 32 else str(big)[:32] + "..."
+        raise RelayError(INVALID_REQUEST, f"the request body has the number {literal}, beyond "
+                         "the range of a double; JSON parsers disagree on its value, so the "
+                         "relay refuses it") from None
     except ValueError:  # JSONDecodeError, a BOM, NaN/Infinity
         raise RelayError(INVALID_REQUEST, "the request body is not valid JSON") from None
     except RecursionError:

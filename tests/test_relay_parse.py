@@ -25,7 +25,7 @@ from capwallet.token import mint
 from capwallet.verify import Verifier
 from reference_relay.body import parse_body
 from reference_relay.config import parse_config
-from reference_relay.errors import RelayError
+from reference_relay.errors import INVALID_REQUEST, RelayError
 from reference_relay.routes import Endpoint
 from reference_relay.routes.anthropic import Messages
 from reference_relay.routes.openai import ChatCompletions
@@ -92,6 +92,28 @@ def test_duplicate_keys_at_any_depth_are_refused(relay: Relay, path: str, raw: b
 def test_bodies_other_parsers_read_differently_are_refused(relay: Relay, raw: bytes) -> None:
     token = relay.mint(cav.Budget(1000, "USD", "month"))
     refused_unforwarded(relay, "/v1/chat/completions", raw, token)
+
+
+# A number literal beyond a double's range: Python and JavaScript read infinity, Go and Rust
+# refuse it, an arbitrary-precision parser keeps the number. The relay judged infinity and,
+# when it rewrote the body, forwarded `Infinity` (not JSON) in place of the app's literal.
+@pytest.mark.parametrize("literal", ["1e400", "-1e400", "1.5E+309", "123456789e999"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_numbers_beyond_a_double_are_refused(relay: Relay, literal: str, stream: bool) -> None:
+    token = relay.mint(cav.Budget(1000, "USD", "month"))
+    raw = ('{"model":"relay-test","max_tokens":4,"temperature":' + literal
+           + (',"stream":true' if stream else '')
+           + ',"messages":[{"role":"user","content":"hi"}]}').encode()
+    assert "beyond the range of a double" in refused_unforwarded(
+        relay, "/v1/chat/completions", raw, token)
+    with pytest.raises(RelayError) as err:
+        parse_body(raw.replace(b":", b": "))  # the strict path too (not compact)
+    assert err.value.code == INVALID_REQUEST
+
+
+def test_large_finite_numbers_still_pass() -> None:
+    assert parse_body(b'{"a":1.7976931348623157e308,"b":-4.9e-324,"c":1e-400}') == {
+        "a": 1.7976931348623157e308, "b": -4.9e-324, "c": 0.0}
 
 
 # A \u escape of a lone surrogate: Python keeps an unpaired code point, other parsers put
@@ -315,10 +337,10 @@ def _has_float(value: Any) -> bool:
 
 def test_a_re_encoded_body_keeps_what_orjson_would_change() -> None:
     from reference_relay.routes import dump
-    # A number literal beyond a double is infinite once parsed: written as json writes it
-    # (Infinity), never as orjson's null, which would forward another value than was judged.
-    body = parse_body(b'{"model":"m","temperature":1e400,"user":null}')
-    assert dump(body) == b'{"model":"m","temperature":Infinity,"user":null}'
+    # An infinite float (only the relay's own edits could put one in a body: parse_body
+    # refuses the literal) is written as json writes it, never as orjson's null.
+    assert dump({"model": "m", "temperature": float("inf"), "user": None}) == (
+        b'{"model":"m","temperature":Infinity,"user":null}')
     body = parse_body(b'{"model":"m","seed":123456789012345678901234567890}')
     assert dump(body) == b'{"model":"m","seed":123456789012345678901234567890}'
 

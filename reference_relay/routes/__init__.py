@@ -90,8 +90,9 @@ def dump(body: dict[str, Any]) -> bytes:
     orjson writes it several times faster (for a short chat body, most of re-encoding one whose
     output cap was renamed to the provider's field). Where it would write something else, the
     json encoder writes it, as it always did: an integer beyond 64 bits (orjson refuses it) and
-    an infinite float (a number literal too large for a double, which orjson writes as null;
-    any null in its output sends the body to json, which tells them apart).
+    an infinite float, which orjson writes as null (any null in its output sends the body to
+    json, which tells them apart). parse_body refuses the number literal that would give one
+    (reference_relay.body), so only a body built by the relay itself could hold it.
     """
     try:
         out = orjson.dumps(body)
