@@ -964,3 +964,13 @@ def test_identifier_refusals_say_what_is_wrong() -> None:
     top = b"\x01" + b"\x01" * 8 + b"\x02" * 16 + b"\xff" * 8
     with pytest.raises(TokenError, match="issued_at is out of range"):
         Identifier.decode(top)
+
+
+@pytest.mark.parametrize("now", [-1, -61, 2**53, 1.5, True, "1700000000"])
+def test_a_clock_outside_the_specs_range_is_the_callers_error(now: object) -> None:
+    # spec/verification.md#inputs: now is 0..2^53-1; a negative one floored to another minute
+    # in the JS verifier than here, and neither refused it.
+    token = mint(KEY, [cav.Budget(10, "EUR", "month")], now=T0).serialize()
+    with pytest.raises(ValueError, match="now must be an integer"):
+        Verifier(KEYS).verify(token, CALL, now)  # type: ignore[arg-type]
+    assert Verifier(KEYS).verify(token, CALL, T0).allowed

@@ -110,3 +110,12 @@ test('Origin binds a token to one web origin; server-side calls are unaffected',
   assert.equal((await from(null)).allowed, true);
   assert.throws(() => encodeCaveat(Origin('https://notes.example/path')), InvalidArgumentError);
 });
+
+test('a clock outside 0..2^53-1 is the caller\'s error, not a decision', async () => {
+  // The spec's range for now (spec/verification.md#inputs); a negative now floored to another
+  // minute here than in the Python verifier, and neither refused it.
+  for (const now of [-1, -61, 2 ** 53, 1.5, Number.NaN, '1700000000']) {
+    await assert.rejects(verify(base.token, keys, call('gpt-4o-mini', 40000), now), RangeError, String(now));
+  }
+  assert.equal((await verify(base.token, keys, call('gpt-4o-mini', 40000), base.context.now)).allowed, true);
+});

@@ -254,6 +254,11 @@ class Verifier:
         counters: Mapping[str, int] | None = None,
         revoked: Container[str] = (),
     ) -> Decision:
+        # The clock is the caller's, not the token's: one outside the spec's range is a bug of
+        # the caller, raised rather than decided (spec/verification.md#inputs). The relay's hot
+        # path calls evaluate() with int(time.time()), which is always in range.
+        if type(now) is not int or not 0 <= now <= MAX_SAFE_INTEGER:
+            raise ValueError(f"now must be an integer Unix time from 0 to 2^53-1, got {now!r}")
         try:
             v = self.check_token(token)
         except TokenError as exc:

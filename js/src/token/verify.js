@@ -175,6 +175,12 @@ function denial(reason, message, tokenId = null, limits = null, counter = null) 
  * to root key.
  */
 export async function verify(token, keys, request, now, counters = {}, revoked = []) {
+  // The clock is the caller's, not the token's: one outside the spec's range is a bug of the
+  // caller (a negative now would floor to a different minute here than in Python), so it
+  // throws rather than deciding (spec/verification.md#inputs).
+  if (!Number.isSafeInteger(now) || now < 0) {
+    throw new RangeError(`now must be an integer Unix time from 0 to 2^53-1, got ${now}`);
+  }
   let v;
   try {
     v = await checkToken(token, keys);
