@@ -483,6 +483,7 @@ class Relay:
             if left <= 0:
                 break
             await asyncio.wait(pending, timeout=left)
+        await self.store.drain()  # the settlements queued without a task (Call.settle_soon)
         await self.upstream.aclose()
         if self.owns_store:
             await self.store.close()

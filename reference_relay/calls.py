@@ -18,7 +18,8 @@ Settlement rules (see also reference_relay.metering):
   billing it): charge conservatively, the reserved worst case for the output and the
   provider's input count if it sent one, else the input estimate.
 
-A successful non-streamed answer is sent first and settled right after (``_SettleAfterSend``);
+A successful non-streamed answer is sent first and settled right after (``_SettleAfterSend``:
+queued in the store, which writes it as the loop turns, the handler not waiting for it);
 a stream is settled before its last bytes reach the app. Either way the reservation holds the
 worst case until the settlement lands, so the order cannot cause an overspend.
 
@@ -99,6 +100,7 @@ class Call:
     response_headers: dict[str, str] = field(default_factory=dict)  # e.g. the exchange rate
     chain_id: str = ""  # the presented token chain (reference_relay.chains)
     _settled: bool = False
+    _pending: LedgerEntry | None = None  # a settlement queued in the store (settle_soon)
 
     # -- money ------------------------------------------------------------------------------
 
@@ -137,11 +139,9 @@ class Call:
             raise RelayError(UPSTREAM_ERROR, f"no exchange rate to {currency}")
         return got[0]
 
-    async def settle(self, usage: Usage | None, final: bool, status: str,
-                     response_body: bytes | None = None) -> None:
-        if self._settled:
-            return
-        self._settled = True
+    def _settlement(self, usage: Usage | None, final: bool, status: str,
+                    response_body: bytes | None) -> tuple[dict[str, int], LedgerEntry]:
+        """What to charge each counter for this outcome, and its ledger row."""
         raw, tokens_in, tokens_out = self.raw_cost(usage, final)
         cost = self._money(raw, self.ledger_currency)
         actual: dict[str, int] = {}
@@ -153,14 +153,58 @@ class Call:
                 actual[d.counter_key] = tokens_in + tokens_out
             else:
                 actual[d.counter_key] = 1
-        await self._close(actual, self._entry(status, tokens_in, tokens_out, cost,
-                                              response_body))
+        return actual, self._entry(status, tokens_in, tokens_out, cost, response_body)
+
+    async def settle(self, usage: Usage | None, final: bool, status: str,
+                     response_body: bytes | None = None) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        await self._close(*self._settlement(usage, final, status, response_body))
+
+    def settle_soon(self, usage: Usage | None, final: bool, status: str,
+                    response_body: bytes | None) -> None:
+        """``settle`` without waiting for the write: queued in the store (Store.settle_soon),
+        which writes it as the loop turns, hands its outcome to this call (``set_result``,
+        ``set_exception``: the ledger log line, or the failure) and makes Relay.aclose and
+        its own close wait for it. For a plain answer once it is sent: the handler returns
+        at once instead of passing through the whole ASGI stack once more per call to wait
+        for a write the app does not wait for, and no cancellation can come between the
+        answer and its settlement being handed to the store."""
+        if self._settled:
+            return
+        self._settled = True
+        actual, entry = self._settlement(usage, final, status, response_body)
+        self._pending = entry
+        self.store.settle_soon(self.reservation_id, actual, entry, self)
 
     async def release(self, status: str) -> None:
         if self._settled:
             return
         self._settled = True
         await self._close(None, self._entry(status, 0, 0, 0, None))
+
+    # The store's Outcome of a queued settlement (settle_soon): the ledger line once it is
+    # written, or the failure (the reservation then holds the worst case until its lease
+    # closes it: never an overspend), as _close says them for a settlement awaited.
+
+    def done(self) -> bool:
+        return self._pending is None
+
+    def set_result(self, result: Any, /) -> None:
+        entry, self._pending = self._pending, None
+        if entry is not None:
+            self._log(entry)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        entry, self._pending = self._pending, None
+        if entry is None:
+            return
+        log.error("settle failed token=%s reservation=%s: %s", self.token_id,
+                  self.reservation_id,
+                  exception if isinstance(exception, StoreUnavailable)
+                  else type(exception).__name__)
+        self._log(entry)
 
     async def _close(self, actual: dict[str, int] | None, entry: LedgerEntry,
                      again: bool = False) -> None:
@@ -254,7 +298,7 @@ class Call:
             # still cannot cancel the call: a cancelled wait here leaves the exchange as it
             # was (pool.Response.read), and a task of the relay's takes it over where it
             # stands (_plain), reads the answer to its end, meters it and settles it; the
-            # settlement after the send is guarded the same way (Call._close).
+            # settlement after the send is handed to the store at once (settle_soon).
             try:
                 async with asyncio.timeout_at(deadline):
                     body = await resp.read()  # the head first: a failure before it has status 0
@@ -284,7 +328,7 @@ class Call:
                 # Handed over just as the handler was cancelled: nobody will send it.
                 response = answer.result()
                 if isinstance(response, _SettleAfterSend):
-                    self.spawn(response.settle(True))
+                    response.settle(True)
             raise
 
     async def _plain(self, answer: asyncio.Future[Response] | None, started: Started | None,
@@ -303,7 +347,7 @@ class Call:
         if answer is not None and not answer.done():
             answer.set_result(response)  # sent, then settled, by the handler
         elif isinstance(response, _SettleAfterSend):  # the handler went away: not sent
-            await response.settle(True)
+            response.settle(True)
 
     async def _exchange(self, started: Started | None, deadline: float) -> Response:
         resp: UpstreamResponse | None = None
@@ -375,14 +419,14 @@ class _SettleAfterSend(Response):
     be), keeping the ledger write off the app's latency. Until then the reservation still holds
     the worst case, so nothing can be overspent in between.
 
-    The task that sends it settles it, after the send: the app's handler (the app does not
-    wait for that, its answer is out), or the call's task when the handler went away before
-    the answer was ready. ``gone`` says whether the app had hung up by then (the ledger says
-    client_disconnected, as for a stream the app left: the answer was produced and is
-    charged, but the app did not get it). A send that fails or is cancelled hands the
-    settlement to a task of the relay's, and a cancelled settlement is written again from
-    one (Call._close): nothing the app does can cancel it, and Relay.aclose waits for those
-    tasks on shutdown (a server waits for its handlers before that)."""
+    The task that sends it settles it, after the send: the app's handler, or the call's task
+    when the handler went away before the answer was ready. ``gone`` says whether the app
+    had hung up by then (the ledger says client_disconnected, as for a stream the app left:
+    the answer was produced and is charged, but the app did not get it). Settling hands the
+    settlement to the store's write queue without waiting for it (Call.settle_soon), so the
+    handler returns as soon as the answer is out, and a send that fails or is cancelled
+    hands it over the same way, in the same step: nothing the app does can cancel it, and
+    the store's drain and close (Relay.aclose) wait for it."""
 
     def __init__(self, call: Call, body: bytes, status: int,
                  raw_headers: list[tuple[bytes, bytes]], usage: Usage | None) -> None:
@@ -395,11 +439,12 @@ class _SettleAfterSend(Response):
         self.raw_headers = raw_headers
         self.usage = usage  # the answer's usage (None: it reported none)
 
-    def settle(self, gone: bool) -> Coroutine[Any, Any, None]:
+    def settle(self, gone: bool) -> None:
+        """Hand the settlement to the store (Call.settle_soon): nothing waits for it."""
         usage = self.usage
         status = ("client_disconnected" if gone else
                   "usage_missing" if usage is None else "ok")
-        return self.call.settle(usage, usage is not None, status, self.answer)
+        self.call.settle_soon(usage, usage is not None, status, self.answer)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -407,9 +452,9 @@ class _SettleAfterSend(Response):
                         "headers": self.raw_headers})
             await send({"type": "http.response.body", "body": self.body})
         except BaseException:  # the app is gone (or the server cancelled the handler)
-            self.call.spawn(self.settle(True))
+            self.settle(True)
             raise
-        await self.settle(_client_gone(receive))
+        self.settle(_client_gone(receive))
 
 
 class _StreamPump:

@@ -291,6 +291,90 @@ async def test_counters_equal_ledger_after_many_settles(store: Store) -> None:
     assert total == sum(range(30)) == (await store.counters(["b"]))["b"]
 
 
+# -- settle_soon: a settle nobody waits for ----------------------------------------------------
+
+class Told:
+    """What a queued settle reports (capwallet.store.Outcome), kept for the test to read."""
+
+    def __init__(self) -> None:
+        self.outcome: list[object] = []  # [result] or [exception], once
+
+    def done(self) -> bool:
+        return bool(self.outcome)
+
+    def set_result(self, result: object, /) -> None:
+        assert not self.outcome, "told twice"
+        self.outcome.append(result)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        assert not self.outcome, "told twice"
+        self.outcome.append(exception)
+
+
+async def test_settle_soon_is_written_before_close_returns(opener: Opener) -> None:
+    # Queued, then the store closed at once: close waits for the queued settles, which
+    # commit exactly, and each is told.
+    a = opener()
+    rs = [res(Hold("b", 50, 1000), Hold("rate", 1, 10)) for _ in range(3)]
+    for r in rs:
+        assert (await a.reserve(r)).ok
+    told = [Told() for _ in range(3)]
+    a.settle_soon(rs[0].reservation_id, {"b": 12, "rate": 1}, entry(cost=12), told[0])
+    a.settle_soon(rs[1].reservation_id, {}, entry("upstream_error"), told[1])  # a release
+    a.settle_soon(rs[2].reservation_id, {"b": 7, "rate": 1}, entry(cost=7), told[2])
+    assert not any(t.done() for t in told)  # queued, not written in the caller's step
+    await a.close()
+    assert [t.outcome for t in told] == [[True], [True], [True]]
+    b = opener()
+    try:
+        assert await b.counters(["b", "rate"]) == {"b": 19, "rate": 2}
+        assert sorted((e.status, e.cost) for e in await b.ledger()) == [
+            ("ok", 7), ("ok", 12), ("upstream_error", 0)]
+    finally:
+        await b.close()
+
+
+async def test_drain_waits_for_settle_soon_and_concurrent_writes_stay_exact(
+        store: Store) -> None:
+    rs = [res(Hold("b", 10, 10_000)) for _ in range(30)]
+    await asyncio.gather(*(store.reserve(r) for r in rs[:15]))
+    told = [Told() for _ in rs]
+    # Queued settles interleaved with awaited reserves of the same counter, in one loop turn.
+    for i, r in enumerate(rs[:15]):
+        store.settle_soon(r.reservation_id, {"b": i}, entry(cost=i), told[i])
+    await asyncio.gather(*(store.reserve(r) for r in rs[15:]))
+    for i, r in enumerate(rs[15:], 15):
+        store.settle_soon(r.reservation_id, {"b": i}, entry(cost=i), told[i])
+    await store.drain()
+    assert all(t.outcome == [True] for t in told)
+    total = sum(e.cost for e in await store.ledger())
+    assert total == sum(range(30)) == (await store.counters(["b"]))["b"]
+    # A reservation is closed once: a queued settle of a settled one changes nothing.
+    again = Told()
+    store.settle_soon(rs[3].reservation_id, {"b": 500}, entry(cost=500), again)
+    await store.drain()
+    assert again.outcome == [False]
+    assert len(await store.ledger()) == 30 and (await store.counters(["b"]))["b"] == total
+
+
+async def test_settle_soon_on_a_closed_store_tells_the_failure(opener: Opener) -> None:
+    s = opener()
+    r = res(Hold("b", 5, 10))
+    assert (await s.reserve(r)).ok
+    await s.close()
+    told = Told()
+    s.settle_soon(r.reservation_id, {"b": 1}, entry(cost=1), told)  # does not raise
+    await s.drain()
+    [failure] = told.outcome
+    assert isinstance(failure, StoreUnavailable)
+    b = opener()
+    try:  # still reserved at the worst case: its lease will charge that
+        assert await b.counters(["b"]) == {"b": 5}
+        assert await b.ledger() == []
+    finally:
+        await b.close()
+
+
 # -- revocation -------------------------------------------------------------------------------
 
 async def test_revocation_is_shared_and_idempotent(opener: Opener) -> None:

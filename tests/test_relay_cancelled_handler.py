@@ -6,15 +6,18 @@ The handler reads a plain call's answer itself when the request went out on an i
 connection, and settles it after sending it (reference_relay.calls.Call.run,
 _SettleAfterSend). These tests drive the relay's ASGI app in-process with the real fake
 provider behind it, cancel the handler's task at each await it makes (waiting for the
-provider's head, waiting on the task path, sending the answer, writing the settlement), and
-read the ledger and the counters: one row, the answer's real usage, charged once.
+provider's head, waiting on the task path, sending the answer; after the send it has no
+wait left: the settlement is queued in the store), and read the ledger and the counters: one
+row, the answer's real usage, charged once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -27,6 +30,7 @@ from relay_harness import FAKE_KEY, config_data, token_id
 from capwallet import caveats as cav
 from capwallet.keys import RootKey
 from capwallet.store import LedgerEntry
+from capwallet.store.sqlite import SQLiteStore
 from capwallet.token import mint
 from fake_provider import running_fake_provider
 from reference_relay.app import Relay, counter_keys, create_app
@@ -88,6 +92,7 @@ class InProcess:
         deadline = time.monotonic() + 10
         while self.relay.tasks and time.monotonic() < deadline:
             await asyncio.wait(list(self.relay.tasks), timeout=1)
+        await self.relay.store.drain()  # the settlements queued after a send (settle_soon)
         rows = await self.relay.store.ledger(token_ids=[token_id(self.token)])
         v = self.relay.verifier.check_token(self.token)
         [used] = (await self.relay.store.counters(
@@ -160,13 +165,12 @@ def test_cancelled_while_sending_the_answer(fake: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
-def test_cancelled_while_the_settlement_is_written(fake: str, tmp_path: Path, backend: str,
-                                                   request: pytest.FixtureRequest) -> None:
-    # The answer is out; the handler then writes the settlement, and is cancelled at its
-    # first wait in the store. The settlement is written again from a task of the relay's:
-    # one row, charged once. SQLite drops a write cancelled before its batch (without the
-    # second write nothing is settled); Redis has the script already (the second write must
-    # then change nothing).
+def test_no_wait_left_after_the_answer_is_sent(fake: str, tmp_path: Path, backend: str,
+                                               request: pytest.FixtureRequest) -> None:
+    # The answer is out; the handler hands the settlement to the store (Call.settle_soon)
+    # and returns in the same step: a server cancelling it right after the send finds it
+    # done, and the settlement is written once: one row, charged once. (The old handler
+    # awaited the write there, was cancelled at that wait, and wrote it again from a task.)
     store = None
     if backend == "redis":
         url = request.getfixturevalue("redis_url")
@@ -185,11 +189,43 @@ def test_cancelled_while_the_settlement_is_written(fake: str, tmp_path: Path, ba
             rows0, used0 = await r.settled()
             call = asyncio.get_running_loop().create_task(
                 r.call("relay-test", cancel_after_the_body))
-            with pytest.raises(asyncio.CancelledError):
-                await call
-            assert handler == [call] and call.cancelled()  # cancelled after the send
+            sent = await call
+            assert handler == [call] and not call.cancelled()
+            assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
             rows, used = await r.settled()
             assert [(e.status, e.cost) for e in rows if e not in rows0] == [("ok", COST)]
             assert used - used0 == COST
+
+    run(main())
+
+
+def test_a_settlement_the_store_fails_is_logged_and_holds_the_worst_case(
+        fake: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The store fails the queued settlement for real (its ledger table is gone: the batch
+    # rolls back). Nobody waits for that write, so its failure is logged, with the token id
+    # only, and the reservation stays open at its worst case for the lease to charge.
+    async def main() -> None:
+        async with in_process(fake, tmp_path, warm=True) as r:
+            store = r.relay.store
+            assert isinstance(store, SQLiteStore)
+            _, used0 = await r.settled()
+            handler = asyncio.get_running_loop().create_task(r.call("fault-delay:1500"))
+            await asyncio.sleep(0.3)  # reserved; the provider thinks
+            with sqlite3.connect(store.path) as other:
+                other.execute("DROP TABLE ledger")
+            with caplog.at_level(logging.ERROR, logger="reference_relay.calls"):
+                sent = await handler
+                await store.drain()
+            assert sent[0]["status"] == 200  # the app got its answer
+            [failed] = [rec.getMessage() for rec in caplog.records
+                        if rec.getMessage().startswith("settle failed")]
+            assert f"token={token_id(r.token)} " in failed and r.token not in failed
+            assert "no such table" in failed  # the store's reason
+            v = r.relay.verifier.check_token(r.token)
+            [used] = (await store.counters(counter_keys(v.limits, int(time.time())))).values()
+            assert used - used0 > COST  # the worst case, reserved, stays until the lease
+            with sqlite3.connect(store.path) as other:
+                [(open_,)] = other.execute("SELECT count(*) FROM reservations").fetchall()
+            assert open_ == 1
 
     run(main())

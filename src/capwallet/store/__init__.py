@@ -17,6 +17,7 @@ from capwallet.store.base import (
     Chain,
     Hold,
     LedgerEntry,
+    Outcome,
     PendingApproval,
     Reservation,
     ReserveResult,
@@ -58,6 +59,6 @@ def open_store(url: str) -> Store:
 
 
 __all__ = [
-    "BACKENDS", "Chain", "Hold", "LedgerEntry", "PendingApproval", "Reservation", "ReserveResult",
-    "Snapshot", "Store", "StoreUnavailable", "UsageTotal", "open_store",
+    "BACKENDS", "Chain", "Hold", "LedgerEntry", "Outcome", "PendingApproval", "Reservation",
+    "ReserveResult", "Snapshot", "Store", "StoreUnavailable", "UsageTotal", "open_store",
 ]

@@ -19,6 +19,10 @@ Semantics every backend implements (and tests/store_suite.py checks for each):
 * ``settle`` moves each counter from the reserved amount to the actual amount, closes the
   reservation and appends the ledger row, all in one step, at most once per reservation
   (a second settle or release of the same id changes nothing and returns False).
+  ``settle_soon`` queues the same settle for a caller that does not wait for it (the relay,
+  once an answer is sent): its outcome goes to an ``Outcome`` (True, False or the exception),
+  never to the caller, and ``drain`` and ``close`` wait for every settle queued before them,
+  so a queued settlement is written, or reported failed, before the store closes.
 * ``expire_leases`` settles every reservation whose lease has passed at its reserved
   (worst-case) amount, since the relay that held it cannot say what the provider served: a
   crash may cost the user the reservation, never an overspend. The ledger row says
@@ -54,11 +58,12 @@ Semantics every backend implements (and tests/store_suite.py checks for each):
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 _C = TypeVar("_C", bound=type)
 
@@ -229,7 +234,23 @@ class PendingApproval:
     kind: str = "model_call"
 
 
+class Outcome(Protocol):
+    """Where a queued write's outcome goes (``Store.settle_soon``): the three methods of an
+    asyncio.Future the stores' write queues call, so a caller that does not wait can take
+    the outcome with no future, no task and no wake-up of its own (the relay's Call does).
+    ``done`` is False until one of the setters ran; a setter must not raise."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
 class Store(abc.ABC):
+    # settle_soon's tasks (the default implementation's), for drain
+    _soon: set[asyncio.Task[None]] | None = None
+
     @abc.abstractmethod
     async def reserve(self, reservation: Reservation) -> ReserveResult: ...
 
@@ -242,6 +263,32 @@ class Store(abc.ABC):
     async def release(self, reservation_id: str, entry: LedgerEntry) -> bool:
         """Close a reservation charging nothing (the upstream failed before any output)."""
         return await self.settle(reservation_id, {}, entry)
+
+    def settle_soon(self, reservation_id: str, actual: Mapping[str, int], entry: LedgerEntry,
+                    outcome: Outcome) -> None:
+        """``settle`` for a caller that does not wait for it (``actual`` empty: a release):
+        queued now, written soon, its outcome (what ``settle`` returns or raises: a
+        StoreUnavailable too) handed to ``outcome``. It never raises, and ``drain`` and
+        ``close`` wait for it.
+
+        Why: the relay settles a call after its answer is sent; awaiting the write resumed
+        the request's handler once more through the whole ASGI stack per call for nothing
+        the app waits for. This default runs ``settle`` in a task of the store's; a backend
+        with a write queue of its own (SQLite) queues it there with no task."""
+        tasks = self._soon
+        if tasks is None:
+            tasks = self._soon = set()
+        task = asyncio.get_running_loop().create_task(
+            _settle_to(self.settle(reservation_id, actual, entry), outcome))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait until every settle queued (``settle_soon``) before this call is written or
+        has failed."""
+        loop = asyncio.get_running_loop()
+        while pending := [t for t in self._soon or () if t.get_loop() is loop]:
+            await asyncio.wait(pending)
 
     @abc.abstractmethod
     async def expire_leases(self, now: int) -> int:
@@ -317,3 +364,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+
+async def _settle_to(settle: Any, outcome: Outcome) -> None:
+    """Run a queued settle and hand its outcome over (Store.settle_soon)."""
+    try:
+        result = await settle
+    except BaseException as exc:  # cancelled too (the loop is ending): reported, then raised
+        outcome.set_exception(exc)
+        if not isinstance(exc, Exception):
+            raise
+    else:
+        outcome.set_result(result)

@@ -843,6 +843,7 @@ class RedisStore(Store):
     async def close(self) -> None:
         if self._closed:
             return
+        await self.drain()  # the settlements queued (settle_soon) go out first
         self._closed = True
         pipe, self._pipe = self._pipe, None
         if pipe is not None:

@@ -83,6 +83,7 @@ from capwallet.store.base import (
     Chain,
     Hold,
     LedgerEntry,
+    Outcome,
     PendingApproval,
     Reservation,
     ReserveResult,
@@ -652,7 +653,7 @@ class SQLiteStore(Store):
         # store idle, queue into one batch and resolve the other loop's future from the wrong
         # thread (no wake-up: that loop slept in select for ever, seen as a hung test).
         self._claim = threading.Lock()
-        self._queue: list[tuple[_Op, asyncio.Future[Any]]] = []  # writes waiting for a batch
+        self._queue: list[tuple[_Op, Outcome]] = []  # writes waiting for a batch
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop that runs the batches
         # (that loop, its thread), replaced as one value so another thread never pairs one
         # loop with the other's thread when it asks whether it is the store's loop
@@ -661,7 +662,7 @@ class SQLiteStore(Store):
         self._since_checkpoint = 0  # commits since the last checkpoint
         self._restart_due = False  # a checkpoint ran: the next batch goes to the worker
         self._busy_tries = 0  # consecutive flushes that found the write lock taken
-        self._drained: asyncio.Future[None] | None = None  # close() waits for the queue
+        self._drained: asyncio.Future[None] | None = None  # drain() waits for the queue
         # reservation id -> its (merged) holds, for the settle of a reservation this process
         # made: it need not read the row back (the DELETE still decides whether it is open).
         self._holds: OrderedDict[str, Sequence[Hold]] = OrderedDict()
@@ -691,18 +692,7 @@ class SQLiteStore(Store):
             raise StoreUnavailable("store is closed")
         loop = running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        with self._claim:
-            if self._active and self._loop is not loop:
-                if self._loop is not None and not self._loop.is_closed():
-                    raise StoreUnavailable("an SQLiteStore serves one event loop at a time "
-                                           "(open one per loop)")
-                self._queue, self._active = [], False  # that loop died with writes queued
-            self._queue.append((op, future))
-            lead = not self._active
-            if lead:
-                self._active = True
-                self._loop, self._owner = loop, (loop, threading.get_ident())
-        if not lead:
+        if not self._enqueue(loop, op, future):
             return await future
         # The first write of this iteration leads the batch: it lets the loop run the other
         # callers of this iteration once (they queue theirs), then runs the batch itself, and
@@ -715,6 +705,37 @@ class SQLiteStore(Store):
             raise
         self._flush()
         return future.result() if future.done() else await future
+
+    def _write_soon(self, op: _Op, outcome: Outcome) -> None:
+        """Queue ``op`` for the next batch, its outcome to ``outcome`` (settle_soon): nobody
+        waits, so the batch is flushed from the loop (``call_soon``) if no write leads it."""
+        if self._closed:
+            outcome.set_exception(StoreUnavailable("store is closed"))
+            return
+        loop = running_loop()
+        try:
+            lead = self._enqueue(loop, op, outcome)
+        except StoreUnavailable as exc:
+            outcome.set_exception(exc)
+            return
+        if lead:
+            loop.call_soon(self._flush)
+
+    def _enqueue(self, loop: asyncio.AbstractEventLoop, op: _Op, outcome: Outcome) -> bool:
+        """Queue ``op`` for this loop's next batch; True if no batch is on its way (the
+        caller then has it run)."""
+        with self._claim:
+            if self._active and self._loop is not loop:
+                if self._loop is not None and not self._loop.is_closed():
+                    raise StoreUnavailable("an SQLiteStore serves one event loop at a time "
+                                           "(open one per loop)")
+                self._queue, self._active = [], False  # that loop died with writes queued
+            self._queue.append((op, outcome))
+            if self._active:
+                return False
+            self._active = True
+            self._loop, self._owner = loop, (loop, threading.get_ident())
+        return True
 
     def _own_loop(self) -> asyncio.AbstractEventLoop | None:
         """The loop that runs the batches if this code runs inside it (so between two)."""
@@ -772,7 +793,7 @@ class SQLiteStore(Store):
             return
         self._idle()
 
-    def _to_worker(self, batch: list[tuple[_Op, asyncio.Future[Any]]], ops: list[_Op]) -> None:
+    def _to_worker(self, batch: list[tuple[_Op, Outcome]], ops: list[_Op]) -> None:
         self._since_checkpoint += 1
         checkpoint = self._since_checkpoint >= CHECKPOINT_EVERY
         if checkpoint:
@@ -780,7 +801,7 @@ class SQLiteStore(Store):
         self._submit(self._on_worker, batch, ops, checkpoint)
 
     def _submit(self, fn: Callable[..., list[_Outcome] | None],
-                batch: list[tuple[_Op, asyncio.Future[Any]]], *args: Any) -> None:
+                batch: list[tuple[_Op, Outcome]], *args: Any) -> None:
         """Run ``fn(*args)`` on the worker; its outcomes go to ``batch`` back on the loop."""
         assert self._loop is not None
         try:
@@ -810,7 +831,7 @@ class SQLiteStore(Store):
         except sqlite3.Error:
             pass  # a busy checkpoint is retried after the next CHECKPOINT_EVERY writes
 
-    def _worker_done(self, batch: list[tuple[_Op, asyncio.Future[Any]]],
+    def _worker_done(self, batch: list[tuple[_Op, Outcome]],
                      done: asyncio.Future[list[_Outcome] | None]) -> None:
         """On the loop: hand out the worker's outcomes, then flush what queued meanwhile."""
         if done.cancelled():
@@ -827,7 +848,7 @@ class SQLiteStore(Store):
             self._idle()
 
     @staticmethod
-    def _resolve(batch: list[tuple[_Op, asyncio.Future[Any]]],
+    def _resolve(batch: list[tuple[_Op, Outcome]],
                  outcomes: list[_Outcome]) -> None:
         for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
             if future.done():
@@ -840,7 +861,7 @@ class SQLiteStore(Store):
                 future.set_exception(value)
 
     @staticmethod
-    def _fail(batch: list[tuple[_Op, asyncio.Future[Any]]], exc: BaseException) -> None:
+    def _fail(batch: list[tuple[_Op, Outcome]], exc: BaseException) -> None:
         error = _unavailable(exc)
         for _, future in batch:
             if not future.done():
@@ -849,8 +870,18 @@ class SQLiteStore(Store):
     def _idle(self) -> None:
         with self._claim:
             self._active = False
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        drained = self._drained
+        if drained is not None:
+            self._drained = None
+            if not drained.done():
+                drained.set_result(None)
+
+    async def drain(self) -> None:
+        """Wait until the writes queued so far (settle_soon's too) are committed or failed."""
+        if self._active and self._loop is asyncio.get_running_loop():
+            if self._drained is None:
+                self._drained = self._loop.create_future()
+            await asyncio.shield(self._drained)
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """A read on the loop that runs the batches uses the batches' connection: never in a
@@ -967,6 +998,16 @@ class SQLiteStore(Store):
     async def settle(
         self, reservation_id: str, actual: Mapping[str, int], entry: LedgerEntry
     ) -> bool:
+        return await self._write(self._settle_op(reservation_id, actual, entry))
+
+    def settle_soon(self, reservation_id: str, actual: Mapping[str, int], entry: LedgerEntry,
+                    outcome: Outcome) -> None:
+        """Queued in the batches' own queue, with no task: the batch it joins is flushed
+        as soon as the loop turns (see _write_soon), and close() waits for it."""
+        self._write_soon(self._settle_op(reservation_id, actual, entry), outcome)
+
+    def _settle_op(self, reservation_id: str, actual: Mapping[str, int],
+                   entry: LedgerEntry) -> _Op:
         charges = dict(actual)
         ledger_row = _ledger_row(entry, reservation_id)
         rid = (reservation_id,)
@@ -1008,7 +1049,7 @@ class SQLiteStore(Store):
             _record(c, entry, ledger_row)
             return True
 
-        return await self._write(txn)
+        return txn
 
     async def expire_leases(self, now: int) -> int:
         def txn(c: _Cursor) -> int:
@@ -1209,9 +1250,7 @@ class SQLiteStore(Store):
         if self._closed:
             return
         self._closed = True
-        if self._active and self._loop is asyncio.get_running_loop():
-            self._drained = self._loop.create_future()
-            await self._drained
+        await self.drain()
         self._executor.shutdown(wait=True)
         with self._lock:
             self._reader.close()
