@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from capwallet.store import Hold, Reservation, StoreUnavailable, open_store
+from capwallet.store import Hold, LedgerEntry, Reservation, StoreUnavailable, open_store
 from capwallet.store.redis import RedisStore
 
 pytestmark = pytest.mark.anyio
@@ -135,6 +135,93 @@ async def test_a_dropped_connection_is_replaced(redis_url: str, raw: aioredis.Re
         for got in results[:-1]:
             assert not isinstance(got, BaseException), got
             assert got.counters == {f"k/{token}": 3}
+    finally:
+        await store.close()
+
+
+def _reservation(token: str, amount: int, **meta: object) -> Reservation:
+    return Reservation(secrets.token_hex(16), token, (Hold(f"k/{token}", amount, 10**9),),
+                       lease_until=int(time.time()) + 600, meta=meta)
+
+
+def _entry(r: Reservation, cost: int) -> LedgerEntry:
+    return LedgerEntry(int(time.time()), r.token_id, "app", "fake", "m", "chat", 1, 1, cost,
+                       "USD", "ok", 1, reservation_id=r.reservation_id)
+
+
+async def _kill_clients(raw: aioredis.Redis) -> None:
+    await raw.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+
+
+async def test_reserve_and_settle_recover_from_a_script_flush_and_a_dropped_connection(
+        redis_url: str, raw: aioredis.Redis) -> None:
+    # Reserve and settle send their scripts on the open connection themselves (the store's
+    # fast lane) and take the slow path only when one fails: these are its failures.
+    store = _open(redis_url)
+    token = secrets.token_hex(16)
+    key = f"k/{token}"
+    try:
+        await _charge(store, token, 1)  # the connection is open
+        # Redis forgot the scripts (as after a restart): NOSCRIPT, then they are sent again
+        first = _reservation(token, 10)
+        await raw.script_flush()
+        assert (await store.reserve(first)).ok
+        await raw.script_flush()
+        assert await store.settle(first.reservation_id, {key: 4}, _entry(first, 4))
+        assert await store.counters([key]) == {key: 5}
+        # the connection killed while reserves, then settles, are out: each is tried once
+        # more on a new connection, and every reservation is made and charged exactly once
+        rs = [_reservation(token, 10) for _ in range(12)]
+        got = await asyncio.gather(*(store.reserve(r) for r in rs), _kill_clients(raw))
+        assert all(result.ok for result in got[:-1]), got
+        assert await store.counters([key]) == {key: 5 + 12 * 10}
+        await asyncio.gather(*(store.settle(r.reservation_id, {key: 2}, _entry(r, 2))
+                               for r in rs), _kill_clients(raw))
+        assert await store.counters([key]) == {key: 5 + 12 * 2}
+        rows = await store.ledger(token_ids=[token])
+        assert sorted(e.reservation_id or "" for e in rows) == sorted(
+            r.reservation_id for r in [first, *rs])
+    finally:
+        await store.close()
+
+
+async def test_reserve_and_settle_fail_closed_when_redis_stops_answering(
+        redis_url: str, raw: aioredis.Redis) -> None:
+    store = _open(redis_url, timeout="0.5")
+    token = secrets.token_hex(16)
+    try:
+        await _charge(store, token, 7)  # the connection is open
+        r = _reservation(token, 1)
+        await raw.execute_command("CLIENT", "PAUSE", "2500", "ALL")
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="Timeout"):
+                await store.reserve(r)
+            with pytest.raises(StoreUnavailable, match="Timeout"):
+                await store.settle(r.reservation_id, {}, _entry(r, 0))
+            # each: the first try and its one retry, each given 0.5 s
+            assert time.monotonic() - started < 4.8
+        finally:
+            await raw.execute_command("CLIENT", "UNPAUSE")
+        assert (await store.reserve(_reservation(token, 1))).ok
+    finally:
+        await store.close()
+
+
+async def test_a_reservation_that_cannot_be_encoded_fails_alone(redis_url: str) -> None:
+    # A lone surrogate (JSON "\ud800" in a request reads as one) cannot be sent as UTF-8:
+    # that call is StoreUnavailable (the relay denies it), and the calls beside it go through.
+    store = _open(redis_url)
+    token = secrets.token_hex(16)
+    try:
+        await _charge(store, token, 1)
+        bad = _reservation(token, 5, model="\ud800")
+        good = [_reservation(token, 5) for _ in range(3)]
+        got = await asyncio.gather(store.reserve(bad), *(store.reserve(r) for r in good),
+                                   return_exceptions=True)
+        assert isinstance(got[0], StoreUnavailable), got[0]
+        assert all(not isinstance(x, BaseException) and x.ok for x in got[1:]), got
+        assert await store.counters([f"k/{token}"]) == {f"k/{token}": 1 + 3 * 5}
     finally:
         await store.close()
 

@@ -35,7 +35,7 @@ import asyncio
 import ssl
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -58,9 +58,8 @@ class Endpoint:
     timeout: float = 2.0  # seconds to connect, and for each reply
 
 
-def pack(args: Sequence[Any]) -> bytes:
-    """One command in RESP, packed in C (``str`` as UTF-8, ``int`` in decimal)."""
-    return bytes(hiredis.pack_command(tuple(args)))
+# One command in RESP, packed in C (``str`` as UTF-8, ``int`` in decimal, ``bytes`` as is).
+pack: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
 
 
 def _reply_error(message: str) -> RedisError:
@@ -132,14 +131,19 @@ class Pipe(asyncio.Protocol):
 
     # -- sending ----------------------------------------------------------------------------
 
-    def send(self, args: Sequence[Any]) -> asyncio.Future[Any]:
+    def send(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         """Queue one command for this loop turn's write; the future gets its reply (an error
-        reply as its exception)."""
+        reply as its exception, as it gets an argument the packer refuses: a lone surrogate)."""
         fut = self.loop.create_future()
         if self.broken is not None:
             fut.set_exception(self.broken)
             return fut
-        self._out.append((pack(args), fut))
+        try:
+            payload = pack(args)
+        except Exception as exc:  # this command cannot be sent; the others can
+            fut.set_exception(exc)
+            return fut
+        self._out.append((payload, fut))
         if self._solo and not self._waiting and self._transport is not None:
             self._write()
         elif not self._write_scheduled:
