@@ -442,6 +442,42 @@ async def test_a_batch_settles_a_reservation_another_process_made(tmp_path: Path
         await store.close()
 
 
+async def test_a_reservations_stored_json_reads_back_in_another_process(
+        tmp_path: Path) -> None:
+    """A reservation's holds and meta are stored as JSON text (orjson, or the json module for
+    what orjson refuses: an int past 64 bits, a lone surrogate): a store that did not make it
+    settles it from its stored holds, and a lease sweep logs its stored meta, as the json
+    module reads them (a relay of an earlier version sharing the file)."""
+    import json
+
+    store = SQLiteStore(tmp_path / "x.db")
+    other = SQLiteStore(tmp_path / "x.db")
+    try:
+        huge = 2**70
+        meta = {"app": "caf\u00e9", "provider": "p", "model": "m", "cost": 7,
+                "currency": "USD", "chain_id": "c", "note": "\ud800"}
+        plain = Reservation("plain", "t", (Hold("b", 10, 100, 1234), Hold("r", 1, 5)),
+                            lease_until=2_000_000_000, meta=meta | {"note": "n"})
+        odd = Reservation("odd", "t", (Hold("b", 10, huge),), lease_until=5, meta=meta)
+        assert (await store.reserve(plain)).ok and (await store.reserve(odd)).ok
+        rows = dict(sqlite3.connect(tmp_path / "x.db").execute(
+            "SELECT id, holds || ' ' || meta FROM reservations").fetchall())
+        assert json.loads(rows["plain"].split(" ", 1)[0]) == [["b", 10, 100, 1234],
+                                                              ["r", 1, 5, None]]
+        assert json.loads(rows["plain"].split(" ", 1)[1]) == meta | {"note": "n"}
+        assert json.loads(rows["odd"].split(" ", 1)[0]) == [["b", 10, huge, None]]
+        assert json.loads(rows["odd"].split(" ", 1)[1]) == meta
+        assert await other.settle("plain", {"b": 3}, _ok("plain", 3))
+        assert await other.counters(["b", "r"]) == {"b": 13, "r": 0}  # 3 + odd's 10
+        assert await other.expire_leases(10) == 1
+        [expired] = [e for e in await other.ledger() if e.status == "lease_expired"]
+        assert (expired.app, expired.model, expired.cost) == ("caf\u00e9", "m", 7)
+        assert await store.counters(["b"]) == {"b": 13}  # the worst case stays charged
+    finally:
+        await other.close()
+        await store.close()
+
+
 def test_the_ledger_and_usage_reads_have_index_plans(tmp_path: Path) -> None:
     """Every read of the ledger and the aggregates is a search or an ordered index walk, never
     a scan of the table (EXPLAIN QUERY PLAN): dropping an index would fail here."""

@@ -5,9 +5,10 @@ reserves and settles owe their writes and write them merged at the batch's end
 (capwallet.store.sqlite._Cursor), reusing what earlier reserves read; a failing op sends the
 batch to a retry with a savepoint per op. None of that may change an outcome: these tests run
 random mixes of reserves (shared counters, tight limits, approvals, duplicate ids), settles
-and releases (of reservations this store made and of ones another store made), revocations,
-refusals, lease expiries and prunes once as one batch and once one op per batch on a second
-file, and compare every outcome and every table.
+(some with logged bodies: ledger rows of several shapes in one batch) and releases (of
+reservations this store made and of ones another store made), revocations, refusals, lease
+expiries and prunes once as one batch and once one op per batch on a second file, and compare
+every outcome and every table.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ TOKENS = ["t1", "t2", "t3"]
 NOW = 1_800_000_000
 
 
-def _entry(tid: str, status: str, cost: int, rid: str | None = None) -> LedgerEntry:
+def _entry(tid: str, status: str, cost: int, rid: str | None = None,
+           logged: bool = False) -> LedgerEntry:
     return LedgerEntry(NOW, tid, "app", "openai" if status != "denied:x" else "",
-                       "m", "chat", 3, 4, cost, "USD", status, 5, rid)
+                       "m", "chat", 3, 4, cost, "USD", status, 5, rid,
+                       '{"q": 1}' if logged else None, "answer" if logged else None)
 
 
 def _plan(rng: random.Random, n_setup: int, n_ops: int) -> tuple[list[Any], list[Any]]:
@@ -44,7 +47,8 @@ def _plan(rng: random.Random, n_setup: int, n_ops: int) -> tuple[list[Any], list
     ops: list[Any] = []
     for i in range(n_ops):
         kind = rng.choice(["reserve"] * 6 + ["settle"] * 4 + ["release", "revoke", "refusal",
-                                                              "expire", "dup", "approval"])
+                                                              "expire", "dup", "approval",
+                                                              "logged"])
         tid = rng.choice(TOKENS)
         if kind in ("reserve", "dup", "approval"):
             holds = tuple(Hold(k, rng.randint(1, 60), rng.randint(60, 260))
@@ -55,10 +59,10 @@ def _plan(rng: random.Random, n_setup: int, n_ops: int) -> tuple[list[Any], list
             rid = rng.choice(live) if kind == "dup" and live else f"o{i}"
             ops.append(("reserve", Reservation(rid, tid, holds, NOW + 100,
                                                "ap1" if kind == "approval" else None, NOW)))
-        elif kind in ("settle", "release"):
+        elif kind in ("settle", "release", "logged"):  # logged: a settle with its bodies
             rid = f"s{rng.randrange(n_setup)}"
             actual = {k: rng.randint(0, 50) for k in rng.sample(KEYS, 2)}
-            ops.append((kind, rid, actual if kind == "settle" else {}))
+            ops.append((kind, rid, actual if kind != "release" else {}))
         elif kind == "revoke":
             ops.append(("revoke", tid))
         elif kind == "refusal":
@@ -72,8 +76,9 @@ def _op(store: SQLiteStore, op: Any) -> Any:
     kind = op[0]
     if kind == "reserve":
         return store.reserve(op[1])
-    if kind == "settle":
-        return store.settle(op[1], op[2], _entry("t1", "ok", sum(op[2].values()), op[1]))
+    if kind in ("settle", "logged"):
+        return store.settle(op[1], op[2], _entry("t1", "ok", sum(op[2].values()), op[1],
+                                                 logged=kind == "logged"))
     if kind == "release":
         return store.release(op[1], _entry("t1", "upstream_error", 0, op[1]))
     if kind == "revoke":
@@ -89,8 +94,9 @@ def _tables(path: Path) -> dict[str, Any]:
         return {
             "counters": db.execute("SELECT key, used FROM counters ORDER BY key").fetchall(),
             "reservations": db.execute("SELECT * FROM reservations ORDER BY id").fetchall(),
-            "ledger": db.execute("SELECT time, token_id, status, cost, reservation_id, count "
-                                 "FROM ledger ORDER BY seq").fetchall(),
+            "ledger": db.execute("SELECT time, token_id, status, cost, reservation_id, count, "
+                                 "request_body, response_body FROM ledger ORDER BY seq"
+                                 ).fetchall(),
             "usage": db.execute("SELECT * FROM usage_daily ORDER BY 1, 2, 3, 4, 5, 6").fetchall(),
             "revoked": db.execute("SELECT * FROM revoked ORDER BY 1").fetchall(),
             "approvals": db.execute("SELECT * FROM used_approvals").fetchall(),

@@ -77,6 +77,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from orjson import dumps as _dumps
+
 from capwallet.loops import running_loop
 from capwallet.store.base import (
     MAX_CHAINS,
@@ -234,7 +236,18 @@ _LEDGER_COLUMNS = (
     "time, token_id, app, provider, model, operation, input_tokens, output_tokens, cost, "
     "currency, status, latency_ms, reservation_id, request_body, response_body, chain_id"
 )
-_LEDGER_INSERT = f"INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES ({', '.join('?' * 16)})"  # noqa: S608
+# A NULL is written by leaving its column out, never by binding None: Python's sqlite3 binds
+# None through its adapter protocol (a registry lookup and two failed attribute lookups, some
+# 3,400 instructions each; an int or a str binds directly), and a relayed call's reservation
+# (no approval) and ledger row (no bodies) had three (callgrind: 10 K instructions per call,
+# 2.6% of the relay's capability logic). So a row is written in one of a few shapes, named by
+# its width: the ledger's 16 columns, 14 without the bodies, 13 without the reservation id
+# either (_ledger_row); the reservation's 7, or 6 without the approval (reserve).
+_LEDGER_SHAPES = {
+    16: _LEDGER_COLUMNS,
+    14: _LEDGER_COLUMNS.replace(" request_body, response_body,", ""),
+    13: _LEDGER_COLUMNS.replace(" reservation_id, request_body, response_body,", ""),
+}
 USAGE_ROWS = 256  # usage_daily rows per upsert statement (10 parameters each)
 # Ledger or reservation rows per INSERT statement (16 or 7 parameters each): a batch's rows go
 # as one statement of exactly their number up to this, so each number is one more prepared
@@ -252,10 +265,10 @@ _NOTE_CHAIN = (
     "WHERE (SELECT count(*) FROM chains WHERE token_id = ?) < ? "
     "ON CONFLICT (token_id, chain_id) DO NOTHING"
 )
-_INSERT_RESERVATION = (
-    "INSERT INTO reservations (id, token_id, holds, lease_until, approval_id, created_at, meta) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
+_RESERVATION_SHAPES = {
+    7: "id, token_id, holds, lease_until, approval_id, created_at, meta",
+    6: "id, token_id, holds, lease_until, created_at, meta",
+}
 _DELETE_RESERVATION = "DELETE FROM reservations WHERE id = ?"
 _OK = ReserveResult(True)
 _REVOKED = ReserveResult(False, revoked=True)
@@ -263,9 +276,9 @@ _APPROVAL_USED = ReserveResult(False, approval_used=True)
 
 
 def _json_encoder() -> Callable[[Any], str]:
-    """Compact JSON for the plain lists and dicts a reservation stores. json.dumps builds a
-    new encoder on every call (a tenth of a reserve's Python time); this builds the C encoder
-    once, where the interpreter has it.
+    """Compact JSON for what orjson refuses (_json_text) and a chain's caveats. json.dumps
+    builds a new encoder on every call (a tenth of a reserve's Python time); this builds the
+    C encoder once, where the interpreter has it.
 
     Not msgpack: packing a relayed call's holds and meta took 1.2 us against 3.8 us for this
     (timeit, issue 17) and makes the row 72 bytes smaller (259 against 331; the
@@ -285,6 +298,21 @@ def _json_encoder() -> Callable[[Any], str]:
 
 
 _compact = _json_encoder()
+
+
+def _json_text(obj: Any) -> str:
+    """Compact JSON text of a reservation's holds (plain tuples) or meta, written by orjson:
+    the json module's C encoder took 36 K instructions per relayed call for the two
+    (callgrind, the relay at c=20: 9% of the capability logic), orjson some 4 K. The text is
+    JSON as before (the same values; non-ASCII as UTF-8 rather than \\u escapes), so a relay
+    of an earlier version sharing the file reads these rows as its own. What orjson refuses
+    (an int past 64 bits, a lone surrogate, a key that is not a str) goes through the json
+    module as before."""
+    try:
+        return _dumps(obj).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return _compact(obj)
+
 
 _UsageKey = tuple[int, str, str, str, str, str]  # day, token, app, provider, model, currency
 _UsageSum = tuple[int, int, int, int]  # cost, calls, input tokens, output tokens
@@ -335,8 +363,10 @@ class _Cursor(sqlite3.Cursor):
         self.usage: dict[_UsageKey, _UsageSum] = {}  # totals owed per usage_daily row
         self.adds: dict[str, list[Any]] = {}  # counter key -> [delta owed, its resets_at]
         self.inserts: list[Any] = []  # new reservation rows owed, their values in one list
+        self.insert_width = 6  # values per row in ``inserts`` (one shape at a time)
         self.deletes: list[tuple[str]] = []  # ids of reservations whose DELETE is owed
         self.rows: list[Any] = []  # ledger rows owed, their values in one list
+        self.row_width = 14  # values per row in ``rows`` (one shape at a time)
         # Read by this batch's reserves: counters' values as stored (without ``adds``), and
         # tokens found not revoked. Forgotten when the owed writes are written (``owe``).
         self.seen: dict[str, int] = {}
@@ -352,6 +382,23 @@ class _Cursor(sqlite3.Cursor):
         self.seen.clear()
         self.live.clear()
 
+    def owe_insert(self, row: tuple[Any, ...]) -> None:
+        """Owe a new reservation's row (a row of another shape than those owed first writes
+        those: one multi-row INSERT holds one shape)."""
+        if len(row) != self.insert_width:
+            if self.inserts:
+                _insert_rows(self, _insert_reservations, self.inserts, self.insert_width)
+            self.insert_width = len(row)
+        self.inserts += row
+
+    def owe_ledger(self, row: tuple[Any, ...]) -> None:
+        """Owe a ledger row (as owe_insert, per shape)."""
+        if len(row) != self.row_width:
+            if self.rows:
+                _insert_rows(self, _insert_ledger, self.rows, self.row_width)
+            self.row_width = len(row)
+        self.rows += row
+
     def owe(self) -> None:
         """Write what is owed, in the order the ops would have (new reservations before
         closed ones: a reservation opened and closed in one batch is opened first), and
@@ -359,7 +406,7 @@ class _Cursor(sqlite3.Cursor):
         self.seen.clear()
         self.live.clear()
         if self.inserts:
-            _insert_rows(self, _insert_reservations, self.inserts, 7)
+            _insert_rows(self, _insert_reservations, self.inserts, self.insert_width)
         if self.deletes:
             n = self.executemany(_DELETE_RESERVATION, self.deletes).rowcount
             if n != len(self.deletes):
@@ -369,12 +416,13 @@ class _Cursor(sqlite3.Cursor):
             self.executemany(_ADD_USED_ONE, [(k, d, r) for k, (d, r) in self.adds.items()])
             self.adds.clear()
         if self.rows:
-            _insert_rows(self, _insert_ledger, self.rows, 16)
+            _insert_rows(self, _insert_ledger, self.rows, self.row_width)
         if self.usage:
             _add_usage(self)
 
 
-def _insert_rows(cur: _Cursor, sql: Callable[[int], str], values: list[Any], width: int) -> None:
+def _insert_rows(cur: _Cursor, sql: Callable[[int, int], str], values: list[Any],
+                 width: int) -> None:
     """Insert the rows whose ``width`` values each ``values`` holds in order, then forget them:
     one multi-row INSERT per INSERT_ROWS rows (measured cheaper than ``executemany`` of the
     rows, whose every row is a step and a reset of its own: callgrind, a batch of 20 calls,
@@ -382,7 +430,7 @@ def _insert_rows(cur: _Cursor, sql: Callable[[int], str], values: list[Any], wid
     step = INSERT_ROWS * width
     for i in range(0, len(values), step):
         chunk = values[i:i + step] if len(values) > step else values
-        cur.execute(sql(len(chunk) // width), chunk)
+        cur.execute(sql(len(chunk) // width, width), chunk)
     values.clear()
 
 
@@ -423,16 +471,23 @@ def _usage_add(n: int) -> str:
 _USAGE_ADD_ONE = _usage_add(1)
 
 
-@lru_cache(maxsize=INSERT_ROWS)
-def _insert_ledger(n: int) -> str:
-    """Insert ``n`` ledger rows in one statement (16 parameters per row, _LEDGER_COLUMNS)."""
-    return _LEDGER_INSERT + f", ({', '.join('?' * 16)})" * (n - 1)
+@lru_cache(maxsize=3 * INSERT_ROWS)
+def _insert_ledger(n: int, width: int) -> str:
+    """Insert ``n`` ledger rows of ``width`` values each in one statement (_LEDGER_SHAPES)."""
+    row = f"({', '.join('?' * width)})"
+    return (f"INSERT INTO ledger ({_LEDGER_SHAPES[width]}) VALUES "  # noqa: S608
+            + ", ".join([row] * n))
 
 
-@lru_cache(maxsize=INSERT_ROWS)
-def _insert_reservations(n: int) -> str:
-    """Insert ``n`` reservation rows in one statement (7 parameters per row)."""
-    return _INSERT_RESERVATION + ", (?, ?, ?, ?, ?, ?, ?)" * (n - 1)
+@lru_cache(maxsize=2 * INSERT_ROWS)
+def _insert_reservations(n: int, width: int) -> str:
+    """Insert ``n`` reservation rows of ``width`` values each in one statement
+    (_RESERVATION_SHAPES)."""
+    row = f"({', '.join('?' * width)})"
+    return (f"INSERT INTO reservations ({_RESERVATION_SHAPES[width]}) VALUES "  # noqa: S608
+            + ", ".join([row] * n))
+
+
 _ADD_USED_ONE = _add_used(1)
 
 
@@ -569,6 +624,16 @@ def _unavailable(exc: BaseException) -> StoreUnavailable:
 
 
 def _ledger_row(entry: LedgerEntry, reservation_id: str | None) -> tuple[Any, ...]:
+    """The values of ``entry``'s ledger row, in the shape (_LEDGER_SHAPES) that binds no None
+    for the usual rows."""
+    if entry.request_body is None and entry.response_body is None:
+        if reservation_id is None:
+            return (entry.time, entry.token_id, entry.app, entry.provider, entry.model,
+                    entry.operation, entry.input_tokens, entry.output_tokens, entry.cost,
+                    entry.currency, entry.status, entry.latency_ms, entry.chain_id)
+        return (entry.time, entry.token_id, entry.app, entry.provider, entry.model,
+                entry.operation, entry.input_tokens, entry.output_tokens, entry.cost,
+                entry.currency, entry.status, entry.latency_ms, reservation_id, entry.chain_id)
     return (
         entry.time, entry.token_id, entry.app, entry.provider, entry.model, entry.operation,
         entry.input_tokens, entry.output_tokens, entry.cost, entry.currency, entry.status,
@@ -582,9 +647,9 @@ def _record(c: _Cursor, entry: LedgerEntry, row: tuple[Any, ...]) -> None:
     step: the totals are written before the same transaction commits, merged with the
     batch's others)."""
     if c.defer:
-        c.rows += row
+        c.owe_ledger(row)
     else:
-        c.execute(_LEDGER_INSERT, row)
+        c.execute(_insert_ledger(1, len(row)), row)
     if counts_as_usage(entry):
         key = (usage_day(entry.time), entry.token_id, entry.app, entry.provider, entry.model,
                entry.currency)
@@ -911,14 +976,17 @@ class SQLiteStore(Store):
         holds = _merge_holds(r.holds)
         debits = [h for h in holds if h.amount > 0]
         meta = r.meta
-        # A Hold is a tuple (counter_key, amount, limit, resets_at): JSON writes it as the
-        # array the row stores, with no list built per hold; a plain dict needs no copy.
-        row = (
-            r.reservation_id, r.token_id, _compact(holds),
-            r.lease_until, r.approval_id, r.created_at,
-            _compact(meta if type(meta) is dict else dict(meta)),
-        )
+        # A plain dict needs no copy.
         approval = r.approval_id is not None
+        meta_json = _json_text(meta if type(meta) is dict else dict(meta))
+        # A Hold is a NamedTuple (counter_key, amount, limit, resets_at), stored as the array
+        # of its values (orjson writes a plain tuple, not a NamedTuple).
+        holds_json = _json_text([*map(tuple, holds)])
+        row = ((r.reservation_id, r.token_id, holds_json, r.lease_until, r.approval_id,
+                r.created_at, meta_json) if approval else
+               (r.reservation_id, r.token_id, holds_json, r.lease_until, r.created_at,
+                meta_json))
+        insert = _insert_reservations(1, len(row))
         tid = r.token_id
         # Revocation, the approval and the counters: one statement.
         check = _reserve_read_sql(len(debits), approval)
@@ -966,7 +1034,7 @@ class SQLiteStore(Store):
                         owed[h.counter_key] = [h.amount, h.resets_at]
                     else:
                         add[0] += h.amount
-                c.inserts += row
+                c.owe_insert(row)
             else:
                 got = read(c)
                 if type(got) is ReserveResult:
@@ -979,7 +1047,7 @@ class SQLiteStore(Store):
                     c.execute(_add_used(len(debits)),
                               [x for h in debits for x in (h.counter_key, h.amount, h.resets_at)])
                 try:
-                    c.execute(_INSERT_RESERVATION, row)
+                    c.execute(insert, row)
                 except sqlite3.IntegrityError:
                     raise ValueError(
                         f"reservation id {r.reservation_id} already exists") from None
