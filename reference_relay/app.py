@@ -548,7 +548,7 @@ class Relay:
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise self.too_large()
-        chunks: list[bytes] = []
+        chunks: list[bytes] = []  # the pieces before the last (none for most bodies)
         size = 0
         try:
             # One deadline for the whole body: a client that stalls or drips cannot hold a
@@ -559,18 +559,20 @@ class Relay:
                     if message["type"] != "http.request":
                         raise RelayError(INVALID_REQUEST, "the client went away before its "
                                          "request body arrived")
-                    chunk = message.get("body", b"")
-                    if chunk:
-                        size += len(chunk)
-                        if size > limit:
-                            raise self.too_large()
-                        chunks.append(chunk)
+                    chunk: bytes = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise self.too_large()
                     if not message.get("more_body", False):
                         break
+                    chunks.append(chunk)
         except TimeoutError:
             raise RelayError(REQUEST_TIMEOUT, f"the request body did not arrive within "
                              f"{self.config.body_timeout:g} seconds") from None
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if chunks:
+            chunks.append(chunk)
+            return b"".join(chunks)
+        return chunk
 
     def too_large(self) -> RelayError:
         return RelayError(REQUEST_TOO_LARGE, "the request body is larger than the relay's "

@@ -136,7 +136,9 @@ _new = tuple.__new__
 def forwarded_headers(client: Mapping[str, str]) -> dict[str, str]:
     """The app's headers the relay passes on (Anthropic's version and beta flags), checked:
     visible ASCII only, so nothing the app sends can add a line to the upstream request."""
-    out = {}
+    out: dict[str, str] = {}
+    if "anthropic-version" not in client and "anthropic-beta" not in client:
+        return out  # an OpenAI SDK's call: nothing to check (two lookups, not the loop's)
     for name in ("anthropic-version", "anthropic-beta"):
         value = client.get(name)
         if value is not None:
