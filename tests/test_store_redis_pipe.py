@@ -226,6 +226,84 @@ async def test_a_reservation_that_cannot_be_encoded_fails_alone(redis_url: str) 
         await store.close()
 
 
+class Told:
+    """A queued settle's Outcome (capwallet.store.Outcome), kept for the test to read."""
+
+    def __init__(self) -> None:
+        self.outcome: list[object] = []
+
+    def done(self) -> bool:
+        return bool(self.outcome)
+
+    def set_result(self, result: object, /) -> None:
+        assert not self.outcome, "told twice"
+        self.outcome.append(result)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        assert not self.outcome, "told twice"
+        self.outcome.append(exception)
+
+
+async def test_settle_soon_rides_the_pipe_with_no_task_and_recovers_like_settle(
+        redis_url: str, raw: aioredis.Redis) -> None:
+    store = _open(redis_url)
+    token = secrets.token_hex(16)
+    key = f"k/{token}"
+    try:
+        rs = [_reservation(token, 10) for _ in range(30)]
+        await asyncio.gather(*(store.reserve(r) for r in rs))
+        told = [Told() for _ in rs]
+        tasks = len(asyncio.all_tasks())
+        for r, t in zip(rs[:10], told[:10], strict=True):
+            store.settle_soon(r.reservation_id, {key: 1}, _entry(r, 1), t)
+        assert len(asyncio.all_tasks()) == tasks  # no task per settle: the pipe hands over
+        await store.drain()
+        assert [t.outcome for t in told[:10]] == [[True]] * 10
+        # NOSCRIPT (Redis forgot the scripts) and a connection killed while settles are out:
+        # each is retried once, as settle does, and charged exactly once
+        await raw.script_flush()
+        for r, t in zip(rs[10:20], told[10:20], strict=True):
+            store.settle_soon(r.reservation_id, {key: 2}, _entry(r, 2), t)
+        await store.drain()
+        assert [t.outcome for t in told[10:20]] == [[True]] * 10
+        for r, t in zip(rs[20:], told[20:], strict=True):
+            store.settle_soon(r.reservation_id, {key: 3}, _entry(r, 3), t)
+        await _kill_clients(raw)
+        await store.drain()
+        assert all(t.outcome in ([True], [False]) for t in told[20:]), told
+        assert await store.counters([key]) == {key: 10 * 1 + 10 * 2 + 10 * 3}
+        assert len(await store.ledger(token_ids=[token])) == 30
+        # a settle of a settled reservation changes nothing, and says so
+        again = Told()
+        store.settle_soon(rs[0].reservation_id, {key: 100}, _entry(rs[0], 100), again)
+        await store.drain()
+        assert again.outcome == [False]
+    finally:
+        await store.close()
+
+
+async def test_settle_soon_fails_closed_when_redis_stops_answering(
+        redis_url: str, raw: aioredis.Redis) -> None:
+    store = _open(redis_url, timeout="0.5")
+    token = secrets.token_hex(16)
+    try:
+        r = _reservation(token, 9)
+        assert (await store.reserve(r)).ok
+        told = Told()
+        await raw.execute_command("CLIENT", "PAUSE", "2500", "ALL")
+        try:
+            store.settle_soon(r.reservation_id, {f"k/{token}": 1}, _entry(r, 1), told)
+            started = time.monotonic()
+            await store.drain()
+            assert time.monotonic() - started < 2.4  # the first try and its one retry
+        finally:
+            await raw.execute_command("CLIENT", "UNPAUSE")
+        [failure] = told.outcome
+        assert isinstance(failure, StoreUnavailable) and "Timeout" in str(failure), failure
+    finally:
+        await store.close()
+
+
 async def test_the_urls_user_password_and_database_are_used(redis_url: str,
                                                            raw: aioredis.Redis) -> None:
     user, password = f"cw{secrets.token_hex(4)}", secrets.token_hex(8)

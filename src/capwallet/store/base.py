@@ -60,7 +60,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -275,11 +275,15 @@ class Store(abc.ABC):
         the request's handler once more through the whole ASGI stack per call for nothing
         the app waits for. This default runs ``settle`` in a task of the store's; a backend
         with a write queue of its own (SQLite) queues it there with no task."""
+        self._soon_task(self.settle(reservation_id, actual, entry), outcome)
+
+    def _soon_task(self, settle: Coroutine[Any, Any, bool], outcome: Outcome) -> None:
+        """Run ``settle`` in a task of the store's, its outcome handed to ``outcome``;
+        ``drain`` waits for it."""
         tasks = self._soon
         if tasks is None:
             tasks = self._soon = set()
-        task = asyncio.get_running_loop().create_task(
-            _settle_to(self.settle(reservation_id, actual, entry), outcome))
+        task = asyncio.get_running_loop().create_task(_settle_to(settle, outcome))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 

@@ -99,6 +99,7 @@ from capwallet.store.base import (
     MAX_CHAINS,
     Chain,
     LedgerEntry,
+    Outcome,
     PendingApproval,
     Reservation,
     ReserveResult,
@@ -262,6 +263,48 @@ class _Script:
             return await r.evalsha(self.sha, len(keys), *keys, *args)
 
 
+class _QueuedSettle:
+    """The reply of a settle queued on the pipe (RedisStore.settle_soon): the pipe hands it
+    over as to a future (``done``, ``set_result``, ``set_exception``), and this hands the
+    outcome to the caller's Outcome: True or False, StoreUnavailable, or, for a failure
+    settle would retry (NOSCRIPT: nothing ran; a connection error), a task of the store's
+    that retries it as settle does (``_settle_again``)."""
+
+    __slots__ = ("argv", "finished", "keys", "outcome", "store")
+
+    def __init__(self, store: RedisStore, outcome: Outcome, keys: tuple[str],
+                 argv: tuple[Any, ...]) -> None:
+        self.store = store
+        self.outcome = outcome
+        self.keys = keys
+        self.argv = argv
+        self.finished = False
+
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, result: Any, /) -> None:
+        self.finished = True
+        try:
+            settled = bool(int(result))
+        except Exception as exc:  # not a reply of the settle script
+            self.outcome.set_exception(exc)
+            return
+        self.outcome.set_result(settled)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        self.finished = True
+        if isinstance(exception, (NoScriptError, *_TRANSIENT)):
+            try:
+                self.store._soon_task(self.store._settle_again(exception, self.keys, self.argv),
+                                      self.outcome)
+                return
+            except RuntimeError:  # no running loop (a closed loop's pipe): nothing can retry
+                pass
+        self.outcome.set_exception(StoreUnavailable(
+            f"Redis store failed: {type(exception).__name__}: {exception}"))
+
+
 class RedisStore(Store):
     """Store on Redis or Redis Cluster (see the module docstring for the layout)."""
 
@@ -297,6 +340,7 @@ class RedisStore(Store):
         self._endpoint = None if self._cluster else endpoint
         self._pipe: Pipe | None = None
         self._opening: asyncio.Task[Pipe] | None = None
+        self._queued = False  # a settle was queued on the pipe since the last drain
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -593,31 +637,83 @@ class RedisStore(Store):
     def _res_tag(self, reservation_id: str, entry: LedgerEntry) -> str:
         return self._res_tags.pop(reservation_id, None) or self._token_tag(entry.token_id)[1]
 
-    async def settle(
-        self, reservation_id: str, actual: Mapping[str, int], entry: LedgerEntry
-    ) -> bool:
+    def _settle_command(self, reservation_id: str, actual: Mapping[str, int],
+                        entry: LedgerEntry) -> tuple[tuple[str], tuple[Any, ...]]:
+        """The settle script's keys and arguments (ValueError for a charge Lua cannot hold)."""
         tag = self._res_tag(reservation_id, entry)
-        row = _row(entry, reservation_id)
         charges: list[Any] = []
         for k, v in actual.items():
             v = _exact(v, "charge")
             if abs(v) > MAX_EXACT:
                 raise ValueError("charge too large")
             charges += (k, v)
-        keys = (tag + "leases",)
-        argv = (reservation_id, _exact(entry.time, "time"), row, entry.token_id, *charges)
+        return (tag + "leases",), (reservation_id, _exact(entry.time, "time"),
+                                   _row(entry, reservation_id), entry.token_id, *charges)
 
-        async def op() -> Any:
-            return await self._eval(self._settle, keys, argv)
-
+    async def settle(
+        self, reservation_id: str, actual: Mapping[str, int], entry: LedgerEntry
+    ) -> bool:
+        keys, argv = self._settle_command(reservation_id, actual, entry)
         sent = self._send(self._settle, keys, argv)
         if sent is None:
-            return bool(int(await self._run(op)))
+            return await self._settle_slow(keys, argv)
         try:
             out = await sent
         except Exception as exc:
-            out = await self._again(exc, op)
+            return await self._settle_again(exc, keys, argv)
         return bool(int(out))
+
+    async def _settle_slow(self, keys: tuple[str], argv: tuple[Any, ...]) -> bool:
+        async def op() -> Any:
+            return await self._eval(self._settle, keys, argv)
+
+        return bool(int(await self._run(op)))
+
+    async def _settle_again(self, exc: Exception, keys: tuple[str],
+                            argv: tuple[Any, ...]) -> bool:
+        async def op() -> Any:
+            return await self._eval(self._settle, keys, argv)
+
+        return bool(int(await self._again(exc, op)))
+
+    def settle_soon(self, reservation_id: str, actual: Mapping[str, int], entry: LedgerEntry,
+                    outcome: Outcome) -> None:
+        """``settle`` queued on the pipe with no task and no future: the reply goes to a
+        _QueuedSettle, which hands the outcome over (a failure the store retries, NOSCRIPT or
+        a connection error, goes to a task of the store's that retries it as settle would).
+        With no open pipe of this loop's, settle runs in a task of the store's. ``drain``
+        (and ``close``) wait for every one.
+
+        Why: the relay queues every plain call's settlement once its answer is sent; a task
+        per call (the default) costs a task, two coroutines and a loop turn more per call,
+        where the pipe has the reply handed over in the read that carries it."""
+        try:
+            keys, argv = self._settle_command(reservation_id, actual, entry)
+        except Exception as exc:  # what settle raises before it sends
+            outcome.set_exception(exc)
+            return
+        pipe = self._pipe
+        if (pipe is None or pipe.broken is not None or self._closed
+                or pipe.thread != threading.get_ident() or not pipe.loop.is_running()):
+            self._soon_task(self._settle_slow(keys, argv), outcome)
+            return
+        self._queued = True
+        pipe.send_to(("EVALSHA", self._settle.sha, 1, *keys, *argv),
+                     _QueuedSettle(self, outcome, keys, argv))
+
+    async def drain(self) -> None:
+        """Wait for every settle queued so far: those on the pipe (a PING after them: Redis
+        answers a connection's commands in order, so its reply comes after theirs, each
+        handed over as it came), then the tasks (Store.drain), a retry among them."""
+        pipe = self._pipe
+        if (self._queued and pipe is not None and pipe.broken is None
+                and pipe.loop is asyncio.get_running_loop()):
+            self._queued = False
+            try:
+                await pipe.send(("PING",))
+            except Exception:  # noqa: S110 - the pipe failed: so did what it carried
+                pass
+        await super().drain()
 
     async def expire_leases(self, now: int) -> int:
         now = _exact(now, "now")

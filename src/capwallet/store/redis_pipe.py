@@ -37,7 +37,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -72,6 +72,19 @@ def _reply_error(message: str) -> RedisError:
     return ResponseError(message)
 
 
+class Reply(Protocol):
+    """Where a command's reply goes: what the pipe calls on an asyncio.Future (``send``), or
+    on an object of the caller's that takes the reply without a future (``send_to``; the
+    store's queued settle). ``done`` is True once a setter ran (a cancelled future too: its
+    reply is dropped); a setter must not raise."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any, /) -> None: ...
+
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
 class Pipe(asyncio.Protocol):
     """The connection (see the module docstring). Belongs to one event loop."""
 
@@ -84,9 +97,9 @@ class Pipe(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._reader = hiredis.Reader(encoding="utf-8", replyError=_reply_error)
         # Written and waiting for their reply, oldest first, each with its deadline.
-        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self._waiting: deque[tuple[Reply, float]] = deque()
         # Sent this loop turn, not yet written: one write for all of them.
-        self._out: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._out: list[tuple[bytes, Reply]] = []
         self._write_scheduled = False
         self._solo = True  # the last write carried one command (see send)
         self._watchdog: asyncio.TimerHandle | None = None
@@ -135,21 +148,26 @@ class Pipe(asyncio.Protocol):
         """Queue one command for this loop turn's write; the future gets its reply (an error
         reply as its exception, as it gets an argument the packer refuses: a lone surrogate)."""
         fut = self.loop.create_future()
+        self.send_to(args, fut)
+        return fut
+
+    def send_to(self, args: tuple[Any, ...], reply: Reply) -> None:
+        """``send``, the reply handed to ``reply`` (a future, or an object with the three
+        methods the pipe calls on one: for a caller that does not await it)."""
         if self.broken is not None:
-            fut.set_exception(self.broken)
-            return fut
+            reply.set_exception(self.broken)
+            return
         try:
             payload = pack(args)
         except Exception as exc:  # this command cannot be sent; the others can
-            fut.set_exception(exc)
-            return fut
-        self._out.append((payload, fut))
+            reply.set_exception(exc)
+            return
+        self._out.append((payload, reply))
         if self._solo and not self._waiting and self._transport is not None:
             self._write()
         elif not self._write_scheduled:
             self._write_scheduled = True
             self.loop.call_soon(self._write)
-        return fut
 
     def _write(self) -> None:
         self._write_scheduled = False
