@@ -107,14 +107,19 @@ class Call:
     def raw_cost(self, usage: Usage | None, final: bool) -> tuple[int, int, int]:
         """(raw cost, input tokens, output tokens) to charge for this outcome."""
         price = self.model.price
-        if usage is not None and final and usage.complete:
-            assert usage.input_tokens is not None and usage.output_tokens is not None
-            tokens_in = usage.input_tokens + usage.cached_input_tokens + usage.cache_write_tokens
-            return price.raw_cost(
-                input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-                cached_input_tokens=usage.cached_input_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-            ) + self.fees(usage), tokens_in, usage.output_tokens
+        if usage is not None and final:
+            tokens_in, tokens_out = usage.input_tokens, usage.output_tokens
+            if tokens_in is not None and tokens_out is not None:  # usage.complete
+                cached, written = usage.cached_input_tokens, usage.cache_write_tokens
+                if cached or written:
+                    raw = price.raw_cost(
+                        input_tokens=tokens_in, output_tokens=tokens_out,
+                        cached_input_tokens=cached, cache_write_tokens=written)
+                else:  # the usual answer: price.raw_cost's own first branch, by position
+                    raw = price.plain_cost(tokens_in, tokens_out)
+                if self.prepared.call_fees:  # most calls: no tool billed per call
+                    raw += self.fees(usage)
+                return raw, tokens_in + cached + written, tokens_out
         worst_out = self.prepared.output_tokens
         if usage is not None and usage.input_tokens is not None:
             tokens_in = usage.input_tokens + usage.cached_input_tokens + usage.cache_write_tokens
@@ -143,12 +148,12 @@ class Call:
                     response_body: bytes | None) -> tuple[dict[str, int], LedgerEntry]:
         """What to charge each counter for this outcome, and its ledger row."""
         raw, tokens_in, tokens_out = self.raw_cost(usage, final)
-        cost = self._money(raw, self.ledger_currency)
+        currency = self.ledger_currency
+        cost = self._money(raw, currency)
         actual: dict[str, int] = {}
         for d in self.debits:
             if d.kind == "budget":
-                actual[d.counter_key] = (cost if d.unit == self.ledger_currency
-                                         else self._money(raw, d.unit))
+                actual[d.counter_key] = cost if d.unit == currency else self._money(raw, d.unit)
             elif d.kind == "quota":
                 actual[d.counter_key] = tokens_in + tokens_out
             else:

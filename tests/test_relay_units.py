@@ -486,6 +486,30 @@ def test_a_calls_ledger_entry_is_the_one_a_keyword_build_makes() -> None:
     assert abs(e.time - time.time()) < 5 and e.latency_ms > 0
 
 
+@given(st.integers(0, 300_000), st.integers(0, 5000), st.integers(0, 300_000),
+       st.integers(0, 300_000), st.sampled_from([(), (("web_search_call", 25_000),)]),
+       st.integers(0, 3))
+def test_a_calls_answered_cost_is_the_price_s_keyword_cost(
+        tin: int, tout: int, cached: int, written: int,
+        call_fees: tuple[tuple[str, int], ...], searches: int) -> None:
+    # Call.raw_cost prices an answer without caching by position (Price.plain_cost) and
+    # skips the fees when the call has none: the same as the keyword build in every case.
+    from reference_relay.calls import Call
+    from reference_relay.metering import Usage
+
+    price = Price("USD", 1000, input=15_000, output=60_000, cached_input=7_500,
+                  long_context_above=200_000, input_long=30_000, output_long=90_000)
+    call = Call.__new__(Call)
+    call.model = type("M", (), {"price": price})()  # type: ignore[assignment]
+    call.prepared = type("P", (), {"call_fees": call_fees})()  # type: ignore[assignment]
+    tools = {"web_search_call": searches} if searches else None
+    usage = Usage(tin, tout, cached, written, tools)
+    fees = sum(searches * fee for _, fee in call_fees)
+    want = price.raw_cost(input_tokens=tin, output_tokens=tout, cached_input_tokens=cached,
+                          cache_write_tokens=written) + fees
+    assert call.raw_cost(usage, True) == (want, tin + cached + written, tout)
+
+
 # -- configuration ------------------------------------------------------------------------------
 
 def test_example_config_loads() -> None:

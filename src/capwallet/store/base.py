@@ -65,6 +65,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol, TypeVar
 
+from capwallet.loops import running_loop
+
 _C = TypeVar("_C", bound=type)
 
 
@@ -283,14 +285,14 @@ class Store(abc.ABC):
         tasks = self._soon
         if tasks is None:
             tasks = self._soon = set()
-        task = asyncio.get_running_loop().create_task(_settle_to(settle, outcome))
+        task = running_loop().create_task(_settle_to(settle, outcome))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
     async def drain(self) -> None:
         """Wait until every settle queued (``settle_soon``) before this call is written or
         has failed."""
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         while pending := [t for t in self._soon or () if t.get_loop() is loop]:
             await asyncio.wait(pending)
 

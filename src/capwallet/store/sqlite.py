@@ -19,11 +19,14 @@ statements per call instead of six. An operation that fails (a duplicate reserva
 ValueError) rolls back only itself and gets its own exception; the others commit (a batch in
 which an operation or an owed write raises is rolled back and runs again writing each
 operation's rows at once, with a SAVEPOINT around each; the usual batch needs none). Every
-future resolves after the COMMIT. A settle leads a batch as any write does: made to wait for
-the next reserve's batch instead (1 ms, or up to 3 or 8 turns of the loop), it cut the
-relay's commits per call at concurrency 20 from 0.21-0.34 to 0.18-0.21 with no CPU gain a
-timed run could show (issue 17), and it would add that wait to every awaited settle (a
-stream's end, bench/store.py's callers).
+future resolves after the COMMIT. A settle nobody waits for (``settle_soon``: the relay's,
+once the answer is sent) is queued the same way with its Outcome in place of a future, and a
+batch it would lead is flushed by ``loop.call_soon``; drain() and close() wait for it.
+A settle leads a batch as any write does: made to wait for the next reserve's batch instead
+(1 ms, or up to 3 or 8 turns of the loop), it cut the relay's commits per call at
+concurrency 20 from 0.21-0.34 to 0.18-0.21 with no CPU gain a timed run could show (issue
+17), and it would add that wait to every awaited settle (a stream's end, bench/store.py's
+callers).
 Why on the loop's thread: an uncontended transaction without fsync costs tens of
 microseconds, less than handing it to a thread and back under the GIL; and one commit for many
 writes writes each page they share (a counter, the ledger's last leaf) once.
