@@ -33,8 +33,10 @@ from capwallet.store.redis import (
     RedisStore,
     _dumps,
     _dumps_ascii,
+    _Script,
     bucket_of,
 )
+from capwallet.store.redis_pipe import pack
 
 pytestmark = pytest.mark.anyio
 
@@ -252,3 +254,19 @@ def test_every_code_point_is_encoded_as_json_dumps_would() -> None:
         assert _sent(_dumps(record)) == json.dumps(
             record, separators=(",", ":"), ensure_ascii=False).encode()
         assert _sent(_dumps_ascii(record)) == json.dumps(record, separators=(",", ":")).encode()
+
+
+_script = _Script("return 1")
+_arg = st.one_of(st.text(), st.binary(), st.integers(-2**63, 2**63 - 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["{cw:00}:leases", "{cw:ff}:leases", "{é}:leases", "k"]),
+       st.lists(_arg, max_size=70))
+def test_a_script_command_is_packed_as_hiredis_packs_it(key: str, args: list[Any]) -> None:
+    # The request path's commands keep their first four arguments packed per key; the bytes
+    # must be those hiredis packs for the whole command (any number of arguments: past 59
+    # it packs the whole command itself), the first time for a key and every time after.
+    whole = pack(("EVALSHA", _script.sha, 1, key, *args))
+    assert _script.command(key, tuple(args)) == whole
+    assert _script.command(key, tuple(args)) == whole

@@ -74,7 +74,7 @@ def _reply_error(message: str) -> RedisError:
 
 class Reply(Protocol):
     """Where a command's reply goes: what the pipe calls on an asyncio.Future (``send``), or
-    on an object of the caller's that takes the reply without a future (``send_to``; the
+    on an object of the caller's that takes the reply without a future (``send_packed``: the
     store's queued settle). ``done`` is True once a setter ran (a cancelled future too: its
     reply is dropped); a setter must not raise."""
 
@@ -148,19 +148,20 @@ class Pipe(asyncio.Protocol):
         """Queue one command for this loop turn's write; the future gets its reply (an error
         reply as its exception, as it gets an argument the packer refuses: a lone surrogate)."""
         fut = self.loop.create_future()
-        self.send_to(args, fut)
-        return fut
-
-    def send_to(self, args: tuple[Any, ...], reply: Reply) -> None:
-        """``send``, the reply handed to ``reply`` (a future, or an object with the three
-        methods the pipe calls on one: for a caller that does not await it)."""
-        if self.broken is not None:
-            reply.set_exception(self.broken)
-            return
         try:
             payload = pack(args)
         except Exception as exc:  # this command cannot be sent; the others can
-            reply.set_exception(exc)
+            fut.set_exception(exc)
+            return fut
+        self.send_packed(payload, fut)
+        return fut
+
+    def send_packed(self, payload: bytes, reply: Reply) -> None:
+        """``send`` for a command packed already (RESP), its reply handed to ``reply`` (a
+        future, or an object with the three methods the pipe calls on one: for a caller that
+        does not await it)."""
+        if self.broken is not None:
+            reply.set_exception(self.broken)
             return
         self._out.append((payload, reply))
         if self._solo and not self._waiting and self._transport is not None:
