@@ -650,7 +650,10 @@ def _record(c: _Cursor, entry: LedgerEntry, row: tuple[Any, ...]) -> None:
     step: the totals are written before the same transaction commits, merged with the
     batch's others)."""
     if c.defer:
-        c.owe_ledger(row)
+        if len(row) == c.row_width:
+            c.rows += row
+        else:
+            c.owe_ledger(row)
     else:
         c.execute(_insert_ledger(1, len(row)), row)
     if counts_as_usage(entry):
@@ -977,24 +980,28 @@ class SQLiteStore(Store):
     async def reserve(self, reservation: Reservation) -> ReserveResult:
         r = reservation
         holds = _merge_holds(r.holds)
-        debits = [h for h in holds if h.amount > 0]
+        debits = [h for h in holds if h[1] > 0]  # (a Hold's amount)
         meta = r.meta
-        # A plain dict needs no copy.
-        approval = r.approval_id is not None
-        meta_json = _json_text(meta if type(meta) is dict else dict(meta))
+        if type(meta) is not dict:  # a plain dict needs no copy
+            meta = dict(meta)
         # A Hold is a NamedTuple (counter_key, amount, limit, resets_at), stored as the array
-        # of its values (orjson writes a plain tuple, not a NamedTuple).
-        holds_json = _json_text([*map(tuple, holds)])
+        # of its values (orjson writes a plain tuple, not a NamedTuple). See _json_text.
+        try:
+            meta_json = _dumps(meta).decode()
+            holds_json = _dumps([*map(tuple, holds)]).decode()
+        except TypeError:
+            meta_json = _json_text(meta)
+            holds_json = _json_text([*map(tuple, holds)])
+        approval = r.approval_id is not None
         row = ((r.reservation_id, r.token_id, holds_json, r.lease_until, r.approval_id,
                 r.created_at, meta_json) if approval else
                (r.reservation_id, r.token_id, holds_json, r.lease_until, r.created_at,
                 meta_json))
-        insert = _insert_reservations(1, len(row))
         tid = r.token_id
         # Revocation, the approval and the counters: one statement.
         check = _reserve_read_sql(len(debits), approval)
         params: list[Any] = [tid, r.approval_id] if approval else [tid]
-        keys = [h.counter_key for h in debits]
+        keys = [h[0] for h in debits]  # (a Hold's counter_key)
         params += keys
 
         def read(c: _Cursor) -> dict[str, int] | ReserveResult:
@@ -1023,21 +1030,23 @@ class SQLiteStore(Store):
                     for key in keys:
                         seen[key] = got.get(key, 0)  # type: ignore[union-attr]
                 owed = c.adds
-                for h in debits:
-                    key = h.counter_key
+                for key, amount, limit, _ in debits:
                     u = seen[key]
                     add = owed.get(key)
                     if add is not None:
                         u += add[0]
-                    if u + h.amount > h.limit:
+                    if u + amount > limit:
                         return ReserveResult(False, failed_counter=key, used=u)
-                for h in debits:
-                    add = owed.get(h.counter_key)
+                for key, amount, _, resets_at in debits:
+                    add = owed.get(key)
                     if add is None:
-                        owed[h.counter_key] = [h.amount, h.resets_at]
+                        owed[key] = [amount, resets_at]
                     else:
-                        add[0] += h.amount
-                c.owe_insert(row)
+                        add[0] += amount
+                if len(row) == c.insert_width:
+                    c.inserts += row
+                else:
+                    c.owe_insert(row)
             else:
                 got = read(c)
                 if type(got) is ReserveResult:
@@ -1050,7 +1059,7 @@ class SQLiteStore(Store):
                     c.execute(_add_used(len(debits)),
                               [x for h in debits for x in (h.counter_key, h.amount, h.resets_at)])
                 try:
-                    c.execute(insert, row)
+                    c.execute(_insert_reservations(1, len(row)), row)
                 except sqlite3.IntegrityError:
                     raise ValueError(
                         f"reservation id {r.reservation_id} already exists") from None
