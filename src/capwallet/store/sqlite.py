@@ -985,10 +985,11 @@ class SQLiteStore(Store):
         if type(meta) is not dict:  # a plain dict needs no copy
             meta = dict(meta)
         # A Hold is a NamedTuple (counter_key, amount, limit, resets_at), stored as the array
-        # of its values (orjson writes a plain tuple, not a NamedTuple). See _json_text.
+        # of its values (orjson writes a plain tuple, and hands it a Hold to make one of it).
+        # See _json_text.
         try:
             meta_json = _dumps(meta).decode()
-            holds_json = _dumps([*map(tuple, holds)]).decode()
+            holds_json = _dumps(holds, default=tuple).decode()
         except TypeError:
             meta_json = _json_text(meta)
             holds_json = _json_text([*map(tuple, holds)])
