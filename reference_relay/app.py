@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -89,7 +89,12 @@ from reference_relay.prices import Converter, Price
 from reference_relay.routes import OUTPUT_CAP_HEADER, Endpoint, Prepared
 from reference_relay.routes.anthropic import CountTokens, Messages
 from reference_relay.routes.openai import ChatCompletions, Embeddings, Moderations, Responses
-from reference_relay.upstream import Upstream, forwarded_headers, provider_key_missing
+from reference_relay.upstream import (
+    FORWARDED,
+    Upstream,
+    forwarded_headers,
+    provider_key_missing,
+)
 
 log = logging.getLogger("reference_relay")
 APPROVAL_HEADER = "x-capwallet-approval"
@@ -290,6 +295,25 @@ def _wanted_headers(scope: Scope) -> dict[str, str]:
     return out
 
 
+class Presented(NamedTuple):
+    """A presented token as Relay.handle uses it on every call, worked out once per
+    Authorization header (Relay._by_header) rather than on each call: the token, the
+    Verifier's check of its chain, the app name its ledger rows carry, and the currency of
+    its first budget in check order (the currency its ledger rows count in; None without a
+    budget: then the price's)."""
+
+    token: str
+    v: VerifiedToken
+    app: str
+    budget_currency: str | None
+
+
+def _presented(token: str, v: VerifiedToken) -> Presented:
+    limits = v.limits
+    budget = next((c.unit for c in limits.counters_in_check_order if c.kind == "budget"), None)
+    return Presented(token, v, limits.apps[0] if limits.apps else "", budget)
+
+
 class RequestGuard:
     """Header limits; only the Host names the config allows (defeats DNS rebinding); CORS.
 
@@ -450,11 +474,10 @@ class Relay:
         self.chains = ChainNotes(self.store, self.spawn)
         self.cost_plans = CostPlans(self.converter)
         self._keys_checked: dict[str, str] = {}  # provider id -> the key forwarding() passed
-        self._leases: dict[str, int] = {}  # provider id -> its lease_seconds (config is fixed)
-        # Authorization header -> (its token, the Verifier's check of it): see handle.
-        self._by_header: dict[str, tuple[str, VerifiedToken]] = {}
+        # Authorization header -> its token as handle uses it (Presented): see handle.
+        self._by_header: dict[str, Presented] = {}
         self._routes: dict[tuple[str, str, frozenset[str] | None],
-                           tuple[ProviderConfig, ModelConfig]] = {}
+                           tuple[ProviderConfig, ModelConfig, int]] = {}
         self.index: dict[str, list[tuple[ProviderConfig, ModelConfig]]] = {}
         for p in config.providers:
             for m in p.models.values():
@@ -579,14 +602,17 @@ class Relay:
                           f"limit of {self.config.max_body_bytes} bytes")
 
     def route(self, model_id: str, ep: Endpoint,
-              limits: EffectiveLimits) -> tuple[ProviderConfig, ModelConfig]:
-        """The provider and model a call goes to; the same for every call of one model
-        through one API by tokens allowing one set of providers, so remembered (bounded: a
-        model the config does not serve is refused before anything is remembered)."""
+              limits: EffectiveLimits) -> tuple[ProviderConfig, ModelConfig, int]:
+        """The provider and model a call goes to, and the provider's lease (seconds a
+        reservation holds before the sweeper closes it at its worst case); the same for every
+        call of one model through one API by tokens allowing one set of providers, so
+        remembered (bounded: a model the config does not serve is refused before anything is
+        remembered)."""
         key = (model_id, ep.api, limits.providers)
         hit = self._routes.get(key)
         if hit is None:
-            hit = self._route(model_id, ep, limits)
+            provider, model = self._route(model_id, ep, limits)
+            hit = (provider, model, self.config.lease_seconds(provider))
             if len(self._routes) < 4096:
                 self._routes[key] = hit
         return hit
@@ -668,22 +694,24 @@ class Relay:
                 v = self.verifier.check_token(token)
             except TokenError as exc:
                 raise RelayError(exc.reason.value, exc.message) from None
+            hit = _presented(token, v)
             if auth is not None:
                 if len(self._by_header) >= AUTH_REMEMBERED:  # the oldest first (FIFO)
                     self._by_header.pop(next(iter(self._by_header)), None)
-                self._by_header[auth] = (token, v)
-        else:
-            token, v = hit
+                self._by_header[auth] = hit
+        token, v, app_name, budget_currency = hit
         now = int(time.time())
         tid = v.token_id_hex
         limits = v.limits
         # A browser's Origin header, judged against the token's origin caveat (a server-side
         # call sends none and is governed by the other caveats).
         origin = headers.get("origin")
-        if (limits.expires is not None or limits.not_before is not None
+        if (not v.live_from <= now < v.live_until
                 or (origin is not None and limits.origins is not None)):
             # A dead token, or one presented from another web origin, is refused as such
-            # before anything about the request is judged.
+            # before anything about the request is judged. (A live token with no origin to
+            # judge is not evaluated here: a token with an expiry, as the wallet grants them,
+            # paid a whole evaluate per call for it, some 14 K instructions.)
             alive = evaluate(v, _new(Request, (None, None, None, (), 0, 0, _NO_COST, False,
                                                None, None, origin)), now, {}, self.verifier.keys)
             if not alive.allowed and alive.reason is not None:
@@ -700,7 +728,7 @@ class Relay:
                 model_id = getattr(ep, "default_model", None)
             if not isinstance(model_id, str) or not model_id:
                 raise RelayError(INVALID_REQUEST, "the request must name a 'model'")
-            provider, model = self.route(model_id, ep, limits)
+            provider, model, lease = self.route(model_id, ep, limits)
             prepared = ep.prepare(body, raw, provider, model, limits)
         except RelayError:
             await self.refusing(token, v, now)
@@ -724,10 +752,6 @@ class Relay:
                 provider.id, model_id, ep.operation, (), p.input.tokens, p.output_tokens, c,
                 provider.zero_retention, approval, digest, origin)), now, counters or {}, keys)
 
-        app_name = limits.apps[0] if limits.apps else ""
-        lease = self._leases.get(provider.id)
-        if lease is None:
-            lease = self._leases[provider.id] = self.config.lease_seconds(provider)
 
         async def forward(d: Decision, p: Prepared, worst: int, costs: dict[str, int],
                           rates: list[str], key: str, fwd: dict[str, str]
@@ -735,21 +759,18 @@ class Relay:
             """Reserve the worst case and make the call; the store's refusal if it refuses."""
             debits = d.debits
             # The ledger counts in the first budget's currency (the price's without one).
-            ledger_currency = price.currency
-            for x in debits:
-                if x.kind == "budget":
-                    ledger_currency = x.unit
-                    break
+            ledger_currency = price.currency if budget_currency is None else budget_currency
             worst_ledger = costs.get(ledger_currency)
             if worst_ledger is None:
                 got = self.converter.micros(price, worst, ledger_currency)
                 worst_ledger = got[0] if got else 0
             # Hold and Reservation are NamedTuples built from all their fields, in order (see
-            # judge).
+            # judge). A loop, not a list comprehension: that is a Python call of its own.
+            holds = []
+            for x in debits:
+                holds.append(_new(Hold, (x.counter_key, x.amount, x.limit, x.resets_at)))
             reservation = _new(Reservation, (
-                new_id(), tid, tuple([_new(Hold, (x.counter_key, x.amount, x.limit, x.resets_at))
-                                  for x in debits]),
-                now + lease, d.approval_id, now,
+                new_id(), tid, tuple(holds), now + lease, d.approval_id, now,
                 {"app": app_name, "provider": provider.id, "model": model.id,
                  "operation": ep.operation, "input_tokens": p.input.tokens,
                  "output_tokens": p.output_tokens, "cost": worst_ledger,
@@ -832,6 +853,8 @@ class Relay:
             self.upstream.head(provider, ep.upstream_path, key)  # refuses a key unfit for a head
             # Checked once per provider and key (the checks depend on nothing else).
             self._keys_checked[provider.id] = key
+        if FORWARDED[0] not in headers and FORWARDED[1] not in headers:
+            return key, {}  # an OpenAI SDK's call: nothing to check, one Python call less
         return key, forwarded_headers(headers)
 
     def revoked(self, token: str, tid: str, now: int) -> RelayError:

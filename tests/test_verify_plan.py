@@ -1,7 +1,9 @@
 """The verifier's per-token plan never changes a decision.
 
 A VerifiedToken decides once, when its chain is verified, whether any caveat limits the shape
-of a request (``shaped``); evaluate skips those checks for a token that has none. These tests
+of a request (``shaped``); evaluate skips those checks for a token that has none. It also
+folds its time caveats into one interval of clock readings at which all pass
+(``live_from``/``live_until``); evaluate runs the time checks only outside it. These tests
 run every request of the conformance vectors and the property tests' generated tokens and
 requests through evaluate twice, with the token's own plan and with the plan forced to check
 everything, and require the same Decision, field by field. They also pin the plan itself, so
@@ -19,7 +21,7 @@ from hypothesis import strategies as st
 
 from capwallet import caveats as cav
 from capwallet.keys import Keyring
-from capwallet.reasons import TokenError
+from capwallet.reasons import Reason, TokenError
 from capwallet.token import mint
 from capwallet.verify import Debit, Decision, Request, VerifiedToken, Verifier, evaluate
 from tests.test_properties import KEY, KEYS, T0, caveat, requests, small
@@ -27,9 +29,11 @@ from tests.test_vectors import ALL, _keyring, _request
 
 
 def _full(v: VerifiedToken) -> VerifiedToken:
-    """The same verified token with a plan that checks everything."""
+    """The same verified token with a plan that checks everything: every shape check, and
+    every time check (an empty live interval)."""
     full = VerifiedToken(v.token_id, v.issued_at, v.limits, v.key_id, v.chain_id, v.caveats)
     full.shaped = True
+    full.live_from, full.live_until = 2**63, -(2**63)
     return full
 
 
@@ -147,3 +151,22 @@ def test_an_allowed_decision_has_every_field(v: dict[str, Any]) -> None:
             assert d == Decision(True, None, "allowed", checked.token_id_hex, checked.limits,
                                  d.debits, d.approval_id)
             assert d.needs_approval is False and d.counter is None
+
+
+@pytest.mark.parametrize(("caveats", "issued"), [
+    ((), T0), ((cav.Expires(T0 + 500),), T0), ((cav.NotBefore(T0 + 100),), T0),
+    ((cav.NotBefore(T0 - 100), cav.Expires(T0 + 500)), T0),
+    ((cav.NotBefore(T0 + 100), cav.Expires(T0 + 50)), T0),  # never live
+    ((cav.Expires(T0 - 500),), T0)])
+def test_the_live_interval_is_where_every_time_check_passes(caveats: tuple[Any, ...],
+                                                             issued: int) -> None:
+    """Every second around each time caveat's edge: the token is inside its live interval
+    exactly when evaluate, with every check run, passes its time checks."""
+    v = Verifier(KEYS).check_token(mint(KEY, list(caveats), now=issued).serialize())
+    edges = {issued, *(getattr(c, "time", issued) for c in caveats)}
+    for now in sorted({e + d for e in edges for d in range(-62, 63)}):
+        if now < 0:
+            continue
+        d = _same(v, Request(), now, {}, KEYS)
+        timely = d.reason not in (Reason.NOT_YET_VALID, Reason.EXPIRED)
+        assert (v.live_from <= now < v.live_until) == timely, (now, d.reason)
