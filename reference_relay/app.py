@@ -309,9 +309,15 @@ class Presented(NamedTuple):
 
 
 def _presented(token: str, v: VerifiedToken) -> Presented:
+    # Cheap as it stands (a loop, not a generator; the tuple built from its fields): a token
+    # sent as x-api-key (the Anthropic SDK's way) gets it on every call.
     limits = v.limits
-    budget = next((c.unit for c in limits.counters_in_check_order if c.kind == "budget"), None)
-    return Presented(token, v, limits.apps[0] if limits.apps else "", budget)
+    budget = None
+    for c in limits.counters_in_check_order:
+        if c.kind == "budget":
+            budget = c.unit
+            break
+    return _new(Presented, (token, v, limits.apps[0] if limits.apps else "", budget))
 
 
 class RequestGuard:

@@ -75,3 +75,20 @@ def test_every_refusal_of_a_race_names_the_rate(relay: Relay) -> None:
             assert r.json()["error"]["message"].endswith(RATE_NOTE), r.text
         else:
             assert r.headers["x-capwallet-fx"] == "1 USD = 0.87 EUR"
+
+
+def test_the_ledger_counts_in_the_first_budgets_currency(relay: Relay) -> None:
+    """A call's ledger row counts in the currency of the token's first budget in check order
+    (Relay.handle works it out once per token: app.Presented), whatever currency the price
+    is in; with no budget, in the price's."""
+    cases = (((cav.TokenQuota(10**6, "month"), cav.Budget(1000, "EUR", "month"),
+               cav.Budget(1000, "USD", "day")), "EUR", 2_088_000),
+             ((cav.Budget(1000, "USD", "day"), cav.Budget(1000, "EUR", "month")), "USD",
+              2_400_000),
+             ((cav.TokenQuota(10**6, "month"),), "USD", 2_400_000))
+    for caveats, currency, cost in cases:
+        tok = relay.mint(*caveats, cav.App("fx-app"))
+        for _ in range(2):  # the first call works it out, the second remembers it
+            assert relay_out(relay, tok, max_tokens=8).status_code == 200
+        rows = [e for e in relay.ledger(tok) if e.status == "ok"]
+        assert [(r.currency, r.cost, r.app) for r in rows] == [(currency, cost, "fx-app")] * 2
