@@ -565,26 +565,31 @@ class RedisStore(Store):
         r = reservation
         b, tag = self._token_tag(r.token_id)
         # The holds as the script reads and keeps them, [counter key, amount, limit, resets]
-        # (-1: never), merged by counter key: amounts add, the smallest limit wins.
+        # (-1: never), merged by counter key: amounts add, the smallest limit wins. (The
+        # class tests stand before _exact: it is called only for what is not a plain int.)
         records: list[list[Any]] = []
         merged: dict[str, list[Any]] = {}
-        new_keys: list[str] = []  # counters this process has not indexed (see _index)
-        buckets = self._buckets
         record: list[Any]
-        for key, amount, limit, resets_at in r.holds:
-            amount, limit = _exact(amount, "amount"), _exact(limit, "limit")
-            resets = -1 if resets_at is None else _exact(resets_at, "resets_at")
+        for key, amount, limit, resets in r.holds:
+            if amount.__class__ is not int:
+                amount = _exact(amount, "amount")
+            if limit.__class__ is not int:
+                limit = _exact(limit, "limit")
+            if resets is None:
+                resets = -1
+            elif resets.__class__ is not int:
+                resets = _exact(resets, "resets_at")
             same = merged.get(key)
             if same is None:
                 merged[key] = record = [key, amount, limit, resets]
                 records.append(record)
-                if buckets.get(key) != b:
-                    new_keys.append(key)
             else:
                 same[1] += amount
                 same[2] = min(same[2], limit)
                 if same[3] < 0:
                     same[3] = resets
+        buckets = self._buckets
+        new_keys: list[str] | None = None  # counters this process has not indexed (_index)
         for record in records:
             if record[1] > MAX_EXACT:  # cannot fit any limit Lua can compare exactly
                 if await self.is_revoked(r.token_id):
@@ -594,39 +599,36 @@ class RedisStore(Store):
                                      used=(await self.counters([key]))[key])
             if record[2] > MAX_EXACT:
                 record[2] = MAX_EXACT
-        m = r.meta
+            if buckets.get(record[0]) != b:
+                if new_keys is None:
+                    new_keys = []
+                new_keys.append(record[0])
+        get = r.meta.get
         expired_row = _row_tail((
-            r.token_id, str(m.get("app", "")), str(m.get("provider", "")),
-            str(m.get("model", "")), str(m.get("operation", "")), int(m.get("input_tokens", 0)),
-            int(m.get("output_tokens", 0)), int(m.get("cost", 0)), str(m.get("currency", "")),
-            "lease_expired", r.reservation_id, None, None, str(m.get("chain_id", "")),
+            r.token_id, str(get("app", "")), str(get("provider", "")), str(get("model", "")),
+            str(get("operation", "")), int(get("input_tokens", 0)), int(get("output_tokens", 0)),
+            int(get("cost", 0)), str(get("currency", "")), "lease_expired", r.reservation_id,
+            None, None, str(get("chain_id", "")),
         ))
+        lease_until, created_at = r.lease_until, r.created_at
+        if lease_until.__class__ is not int:
+            lease_until = _exact(lease_until, "lease_until")
+        if created_at.__class__ is not int:
+            created_at = _exact(created_at, "created_at")
         keys = (tag + "leases",)
-        argv = (r.reservation_id, _exact(r.lease_until, "lease_until"), r.approval_id or "",
-                _dumps_ascii(records), r.token_id, _exact(r.created_at, "created_at"),
-                expired_row)
-        retried = False
-
-        def mark_retry() -> None:
-            nonlocal retried
-            retried = True
-
-        async def op() -> list[Any]:
-            if new_keys:  # the index first, so counters(keys) can find what reserve creates
-                await self._index(new_keys, b, merged)
-            result: list[Any] = await self._eval(self._reserve, keys, argv)
-            return result
-
+        argv = (r.reservation_id, lease_until, r.approval_id or "", _dumps_ascii(records),
+                r.token_id, created_at, expired_row)
         sent = None if new_keys else self._send(self._reserve, keys, argv)
         if sent is None:
-            out = await self._run(op, mark_retry)
+            out, retried = await self._reserve_slow(keys, argv, None, new_keys, b, merged)
+            if new_keys:
+                for k in new_keys:
+                    self._remember(buckets, k, b)
         else:
             try:
-                out = await sent
+                out, retried = await sent, False
             except Exception as exc:
-                out = await self._again(exc, op, mark_retry)
-        for k in new_keys:
-            self._remember(buckets, k, b)
+                out, retried = await self._reserve_slow(keys, argv, exc)
         status = int(out[0])
         if status == 1:
             self._reserved(r.reservation_id, tag)
@@ -643,6 +645,32 @@ class RedisStore(Store):
         i = int(out[1])
         return ReserveResult(False, failed_counter=records[i - 1][0] if i else None,
                              used=int(out[2]))
+
+    async def _reserve_slow(self, keys: tuple[str], argv: tuple[Any, ...],
+                            failed: Exception | None, new_keys: list[str] | None = None,
+                            bucket: str = "", holds: Mapping[str, Sequence[Any]] | None = None,
+                            ) -> tuple[list[Any], bool]:
+        """The reserve script through ``_run`` (``failed`` None: the first attempt; new
+        counters are indexed first) or, after the fast lane's attempt failed with ``failed``,
+        through ``_again``. Returns the reply and whether the script was sent again after a
+        connection error (then "duplicate id" means the first attempt landed)."""
+        retried = False
+
+        def mark_retry() -> None:
+            nonlocal retried
+            retried = True
+
+        async def op() -> list[Any]:
+            if new_keys and holds is not None:  # the index first: counters(keys) finds them
+                await self._index(new_keys, bucket, holds)
+            result: list[Any] = await self._eval(self._reserve, keys, argv)
+            return result
+
+        if failed is None:
+            out = await self._run(op, mark_retry)
+        else:
+            out = await self._again(failed, op, mark_retry)
+        return out, retried
 
     async def _index(self, counter_keys: list[str], bucket: str,
                      holds: Mapping[str, Sequence[Any]]) -> None:
@@ -666,21 +694,19 @@ class RedisStore(Store):
         if len(cache) > CACHE_SIZE:
             cache.popitem(last=False)
 
-    def _res_tag(self, reservation_id: str, entry: LedgerEntry) -> str:
-        return self._res_tags.pop(reservation_id, None) or self._token_tag(entry.token_id)[1]
-
     def _settle_command(self, reservation_id: str, actual: Mapping[str, int],
                         entry: LedgerEntry) -> tuple[tuple[str], tuple[Any, ...]]:
         """The settle script's keys and arguments (ValueError for a charge Lua cannot hold)."""
-        tag = self._res_tag(reservation_id, entry)
+        tag = self._res_tags.pop(reservation_id, None) or self._token_tag(entry.token_id)[1]
         charges: list[Any] = []
         for k, v in actual.items():
-            v = _exact(v, "charge")
-            if abs(v) > MAX_EXACT:
+            if v.__class__ is not int:
+                v = _exact(v, "charge")
+            if not -MAX_EXACT <= v <= MAX_EXACT:
                 raise ValueError("charge too large")
             charges += (k, v)
-        return (tag + "leases",), (reservation_id, _exact(entry.time, "time"),
-                                   _row(entry, reservation_id), entry.token_id, *charges)
+        row = _row(entry, reservation_id)  # checks entry.time
+        return (tag + "leases",), (reservation_id, entry.time, row, entry.token_id, *charges)
 
     async def settle(
         self, reservation_id: str, actual: Mapping[str, int], entry: LedgerEntry
