@@ -23,7 +23,7 @@ from capwallet.store import (
     StoreUnavailable,
     open_store,
 )
-from capwallet.store.sqlite import SQLiteStore
+from capwallet.store.sqlite import SQLiteStore, _insert_shared_sql
 
 pytestmark = pytest.mark.anyio
 
@@ -295,6 +295,40 @@ async def test_a_batch_writes_each_counter_once_and_its_rows_together(tmp_path: 
         assert await store.settle(new[0].reservation_id, {"b": 1}, _ok(new[0].reservation_id, 1))
         assert not await store.release(old[0].reservation_id, _ok(old[0].reservation_id, 0))
         assert await store.counters(["b", "r"]) == {"b": 63, "r": 6}
+    finally:
+        await store.close()
+
+
+async def test_a_batchs_ledger_rows_of_one_token_bind_what_they_share_once(
+        tmp_path: Path) -> None:
+    """The owed ledger rows of a batch that share token, app, provider, model, operation,
+    currency, status and chain go as one INSERT binding those once (numbered parameters);
+    rows that do not all share them go as the plain multi-row INSERT. Either way every row
+    reads back with its own values."""
+    store = SQLiteStore(tmp_path / "l.db")
+    try:
+        res = [_reservation(Hold("b", 10, 100), rid=f"r{i}") for i in range(6)]
+        for r in res:
+            assert (await store.reserve(r)).ok
+        entries = [LedgerEntry(100 + i, "t", "app", "p", "m", "chat", i, 2 * i, i + 1, "USD",
+                               "ok", 7 * i, reservation_id=r.reservation_id, chain_id="c")
+                   for i, r in enumerate(res)]
+        entries[4] = LedgerEntry(104, "u", "app", "p", "m", "chat", 4, 8, 5, "USD", "ok", 28,
+                                 reservation_id="r4", chain_id="c")  # another token
+        assert store._fast is not None
+        seen: list[str] = []
+        store._fast.set_trace_callback(seen.append)
+        shared = []
+        for batch in (entries[:3], entries[3:]):
+            before = _insert_shared_sql.cache_info()
+            assert await asyncio.gather(*(store.settle(e.reservation_id or "", {"b": 1}, e)
+                                          for e in batch)) == [True] * 3
+            after = _insert_shared_sql.cache_info()
+            shared.append(after.hits + after.misses - before.hits - before.misses)
+        assert shared == [1, 0]  # t, t, t shared; t, u, t did not
+        assert sum(s.startswith("INSERT INTO ledger") for s in seen) == 2
+        assert sorted(await store.ledger(), key=lambda e: e.time) == entries
+        assert await store.counters(["b"]) == {"b": 6}
     finally:
         await store.close()
 

@@ -94,9 +94,10 @@ def _tables(path: Path) -> dict[str, Any]:
         return {
             "counters": db.execute("SELECT key, used FROM counters ORDER BY key").fetchall(),
             "reservations": db.execute("SELECT * FROM reservations ORDER BY id").fetchall(),
-            "ledger": db.execute("SELECT time, token_id, status, cost, reservation_id, count, "
-                                 "request_body, response_body FROM ledger ORDER BY seq"
-                                 ).fetchall(),
+            "ledger": db.execute("SELECT time, token_id, app, provider, model, operation, "
+                                 "input_tokens, output_tokens, cost, currency, status, "
+                                 "latency_ms, reservation_id, request_body, response_body, "
+                                 "chain_id, count FROM ledger ORDER BY seq").fetchall(),
             "usage": db.execute("SELECT * FROM usage_daily ORDER BY 1, 2, 3, 4, 5, 6").fetchall(),
             "revoked": db.execute("SELECT * FROM revoked ORDER BY 1").fetchall(),
             "approvals": db.execute("SELECT * FROM used_approvals").fetchall(),

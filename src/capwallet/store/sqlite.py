@@ -248,7 +248,9 @@ _LEDGER_COLUMNS = (
 # either (_ledger_row); the reservation's 7, or 6 without the approval (reserve).
 _LEDGER_SHAPES = {
     16: _LEDGER_COLUMNS,
-    14: _LEDGER_COLUMNS.replace(" request_body, response_body,", ""),
+    # a row's own values first, then those a batch's rows mostly share (_insert_shared)
+    14: "time, input_tokens, output_tokens, cost, latency_ms, reservation_id, token_id, app, "
+        "provider, model, operation, currency, status, chain_id",
     13: _LEDGER_COLUMNS.replace(" reservation_id, request_body, response_body,", ""),
 }
 USAGE_ROWS = 256  # usage_daily rows per upsert statement (10 parameters each)
@@ -419,7 +421,8 @@ class _Cursor(sqlite3.Cursor):
             self.executemany(_ADD_USED_ONE, [(k, d, r) for k, (d, r) in self.adds.items()])
             self.adds.clear()
         if self.rows:
-            _insert_rows(self, _insert_ledger, self.rows, self.row_width)
+            if self.row_width != 14 or not _insert_shared(self, self.rows):
+                _insert_rows(self, _insert_ledger, self.rows, self.row_width)
         if self.usage:
             _add_usage(self)
 
@@ -480,6 +483,42 @@ def _insert_ledger(n: int, width: int) -> str:
     row = f"({', '.join('?' * width)})"
     return (f"INSERT INTO ledger ({_LEDGER_SHAPES[width]}) VALUES "  # noqa: S608
             + ", ".join([row] * n))
+
+
+# A batch's ledger rows are mostly one token's calls of one model: the same token, app,
+# provider, model, operation, currency, status and chain. These are bound once for all the
+# rows (numbered parameters, each used in every row), not once per row: every text bound is
+# a copy into SQLite (sqlite3_bind_text, some 700 instructions with its Python side), and
+# they are 8 of a row's 14 values, the last 8 in that shape (_LEDGER_SHAPES).
+
+
+@lru_cache(maxsize=INSERT_ROWS)
+def _insert_shared_sql(n: int) -> str:
+    """Insert ``n`` ledger rows of width 14 sharing their last 8 values (params: each row's
+    first 6 values, then the 8 shared ones once)."""
+    shared = ", ".join(f"?{6 * n + i}" for i in range(1, 9))
+    rows = ", ".join("(" + ", ".join(f"?{6 * k + i}" for i in range(1, 7)) + f", {shared})"
+                     for k in range(n))
+    return f"INSERT INTO ledger ({_LEDGER_SHAPES[14]}) VALUES {rows}"  # noqa: S608
+
+
+def _insert_shared(cur: _Cursor, values: list[Any]) -> bool:
+    """Insert the owed ledger rows of width 14 in ``values`` with their shared last 8 values
+    bound once, then forget them; False (nothing done) unless there are several rows, at most
+    INSERT_ROWS, that all share them."""
+    n = len(values) // 14
+    if n < 2 or n > INSERT_ROWS:
+        return False
+    shared = values[6:14]
+    params = values[0:6]
+    for i in range(14, len(values), 14):
+        if values[i + 6:i + 14] != shared:
+            return False
+        params += values[i:i + 6]
+    params += shared
+    cur.execute(_insert_shared_sql(n), params)
+    values.clear()
+    return True
 
 
 @lru_cache(maxsize=2 * INSERT_ROWS)
@@ -634,9 +673,9 @@ def _ledger_row(entry: LedgerEntry, reservation_id: str | None) -> tuple[Any, ..
             return (entry.time, entry.token_id, entry.app, entry.provider, entry.model,
                     entry.operation, entry.input_tokens, entry.output_tokens, entry.cost,
                     entry.currency, entry.status, entry.latency_ms, entry.chain_id)
-        return (entry.time, entry.token_id, entry.app, entry.provider, entry.model,
-                entry.operation, entry.input_tokens, entry.output_tokens, entry.cost,
-                entry.currency, entry.status, entry.latency_ms, reservation_id, entry.chain_id)
+        return (entry.time, entry.input_tokens, entry.output_tokens, entry.cost,
+                entry.latency_ms, reservation_id, entry.token_id, entry.app, entry.provider,
+                entry.model, entry.operation, entry.currency, entry.status, entry.chain_id)
     return (
         entry.time, entry.token_id, entry.app, entry.provider, entry.model, entry.operation,
         entry.input_tokens, entry.output_tokens, entry.cost, entry.currency, entry.status,
