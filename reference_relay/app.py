@@ -500,9 +500,10 @@ class Relay:
     async def aclose(self, grace: float = 30.0) -> None:
         """Stop sweeping, let in-flight calls settle (up to ``grace`` seconds), close pools.
 
-        It waits until no task of the relay's is left, not only for those it finds: a call's
-        task may hand its release or settlement to a new task as it ends (Call._answered),
-        and closing the store under that write left the reservation open (on Redis)."""
+        It waits until no task of the relay's is left, not only for those it finds (a
+        settlement cancelled in its task is written again from a new one, Call._close), then
+        for the writes queued in the store (Call.settle_soon): closing the store under such
+        a write left the reservation open (on Redis)."""
         if self.sweeper is not None:
             self.sweeper.cancel()
         loop = running_loop()

@@ -179,7 +179,17 @@ class Call:
         if self._settled:
             return
         self._settled = True
-        actual, entry = self._settlement(usage, final, status, response_body)
+        self._queue(*self._settlement(usage, final, status, response_body))
+
+    def release_soon(self, status: str) -> None:
+        """``release`` without waiting for the write, as settle_soon (a refusal by the
+        provider, a 429 under its rate limit, costs no task of the relay's)."""
+        if self._settled:
+            return
+        self._settled = True
+        self._queue({}, self._entry(status, 0, 0, 0, None))  # nothing charged: a release
+
+    def _queue(self, actual: dict[str, int], entry: LedgerEntry) -> None:
         self._pending = entry
         self.store.settle_soon(self.reservation_id, actual, entry, self)
 
@@ -313,7 +323,7 @@ class Call:
             except Exception as exc:
                 if resp.status:  # it failed once the provider answered: charged
                     resp.close()
-                    self.spawn(self.upstream_failed(exc, answered=True))
+                    self.settle_soon(None, False, "upstream_error", None)  # as upstream_failed
                     return error_response(transport_error(self.provider, exc),
                                           self.endpoint.errors)
                 # No answer (a stale reused connection, the deadline, a reset): the pool's
@@ -371,11 +381,12 @@ class Call:
 
     def _answered(self, status: int, resp: UpstreamResponse, body: bytes) -> Response:
         """The app's response to the provider's whole answer. A refusal or an unreadable
-        answer closes the reservation from a task of the relay's (the app need not wait for
-        that); a good answer is settled once it is sent (_SettleAfterSend)."""
+        answer has its reservation closed at once, by the store's write queue (the app need
+        not wait for that: release_soon, settle_soon); a good answer is settled once it is
+        sent (_SettleAfterSend)."""
         flavor = self.endpoint.errors
         if status >= 300:
-            self.spawn(self.release("upstream_error"))
+            self.release_soon("upstream_error")
             err, passthrough = upstream_status_error(self.provider, status, body, self.key)
             if passthrough is not None:
                 return Response(passthrough, status_code=status,
@@ -386,7 +397,7 @@ class Call:
             usage = answer_usage(self.endpoint.meter, body)
         except ValueError:
             # Output may have been generated and billed: charge the reserved worst case.
-            self.spawn(self.settle(None, False, "upstream_error", body))
+            self.settle_soon(None, False, "upstream_error", body)
             return error_response(RelayError(
                 UPSTREAM_ERROR, f"provider {self.provider.id!r} sent an answer that is not "
                 "valid JSON; it was charged at the reserved worst case"), flavor)

@@ -3,13 +3,13 @@ exactly, on SQLite and on Redis.
 
 A plain call whose request could not go out on an idle pooled connection runs in a task of
 the relay's (reference_relay.calls.Call._plain). When the provider refuses it or sends an
-answer that is not JSON, that task ends by spawning the release (or the worst-case
-settlement) in a task of its own (Call._answered) rather than awaiting it. A server past its
-grace cancels the request handlers (uvicorn's timeout_graceful_shutdown), then runs the
-lifespan's shutdown, Relay.aclose, which waits for the relay's tasks it finds and then closes
-the store: the spawned write must reach the store before it closes (it does: the spawned
-task starts before the task that spawned it is seen as done), or the reservation stays open
-until a lease sweep charges its worst case.
+answer that is not JSON, that task ends by queueing the release (or the worst-case
+settlement) in the store (Call._answered: release_soon, settle_soon) rather than awaiting
+it, and so does an answer the app left before it was sent. A server past its grace cancels
+the request handlers (uvicorn's timeout_graceful_shutdown), then runs the lifespan's
+shutdown, Relay.aclose, which waits for the relay's tasks it finds, drains the store and then
+closes it: the queued write must reach the store before it closes, or the reservation stays
+open until a lease sweep charges its worst case.
 
 These tests cancel the handler of such a call as a server does, call Relay.aclose at once,
 and read the ledger and the counters afterwards from a new handle on the same store: one row,
@@ -38,14 +38,14 @@ def fake() -> Any:
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 @pytest.mark.parametrize(("model", "status", "charged"), [
-    ("fault-http500", "upstream_error", False),  # released: Call._answered spawns it
-    ("fault-malformed", "upstream_error", True),  # the worst case: spawned as well
+    ("fault-http500", "upstream_error", False),  # released: Call._answered queues it
+    ("fault-malformed", "upstream_error", True),  # the worst case: queued as well
     ("relay-test", "client_disconnected", True),  # settled by the call's task itself
 ])
 def test_aclose_waits_for_what_a_call_task_spawns(fake: str, tmp_path: Path, backend: str,
                                                   model: str, status: str, charged: bool,
                                                   request: pytest.FixtureRequest) -> None:
-    # The old Relay.aclose returned with the spawned write still running, and on Redis often
+    # An older Relay.aclose returned with the spawned write still running, and on Redis often
     # lost it (it raced the store's close): three runs each.
     for attempt in range(3):
         tmp = tmp_path / str(attempt)
