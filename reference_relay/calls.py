@@ -5,7 +5,8 @@ while waiting for a non-streamed answer) the relay still reads the provider's an
 end, meters it and settles, because the provider bills it anyway. A stream is pumped by a task
 of the relay's. A plain call sent on an idle pooled connection (the usual call) is read by the
 app's handler itself, which servers such as uvicorn never cancel; if one does, a task of the
-relay's takes the call over where it stands (Call.run, Call._close); any other plain call runs
+relay's takes the call over where it stands (Call.run), and once the answer is sent there
+is nothing left to cancel (its settlement is queued in the store); any other plain call runs
 in a task of the relay's from the start.
 
 Settlement rules (see also reference_relay.metering):
@@ -223,11 +224,12 @@ class Call:
 
     async def _close(self, actual: dict[str, int] | None, entry: LedgerEntry,
                      again: bool = False) -> None:
-        """Write the settlement (``actual``) or the release (None) of the reservation.
+        """Write the settlement (``actual``) or the release (None) of the reservation, and
+        wait for it (a stream's pump, a call's task; the app's handler queues its writes
+        instead: settle_soon, release_soon).
 
-        Whatever task runs it may be cancelled: the app's handler on a server that cancels it
-        when the app hangs up (uvicorn does not), a call's task at a shutdown past its grace.
-        Then the store may not have the write (the SQLite store drops a write cancelled
+        The task that runs it may be cancelled (at a shutdown past its grace). Then the
+        store may not have the write (the SQLite store drops a write cancelled
         before its batch starts), so it is written again from a task of the relay's, which
         nothing the app does can cancel; the store closes a reservation once (a settlement
         that landed makes the second do nothing), so it cannot count twice."""
