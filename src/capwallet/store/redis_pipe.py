@@ -180,15 +180,24 @@ class Pipe(asyncio.Protocol):
                 if not fut.done():
                     fut.set_exception(self.broken)
             return
-        # A caller cancelled before its command left does not get it run.
-        out = [item for item in out if not item[1].done()]
-        if not out:
-            return
         assert self._transport is not None
-        self._transport.write(b"".join([payload for payload, _ in out]))
-        self._solo = len(out) == 1
-        deadline = self.loop.time() + self.endpoint.timeout
-        self._waiting.extend([(fut, deadline) for _, fut in out])
+        if len(out) == 1:  # a lone command (concurrency 1): no joins, no list built
+            payload, reply = out[0]
+            if reply.done():  # its caller was cancelled before it left: not run
+                return
+            self._transport.write(payload)
+            self._solo = True
+            deadline = self.loop.time() + self.endpoint.timeout
+            self._waiting.append((reply, deadline))
+        else:
+            # A caller cancelled before its command left does not get it run.
+            out = [item for item in out if not item[1].done()]
+            if not out:
+                return
+            self._transport.write(b"".join([payload for payload, _ in out]))
+            self._solo = len(out) == 1
+            deadline = self.loop.time() + self.endpoint.timeout
+            self._waiting.extend([(reply, deadline) for _, reply in out])
         if self._watchdog is None:
             self._watchdog = self.loop.call_at(deadline, self._check)
 
