@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from store_suite import Told
 
 from capwallet.store import Hold, LedgerEntry, Reservation
 from capwallet.store.sqlite import SQLiteStore
@@ -30,10 +31,11 @@ NOW = 1_800_000_000
 
 
 def _entry(tid: str, status: str, cost: int, rid: str | None = None,
-           logged: bool = False) -> LedgerEntry:
+           logged: bool = False, chain: str = "") -> LedgerEntry:
     return LedgerEntry(NOW, tid, "app", "openai" if status != "denied:x" else "",
                        "m", "chat", 3, 4, cost, "USD", status, 5, rid,
-                       '{"q": 1}' if logged else None, "answer" if logged else None)
+                       '{"q": 1}' if logged else None, "answer" if logged else None,
+                       chain_id=chain)
 
 
 def _plan(rng: random.Random, n_setup: int, n_ops: int) -> tuple[list[Any], list[Any]]:
@@ -48,7 +50,7 @@ def _plan(rng: random.Random, n_setup: int, n_ops: int) -> tuple[list[Any], list
     for i in range(n_ops):
         kind = rng.choice(["reserve"] * 6 + ["settle"] * 4 + ["release", "revoke", "refusal",
                                                               "expire", "dup", "approval",
-                                                              "logged"])
+                                                              "logged", "soon", "soon"])
         tid = rng.choice(TOKENS)
         if kind in ("reserve", "dup", "approval"):
             holds = tuple(Hold(k, rng.randint(1, 60), rng.randint(60, 260))
@@ -59,10 +61,13 @@ def _plan(rng: random.Random, n_setup: int, n_ops: int) -> tuple[list[Any], list
             rid = rng.choice(live) if kind == "dup" and live else f"o{i}"
             ops.append(("reserve", Reservation(rid, tid, holds, NOW + 100,
                                                "ap1" if kind == "approval" else None, NOW)))
-        elif kind in ("settle", "release", "logged"):  # logged: a settle with its bodies
+        elif kind in ("settle", "release", "logged", "soon"):  # logged: with its bodies;
+            # soon: queued with settle_soon. The ledger rows name one of a few tokens and
+            # chains, so a batch's rows share their common values or not (_insert_shared).
             rid = f"s{rng.randrange(n_setup)}"
             actual = {k: rng.randint(0, 50) for k in rng.sample(KEYS, 2)}
-            ops.append((kind, rid, actual if kind != "release" else {}))
+            ops.append((kind, rid, actual if kind != "release" else {},
+                        rng.choice(["t1"] * 4 + ["t2"]), rng.choice(["", "", "", "c1"])))
         elif kind == "revoke":
             ops.append(("revoke", tid))
         elif kind == "refusal":
@@ -77,15 +82,33 @@ def _op(store: SQLiteStore, op: Any) -> Any:
     if kind == "reserve":
         return store.reserve(op[1])
     if kind in ("settle", "logged"):
-        return store.settle(op[1], op[2], _entry("t1", "ok", sum(op[2].values()), op[1],
-                                                 logged=kind == "logged"))
+        return store.settle(op[1], op[2], _entry(op[3], "ok", sum(op[2].values()), op[1],
+                                                 kind == "logged", op[4]))
+    if kind == "soon":
+        return _soon(store, op[1], op[2], _entry(op[3], "ok", sum(op[2].values()), op[1],
+                                                 chain=op[4]))
     if kind == "release":
-        return store.release(op[1], _entry("t1", "upstream_error", 0, op[1]))
+        return store.release(op[1], _entry(op[3], "upstream_error", 0, op[1], chain=op[4]))
     if kind == "revoke":
         return store.revoke(op[1], NOW)
     if kind == "refusal":
         return store.append_ledger(_entry(op[1], "denied:x", 0))
     return store.expire_leases(NOW)
+
+
+async def _soon(store: SQLiteStore, rid: str, actual: dict[str, int],
+                entry: LedgerEntry) -> Any:
+    """A settle queued (settle_soon) in its turn among the batch's ops, and its outcome once
+    the store has written it."""
+    told = Told()
+    store.settle_soon(rid, actual, entry, told)
+    while not told.done():
+        await store.drain()
+        await asyncio.sleep(0)
+    (got,) = told.outcome
+    if isinstance(got, BaseException):
+        raise got
+    return got
 
 
 def _tables(path: Path) -> dict[str, Any]:
