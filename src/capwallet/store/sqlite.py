@@ -566,10 +566,12 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 
 def _connect(path: str, synchronous: str, busy_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
     # A batch's multi-row statements differ by their row count (up to INSERT_ROWS of each
-    # kind): room in the connection's cache of prepared statements (default 128) for them.
+    # kind, and each row shape is a kind: 3 ledger shapes and its shared-values INSERT, 2
+    # reservation shapes, besides the upserts and reads by count): room in the connection's
+    # cache of prepared statements (default 128) for them, so none is prepared again.
     conn = sqlite3.connect(
         path, timeout=busy_ms / 1000, isolation_level=None, check_same_thread=False,
-        cached_statements=256,
+        cached_statements=512,
     )
     conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
