@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from store_suite import Told
 
 from capwallet.store import Hold, LedgerEntry, Reservation, StoreUnavailable, open_store
 from capwallet.store.redis import RedisStore
@@ -224,24 +225,6 @@ async def test_a_reservation_that_cannot_be_encoded_fails_alone(redis_url: str) 
         assert await store.counters([f"k/{token}"]) == {f"k/{token}": 1 + 3 * 5}
     finally:
         await store.close()
-
-
-class Told:
-    """A queued settle's Outcome (capwallet.store.Outcome), kept for the test to read."""
-
-    def __init__(self) -> None:
-        self.outcome: list[object] = []
-
-    def done(self) -> bool:
-        return bool(self.outcome)
-
-    def set_result(self, result: object, /) -> None:
-        assert not self.outcome, "told twice"
-        self.outcome.append(result)
-
-    def set_exception(self, exception: BaseException, /) -> None:
-        assert not self.outcome, "told twice"
-        self.outcome.append(exception)
 
 
 async def test_settle_soon_rides_the_pipe_with_no_task_and_recovers_like_settle(
