@@ -13,7 +13,8 @@ the body (reason ``invalid_request``) rather than by picking one reading:
 * ``NaN``, ``Infinity`` and ``-Infinity``, which are not JSON, and a number literal beyond a
   double's range (``1e400``): Python reads it as infinity, JavaScript too, Go and Rust refuse
   it, an arbitrary-precision parser keeps it; re-encoded it became ``Infinity``, which no
-  provider reads as the app's number;
+  provider reads as the app's number. An integer literal too (``1`` and 400 zeros): Python
+  reads it exactly, JavaScript as infinity;
 * a ``\\u`` escape of a lone UTF-16 surrogate (``"\\ud800"``), which names no character:
   Python keeps it as an unpaired code point, other parsers replace it or refuse, and the relay
   could not re-encode a body holding one as UTF-8 (it answered 500 when it had to rewrite it).
@@ -66,6 +67,21 @@ def _float(text: str) -> float:
     return value
 
 
+def _int(text: str) -> int:
+    """An integer literal, refused beyond a double's range as a float literal is: Python
+    reads ``1`` and 400 zeros exactly, JavaScript as infinity, Go and Rust refuse it. (The
+    strict parse only: the compact path never admits one, orjson reads it as infinity and
+    refuses it, and an integer past 64 bits it reads as a float, which comes back as another
+    text.)"""
+    value = int(text)
+    if len(text) > 308:  # shorter ones are below 10^308, within range
+        try:
+            float(value)  # rounds as a correctly rounding parser reads the literal
+        except OverflowError:
+            raise NumberOutOfRange(text) from None
+    return value
+
+
 # After the parse, an escaped surrogate pair is one character: a surrogate left is a lone one.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -88,7 +104,7 @@ def _lone_surrogate(value: Any) -> bool:
 
 # Built once: json.loads(s, **kw) would build a decoder per call.
 _DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant,
-                            parse_float=_float)
+                            parse_float=_float, parse_int=_int)
 # A body whose start has a colon and a space after a key was not written compactly (Python's
 # json.dumps and requests' default): _canonical would not match it, so it is not tried.
 _SPACED = b'": '

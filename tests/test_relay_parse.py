@@ -97,7 +97,13 @@ def test_bodies_other_parsers_read_differently_are_refused(relay: Relay, raw: by
 # A number literal beyond a double's range: Python and JavaScript read infinity, Go and Rust
 # refuse it, an arbitrary-precision parser keeps the number. The relay judged infinity and,
 # when it rewrote the body, forwarded `Infinity` (not JSON) in place of the app's literal.
-@pytest.mark.parametrize("literal", ["1e400", "-1e400", "1.5E+309", "123456789e999"])
+# An integer literal too (Python reads it exactly, JavaScript as infinity): the smallest one
+# that rounds to infinity, 2^1024 - 2^970, and longer ones.
+BEYOND_INTS = [str(2**1024 - 2**970), "1" + "0" * 400, "-" + "9" * 309]
+
+
+@pytest.mark.parametrize("literal", ["1e400", "-1e400", "1.5E+309", "123456789e999",
+                                     *BEYOND_INTS])
 @pytest.mark.parametrize("stream", [False, True])
 def test_numbers_beyond_a_double_are_refused(relay: Relay, literal: str, stream: bool) -> None:
     token = relay.mint(cav.Budget(1000, "USD", "month"))
@@ -114,6 +120,11 @@ def test_numbers_beyond_a_double_are_refused(relay: Relay, literal: str, stream:
 def test_large_finite_numbers_still_pass() -> None:
     assert parse_body(b'{"a":1.7976931348623157e308,"b":-4.9e-324,"c":1e-400}') == {
         "a": 1.7976931348623157e308, "b": -4.9e-324, "c": 0.0}
+    # the largest integer that rounds to a finite double (the largest double), and 2^64
+    near = 2**1024 - 2**970 - 1
+    for raw in (b'{"a":%d,"b":-%d,"c":%d}' % (near, near, 2**64),
+                b'{"a": %d, "b": -%d, "c": %d}' % (near, near, 2**64)):
+        assert parse_body(raw) == {"a": near, "b": -near, "c": 2**64}
 
 
 # A \u escape of a lone surrogate: Python keeps an unpaired code point, other parsers put
