@@ -156,6 +156,22 @@ def test_verify_in_the_far_future_denies_without_a_traceback(key_file: Path) -> 
     assert f"{MAX_TIME} (Unix time, after the year 9999)" in r.stdout
 
 
+@pytest.mark.parametrize("now", ["-1", str(2**53)])
+def test_a_now_outside_the_specs_range_is_a_usage_error_not_a_traceback(
+        key_file: Path, now: str) -> None:
+    """The verifier refuses a clock outside 0..2^53-1 as the caller's error (8d56eeb,
+    spec/verification.md#inputs); the CLI's --now is the user's input, so each command that
+    takes one says so, exit 2, where verify printed a ValueError traceback (mint too)."""
+    token = run("mint", "--key-file", str(key_file), "--now", NOW).stdout.strip()
+    for args in (("verify", token, "--key-file", str(key_file)),
+                 ("mint", "--key-file", str(key_file)),
+                 ("attenuate", token, "--expires", "+1h")):
+        r = run(*args, "--now", now)
+        assert r.returncode == 2, (args[0], r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr, r.stderr
+        assert "--now must be a Unix time from 0 to 2^53-1" in r.stderr, r.stderr
+
+
 def test_a_token_with_whitespace_is_malformed_as_in_the_library(key_file: Path) -> None:
     """Issue 13 'CLI whitespace': the CLI stripped ' cwt1_... ' and allowed it; the spec and
     the library call it malformed. From stdin one trailing line break is removed."""

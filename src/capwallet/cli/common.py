@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any
 
+from capwallet.identifier import MAX_SAFE_INTEGER
+
 
 class CliError(Exception):
     """Bad input: printed as one line on stderr, exit code 2."""
@@ -28,7 +30,14 @@ def read_token_arg(value: str) -> str:
 
 
 def now_arg(value: int | None) -> int:
-    return int(time.time()) if value is None else value
+    """The clock a command uses: ``--now`` if given, else the system's. A ``--now`` outside the
+    protocol's range (spec/verification.md#inputs) is a usage error here: the library raises
+    ValueError for it, which would reach the user as a traceback."""
+    if value is None:
+        return int(time.time())
+    if not 0 <= value <= MAX_SAFE_INTEGER:
+        raise CliError(f"--now must be a Unix time from 0 to 2^53-1 (got {value})")
+    return value
 
 
 def print_json(data: Any) -> None:
