@@ -203,6 +203,21 @@ async def test_concurrent_reserves_never_exceed_the_limit(opener: Opener) -> Non
 
 # -- settle / release / leases ------------------------------------------------------------------
 
+async def test_a_settled_row_is_indexed_by_its_token_and_time(store: Store) -> None:
+    # The settle appends the row and indexes it by its token and time (Redis's settle script
+    # reads both from the row it is given): the reads by token and by time find it.
+    for token, time, cost in (("t1", NOW + 5, 1), ("t2", NOW + 9, 2), ("t1", NOW + 12, 3)):
+        r = res(Hold(f"b/{token}", 10, 100), token=token)
+        assert (await store.reserve(r)).ok
+        assert await store.settle(r.reservation_id, {f"b/{token}": cost},
+                                  entry(cost=cost, token=token, time=time))
+    assert [e.cost for e in await store.ledger(token_ids=["t1"])] == [3, 1]
+    assert [e.cost for e in await store.ledger(token_ids=["t2"])] == [2]
+    assert [e.cost for e in await store.ledger(since=NOW + 9)] == [3, 2]
+    assert [(e.token_id, e.time) for e in await store.ledger(token_ids=["t1"],
+                                                              since=NOW + 6)] == [("t1", NOW + 12)]
+
+
 async def test_settle_moves_reserved_to_actual_once(store: Store) -> None:
     r = res(Hold("b", 50, 100), Hold("q", 1000, 5000))
     assert (await store.reserve(r)).ok

@@ -705,8 +705,8 @@ class RedisStore(Store):
             if not -MAX_EXACT <= v <= MAX_EXACT:
                 raise ValueError("charge too large")
             charges += (k, v)
-        row = _row(entry, reservation_id)  # checks entry.time
-        return (tag + "leases",), (reservation_id, entry.time, row, entry.token_id, *charges)
+        # The row carries the time and token id the script indexes it by: not sent apart.
+        return (tag + "leases",), (reservation_id, _row(entry, reservation_id), *charges)
 
     async def settle(
         self, reservation_id: str, actual: Mapping[str, int], entry: LedgerEntry

@@ -10,7 +10,8 @@ undeclared keys as long as they hash to the declared keys' slot.
 The request path's scripts (reserve, settle) declare one key, the bucket's leases, and build
 the others from its tag, and take the counter margin written into their source: on Redis the
 client's CPU per call is the store's cost, and each argument is one more to pack and parse (24
-+ 18 arguments per call before, 11 + 12 now).
++ 18 arguments per call before, 11 + 10 now, with two holds: settle's ledger row carries the
+time and token id it is indexed by).
 
 Numbers: Redis Lua numbers are doubles; counter arithmetic uses INCRBY (64-bit integers) and
 formats with ``%d``, and the Python side refuses amounts beyond 2**53 before they get here.
@@ -38,15 +39,18 @@ end
 # model call that was not refused to the usage aggregates: four hashes (cost, calls, input and
 # output tokens) keyed by the JSON array [UTC day, token, app, provider, model, currency].
 # Row fields: 1 time, 2 latency, 3 token, 4 app, 5 provider, 6 model, 7 operation, 8 input,
-# 9 output, 10 cost, 11 currency, 12 status. Returns the row's member.
+# 9 output, 10 cost, 11 currency, 12 status. ``token`` and ``time`` nil: the row's own (a
+# settle sends them only in its row). Returns the row's member.
 _APPEND = """
 local function append(tag, seq_key, rows_key, log_key, token, time, row)
+  local r = cjson.decode(row)
+  if not token then token = r[3] end
+  if not time then time = string.format('%d', r[1]) end
   local seq = redis.call('INCR', seq_key)
   local member = string.format('%016d', seq)
   redis.call('HSET', rows_key, member, row)
   redis.call('ZADD', log_key, time, member)
   redis.call('ZADD', tag .. 'log:' .. token, time, member)
-  local r = cjson.decode(row)
   if r[5] ~= '' and string.sub(r[12], 1, 6) ~= 'denied' then
     local field = cjson.encode({math.floor(r[1] / 86400), r[3], r[4], r[5], r[6], r[11]})
     redis.call('HINCRBY', tag .. 'agg:cost', field, string.format('%d', r[10]))
@@ -96,21 +100,21 @@ return {{1}}
 """
 
 # KEYS: 1 the bucket's leases (its tag + 'leases')
-# ARGV: 1 rid, 2 time, 3 ledger row JSON, 4 token id, 5.. (counter key, amount)
+# ARGV: 1 rid, 2 ledger row JSON (its time and token id index it), 3.. (counter key, amount)
 # Returns 1 if settled now, 0 if the reservation is unknown or already closed.
 SETTLE = _ADD + _APPEND + _TAG + f"""
 local rkey = tag .. 'r:' .. ARGV[1]
 local holds_json = redis.call('HGET', rkey, 'holds')
 if not holds_json then return 0 end
 local charge = {{}}
-for i = 5, #ARGV, 2 do charge[ARGV[i]] = tonumber(ARGV[i + 1]) end
+for i = 3, #ARGV, 2 do charge[ARGV[i]] = tonumber(ARGV[i + 1]) end
 for _, h in ipairs(cjson.decode(holds_json)) do
   local delta = (charge[h[1]] or 0) - h[2]
   if delta ~= 0 then add(tag .. 'c:' .. h[1], delta, h[4], {COUNTER_MARGIN}) end
 end
 redis.call('DEL', rkey)
 redis.call('ZREM', KEYS[1], ARGV[1])
-append(tag, tag .. 'seq', tag .. 'rows', tag .. 'log', ARGV[4], ARGV[2], ARGV[3])
+append(tag, tag .. 'seq', tag .. 'rows', tag .. 'log', nil, nil, ARGV[2])
 return 1
 """
 
