@@ -23,7 +23,8 @@ from capwallet.store import (
     StoreUnavailable,
     open_store,
 )
-from capwallet.store.sqlite import SQLiteStore, _insert_shared_sql
+from capwallet.store.sqlite import SQLiteStore
+from capwallet.store.sqlite_statements import _insert_shared_sql
 
 pytestmark = pytest.mark.anyio
 
@@ -261,7 +262,7 @@ def _ok(rid: str, cost: int, t: int = 10) -> LedgerEntry:
 
 
 async def test_a_batch_writes_each_counter_once_and_its_rows_together(tmp_path: Path) -> None:
-    """A batch's reserves and settles owe their writes (capwallet.store.sqlite._Cursor): each
+    """A batch's reserves and settles owe their writes (capwallet.store.sqlite_batch._Cursor): each
     counter gets one upsert of the batch's merged delta, whatever the number of calls, and a
     reserve later in the batch sees the deltas of the earlier ones (refused at the limit)."""
     store = SQLiteStore(tmp_path / "m.db")
@@ -384,7 +385,7 @@ async def test_a_batch_reserve_sees_a_revocation_and_writes_made_earlier_in_it(
 
 async def test_a_batch_larger_than_one_insert_writes_every_row(tmp_path: Path) -> None:
     """A batch's owed rows go as multi-row INSERTs of at most INSERT_ROWS rows each."""
-    from capwallet.store.sqlite import INSERT_ROWS
+    from capwallet.store.sqlite_statements import INSERT_ROWS
 
     store = SQLiteStore(tmp_path / "big.db")
     try:
@@ -515,7 +516,7 @@ async def test_a_reservations_stored_json_reads_back_in_another_process(
 def test_the_ledger_and_usage_reads_have_index_plans(tmp_path: Path) -> None:
     """Every read of the ledger and the aggregates is a search or an ordered index walk, never
     a scan of the table (EXPLAIN QUERY PLAN): dropping an index would fail here."""
-    from capwallet.store.sqlite import _LEDGER_COLUMNS, _REFUSAL_ADD, _filter
+    from capwallet.store.sqlite_statements import _LEDGER_COLUMNS, _REFUSAL_ADD, _filter
 
     SQLiteStore(tmp_path / "x.db")  # the schema
     reads = []
@@ -653,7 +654,7 @@ def test_one_store_serves_successive_event_loops(tmp_path: Path) -> None:
 async def test_an_existing_ledger_with_autoincrement_still_works(tmp_path: Path) -> None:
     """Files created before the ledger lost AUTOINCREMENT keep it and work unchanged."""
     path = tmp_path / "old.db"
-    from capwallet.store.sqlite import _SCHEMA
+    from capwallet.store.sqlite_schema import _SCHEMA
     old_schema = _SCHEMA.replace("seq INTEGER PRIMARY KEY,",
                                  "seq INTEGER PRIMARY KEY AUTOINCREMENT,")
     assert old_schema != _SCHEMA

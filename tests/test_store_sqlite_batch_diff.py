@@ -2,7 +2,7 @@
 
 The group commit runs the writes of one loop iteration as one batch, and inside it the
 reserves and settles owe their writes and write them merged at the batch's end
-(capwallet.store.sqlite._Cursor), reusing what earlier reserves read; a failing op sends the
+(capwallet.store.sqlite_batch._Cursor), reusing what earlier reserves read; a failing op sends the
 batch to a retry with a savepoint per op. None of that may change an outcome: these tests run
 random mixes of reserves (shared counters, tight limits, approvals, duplicate ids), settles
 (some with logged bodies: ledger rows of several shapes in one batch) and releases (of

@@ -75,7 +75,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -96,12 +95,32 @@ from capwallet.store.base import (
     Store,
     StoreUnavailable,
     UsageTotal,
-    counts_as_usage,
-    usage_day,
+)
+from capwallet.store.sqlite_batch import (
+    _Busy,
+    _Cursor,
+    _is_busy,
+    _Op,
+    _Outcome,
+    _record,
+    _run_batch,
+)
+from capwallet.store.sqlite_schema import _SCHEMA, SCHEMA_VERSION, _add_columns
+from capwallet.store.sqlite_statements import (
+    _DELETE_RESERVATION,
+    _LEDGER_COLUMNS,
+    _NOTE_CHAIN,
+    _REFUSAL_ADD,
+    _add_used,
+    _filter,
+    _insert_reservations,
+    _ledger_row,
+    _reserve_read_sql,
+    _snapshot_sql,
+    _used_sql,
 )
 
 T = TypeVar("T")
-SCHEMA_VERSION = 2  # 2: ledger.chain_id and the chains table
 BUSY_TIMEOUT_MS = 5000
 BUSY_RETRIES = 4  # tries on the loop before a batch that finds the lock taken goes to the worker
 BUSY_RETRY_S = 0.0002  # the first try's wait; each next one waits twice as long (3 ms in all)
@@ -112,169 +131,6 @@ BUSY_RETRY_S = 0.0002  # the first try's wait; each next one waits twice as long
 # files again (measured, bench/store.py's calls at concurrency 20: 11 us less CPU per call).
 CHECKPOINT_EVERY = 128
 HOLDS_CACHE = 16384  # open reservations whose holds this process remembers for their settle
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS counters (
-    key TEXT PRIMARY KEY,
-    used INTEGER NOT NULL,
-    resets_at INTEGER
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS reservations (
-    id TEXT PRIMARY KEY,
-    token_id TEXT NOT NULL,
-    holds TEXT NOT NULL,
-    lease_until INTEGER NOT NULL,
-    approval_id TEXT,
-    created_at INTEGER NOT NULL,
-    meta TEXT NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS used_approvals (
-    approval_id TEXT PRIMARY KEY,
-    used_at INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS revoked (
-    token_id TEXT PRIMARY KEY,
-    revoked_at INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS ledger (
-    seq INTEGER PRIMARY KEY,
-    time INTEGER NOT NULL,
-    token_id TEXT NOT NULL,
-    app TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    model TEXT NOT NULL,
-    operation TEXT NOT NULL,
-    input_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    cost INTEGER NOT NULL,
-    currency TEXT NOT NULL,
-    status TEXT NOT NULL,
-    latency_ms INTEGER NOT NULL,
-    reservation_id TEXT,
-    request_body TEXT,
-    response_body TEXT
-);
-CREATE INDEX IF NOT EXISTS ledger_time ON ledger (time);
-CREATE INDEX IF NOT EXISTS ledger_token_time ON ledger (token_id, time);
-CREATE TABLE IF NOT EXISTS pending (
-    id TEXT PRIMARY KEY,
-    token_id TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    summary TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    expires_at INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    approval TEXT,
-    kind TEXT NOT NULL DEFAULT 'model_call'
-);
-CREATE INDEX IF NOT EXISTS pending_status ON pending (status, expires_at);
-CREATE TABLE IF NOT EXISTS usage_daily (
-    day INTEGER NOT NULL,
-    token_id TEXT NOT NULL,
-    app TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    model TEXT NOT NULL,
-    currency TEXT NOT NULL,
-    cost INTEGER NOT NULL,
-    calls INTEGER NOT NULL,
-    input_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    PRIMARY KEY (day, token_id, app, provider, model, currency)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS chains (
-    token_id TEXT NOT NULL,
-    chain_id TEXT NOT NULL,
-    caveats TEXT NOT NULL,
-    first_seen INTEGER NOT NULL,
-    PRIMARY KEY (token_id, chain_id)
-) WITHOUT ROWID;
-"""
-
-
-# Columns added after the first release, to old files and new ones alike (CREATE TABLE IF NOT
-# EXISTS leaves an old file's tables as they were): (table, column, declaration, why).
-_ADDED_COLUMNS = (
-    # refusals compacted into one row per token, status and minute
-    ("ledger", "count", "INTEGER NOT NULL DEFAULT 1"),
-    # approvals state their kind; an old file's open requests were all the relay's model calls
-    ("pending", "kind", "TEXT NOT NULL DEFAULT 'model_call'"),
-    # the token chain that made the call (old rows: '', unknown)
-    ("ledger", "chain_id", "TEXT NOT NULL DEFAULT ''"),
-)
-
-
-def _add_columns(conn: sqlite3.Connection) -> None:
-    """Give a store file the columns added since it was made. ADD COLUMN with a constant
-    default rewrites nothing (SQLite reads the default for old rows), so opening a large old
-    file stays quick. Two processes may race to add a column: the loser's duplicate is fine."""
-    for table, column, declaration in _ADDED_COLUMNS:
-        cols = {str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})").fetchall()}
-        if column in cols:
-            continue
-        try:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
-        except sqlite3.OperationalError as exc:
-            if "duplicate column" not in str(exc):
-                raise
-
-
-# Every page a transaction touches is one more WAL frame to write, so the hot tables are
-# WITHOUT ROWID (the primary key is the table: one page, not table + key index) and the
-# reservations table, which only holds calls in flight, has no lease index (the sweep scans it).
-# The ledger's seq is a plain INTEGER PRIMARY KEY: AUTOINCREMENT would also rewrite
-# sqlite_sequence on every insert (one more page per commit). Only the oldest rows are ever
-# deleted (prune_ledger), so the next rowid is always max + 1, the same order. Files created
-# before this still have AUTOINCREMENT (CREATE TABLE IF NOT EXISTS leaves them be) and work
-# unchanged. A settled call also adds to one usage_daily row (the aggregates): one upsert per
-# row and batch, of the batch's merged totals (_Cursor).
-# The ledger's two indexes are what its reads need (EXPLAIN QUERY PLAN, tests/test_store_sqlite):
-# ledger_time serves the wallet's recent calls of every token (ORDER BY time DESC, seq DESC
-# LIMIT: a walk back from the index's end) and the retention's DELETE by time; seq order cannot
-# stand in for it, as a row's time is its call's and calls settle out of order (a long stream
-# after many short calls). ledger_token_time serves one token's rows. Each costs about 1.5% of
-# a call's store CPU (callgrind, bench/store.py's call at c=20: 325 K -> 320 K instructions
-# without ledger_time).
-
-_LEDGER_COLUMNS = (
-    "time, token_id, app, provider, model, operation, input_tokens, output_tokens, cost, "
-    "currency, status, latency_ms, reservation_id, request_body, response_body, chain_id"
-)
-# A NULL is written by leaving its column out, never by binding None: Python's sqlite3 binds
-# None through its adapter protocol (a registry lookup and two failed attribute lookups, some
-# 3,400 instructions each; an int or a str binds directly), and a relayed call's reservation
-# (no approval) and ledger row (no bodies) had three (callgrind: 10 K instructions per call,
-# 2.6% of the relay's capability logic). So a row is written in one of a few shapes, named by
-# its width: the ledger's 16 columns, 14 without the bodies, 13 without the reservation id
-# either (_ledger_row); the reservation's 7, or 6 without the approval (reserve).
-_LEDGER_SHAPES = {
-    16: _LEDGER_COLUMNS,
-    # a row's own values first, then those a batch's rows mostly share (_insert_shared)
-    14: "time, input_tokens, output_tokens, cost, latency_ms, reservation_id, token_id, app, "
-        "provider, model, operation, currency, status, chain_id",
-    13: _LEDGER_COLUMNS.replace(" reservation_id, request_body, response_body,", ""),
-}
-USAGE_ROWS = 256  # usage_daily rows per upsert statement (10 parameters each)
-# Ledger or reservation rows per INSERT statement (16 or 7 parameters each): a batch's rows go
-# as one statement of exactly their number up to this, so each number is one more prepared
-# statement to keep (about 0.1 ms to prepare, once; see _connect).
-INSERT_ROWS = 32
-# A refusal adds to the row of the same token, status and minute, if there is one.
-_REFUSAL_ADD = (
-    "UPDATE ledger SET count = count + 1 WHERE seq = (SELECT seq FROM ledger "
-    "WHERE token_id = ? AND time >= ? AND time < ? AND status = ? LIMIT 1)"
-)
-# First write wins; a token's chains stop at MAX_CHAINS (params: token, chain, caveats, time,
-# token, MAX_CHAINS).
-_NOTE_CHAIN = (
-    "INSERT INTO chains (token_id, chain_id, caveats, first_seen) SELECT ?, ?, ?, ? "
-    "WHERE (SELECT count(*) FROM chains WHERE token_id = ?) < ? "
-    "ON CONFLICT (token_id, chain_id) DO NOTHING"
-)
-_RESERVATION_SHAPES = {
-    7: "id, token_id, holds, lease_until, approval_id, created_at, meta",
-    6: "id, token_id, holds, lease_until, created_at, meta",
-}
-_DELETE_RESERVATION = "DELETE FROM reservations WHERE id = ?"
 _OK = ReserveResult(True)
 _REVOKED = ReserveResult(False, revoked=True)
 _APPROVAL_USED = ReserveResult(False, approval_used=True)
@@ -319,251 +175,6 @@ def _json_text(obj: Any) -> str:
         return _compact(obj)
 
 
-_UsageKey = tuple[int, str, str, str, str, str]  # day, token, app, provider, model, currency
-_UsageSum = tuple[int, int, int, int]  # cost, calls, input tokens, output tokens
-
-
-class _Stale(Exception):
-    """A settle written at the batch's end found its reservation already closed (by another
-    process's lease sweep): the batch runs again, each write in turn, so that settle is told."""
-
-
-class _Cursor(sqlite3.Cursor):
-    """A batches' cursor, carrying what its open transaction still owes the database: the
-    writes of the batch's usual operations, merged and written together at its end (``owe``).
-
-    Why: under load a batch holds the reserves and settles of several calls, and these mostly
-    touch the same few rows (one token's counters, its usage total for today, the ledger's
-    last leaf). Written one statement per operation, a call cost six statements; owed, a
-    batch writes each kind once: the new reservations and the ledger rows (a multi-row
-    INSERT each), the closed ones (``executemany``: measured cheaper than ``id IN (...)``),
-    each counter's merged delta and the usage totals (upserts).
-    What an operation later in the batch reads, it reads through what is owed: a reserve adds
-    the counters' owed deltas to the values it reads (``adds``), and the operations that read
-    or change the reservations or the ledger themselves (a settle of a reservation this
-    process did not make, an expiry, a refusal, a prune) first write what is owed
-    (``owe``). Nothing else reads these tables inside a batch, and the owed writes are
-    written before the same COMMIT: they commit together with the rest, or not at all.
-
-    A settle owes its DELETE too: its outcome (True) assumes its reservation is still open,
-    which this process knows for the reservations it made unless another process's sweep
-    expired one meanwhile; if the owed DELETEs close fewer rows than were owed, _Stale makes
-    the batch run again with ``defer`` off (each operation writing at once, as a failed
-    batch's retry does, see _run_batch), so that settle finds it closed and returns False.
-    Counters: a merged delta is the sum of the ops' deltas, written as one upsert that keeps
-    the counter at or above 0 as each op's did; the two agree since a counter never drops
-    below what its open reservations hold (a settle's negative delta is at most its own
-    hold), so no op's delta clamped at 0 before either.
-
-    Reads: a batch's transaction holds the write lock, so only the batch changes what its
-    reserves read. The first reserve of a token reads its revocation and counters; the next
-    ones of the batch reuse those values (``seen``, ``live``) plus the owed deltas instead of
-    reading again (under load a batch holds several calls of one token). They are forgotten
-    whenever the batch changes them another way: a revocation, and every ``owe`` (which
-    writes the deltas, and precedes every write made at once in a deferred batch)."""
-
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        super().__init__(connection)
-        self.defer = False  # owe the usual writes (else write each at once)
-        self.usage: dict[_UsageKey, _UsageSum] = {}  # totals owed per usage_daily row
-        self.adds: dict[str, list[Any]] = {}  # counter key -> [delta owed, its resets_at]
-        self.inserts: list[Any] = []  # new reservation rows owed, their values in one list
-        self.insert_width = 6  # values per row in ``inserts`` (one shape at a time)
-        self.deletes: list[tuple[str]] = []  # ids of reservations whose DELETE is owed
-        self.rows: list[Any] = []  # ledger rows owed, their values in one list
-        self.row_width = 14  # values per row in ``rows`` (one shape at a time)
-        # Read by this batch's reserves: counters' values as stored (without ``adds``), and
-        # tokens found not revoked. Forgotten when the owed writes are written (``owe``).
-        self.seen: dict[str, int] = {}
-        self.live: set[str] = set()
-
-    def forget(self) -> None:
-        """Drop what is owed (the transaction rolled back)."""
-        self.usage.clear()
-        self.adds.clear()
-        self.inserts.clear()
-        self.deletes.clear()
-        self.rows.clear()
-        self.seen.clear()
-        self.live.clear()
-
-    def owe_insert(self, row: tuple[Any, ...]) -> None:
-        """Owe a new reservation's row (a row of another shape than those owed first writes
-        those: one multi-row INSERT holds one shape)."""
-        if len(row) != self.insert_width:
-            if self.inserts:
-                _insert_rows(self, _insert_reservations, self.inserts, self.insert_width)
-            self.insert_width = len(row)
-        self.inserts += row
-
-    def owe_ledger(self, row: tuple[Any, ...]) -> None:
-        """Owe a ledger row (as owe_insert, per shape)."""
-        if len(row) != self.row_width:
-            if self.rows:
-                _insert_rows(self, _insert_ledger, self.rows, self.row_width)
-            self.row_width = len(row)
-        self.rows += row
-
-    def owe(self) -> None:
-        """Write what is owed, in the order the ops would have (new reservations before
-        closed ones: a reservation opened and closed in one batch is opened first), and
-        forget what the batch read (the counters now hold the deltas)."""
-        self.seen.clear()
-        self.live.clear()
-        if self.inserts:
-            _insert_rows(self, _insert_reservations, self.inserts, self.insert_width)
-        if self.deletes:
-            n = self.executemany(_DELETE_RESERVATION, self.deletes).rowcount
-            if n != len(self.deletes):
-                raise _Stale
-            self.deletes.clear()
-        if self.adds:
-            self.executemany(_ADD_USED_ONE, [(k, d, r) for k, (d, r) in self.adds.items()])
-            self.adds.clear()
-        if self.rows:
-            if self.row_width != 14 or not _insert_shared(self, self.rows):
-                _insert_rows(self, _insert_ledger, self.rows, self.row_width)
-        if self.usage:
-            _add_usage(self)
-
-
-def _insert_rows(cur: _Cursor, sql: Callable[[int, int], str], values: list[Any],
-                 width: int) -> None:
-    """Insert the rows whose ``width`` values each ``values`` holds in order, then forget them:
-    one multi-row INSERT per INSERT_ROWS rows (measured cheaper than ``executemany`` of the
-    rows, whose every row is a step and a reset of its own: callgrind, a batch of 20 calls,
-    -8 K instructions per call)."""
-    step = INSERT_ROWS * width
-    for i in range(0, len(values), step):
-        chunk = values[i:i + step] if len(values) > step else values
-        cur.execute(sql(len(chunk) // width, width), chunk)
-    values.clear()
-
-
-_Op = Callable[[_Cursor], Any]
-_Outcome = tuple[bool, Any]  # (True, the op's value) or (False, the exception it raised)
-
-
-# Several counters are read with one statement of point lookups joined by UNION ALL: measured
-# faster than ``key IN (...)`` (which builds an ephemeral table for its list) and than one
-# statement per key. ``DELETE ... RETURNING`` was measured slower than SELECT then DELETE.
-@lru_cache(maxsize=64)
-def _used_sql(n: int) -> str:
-    """(key, used) of ``n`` counters (params: the keys); absent counters have no row."""
-    return " UNION ALL ".join(["SELECT key, used FROM counters WHERE key = ?"] * n)
-
-
-@lru_cache(maxsize=64)
-def _add_used(n: int) -> str:
-    """Add to ``n`` counters in one statement (params: key, delta, resets_at per counter)."""
-    rows = ", ".join(["(?, ?, ?)"] * n)
-    return (f"INSERT INTO counters (key, used, resets_at) VALUES {rows} "  # noqa: S608
-            "ON CONFLICT (key) DO UPDATE SET used = max(used + excluded.used, 0)")
-
-
-@lru_cache(maxsize=64)
-def _usage_add(n: int) -> str:
-    """Add ``n`` merged totals to the usage aggregates in one statement (params per row: day,
-    token, app, provider, model, currency, cost, calls, input tokens, output tokens)."""
-    rows = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * n)
-    return ("INSERT INTO usage_daily (day, token_id, app, provider, model, currency, cost, "  # noqa: S608
-            f"calls, input_tokens, output_tokens) VALUES {rows} "
-            "ON CONFLICT (day, token_id, app, provider, model, currency) DO UPDATE SET "
-            "cost = cost + excluded.cost, calls = calls + excluded.calls, "
-            "input_tokens = input_tokens + excluded.input_tokens, "
-            "output_tokens = output_tokens + excluded.output_tokens")
-
-
-_USAGE_ADD_ONE = _usage_add(1)
-
-
-@lru_cache(maxsize=3 * INSERT_ROWS)
-def _insert_ledger(n: int, width: int) -> str:
-    """Insert ``n`` ledger rows of ``width`` values each in one statement (_LEDGER_SHAPES)."""
-    row = f"({', '.join('?' * width)})"
-    return (f"INSERT INTO ledger ({_LEDGER_SHAPES[width]}) VALUES "  # noqa: S608
-            + ", ".join([row] * n))
-
-
-# A batch's ledger rows are mostly one token's calls of one model: the same token, app,
-# provider, model, operation, currency, status and chain. These are bound once for all the
-# rows (numbered parameters, each used in every row), not once per row: every text bound is
-# a copy into SQLite (sqlite3_bind_text, some 700 instructions with its Python side), and
-# they are 8 of a row's 14 values, the last 8 in that shape (_LEDGER_SHAPES).
-
-
-@lru_cache(maxsize=INSERT_ROWS)
-def _insert_shared_sql(n: int) -> str:
-    """Insert ``n`` ledger rows of width 14 sharing their last 8 values (params: each row's
-    first 6 values, then the 8 shared ones once)."""
-    shared = ", ".join(f"?{6 * n + i}" for i in range(1, 9))
-    rows = ", ".join("(" + ", ".join(f"?{6 * k + i}" for i in range(1, 7)) + f", {shared})"
-                     for k in range(n))
-    return f"INSERT INTO ledger ({_LEDGER_SHAPES[14]}) VALUES {rows}"  # noqa: S608
-
-
-def _insert_shared(cur: _Cursor, values: list[Any]) -> bool:
-    """Insert the owed ledger rows of width 14 in ``values`` with their shared last 8 values
-    bound once, then forget them; False (nothing done) unless there are several rows, at most
-    INSERT_ROWS, that all share them."""
-    n = len(values) // 14
-    if n < 2 or n > INSERT_ROWS:
-        return False
-    shared = values[6:14]
-    params = values[0:6]
-    for i in range(14, len(values), 14):
-        if values[i + 6:i + 14] != shared:
-            return False
-        params += values[i:i + 6]
-    params += shared
-    cur.execute(_insert_shared_sql(n), params)
-    values.clear()
-    return True
-
-
-@lru_cache(maxsize=2 * INSERT_ROWS)
-def _insert_reservations(n: int, width: int) -> str:
-    """Insert ``n`` reservation rows of ``width`` values each in one statement
-    (_RESERVATION_SHAPES)."""
-    row = f"({', '.join('?' * width)})"
-    return (f"INSERT INTO reservations ({_RESERVATION_SHAPES[width]}) VALUES "  # noqa: S608
-            + ", ".join([row] * n))
-
-
-_ADD_USED_ONE = _add_used(1)
-
-
-@lru_cache(maxsize=128)
-def _reserve_read_sql(n: int, approval: bool) -> str:
-    """What a reservation checks, in one statement: the token's revocation (a row (NULL, 0)),
-    the approval's earlier use (a row (NULL, 1); params: token, [approval], the keys) and ``n``
-    counters (key, used)."""
-    parts = ["SELECT NULL, 0 FROM revoked WHERE token_id = ?"]
-    if approval:
-        parts.append("SELECT NULL, 1 FROM used_approvals WHERE approval_id = ?")
-    if n:
-        parts.append(_used_sql(n))
-    return " UNION ALL ".join(parts)
-
-
-@lru_cache(maxsize=64)
-def _snapshot_sql(n: int) -> str:
-    """The token's revocation (a row with key NULL) and ``n`` counters, one statement."""
-    sql = "SELECT NULL, 1 FROM revoked WHERE token_id = ?"
-    if n:
-        sql += " UNION ALL " + _used_sql(n)
-    return sql
-
-
-class _Busy(Exception):
-    """The write lock is taken: use the worker thread, which waits for it."""
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc)
-
-
 def _connect(path: str, synchronous: str, busy_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
     # A batch's multi-row statements differ by their row count (up to INSERT_ROWS of each
     # kind, and each row shape is a kind: 3 ledger shapes and its shared-values INSERT, 2
@@ -579,131 +190,10 @@ def _connect(path: str, synchronous: str, busy_ms: int = BUSY_TIMEOUT_MS) -> sql
     return conn
 
 
-def _begin(cur: _Cursor) -> None:
-    try:
-        cur.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError as exc:
-        if _is_busy(exc):
-            raise _Busy from None
-        raise
-
-
-def _run_batch(cur: _Cursor, ops: Sequence[_Op]) -> list[_Outcome]:
-    """Run ``ops`` in one transaction, in call order, and commit what succeeded: an op that
-    raises is rolled back alone and its exception is its outcome.
-
-    The batch first runs with its usual writes owed and written together at its end (see
-    _Cursor), and no savepoints (two statements fewer per op). If anything raises (an op, or
-    the owed writes: a duplicate reservation id, a reservation closed meanwhile), the batch
-    is rolled back and runs again writing each op's rows at once, each op inside its own
-    SAVEPOINT, so an op that raises is rolled back alone and gets its own exception. An op
-    changes only the database and what its cursor owes, so running it again is running it
-    later.
-
-    Raises _Busy if BEGIN finds the write lock taken (or still taken after the connection's
-    busy timeout), or the sqlite3.Error that failed the transaction as a whole (nothing was
-    committed). ``cur`` is the connection's one cursor: reusing it spares each statement a
-    cursor object (measured: about 2 us a statement)."""
-    _begin(cur)  # (nothing is owed between batches: each ends in owe() or forget())
-    try:
-        try:
-            cur.defer = defer = len(ops) > 1  # a lone op has nothing to merge with
-            outcomes: list[_Outcome] = [(True, op(cur)) for op in ops]
-            if defer:
-                cur.owe()
-            elif cur.usage:
-                _add_usage(cur)
-        except Exception:  # an op's, or a write's: found again below, op by op
-            if cur.connection.in_transaction:
-                cur.execute("ROLLBACK")
-            cur.forget()
-            cur.defer = False
-            _begin(cur)
-            outcomes = _with_savepoints(cur, ops)
-            cur.owe()
-        cur.execute("COMMIT")
-    except BaseException:
-        cur.forget()
-        if cur.connection.in_transaction:
-            cur.execute("ROLLBACK")
-        raise
-    return outcomes
-
-
-def _with_savepoints(cur: _Cursor, ops: Sequence[_Op]) -> list[_Outcome]:
-    outcomes: list[_Outcome] = []
-    for op in ops:
-        cur.execute("SAVEPOINT op")
-        owed = cur.usage.copy()  # the totals are immutable tuples: a copy is a snapshot
-        try:
-            outcomes.append((True, op(cur)))
-        except Exception as exc:  # handed to the op's caller
-            if not cur.connection.in_transaction:
-                raise  # SQLite rolled everything back (I/O error, disk full)
-            cur.execute("ROLLBACK TO op")
-            cur.usage = owed  # the op's totals roll back with its rows
-            outcomes.append((False, exc))
-        cur.execute("RELEASE op")
-    return outcomes
-
-
-def _add_usage(cur: _Cursor) -> None:
-    """Write the usage totals the transaction owes (merged per aggregate row), then forget them."""
-    owed = cur.usage
-    if len(owed) == 1:  # the usual batch at low concurrency
-        for key, total in owed.items():
-            cur.execute(_USAGE_ADD_ONE, key + total)
-    else:
-        rows = list(owed.items())
-        for i in range(0, len(rows), USAGE_ROWS):
-            chunk = rows[i:i + USAGE_ROWS]
-            cur.execute(_usage_add(len(chunk)), [x for key, total in chunk for x in key + total])
-    owed.clear()
-
-
 def _unavailable(exc: BaseException) -> StoreUnavailable:
     if isinstance(exc, StoreUnavailable):
         return exc
     return StoreUnavailable(f"SQLite store failed: {exc}")
-
-
-def _ledger_row(entry: LedgerEntry, reservation_id: str | None) -> tuple[Any, ...]:
-    """The values of ``entry``'s ledger row, in the shape (_LEDGER_SHAPES) that binds no None
-    for the usual rows."""
-    if entry.request_body is None and entry.response_body is None:
-        if reservation_id is None:
-            return (entry.time, entry.token_id, entry.app, entry.provider, entry.model,
-                    entry.operation, entry.input_tokens, entry.output_tokens, entry.cost,
-                    entry.currency, entry.status, entry.latency_ms, entry.chain_id)
-        return (entry.time, entry.input_tokens, entry.output_tokens, entry.cost,
-                entry.latency_ms, reservation_id, entry.token_id, entry.app, entry.provider,
-                entry.model, entry.operation, entry.currency, entry.status, entry.chain_id)
-    return (
-        entry.time, entry.token_id, entry.app, entry.provider, entry.model, entry.operation,
-        entry.input_tokens, entry.output_tokens, entry.cost, entry.currency, entry.status,
-        entry.latency_ms, reservation_id, entry.request_body, entry.response_body,
-        entry.chain_id,
-    )
-
-
-def _record(c: _Cursor, entry: LedgerEntry, row: tuple[Any, ...]) -> None:
-    """Write a settled call's ledger row (or owe it) and add it to the usage aggregates (one
-    step: the totals are written before the same transaction commits, merged with the
-    batch's others)."""
-    if c.defer:
-        if len(row) == c.row_width:
-            c.rows += row
-        else:
-            c.owe_ledger(row)
-    else:
-        c.execute(_insert_ledger(1, len(row)), row)
-    if counts_as_usage(entry):
-        key = (usage_day(entry.time), entry.token_id, entry.app, entry.provider, entry.model,
-               entry.currency)
-        old = c.usage.get(key)
-        c.usage[key] = ((entry.cost, 1, entry.input_tokens, entry.output_tokens) if old is None
-                        else (old[0] + entry.cost, old[1] + 1, old[2] + entry.input_tokens,
-                              old[3] + entry.output_tokens))
 
 
 def _merge_holds(holds: Sequence[Hold]) -> Sequence[Hold]:
@@ -1380,18 +870,3 @@ class SQLiteStore(Store):
             with self._fast_lock:
                 self._fast.close()
         self._writer.close()
-
-
-def _filter(token_ids: Sequence[str] | None, column: str,
-            since: int | None) -> tuple[list[str], list[Any]]:
-    """WHERE terms and parameters for the ledger and usage reads: these tokens, from ``since``
-    on (``column`` is "time" or "day", never user text)."""
-    where: list[str] = []
-    params: list[Any] = []
-    if token_ids is not None:
-        where.append(f"token_id IN ({', '.join('?' * len(token_ids))})")
-        params.extend(token_ids)
-    if since is not None:
-        where.append(f"{column} >= ?")
-        params.append(since)
-    return where, params
