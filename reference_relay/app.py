@@ -759,7 +759,6 @@ class Relay:
                 provider.id, model_id, ep.operation, (), p.input.tokens, p.output_tokens, c,
                 provider.zero_retention, approval, digest, origin)), now, counters or {}, keys)
 
-
         async def forward(d: Decision, p: Prepared, worst: int, costs: dict[str, int],
                           rates: list[str], key: str, fwd: dict[str, str]
                           ) -> Response | ReserveResult:
@@ -860,7 +859,7 @@ class Relay:
             self.upstream.head(provider, ep.upstream_path, key)  # refuses a key unfit for a head
             # Checked once per provider and key (the checks depend on nothing else).
             self._keys_checked[provider.id] = key
-        if FORWARDED[0] not in headers and FORWARDED[1] not in headers:
+        if headers.keys().isdisjoint(FORWARDED):
             return key, {}  # an OpenAI SDK's call: nothing to check, one Python call less
         return key, forwarded_headers(headers)
 

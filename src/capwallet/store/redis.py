@@ -474,12 +474,8 @@ class RedisStore(Store):
         not know (first use, a restarted Redis: NOSCRIPT, nothing ran) is sent once more with
         its source. Redis Cluster, and a second event loop while the first still runs, send the
         script alone through redis-py."""
-        pipe = self._pipe
-        # Is ``pipe`` this loop's? A thread runs one loop at a time, so it is if its loop runs
-        # in this thread: two C calls, where asyncio.get_running_loop makes a getpid system
-        # call (CPython 3.11 checks the loop's process on each use).
-        if (pipe is None or pipe.broken is not None or pipe.thread != threading.get_ident()
-                or not pipe.loop.is_running()):
+        pipe = self._live_pipe()
+        if pipe is None:
             pipe = await self._open_pipe()
             if pipe is None:
                 return await script(self._r, keys, args)
@@ -487,6 +483,17 @@ class RedisStore(Store):
             return await pipe.send(("EVALSHA", script.sha, len(keys), *keys, *args))
         except NoScriptError:
             return await pipe.send(("EVAL", script.source, len(keys), *keys, *args))
+
+    def _live_pipe(self) -> Pipe | None:
+        """This loop's pipe if it is open and unbroken, else None (``_open_pipe`` opens one).
+        A thread runs one loop at a time, so the pipe is this loop's if its loop runs in this
+        thread: two C calls, where asyncio.get_running_loop makes a getpid system call
+        (CPython 3.11 checks the loop's process on each use)."""
+        pipe = self._pipe
+        if (pipe is None or pipe.broken is not None or pipe.thread != threading.get_ident()
+                or not pipe.loop.is_running()):
+            return None
+        return pipe
 
     async def _open_pipe(self) -> Pipe | None:
         """This loop's pipe, opened once however many calls ask for it at the same time; None
@@ -534,9 +541,8 @@ class RedisStore(Store):
         Why: the reply resumes the caller through every coroutine between it and the future
         (reserve -> _run -> op -> _eval, each one built per call too), twice per relayed call;
         here it resumes only the caller."""
-        pipe = self._pipe
-        if (pipe is None or pipe.broken is not None or self._closed
-                or pipe.thread != threading.get_ident() or not pipe.loop.is_running()):
+        pipe = self._live_pipe()
+        if pipe is None or self._closed:
             return None
         fut = pipe.loop.create_future()
         try:
@@ -750,9 +756,8 @@ class RedisStore(Store):
         except Exception as exc:  # what settle raises before it sends
             outcome.set_exception(exc)
             return
-        pipe = self._pipe
-        if (pipe is None or pipe.broken is not None or self._closed
-                or pipe.thread != threading.get_ident() or not pipe.loop.is_running()):
+        pipe = self._live_pipe()
+        if pipe is None or self._closed:
             self._soon_task(self._settle_slow(keys, argv), outcome)
             return
         self._queued = True
