@@ -102,6 +102,7 @@ class Call:
     chain_id: str = ""  # the presented token chain (reference_relay.chains)
     _settled: bool = False
     _pending: LedgerEntry | None = None  # a settlement queued in the store (settle_soon)
+    _told: bool = False  # the store has told this call its queued settlement's outcome
 
     # -- money ------------------------------------------------------------------------------
 
@@ -203,16 +204,22 @@ class Call:
     # The store's Outcome of a queued settlement (settle_soon): the ledger line once it is
     # written, or the failure (the reservation then holds the worst case until its lease
     # closes it: never an overspend), as _close says them for a settlement awaited.
+    # ``done`` is False until the store has told the outcome, whatever else the call holds:
+    # the SQLite store leaves a write whose Outcome reads done out of its batch (a cancelled
+    # caller's), so a call that read done before being told (it once read its pending ledger
+    # entry: a Call handed to the store without one had its settlement dropped) loses it.
 
     def done(self) -> bool:
-        return self._pending is None
+        return self._told
 
     def set_result(self, result: Any, /) -> None:
+        self._told = True
         entry, self._pending = self._pending, None
         if entry is not None:
             self._log(entry)
 
     def set_exception(self, exception: BaseException, /) -> None:
+        self._told = True
         entry, self._pending = self._pending, None
         if entry is None:
             return
