@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 from redis_server import free_port
@@ -235,6 +235,7 @@ def _sent(record: bytes | str) -> bytes:
 
 @settings(max_examples=500, deadline=None)
 @given(_record)
+@example(["\x7f"])  # DEL: ASCII, which json escapes with ensure_ascii and orjson does not
 def test_records_are_encoded_as_json_dumps_would(record: list[Any]) -> None:
     # The store encodes its records with orjson (and the json module where orjson refuses or
     # would escape otherwise); what Redis stores (and the ledger rows already there) must stay
@@ -254,6 +255,8 @@ def test_every_code_point_is_encoded_as_json_dumps_would() -> None:
         assert _sent(_dumps(record)) == json.dumps(
             record, separators=(",", ":"), ensure_ascii=False).encode()
         assert _sent(_dumps_ascii(record)) == json.dumps(record, separators=(",", ":")).encode()
+    for c in range(128):  # each ASCII character alone (a record of ASCII only stays orjson's)
+        assert _sent(_dumps_ascii([chr(c)])) == json.dumps([chr(c)]).encode(), c
 
 
 _script = _Script("return 1")

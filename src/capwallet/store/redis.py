@@ -180,12 +180,13 @@ def _dumps(o: Any) -> bytes | str:
 
 def _dumps_ascii(o: Any) -> bytes | str:
     """``_dumps`` with json.dumps's default ensure_ascii=True (the holds record): orjson's
-    bytes where they are ASCII (then the same as json's), else the json module's text."""
+    bytes where they are ASCII but DEL (then the same as json's), else the json module's
+    text. (json escapes DEL, 0x7f, with ensure_ascii; orjson writes it as it is.)"""
     try:
         out = orjson.dumps(o)
     except TypeError:  # orjson.JSONEncodeError
         return _json_dumps_ascii(o)
-    return out if out.isascii() else _json_dumps_ascii(o)
+    return out if out.isascii() and b"\x7f" not in out else _json_dumps_ascii(o)
 
 
 def _row_tail(values: Sequence[Any]) -> bytes | str:
