@@ -75,6 +75,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -209,6 +210,129 @@ def _merge_holds(holds: Sequence[Hold]) -> Sequence[Hold]:
             old.resets_at if old.resets_at is not None else h.resets_at,
         )
     return list(merged.values())
+
+
+def _reserve_read(c: _Cursor, tid: str, debits: Sequence[Hold],
+                  approval_id: str | None) -> dict[str, int] | ReserveResult:
+    """What a reservation checks, in one statement: the token's revocation, the approval's
+    earlier use and the debited counters' values (absent counters have no row)."""
+    params: list[Any] = [tid] if approval_id is None else [tid, approval_id]
+    for h in debits:
+        params.append(h[0])
+    used: dict[str, int] = {}
+    approval_used = False
+    for key, value in c.execute(_reserve_read_sql(len(debits), approval_id is not None),
+                                params).fetchall():
+        if key is not None:
+            used[key] = value
+        elif value == 0:
+            return _REVOKED
+        else:
+            approval_used = True
+    return _APPROVAL_USED if approval_used else used
+
+
+# A reservation's and a settlement's operations (_Op) are these functions with their values
+# bound by functools.partial, not closures made per call: a closure turns every variable it
+# captures into a cell of its maker's frame (an allocation each; reserve had nine), and a
+# partial binds them in one C call (timeit: 0.17 us against 0.36 us for reserve's two).
+
+
+def _reserve_txn(row: tuple[Any, ...], tid: str, debits: Sequence[Hold],
+                 approval_id: str | None, c: _Cursor) -> ReserveResult:
+    if c.defer:
+        # The batch's earlier reserves of this token read what this one needs (the
+        # transaction holds the write lock: only this batch changes it), and the counters'
+        # owed deltas say what the batch did to them since.
+        seen = c.seen
+        fresh = approval_id is None and tid in c.live
+        if fresh:
+            for h in debits:
+                if h[0] not in seen:
+                    fresh = False
+                    break
+        if not fresh:
+            got = _reserve_read(c, tid, debits, approval_id)
+            if type(got) is ReserveResult:
+                return got
+            c.live.add(tid)
+            for h in debits:
+                seen[h[0]] = got.get(h[0], 0)  # type: ignore[union-attr]
+        owed = c.adds
+        for key, amount, limit, _ in debits:
+            u = seen[key]
+            add = owed.get(key)
+            if add is not None:
+                u += add[0]
+            if u + amount > limit:
+                return ReserveResult(False, failed_counter=key, used=u)
+        for key, amount, _, resets_at in debits:
+            add = owed.get(key)
+            if add is None:
+                owed[key] = [amount, resets_at]
+            else:
+                add[0] += amount
+        if len(row) == c.insert_width:
+            c.inserts += row
+        else:
+            c.owe_insert(row)
+    else:
+        got = _reserve_read(c, tid, debits, approval_id)
+        if type(got) is ReserveResult:
+            return got
+        for h in debits:
+            u = int(got.get(h.counter_key, 0))  # type: ignore[union-attr]
+            if u + h.amount > h.limit:
+                return ReserveResult(False, failed_counter=h.counter_key, used=u)
+        if debits:
+            c.execute(_add_used(len(debits)),
+                      [x for h in debits for x in (h.counter_key, h.amount, h.resets_at)])
+        try:
+            c.execute(_insert_reservations(1, len(row)), row)
+        except sqlite3.IntegrityError:
+            raise ValueError(f"reservation id {row[0]} already exists") from None
+    if approval_id is not None:
+        c.execute("INSERT INTO used_approvals (approval_id, used_at) VALUES (?, ?)",
+                  (approval_id, row[5]))  # (the row's created_at: 7 values with an approval)
+    return _OK
+
+
+def _settle_txn(rid: tuple[str], charges: dict[str, int], entry: LedgerEntry,
+                ledger_row: tuple[Any, ...], known: Sequence[Hold] | None, c: _Cursor) -> bool:
+    if known is None:  # reserved by another process (or forgotten): read it back
+        c.owe()
+        found = c.execute("SELECT holds FROM reservations WHERE id = ?", rid).fetchall()
+        if not found:
+            return False
+        holds = json.loads(found[0][0])
+    elif c.defer:  # open unless another process closed it: the owed DELETE tells
+        c.deletes.append(rid)
+        owed = c.adds
+        for key, amount, _limit, resets_at in known:
+            delta = int(charges.get(key, 0)) - int(amount)
+            if delta:
+                got = owed.get(key)
+                if got is None:
+                    owed[key] = [delta, resets_at]
+                else:
+                    got[0] += delta
+        _record(c, entry, ledger_row)
+        return True
+    else:
+        holds = known
+    # The DELETE decides: a reservation already closed (settled, released, or expired by any
+    # process) deletes nothing and changes nothing.
+    if c.execute(_DELETE_RESERVATION, rid).rowcount != 1:
+        return False
+    adds: list[Any] = []
+    for key, amount, _limit, resets_at in holds:  # a Hold, or its stored array
+        delta = int(charges.get(key, 0)) - int(amount)
+        if delta:
+            adds += (key, delta, resets_at)
+    if adds:
+        c.execute(_add_used(len(adds) // 3), adds)
+    _record(c, entry, ledger_row)
+    return True
 
 
 class SQLiteStore(Store):
@@ -510,8 +634,14 @@ class SQLiteStore(Store):
 
     async def reserve(self, reservation: Reservation) -> ReserveResult:
         r = reservation
-        holds = _merge_holds(r.holds)
-        debits = [h for h in holds if h[1] > 0]  # (a Hold's amount)
+        holds: Sequence[Hold] = r.holds
+        if len(holds) > 1 and (len(holds) > 2 or holds[0][0] == holds[1][0]):
+            holds = _merge_holds(holds)  # (a Hold's counter_key; two distinct: nothing to merge)
+        debits = holds
+        for h in holds:
+            if h[1] <= 0:  # (a Hold's amount) a zero amount never blocks: not a debit
+                debits = tuple(h for h in holds if h[1] > 0)
+                break
         meta = r.meta
         if type(meta) is not dict:  # a plain dict needs no copy
             meta = dict(meta)
@@ -524,87 +654,18 @@ class SQLiteStore(Store):
         except TypeError:
             meta_json = _json_text(meta)
             holds_json = _json_text([*map(tuple, holds)])
-        approval = r.approval_id is not None
-        row = ((r.reservation_id, r.token_id, holds_json, r.lease_until, r.approval_id,
-                r.created_at, meta_json) if approval else
+        approval_id = r.approval_id
+        row = ((r.reservation_id, r.token_id, holds_json, r.lease_until, approval_id,
+                r.created_at, meta_json) if approval_id is not None else
                (r.reservation_id, r.token_id, holds_json, r.lease_until, r.created_at,
                 meta_json))
-        tid = r.token_id
-        # Revocation, the approval and the counters: one statement.
-        check = _reserve_read_sql(len(debits), approval)
-        params: list[Any] = [tid, r.approval_id] if approval else [tid]
-        keys = [h[0] for h in debits]  # (a Hold's counter_key)
-        params += keys
-
-        def read(c: _Cursor) -> dict[str, int] | ReserveResult:
-            used: dict[str, int] = {}
-            approval_used = False
-            for key, value in c.execute(check, params).fetchall():
-                if key is not None:
-                    used[key] = value
-                elif value == 0:
-                    return _REVOKED
-                else:
-                    approval_used = True
-            return _APPROVAL_USED if approval_used else used
-
-        def txn(c: _Cursor) -> ReserveResult:
-            if c.defer:
-                # The batch's earlier reserves of this token read what this one needs (the
-                # transaction holds the write lock: only this batch changes it), and the
-                # counters' owed deltas say what the batch did to them since.
-                seen = c.seen
-                if approval or tid not in c.live or not seen.keys() >= frozenset(keys):
-                    got = read(c)
-                    if type(got) is ReserveResult:
-                        return got
-                    c.live.add(tid)
-                    for key in keys:
-                        seen[key] = got.get(key, 0)  # type: ignore[union-attr]
-                owed = c.adds
-                for key, amount, limit, _ in debits:
-                    u = seen[key]
-                    add = owed.get(key)
-                    if add is not None:
-                        u += add[0]
-                    if u + amount > limit:
-                        return ReserveResult(False, failed_counter=key, used=u)
-                for key, amount, _, resets_at in debits:
-                    add = owed.get(key)
-                    if add is None:
-                        owed[key] = [amount, resets_at]
-                    else:
-                        add[0] += amount
-                if len(row) == c.insert_width:
-                    c.inserts += row
-                else:
-                    c.owe_insert(row)
-            else:
-                got = read(c)
-                if type(got) is ReserveResult:
-                    return got
-                for h in debits:
-                    u = int(got.get(h.counter_key, 0))  # type: ignore[union-attr]
-                    if u + h.amount > h.limit:
-                        return ReserveResult(False, failed_counter=h.counter_key, used=u)
-                if debits:
-                    c.execute(_add_used(len(debits)),
-                              [x for h in debits for x in (h.counter_key, h.amount, h.resets_at)])
-                try:
-                    c.execute(_insert_reservations(1, len(row)), row)
-                except sqlite3.IntegrityError:
-                    raise ValueError(
-                        f"reservation id {r.reservation_id} already exists") from None
-            if r.approval_id is not None:
-                c.execute("INSERT INTO used_approvals (approval_id, used_at) VALUES (?, ?)",
-                          (r.approval_id, r.created_at))
-            return _OK
-
-        result = await self._write(txn)
+        result: ReserveResult = await self._write(
+            partial(_reserve_txn, row, r.token_id, debits, approval_id))
         if result.ok:
-            self._holds[r.reservation_id] = holds
-            if len(self._holds) > HOLDS_CACHE:
-                self._holds.popitem(last=False)
+            cache = self._holds
+            cache[r.reservation_id] = holds
+            if len(cache) > HOLDS_CACHE:
+                cache.popitem(last=False)
         return result
 
     async def settle(
@@ -620,48 +681,8 @@ class SQLiteStore(Store):
 
     def _settle_op(self, reservation_id: str, actual: Mapping[str, int],
                    entry: LedgerEntry) -> _Op:
-        charges = dict(actual)
-        ledger_row = _ledger_row(entry, reservation_id)
-        rid = (reservation_id,)
-        known = self._holds.pop(reservation_id, None)
-
-        def txn(c: _Cursor) -> bool:
-            if known is None:  # reserved by another process (or forgotten): read it back
-                c.owe()
-                found = c.execute("SELECT holds FROM reservations WHERE id = ?", rid).fetchall()
-                if not found:
-                    return False
-                holds = json.loads(found[0][0])
-            elif c.defer:  # open unless another process closed it: the owed DELETE tells
-                c.deletes.append(rid)
-                owed = c.adds
-                for key, amount, _limit, resets_at in known:
-                    delta = int(charges.get(key, 0)) - int(amount)
-                    if delta:
-                        got = owed.get(key)
-                        if got is None:
-                            owed[key] = [delta, resets_at]
-                        else:
-                            got[0] += delta
-                _record(c, entry, ledger_row)
-                return True
-            else:
-                holds = known
-            # The DELETE decides: a reservation already closed (settled, released, or expired
-            # by any process) deletes nothing and changes nothing.
-            if c.execute(_DELETE_RESERVATION, rid).rowcount != 1:
-                return False
-            adds: list[Any] = []
-            for key, amount, _limit, resets_at in holds:  # a Hold, or its stored array
-                delta = int(charges.get(key, 0)) - int(amount)
-                if delta:
-                    adds += (key, delta, resets_at)
-            if adds:
-                c.execute(_add_used(len(adds) // 3), adds)
-            _record(c, entry, ledger_row)
-            return True
-
-        return txn
+        return partial(_settle_txn, (reservation_id,), dict(actual), entry,
+                       _ledger_row(entry, reservation_id), self._holds.pop(reservation_id, None))
 
     async def expire_leases(self, now: int) -> int:
         def txn(c: _Cursor) -> int:
