@@ -61,6 +61,7 @@ from capwallet.store import (
     StoreUnavailable,
     open_store,
 )
+from capwallet.store.sqlite import SQLiteStore
 from capwallet.verify import Decision, Request, VerifiedToken, Verifier, evaluate
 from reference_relay.body import parse_body
 from reference_relay.calls import Call
@@ -476,6 +477,13 @@ class Relay:
         self.upstream = Upstream(config)
         self.redactor = REDACTOR
         self.tasks: set[asyncio.Task[Any]] = set()
+        # Model calls in serve (from the app's request to its response's end): with one alone
+        # in flight, no other call's write can join its reservation's batch, so the SQLite
+        # store need not wait a turn of the loop for company (SQLiteStore.alone; a store
+        # another relay counts for already keeps that relay's count).
+        self.calls = 0
+        if isinstance(self.store, SQLiteStore) and self.store.alone is None:
+            self.store.alone = self._alone
         self.sweeper: asyncio.Task[None] | None = None
         self.chains = ChainNotes(self.store, self.spawn)
         self.cost_plans = CostPlans(self.converter)
@@ -543,6 +551,10 @@ class Relay:
             except StoreUnavailable as exc:
                 log.error("lease sweep failed: %s", exc)
             await asyncio.sleep(self.config.sweep_interval)
+
+    def _alone(self) -> bool:
+        """No other call in flight, nor more than one task of the relay's (the caller's)."""
+        return self.calls <= 1 and len(self.tasks) <= 1
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = running_loop().create_task(coro)
@@ -662,6 +674,9 @@ class Relay:
         started = time.perf_counter()
         if self.sweeper is None:
             self.start()
+        # Counted until the response's end (a stream's too): a count left too high (an
+        # error in an except clause below) only makes the store wait for company as before.
+        self.calls += 1
         try:
             response = await self.handle(scope, receive, ep, started)
         except RelayError as err:
@@ -676,7 +691,13 @@ class Relay:
             response = error_response(RelayError(
                 INTERNAL_ERROR, "internal error in the relay; the request was not "
                 "completed"), ep.errors)
-        await response(scope, receive, send)
+        except BaseException:  # cancelled
+            self.calls -= 1
+            raise
+        try:
+            await response(scope, receive, send)
+        finally:
+            self.calls -= 1
 
     async def handle(self, scope: Scope, receive: Receive, ep: Endpoint,
                      started: float) -> Response:

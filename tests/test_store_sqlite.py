@@ -184,6 +184,32 @@ async def test_writes_of_one_loop_iteration_share_one_transaction(tmp_path: Path
         await store.close()
 
 
+async def test_a_lone_write_commits_without_waiting_a_turn_for_company(tmp_path: Path) -> None:
+    """``alone`` (the relay: no other call in flight) lets the leading write run its batch
+    at once: it is committed before the loop turns (a callback queued before it has not run),
+    and two writes of one iteration are then two batches. Without it, one turn and one batch."""
+    store = SQLiteStore(tmp_path / "alone.db")
+    loop = asyncio.get_running_loop()
+    try:
+        assert store._fast is not None
+        statements = _trace(store._fast)
+        for alone, turned_before_commit, batches in ((None, True, 1), (lambda: False, True, 1),
+                                                     (lambda: True, False, 2)):
+            store.alone = alone
+            turned: list[bool] = []
+            loop.call_soon(turned.append, True)
+            assert (await store.reserve(_reservation(Hold("b", 1, 100)))).ok
+            assert bool(turned) is turned_before_commit
+            statements.clear()
+            results = await asyncio.gather(*(store.reserve(_reservation(Hold("b", 1, 100)))
+                                             for _ in range(2)))
+            assert all(r.ok for r in results)
+            assert statements == ["BEGIN IMMEDIATE", "COMMIT"] * batches
+        assert await store.counters(["b"]) == {"b": 9}
+    finally:
+        await store.close()
+
+
 async def test_a_failing_write_rolls_back_alone_and_the_batch_commits(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "f.db")
     try:

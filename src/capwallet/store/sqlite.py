@@ -8,8 +8,9 @@ any other process using the same file.
 
 Writes: group commit on the event loop's thread. A write (reserve, settle, append_ledger, ...)
 is queued in memory and its caller awaits a future; the first write of a loop iteration yields
-once and then runs the batch, so every write requested in the same iteration runs in ONE
-``BEGIN IMMEDIATE ... COMMIT``, in call order. Inside it, the reserves' and settles' writes
+once (unless its server says no other call is in flight: ``alone``) and then runs the batch,
+so every write requested in the same iteration runs in ONE ``BEGIN IMMEDIATE ... COMMIT``,
+in call order. Inside it, the reserves' and settles' writes
 are owed and written together at the batch's end: one upsert per counter of its merged delta,
 one multi-row INSERT each for the new reservations and the ledger rows, one ``executemany``
 of the closed reservations' DELETEs, one upsert per usage total (_Cursor says why, and how a
@@ -392,6 +393,10 @@ class SQLiteStore(Store):
         # reservation id -> its (merged) holds, for the settle of a reservation this process
         # made: it need not read the row back (the DELETE still decides whether it is open).
         self._holds: OrderedDict[str, Sequence[Hold]] = OrderedDict()
+        # Whether a write now can have no company in its batch (set by the server, which knows
+        # its calls in flight: the relay's serve): then the batch it leads runs at once rather
+        # than one turn of the loop later. None: always wait the turn.
+        self.alone: Callable[[], bool] | None = None
         # What the group commit did, for benchmarks: commits (batches) and the writes in them.
         self.commits = 0
         self.writes = 0
@@ -422,13 +427,17 @@ class SQLiteStore(Store):
             return await future
         # The first write of this iteration leads the batch: it lets the loop run the other
         # callers of this iteration once (they queue theirs), then runs the batch itself, and
-        # usually has its outcome without being woken again.
-        try:
-            await asyncio.sleep(0)
-        except BaseException:  # cancelled: the batch still runs, without this write
-            future.cancel()
-            loop.call_soon(self._flush)
-            raise
+        # usually has its outcome without being woken again. With no other caller to wait
+        # for (``alone``: the server's only call in flight) it runs the batch at once: that
+        # turn of the loop lay on the way to a lone call's upstream request.
+        alone = self.alone
+        if alone is None or not alone():
+            try:
+                await asyncio.sleep(0)
+            except BaseException:  # cancelled: the batch still runs, without this write
+                future.cancel()
+                loop.call_soon(self._flush)
+                raise
         self._flush()
         return future.result() if future.done() else await future
 

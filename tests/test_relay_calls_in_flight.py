@@ -1,0 +1,72 @@
+"""The relay counts its model calls in flight, and tells its SQLite store when one is alone.
+
+With a single call in flight no other call's write can join its reservation's batch, so the
+store commits it at once instead of waiting a turn of the event loop for company (a turn on
+the way to the provider's request). With two or more the store waits the turn as before, so
+concurrent calls still share a commit. The count must come back to zero however a call ends
+(answered, streamed, refused, the app hanging up), or the store would wait for company that
+never comes; it is read here on a real relay behind a real server.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from relay_harness import Relay
+
+from capwallet import caveats as cav
+from capwallet.store.sqlite import SQLiteStore
+
+
+def _wait(cond: Callable[[], bool], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_the_store_waits_for_company_only_while_other_calls_are_in_flight(
+        fresh_relay: Callable[..., Relay]) -> None:
+    r = fresh_relay()
+    relay = r.server.app.state.relay
+    store = relay.store
+    assert isinstance(store, SQLiteStore)
+    assert store.alone == relay._alone  # the relay's count decides
+    token = r.mint(cav.Budget(10**9, "USD", "month"), cav.App("t"))
+    assert r.chat(token).status_code == 200
+    r.quiesce()
+    assert relay.calls == 0 and relay._alone()
+
+    # Two slow calls in flight: neither is alone.
+    seen: list[int] = []
+    slow = [threading.Thread(target=lambda: seen.append(
+        r.chat(token, model="fault-delay:1500").status_code)) for _ in range(2)]
+    for t in slow:
+        t.start()
+    try:
+        assert _wait(lambda: relay.calls == 2)
+        assert not relay._alone()
+    finally:
+        for t in slow:
+            t.join(timeout=20)
+    assert seen == [200, 200]
+
+    # However a call ends, it leaves the count: a stream read to its end, one the app hung up
+    # on, a refusal (an unknown model), a bad token.
+    with r.openai(token).chat.completions.create(
+            model="relay-test", messages=[{"role": "user", "content": "hi"}],
+            stream=True) as stream:
+        assert any(c.choices and c.choices[0].delta.content for c in stream)
+    r.hang_up_stream("/v1/chat/completions", {
+        "model": "fault-slow_stream:40", "stream": True,
+        "messages": [{"role": "user", "content": "hi"}]}, token)
+    assert r.chat(token, model="no-such-model").status_code == 404
+    assert r.chat("cwt1_not-a-token").status_code == 401
+    r.quiesce()
+    assert _wait(lambda: relay.calls == 0), relay.calls
+    assert relay._alone()
+    assert len(r.wait_ledger(token, 5)) >= 5
