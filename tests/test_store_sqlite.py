@@ -481,6 +481,42 @@ async def test_refusals_of_one_batch_are_compacted_into_one_row(tmp_path: Path) 
         await store.close()
 
 
+async def test_pruned_bodies_leave_no_trace_in_the_file(tmp_path: Path) -> None:
+    """Logged bodies the retention prunes are gone from the database file, their overflow
+    pages zeroed, not left in the free list: also a refusal's body whose row was rewritten by
+    a later refusal of the same minute (the old copy freed then), and while reservations come
+    and go in the same file. The store turns secure_delete ON itself: a SQLite built
+    without SECURE_DELETE (upstream's default; Debian's has it) leaves all of them, and
+    FAST, which zeroes no page it frees, leaves them in the free list."""
+    store = SQLiteStore(tmp_path / "p.db")
+    path = tmp_path / "p.db"
+    try:
+        for i in range(30):
+            r = _reservation(Hold("b", 10, 10**9))
+            assert (await store.reserve(r)).ok
+            body = f"<old {i} request>" * (400 if i % 2 else 8)  # an overflow chain or inline
+            entry = LedgerEntry(10 + i, "t", "app", "p", "m", "chat", 1, 1, 1, "USD", "ok", 1,
+                                reservation_id=r.reservation_id, request_body=body,
+                                response_body=f"<old {i} answer>" * 300)
+            assert await store.settle(r.reservation_id, {"b": 1}, entry)
+        for n in range(3):  # the second and third add to the first's row
+            await store.append_ledger(LedgerEntry(
+                60, "t", "app", "", "", "chat", 0, 0, 0, "USD", "denied:x", 0,
+                request_body="<old refused request>" * 400 + str(n)))
+        assert await store.prune_ledger(1000) == 31
+        for i in range(5):  # rows kept, written after the prune (some into freed pages)
+            await store.append_ledger(LedgerEntry(
+                2000 + i, "t", "app", "p", "m", "chat", 1, 1, 1, "USD", "ok", 1,
+                request_body=f"<kept {i}>" * 300))
+        with sqlite3.connect(path) as c:
+            assert c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    finally:
+        await store.close()
+    data = path.read_bytes()
+    assert b"<kept 4>" in data  # the file is read as it is written
+    assert b"<old" not in data
+
+
 async def test_a_batch_settles_a_reservation_another_process_made(tmp_path: Path) -> None:
     """A settle of a reservation this store did not make reads it back, seeing what the
     batch owes: one settled earlier in the batch is not settled twice."""
