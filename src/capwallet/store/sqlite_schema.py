@@ -33,9 +33,10 @@ SCHEMA_VERSION = 2  # 2: ledger.chain_id and the chains table
 # What a commit writes (bench/wal_frames.py, the relay at c=20: 8.3-8.9 frames per commit, two
 # pwrite calls each): counters 1, reservations 2.3 (a WITHOUT ROWID interior cell is a whole
 # ~410-byte row, 9 to a leaf), ledger 1, ledger_time 0.9, ledger_token_time 1.3, usage_daily 0.7,
-# and about 1.2 of free-list churn (page 1, the free-list trunk, the zeroed freed page): the
-# calls in flight swing across a reservations page's worth of rows between a batch of
-# reserves and one of settles, so a leaf is freed and taken back over and over.
+# and about 1.2 of page 1 (the free list's count, the file's size), the free-list trunk and
+# zeroed freed pages: mostly the reservations', as the calls in flight swing across a leaf's
+# worth of rows between a batch of reserves and one of settles, so a leaf is freed and taken
+# back over and over (a quarter of page 1's writes are the ledger and its indexes growing).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS counters (
     key TEXT PRIMARY KEY,
