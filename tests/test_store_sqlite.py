@@ -539,6 +539,25 @@ async def test_a_batch_settles_a_reservation_another_process_made(tmp_path: Path
         await store.close()
 
 
+async def test_the_oldest_remembered_holds_are_forgotten_past_the_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past HOLDS_CACHE open reservations, the oldest one's holds are forgotten (its settle
+    reads them back from its row); the others settle from memory. Each settles exactly."""
+    monkeypatch.setattr("capwallet.store.sqlite.HOLDS_CACHE", 2)
+    store = SQLiteStore(tmp_path / "x.db")
+    try:
+        rs = [_reservation(Hold("b", 10, 100)) for _ in range(3)]
+        for r in rs:
+            assert (await store.reserve(r)).ok
+        assert list(store._holds) == [rs[1].reservation_id, rs[2].reservation_id]
+        for i, r in enumerate(rs):
+            assert await store.settle(r.reservation_id, {"b": i + 1}, _ok(r.reservation_id, 1))
+        assert await store.counters(["b"]) == {"b": 6}
+        assert not store._holds
+    finally:
+        await store.close()
+
+
 async def test_a_reservations_stored_json_reads_back_in_another_process(
         tmp_path: Path) -> None:
     """A reservation's holds and meta are stored as JSON text (orjson, or the json module for

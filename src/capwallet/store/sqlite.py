@@ -73,7 +73,6 @@ import asyncio
 import json
 import sqlite3
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -101,6 +100,7 @@ from capwallet.store.base import (
 from capwallet.store.sqlite_batch import (
     _Busy,
     _Cursor,
+    _Failed,
     _is_busy,
     _Op,
     _Outcome,
@@ -399,7 +399,10 @@ class SQLiteStore(Store):
         self._drained: asyncio.Future[None] | None = None  # drain() waits for the queue
         # reservation id -> its (merged) holds, for the settle of a reservation this process
         # made: it need not read the row back (the DELETE still decides whether it is open).
-        self._holds: OrderedDict[str, Sequence[Hold]] = OrderedDict()
+        # A plain dict (insertion order: its first key is the oldest): an entry set and popped
+        # per call cost 0.28 us against 0.49 us in an OrderedDict (timeit), whose order this
+        # never changes but for the eviction of the oldest past HOLDS_CACHE.
+        self._holds: dict[str, Sequence[Hold]] = {}
         # Whether a write now can have no company in its batch (set by the server, which knows
         # its calls in flight: the relay's serve): then the batch it leads runs at once rather
         # than one turn of the loop later. None: always wait the turn.
@@ -466,6 +469,12 @@ class SQLiteStore(Store):
     def _enqueue(self, loop: asyncio.AbstractEventLoop, op: _Op, outcome: Outcome) -> bool:
         """Queue ``op`` for this loop's next batch; True if no batch is on its way (the
         caller then has it run)."""
+        if self._active and self._loop is loop:
+            # This loop's batch is on its way (the usual write under load): no lock. Only
+            # this loop's thread changes the queue and these two while it holds the store
+            # (another thread's loop takes it over only when it is idle or its loop closed).
+            self._queue.append((op, outcome))
+            return False
         with self._claim:
             if self._active and self._loop is not loop:
                 if self._loop is not None and not self._loop.is_closed():
@@ -592,15 +601,15 @@ class SQLiteStore(Store):
     @staticmethod
     def _resolve(batch: list[tuple[_Op, Outcome]],
                  outcomes: list[_Outcome]) -> None:
-        for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+        for (_, future), value in zip(batch, outcomes, strict=True):
             if future.done():
                 continue
-            if ok:
+            if type(value) is not _Failed:
                 future.set_result(value)
-            elif isinstance(value, sqlite3.Error):
-                future.set_exception(_unavailable(value))
+            elif isinstance(value.exc, sqlite3.Error):
+                future.set_exception(_unavailable(value.exc))
             else:
-                future.set_exception(value)
+                future.set_exception(value.exc)
 
     @staticmethod
     def _fail(batch: list[tuple[_Op, Outcome]], exc: BaseException) -> None:
@@ -681,7 +690,7 @@ class SQLiteStore(Store):
             cache = self._holds
             cache[r.reservation_id] = holds
             if len(cache) > HOLDS_CACHE:
-                cache.popitem(last=False)
+                del cache[next(iter(cache))]
         return result
 
     async def settle(

@@ -149,7 +149,19 @@ def _insert_rows(cur: _Cursor, sql: Callable[[int, int], str], values: list[Any]
 
 
 _Op = Callable[[_Cursor], Any]
-_Outcome = tuple[bool, Any]  # (True, the op's value) or (False, the exception it raised)
+
+
+class _Failed:
+    """The outcome of an op that raised: its exception (an op's value otherwise, as it is:
+    no tuple per op to say which)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
+_Outcome = Any  # an op's value, or _Failed
 
 
 def _insert_shared(cur: _Cursor, values: list[Any]) -> bool:
@@ -191,7 +203,7 @@ def _begin(cur: _Cursor) -> None:
 
 def _run_batch(cur: _Cursor, ops: Sequence[_Op]) -> list[_Outcome]:
     """Run ``ops`` in one transaction, in call order, and commit what succeeded: an op that
-    raises is rolled back alone and its exception is its outcome.
+    raises is rolled back alone and its exception is its outcome (_Failed).
 
     The batch first runs with its usual writes owed and written together at its end (see
     _Cursor), and no savepoints (two statements fewer per op). If anything raises (an op, or
@@ -209,7 +221,7 @@ def _run_batch(cur: _Cursor, ops: Sequence[_Op]) -> list[_Outcome]:
     try:
         try:
             cur.defer = defer = len(ops) > 1  # a lone op has nothing to merge with
-            outcomes: list[_Outcome] = [(True, op(cur)) for op in ops]
+            outcomes: list[_Outcome] = [op(cur) for op in ops]
             if defer:
                 cur.owe()
             elif cur.usage:
@@ -237,13 +249,13 @@ def _with_savepoints(cur: _Cursor, ops: Sequence[_Op]) -> list[_Outcome]:
         cur.execute("SAVEPOINT op")
         owed = cur.usage.copy()  # the totals are immutable tuples: a copy is a snapshot
         try:
-            outcomes.append((True, op(cur)))
+            outcomes.append(op(cur))
         except Exception as exc:  # handed to the op's caller
             if not cur.connection.in_transaction:
                 raise  # SQLite rolled everything back (I/O error, disk full)
             cur.execute("ROLLBACK TO op")
             cur.usage = owed  # the op's totals roll back with its rows
-            outcomes.append((False, exc))
+            outcomes.append(_Failed(exc))
         cur.execute("RELEASE op")
     return outcomes
 
