@@ -67,7 +67,10 @@ _PASSED = frozenset((b"x-request-id", b"request-id", b"openai-processing-ms"))
 def _passed_headers(resp: UpstreamResponse) -> list[tuple[bytes, bytes]]:
     """The provider's request id headers as the app gets them: the first of each name, in
     one pass over the answer's headers (the pool gives their names in lower case)."""
-    out = [(k, v) for k, v in resp.headers if k in _PASSED]
+    out = []
+    for h in resp.headers:  # a loop, not a list comprehension: that is a Python call of its own
+        if h[0] in _PASSED:
+            out.append(h)
     if len(out) > 1:
         out = list({k: (k, v) for k, v in reversed(out)}.values())
     return out

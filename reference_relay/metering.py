@@ -217,6 +217,20 @@ def _openai_answer(u: Any) -> Usage | None:
     total: Any = u.get("total_tokens")
     details = u.get("prompt_tokens_details")
     cached: Any = details.get("cached_tokens") if type(details) is dict else None
+    if (type(prompt) is int and type(completion) is int and type(total) is int
+            and 0 <= prompt <= total and completion >= 0
+            and (cached is None or (type(cached) is int and cached >= 0))
+            and "prompt_cache_hit_tokens" not in u):
+        # The usual answer: every count an int, none negative, the total at least the
+        # prompt, no DeepSeek cache field. What the general reading below gives for it, in
+        # one step (it asked each field's type twice and compared the types with float:
+        # 2.3 K instructions of its 9 K per answer, callgrind); the same test compares both.
+        if not cached:
+            cached = 0
+        elif cached > prompt:
+            cached = prompt
+        output = total - prompt
+        return Usage(prompt - cached, completion if completion > output else output, cached, 0)
     # Each field's type asked once (a C call each) for both questions: a float (read it
     # again), and an int (a count); 1 K instructions less per answer than asking twice.
     tp, tc, tt, tk = type(prompt), type(completion), type(total), type(cached)
