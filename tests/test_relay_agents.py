@@ -67,6 +67,17 @@ def _agent() -> Any:
                         tools=[get_weather])
 
 
+async def _closing(client: Any, run: Any) -> Any:
+    """Await ``run``, then close ``client`` in the same event loop. An AsyncOpenAI client left
+    open closes itself when it is collected, as a task of whatever loop runs at that moment: a
+    later test's, which then fails on this loop's closed transports ("Event loop is closed",
+    raised by pytest's anyio runner in an unrelated async test)."""
+    try:
+        return await run
+    finally:
+        await client.close()
+
+
 def test_agent_run_and_run_streamed_without_trace_upload(
         relay: Relay, trace_ingest: list[dict[str, str]]) -> None:
     from openai import AsyncOpenAI
@@ -83,7 +94,7 @@ def test_agent_run_and_run_streamed_without_trace_upload(
         assert str(run.final_output).split()[:2] == ["alpha", "bravo"]
         return result, kinds
 
-    result, kinds = asyncio.run(both())
+    result, kinds = asyncio.run(_closing(client, both()))
     assert result.final_output.split()[:2] == ["alpha", "bravo"]
     assert "raw_response_event" in kinds and "run_item_stream_event" in kinds
     # Each run: turn 1 called the tool; turn 2 sent its output back (and the reasoning item
@@ -107,7 +118,7 @@ def test_sdk_default_would_upload_the_token(relay: Relay,
     client = AsyncOpenAI(base_url=relay.url + "/v1", api_key=tok, max_retries=0)
     agents.set_default_openai_client(client)  # the SDK default: use_for_tracing=True
     try:
-        asyncio.run(agents.Runner.run(_agent(), "What is the weather in Paris?"))
+        asyncio.run(_closing(client, agents.Runner.run(_agent(), "What is the weather in Paris?")))
         agents.flush_traces()
     finally:
         agents.set_default_openai_client(client, use_for_tracing=False)
@@ -130,7 +141,8 @@ def test_readme_snippet_runs_verbatim(relay: Relay, trace_ingest: list[dict[str,
     scope: dict[str, Any] = {"conn": SimpleNamespace(openai_base_url=relay.url + "/v1",
                                                      token=tok)}
     exec(compile(block, "README.md", "exec"), scope)  # our own README
-    result = asyncio.run(agents.Runner.run(_agent(), "What is the weather in Paris?"))
+    result = asyncio.run(_closing(scope["client"], agents.Runner.run(
+        _agent(), "What is the weather in Paris?")))
     assert result.final_output.split()[:2] == ["alpha", "bravo"]
     agents.flush_traces()
     assert trace_ingest == []
