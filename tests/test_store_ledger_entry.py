@@ -8,7 +8,7 @@ import inspect
 
 import pytest
 
-from capwallet.store.base import LedgerEntry, _slot_init
+from capwallet.store.base import LedgerEntry, _positional_builder, _slot_init, ledger_entry
 
 ARGS = (1_800_000_000, "t1", "app", "fake", "m", "chat", 3, 4, 5, "USD", "ok", 6)
 
@@ -47,3 +47,27 @@ def test_refuses_a_default_factory() -> None:
 
     with pytest.raises(TypeError):
         _slot_init(WithFactory)
+
+
+def test_the_positional_builder_makes_what_init_makes() -> None:
+    # ledger_entry (the relay's per-call build) gives a LedgerEntry like any other: every
+    # field in its place, equal and hashed alike, still frozen, replaceable.
+    values = (*ARGS, "rid", "req", "resp", 2, "c" * 16)
+    e = ledger_entry(*values)
+    want = LedgerEntry(*values)
+    assert type(e) is LedgerEntry and e == want and hash(e) == hash(want)
+    assert [getattr(e, f.name) for f in dataclasses.fields(LedgerEntry)] == list(values)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.cost = 1  # type: ignore[misc]
+    assert dataclasses.replace(e, cost=9) == LedgerEntry(*values[:8], 9, *values[9:])
+    with pytest.raises(TypeError):
+        ledger_entry(*ARGS)  # every field, by position
+
+
+def test_the_positional_builder_refuses_a_class_whose_slots_are_not_its_fields() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class NoSlots:
+        a: int
+
+    with pytest.raises(TypeError):
+        _positional_builder(NoSlots)
