@@ -37,6 +37,11 @@ try:  # optional C parser (see answer_usage)
 except ImportError:  # pragma: no cover - the json module does the same, slower
     _orjson_loads = None  # type: ignore[assignment]
 
+# Bytes are searched with find, not `in`: `part in data` first tries `part` as an integer
+# (a bytes object holds ints), which raises a TypeError, formats its message and drops it
+# before the search: 2.8 K instructions per test against find's 1.75 K (callgrind), on
+# every event of a stream.
+
 _EVENT_END = re.compile(rb"\r?\n\r?\n")
 # What makes an event worth a closer look, per flavor: an event with none of these passes as it
 # is and changes nothing but ``saw_event`` (each _<flavor> method below returns True for it
@@ -388,8 +393,8 @@ class StreamMeter:
         return self._openai(data)
 
     def _responses(self, data: bytes) -> bool:
-        if b'"response.completed"' not in data and b'"response.incomplete"' not in data and (
-                b'"response.failed"' not in data):
+        if (data.find(b'"response.completed"') < 0 and data.find(b'"response.incomplete"') < 0
+                and data.find(b'"response.failed"') < 0):
             return True
         obj = _json_object(data)
         if obj is None or obj.get("type") not in _RESPONSES_TERMINAL:
@@ -405,7 +410,7 @@ class StreamMeter:
         if data == b"[DONE]":
             self.done = True
             return True
-        if b'"usage"' not in data or b'"usage":null' in data:
+        if data.find(b'"usage"') < 0 or data.find(b'"usage":null') >= 0:
             return True
         obj = _json_object(data)
         if obj is None:
@@ -418,8 +423,8 @@ class StreamMeter:
         return not (self.drop_usage_chunk and not obj.get("choices"))
 
     def _anthropic(self, data: bytes) -> bool:
-        if b"message_start" not in data and b"message_delta" not in data and (
-            b"message_stop" not in data
+        if data.find(b"message_start") < 0 and data.find(b"message_delta") < 0 and (
+            data.find(b"message_stop") < 0
         ):
             return True
         obj = _json_object(data)

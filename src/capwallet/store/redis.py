@@ -186,7 +186,9 @@ def _dumps_ascii(o: Any) -> bytes | str:
         out = orjson.dumps(o)
     except TypeError:  # orjson.JSONEncodeError
         return _json_dumps_ascii(o)
-    return out if out.isascii() and b"\x7f" not in out else _json_dumps_ascii(o)
+    # find, not `in`: `in` tries b"\x7f" as an integer first, raising and dropping a
+    # TypeError (2.8 K instructions against 1.75 K; reference_relay.metering says more).
+    return out if out.isascii() and out.find(b"\x7f") < 0 else _json_dumps_ascii(o)
 
 
 def _row_tail(values: Sequence[Any]) -> bytes | str:
