@@ -91,9 +91,24 @@ class Usage:
         return self.input_tokens is not None and self.output_tokens is not None
 
 
+# The largest float _int reads as a count: above it a double no longer holds every integer.
+_FLOAT_COUNT_MAX = 2.0 ** 53
+
+
 def _int(v: Any) -> int:
-    """A positive token count, else 0 (a JSON number is an int or a float; bool is not one)."""
-    return v if type(v) is int and v > 0 else 0
+    """A positive token count, else 0 (a JSON number is an int or a float; bool is not one).
+
+    A float counts too, rounded up: an OpenAI-compatible layer that writes its counts as
+    floats (``15.0``) is billed for them by its provider, so reading them as no tokens would
+    let a call spend past its budget; a fraction is charged as the next whole token (never
+    less than the provider may bill). A float past 2^53 is no exact count and reads as 0, as
+    text, bool, null and negative numbers do."""
+    if type(v) is int:
+        return v if v > 0 else 0
+    if type(v) is float and 0.0 < v <= _FLOAT_COUNT_MAX:  # NaN fails both comparisons
+        whole = int(v)
+        return whole if whole == v else whole + 1
+    return 0
 
 
 def openai_usage(u: Any) -> Usage | None:
@@ -211,10 +226,10 @@ _INEXACT = Usage()
 def _openai_answer(u: Any) -> Usage | None:
     """openai_usage of a usage object orjson read, or _INEXACT when a field it reads is a
     float: orjson reads an integer past 64 bits as one, where the json module gives the
-    integer (a float json reads too counts as no tokens either way, so reading it again
-    changes nothing but the time). The same reading as openai_usage, field for field
-    (tests/test_metering_usage.py compares the two), without _inexact's walk over every
-    field of the object and its details, nor a call per field."""
+    integer (a float json reads too is read again by openai_usage, which rounds it up: a
+    float is rare, so reading it again costs nothing but the time). The same reading as
+    openai_usage, field for field (tests/test_relay_units.py compares the two), without
+    _inexact's walk over every field of the object and its details, nor a call per field."""
     if type(u) is not dict or "prompt_tokens" not in u:
         return None
     prompt: Any = u["prompt_tokens"]

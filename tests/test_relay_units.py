@@ -432,6 +432,41 @@ def test_answer_usage_reads_what_the_json_module_reads() -> None:
             answer_usage("openai", not_an_object)
 
 
+def test_token_counts_written_as_floats_are_charged_rounded_up_not_as_no_tokens() -> None:
+    # An OpenAI-compatible layer may write its counts as floats (15.0). Its provider bills
+    # them; read as no tokens (the old reading), such a call was charged nothing for them and
+    # a budget could be spent past its limit. A fraction is charged as the next whole token;
+    # a float past 2^53 (no exact count), NaN, text and negative numbers still read as 0.
+    u = answer_usage("openai", b'{"usage":{"prompt_tokens":10.0,"completion_tokens":2.5,'
+                               b'"total_tokens":12.5}}')
+    assert u is not None and (u.input_tokens, u.output_tokens) == (10, 3)
+    u = answer_usage("openai", b'{"usage":{"prompt_tokens":8.0,"completion_tokens":4.0,'
+                               b'"prompt_tokens_details":{"cached_tokens":3.0}}}')
+    assert u is not None and (u.input_tokens, u.cached_input_tokens, u.output_tokens) == (
+        5, 3, 4)
+    a = answer_usage("anthropic", b'{"usage":{"input_tokens":5.0,"output_tokens":9.25,'
+                                  b'"cache_read_input_tokens":2.0}}')
+    assert a is not None and (a.input_tokens, a.output_tokens, a.cached_input_tokens) == (
+        5, 10, 2)
+    r = answer_usage("responses", b'{"usage":{"input_tokens":4.0,"output_tokens":6.5}}')
+    assert r is not None and (r.input_tokens, r.output_tokens) == (4, 7)
+    for junk in (b"1e300", b"9007199254740994.0", b"NaN", b"-4.0", b'"9"', b"true"):
+        u = answer_usage("openai", b'{"usage":{"prompt_tokens":%s,"completion_tokens":1}}'
+                         % junk)
+        assert u is not None and (u.input_tokens, u.output_tokens) == (0, 1), junk
+    for flavor, events in (
+            ("openai", b'data: {"choices":[],"usage":{"prompt_tokens":7.0,'
+                       b'"completion_tokens":2.5}}\n\ndata: [DONE]\n\n'),
+            ("anthropic", b'event: message_start\ndata: {"type":"message_start","message":'
+                          b'{"usage":{"input_tokens":7.0,"output_tokens":1}}}\n\n'
+                          b'event: message_delta\ndata: {"type":"message_delta","usage":'
+                          b'{"output_tokens":2.5}}\n\n')):
+        meter = StreamMeter(flavor, drop_usage_chunk=False)
+        meter.feed(events)
+        assert meter.final and meter.usage is not None, flavor
+        assert (meter.usage.input_tokens, meter.usage.output_tokens) == (7, 3), flavor
+
+
 def test_answer_usage_of_openai_answers_is_openai_usage_of_the_json_modules_reading() -> None:
     # answer_usage reads an OpenAI answer's usage fields itself (metering._openai_answer):
     # every combination of the values a field may hold (absent, null, bool, negative, zero,
