@@ -286,7 +286,8 @@ class Outcome(Protocol):
 
 
 class Store(abc.ABC):
-    # settle_soon's tasks (the default implementation's), for drain
+    # settle_soon's tasks (the default's, and a backend's fallbacks and retries: _soon_task),
+    # for drain
     _soon: set[asyncio.Task[None]] | None = None
 
     @abc.abstractmethod
@@ -312,7 +313,8 @@ class Store(abc.ABC):
         Why: the relay settles a call after its answer is sent; awaiting the write resumed
         the request's handler once more through the whole ASGI stack per call for nothing
         the app waits for. This default runs ``settle`` in a task of the store's; a backend
-        with a write queue of its own (SQLite) queues it there with no task."""
+        with a write queue of its own (SQLite's batches, Redis's pipe) queues it there with
+        no task."""
         self._soon_task(self.settle(reservation_id, actual, entry), outcome)
 
     def _soon_task(self, settle: Coroutine[Any, Any, bool], outcome: Outcome) -> None:

@@ -272,15 +272,13 @@ class _Script:
         an argument, a third of a request-path command's client CPU; four of its eleven
         arguments are the same for every call in a bucket."""
         n = len(args) + 4
+        if n >= len(_COUNT):  # more arguments than the counts made up front
+            return pack(("EVALSHA", self.sha, 1, key, *args))
         head = self._heads.get(key)
         if head is None:
-            if n >= len(_COUNT):
-                return pack(("EVALSHA", self.sha, 1, key, *args))
             if len(self._heads) >= 4 * BUCKETS:  # keys of prefixes no longer used
                 self._heads.clear()
             head = self._heads[key] = pack(("EVALSHA", self.sha, 1, key))[len(_COUNT[4]):]
-        elif n >= len(_COUNT):
-            return pack(("EVALSHA", self.sha, 1, key, *args))
         return b"".join((_COUNT[n], head, pack(args)[len(_COUNT[n - 4]):]))
 
     async def __call__(self, r: Client, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -296,7 +294,7 @@ class _QueuedSettle:
     over as to a future (``done``, ``set_result``, ``set_exception``), and this hands the
     outcome to the caller's Outcome: True or False, StoreUnavailable, or, for a failure
     settle would retry (NOSCRIPT: nothing ran; a connection error), a task of the store's
-    that retries it as settle does (``_settle_again``)."""
+    that retries it as settle does (``_settle_slow``)."""
 
     __slots__ = ("argv", "finished", "keys", "outcome", "store")
 
@@ -323,12 +321,12 @@ class _QueuedSettle:
     def set_exception(self, exception: BaseException, /) -> None:
         self.finished = True
         if isinstance(exception, (NoScriptError, *_TRANSIENT)):
+            retry = self.store._settle_slow(self.keys, self.argv, exception)
             try:
-                self.store._soon_task(self.store._settle_again(exception, self.keys, self.argv),
-                                      self.outcome)
+                self.store._soon_task(retry, self.outcome)
                 return
             except RuntimeError:  # no running loop (a closed loop's pipe): nothing can retry
-                pass
+                retry.close()  # never awaited: closed, not left to warn
         self.outcome.set_exception(StoreUnavailable(
             f"Redis store failed: {type(exception).__name__}: {exception}"))
 
@@ -727,21 +725,17 @@ class RedisStore(Store):
         try:
             out = await sent
         except Exception as exc:
-            return await self._settle_again(exc, keys, argv)
+            return await self._settle_slow(keys, argv, exc)
         return bool(int(out))
 
-    async def _settle_slow(self, keys: tuple[str], argv: tuple[Any, ...]) -> bool:
+    async def _settle_slow(self, keys: tuple[str], argv: tuple[Any, ...],
+                           failed: Exception | None = None) -> bool:
+        """The settle script through ``_run`` (``failed`` None: no pipe to send it on) or,
+        after the pipe's attempt failed with ``failed``, through ``_again``."""
         async def op() -> Any:
             return await self._eval(self._settle, keys, argv)
 
-        return bool(int(await self._run(op)))
-
-    async def _settle_again(self, exc: Exception, keys: tuple[str],
-                            argv: tuple[Any, ...]) -> bool:
-        async def op() -> Any:
-            return await self._eval(self._settle, keys, argv)
-
-        return bool(int(await self._again(exc, op)))
+        return bool(int(await (self._run(op) if failed is None else self._again(failed, op))))
 
     def settle_soon(self, reservation_id: str, actual: Mapping[str, int], entry: LedgerEntry,
                     outcome: Outcome) -> None:
@@ -776,9 +770,8 @@ class RedisStore(Store):
         """Wait for every settle queued so far: those on the pipe (a PING after them: Redis
         answers a connection's commands in order, so its reply comes after theirs, each
         handed over as it came), then the tasks (Store.drain), a retry among them."""
-        pipe = self._pipe
-        if (self._queued and pipe is not None and pipe.broken is None
-                and pipe.loop is asyncio.get_running_loop()):
+        pipe = self._live_pipe()
+        if self._queued and pipe is not None:
             self._queued = False
             try:
                 await pipe.send(("PING",))

@@ -37,12 +37,15 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+if TYPE_CHECKING:
+    from capwallet.store.base import Outcome
 
 
 @dataclass(frozen=True)
@@ -72,19 +75,6 @@ def _reply_error(message: str) -> RedisError:
     return ResponseError(message)
 
 
-class Reply(Protocol):
-    """Where a command's reply goes: what the pipe calls on an asyncio.Future (``send``), or
-    on an object of the caller's that takes the reply without a future (``send_packed``: the
-    store's queued settle). ``done`` is True once a setter ran (a cancelled future too: its
-    reply is dropped); a setter must not raise."""
-
-    def done(self) -> bool: ...
-
-    def set_result(self, result: Any, /) -> None: ...
-
-    def set_exception(self, exception: BaseException, /) -> None: ...
-
-
 class Pipe(asyncio.Protocol):
     """The connection (see the module docstring). Belongs to one event loop."""
 
@@ -97,9 +87,9 @@ class Pipe(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._reader = hiredis.Reader(encoding="utf-8", replyError=_reply_error)
         # Written and waiting for their reply, oldest first, each with its deadline.
-        self._waiting: deque[tuple[Reply, float]] = deque()
+        self._waiting: deque[tuple[Outcome, float]] = deque()
         # Sent this loop turn, not yet written: one write for all of them.
-        self._out: list[tuple[bytes, Reply]] = []
+        self._out: list[tuple[bytes, Outcome]] = []
         self._write_scheduled = False
         self._solo = True  # the last write carried one command (see send)
         self._watchdog: asyncio.TimerHandle | None = None
@@ -156,10 +146,11 @@ class Pipe(asyncio.Protocol):
         self.send_packed(payload, fut)
         return fut
 
-    def send_packed(self, payload: bytes, reply: Reply) -> None:
+    def send_packed(self, payload: bytes, reply: Outcome) -> None:
         """``send`` for a command packed already (RESP), its reply handed to ``reply`` (a
-        future, or an object with the three methods the pipe calls on one: for a caller that
-        does not await it)."""
+        future, or an Outcome: the three methods the pipe calls on one, for a caller that
+        does not await it). A reply whose ``done`` is True when it comes (a cancelled future)
+        is dropped."""
         if self.broken is not None:
             reply.set_exception(self.broken)
             return

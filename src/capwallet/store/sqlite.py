@@ -10,8 +10,8 @@ Writes: group commit on the event loop's thread. A write (reserve, settle, appen
 is queued in memory and its caller awaits a future; the first write of a loop iteration yields
 once (unless its server says no other call is in flight: ``alone``) and then runs the batch,
 so every write requested in the same iteration runs in ONE ``BEGIN IMMEDIATE ... COMMIT``,
-in call order. Inside it, the reserves' and settles' writes
-are owed and written together at the batch's end: one upsert per counter of its merged delta,
+in call order. Inside it, the reserves' and settles' writes are owed and written together
+at the batch's end: one upsert per counter of its merged delta,
 one multi-row INSERT each for the new reservations and the ledger rows, one ``executemany``
 of the closed reservations' DELETEs, one upsert per usage total (_Cursor says why, and how a
 later reserve still sees the counters the earlier ones changed), and a token's counters are
@@ -206,10 +206,11 @@ def _unavailable(exc: BaseException) -> StoreUnavailable:
 
 
 def _merge_holds(holds: Sequence[Hold]) -> Sequence[Hold]:
-    """One hold per counter key (amounts add, the smallest limit wins)."""
-    n = len(holds)
-    if n < 2 or (n == 2 and holds[0][0] != holds[1][0]) or len({h[0] for h in holds}) == n:
-        return holds  # the usual case (a budget and a rate counter): nothing to merge
+    """One hold per counter key (amounts add, the smallest limit wins). Its caller, reserve,
+    passes only holds that may share a key (three or more, or two of one key): it tells the
+    usual case (a budget and a rate counter: nothing to merge) without a call."""
+    if len({h[0] for h in holds}) == len(holds):
+        return holds
     merged: dict[str, Hold] = {}
     for h in holds:
         old = merged.get(h.counter_key)

@@ -125,7 +125,8 @@ CREATE TABLE IF NOT EXISTS chains (
 
 
 # Columns added after the first release, to old files and new ones alike (CREATE TABLE IF NOT
-# EXISTS leaves an old file's tables as they were): (table, column, declaration, why).
+# EXISTS leaves an old file's tables as they were): (table, column, declaration), the why above
+# each.
 _ADDED_COLUMNS = (
     # refusals compacted into one row per token, status and minute
     ("ledger", "count", "INTEGER NOT NULL DEFAULT 1"),
