@@ -9,6 +9,12 @@ deadline and the same upstream pool (reference_relay.pool). A call is read, pars
 proxy routes by model), forwarded with the provider key and answered with the provider's body.
 No token, no store, no pricing, no metering, no ledger.
 
+A streamed call (``"stream": true``) is passed on as it arrives: the head once the provider's
+has come, then each piece the pool reads, sent at once through the server's send_now
+(reference_relay.coalesce), as the relay sends a stream; only the relay's metering, its pump
+task and its settlement are missing. bench/relay.py's stream rounds time it as the floor of
+the stream's first byte.
+
 bench/relay.py runs it beside the relay, so each run shows how much of the relay's cost per
 call is serving and forwarding on this stack (what any Python proxy here pays) and how much is
 the capability logic on top: verification, one store read, reservation, settlement, ledger.
@@ -22,6 +28,7 @@ import gc
 import json
 import socket
 import sys
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -32,12 +39,15 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from reference_relay.app import RequestGuard
+from reference_relay.coalesce import SEND_NOW_SCOPE_KEY
 from reference_relay.http_limits import BoundedHttpToolsProtocol
 from reference_relay.listen import listen, serve_announced
 from reference_relay.pool import Pool
 
 BODY_TIMEOUT = 30.0
 UPSTREAM_TIMEOUT = 60.0
+_SSE_HEAD = [(b"cache-control", b"no-cache"),
+             (b"content-type", b"text/event-stream; charset=utf-8")]
 
 
 class Forward:
@@ -61,9 +71,13 @@ class Forward:
                 if not message.get("more_body", False):
                     break
         raw = b"".join(chunks)
-        if not isinstance(json.loads(raw).get("model"), str):
+        body = json.loads(raw)
+        if not isinstance(body.get("model"), str):
             response = Response(b'{"error":"no model"}', status_code=400)
             await response(scope, receive, send)
+            return
+        if body.get("stream") is True:
+            await self.stream(scope, send, raw)
             return
         async with asyncio.timeout(UPSTREAM_TIMEOUT):
             upstream = await self.pool.request(
@@ -77,6 +91,37 @@ class Forward:
         await send({"type": "http.response.start", "status": upstream.status, "headers": [
             (b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
+
+    async def stream(self, scope: Scope, send: Send, raw: bytes) -> None:
+        """Pass a stream on as the relay does (reference_relay.calls._StreamPump), without
+        metering: the head at once unless body bytes came with the provider's head (then
+        with the first piece), each later piece as it comes."""
+        send_now: Callable[[], None] | None = scope.get(SEND_NOW_SCOPE_KEY)
+        async with asyncio.timeout(UPSTREAM_TIMEOUT):
+            upstream = await self.pool.request(
+                self.origin, b"%scontent-length: %d\r\n\r\n%s" % (self.head, len(raw), raw))
+            try:
+                if upstream.status >= 300:
+                    body = await upstream.read()
+                    await send({"type": "http.response.start", "status": upstream.status,
+                                "headers": [(b"content-length", b"%d" % len(body)),
+                                            (b"content-type", b"application/json")]})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": _SSE_HEAD})
+                if send_now is not None and not upstream.buffered:
+                    send_now()
+                    send_now = None  # sent: every later write goes out as it is made
+                async for chunk in upstream.iter_chunks():
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": True})
+                    if send_now is not None:
+                        send_now()
+                        send_now = None
+            finally:
+                upstream.close()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def main() -> int:

@@ -23,7 +23,9 @@ this stack, so the relay's CPU per call splits into that floor and the logic on 
 
 Streams (at concurrency 1, after the plain calls; ``--streams`` runs only them, ``--runs N``
 repeats them N times in the run): the added time to the first byte and to the first content
-chunk of a 16-chunk stream, and the cost per chunk from a 500-chunk stream (long minus short);
+chunk of a 16-chunk stream, and the cost per chunk from a 500-chunk stream (long minus short),
+with the same streams through the floor proxy in the same rounds (it passes a stream on as the
+relay does, unmetered), so the added first byte splits into the stack's and the logic's;
 targets: first byte at most 0.5 ms added p50, under 20 us per chunk, judged on the median over
 the runs with the range beside it.
 
@@ -253,48 +255,59 @@ async def stream_times(base: str, body: dict[str, object], auth: str, n: int) ->
 @dataclass
 class StreamRun:
     """One run of the stream rounds: per kind ("short", "long") and side ("direct",
-    "relay") the times of every call, and the relay's CPU seconds per kind."""
+    "floor", "relay") the times of every call, and per kind the CPU seconds of the relay
+    (``cpu``) and of the floor proxy (``floor_cpu``)."""
 
     times: dict[str, StreamTimes]
     cpu: dict[str, float]
     per_round: dict[str, int]
+    floor_cpu: dict[str, float]
 
     def p50(self, who: str, kind: str, name: str) -> float:
         return self.times[f"{who} {kind}"].p50(name)
 
-    def added(self, kind: str, name: str) -> float:
-        """The relay's added p50 (ms) of ``name`` for one stream kind."""
-        return self.p50("relay", kind, name) - self.p50("direct", kind, name)
+    def added(self, kind: str, name: str, who: str = "relay") -> float:
+        """The added p50 (ms) of ``name`` for one stream kind, of the relay or of the floor
+        proxy (``who``), over the direct call's."""
+        return self.p50(who, kind, name) - self.p50("direct", kind, name)
 
     def per_chunk_us(self) -> float:
         """What the relay adds per chunk: the long stream's added whole time less the short
         one's, over the chunks between them."""
         return (self.added("long", "total") - self.added("short", "total")) / (LONG - 16) * 1000
 
-    def cpu_per_stream(self, kind: str) -> float:
-        return self.cpu[kind] / len(self.times[f"relay {kind}"].total)
+    def cpu_per_stream(self, kind: str, who: str = "relay") -> float:
+        cpu = self.cpu if who == "relay" else self.floor_cpu
+        return cpu[kind] / len(self.times[f"{who} {kind}"].total)
 
     def cpu_per_chunk_us(self) -> float:
         return (self.cpu_per_stream("long") - self.cpu_per_stream("short")) / (LONG - 16) * 1e6
 
 
-def stream_rounds(fake_url: str, relay_url: str, relay_pid: int, token: str,
-                  stream_body: dict[str, object], scale: float) -> StreamRun:
+def stream_rounds(fake_url: str, relay_url: str, relay_pid: int, floor_url: str,
+                  floor_pid: int, token: str, stream_body: dict[str, object],
+                  scale: float) -> StreamRun:
     """Streams at concurrency 1: time to the first byte and to the first content chunk (what a
     chat UI shows) of a 16-chunk stream, and a LONG-chunk stream for the cost per chunk;
-    direct and relayed rounds alternate, so both see the same machine load."""
+    direct, floor-proxy (bench/passthrough.py) and relayed rounds alternate, so all see the
+    same machine load."""
     long_body = {**stream_body, "max_tokens": LONG}
     run = StreamRun({}, {"short": 0.0, "long": 0.0},
-                    {"short": max(int(60 * scale), 10), "long": max(int(20 * scale), 4)})
-    for url, auth in ((fake_url, KEY), (relay_url, token)):
+                    {"short": max(int(60 * scale), 10), "long": max(int(20 * scale), 4)},
+                    {"short": 0.0, "long": 0.0})
+    sides = (("direct", fake_url, KEY, 0), ("floor", floor_url, KEY, floor_pid),
+             ("relay", relay_url, token, relay_pid))
+    for _, url, auth, _ in sides:
         asyncio.run(stream_times(url, stream_body, auth, 5))  # warm
     for _ in range(ROUNDS):
         for kind, b in (("short", stream_body), ("long", long_body)):
-            for who, url, auth in (("direct", fake_url, KEY), ("relay", relay_url, token)):
-                r0 = tree_cpu_seconds(relay_pid)
+            for who, url, auth, pid in sides:
+                c0 = tree_cpu_seconds(pid) if pid else 0.0
                 got = asyncio.run(stream_times(url, b, auth, run.per_round[kind]))
                 if who == "relay":
-                    run.cpu[kind] += tree_cpu_seconds(relay_pid) - r0
+                    run.cpu[kind] += tree_cpu_seconds(pid) - c0
+                elif who == "floor":
+                    run.floor_cpu[kind] += tree_cpu_seconds(pid) - c0
                 have = run.times.setdefault(f"{who} {kind}", StreamTimes([], [], []))
                 have.first_byte += got.first_byte
                 have.first_content += got.first_content
@@ -303,24 +316,29 @@ def stream_rounds(fake_url: str, relay_url: str, relay_pid: int, token: str,
 
 
 def print_streams(runs: list[StreamRun]) -> None:
-    """Each run's stream table, then the targets judged on the median over the runs (with
-    the range beside it: one run alone is noise on a shared machine)."""
+    """Each run's stream table (the relay, and the floor proxy below it), then the targets
+    judged on the median over the runs (with the range beside it: one run alone is noise on a
+    shared machine) and the relay's added first byte split into what the serving stack costs
+    (the floor's added first byte) and what the capability logic adds on top (relay - floor)."""
     for i, run in enumerate(runs, 1):
         pr = run.per_round
-        print(f"\nstreams at concurrency 1, one-process relay, run {i} of {len(runs)} (p50 ms; "
-              f"{pr['short'] * ROUNDS} short streams of 16 content chunks, {pr['long'] * ROUNDS} "
-              f"long ones of {LONG})")
-        hdr3 = (f"{'stream':<7} | {'first byte':>10}{'added':>7} | {'first content':>13}"
-                f"{'added':>7} | {'whole':>7}{'added':>7} | {'relay cpu/stream':>16}")
+        print(f"\nstreams at concurrency 1, one-process relay and the floor proxy, run {i} of "
+              f"{len(runs)} (p50 ms; {pr['short'] * ROUNDS} short streams of 16 content chunks, "
+              f"{pr['long'] * ROUNDS} long ones of {LONG}, each way)")
+        hdr3 = (f"{'stream':<7}{'via':>6} | {'first byte':>10}{'added':>7} | "
+                f"{'first content':>13}{'added':>7} | {'whole':>7}{'added':>7} | "
+                f"{'cpu/stream':>13}")
         print(hdr3)
         print("-" * len(hdr3))
         for kind in ("short", "long"):
-            print(f"{kind:<7} | {run.p50('relay', kind, 'first_byte'):>10.3f}"
-                  f"{run.added(kind, 'first_byte'):>7.3f} | "
-                  f"{run.p50('relay', kind, 'first_content'):>13.3f}"
-                  f"{run.added(kind, 'first_content'):>7.3f} | "
-                  f"{run.p50('relay', kind, 'total'):>7.3f}{run.added(kind, 'total'):>7.3f} | "
-                  f"{run.cpu_per_stream(kind) * 1000:>13.3f} ms")
+            for who in ("relay", "floor"):
+                print(f"{kind:<7}{who:>6} | {run.p50(who, kind, 'first_byte'):>10.3f}"
+                      f"{run.added(kind, 'first_byte', who):>7.3f} | "
+                      f"{run.p50(who, kind, 'first_content'):>13.3f}"
+                      f"{run.added(kind, 'first_content', who):>7.3f} | "
+                      f"{run.p50(who, kind, 'total'):>7.3f}"
+                      f"{run.added(kind, 'total', who):>7.3f} | "
+                      f"{run.cpu_per_stream(kind, who) * 1000:>10.3f} ms")
         print(f"per-chunk overhead: added time {run.per_chunk_us():.1f} us, relay CPU "
               f"{run.cpu_per_chunk_us():.1f} us per chunk (long minus short stream, over "
               f"{LONG - 16} chunks)")
@@ -333,9 +351,14 @@ def print_streams(runs: list[StreamRun]) -> None:
     ttfc = [r.added("short", "first_content") for r in runs]
     direct = [r.p50("direct", "short", "first_byte") for r in runs]
     chunk = [r.per_chunk_us() for r in runs]
+    stack = [r.added("short", "first_byte", "floor") for r in runs]
+    logic = [r.p50("relay", "short", "first_byte") - r.p50("floor", "short", "first_byte")
+             for r in runs]
     print(f"\nstreams, median over runs: direct first byte {summary(direct)} ms; added first "
           f"byte {summary(ttfb)} ms; added first content chunk {summary(ttfc)} ms; "
           f"per-chunk overhead {summary(chunk)} us")
+    print(f"added first byte split: the stack (floor proxy - direct) {summary(stack)} ms; "
+          f"the capability logic (relay - floor proxy) {summary(logic)} ms")
     mid = statistics.median(ttfb)
     print(f"target: added time to first byte <= 0.5 ms p50 at c=1: {mid:.3f} ms -> "
           f"{'met' if mid <= 0.5 else 'MISSED'}")
@@ -348,8 +371,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
     parser.add_argument("--streams", action="store_true",
-                        help="only the stream rounds (fake provider and one-process relay; "
-                             "no plain calls, no two-worker relay, no floor proxy)")
+                        help="only the stream rounds (fake provider, floor proxy and "
+                             "one-process relay; no plain calls, no two-worker relay)")
     parser.add_argument("--runs", type=int, default=None, metavar="N",
                         help="repeat the stream rounds N times in this run and judge the "
                              "stream targets on the median (default 3 with --streams, else 1)")
@@ -380,9 +403,9 @@ def main() -> int:
                                  str(d / "relay.toml"), "--port", "0", "--workers",
                                  str(workers), "--log-level", "warning"],
                                 "listening", env=env, cwd=d)
-    proxy, proxy_url = (None, "") if args.streams else start(
+    proxy, proxy_url = start(
         [sys.executable, str(ROOT / "bench" / "passthrough.py"), "--upstream",
-         f"{fake_url}/v1", "--key", KEY, "--port", "0"], "listening")
+         f"{fake_url}/v1", "--key", KEY, "--port", "0"], "listening", env=checkout.env())
     token = mint(root, [cav.Budget(10**9, "USD", "month"), cav.TokenQuota(10**12, "month"),
                         cav.App("bench")]).serialize()
     body: dict[str, object] = {"model": "gpt-4o-mini", "max_tokens": 16,
@@ -404,7 +427,6 @@ def main() -> int:
             asyncio.run(load(relay_url, "/v1/chat/completions", b, token, conc, warm, 0))
             with_floor = name == "chat" and workers == 1
             if with_floor:
-                assert proxy is not None
                 asyncio.run(load(proxy_url, "/v1/chat/completions", b, KEY, conc, warm, 0))
             direct, via, bare = Result([], 0.0, 0), Result([], 0.0, 0), Result([], 0.0, 0)
             fake_cpu = cpu = bare_cpu = 0.0
@@ -415,7 +437,6 @@ def main() -> int:
                                             total // ROUNDS, 0)))
                 fake_cpu += cpu_seconds(fake.pid) - f0
                 if with_floor:
-                    assert proxy is not None
                     p0 = cpu_seconds(proxy.pid)
                     bare.add(asyncio.run(load(proxy_url, "/v1/chat/completions", b, KEY, conc,
                                               total // ROUNDS, 0)))
@@ -432,13 +453,11 @@ def main() -> int:
                   file=sys.stderr, flush=True)
         stream_runs = []
         for i in range(runs):
-            stream_runs.append(stream_rounds(fake_url, relays[1][1], relays[1][0].pid, token,
-                                             stream_body, scale))
+            stream_runs.append(stream_rounds(fake_url, relays[1][1], relays[1][0].pid,
+                                             proxy_url, proxy.pid, token, stream_body, scale))
             print(f"  streams c=1 run {i + 1} of {runs} done", file=sys.stderr, flush=True)
     finally:
-        procs = [relay for relay, _ in relays.values()] + [fake]
-        if proxy is not None:
-            procs.append(proxy)
+        procs = [relay for relay, _ in relays.values()] + [fake, proxy]
         for proc in procs:
             proc.terminate()
         for proc in procs:
