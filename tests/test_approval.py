@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+from conftest import NOW
 
 from capwallet import approval as approvals
 from capwallet import caveats as cav
@@ -12,7 +13,6 @@ from capwallet.keys import Keyring, RootKey
 from capwallet.reasons import Reason, TokenError
 from capwallet.token import b64url_encode, mint
 from capwallet.verify import Request, verify
-from tests.conftest import NOW
 
 OTHER = RootKey(bytes.fromhex("1112131415161718"), bytes(range(32, 64)))
 

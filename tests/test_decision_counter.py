@@ -12,6 +12,7 @@ import calendar
 import hashlib
 from typing import Any
 
+from conftest import NOW
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +21,6 @@ from capwallet.keys import Keyring, RootKey
 from capwallet.reasons import Reason
 from capwallet.token import mint
 from capwallet.verify import CounterDenial, Decision, Request, Verifier, evaluate
-from tests.conftest import NOW
 
 KEY = RootKey(bytes.fromhex("0102030405060708"), bytes(range(32)))
 TID = bytes.fromhex("00112233445566778899aabbccddeeff")

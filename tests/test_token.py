@@ -6,6 +6,7 @@ import base64
 
 import pymacaroons
 import pytest
+from conftest import NOW
 from pymacaroons import MACAROON_V2, Macaroon
 
 from capwallet import caveats as cav
@@ -13,7 +14,6 @@ from capwallet import macaroon
 from capwallet.keys import RootKey
 from capwallet.reasons import Reason, TokenError
 from capwallet.token import PREFIX, Token, b64url_encode, mint
-from tests.conftest import NOW
 
 
 def _token(root_key: RootKey, *caveats: cav.Caveat) -> Token:

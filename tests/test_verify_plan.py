@@ -18,14 +18,14 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_properties import KEY, KEYS, T0, caveat, requests, small
 
 from capwallet import caveats as cav
 from capwallet.keys import Keyring
 from capwallet.reasons import Reason, TokenError
 from capwallet.token import mint
 from capwallet.verify import Debit, Decision, Request, VerifiedToken, Verifier, evaluate
-from tests.test_properties import KEY, KEYS, T0, caveat, requests, small
-from tests.test_vectors import ALL, _keyring, _request
+from test_vectors import ALL, _keyring, _request
 
 
 def _full(v: VerifiedToken) -> VerifiedToken:

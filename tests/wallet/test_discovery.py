@@ -9,10 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from relay_harness import Relay, start_relay
 
 from capwallet.client import ConnectError, connect, discover
 from capwallet.wallet.runner import RunningWallet
-from tests.relay_harness import Relay, start_relay
 
 from .conftest import signed_in
 from .test_end_to_end import PERMISSIONS, approve_in
