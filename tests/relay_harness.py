@@ -36,6 +36,8 @@ import httpx
 import openai
 import pytest
 import uvicorn
+from anthropic.types import MessageParam
+from openai.types.chat import ChatCompletionMessageParam
 
 from capwallet import caveats as cav
 from capwallet.keys import Keyring, RootKey
@@ -52,6 +54,10 @@ FAKE_KEY = "sk-fake-" + secrets.token_hex(20)  # unique, so a leak is findable a
 FAULTS = ["http500", "http429", "reset", "malformed", "stream_cut:2", "no_usage",
           "delay:1500", "slow_stream:40", "long:40"]
 WHOLE_TOKEN = re.compile(r"cwt1_[A-Za-z0-9_-]{40,}")  # logs may name a token id, never this
+# The one message most tests send (the fake counts 10 input tokens), typed for each SDK: each
+# types a message as its own TypedDict, and mypy takes neither for the other nor a plain dict.
+HELLO_OPENAI: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
+HELLO_ANTHROPIC: list[MessageParam] = [{"role": "user", "content": "hello there"}]
 TEST_PRICE = {"input": 100_000_000, "output": 300_000_000, "currency": "USD", "max_output": 64}
 
 

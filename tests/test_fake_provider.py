@@ -20,6 +20,8 @@ import anthropic
 import httpx
 import openai
 import pytest
+from anthropic.types import MessageParam
+from openai.types.chat import ChatCompletionMessageParam
 
 from fake_provider import REPLY_WORDS, running_fake_provider
 
@@ -31,9 +33,10 @@ XKEY = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
 # "You are terse." is 14 chars -> 4 tokens; "Say hello to the world, please." is 31 chars -> 8.
 SYSTEM = "You are terse."
 PROMPT = "Say hello to the world, please."
-CHAT = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}]
+CHAT: list[ChatCompletionMessageParam] = [{"role": "system", "content": SYSTEM},
+                                          {"role": "user", "content": PROMPT}]
 INPUT_TOKENS = 3 + (4 + 4) + (4 + 8)  # = 23, for both flavors (Anthropic system is a message)
-USER_ONLY = [{"role": "user", "content": PROMPT}]
+USER_ONLY: list[MessageParam] = [{"role": "user", "content": PROMPT}]
 
 
 def words(n: int) -> str:
@@ -293,6 +296,7 @@ def test_wrong_keys_get_401_in_each_providers_shape(base_url: str, raw: httpx.Cl
     with pytest.raises(anthropic.AuthenticationError) as an:
         bad_claude.messages.create(model="c", max_tokens=5, messages=USER_ONLY)
     assert an.value.status_code == 401
+    assert isinstance(an.value.body, dict)
     assert an.value.body["error"]["type"] == "authentication_error"
 
     missing = raw.post("/v1/chat/completions", json={"model": "m", "messages": CHAT})

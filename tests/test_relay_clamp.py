@@ -12,7 +12,7 @@ import os
 
 import httpx
 import openai
-from relay_harness import Relay, error_code, fake_requests
+from relay_harness import HELLO_ANTHROPIC, HELLO_OPENAI, Relay, error_code, fake_requests
 
 from capwallet import caveats as cav
 
@@ -22,7 +22,7 @@ HELLO = [{"role": "user", "content": "hello there"}]
 def test_token_cap_lowers_the_apps_cap(relay: Relay) -> None:
     tok = relay.mint(cav.MaxOutputTokens(8))
     raw = relay.openai(tok).chat.completions.with_raw_response.create(
-        model="relay-test", messages=HELLO, max_tokens=1000)  # type: ignore[arg-type]
+        model="relay-test", messages=HELLO_OPENAI, max_tokens=1000)
     assert raw.headers["x-capwallet-output-cap"] == (
         "requested=1000; applied=8; field=max_completion_tokens; reason=max-output-tokens")
     r = raw.parse()
@@ -31,7 +31,7 @@ def test_token_cap_lowers_the_apps_cap(relay: Relay) -> None:
     assert fake_requests(relay)[-1]["body"]["max_completion_tokens"] == 8
     # Anthropic: stop_reason max_tokens; Responses: status incomplete.
     m = relay.anthropic(tok).messages.with_raw_response.create(
-        model="claude-test", max_tokens=4000, messages=HELLO)  # type: ignore[arg-type]
+        model="claude-test", max_tokens=4000, messages=HELLO_ANTHROPIC)
     assert m.headers["x-capwallet-output-cap"].startswith("requested=4000; applied=8;")
     assert m.parse().stop_reason == "max_tokens"
     tok16 = relay.mint(cav.MaxOutputTokens(16))
@@ -73,7 +73,9 @@ def test_langchain_anthropic_default_max_tokens(relay: Relay) -> None:
 
     tok = relay.mint(cav.MaxOutputTokens(12), cav.Budget(1000, "USD", "month"))
     httpx.delete(relay.fake + "/_fake/requests")
-    llm = ChatAnthropic(model="claude-sonnet-4-5", api_key=tok,  # type: ignore[arg-type]
+    # pydantic model: its typed __init__ names the field model_name (model is its alias) and
+    # api_key a SecretStr (a str is converted), so mypy refuses what users write.
+    llm = ChatAnthropic(model="claude-sonnet-4-5", api_key=tok,  # type: ignore[call-arg,arg-type]
                         base_url=relay.url, max_retries=0)
     out = llm.invoke("hello there")
     assert out.content == " ".join(["alpha", "bravo", "charlie", "delta", "echo", "foxtrot",
@@ -103,7 +105,7 @@ def test_litellm_anthropic_default_max_tokens(relay: Relay) -> None:
 
 def test_chat_openai_max_tokens_1000(relay: Relay) -> None:
     tok = relay.mint(cav.MaxOutputTokens(300))
-    r = relay.openai(tok).chat.completions.create(model="relay-nolimit", messages=HELLO,  # type: ignore[arg-type]
+    r = relay.openai(tok).chat.completions.create(model="relay-nolimit", messages=HELLO_OPENAI,
                                                   max_tokens=1000)
     assert r.choices[0].finish_reason == "stop"  # 16 words fit under 300
     assert fake_requests(relay)[-1]["body"]["max_completion_tokens"] == 300

@@ -10,7 +10,7 @@ import anthropic
 import httpx
 import openai
 import pytest
-from relay_harness import Relay, error_code, fake_requests, token_id
+from relay_harness import HELLO_ANTHROPIC, HELLO_OPENAI, Relay, error_code, fake_requests, token_id
 
 from capwallet import approval as approvals
 from capwallet import caveats as cav
@@ -92,7 +92,7 @@ def test_the_remembered_token_checks_are_bounded_and_judged_again_each_call(
     assert relay.chat(soon, max_tokens=4).status_code == 200  # inside the clock allowance
     assert "Bearer " + soon in remembered
     real_time = time.time
-    monkeypatch.setattr(app_module.time, "time", lambda: real_time() + 60)
+    monkeypatch.setattr("reference_relay.app.time.time", lambda: real_time() + 60)
     deny(relay, soon, 401, "expired")
 
 
@@ -122,7 +122,7 @@ def test_a_token_revoked_just_before_its_reservation_is_refused(
     store.victim = token_id(tok)
     httpx.delete(r.fake + "/_fake/requests")
     with pytest.raises(openai.AuthenticationError) as err:
-        r.openai(tok).chat.completions.create(model="relay-test", messages=HELLO,  # type: ignore[arg-type]
+        r.openai(tok).chat.completions.create(model="relay-test", messages=HELLO_OPENAI,
                                               max_tokens=4)
     assert err.value.status_code == 401
     assert err.value.response.headers["x-capwallet-reason"] == "revoked"
@@ -223,10 +223,11 @@ def test_anthropic_error_shape(relay: Relay) -> None:
     assert r.json()["error"]["details"] == {"error_code": "enforced_spend_limit_reached"}
     with pytest.raises(anthropic.PermissionDeniedError) as exc:
         relay.anthropic(relay.mint(cav.Models(("x",)))).messages.create(
-            model="claude-test", max_tokens=16, messages=HELLO)
+            model="claude-test", max_tokens=16, messages=HELLO_ANTHROPIC)
     assert exc.value.body["error"]["code"] == "model_not_allowed"  # type: ignore[index]
     with pytest.raises(openai.AuthenticationError):
-        relay.openai("cwt1_bogus").chat.completions.create(model="relay-test", messages=HELLO)
+        relay.openai("cwt1_bogus").chat.completions.create(model="relay-test",
+                                                           messages=HELLO_OPENAI)
 
 
 def test_request_errors(relay: Relay) -> None:
@@ -355,12 +356,12 @@ def test_forwarded_headers_and_keys_cannot_add_header_lines(
         assert fake_calls(relay) == 0
     assert list(relay.counters(tok).values()) == [0]
     bad_key = "sk-bad\r\nx-evil: 1"
-    r = fresh_relay(provider_keys=lambda pid: bad_key)
-    tok = r.mint(cav.Budget(100, "USD", "month"))
-    resp = r.chat(tok, max_tokens=4)
+    keyless = fresh_relay(provider_keys=lambda pid: bad_key)
+    tok = keyless.mint(cav.Budget(100, "USD", "month"))
+    resp = keyless.chat(tok, max_tokens=4)
     assert resp.status_code == 502 and error_code(resp) == "provider_unavailable"
     assert "sk-bad" not in resp.text
-    assert list(r.counters(tok).values()) == [0]
+    assert list(keyless.counters(tok).values()) == [0]
 
 
 def test_header_limits(relay: Relay) -> None:

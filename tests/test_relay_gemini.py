@@ -3,16 +3,14 @@ fake provider's Gemini flavour: thinking tokens in total_tokens but not completi
 
 from __future__ import annotations
 
-from relay_harness import Relay, fake_requests
+from relay_harness import HELLO_OPENAI, Relay, fake_requests
 
 from capwallet import caveats as cav
-
-HELLO = [{"role": "user", "content": "hello there"}]
 
 
 def test_gemini_preset_meters_thinking_tokens(relay: Relay) -> None:
     tok = relay.mint(cav.Budget(1000, "USD", "month"))
-    r = relay.openai(tok).chat.completions.create(model="gemini-2.5-flash", messages=HELLO,  # type: ignore[arg-type]
+    r = relay.openai(tok).chat.completions.create(model="gemini-2.5-flash", messages=HELLO_OPENAI,
                                                   max_tokens=32)
     assert r.usage is not None and r.usage.completion_tokens == 16
     assert r.usage.total_tokens == 10 + 16 + 8
@@ -25,7 +23,7 @@ def test_gemini_preset_meters_thinking_tokens(relay: Relay) -> None:
     assert (row.provider, row.input_tokens, row.output_tokens, row.cost) == (
         "gemini", 10, 24, 6300)
     # Streamed: the usage chunk is metered the same way.
-    list(relay.openai(tok).chat.completions.create(model="gemini-2.5-flash", messages=HELLO,  # type: ignore[arg-type]
+    list(relay.openai(tok).chat.completions.create(model="gemini-2.5-flash", messages=HELLO_OPENAI,
                                                    max_tokens=32, stream=True))
     rows = relay.wait_ledger(tok, 2)
     assert [x.output_tokens for x in rows] == [24, 24]

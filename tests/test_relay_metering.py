@@ -15,7 +15,16 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from relay_harness import EXAMPLE, FAKE_KEY, LogCapture, Relay, error_code, token_id
+from relay_harness import (
+    EXAMPLE,
+    FAKE_KEY,
+    HELLO_ANTHROPIC,
+    HELLO_OPENAI,
+    LogCapture,
+    Relay,
+    error_code,
+    token_id,
+)
 
 from capwallet import caveats as cav
 from capwallet.store import Hold, Reservation
@@ -112,7 +121,7 @@ def test_non_stream_client_disconnect_is_still_metered(relay: Relay, client: str
     else:
         with pytest.raises(openai.APITimeoutError):
             relay.openai(tok, timeout=0.3).chat.completions.create(
-                model="fault-delay:1500", messages=HELLO, max_tokens=32)  # type: ignore[arg-type]
+                model="fault-delay:1500", messages=HELLO_OPENAI, max_tokens=32)
     [row] = relay.wait_ledger(tok, 1)
     assert (row.status, row.input_tokens, row.output_tokens, row.cost) == (
         "client_disconnected", 10, 16, 5_800_000)
@@ -123,7 +132,7 @@ def test_non_stream_answer_the_app_got_is_ok(relay: Relay) -> None:
     # The same slow answer, waited for: ok (the disconnect test above is not always true).
     tok = relay.mint(cav.Budget(1000, "USD", "month"))
     got = relay.openai(tok, timeout=30).chat.completions.create(
-        model="fault-delay:1500", messages=HELLO, max_tokens=32)  # type: ignore[arg-type]
+        model="fault-delay:1500", messages=HELLO_OPENAI, max_tokens=32)
     assert got.usage is not None and got.usage.completion_tokens == 16
     [row] = relay.wait_ledger(tok, 1)
     assert (row.status, row.cost) == ("ok", 5_800_000)
@@ -213,7 +222,7 @@ def test_stream_cut_after_output_charges_worst_case(relay: Relay) -> None:
     tok = relay.mint(cav.Budget(1000, "USD", "month"))
     with pytest.raises(openai.APIError):
         for _ in relay.openai(tok).chat.completions.create(
-                model="fault-stream_cut:2", messages=HELLO, max_tokens=16, stream=True):
+                model="fault-stream_cut:2", messages=HELLO_OPENAI, max_tokens=16, stream=True):
             pass
     [row] = relay.wait_ledger(tok, 1)
     assert row.status == "upstream_error" and row.output_tokens == 16
@@ -224,7 +233,7 @@ def test_anthropic_stream_cut_charges_known_input_and_worst_output(relay: Relay)
     tok = relay.mint(cav.Budget(1000, "USD", "month"))
     with pytest.raises(Exception):  # noqa: B017 - the SDK's error type for a broken stream
         with relay.anthropic(tok).messages.stream(model="fault-stream_cut:2", max_tokens=16,
-                                                  messages=HELLO) as s:
+                                                  messages=HELLO_ANTHROPIC) as s:
             for _ in s.text_stream:
                 pass
     [row] = relay.wait_ledger(tok, 1)
@@ -340,7 +349,7 @@ def test_command_line_relay(fake: str, tmp_path: Path) -> None:
         url = line.split()[-1]
         tok = mint(root, [cav.Budget(1000, "USD", "month")]).serialize()
         client = openai.OpenAI(base_url=url + "/v1", api_key=tok, max_retries=0)
-        r = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, max_tokens=8)
+        r = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO_OPENAI, max_tokens=8)
         assert r.usage is not None and r.usage.completion_tokens == 8
         assert (tmp_path / "relay.db").exists()  # store path relative to the config file
     finally:

@@ -10,7 +10,7 @@ import re
 import httpx
 import openai
 import pytest
-from relay_harness import Relay, error_code, fake_requests
+from relay_harness import HELLO_OPENAI, Relay, error_code, fake_requests
 
 from capwallet import caveats as cav
 from capwallet.token import Token
@@ -56,7 +56,7 @@ def test_an_attenuated_token_cannot_move_to_another_origin(relay: Relay) -> None
     child = Token.parse(parent).attenuate([cav.Origin("https://evil.example")]).serialize()
     client = relay.openai(child, default_headers={"origin": "https://evil.example"})
     with pytest.raises(openai.PermissionDeniedError) as exc:
-        client.chat.completions.create(model="relay-test", messages=HELLO,  # type: ignore[arg-type]
+        client.chat.completions.create(model="relay-test", messages=HELLO_OPENAI,
                                        max_tokens=16)
     assert exc.value.body["code"] == "origin_mismatch"  # type: ignore[index]
 

@@ -3,14 +3,12 @@ moderations, request ids on streams, and the routes the relay refuses by name.""
 
 from __future__ import annotations
 
-import anthropic
 import openai
 import pytest
-from relay_harness import Relay
+from anthropic.lib.streaming import MessageStream
+from relay_harness import HELLO_ANTHROPIC, HELLO_OPENAI, Relay
 
 from capwallet import caveats as cav
-
-HELLO = [{"role": "user", "content": "hello there"}]
 
 
 def test_models_retrieve_and_lists_per_api(relay: Relay) -> None:
@@ -62,11 +60,11 @@ def test_unsupported_routes_are_named(relay: Relay) -> None:
 def test_request_id_passes_through_on_streams(relay: Relay) -> None:
     tok = relay.mint(cav.Budget(1000, "USD", "month"))
     raw = relay.openai(tok).chat.completions.with_raw_response.create(
-        model="relay-test", messages=HELLO, max_tokens=8, stream=True)  # type: ignore[arg-type]
+        model="relay-test", messages=HELLO_OPENAI, max_tokens=8, stream=True)
     assert raw.headers["x-request-id"].startswith("req_fake")
     list(raw.parse())
     with relay.anthropic(tok).messages.stream(model="claude-test", max_tokens=8,
-                                              messages=HELLO) as stream:  # type: ignore[arg-type]
+                                              messages=HELLO_ANTHROPIC) as stream:
         stream.get_final_message()
         assert stream.request_id is not None and stream.request_id.startswith("req_fake")
-    assert isinstance(stream, anthropic.lib.streaming.MessageStream)
+    assert isinstance(stream, MessageStream)

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
-from relay_harness import FAKE_KEY, Relay, assert_no_key, fake_requests, token_id
+from relay_harness import (
+    FAKE_KEY,
+    HELLO_ANTHROPIC,
+    HELLO_OPENAI,
+    Relay,
+    assert_no_key,
+    fake_requests,
+    token_id,
+)
 
 from capwallet import caveats as cav
 
@@ -14,9 +24,10 @@ COST_USD = 5_800_000
 
 def test_openai_non_stream(relay: Relay) -> None:
     tok = relay.mint(cav.Budget(1000, "USD", "month"), cav.App("https://app.example"))
-    r = relay.openai(tok).chat.completions.create(model="relay-test", messages=HELLO,
+    r = relay.openai(tok).chat.completions.create(model="relay-test", messages=HELLO_OPENAI,
                                                   max_tokens=32)
-    assert r.choices[0].message.content.split()[0] == "alpha"
+    content = r.choices[0].message.content
+    assert content is not None and content.split()[0] == "alpha"
     assert r.usage is not None and (r.usage.prompt_tokens, r.usage.completion_tokens) == (10, 16)
     [row] = relay.ledger(tok)
     assert (row.status, row.provider, row.model, row.app) == (
@@ -30,21 +41,21 @@ def test_openai_non_stream(relay: Relay) -> None:
     # the field this provider's config says it honours (max_completion_tokens), alone.
     last = fake_requests(relay)[-1]
     assert last["auth_ok"] is True
-    assert last["body"]["max_completion_tokens"] == 32  # type: ignore[index]
-    assert "max_tokens" not in last["body"]  # type: ignore[operator]
+    assert last["body"]["max_completion_tokens"] == 32
+    assert "max_tokens" not in last["body"]
 
 
 def test_openai_stream_without_usage_request(relay: Relay) -> None:
     tok = relay.mint(cav.Budget(1000, "USD", "month"))
     chunks = list(relay.openai(tok).chat.completions.create(
-        model="relay-test", messages=HELLO, max_tokens=32, stream=True))
+        model="relay-test", messages=HELLO_OPENAI, max_tokens=32, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.split()[:2] == ["alpha", "bravo"] and len(text.split()) == 16
     # The app did not ask for usage: the usage chunk the relay requested is not passed on.
     assert all(c.choices for c in chunks)
     assert all(getattr(c, "usage", None) is None for c in chunks)
     last = fake_requests(relay)[-1]
-    assert last["body"]["stream_options"] == {"include_usage": True}  # type: ignore[index]
+    assert last["body"]["stream_options"] == {"include_usage": True}
     [row] = relay.ledger(tok)
     assert (row.status, row.input_tokens, row.output_tokens, row.cost) == (
         "ok", 10, 16, COST_USD)
@@ -53,7 +64,7 @@ def test_openai_stream_without_usage_request(relay: Relay) -> None:
 def test_openai_stream_with_usage_request(relay: Relay) -> None:
     tok = relay.mint(cav.Budget(1000, "USD", "month"))
     chunks = list(relay.openai(tok).chat.completions.create(
-        model="relay-test", messages=HELLO, max_tokens=32, stream=True,
+        model="relay-test", messages=HELLO_OPENAI, max_tokens=32, stream=True,
         stream_options={"include_usage": True}))
     usage = [c.usage for c in chunks if c.usage is not None]
     assert len(usage) == 1 and usage[0].completion_tokens == 16
@@ -62,25 +73,27 @@ def test_openai_stream_with_usage_request(relay: Relay) -> None:
 
 def test_openai_injects_output_cap(relay: Relay) -> None:
     tok = relay.mint(cav.Budget(1000, "USD", "month"), cav.MaxOutputTokens(12))
-    r = relay.openai(tok).chat.completions.create(model="relay-test", messages=HELLO)
+    r = relay.openai(tok).chat.completions.create(model="relay-test", messages=HELLO_OPENAI)
     assert r.usage is not None and r.usage.completion_tokens == 12
     assert r.choices[0].finish_reason == "length"
-    assert fake_requests(relay)[-1]["body"]["max_completion_tokens"] == 12  # type: ignore[index]
+    assert fake_requests(relay)[-1]["body"]["max_completion_tokens"] == 12
     # Without a token cap the model's limit is the bound (gpt-4o-mini: 16384).
     tok2 = relay.mint(cav.Budget(1000, "USD", "month"))
-    relay.openai(tok2).chat.completions.create(model="gpt-4o-mini", messages=HELLO)
-    assert fake_requests(relay)[-1]["body"]["max_completion_tokens"] == 16384  # type: ignore[index]
+    relay.openai(tok2).chat.completions.create(model="gpt-4o-mini", messages=HELLO_OPENAI)
+    assert fake_requests(relay)[-1]["body"]["max_completion_tokens"] == 16384
 
 
 def test_output_cap_reaches_the_provider_in_the_field_it_honours(relay: Relay) -> None:
     # deepseek's config leaves max_tokens_field at max_tokens (the field DeepSeek reads). An
     # app's max_completion_tokens alone, or beside a larger max_tokens, must arrive as the one
     # max_tokens the reservation was made for; else the provider's default bounds the answer.
-    for extra, cap in (({"max_completion_tokens": 5}, 5),
-                       ({"max_tokens": 8000, "max_completion_tokens": 3}, 3),
-                       ({"max_tokens": 6}, 6)):
+    cases: list[tuple[dict[str, Any], int]] = [
+        ({"max_completion_tokens": 5}, 5),
+        ({"max_tokens": 8000, "max_completion_tokens": 3}, 3),
+        ({"max_tokens": 6}, 6)]
+    for extra, cap in cases:
         tok = relay.mint(cav.Budget(1000, "USD", "month"))
-        r = relay.openai(tok).chat.completions.create(model="deepseek-chat", messages=HELLO,
+        r = relay.openai(tok).chat.completions.create(model="deepseek-chat", messages=HELLO_OPENAI,
                                                       **extra)
         assert r.usage is not None and r.usage.completion_tokens == cap
         body = fake_requests(relay)[-1]["body"]
@@ -102,7 +115,7 @@ def test_output_cap_reaches_the_provider_in_the_field_it_honours(relay: Relay) -
 
 def test_openai_n_choices(relay: Relay) -> None:
     tok = relay.mint(cav.Budget(1000, "USD", "month"))
-    r = relay.openai(tok).chat.completions.create(model="relay-test", messages=HELLO,
+    r = relay.openai(tok).chat.completions.create(model="relay-test", messages=HELLO_OPENAI,
                                                   max_tokens=8, n=3)
     assert len(r.choices) == 3
     row = relay.ledger(tok)[0]
@@ -113,7 +126,7 @@ def test_openai_n_choices(relay: Relay) -> None:
 def test_anthropic_non_stream(relay: Relay) -> None:
     tok = relay.mint(cav.Budget(1000, "USD", "month"))
     m = relay.anthropic(tok).messages.create(model="claude-test", max_tokens=32,
-                                             messages=HELLO)
+                                             messages=HELLO_ANTHROPIC)
     assert m.content[0].type == "text" and m.content[0].text.startswith("alpha")
     assert (m.usage.input_tokens, m.usage.output_tokens) == (10, 16)
     [row] = relay.ledger(tok)
@@ -124,7 +137,7 @@ def test_anthropic_non_stream(relay: Relay) -> None:
 def test_anthropic_stream(relay: Relay) -> None:
     tok = relay.mint(cav.Budget(1000, "USD", "month"))
     with relay.anthropic(tok).messages.stream(model="claude-test", max_tokens=32,
-                                              messages=HELLO) as s:
+                                              messages=HELLO_ANTHROPIC) as s:
         text = "".join(s.text_stream)
         final = s.get_final_message()
     assert len(text.split()) == 16 and final.usage.output_tokens == 16

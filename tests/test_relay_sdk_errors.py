@@ -151,10 +151,14 @@ def test_a_rate_window_says_when_to_retry(relay: Relay) -> None:
     token = relay.mint(cav.Rate(1))
     oa, an, sent = clients(relay, token, retries=0)
     call_openai(oa)
-    for call, client, error in ((call_openai, oa, openai.RateLimitError),
-                                (call_anthropic, an, anthropic.RateLimitError)):
+    cases: list[tuple[Callable[[], object],
+                      type[openai.RateLimitError | anthropic.RateLimitError]]] = [
+        (lambda: call_openai(oa), openai.RateLimitError),
+        (lambda: call_anthropic(an), anthropic.RateLimitError)]
+    for call, error in cases:
         with pytest.raises(error) as err:
-            call(client)  # type: ignore[operator]
+            call()
+        assert isinstance(err.value, (openai.RateLimitError, anthropic.RateLimitError))
         headers = err.value.response.headers
         assert headers["x-capwallet-reason"] == "rate_limited"
         assert 1 <= int(headers["retry-after"]) <= 60

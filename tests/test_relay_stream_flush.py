@@ -52,9 +52,10 @@ def _openai_events() -> tuple[list[bytes], list[bytes]]:
 
 
 def _anthropic_events() -> tuple[list[bytes], list[bytes]]:
-    message = {"id": "msg_gate", "type": "message", "role": "assistant", "model": "claude-test",
-               "content": [], "stop_reason": None, "stop_sequence": None,
-               "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": 1}}
+    message: dict[str, Any] = {
+        "id": "msg_gate", "type": "message", "role": "assistant", "model": "claude-test",
+        "content": [], "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": 1}}
     first = [_sse({"type": "message_start", "message": message}, "message_start"),
              _sse({"type": "content_block_start", "index": 0,
                    "content_block": {"type": "text", "text": ""}}, "content_block_start"),

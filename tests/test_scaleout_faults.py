@@ -16,7 +16,8 @@ import httpx
 import openai
 import pytest
 from redis_server import RedisServer
-from scaleout_harness import HELLO, Fleet, Process, chat_body, fake_process, make_fleet, reason
+from relay_harness import HELLO_OPENAI
+from scaleout_harness import Fleet, Process, chat_body, fake_process, make_fleet, reason
 
 from capwallet import caveats as cav
 
@@ -63,8 +64,8 @@ def pair(fake_process: Process, redis_url: str,
 
 def test_sigkill_mid_call_charges_reserved_worst_case_once(pair: Fleet) -> None:
     victim, survivor = pair.relays
-    plain = ("fault-delay:4000", {})
-    stream = ("fault-slow_stream:250", {"stream": True})
+    plain: tuple[str, dict[str, Any]] = ("fault-delay:4000", {})
+    stream: tuple[str, dict[str, Any]] = ("fault-slow_stream:250", {"stream": True})
     worst = {m: worst_case(pair, m, **kw) for m, kw in (plain, stream)}
     budget = 10_000
     tok = pair.mint(cav.Budget(budget, "USD", "month"), cav.Rate(1000))
@@ -159,7 +160,7 @@ def test_stream_cut_after_output_is_charged_conservatively(trio: Fleet) -> None:
         pieces: list[str] = []
         with pytest.raises(openai.APIError) as err:
             for chunk in client.chat.completions.create(
-                    model=model, messages=HELLO, max_tokens=16, stream=True):  # type: ignore[arg-type]
+                    model=model, messages=HELLO_OPENAI, max_tokens=16, stream=True):
                 if chunk.choices and chunk.choices[0].delta.content:
                     pieces.append(chunk.choices[0].delta.content)
         assert len(pieces) == 3  # the app got what was streamed, then a clear error
