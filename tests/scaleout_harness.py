@@ -233,7 +233,7 @@ def chat_body(model: str = "relay-out", **extra: Any) -> dict[str, Any]:
 
 def reason(r: httpx.Response) -> str:
     """The response's reason code (header), checked against the body's."""
-    code = r.headers.get("x-capwallet-reason", "")
+    code: str = r.headers.get("x-capwallet-reason", "")
     body = r.json()
     err = body["error"]
     assert err["reason"] == code, (code, body)

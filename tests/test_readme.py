@@ -570,9 +570,9 @@ def test_registries_match_the_readme() -> None:
     """Every registered special case still matches a README block, so none goes stale."""
     for matches, check in TEXT_CHECKS:
         assert any(matches(b) for b in BLOCKS), f"{check.__name__} matches no README block"
-    for pattern, check in OUTPUT_CHECKS:
+    for pattern, check_output in OUTPUT_CHECKS:
         assert any(pattern.search(b.text) for b in BLOCKS), (
-            f"{check.__name__} matches no README block")
+            f"{check_output.__name__} matches no README block")
     for pattern, _replacement, why in REWRITES:
         assert any(pattern.search(command_of(line)) for b in BLOCKS
                    for line in logical_lines(b.text)), f"rewrite for {why!r} matches nothing"

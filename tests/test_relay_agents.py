@@ -58,13 +58,12 @@ def trace_ingest(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, str
 
 
 def _agent() -> Any:
-    @agents.function_tool
     def get_weather(city: str) -> str:
         """The weather in a city."""
         return f"sunny in {city}"
 
     return agents.Agent(name="helper", instructions="Answer briefly.", model="gpt-5",
-                        tools=[get_weather])
+                        tools=[agents.function_tool(get_weather)])
 
 
 async def _closing(client: Any, run: Any) -> Any:

@@ -15,6 +15,7 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
+from starlette.types import Message, Receive, Scope, Send
 
 from reference_relay.app import (
     _WANTED,
@@ -34,21 +35,21 @@ def _run(guard_collects: bool, headers: list[tuple[bytes, bytes]]) -> tuple[int,
     seen: dict[str, Any] = {}
     status = 0
 
-    async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
         seen.update(scope)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]
 
     guard = RequestGuard(inner, allowed=("*",), collect=guard_collects)
-    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
+    scope: Scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions",
              "raw_path": b"/v1/chat/completions", "query_string": b"", "headers": headers}
     asyncio.run(guard(scope, receive, send))
     return status, seen

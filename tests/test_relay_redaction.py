@@ -70,7 +70,7 @@ def test_exception_text_is_scrubbed(captured: Captured) -> None:
 def test_message_and_stack_info_are_scrubbed(captured: Captured) -> None:
     captured.logger.warning("token %s used key %s", TOKEN, KEY, stack_info=True)
     record = captured.logger.makeRecord(
-        captured.logger.name, logging.ERROR, __file__, 1, "with a stack", None, None,
+        captured.logger.name, logging.ERROR, __file__, 1, "with a stack", (), None,
         sinfo=f"Stack (most recent call last):\n  key={KEY} token={TOKEN}")
     captured.logger.handle(record)
     out = captured.text

@@ -60,8 +60,8 @@ def test_stream_is_metered_from_response_completed(relay: Relay) -> None:
     raw = client.responses.with_raw_response.create(model="relay-test", input="hello there",
                                                     stream=True)
     assert raw.headers["x-request-id"].startswith("req_fake")
-    events = list(raw.parse())
-    assert events[-1].type == "response.completed"
+    plain_events = list(raw.parse())
+    assert plain_events[-1].type == "response.completed"
     rows = relay.wait_ledger(tok, 2)
     assert [r.cost for r in rows if r.model == "relay-test"] == [PLAIN_COST]
 

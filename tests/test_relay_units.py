@@ -179,7 +179,8 @@ def test_a_gpt_4o_mini_image_reserves_its_documented_worst_case() -> None:
     cfg = load_config(EXAMPLE)
     provider = cfg.providers[0]
     data = "data:image/png;base64," + "A" * 1000
-    body = {"model": "gpt-4o-mini", "max_tokens": 1, "messages": [{"role": "user", "content": [
+    body: dict[str, Any] = {"model": "gpt-4o-mini", "max_tokens": 1, "messages": [
+        {"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": data, "detail": "high"}}]}]}
     raw = _raw(body)
     prepared = ChatCompletions().prepare(body, raw, provider, provider.models["gpt-4o-mini"],
@@ -481,6 +482,7 @@ def test_answer_usage_of_openai_answers_is_openai_usage_of_the_json_modules_read
     fields = ("prompt_tokens", "completion_tokens", "total_tokens", "prompt_cache_hit_tokens")
     checked = 0
     for combo in itertools.product(values, repeat=len(fields)):
+        details: object
         for details in ("ABSENT", None, [], {}, {"cached_tokens": 5}, {"cached_tokens": 1e30},
                         {"cached_tokens": 2**64}, {"cached_tokens": 99}):
             u: dict[str, object] = {k: v for k, v in zip(fields, combo, strict=True)
@@ -508,9 +510,9 @@ def test_a_calls_ledger_entry_is_the_one_a_keyword_build_makes() -> None:
                         ("log_bodies", True), ("max_log_bytes", 3), ("request_body", b"abcd"),
                         ("started", 0.0)):
         setattr(call, name, value)
-    call.provider = type("P", (), {"id": "prov"})()  # type: ignore[assignment]
-    call.model = type("M", (), {"id": "mod"})()  # type: ignore[assignment]
-    call.endpoint = type("E", (), {"operation": "op"})()  # type: ignore[assignment]
+    call.provider = type("P", (), {"id": "prov"})()
+    call.model = type("M", (), {"id": "mod"})()
+    call.endpoint = type("E", (), {"operation": "op"})()
     e = call._entry("ok", 11, 22, 33, b"wxyz")
     want = LedgerEntry(time=e.time, token_id="tid", app="app", provider="prov", model="mod",
                        operation="op", input_tokens=11, output_tokens=22, cost=33,
@@ -535,8 +537,8 @@ def test_a_calls_answered_cost_is_the_price_s_keyword_cost(
     price = Price("USD", 1000, input=15_000, output=60_000, cached_input=7_500,
                   long_context_above=200_000, input_long=30_000, output_long=90_000)
     call = Call.__new__(Call)
-    call.model = type("M", (), {"price": price})()  # type: ignore[assignment]
-    call.prepared = type("P", (), {"call_fees": call_fees})()  # type: ignore[assignment]
+    call.model = type("M", (), {"price": price})()
+    call.prepared = type("P", (), {"call_fees": call_fees})()
     tools = {"web_search_call": searches} if searches else None
     usage = Usage(tin, tout, cached, written, tools)
     fees = sum(searches * fee for _, fee in call_fees)

@@ -150,7 +150,7 @@ async def test_every_key_of_a_token_shares_one_slot(store: RedisStore,
     keys = set(open_keys) | set(await raw.keys("{" + store.prefix + ":*"))
     # counters, reservation, leases, approvals, ledger rows and indexes, revocations, chains
     assert len(keys) >= 10
-    assert len({key_slot(k.encode()) for k in keys}) == 1
+    assert len({key_slot(k.encode() if isinstance(k, str) else k) for k in keys}) == 1
 
 
 async def test_one_sweep_closes_more_than_a_batch(store: RedisStore) -> None:

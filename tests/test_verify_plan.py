@@ -95,12 +95,12 @@ def test_generated_tokens_decide_the_same_with_and_without_the_plan(  # type: ig
 
 
 # The caveats that limit a request's shape, one at a time, and those that do not.
-SHAPING = [
+SHAPING: list[cav.Caveat] = [
     cav.Origin("https://a.example"), cav.Providers(("openai",)), cav.Models(("m1",)),
     cav.Operations(("chat",)), cav.Scopes(("posts:read",)), cav.ZeroRetention(),
     cav.MaxInputTokens(10), cav.MaxOutputTokens(10),
 ]
-NOT_SHAPING = [
+NOT_SHAPING: list[cav.Caveat] = [
     cav.NotBefore(T0 - 10), cav.Expires(T0 + 10), cav.AskFirst(("posts:read",)),
     cav.Budget(5, "EUR", "day"), cav.TokenQuota(5, "total"), cav.Rate(2),
     cav.ConfirmAbove(5, "EUR"), cav.Logging("none"), cav.App("cli"),
