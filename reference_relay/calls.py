@@ -41,6 +41,7 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from capwallet.identifier import MAX_SAFE_INTEGER
 from capwallet.store import LedgerEntry, Store, StoreUnavailable
 from capwallet.store.base import ledger_entry
 from capwallet.verify import Debit
@@ -61,6 +62,9 @@ HEAD_WAIT = 0.5
 _SSE_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
 _NO_CACHE = (b"cache-control", b"no-cache")
 _JSON_TYPE = (b"content-type", b"application/json")
+# The most a settlement charges in tokens or microunits: a usage past it is absurd and charged
+# the reserved worst case (Call._settlement); the protocol's largest integer, 2^53 - 1.
+MAX_CHARGE = MAX_SAFE_INTEGER
 # The provider's request id headers, passed on to the app (the first of each name).
 _PASSED = frozenset((b"x-request-id", b"request-id", b"openai-processing-ms"))
 
@@ -156,6 +160,15 @@ class Call:
         raw, tokens_in, tokens_out = self.raw_cost(usage, final)
         currency = self.ledger_currency
         cost = self._money(raw, currency)
+        if cost > MAX_CHARGE or tokens_in > MAX_CHARGE or tokens_out > MAX_CHARGE:
+            # An absurd usage (2^63 tokens): no store holds it (SQLite binds 64 bits, Redis's
+            # Lua 2^53), and no call really used it: charged the reserved worst case instead.
+            log.error("absurd usage token=%s reservation=%s: charged the reserved worst case",
+                      self.token_id, self.reservation_id)
+            raw, tokens_in, tokens_out = self.raw_cost(None, False)
+            cost = self._money(raw, currency)
+            if status == "ok":
+                status = "usage_missing"
         actual: dict[str, int] = {}
         for d in self.debits:
             if d.kind == "budget":
@@ -249,11 +262,14 @@ class Call:
                 await self.store.release(self.reservation_id, entry)
             else:
                 await self.store.settle(self.reservation_id, actual, entry)
-        except StoreUnavailable as exc:
+        except Exception as exc:
             # The lease will close it at the reserved (worst-case) amount: never an overspend.
+            # Any failure, as a queued settlement's (set_exception): the store's own said,
+            # another (a value the store refused) by its type only, never a traceback.
             log.error("%s failed token=%s reservation=%s: %s",
                       "release" if actual is None else "settle", self.token_id,
-                      self.reservation_id, exc)
+                      self.reservation_id,
+                      exc if isinstance(exc, StoreUnavailable) else type(exc).__name__)
         except asyncio.CancelledError:
             if not again:
                 self.spawn(self._close(actual, entry, True))

@@ -1,0 +1,181 @@
+"""A provider reporting an absurd usage (2^63 tokens) is charged the reserved worst case, plain
+or streamed, on every route: the app gets its answer, the ledger says usage_missing, the
+counters hold the worst case, and one log line names the token id (reference_relay.calls,
+Call._settlement).
+
+Before, the settlement reached the store with counts no store holds (SQLite binds 64-bit
+integers, the Redis store refuses amounts past 2^53): a plain answer's queued settlement
+failed with a log line, a stream's pump died with "background task failed: OverflowError",
+and either way the ledger had no row until the lease closed the reservation.
+
+Behind the relay: a real HTTP server on a loopback port answering each route with the usage
+the test sets (``USAGE``), or with no usage at all (the worst case the relay already charges
+for a missing usage, which the absurd one must cost exactly).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from relay_harness import LogCapture, Relay, ServerThread, start_relay, token_id
+
+from capwallet import caveats as cav
+
+USAGE: dict[str, Any] = {"output": None}  # the output count the provider reports; None: none
+
+ROUTES = {
+    "chat": ("/v1/chat/completions", {"model": "relay-test", "max_tokens": 8,
+                                      "messages": [{"role": "user", "content": "hi"}]}),
+    "messages": ("/v1/messages", {"model": "claude-test", "max_tokens": 8,
+                                  "messages": [{"role": "user", "content": "hi"}]}),
+    "responses": ("/v1/responses", {"model": "relay-test", "max_output_tokens": 8,
+                                    "input": "hi"}),
+}
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def _event(obj: dict[str, Any], name: str | None = None) -> bytes:
+    head = b"event: " + name.encode() + b"\n" if name else b""
+    return head + b"data: " + _dumps(obj) + b"\n\n"
+
+
+def _answer(path: str, stream: bool) -> bytes:
+    out = USAGE["output"]
+    if path.endswith("/chat/completions"):
+        usage = None if out is None else {"prompt_tokens": 10, "completion_tokens": out,
+                                          "total_tokens": out}
+        choice = {"index": 0, "message": {"role": "assistant", "content": "hi"},
+                  "finish_reason": "stop"}
+        if not stream:
+            return _dumps({"id": "c", "object": "chat.completion", "choices": [choice],
+                           **({"usage": usage} if usage else {})})
+        chunk = {"id": "c", "object": "chat.completion.chunk"}
+        body = _event({**chunk, "choices": [{"index": 0, "delta": {"content": "hi"}}]})
+        if usage:
+            body += _event({**chunk, "choices": [], "usage": usage})
+        return body + b"data: [DONE]\n\n"
+    if path.endswith("/messages"):
+        usage = None if out is None else {"input_tokens": 10, "output_tokens": out}
+        if not stream:
+            return _dumps({"id": "m", "type": "message", "role": "assistant",
+                           "content": [{"type": "text", "text": "hi"}],
+                           "stop_reason": "end_turn", **({"usage": usage} if usage else {})})
+        start: dict[str, Any] = {"id": "m", "type": "message", "role": "assistant",
+                                 "content": []}
+        if usage:
+            start["usage"] = {"input_tokens": 10, "output_tokens": 1}
+        delta: dict[str, Any] = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}
+        if usage:
+            delta["usage"] = {"output_tokens": out}
+        return (_event({"type": "message_start", "message": start}, "message_start")
+                + _event(delta, "message_delta")
+                + _event({"type": "message_stop"}, "message_stop"))
+    response: dict[str, Any] = {
+        "id": "r", "object": "response", "status": "completed", "output": [],
+        "usage": None if out is None else {"input_tokens": 10, "output_tokens": out}}
+    if not stream:
+        return _dumps(response)
+    return _event({"type": "response.completed", "response": response}, "response.completed")
+
+
+async def provider(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    stream = bool(json.loads(body).get("stream"))
+    out = _answer(scope["path"], stream)
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"text/event-stream" if stream else b"application/json"),
+        (b"content-length", b"%d" % len(out))]})
+    await send({"type": "http.response.body", "body": out})
+
+
+@pytest.fixture(scope="module")
+def absurd_relay(tmp_path_factory: pytest.TempPathFactory,
+                 captured_logs: LogCapture) -> Iterator[Relay]:
+    server = ServerThread(provider).start()
+    r = start_relay(server.url, tmp_path_factory.mktemp("absurd"))
+    try:
+        yield r
+    finally:
+        r.close()
+        server.stop()
+
+
+def _call(r: Relay, route: str, stream: bool, output: Any) -> tuple[str, int, int, int, int]:
+    """One call with the provider reporting ``output`` tokens: (ledger status, input and
+    output tokens, cost, budget used), from the ledger row and the counters."""
+    USAGE["output"] = output
+    tok = r.mint(cav.Budget(1000, "USD", "month"))
+    path, body = ROUTES[route]
+    sent = r.post(path, {**body, "stream": stream}, tok)
+    assert sent.status_code == 200, sent.text
+    if stream:
+        assert b"error" not in sent.content
+    [row] = r.wait_ledger(tok, 1, timeout=3)
+    [used] = r.counters(tok).values()
+    assert used == row.cost
+    return row.status, row.input_tokens, row.output_tokens, row.cost, used
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("route", sorted(ROUTES))
+@pytest.mark.parametrize("output", [2**63, 2**64 + 1, 2**53], ids=["2^63", "2^64+1", "2^53"])
+def test_an_absurd_usage_is_charged_the_worst_case(
+        absurd_relay: Relay, captured_logs: LogCapture, route: str, stream: bool,
+        output: int) -> None:
+    worst = _call(absurd_relay, route, stream, None)  # no usage: the reserved worst case
+    assert worst[0] == "usage_missing"
+    before = len(captured_logs.lines)
+    got = _call(absurd_relay, route, stream, output)
+    assert got == worst
+    lines = captured_logs.lines[before:]
+    assert not [line for line in lines if "background task failed" in line
+                or "settle failed" in line or "Traceback" in line]
+    absurd = [line for line in lines if "absurd usage" in line]
+    assert len(absurd) == 1 and "token=" in absurd[0]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("route", sorted(ROUTES))
+@pytest.mark.parametrize("output", [-5, 1.5, math.nan, 1e300, "9"],
+                         ids=["negative", "float", "nan", "1e300", "text"])
+def test_an_unreadable_output_count_settles_without_failing(
+        absurd_relay: Relay, captured_logs: LogCapture, route: str, stream: bool,
+        output: Any) -> None:
+    # Read as metering._int says (a fraction rounded up, anything else no tokens): a ledger
+    # row at once, and nothing failed on the way.
+    before = len(captured_logs.lines)
+    status, tokens_in, tokens_out, _, _ = _call(absurd_relay, route, stream, output)
+    assert status == "ok" and tokens_in == 10
+    assert tokens_out == (2 if output == 1.5 else 0)
+    assert not [line for line in captured_logs.lines[before:]
+                if " ERROR " in line or "Traceback" in line]
+
+
+def test_the_log_names_the_token_id_only(absurd_relay: Relay,
+                                         captured_logs: LogCapture) -> None:
+    USAGE["output"] = 2**63
+    tok = absurd_relay.mint(cav.Budget(1000, "USD", "month"))
+    before = len(captured_logs.lines)
+    path, body = ROUTES["chat"]
+    assert absurd_relay.post(path, {**body, "stream": True}, tok).status_code == 200
+    absurd_relay.wait_ledger(tok, 1, timeout=3)
+    deadline = time.monotonic() + 3
+    while not any("absurd usage" in line for line in captured_logs.lines[before:]):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    [line] = [x for x in captured_logs.lines[before:] if "absurd usage" in x]
+    assert f"token={token_id(tok)}" in line and tok not in line
