@@ -13,6 +13,7 @@ import pytest
 from capwallet import approval as approvals
 from capwallet import caveats as cav
 from capwallet.client import ApprovalDenied, check_scope, wait_for_approval
+from capwallet.reasons import TokenError
 from capwallet.store import open_store
 from capwallet.store.base import PendingApproval, Reservation, ReserveResult
 from capwallet.store.sqlite import SQLiteStore
@@ -84,7 +85,7 @@ def test_approve_then_poll(wallet: RunningWallet, browser_client: httpx.Client) 
                         int(time.time()), token_key_id=t.identifier.key_id,
                         kind=approvals.Kind.MODEL_CALL)
         raise AssertionError("approval accepted for another request")
-    except approvals.TokenError as exc:
+    except TokenError as exc:
         assert exc.reason.value == "approval_invalid"
     # A second decision is refused.
     assert _decide(browser_client, wallet, rid, "deny").status_code == 404

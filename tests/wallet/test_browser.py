@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import openai
 import pytest
@@ -26,6 +26,8 @@ from .browser_session import sign_in_page
 from .loopback_site import loopback_site
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
+if TYPE_CHECKING:
+    from playwright.sync_api import Dialog
 expect = playwright_sync.expect
 
 SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
@@ -187,7 +189,12 @@ def test_dashboard_shows_spend_and_revoke_works(page: Any, wallet_relay: Running
                 app="<img src=x onerror=alert(1)>", caveats=[cav.Budget(100, "USD", "day")],
                 source="cli", now=int(time.time()))
     dialogs: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+    def on_dialog(d: Dialog) -> None:
+        dialogs.append(d.message)
+        d.dismiss()
+
+    page.on("dialog", on_dialog)
     open_page(page, wallet_relay.base_url + "/")
     grant = page.locator(f"#grant-{conn.grant_id}")
     assert "of 5.00 USD this month" in grant.inner_text()

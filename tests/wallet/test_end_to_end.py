@@ -86,19 +86,19 @@ def test_connect_call_and_see_the_spend(wallet_relay: RunningWallet) -> None:
     assert app["models_used"] == ["gpt-4o-mini"] and app["calls"] == 3
     assert "Blog Assistant" in page and "gpt-4o-mini" in page and "of 1.50 USD" in page
     # The terminal agrees with the page.
-    r = _cli(wallet_relay, "apps", "--json")
-    assert r.returncode == 0, r.stderr
-    (row,) = json.loads(r.stdout)
+    cli = _cli(wallet_relay, "apps", "--json")
+    assert cli.returncode == 0, cli.stderr
+    (row,) = json.loads(cli.stdout)
     assert row["budgets"][0]["spent"] == app["budgets"][0]["spent"]
-    r = _cli(wallet_relay, "usage", "--app", "Blog Assistant", "--json")
-    calls = json.loads(r.stdout)
+    cli = _cli(wallet_relay, "usage", "--app", "Blog Assistant", "--json")
+    calls = json.loads(cli.stdout)
     assert [c["status"] for c in calls].count("ok") == 3
     assert "denied:model_not_allowed" in [c["status"] for c in calls]  # JSON: the code
-    r = _cli(wallet_relay, "usage", "--app", "Blog Assistant")
-    assert "refused: model not allowed" in r.stdout and "denied:" not in r.stdout  # words
-    r = _cli(wallet_relay, "apps")
-    assert "Blog Assistant" in r.stdout and "gpt-4o-mini" in r.stdout
-    assert conn.token not in r.stdout + r.stderr
+    cli = _cli(wallet_relay, "usage", "--app", "Blog Assistant")
+    assert "refused: model not allowed" in cli.stdout and "denied:" not in cli.stdout  # words
+    cli = _cli(wallet_relay, "apps")
+    assert "Blog Assistant" in cli.stdout and "gpt-4o-mini" in cli.stdout
+    assert conn.token not in cli.stdout + cli.stderr
 
 
 def test_expensive_call_waits_for_approval(wallet_relay: RunningWallet) -> None:

@@ -44,7 +44,10 @@ def _untrusting(stack: HostedStack) -> httpx.HTTPTransport:
 def test_openai_sdk_through_caddy_and_public_approval_links(stack: HostedStack) -> None:
     token = grant(stack, "--budget", "5USD/month", "--confirm-above", "0.01USD")
     client = openai.OpenAI(api_key=token, base_url=stack.wallet_url + "/v1",
-                           http_client=stack.client(timeout=30), max_retries=0)
+                           # openai takes an httpx.Client (its legacy client class) but
+                           # types the argument as httpx2.Client only
+                           http_client=stack.client(timeout=30),  # type: ignore[arg-type]
+                           max_retries=0)
     with pytest.raises(openai.PermissionDeniedError) as info:
         client.chat.completions.create(model="gpt-4o-mini", max_tokens=16000, n=3,
                                        messages=[{"role": "user", "content": "hi"}])
@@ -55,7 +58,10 @@ def test_openai_sdk_through_caddy_and_public_approval_links(stack: HostedStack) 
     # A token without confirm-above goes through, over HTTPS, with the SDK.
     ok = grant(stack, "--budget", "5USD/month")
     client = openai.OpenAI(api_key=ok, base_url=stack.wallet_url + "/v1",
-                           http_client=stack.client(timeout=30), max_retries=0)
+                           # openai takes an httpx.Client (its legacy client class) but
+                           # types the argument as httpx2.Client only
+                           http_client=stack.client(timeout=30),  # type: ignore[arg-type]
+                           max_retries=0)
     answer = client.chat.completions.create(model="gpt-4o-mini", max_tokens=16,
                                             messages=[{"role": "user", "content": "hi"}])
     assert answer.choices[0].message.content

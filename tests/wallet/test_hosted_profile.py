@@ -117,10 +117,10 @@ def test_published_urls_use_the_public_url(hosted: tuple[RunningWallet, str]) ->
         assert r.status_code == 403  # no CSRF token: the Origin alone is not enough
         page = consent_page(c, params).text
         r = _answer_as(c, page, PUBLIC)
-        q = parse_qs(urlsplit(navigated_to(r)).query)
-        assert q["iss"] == [PUBLIC]
+        query = parse_qs(urlsplit(navigated_to(r)).query)
+        assert query["iss"] == [PUBLIC]
         tok = c.post("/token", data={
-            "grant_type": "authorization_code", "code": q["code"][0],
+            "grant_type": "authorization_code", "code": query["code"][0],
             "redirect_uri": params["redirect_uri"], "code_verifier": verifier,
         })
         assert tok.status_code == 200, tok.text

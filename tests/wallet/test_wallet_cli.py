@@ -187,8 +187,8 @@ def test_serve_prints_a_sign_in_link_and_serves(home: Path) -> None:
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0 and "capwallet stopped." in err, err
     assert KEY not in out + err + "".join(lines)
-    r = run(home, "serve", passphrase="wrong")
-    assert r.returncode == 2 and "wrong passphrase" in r.stderr
+    wrong = run(home, "serve", passphrase="wrong")
+    assert wrong.returncode == 2 and "wrong passphrase" in wrong.stderr
 
 
 def test_piped_key_with_the_passphrase_typed_at_the_terminal(home: Path) -> None:
