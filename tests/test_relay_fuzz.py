@@ -98,15 +98,15 @@ def model_call(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def requests(draw: st.DrawFn, tokens: dict[str, str]) -> dict[str, Any]:
     if draw(st.integers(0, 4)) == 0:  # a well-formed call, perturbed: reaches the provider
-        body = {**chat_body(draw(st.sampled_from(MODELS[:5]))),
+        call = {**chat_body(draw(st.sampled_from(MODELS[:5]))),
                 "max_tokens": draw(st.integers(1, 64)), "stream": draw(st.booleans())}
         extra = draw(st.dictionaries(st.sampled_from(["temperature", "user", "n", "stop",
                                                       "metadata", "tools"]), json_values,
                                      max_size=2))
-        return {"method": "POST", "path": "/v1/chat/completions" if body["model"] != (
+        return {"method": "POST", "path": "/v1/chat/completions" if call["model"] != (
             "claude-test") else "/v1/messages", "headers": {
             "authorization": "Bearer " + tokens["valid"]},
-            "body": json.dumps({**body, **extra}).encode()}
+            "body": json.dumps({**call, **extra}).encode()}
     if draw(st.integers(0, 3)):  # mostly model calls, the surface that matters
         path = draw(st.sampled_from(PATHS[:3]))
         method = "POST"

@@ -21,10 +21,11 @@ from relay_harness import Relay, config_data, error_code, fake_requests
 
 from capwallet import caveats as cav
 from capwallet.keys import Keyring, RootKey
+from capwallet.limits import EffectiveLimits
 from capwallet.token import mint
 from capwallet.verify import Verifier
 from reference_relay.body import parse_body
-from reference_relay.config import parse_config
+from reference_relay.config import ModelConfig, ProviderConfig, parse_config
 from reference_relay.errors import INVALID_REQUEST, RelayError
 from reference_relay.routes import Endpoint
 from reference_relay.routes.anthropic import Messages
@@ -236,15 +237,16 @@ MESSAGE = st.builds(
 
 @st.composite
 def bodies(draw: st.DrawFn, model: str) -> bytes:
-    members = [('"model"', model), ('"messages"', draw(st.lists(MESSAGE, min_size=1,
-                                                                 max_size=2)))]
+    messages = draw(st.lists(MESSAGE, min_size=1, max_size=2))
+    members: list[tuple[str, Any]] = [('"model"', model), ('"messages"', messages)]
     if draw(st.booleans()):
         members.append(('"max_tokens"', draw(st.integers(1, 64))))
     members += draw(st.lists(st.tuples(KEY_TEXT, TREE), max_size=4))
     return render(Obj(draw(st.permutations(members)))).encode()
 
 
-def _context() -> tuple[dict[str, Any], Any]:
+def _context() -> tuple[dict[tuple[str, str], tuple[ProviderConfig, ModelConfig]],
+                        EffectiveLimits]:
     data = config_data("http://127.0.0.1:9")
     config = parse_config(data, Path("."))
     models = {(p.api, m.id): (p, m) for p in config.providers for m in p.models.values()}

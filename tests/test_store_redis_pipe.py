@@ -14,7 +14,8 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -36,6 +37,12 @@ async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     r = aioredis.Redis.from_url(redis_url, decode_responses=True)
     yield r
     await r.aclose()
+
+
+def _command(raw: aioredis.Redis, *args: str) -> Awaitable[Any]:
+    """raw.execute_command(*args): redis-py leaves execute_command unannotated."""
+    sent: Awaitable[Any] = raw.execute_command(*args)  # type: ignore[no-untyped-call]
+    return sent
 
 
 def _open(url: str, **opts: str) -> RedisStore:
@@ -106,7 +113,7 @@ async def test_a_redis_that_stops_answering_fails_closed_then_recovers(
     token = secrets.token_hex(16)
     try:
         await _charge(store, token, 7)
-        await raw.execute_command("CLIENT", "PAUSE", "2500", "ALL")
+        await _command(raw, "CLIENT", "PAUSE", "2500", "ALL")
         try:
             started = time.monotonic()
             with pytest.raises(StoreUnavailable, match="Timeout"):
@@ -114,7 +121,7 @@ async def test_a_redis_that_stops_answering_fails_closed_then_recovers(
             # the first try and its one retry, each given 0.5 s
             assert time.monotonic() - started < 2.4
         finally:
-            await raw.execute_command("CLIENT", "UNPAUSE")
+            await _command(raw, "CLIENT", "UNPAUSE")
         assert (await store.snapshot(token, [f"k/{token}"])).counters == {f"k/{token}": 7}
     finally:
         await store.close()
@@ -125,13 +132,13 @@ async def test_a_dropped_connection_is_replaced(redis_url: str, raw: aioredis.Re
     token = secrets.token_hex(16)
     try:
         await _charge(store, token, 3)
-        killed = await raw.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        killed = await _command(raw, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
         assert int(killed) >= 1
         await asyncio.sleep(0.05)  # the store sees the close before its next call
         assert (await store.snapshot(token, [f"k/{token}"])).counters == {f"k/{token}": 3}
         # a connection killed while calls are out: they retry once on a new one
         calls = [store.snapshot(token, [f"k/{token}"]) for _ in range(10)]
-        kill = raw.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        kill = _command(raw, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
         results = await asyncio.gather(*calls, kill, return_exceptions=True)
         for got in results[:-1]:
             assert not isinstance(got, BaseException), got
@@ -151,7 +158,7 @@ def _entry(r: Reservation, cost: int) -> LedgerEntry:
 
 
 async def _kill_clients(raw: aioredis.Redis) -> None:
-    await raw.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    await _command(raw, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
 
 
 async def test_reserve_and_settle_recover_from_a_script_flush_and_a_dropped_connection(
@@ -174,7 +181,7 @@ async def test_reserve_and_settle_recover_from_a_script_flush_and_a_dropped_conn
         # more on a new connection, and every reservation is made and charged exactly once
         rs = [_reservation(token, 10) for _ in range(12)]
         got = await asyncio.gather(*(store.reserve(r) for r in rs), _kill_clients(raw))
-        assert all(result.ok for result in got[:-1]), got
+        assert all(result is not None and result.ok for result in got[:-1]), got
         assert await store.counters([key]) == {key: 5 + 12 * 10}
         await asyncio.gather(*(store.settle(r.reservation_id, {key: 2}, _entry(r, 2))
                                for r in rs), _kill_clients(raw))
@@ -193,7 +200,7 @@ async def test_reserve_and_settle_fail_closed_when_redis_stops_answering(
     try:
         await _charge(store, token, 7)  # the connection is open
         r = _reservation(token, 1)
-        await raw.execute_command("CLIENT", "PAUSE", "2500", "ALL")
+        await _command(raw, "CLIENT", "PAUSE", "2500", "ALL")
         try:
             started = time.monotonic()
             with pytest.raises(StoreUnavailable, match="Timeout"):
@@ -203,7 +210,7 @@ async def test_reserve_and_settle_fail_closed_when_redis_stops_answering(
             # each: the first try and its one retry, each given 0.5 s
             assert time.monotonic() - started < 4.8
         finally:
-            await raw.execute_command("CLIENT", "UNPAUSE")
+            await _command(raw, "CLIENT", "UNPAUSE")
         assert (await store.reserve(_reservation(token, 1))).ok
     finally:
         await store.close()
@@ -273,14 +280,14 @@ async def test_settle_soon_fails_closed_when_redis_stops_answering(
         r = _reservation(token, 9)
         assert (await store.reserve(r)).ok
         told = Told()
-        await raw.execute_command("CLIENT", "PAUSE", "2500", "ALL")
+        await _command(raw, "CLIENT", "PAUSE", "2500", "ALL")
         try:
             store.settle_soon(r.reservation_id, {f"k/{token}": 1}, _entry(r, 1), told)
             started = time.monotonic()
             await store.drain()
             assert time.monotonic() - started < 2.4  # the first try and its one retry
         finally:
-            await raw.execute_command("CLIENT", "UNPAUSE")
+            await _command(raw, "CLIENT", "UNPAUSE")
         [failure] = told.outcome
         assert isinstance(failure, StoreUnavailable) and "Timeout" in str(failure), failure
     finally:
@@ -290,7 +297,7 @@ async def test_settle_soon_fails_closed_when_redis_stops_answering(
 async def test_the_urls_user_password_and_database_are_used(redis_url: str,
                                                            raw: aioredis.Redis) -> None:
     user, password = f"cw{secrets.token_hex(4)}", secrets.token_hex(8)
-    await raw.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*",
+    await _command(raw, "ACL", "SETUSER", user, "on", f">{password}", "~*", "&*",
                               "+@all")
     base = redis_url.removeprefix("redis://").split("/")[0]
     token = secrets.token_hex(16)
@@ -300,7 +307,7 @@ async def test_the_urls_user_password_and_database_are_used(redis_url: str,
             await _charge(store, token, 11)
             assert (await store.snapshot(token, [f"k/{token}"])).counters == {
                 f"k/{token}": 11}
-            clients = await raw.execute_command("CLIENT", "LIST")
+            clients = await _command(raw, "CLIENT", "LIST")
             text = clients if isinstance(clients, str) else str(clients)
             assert f"user={user}" in text and " db=5 " in text
         finally:
@@ -318,7 +325,7 @@ async def test_the_urls_user_password_and_database_are_used(redis_url: str,
         finally:
             await wrong.close()
     finally:
-        await raw.execute_command("ACL", "DELUSER", user)
+        await _command(raw, "ACL", "DELUSER", user)
 
 
 def test_one_store_serves_one_event_loop_after_another(redis_url: str) -> None:
