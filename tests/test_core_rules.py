@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 
 import pytest
 
@@ -136,7 +137,9 @@ def test_model_call_must_state_model_and_operation(missing: str) -> None:
     token = mint(KEY, [], now=T0).serialize()
     with pytest.raises(ValueError, match=r"^a model call must state "
                        r"provider, model and operation$"):
-        Verifier(KEYS).verify(token, CALL._replace(**{missing: None}), T0)
+        request = (CALL._replace(model=None) if missing == "model"
+                   else CALL._replace(operation=None))
+        Verifier(KEYS).verify(token, request, T0)
 
 
 def test_decision_json_field_names() -> None:
@@ -164,6 +167,7 @@ def test_budget_denial_message_gives_used_left_and_needed() -> None:
     assert d.reason is Reason.BUDGET_EXCEEDED
     assert d.message == ("budget 0.10 EUR in total: 0.07 EUR used, 0.03 EUR left; "
                          "this call needs up to 0.05 EUR")
+    assert d.counter is not None
     assert (d.counter.used, d.counter.needed, d.counter.limit) == (7_000_000, 5_000_000,
                                                                    10_000_000)
     over = v.verify(token.serialize(), CALL, T0, {key: 12_000_000})
@@ -186,8 +190,8 @@ def test_verified_chain_cache_is_bounded_and_evicts_oldest() -> None:
 # --- periods ------------------------------------------------------------------------------
 
 
-def _ts(*args: int) -> int:
-    return int(dt.datetime(*args, tzinfo=dt.UTC).timestamp())
+def _ts(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
+    return int(dt.datetime(year, month, day, hour, minute, tzinfo=dt.UTC).timestamp())
 
 
 @pytest.mark.parametrize(("year", "leap"), [(2027, False), (2028, True), (2100, False)])
@@ -431,8 +435,8 @@ def test_identifier_layout_and_ranges() -> None:
 # --- approval -------------------------------------------------------------------------------
 
 
-def _approval(**kw):  # type: ignore[no-untyped-def]
-    args = {"key": KEY, "token_id": b"\x07" * 16, "digest": b"\x09" * 32,
+def _approval(**kw: Any) -> approvals.Approval:
+    args: dict[str, Any] = {"key": KEY, "token_id": b"\x07" * 16, "digest": b"\x09" * 32,
             "expires": T0 + 60, "kind": approvals.Kind.MODEL_CALL}
     args.update(kw)
     return approvals.issue(**args)
@@ -483,7 +487,7 @@ def test_approval_check_refusals_say_why() -> None:
                          kind=approvals.Kind.MODEL_CALL)
     assert ok.expires == T0 + 60
     other = RootKey(b"\x03" * 8, b"\x04" * 32)
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         (dict(now=T0 + 60), "approval has expired"),
         (dict(token_id=b"\x08" * 16), "approval was issued for another token"),
         (dict(digest=b"\x0a" * 32), "approval was issued for a different request"),
@@ -498,7 +502,7 @@ def test_approval_check_refusals_say_why() -> None:
         args = {"keys": KEYS, "token_id": tid, "digest": digest, "now": T0,
                 "token_key_id": KEY.key_id, "kind": approvals.Kind.MODEL_CALL, **change}
         with pytest.raises(TokenError) as err:
-            approvals.check(a, **args)  # type: ignore[arg-type]
+            approvals.check(a, **args)
         assert err.value.reason is Reason.APPROVAL_INVALID and err.value.message == says
     forged = _approval(key=RootKey(KEY.key_id, b"\x05" * 32)).serialize()
     with pytest.raises(TokenError, match="signature does not match"):
@@ -640,7 +644,7 @@ def test_macaroon_decode_says_what_is_wrong() -> None:
 
 # --- verify: every denial names the token, its limits and what was wrong -------------------
 
-_ALL = [cav.NotBefore(T0 - 100), cav.Expires(T0 + 1000), cav.Origin("https://a.example"),
+_ALL: list[cav.Caveat] = [cav.NotBefore(T0 - 100), cav.Expires(T0 + 1000), cav.Origin("https://a.example"),
         cav.Providers(("openai",)), cav.Models(("m1",)), cav.Operations(("chat",)),
         cav.Scopes(("s1", "s2")), cav.MaxInputTokens(100), cav.MaxOutputTokens(50),
         cav.Rate(2, nonce="00112233aabbcc01"),
