@@ -34,14 +34,15 @@ $(NODE_STAMP): package-lock.json
 test: $(STAMP) system-deps $(NODE_STAMP)
 	$(PY) -m pytest
 
-# mypy sees tests/ as pytest imports it: tests/ is on sys.path (no __init__.py), so its helpers
-# (relay_harness, store_suite, conftest, ...) are top-level modules and tests/wallet/ is the
-# package "wallet"; tests import each other by those names, never as tests.<name>.
+# mypy sees tests/ and bench/ as pytest and the benchmarks import them: both are on sys.path
+# (no __init__.py), so their helpers (relay_harness, store_suite, conftest, checkout, ...) are
+# top-level modules and tests/wallet/ is the package "wallet"; tests import each other by
+# those names, never as tests.<name>. examples/ are checked as they are, with src/.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy --strict src/capwallet
 	MYPYPATH=src $(VENV)/bin/mypy --strict reference_relay fake_provider
-	MYPYPATH=src:tests $(VENV)/bin/mypy --strict --explicit-package-bases tests
+	MYPYPATH=src:tests:bench $(VENV)/bin/mypy --strict --explicit-package-bases tests bench examples
 
 bench: $(STAMP)
 	$(PY) bench/verify.py

@@ -231,7 +231,8 @@ class StreamTimes:
     total: list[float]
 
     def p50(self, name: str) -> float:
-        return statistics.median(getattr(self, name)) * 1000
+        values: list[float] = getattr(self, name)
+        return statistics.median(values) * 1000
 
 
 async def stream_times(base: str, body: dict[str, object], auth: str, n: int) -> StreamTimes:
@@ -395,14 +396,14 @@ def main() -> int:
     env = checkout.env(OPENAI_API_KEY=KEY, ANTHROPIC_API_KEY=KEY)
     relays: dict[int, tuple[subprocess.Popen[str], str]] = {}
     for workers in (1,) if args.streams else (1, 2):  # each with its own store file
-        d = tmp / f"workers{workers}"
-        d.mkdir()
-        (d / "relay.toml").write_text(text)
-        root.save(d / "root.key")
+        home = tmp / f"workers{workers}"
+        home.mkdir()
+        (home / "relay.toml").write_text(text)
+        root.save(home / "root.key")
         relays[workers] = start([sys.executable, "-m", "reference_relay", "--config",
-                                 str(d / "relay.toml"), "--port", "0", "--workers",
+                                 str(home / "relay.toml"), "--port", "0", "--workers",
                                  str(workers), "--log-level", "warning"],
-                                "listening", env=env, cwd=d)
+                                "listening", env=env, cwd=home)
     proxy, proxy_url = start(
         [sys.executable, str(ROOT / "bench" / "passthrough.py"), "--upstream",
          f"{fake_url}/v1", "--key", KEY, "--port", "0"], "listening", env=checkout.env())
