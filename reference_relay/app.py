@@ -806,10 +806,12 @@ class Relay:
             reservation = self.reservation(decision, prepared, worst, costs, v, app_name,
                                            ledger_currency, ep, provider, model, lease, now)
             done = await self.store.reserve(reservation)
-            if done.ok:
+            if done.ok:  # the request goes upstream first, then the call is built
+                sent = self.upstream.begin(provider, ep.upstream_path, prepared.body, key, fwd)
                 return await self.admit(decision, prepared, worst, rates, key, fwd, v, app_name,
                                         ledger_currency, ep, provider, model,
-                                        reservation.reservation_id, raw, started, now).run()
+                                        reservation.reservation_id, raw, started,
+                                        now).run(sent)
             if done.revoked:
                 raise self.revoked(token, tid, now)
         # A refusal: revocation and every counter the token names, in one read.
@@ -842,9 +844,10 @@ class Relay:
                                        ledger_currency, ep, provider, model, lease, now)
         done = await self.store.reserve(reservation)
         if done.ok:
+            sent = self.upstream.begin(provider, ep.upstream_path, prepared.body, key, fwd)
             return await self.admit(decision, prepared, worst, rates, key, fwd, v, app_name,
                                     ledger_currency, ep, provider, model,
-                                    reservation.reservation_id, raw, started, now).run()
+                                    reservation.reservation_id, raw, started, now).run(sent)
         if done.revoked:
             raise self.revoked(token, tid, now)
         err = self.reserve_error(decision, limits, done.failed_counter, done.used,

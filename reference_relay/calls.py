@@ -320,24 +320,17 @@ class Call:
         this module's between."""
         return self.upstream.send(started if started is not None else self._start())
 
-    def _started(self) -> Started | None:
-        """The request, sent to the provider now when a pooled connection is idle: from the
-        handler that reserved the call, so that no turn of the event loop (a stream's pump
-        starting) lies between the reservation and the provider getting the request. None
-        if building it failed: the call's task meets that again and closes the reservation."""
-        try:
-            return self._start()
-        except Exception:
-            return None
-
-    async def run(self) -> Response:
-        started = self._started()
+    async def run(self, started: Started | None) -> Response:
+        """The call, its request ``started`` already (Upstream.begin: sent now when a pooled
+        connection is idle, from the handler that reserved the call, so that no turn of the
+        event loop, nor the building of this Call, lies between the reservation and the
+        provider getting the request; None if building it failed)."""
         if self.prepared.stream:
             return self._run_stream(started)
         deadline = self.loop.time() + self.upstream.timeout(self.provider)
         resp = started.response if started is not None else None
         if resp is not None:
-            # The usual call: sent on an idle connection (Call._started). The handler reads
+            # The usual call: sent on an idle connection (Upstream.begin). The handler reads
             # the answer itself (no task, no future, no loop turn of the call's own: callgrind
             # put them at 3% of the relay's instructions per call), and a disconnecting app
             # still cannot cancel the call: a cancelled wait here leaves the exchange as it
@@ -513,24 +506,27 @@ class _StreamPump:
     (each was a turn of the event loop before the app's first byte); the server's send_now
     (reference_relay.coalesce) puts each on the wire in the same step, not at the end of the
     loop's iteration. The request itself was sent by the handler that reserved the call
-    (Call._started), so nothing waits for this task to start either. On the way to the app's
+    (Upstream.begin), so nothing waits for this task to start either. On the way to the app's
     first byte the relay then wakes twice, for the app's request and for the provider's head,
     and turns the loop once more only in the store (the SQLite store's group commit lets the
     reservation wait one turn for company). The response's task only
-    waits, and listens for the app's disconnect. A slow app slows the pump (a send waits for
+    waits, and once the head is out listens for the app's disconnect (before that, the
+    pump asks the server whether the app is still there as it sends the head:
+    ``_client_gone``). A slow app slows the pump (a send waits for
     the connection to drain), never what is metered: every byte read is metered before it is
     sent, and after a disconnect the pump reads and meters to the end without sending.
     """
 
     def __init__(self, call: Call, started: Started | None) -> None:
         self.call = call
-        self.started = started  # the request, perhaps sent already (Call._started)
+        self.started = started  # the request, perhaps sent already (Upstream.begin)
         self._loop = call.loop
         # The provider's verdict once its status is in: None (the stream follows, sent by the
         # pump) or the error, with a body to pass through, that the response sends instead.
         self.ready: asyncio.Future[tuple[RelayError, bytes | None] | None] = (
             self._loop.create_future())
         self.send: Send | None = None  # the app's, once the response runs
+        self.receive: Receive | None = None  # and its receive (asked at the head: _start)
         # The server's hook that sends what the connection holds back now, and every later
         # write of this response at once (SEND_NOW_SCOPE_KEY); None if it has none.
         self.send_now: Callable[[], None] | None = None
@@ -544,13 +540,15 @@ class _StreamPump:
 
     # -- the response's side ------------------------------------------------------------------
 
-    async def answer(self, send: Send, send_now: Callable[[], None] | None = None
-                     ) -> tuple[RelayError, bytes | None] | None:
-        """Hand the pump the app's ``send`` (and the server's send_now hook, if it has one)
-        and wait for the provider's verdict (on a future of the response's own: cancelling
-        the response leaves the pump's state intact)."""
+    async def answer(self, send: Send, send_now: Callable[[], None] | None = None,
+                     receive: Receive | None = None) -> tuple[RelayError, bytes | None] | None:
+        """Hand the pump the app's ``send`` (and the server's send_now hook, if it has one,
+        and ``receive``, to tell whether the app is gone when the head is due) and wait for
+        the provider's verdict (on a future of the response's own: cancelling the response
+        leaves the pump's state intact)."""
         self.send = send
         self.send_now = send_now
+        self.receive = receive
         if self._attached is not None and not self._attached.done():
             self._attached.set_result(None)
         if not self.ready.done():
@@ -605,6 +603,11 @@ class _StreamPump:
             if self.send is None:
                 self.client_closed()
                 return
+        if self.receive is not None and _client_gone(self.receive):
+            # The app hung up while the provider thought: nothing is sent, the stream is
+            # read and metered to its end (the response listens only from here on).
+            self.client_closed()
+            return
         raw = [_NO_CACHE, *headers]
         if self.call.response_headers:
             raw += self.call._own_headers()
@@ -711,7 +714,11 @@ class _RelayStream(Response):
 
     It is returned before the provider answers, so that the pump can send the head the moment
     the provider's arrives; this task waits for the verdict, then (for a stream) only listens
-    for the app's disconnect and tells the pump, however the client side ends.
+    for the app's disconnect and tells the pump, however the client side ends. It starts
+    listening once the head is out, not before: a listener's task and its first wait were
+    work between the request's going upstream and the app's first byte (on a busy machine,
+    taken from the provider's time to answer); a hang-up before the head is seen as the
+    pump sends it (_StreamPump._start asks the server: _client_gone).
     """
 
     def __init__(self, pump: _StreamPump) -> None:
@@ -728,11 +735,9 @@ class _RelayStream(Response):
                 pass
             pump.client_closed()
 
-        # Listening starts at once, before the provider's verdict: an app that hangs up while
-        # the provider thinks is gone when the stream comes, and the ledger says so.
-        listener = pump._loop.create_task(listen())
+        listener: asyncio.Task[None] | None = None
         try:
-            outcome = await pump.answer(send, scope.get(SEND_NOW_SCOPE_KEY))
+            outcome = await pump.answer(send, scope.get(SEND_NOW_SCOPE_KEY), receive)
             if outcome is not None:
                 err, passthrough = outcome
                 if passthrough is not None:
@@ -743,7 +748,10 @@ class _RelayStream(Response):
                     refusal = error_response(err, pump.call.endpoint.errors)
                 await refusal(scope, receive, send)
                 return
-            await pump.over()
+            if not pump._over.done():  # the stream goes on: listen for the app's hang-up
+                listener = pump._loop.create_task(listen())
+                await pump.over()
         finally:
-            listener.cancel()
+            if listener is not None:
+                listener.cancel()
             pump.client_closed()  # however this ends (cancelled too): the pump sends no more

@@ -110,6 +110,18 @@ class Upstream:
         data = b"%scontent-length: %d\r\n%s\r\n%s" % (head, len(body), extra, body)
         return _new(Started, (origin, data, self.pool.start(origin, data)))
 
+    def begin(self, provider: ProviderConfig, path: str, body: bytes, key: str,
+              forward: dict[str, str]) -> Started | None:
+        """``start``, from the handler that reserved the call, the moment its reservation is
+        committed: before the call's own objects are built (reference_relay.calls.Call),
+        so that none of that work lies between the reservation and the provider getting the
+        request. None if building it failed: the call's task meets that again (``start``)
+        and closes the reservation."""
+        try:
+            return self.start(provider, path, body, key, forward)
+        except Exception:
+            return None
+
     def send(self, started: Started) -> Coroutine[Any, Any, Response]:
         """Awaited, returns once the answer's status and headers have arrived. (The pool's
         coroutine itself: no frame of this module's between the call and the pool.)"""

@@ -141,8 +141,8 @@ def test_non_stream_answer_the_app_got_is_ok(relay: Relay) -> None:
 def test_stream_client_gone_before_the_provider_answers_is_still_metered(relay: Relay) -> None:
     # The app hangs up while the relay waits for the provider's head: the relay still reads
     # the stream the provider then sends (in one burst), and charges its reported usage. The
-    # ledger says the app left: it got none of the stream (the relay listens for the hang-up
-    # from the start, not only once the provider's head is in).
+    # ledger says the app left: it got none of the stream (the relay asks the server whether
+    # the app is still there before it sends the head, and listens for the hang-up after).
     tok = relay.mint(cav.Budget(1000, "USD", "month"))
     body = {"model": "fault-delay:1500", "messages": HELLO, "max_tokens": 32,
             "stream": True}
