@@ -178,8 +178,11 @@ def wrk(target: Path_, body: dict[str, object], concurrency: int, seconds: float
     done = re.search(r"(\d+) requests in", out)
     if done is None or int(done.group(1)) == 0:
         raise SystemExit(f"{target.name}: no request completed in {seconds:.0f} s:\n{out}")
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    median = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    assert rate is not None and median is not None, out
+    rps = float(rate.group(1))
+    p50 = _ms(median.group(1))
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = int(bad.group(1)) if bad else 0
     errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))

@@ -119,6 +119,7 @@ class _Exchange(asyncio.Protocol):
         self.first_content = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio types it a BaseTransport; a TCP connection's is a Transport
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:

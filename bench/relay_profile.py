@@ -91,7 +91,7 @@ def _relay_dir(tmp: Path, fake_url: str, root: RootKey) -> Path:
 
 def _print_cprofile(path: Path, calls: int, top: int) -> None:
     stats = pstats.Stats(str(path))
-    raw = stats.stats  # type: ignore[attr-defined]
+    raw = stats.stats  # type: ignore[attr-defined]  # typeshed leaves out the raw table
     total_calls = sum(v[1] for v in raw.values())  # primitive + recursive calls
     print(f"\ncProfile: {total_calls} Python function calls in the whole run, about "
           f"{total_calls / calls:.0f} per request (startup and warm-up included)\n")
@@ -122,7 +122,7 @@ def _run_under_yappi(out: str, argv: list[str]) -> None:
 
 def _print_yappi(path: Path, calls: int, top: int) -> None:
     stats = pstats.Stats(str(path))
-    raw = stats.stats  # type: ignore[attr-defined]
+    raw = stats.stats  # type: ignore[attr-defined]  # typeshed leaves out the raw table
     total = max(v[3] for v in raw.values())
 
     def name(key: tuple[str, int, str]) -> str:
@@ -245,10 +245,10 @@ async def _drive(app: Any, auth: str, calls: int, conc: int) -> int:
             await asyncio.Event().wait()  # no disconnect: the call runs to its end
             raise AssertionError("unreachable")
 
-        async def send(message: dict[str, object]) -> None:
+        async def send(message: dict[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
-                status = int(message["status"])  # type: ignore[call-overload]
+                status = int(message["status"])
 
         await app(_asgi_scope(auth, len(data)), receive, send)
         errors += status != 200

@@ -26,10 +26,10 @@ import secrets
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anthropic
 import httpx
@@ -49,6 +49,7 @@ from reference_relay.app import counter_keys, create_app
 from reference_relay.config import RelayConfig, parse_config
 from reference_relay.listen import listen
 
+T = TypeVar("T")
 EXAMPLE = Path(__file__).resolve().parents[1] / "reference_relay" / "relay.example.toml"
 FAKE_KEY = "sk-fake-" + secrets.token_hex(20)  # unique, so a leak is findable anywhere
 FAULTS = ["http500", "http429", "reset", "malformed", "stream_cut:2", "no_usage",
@@ -184,7 +185,7 @@ class Relay:
             self._store = open_store(self.config.store_url)
         return self._store
 
-    def run(self, coro: Any) -> Any:
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
 
     def quiesce(self, timeout: float = 10) -> None:
@@ -201,7 +202,7 @@ class Relay:
     def ledger(self, token: str | None = None) -> list[LedgerEntry]:
         self.quiesce()
         ids = None if token is None else [token_id(token)]
-        return self.run(self.store.ledger(token_ids=ids))  # type: ignore[no-any-return]
+        return self.run(self.store.ledger(token_ids=ids))
 
     def wait_ledger(self, token: str, n: int, timeout: float = 10) -> list[LedgerEntry]:
         deadline = time.monotonic() + timeout
@@ -219,7 +220,7 @@ class Relay:
         self.quiesce()
         v = Verifier(Keyring([self.root])).check_token(token)
         keys = counter_keys(v.limits, int(time.time()))
-        return self.run(self.store.counters(keys))  # type: ignore[no-any-return]
+        return self.run(self.store.counters(keys))
 
     def close(self) -> None:
         self.server.stop()

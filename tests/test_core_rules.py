@@ -17,7 +17,7 @@ from capwallet import caveats as cav
 from capwallet import grammar, macaroon
 from capwallet.identifier import IDENTIFIER_BYTES, MAX_SAFE_INTEGER, Identifier
 from capwallet.keys import Keyring, RootKey
-from capwallet.limits import CounterLimit, effective
+from capwallet.limits import CounterLimit, EffectiveLimits, effective
 from capwallet.money import (
     MoneyError,
     format_micros,
@@ -38,7 +38,7 @@ CALL = Request(provider="openai", model="m1", operation="chat",
                input_tokens=10, output_tokens=10, cost={"EUR": 5_000_000})
 
 
-def _limits(*caveats: cav.Caveat):  # type: ignore[no-untyped-def]
+def _limits(*caveats: cav.Caveat) -> EffectiveLimits:
     token = mint(KEY, list(caveats), now=T0)
     return Verifier(KEYS).check_token(token.serialize()).limits
 
@@ -94,8 +94,8 @@ def test_logging_caveat_reads_its_level(level: str) -> None:
 def test_identical_counter_caveats_are_one_counter() -> None:
     budget = cav.Budget(100, "EUR", "day", nonce="00112233aabbccdd")
     raw = cav.encode(budget)
-    caveats = [(raw, budget), (raw, budget)]
-    lim = effective(b"\x00" * 16, caveats)  # type: ignore[arg-type]
+    caveats: list[tuple[bytes, cav.Caveat]] = [(raw, budget), (raw, budget)]
+    lim = effective(b"\x00" * 16, caveats)
     assert len(lim.counters) == 1
 
 
@@ -454,7 +454,7 @@ def test_approval_parse_refuses_wrong_length_or_version() -> None:
     for text in ("cwt1_" + a.serialize()[5:], a.serialize() + "A" * 60, 7,
                  approvals.PREFIX + "A" * 196):  # 201 characters: over the 200 allowed
         with pytest.raises(TokenError, match="does not start with"):
-            approvals.Approval.parse(text)  # type: ignore[arg-type]
+            approvals.Approval.parse(text)  # type: ignore[arg-type]  # 7: not a str, on purpose
     with pytest.raises(TokenError, match="not canonical base64url"):
         approvals.Approval.parse(a.serialize() + "=")
     with pytest.raises(TokenError, match="unknown kind"):
@@ -758,7 +758,8 @@ def test_allowed_decision_json() -> None:
     d = Verifier(KEYS).verify(token.serialize(), _OK, T0)
     j = d.to_json()
     assert (j["allowed"], j["reason"], j["message"]) == (True, None, "allowed")
-    assert j["limits"] == d.limits.to_json() and j["counter"] is None  # type: ignore[union-attr]
+    assert d.limits is not None
+    assert j["limits"] == d.limits.to_json() and j["counter"] is None
     assert j["debits"] == [x.to_json() for x in d.debits] and len(j["debits"]) == 3
     assert j["approval_id"] is None and j["needs_approval"] is False
     # Times are integer seconds in the JSON (1790000040, never 1790000040.0).
@@ -976,5 +977,5 @@ def test_a_clock_outside_the_specs_range_is_the_callers_error(now: object) -> No
     # in the JS verifier than here, and neither refused it.
     token = mint(KEY, [cav.Budget(10, "EUR", "month")], now=T0).serialize()
     with pytest.raises(ValueError, match="now must be an integer"):
-        Verifier(KEYS).verify(token, CALL, now)  # type: ignore[arg-type]
+        Verifier(KEYS).verify(token, CALL, now)  # type: ignore[arg-type]  # a float, on purpose
     assert Verifier(KEYS).verify(token, CALL, T0).allowed

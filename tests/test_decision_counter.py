@@ -123,8 +123,10 @@ def test_check_order_not_token_order_decides_between_kinds() -> None:
 
 def test_token_order_decides_within_a_kind() -> None:
     full = {key(BUDGET, MONTH): 995 * MICROS, key(DAILY, DAY): 95 * MICROS}
-    assert decide([BUDGET, DAILY], full).counter.counter_id == cid(BUDGET)  # type: ignore[union-attr]
-    assert decide([DAILY, BUDGET], full).counter.counter_id == cid(DAILY)  # type: ignore[union-attr]
+    budget_first = decide([BUDGET, DAILY], full).counter
+    assert budget_first is not None and budget_first.counter_id == cid(BUDGET)
+    daily_first = decide([DAILY, BUDGET], full).counter
+    assert daily_first is not None and daily_first.counter_id == cid(DAILY)
 
 
 def test_a_counter_that_fits_is_passed_over() -> None:

@@ -65,7 +65,8 @@ requests = st.one_of(model_call, resource)
     st.lists(caveat, max_size=6), st.lists(caveat, min_size=1, max_size=3), requests,
     st.integers(T0 - 700, T0 + 700), st.data(),
 )
-def test_attenuation_never_widens(base, extra, request, now, data) -> None:  # type: ignore[no-untyped-def]
+def test_attenuation_never_widens(base: list[cav.Caveat], extra: list[cav.Caveat],
+                                  request: Request, now: int, data: st.DataObject) -> None:
     parent = mint(KEY, base, now=T0 - 1000)
     child = parent.attenuate(extra)
     verifier = Verifier(KEYS)
@@ -124,7 +125,8 @@ def test_every_limit_field_has_a_narrowing_rule() -> None:
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(caveat, max_size=6), st.lists(caveat, min_size=1, max_size=4))
-def test_attenuation_narrows_every_effective_limit(base, extra) -> None:  # type: ignore[no-untyped-def]
+def test_attenuation_narrows_every_effective_limit(base: list[cav.Caveat],
+                                                   extra: list[cav.Caveat]) -> None:
     """Whatever caveats a holder appends, every field of the effective limits stays the same
     or gets narrower (including the counter and confirm-above sets)."""
     parent = mint(KEY, base, now=T0 - 1000)
@@ -139,7 +141,7 @@ def test_attenuation_narrows_every_effective_limit(base, extra) -> None:  # type
 
 @settings(max_examples=300)
 @given(st.lists(caveat, max_size=4), st.data())
-def test_changing_any_byte_never_allows(caveats, data) -> None:  # type: ignore[no-untyped-def]
+def test_changing_any_byte_never_allows(caveats: list[cav.Caveat], data: st.DataObject) -> None:
     token = mint(KEY, caveats, now=T0).serialize()
     request = Request(provider="openai", model="m1", operation="chat", cost={"EUR": 0})
     i = data.draw(st.integers(0, len(token) - 1))
@@ -175,7 +177,7 @@ def test_parser_never_crashes_on_bytes(data: bytes) -> None:
 
 
 @given(st.lists(caveat, max_size=8))
-def test_serialization_round_trips(caveats) -> None:  # type: ignore[no-untyped-def]
+def test_serialization_round_trips(caveats: list[cav.Caveat]) -> None:
     t = mint(KEY, caveats, now=T0)
     again = Token.parse(t.serialize())
     assert again == t

@@ -37,7 +37,7 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
 
 def _call(store: object, reservation_id: str) -> Call:
     """A Call with what its Outcome side uses (the rest is not touched here)."""
-    none: object = None
+    none: object = None  # for the parts the Outcome side never touches (hence the ignores)
     return Call(
         store=store, upstream=none, converter=none, spawn=none, loop=asyncio.get_running_loop(),  # type: ignore[arg-type]
         endpoint=none, provider=none, model=none, prepared=none,  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ the x-capwallet-output-cap response header. These run each framework with its re
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import httpx
 import openai
@@ -41,7 +42,7 @@ def test_token_cap_lowers_the_apps_cap(relay: Relay) -> None:
     assert resp.usage.output_tokens == 16
 
 
-def test_budget_lowers_the_cap_to_what_it_affords(fresh_relay) -> None:  # type: ignore[no-untyped-def]
+def test_budget_lowers_the_cap_to_what_it_affords(fresh_relay: Callable[..., Relay]) -> None:
     r = fresh_relay()
     # relay-nolimit: 0.1 cent per input token, 0.3 cent per output token, no max_output.
     # 5 USD left: 10 input tokens (estimate ~150) leave room for about 1,600 output tokens.

@@ -21,7 +21,8 @@ def test_count_tokens_is_free_and_checked(relay: Relay) -> None:
     # The token's model and provider checks still apply.
     with pytest.raises(anthropic.PermissionDeniedError) as exc:
         client.messages.count_tokens(model="claude-haiku-4-5", messages=HELLO_ANTHROPIC)
-    assert exc.value.body["error"]["code"] == "model_not_allowed"  # type: ignore[index]
+    assert isinstance(exc.value.body, dict)
+    assert exc.value.body["error"]["code"] == "model_not_allowed"
 
 
 def test_count_tokens_uses_the_rate_caveat(relay: Relay) -> None:
@@ -31,4 +32,5 @@ def test_count_tokens_uses_the_rate_caveat(relay: Relay) -> None:
         client.messages.count_tokens(model="claude-sonnet-4-5", messages=HELLO_ANTHROPIC)
     with pytest.raises(anthropic.RateLimitError) as exc:
         client.messages.count_tokens(model="claude-sonnet-4-5", messages=HELLO_ANTHROPIC)
-    assert exc.value.body["error"]["code"] == "rate_limited"  # type: ignore[index]
+    assert isinstance(exc.value.body, dict)
+    assert exc.value.body["error"]["code"] == "rate_limited"

@@ -224,7 +224,8 @@ def test_anthropic_error_shape(relay: Relay) -> None:
     with pytest.raises(anthropic.PermissionDeniedError) as exc:
         relay.anthropic(relay.mint(cav.Models(("x",)))).messages.create(
             model="claude-test", max_tokens=16, messages=HELLO_ANTHROPIC)
-    assert exc.value.body["error"]["code"] == "model_not_allowed"  # type: ignore[index]
+    assert isinstance(exc.value.body, dict)
+    assert exc.value.body["error"]["code"] == "model_not_allowed"
     with pytest.raises(openai.AuthenticationError):
         relay.openai("cwt1_bogus").chat.completions.create(model="relay-test",
                                                            messages=HELLO_OPENAI)

@@ -15,6 +15,8 @@ def test_chat_openai_max_tokens_1000_under_a_300_token_grant(relay: Relay) -> No
     from langchain_openai import ChatOpenAI
 
     tok = relay.mint(cav.MaxOutputTokens(300))
+    # pydantic model: its typed __init__ wants api_key as a SecretStr (a str is converted) and
+    # names max_tokens by its alias, max_completion_tokens; mypy refuses what users write.
     llm = ChatOpenAI(model="relay-nolimit", api_key=tok, base_url=relay.url + "/v1",  # type: ignore[arg-type]
                      max_tokens=1000, max_retries=0)  # type: ignore[call-arg]
     out = llm.invoke("hello there")
@@ -26,6 +28,7 @@ def test_chat_openai_use_responses_api(relay: Relay) -> None:
     from langchain_openai import ChatOpenAI
 
     tok = relay.mint(cav.Budget(1000, "USD", "month"))
+    # api_key: a str, converted to the SecretStr the pydantic field is typed with
     llm = ChatOpenAI(model="gpt-5-test", api_key=tok, base_url=relay.url + "/v1",  # type: ignore[arg-type]
                      use_responses_api=True, max_retries=0)
     out = llm.invoke("hello there")

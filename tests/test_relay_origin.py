@@ -58,7 +58,8 @@ def test_an_attenuated_token_cannot_move_to_another_origin(relay: Relay) -> None
     with pytest.raises(openai.PermissionDeniedError) as exc:
         client.chat.completions.create(model="relay-test", messages=HELLO_OPENAI,
                                        max_tokens=16)
-    assert exc.value.body["code"] == "origin_mismatch"  # type: ignore[index]
+    assert isinstance(exc.value.body, dict)
+    assert exc.value.body["code"] == "origin_mismatch"
 
 
 def test_origin_caveat_api() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import openai
 import pytest
+from openai.types.responses import ToolParam
 from relay_harness import Relay, error_code, fake_requests
 
 from capwallet import caveats as cav
@@ -122,12 +123,14 @@ def test_built_in_tools(relay: Relay) -> None:
     fee = 1_000_000  # 10 USD per 1,000 calls: 1 cent a call, in microunits (micro-cents)
     assert row.cost == (10 + 100) * IN + 16 * OUT + fee
     # Unpriced for this model, or unboundable anywhere: refused, naming the tool.
-    for tool in ({"type": "web_search"}, {"type": "file_search", "vector_store_ids": ["v"]},
-                 {"type": "code_interpreter", "container": {"type": "auto"}},
-                 {"type": "image_generation"}, {"type": "computer_use_preview",
-                 "display_width": 1, "display_height": 1, "environment": "browser"}):
+    unpriced: list[ToolParam] = [
+        {"type": "web_search"}, {"type": "file_search", "vector_store_ids": ["v"]},
+        {"type": "code_interpreter", "container": {"type": "auto"}},
+        {"type": "image_generation"}, {"type": "computer_use_preview",
+         "display_width": 1, "display_height": 1, "environment": "browser"}]
+    for tool in unpriced:
         with pytest.raises(openai.BadRequestError) as exc:
-            client.responses.create(model="relay-test", input="hi", tools=[tool])  # type: ignore[list-item]
+            client.responses.create(model="relay-test", input="hi", tools=[tool])
         assert exc.value.code == "unbounded_request"
         assert repr(tool["type"]) in exc.value.message
     # Worst case reserved: (k + 1) model passes over input, k results and the output cap.

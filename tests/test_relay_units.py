@@ -75,8 +75,10 @@ def test_one_converter_keeps_each_price_terms_apart() -> None:
     for _ in range(2):  # the second round is served from what the first worked out
         assert conv.micros(MINI, 1000, "USD") == (1, None)
         assert conv.micros(unscaled, 1000, "USD") == (1000, None)
-        assert conv.micros(unscaled, 1000, "EUR")[0] == 500  # type: ignore[index]
-        assert conv.micros(eur, 1000, "USD")[0] == 2  # type: ignore[index]
+        to_eur = conv.micros(unscaled, 1000, "EUR")
+        assert to_eur is not None and to_eur[0] == 500
+        to_usd = conv.micros(eur, 1000, "USD")
+        assert to_usd is not None and to_usd[0] == 2
         assert conv.micros(eur, 1000, "GBP") is None
 
 

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from capwallet.keys import RootKey
 
@@ -15,9 +16,9 @@ REPO = Path(__file__).resolve().parent.parent
 SPEC = REPO / "spec"
 
 
-def _vectors(name: str) -> list[dict[str, object]]:
+def _vectors(name: str) -> list[dict[str, Any]]:
     doc = json.loads((REPO / "test_vectors" / "v1" / f"{name}.json").read_text("utf-8"))
-    tests: list[dict[str, object]] = doc["tests"]
+    tests: list[dict[str, Any]] = doc["tests"]
     return tests
 
 
@@ -27,7 +28,7 @@ def test_the_key_file_format_is_specified_and_its_example_loads() -> None:
     example = re.search(r"```json\n(.*?)\n```", section, re.S)
     assert example is not None, "spec/security.md#key-files shows no key file"
     key = RootKey.from_json(example.group(1))
-    k1 = _vectors("encoding")[0]["keys"][0]  # type: ignore[index]
+    k1 = _vectors("encoding")[0]["keys"][0]
     assert (key.key_id.hex(), key.secret.hex()) == (k1["key_id"], k1["root_key"])
     assert RootKey.from_json(key.to_json()) == key
     # The reader is as strict as the text: upper-case hex is refused.
@@ -57,15 +58,15 @@ def test_confirm_above_order_is_stated_and_pinned() -> None:
     text = (SPEC / "caveats.md").read_text("utf-8")
     assert "`confirm_above` members are in ascending order of\ntheir currency codes" in text
     pinned = [v for v in _vectors("attenuate")
-              if list(v["expected"].get("limits", {}).get("confirm_above", {}))  # type: ignore[attr-defined]
+              if list(v["expected"].get("limits", {}).get("confirm_above", {}))
               == ["CHF", "EUR", "USD"]]
     assert pinned, "no vector pins the order of three confirm-above currencies"
 
 
 def test_the_key_that_rebuilds_approval_011_is_stated() -> None:
     v = next(t for t in _vectors("approval") if t["id"] == "approval-011")
-    key_id = v["approval"]["key_id"]  # type: ignore[index]
-    assert key_id not in {k["key_id"] for k in v["keys"]}  # type: ignore[attr-defined]
+    key_id = v["approval"]["key_id"]
+    assert key_id not in {k["key_id"] for k in v["keys"]}
     text = " ".join((SPEC / "test-vectors.md").read_text("utf-8").split())
     assert f"(`approval-011`, key id `{key_id}`)" in text
     assert "rebuilt from `approval_key` alone" in text

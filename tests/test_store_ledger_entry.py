@@ -29,15 +29,15 @@ def test_signature_and_defaults_match_the_fields() -> None:
 def test_still_frozen_hashable_and_replaceable() -> None:
     e = LedgerEntry(*ARGS, chain_id="c" * 16)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        e.cost = 1  # type: ignore[misc]
+        e.cost = 1  # type: ignore[misc]  # frozen: must fail
     assert e == LedgerEntry(*ARGS, chain_id="c" * 16) and hash(e) == hash(
         LedgerEntry(*ARGS, chain_id="c" * 16))
     r = dataclasses.replace(e, cost=9)
     assert (r.cost, r.chain_id, r.time) == (9, "c" * 16, ARGS[0]) and e.cost == 5
     with pytest.raises(TypeError):
-        LedgerEntry(*ARGS[:11])  # type: ignore[call-arg]
+        LedgerEntry(*ARGS[:11])  # type: ignore[call-arg]  # a field short, on purpose
     with pytest.raises(TypeError):
-        LedgerEntry(*ARGS, colour="red")  # type: ignore[call-arg]
+        LedgerEntry(*ARGS, colour="red")  # type: ignore[call-arg]  # no such field, on purpose
 
 
 def test_refuses_a_default_factory() -> None:
@@ -58,7 +58,7 @@ def test_the_positional_builder_makes_what_init_makes() -> None:
     assert type(e) is LedgerEntry and e == want and hash(e) == hash(want)
     assert [getattr(e, f.name) for f in dataclasses.fields(LedgerEntry)] == list(values)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        e.cost = 1  # type: ignore[misc]
+        e.cost = 1  # type: ignore[misc]  # frozen: must fail
     assert dataclasses.replace(e, cost=9) == LedgerEntry(*values[:8], 9, *values[9:])
     with pytest.raises(TypeError):
         ledger_entry(*ARGS)  # every field, by position

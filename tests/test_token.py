@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 
 import pymacaroons
 import pytest
@@ -78,7 +79,7 @@ def test_we_accept_pymacaroons_tokens_modulo_empty_location(root_key: RootKey) -
         lambda s: "",
     ],
 )
-def test_parse_rejects(root_key: RootKey, mutate) -> None:  # type: ignore[no-untyped-def]
+def test_parse_rejects(root_key: RootKey, mutate: Callable[[str], str]) -> None:
     good = _token(root_key, cav.Models(("gpt-4o",))).serialize()
     bad = mutate(good)
     assert bad != good

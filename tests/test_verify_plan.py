@@ -85,8 +85,8 @@ def test_the_vectors_exercise_both_plans() -> None:
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(caveat, max_size=6), requests, st.integers(T0 - 700, T0 + 700), st.data())
-def test_generated_tokens_decide_the_same_with_and_without_the_plan(  # type: ignore[no-untyped-def]
-        caveats, request, now, data) -> None:
+def test_generated_tokens_decide_the_same_with_and_without_the_plan(
+        caveats: list[cav.Caveat], request: Request, now: int, data: st.DataObject) -> None:
     token = mint(KEY, caveats, now=T0 - 1000).serialize()
     v = Verifier(KEYS).check_token(token)
     probe = evaluate(_full(v), request, now, {}, KEYS)

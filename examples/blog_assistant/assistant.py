@@ -118,6 +118,7 @@ def run(wallet_url: str, blog_url: str, *, open_browser: Callable[[str], object]
 
 
 def main(argv: list[str] | None = None) -> int:
+    # the module beside this script (its directory is on sys.path when run as a script)
     from blog_api import running_blog_api  # type: ignore[import-not-found]
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

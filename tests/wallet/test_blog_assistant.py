@@ -19,7 +19,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "blog_assistant"
 
 def test_blog_assistant(wallet_relay: RunningWallet) -> None:
     sys.path.insert(0, str(EXAMPLE))
-    try:
+    try:  # the example's own modules, found only on the path just added
         import assistant  # type: ignore[import-not-found]
         import blog_api  # type: ignore[import-not-found]
     finally:

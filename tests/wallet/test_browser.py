@@ -224,7 +224,8 @@ def test_pending_approval_approved_in_the_page(page: Any, wallet_relay: RunningW
                               "messages": [{"role": "user", "content": "summarise my blog"}]}
     with pytest.raises(openai.PermissionDeniedError) as exc:
         client.chat.completions.create(**kwargs)
-    rid = exc.value.body["approval_request_id"]  # type: ignore[index]
+    assert isinstance(exc.value.body, dict)
+    rid = exc.value.body["approval_request_id"]
     open_page(page, wallet_relay.base_url + "/")
     page.click("a.banner")  # "1 request waiting for your approval"
     card = page.locator(f"#approval-{rid}")

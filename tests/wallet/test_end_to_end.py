@@ -9,12 +9,14 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from capwallet import caveats as cav
 from capwallet.client import Connection, connect, wait_for_approval
@@ -31,7 +33,8 @@ PERMISSIONS = {
 }
 
 
-def approve_in(client: httpx.Client, wallet: RunningWallet, **lower: str):  # type: ignore[no-untyped-def]
+def approve_in(client: httpx.Client, wallet: RunningWallet,
+               **lower: str) -> Callable[[str], None]:
     """An open_browser for connect(): the signed-in 'browser' approves what it is shown."""
     def open_browser(url: str) -> None:
         path = url[len(wallet.base_url):]
@@ -77,7 +80,8 @@ def test_connect_call_and_see_the_spend(wallet_relay: RunningWallet) -> None:
     with pytest.raises(openai.PermissionDeniedError) as exc:
         client.chat.completions.create(model="gpt-4.1", messages=[{"role": "user",
                                                                    "content": "x"}])
-    assert exc.value.body["code"] == "model_not_allowed"  # type: ignore[index]
+    assert isinstance(exc.value.body, dict)
+    assert exc.value.body["code"] == "model_not_allowed"
     with signed_in(wallet_relay) as browser:
         usage = browser.get("/api/usage").json()
         page = browser.get("/").text
@@ -109,13 +113,14 @@ def test_expensive_call_waits_for_approval(wallet_relay: RunningWallet) -> None:
                  cav.ConfirmAbove(0, "USD")], source="cli", now=now)
     client = openai.OpenAI(api_key=token, base_url=f"{wallet_relay.base_url}/v1",
                            max_retries=0)
-    kwargs = {"model": "gpt-4o-mini", "max_tokens": 10,
-              "messages": [{"role": "user", "content": "an expensive question"}]}
+    kwargs: dict[str, Any] = {"model": "gpt-4o-mini", "max_tokens": 10,
+                              "messages": [{"role": "user", "content": "an expensive question"}]}
     with pytest.raises(openai.PermissionDeniedError) as exc:
-        client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
+        client.chat.completions.create(**kwargs)
     body = exc.value.body
-    assert body["code"] == "confirmation_required"  # type: ignore[index]
-    rid = body["approval_request_id"]  # type: ignore[index]
+    assert isinstance(body, dict)
+    assert body["code"] == "confirmation_required"
+    rid = body["approval_request_id"]
     with signed_in(wallet_relay) as browser:
         page = browser.get(f"/approvals/{rid}", follow_redirects=True)
         assert "Careful" in page.text and "gpt-4o-mini" in page.text
@@ -123,21 +128,22 @@ def test_expensive_call_waits_for_approval(wallet_relay: RunningWallet) -> None:
                          headers={"origin": wallet_relay.base_url})
         assert navigated_to(r) == "/approvals?done=approved"
     approval = wait_for_approval(wallet_relay.base_url, token, rid, timeout=5)
-    ok = client.chat.completions.create(  # type: ignore[call-overload]
+    ok = client.chat.completions.create(
         **kwargs, extra_headers={"X-Capwallet-Approval": approval})
     assert ok.choices[0].message.content
     with pytest.raises(openai.PermissionDeniedError) as again:  # single use
-        client.chat.completions.create(  # type: ignore[call-overload]
+        client.chat.completions.create(
             **kwargs, extra_headers={"X-Capwallet-Approval": approval})
-    assert again.value.body["code"] == "approval_invalid"  # type: ignore[index]
+    assert isinstance(again.value.body, dict)
+    assert again.value.body["code"] == "approval_invalid"
 
 
 def test_revoke_in_one_click_stops_the_app(wallet_relay: RunningWallet) -> None:
     conn = _connect(wallet_relay)
     child = Token.parse(conn.token).attenuate([cav.MaxOutputTokens(50)]).serialize()
     client = openai.OpenAI(api_key=child, base_url=conn.openai_base_url, max_retries=0)
-    msg = [{"role": "user", "content": "hi"}]
-    client.chat.completions.create(model="gpt-4o-mini", messages=msg,  # type: ignore[arg-type]
+    msg: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+    client.chat.completions.create(model="gpt-4o-mini", messages=msg,
                                    max_tokens=5)
     with signed_in(wallet_relay) as browser:
         page = browser.get("/").text
@@ -146,9 +152,10 @@ def test_revoke_in_one_click_stops_the_app(wallet_relay: RunningWallet) -> None:
         assert navigated_to(r) == "/"
         assert "revoked" in browser.get("/").text
     with pytest.raises(openai.AuthenticationError) as exc:
-        client.chat.completions.create(model="gpt-4o-mini", messages=msg,  # type: ignore[arg-type]
+        client.chat.completions.create(model="gpt-4o-mini", messages=msg,
                                        max_tokens=5)
-    assert exc.value.body["code"] == "revoked"  # type: ignore[index]
+    assert isinstance(exc.value.body, dict)
+    assert exc.value.body["code"] == "revoked"
 
 
 def test_relay_cors_only_for_granted_origins(wallet_relay: RunningWallet) -> None:
