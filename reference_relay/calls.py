@@ -160,24 +160,34 @@ class Call:
         raw, tokens_in, tokens_out = self.raw_cost(usage, final)
         currency = self.ledger_currency
         cost = self._money(raw, currency)
-        if cost > MAX_CHARGE or tokens_in > MAX_CHARGE or tokens_out > MAX_CHARGE:
-            # An absurd usage (2^63 tokens): no store holds it (SQLite binds 64 bits, Redis's
-            # Lua 2^53), and no call really used it: charged the reserved worst case instead.
-            log.error("absurd usage token=%s reservation=%s: charged the reserved worst case",
-                      self.token_id, self.reservation_id)
-            raw, tokens_in, tokens_out = self.raw_cost(None, False)
-            cost = self._money(raw, currency)
-            if status == "ok":
-                status = "usage_missing"
+        # Every charge at most MAX_CHARGE: the cost, the token quota's (input + output, each
+        # counted from 0) and below, a budget's in another currency.
+        if (cost > MAX_CHARGE or tokens_in + tokens_out > MAX_CHARGE) and usage is not None:
+            return self._absurd(status, response_body)
         actual: dict[str, int] = {}
         for d in self.debits:
             if d.kind == "budget":
-                actual[d.counter_key] = cost if d.unit == currency else self._money(raw, d.unit)
+                if d.unit == currency:
+                    actual[d.counter_key] = cost
+                else:
+                    actual[d.counter_key] = amount = self._money(raw, d.unit)
+                    if amount > MAX_CHARGE and usage is not None:
+                        return self._absurd(status, response_body)
             elif d.kind == "quota":
                 actual[d.counter_key] = tokens_in + tokens_out
             else:
                 actual[d.counter_key] = 1
         return actual, self._entry(status, tokens_in, tokens_out, cost, response_body)
+
+    def _absurd(self, status: str, response_body: bytes | None
+                ) -> tuple[dict[str, int], LedgerEntry]:
+        """The settlement of an absurd usage (2^63 tokens): no store holds its charges
+        (SQLite binds 64 bits, the Redis store refuses past 2^53), and no call really used
+        it: charged the reserved worst case instead (which the store accepted, so it fits)."""
+        log.error("absurd usage token=%s reservation=%s: charged the reserved worst case",
+                  self.token_id, self.reservation_id)
+        return self._settlement(None, False, "usage_missing" if status == "ok" else status,
+                                response_body)
 
     async def settle(self, usage: Usage | None, final: bool, status: str,
                      response_body: bytes | None = None) -> None:

@@ -6,7 +6,9 @@ Call._settlement).
 Before, the settlement reached the store with counts no store holds (SQLite binds 64-bit
 integers, the Redis store refuses amounts past 2^53): a plain answer's queued settlement
 failed with a log line, a stream's pump died with "background task failed: OverflowError",
-and either way the ledger had no row until the lease closed the reservation.
+and either way the ledger had no row until the lease closed the reservation. The same held for
+a charge past 2^53 on the Redis store where neither count nor the cost was: the token quota's
+(input + output) and a budget's in a currency other than the ledger's.
 
 Behind the relay: a real HTTP server on a loopback port answering each route with the usage
 the test sets (``USAGE``), or with no usage at all (the worst case the relay already charges
@@ -15,18 +17,28 @@ for a missing usage, which the absurd one must cost exactly).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import secrets
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from relay_harness import LogCapture, Relay, ServerThread, start_relay, token_id
+from relay_harness import (
+    LogCapture,
+    Relay,
+    ServerThread,
+    start_relay,
+    token_id,
+)
 
 from capwallet import caveats as cav
+from capwallet.store import LedgerEntry, open_store
 
-USAGE: dict[str, Any] = {"output": None}  # the output count the provider reports; None: none
+# The output count the provider reports (None: no usage at all), and the input count.
+USAGE: dict[str, Any] = {"output": None, "input": 10}
 
 ROUTES = {
     "chat": ("/v1/chat/completions", {"model": "relay-test", "max_tokens": 8,
@@ -50,7 +62,8 @@ def _event(obj: dict[str, Any], name: str | None = None) -> bytes:
 def _answer(path: str, stream: bool) -> bytes:
     out = USAGE["output"]
     if path.endswith("/chat/completions"):
-        usage = None if out is None else {"prompt_tokens": 10, "completion_tokens": out,
+        usage = None if out is None else {"prompt_tokens": USAGE["input"],
+                                          "completion_tokens": out,
                                           "total_tokens": out}
         choice = {"index": 0, "message": {"role": "assistant", "content": "hi"},
                   "finish_reason": "stop"}
@@ -179,3 +192,74 @@ def test_the_log_names_the_token_id_only(absurd_relay: Relay,
         time.sleep(0.01)
     [line] = [x for x in captured_logs.lines[before:] if "absurd usage" in x]
     assert f"token={token_id(tok)}" in line and tok not in line
+
+
+@pytest.fixture(scope="module")
+def redis_relay(tmp_path_factory: pytest.TempPathFactory, redis_url: str,
+                captured_logs: LogCapture) -> Iterator[tuple[Relay, str]]:
+    server = ServerThread(provider).start()
+    url = f"{redis_url}?prefix=absurd{secrets.token_hex(4)}"
+    r = start_relay(server.url, tmp_path_factory.mktemp("absurd-redis"), store=open_store(url))
+    try:
+        yield r, url
+    finally:
+        r.close()
+        server.stop()
+
+
+def _rows(url: str, token: str, timeout: float = 3) -> list[LedgerEntry]:
+    """The token's ledger rows, once there are any (read with a store of this loop's own)."""
+
+    async def read() -> list[LedgerEntry]:
+        store = open_store(url)
+        try:
+            return await store.ledger(token_ids=[token_id(token)])
+        finally:
+            await store.close()
+
+    deadline = time.monotonic() + timeout
+    while not (rows := asyncio.run(read())):
+        assert time.monotonic() < deadline, "no ledger row"
+        time.sleep(0.02)
+    return rows
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_quota_past_the_largest_charge_is_charged_the_worst_case_on_redis(
+        redis_relay: tuple[Relay, str], captured_logs: LogCapture, stream: bool) -> None:
+    # Input and output each under 2^53 but their sum, the token quota's charge, past it (the
+    # input of relay-out is free, so the cost is not: a free local model's would be neither):
+    # the Redis store refuses such a charge, so it is charged the worst case as any absurd
+    # usage is, its ledger row written at once, not left for the lease.
+    USAGE.update(output=8, input=2**53 - 5)
+    relay, url = redis_relay
+    tok = relay.mint(cav.Budget(1000, "USD", "month"), cav.TokenQuota(10**6, "month"))
+    before = len(captured_logs.lines)
+    path, body = ROUTES["chat"]
+    sent = relay.post(path, {**body, "model": "relay-out", "stream": stream}, tok)
+    assert sent.status_code == 200, sent.text
+    [row] = _rows(url, tok)
+    try:
+        assert (row.status, row.output_tokens) == ("usage_missing", 8)
+        lines = captured_logs.lines[before:]
+        assert not [line for line in lines if "failed" in line or "Traceback" in line]
+    finally:
+        USAGE["input"] = 10
+
+
+def test_a_budget_in_another_currency_past_the_largest_charge_is_charged_the_worst_case(
+        redis_relay: tuple[Relay, str], captured_logs: LogCapture) -> None:
+    # The ledger counts in the first budget's currency (EUR); the USD budget's charge is the
+    # same cost at the harness's 1 USD = 0.87 EUR: past 2^53 microcents where the EUR one is
+    # not. The Redis store refuses it, so the call is charged the worst case.
+    relay, url = redis_relay
+    USAGE["output"] = 32_000_000_000  # 0.3 cent each: 9.6e15 microcents, 8.4e15 in EUR
+    tok = relay.mint(cav.Budget(1000, "EUR", "month"), cav.Budget(1000, "USD", "month"))
+    before = len(captured_logs.lines)
+    path, body = ROUTES["chat"]
+    sent = relay.post(path, {**body, "model": "relay-out"}, tok)
+    assert sent.status_code == 200, sent.text
+    [row] = _rows(url, tok)
+    assert (row.status, row.output_tokens, row.currency) == ("usage_missing", 8, "EUR")
+    lines = captured_logs.lines[before:]
+    assert not [line for line in lines if "failed" in line or "Traceback" in line]
