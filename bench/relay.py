@@ -653,6 +653,13 @@ def print_streams(runs: list[StreamRun]) -> None:
           f"per-chunk overhead {summary(chunk)} us")
     print(f"added first byte split: the stack (floor proxy - direct) {summary(stack)} ms; "
           f"the capability logic (relay - floor proxy) {summary(logic)} ms")
+    # CPU per short stream (all of it, not only the way to the first byte): steadier than the
+    # times on a busy machine, which share the cores with the provider and the client.
+    relay_cpu = [r.cpu_per_stream("short") * 1000 for r in runs]
+    floor_cpu = [r.cpu_per_stream("short", "floor") * 1000 for r in runs]
+    print(f"CPU per short stream: relay {summary(relay_cpu)} ms, floor proxy "
+          f"{summary(floor_cpu)} ms, the logic (relay - floor) "
+          f"{summary([a - b for a, b in zip(relay_cpu, floor_cpu, strict=True)])} ms")
     mid = statistics.median(ttfb)
     print(f"target: added time to first byte <= 0.5 ms p50 at c=1: {mid:.3f} ms -> "
           f"{'met' if mid <= 0.5 else 'MISSED'}")
