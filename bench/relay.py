@@ -463,16 +463,17 @@ def pair_rounds(launch: Callable[[int], PairServers], launches: int, fake_pid: i
     return PairRun(out, block, launches)
 
 
-def median_ci(values: list[float]) -> tuple[float, float]:
-    """A 95% confidence interval of the median from order statistics (no assumption about the
-    values' distribution): the k-th smallest and k-th largest, with k the largest rank such that
-    fewer than k of n draws fall below the true median with probability at most 2.5%."""
+def median_ci(values: list[float]) -> tuple[float, float] | None:
+    """A confidence interval of at least 95% for the median, from order statistics (no
+    assumption about the values' distribution): the k-th smallest and the k-th largest value,
+    k the largest rank with P(fewer than k of n values below the median) <= 2.5% (n = 24:
+    the 7th and the 18th). None under 6 values, where no such interval exists."""
     n, s = len(values), sorted(values)
     k, below = 0, 0.0
     while k < n and below + math.comb(n, k) / 2**n <= 0.025:
         below += math.comb(n, k) / 2**n
         k += 1
-    return (s[k - 1], s[n - k]) if k else (s[0], s[-1])
+    return (s[k - 1], s[n - k]) if k else None
 
 
 def spread(values: list[float], fmt: str = ".3f") -> str:
@@ -488,7 +489,7 @@ def print_pairs(run: PairRun) -> float:
     relays = [r for _, r in run.pairs]
     ratios = run.ratios()
     mid = statistics.median(ratios)
-    lo, hi = median_ci(ratios)
+    ci = median_ci(ratios)
     allb = floors + relays
     print(f"\nCPU per call in pairs at c={PAIR_CONC}: {len(run.pairs)} pairs of a floor block and "
           f"a relay block of {run.block} calls each, ABBA order, on {run.launches} fresh "
@@ -496,13 +497,19 @@ def print_pairs(run: PairRun) -> float:
           f"scheduler (/proc/PID/task/*/schedstat), ms per call")
     print(f"  floor proxy  {spread([b.per_call_ms() for b in floors])}")
     print(f"  relay        {spread([b.per_call_ms() for b in relays])}")
+    ci_text = (f"{ci[0]:.2f}-{ci[1]:.2f}" if ci is not None
+               else "none under 6 pairs")
     print(f"  ratio per pair {spread(ratios, '.2f')}; 95% confidence interval of the median "
-          f"{lo:.2f}-{hi:.2f}; at or under 2x in "
+          f"{ci_text}; at or under 2x in "
           f"{sum(x <= 2 for x in ratios)} of {len(ratios)}; pooled (all relay CPU over all "
           f"floor CPU) {run.pooled():.2f}x")
     cp = [r.checkpoints for r in relays]
-    print(f"  relay blocks with a WAL checkpoint: {sum(c > 0 for c in cp)} of {len(cp)} "
-          f"({sum(cp)} checkpoints)")
+    with_ck = [x for x, c in zip(ratios, cp, strict=True) if c]
+    without = [x for x, c in zip(ratios, cp, strict=True) if not c]
+    split = "; ".join(f"median ratio of the pairs {name} one {statistics.median(xs):.2f}"
+                      for name, xs in (("with", with_ck), ("without", without)) if xs)
+    print(f"  relay blocks with a WAL checkpoint: {len(with_ck)} of {len(cp)} "
+          f"({sum(cp)} checkpoints){'; ' + split if split else ''}")
     fake = statistics.median(b.fake / b.calls for b in allb) * 1000
     client = statistics.median(b.client / b.calls for b in allb) * 1000
     print(f"  per block, median: fake provider {fake:.3f} ms/call, load generator {client:.3f} "
@@ -707,9 +714,9 @@ def main() -> int:
     pairs = 0 if args.streams else (args.pairs if args.pairs is not None
                                     else 4 if args.quick else PAIRS)
     pair_calls = args.pair_calls or (200 if args.quick else PAIR_CALLS)
-    if pairs < 0 or (args.pairs_only and pairs < 2) or pair_calls < PAIR_CONC:
-        parser.error(f"--pairs must be >= 0 (>= 2 with --pairs-only), --pair-calls >= "
-                     f"{PAIR_CONC}")
+    if pairs == 1 or pairs < 0 or (args.pairs_only and not pairs) or pair_calls < PAIR_CONC:
+        parser.error(f"--pairs must be 0 (none; not with --pairs-only) or >= 2, --pair-calls "
+                     f">= {PAIR_CONC}")
     # each launch runs the same number of pairs: PAIRS rounded up to a multiple of launches
     launches = max(min(args.launches or (1 if args.quick else LAUNCHES), pairs), 1)
     if args.pairs_only:
