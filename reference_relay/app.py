@@ -45,6 +45,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from capwallet.approval import Kind, request_digest
+from capwallet.identifier import MAX_SAFE_INTEGER
 from capwallet.keys import Keyring, RootKey
 from capwallet.limits import CounterLimit, EffectiveLimits
 from capwallet.loops import running_loop
@@ -869,6 +870,15 @@ class Relay:
         if worst_ledger is None:
             got = self.converter.micros(model.price, worst, ledger_currency)
             worst_ledger = got[0] if got else 0
+        if (worst_ledger > MAX_SAFE_INTEGER
+                or p.input.tokens + p.output_tokens > MAX_SAFE_INTEGER):
+            # A worst case past what the stores count (2^53 output tokens, with no budget or
+            # quota to refuse it): its settlement would fail, and so would the lease sweep
+            # that closes it (the SQLite store binds 64-bit integers, Redis's Lua 2^53).
+            raise RelayError(INVALID_REQUEST, (
+                f"the request's worst case, {p.input.tokens} input and {p.output_tokens} "
+                f"output tokens costing {format_micros(worst_ledger, ledger_currency)}, is "
+                "beyond what the relay counts; lower its output cap or max_tool_calls"))
         # Hold and Reservation are NamedTuples built from all their fields, in order (see
         # _judge). A loop, not a list comprehension: that is a Python call of its own.
         holds = []

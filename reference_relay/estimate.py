@@ -68,6 +68,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+from capwallet.identifier import MAX_SAFE_INTEGER
 from reference_relay.body import has_key
 from reference_relay.errors import INVALID_REQUEST, UNBOUNDED_REQUEST, RelayError
 from reference_relay.prices import Price
@@ -310,11 +311,17 @@ def anthropic_input(body: Mapping[str, Any], raw: bytes,
 
 
 def positive_int(body: Mapping[str, Any], key: str) -> int | None:
+    """A count the relay decides on (an output cap, ``n``), read as every parser reads it: a
+    whole number past 2^53 - 1 is refused, since a JavaScript or double-based parser (a
+    provider's, an app's proxy) reads it as another number than the one judged here."""
     v = body.get(key)
     if v is None:
         return None
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise bad(f"{key!r} must be a positive integer")
+    if v > MAX_SAFE_INTEGER:
+        raise bad(f"{key!r} may be at most {MAX_SAFE_INTEGER} (2^53 - 1): JSON parsers "
+                  "read larger whole numbers differently")
     return v
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from capwallet.identifier import MAX_SAFE_INTEGER
 from capwallet.limits import EffectiveLimits
 from reference_relay.config import ModelConfig, ProviderConfig
 from reference_relay.errors import UNSUPPORTED_FEATURE, WRONG_API, RelayError
@@ -56,9 +57,9 @@ class ChatCompletions:
         if stream is not True and stream is not False:
             stream = _stream_flag(body)
         a, b = get("max_tokens"), get("max_completion_tokens")
-        if a is not None and (type(a) is not int or a < 1):
+        if a is not None and (type(a) is not int or not 0 < a <= MAX_SAFE_INTEGER):
             a = positive_int(body, "max_tokens")
-        if b is not None and (type(b) is not int or b < 1):
+        if b is not None and (type(b) is not int or not 0 < b <= MAX_SAFE_INTEGER):
             b = positive_int(body, "max_completion_tokens")
         requested = a if b is None else b if a is None else min(a, b)
         price = model.price
