@@ -45,6 +45,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from capwallet.approval import Kind, request_digest
+from capwallet.bounded import drop_oldest
 from capwallet.identifier import MAX_SAFE_INTEGER
 from capwallet.keys import Keyring, RootKey
 from capwallet.limits import CounterLimit, EffectiveLimits
@@ -739,7 +740,7 @@ class Relay:
             hit = _presented(token, v)
             if auth is not None:
                 if len(self._by_header) >= AUTH_REMEMBERED:  # the oldest first (FIFO)
-                    self._by_header.pop(next(iter(self._by_header)), None)
+                    drop_oldest(self._by_header, AUTH_REMEMBERED)
                 self._by_header[auth] = hit
         token, v, app_name, budget_currency = hit
         now = int(time.time())

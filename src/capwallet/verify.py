@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from capwallet import approval as approvals
 from capwallet import caveats as cav
 from capwallet import macaroon, origins
+from capwallet.bounded import drop_oldest
 from capwallet.identifier import MAX_SAFE_INTEGER
 from capwallet.limits import CounterLimit, EffectiveLimits, effective
 from capwallet.money import MICROS_PER_MINOR, format_micros
@@ -250,8 +251,8 @@ class Verifier:
         verified = VerifiedToken(tid, token.identifier.issued_at, limits, token.identifier.key_id,
                                  macaroon.chain_id(token.raw.signature), token.raw.caveats)
         if self.cache_size > 0:
-            if len(self._cache) >= self.cache_size:  # evict the oldest entry (FIFO)
-                self._cache.pop(next(iter(self._cache)), None)
+            if len(self._cache) >= self.cache_size:  # evict the oldest entries (FIFO)
+                drop_oldest(self._cache, self.cache_size)
             self._cache[text] = verified
         return verified
 

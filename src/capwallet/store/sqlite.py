@@ -82,6 +82,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from orjson import dumps as _dumps
 
+from capwallet.bounded import drop_oldest
 from capwallet.loops import running_loop
 from capwallet.store.base import (
     MAX_CHAINS,
@@ -691,7 +692,7 @@ class SQLiteStore(Store):
             cache = self._holds
             cache[r.reservation_id] = holds
             if len(cache) > HOLDS_CACHE:
-                del cache[next(iter(cache))]
+                drop_oldest(cache, HOLDS_CACHE)
         return result
 
     async def settle(
