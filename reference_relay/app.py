@@ -62,7 +62,6 @@ from capwallet.store import (
     StoreUnavailable,
     open_store,
 )
-from capwallet.store.sqlite import SQLiteStore
 from capwallet.verify import Decision, Request, VerifiedToken, Verifier, evaluate
 from reference_relay.body import parse_body
 from reference_relay.calls import Call
@@ -493,12 +492,11 @@ class Relay:
         self.redactor = REDACTOR
         self.tasks: set[asyncio.Task[Any]] = set()
         # Model calls in serve (from the app's request to its response's end): with one alone
-        # in flight, no other call's write can join its reservation's batch, so the SQLite
-        # store need not wait a turn of the loop for company (SQLiteStore.alone; a store
-        # another relay counts for already keeps that relay's count).
+        # in flight, no other call's write can join its reservation's batch, so a store that
+        # groups writes need not wait a turn of the loop for company. The store is told how
+        # to count them (Store.attach_server), and counts every relay it serves together.
         self.calls = 0
-        if isinstance(self.store, SQLiteStore) and self.store.alone is None:
-            self.store.alone = self._alone
+        self._detach = self.store.attach_server(self._alone, self._in_flight)
         self.sweeper: asyncio.Task[None] | None = None
         self.chains = ChainNotes(self.store, self.spawn)
         self.cost_plans = CostPlans(self.converter)
@@ -537,6 +535,7 @@ class Relay:
                 break
             await asyncio.wait(pending, timeout=left)
         await self.store.drain()  # the settlements queued without a task (Call.settle_soon)
+        self._detach()  # its calls count no more in the store's batching
         await self.upstream.aclose()
         if self.owns_store:
             await self.store.close()
@@ -570,6 +569,10 @@ class Relay:
     def _alone(self) -> bool:
         """No other call in flight, nor more than one task of the relay's (the caller's)."""
         return self.calls <= 1 and len(self.tasks) <= 1
+
+    def _in_flight(self) -> tuple[int, int]:
+        """(calls, tasks) in flight: what _alone reads, for a store that sums several relays."""
+        return self.calls, len(self.tasks)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = running_loop().create_task(coro)

@@ -327,6 +327,19 @@ class Store(abc.ABC):
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
+    def attach_server(self, alone: Callable[[], bool],
+                      in_flight: Callable[[], tuple[int, int]]) -> Callable[[], None]:
+        """A server writing through this store (a relay) says how to know its calls in
+        flight: ``alone()``, whether a write now is its only call's (at most one call and one
+        task of its own), and ``in_flight()``, its (calls, tasks) to sum with other servers'
+        on the same store object. Returns the function that detaches it (at its close).
+
+        Why: a store that groups concurrent writes (SQLite's commit batches) runs a lone
+        write's batch at once instead of waiting a turn of the loop for company; with two
+        relays on one store object, the one store must count both. This default ignores
+        it (a store without group commit)."""
+        return _detached
+
     async def drain(self) -> None:
         """Wait until every settle queued (``settle_soon``) before this call is written or
         has failed."""
@@ -420,3 +433,7 @@ async def _settle_to(settle: Any, outcome: Outcome) -> None:
             raise
     else:
         outcome.set_result(result)
+
+
+def _detached() -> None:
+    """Detach a server from a store that does not count servers (Store.attach_server)."""

@@ -405,10 +405,11 @@ class SQLiteStore(Store):
         # per call cost 0.28 us against 0.49 us in an OrderedDict (timeit), whose order this
         # never changes but for the eviction of the oldest past HOLDS_CACHE.
         self._holds: dict[str, Sequence[Hold]] = {}
-        # Whether a write now can have no company in its batch (set by the server, which knows
-        # its calls in flight: the relay's serve): then the batch it leads runs at once rather
+        # Whether a write now can have no company in its batch (from the servers, which know
+        # their calls in flight: attach_server): then the batch it leads runs at once rather
         # than one turn of the loop later. None: always wait the turn.
         self.alone: Callable[[], bool] | None = None
+        self._servers: list[tuple[Callable[[], bool], Callable[[], tuple[int, int]]]] = []
         # What the group commit did, for benchmarks: commits (batches) and the writes in them.
         self.commits = 0
         self.writes = 0
@@ -426,6 +427,39 @@ class SQLiteStore(Store):
         opts = parse_qs(parts.query)
         sync = opts.get("synchronous", ["normal"])[-1]
         return cls(path, synchronous=sync)
+
+    def attach_server(self, alone: Callable[[], bool],
+                      in_flight: Callable[[], tuple[int, int]]) -> Callable[[], None]:
+        """Count this server's calls in ``alone`` (Store.attach_server): one server's own
+        ``alone``, several servers' calls and tasks summed (two relays on one store object:
+        a write is alone only if no other call of either is in flight)."""
+        server = (alone, in_flight)
+        self._servers.append(server)
+        self._count_servers()
+
+        def detach() -> None:
+            if server in self._servers:
+                self._servers.remove(server)
+                self._count_servers()
+
+        return detach
+
+    def _count_servers(self) -> None:
+        servers = tuple(self._servers)
+        if len(servers) <= 1:  # the usual store: one relay's own test, no call of this one's
+            self.alone = servers[0][0] if servers else None
+            return
+        counts = tuple(in_flight for _, in_flight in servers)
+
+        def alone() -> bool:
+            calls = tasks = 0
+            for count in counts:
+                c, t = count()
+                calls += c
+                tasks += t
+            return calls <= 1 and tasks <= 1
+
+        self.alone = alone
 
     # -- group commit -----------------------------------------------------------------------
 
