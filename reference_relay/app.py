@@ -64,7 +64,7 @@ from capwallet.store import (
 )
 from capwallet.verify import Decision, Request, VerifiedToken, Verifier, evaluate
 from reference_relay.body import parse_body
-from reference_relay.calls import Call
+from reference_relay.calls import Call, _client_gone, _SettleAfterSend
 from reference_relay.chains import ChainNotes
 from reference_relay.config import ModelConfig, ProviderConfig, RelayConfig, env_keys
 from reference_relay.errors import (
@@ -713,7 +713,21 @@ class Relay:
             self.calls -= 1
             raise
         try:
-            await response(scope, receive, send)
+            if type(response) is _SettleAfterSend:
+                # The usual answer, sent here as its own __call__ would send it: one
+                # coroutine fewer per call to make and to pass through (some 1.2 K
+                # instructions, callgrind). A send that fails or is cancelled hands the
+                # settlement to the store all the same, in the same step.
+                try:
+                    await send({"type": "http.response.start", "status": response.status_code,
+                                "headers": response.raw_headers})
+                    await send({"type": "http.response.body", "body": response.body})
+                except BaseException:
+                    response.settle(True)
+                    raise
+                response.settle(_client_gone(receive))
+            else:
+                await response(scope, receive, send)
         finally:
             self.calls -= 1
 
