@@ -36,6 +36,8 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import itemgetter
 from typing import Any
 
 from starlette.responses import Response
@@ -67,15 +69,16 @@ _JSON_TYPE = (b"content-type", b"application/json")
 MAX_CHARGE = MAX_SAFE_INTEGER
 # The provider's request id headers, passed on to the app (the first of each name).
 _PASSED = frozenset((b"x-request-id", b"request-id", b"openai-processing-ms"))
+_NAME = itemgetter(0)
 
 
 def _passed_headers(resp: UpstreamResponse) -> list[tuple[bytes, bytes]]:
     """The provider's request id headers as the app gets them: the first of each name, in
-    one pass over the answer's headers (the pool gives their names in lower case)."""
-    out = []
-    for h in resp.headers:  # a loop, not a list comprehension: that is a Python call of its own
-        if h[0] in _PASSED:
-            out.append(h)
+    the answer's order (the pool gives their names in lower case). Picked in C (compress
+    over a map of the names): a Python loop over the answer's headers cost some 13
+    bytecodes per header, per call."""
+    headers = resp.headers
+    out = list(compress(headers, map(_PASSED.__contains__, map(_NAME, headers))))
     if len(out) > 1:
         out = list({k: (k, v) for k, v in reversed(out)}.values())
     return out
