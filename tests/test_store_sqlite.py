@@ -937,3 +937,23 @@ async def test_the_commit_that_starts_the_wal_over_runs_off_the_loop(tmp_path: P
         assert await store.counters(["b"]) == {"b": 2 * CHECKPOINT_EVERY + 2}
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("status", ["ok", "usage_missing", "upstream_error", "denied",
+                                    "denied:budget_exceeded", "lease_expired",
+                                    "client_disconnected"])
+@pytest.mark.parametrize("provider", ["openai", ""])
+def test_record_adds_usage_as_counts_as_usage_says(status: str, provider: str) -> None:
+    """_record writes counts_as_usage and usage_day out (no calls per settled call): it adds
+    a row to the usage aggregates exactly when counts_as_usage says so, under usage_day."""
+    from capwallet.store.base import counts_as_usage, ledger_entry, usage_day
+    from capwallet.store.sqlite_batch import _Cursor, _record
+    from capwallet.store.sqlite_statements import _ledger_row
+
+    entry = ledger_entry(1_765_000_123, "tok", "app", provider, "m", "chat", 3, 4, 50, "USD",
+                         status, 7, "rid", None, None, 1, "")
+    cur = sqlite3.connect(":memory:").cursor(_Cursor)
+    cur.defer = True
+    _record(cur, entry, _ledger_row(entry, "rid"))
+    want = {(usage_day(entry.time), "tok", "app", provider, "m", "USD"): (50, 1, 3, 4)}
+    assert cur.usage == (want if counts_as_usage(entry) else {})
