@@ -64,7 +64,7 @@ from capwallet.store import (
 )
 from capwallet.verify import Decision, Request, VerifiedToken, Verifier, evaluate
 from reference_relay.body import parse_body
-from reference_relay.calls import Call, _client_gone, _SettleAfterSend
+from reference_relay.calls import Call, _SettleAfterSend
 from reference_relay.chains import ChainNotes
 from reference_relay.config import ModelConfig, ProviderConfig, RelayConfig, env_keys
 from reference_relay.errors import (
@@ -694,7 +694,9 @@ class Relay:
                 except BaseException:
                     response.settle(True)
                     raise
-                response.settle(_client_gone(receive))
+                # _client_gone(receive), written out
+                response.settle(getattr(getattr(receive, "__self__", None), "disconnected",
+                                        False) is True)
             else:
                 await response(scope, receive, send)
         finally:
@@ -785,7 +787,10 @@ class Relay:
                 model_id = getattr(ep, "default_model", None)
             if not isinstance(model_id, str) or not model_id:
                 raise RelayError(INVALID_REQUEST, "the request must name a 'model'")
-            provider, model, lease = self.route(model_id, ep, limits)
+            # route's memory read here (one Python call less per call), route on a miss
+            hit_route = self._routes.get((model_id, ep.api, limits.providers))
+            provider, model, lease = (hit_route if hit_route is not None
+                                      else self.route(model_id, ep, limits))
             prepared = ep.prepare(body, raw, provider, model, limits)
         except RelayError:
             await self.refusing(token, v, now)
@@ -793,8 +798,9 @@ class Relay:
         price = model.price
         # The ledger counts in the first budget's currency (the price's without one).
         ledger_currency = price.currency if budget_currency is None else budget_currency
-        worst = worst_raw_cost(price, prepared.input, prepared.output_tokens) + (
-            prepared.fees_worst)
+        est = prepared.input
+        worst = (price.plain_cost(est.tokens, prepared.output_tokens) if not est.cache_write
+                 else worst_raw_cost(price, est, prepared.output_tokens)) + prepared.fees_worst
         costs, rates = self.cost_plans.costs(price, worst, limits.priced_currencies)
         approval = headers.get(APPROVAL_HEADER)
         path: str = scope["path"]
