@@ -33,15 +33,15 @@ def env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([*PATHS, *rest]), **extra}
 
 
-def describe() -> str:
+def describe(root: Path = ROOT) -> str:
     """``<root> at <commit>`` (``, with uncommitted changes`` when the tree differs from it)."""
     try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True, timeout=10, check=True)
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain",
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
                                 "--untracked-files=no"],
                                capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
-        return f"{ROOT} (not a git checkout)"
+        return f"{root} (not a git checkout)"
     changed = ", with uncommitted changes" if dirty.stdout.strip() else ""
-    return f"{ROOT} at {commit.stdout.strip()}{changed}"
+    return f"{root} at {commit.stdout.strip()}{changed}"

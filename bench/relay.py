@@ -2,7 +2,7 @@
 
     python bench/relay.py [--quick] [--streams] [--runs N]
     python bench/relay.py --pairs-only [--pairs N] [--pair-calls N] [--launches K]
-                          [--pairs-json FILE]
+                          [--against OTHER_CHECKOUT] [--pairs-json FILE]
 
 One run, all on loopback: a fake provider (the fake_provider package) and two relays, as
 deployed (``python -m reference_relay``, in subprocesses): one with a single process, one with
@@ -53,6 +53,12 @@ would be 4-10% of a block), read before a block and 50 ms after its last answer,
 relay's commit or checkpoint after its last answer counts in its block. Excluded, and why:
 connecting (each launch keeps 20 keep-alive connections per server: at c=20 a call does not
 connect), the warm-up calls after a launch. Every measured block counts.
+
+An A/B of two versions of the relay: ``--against OTHER_CHECKOUT`` launches that checkout's relay
+beside this one's in every launch, and each round runs one block per server (ABC CBA order):
+printed are its ratio to the same floor and this relay's CPU per call over the other's per
+round, with the median's 95% confidence interval, both measured under the same conditions,
+where two separate runs differ by the machine's load between them.
 
 Streams (at concurrency 1, after the plain calls; ``--streams`` runs only them, ``--runs N``
 repeats them N times in the run): the added time to the first byte and to the first content
@@ -360,28 +366,34 @@ class Block:
 
 @dataclass
 class PairRun:
-    """The measured pairs, in run order: each a (floor block, relay block)."""
+    """The measured pairs, in run order: each a (floor block, relay block); with ``--against``
+    also (floor block, the other checkout's relay block) from the same rounds."""
 
     pairs: list[tuple[Block, Block]]
     block: int
     launches: int
+    others: list[tuple[Block, Block]] = dataclasses.field(default_factory=list)
+    against: str = ""  # the other checkout, as checkout.describe() names it
 
-    def ratios(self) -> list[float]:
-        return [r.server / r.calls / (f.server / f.calls) for f, r in self.pairs]
+    def ratios(self, pairs: list[tuple[Block, Block]] | None = None) -> list[float]:
+        return [r.server / r.calls / (f.server / f.calls)
+                for f, r in (self.pairs if pairs is None else pairs)]
 
-    def pooled(self) -> float:
+    def pooled(self, pairs: list[tuple[Block, Block]] | None = None) -> float:
         """Sum of the relay blocks' CPU per call over the floor's: every checkpoint counted."""
-        relay = sum(r.server for _, r in self.pairs) / sum(r.calls for _, r in self.pairs)
-        floor = sum(f.server for f, _ in self.pairs) / sum(f.calls for f, _ in self.pairs)
+        pairs = self.pairs if pairs is None else pairs
+        relay = sum(r.server for _, r in pairs) / sum(r.calls for _, r in pairs)
+        floor = sum(f.server for f, _ in pairs) / sum(f.calls for f, _ in pairs)
         return relay / floor
 
 
 async def _pair_blocks(targets: dict[str, tuple[str, str, list[int]]], fake_pids: list[int],
                        body: dict[str, object], pairs: int, block: int,
-                       wal: Path | None) -> list[Block]:
-    """Warm both servers with PAIR_WARM calls each, then run 2 x pairs blocks, ABBA (floor
-    relay, relay floor, ...). Each server keeps its PAIR_CONC keep-alive connections for the
-    whole launch, so no block pays for connecting."""
+                       wals: dict[str, Path]) -> list[Block]:
+    """Warm the servers with PAIR_WARM calls each, then run ``pairs`` rounds of one block per
+    server, in ABBA order (floor relay, relay floor, ...; with a third server ABC CBA). Each
+    server keeps its PAIR_CONC keep-alive connections for the whole launch, so no block pays
+    for connecting."""
     conns: dict[str, list[Conn]] = {}
     reqs: dict[str, tuple[bytes, bytes]] = {}
     for who, (url, auth, _) in targets.items():
@@ -389,7 +401,9 @@ async def _pair_blocks(targets: dict[str, tuple[str, str, list[int]]], fake_pids
         conns[who] = [Conn(host, port) for _ in range(PAIR_CONC)]
         reqs[who] = (head, data)
     per_conn = max(block // PAIR_CONC, 1)
-    other = {"floor": "relay", "relay": "floor"}
+    names = list(targets)
+    idle = {who: [pid for name in names if name != who for pid in targets[name][2]]
+            for who in names}
     hz = TICK
 
     async def worker(conn: Conn, head: bytes, data: bytes, n: int) -> int:
@@ -403,12 +417,12 @@ async def _pair_blocks(targets: dict[str, tuple[str, str, list[int]]], fake_pids
         await asyncio.gather(*(worker(c, *reqs[who], PAIR_WARM // PAIR_CONC) for c in cs))
     blocks: list[Block] = []
     for i in range(pairs):
-        for who in ("floor", "relay") if i % 2 == 0 else ("relay", "floor"):
+        for who in names if i % 2 == 0 else names[::-1]:
             head, data = reqs[who]
-            pids = targets[who][2]
+            pids, wal = targets[who][2], wals.get(who)
             s0, f0, c0 = cpu_ns(pids), cpu_ns(fake_pids), time.process_time_ns()
             k0, t0, w0 = machine_ticks(), time.perf_counter(), wal_checkpoints(wal)
-            i0, x0 = cpu_ns(targets[other[who]][2]), switches(pids)
+            i0, x0 = cpu_ns(idle[who]), switches(pids)
             errors = sum(await asyncio.gather(*(worker(c, head, data, per_conn)
                                                 for c in conns[who])))
             wall = time.perf_counter() - t0
@@ -416,7 +430,7 @@ async def _pair_blocks(targets: dict[str, tuple[str, str, list[int]]], fake_pids
             # store's thread) belongs to this block: let it finish before reading the CPU.
             await asyncio.sleep(SETTLE_S)
             s1, f1, c1 = cpu_ns(pids), cpu_ns(fake_pids), time.process_time_ns()
-            i1, x1 = cpu_ns(targets[other[who]][2]), switches(pids)
+            i1, x1 = cpu_ns(idle[who]), switches(pids)
             k1, w1 = machine_ticks(), wal_checkpoints(wal)
             span = time.perf_counter() - t0  # the block and the pause after it
             server, fake, client = (s1 - s0) / 1e9, (f1 - f0) / 1e9, (c1 - c0) / 1e9
@@ -424,7 +438,7 @@ async def _pair_blocks(targets: dict[str, tuple[str, str, list[int]]], fake_pids
             blocks.append(Block(who, per_conn * PAIR_CONC, errors, wall, server, fake, client,
                                 max(busy - server - fake - client - (i1 - i0) / 1e9, 0.0) / span,
                                 (k1[1] - k0[1]) / hz / span,
-                                w1 - w0 if who == "relay" else 0, (i1 - i0) / 1e9,
+                                w1 - w0, (i1 - i0) / 1e9,
                                 x1[0] - x0[0], x1[1] - x0[1]))
     for cs in conns.values():
         for c in cs:
@@ -439,6 +453,8 @@ class PairServers:
     floor: tuple[subprocess.Popen[str], str]
     relay: tuple[subprocess.Popen[str], str]
     wal: Path  # the relay store's WAL file
+    other: tuple[subprocess.Popen[str], str] | None = None  # --against's relay
+    other_wal: Path | None = None
 
 
 def pair_rounds(launch: Callable[[int], PairServers], launches: int, fake_pid: int, token: str,
@@ -446,21 +462,32 @@ def pair_rounds(launch: Callable[[int], PairServers], launches: int, fake_pid: i
     """``pairs`` floor/relay pairs at concurrency 20 in ABBA order on each of ``launches``
     fresh launches of the two servers; see PAIRS in the docstring."""
     out: list[tuple[Block, Block]] = []
+    others: list[tuple[Block, Block]] = []
     for k in range(launches):
         servers = launch(k)
+        procs = [servers.floor, servers.relay]
+        wals = {"relay": servers.wal}
         try:
             targets = {"floor": (servers.floor[1], KEY, tree_pids(servers.floor[0].pid)),
                        "relay": (servers.relay[1], token, tree_pids(servers.relay[0].pid))}
-            blocks = asyncio.run(_pair_blocks(targets, [fake_pid], body, pairs, block,
-                                              servers.wal))
+            if servers.other is not None:
+                procs.append(servers.other)
+                targets["other"] = (servers.other[1], token, tree_pids(servers.other[0].pid))
+                if servers.other_wal is not None:
+                    wals["other"] = servers.other_wal
+            blocks = asyncio.run(_pair_blocks(targets, [fake_pid], body, pairs, block, wals))
         finally:
-            for proc, _ in (servers.floor, servers.relay):
+            for proc, _ in procs:
                 proc.terminate()
-            for proc, _ in (servers.floor, servers.relay):
+            for proc, _ in procs:
                 proc.wait(timeout=30)
-        for a, b in zip(blocks[::2], blocks[1::2], strict=True):
-            out.append((a, b) if a.who == "floor" else (b, a))
-    return PairRun(out, block, launches)
+        n = len(targets)
+        for i in range(0, len(blocks), n):
+            by = {b.who: b for b in blocks[i:i + n]}
+            out.append((by["floor"], by["relay"]))
+            if "other" in by:
+                others.append((by["floor"], by["other"]))
+    return PairRun(out, block, launches, others)
 
 
 def median_ci(values: list[float]) -> tuple[float, float] | None:
@@ -516,6 +543,21 @@ def print_pairs(run: PairRun) -> float:
           f"ms/call; other processes {statistics.median(b.others for b in allb):.2f} cores "
           f"(range {min(b.others for b in allb):.2f}-{max(b.others for b in allb):.2f}); steal "
           f"{statistics.median(b.steal for b in allb):.2f} cores")
+    if run.others:
+        theirs = run.ratios(run.others)
+        ci = median_ci(theirs)
+        print(f"  --against {run.against}: relay "
+              f"{spread([r.per_call_ms() for _, r in run.others])}; ratio per pair "
+              f"{spread(theirs, '.2f')}; 95% CI of the median "
+              f"{f'{ci[0]:.2f}-{ci[1]:.2f}' if ci else 'none under 6 pairs'}; pooled "
+              f"{run.pooled(run.others):.2f}x")
+        ab = [r.server / r.calls / (o.server / o.calls)
+              for (_, r), (_, o) in zip(run.pairs, run.others, strict=True)]
+        ci = median_ci(ab)
+        print(f"  A/B in the same rounds: this relay's CPU per call over the other's, per round: "
+              f"{spread(ab, '.3f')}; 95% CI of the median "
+              f"{f'{ci[0]:.3f}-{ci[1]:.3f}' if ci else 'none under 6 rounds'}")
+        allb += [o for _, o in run.others]
     errors = sum(b.errors for b in allb)
     if errors:
         print(f"  ({errors} calls failed)")
@@ -702,6 +744,10 @@ def main() -> int:
                         help=f"fresh launches of the floor proxy and the relay for the pairs, "
                              f"each with its share of the pairs (default {LAUNCHES}, 1 with "
                              f"--quick)")
+    parser.add_argument("--against", type=Path, default=None, metavar="CHECKOUT",
+                        help="also launch the relay of another checkout of this repository "
+                             "(its src/ and root on PYTHONPATH) in the same pair rounds: its "
+                             "ratio to the floor and an A/B of the two relays")
     parser.add_argument("--pairs-json", type=Path, default=None, metavar="FILE",
                         help="also write every block of the pairs to FILE (JSON)")
     args = parser.parse_args()
@@ -733,6 +779,17 @@ def main() -> int:
     text = text.replace('"https://api.anthropic.com"', f'"{fake_url}"')
     root = RootKey.generate()
     env = checkout.env(OPENAI_API_KEY=KEY, ANTHROPIC_API_KEY=KEY)
+    against, against_env = "", env
+    if args.against is not None:
+        other = args.against.resolve()
+        if not (other / "reference_relay").is_dir() or other == ROOT:
+            parser.error(f"--against: {other} is not another checkout of this repository")
+        against = checkout.describe(other)
+        print(f"against: {against}")
+        rest = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                if p and p not in checkout.PATHS]
+        against_env = {**env, "PYTHONPATH": os.pathsep.join(
+            [str(other / "src"), str(other), *rest])}
     relays: dict[int, tuple[subprocess.Popen[str], str]] = {}
     for workers in () if args.pairs_only else (1,) if args.streams else (1, 2):  # own stores
         home = tmp / f"workers{workers}"
@@ -800,11 +857,23 @@ def main() -> int:
                 relay = start([sys.executable, "-m", "reference_relay", "--config",
                                str(home / "relay.toml"), "--port", "0", "--workers", "1",
                                "--log-level", "warning"], "listening", env=env, cwd=home)
-                return PairServers(start_floor(fake_url), relay, home / "relay.db-wal")
+                servers = PairServers(start_floor(fake_url), relay, home / "relay.db-wal")
+                if args.against is not None:
+                    there = tmp / f"pairs{k}-against"
+                    there.mkdir()
+                    (there / "relay.toml").write_text(text)
+                    root.save(there / "root.key")
+                    servers.other = start(
+                        [sys.executable, "-m", "reference_relay", "--config",
+                         str(there / "relay.toml"), "--port", "0", "--workers", "1",
+                         "--log-level", "warning"], "listening", env=against_env, cwd=there)
+                    servers.other_wal = there / "relay.db-wal"
+                return servers
 
             per_launch = -(-pairs // launches)
             pair_run = pair_rounds(launch, launches, fake.pid, token, body, per_launch,
                                    pair_calls)
+            pair_run.against = against
             print(f"  CPU ratio: {len(pair_run.pairs)} pairs of {pair_calls} calls on "
                   f"{launches} launches", file=sys.stderr, flush=True)
             if args.pairs_json is not None:
