@@ -1,6 +1,6 @@
 """Benchmark: what the relay adds on top of a direct provider call (not a timed test).
 
-    python bench/relay.py [--quick] [--streams] [--runs N]
+    python bench/relay.py [--quick] [--streams] [--runs N] [--against OTHER_CHECKOUT]
     python bench/relay.py --pairs-only [--pairs N] [--pair-calls N] [--launches K]
                           [--against OTHER_CHECKOUT] [--pairs-json FILE]
 
@@ -67,6 +67,17 @@ with the same streams through the floor proxy in the same rounds (it passes a st
 relay does, unmetered), so the added first byte splits into the stack's and the logic's;
 targets: first byte at most 0.5 ms added p50, under 20 us per chunk, judged on the median over
 the runs with the range beside it.
+
+An A/B of two versions' streams: ``--streams --against OTHER_CHECKOUT`` runs that checkout's
+relay (launched as for the pairs, its own store) as a fourth side of the short stream's rounds,
+right beside this one, in ABCD DCBA order (direct, floor, this relay, the other; reversed every
+other round, so that a drift over a round favours each relay as often). Printed: each relay's
+added first byte (p50 over a run) and CPU per short stream (the scheduler's ns, as the pairs'),
+and this relay minus the other per round, with the median's 95% confidence interval. Why: the
+change judged is some 20-50 us of a 0.5 ms target, and two separate runs of the same code
+differ by 0.5 ms and more with the machine's load between them; two relays a few hundred ms
+apart in the same round see the same load, so the difference per round is steady where the
+figures are not, and the interval says whether the run tells the two apart.
 
 Targets: added p50 under 1.5 ms at concurrency 1; at concurrency 20 the relay's CPU per call at
 most twice the floor proxy's, in the same rounds (issue 17; printed from the floor table and,
@@ -595,16 +606,30 @@ async def stream_times(base: str, body: dict[str, object], auth: str, n: int) ->
     await conn.close()
     return out
 
+
+@dataclass
+class StreamRound:
+    """One round of the short stream, per side ("direct", "floor", "relay", with
+    ``--against`` "other"): the p50 first byte of the round's streams and, per server, its CPU
+    per stream from the scheduler (schedstat ns, read SETTLE_S after the last stream), in
+    seconds."""
+
+    first_byte: dict[str, float]
+    cpu: dict[str, float]
+
+
 @dataclass
 class StreamRun:
     """One run of the stream rounds: per kind ("short", "long") and side ("direct",
-    "floor", "relay") the times of every call, and per kind the CPU seconds of the relay
-    (``cpu``) and of the floor proxy (``floor_cpu``)."""
+    "floor", "relay"; with ``--against`` "other", short streams only) the times of every
+    call, per kind the CPU seconds of the relay (``cpu``) and of the floor proxy
+    (``floor_cpu``), and each round of the short stream (``rounds``)."""
 
     times: dict[str, StreamTimes]
     cpu: dict[str, float]
     per_round: dict[str, int]
     floor_cpu: dict[str, float]
+    rounds: list[StreamRound] = dataclasses.field(default_factory=list)
 
     def p50(self, who: str, kind: str, name: str) -> float:
         return self.times[f"{who} {kind}"].p50(name)
@@ -629,40 +654,69 @@ class StreamRun:
 
 def stream_rounds(fake_url: str, relay_url: str, relay_pid: int, floor_url: str,
                   floor_pid: int, token: str, stream_body: dict[str, object],
-                  scale: float) -> StreamRun:
+                  scale: float, other: tuple[str, int] | None = None,
+                  round0: int = 0) -> StreamRun:
     """Streams at concurrency 1: time to the first byte and to the first content chunk (what a
     chat UI shows) of a 16-chunk stream, and a LONG-chunk stream for the cost per chunk;
     direct, floor-proxy (bench/passthrough.py) and relayed rounds alternate, so all see the
-    same machine load."""
+    same machine load, in ABC CBA order (the order reversed every other round, counted from
+    ``round0`` so that it goes on alternating over the runs). ``other`` (url, pid) is
+    ``--against``'s relay: a fourth side, for the short stream only (the A/B is judged on
+    it), right beside this relay in every round."""
     long_body = {**stream_body, "max_tokens": LONG}
     run = StreamRun({}, {"short": 0.0, "long": 0.0},
                     {"short": max(int(60 * scale), 10), "long": max(int(20 * scale), 4)},
                     {"short": 0.0, "long": 0.0})
-    sides = (("direct", fake_url, KEY, 0), ("floor", floor_url, KEY, floor_pid),
-             ("relay", relay_url, token, relay_pid))
+    sides = [("direct", fake_url, KEY, 0), ("floor", floor_url, KEY, floor_pid),
+             ("relay", relay_url, token, relay_pid)]
+    if other is not None:
+        sides.append(("other", other[0], token, other[1]))
+    pids = {who: tree_pids(pid) for who, _, _, pid in sides if pid}
     for _, url, auth, _ in sides:
         asyncio.run(stream_times(url, stream_body, auth, 5))  # warm
-    for _ in range(ROUNDS):
+    for i in range(round0, round0 + ROUNDS):
+        this = StreamRound({}, {})
         for kind, b in (("short", stream_body), ("long", long_body)):
-            for who, url, auth, pid in sides:
+            for who, url, auth, pid in sides if i % 2 == 0 else sides[::-1]:
+                if who == "other" and kind != "short":
+                    continue
                 c0 = tree_cpu_seconds(pid) if pid else 0.0
+                n0 = cpu_ns(pids[who]) if pid else 0
                 got = asyncio.run(stream_times(url, b, auth, run.per_round[kind]))
+                if pid:
+                    # a relay's settlement of the last stream belongs to this block
+                    time.sleep(SETTLE_S)
                 if who == "relay":
                     run.cpu[kind] += tree_cpu_seconds(pid) - c0
                 elif who == "floor":
                     run.floor_cpu[kind] += tree_cpu_seconds(pid) - c0
+                if kind == "short":
+                    this.first_byte[who] = statistics.median(got.first_byte)
+                    if pid:
+                        this.cpu[who] = (cpu_ns(pids[who]) - n0) / 1e9 / len(got.total)
                 have = run.times.setdefault(f"{who} {kind}", StreamTimes([], [], []))
                 have.first_byte += got.first_byte
                 have.first_content += got.first_content
                 have.total += got.total
+        run.rounds.append(this)
     return run
 
 
-def print_streams(runs: list[StreamRun]) -> None:
+def stream_ab(runs: list[StreamRun]) -> tuple[list[float], list[float]]:
+    """Per round of every run, this relay minus ``--against``'s: the p50 first byte of the
+    short stream (ms; the direct call's cancels out, both being in the same round) and the
+    CPU per short stream (ms)."""
+    rounds = [r for run in runs for r in run.rounds if "other" in r.first_byte]
+    return ([(r.first_byte["relay"] - r.first_byte["other"]) * 1000 for r in rounds],
+            [(r.cpu["relay"] - r.cpu["other"]) * 1000 for r in rounds])
+
+
+def print_streams(runs: list[StreamRun], against: str = "") -> None:
     """Each run's stream table (the relay, and the floor proxy below it), then the targets
     judged on the median over the runs (with the range beside it: one run alone is noise on a
     shared machine) and the relay's added first byte split into what the serving stack costs
-    (the floor's added first byte) and what the capability logic adds on top (relay - floor)."""
+    (the floor's added first byte) and what the capability logic adds on top (relay - floor);
+    with ``--against`` (``against`` names the other checkout) the A/B of the two relays."""
     for i, run in enumerate(runs, 1):
         pr = run.per_round
         print(f"\nstreams at concurrency 1, one-process relay and the floor proxy, run {i} of "
@@ -715,6 +769,46 @@ def print_streams(runs: list[StreamRun]) -> None:
     mid_chunk = statistics.median(chunk)
     print(f"target: per-chunk overhead < 20 us: {mid_chunk:.1f} us -> "
           f"{'met' if mid_chunk < 20 else 'MISSED'}")
+    if against:
+        print_stream_ab(runs, against)
+
+
+def print_stream_ab(runs: list[StreamRun], against: str) -> None:
+    """The short stream's A/B of this relay and ``--against``'s, run side by side in the same
+    rounds: each one's added first byte (p50 over a run, as above) and CPU per short stream,
+    and the difference this - other per round with the median's 95% confidence interval
+    (median_ci: order statistics, as the pairs'). An interval that holds 0 means this run
+    cannot tell the two apart."""
+    def summary(values: list[float]) -> str:
+        return (f"{statistics.median(values):.3f} (range {min(values):.3f}-"
+                f"{max(values):.3f})")
+
+    fb, cpu = stream_ab(runs)
+    print(f"\nA/B of the short stream against {against}: its relay in the same rounds, "
+          f"beside this one (ABCD DCBA order; {len(fb)} rounds of {runs[0].per_round['short']} "
+          f"streams each way over {len(runs)} run(s))")
+    for who, name in (("relay", "this relay"), ("other", "the other")):
+        added = [r.added("short", "first_byte", who) for r in runs]
+        per = [r.cpu[who] * 1000 for run in runs for r in run.rounds if who in r.cpu]
+        print(f"  {name:<10}: added first byte {summary(added)} ms over the runs; CPU per "
+              f"short stream {summary(per)} ms over the rounds")
+    for what, diffs in (("p50 first byte", fb), ("CPU per short stream", cpu)):
+        ci = median_ci(diffs)
+        ci_text = f"{ci[0]:+.3f} to {ci[1]:+.3f} ms" if ci else "none under 6 rounds"
+        print(f"  this - other, {what}, per round: {spread(diffs)} ms; 95% CI of the "
+              f"median {ci_text}")
+
+
+def start_relay(home: Path, config: str, root: RootKey, env: dict[str, str],
+                workers: int = 1) -> tuple[subprocess.Popen[str], str]:
+    """A relay (``python -m reference_relay``, of the checkout ``env``'s PYTHONPATH names) in
+    its own directory ``home``, with its own store, config and root key there."""
+    home.mkdir()
+    (home / "relay.toml").write_text(config)
+    root.save(home / "root.key")
+    return start([sys.executable, "-m", "reference_relay", "--config", str(home / "relay.toml"),
+                  "--port", "0", "--workers", str(workers), "--log-level", "warning"],
+                 "listening", env=env, cwd=home)
 
 
 def start_floor(fake_url: str) -> tuple[subprocess.Popen[str], str]:
@@ -747,7 +841,9 @@ def main() -> int:
     parser.add_argument("--against", type=Path, default=None, metavar="CHECKOUT",
                         help="also launch the relay of another checkout of this repository "
                              "(its src/ and root on PYTHONPATH) in the same pair rounds: its "
-                             "ratio to the floor and an A/B of the two relays")
+                             "ratio to the floor and an A/B of the two relays; with --streams "
+                             "in the same stream rounds: an A/B of the short stream's first "
+                             "byte and CPU")
     parser.add_argument("--pairs-json", type=Path, default=None, metavar="FILE",
                         help="also write every block of the pairs to FILE (JSON)")
     args = parser.parse_args()
@@ -792,14 +888,10 @@ def main() -> int:
             [str(other / "src"), str(other), *rest])}
     relays: dict[int, tuple[subprocess.Popen[str], str]] = {}
     for workers in () if args.pairs_only else (1,) if args.streams else (1, 2):  # own stores
-        home = tmp / f"workers{workers}"
-        home.mkdir()
-        (home / "relay.toml").write_text(text)
-        root.save(home / "root.key")
-        relays[workers] = start([sys.executable, "-m", "reference_relay", "--config",
-                                 str(home / "relay.toml"), "--port", "0", "--workers",
-                                 str(workers), "--log-level", "warning"],
-                                "listening", env=env, cwd=home)
+        relays[workers] = start_relay(tmp / f"workers{workers}", text, root, env, workers)
+    # --streams --against: the other checkout's relay, its own store, beside this one's
+    other_relay = (start_relay(tmp / "streams-against", text, root, against_env)
+                   if args.streams and args.against is not None else None)
     proxy, proxy_url = start_floor(fake_url)
     token = mint(root, [cav.Budget(10**9, "USD", "month"), cav.TokenQuota(10**12, "month"),
                         cav.App("bench")]).serialize()
@@ -883,11 +975,14 @@ def main() -> int:
                                for f, r in pair_run.pairs]}, indent=1))
         stream_runs = []
         for i in range(runs):
-            stream_runs.append(stream_rounds(fake_url, relays[1][1], relays[1][0].pid,
-                                             proxy_url, proxy.pid, token, stream_body, scale))
+            stream_runs.append(stream_rounds(
+                fake_url, relays[1][1], relays[1][0].pid, proxy_url, proxy.pid, token,
+                stream_body, scale, (other_relay[1], other_relay[0].pid) if other_relay else None,
+                i * ROUNDS))
             print(f"  streams c=1 run {i + 1} of {runs} done", file=sys.stderr, flush=True)
     finally:
         procs = [relay for relay, _ in relays.values()] + [fake, proxy]
+        procs += [other_relay[0]] if other_relay else []
         for proc in procs:
             proc.terminate()
         for proc in procs:
@@ -897,7 +992,7 @@ def main() -> int:
     print(f"\nrelay benchmark ({os.cpu_count()} cores shared by the fake provider, the relay and "
           f"the load generator; load average at the end {load_avg}; times in ms)")
     if stream_runs:
-        print_streams(stream_runs)
+        print_streams(stream_runs, against)
     if not rows:
         if pair_run is not None:
             judge_pairs(pair_run)
