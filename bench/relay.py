@@ -196,7 +196,10 @@ class _Exchange(asyncio.Protocol):
 
 
 class Conn:
-    """A keep-alive connection to one server, opened on first use."""
+    """A keep-alive connection to one server, opened on first use, and again when the server
+    has closed it while idle (uvicorn closes a keep-alive connection after 5 s without a
+    request: the pairs keep a server's connections idle while the others' blocks run). Without
+    the reopening, a request written to a closed transport waited forever (seen: a run hung)."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
@@ -204,15 +207,25 @@ class Conn:
 
     async def request(self, head: bytes, body: bytes) -> tuple[int, bytes]:
         loop = asyncio.get_running_loop()
-        if self.proto is None:
+        reused = self.proto is not None
+        if (self.proto is None or self.proto.transport is None
+                or self.proto.transport.is_closing()):
             _, self.proto = await loop.create_connection(_Exchange, self.host, self.port)
+            reused = False
         proto = self.proto
         assert proto.transport is not None
         proto.body = []
         proto.first_byte = proto.first_content = 0.0
         proto.done = loop.create_future()
         proto.transport.write(head + body)
-        return await proto.done
+        try:
+            return await proto.done
+        except ConnectionError:
+            if not reused:
+                raise
+            # closed by the server as we wrote on the idle connection: once more, on a new one
+            self.proto = None
+            return await self.request(head, body)
 
     async def close(self) -> None:
         if self.proto is not None and self.proto.transport is not None:
