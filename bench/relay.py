@@ -69,15 +69,16 @@ targets: first byte at most 0.5 ms added p50, under 20 us per chunk, judged on t
 the runs with the range beside it.
 
 An A/B of two versions' streams: ``--streams --against OTHER_CHECKOUT`` runs that checkout's
-relay (launched as for the pairs, its own store) as a fourth side of the short stream's rounds,
-right beside this one, in ABCD DCBA order (direct, floor, this relay, the other; reversed every
-other round, so that a drift over a round favours each relay as often). Printed: each relay's
-added first byte (p50 over a run) and CPU per short stream (the scheduler's ns, as the pairs'),
-and this relay minus the other per round, with the median's 95% confidence interval. Why: the
-change judged is some 20-50 us of a 0.5 ms target, and two separate runs of the same code
-differ by 0.5 ms and more with the machine's load between them; two relays a few hundred ms
-apart in the same round see the same load, so the difference per round is steady where the
-figures are not, and the interval says whether the run tells the two apart.
+relay (launched as for the pairs, its own store) as a fourth side of the short stream's rounds:
+in this relay's block, the two relays taking turns of STREAM_TURN calls (AB BA AB ...; the
+blocks go ABC CBA: direct, floor, the two relays, reversed every other round). Printed: each
+relay's added first byte (p50 over a run) and CPU per short stream (the scheduler's ns, as the
+pairs'), and this relay minus the other per round, with the median's 95% confidence interval.
+Why: the change judged is some 20-50 us of a 0.5 ms target, and two separate runs of the same
+code differ by 0.5 ms and more with the machine's load between them; even blocks of the two
+relays back to back differed by up to 0.7 ms per round (CI of the median +-0.12 ms over 15
+rounds), as the load moves within a second; turns of STREAM_TURN calls are some 30 ms apart.
+The other relay's long streams are not run (the per-chunk figures are this relay's only).
 
 Targets: added p50 under 1.5 ms at concurrency 1; at concurrency 20 the relay's CPU per call at
 most twice the floor proxy's, in the same rounds (issue 17; printed from the floor table and,
@@ -122,6 +123,11 @@ KEY = "sk-bench-" + secrets.token_hex(12)
 TICK = os.sysconf("SC_CLK_TCK")
 ROUNDS = 5  # direct and relayed rounds alternate
 CONTENT = re.compile(rb'"content":"[^"]')  # an SSE chunk with a non-empty content delta
+# Streams per turn when two relays share a block (--streams --against). Taking turns call by
+# call (measured, loaded machine) put 0.5 ms on each relay's added first byte (0.8 with a 1 ms
+# pause after each call): a relay's first call after a pause is slower, its caches and the
+# scheduler's cold. Turns of 10 keep the figures at the blocks' of one relay alone.
+STREAM_TURN = 10
 LONG = 500  # content chunks of the long stream (the fake provider sends one word per chunk)
 
 
@@ -603,21 +609,37 @@ class StreamTimes:
 
 async def stream_times(base: str, body: dict[str, object], auth: str, n: int) -> StreamTimes:
     """``n`` streamed calls one after another on one keep-alive connection."""
-    host, port, head, data = build(base, "/v1/chat/completions", body, auth)
-    conn = Conn(host, port)
-    out = StreamTimes([], [], [])
-    for _ in range(n):
-        t = time.perf_counter()
-        status, got = await conn.request(head, data)
-        end = time.perf_counter()
-        assert conn.proto is not None
-        if status != 200 or not conn.proto.first_content:
-            raise SystemExit(f"stream failed: {status} {got[:200]!r}")
-        out.first_byte.append(conn.proto.first_byte - t)
-        out.first_content.append(conn.proto.first_content - t)
-        out.total.append(end - t)
-    await conn.close()
-    return out
+    return (await streams_side_by_side([(base, auth)], body, n))[0]
+
+
+async def streams_side_by_side(targets: list[tuple[str, str]], body: dict[str, object], n: int,
+                               flip: bool = False) -> list[StreamTimes]:
+    """``n`` streamed calls to each target (url, auth), one keep-alive connection each, one
+    call at a time, the targets taking turns of STREAM_TURN calls (AB BA AB ..., BA first if
+    ``flip``): two relays timed this way are some 30 ms apart, so a change in the machine's
+    load hits both alike."""
+    conns = []
+    for base, auth in targets:
+        host, port, head, data = build(base, "/v1/chat/completions", body, auth)
+        conns.append((Conn(host, port), head, data))
+    outs = [StreamTimes([], [], []) for _ in targets]
+    order = list(range(len(targets)))
+    for k in range(0, n, STREAM_TURN):
+        for j in order if (k // STREAM_TURN + flip) % 2 == 0 else order[::-1]:
+            conn, head, data = conns[j]
+            for _ in range(min(STREAM_TURN, n - k)):
+                t = time.perf_counter()
+                status, got = await conn.request(head, data)
+                end = time.perf_counter()
+                assert conn.proto is not None
+                if status != 200 or not conn.proto.first_content:
+                    raise SystemExit(f"stream failed: {status} {got[:200]!r}")
+                outs[j].first_byte.append(conn.proto.first_byte - t)
+                outs[j].first_content.append(conn.proto.first_content - t)
+                outs[j].total.append(end - t)
+    for conn, _, _ in conns:
+        await conn.close()
+    return outs
 
 
 @dataclass
@@ -675,7 +697,7 @@ def stream_rounds(fake_url: str, relay_url: str, relay_pid: int, floor_url: str,
     same machine load, in ABC CBA order (the order reversed every other round, counted from
     ``round0`` so that it goes on alternating over the runs). ``other`` (url, pid) is
     ``--against``'s relay: a fourth side, for the short stream only (the A/B is judged on
-    it), right beside this relay in every round."""
+    it), in this relay's block, the two taking turns of STREAM_TURN calls."""
     long_body = {**stream_body, "max_tokens": LONG}
     run = StreamRun({}, {"short": 0.0, "long": 0.0},
                     {"short": max(int(60 * scale), 10), "long": max(int(20 * scale), 4)},
@@ -690,27 +712,32 @@ def stream_rounds(fake_url: str, relay_url: str, relay_pid: int, floor_url: str,
     for i in range(round0, round0 + ROUNDS):
         this = StreamRound({}, {})
         for kind, b in (("short", stream_body), ("long", long_body)):
-            for who, url, auth, pid in sides if i % 2 == 0 else sides[::-1]:
-                if who == "other" and kind != "short":
-                    continue
-                c0 = tree_cpu_seconds(pid) if pid else 0.0
-                n0 = cpu_ns(pids[who]) if pid else 0
-                got = asyncio.run(stream_times(url, b, auth, run.per_round[kind]))
-                if pid:
+            # one block per side; with --against this relay and the other share one block,
+            # taking turns of STREAM_TURN calls
+            blocks = [[side] for side in sides[:3]]
+            if kind == "short":
+                blocks[2] += sides[3:]
+            for block in blocks if i % 2 == 0 else blocks[::-1]:
+                c0 = {who: tree_cpu_seconds(pid) for who, _, _, pid in block if pid}
+                n0 = {who: cpu_ns(pids[who]) for who, _, _, pid in block if pid}
+                gots = asyncio.run(streams_side_by_side([(url, auth) for _, url, auth, _ in block],
+                                                        b, run.per_round[kind], i % 2 == 1))
+                if c0:
                     # a relay's settlement of the last stream belongs to this block
                     time.sleep(SETTLE_S)
-                if who == "relay":
-                    run.cpu[kind] += tree_cpu_seconds(pid) - c0
-                elif who == "floor":
-                    run.floor_cpu[kind] += tree_cpu_seconds(pid) - c0
-                if kind == "short":
-                    this.first_byte[who] = statistics.median(got.first_byte)
-                    if pid:
-                        this.cpu[who] = (cpu_ns(pids[who]) - n0) / 1e9 / len(got.total)
-                have = run.times.setdefault(f"{who} {kind}", StreamTimes([], [], []))
-                have.first_byte += got.first_byte
-                have.first_content += got.first_content
-                have.total += got.total
+                for (who, _, _, pid), got in zip(block, gots, strict=True):
+                    if who == "relay":
+                        run.cpu[kind] += tree_cpu_seconds(pid) - c0[who]
+                    elif who == "floor":
+                        run.floor_cpu[kind] += tree_cpu_seconds(pid) - c0[who]
+                    if kind == "short":
+                        this.first_byte[who] = statistics.median(got.first_byte)
+                        if pid:
+                            this.cpu[who] = (cpu_ns(pids[who]) - n0[who]) / 1e9 / len(got.total)
+                    have = run.times.setdefault(f"{who} {kind}", StreamTimes([], [], []))
+                    have.first_byte += got.first_byte
+                    have.first_content += got.first_content
+                    have.total += got.total
         run.rounds.append(this)
     return run
 
@@ -798,8 +825,8 @@ def print_stream_ab(runs: list[StreamRun], against: str) -> None:
 
     fb, cpu = stream_ab(runs)
     print(f"\nA/B of the short stream against {against}: its relay in the same rounds, "
-          f"beside this one (ABCD DCBA order; {len(fb)} rounds of {runs[0].per_round['short']} "
-          f"streams each way over {len(runs)} run(s))")
+          f"taking turns of {STREAM_TURN} calls with this one ({len(fb)} rounds of "
+          f"{runs[0].per_round['short']} streams each way over {len(runs)} run(s))")
     for who, name in (("relay", "this relay"), ("other", "the other")):
         added = [r.added("short", "first_byte", who) for r in runs]
         per = [r.cpu[who] * 1000 for run in runs for r in run.rounds if who in r.cpu]

@@ -1,19 +1,22 @@
 """bench/relay.py's stream A/B (``--streams --against``): the arithmetic it is judged with.
 
-The rounds themselves need servers and take seconds (run by hand); here what the printed
+The rounds themselves need the relays and take seconds (run by hand); here what the printed
 figures come from: the difference per round is this relay's minus the other's, from the same
 round (so the direct call's time cancels), in ms, and rounds without the other relay (a run
-without ``--against``) give none.
+without ``--against``) give none; and the order the two relays are called in, on two loopback
+servers: turns of STREAM_TURN calls, AB BA AB.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))  # after tests/ and src/
 
-from relay import StreamRound, StreamRun, median_ci, stream_ab
+from relay import STREAM_TURN, StreamRound, StreamRun, median_ci, stream_ab, streams_side_by_side
 
 
 def run(rounds: list[StreamRound]) -> StreamRun:
@@ -44,3 +47,45 @@ def test_a_shift_common_to_both_relays_leaves_the_interval_on_the_difference() -
     fb, _ = stream_ab([run(rounds[:5]), run(rounds[5:])])
     ci = median_ci(fb)
     assert ci is not None and 0.029 < ci[0] <= ci[1] < 0.031
+
+
+def test_two_relays_take_turns_abba_on_real_connections() -> None:
+    # two loopback servers answering like a stream (a content delta in the body): the calls
+    # go in turns of STREAM_TURN, AB BA AB, and BA first with flip
+    async def main(flip: bool) -> tuple[list[str], list[int]]:
+        log: list[str] = []
+
+        def server(name: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                          Awaitable[None]]:
+            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                while True:
+                    try:
+                        head = await reader.readuntil(b"\r\n\r\n")
+                    except asyncio.IncompleteReadError:
+                        break
+                    size = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    await reader.readexactly(size)
+                    log.append(name)
+                    body = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s"
+                                 % (len(body), body))
+                    await writer.drain()
+                writer.close()
+            return handle
+
+        a = await asyncio.start_server(server("a"), "127.0.0.1", 0)
+        b = await asyncio.start_server(server("b"), "127.0.0.1", 0)
+        urls = [f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in (a, b)]
+        got = await streams_side_by_side([(u, "t") for u in urls], {"stream": True}, 25, flip)
+        for s in (a, b):
+            s.close()
+        return log, [len(t.first_byte) for t in got]
+
+    turn = STREAM_TURN
+    log, counts = asyncio.run(main(False))
+    assert counts == [25, 25]
+    rest = 25 - 2 * turn
+    assert log == (["a"] * turn + ["b"] * 2 * turn + ["a"] * turn + ["a"] * rest
+                   + ["b"] * rest)
+    log, _ = asyncio.run(main(True))
+    assert log[:turn] == ["b"] * turn and log[turn:3 * turn] == ["a"] * 2 * turn
