@@ -595,6 +595,30 @@ async def test_a_reservations_stored_json_reads_back_in_another_process(
         await store.close()
 
 
+async def test_a_stored_worst_case_past_64_bits_does_not_stop_the_lease_sweep(
+        tmp_path: Path) -> None:
+    """A reservation whose meta holds counts past 64 bits (stored by a relay that did not yet
+    refuse such a worst case: max_tokens 2^63 on a token with no budget) is closed by the
+    sweep with its counts at 2^53 - 1, and so is every other expired reservation: the sweep,
+    one transaction, raised OverflowError for all of them."""
+    store = SQLiteStore(tmp_path / "x.db")
+    try:
+        meta = {"app": "a", "provider": "p", "model": "m", "currency": "USD", "chain_id": "c",
+                "input_tokens": 10, "output_tokens": 2**63, "cost": 2**80}
+        huge = Reservation("huge", "t", (), lease_until=5, meta=meta)
+        plain = Reservation("plain", "t", (Hold("b", 10, 100),), lease_until=5,
+                            meta=meta | {"output_tokens": 16, "cost": 7})
+        assert (await store.reserve(huge)).ok and (await store.reserve(plain)).ok
+        assert await store.expire_leases(10) == 2
+        rows = {e.output_tokens: e for e in await store.ledger()}
+        assert sorted(rows) == [16, 2**53 - 1]
+        assert rows[2**53 - 1].cost == 2**53 - 1 and rows[16].cost == 7
+        assert {e.status for e in rows.values()} == {"lease_expired"}
+        assert await store.expire_leases(10) == 0
+    finally:
+        await store.close()
+
+
 def test_the_ledger_and_usage_reads_have_index_plans(tmp_path: Path) -> None:
     """Every read of the ledger and the aggregates is a search or an ordered index walk, never
     a scan of the table (EXPLAIN QUERY PLAN): dropping an index would fail here."""

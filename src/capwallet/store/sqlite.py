@@ -83,6 +83,7 @@ from urllib.parse import parse_qs, urlsplit
 from orjson import dumps as _dumps
 
 from capwallet.bounded import drop_oldest
+from capwallet.identifier import MAX_SAFE_INTEGER
 from capwallet.loops import running_loop
 from capwallet.store.base import (
     MAX_CHAINS,
@@ -204,6 +205,14 @@ def _unavailable(exc: BaseException) -> StoreUnavailable:
     if isinstance(exc, StoreUnavailable):
         return exc
     return StoreUnavailable(f"SQLite store failed: {exc}")
+
+
+def _count(value: Any) -> int:
+    """A count of a stored reservation's meta for its lease_expired row, at most 2^53 - 1: a
+    relay before RelayApp.reservation refused them stored worst cases past 64 bits (max_tokens
+    2^63 on a token with no budget), which no INTEGER column binds; one such row failed every
+    lease sweep after it, since a sweep closes all expired reservations in one transaction."""
+    return min(int(value), MAX_SAFE_INTEGER)
 
 
 def _merge_holds(holds: Sequence[Hold]) -> Sequence[Hold]:
@@ -772,9 +781,9 @@ class SQLiteStore(Store):
                     time=now, token_id=token_id, app=str(m.get("app", "")),
                     provider=str(m.get("provider", "")), model=str(m.get("model", "")),
                     operation=str(m.get("operation", "")),
-                    input_tokens=int(m.get("input_tokens", 0)),
-                    output_tokens=int(m.get("output_tokens", 0)),
-                    cost=int(m.get("cost", 0)), currency=str(m.get("currency", "")),
+                    input_tokens=_count(m.get("input_tokens", 0)),
+                    output_tokens=_count(m.get("output_tokens", 0)),
+                    cost=_count(m.get("cost", 0)), currency=str(m.get("currency", "")),
                     status="lease_expired", latency_ms=max(now - int(created_at), 0) * 1000,
                     chain_id=str(m.get("chain_id", "")),
                 )
