@@ -317,10 +317,11 @@ def _in_process(fake_url: str, d: Path, root: RootKey, calls: int, conc: int,
         uvloop.run(run())
 
 
-def _count_child(target: str, calls: int, conc: int, d: Path, fake_url: str) -> None:
+def _count_child(target: str, calls: int, warm: int, conc: int, d: Path,
+                 fake_url: str) -> None:
     """The child side of ``--sampler callgrind``: build ``target``'s ASGI app (relay or
-    floor) as --in-process does, warm it up, then drive ``calls`` calls (none: the run that
-    is subtracted, start-up and warm-up alone)."""
+    floor) as --in-process does, warm it up with ``warm`` calls, then drive ``calls`` calls
+    (none: the run that is subtracted, start-up and warm-up alone)."""
     import gc
 
     from passthrough import Forward
@@ -344,7 +345,7 @@ def _count_child(target: str, calls: int, conc: int, d: Path, fake_url: str) -> 
                               methods=["POST"])],
                 middleware=[Middleware(RequestGuard, allowed=("127.0.0.1", "localhost"))])
             auth = key
-        await _drive(app, auth, max(calls // 5, conc, 400), conc)
+        await _drive(app, auth, warm, conc)
         gc.freeze()
         gc.set_threshold(20_000, 50, 1000)
         if calls and await _drive(app, auth, calls, conc):
@@ -373,12 +374,26 @@ def _callgrind(fake_url: str, d: Path, root: RootKey, calls: int, conc: int) -> 
                                          cav.TokenQuota(10**12, "month"),
                                          cav.App("bench")]).serialize())
     env = checkout.env(PYTHONHASHSEED="0")
+    # Both runs of a target start alike and warm up alike, so that what they share cancels:
+    # - each on a new store file: the second run used to open the file the first had filled
+    #   (1,400 calls' rows), while the first created it, a difference of some 2 K
+    #   instructions per call counted as the relay's (its schema's CREATE statements);
+    # - warmed up with twice the counted calls at the same concurrency: the SQLite store
+    #   prepares one statement per batch size it meets (each number of rows of a multi-row
+    #   INSERT is a statement of its own, kept for the process's life), and after 400 calls
+    #   the counted calls still met new sizes: 3 K instructions per call in sqlite3_prepare
+    #   alone (10-12 K with the Python side), which a relay pays once per size, in its first
+    #   minutes, not per call (after 2,000 warm-up calls: 0.3 K).
+    warm = max(2 * calls, conc, 400)
 
     def collected(target: str, n: int) -> int:
+        for name in ("relay.db", "relay.db-wal", "relay.db-shm"):
+            (d / name).unlink(missing_ok=True)
         run = subprocess.run(
             ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-             str(Path(__file__).resolve()), "--count-child", target, str(n), str(conc),
-             str(d), fake_url], env=env, capture_output=True, text=True, check=True)
+             str(Path(__file__).resolve()), "--count-child", target, str(n), str(warm),
+             str(conc), str(d), fake_url], env=env, capture_output=True, text=True,
+            check=True)
         found = [line for line in run.stderr.splitlines() if "Collected :" in line]
         if not found:
             raise SystemExit(f"callgrind printed no count:\n{run.stderr[-2000:]}")
@@ -397,8 +412,9 @@ def main() -> int:
         _run_under_yappi(sys.argv[2], sys.argv[3:])
         return 0
     if len(sys.argv) > 2 and sys.argv[1] == "--count-child":
-        child = sys.argv[2:7]  # target, calls, concurrency, relay dir, fake provider URL
-        _count_child(child[0], int(child[1]), int(child[2]), Path(child[3]), child[4])
+        child = sys.argv[2:8]  # target, calls, warm-up, concurrency, relay dir, provider URL
+        _count_child(child[0], int(child[1]), int(child[2]), int(child[3]), Path(child[4]),
+                     child[5])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=6000, help="profiled calls (default 6000)")
