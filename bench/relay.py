@@ -1012,7 +1012,10 @@ def main() -> int:
                 args.pairs_json.write_text(json.dumps(
                     {"code": checkout.describe(), "block": pair_calls,
                      "pairs": [[dataclasses.asdict(f), dataclasses.asdict(r)]
-                               for f, r in pair_run.pairs]}, indent=1))
+                               for f, r in pair_run.pairs],
+                     "against": pair_run.against,
+                     "others": [[dataclasses.asdict(f), dataclasses.asdict(o)]
+                                for f, o in pair_run.others]}, indent=1))
         stream_runs = []
         for i in range(runs):
             stream_runs.append(stream_rounds(
