@@ -58,7 +58,11 @@ An A/B of two versions of the relay: ``--against OTHER_CHECKOUT`` launches that 
 beside this one's in every launch, and each round runs one block per server (ABC CBA order):
 printed are its ratio to the same floor and this relay's CPU per call over the other's per
 round, with the median's 95% confidence interval, both measured under the same conditions,
-where two separate runs differ by the machine's load between them.
+where two separate runs differ by the machine's load between them. A second A/B line divides
+each block's CPU per call by the load generator's own in that block (the same work for both
+relays, so it gauges the machine's speed in the block): on the loaded machine its spread per
+round was half the plain one's and its median moved +-2-3% over runs of identical code against
++-5% plain (six runs of 24 rounds, 17:24-17:42 UTC 2026-12-07).
 
 Streams (at concurrency 1, after the plain calls; ``--streams`` runs only them, ``--runs N``
 repeats them N times in the run): the added time to the first byte and to the first content
@@ -587,6 +591,19 @@ def print_pairs(run: PairRun) -> float:
         print(f"  A/B in the same rounds: this relay's CPU per call over the other's, per round: "
               f"{spread(ab, '.3f')}; 95% CI of the median "
               f"{f'{ci[0]:.3f}-{ci[1]:.3f}' if ci else 'none under 6 rounds'}")
+        # The load generator's work per call is the same for both relays (same request, same
+        # answer), so its CPU per call in a block measures how fast the machine ran that block:
+        # each relay's CPU per call over the load generator's in its own block takes out the
+        # factor common to every process (r = 0.84-0.93 between the two ratios per round,
+        # measured; the spread per round halves).
+        speed = [r.server / r.client / (o.server / o.client)
+                 for (_, r), (_, o) in zip(run.pairs, run.others, strict=True)
+                 if r.client > 0 and o.client > 0]
+        ci = median_ci(speed)
+        if speed:
+            print(f"  A/B, each block's CPU over the load generator's in it: "
+                  f"{spread(speed, '.3f') if len(speed) > 1 else f'{speed[0]:.3f}'}; 95% CI "
+                  f"of the median {f'{ci[0]:.3f}-{ci[1]:.3f}' if ci else 'none under 6 rounds'}")
         allb += [o for _, o in run.others]
     errors = sum(b.errors for b in allb)
     if errors:
