@@ -54,6 +54,12 @@ relay's commit or checkpoint after its last answer counts in its block. Excluded
 connecting (each launch keeps 20 keep-alive connections per server: at c=20 a call does not
 connect), the warm-up calls after a launch. Every measured block counts.
 
+Measured, 10 full runs of the same relay code on the loaded machine (other processes took 1.3-1.6
+of the 2 cores; 2026-12-07 17:05-17:19 UTC): the floor table's ratio 1.88-2.48 (median 2.07, sd
+of the log 8.8%, 4 of 10 runs at or under 2x); the median of the pairs 1.85-2.09 (median 1.97,
+sd 3.4%, 8 of 10); the pooled ratio 1.85-2.06 (1.92, sd 3.3%). One run resolves the ratio to
+about +-7% (two sd): a change of 6% needs several runs on each side (or ``--against``).
+
 An A/B of two versions of the relay: ``--against OTHER_CHECKOUT`` launches that checkout's relay
 beside this one's in every launch, and each round runs one block per server (ABC CBA order):
 printed are its ratio to the same floor and this relay's CPU per call over the other's per
