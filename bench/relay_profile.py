@@ -348,8 +348,12 @@ def _count_child(target: str, calls: int, warm: int, conc: int, d: Path,
         await _drive(app, auth, warm, conc)
         gc.freeze()
         gc.set_threshold(20_000, 50, 1000)
+        store = app.state.relay.store if target == "relay" else None
+        commits = getattr(store, "commits", 0)
         if calls and await _drive(app, auth, calls, conc):
             raise SystemExit(f"{target}: calls failed")
+        # The SQLite store's commits during the counted calls (its batches follow timing)
+        print(f"commits: {getattr(store, 'commits', 0) - commits}", file=sys.stderr)
 
     try:
         import uvloop
@@ -386,6 +390,8 @@ def _callgrind(fake_url: str, d: Path, root: RootKey, calls: int, conc: int) -> 
     #   minutes, not per call (after 2,000 warm-up calls: 0.3 K).
     warm = max(2 * calls, conc, 400)
 
+    commits: dict[str, int] = {}
+
     def collected(target: str, n: int) -> int:
         for name in ("relay.db", "relay.db-wal", "relay.db-shm"):
             (d / name).unlink(missing_ok=True)
@@ -397,6 +403,9 @@ def _callgrind(fake_url: str, d: Path, root: RootKey, calls: int, conc: int) -> 
         found = [line for line in run.stderr.splitlines() if "Collected :" in line]
         if not found:
             raise SystemExit(f"callgrind printed no count:\n{run.stderr[-2000:]}")
+        if n:
+            commits[target] = int(next(line for line in run.stderr.splitlines()
+                                       if line.startswith("commits: ")).split()[-1])
         return int(found[-1].split()[-1])
 
     got = {}
@@ -404,7 +413,10 @@ def _callgrind(fake_url: str, d: Path, root: RootKey, calls: int, conc: int) -> 
         got[target] = (collected(target, calls) - collected(target, 0)) / calls
     print(f"instructions per call at concurrency {conc}, in-process, {calls} calls "
           f"(callgrind): floor {got['floor']:,.0f}  relay {got['relay']:,.0f}  logic "
-          f"{got['relay'] - got['floor']:,.0f}  ratio {got['relay'] / got['floor']:.2f}x")
+          f"{got['relay'] - got['floor']:,.0f}  ratio {got['relay'] / got['floor']:.2f}x; "
+          f"store commits per relay call {commits['relay'] / calls:.3f} (each commit's cost "
+          "is shared by the calls of its batch, so the count moves with it: compare two "
+          "runs at like commits per call)")
 
 
 def main() -> int:
