@@ -191,13 +191,19 @@ class Relay:
     def quiesce(self, timeout: float = 10) -> None:
         """Wait until the relay has no call in flight (settlements and denial rows are written
         by tasks that may finish just after the app got its answer: the relay's own, and the
-        server's request handlers, which settle a plain call after sending its answer)."""
-        tasks = self.server.app.state.relay.tasks
+        server's request handlers, which settle a plain call after sending its answer), then
+        until the settlements those left queued in the relay's store are written: a handler
+        that queued one with settle_soon is gone before the store's batch commits it."""
+        relay = self.server.app.state.relay
+        tasks = relay.tasks
         assert self.server.server is not None
         handlers = self.server.server.server_state.tasks
         deadline = time.monotonic() + timeout
         while (tasks or handlers) and time.monotonic() < deadline:
             time.sleep(0.005)
+        loop = self.server.server.servers[0].get_loop()  # the relay's, in the server's thread
+        drained = asyncio.run_coroutine_threadsafe(relay.store.drain(), loop)
+        drained.result(timeout=max(deadline - time.monotonic(), 0.1))
 
     def ledger(self, token: str | None = None) -> list[LedgerEntry]:
         self.quiesce()
