@@ -68,7 +68,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import checkout
-from relay import EXAMPLE, KEY, ROOT, TICK, cpu_seconds, load, start
+from loadgen import KEY, ROOT, TICK, cpu_seconds, load, start
+from relay import EXAMPLE
 
 from capwallet import caveats as cav
 from capwallet.keys import RootKey

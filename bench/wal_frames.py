@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import checkout
-from relay import KEY, load, start
+from loadgen import KEY, load, start
 from relay_profile import BODY, _relay_dir
 
 from capwallet import caveats as cav

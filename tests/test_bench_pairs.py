@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))  # after tests/ and src/
 
-from relay import Block, PairRun, median_ci
+from pairs import Block, PairRun, median_ci
 
 
 def block(who: str, calls: int, server: float, checkpoints: int = 0) -> Block:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))  # after tests/ and src/
 
-from relay import STREAM_TURN, StreamRound, StreamRun, median_ci, stream_ab, streams_side_by_side
+from pairs import median_ci
+from streams import STREAM_TURN, StreamRound, StreamRun, stream_ab, streams_side_by_side
 
 
 def run(rounds: list[StreamRound]) -> StreamRun:
