@@ -64,7 +64,7 @@ from capwallet.store import (
 )
 from capwallet.verify import Decision, Request, VerifiedToken, Verifier, evaluate
 from reference_relay.body import parse_body
-from reference_relay.calls import Call, _SettleAfterSend
+from reference_relay.calls import Call, _client_gone, _SettleAfterSend
 from reference_relay.chains import ChainNotes
 from reference_relay.config import ModelConfig, ProviderConfig, RelayConfig, env_keys
 from reference_relay.errors import (
@@ -694,9 +694,7 @@ class Relay:
                 except BaseException:
                     response.settle(True)
                     raise
-                # _client_gone(receive), written out
-                response.settle(getattr(getattr(receive, "__self__", None), "disconnected",
-                                        False) is True)
+                response.settle(_client_gone(receive))
             else:
                 await response(scope, receive, send)
         finally:
