@@ -160,6 +160,8 @@ class Call:
     def _settlement(self, usage: Usage | None, final: bool, status: str,
                     response_body: bytes | None) -> tuple[dict[str, int], LedgerEntry]:
         """What to charge each counter for this outcome, and its ledger row."""
+        if usage is not None and usage.unreadable:  # a count no reading makes sense of
+            return self._absurd(status, response_body, "unreadable")
         raw, tokens_in, tokens_out = self.raw_cost(usage, final)
         currency = self.ledger_currency
         cost = self._money(raw, currency)
@@ -182,13 +184,15 @@ class Call:
                 actual[d.counter_key] = 1
         return actual, self._entry(status, tokens_in, tokens_out, cost, response_body)
 
-    def _absurd(self, status: str, response_body: bytes | None
+    def _absurd(self, status: str, response_body: bytes | None, what: str = "absurd"
                 ) -> tuple[dict[str, int], LedgerEntry]:
         """The settlement of an absurd usage (2^63 tokens): no store holds its charges
         (SQLite binds 64 bits, the Redis store refuses past 2^53), and no call really used
-        it: charged the reserved worst case instead (which the store accepted, so it fits)."""
-        log.error("absurd usage token=%s reservation=%s: charged the reserved worst case",
-                  self.token_id, self.reservation_id)
+        it: charged the reserved worst case instead (which the store accepted, so it fits).
+        The same for an unreadable usage (a negative, NaN or text count: metering._count),
+        as for a missing one: read as no tokens, it would let a call spend past its budget."""
+        log.error("%s usage token=%s reservation=%s: charged the reserved worst case",
+                  what, self.token_id, self.reservation_id)
         return self._settlement(None, False, "usage_missing" if status == "ok" else status,
                                 response_body)
 

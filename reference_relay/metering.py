@@ -23,6 +23,9 @@ else the reservation's estimate; output tokens are the reserved worst case (the 
 times the choices). What was streamed cannot bound the output from above (hidden reasoning
 tokens and tokens generated after the cut are billed too), so the worst case is charged:
 a broken stream may cost the user its reservation, never an overspend.
+
+A usage holding a count no reading makes sense of (negative, NaN, text, bool: ``_count``) is
+charged as a missing one, the reserved worst case (``Usage.unreadable``; spec/budgets.md).
 """
 
 from __future__ import annotations
@@ -85,64 +88,94 @@ class Usage:
     cached_input_tokens: int = 0
     cache_write_tokens: int = 0
     tool_calls: dict[str, int] | None = None  # output item type -> count (Responses)
+    # A count the usage holds is unreadable (metering._count): the call is charged as if
+    # the usage were missing, the reserved worst case (reference_relay.calls, Call._settlement).
+    unreadable: bool = False
 
     @property
     def complete(self) -> bool:
         return self.input_tokens is not None and self.output_tokens is not None
 
 
-# The largest float _int reads as a count: above it a double no longer holds every integer.
+# The largest float _count reads as a count: above it a double no longer holds every integer.
 _FLOAT_COUNT_MAX = 2.0 ** 53
 
 
-def _int(v: Any) -> int:
-    """A positive token count, else 0 (a JSON number is an int or a float; bool is not one).
+def _count(v: Any) -> int:
+    """A token count: a non-negative int as it is, a non-negative float rounded up, null
+    (or an absent field, read as None) 0; -1 for anything else: unreadable.
 
-    A float counts too, rounded up: an OpenAI-compatible layer that writes its counts as
-    floats (``15.0``) is billed for them by its provider, so reading them as no tokens would
-    let a call spend past its budget; a fraction is charged as the next whole token (never
-    less than the provider may bill). A float past 2^53 is no exact count and reads as 0, as
-    text, bool, null and negative numbers do."""
+    A float counts, rounded up: an OpenAI-compatible layer that writes its counts as floats
+    (``15.0``) is billed for them by its provider, so reading them as no tokens would let a
+    call spend past its budget; a fraction is charged as the next whole token (never less
+    than the provider may bill). A negative number, NaN, a float past 2^53 (no exact count),
+    a bool, text or any other JSON value is unreadable, and a usage holding one is charged
+    as a missing one (``Usage.unreadable``): read as 0, a provider or a gateway that garbles
+    its counts would get the call charged nothing for them."""
     if type(v) is int:
-        return v if v > 0 else 0
-    if type(v) is float and 0.0 < v <= _FLOAT_COUNT_MAX:  # NaN fails both comparisons
+        return v if v >= 0 else -1
+    if v is None:
+        return 0
+    if type(v) is float and 0.0 <= v <= _FLOAT_COUNT_MAX:  # NaN fails both comparisons
         whole = int(v)
         return whole if whole == v else whole + 1
-    return 0
+    return -1
+
+
+def _unreadable(tool_calls: dict[str, int] | None = None) -> Usage:
+    """The usage of an answer whose usage holds an unreadable count (see _count)."""
+    return Usage(None, None, 0, 0, tool_calls, True)
 
 
 def openai_usage(u: Any) -> Usage | None:
     """Usage from an OpenAI-style ``usage`` object (chat, embeddings, DeepSeek, vLLM...)."""
-    if not isinstance(u, dict) or "prompt_tokens" not in u:
+    if not isinstance(u, dict) or u.get("prompt_tokens") is None:
         return None
-    prompt = _int(u.get("prompt_tokens"))
+    prompt = _count(u["prompt_tokens"])
     details = u.get("prompt_tokens_details")
-    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    hit = _count(u.get("prompt_cache_hit_tokens"))  # DeepSeek
+    completion = _count(u.get("completion_tokens"))
+    total = _count(u.get("total_tokens"))
+    if prompt < 0 or cached < 0 or hit < 0 or completion < 0 or total < 0:
+        return _unreadable()
     if not cached:
-        cached = _int(u.get("prompt_cache_hit_tokens"))  # DeepSeek
+        cached = hit
     cached = min(cached, prompt)
     # Billed output is the larger of completion_tokens and what total_tokens leaves after the
     # prompt: some OpenAI-compatible layers (Gemini's thinking models) report reasoning tokens
     # in total_tokens and completion_tokens_details but not in completion_tokens.
-    completion = _int(u.get("completion_tokens"))
-    total = _int(u.get("total_tokens"))
     return Usage(prompt - cached, max(completion, total - prompt), cached, 0)
 
 
 def anthropic_usage(u: Any, into: Usage | None = None) -> Usage | None:
-    """Usage from an Anthropic ``usage`` object; fields present override ``into``'s."""
+    """Usage from an Anthropic ``usage`` object; fields present (not null) override
+    ``into``'s; an unreadable one marks the usage so (``Usage.unreadable``)."""
     if not isinstance(u, dict):
         return into
     out = into if into is not None else Usage()
-    if "input_tokens" in u and u["input_tokens"] is not None:
-        out.input_tokens = _int(u["input_tokens"])
-    if "output_tokens" in u and u["output_tokens"] is not None:
-        out.output_tokens = _int(u["output_tokens"])
-    if u.get("cache_read_input_tokens") is not None:
-        out.cached_input_tokens = _int(u["cache_read_input_tokens"])
-    if u.get("cache_creation_input_tokens") is not None:
-        out.cache_write_tokens = _int(u["cache_creation_input_tokens"])
+    v = u.get("input_tokens")
+    if v is not None:
+        out.input_tokens = _read(v, out)
+    v = u.get("output_tokens")
+    if v is not None:
+        out.output_tokens = _read(v, out)
+    v = u.get("cache_read_input_tokens")
+    if v is not None:
+        out.cached_input_tokens = _read(v, out)
+    v = u.get("cache_creation_input_tokens")
+    if v is not None:
+        out.cache_write_tokens = _read(v, out)
     return out
+
+
+def _read(v: Any, into: Usage) -> int:
+    """_count of ``v``, marking ``into`` unreadable (and reading 0) when it is."""
+    n = _count(v)
+    if n < 0:
+        into.unreadable = True
+        return 0
+    return n
 
 
 def responses_usage(response: Any) -> Usage | None:
@@ -151,21 +184,23 @@ def responses_usage(response: Any) -> Usage | None:
     if not isinstance(response, dict):
         return None
     u = response.get("usage")
-    if not isinstance(u, dict) or "input_tokens" not in u:
+    if not isinstance(u, dict) or u.get("input_tokens") is None:
         return None
-    total_in = _int(u.get("input_tokens"))
+    total_in = _count(u["input_tokens"])
     details = u.get("input_tokens_details")
-    cached = min(_int(details.get("cached_tokens")) if isinstance(details, dict) else 0,
-                 total_in)
-    out = _int(u.get("output_tokens"))
+    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    out = _count(u.get("output_tokens"))
     out_details = u.get("output_tokens_details")
-    reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+    reasoning = _count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
     calls: dict[str, int] = {}
     items = response.get("output")
     for item in items if isinstance(items, list) else ():
         kind = item.get("type") if isinstance(item, dict) else None
         if isinstance(kind, str) and kind.endswith("_call"):
             calls[kind] = calls.get(kind, 0) + 1
+    if total_in < 0 or cached < 0 or out < 0 or reasoning < 0:
+        return _unreadable(calls)
+    cached = min(cached, total_in)
     return Usage(total_in - cached, max(out, reasoning), cached, 0, calls)
 
 
@@ -177,7 +212,7 @@ def usage_from_json(flavor: str, data: dict[str, Any]) -> Usage | None:
         return Usage(0, 0)
     if flavor == "anthropic":
         u = anthropic_usage(data.get("usage"))
-        return u if u is not None and u.complete else None
+        return u if u is not None and (u.complete or u.unreadable) else None
     return openai_usage(data.get("usage"))
 
 
@@ -189,8 +224,8 @@ def answer_usage(flavor: str, body: bytes) -> Usage | None:
     the relay parses every answer), else, and whenever orjson's reading could differ from the
     json module's, with the json module, so the result is the json module's either way:
     orjson refuses some text json reads (NaN, a byte-order mark, a lone surrogate escape:
-    those go to json), and reads an integer past 64 bits as a float, which would read as no
-    tokens (a usage object holding such a float is read again by json)."""
+    those go to json), and reads an integer past 64 bits as a float, which would read as an
+    unreadable count (a usage object holding such a float is read again by json)."""
     if _orjson_loads is not None:
         try:
             data = _orjson_loads(body)
@@ -251,23 +286,29 @@ def _openai_answer(u: Any) -> Usage | None:
             cached = prompt
         output = total - prompt
         return Usage(prompt - cached, completion if completion > output else output, cached, 0)
+    if prompt is None:  # null: no usage, as an absent prompt_tokens
+        return None
     # Each field's type asked once (a C call each) for both questions: a float (read it
     # again), and an int (a count); 1 K instructions less per answer than asking twice.
-    tp, tc, tt, tk = type(prompt), type(completion), type(total), type(cached)
-    if float in (tp, tc, tt, tk):
+    hit: Any = u.get("prompt_cache_hit_tokens")  # DeepSeek
+    tp, tc, tt, tk, th = type(prompt), type(completion), type(total), type(cached), type(hit)
+    if float in (tp, tc, tt, tk, th):
         return _INEXACT
-    prompt = prompt if tp is int and prompt > 0 else 0
-    cached = cached if tk is int and cached > 0 else 0
+    # Every count present (not null) a non-negative int, else the usage is unreadable
+    # (_count: bool, text and other values too).
+    if (tp is not int or prompt < 0
+            or (completion is not None and (tc is not int or completion < 0))
+            or (total is not None and (tt is not int or total < 0))
+            or (cached is not None and (tk is not int or cached < 0))
+            or (hit is not None and (th is not int or hit < 0))):
+        return _unreadable()
     if not cached:
-        hit: Any = u.get("prompt_cache_hit_tokens")  # DeepSeek
-        th = type(hit)
-        if th is float:
-            return _INEXACT
-        cached = hit if th is int and hit > 0 else 0
+        cached = hit if hit is not None else 0
     if cached > prompt:
         cached = prompt
-    completion = completion if tc is int and completion > 0 else 0
-    output = total - prompt if tt is int and total > 0 else -prompt
+    if completion is None:
+        completion = 0
+    output = total - prompt if total is not None else -prompt
     return Usage(prompt - cached, completion if completion > output else output, cached, 0)
 
 

@@ -1,7 +1,7 @@
-"""A provider reporting an absurd usage (2^63 tokens) is charged the reserved worst case, plain
-or streamed, on every route: the app gets its answer, the ledger says usage_missing, the
-counters hold the worst case, and one log line names the token id (reference_relay.calls,
-Call._settlement).
+"""A provider reporting an absurd usage (2^63 tokens), or an unreadable one (a negative, NaN
+or text count), is charged the reserved worst case, plain or streamed, on every route: the app
+gets its answer, the ledger says usage_missing, the counters hold the worst case, and one log
+line names the token id (reference_relay.calls, Call._settlement).
 
 Before, the settlement reached the store with counts no store holds (SQLite binds 64-bit
 integers, the Redis store refuses amounts past 2^53): a plain answer's queued settlement
@@ -76,7 +76,7 @@ def _answer(path: str, stream: bool) -> bytes:
             body += _event({**chunk, "choices": [], "usage": usage})
         return body + b"data: [DONE]\n\n"
     if path.endswith("/messages"):
-        usage = None if out is None else {"input_tokens": 10, "output_tokens": out}
+        usage = None if out is None else {"input_tokens": USAGE["input"], "output_tokens": out}
         if not stream:
             return _dumps({"id": "m", "type": "message", "role": "assistant",
                            "content": [{"type": "text", "text": "hi"}],
@@ -84,7 +84,7 @@ def _answer(path: str, stream: bool) -> bytes:
         start: dict[str, Any] = {"id": "m", "type": "message", "role": "assistant",
                                  "content": []}
         if usage:
-            start["usage"] = {"input_tokens": 10, "output_tokens": 1}
+            start["usage"] = {"input_tokens": USAGE["input"], "output_tokens": 1}
         delta: dict[str, Any] = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}
         if usage:
             delta["usage"] = {"output_tokens": out}
@@ -93,7 +93,8 @@ def _answer(path: str, stream: bool) -> bytes:
                 + _event({"type": "message_stop"}, "message_stop"))
     response: dict[str, Any] = {
         "id": "r", "object": "response", "status": "completed", "output": [],
-        "usage": None if out is None else {"input_tokens": 10, "output_tokens": out}}
+        "usage": None if out is None else {"input_tokens": USAGE["input"],
+                                           "output_tokens": out}}
     if not stream:
         return _dumps(response)
     return _event({"type": "response.completed", "response": response}, "response.completed")
@@ -163,17 +164,39 @@ def test_an_absurd_usage_is_charged_the_worst_case(
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 @pytest.mark.parametrize("route", sorted(ROUTES))
-@pytest.mark.parametrize("output", [-5, 1.5, math.nan, 1e300, "9"],
-                         ids=["negative", "float", "nan", "1e300", "text"])
-def test_an_unreadable_output_count_settles_without_failing(
+@pytest.mark.parametrize("field", ["output", "input"])
+@pytest.mark.parametrize("junk", [-5, math.nan, 1e300, "9", True],
+                         ids=["negative", "nan", "1e300", "text", "bool"])
+def test_an_unreadable_count_is_charged_the_worst_case(
         absurd_relay: Relay, captured_logs: LogCapture, route: str, stream: bool,
-        output: Any) -> None:
-    # Read as metering._int says (a fraction rounded up, anything else no tokens): a ledger
-    # row at once, and nothing failed on the way.
+        field: str, junk: Any) -> None:
+    # Read as 0 before (metering._int), such a count charged the call nothing for it (status
+    # ok, 0 tokens: seen failing so); it is charged as a missing usage now, as an absurd one
+    # is, with one log line naming the token id.
+    worst = _call(absurd_relay, route, stream, None)
+    assert worst[0] == "usage_missing"
     before = len(captured_logs.lines)
-    status, tokens_in, tokens_out, _, _ = _call(absurd_relay, route, stream, output)
-    assert status == "ok" and tokens_in == 10
-    assert tokens_out == (2 if output == 1.5 else 0)
+    try:
+        if field == "input":
+            USAGE["input"] = junk
+        got = _call(absurd_relay, route, stream, junk if field == "output" else 3)
+    finally:
+        USAGE["input"] = 10
+    assert got == worst
+    lines = captured_logs.lines[before:]
+    assert not [line for line in lines if "background task failed" in line
+                or "settle failed" in line or "Traceback" in line]
+    unreadable = [line for line in lines if "unreadable usage" in line]
+    assert len(unreadable) == 1 and "token=" in unreadable[0]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_a_fraction_of_a_token_is_charged_rounded_up(
+        absurd_relay: Relay, captured_logs: LogCapture, route: str, stream: bool) -> None:
+    before = len(captured_logs.lines)
+    status, tokens_in, tokens_out, _, _ = _call(absurd_relay, route, stream, 1.5)
+    assert (status, tokens_in, tokens_out) == ("ok", 10, 2)
     assert not [line for line in captured_logs.lines[before:]
                 if " ERROR " in line or "Traceback" in line]
 

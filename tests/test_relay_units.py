@@ -439,7 +439,8 @@ def test_token_counts_written_as_floats_are_charged_rounded_up_not_as_no_tokens(
     # An OpenAI-compatible layer may write its counts as floats (15.0). Its provider bills
     # them; read as no tokens (the old reading), such a call was charged nothing for them and
     # a budget could be spent past its limit. A fraction is charged as the next whole token;
-    # a float past 2^53 (no exact count), NaN, text and negative numbers still read as 0.
+    # a float past 2^53 (no exact count), NaN, text and negative numbers are unreadable
+    # (test_an_unreadable_count_marks_the_usage_unreadable).
     u = answer_usage("openai", b'{"usage":{"prompt_tokens":10.0,"completion_tokens":2.5,'
                                b'"total_tokens":12.5}}')
     assert u is not None and (u.input_tokens, u.output_tokens) == (10, 3)
@@ -453,10 +454,11 @@ def test_token_counts_written_as_floats_are_charged_rounded_up_not_as_no_tokens(
         5, 10, 2)
     r = answer_usage("responses", b'{"usage":{"input_tokens":4.0,"output_tokens":6.5}}')
     assert r is not None and (r.input_tokens, r.output_tokens) == (4, 7)
-    for junk in (b"1e300", b"9007199254740994.0", b"NaN", b"-4.0", b'"9"', b"true"):
+    for zero in (b"0.0", b"-0.0"):
         u = answer_usage("openai", b'{"usage":{"prompt_tokens":%s,"completion_tokens":1}}'
-                         % junk)
-        assert u is not None and (u.input_tokens, u.output_tokens) == (0, 1), junk
+                         % zero)
+        assert u is not None and (u.input_tokens, u.output_tokens, u.unreadable) == (
+            0, 1, False), zero
     for flavor, events in (
             ("openai", b'data: {"choices":[],"usage":{"prompt_tokens":7.0,'
                        b'"completion_tokens":2.5}}\n\ndata: [DONE]\n\n'),
@@ -468,6 +470,73 @@ def test_token_counts_written_as_floats_are_charged_rounded_up_not_as_no_tokens(
         meter.feed(events)
         assert meter.final and meter.usage is not None, flavor
         assert (meter.usage.input_tokens, meter.usage.output_tokens) == (7, 3), flavor
+
+
+# Values no count reads: negative, NaN, infinite, a float past 2^53, bool, text, objects.
+_JUNK = (b"-1", b"-4.0", b"NaN", b"Infinity", b"1e300", b"9007199254740994.0", b"true",
+         b"false", b'"9"', b"[]", b'{"n":1}')
+# Per flavor: a usage body with every count it reads readable (%s marks where each one goes,
+# in turn given a value no count reads).
+_USAGE_BODIES = {
+    "openai": (b'{"usage":{"prompt_tokens":%s,"completion_tokens":%s,"total_tokens":%s,'
+               b'"prompt_cache_hit_tokens":%s,"prompt_tokens_details":{"cached_tokens":%s}}}'),
+    "anthropic": (b'{"usage":{"input_tokens":%s,"output_tokens":%s,'
+                  b'"cache_read_input_tokens":%s,"cache_creation_input_tokens":%s}}'),
+    "responses": (b'{"usage":{"input_tokens":%s,"output_tokens":%s,'
+                  b'"input_tokens_details":{"cached_tokens":%s},'
+                  b'"output_tokens_details":{"reasoning_tokens":%s}},"output":[]}'),
+}
+
+
+@pytest.mark.parametrize("flavor", sorted(_USAGE_BODIES))
+def test_an_unreadable_count_marks_the_usage_unreadable(flavor: str) -> None:
+    # Read as 0 before (metering._int), a garbled count charged the call nothing for it; an
+    # unreadable count now marks the usage unreadable, and the call is charged as for a
+    # missing usage (Call._settlement; test_relay_absurd_usage.py runs it through the relay).
+    body = _USAGE_BODIES[flavor]
+    slots = body.count(b"%s")
+    good = answer_usage(flavor, body % ((b"3",) * slots))
+    assert good is not None and not good.unreadable and good.complete
+    for i in range(slots):
+        for junk in _JUNK:
+            values = [b"3"] * slots
+            values[i] = junk
+            u = answer_usage(flavor, body % tuple(values))
+            assert u is not None and u.unreadable, (flavor, i, junk)
+        values = [b"3"] * slots
+        values[i] = b"null"  # null is an absent count: 0, or no usage for the first
+        u = answer_usage(flavor, body % tuple(values))
+        if i == 0 or (flavor == "anthropic" and i == 1):
+            assert u is None, (flavor, i)
+        else:
+            assert u is not None and not u.unreadable and u.complete, (flavor, i)
+
+
+@pytest.mark.parametrize("junk", _JUNK)
+def test_an_unreadable_count_in_a_stream_marks_its_usage_unreadable(junk: bytes) -> None:
+    openai = (b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
+              b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":%s}}\n\n'
+              b"data: [DONE]\n\n")
+    anthropic_in = (b'event: message_start\ndata: {"type":"message_start","message":'
+                    b'{"usage":{"input_tokens":%s,"output_tokens":1}}}\n\n'
+                    b'event: message_delta\ndata: {"type":"message_delta","usage":'
+                    b'{"output_tokens":5}}\n\nevent: message_stop\n'
+                    b'data: {"type":"message_stop"}\n\n')
+    anthropic_out = (b'event: message_start\ndata: {"type":"message_start","message":'
+                     b'{"usage":{"input_tokens":7,"output_tokens":1}}}\n\n'
+                     b'event: message_delta\ndata: {"type":"message_delta","usage":'
+                     b'{"output_tokens":%s}}\n\nevent: message_stop\n'
+                     b'data: {"type":"message_stop"}\n\n')
+    responses = (b'event: response.completed\ndata: {"type":"response.completed","response":'
+                 b'{"output":[],"usage":{"input_tokens":7,"output_tokens":%s}}}\n\n')
+    for flavor, events in (("openai", openai), ("anthropic", anthropic_in),
+                           ("anthropic", anthropic_out), ("responses", responses)):
+        meter = StreamMeter(flavor, drop_usage_chunk=True)
+        out = meter.feed(events % junk)
+        assert meter.final and meter.done, (flavor, junk)
+        assert meter.usage is not None and meter.usage.unreadable, (flavor, junk)
+        if flavor == "openai":  # the usage chunk the app did not ask for is still dropped
+            assert b"usage" not in out
 
 
 def test_answer_usage_of_openai_answers_is_openai_usage_of_the_json_modules_reading() -> None:
