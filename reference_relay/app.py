@@ -822,9 +822,16 @@ class Relay:
                 await self.refusing(token, v, now)
                 raise
             # Reserve the worst case, then make the call (the same steps as below, written
-            # out here: no coroutine frame of its own between handle and the call's).
-            reservation = self.reservation(decision, prepared, worst, costs, v, app_name,
-                                           ledger_currency, ep, provider, model, lease, now)
+            # out here: no coroutine frame of its own between handle and the call's). A
+            # worst case past what the stores count is refused here, before the reservation
+            # that reads the revocation: a revoked token is refused as such (refusing).
+            try:
+                reservation = self.reservation(decision, prepared, worst, costs, v, app_name,
+                                               ledger_currency, ep, provider, model, lease,
+                                               now)
+            except RelayError:
+                await self.refusing(token, v, now)
+                raise
             done = await self.store.reserve(reservation)
             if done.ok:  # the request goes upstream first, then the call is built
                 sent = self.upstream.begin(provider, ep.upstream_path, prepared.body, key, fwd)

@@ -24,7 +24,14 @@ import anthropic
 import httpx
 import openai
 import pytest
-from relay_harness import HELLO_ANTHROPIC, HELLO_OPENAI, Relay, error_code, fake_requests
+from relay_harness import (
+    HELLO_ANTHROPIC,
+    HELLO_OPENAI,
+    Relay,
+    error_code,
+    fake_requests,
+    token_id,
+)
 
 from capwallet import caveats as cav
 
@@ -84,6 +91,26 @@ def test_a_worst_case_past_what_the_stores_count_is_refused(
     assert "worst case" in r.json()["error"]["message"]
     assert fake_requests(relay) == []
     assert relay.ledger(tok) == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_revoked_token_asking_a_worst_case_past_what_the_stores_count_is_refused_as_revoked(
+        relay: Relay, stream: bool) -> None:
+    # The worst case is refused on the way to the reservation (RelayApp.reservation), so the
+    # revocation, which the reservation reads, was never read: a revoked token got 400
+    # invalid_request (seen failing so), where any other refusal before the reservation
+    # tells it is revoked (revocation_first). Not an oracle: the holder of a revoked token
+    # is told so by any request.
+    tok = relay.mint()
+    relay.run(relay.store.revoke(token_id(tok), int(time.time())))
+    httpx.delete(relay.fake + "/_fake/requests")
+    r = _huge_call(relay, tok, stream=stream, max_tokens=MAX)
+    assert (r.status_code, error_code(r)) == (401, "revoked"), r.text
+    assert fake_requests(relay) == []
+    # Live, the same request is still the request's fault.
+    live = relay.mint()
+    r = _huge_call(relay, live, stream=stream, max_tokens=MAX)
+    assert (r.status_code, error_code(r)) == (400, "invalid_request"), r.text
 
 
 def test_a_budget_lowers_a_cap_up_to_2_53(relay: Relay) -> None:
