@@ -259,11 +259,21 @@ class Call:
         entry, self._pending = self._pending, None
         if entry is None:
             return
-        log.error("settle failed token=%s reservation=%s: %s", self.token_id,
-                  self.reservation_id,
-                  exception if isinstance(exception, StoreUnavailable)
-                  else type(exception).__name__)
+        self._failed("settle", exception)
         self._log(entry)
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        """Log a failed write of this call's settlement or release: the store's own failure
+        (StoreUnavailable: the store is down or busy) as it says it; any other (a value the
+        store refused, a bug in a store write) by its type and with its traceback, without
+        which a programming error there could not be found (the traceback goes through
+        LogRedactor as any other; it names the token id, never the token)."""
+        if isinstance(exc, StoreUnavailable):
+            log.error("%s failed token=%s reservation=%s: %s", what, self.token_id,
+                      self.reservation_id, exc)
+        else:
+            log.error("%s failed token=%s reservation=%s: %s", what, self.token_id,
+                      self.reservation_id, type(exc).__name__, exc_info=exc)
 
     async def _close(self, actual: dict[str, int] | None, entry: LedgerEntry,
                      again: bool = False) -> None:
@@ -283,12 +293,8 @@ class Call:
                 await self.store.settle(self.reservation_id, actual, entry)
         except Exception as exc:
             # The lease will close it at the reserved (worst-case) amount: never an overspend.
-            # Any failure, as a queued settlement's (set_exception): the store's own said,
-            # another (a value the store refused) by its type only, never a traceback.
-            log.error("%s failed token=%s reservation=%s: %s",
-                      "release" if actual is None else "settle", self.token_id,
-                      self.reservation_id,
-                      exc if isinstance(exc, StoreUnavailable) else type(exc).__name__)
+            # Any failure, as a queued settlement's (set_exception).
+            self._failed("release" if actual is None else "settle", exc)
         except asyncio.CancelledError:
             if not again:
                 self.spawn(self._close(actual, entry, True))

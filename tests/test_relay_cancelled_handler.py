@@ -217,8 +217,10 @@ def test_a_settlement_the_store_fails_is_logged_and_holds_the_worst_case(
                 sent = await handler
                 await store.drain()
             assert sent[0]["status"] == 200  # the app got its answer
-            [failed] = [rec.getMessage() for rec in caplog.records
+            [record] = [rec for rec in caplog.records
                         if rec.getMessage().startswith("settle failed")]
+            failed = record.getMessage()
+            assert record.exc_info is None and record.exc_text is None  # the store's own
             assert f"token={token_id(r.token)} " in failed and r.token not in failed
             assert "no such table" in failed  # the store's reason
             v = r.relay.verifier.check_token(r.token)
