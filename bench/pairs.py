@@ -13,8 +13,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from loadgen import KEY, TICK, Conn, build
+
+T = TypeVar("T")
 
 PAIRS = 24  # measured floor/relay pairs per run, ABBA order
 LAUNCHES = 6  # fresh starts of the floor proxy and the relay, PAIRS / LAUNCHES pairs each
@@ -90,6 +93,14 @@ def wal_checkpoints(wal: Path | None) -> int:
     return int.from_bytes(head[12:16], "big") if len(head) == 16 else 0
 
 
+def rotation(items: list[T], i: int) -> list[T]:
+    """The order of round ``i``: ``items`` rotated left by ``i``. With two, ABBA (AB BA AB
+    ...); with three, ABC BCA CAB: each is first, second and third once in every n rounds,
+    and none runs twice in a row (ABC CBA ran the last one twice, at every round's end)."""
+    k = i % len(items) if items else 0
+    return items[k:] + items[:k]
+
+
 @dataclass
 class Block:
     """One block of calls at PAIR_CONC to one server and what it cost, in seconds of CPU."""
@@ -137,11 +148,11 @@ class PairRun:
 
 async def _pair_blocks(targets: dict[str, tuple[str, str, list[int]]], fake_pids: list[int],
                        body: dict[str, object], pairs: int, block: int,
-                       wals: dict[str, Path]) -> list[Block]:
+                       wals: dict[str, Path], round0: int = 0) -> list[Block]:
     """Warm the servers with PAIR_WARM calls each, then run ``pairs`` rounds of one block per
-    server, in ABBA order (floor relay, relay floor, ...; with a third server ABC CBA). Each
-    server keeps its PAIR_CONC keep-alive connections for the whole launch, so no block pays
-    for connecting."""
+    server, the order rotated every round (``rotation``, counted from ``round0``): ABBA (floor
+    relay, relay floor, ...), with a third server ABC BCA CAB. Each server keeps its PAIR_CONC
+    keep-alive connections for the whole launch, so no block pays for connecting."""
     conns: dict[str, list[Conn]] = {}
     reqs: dict[str, tuple[bytes, bytes]] = {}
     for who, (url, auth, _) in targets.items():
@@ -165,7 +176,7 @@ async def _pair_blocks(targets: dict[str, tuple[str, str, list[int]]], fake_pids
         await asyncio.gather(*(worker(c, *reqs[who], PAIR_WARM // PAIR_CONC) for c in cs))
     blocks: list[Block] = []
     for i in range(pairs):
-        for who in names if i % 2 == 0 else names[::-1]:
+        for who in rotation(names, round0 + i):
             head, data = reqs[who]
             pids, wal = targets[who][2], wals.get(who)
             s0, f0, c0 = cpu_ns(pids), cpu_ns(fake_pids), time.process_time_ns()
@@ -208,7 +219,8 @@ class PairServers:
 def pair_rounds(launch: Callable[[int], PairServers], launches: int, fake_pid: int, token: str,
                 body: dict[str, object], pairs: int, block: int) -> PairRun:
     """``pairs`` floor/relay pairs at concurrency 20 in ABBA order on each of ``launches``
-    fresh launches of the two servers; see PAIRS in the docstring."""
+    fresh launches of the two servers (with ``--against``'s relay, ABC BCA CAB, the rotation
+    going on over the launches); see PAIRS in the docstring."""
     out: list[tuple[Block, Block]] = []
     others: list[tuple[Block, Block]] = []
     for k in range(launches):
@@ -223,7 +235,8 @@ def pair_rounds(launch: Callable[[int], PairServers], launches: int, fake_pid: i
                 targets["other"] = (servers.other[1], token, tree_pids(servers.other[0].pid))
                 if servers.other_wal is not None:
                     wals["other"] = servers.other_wal
-            blocks = asyncio.run(_pair_blocks(targets, [fake_pid], body, pairs, block, wals))
+            blocks = asyncio.run(_pair_blocks(targets, [fake_pid], body, pairs, block, wals,
+                                              k * pairs))
         finally:
             for proc, _ in procs:
                 proc.terminate()

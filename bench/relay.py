@@ -65,7 +65,9 @@ sd 3.4%, 8 of 10); the pooled ratio 1.85-2.06 (1.92, sd 3.3%). One run resolves 
 about +-7% (two sd): a change of 6% needs several runs on each side (or ``--against``).
 
 An A/B of two versions of the relay: ``--against OTHER_CHECKOUT`` launches that checkout's relay
-beside this one's in every launch, and each round runs one block per server (ABC CBA order):
+beside this one's in every launch, and each round runs one block per server, in ABC BCA CAB
+order (each server first, second and third as often, none twice in a row; ABC CBA ran the
+last one twice in a row at every round's end):
 printed are its ratio to the same floor and this relay's CPU per call over the other's per
 round, with the median's 95% confidence interval, both measured under the same conditions,
 where two separate runs differ by the machine's load between them. A second A/B line divides
@@ -85,7 +87,7 @@ the runs with the range beside it.
 An A/B of two versions' streams: ``--streams --against OTHER_CHECKOUT`` runs that checkout's
 relay (launched as for the pairs, its own store) as a fourth side of the short stream's rounds:
 in this relay's block, the two relays taking turns of STREAM_TURN calls (AB BA AB ...; the
-blocks go ABC CBA: direct, floor, the two relays, reversed every other round). Printed: each
+blocks go ABC BCA CAB: direct, floor, the two relays, rotated every round). Printed: each
 relay's added first byte (p50 over a run) and CPU per short stream (the scheduler's ns, as the
 pairs'), and this relay minus the other per round, with the median's 95% confidence interval.
 Why: the change judged is some 20-50 us of a 0.5 ms target, and two separate runs of the same

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 from loadgen import KEY, ROUNDS, Conn, build, tree_cpu_seconds
-from pairs import SETTLE_S, cpu_ns, median_ci, spread, tree_pids
+from pairs import SETTLE_S, cpu_ns, median_ci, rotation, spread, tree_pids
 
 # Streams per turn when two relays share a block (--streams --against). Taking turns call by
 # call (measured, loaded machine) put 0.5 ms on each relay's added first byte (0.8 with a 1 ms
@@ -121,8 +121,8 @@ def stream_rounds(fake_url: str, relay_url: str, relay_pid: int, floor_url: str,
     """Streams at concurrency 1: time to the first byte and to the first content chunk (what a
     chat UI shows) of a 16-chunk stream, and a LONG-chunk stream for the cost per chunk;
     direct, floor-proxy (bench/passthrough.py) and relayed rounds alternate, so all see the
-    same machine load, in ABC CBA order (the order reversed every other round, counted from
-    ``round0`` so that it goes on alternating over the runs). ``other`` (url, pid) is
+    same machine load, in ABC BCA CAB order (rotated every round, pairs.rotation, counted
+    from ``round0`` so that it goes on over the runs). ``other`` (url, pid) is
     ``--against``'s relay: a fourth side, for the short stream only (the A/B is judged on
     it), in this relay's block, the two taking turns of STREAM_TURN calls."""
     long_body = {**stream_body, "max_tokens": LONG}
@@ -144,7 +144,7 @@ def stream_rounds(fake_url: str, relay_url: str, relay_pid: int, floor_url: str,
             blocks = [[side] for side in sides[:3]]
             if kind == "short":
                 blocks[2] += sides[3:]
-            for block in blocks if i % 2 == 0 else blocks[::-1]:
+            for block in rotation(blocks, i):
                 c0 = {who: tree_cpu_seconds(pid) for who, _, _, pid in block if pid}
                 n0 = {who: cpu_ns(pids[who]) for who, _, _, pid in block if pid}
                 gots = asyncio.run(streams_side_by_side([(url, auth) for _, url, auth, _ in block],
