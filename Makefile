@@ -37,12 +37,15 @@ test: $(STAMP) system-deps $(NODE_STAMP)
 # mypy sees tests/ and bench/ as pytest and the benchmarks import them: both are on sys.path
 # (no __init__.py), so their helpers (relay_harness, store_suite, conftest, checkout, ...) are
 # top-level modules and tests/wallet/ is the package "wallet"; tests import each other by
-# those names, never as tests.<name>. examples/ are checked as they are, with src/.
+# those names, never as tests.<name>. examples/ are checked as they are, with src/. scripts/
+# and test_vectors/ the same way: a script imports its neighbours by name (mutation_score ->
+# mutation_equivalents), and generate.py the package vectorgen beside it.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy --strict src/capwallet
 	MYPYPATH=src $(VENV)/bin/mypy --strict reference_relay fake_provider
 	MYPYPATH=src:tests:bench $(VENV)/bin/mypy --strict --explicit-package-bases tests bench examples
+	MYPYPATH=src:scripts:test_vectors $(VENV)/bin/mypy --strict --explicit-package-bases scripts test_vectors
 
 bench: $(STAMP)
 	$(PY) bench/verify.py

@@ -34,8 +34,8 @@ def build_budget() -> File:
 
     def seq(desc: str, spec: str, flags: list[str], t: Tok, steps: list[Step],
             counters: dict[str, int] | None = None) -> None:
-        for s in [t, *[s.token for s in steps if s.token is not None]]:
-            crosscheck_mint(s)
+        for member in [t, *[s.token for s in steps if s.token is not None]]:
+            crosscheck_mint(member)
         out = []
         for s in steps:
             step: dict[str, Any] = {}
@@ -47,7 +47,9 @@ def build_budget() -> File:
         f.add(desc, spec, [SEQ, *flags], keys=keys, **token_json(t),
               counters=scale_counters(counters or {}), steps=out)
 
-    eur = lambda n: call(cost={"EUR": n})  # noqa: E731
+    def eur(n: int) -> dict[str, Any]:
+        return call(cost={"EUR": n})
+
     b = "budget b000000000000030 100 EUR month"
     t = tok("budget-month", b)
     k = ckey(t.token_id, b, "2026-09")
@@ -92,7 +94,8 @@ def build_budget() -> File:
                points: list[tuple[int, str, int | None]], limit: int) -> None:
         """Each point: (now, expected period key, expected resets_at); each call costs 1."""
         tt = tok(label, caveat, issued_at=min(p[0] for p in points) - 3600)
-        steps, state = [], {}
+        steps: list[Step] = []
+        state: dict[str, int] = {}
         kind = caveat.split(" ")[0]
         kind = {"budget": "budget", "token-quota": "quota", "rate": "rate"}[kind]
         for now, key, resets in points:
@@ -317,7 +320,9 @@ def build_budget() -> File:
     bc = "budget b000000000000046 1 USD total"
     ct = tok("budget-cent", bc)
     kc_ = ckey(ct.token_id, bc, "total")
-    usd = lambda n: call(cost={"USD": Micros(n)})  # noqa: E731
+    def usd(n: int) -> dict[str, Any]:
+        return call(cost={"USD": Micros(n)})
+
     seq("A budget of one cent (1 USD minor unit, 1000000 microunits) pays for several cheap "
         "calls: three of 0.003 USD fit, a fourth does not, 0.001 USD fills it exactly, then "
         "1 microunit is refused. Counted in whole cents, the first call alone would have "
@@ -344,7 +349,9 @@ def build_budget() -> File:
     by = "budget b000000000000047 1 JPY total"
     yt = tok("budget-yen", by)
     ky = ckey(yt.token_id, by, "total")
-    jpy = lambda n: call(cost={"JPY": Micros(n)})  # noqa: E731
+    def jpy(n: int) -> dict[str, Any]:
+        return call(cost={"JPY": Micros(n)})
+
     seq("JPY has no minor unit (exponent 0), so a microunit is a millionth of a yen: a 1 JPY "
         "budget takes two calls of 0.4 yen (400000 microunits), refuses a third, and 0.2 yen "
         "fills it.", "caveats.md#currencies", [MICRO, BOUNDARY], yt, [

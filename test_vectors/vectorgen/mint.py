@@ -133,7 +133,7 @@ def build_mint() -> File:
     t = tid("mint-grant")
     b3 = f"budget {nonce['b3']} 2000 EUR month Europe/Berlin"
     r2 = f"rate {nonce['r2']} 30"
-    grant = [cav.App("https://notes.example"), cav.Expires(T + 30 * 86400),
+    grant: list[cav.Caveat] = [cav.App("https://notes.example"), cav.Expires(T + 30 * 86400),
              cav.Providers(("anthropic", "openai")),
              cav.Models(("claude-sonnet-4-5", "gpt-4o-mini")), cav.Operations(("chat",)),
              cav.MaxOutputTokens(4000),

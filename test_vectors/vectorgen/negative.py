@@ -107,7 +107,7 @@ def build_negative() -> File:
     add("A UTF-8-encoded surrogate (%ED%A0%80).", pct, [NONASCII], [b"models %ED%A0%80"], inv)
     nonce = "b000000000000001"
     budget, reg = "caveats.md#budget", "caveats.md#"
-    for text, why in [
+    for line, why in [
         (f"budget {nonce} 1000 EUR fortnight", "an unknown period"),
         (f"budget {nonce} 1000 EUR minute", "period 'minute' (only rate counts minutes)"),
         (f"budget {nonce} 1000 eur month", "a lower-case currency"),
@@ -121,7 +121,7 @@ def build_negative() -> File:
          "'localtime', a system file, not a tz database name"),
         (f"budget {nonce} 1000 EUR month Europe%2FBerlin", "a percent-encoded '/'"),
     ]:
-        add(f"budget with {why}.", budget, [BADVALUE], [text.encode()], inv)
+        add(f"budget with {why}.", budget, [BADVALUE], [line.encode()], inv)
     add("budget naming UTC explicitly: UTC is written by omitting the time zone.",
         "caveats.md#time-zones", [BADVALUE], [f"budget {nonce} 1000 EUR month UTC".encode()], inv)
     add("budget without its nonce.", budget, [ARGS], [b"budget 1000 EUR month"], inv)
