@@ -478,6 +478,18 @@ def _client_gone(receive: Receive) -> bool:
     return getattr(getattr(receive, "__self__", None), "disconnected", False) is True
 
 
+def _body_here(receive: Receive) -> bool:
+    """Whether the server holds the request's whole body already, so that ``receive`` gives
+    it without waiting (the relay's handler then reads it with no deadline to set): uvicorn's
+    request cycle (``receive``'s ``__self__``, as for _client_gone) has seen the body's end
+    and its message event is set. Elsewhere False: the body is read under its deadline."""
+    cycle = getattr(receive, "__self__", None)
+    if getattr(cycle, "more_body", True) is not False:
+        return False
+    event = getattr(cycle, "message_event", None)
+    return isinstance(event, asyncio.Event) and event.is_set()
+
+
 class _SettleAfterSend(Response):
     """A non-streamed answer whose settlement is written right after it is sent (or fails to
     be), keeping the ledger write off the app's latency. Until then the reservation still holds

@@ -1,0 +1,135 @@
+"""What the relay reads from the server's request cycle instead of waiting on ``receive``.
+
+A shortcut on every call depends on it (reference_relay.calls): a body the server holds whole
+is read with no deadline to set (``_body_here``). Checked here against real uvicorn servers,
+with the protocols the relay is served with (its own httptools protocol; h11, the tests'), so
+that a uvicorn whose cycle changed shows as a failure rather than as the slow path taken
+silently; and the slow path itself: a relay behind a middleware that wraps ``receive``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from relay_harness import FAKE_KEY, Relay, ServerThread, config_data
+from starlette.types import Receive, Scope, Send
+
+from capwallet import caveats as cav
+from capwallet.keys import RootKey
+from reference_relay.app import create_app
+from reference_relay.calls import _body_here, _client_gone
+from reference_relay.config import parse_config
+from reference_relay.http_limits import BoundedHttpToolsProtocol
+from reference_relay.listen import listen
+
+
+class Recorder:
+    """An ASGI app that notes what the shortcuts read on entry, then answers 200."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[bool, bool]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        self.seen.append((_body_here(receive), _client_gone(receive)))
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture(params=["httptools", "h11"])
+def served(request: pytest.FixtureRequest) -> Iterator[tuple[Recorder, int]]:
+    app = Recorder()
+    sock = listen("127.0.0.1", 0)
+    http: Any = BoundedHttpToolsProtocol if request.param == "httptools" else "h11"
+    server = uvicorn.Server(uvicorn.Config(app, http=http, lifespan="off", log_config=None,
+                                           access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.005)
+    try:
+        yield app, sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+HEAD = b"POST / HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 10\r\n\r\n"
+
+
+def _ask(port: int, *parts: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        for i, part in enumerate(parts):
+            if i:
+                time.sleep(0.2)  # the app runs with only the first part received
+            s.sendall(part)
+        return s.recv(65536)
+
+
+def test_a_whole_body_is_here(served: tuple[Recorder, int]
+                                                             ) -> None:
+    app, port = served
+    assert _ask(port, HEAD + b"0123456789").startswith(b"HTTP/1.1 200")
+    assert app.seen == [(True, False)]
+
+
+def test_a_body_still_arriving_is_not_here(served: tuple[Recorder, int]) -> None:
+    # Read under the body's deadline: the relay's 408 for a stalled body rests on it.
+    app, port = served
+    assert _ask(port, HEAD + b"01234", b"56789").startswith(b"HTTP/1.1 200")
+    assert app.seen == [(False, False)]
+
+
+def test_elsewhere_nothing_is_assumed() -> None:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    assert (_body_here(receive), _client_gone(receive)) == (False, False)
+
+
+class WrapsReceive:
+    """A middleware that hands the app a receive of its own, as some do: the relay cannot
+    read the server's request cycle through it, and takes the slow path."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.state = app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def own() -> Any:
+            return await receive()
+
+        await self.app(scope, own, send)
+
+
+@pytest.fixture
+def wrapped_relay(fake: str, tmp_path: Path) -> Iterator[Relay]:
+    root = RootKey.generate()
+    root.save(tmp_path / "root.key")
+    config = parse_config(config_data(fake), tmp_path)
+    server = ServerThread(WrapsReceive(create_app(config, provider_keys=lambda _: FAKE_KEY)))
+    server.start()
+    relay = Relay(server.url, fake, root, config, server)
+    try:
+        yield relay
+    finally:
+        relay.close()
+
+
+def test_behind_a_middleware_a_body_is_read_under_its_deadline(wrapped_relay: Relay) -> None:
+    tok = wrapped_relay.mint(cav.Budget(1000, "USD", "month"))
+    r = wrapped_relay.chat(tok, max_tokens=16)
+    assert r.status_code == 200
