@@ -1,10 +1,13 @@
 """What the relay reads from the server's request cycle instead of waiting on ``receive``.
 
-A shortcut on every call depends on it (reference_relay.calls): a body the server holds whole
-is read with no deadline to set (``_body_here``). Checked here against real uvicorn servers,
-with the protocols the relay is served with (its own httptools protocol; h11, the tests'), so
-that a uvicorn whose cycle changed shows as a failure rather than as the slow path taken
-silently; and the slow path itself: a relay behind a middleware that wraps ``receive``.
+Two shortcuts on every call depend on it (reference_relay.calls): a body the server holds whole
+is read with no deadline to set (``_body_here``), and a stream's pump asks the server whether
+the app hung up as it sends (``_client_gone``), with no listener task per stream, wherever
+the server can tell (``_shows_hang_up``). Checked here against real uvicorn servers, with the
+protocols the relay is served with (its own httptools protocol; h11, the tests'), so that a
+uvicorn whose cycle changed shows as a failure rather than as the slow path taken silently;
+and the slow path itself: a relay behind a middleware that wraps ``receive`` still sees a
+stream's app hang up.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from capwallet import caveats as cav
 from capwallet.keys import RootKey
 from reference_relay.app import create_app
-from reference_relay.calls import _body_here, _client_gone
+from reference_relay.calls import _body_here, _client_gone, _shows_hang_up
 from reference_relay.config import parse_config
 from reference_relay.http_limits import BoundedHttpToolsProtocol
 from reference_relay.listen import listen
@@ -34,12 +37,12 @@ class Recorder:
     """An ASGI app that notes what the shortcuts read on entry, then answers 200."""
 
     def __init__(self) -> None:
-        self.seen: list[tuple[bool, bool]] = []
+        self.seen: list[tuple[bool, bool, bool]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        self.seen.append((_body_here(receive), _client_gone(receive)))
+        self.seen.append((_shows_hang_up(receive), _body_here(receive), _client_gone(receive)))
         while (await receive()).get("more_body"):
             pass
         await send({"type": "http.response.start", "status": 200,
@@ -79,30 +82,31 @@ def _ask(port: int, *parts: bytes) -> bytes:
         return s.recv(65536)
 
 
-def test_a_whole_body_is_here(served: tuple[Recorder, int]
+def test_a_whole_body_is_here_and_the_server_shows_a_hang_up(served: tuple[Recorder, int]
                                                              ) -> None:
     app, port = served
     assert _ask(port, HEAD + b"0123456789").startswith(b"HTTP/1.1 200")
-    assert app.seen == [(True, False)]
+    assert app.seen == [(True, True, False)]
 
 
 def test_a_body_still_arriving_is_not_here(served: tuple[Recorder, int]) -> None:
     # Read under the body's deadline: the relay's 408 for a stalled body rests on it.
     app, port = served
     assert _ask(port, HEAD + b"01234", b"56789").startswith(b"HTTP/1.1 200")
-    assert app.seen == [(False, False)]
+    assert app.seen == [(True, False, False)]
 
 
 def test_elsewhere_nothing_is_assumed() -> None:
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    assert (_body_here(receive), _client_gone(receive)) == (False, False)
+    assert (_shows_hang_up(receive), _body_here(receive), _client_gone(receive)) == (
+        False, False, False)
 
 
 class WrapsReceive:
     """A middleware that hands the app a receive of its own, as some do: the relay cannot
-    read the server's request cycle through it, and takes the slow path."""
+    read the server's request cycle through it, and takes the slow paths."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -133,3 +137,16 @@ def test_behind_a_middleware_a_body_is_read_under_its_deadline(wrapped_relay: Re
     tok = wrapped_relay.mint(cav.Budget(1000, "USD", "month"))
     r = wrapped_relay.chat(tok, max_tokens=16)
     assert r.status_code == 200
+
+
+def test_behind_a_middleware_a_stream_hang_up_is_still_seen(wrapped_relay: Relay) -> None:
+    # The response listens for the disconnect itself (no server flag to ask): the app that
+    # left after one chunk is recorded as gone, and the stream is still metered to its end.
+    tok = wrapped_relay.mint(cav.Budget(1000, "USD", "month"))
+    body = {"model": "fault-slow_stream:40", "max_tokens": 32, "stream": True,
+            "messages": [{"role": "user", "content": "hello there"}]}
+    wrapped_relay.hang_up_stream("/v1/chat/completions", body, tok)
+    [row] = wrapped_relay.wait_ledger(tok, 1)
+    assert (row.status, row.input_tokens, row.output_tokens, row.cost) == (
+        "client_disconnected", 10, 16, 5_800_000)
+
