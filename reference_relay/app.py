@@ -54,6 +54,7 @@ from capwallet.money import EXPONENTS, format_micros
 from capwallet.periods import period_key
 from capwallet.reasons import Reason, TokenError
 from capwallet.store import (
+    COUNTER_MARGIN,
     Hold,
     LedgerEntry,
     PendingApproval,
@@ -107,7 +108,7 @@ MIN_CLAMPED_OUTPUT = 256
 MAX_HEADER_BYTES = 16 * 1024  # all request headers together
 MAX_HEADER_FIELDS = 100
 AUTH_REMEMBERED = 4096  # Authorization headers whose token check Relay.handle remembers
-PRUNE_INTERVAL = 3600.0  # seconds between deletions of ledger rows past their retention
+PRUNE_INTERVAL = 3600.0  # seconds between deletions of past periods' counters and old ledger rows
 _TOKEN_TEXT = re.compile(r"cwt1_[A-Za-z0-9_-]{4,}")
 # Provider routes the relay refuses by name (rather than a bare not_found): their cost is
 # per image, per second of audio or otherwise outside what it bounds and meters.
@@ -557,12 +558,20 @@ class Relay:
                 n = await self.store.expire_leases(now)
                 if n:
                     log.warning("closed %d reservation(s) whose lease expired", n)
-                days = self.config.ledger_retention_days
-                if days and (pruned_at is None or time.monotonic() - pruned_at >= PRUNE_INTERVAL):
+                if pruned_at is None or time.monotonic() - pruned_at >= PRUNE_INTERVAL:
                     pruned_at = time.monotonic()
-                    gone = await self.store.prune_ledger(now - days * 86400)
+                    # After the leases above: no open reservation holds a counter this deletes
+                    # (a reservation is made in its counters' period, its lease ends long
+                    # before COUNTER_MARGIN is over).
+                    gone = await self.store.prune_counters(now - COUNTER_MARGIN)
                     if gone:
-                        log.info("deleted %d ledger row(s) older than %d days", gone, days)
+                        log.info("deleted %d counter(s) of periods that ended over %d days "
+                                 "ago", gone, COUNTER_MARGIN // 86400)
+                    days = self.config.ledger_retention_days
+                    if days:
+                        gone = await self.store.prune_ledger(now - days * 86400)
+                        if gone:
+                            log.info("deleted %d ledger row(s) older than %d days", gone, days)
             except StoreUnavailable as exc:
                 log.error("lease sweep failed: %s", exc)
             await asyncio.sleep(self.config.sweep_interval)

@@ -981,3 +981,51 @@ def test_record_adds_usage_as_counts_as_usage_says(status: str, provider: str) -
     _record(cur, entry, _ledger_row(entry, "rid"))
     want = {(usage_day(entry.time), "tok", "app", provider, "m", "USD"): (50, 1, 3, 4)}
     assert cur.usage == (want if counts_as_usage(entry) else {})
+
+
+async def test_prune_counters_deletes_the_counters_of_past_periods_only(tmp_path: Path) -> None:
+    """Without it the file kept every period's counter of every token for ever (a rate's one
+    per minute of use): nothing deleted from the counters table. Deleted: a counter whose
+    period ended before the time given; kept: the running periods' and "total" counters
+    (no resets_at). More counters than one write reads (PRUNE_CHUNK), so the walk goes on
+    over several writes, and a reservation's counter made the usual way is judged alike."""
+    from capwallet.store.sqlite import PRUNE_CHUNK
+
+    path = tmp_path / "c.db"
+    store = SQLiteStore(path)
+    try:
+        live = _reservation(Hold("b/2026-09", 10, 10**9, 2000))
+        assert (await store.reserve(live)).ok
+        dead = _reservation(Hold("b/2026-08", 10, 10**9, 900))
+        assert (await store.reserve(dead)).ok
+        assert await store.settle(dead.reservation_id, {"b/2026-08": 7}, LedgerEntry(
+            1, "t", "app", "p", "m", "chat", 1, 1, 7, "USD", "ok", 1,
+            reservation_id=dead.reservation_id))
+        n = PRUNE_CHUNK * 2 + 500
+        with sqlite3.connect(path) as c:
+            c.executemany("INSERT INTO counters (key, used, resets_at) VALUES (?, ?, ?)",
+                          [(f"r/{i:05d}", 1, 500 + i % 3 * 1000 if i % 4 else None)
+                           for i in range(n)])
+        # resets_at 500 (dead), 1500 (kept at 1000) or 2500 (kept), None (a total: kept)
+        want_dead = {f"r/{i:05d}" for i in range(n) if i % 4 and i % 3 == 0}
+
+        def table() -> dict[str, int]:
+            with sqlite3.connect(path) as c:
+                return dict(c.execute("SELECT key, used FROM counters").fetchall())
+
+        before = table()
+        assert before["b/2026-08"] == 7 and len(before) == n + 2
+        assert await store.prune_counters(1000) == len(want_dead) + 1
+        after = table()
+        assert set(before) - set(after) == want_dead | {"b/2026-08"}
+        assert all(after[k] == before[k] for k in after)
+        assert await store.counters(["b/2026-08", "b/2026-09"]) == {"b/2026-08": 0,
+                                                                    "b/2026-09": 10}
+        assert await store.prune_counters(1000) == 0
+        # the live reservation still settles on its counter
+        assert await store.settle(live.reservation_id, {"b/2026-09": 4}, LedgerEntry(
+            2, "t", "app", "p", "m", "chat", 1, 1, 4, "USD", "ok", 1,
+            reservation_id=live.reservation_id))
+        assert await store.counters(["b/2026-09"]) == {"b/2026-09": 4}
+    finally:
+        await store.close()

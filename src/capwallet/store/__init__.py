@@ -14,6 +14,7 @@ import importlib
 from urllib.parse import urlsplit
 
 from capwallet.store.base import (
+    COUNTER_MARGIN,
     Chain,
     Hold,
     LedgerEntry,
@@ -59,6 +60,7 @@ def open_store(url: str) -> Store:
 
 
 __all__ = [
-    "BACKENDS", "Chain", "Hold", "LedgerEntry", "Outcome", "PendingApproval", "Reservation",
-    "ReserveResult", "Snapshot", "Store", "StoreUnavailable", "UsageTotal", "open_store",
+    "BACKENDS", "COUNTER_MARGIN", "Chain", "Hold", "LedgerEntry", "Outcome", "PendingApproval",
+    "Reservation", "ReserveResult", "Snapshot", "Store", "StoreUnavailable", "UsageTotal",
+    "open_store",
 ]

@@ -42,7 +42,8 @@ Semantics every backend implements (and tests/store_suite.py checks for each):
   They are never evicted by ledger rows, so spend figures survive any number of refusals and
   the ledger's retention.
 * ``prune_ledger`` deletes ledger rows older than a time (the ledger's retention); it never
-  touches counters, reservations or usage aggregates.
+  touches counters, reservations or usage aggregates. ``prune_counters`` deletes the counters
+  of periods that ended before a time (COUNTER_MARGIN ago: Redis expires them then).
 * Chains: a ledger row names the token chain that made the call (``chain_id``, see
   capwallet.macaroon.chain_id): an app may attenuate its token offline for a sub-task, and the
   attenuated token keeps the token id, so the token id alone cannot tell the sub-task's calls
@@ -235,6 +236,9 @@ class UsageTotal:
 
 
 MAX_CHAINS = 64  # chains recorded per token id (note_chain ignores any beyond)
+# A counter outlives its period by this (late settles, the wallet): Redis expires it then,
+# the relay's sweep prunes it then from the others (Store.prune_counters).
+COUNTER_MARGIN = 2 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,6 +408,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def prune_ledger(self, before: int) -> int:
         """Delete ledger rows with time < ``before``; return how many."""
+
+    @abc.abstractmethod
+    async def prune_counters(self, before: int) -> int:
+        """Delete the counters whose period ended before ``before`` (``resets_at`` < it;
+        "total" counters, which never reset, are kept); return how many. The relay calls it
+        with ``now - COUNTER_MARGIN``, after closing the expired leases: a period's counter is
+        read and written only while its period runs (a counter key names its period), and by
+        a late settle or the wallet shortly after. Without it a store keeps every period's
+        counter of every token for ever, a rate's one per minute of use. A backend whose
+        counters expire by themselves at that time (Redis) deletes nothing here."""
 
     @abc.abstractmethod
     async def add_pending(self, pending: PendingApproval) -> None: ...

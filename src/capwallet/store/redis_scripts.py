@@ -19,7 +19,7 @@ formats with ``%d``, and the Python side refuses amounts beyond 2**53 before the
 
 from __future__ import annotations
 
-COUNTER_MARGIN = 2 * 86400  # a counter outlives its period by this (late settles, the wallet)
+from capwallet.store.base import COUNTER_MARGIN as COUNTER_MARGIN  # a counter outlives its period
 
 # Shared helper: add ``delta`` to counter ``key`` (never below 0) and give it an expiry of the
 # period end (or the server's now, if later) plus the margin, unless resets < 0 ("total").

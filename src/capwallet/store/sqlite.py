@@ -135,6 +135,7 @@ BUSY_RETRY_S = 0.0002  # the first try's wait; each next one waits twice as long
 # files again (measured, bench/store.py's calls at concurrency 20: 11 us less CPU per call).
 CHECKPOINT_EVERY = 128
 HOLDS_CACHE = 16384  # open reservations whose holds this process remembers for their settle
+PRUNE_CHUNK = 1000  # counters read (and their dead deleted) per write of prune_counters
 _OK = ReserveResult(True)
 _REVOKED = ReserveResult(False, revoked=True)
 _APPROVAL_USED = ReserveResult(False, approval_used=True)
@@ -878,6 +879,30 @@ class SQLiteStore(Store):
                           + " AND ".join(where) + " ORDER BY token_id, first_seen, chain_id",
                           params)
         return [Chain(r[0], r[1], tuple(json.loads(r[2])), r[3]) for r in rows]
+
+    async def prune_counters(self, before: int) -> int:
+        """In writes of PRUNE_CHUNK counters each, walked in key order: the counters table
+        has no index on resets_at (one would cost every counter write), and one DELETE over
+        it would hold the write lock, and the relay's reservations, for a scan of the whole
+        table. Each write reads its chunk by the primary key and deletes the dead ones in it,
+        so the relay's writes go on between the chunks."""
+        deleted, after = 0, ""
+
+        def txn(c: _Cursor) -> tuple[int, str | None]:
+            c.owe()  # it changes counters, which the batch's reserves may have read
+            rows = c.execute("SELECT key, resets_at FROM counters WHERE key > ? ORDER BY key "
+                             "LIMIT ?", (after, PRUNE_CHUNK)).fetchall()
+            dead = [(k,) for k, resets in rows if resets is not None and resets < before]
+            if dead:
+                c.executemany("DELETE FROM counters WHERE key = ?", dead)
+            return len(dead), (rows[-1][0] if len(rows) == PRUNE_CHUNK else None)
+
+        while True:
+            n, last = await self._write(txn)
+            deleted += n
+            if last is None:
+                return deleted
+            after = last
 
     async def prune_ledger(self, before: int) -> int:
         def txn(c: _Cursor) -> int:
