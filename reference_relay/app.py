@@ -572,6 +572,13 @@ class Relay:
                         gone = await self.store.prune_ledger(now - days * 86400)
                         if gone:
                             log.info("deleted %d ledger row(s) older than %d days", gone, days)
+                        # The chains whose ledger rows are all gone: a chain's last row is
+                        # written at most a lease after it expires (COUNTER_MARGIN is ample).
+                        gone = await self.store.prune_chains(
+                            now - days * 86400 - COUNTER_MARGIN)
+                        if gone:
+                            log.info("deleted %d chain record(s) that expired over %d days "
+                                     "ago", gone, days + COUNTER_MARGIN // 86400)
             except StoreUnavailable as exc:
                 log.error("lease sweep failed: %s", exc)
             await asyncio.sleep(self.config.sweep_interval)

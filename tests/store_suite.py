@@ -706,6 +706,31 @@ async def test_a_chain_is_recorded_once_and_per_token(opener: Opener) -> None:
         await b.close()
 
 
+async def test_chains_that_expired_before_a_time_are_pruned(store: Store) -> None:
+    """prune_chains deletes the chains whose earliest ``expires`` caveat is before the time
+    given (a sub-task's own, or its parent's that it holds), and keeps the rest: a chain
+    with no expiry, one that expires at or after the time, other tokens' chains. Before, no
+    chain was ever deleted: the wallet's grants all expire, and their chains stayed."""
+    root = Chain("t1", "a1" * 8, ("app Blog", f"expires {NOW + 1000}"), NOW)
+    sub = Chain("t1", "b2" * 8, (*root.caveats, f"expires {NOW + 100}", "budget 5 USD total"),
+                NOW + 1)
+    later = Chain("t1", "c3" * 8, (*root.caveats, "models gpt-4o-mini"), NOW + 2)
+    forever = Chain("t2", "d4" * 8, ("app Notes",), NOW)
+    own = Chain("t3", "e5" * 8, (f"expires {NOW + 50}", f"expires {NOW + 5000}"), NOW)
+    for c in (root, sub, later, forever, own):
+        assert await store.note_chain(c)
+    assert await store.prune_chains(NOW + 100) == 1  # own (NOW + 50); sub's is not before
+    assert await store.chains(["t1", "t2", "t3"]) == [root, sub, later, forever]
+    assert await store.prune_chains(NOW + 101) == 1  # sub
+    assert await store.chains(["t1"]) == [root, later]
+    assert await store.prune_chains(NOW + 10**6) == 2  # root and later (root's expiry)
+    assert await store.chains(["t1", "t2", "t3"]) == [forever]
+    assert await store.prune_chains(NOW + 10**6) == 0
+    # a pruned token records chains again, up to MAX_CHAINS
+    assert await store.note_chain(root)
+    assert await store.chains(["t1"]) == [root]
+
+
 async def test_a_token_cannot_record_unbounded_chains(store: Store) -> None:
     """Anyone holding a token can mint chains offline: the store keeps MAX_CHAINS of them."""
     done = await asyncio.gather(*(store.note_chain(Chain("flood", f"{i:016x}", ("x",), NOW + i))

@@ -43,7 +43,9 @@ Semantics every backend implements (and tests/store_suite.py checks for each):
   the ledger's retention.
 * ``prune_ledger`` deletes ledger rows older than a time (the ledger's retention); it never
   touches counters, reservations or usage aggregates. ``prune_counters`` deletes the counters
-  of periods that ended before a time (COUNTER_MARGIN ago: Redis expires them then).
+  of periods that ended before a time (COUNTER_MARGIN ago: Redis expires them then), and
+  ``prune_chains`` the recorded chains that expired before a time (past the ledger's
+  retention).
 * Chains: a ledger row names the token chain that made the call (``chain_id``, see
   capwallet.macaroon.chain_id): an app may attenuate its token offline for a sub-task, and the
   attenuated token keeps the token id, so the token id alone cannot tell the sub-task's calls
@@ -253,6 +255,19 @@ class Chain:
     first_seen: int  # unix seconds
 
 
+def chain_expiry(caveats: Sequence[str]) -> int | None:
+    """When a chain stops working: its earliest ``expires`` caveat (a chain holds its
+    parents' caveats, and each one binds), None if it has none. The caveats are a verified
+    chain's, in canonical text (``expires 1790812800``)."""
+    out: int | None = None
+    for c in caveats:
+        name, _, arg = c.partition(" ")
+        if name == "expires" and arg.isascii() and arg.isdigit():
+            at = int(arg)
+            out = at if out is None or at < out else out
+    return out
+
+
 class Snapshot(NamedTuple):
     """What a request needs from the store before it is judged (``Store.snapshot``)."""
 
@@ -408,6 +423,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def prune_ledger(self, before: int) -> int:
         """Delete ledger rows with time < ``before``; return how many."""
+
+    @abc.abstractmethod
+    async def prune_chains(self, expired_before: int) -> int:
+        """Delete the recorded chains that expired before ``expired_before`` (chain_expiry;
+        a chain with no expiry is kept); return how many. The relay calls it with the
+        ledger's retention cutoff less COUNTER_MARGIN: no call of a chain is made after it
+        expires, so by then every ledger row that names it (written at most a lease after
+        its expiry) has been pruned, and nothing reads its record. Chains recorded before
+        this method existed are kept by a backend that indexes expiries as it records
+        (Redis)."""
 
     @abc.abstractmethod
     async def prune_counters(self, before: int) -> int:

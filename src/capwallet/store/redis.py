@@ -44,7 +44,9 @@ Key layout (hash tags in braces; every key one script touches shares one tag, so
     hashes keyed by the JSON array [UTC day, token, app, provider, model, currency], added to
     by the same script that appends a settled call's row; ``prune_ledger`` never touches them.
   - ``{P:bb}:chains:<token id>``  hash chain id -> JSON [first_seen, [caveat text, ...]]: the
-    token chains seen (``note_chain``, at most MAX_CHAINS per token; kept like revocations).
+    token chains seen (``note_chain``, at most MAX_CHAINS per token), and ``{P:bb}:chainexp``
+    sorted set '<token id> <chain id>' -> the chain's expiry (chains that have one), from
+    which ``prune_chains`` deletes the chains that expired long ago.
   A ledger row is the JSON array of the entry's fields, the chain id last (rows written
   before it existed have none: read as "").
 * ``<prefix>:ck:<counter key>`` -> bucket: lets ``counters(keys)``, which is not told the token,
@@ -107,6 +109,7 @@ from capwallet.store.base import (
     Store,
     StoreUnavailable,
     UsageTotal,
+    chain_expiry,
 )
 from capwallet.store.redis_pipe import Endpoint, Pipe, pack
 
@@ -362,6 +365,7 @@ class RedisStore(Store):
         self._list_pending = _Script(lua.LIST_PENDING)
         self._note_chain = _Script(lua.NOTE_CHAIN)
         self._chains = _Script(lua.CHAINS)
+        self._prune_chains = _Script(lua.PRUNE_CHAINS)
         # The request path's connection (_eval): None until the first script, or on a cluster.
         self._endpoint = None if self._cluster else endpoint
         self._pipe: Pipe | None = None
@@ -968,12 +972,16 @@ class RedisStore(Store):
 
     async def note_chain(self, chain: Chain) -> bool:
         """One script in the token's bucket; safe to retry (first write wins)."""
-        keys = [self._chains_key(chain.token_id)]
+        keys = [self._chains_key(chain.token_id),
+                self._tag(bucket_of(chain.token_id)) + "chainexp"]
         record = json.dumps([_exact(chain.first_seen, "first_seen"), list(chain.caveats)],
                             separators=(",", ":"), ensure_ascii=False)
+        expiry = chain_expiry(chain.caveats)
+        args = [chain.chain_id, record, MAX_CHAINS, "" if expiry is None else expiry,
+                chain.token_id]
 
         async def op() -> Any:
-            return await self._note_chain(self._r, keys, [chain.chain_id, record, MAX_CHAINS])
+            return await self._note_chain(self._r, keys, args)
 
         return bool(int(await self._run(op)))
 
@@ -989,6 +997,24 @@ class RedisStore(Store):
                 found.append(Chain(token_id, _text(flat[i]), tuple(caveats), int(first_seen)))
             out += sorted(found, key=lambda c: (c.first_seen, c.chain_id))
         return out
+
+    async def prune_chains(self, expired_before: int) -> int:
+        """Per bucket, from its index of chain expiries (written by note_chain, so chains
+        recorded before the index existed are kept), a batch at a time as expire_leases."""
+        before = _exact(expired_before, "expired_before")
+        total = 0
+        pending = [f"{i:02x}" for i in range(BUCKETS)]
+        while pending:
+            results = await self._scripts(self._prune_chains, [
+                ([self._tag(b) + "chainexp"], [before, self._tag(b), SWEEP_BATCH])
+                for b in pending])
+            again = []
+            for b, (deleted, seen) in zip(pending, results, strict=True):
+                total += int(deleted)
+                if int(seen) >= SWEEP_BATCH:
+                    again.append(b)
+            pending = again
+        return total
 
     async def prune_counters(self, before: int) -> int:
         """Nothing to delete: a period's counter expires by itself at its period's end plus

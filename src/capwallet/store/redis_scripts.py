@@ -265,14 +265,33 @@ end
 return out
 """
 
-# KEYS: 1 the token's chains (hash chain id -> JSON [first_seen, caveats]);
-# ARGV: 1 chain id, 2 JSON record, 3 most chains a token may have
+# KEYS: 1 the token's chains (hash chain id -> JSON [first_seen, caveats]), 2 the bucket's
+#       chain expiries (PRUNE_CHAINS)
+# ARGV: 1 chain id, 2 JSON record, 3 most chains a token may have, 4 the chain's expiry ('':
+#       none), 5 token id
 # First write wins, and a token's chains stop at the limit. Returns 1 if recorded, else 0.
 NOTE_CHAIN = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
 if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[4] ~= '' then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5] .. ' ' .. ARGV[1]) end
 return 1
+"""
+
+# KEYS: 1 the bucket's chain expiries (score: expiry, member: '<token id> <chain id>')
+# ARGV: 1 expired before, 2 tag, 3 batch size
+# Deletes up to a batch of the bucket's chains that expired before ARGV[1] (each from its
+# token's chains hash, in this bucket). Returns {deleted, looked at}.
+PRUNE_CHAINS = """
+local found = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, ARGV[3])
+local deleted = 0
+for _, member in ipairs(found) do
+  local sp = string.find(member, ' ', 1, true)
+  deleted = deleted + redis.call('HDEL', ARGV[2] .. 'chains:' .. string.sub(member, 1, sp - 1),
+                                 string.sub(member, sp + 1))
+  redis.call('ZREM', KEYS[1], member)
+end
+return {deleted, #found}
 """
 
 # KEYS: 1 the token's chains. A script, not HGETALL, so that the store's script runner reads

@@ -98,6 +98,7 @@ from capwallet.store.base import (
     Store,
     StoreUnavailable,
     UsageTotal,
+    chain_expiry,
 )
 from capwallet.store.sqlite_batch import (
     _Busy,
@@ -879,6 +880,33 @@ class SQLiteStore(Store):
                           + " AND ".join(where) + " ORDER BY token_id, first_seen, chain_id",
                           params)
         return [Chain(r[0], r[1], tuple(json.loads(r[2])), r[3]) for r in rows]
+
+    async def prune_chains(self, expired_before: int) -> int:
+        """In writes of PRUNE_CHUNK chains each, walked in key order, as prune_counters (the
+        expiry is in the caveats' text, which no index holds)."""
+        deleted, after = 0, ("", "")
+
+        def txn(c: _Cursor) -> tuple[int, tuple[str, str] | None]:
+            c.owe()
+            rows = c.execute("SELECT token_id, chain_id, caveats FROM chains WHERE "
+                             "(token_id, chain_id) > (?, ?) ORDER BY token_id, chain_id "
+                             "LIMIT ?", (*after, PRUNE_CHUNK)).fetchall()
+            dead = []
+            for token_id, chain_id, caveats in rows:
+                expiry = chain_expiry(json.loads(caveats))
+                if expiry is not None and expiry < expired_before:
+                    dead.append((token_id, chain_id))
+            if dead:
+                c.executemany("DELETE FROM chains WHERE token_id = ? AND chain_id = ?", dead)
+            last = (rows[-1][0], rows[-1][1]) if len(rows) == PRUNE_CHUNK else None
+            return len(dead), last
+
+        while True:
+            n, last = await self._write(txn)
+            deleted += n
+            if last is None:
+                return deleted
+            after = last
 
     async def prune_counters(self, before: int) -> int:
         """In writes of PRUNE_CHUNK counters each, walked in key order: the counters table
