@@ -29,6 +29,7 @@ import json
 import socket
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from urllib.parse import urlsplit
 
 import uvicorn
@@ -39,12 +40,14 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from reference_relay.app import RequestGuard
+from reference_relay.calls import _body_here
 from reference_relay.coalesce import SEND_NOW_SCOPE_KEY
 from reference_relay.http_limits import BoundedHttpToolsProtocol
 from reference_relay.listen import listen, serve_announced
 from reference_relay.pool import Pool
 
 BODY_TIMEOUT = 30.0
+_NO_WAIT = nullcontext()
 UPSTREAM_TIMEOUT = 60.0
 _SSE_HEAD = [(b"cache-control", b"no-cache"),
              (b"content-type", b"text/event-stream; charset=utf-8")]
@@ -64,7 +67,9 @@ class Forward:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         chunks: list[bytes] = []
-        async with asyncio.timeout(BODY_TIMEOUT):
+        # As the relay reads it (reference_relay.app, Relay.handle): a body the server holds
+        # whole already is read with no deadline to set.
+        async with (_NO_WAIT if _body_here(receive) else asyncio.timeout(BODY_TIMEOUT)):
             while True:
                 message = await receive()
                 chunks.append(message.get("body", b""))
