@@ -280,7 +280,9 @@ def print_pairs(run: PairRun) -> float:
     ci = median_ci(ratios)
     allb = floors + relays
     print(f"\nCPU per call in pairs at c={PAIR_CONC}: {len(run.pairs)} pairs of a floor block and "
-          f"a relay block of {run.block} calls each, ABBA order, on {run.launches} fresh "
+          f"a relay block of {run.block} calls each, "
+          f"{'ABC BCA CAB order with --against' if run.others else 'ABBA order'}, "
+          f"on {run.launches} fresh "
           f"launch(es) of both servers (each warmed with {PAIR_WARM} calls); CPU from the "
           f"scheduler (/proc/PID/task/*/schedstat), ms per call")
     print(f"  floor proxy  {spread([b.per_call_ms() for b in floors])}")
