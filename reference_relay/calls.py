@@ -480,9 +480,16 @@ def _client_gone(receive: Receive) -> bool:
 
 def _shows_hang_up(receive: Receive) -> bool:
     """Whether ``_client_gone`` can tell from the server that the app hung up (uvicorn's
-    request cycle has the flag): then a stream's pump asks it before each piece it sends
-    and before it settles, instead of a listener task per stream waiting on ``receive``."""
-    return hasattr(getattr(receive, "__self__", None), "disconnected")
+    request cycle has the flag, and the connection is being read): then a stream's pump
+    asks it before each piece it sends and before it settles, instead of a listener task
+    per stream waiting on ``receive``. uvicorn sees a hang-up only while it reads: a body
+    whose last read took the cycle past its 64 KiB high-water mark leaves reading paused
+    (only ``receive`` resumes it), and the app's FIN is then not seen until a write fails
+    (a stream ending soon after was recorded ok, not client_disconnected); there the
+    listener's ``receive`` resumes reading, as before."""
+    cycle = getattr(receive, "__self__", None)
+    return (hasattr(cycle, "disconnected")
+            and getattr(getattr(cycle, "flow", None), "read_paused", True) is False)
 
 
 def _body_here(receive: Receive) -> bool:
@@ -653,7 +660,7 @@ class _StreamPump:
                 return
         if self.receive is not None and _client_gone(self.receive):
             # The app hung up while the provider thought: nothing is sent, the stream is
-            # read and metered to its end (the response listens only from here on).
+            # read and metered to its end (the pump asks again as it sends: _to_app).
             self.client_closed()
             return
         raw = [_NO_CACHE, *headers]
@@ -692,9 +699,9 @@ class _StreamPump:
                     await call.release("upstream_error")
                     return
                 # The provider answered (from here on the call is charged, not released);
-                # the head goes out before the response is woken (it only listens for a
-                # disconnect): at once if no body has come with the provider's head, else
-                # with the first piece of it.
+                # the head goes out before the response is woken (it only waits for the
+                # end, or listens for a disconnect): at once if no body has come with the
+                # provider's head, else with the first piece of it.
                 self._verdict(None, wake=False)
                 await self._start(_passed_headers(resp))
                 if not resp.buffered and self.send_now is not None:
@@ -766,7 +773,8 @@ class _RelayStream(Response):
     the provider's arrives; this task waits for the verdict, then (for a stream) for the
     pump's end, and tells the pump however the client side ends. Under uvicorn the pump asks
     the server whether the app hung up as it sends (_client_gone, _shows_hang_up); under a
-    server that cannot tell, this task listens for the app's disconnect once the head is
+    server that cannot tell, or while uvicorn does not read the connection (a large body
+    left reading paused), this task listens for the app's disconnect once the head is
     out. Why not listen always: the listener's task, made, run once and cancelled, was some
     7 us of every stream, in the tail a back-to-back call's next request waits behind; and
     not before the head: its first wait was work between the request's going upstream and

@@ -7,11 +7,13 @@ the server can tell (``_shows_hang_up``). Checked here against real uvicorn serv
 protocols the relay is served with (its own httptools protocol; h11, the tests'), so that a
 uvicorn whose cycle changed shows as a failure rather than as the slow path taken silently;
 and the slow path itself: a relay behind a middleware that wraps ``receive`` still sees a
-stream's app hang up.
+stream's app hang up, and so does a relay whose server stopped reading the connection (a body
+past uvicorn's 64 KiB high-water mark leaves reading paused: a hang-up shows no flag then).
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -96,6 +98,19 @@ def test_a_body_still_arriving_is_not_here(served: tuple[Recorder, int]) -> None
     assert app.seen == [(True, False, False)]
 
 
+def test_a_body_past_the_high_water_mark_pauses_reading_and_hides_a_hang_up(
+        served: tuple[Recorder, int]) -> None:
+    # uvicorn stops reading a connection whose cycle holds more than 64 KiB of body, until
+    # receive resumes it: a hang-up then shows only when a write fails, so the relay does not
+    # count on the flag (a stream's response listens: test_a_stream_hang_up_after_a_large_...).
+    app, port = served
+    size = 200_000
+    head = b"POST / HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: %d\r\n\r\n" % size
+    assert _ask(port, head + b"x" * size).startswith(b"HTTP/1.1 200")
+    [(shows_hang_up, _, gone)] = app.seen
+    assert (shows_hang_up, gone) == (False, False)
+
+
 def test_elsewhere_nothing_is_assumed() -> None:
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
@@ -150,3 +165,39 @@ def test_behind_a_middleware_a_stream_hang_up_is_still_seen(wrapped_relay: Relay
     assert (row.status, row.input_tokens, row.output_tokens, row.cost) == (
         "client_disconnected", 10, 16, 5_800_000)
 
+
+def _hang_up_after(relay: Relay, token: str, body: bytes, split: int, until: bytes) -> None:
+    """POST a stream with ``body`` sent in two writes (the second ``split`` bytes from its
+    end, after the relay has read the first), read the answer until ``until`` has come, then
+    close the connection."""
+    host, port = relay.url.removeprefix("http://").split(":")
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: %s\r\nauthorization: Bearer %s\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n"
+            % (host.encode(), token.encode(), len(body)))
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(head + body[:-split])
+        time.sleep(0.2)  # the handler has read the first part and waits for the rest
+        s.sendall(body[-split:])
+        seen = b""
+        while until not in seen:
+            got = s.recv(65536)
+            assert got, seen
+            seen += got
+        assert seen.startswith(b"HTTP/1.1 200"), seen[:200]
+
+
+@pytest.mark.parametrize("size", [1_000, 200_000, 2_000_000], ids=["small", "large", "huge"])
+def test_a_stream_hang_up_after_a_large_body_is_still_seen(relay: Relay, size: int) -> None:
+    # A body whose last part the server received past its 64 KiB high-water mark leaves
+    # the connection's reading paused (uvicorn resumes it only in receive): the app's
+    # hang-up, a FIN, is then not seen by the server until a write fails, and the app that
+    # left before the last piece was recorded ok (seen failing so on 15cda3b: "large" at
+    # every run, "huge" at some, as the reads fall). Now the response listens there, and
+    # the app is recorded as gone, as after a small body.
+    tok = relay.mint()
+    text = "x" * size
+    body = json.dumps({"model": "fault-slow_stream:40", "max_tokens": 8, "stream": True,
+                       "messages": [{"role": "user", "content": text}]}).encode()
+    _hang_up_after(relay, tok, body, len(body) // 2, b'"finish_reason":"')
+    [row] = relay.wait_ledger(tok, 1)
+    assert row.status == "client_disconnected"
