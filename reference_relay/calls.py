@@ -17,7 +17,11 @@ Settlement rules (see also reference_relay.metering):
 * output started but the final usage never came (stream cut, usage missing, malformed body),
   or a timeout after the request was sent, streamed or not (the provider may be generating and
   billing it): charge conservatively, the reserved worst case for the output and the
-  provider's input count if it sent one, else the input estimate.
+  provider's input count if it sent one, else the input estimate;
+* a usage no store can hold (absurd: past 2^53 - 1) or holding a count no reading makes sense
+  of (unreadable: negative, NaN, text; metering._count): the reserved worst case, as for a
+  missing usage (ledger status usage_missing unless the call failed or the app left), and
+  one log line naming the token id (Call._absurd).
 
 A successful non-streamed answer is sent first and settled right after (``_SettleAfterSend``:
 queued in the store, which writes it as the loop turns, the handler not waiting for it);
