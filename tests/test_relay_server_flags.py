@@ -13,6 +13,7 @@ past uvicorn's 64 KiB high-water mark leaves reading paused: a hang-up shows no 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -40,10 +41,13 @@ class Recorder:
 
     def __init__(self) -> None:
         self.seen: list[tuple[bool, bool, bool]] = []
+        self.wait = 0.0  # seconds to let the server read before noting
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        if self.wait:
+            await asyncio.sleep(self.wait)
         self.seen.append((_shows_hang_up(receive), _body_here(receive), _client_gone(receive)))
         while (await receive()).get("more_body"):
             pass
@@ -104,6 +108,7 @@ def test_a_body_past_the_high_water_mark_pauses_reading_and_hides_a_hang_up(
     # receive resumes it: a hang-up then shows only when a write fails, so the relay does not
     # count on the flag (a stream's response listens: test_a_stream_hang_up_after_a_large_...).
     app, port = served
+    app.wait = 0.2  # the server has read what it will before it pauses
     size = 200_000
     head = b"POST / HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: %d\r\n\r\n" % size
     assert _ask(port, head + b"x" * size).startswith(b"HTTP/1.1 200")
