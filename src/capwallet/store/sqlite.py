@@ -126,6 +126,7 @@ from capwallet.store.sqlite_statements import (
 )
 
 T = TypeVar("T")
+K = TypeVar("K")  # the key a chunked sweep goes on after (_in_chunks)
 BUSY_TIMEOUT_MS = 5000
 BUSY_RETRIES = 4  # tries on the loop before a batch that finds the lock taken goes to the worker
 BUSY_RETRY_S = 0.0002  # the first try's wait; each next one waits twice as long (3 ms in all)
@@ -884,9 +885,7 @@ class SQLiteStore(Store):
     async def prune_chains(self, expired_before: int) -> int:
         """In writes of PRUNE_CHUNK chains each, walked in key order, as prune_counters (the
         expiry is in the caveats' text, which no index holds)."""
-        deleted, after = 0, ("", "")
-
-        def txn(c: _Cursor) -> tuple[int, tuple[str, str] | None]:
+        def chunk(after: tuple[str, str], c: _Cursor) -> tuple[int, tuple[str, str] | None]:
             c.owe()
             rows = c.execute("SELECT token_id, chain_id, caveats FROM chains WHERE "
                              "(token_id, chain_id) > (?, ?) ORDER BY token_id, chain_id "
@@ -901,12 +900,7 @@ class SQLiteStore(Store):
             last = (rows[-1][0], rows[-1][1]) if len(rows) == PRUNE_CHUNK else None
             return len(dead), last
 
-        while True:
-            n, last = await self._write(txn)
-            deleted += n
-            if last is None:
-                return deleted
-            after = last
+        return await self._in_chunks(chunk, ("", ""))
 
     async def prune_counters(self, before: int) -> int:
         """In writes of PRUNE_CHUNK counters each, walked in key order: the counters table
@@ -914,9 +908,7 @@ class SQLiteStore(Store):
         it would hold the write lock, and the relay's reservations, for a scan of the whole
         table. Each write reads its chunk by the primary key and deletes the dead ones in it,
         so the relay's writes go on between the chunks."""
-        deleted, after = 0, ""
-
-        def txn(c: _Cursor) -> tuple[int, str | None]:
+        def chunk(after: str, c: _Cursor) -> tuple[int, str | None]:
             c.owe()  # it changes counters, which the batch's reserves may have read
             rows = c.execute("SELECT key, resets_at FROM counters WHERE key > ? ORDER BY key "
                              "LIMIT ?", (after, PRUNE_CHUNK)).fetchall()
@@ -925,12 +917,19 @@ class SQLiteStore(Store):
                 c.executemany("DELETE FROM counters WHERE key = ?", dead)
             return len(dead), (rows[-1][0] if len(rows) == PRUNE_CHUNK else None)
 
-        while True:
-            n, last = await self._write(txn)
+        return await self._in_chunks(chunk, "")
+
+    async def _in_chunks(self, chunk: Callable[[K, _Cursor], tuple[int, K | None]],
+                         start: K) -> int:
+        """A sweep over a whole table (prune_counters, prune_chains), one write per chunk:
+        ``chunk`` deletes what it finds past a key and says how many, and the key to go on
+        after (None at the table's end); the total deleted."""
+        deleted: int = 0
+        after: K | None = start
+        while after is not None:
+            n, after = await self._write(partial(chunk, after))
             deleted += n
-            if last is None:
-                return deleted
-            after = last
+        return deleted
 
     async def prune_ledger(self, before: int) -> int:
         def txn(c: _Cursor) -> int:
