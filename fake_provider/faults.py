@@ -13,7 +13,8 @@ MAX_LONG_TOKENS = 100_000
 MAX_FAULT_MS = 600_000
 
 _FAULTS_WITH_ARG = frozenset({"delay", "stream_cut", "slow_stream", "long"})
-_FAULTS_PLAIN = frozenset({"http500", "http429", "reset", "malformed", "no_usage"})
+_FAULTS_PLAIN = frozenset({"http500", "http429", "reset", "malformed", "no_usage",
+                          "no_output_count"})
 
 
 @dataclass(frozen=True)

@@ -199,6 +199,8 @@ async def responses_create(call: Call) -> Response:
     headers = {"x-request-id": call.request_id}
     if fault_kind(fault) == "no_usage":
         response["usage"] = None
+    elif fault_kind(fault) == "no_output_count":
+        del usage["output_tokens"], usage["total_tokens"]
     if not stream:
         if fault_kind(fault) == "malformed":
             return malformed_body(response)

@@ -50,6 +50,12 @@ Fault modes (after auth and validation; the failing request is still recorded)
     stream_cut:<k>    a stream sends its preamble and k content chunks, then the connection
                       closes: no finish chunk, usage, [DONE], content_block_stop or message_stop
     no_usage          omit usage everywhere (bodies, include_usage chunk, message_start/delta)
+    no_output_count   the usage keeps its input count and leaves out the output's, as a
+                      gateway that drops the field: chat without completion_tokens and
+                      total_tokens, Responses without output_tokens and total_tokens, an
+                      Anthropic answer without output_tokens and its stream's message_delta
+                      with an empty usage (message_start keeps its output_tokens 1);
+                      embeddings have no output count: unchanged
     slow_stream:<ms>  sleep ms before every stream frame after the first
     long:<n>          reply with n output tokens regardless of max_tokens
 A model id `fault-<mode>` (e.g. `fault-http500`, `fault-delay:250`) always behaves that way.
@@ -227,6 +233,8 @@ async def _chat_completions(call: Call) -> Response:
     created = int(time.time())
     headers = {"x-request-id": call.request_id}
     no_usage = fault_kind(fault) == "no_usage"
+    if fault_kind(fault) == "no_output_count":
+        del usage["completion_tokens"], usage["total_tokens"]
 
     if not stream:
         text = reply_text(count)
@@ -354,11 +362,17 @@ async def _messages_create(call: Call) -> Response:
                 "cache_read_input_tokens": 0, "output_tokens": output,
                 "service_tier": "standard"}
 
+    def answer_usage(output: int) -> dict[str, Any]:
+        got = usage(output)
+        if kind == "no_output_count":
+            del got["output_tokens"]
+        return got
+
     if not stream:
         reply: dict[str, Any] = {
             "id": message_id, "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": reply_text(count)}],
-            "stop_reason": stop_reason, "stop_sequence": None, "usage": usage(count),
+            "stop_reason": stop_reason, "stop_sequence": None, "usage": answer_usage(count),
         }
         if kind == "no_usage":
             del reply["usage"]
@@ -376,6 +390,8 @@ async def _messages_create(call: Call) -> Response:
     if kind == "no_usage":
         del start_message["usage"]
         del delta["usage"]
+    if kind == "no_output_count":
+        delta["usage"] = {}
     preamble = [
         _sse({"type": "message_start", "message": start_message}, "message_start"),
         _sse({"type": "content_block_start", "index": 0,

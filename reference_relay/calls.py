@@ -18,6 +18,9 @@ Settlement rules (see also reference_relay.metering):
   or a timeout after the request was sent, streamed or not (the provider may be generating and
   billing it): charge conservatively, the reserved worst case for the output and the
   provider's input count if it sent one, else the input estimate;
+* a usage that gives the input count but not the output's (metering.Usage.output_missing):
+  the reported input and the reserved worst case for the output, ledger status
+  usage_missing unless the call failed or the app left, and one log line naming the token id;
 * a usage no store can hold (absurd: past 2^53 - 1) or holding a count no reading makes sense
   of (unreadable: negative, NaN, text; metering._count): the reserved worst case, as for a
   missing usage (ledger status usage_missing unless the call failed or the app left), and
@@ -164,8 +167,17 @@ class Call:
     def _settlement(self, usage: Usage | None, final: bool, status: str,
                     response_body: bytes | None) -> tuple[dict[str, int], LedgerEntry]:
         """What to charge each counter for this outcome, and its ledger row."""
-        if usage is not None and usage.unreadable:  # a count no reading makes sense of
-            return self._absurd(status, response_body, "unreadable")
+        if usage is not None and (usage.unreadable or usage.output_missing):
+            if usage.unreadable:  # a count no reading makes sense of
+                return self._absurd(status, response_body, "unreadable")
+            # The usage gives the input count but not the output's (metering.Usage): a
+            # missing usage for the output, charged its reserved worst case, the input as
+            # reported. Read as 0, the output of a gateway that drops the count costs nothing.
+            log.error("usage without an output count token=%s reservation=%s: charged the "
+                      "reserved worst case for the output", self.token_id, self.reservation_id)
+            final = False
+            if status == "ok":
+                status = "usage_missing"
         raw, tokens_in, tokens_out = self.raw_cost(usage, final)
         currency = self.ledger_currency
         cost = self._money(raw, currency)

@@ -26,6 +26,14 @@ a broken stream may cost the user its reservation, never an overspend.
 
 A usage holding a count no reading makes sense of (negative, NaN, text, bool: ``_count``) is
 charged as a missing one, the reserved worst case (``Usage.unreadable``; spec/budgets.md).
+
+A usage of an endpoint that produces output (chat completions, Responses, Anthropic
+messages) that gives the input count but not the output's (``completion_tokens`` and
+``total_tokens`` both absent, ``output_tokens`` absent, a ``message_delta`` without
+``output_tokens``) is a missing usage for the output (``Usage.output_missing``): charged the
+reported input and the reserved worst case for the output. Read as 0, a gateway that drops
+the field would get the call charged no output. Embeddings (flavor ``embeddings``) produce
+none: their usage has no output count, and reads as 0 output.
 """
 
 from __future__ import annotations
@@ -91,6 +99,9 @@ class Usage:
     # A count the usage holds is unreadable (metering._count): the call is charged as if
     # the usage were missing, the reserved worst case (reference_relay.calls, Call._settlement).
     unreadable: bool = False
+    # The usage gives the input count but not the output's (output_tokens is then None):
+    # charged the input it gives and the reserved worst case for the output (Call._settlement).
+    output_missing: bool = False
 
     @property
     def complete(self) -> bool:
@@ -127,21 +138,34 @@ def _unreadable(tool_calls: dict[str, int] | None = None) -> Usage:
     return Usage(None, None, 0, 0, tool_calls, True)
 
 
-def openai_usage(u: Any) -> Usage | None:
-    """Usage from an OpenAI-style ``usage`` object (chat, embeddings, DeepSeek, vLLM...)."""
+def _output_missing(input_tokens: int, cached: int,
+                    tool_calls: dict[str, int] | None = None) -> Usage:
+    """The usage of an answer that gives its input count but not its output's."""
+    return Usage(input_tokens, None, cached, 0, tool_calls, False, True)
+
+
+def openai_usage(u: Any, output: bool = True) -> Usage | None:
+    """Usage from an OpenAI-style ``usage`` object (chat, DeepSeek, vLLM...; embeddings with
+    ``output`` False: they produce none). The output count is ``completion_tokens`` or
+    what ``total_tokens`` leaves after the prompt: a chat usage with neither (or a total
+    below the prompt and no completion count) lacks it (``Usage.output_missing``)."""
     if not isinstance(u, dict) or u.get("prompt_tokens") is None:
         return None
     prompt = _count(u["prompt_tokens"])
     details = u.get("prompt_tokens_details")
     cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
     hit = _count(u.get("prompt_cache_hit_tokens"))  # DeepSeek
-    completion = _count(u.get("completion_tokens"))
-    total = _count(u.get("total_tokens"))
+    given = u.get("completion_tokens")
+    completion = _count(given)
+    whole = u.get("total_tokens")
+    total = _count(whole)
     if prompt < 0 or cached < 0 or hit < 0 or completion < 0 or total < 0:
         return _unreadable()
     if not cached:
         cached = hit
     cached = min(cached, prompt)
+    if output and given is None and (whole is None or total < prompt):
+        return _output_missing(prompt - cached, cached)
     # Billed output is the larger of completion_tokens and what total_tokens leaves after the
     # prompt: some OpenAI-compatible layers (Gemini's thinking models) report reasoning tokens
     # in total_tokens and completion_tokens_details but not in completion_tokens.
@@ -150,7 +174,8 @@ def openai_usage(u: Any) -> Usage | None:
 
 def anthropic_usage(u: Any, into: Usage | None = None) -> Usage | None:
     """Usage from an Anthropic ``usage`` object; fields present (not null) override
-    ``into``'s; an unreadable one marks the usage so (``Usage.unreadable``)."""
+    ``into``'s; an unreadable one marks the usage so (``Usage.unreadable``). Whether the
+    output count is missing is the caller's to judge (usage_from_json, StreamMeter)."""
     if not isinstance(u, dict):
         return into
     out = into if into is not None else Usage()
@@ -189,7 +214,8 @@ def responses_usage(response: Any) -> Usage | None:
     total_in = _count(u["input_tokens"])
     details = u.get("input_tokens_details")
     cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    out = _count(u.get("output_tokens"))
+    given = u.get("output_tokens")
+    out = _count(given)
     out_details = u.get("output_tokens_details")
     reasoning = _count(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
     calls: dict[str, int] = {}
@@ -201,6 +227,8 @@ def responses_usage(response: Any) -> Usage | None:
     if total_in < 0 or cached < 0 or out < 0 or reasoning < 0:
         return _unreadable(calls)
     cached = min(cached, total_in)
+    if given is None:  # the reasoning count is a part of the output, not all of it
+        return _output_missing(total_in - cached, cached, calls)
     return Usage(total_in - cached, max(out, reasoning), cached, 0, calls)
 
 
@@ -212,8 +240,12 @@ def usage_from_json(flavor: str, data: dict[str, Any]) -> Usage | None:
         return Usage(0, 0)
     if flavor == "anthropic":
         u = anthropic_usage(data.get("usage"))
-        return u if u is not None and (u.complete or u.unreadable) else None
-    return openai_usage(data.get("usage"))
+        if u is None or u.input_tokens is None:  # no input count: no usage (unless garbled)
+            return u if u is not None and u.unreadable else None
+        if u.output_tokens is None and not u.unreadable:
+            u.output_missing = True
+        return u
+    return openai_usage(data.get("usage"), flavor != "embeddings")
 
 
 def answer_usage(flavor: str, body: bytes) -> Usage | None:
@@ -234,7 +266,7 @@ def answer_usage(flavor: str, body: bytes) -> Usage | None:
         else:
             if type(data) is not dict:  # orjson makes exact dicts
                 raise ValueError("the answer is not a JSON object")
-            if flavor == "openai":  # most calls: the fields openai_usage reads, in one step
+            if flavor == "openai":  # most calls (chat): the fields openai_usage reads at once
                 got = _openai_answer(data.get("usage"))
                 if got is not _INEXACT:
                     return got
@@ -259,7 +291,7 @@ _INEXACT = Usage()
 
 
 def _openai_answer(u: Any) -> Usage | None:
-    """openai_usage of a usage object orjson read, or _INEXACT when a field it reads is a
+    """openai_usage of a chat usage object orjson read, or _INEXACT when a field it reads is a
     float: orjson reads an integer past 64 bits as one, where the json module gives the
     integer (a float json reads too is read again by openai_usage, which rounds it up: a
     float is rare, so reading it again costs nothing but the time). The same reading as
@@ -307,6 +339,8 @@ def _openai_answer(u: Any) -> Usage | None:
     if cached > prompt:
         cached = prompt
     if completion is None:
+        if total is None or total < prompt:  # no output count (openai_usage says why)
+            return _output_missing(prompt - cached, cached)
         completion = 0
     output = total - prompt if total is not None else -prompt
     return Usage(prompt - cached, completion if completion > output else output, cached, 0)
@@ -492,9 +526,18 @@ class StreamMeter:
             if isinstance(msg, dict):
                 self.usage = anthropic_usage(msg.get("usage"), self.usage)
         elif kind == "message_delta":
-            self.usage = anthropic_usage(obj.get("usage"), self.usage)
-            if self.usage is not None and self.usage.output_tokens is not None:
+            u = obj.get("usage")
+            usage = self.usage = anthropic_usage(u, self.usage)
+            if type(u) is dict and u.get("output_tokens") is not None:
                 self.final = True
+                if usage is not None:
+                    usage.output_missing = False
+            elif not self.final and usage is not None and usage.input_tokens is not None:
+                # The delta that ends the message without the output count: message_start's
+                # output_tokens (1) is not the answer's, and read as it the call would be
+                # charged no output. Charged the reserved worst case for it (Call._settlement).
+                usage.output_tokens = None
+                usage.output_missing = True
         elif kind == "message_stop":
             self.done = True
         return True

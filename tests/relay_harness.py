@@ -53,7 +53,7 @@ T = TypeVar("T")
 EXAMPLE = Path(__file__).resolve().parents[1] / "reference_relay" / "relay.example.toml"
 FAKE_KEY = "sk-fake-" + secrets.token_hex(20)  # unique, so a leak is findable anywhere
 FAULTS = ["http500", "http429", "reset", "malformed", "stream_cut:2", "no_usage",
-          "delay:1500", "slow_stream:40", "long:40"]
+          "no_output_count", "delay:1500", "slow_stream:40", "long:40"]
 WHOLE_TOKEN = re.compile(r"cwt1_[A-Za-z0-9_-]{40,}")  # logs may name a token id, never this
 # The one message most tests send (the fake counts 10 input tokens), typed for each SDK: each
 # types a message as its own TypedDict, and mypy takes neither for the other nor a plain dict.

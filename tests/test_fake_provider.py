@@ -459,6 +459,36 @@ def test_fault_no_usage(raw: httpx.Client) -> None:
     assert next(e for e in events if e["type"] == "message_delta").keys() == {"type", "delta"}
 
 
+def test_fault_no_output_count(raw: httpx.Client) -> None:
+    # The usage keeps its input count and drops the output's (as a gateway that drops it).
+    model = "fault-no_output_count"
+    assert chat(raw, model=model).json()["usage"].keys() == {
+        "prompt_tokens", "prompt_tokens_details", "completion_tokens_details"}
+    lines = sse_data(chat(raw, model=model, stream=True,
+                          stream_options={"include_usage": True}).text)
+    [usage] = [json.loads(line)["usage"] for line in lines[:-1]
+               if json.loads(line).get("usage")]
+    assert "completion_tokens" not in usage and "total_tokens" not in usage
+    assert usage["prompt_tokens"] > 0
+    answer = message(raw, model=model).json()["usage"]
+    assert "output_tokens" not in answer and answer["input_tokens"] > 0
+    events = [json.loads(line) for line in sse_data(message(raw, model=model,
+                                                            stream=True).text)]
+    assert events[0]["message"]["usage"]["output_tokens"] == 1  # as the real API sends it
+    assert next(e for e in events if e["type"] == "message_delta")["usage"] == {}
+    for stream in (False, True):
+        got = raw.post("/v1/responses", headers=BEARER,
+                       json={"model": model, "input": "x", "stream": stream})
+        if stream:
+            got_usage = [json.loads(line) for line in sse_data(got.text)][-1]["response"]["usage"]
+        else:
+            got_usage = got.json()["usage"]
+        assert "output_tokens" not in got_usage and "total_tokens" not in got_usage
+        assert got_usage["input_tokens"] > 0
+    embedded = raw.post("/v1/embeddings", headers=BEARER, json={"model": model, "input": "x"})
+    assert embedded.json()["usage"] == {"prompt_tokens": 1, "total_tokens": 1}  # unchanged
+
+
 def test_fault_slow_stream(raw: httpx.Client) -> None:
     # 1 role chunk + 3 content chunks + finish chunk + [DONE] = 6 frames, 5 gaps of 60 ms
     arrivals: list[float] = []

@@ -413,7 +413,11 @@ def test_usage_from_json() -> None:
     assert usage_from_json("openai", {"choices": []}) is None
     a = usage_from_json("anthropic", {"usage": {"input_tokens": 5, "output_tokens": 9}})
     assert a is not None and (a.input_tokens, a.output_tokens) == (5, 9)
-    assert usage_from_json("anthropic", {"usage": {"input_tokens": 5}}) is None
+    # The input count without the output's: a missing usage for the output
+    # (test_a_usage_without_its_output_count_is_marked_so).
+    a = usage_from_json("anthropic", {"usage": {"input_tokens": 5}})
+    assert a is not None and a.output_missing and (a.input_tokens, a.output_tokens) == (5, None)
+    assert usage_from_json("anthropic", {"usage": {"output_tokens": 5}}) is None
 
 
 def test_answer_usage_reads_what_the_json_module_reads() -> None:
@@ -504,10 +508,12 @@ def test_an_unreadable_count_marks_the_usage_unreadable(flavor: str) -> None:
             u = answer_usage(flavor, body % tuple(values))
             assert u is not None and u.unreadable, (flavor, i, junk)
         values = [b"3"] * slots
-        values[i] = b"null"  # null is an absent count: 0, or no usage for the first
-        u = answer_usage(flavor, body % tuple(values))
-        if i == 0 or (flavor == "anthropic" and i == 1):
+        values[i] = b"null"  # null is an absent count: 0, no usage for the first, no
+        u = answer_usage(flavor, body % tuple(values))  # output count for output_tokens
+        if i == 0:
             assert u is None, (flavor, i)
+        elif i == 1 and flavor != "openai":  # (OpenAI's total_tokens gives the output)
+            assert u is not None and u.output_missing and not u.unreadable, (flavor, i)
         else:
             assert u is not None and not u.unreadable and u.complete, (flavor, i)
 
@@ -537,6 +543,97 @@ def test_an_unreadable_count_in_a_stream_marks_its_usage_unreadable(junk: bytes)
         assert meter.usage is not None and meter.usage.unreadable, (flavor, junk)
         if flavor == "openai":  # the usage chunk the app did not ask for is still dropped
             assert b"usage" not in out
+
+
+# A usage that gives the input count but not the output's, per flavor (answer bodies).
+_WITHOUT_OUTPUT = {
+    "openai": (b'{"usage":{"prompt_tokens":7}}',
+               b'{"usage":{"prompt_tokens":7,"completion_tokens":null,"total_tokens":null}}',
+               b'{"usage":{"prompt_tokens":7,"total_tokens":5}}',  # a total below the prompt
+               b'{"usage":{"prompt_tokens":7,"prompt_tokens_details":{"cached_tokens":2},'
+               b'"completion_tokens_details":{"reasoning_tokens":4}}}'),
+    "anthropic": (b'{"usage":{"input_tokens":7}}',
+                  b'{"usage":{"input_tokens":7,"output_tokens":null,'
+                  b'"cache_read_input_tokens":2}}'),
+    "responses": (b'{"output":[],"usage":{"input_tokens":7}}',
+                  b'{"output":[],"usage":{"input_tokens":7,"total_tokens":19,'
+                  b'"output_tokens_details":{"reasoning_tokens":4},'
+                  b'"input_tokens_details":{"cached_tokens":2}}}'),
+}
+
+
+# ... and one that gives both.
+_WITH_OUTPUT = {
+    "openai": (b'{"usage":{"prompt_tokens":7,"completion_tokens":0}}',
+               b'{"usage":{"prompt_tokens":7,"total_tokens":9}}',
+               b'{"usage":{"prompt_tokens":7,"total_tokens":7}}'),
+    "anthropic": (b'{"usage":{"input_tokens":7,"output_tokens":0}}',),
+    "responses": (b'{"output":[],"usage":{"input_tokens":7,"output_tokens":0}}',),
+}
+
+
+@pytest.mark.parametrize("flavor", sorted(_WITHOUT_OUTPUT))
+def test_a_usage_without_its_output_count_is_marked_so(flavor: str) -> None:
+    # Read as 0 output before (an absent count read as 0): a gateway that dropped the count
+    # got the call charged no output. Now the usage says the output count is missing, and
+    # the call is charged the reserved worst case for it (Call._settlement;
+    # test_relay_usage_without_output.py runs it through the relay).
+    for body in _WITHOUT_OUTPUT[flavor]:
+        u = answer_usage(flavor, body)
+        assert u is not None and u.output_missing and not u.unreadable, body
+        assert u.output_tokens is None and not u.complete, body
+        cached = 2 if b"cache" in body else 0
+        fresh = 7 if flavor == "anthropic" else 7 - cached  # Anthropic's excludes the cached
+        assert (u.input_tokens, u.cached_input_tokens) == (fresh, cached), body
+    # An output count of 0 is a count; OpenAI's total_tokens gives the output too.
+    for body in _WITH_OUTPUT[flavor]:
+        u = answer_usage(flavor, body)
+        assert u is not None and u.complete and not u.output_missing, (flavor, body)
+
+
+def test_an_embeddings_usage_has_no_output_count_and_reads_as_no_output() -> None:
+    # Embeddings produce no output: their usage (prompt_tokens, often total_tokens) reads as
+    # 0 output, not as a missing count.
+    for body in (b'{"data":[],"usage":{"prompt_tokens":7}}',
+                 b'{"data":[],"usage":{"prompt_tokens":7,"total_tokens":7}}'):
+        u = answer_usage("embeddings", body)
+        assert u is not None and u.complete and not u.output_missing, body
+        assert (u.input_tokens, u.output_tokens) == (7, 0), body
+        chat = answer_usage("openai", body)
+        assert chat is not None and (chat.output_missing, chat.output_tokens) == (
+            b"total" not in body, None if b"total" not in body else 0), body
+
+
+def test_a_stream_whose_usage_lacks_the_output_count_is_marked_so() -> None:
+    openai = (b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
+              b'data: {"choices":[],"usage":{"prompt_tokens":7}}\n\n'
+              b"data: [DONE]\n\n")
+    anthropic = (b'event: message_start\ndata: {"type":"message_start","message":'
+                 b'{"usage":{"input_tokens":7,"output_tokens":1}}}\n\n'
+                 b'event: content_block_delta\ndata: {"type":"content_block_delta",'
+                 b'"delta":{"type":"text_delta","text":"hi"}}\n\n'
+                 b'event: message_delta\ndata: {"type":"message_delta",'
+                 b'"delta":{"stop_reason":"end_turn"}%s}\n\n'
+                 b'event: message_stop\ndata: {"type":"message_stop"}\n\n')
+    responses = (b'event: response.completed\ndata: {"type":"response.completed","response":'
+                 b'{"output":[],"usage":{"input_tokens":7}}}\n\n')
+    for flavor, events in (("openai", openai), ("responses", responses),
+                           ("anthropic", anthropic % b""),
+                           ("anthropic", anthropic % b',"usage":{}'),
+                           ("anthropic", anthropic % b',"usage":{"output_tokens":null}')):
+        meter = StreamMeter(flavor, drop_usage_chunk=True)
+        meter.feed(events)
+        assert meter.done and meter.usage is not None, (flavor, events)
+        u = meter.usage
+        assert u.output_missing and not u.unreadable and u.output_tokens is None, events
+        assert u.input_tokens == 7, events
+    # A later message_delta with the count: the count stands.
+    meter = StreamMeter("anthropic", drop_usage_chunk=False)
+    meter.feed(anthropic.replace(b"event: message_stop", b'event: message_delta\ndata: '
+                                 b'{"type":"message_delta","usage":{"output_tokens":5}}\n\n'
+                                 b"event: message_stop") % b"")
+    assert meter.final and meter.usage is not None and not meter.usage.output_missing
+    assert (meter.usage.input_tokens, meter.usage.output_tokens) == (7, 5)
 
 
 def test_answer_usage_of_openai_answers_is_openai_usage_of_the_json_modules_reading() -> None:

@@ -42,7 +42,7 @@ class Endpoint(Protocol):
     api: str  # the provider API flavor it needs
     errors: str  # error body shape: openai | anthropic
     operation: str  # the name checked against the token's operations caveat
-    meter: str  # how usage is read (metering): openai | anthropic | responses
+    meter: str  # how usage is read (metering): openai | embeddings | anthropic | responses | free
 
     def prepare(self, body: dict[str, Any], raw: bytes, provider: ProviderConfig,
                 model: ModelConfig, limits: EffectiveLimits,

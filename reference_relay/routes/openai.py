@@ -111,7 +111,7 @@ class Embeddings:
     api = "openai"
     errors = "openai"
     operation = "embeddings"
-    meter = "openai"
+    meter = "embeddings"  # OpenAI's usage, without an output count (metering.openai_usage)
 
     def prepare(self, body: dict[str, Any], raw: bytes, provider: ProviderConfig,
                 model: ModelConfig, limits: EffectiveLimits,
