@@ -118,7 +118,7 @@ class Call:
     forward_headers: dict[str, str] = field(default_factory=dict)  # anthropic-version/-beta
     response_headers: dict[str, str] = field(default_factory=dict)  # e.g. the exchange rate
     chain_id: str = ""  # the presented token chain (reference_relay.chains)
-    _settled: bool = False
+    _settled: str = ""  # how the reservation is closed: "settle" or "release" (once)
     _pending: LedgerEntry | None = None  # a settlement queued in the store (settle_soon)
     _told: bool = False  # the store has told this call its queued settlement's outcome
 
@@ -216,7 +216,7 @@ class Call:
                      response_body: bytes | None = None) -> None:
         if self._settled:
             return
-        self._settled = True
+        self._settled = "settle"
         await self._close(*self._settlement(usage, final, status, response_body))
 
     def settle_soon(self, usage: Usage | None, final: bool, status: str,
@@ -230,7 +230,7 @@ class Call:
         answer and its settlement being handed to the store."""
         if self._settled:
             return
-        self._settled = True
+        self._settled = "settle"
         actual, entry = self._settlement(usage, final, status, response_body)
         self._pending = entry  # as _queue does, written out (one Python call less per call)
         self.store.settle_soon(self.reservation_id, actual, entry, self)
@@ -240,7 +240,7 @@ class Call:
         provider, a 429 under its rate limit, costs no task of the relay's)."""
         if self._settled:
             return
-        self._settled = True
+        self._settled = "release"
         self._queue({}, self._entry(status, 0, 0, 0, None))  # nothing charged: a release
 
     def _queue(self, actual: dict[str, int], entry: LedgerEntry) -> None:
@@ -250,7 +250,7 @@ class Call:
     async def release(self, status: str) -> None:
         if self._settled:
             return
-        self._settled = True
+        self._settled = "release"
         await self._close(None, self._entry(status, 0, 0, 0, None))
 
     # The store's Outcome of a queued settlement (settle_soon): the ledger line once it is
@@ -275,7 +275,7 @@ class Call:
         entry, self._pending = self._pending, None
         if entry is None:
             return
-        self._failed("settle", exception)
+        self._failed(self._settled, exception)  # a queued settlement's, or release's
         self._log(entry)
 
     def _failed(self, what: str, exc: BaseException) -> None:

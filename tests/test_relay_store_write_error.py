@@ -12,6 +12,7 @@ the worst case for the lease, and the line names the token id, never the token.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -81,3 +82,43 @@ def test_a_store_write_that_fails_with_a_programming_error_is_logged_with_its_tr
     [used] = poisoned.counters(tok).values()
     assert used > 0
 
+
+
+@pytest.fixture(scope="module")
+def no_ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    """A relay whose real SQLite store has lost its ledger table: a reservation goes through
+    (it writes no ledger row), and every settlement or release then fails in its batch."""
+    tmp = tmp_path_factory.mktemp("no-ledger")
+    with running_fake_provider(FAKE_KEY) as fake:
+        r = start_relay(fake, tmp)
+        try:
+            store = r.server.app.state.relay.store
+            assert isinstance(store, SQLiteStore)
+            with sqlite3.connect(store.path) as other:
+                other.execute("DROP TABLE ledger")
+            yield r
+        finally:
+            r.close()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain-queued", "stream-awaited"])
+def test_a_release_that_fails_is_logged_as_a_release(
+        no_ledger: Relay, captured_logs: LogCapture, stream: bool) -> None:
+    # The provider refuses (500): the reservation is released, queued for a plain call
+    # (Call.release_soon), awaited for a stream. The queued one's failure was logged as
+    # "settle failed" (seen failing so); the line says what failed.
+    tok = no_ledger.mint(cav.Budget(1000, "USD", "month"))
+    before = len(captured_logs.lines)
+    sent = no_ledger.post("/v1/chat/completions", {
+        "model": "fault-http500", "max_tokens": 8, "messages": HELLO_OPENAI,
+        "stream": stream}, tok)
+    assert sent.status_code == 502, sent.text
+    deadline = time.monotonic() + 5
+    while not (failed := [line for line in captured_logs.lines[before:] if " failed " in line
+                          and line.startswith("reference_relay.calls")]):
+        assert time.monotonic() < deadline, "no log line for the failed release"
+        time.sleep(0.01)
+    [line] = failed
+    assert line.startswith("reference_relay.calls ERROR release failed "), line
+    assert f"token={token_id(tok)} " in line and tok not in line
+    assert "no such table" in line  # the store's own reason (StoreUnavailable)
