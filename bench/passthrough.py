@@ -40,11 +40,11 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from reference_relay.app import RequestGuard
-from reference_relay.calls import _body_here
 from reference_relay.coalesce import SEND_NOW_SCOPE_KEY
 from reference_relay.http_limits import BoundedHttpToolsProtocol
 from reference_relay.listen import listen, serve_announced
 from reference_relay.pool import Pool
+from reference_relay.server_flags import body_here
 
 BODY_TIMEOUT = 30.0
 _NO_WAIT = nullcontext()
@@ -69,7 +69,7 @@ class Forward:
         chunks: list[bytes] = []
         # As the relay reads it (reference_relay.app, Relay.handle): a body the server holds
         # whole already is read with no deadline to set.
-        async with (_NO_WAIT if _body_here(receive) else asyncio.timeout(BODY_TIMEOUT)):
+        async with (_NO_WAIT if body_here(receive) else asyncio.timeout(BODY_TIMEOUT)):
             while True:
                 message = await receive()
                 chunks.append(message.get("body", b""))

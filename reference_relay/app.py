@@ -65,7 +65,7 @@ from capwallet.store import (
 )
 from capwallet.verify import Decision, Request, VerifiedToken, Verifier, evaluate
 from reference_relay.body import parse_body
-from reference_relay.calls import Call, _body_here, _client_gone, _SettleAfterSend
+from reference_relay.calls import Call, _SettleAfterSend
 from reference_relay.chains import ChainNotes
 from reference_relay.config import ModelConfig, ProviderConfig, RelayConfig, env_keys
 from reference_relay.errors import (
@@ -91,6 +91,7 @@ from reference_relay.prices import Converter, Price
 from reference_relay.routes import OUTPUT_CAP_HEADER, Endpoint, Prepared
 from reference_relay.routes.anthropic import CountTokens, Messages
 from reference_relay.routes.openai import ChatCompletions, Embeddings, Moderations, Responses
+from reference_relay.server_flags import body_here, client_gone
 from reference_relay.upstream import (
     FORWARDED,
     Upstream,
@@ -270,7 +271,7 @@ def check_positions(cls: type, names: tuple[str, ...]) -> None:
 check_positions(Call, _CALL_FIELDS)
 _NO_COST: Mapping[str, int] = MappingProxyType({})
 _ABSENT: Any = object()  # a key the body does not have (None is a value it can have)
-_NO_WAIT = nullcontext()  # the body read's context when it cannot wait (_body_here)
+_NO_WAIT = nullcontext()  # the body read's context when it cannot wait (body_here)
 # The counters of a call's first judgement (all read as 0; evaluate only reads them).
 _NO_COUNTERS: Mapping[str, int] = {}  # a dict: its get is a C call, a mapping proxy's is not
 
@@ -711,7 +712,7 @@ class Relay:
                 except BaseException:
                     response.settle(True)
                     raise
-                response.settle(_client_gone(receive))
+                response.settle(client_gone(receive))
             else:
                 await response(scope, receive, send)
         finally:
@@ -778,7 +779,7 @@ class Relay:
         chunks: list[bytes] = []  # the pieces before the last (none for most bodies)
         size = 0
         try:
-            async with (_NO_WAIT if _body_here(receive)
+            async with (_NO_WAIT if body_here(receive)
                         else asyncio.timeout(self.config.body_timeout)):
                 while True:
                     message = await receive()

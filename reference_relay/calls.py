@@ -61,6 +61,7 @@ from reference_relay.metering import StreamMeter, Usage, answer_usage
 from reference_relay.pool import Response as UpstreamResponse
 from reference_relay.prices import Converter
 from reference_relay.routes import Endpoint, Prepared
+from reference_relay.server_flags import client_gone, shows_hang_up
 from reference_relay.upstream import Started, Upstream, transport_error, upstream_status_error
 
 log = logging.getLogger("reference_relay.calls")
@@ -485,41 +486,6 @@ class Call:
         return _RelayStream(pump)
 
 
-def _client_gone(receive: Receive) -> bool:
-    """Whether the app has hung up, as far as the server shows it without waiting: uvicorn
-    (which serves the relay and the wallet) marks its request cycle ``disconnected`` when the
-    connection is lost, and ``receive`` is that cycle's bound method unless a middleware
-    wrapped it. Elsewhere False: the answer was sent, and whether it arrived is not known
-    (asking ``receive`` would wait, and a listener task per call costs more than it tells)."""
-    return getattr(getattr(receive, "__self__", None), "disconnected", False) is True
-
-
-def _shows_hang_up(receive: Receive) -> bool:
-    """Whether ``_client_gone`` can tell from the server that the app hung up (uvicorn's
-    request cycle has the flag, and the connection is being read): then a stream's pump
-    asks it before each piece it sends and before it settles, instead of a listener task
-    per stream waiting on ``receive``. uvicorn sees a hang-up only while it reads: a body
-    whose last read took the cycle past its 64 KiB high-water mark leaves reading paused
-    (only ``receive`` resumes it), and the app's FIN is then not seen until a write fails
-    (a stream ending soon after was recorded ok, not client_disconnected); there the
-    listener's ``receive`` resumes reading, as before."""
-    cycle = getattr(receive, "__self__", None)
-    return (hasattr(cycle, "disconnected")
-            and getattr(getattr(cycle, "flow", None), "read_paused", True) is False)
-
-
-def _body_here(receive: Receive) -> bool:
-    """Whether the server holds the request's whole body already, so that ``receive`` gives
-    it without waiting (the relay's handler then reads it with no deadline to set): uvicorn's
-    request cycle (``receive``'s ``__self__``, as for _client_gone) has seen the body's end
-    and its message event is set. Elsewhere False: the body is read under its deadline."""
-    cycle = getattr(receive, "__self__", None)
-    if getattr(cycle, "more_body", True) is not False:
-        return False
-    event = getattr(cycle, "message_event", None)
-    return isinstance(event, asyncio.Event) and event.is_set()
-
-
 class _SettleAfterSend(Response):
     """A non-streamed answer whose settlement is written right after it is sent (or fails to
     be), keeping the ledger write off the app's latency. Until then the reservation still holds
@@ -560,7 +526,7 @@ class _SettleAfterSend(Response):
         except BaseException:  # the app is gone (or the server cancelled the handler)
             self.settle(True)
             raise
-        self.settle(_client_gone(receive))
+        self.settle(client_gone(receive))
 
 
 class _StreamPump:
@@ -577,9 +543,9 @@ class _StreamPump:
     first byte the relay then wakes twice, for the app's request and for the provider's head,
     and turns the loop once more only in the store (the SQLite store's group commit lets the
     reservation wait one turn for company). The response's task only
-    waits. The pump asks the server whether the app is still there (``_client_gone``) as it
+    waits. The pump asks the server whether the app is still there (``client_gone``) as it
     sends the head, each piece and before it settles; a server that cannot tell it that
-    (``_shows_hang_up``) has the response listen for the app's disconnect once the head is
+    (``shows_hang_up``) has the response listen for the app's disconnect once the head is
     out. A slow app slows the pump (a send waits for
     the connection to drain), never what is metered: every byte read is metered before it is
     sent, and after a disconnect the pump reads and meters to the end without sending.
@@ -655,7 +621,7 @@ class _StreamPump:
     async def _to_app(self, message: Message) -> None:
         if self.client_gone or self.send is None:
             return
-        if self.receive is not None and _client_gone(self.receive):
+        if self.receive is not None and client_gone(self.receive):
             self.client_closed()  # the server saw the hang-up (no listener: _RelayStream)
             return
         try:
@@ -674,7 +640,7 @@ class _StreamPump:
             if self.send is None:
                 self.client_closed()
                 return
-        if self.receive is not None and _client_gone(self.receive):
+        if self.receive is not None and client_gone(self.receive):
             # The app hung up while the provider thought: nothing is sent, the stream is
             # read and metered to its end (the pump asks again as it sends: _to_app).
             self.client_closed()
@@ -758,7 +724,7 @@ class _StreamPump:
                 self._verdict((RelayError(UPSTREAM_ERROR, "the call was cancelled"), None))
                 await call.release("upstream_error")
         try:
-            if self.receive is not None and _client_gone(self.receive):
+            if self.receive is not None and client_gone(self.receive):
                 self.client_closed()  # a hang-up since the last piece went out: told below
             cut = failure is not None or not meter.done
             if cut:
@@ -788,7 +754,7 @@ class _RelayStream(Response):
     It is returned before the provider answers, so that the pump can send the head the moment
     the provider's arrives; this task waits for the verdict, then (for a stream) for the
     pump's end, and tells the pump however the client side ends. Under uvicorn the pump asks
-    the server whether the app hung up as it sends (_client_gone, _shows_hang_up); under a
+    the server whether the app hung up as it sends (client_gone, shows_hang_up); under a
     server that cannot tell, or while uvicorn does not read the connection (a large body
     left reading paused), this task listens for the app's disconnect once the head is
     out. Why not listen always: the listener's task, made, run once and cancelled, was some
@@ -825,7 +791,7 @@ class _RelayStream(Response):
                 await refusal(scope, receive, send)
                 return
             if not pump._over.done():  # the stream goes on: listen for the app's hang-up
-                if not _shows_hang_up(receive):  # else the pump asks the server as it sends
+                if not shows_hang_up(receive):  # else the pump asks the server as it sends
                     listener = pump._loop.create_task(listen())
                 await pump.over()
         finally:

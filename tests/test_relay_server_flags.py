@@ -1,9 +1,9 @@
 """What the relay reads from the server's request cycle instead of waiting on ``receive``.
 
 Two shortcuts on every call depend on it (reference_relay.calls): a body the server holds whole
-is read with no deadline to set (``_body_here``), and a stream's pump asks the server whether
-the app hung up as it sends (``_client_gone``), with no listener task per stream, wherever
-the server can tell (``_shows_hang_up``). Checked here against real uvicorn servers, with the
+is read with no deadline to set (``body_here``), and a stream's pump asks the server whether
+the app hung up as it sends (``client_gone``), with no listener task per stream, wherever
+the server can tell (``shows_hang_up``). Checked here against real uvicorn servers, with the
 protocols the relay is served with (its own httptools protocol; h11, the tests'), so that a
 uvicorn whose cycle changed shows as a failure rather than as the slow path taken silently;
 and the slow path itself: a relay behind a middleware that wraps ``receive`` still sees a
@@ -30,10 +30,10 @@ from starlette.types import Receive, Scope, Send
 from capwallet import caveats as cav
 from capwallet.keys import RootKey
 from reference_relay.app import create_app
-from reference_relay.calls import _body_here, _client_gone, _shows_hang_up
 from reference_relay.config import parse_config
 from reference_relay.http_limits import BoundedHttpToolsProtocol
 from reference_relay.listen import listen
+from reference_relay.server_flags import body_here, client_gone, shows_hang_up
 
 
 class Recorder:
@@ -48,7 +48,7 @@ class Recorder:
             return
         if self.wait:
             await asyncio.sleep(self.wait)
-        self.seen.append((_shows_hang_up(receive), _body_here(receive), _client_gone(receive)))
+        self.seen.append((shows_hang_up(receive), body_here(receive), client_gone(receive)))
         while (await receive()).get("more_body"):
             pass
         await send({"type": "http.response.start", "status": 200,
@@ -120,7 +120,7 @@ def test_elsewhere_nothing_is_assumed() -> None:
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    assert (_shows_hang_up(receive), _body_here(receive), _client_gone(receive)) == (
+    assert (shows_hang_up(receive), body_here(receive), client_gone(receive)) == (
         False, False, False)
 
 
