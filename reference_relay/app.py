@@ -91,7 +91,7 @@ from reference_relay.prices import Converter, Price
 from reference_relay.routes import OUTPUT_CAP_HEADER, Endpoint, Prepared
 from reference_relay.routes.anthropic import CountTokens, Messages
 from reference_relay.routes.openai import ChatCompletions, Embeddings, Moderations, Responses
-from reference_relay.server_flags import body_here, client_gone
+from reference_relay.server_flags import PAUSING_BODY, body_here, client_gone, resume_reading
 from reference_relay.upstream import (
     FORWARDED,
     Upstream,
@@ -796,6 +796,8 @@ class Relay:
         except TimeoutError:
             raise RelayError(REQUEST_TIMEOUT, f"the request body did not arrive within "
                              f"{self.config.body_timeout:g} seconds") from None
+        if len(raw) > PAUSING_BODY:  # the server may have stopped reading: a hang-up
+            resume_reading(receive)  # would not show (server_flags.resume_reading)
         if chunks:
             chunks.append(raw)
             raw = b"".join(chunks)

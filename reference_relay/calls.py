@@ -756,9 +756,10 @@ class _RelayStream(Response):
     pump's end, and tells the pump however the client side ends. Under uvicorn the pump asks
     the server whether the app hung up as it sends (client_gone, shows_hang_up); under a
     server that cannot tell, or while uvicorn does not read the connection (a large body
-    left reading paused), this task listens for the app's disconnect once the head is
-    out. Why not listen always: the listener's task, made, run once and cancelled, was some
-    7 us of every stream, in the tail a back-to-back call's next request waits behind; and
+    left reading paused; the handler resumes it, server_flags.resume_reading, so this is a
+    fallback), this task listens for the app's disconnect once the head is out. Why not
+    listen always: the listener's task, made, run once and cancelled, was some 7 us of
+    every stream, in the tail a back-to-back call's next request waits behind; and
     not before the head: its first wait was work between the request's going upstream and
     the app's first byte (a hang-up before the head is seen as the pump sends it).
     """

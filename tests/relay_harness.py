@@ -98,11 +98,12 @@ class ServerThread:
     url: str = ""
     server: uvicorn.Server | None = None
     thread: threading.Thread | None = None
+    http: Any = "h11"  # uvicorn's protocol: its name, or a class (the relay's own httptools)
 
     def start(self) -> ServerThread:
         sock = listen("127.0.0.1", 0)
         self.server = uvicorn.Server(uvicorn.Config(
-            self.app, http="h11", lifespan="on", log_config=None, access_log=False,
+            self.app, http=self.http, lifespan="on", log_config=None, access_log=False,
             timeout_graceful_shutdown=5))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
                                        daemon=True, name="relay")
