@@ -16,11 +16,11 @@ import os
 import random
 import statistics
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))  # after tests/ and src/
 
+from loopback_answer import answering
 from pairs import Block, PairRun, _pair_blocks, median_ci, rotation
 
 
@@ -73,22 +73,7 @@ def test_pair_blocks_run_in_the_rotated_order_on_real_connections() -> None:
     # (ABC CBA before: the third server twice in a row at each round's end), counted from
     # the round the launch starts at
     async def main(round0: int | None) -> list[str]:
-        def server() -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
-                                 Awaitable[None]]:
-            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                while True:
-                    try:
-                        head = await reader.readuntil(b"\r\n\r\n")
-                    except asyncio.IncompleteReadError:
-                        break
-                    size = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                    await reader.readexactly(size)
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
-                    await writer.drain()
-                writer.close()
-            return handle
-
-        servers = [await asyncio.start_server(server(), "127.0.0.1", 0) for _ in range(3)]
+        servers = [await answering(b"{}") for _ in range(3)]
         me = [os.getpid()]
         targets = {who: (f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}", "t", me)
                    for who, s in zip(("floor", "relay", "other"), servers, strict=True)}

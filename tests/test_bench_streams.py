@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))  # after tests/ and src/
 
+from loopback_answer import answering
 from pairs import median_ci
 from streams import STREAM_TURN, StreamRound, StreamRun, stream_ab, streams_side_by_side
 
@@ -55,27 +55,9 @@ def test_two_relays_take_turns_abba_on_real_connections() -> None:
     # go in turns of STREAM_TURN, AB BA AB, and BA first with flip
     async def main(flip: bool) -> tuple[list[str], list[int]]:
         log: list[str] = []
-
-        def server(name: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter],
-                                          Awaitable[None]]:
-            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                while True:
-                    try:
-                        head = await reader.readuntil(b"\r\n\r\n")
-                    except asyncio.IncompleteReadError:
-                        break
-                    size = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                    await reader.readexactly(size)
-                    log.append(name)
-                    body = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s"
-                                 % (len(body), body))
-                    await writer.drain()
-                writer.close()
-            return handle
-
-        a = await asyncio.start_server(server("a"), "127.0.0.1", 0)
-        b = await asyncio.start_server(server("b"), "127.0.0.1", 0)
+        body = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n'
+        a = await answering(body, lambda: log.append("a"))
+        b = await answering(body, lambda: log.append("b"))
         urls = [f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in (a, b)]
         got = await streams_side_by_side([(u, "t") for u in urls], {"stream": True}, 25, flip)
         for s in (a, b):

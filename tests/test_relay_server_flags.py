@@ -18,7 +18,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,16 +146,7 @@ class WrapsReceive:
 
 @pytest.fixture
 def wrapped_relay(fake: str, tmp_path: Path) -> Iterator[Relay]:
-    root = RootKey.generate()
-    root.save(tmp_path / "root.key")
-    config = parse_config(config_data(fake), tmp_path)
-    server = ServerThread(WrapsReceive(create_app(config, provider_keys=lambda _: FAKE_KEY)))
-    server.start()
-    relay = Relay(server.url, fake, root, config, server)
-    try:
-        yield relay
-    finally:
-        relay.close()
+    yield from _served(fake, tmp_path, WrapsReceive, "h11")
 
 
 def test_behind_a_middleware_a_body_is_read_under_its_deadline(wrapped_relay: Relay) -> None:
@@ -216,11 +207,17 @@ def test_a_stream_hang_up_after_a_large_body_is_still_seen(relay: Relay, size: i
 @pytest.fixture(params=["httptools", "h11"])
 def served_relay(fake: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Relay]:
     """The relay served with each protocol it is served with (its own httptools; h11)."""
+    http: Any = BoundedHttpToolsProtocol if request.param == "httptools" else "h11"
+    yield from _served(fake, tmp_path, lambda app: app, http)
+
+
+def _served(fake: str, tmp_path: Path, wrap: Callable[[Any], Any],
+            http: Any) -> Iterator[Relay]:
+    """A relay app (``wrap``ped) served on a loopback port with ``http``, closed after."""
     root = RootKey.generate()
     root.save(tmp_path / "root.key")
     config = parse_config(config_data(fake), tmp_path)
-    http: Any = BoundedHttpToolsProtocol if request.param == "httptools" else "h11"
-    server = ServerThread(create_app(config, provider_keys=lambda _: FAKE_KEY), http=http)
+    server = ServerThread(wrap(create_app(config, provider_keys=lambda _: FAKE_KEY)), http=http)
     server.start()
     relay = Relay(server.url, fake, root, config, server)
     try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -49,6 +49,17 @@ class PoisonedSettlements(SQLiteStore):
         super().settle_soon(reservation_id, _poison(actual), entry, outcome)
 
 
+def _failure_lines(logs: LogCapture, before: int, wanted: Callable[[str], bool],
+                   missing: str) -> list[str]:
+    """The log lines since ``before`` that ``wanted`` picks, waiting up to 5 s for the first
+    (a queued settlement fails after the answer is out)."""
+    deadline = time.monotonic() + 5
+    while not (lines := [line for line in logs.lines[before:] if wanted(line)]):
+        assert time.monotonic() < deadline, missing
+        time.sleep(0.01)
+    return lines
+
+
 @pytest.fixture(scope="module")
 def poisoned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     tmp = tmp_path_factory.mktemp("poisoned")
@@ -68,12 +79,8 @@ def test_a_store_write_that_fails_with_a_programming_error_is_logged_with_its_tr
     sent = poisoned.post("/v1/chat/completions", {
         "model": "relay-test", "max_tokens": 8, "messages": HELLO_OPENAI, "stream": stream}, tok)
     assert sent.status_code == 200, sent.text
-    deadline = time.monotonic() + 5
-    while not (failed := [line for line in captured_logs.lines[before:]
-                          if "settle failed" in line]):
-        assert time.monotonic() < deadline, "no log line for the failed settlement"
-        time.sleep(0.01)
-    [line] = failed
+    [line] = _failure_lines(captured_logs, before, lambda line: "settle failed" in line,
+                            "no log line for the failed settlement")
     assert f"token={token_id(tok)} " in line and tok not in line
     assert ": TypeError" in line
     assert "Traceback (most recent call last)" in line  # seen failing before: the type only
@@ -113,12 +120,10 @@ def test_a_release_that_fails_is_logged_as_a_release(
         "model": "fault-http500", "max_tokens": 8, "messages": HELLO_OPENAI,
         "stream": stream}, tok)
     assert sent.status_code == 502, sent.text
-    deadline = time.monotonic() + 5
-    while not (failed := [line for line in captured_logs.lines[before:] if " failed " in line
-                          and line.startswith("reference_relay.calls")]):
-        assert time.monotonic() < deadline, "no log line for the failed release"
-        time.sleep(0.01)
-    [line] = failed
+    [line] = _failure_lines(
+        captured_logs, before,
+        lambda line: " failed " in line and line.startswith("reference_relay.calls"),
+        "no log line for the failed release")
     assert line.startswith("reference_relay.calls ERROR release failed "), line
     assert f"token={token_id(tok)} " in line and tok not in line
     assert "no such table" in line  # the store's own reason (StoreUnavailable)
