@@ -146,7 +146,12 @@ def test_changing_any_byte_never_allows(caveats: list[cav.Caveat], data: st.Data
     request = Request(provider="openai", model="m1", operation="chat", cost={"EUR": 0})
     i = data.draw(st.integers(0, len(token) - 1))
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/=. "
-    ch = data.draw(st.sampled_from(alphabet).filter(lambda c: c != token[i]))
+    # Another character than token[i], drawn as a shift along the alphabet: a filter on
+    # token[i] made the number of draws depend on the token's random id, which hypothesis
+    # refuses on replay (FlakyStrategyDefinition, seen once in CI).
+    shift = data.draw(st.integers(1, len(alphabet) - 1))
+    ch = alphabet[(alphabet.find(token[i]) + shift) % len(alphabet)]
+    assert ch != token[i]
     mutated = token[:i] + ch + token[i + 1:]
     decision = Verifier(KEYS).verify(mutated, request, T0)
     assert not decision.allowed
