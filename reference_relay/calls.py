@@ -18,13 +18,14 @@ Settlement rules (see also reference_relay.metering):
   or a timeout after the request was sent, streamed or not (the provider may be generating and
   billing it): charge conservatively, the reserved worst case for the output and the
   provider's input count if it sent one, else the input estimate;
-* a usage that gives the input count but not the output's (metering.Usage.output_missing):
-  the reported input and the reserved worst case for the output, ledger status
-  usage_missing unless the call failed or the app left, and one log line naming the token id;
-* a usage no store can hold (absurd: past 2^53 - 1) or holding a count no reading makes sense
-  of (unreadable: negative, NaN, text; metering._count): the reserved worst case, as for a
-  missing usage (ledger status usage_missing unless the call failed or the app left), and
-  one log line naming the token id (Call._absurd).
+* a usage the provider gave that cannot be charged as given: without its output count
+  (metering.Usage.output_missing), the reported input and the reserved worst case for the
+  output; without its input count, holding a count no reading makes sense of (unreadable:
+  negative, NaN, text; metering._count) or no store can hold (absurd: past 2^53 - 1), the
+  reserved worst case, as for a missing usage. Either way the ledger status is usage_missing
+  unless the call failed or the app left, and one log line names the token id and what was
+  wrong, however many things were (Call._settlement). No usage at all is told by the status
+  alone (usage_missing, or upstream_error for a cut stream).
 
 A successful non-streamed answer is sent first and settled right after (``_SettleAfterSend``:
 queued in the store, which writes it as the loop turns, the handler not waiting for it);
@@ -78,6 +79,24 @@ MAX_CHARGE = MAX_SAFE_INTEGER
 # The provider's request id headers, passed on to the app (the first of each name).
 _PASSED = frozenset((b"x-request-id", b"request-id", b"openai-processing-ms"))
 _NAME = itemgetter(0)
+
+
+_NO_OUTPUT = "usage without an output count"
+
+
+def _flaw(usage: Usage) -> tuple[str, Usage | None, bool]:
+    """Why a usage cannot be charged as given (the log line's words; "" for a usage object
+    holding no count, which is no usage), and what to charge instead: (why, usage, final).
+    Without its input count or unreadable: no usage, the reserved worst case. Without its
+    output count: the input it gives, the reserved worst case for the output. Read as 0, a
+    count a gateway drops or garbles would cost nothing."""
+    if usage.unreadable:
+        return "unreadable usage", None, False
+    if usage.input_tokens is None:
+        if usage.output_tokens is None:
+            return "", None, False
+        return "usage without an input count", None, False
+    return _NO_OUTPUT, usage, False
 
 
 def _passed_headers(resp: UpstreamResponse) -> list[tuple[bytes, bytes]]:
@@ -167,25 +186,46 @@ class Call:
 
     def _settlement(self, usage: Usage | None, final: bool, status: str,
                     response_body: bytes | None) -> tuple[dict[str, int], LedgerEntry]:
-        """What to charge each counter for this outcome, and its ledger row."""
-        if usage is not None and (usage.unreadable or usage.output_missing):
-            if usage.unreadable:  # a count no reading makes sense of
-                return self._absurd(status, response_body, "unreadable")
-            # The usage gives the input count but not the output's (metering.Usage): a
-            # missing usage for the output, charged its reserved worst case, the input as
-            # reported. Read as 0, the output of a gateway that drops the count costs nothing.
-            log.error("usage without an output count token=%s reservation=%s: charged the "
-                      "reserved worst case for the output", self.token_id, self.reservation_id)
-            final = False
+        """What to charge each counter for this outcome, and its ledger row.
+
+        One rule for a usage the provider gave and the relay cannot charge as given (spec/
+        budgets.md, "Settlement"): without its input count, with an unreadable count, or
+        absurd, the reserved worst case; without its output count, the input it gives and
+        the reserved worst case for the output. Either way the ledger status is usage_missing
+        (unless the call failed or the app left) and one log line names the token id and
+        what was wrong (_flaw), however many things were."""
+        why = ""
+        if usage is not None and (usage.unreadable or usage.output_missing
+                                  or usage.input_tokens is None):
+            why, usage, final = _flaw(usage)
             if status == "ok":
                 status = "usage_missing"
+        got = self._charges(usage, final, status, response_body)
+        if got is None:  # absurd: no store holds its charges, and no call really used it
+            why = "absurd " + (why or "usage")
+            if status == "ok":
+                status = "usage_missing"
+            got = self._charges(None, False, status, response_body)
+            assert got is not None  # the reserved worst case, which the store accepted
+        if why:
+            log.error("%s token=%s reservation=%s: charged the reserved worst case%s", why,
+                      self.token_id, self.reservation_id,
+                      " for the output" if why == _NO_OUTPUT else "")
+        return got
+
+    def _charges(self, usage: Usage | None, final: bool, status: str,
+                 response_body: bytes | None) -> tuple[dict[str, int], LedgerEntry] | None:
+        """The charges and ledger row of ``usage`` as it stands; None when they are absurd
+        (past MAX_CHARGE: 2^63 tokens), which only a usage can be (the reserved worst case
+        fits: the store accepted it). Absurd, the call is charged the worst case instead
+        (_settlement): SQLite binds 64 bits, the Redis store refuses past 2^53."""
         raw, tokens_in, tokens_out = self.raw_cost(usage, final)
         currency = self.ledger_currency
         cost = self._money(raw, currency)
         # Every charge at most MAX_CHARGE: the cost, the token quota's (input + output, each
         # counted from 0) and below, a budget's in another currency.
         if (cost > MAX_CHARGE or tokens_in + tokens_out > MAX_CHARGE) and usage is not None:
-            return self._absurd(status, response_body)
+            return None
         actual: dict[str, int] = {}
         for d in self.debits:
             if d.kind == "budget":
@@ -194,24 +234,12 @@ class Call:
                 else:
                     actual[d.counter_key] = amount = self._money(raw, d.unit)
                     if amount > MAX_CHARGE and usage is not None:
-                        return self._absurd(status, response_body)
+                        return None
             elif d.kind == "quota":
                 actual[d.counter_key] = tokens_in + tokens_out
             else:
                 actual[d.counter_key] = 1
         return actual, self._entry(status, tokens_in, tokens_out, cost, response_body)
-
-    def _absurd(self, status: str, response_body: bytes | None, what: str = "absurd"
-                ) -> tuple[dict[str, int], LedgerEntry]:
-        """The settlement of an absurd usage (2^63 tokens): no store holds its charges
-        (SQLite binds 64 bits, the Redis store refuses past 2^53), and no call really used
-        it: charged the reserved worst case instead (which the store accepted, so it fits).
-        The same for an unreadable usage (a negative, NaN or text count: metering._count),
-        as for a missing one: read as no tokens, it would let a call spend past its budget."""
-        log.error("%s usage token=%s reservation=%s: charged the reserved worst case",
-                  what, self.token_id, self.reservation_id)
-        return self._settlement(None, False, "usage_missing" if status == "ok" else status,
-                                response_body)
 
     async def settle(self, usage: Usage | None, final: bool, status: str,
                      response_body: bytes | None = None) -> None:

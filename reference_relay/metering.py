@@ -34,6 +34,13 @@ messages) that gives the input count but not the output's (``completion_tokens``
 reported input and the reserved worst case for the output. Read as 0, a gateway that drops
 the field would get the call charged no output. Embeddings (flavor ``embeddings``) produce
 none: their usage has no output count, and reads as 0 output.
+
+A usage object that gives an output count but not the input count (``prompt_tokens``,
+``input_tokens`` absent or null; an Anthropic stream whose ``message_start`` had none) is a
+usage without its input count (``input_tokens`` None, ``output_tokens`` set): charged the
+reserved worst case, as no usage is, but logged, as every usage the relay cannot charge as
+given is (reference_relay.calls, Call._settlement). A usage object with no count at all is no
+usage.
 """
 
 from __future__ import annotations
@@ -138,6 +145,19 @@ def _unreadable(tool_calls: dict[str, int] | None = None) -> Usage:
     return Usage(None, None, 0, 0, tool_calls, True)
 
 
+def _input_missing(*given: Any) -> Usage | None:
+    """The usage of a usage object without its input count, given its output counts
+    (``given``, None for an absent one): no usage if it has none either; else a usage
+    without its input count (``input_tokens`` None: charged the reserved worst case,
+    reference_relay.calls._flaw), or unreadable if one of them is."""
+    counts = [_count(v) for v in given if v is not None]
+    if not counts:
+        return None
+    if min(counts) < 0:
+        return _unreadable()
+    return Usage(None, max(counts))
+
+
 def _output_missing(input_tokens: int, cached: int,
                     tool_calls: dict[str, int] | None = None) -> Usage:
     """The usage of an answer that gives its input count but not its output's."""
@@ -149,8 +169,10 @@ def openai_usage(u: Any, output: bool = True) -> Usage | None:
     ``output`` False: they produce none). The output count is ``completion_tokens`` or
     what ``total_tokens`` leaves after the prompt: a chat usage with neither (or a total
     below the prompt and no completion count) lacks it (``Usage.output_missing``)."""
-    if not isinstance(u, dict) or u.get("prompt_tokens") is None:
+    if not isinstance(u, dict):
         return None
+    if u.get("prompt_tokens") is None:
+        return _input_missing(u.get("completion_tokens"), u.get("total_tokens"))
     prompt = _count(u["prompt_tokens"])
     details = u.get("prompt_tokens_details")
     cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
@@ -209,8 +231,10 @@ def responses_usage(response: Any) -> Usage | None:
     if not isinstance(response, dict):
         return None
     u = response.get("usage")
-    if not isinstance(u, dict) or u.get("input_tokens") is None:
+    if not isinstance(u, dict):
         return None
+    if u.get("input_tokens") is None:
+        return _input_missing(u.get("output_tokens"), u.get("total_tokens"))
     total_in = _count(u["input_tokens"])
     details = u.get("input_tokens_details")
     cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
@@ -240,8 +264,9 @@ def usage_from_json(flavor: str, data: dict[str, Any]) -> Usage | None:
         return Usage(0, 0)
     if flavor == "anthropic":
         u = anthropic_usage(data.get("usage"))
-        if u is None or u.input_tokens is None:  # no input count: no usage (unless garbled)
-            return u if u is not None and u.unreadable else None
+        if u is None or u.input_tokens is None:  # no input count: no usage, unless it has
+            # an output count (a usage without its input count) or is garbled
+            return u if u is not None and (u.unreadable or u.output_tokens is not None) else None
         if u.output_tokens is None and not u.unreadable:
             u.output_missing = True
         return u
@@ -291,14 +316,17 @@ _INEXACT = Usage()
 
 
 def _openai_answer(u: Any) -> Usage | None:
-    """openai_usage of a chat usage object orjson read, or _INEXACT when a field it reads is a
-    float: orjson reads an integer past 64 bits as one, where the json module gives the
-    integer (a float json reads too is read again by openai_usage, which rounds it up: a
-    float is rare, so reading it again costs nothing but the time). The same reading as
+    """openai_usage of a chat usage object orjson read, or _INEXACT (read it again with the
+    json module) when it has no prompt count (rare) or a field it reads is a float: orjson
+    reads an integer past 64 bits as one, where the json module gives the integer (a float
+    json reads too is read again by openai_usage, which rounds it up: a float is rare, so
+    reading it again costs nothing but the time). The same reading as
     openai_usage, field for field (tests/test_relay_units.py compares the two), without
     _inexact's walk over every field of the object and its details, nor a call per field."""
-    if type(u) is not dict or "prompt_tokens" not in u:
+    if type(u) is not dict:
         return None
+    if "prompt_tokens" not in u:  # rare: what openai_usage makes of it (_input_missing)
+        return _INEXACT
     prompt: Any = u["prompt_tokens"]
     completion: Any = u.get("completion_tokens")
     total: Any = u.get("total_tokens")
@@ -318,8 +346,8 @@ def _openai_answer(u: Any) -> Usage | None:
             cached = prompt
         output = total - prompt
         return Usage(prompt - cached, completion if completion > output else output, cached, 0)
-    if prompt is None:  # null: no usage, as an absent prompt_tokens
-        return None
+    if prompt is None:  # null: as an absent prompt_tokens
+        return _INEXACT
     # Each field's type asked once (a C call each) for both questions: a float (read it
     # again), and an int (a count); 1 K instructions less per answer than asking twice.
     hit: Any = u.get("prompt_cache_hit_tokens")  # DeepSeek

@@ -37,8 +37,10 @@ from relay_harness import (
 from capwallet import caveats as cav
 from capwallet.store import LedgerEntry, open_store
 
-# The output count the provider reports (None: no usage at all), and the input count.
+# The output count the provider reports (None: no usage at all), and the input count;
+# either ABSENT: the usage leaves that count out.
 USAGE: dict[str, Any] = {"output": None, "input": 10}
+ABSENT = "absent"
 
 ROUTES = {
     "chat": ("/v1/chat/completions", {"model": "relay-test", "max_tokens": 8,
@@ -59,12 +61,16 @@ def _event(obj: dict[str, Any], name: str | None = None) -> bytes:
     return head + b"data: " + _dumps(obj) + b"\n\n"
 
 
+def _counts(**counts: Any) -> dict[str, Any]:
+    """A usage object of the counts given, less those ABSENT."""
+    return {name: v for name, v in counts.items() if v != ABSENT}
+
+
 def _answer(path: str, stream: bool) -> bytes:
-    out = USAGE["output"]
+    out, given = USAGE["output"], USAGE["input"]
     if path.endswith("/chat/completions"):
-        usage = None if out is None else {"prompt_tokens": USAGE["input"],
-                                          "completion_tokens": out,
-                                          "total_tokens": out}
+        usage = None if out is None else _counts(prompt_tokens=given, completion_tokens=out,
+                                                 total_tokens=out)
         choice = {"index": 0, "message": {"role": "assistant", "content": "hi"},
                   "finish_reason": "stop"}
         if not stream:
@@ -76,7 +82,7 @@ def _answer(path: str, stream: bool) -> bytes:
             body += _event({**chunk, "choices": [], "usage": usage})
         return body + b"data: [DONE]\n\n"
     if path.endswith("/messages"):
-        usage = None if out is None else {"input_tokens": USAGE["input"], "output_tokens": out}
+        usage = None if out is None else _counts(input_tokens=given, output_tokens=out)
         if not stream:
             return _dumps({"id": "m", "type": "message", "role": "assistant",
                            "content": [{"type": "text", "text": "hi"}],
@@ -84,17 +90,16 @@ def _answer(path: str, stream: bool) -> bytes:
         start: dict[str, Any] = {"id": "m", "type": "message", "role": "assistant",
                                  "content": []}
         if usage:
-            start["usage"] = {"input_tokens": USAGE["input"], "output_tokens": 1}
+            start["usage"] = _counts(input_tokens=given, output_tokens=1)
         delta: dict[str, Any] = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}
         if usage:
-            delta["usage"] = {"output_tokens": out}
+            delta["usage"] = _counts(output_tokens=out)
         return (_event({"type": "message_start", "message": start}, "message_start")
                 + _event(delta, "message_delta")
                 + _event({"type": "message_stop"}, "message_stop"))
     response: dict[str, Any] = {
         "id": "r", "object": "response", "status": "completed", "output": [],
-        "usage": None if out is None else {"input_tokens": USAGE["input"],
-                                           "output_tokens": out}}
+        "usage": None if out is None else _counts(input_tokens=given, output_tokens=out)}
     if not stream:
         return _dumps(response)
     return _event({"type": "response.completed", "response": response}, "response.completed")
@@ -188,6 +193,64 @@ def test_an_unreadable_count_is_charged_the_worst_case(
                 or "settle failed" in line or "Traceback" in line]
     unreadable = [line for line in lines if "unreadable usage" in line]
     assert len(unreadable) == 1 and "token=" in unreadable[0]
+
+
+def _usage_lines(lines: list[str]) -> list[str]:
+    """The log lines of a usage the relay could not charge as given (Call._settlement)."""
+    return [line for line in lines if "usage" in line and "token=" in line
+            and "charged the reserved worst case" in line]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_a_usage_without_its_input_count_is_charged_as_none_and_logged(
+        absurd_relay: Relay, captured_logs: LogCapture, route: str, stream: bool) -> None:
+    # The output count given (5), the input's left out (an Anthropic stream: message_start's
+    # usage without input_tokens): the worst case, as for no usage, status usage_missing
+    # and one log line, as for any usage the relay cannot charge as given (spec/budgets.md).
+    # Seen failing on the old code: an Anthropic stream was charged the worst case with
+    # status ok; every route logged nothing.
+    worst = _call(absurd_relay, route, stream, None)
+    before = len(captured_logs.lines)
+    try:
+        USAGE["input"] = ABSENT
+        got = _call(absurd_relay, route, stream, 5)
+    finally:
+        USAGE["input"] = 10
+    assert got == worst and got[0] == "usage_missing"
+    lines = _wait_usage_lines(captured_logs, before)
+    assert len(lines) == 1 and "usage without an input count token=" in lines[0], lines
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_a_usage_with_two_flaws_is_logged_once(
+        absurd_relay: Relay, captured_logs: LogCapture, route: str, stream: bool) -> None:
+    # No output count and an absurd input (2^63): the worst case, one log line naming both.
+    # Seen failing on the old code: two lines ('usage without an output count', then
+    # 'absurd usage').
+    worst = _call(absurd_relay, route, stream, None)
+    before = len(captured_logs.lines)
+    try:
+        USAGE["input"] = 2**63
+        got = _call(absurd_relay, route, stream, ABSENT)
+    finally:
+        USAGE["input"] = 10
+    assert got == worst
+    lines = _wait_usage_lines(captured_logs, before)
+    assert len(lines) == 1 and "absurd usage without an output count token=" in lines[0], lines
+
+
+def _wait_usage_lines(captured_logs: LogCapture, before: int) -> list[str]:
+    """The usage log lines since ``before``, once there is one (a queued settlement's line
+    is written as the store takes it, which the ledger row may precede), and 0.1 s more for
+    a second one."""
+    deadline = time.monotonic() + 3
+    while not _usage_lines(captured_logs.lines[before:]):
+        assert time.monotonic() < deadline, "no usage log line"
+        time.sleep(0.01)
+    time.sleep(0.1)
+    return _usage_lines(captured_logs.lines[before:])
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])

@@ -417,7 +417,19 @@ def test_usage_from_json() -> None:
     # (test_a_usage_without_its_output_count_is_marked_so).
     a = usage_from_json("anthropic", {"usage": {"input_tokens": 5}})
     assert a is not None and a.output_missing and (a.input_tokens, a.output_tokens) == (5, None)
-    assert usage_from_json("anthropic", {"usage": {"output_tokens": 5}}) is None
+    # The output count without the input's: a usage without its input count (charged the
+    # worst case, and logged: test_relay_absurd_usage); no count at all: no usage.
+    a = usage_from_json("anthropic", {"usage": {"output_tokens": 5}})
+    assert a is not None and (a.input_tokens, a.output_tokens, a.unreadable) == (None, 5, False)
+    assert usage_from_json("anthropic", {"usage": {"cache_read_input_tokens": 5}}) is None
+    for flavor, usage in (("openai", {"completion_tokens": 5}),
+                          ("openai", {"prompt_tokens": None, "total_tokens": 5}),
+                          ("responses", {"output_tokens": 5})):
+        body: dict[str, object] = {"usage": usage, "output": []}
+        a = usage_from_json(flavor, body)
+        assert a is not None and (a.input_tokens, a.output_tokens) == (None, 5), flavor
+    assert usage_from_json("openai", {"usage": {"completion_tokens": -1}}).unreadable  # type: ignore[union-attr]
+    assert usage_from_json("openai", {"usage": {}}) is None
 
 
 def test_answer_usage_reads_what_the_json_module_reads() -> None:
@@ -508,10 +520,10 @@ def test_an_unreadable_count_marks_the_usage_unreadable(flavor: str) -> None:
             u = answer_usage(flavor, body % tuple(values))
             assert u is not None and u.unreadable, (flavor, i, junk)
         values = [b"3"] * slots
-        values[i] = b"null"  # null is an absent count: 0, no usage for the first, no
+        values[i] = b"null"  # null is an absent count: no input count for the first, no
         u = answer_usage(flavor, body % tuple(values))  # output count for output_tokens
-        if i == 0:
-            assert u is None, (flavor, i)
+        if i == 0:  # (the worst case, as no usage: Call._settlement)
+            assert u is not None and u.input_tokens is None and not u.unreadable, (flavor, i)
         elif i == 1 and flavor != "openai":  # (OpenAI's total_tokens gives the output)
             assert u is not None and u.output_missing and not u.unreadable, (flavor, i)
         else:
@@ -662,8 +674,10 @@ def test_answer_usage_of_openai_answers_is_openai_usage_of_the_json_modules_read
             assert answer_usage("openai", body) == want, body
             checked += 1
     assert checked == len(values) ** len(fields) * 8
-    for usage in (b"null", b"[]", b'"x"', b"{}", b'{"completion_tokens":3}'):
+    for usage in (b"null", b"[]", b'"x"', b"{}", b'{"prompt_tokens":null}'):
         assert answer_usage("openai", b'{"usage":%s}' % usage) is None
+    got = answer_usage("openai", b'{"usage":{"completion_tokens":3}}')  # no input count
+    assert got is not None and (got.input_tokens, got.output_tokens) == (None, 3)
 
 
 def test_a_calls_ledger_entry_is_the_one_a_keyword_build_makes() -> None:
