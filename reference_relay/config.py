@@ -8,6 +8,7 @@ that starts has a usable configuration.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from capwallet.provider_url import BaseUrlError, check_base_url
+from capwallet.store.base import COUNTER_MARGIN
 from reference_relay.prices import (
     PRICE_FIELDS,
     Converter,
@@ -329,7 +331,38 @@ def parse_config(data: Mapping[str, Any], base_dir: Path) -> RelayConfig:
     if (cfg.max_body_bytes < 1024 or cfg.upstream_timeout <= 0 or cfg.lease_margin < 0
             or cfg.body_timeout <= 0 or cfg.header_timeout <= 0):
         raise ConfigError("relay limits must be positive (max_body_bytes >= 1024)")
+    _check_times(cfg)
     return cfg
+
+
+# The seconds settings of [relay], each a finite positive number.
+_SECONDS = ("body_timeout", "header_timeout", "upstream_timeout", "connect_timeout",
+            "sweep_interval")
+
+
+def _check_times(cfg: RelayConfig) -> None:
+    """Every time setting a finite positive number of seconds (TOML reads ``inf`` and
+    ``nan``: a lease of either cannot be computed, and nan passes every comparison), and
+    every provider's lease (RelayConfig.lease_seconds) at most the store's COUNTER_MARGIN.
+    A counter is pruned, or expires in Redis, COUNTER_MARGIN after its period ends, and the
+    relay's sweep closes the expired leases first: so no open reservation holds a pruned
+    counter only while no lease is longer than the margin (a longer one could settle into a
+    counter that is gone, or outlive its chain's record). Refused at load time, with the
+    provider and the figures."""
+    for name in _SECONDS:
+        if not 0 < getattr(cfg, name) < math.inf:
+            raise ConfigError(f"relay.{name} must be a positive number of seconds")
+    for p in cfg.providers:
+        if p.timeout is not None and not 0 < p.timeout < math.inf:
+            raise ConfigError(f"provider {p.id!r}: timeout must be a positive number of seconds")
+        lease = cfg.lease_seconds(p)
+        if lease > COUNTER_MARGIN:
+            raise ConfigError(
+                f"provider {p.id!r}: its lease ({lease} s: the upstream timeout, "
+                f"relay.connect_timeout, 1 s and relay.lease_margin) is longer than the "
+                f"store's counter margin ({COUNTER_MARGIN} s), which a counter outlives its "
+                f"period by: a counter could be pruned while a reservation still holds it; "
+                f"lower the timeout or relay.lease_margin")
 
 
 def table_scale(prices: Mapping[str, Any]) -> int:
