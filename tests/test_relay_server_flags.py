@@ -131,28 +131,57 @@ def test_elsewhere_nothing_is_assumed() -> None:
 
 class WrapsReceive:
     """A middleware that hands the app a receive of its own, as some do: the relay cannot
-    read the server's request cycle through it, and takes the slow paths."""
+    read the server's request cycle through it, and takes the slow paths. It notes what the
+    shortcuts read of the receive it hands on (shows_hang_up, body_here, client_gone)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.state = app.state
+        self.seen: list[tuple[bool, bool, bool]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def own() -> Any:
             return await receive()
 
+        if scope["type"] == "http":
+            self.seen.append((shows_hang_up(own), body_here(own), client_gone(own)))
         await self.app(scope, own, send)
+
+
+BODY_TIMEOUT = 0.5  # the wrapped relay's body_timeout (seconds)
 
 
 @pytest.fixture
 def wrapped_relay(fake: str, tmp_path: Path) -> Iterator[Relay]:
-    yield from _served(fake, tmp_path, WrapsReceive, "h11")
+    yield from _served(fake, tmp_path, WrapsReceive, "h11", body_timeout=BODY_TIMEOUT)
 
 
 def test_behind_a_middleware_a_body_is_read_under_its_deadline(wrapped_relay: Relay) -> None:
+    # Through the middleware the relay cannot see that the server holds a body whole
+    # (body_here False: no flag to read), so it reads every body under body_timeout: a whole
+    # body is answered, and one that stops arriving is answered 408 once the deadline passes
+    # (with no deadline, as for a body the server holds, the relay would wait for ever:
+    # checked so by making body_here True where it cannot tell, not committed).
+    wrapped = wrapped_relay.server.app
+    assert isinstance(wrapped, WrapsReceive)
     tok = wrapped_relay.mint(cav.Budget(1000, "USD", "month"))
     r = wrapped_relay.chat(tok, max_tokens=16)
-    assert r.status_code == 200
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 16
+    assert wrapped.seen[-1] == (False, False, False)
+    host, port = wrapped_relay.url.removeprefix("http://").split(":")
+    body = json.dumps({"model": "relay-test", "max_tokens": 16,
+                       "messages": [{"role": "user", "content": "hello there"}]}).encode()
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: %s\r\nauthorization: Bearer %s\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n"
+            % (host.encode(), tok.encode(), len(body)))
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        started = time.monotonic()
+        s.sendall(head + body[:-5])  # the last 5 bytes never come
+        answer = s.recv(65536)
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408") and b"request_timeout" in answer, answer[:300]
+    assert BODY_TIMEOUT <= waited < BODY_TIMEOUT + 5, waited
+    assert wrapped.seen[-1] == (False, False, False)
 
 
 def test_behind_a_middleware_a_stream_hang_up_is_still_seen(wrapped_relay: Relay) -> None:
@@ -212,11 +241,12 @@ def served_relay(fake: str, tmp_path: Path, request: pytest.FixtureRequest) -> I
 
 
 def _served(fake: str, tmp_path: Path, wrap: Callable[[Any], Any],
-            http: Any) -> Iterator[Relay]:
-    """A relay app (``wrap``ped) served on a loopback port with ``http``, closed after."""
+            http: Any, **settings: Any) -> Iterator[Relay]:
+    """A relay app (``wrap``ped) served on a loopback port with ``http`` and the [relay]
+    ``settings``, closed after."""
     root = RootKey.generate()
     root.save(tmp_path / "root.key")
-    config = parse_config(config_data(fake), tmp_path)
+    config = parse_config(config_data(fake, **settings), tmp_path)
     server = ServerThread(wrap(create_app(config, provider_keys=lambda _: FAKE_KEY)), http=http)
     server.start()
     relay = Relay(server.url, fake, root, config, server)
