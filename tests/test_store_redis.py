@@ -273,3 +273,51 @@ def test_a_script_command_is_packed_as_hiredis_packs_it(key: str, args: list[Any
     whole = pack(("EVALSHA", _script.sha, 1, key, *args))
     assert _script.command(key, tuple(args)) == whole
     assert _script.command(key, tuple(args)) == whole
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "redis-cluster"])
+async def test_chains_recorded_before_the_expiry_index_are_pruned_too(
+        request: pytest.FixtureRequest, cluster: bool) -> None:
+    # A chain recorded before note_chain indexed its expiry (1bad818) is only in its token's
+    # hash: prune_chains indexes such chains first, once per store (a SCAN for the hashes,
+    # every node of a cluster), then prunes them as any other. Seen failing on the old code:
+    # the first prune deleted the indexed chain only (1, not 2), and kept the old expired one.
+    now = int(time.time())
+    base = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
+    url = f"{base}?{'cluster=1&' if cluster else ''}prefix=o{secrets.token_hex(6)}"
+    s = open_store(url)
+    assert isinstance(s, RedisStore)
+
+    async def record_old(c: Chain) -> None:  # as a store before the index wrote it
+        await s._r.hset(s._chains_key(c.token_id), c.chain_id,
+                        json.dumps([c.first_seen, list(c.caveats)]))
+
+    gone = Chain("aa" * 16, "a1" * 8, ("app Blog", f"expires {now + 10}"), now)
+    live = Chain("bb" * 16, "b2" * 8, (f"expires {now + 10**6}",), now)
+    forever = Chain("cc" * 16, "c3" * 8, ("app Notes",), now)
+    sub = Chain("dd" * 16, "d4" * 8, ("app X", f"expires {now + 10**6}",
+                                      f"expires {now + 20}"), now)  # its own, earlier
+    new = Chain("ee" * 16, "e5" * 8, (f"expires {now + 30}",), now)
+    try:
+        for c in (gone, live, forever, sub):
+            await record_old(c)
+        assert await s.note_chain(new)
+        assert len({bucket_of(c.token_id) for c in (gone, live, forever, sub, new)}) > 1
+        assert await s.prune_chains(now + 100) == 3  # gone, sub and new
+        ids = [gone.token_id, live.token_id, forever.token_id, sub.token_id, new.token_id]
+        assert await s.chains(ids) == [live, forever]
+        assert await s._r.exists(s.prefix + ":chainexp:indexed")
+        # Once indexed, a store does not look again (a new handle neither: the marker says
+        # so): a chain an older relay records without its expiry from then on is kept.
+        late = Chain("ff" * 16, "f6" * 8, (f"expires {now + 10}",), now)
+        await record_old(late)
+        other = open_store(url)
+        try:
+            assert await other.prune_chains(now + 100) == 0
+            assert await other.chains([late.token_id]) == [late]
+        finally:
+            await other.close()
+        assert await s.prune_chains(now + 10**7) == 1  # live, from the index
+        assert await s.chains(ids) == [forever]
+    finally:
+        await s.close()

@@ -430,9 +430,8 @@ class Store(abc.ABC):
         a chain with no expiry is kept); return how many. The relay calls it with the
         ledger's retention cutoff less COUNTER_MARGIN: no call of a chain is made after it
         expires, so by then every ledger row that names it (written at most a lease after
-        its expiry) has been pruned, and nothing reads its record. Chains recorded before
-        this method existed are kept by a backend that indexes expiries as it records
-        (Redis)."""
+        its expiry) has been pruned, and nothing reads its record. A backend that indexes
+        expiries as it records (Redis) indexes the chains recorded before it did first."""
 
     @abc.abstractmethod
     async def prune_counters(self, before: int) -> int:

@@ -46,7 +46,8 @@ Key layout (hash tags in braces; every key one script touches shares one tag, so
   - ``{P:bb}:chains:<token id>``  hash chain id -> JSON [first_seen, [caveat text, ...]]: the
     token chains seen (``note_chain``, at most MAX_CHAINS per token), and ``{P:bb}:chainexp``
     sorted set '<token id> <chain id>' -> the chain's expiry (chains that have one), from
-    which ``prune_chains`` deletes the chains that expired long ago.
+    which ``prune_chains`` deletes the chains that expired long ago (the chains recorded
+    before the index existed are added to it once, ``<prefix>:chainexp:indexed`` saying so).
   A ledger row is the JSON array of the entry's fields, the chain id last (rows written
   before it existed have none: read as "").
 * ``<prefix>:ck:<counter key>`` -> bucket: lets ``counters(keys)``, which is not told the token,
@@ -84,6 +85,7 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -219,6 +221,11 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def _glob(text: str) -> str:
+    """``text`` matched literally in a SCAN pattern (its glob characters escaped)."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
 def _entry(row: str, count: int = 1) -> LedgerEntry:
     r = json.loads(row)
     return LedgerEntry(
@@ -347,6 +354,7 @@ class RedisStore(Store):
         self.prefix = prefix
         self.url = url
         self._closed = False
+        self._chains_indexed = False  # the chains recorded before their expiry index: done
         self._buckets: OrderedDict[str, str] = OrderedDict()  # counter key -> bucket
         # token id -> (bucket, its key tag): a CRC-32 and two string builds fewer per script
         self._token_tags: dict[str, tuple[str, str]] = {}
@@ -999,9 +1007,11 @@ class RedisStore(Store):
         return out
 
     async def prune_chains(self, expired_before: int) -> int:
-        """Per bucket, from its index of chain expiries (written by note_chain, so chains
-        recorded before the index existed are kept), a batch at a time as expire_leases."""
+        """Per bucket, from its index of chain expiries (written by note_chain; the chains
+        recorded before the index existed are indexed first, once: _index_old_chains), a
+        batch at a time as expire_leases."""
         before = _exact(expired_before, "expired_before")
+        await self._index_old_chains()
         total = 0
         pending = [f"{i:02x}" for i in range(BUCKETS)]
         while pending:
@@ -1015,6 +1025,41 @@ class RedisStore(Store):
                     again.append(b)
             pending = again
         return total
+
+    async def _index_old_chains(self) -> None:
+        """Index the expiry of the chains recorded before note_chain indexed it (1bad818), as
+        note_chain does, so that prune_chains sees them: once per store, by the first sweep
+        that finds no marker (``<P>:chainexp:indexed``, set when a pass is complete; a pass
+        cut by a failure is run again whole, ZADD being idempotent). The tokens' chain hashes
+        are found by a SCAN of the keyspace (every node of a cluster), the only listing of
+        them: a one-off cost. A chain recorded without its expiry after the marker (by a
+        relay older than the index, still running) stays unindexed, and is kept: never
+        deleted is the safe side, as for a chain without an expiry."""
+        if self._chains_indexed:
+            return
+        marker = self.prefix + ":chainexp:indexed"
+        if not await self._run(lambda: self._r.exists(marker)):
+            pattern = _glob(self._tag("")[:-2]) + "??}:chains:*"
+            tokens: list[str] = []
+            async for key in self._r.scan_iter(match=pattern, count=1000):
+                tokens.append(_text(key).rsplit(":chains:", 1)[1])
+                if len(tokens) >= SWEEP_BATCH:
+                    await self._index_chains(tokens)
+                    tokens = []
+            await self._index_chains(tokens)
+            await self._run(lambda: self._r.set(marker, "1"))
+        self._chains_indexed = True
+
+    async def _index_chains(self, token_ids: list[str]) -> None:
+        """Add the chains of ``token_ids`` that have an expiry to their buckets' index."""
+        by_bucket: dict[str, dict[str, int]] = {}
+        for c in await self.chains(token_ids) if token_ids else ():
+            expiry = chain_expiry(c.caveats)
+            if expiry is not None:
+                by_bucket.setdefault(self._tag(bucket_of(c.token_id)) + "chainexp", {})[
+                    c.token_id + " " + c.chain_id] = expiry
+        for key, members in by_bucket.items():
+            await self._run(partial(self._r.zadd, key, members))
 
     async def prune_counters(self, before: int) -> int:
         """Nothing to delete: a period's counter expires by itself at its period's end plus
