@@ -23,8 +23,10 @@ Samplers:
 * ``none``: no profile; the relay and the floor proxy run side by side, ``--rounds`` alternating
   rounds of ``--calls`` each, and the CPU per call of each (user and system apart) and their
   ratio are printed per round: a quick check of a change against the floor, the same split as
-  bench/relay.py's floor table without its other rows. ``--in-process`` drives the relay's and
-  the floor's ASGI apps in this one process instead (no uvicorn, no sockets from a client):
+  bench/relay.py's floor table without its other rows; below each round, the relay's writes
+  per call (write calls, bytes, bytes to the disk) and its SQLite worker thread's CPU: the
+  store's share of its system time (see _io). ``--in-process`` drives the relay's and the
+  floor's ASGI apps in this one process instead (no uvicorn, no sockets from a client):
   on a loaded machine its rounds spread far less, so an A/B of two versions of the code
   (run it from each checkout in turn) shows changes of 10% that the three-process rounds hide.
 
@@ -179,6 +181,34 @@ def _times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
+def _io(pid: int) -> tuple[int, int, int, float]:
+    """What a process has written so far: (write system calls, bytes handed to write calls,
+    bytes it sent to the disk itself, CPU seconds of its threads other than the main one).
+
+    For the relay: beyond the floor's two socket writes per call, every other write call is
+    SQLite's (two pwrite calls per WAL frame), and the bytes it sends to the disk are the WAL
+    written back when the store's worker thread checkpoints (synchronous=NORMAL syncs the WAL
+    then): the write calls per call follow its commits per call, which follow the machine's
+    load (issue 17). The other threads' CPU is that worker's (checkpoints, their syncs and the
+    commit after each), counted in the process's CPU as the rest is.
+
+    Measured (2026-12-07, quiet VM, perf record -e cpu-clock of each server, 12,000 calls at
+    c=20): of the relay's kernel time per call beyond the floor's, pwrite is about a third,
+    fdatasync (the worker) and fcntl (WAL locks, six per commit) a seventh together, and as
+    much as pwrite is its socket writes costing more than the floor's same writes (thread
+    CPU around the response's write: 11-15 us against 6-7 us; the upstream request's 5
+    against 4): each write wakes a peer (the client, the provider), which sleeps more often
+    when the server takes longer per call. That part is not the store's, and no count here
+    shows it."""
+    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    others = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if task.name != str(pid):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            others += (int(fields[11]) + int(fields[12])) / TICK
+    return int(io["syscw"]), int(io["wchar"]), int(io["write_bytes"]), others
+
+
 def _compare(fake_url: str, d: Path, root: RootKey, calls: int, conc: int, rounds: int) -> None:
     """The relay and the floor proxy in alternating rounds: CPU per call of each."""
     env = checkout.env(OPENAI_API_KEY=KEY, ANTHROPIC_API_KEY=KEY)
@@ -199,17 +229,26 @@ def _compare(fake_url: str, d: Path, root: RootKey, calls: int, conc: int, round
         print(f"CPU per call at concurrency {conc}, {calls} calls per round (ms: user + system)")
         for i in range(rounds):
             got = {}
+            relay_io = [0.0, 0.0, 0.0, 0.0]
             for name, proc, url, auth in targets:
                 u0, s0 = _times(proc.pid)
+                io0 = _io(proc.pid)
                 r = asyncio.run(load(url, "/v1/chat/completions", BODY, auth, conc, calls, 0))
                 u1, s1 = _times(proc.pid)
+                io1 = _io(proc.pid)
                 n = len(r.latencies)
                 got[name] = ((u1 - u0) / n * 1000, (s1 - s0) / n * 1000, r.errors)
+                if name == "relay":
+                    relay_io = [(b - a) / n for a, b in zip(io0, io1, strict=True)]
             (fu, fs, fe), (ru, rs, re_) = got["floor"], got["relay"]
             ratios.append((ru + rs) / (fu + fs))
             print(f"round {i + 1}: floor {fu + fs:.3f} ({fu:.3f} + {fs:.3f})  relay "
                   f"{ru + rs:.3f} ({ru:.3f} + {rs:.3f})  logic {ru + rs - fu - fs:.3f}  "
                   f"ratio {ratios[-1]:.2f}x" + (f"  errors {fe}+{re_}" if fe or re_ else ""))
+            calls_w, wchar, disk, worker = relay_io
+            print(f"  relay per call: {calls_w:.2f} write calls, {wchar / 1024:.1f} KiB "
+                  f"written, {disk / 1024:.1f} KiB to disk, store worker thread "
+                  f"{worker * 1e6:.1f} us CPU (see _io)")
         print(f"ratio relay/floor: median {statistics.median(ratios):.2f}x, "
               f"{min(ratios):.2f}-{max(ratios):.2f}; load average {os.getloadavg()[0]:.2f}")
     finally:
