@@ -731,6 +731,37 @@ async def test_chains_that_expired_before_a_time_are_pruned(store: Store) -> Non
     assert await store.chains(["t1"]) == [root]
 
 
+async def test_a_tokens_counters_are_deleted_when_asked(opener: Opener) -> None:
+    """prune_token_counters deletes the counters named, of any period (the wallet's "total"
+    ones of a grant expired long ago: capwallet.wallet.expired), and no other: not another
+    key of the token, not another token's. Every handle sees them gone, and a counter
+    deleted counts from 0 if written again."""
+    store, other = opener(), opener()
+    try:
+        r1 = res(Hold("a1/total", 30, 100), Hold("a2/2026-11", 5, 100, NOW + 600),
+                 Hold("a3/total", 7, 100), token="t1")
+        r2 = res(Hold("b1/total", 11, 100), token="t2")
+        for r in (r1, r2):
+            assert (await store.reserve(r)).ok
+        assert await store.settle(r1.reservation_id, {"a1/total": 20, "a2/2026-11": 5,
+                                                      "a3/total": 7}, entry())
+        keys = ["a1/total", "a2/2026-11", "a3/total", "b1/total"]
+        assert await other.counters(keys) == {"a1/total": 20, "a2/2026-11": 5, "a3/total": 7,
+                                              "b1/total": 11}
+        assert await store.prune_token_counters("t1", ["a1/total", "a2/2026-11",
+                                                       "a9/total", "a1/total"]) == 2
+        want = {"a1/total": 0, "a2/2026-11": 0, "a3/total": 7, "b1/total": 11}
+        assert await store.counters(keys) == want
+        assert await other.counters(keys) == want
+        assert await store.prune_token_counters("t1", ["a1/total"]) == 0
+        assert await store.prune_token_counters("t1", []) == 0
+        assert (await other.reserve(res(Hold("a1/total", 3, 100), token="t1"))).ok
+        assert await store.counters(["a1/total"]) == {"a1/total": 3}
+    finally:
+        await store.close()
+        await other.close()
+
+
 async def test_a_token_cannot_record_unbounded_chains(store: Store) -> None:
     """Anyone holding a token can mint chains offline: the store keeps MAX_CHAINS of them."""
     done = await asyncio.gather(*(store.note_chain(Chain("flood", f"{i:016x}", ("x",), NOW + i))

@@ -43,9 +43,10 @@ Semantics every backend implements (and tests/store_suite.py checks for each):
   the ledger's retention.
 * ``prune_ledger`` deletes ledger rows older than a time (the ledger's retention); it never
   touches counters, reservations or usage aggregates. ``prune_counters`` deletes the counters
-  of periods that ended before a time (COUNTER_MARGIN ago: Redis expires them then), and
+  of periods that ended before a time (COUNTER_MARGIN ago: Redis expires them then),
   ``prune_chains`` the recorded chains that expired before a time (past the ledger's
-  retention).
+  retention), and ``prune_token_counters`` the counters named of one token (the wallet's
+  "total" counters of a grant expired over COUNTER_MARGIN ago: capwallet.wallet.expired).
 * Chains: a ledger row names the token chain that made the call (``chain_id``, see
   capwallet.macaroon.chain_id): an app may attenuate its token offline for a sub-task, and the
   attenuated token keeps the token id, so the token id alone cannot tell the sub-task's calls
@@ -442,6 +443,17 @@ class Store(abc.ABC):
         a late settle or the wallet shortly after. Without it a store keeps every period's
         counter of every token for ever, a rate's one per minute of use. A backend whose
         counters expire by themselves at that time (Redis) deletes nothing here."""
+
+    @abc.abstractmethod
+    async def prune_token_counters(self, token_id: str, keys: Sequence[str]) -> int:
+        """Delete these counters of ``token_id`` (counter keys: capwallet.limits.counter_id
+        of the token and a caveat, "/", the period key), whatever their period; return how
+        many there were. For the counters no period ends, "total" ones, which nothing else
+        deletes: the wallet calls it for a grant whose token expired over COUNTER_MARGIN ago
+        (capwallet.wallet.expired), when no chain of the token can be used again (each holds
+        the grant's expiry) and no reservation holds them (a lease is at most COUNTER_MARGIN:
+        reference_relay.config). The caller vouches for that: the store cannot tell whom a
+        counter still limits."""
 
     @abc.abstractmethod
     async def add_pending(self, pending: PendingApproval) -> None: ...

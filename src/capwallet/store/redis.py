@@ -1066,6 +1066,25 @@ class RedisStore(Store):
         COUNTER_MARGIN (EXPIREAT, set as it is first written)."""
         return 0
 
+    async def prune_token_counters(self, token_id: str, keys: Sequence[str]) -> int:
+        """The counters in the token's bucket, and their ``ck`` entries (counters(keys) finds a
+        counter's bucket by them), in one pipeline (on a cluster, one per slot)."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return 0
+        tag = self._tag(bucket_of(token_id))
+
+        async def op() -> int:
+            pipe = self._r.pipeline(transaction=False)
+            for k in wanted:
+                pipe.delete(tag + "c:" + k)
+            for k in wanted:
+                pipe.delete(f"{self.prefix}:ck:{k}")
+            done = await pipe.execute()
+            return sum(int(n) for n in done[:len(wanted)])
+
+        return await self._run(op)
+
     async def prune_ledger(self, before: int) -> int:
         before = _exact(before, "before")
         total = 0

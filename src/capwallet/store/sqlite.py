@@ -919,6 +919,19 @@ class SQLiteStore(Store):
 
         return await self._in_chunks(chunk, "")
 
+    async def prune_token_counters(self, token_id: str, keys: Sequence[str]) -> int:
+        """One write (the keys of one token: a few per caveat)."""
+        wanted = [(k,) for k in dict.fromkeys(keys)]
+        if not wanted:
+            return 0
+
+        def txn(c: _Cursor) -> int:
+            c.owe()  # it changes counters, which the batch's reserves may have read
+            return sum(c.execute("DELETE FROM counters WHERE key = ?", k).rowcount
+                       for k in wanted)
+
+        return await self._write(txn)
+
     async def _in_chunks(self, chunk: Callable[[K, _Cursor], tuple[int, K | None]],
                          start: K) -> int:
         """A sweep over a whole table (prune_counters, prune_chains), one write per chunk:

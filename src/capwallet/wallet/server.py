@@ -21,12 +21,16 @@ Routes:
 "(session)" is the cookie AND the x-capwallet-session header (sessions.py); pages that show
 data answer a navigation with a data-less shell whose script fetches them (pages.py).
 Everything sits behind LocalOnlyMiddleware (Host and Origin checks, page security headers).
+While it runs, it deletes the total counters of grants expired over 2 days ago, when it starts
+and hourly (capwallet.wallet.expired).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -37,10 +41,12 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
+from capwallet.store import StoreUnavailable
 from capwallet.wallet import approvals, dashboard, discovery, oauth, passkeys
 from capwallet.wallet.context import WalletContext
 from capwallet.wallet.cors import GrantedOriginsCors
 from capwallet.wallet.deployment import client_address, wallet_origin
+from capwallet.wallet.expired import PRUNE_INTERVAL, ExpiredCounters
 from capwallet.wallet.pages import STATIC, behind_shell, navigate
 from capwallet.wallet.security import LocalOnlyMiddleware, same_origin_request
 
@@ -196,11 +202,30 @@ def create_wallet_app(ctx: WalletContext, relay: ASGIApp | None = None) -> ASGIA
             inner = getattr(getattr(relay, "router", None), "lifespan_context", None)
             if inner is not None:
                 await stack.enter_async_context(inner(relay))
-            yield
+            sweeper = asyncio.get_running_loop().create_task(_prune_expired(ctx))
+            try:
+                yield
+            finally:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.wallet = ctx
     return LocalOnlyMiddleware(app, deployment=ctx.deployment)
+
+
+async def _prune_expired(ctx: WalletContext) -> None:
+    """Delete the total counters of grants expired long ago (capwallet.wallet.expired), now
+    and every PRUNE_INTERVAL seconds; a store that fails is tried again at the next turn."""
+    counters = ExpiredCounters(ctx.grants, ctx.store)
+    while True:
+        try:
+            await counters.sweep(ctx.now())
+        except StoreUnavailable as exc:
+            logging.getLogger("capwallet.wallet").error("pruning expired grants' counters "
+                                                        "failed: %s", exc)
+        await asyncio.sleep(PRUNE_INTERVAL)
 
 
 async def _approval_link(request: Request) -> Response:

@@ -1,0 +1,169 @@
+"""The total counters of grants that expired over COUNTER_MARGIN (2 days) ago are deleted by
+the wallet (capwallet.wallet.expired), which alone knows a token's expiry: the grant's own
+("budget ... total", "quota ... total") and those a recorded sub-task chain of the grant added.
+Kept: the counters of a grant still live, of one expired within the margin, of one with no
+expiry, another token's, and a period's counter (the relay's sweep deletes those).
+
+Before, nothing ever deleted a total counter (a7a2927 kept them: the store does not know a
+token's expiry): seen failing so on the old code, the running wallet left the expired grant's
+counters. Real stores: the wallet's SQLite file, and Redis (one node and a cluster).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from pathlib import Path
+
+import pytest
+
+from capwallet import caveats as cav
+from capwallet.keys import RootKey
+from capwallet.limits import effective
+from capwallet.store import COUNTER_MARGIN, Chain, Hold, LedgerEntry, Reservation, Store, open_store
+from capwallet.token import mint
+from capwallet.wallet.expired import ExpiredCounters
+from capwallet.wallet.grants import Grant, GrantStore, issue_grant
+from capwallet.wallet.home import WalletHome
+from capwallet.wallet.keystore import Keystore
+from capwallet.wallet.runner import running_wallet
+
+NOW = int(time.time())
+DEAD = NOW - COUNTER_MARGIN - 60  # expired over the margin ago
+
+
+def _keys(g: Grant, period: str = "total") -> list[str]:
+    return [f"{c.counter_id}/total" for c in g.limits.counters if c.period == period]
+
+
+def _caveat_text(c: cav.Caveat) -> str:
+    """A caveat's signed text (as a chain record holds it)."""
+    return mint(RootKey.generate(), [c], now=NOW).raw_caveats[0].decode()
+
+
+async def _spend(store: Store, token_id: str, keys: list[str], amount: int = 7) -> None:
+    """Charge ``amount`` to each counter of ``keys`` (a reservation settled, as a call)."""
+    rid = secrets.token_hex(16)
+    holds = tuple(Hold(k, amount, 10**12) for k in keys)
+    assert (await store.reserve(Reservation(rid, token_id, holds, NOW + 60,
+                                            created_at=NOW))).ok
+    assert await store.settle(rid, {k: amount for k in keys}, LedgerEntry(
+        NOW, token_id, "app", "p", "m", "chat", 1, 1, amount, "USD", "ok", 1,
+        reservation_id=rid))
+
+
+def _grants(grants: GrantStore, key: RootKey) -> dict[str, Grant]:
+    budget, quota = cav.Budget(500, "USD", "total"), cav.TokenQuota(10**6, "total")
+    month = cav.Budget(100, "USD", "month")
+
+    def grant(app: str, *extra: cav.Caveat, revoked: bool = False) -> Grant:
+        g, _ = issue_grant(grants, key, app=app, caveats=[*extra, budget, quota, month],
+                           source="cli", now=NOW - 10 * 86400)
+        if revoked:
+            grants.revoke(g.grant_id, NOW - 5 * 86400)
+        return g
+
+    return {
+        "dead": grant("Dead", cav.Expires(DEAD)),
+        "dead-revoked": grant("Gone", cav.Expires(DEAD), revoked=True),
+        "recent": grant("Recent", cav.Expires(NOW - COUNTER_MARGIN + 600)),
+        "live": grant("Live", cav.Expires(NOW + 86400)),
+        "forever": grant("Forever"),
+    }
+
+
+async def _scenario(store: Store, grants: GrantStore, key: RootKey) -> None:
+    g = _grants(grants, key)
+    for each in g.values():
+        await _spend(store, each.grant_id, _keys(each) + _keys(each, "month"))
+    # A sub-task of the dead grant with a total budget of its own (its counter, that of the
+    # dead grant's token and this caveat, is deleted too), recorded by the relay.
+    dead = g["dead"]
+    sub = Chain(dead.grant_id, "5" * 16,
+                (*dead.caveat_text, _caveat_text(cav.Budget(5, "USD", "total"))), NOW)
+    assert await store.note_chain(sub)
+    raw = [t.encode() for t in sub.caveats]
+    sub_keys = [f"{c.counter_id}/total" for c in effective(
+        bytes.fromhex(dead.grant_id), [(r, cav.decode(r)) for r in raw]).counters
+        if c.period == "total" and f"{c.counter_id}/total" not in _keys(dead)]
+    assert len(sub_keys) == 1
+    await _spend(store, dead.grant_id, sub_keys)
+    every = {name: _keys(each) for name, each in g.items()}
+    months = {name: _keys(each, "month") for name, each in g.items()}
+
+    counters = ExpiredCounters(grants, store)
+    assert await counters.sweep(NOW) == 2 + 2 + 1  # dead's two and its sub-task's, gone's
+    for name, keys in every.items():
+        want = 0 if name.startswith("dead") else 7
+        assert await store.counters(keys) == dict.fromkeys(keys, want), name
+    assert await store.counters(sub_keys) == {sub_keys[0]: 0}
+    for name, keys in months.items():  # a period's counter: the relay's to prune
+        assert await store.counters(keys) == dict.fromkeys(keys, 7), name
+    assert await counters.sweep(NOW) == 0  # done: not read again
+    assert await ExpiredCounters(grants, store).sweep(NOW) == 0  # nothing left to delete
+    # the grant expired within the margin goes once the margin has passed
+    assert await counters.sweep(NOW + 600 + 1) == 2
+    assert await store.counters(every["recent"]) == dict.fromkeys(every["recent"], 0)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis", "redis-cluster"])
+def test_the_total_counters_of_grants_expired_long_ago_are_deleted(
+        tmp_path: Path, request: pytest.FixtureRequest, backend: str) -> None:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path}/store.db"
+    else:
+        cluster = backend == "redis-cluster"
+        base = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
+        url = f"{base}?{'cluster=1&' if cluster else ''}prefix=x{secrets.token_hex(6)}"
+    grants = GrantStore(tmp_path / "grants.db")
+
+    async def run() -> None:
+        store = open_store(url)
+        try:
+            await _scenario(store, grants, RootKey.generate())
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        grants.close()
+
+
+def test_the_running_wallet_deletes_them(home: WalletHome, keystore: Keystore) -> None:
+    # The wallet sweeps when it starts (and hourly after): an expired grant's total counter
+    # that the relay charged is gone, a live grant's kept.
+    grants = GrantStore(home.db_path)
+    try:
+        dead, _ = issue_grant(grants, keystore.current_root_key, app="Dead", source="cli",
+                              caveats=[cav.Expires(DEAD), cav.Budget(500, "USD", "total")],
+                              now=NOW - 10 * 86400)
+        live, _ = issue_grant(grants, keystore.current_root_key, app="Live", source="cli",
+                              caveats=[cav.Budget(500, "USD", "total")], now=NOW)
+    finally:
+        grants.close()
+    keys = _keys(dead) + _keys(live)
+
+    async def charge() -> None:
+        store = open_store(home.store_url)
+        try:
+            await _spend(store, dead.grant_id, _keys(dead))
+            await _spend(store, live.grant_id, _keys(live))
+        finally:
+            await store.close()
+
+    async def read() -> dict[str, int]:  # a handle of this thread's own to the same file
+        store = open_store(home.store_url)
+        try:
+            return await store.counters(keys)
+        finally:
+            await store.close()
+
+    asyncio.run(charge())
+    assert asyncio.run(read()) == {keys[0]: 7, keys[1]: 7}
+    with running_wallet(home, keystore, with_relay=False):
+        deadline = time.monotonic() + 10
+        while (got := asyncio.run(read())) != {keys[0]: 0, keys[1]: 7}:
+            assert time.monotonic() < deadline, got
+            time.sleep(0.05)
