@@ -3,18 +3,23 @@ SQLite store (Store.prune_counters), as Redis expires them: before, the file kep
 period's counter of every token for ever (a rate's one per minute of use). With a ledger
 retention, it deletes the chains that expired before the retention (and the margin) too
 (Store.prune_chains): no ledger row names them any more. Real relay on loopback, its SQLite
-store's file read with sqlite3 beside it."""
+store's file read with sqlite3 beside it, or a real Redis.
+
+A prune that fails is the store's failure, logged, and the sweep goes on: on a Redis store
+whose user may not SCAN, the lease sweep kept closing expired leases."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sqlite3
 import time
 from pathlib import Path
 
+import redis
 from relay_harness import LogCapture, start_relay
 
-from capwallet.store import COUNTER_MARGIN, Chain
+from capwallet.store import COUNTER_MARGIN, Chain, Hold, Reservation, open_store
 from capwallet.store.sqlite import SQLiteStore
 
 
@@ -80,3 +85,55 @@ def test_the_sweep_prunes_the_chains_that_expired_before_the_ledger_s_retention(
                    for line in captured_logs.lines[before:])
     finally:
         relay.close()
+
+
+def test_a_failing_prune_does_not_stop_the_lease_sweep(fake: str, tmp_path: Path,
+                                                       redis_url: str,
+                                                       captured_logs: LogCapture) -> None:
+    # The relay's Redis user may not SCAN (an ACL), which prune_chains' one-off indexing of
+    # the old chains needs: the prune fails each hour, is logged, and the sweep goes on
+    # closing expired leases every sweep_interval. Seen failing on 40cc022: the client's own
+    # error left prune_chains, which ended the sweep task at its first pass (the lease
+    # below was never closed, nothing was logged).
+    raw = redis.Redis.from_url(redis_url)
+    user, password = f"ns{secrets.token_hex(4)}", secrets.token_hex(8)
+    raw.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all",
+                        "-scan")  # type: ignore[no-untyped-call]
+    base = redis_url.removeprefix("redis://").split("/")[0]
+    url = f"redis://{user}:{password}@{base}/0?prefix=s{secrets.token_hex(6)}"
+    before = len(captured_logs.lines)
+    relay = start_relay(fake, tmp_path, store=open_store(url))
+    token = secrets.token_hex(16)
+
+    async def expired_lease() -> None:  # a crashed relay's reservation, its lease over
+        store = open_store(url)
+        try:
+            now = int(time.time())
+            assert (await store.reserve(Reservation(
+                secrets.token_hex(16), token, (Hold(f"{token}/total", 5, 100),),
+                lease_until=now - 1, created_at=now - 60))).ok
+        finally:
+            await store.close()
+
+    async def closed() -> bool:
+        store = open_store(url)
+        try:
+            return [e.status for e in await store.ledger(token_ids=[token])] == [
+                "lease_expired"]
+        finally:
+            await store.close()
+
+    try:
+        deadline = time.monotonic() + 5
+        while not any("lease sweep failed" in line and "NoPermissionError" in line
+                      for line in captured_logs.lines[before:]):
+            assert time.monotonic() < deadline, "the failed prune was not logged"
+            time.sleep(0.05)
+        asyncio.run(expired_lease())  # after the first pass and its failed prune
+        while not asyncio.run(closed()):
+            assert time.monotonic() < deadline + 5, "the sweep closed no lease after the prune"
+            time.sleep(0.05)
+    finally:
+        relay.close()
+        raw.execute_command("ACL", "DELUSER", user)  # type: ignore[no-untyped-call]
+        raw.close()

@@ -321,3 +321,28 @@ async def test_chains_recorded_before_the_expiry_index_are_pruned_too(
         assert await s.chains(ids) == [forever]
     finally:
         await s.close()
+
+
+async def test_a_failing_scan_of_the_old_chains_is_the_stores_failure(
+        redis_url: str, raw: aioredis.Redis) -> None:
+    # The one-off SCAN for the chains recorded before their index (_index_old_chains) fails
+    # as every other Redis command does: StoreUnavailable, which the relay's sweep catches,
+    # and the marker stays unset (the next sweep runs the pass again). Here its user may not
+    # SCAN (an ACL); a connection lost mid-scan is the same. Seen failing on 40cc022: the
+    # client's own NoPermissionError left prune_chains, and with it the relay's lease sweep
+    # task (tests/test_relay_prune.py: expired leases were never closed again).
+    user, password = f"ns{secrets.token_hex(4)}", secrets.token_hex(8)
+    setuser: Any = raw.execute_command  # redis-py leaves execute_command unannotated
+    await setuser("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all", "-scan")
+    base = redis_url.removeprefix("redis://").split("/")[0]
+    s = open_store(f"redis://{user}:{password}@{base}/0?prefix=n{secrets.token_hex(6)}")
+    assert isinstance(s, RedisStore)
+    try:
+        with pytest.raises(StoreUnavailable, match="Redis store failed: NoPermissionError"):
+            await s.prune_chains(int(time.time()))
+        assert not await raw.exists(s.prefix + ":chainexp:indexed")
+        with pytest.raises(StoreUnavailable):  # tried again, not taken as done
+            await s.prune_chains(int(time.time()))
+    finally:
+        await s.close()
+        await setuser("ACL", "DELUSER", user)

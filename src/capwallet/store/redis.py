@@ -1041,11 +1041,18 @@ class RedisStore(Store):
         if not await self._run(lambda: self._r.exists(marker)):
             pattern = _glob(self._tag("")[:-2]) + "??}:chains:*"
             tokens: list[str] = []
-            async for key in self._r.scan_iter(match=pattern, count=1000):
-                tokens.append(_text(key).rsplit(":chains:", 1)[1])
-                if len(tokens) >= SWEEP_BATCH:
-                    await self._index_chains(tokens)
-                    tokens = []
+            try:
+                async for key in self._r.scan_iter(match=pattern, count=1000):
+                    tokens.append(_text(key).rsplit(":chains:", 1)[1])
+                    if len(tokens) >= SWEEP_BATCH:
+                        await self._index_chains(tokens)
+                        tokens = []
+            except StoreUnavailable:
+                raise
+            except Exception as exc:  # the SCAN's own failure, as _run says any other's:
+                # the relay's sweep catches StoreUnavailable only (a client error ended it)
+                raise StoreUnavailable(
+                    f"Redis store failed: {type(exc).__name__}: {exc}") from None
             await self._index_chains(tokens)
             await self._run(lambda: self._r.set(marker, "1"))
         self._chains_indexed = True
