@@ -12,8 +12,9 @@ chain of the token verifies, so none reserves again; and a lease is at most COUN
 (reference_relay.config refuses a longer one), so COUNTER_MARGIN later no reservation holds
 its counters either. Then this deletes them (Store.prune_token_counters): the grant's own
 "total" counters and those the relay's recorded chains of the token added (a sub-task's own
-budget). Fail closed: a grant without an expiry, a chain the relay did not record (past the
-64 a token may have) or cannot be read keep their counters, which cost room, never money.
+budget). Fail closed: a grant without an expiry, a grant or a chain this wallet cannot read,
+a chain the relay did not record (past the 64 a token may have) keep their counters, which
+cost room, never money; an unreadable grant stops no other's.
 
 The wallet runs it when it starts and every PRUNE_INTERVAL seconds after (wallet.server).
 """
@@ -56,7 +57,10 @@ class ExpiredCounters:
             expiry = chain_expiry(g.caveat_text)
             if g.grant_id in self.done or expiry is None or expiry >= now - COUNTER_MARGIN:
                 continue
-            keys[g.grant_id] = _totals(g.limits)
+            try:
+                keys[g.grant_id] = _totals(g.limits)
+            except ValueError:  # caveats this wallet cannot read (a newer one wrote them):
+                continue  # its counters are kept, and the other grants' still deleted
         if not keys:
             return 0
         for chain in await self.store.chains(list(keys)):
