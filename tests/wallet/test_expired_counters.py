@@ -181,7 +181,7 @@ def test_a_grant_this_wallet_cannot_read_keeps_its_counters_and_stops_no_other(
     dead, _ = issue_grant(grants, key, app="Dead", source="cli", now=NOW - 10 * 86400,
                           caveats=[cav.Expires(DEAD), cav.Budget(500, "USD", "total")])
     budget = _caveat_text(cav.Budget(500, "USD", "total"))
-    odd = Grant(secrets.token_hex(16), key.key_id, "Odd", "cli", NOW - 10 * 86400,
+    odd = Grant(secrets.token_hex(16), key.key_id.hex(), "Odd", "cli", NOW - 10 * 86400,
                 (f"expires {DEAD}", budget, "frobnicate 1"), expires_at=DEAD)
     grants.add(odd)
     [odd_limit] = effective(bytes.fromhex(odd.grant_id),
