@@ -28,6 +28,9 @@ from capwallet.wallet.grants import Grant, GrantStore, issue_grant
 from capwallet.wallet.home import WalletHome
 from capwallet.wallet.keystore import Keystore
 from capwallet.wallet.runner import running_wallet
+from capwallet.wallet.usage import UNCOUNTED, BudgetUse, CounterUse
+
+from .conftest import signed_in
 
 NOW = int(time.time())
 DEAD = NOW - COUNTER_MARGIN - 60  # expired over the margin ago
@@ -162,11 +165,21 @@ def test_the_running_wallet_deletes_them(home: WalletHome, keystore: Keystore) -
 
     asyncio.run(charge())
     assert asyncio.run(read()) == {keys[0]: 7, keys[1]: 7}
-    with running_wallet(home, keystore, with_relay=False):
+    with running_wallet(home, keystore, with_relay=False) as w:
         deadline = time.monotonic() + 10
         while (got := asyncio.run(read())) != {keys[0]: 0, keys[1]: 7}:
             assert time.monotonic() < deadline, got
             time.sleep(0.05)
+        # What the deleted counter held is not known any more: the wallet says so, never
+        # "0.00 of 5.00 USD in total" for an app that spent (seen failing on 2270fd9: the
+        # dead grant's budget read spent 0, on the page and in /api/usage).
+        with signed_in(w) as client:
+            apps = {a["grant_id"]: a for a in client.get("/api/usage").json()["apps"]}
+            page = client.get("/").text
+        assert apps[dead.grant_id]["budgets"] == [
+            {"spent": None, "limit": 500, "currency": "USD", "period": "total"}]
+        assert apps[live.grant_id]["budgets"][0]["spent"] == 7
+        assert UNCOUNTED.strip() in page
 
 
 def test_a_grant_this_wallet_cannot_read_keeps_its_counters_and_stops_no_other(
@@ -205,3 +218,13 @@ def test_a_grant_this_wallet_cannot_read_keeps_its_counters_and_stops_no_other(
         asyncio.run(run())
     finally:
         grants.close()
+
+
+def test_a_count_no_longer_kept_reads_as_unknown_not_as_0() -> None:
+    # The terminal (capwallet apps) and the page's meter: "-", an empty meter, and why.
+    gone = BudgetUse(None, 500, "USD", "total")
+    assert gone.text() == "- of 5.00 USD in total" + UNCOUNTED and gone.percent == 0
+    assert gone.to_json()["spent"] is None
+    assert CounterUse(None, 1000, "quota", "total").text() == (
+        "- of 1,000 model tokens in total" + UNCOUNTED)
+    assert BudgetUse(0, 500, "USD", "total").text() == "0.00 USD of 5.00 USD in total"

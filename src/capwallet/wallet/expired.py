@@ -27,11 +27,19 @@ from capwallet import caveats as cav
 from capwallet.limits import EffectiveLimits, effective
 from capwallet.store import COUNTER_MARGIN, Store
 from capwallet.store.base import chain_expiry
-from capwallet.wallet.grants import GrantStore
+from capwallet.wallet.grants import Grant, GrantStore
 
 log = logging.getLogger("capwallet.wallet")
 
 PRUNE_INTERVAL = 3600  # seconds between two sweeps, as the relay's hourly pruning
+
+
+def counted_no_more(grant: Grant, now: int) -> bool:
+    """Whether the grant's "total" counters are deleted (or are due at the next sweep): it
+    expired over COUNTER_MARGIN ago. What they held is then not known any more, and the
+    wallet's pages say so rather than show it as 0 (capwallet.wallet.usage)."""
+    expiry = chain_expiry(grant.caveat_text)
+    return expiry is not None and expiry < now - COUNTER_MARGIN
 
 
 def _totals(limits: EffectiveLimits) -> set[str]:
@@ -54,8 +62,7 @@ class ExpiredCounters:
         return how many there were."""
         keys: dict[str, set[str]] = {}
         for g in self.grants.list(statuses=("active", "revoked")):
-            expiry = chain_expiry(g.caveat_text)
-            if g.grant_id in self.done or expiry is None or expiry >= now - COUNTER_MARGIN:
+            if g.grant_id in self.done or not counted_no_more(g, now):
                 continue
             try:
                 keys[g.grant_id] = _totals(g.limits)

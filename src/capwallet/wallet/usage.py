@@ -41,6 +41,7 @@ from capwallet.limits import CounterLimit, EffectiveLimits, counter_id, effectiv
 from capwallet.money import MICROS_PER_MINOR, format_micros, format_minor
 from capwallet.periods import period_key
 from capwallet.store.base import Chain, LedgerEntry, Store, UsageTotal, usage_day
+from capwallet.wallet.expired import counted_no_more
 from capwallet.wallet.grants import Grant, GrantStore
 
 RECENT_LIMIT = 1_000  # recent calls shown; figures come from the aggregates
@@ -49,7 +50,9 @@ SUBTASK_ROWS = 100_000  # ledger rows read per grant that has sub-tasks (module 
 
 @dataclass(frozen=True, slots=True)
 class BudgetUse:
-    spent: int  # settled + reserved this period, microunits (the counter's unit)
+    # Settled + reserved this period, microunits (the counter's unit); None when no longer
+    # counted (UNCOUNTED): never shown as 0, which would say the app spent nothing.
+    spent: int | None
     limit: int  # the budget caveat's amount, minor units
     currency: str
     period: str
@@ -57,22 +60,31 @@ class BudgetUse:
     @property
     def percent(self) -> int:
         """0-100 for the meter; any spend at all shows at least 1."""
+        if self.spent is None:
+            return 0
         if self.limit <= 0:
             return 100
         limit = self.limit * MICROS_PER_MINOR
         return min(100, max(self.spent * 100 // limit, 1 if self.spent > 0 else 0))
 
     def text(self) -> str:
-        return f"{format_micros(self.spent, self.currency)} {self.limit_text()}"
+        spent = "-" if self.spent is None else format_micros(self.spent, self.currency)
+        return f"{spent} {self.limit_text()}"
 
     def limit_text(self) -> str:
         """'of 5.00 USD this month': the page puts the spent amount before it, short, with
         the exact value in its tooltip like every other amount there."""
-        return f"of {format_minor(self.limit, self.currency)} {_this_period(self.period)}"
+        out = f"of {format_minor(self.limit, self.currency)} {_this_period(self.period)}"
+        return out if self.spent is not None else out + UNCOUNTED
 
     def to_json(self) -> dict[str, Any]:
         return {"spent": self.spent, "limit": self.limit, "currency": self.currency,
                 "period": self.period}
+
+
+# Said of a "total" counter of a grant expired over COUNTER_MARGIN ago: the wallet deletes
+# those (capwallet.wallet.expired), and what they held is not known any more.
+UNCOUNTED = " (no longer counted: expired over 2 days ago)"
 
 
 def _this_period(period: str) -> str:
@@ -84,13 +96,15 @@ def _this_period(period: str) -> str:
 class CounterUse:
     """A quota or rate counter's use this period (budgets are BudgetUse)."""
 
-    used: int
+    used: int | None  # None: no longer counted (UNCOUNTED), as BudgetUse.spent
     limit: int
     kind: str  # quota | rate
     period: str
 
     def text(self) -> str:
         unit = "requests" if self.kind == "rate" else "model tokens"
+        if self.used is None:
+            return f"- of {self.limit:,} {unit} {_this_period(self.period)}{UNCOUNTED}"
         return f"{self.used:,} of {self.limit:,} {unit} {_this_period(self.period)}"
 
 
@@ -334,22 +348,30 @@ async def snapshot(
     entries = await store.ledger(since=since, limit=RECENT_LIMIT)
     totals = await store.usage(since_day=first_day)
     subtasks = subtasks_of(all_grants, await store.chains(list(by_id)) if by_id else [])
+    # The grants whose "total" counters the wallet deletes (expired over COUNTER_MARGIN ago):
+    # those read None, not 0 (UNCOUNTED).
+    gone = {g.grant_id for g in all_grants if counted_no_more(g, now)}
     keys: list[str] = []
     for g in all_grants:
         keys += [_key(b, now) for b in g.limits.budgets]
     for t in subtasks.values():
         keys += [_key(c, now) for c in _own_counters(t)]
     used = await store.counters(keys) if keys else {}
+
+    def use(c: CounterLimit, token_id: str) -> int | None:
+        if c.period == "total" and token_id in gone:
+            return None
+        return used.get(_key(c, now), 0)
+
     rows: dict[str, AppRow] = {}
     for g in all_grants:
         app_row = AppRow(g)
         for b in g.limits.budgets:
-            app_row.budgets.append(BudgetUse(used.get(_key(b, now), 0), b.limit, b.unit,
-                                             b.period))
+            app_row.budgets.append(BudgetUse(use(b, g.grant_id), b.limit, b.unit, b.period))
         rows[g.grant_id] = app_row
     for t in sorted(subtasks.values(), key=lambda t: (t.chain.first_seen, t.chain_id)):
         for c in _own_counters(t):
-            n = used.get(_key(c, now), 0)
+            n = use(c, t.chain.token_id)
             if c.kind == "budget":
                 t.budgets.append(BudgetUse(n, c.limit, c.unit, c.period))
             else:
