@@ -7,14 +7,15 @@ expiry is in its grant, which only the wallet holds (a chain the relay records m
 sub-task's, with an earlier expiry of its own, and tells nothing of the grant's).
 
 The wallet can tell. Every chain of a token holds its grant's caveats, and a chain expires at
-its earliest ``expires`` caveat (spec/caveats.md): once the grant's expiry has passed, no
-chain of the token verifies, so none reserves again; and a lease is at most COUNTER_MARGIN
-(reference_relay.config refuses a longer one), so COUNTER_MARGIN later no reservation holds
-its counters either. Then this deletes them (Store.prune_token_counters): the grant's own
-"total" counters and those the relay's recorded chains of the token added (a sub-task's own
-budget). Fail closed: a grant without an expiry, a grant or a chain this wallet cannot read,
-a chain the relay did not record (past the 64 a token may have) keep their counters, which
-cost room, never money; an unreadable grant stops no other's.
+its earliest ``expires`` caveat (spec/caveats.md): once the grant's expiry and the verifier's
+clock allowance (CLOCK_SKEW, 60 s) have passed, no chain of the token verifies, so none
+reserves again; and a lease is at most COUNTER_MARGIN (reference_relay.config refuses a
+longer one), so COUNTER_MARGIN later no reservation holds its counters either. Then this
+deletes them (Store.prune_token_counters): the grant's own "total" counters and those the
+relay's recorded chains of the token added (a sub-task's own budget). Fail closed: a grant
+without an expiry, a grant or a chain this wallet cannot read, a chain the relay did not
+record (past the 64 a token may have) keep their counters, which cost room, never money; an
+unreadable grant stops no other's.
 
 The wallet runs it when it starts and every PRUNE_INTERVAL seconds after (wallet.server).
 """
@@ -27,6 +28,7 @@ from capwallet import caveats as cav
 from capwallet.limits import EffectiveLimits, effective
 from capwallet.store import COUNTER_MARGIN, Store
 from capwallet.store.base import chain_expiry
+from capwallet.verify import CLOCK_SKEW
 from capwallet.wallet.grants import Grant, GrantStore
 
 log = logging.getLogger("capwallet.wallet")
@@ -36,10 +38,12 @@ PRUNE_INTERVAL = 3600  # seconds between two sweeps, as the relay's hourly pruni
 
 def counted_no_more(grant: Grant, now: int) -> bool:
     """Whether the grant's "total" counters are deleted (or are due at the next sweep): it
-    expired over COUNTER_MARGIN ago. What they held is then not known any more, and the
-    wallet's pages say so rather than show it as 0 (capwallet.wallet.usage)."""
+    expired over COUNTER_MARGIN ago, counted from the last instant a relay still takes its
+    token (the expiry plus CLOCK_SKEW: a reservation made then holds its counters a lease
+    later). What they held is then not known any more, and the wallet's pages say so rather
+    than show it as 0 (capwallet.wallet.usage)."""
     expiry = chain_expiry(grant.caveat_text)
-    return expiry is not None and expiry < now - COUNTER_MARGIN
+    return expiry is not None and expiry + CLOCK_SKEW < now - COUNTER_MARGIN
 
 
 def _totals(limits: EffectiveLimits) -> set[str]:
