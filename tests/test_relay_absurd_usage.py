@@ -133,13 +133,19 @@ def absurd_relay(tmp_path_factory: pytest.TempPathFactory,
         server.stop()
 
 
-def _call(r: Relay, route: str, stream: bool, output: Any) -> tuple[str, int, int, int, int]:
-    """One call with the provider reporting ``output`` tokens: (ledger status, input and
-    output tokens, cost, budget used), from the ledger row and the counters."""
+def _call(r: Relay, route: str, stream: bool, output: Any,
+          given: Any = 10) -> tuple[str, int, int, int, int]:
+    """One call with the provider reporting ``output`` tokens, and ``given`` as the input
+    count (10 again after it): (ledger status, input and output tokens, cost, budget used),
+    from the ledger row and the counters."""
     USAGE["output"] = output
     tok = r.mint(cav.Budget(1000, "USD", "month"))
     path, body = ROUTES[route]
-    sent = r.post(path, {**body, "stream": stream}, tok)
+    USAGE["input"] = given
+    try:
+        sent = r.post(path, {**body, "stream": stream}, tok)
+    finally:
+        USAGE["input"] = 10
     assert sent.status_code == 200, sent.text
     if stream:
         assert b"error" not in sent.content
@@ -181,12 +187,8 @@ def test_an_unreadable_count_is_charged_the_worst_case(
     worst = _call(absurd_relay, route, stream, None)
     assert worst[0] == "usage_missing"
     before = len(captured_logs.lines)
-    try:
-        if field == "input":
-            USAGE["input"] = junk
-        got = _call(absurd_relay, route, stream, junk if field == "output" else 3)
-    finally:
-        USAGE["input"] = 10
+    got = _call(absurd_relay, route, stream, junk if field == "output" else 3,
+                junk if field == "input" else 10)
     assert got == worst
     lines = captured_logs.lines[before:]
     assert not [line for line in lines if "background task failed" in line
@@ -212,11 +214,7 @@ def test_a_usage_without_its_input_count_is_charged_as_none_and_logged(
     # status ok; every route logged nothing.
     worst = _call(absurd_relay, route, stream, None)
     before = len(captured_logs.lines)
-    try:
-        USAGE["input"] = ABSENT
-        got = _call(absurd_relay, route, stream, 5)
-    finally:
-        USAGE["input"] = 10
+    got = _call(absurd_relay, route, stream, 5, ABSENT)
     assert got == worst and got[0] == "usage_missing"
     lines = _wait_usage_lines(captured_logs, before)
     assert len(lines) == 1 and "usage without an input count token=" in lines[0], lines
@@ -231,11 +229,7 @@ def test_a_usage_with_two_flaws_is_logged_once(
     # 'absurd usage').
     worst = _call(absurd_relay, route, stream, None)
     before = len(captured_logs.lines)
-    try:
-        USAGE["input"] = 2**63
-        got = _call(absurd_relay, route, stream, ABSENT)
-    finally:
-        USAGE["input"] = 10
+    got = _call(absurd_relay, route, stream, ABSENT, 2**63)
     assert got == worst
     lines = _wait_usage_lines(captured_logs, before)
     assert len(lines) == 1 and "absurd usage without an output count token=" in lines[0], lines

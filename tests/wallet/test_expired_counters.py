@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,22 @@ def _grants(grants: GrantStore, key: RootKey) -> dict[str, Grant]:
     }
 
 
+def _with_store(url: str, grants: GrantStore,
+                body: Callable[[Store], Awaitable[None]]) -> None:
+    """Run ``body`` on a store opened at ``url``, then close it and ``grants``."""
+    async def run() -> None:
+        store = open_store(url)
+        try:
+            await body(store)
+        finally:
+            await store.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        grants.close()
+
+
 async def _scenario(store: Store, grants: GrantStore, key: RootKey) -> None:
     g = _grants(grants, key)
     for each in g.values():
@@ -123,18 +140,7 @@ def test_the_total_counters_of_grants_expired_long_ago_are_deleted(
         base = request.getfixturevalue("redis_cluster_url" if cluster else "redis_url")
         url = f"{base}?{'cluster=1&' if cluster else ''}prefix=x{secrets.token_hex(6)}"
     grants = GrantStore(tmp_path / "grants.db")
-
-    async def run() -> None:
-        store = open_store(url)
-        try:
-            await _scenario(store, grants, RootKey.generate())
-        finally:
-            await store.close()
-
-    try:
-        asyncio.run(run())
-    finally:
-        grants.close()
+    _with_store(url, grants, lambda store: _scenario(store, grants, RootKey.generate()))
 
 
 def test_the_running_wallet_deletes_them(home: WalletHome, keystore: Keystore) -> None:
@@ -204,23 +210,16 @@ def test_a_grant_this_wallet_cannot_read_keeps_its_counters_and_stops_no_other(
                             [(budget.encode(), cav.decode(budget.encode()))]).counters
     odd_key = f"{odd_limit.counter_id}/total"  # its budget's counter, which it keeps
 
-    async def run() -> None:
-        store = open_store(f"sqlite:///{tmp_path}/store.db")
-        try:
-            await _spend(store, dead.grant_id, _keys(dead))
-            await _spend(store, odd.grant_id, [odd_key])
-            counters = ExpiredCounters(grants, store)
-            assert await counters.sweep(NOW) == 1
-            assert await store.counters([*_keys(dead), odd_key]) == {
-                _keys(dead)[0]: 0, odd_key: 7}
-            assert odd.grant_id not in counters.done  # tried again, in case it reads later
-        finally:
-            await store.close()
+    async def check(store: Store) -> None:
+        await _spend(store, dead.grant_id, _keys(dead))
+        await _spend(store, odd.grant_id, [odd_key])
+        counters = ExpiredCounters(grants, store)
+        assert await counters.sweep(NOW) == 1
+        assert await store.counters([*_keys(dead), odd_key]) == {
+            _keys(dead)[0]: 0, odd_key: 7}
+        assert odd.grant_id not in counters.done  # tried again, in case it reads later
 
-    try:
-        asyncio.run(run())
-    finally:
-        grants.close()
+    _with_store(f"sqlite:///{tmp_path}/store.db", grants, check)
 
 
 def test_a_count_no_longer_kept_reads_as_unknown_not_as_0() -> None:

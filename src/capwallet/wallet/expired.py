@@ -17,16 +17,19 @@ without an expiry, a grant or a chain this wallet cannot read, a chain the relay
 record (past the 64 a token may have) keep their counters, which cost room, never money; an
 unreadable grant stops no other's.
 
-The wallet runs it when it starts and every PRUNE_INTERVAL seconds after (wallet.server).
+The wallet runs it when it starts and every PRUNE_INTERVAL seconds after (``prune_forever``,
+which wallet.server starts with the app).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 
 from capwallet import caveats as cav
 from capwallet.limits import EffectiveLimits, effective
-from capwallet.store import COUNTER_MARGIN, Store
+from capwallet.store import COUNTER_MARGIN, Store, StoreUnavailable
 from capwallet.store.base import chain_expiry
 from capwallet.verify import CLOCK_SKEW
 from capwallet.wallet.grants import Grant, GrantStore
@@ -90,3 +93,15 @@ class ExpiredCounters:
             log.info("deleted %d total counter(s) of grants that expired over %d days ago",
                      deleted, COUNTER_MARGIN // 86400)
         return deleted
+
+
+async def prune_forever(grants: GrantStore, store: Store, now: Callable[[], int]) -> None:
+    """Sweep now and every PRUNE_INTERVAL seconds, until cancelled; a store that fails is
+    tried again at the next turn."""
+    counters = ExpiredCounters(grants, store)
+    while True:
+        try:
+            await counters.sweep(now())
+        except StoreUnavailable as exc:
+            log.error("pruning expired grants' counters failed: %s", exc)
+        await asyncio.sleep(PRUNE_INTERVAL)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -41,12 +40,11 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
-from capwallet.store import StoreUnavailable
 from capwallet.wallet import approvals, dashboard, discovery, oauth, passkeys
 from capwallet.wallet.context import WalletContext
 from capwallet.wallet.cors import GrantedOriginsCors
 from capwallet.wallet.deployment import client_address, wallet_origin
-from capwallet.wallet.expired import PRUNE_INTERVAL, ExpiredCounters
+from capwallet.wallet.expired import prune_forever
 from capwallet.wallet.pages import STATIC, behind_shell, navigate
 from capwallet.wallet.security import LocalOnlyMiddleware, same_origin_request
 
@@ -202,7 +200,8 @@ def create_wallet_app(ctx: WalletContext, relay: ASGIApp | None = None) -> ASGIA
             inner = getattr(getattr(relay, "router", None), "lifespan_context", None)
             if inner is not None:
                 await stack.enter_async_context(inner(relay))
-            sweeper = asyncio.get_running_loop().create_task(_prune_expired(ctx))
+            sweeper = asyncio.get_running_loop().create_task(
+                prune_forever(ctx.grants, ctx.store, ctx.now))
             try:
                 yield
             finally:
@@ -213,19 +212,6 @@ def create_wallet_app(ctx: WalletContext, relay: ASGIApp | None = None) -> ASGIA
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.wallet = ctx
     return LocalOnlyMiddleware(app, deployment=ctx.deployment)
-
-
-async def _prune_expired(ctx: WalletContext) -> None:
-    """Delete the total counters of grants expired long ago (capwallet.wallet.expired), now
-    and every PRUNE_INTERVAL seconds; a store that fails is tried again at the next turn."""
-    counters = ExpiredCounters(ctx.grants, ctx.store)
-    while True:
-        try:
-            await counters.sweep(ctx.now())
-        except StoreUnavailable as exc:
-            logging.getLogger("capwallet.wallet").error("pruning expired grants' counters "
-                                                        "failed: %s", exc)
-        await asyncio.sleep(PRUNE_INTERVAL)
 
 
 async def _approval_link(request: Request) -> Response:

@@ -40,7 +40,14 @@ from capwallet import caveats as cav
 from capwallet.limits import CounterLimit, EffectiveLimits, counter_id, effective
 from capwallet.money import MICROS_PER_MINOR, format_micros, format_minor
 from capwallet.periods import period_key
-from capwallet.store.base import Chain, LedgerEntry, Store, UsageTotal, usage_day
+from capwallet.store.base import (
+    COUNTER_MARGIN,
+    Chain,
+    LedgerEntry,
+    Store,
+    UsageTotal,
+    usage_day,
+)
 from capwallet.wallet.expired import counted_no_more
 from capwallet.wallet.grants import Grant, GrantStore
 
@@ -84,7 +91,7 @@ class BudgetUse:
 
 # Said of a "total" counter of a grant expired over COUNTER_MARGIN ago: the wallet deletes
 # those (capwallet.wallet.expired), and what they held is not known any more.
-UNCOUNTED = " (no longer counted: expired over 2 days ago)"
+UNCOUNTED = f" (no longer counted: expired over {COUNTER_MARGIN // 86400} days ago)"
 
 
 def _this_period(period: str) -> str:
