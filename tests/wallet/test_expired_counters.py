@@ -244,18 +244,11 @@ def test_the_margin_counts_from_the_last_instant_a_relay_takes_the_token(
                        now=NOW - 10 * 86400,
                        caveats=[cav.Expires(late), cav.Budget(500, "USD", "total")])
 
-    async def run() -> None:
-        store = open_store(f"sqlite:///{tmp_path}/store.db")
-        try:
-            await _spend(store, g.grant_id, _keys(g))
-            counters = ExpiredCounters(grants, store)
-            assert await counters.sweep(NOW) == 0
-            assert await store.counters(_keys(g)) == {_keys(g)[0]: 7}
-            assert await counters.sweep(late + CLOCK_SKEW + COUNTER_MARGIN + 1) == 1
-        finally:
-            await store.close()
+    async def check(store: Store) -> None:
+        await _spend(store, g.grant_id, _keys(g))
+        counters = ExpiredCounters(grants, store)
+        assert await counters.sweep(NOW) == 0
+        assert await store.counters(_keys(g)) == {_keys(g)[0]: 7}
+        assert await counters.sweep(late + CLOCK_SKEW + COUNTER_MARGIN + 1) == 1
 
-    try:
-        asyncio.run(run())
-    finally:
-        grants.close()
+    _with_store(f"sqlite:///{tmp_path}/store.db", grants, check)
