@@ -50,6 +50,7 @@ from capwallet.identifier import MAX_SAFE_INTEGER
 from capwallet.keys import Keyring, RootKey
 from capwallet.limits import CounterLimit, EffectiveLimits
 from capwallet.loops import running_loop
+from capwallet.maintenance import run_every
 from capwallet.money import EXPONENTS, format_micros
 from capwallet.periods import period_key
 from capwallet.reasons import Reason, TokenError
@@ -501,6 +502,7 @@ class Relay:
         self.calls = 0
         self._detach = self.store.attach_server(self._alone, self._in_flight)
         self.sweeper: asyncio.Task[None] | None = None
+        self._pruned_at: float | None = None  # time.monotonic() of the sweep's last pruning
         self.chains = ChainNotes(self.store, self.spawn)
         self.cost_plans = CostPlans(self.converter)
         self._keys_checked: dict[str, str] = {}  # provider id -> the key forwarding() passed
@@ -552,37 +554,41 @@ class Relay:
             await self.aclose()
 
     async def _sweep(self) -> None:
-        pruned_at: float | None = None
-        while True:
-            try:
-                now = int(time.time())
-                n = await self.store.expire_leases(now)
-                if n:
-                    log.warning("closed %d reservation(s) whose lease expired", n)
-                if pruned_at is None or time.monotonic() - pruned_at >= PRUNE_INTERVAL:
-                    pruned_at = time.monotonic()
-                    # After the leases above: no open reservation holds a counter this deletes
-                    # (a reservation is made in its counters' period, its lease ends long
-                    # before COUNTER_MARGIN is over).
-                    gone = await self.store.prune_counters(now - COUNTER_MARGIN)
-                    if gone:
-                        log.info("deleted %d counter(s) of periods that ended over %d days "
-                                 "ago", gone, COUNTER_MARGIN // 86400)
-                    days = self.config.ledger_retention_days
-                    if days:
-                        gone = await self.store.prune_ledger(now - days * 86400)
-                        if gone:
-                            log.info("deleted %d ledger row(s) older than %d days", gone, days)
-                        # The chains whose ledger rows are all gone: a chain's last row is
-                        # written at most a lease after it expires (COUNTER_MARGIN is ample).
-                        gone = await self.store.prune_chains(
-                            now - days * 86400 - COUNTER_MARGIN)
-                        if gone:
-                            log.info("deleted %d chain record(s) that expired over %d days "
-                                     "ago", gone, days + COUNTER_MARGIN // 86400)
-            except StoreUnavailable as exc:
-                log.error("lease sweep failed: %s", exc)
-            await asyncio.sleep(self.config.sweep_interval)
+        """Close expired leases every sweep_interval and prune hourly, until cancelled. A turn
+        that fails, whatever the error, is logged and the next one runs (capwallet.maintenance:
+        before, any error but StoreUnavailable ended the task, and leases of crashed calls
+        were never closed again until a restart)."""
+        await run_every(self.config.sweep_interval, self._sweep_turn, log, "lease sweep")
+
+    async def _sweep_turn(self) -> None:
+        """One turn of the sweep: the expired leases, then (hourly) the pruning."""
+        now = int(time.time())
+        n = await self.store.expire_leases(now)
+        if n:
+            log.warning("closed %d reservation(s) whose lease expired", n)
+        pruned_at = self._pruned_at
+        if pruned_at is None or time.monotonic() - pruned_at >= PRUNE_INTERVAL:
+            # Marked before it runs: a prune that fails is tried again an hour later, not at
+            # every turn of the lease sweep.
+            self._pruned_at = time.monotonic()
+            # After the leases above: no open reservation holds a counter this deletes (a
+            # reservation is made in its counters' period, its lease ends long before
+            # COUNTER_MARGIN is over).
+            gone = await self.store.prune_counters(now - COUNTER_MARGIN)
+            if gone:
+                log.info("deleted %d counter(s) of periods that ended over %d days ago",
+                         gone, COUNTER_MARGIN // 86400)
+            days = self.config.ledger_retention_days
+            if days:
+                gone = await self.store.prune_ledger(now - days * 86400)
+                if gone:
+                    log.info("deleted %d ledger row(s) older than %d days", gone, days)
+                # The chains whose ledger rows are all gone: a chain's last row is written at
+                # most a lease after it expires (COUNTER_MARGIN is ample).
+                gone = await self.store.prune_chains(now - days * 86400 - COUNTER_MARGIN)
+                if gone:
+                    log.info("deleted %d chain record(s) that expired over %d days ago",
+                             gone, days + COUNTER_MARGIN // 86400)
 
     def _alone(self) -> bool:
         """No other call in flight, nor more than one task of the relay's (the caller's)."""

@@ -12,7 +12,10 @@ counters. Real stores: the wallet's SQLite file, and Redis (one node and a clust
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import secrets
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -25,6 +28,7 @@ from capwallet.limits import effective
 from capwallet.store import COUNTER_MARGIN, Chain, Hold, LedgerEntry, Reservation, Store, open_store
 from capwallet.token import mint
 from capwallet.verify import CLOCK_SKEW
+from capwallet.wallet import expired
 from capwallet.wallet.expired import ExpiredCounters
 from capwallet.wallet.grants import Grant, GrantStore, issue_grant
 from capwallet.wallet.home import WalletHome
@@ -250,5 +254,66 @@ def test_the_margin_counts_from_the_last_instant_a_relay_takes_the_token(
         assert await counters.sweep(NOW) == 0
         assert await store.counters(_keys(g)) == {_keys(g)[0]: 7}
         assert await counters.sweep(late + CLOCK_SKEW + COUNTER_MARGIN + 1) == 1
+
+    _with_store(f"sqlite:///{tmp_path}/store.db", grants, check)
+
+
+def test_a_failing_sweep_is_logged_and_the_next_turn_deletes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The grants table cannot be read (another process renamed it away: a real sqlite3
+    # OperationalError of the wallet's file, as a read-only, vanished or failing disk gives):
+    # the sweep's turn fails, deletes nothing, is logged once however many turns fail (its
+    # kind and where, not SQLite's text), and once the table is back a later turn deletes the
+    # expired grant's counter and says the sweep works again. Cancelling the loop ends it at
+    # once. Seen failing on 4c3b49f: the OperationalError ended prune_forever at its first
+    # turn, nothing logged (the counter was never deleted).
+    monkeypatch.setattr(expired, "PRUNE_INTERVAL", 0.02)  # turns 20 ms apart
+    caplog.set_level(logging.INFO, logger="capwallet.wallet")
+    path = tmp_path / "wallet.db"
+    grants = GrantStore(path)
+    dead, _ = issue_grant(grants, RootKey.generate(), app="Dead", source="cli",
+                          now=NOW - 10 * 86400,
+                          caveats=[cav.Expires(DEAD), cav.Budget(500, "USD", "total")])
+    keys = _keys(dead)
+
+    def lines(text: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if text in r.getMessage()]
+
+    async def until(done: Callable[[], Awaitable[bool]], why: str) -> None:
+        deadline = time.monotonic() + 10
+        while not await done():
+            assert time.monotonic() < deadline, why
+            await asyncio.sleep(0.02)
+
+    async def check(store: Store) -> None:
+        await _spend(store, dead.grant_id, keys)
+        with sqlite3.connect(path) as other:
+            other.execute("ALTER TABLE grants RENAME TO grants_away")
+        sweeper = asyncio.get_running_loop().create_task(
+            expired.prune_forever(grants, store, lambda: NOW))
+
+        async def failed() -> bool:
+            return bool(lines("pruning expired grants' counters failed"))
+
+        await until(failed, "the failed sweep was not logged")
+        await asyncio.sleep(0.3)  # more turns fail, with nothing more logged
+        assert not sweeper.done()
+        [line] = lines("pruning expired grants' counters failed")
+        assert "OperationalError (SQLITE_ERROR)" in line and "grants.py" in line
+        assert "no such table" not in line  # SQLite's text is not logged
+        assert await store.counters(keys) == {keys[0]: 7}  # a failed turn deleted nothing
+        with sqlite3.connect(path) as other:
+            other.execute("ALTER TABLE grants_away RENAME TO grants")
+
+        async def deleted() -> bool:
+            return await store.counters(keys) == {keys[0]: 0}
+
+        await until(deleted, "no later turn deleted the counter")
+        [back] = lines("pruning expired grants' counters works again")
+        assert re.search(r"after \d+ failed turn\(s\)", back)
+        sweeper.cancel()
+        await asyncio.wait([sweeper], timeout=1)
+        assert sweeper.cancelled()
 
     _with_store(f"sqlite:///{tmp_path}/store.db", grants, check)

@@ -18,18 +18,21 @@ record (past the 64 a token may have) keep their counters, which cost room, neve
 unreadable grant stops no other's.
 
 The wallet runs it when it starts and every PRUNE_INTERVAL seconds after (``prune_forever``,
-which wallet.server starts with the app).
+which wallet.server starts with the app). A sweep that fails (the store down, the grants table
+unreadable: an sqlite3 error of wallet.db) deletes nothing it had not finished, is logged, and
+is tried again at the next turn (capwallet.maintenance.run_every): before, any error but
+StoreUnavailable ended the task, and no counter was deleted again until the wallet restarted.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
 from capwallet import caveats as cav
 from capwallet.limits import EffectiveLimits, effective
-from capwallet.store import COUNTER_MARGIN, Store, StoreUnavailable
+from capwallet.maintenance import run_every
+from capwallet.store import COUNTER_MARGIN, Store
 from capwallet.store.base import chain_expiry
 from capwallet.verify import CLOCK_SKEW
 from capwallet.wallet.grants import Grant, GrantStore
@@ -96,12 +99,8 @@ class ExpiredCounters:
 
 
 async def prune_forever(grants: GrantStore, store: Store, now: Callable[[], int]) -> None:
-    """Sweep now and every PRUNE_INTERVAL seconds, until cancelled; a store that fails is
-    tried again at the next turn."""
+    """Sweep now and every PRUNE_INTERVAL seconds, until cancelled; a sweep that fails,
+    whatever the error, is logged and tried again at the next turn (capwallet.maintenance)."""
     counters = ExpiredCounters(grants, store)
-    while True:
-        try:
-            await counters.sweep(now())
-        except StoreUnavailable as exc:
-            log.error("pruning expired grants' counters failed: %s", exc)
-        await asyncio.sleep(PRUNE_INTERVAL)
+    await run_every(PRUNE_INTERVAL, lambda: counters.sweep(now()), log,
+                    "pruning expired grants' counters")
