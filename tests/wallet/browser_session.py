@@ -46,3 +46,9 @@ def sign_in_page(page: Any, w: RunningWallet) -> None:
     page.goto(w.login_url)
     page.wait_for_url(w.base_url + "/")
     page.wait_for_selector("#stat-calls")
+
+
+def open_page(page: Any, url: str) -> None:
+    """Go to a wallet page and wait for its content (the page's script fetches it)."""
+    page.goto(url)
+    page.wait_for_selector("#wallet-shell", state="detached")

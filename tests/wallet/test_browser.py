@@ -22,7 +22,7 @@ from capwallet.token import Token
 from capwallet.wallet.grants import issue_grant
 from capwallet.wallet.runner import RunningWallet
 
-from .browser_session import sign_in_page
+from .browser_session import open_page, sign_in_page
 from .loopback_site import loopback_site
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -52,12 +52,6 @@ def page(browser: Any, wallet_relay: RunningWallet) -> Iterator[Any]:
 
 def token_id_of(token: str) -> str:
     return Token.parse(token).token_id
-
-
-def open_page(pg: Any, url: str) -> None:
-    """Go to a wallet page and wait for its content (the page's script fetches it)."""
-    pg.goto(url)
-    pg.wait_for_selector("#wallet-shell", state="detached")
 
 
 def shot(pg: Any, name: str) -> Path:

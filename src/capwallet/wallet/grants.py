@@ -17,6 +17,7 @@ from capwallet.keys import RootKey
 from capwallet.limits import EffectiveLimits, effective
 from capwallet.store.base import Store
 from capwallet.token import mint
+from capwallet.verify import CLOCK_SKEW
 from capwallet.wallet.table import WalletTable
 
 _SCHEMA = """
@@ -68,6 +69,14 @@ class Grant:
 
     def is_live(self, now: int) -> bool:
         return self.status == "active" and (self.expires_at is None or now < self.expires_at)
+
+    def revocable(self, now: int) -> bool:
+        """Whether revoking it still stops anything: it is active and a relay may still take
+        its token, up to its expiry plus the verifier's clock allowance (CLOCK_SKEW). After
+        that an expired grant is over, and the dashboard offers no Revoke button that would
+        suggest it still works (revoking it stays harmless: the revoke route still takes it)."""
+        return self.status == "active" and (
+            self.expires_at is None or now < self.expires_at + CLOCK_SKEW)
 
 
 class GrantStore(WalletTable):
