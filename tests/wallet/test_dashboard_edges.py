@@ -5,7 +5,9 @@ takes, in the verifier's clock allowance after its expiry, keeps its button), an
 posted for it anyway (an old page, a script) stays harmless and idempotent. On a phone the
 dashboard's wide tables (each day's spend, the recent calls) stack their rows instead of
 running columns off the card's edge, and a long origin wraps on the dashboard and the
-approvals page; a desktop window keeps the tables as they were.
+approvals page; a desktop window keeps the tables as they were. The consent page, where the
+user reads who asks and where the answer goes, fits a phone with a long origin and a long
+redirect URI, and a desktop shows the redirect URI on one line.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import openai
 import pytest
@@ -28,6 +31,7 @@ from capwallet.wallet.runner import RunningWallet
 
 from .browser_session import open_page, sign_in_page
 from .conftest import csrf_of, navigated_to, signed_in
+from .oauth_helpers import authorize_params
 
 pytest.importorskip("playwright.sync_api")
 
@@ -171,3 +175,42 @@ def test_the_dashboard_fits_a_phone(page: Any, wallet_relay: RunningWallet) -> N
         tops = page.eval_on_selector_all(
             f"{table} tbody tr:first-child td", "tds => tds.map(td => td.offsetTop)")
         assert len(tops) >= 5 and len(set(tops)) == 1, (table, tops)
+
+
+def test_the_consent_page_fits_a_phone_with_a_long_origin(
+        page: Any, wallet_relay: RunningWallet) -> None:
+    # Who asks and where the answer goes are what the user must read before approving: they
+    # wrap inside the card, on a phone and on a desktop (review11: the redirect URI, kept on
+    # one line by white-space: nowrap, and a long origin pushed a web app's consent page to
+    # 848 px at 390 and its header past the card's edge at 1280; a native app's long callback
+    # path, to 665 px; seen failing on 721e199). A redirect URI that fits a line still reads
+    # whole on one.
+    app = "Quarterly Research Notebook Summariser"
+    native = "http://127.0.0.1:53682/callback/notebooksummarisercallbackpath0123456789"
+    cases = [(LONG_ORIGIN, LONG_ORIGIN + "/oauth/callbackforthenotebookapp", "web"),
+             ("", native, "native"), ("", "http://127.0.0.1:53682/callback", "short")]
+    past_card = """() => { const right = document.querySelector('.consent')
+            .getBoundingClientRect().right + 0.5;
+        return [...document.querySelectorAll('.who *')]
+            .filter(e => e.getBoundingClientRect().right > right)
+            .map(e => e.tagName + '.' + e.className); }"""
+    lines = """() => { const r = document.createRange();
+        r.selectNodeContents(document.querySelector('#consent-origin code'));
+        return new Set([...r.getClientRects()].map(b => Math.round(b.top))).size; }"""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    for client_id, redirect, name in cases:
+        params, _ = authorize_params(app_name=app, redirect_uri=redirect,
+                                     **({"client_id": client_id} if client_id else {}))
+        url = wallet_relay.base_url + "/authorize?" + urlencode(params)
+        for size in (PHONE, DESKTOP):
+            page.set_viewport_size(size)
+            open_page(page, url)
+            origin = page.inner_text("#consent-origin")
+            assert redirect in origin and client_id in origin
+            assert page.evaluate("document.documentElement.scrollWidth") <= size["width"], (
+                name, size)
+            assert page.evaluate(past_card) == [], (name, size)
+            if name == "short":
+                assert page.evaluate(lines) == 1, size
+            page.screenshot(path=str(SHOTS / f"consent-{name}-{size['width']}.png"),
+                            full_page=True)
