@@ -20,6 +20,10 @@ from capwallet.token import mint
 from capwallet.verify import CLOCK_SKEW
 from capwallet.wallet.table import WalletTable
 
+# Seconds past a grant's expiry, by the wallet's clock, during which a relay may still take its
+# token: the verifier's allowance, by a relay's clock that may be as far behind (Grant.revocable).
+REVOCABLE_AFTER_EXPIRY = 2 * CLOCK_SKEW
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS grants (
     grant_id     TEXT PRIMARY KEY,       -- token id, 32 hex
@@ -71,12 +75,16 @@ class Grant:
         return self.status == "active" and (self.expires_at is None or now < self.expires_at)
 
     def revocable(self, now: int) -> bool:
-        """Whether revoking it still stops anything: it is active and a relay may still take
-        its token, up to its expiry plus the verifier's clock allowance (CLOCK_SKEW). After
-        that an expired grant is over, and the dashboard offers no Revoke button that would
-        suggest it still works (revoking it stays harmless: the revoke route still takes it)."""
+        """Whether revoking it may still stop anything: it is active and a relay may still
+        take its token. A relay takes it up to its expiry plus the verifier's clock allowance
+        (CLOCK_SKEW) by the relay's clock, and that allowance is there because the relay's
+        clock may differ from this wallet's by as much (spec/security.md): so up to
+        REVOCABLE_AFTER_EXPIRY (twice CLOCK_SKEW) past its expiry by this wallet's clock.
+        After that an expired grant is over, and the dashboard offers no Revoke button that
+        would suggest it still works (revoking it stays harmless: the revoke route still takes
+        it)."""
         return self.status == "active" and (
-            self.expires_at is None or now < self.expires_at + CLOCK_SKEW)
+            self.expires_at is None or now < self.expires_at + REVOCABLE_AFTER_EXPIRY)
 
 
 class GrantStore(WalletTable):
