@@ -29,6 +29,7 @@ from capwallet.reasons import Reason, TokenError
 from capwallet.store.base import LedgerEntry, PendingApproval, Reservation, StoreUnavailable
 from capwallet.verify import Request as VerifyRequest
 from capwallet.verify import VerifiedToken, evaluate
+from capwallet.wallet import json_input
 from capwallet.wallet.context import WalletContext
 from capwallet.wallet.pages import navigate
 
@@ -225,7 +226,7 @@ async def resource_check(request: Request) -> Response:
     """
     ctx = _ctx(request)
     try:
-        doc = await request.json()
+        doc = json_input.loads(await request.body())
     except ValueError:
         return _json_error("invalid_request", "send a JSON object", 400)
     if not isinstance(doc, dict):

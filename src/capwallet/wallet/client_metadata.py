@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import re
 import socket
 import ssl
@@ -45,6 +44,7 @@ import certifi
 import httpx
 
 from capwallet import origins
+from capwallet.wallet import json_input
 
 SIZE_LIMIT = 8 * 1024
 TIME_LIMIT = 5.0
@@ -245,7 +245,7 @@ def _too_large(limit: int) -> str:
 def parse_document(client_id: str, body: bytes) -> ClientMetadata:
     """The document's fields, checked: it must name itself and keep its URIs on its origin."""
     try:
-        doc = json.loads(body.decode("utf-8"))
+        doc = json_input.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise ClientMetadataError(INVALID, "the metadata document is not JSON") from None
     if not isinstance(doc, dict):

@@ -43,6 +43,7 @@ from webauthn.helpers.structs import (
     UserVerificationRequirement,
 )
 
+from capwallet.wallet import json_input
 from capwallet.wallet.context import WalletContext
 from capwallet.wallet.deployment import client_address, wallet_origin
 from capwallet.wallet.keystore import Keystore, KeystoreError
@@ -89,7 +90,7 @@ async def _json(request: Request) -> dict[str, Any] | None:
     if not request.headers.get("content-type", "").startswith("application/json"):
         return None
     try:
-        body = json.loads(await request.body())
+        body = json_input.loads(await request.body())
     except ValueError:
         return None
     return body if isinstance(body, dict) else None

@@ -27,6 +27,7 @@ from typing import Any
 from capwallet import caveats as cav
 from capwallet.money import Money, MoneyError, format_minor, parse_amount
 from capwallet.periods import PERIODS
+from capwallet.wallet import json_input
 
 DETAILS_TYPE = "capwallet_ai"
 MAX_EXPIRES_IN = 366 * 86400
@@ -70,7 +71,7 @@ class Permission:
         if len(text) > _MAX_DETAILS_CHARS:
             raise PermissionRequestError("authorization_details is too long")
         try:
-            doc = json.loads(text, parse_float=_no_float, parse_constant=_no_float)
+            doc = json_input.loads(text, parse_float=_no_float, parse_constant=_no_float)
         except ValueError as exc:
             raise PermissionRequestError(
                 f"authorization_details is not valid JSON: {exc}") from None

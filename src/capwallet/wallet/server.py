@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import secrets
 from collections.abc import AsyncIterator
 from typing import Any
@@ -40,7 +39,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
-from capwallet.wallet import approvals, dashboard, discovery, oauth, passkeys
+from capwallet.wallet import approvals, dashboard, discovery, json_input, oauth, passkeys
 from capwallet.wallet.context import WalletContext
 from capwallet.wallet.cors import GrantedOriginsCors
 from capwallet.wallet.deployment import client_address, wallet_origin
@@ -65,7 +64,7 @@ async def login(request: Request) -> Response:
     in the JSON body for the page's script to keep in localStorage."""
     ctx = _ctx(request)
     try:
-        doc = json.loads(await request.body())
+        doc = json_input.loads(await request.body())
     except ValueError:
         doc = None
     offered = doc.get("secret") if isinstance(doc, dict) else None

@@ -1,0 +1,115 @@
+"""Hostile input at the wallet's HTTP surfaces: a clear refusal, never a 500.
+
+Each table row is a request a real client can send to a real wallet server on loopback, with
+the answer the endpoint gives to any bad input of its kind (its own status and error field, or
+its own error page). The rows are the inputs earlier rounds missed (session 11, hostile11):
+
+* JSON nested past the parser's recursion limit (json.loads raised RecursionError);
+* a lone UTF-16 surrogate in a JSON string (it failed later, where the text was encoded);
+* a form the multipart parser refuses (too many fields, a field over 1 MB), at endpoints
+  that answer JSON: Starlette's own text/plain 400 came back instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from capwallet.wallet import client_metadata as cm
+from capwallet.wallet.deployment import Deployment
+from capwallet.wallet.home import WalletHome
+from capwallet.wallet.keystore import Keystore
+from capwallet.wallet.runner import RunningWallet, ServeOptions, running_wallet
+
+from .oauth_helpers import approve, authorize_params, exchange
+
+DEEP_LIST = b"[" * 5000 + b"]" * 5000  # past json's recursion limit (about 1,000 levels)
+DEEP_OBJECT = b'{"a":' * 5000 + b"1" + b"}" * 5000
+LONE = '"\\ud800"'  # a lone surrogate, escaped as JSON writes it
+LONE_UTF8 = b'"\xed\xa0\x80"'  # the same code point as three UTF-8 bytes
+DIGEST = "0" * 64
+
+
+def _check(scope: str, **extra: bytes) -> bytes:
+    """A /resource/check body for one scope, with ``extra`` members as raw JSON bytes."""
+    out = b'{"scopes":["%s"],"digest":"%s"' % (scope.encode(), DIGEST.encode())
+    return out + b"".join(b',"%s":%s' % (k.encode(), v) for k, v in extra.items()) + b"}"
+
+
+# (body, expected status): /resource/check answers invalid_request JSON to any bad body.
+RESOURCE_CHECK = [
+    (_check("posts:read"), 200),  # the control: the same request, well formed
+    (DEEP_LIST, 400), (DEEP_OBJECT, 400),
+    (_check("posts:read", summary=LONE.encode()), 400),
+    (_check("posts:publish", summary=LONE.encode()), 400),
+    (_check("posts:read", summary=LONE_UTF8), 400),
+    (_check("posts:read", approval=LONE.encode()), 400),
+]
+
+
+def test_resource_check_refuses_hostile_json(wallet: RunningWallet,
+                                             browser_client: httpx.Client) -> None:
+    query, verifier = approve(browser_client)
+    token = exchange(wallet.base_url, query["code"], verifier).json()["access_token"]
+    for body, status in RESOURCE_CHECK:
+        r = httpx.post(wallet.base_url + "/resource/check", content=body, timeout=30,
+                       headers={"authorization": "Bearer " + token,
+                                "content-type": "application/json"})
+        assert r.status_code == status, (body[:60], r.status_code, r.text[:200])
+        if status == 400:
+            assert r.json()["error"] == "invalid_request", r.text
+
+
+@pytest.mark.parametrize("body", [DEEP_LIST, DEEP_OBJECT, b'{"secret":' + LONE.encode() + b"}",
+                                  b'{"secret":' + LONE_UTF8 + b"}"])
+def test_sign_in_refuses_hostile_json(wallet: RunningWallet, body: bytes) -> None:
+    r = httpx.post(wallet.base_url + "/login", content=body, timeout=30,
+                   headers={"origin": wallet.base_url, "content-type": "application/json"})
+    assert r.status_code == 403, r.text[:200]
+    assert "This sign-in link is not valid" in r.text
+
+
+def test_authorization_details_nested_too_deeply_go_back_to_the_app(
+        browser_client: httpx.Client) -> None:
+    params, _ = authorize_params(authorization_details="[" * 3000 + "]" * 3000)
+    r = browser_client.get("/authorize?" + urlencode(params))
+    assert r.status_code == 400, r.text[:200]
+    assert "invalid_authorization_details" in r.text and "nested too deeply" in r.text
+
+
+@pytest.mark.parametrize("body", [DEEP_LIST, json.dumps({"client_name": "\ud800"}).encode()])
+def test_a_hostile_metadata_document_is_the_apps_error(body: bytes) -> None:
+    url = "https://notes.example/client.json"
+    doc = body if body.startswith(b"[") else body.replace(b"{", b'{"client_id":"%s",'
+                                                           % url.encode(), 1)
+    with pytest.raises(cm.ClientMetadataError) as err:
+        cm.parse_document(url, doc)
+    assert err.value.reason == cm.INVALID
+
+
+@pytest.fixture
+def hosted(home: WalletHome, keystore: Keystore) -> Iterator[RunningWallet]:
+    options = ServeOptions(port=0, deployment=Deployment("https://wallet.capwallet.test",
+                                                         ("127.0.0.1/32",)))
+    with running_wallet(home, keystore, with_relay=False, options=options) as w:
+        yield w
+
+
+@pytest.mark.parametrize(("path", "status", "error"), [
+    ("/signin/passkey", 400, "invalid_request"),
+    ("/passkeys/register", 403, "forbidden"),
+])
+def test_passkey_endpoints_refuse_hostile_json(hosted: RunningWallet, path: str, status: int,
+                                               error: str) -> None:
+    for body in (DEEP_LIST, DEEP_OBJECT):
+        r = httpx.post(f"http://127.0.0.1:{hosted.local_port}{path}", content=body,
+                       timeout=30, headers={
+                           "host": "wallet.capwallet.test", "x-forwarded-proto": "https",
+                           "origin": "https://wallet.capwallet.test",
+                           "content-type": "application/json"})
+        assert r.status_code == status, (path, r.text[:200])
+        assert r.json()["error"] == error
