@@ -113,3 +113,19 @@ def test_passkey_endpoints_refuse_hostile_json(hosted: RunningWallet, path: str,
                            "content-type": "application/json"})
         assert r.status_code == status, (path, r.text[:200])
         assert r.json()["error"] == error
+
+
+# Forms Starlette's parser refuses (over 1,000 fields; a field over 1 MB).
+HUGE_FORMS = [b"&".join(b"f%d=1" % i for i in range(1001)), b"code=" + b"x" * (1024 * 1024 + 1)]
+
+
+def test_a_form_the_parser_refuses_is_a_json_error_where_json_is_promised(
+        wallet: RunningWallet, browser_client: httpx.Client) -> None:
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    for body in HUGE_FORMS:
+        r = httpx.post(wallet.base_url + "/token", content=body, headers=form, timeout=30)
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text[:200]
+        assert r.headers["cache-control"] == "no-store"
+        r = browser_client.post("/api/sessions/x/end", content=body,
+                                headers={**form, "origin": wallet.base_url})
+        assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text[:200]

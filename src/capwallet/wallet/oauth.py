@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -224,7 +225,10 @@ async def token_endpoint(request: Request) -> Response:
         "application/x-www-form-urlencoded"
     ):
         return _oauth_error("invalid_request", "send application/x-www-form-urlencoded")
-    form = await request.form()
+    try:
+        form = await request.form()
+    except HTTPException as exc:  # the form parser's refusal (too many fields, one too large)
+        return _oauth_error("invalid_request", f"the form cannot be read: {exc.detail}")
     if _str(form.get("grant_type")) != "authorization_code":
         return _oauth_error("unsupported_grant_type", "grant_type must be authorization_code")
     code = _str(form.get("code"))

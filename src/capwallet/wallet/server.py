@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -113,7 +114,12 @@ async def sessions_json(request: Request) -> Response:
 
 async def end_session(request: Request) -> Response:
     ctx = _ctx(request)
-    form = await request.form()
+    try:
+        form = await request.form()
+    except HTTPException as exc:  # the form parser's refusal (too many fields, one too large)
+        return JSONResponse({"error": "invalid_request",
+                             "message": f"the form cannot be read: {exc.detail}"},
+                            status_code=400)
     csrf = form.get("csrf")
     if not ctx.sessions.check_csrf(request, csrf if isinstance(csrf, str) else None):
         return JSONResponse({"error": "forbidden"}, status_code=403)
