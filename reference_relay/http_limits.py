@@ -16,6 +16,9 @@ after the first byte of a later request on it; else the answer is 408 ``request_
 the connection is closed. ``set_head_timeout(config, seconds)`` sets another bound on a
 uvicorn.Config (an attribute of the config, so it reaches worker processes with it).
 
+A request the parser refuses is answered 400 ``invalid_request`` in the relay's error shape
+(uvicorn's own answer is text/plain, with no reason code), and the connection closed.
+
 It also sends each response's head and body in one write (reference_relay.coalesce): the
 writes of an answer are held till the end of the event loop's iteration or, sooner, till the
 answer is complete (on_response_complete); a stream's are sent as they come once it calls the
@@ -33,7 +36,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from reference_relay.app import MAX_HEADER_BYTES
 from reference_relay.coalesce import SEND_NOW_SCOPE_KEY, CoalescingTransport
-from reference_relay.errors import HEADERS_TOO_LARGE, REQUEST_TIMEOUT, RelayError, error_body
+from reference_relay.errors import (
+    HEADERS_TOO_LARGE,
+    INVALID_REQUEST,
+    REQUEST_TIMEOUT,
+    RelayError,
+    error_body,
+)
 
 HEAD_TIMEOUT = 10.0  # seconds for a whole request head to arrive
 _CONFIG_ATTR = "capwallet_head_timeout"
@@ -50,6 +59,12 @@ def _answer(status: bytes, err: RelayError) -> bytes:
 def _refusal(limit: int) -> bytes:
     return _answer(b"431 Request Header Fields Too Large", RelayError(
         HEADERS_TOO_LARGE, f"request headers exceed the relay's limit ({limit} bytes)"))
+
+
+_NOT_HTTP = _answer(b"400 Bad Request", RelayError(
+    INVALID_REQUEST, "the request is not valid HTTP/1.1, so the server's parser refused it "
+    "(a control character in a header, a Content-Length that is not one number, a bad chunk, "
+    "a byte that is not allowed in the request line, ...)"))
 
 
 def _too_slow(seconds: float) -> bytes:
@@ -100,6 +115,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
         elif self._in_head and self._head_timer is None:
             self._arm_head_timer()
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to a request httptools refuses: text/plain, no reason code. The
+        # relay's own error instead, as for every other refusal (the connection is closed
+        # all the same: the parser cannot tell where a next request would start).
+        self.transport.write(_NOT_HTTP)
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
