@@ -7,7 +7,9 @@ its own error page). The rows are the inputs earlier rounds missed (session 11, 
 * JSON nested past the parser's recursion limit (json.loads raised RecursionError);
 * a lone UTF-16 surrogate in a JSON string (it failed later, where the text was encoded);
 * a form the multipart parser refuses (too many fields, a field over 1 MB), at endpoints
-  that answer JSON: Starlette's own text/plain 400 came back instead.
+  that answer JSON: Starlette's own text/plain 400 came back instead;
+* an authorization request with a parameter twice (RFC 6749 section 3.1: MUST NOT): the
+  wallet read the last and went on.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from capwallet.wallet.home import WalletHome
 from capwallet.wallet.keystore import Keystore
 from capwallet.wallet.runner import RunningWallet, ServeOptions, running_wallet
 
-from .oauth_helpers import approve, authorize_params, exchange
+from .oauth_helpers import approve, authorize_params, error_link_query, exchange
 
 DEEP_LIST = b"[" * 5000 + b"]" * 5000  # past json's recursion limit (about 1,000 levels)
 DEEP_OBJECT = b'{"a":' * 5000 + b"1" + b"}" * 5000
@@ -129,3 +131,23 @@ def test_a_form_the_parser_refuses_is_a_json_error_where_json_is_promised(
         r = browser_client.post("/api/sessions/x/end", content=body,
                                 headers={**form, "origin": wallet.base_url})
         assert r.status_code == 400 and r.json()["error"] == "invalid_request", r.text[:200]
+
+
+def test_an_authorization_parameter_sent_twice_is_refused(browser_client: httpx.Client) -> None:
+    params, _ = authorize_params()
+    for name in params:
+        again = "http://127.0.0.1:9/other" if name == "redirect_uri" else params[name]
+        r = browser_client.get("/authorize?" + urlencode(params) + "&"
+                               + urlencode({name: again}))
+        if name == "redirect_uri":  # which one would an error go to? Shown, never followed
+            assert r.status_code == 400 and "location" not in r.headers, r.text[:200]
+            assert "redirect_uri_invalid" in r.text and "more than once" in r.text
+        else:  # an error the app is told, at its one redirect_uri
+            q = error_link_query(r)
+            assert q["error"] == "invalid_request", (name, q)
+            assert q["error_description"] == f"{name} was sent more than once"
+    for name, value in (("client_id", "https://a.example"), ("origin", "https://a.example")):
+        r = browser_client.get("/authorize?" + urlencode(params) + "&"
+                               + urlencode([(name, value), (name, value)]))
+        assert r.status_code == 400 and "location" not in r.headers, r.text[:200]
+        assert "client_id_invalid" in r.text and "more than once" in r.text

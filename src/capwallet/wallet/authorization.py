@@ -19,6 +19,9 @@ is asking:
 
 Web origins are https, or http on localhost/127.0.0.1/[::1] for development. A bad redirect
 URI, or one off the app's origin, is shown to the user with a reason code, never followed.
+Each parameter is sent once (RFC 6749 section 3.1): one sent twice is refused rather than one
+of its values picked, shown to the user when it is redirect_uri, client_id or origin (which
+say where an error would go), else sent back to the app as invalid_request.
 
 This module is the leaf the OAuth handlers (oauth.py) and the consent book (consents.py)
 both import: it imports neither.
@@ -27,6 +30,7 @@ both import: it imports neither.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -143,13 +147,32 @@ def claimed_origin(params: dict[str, str]) -> str | None:
     return origins.pop()
 
 
+# The parameters that say where an error goes: one of them twice is shown, never followed.
+_WHERE = ("redirect_uri", "client_id", "origin")
+
+
+def repeated_names(items: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """The names that occur more than once in a query's (name, value) pairs."""
+    seen: set[str] = set()
+    twice: set[str] = set()
+    for name, _ in items:
+        (twice if name in seen else seen).add(name)
+    return frozenset(twice)
+
+
 def parse_authorization_request(
     params: dict[str, str], metadata: ClientMetadata | None = None,
+    repeated: frozenset[str] = frozenset(),
 ) -> AuthorizationRequest:
     """Raises BadRedirect (show to user) or AuthorizeError (send to the app).
 
     ``metadata`` is the fetched document when client_id is a metadata URL (the caller fetches
-    it: that is network I/O, kept out of this pure check)."""
+    it: that is network I/O, kept out of this pure check). ``repeated``: the parameters the
+    request sent more than once (repeated_names), each refused."""
+    for name in _WHERE:
+        if name in repeated:
+            raise BadRedirect(f"the app sent {name} more than once",
+                              REDIRECT_INVALID if name == "redirect_uri" else CLIENT_ID_INVALID)
     redirect_uri = params.get("redirect_uri", "")
     redirect_origin = check_redirect_uri(redirect_uri)
     claimed = claimed_origin(params)
@@ -172,6 +195,8 @@ def parse_authorization_request(
         raise BadRedirect(
             f"the redirect_uri ({redirect_uri}) is not on the app's origin ({origin})",
             REDIRECT_OFF_ORIGIN)
+    if repeated:
+        raise AuthorizeError("invalid_request", f"{min(repeated)} was sent more than once")
     if params.get("response_type") != "code":
         raise AuthorizeError("unsupported_response_type", "response_type must be code")
     state = params.get("state", "")

@@ -37,6 +37,7 @@ from capwallet.wallet.authorization import (
     AuthorizeError,
     BadRedirect,
     parse_authorization_request,
+    repeated_names,
 )
 from capwallet.wallet.client_metadata import ClientMetadata, ClientMetadataError, is_metadata_url
 from capwallet.wallet.codes import CODE_TTL, CodeEntry, CodeError
@@ -69,9 +70,10 @@ def _issuer(request: Request) -> str:
 async def authorize_page(request: Request) -> Response:
     ctx = _ctx(request)
     params = dict(request.query_params)
+    repeated = repeated_names(request.query_params.multi_items())
     metadata: ClientMetadata | None = None
     client_id = params.get("client_id", "")
-    if client_id and is_metadata_url(client_id):
+    if client_id and is_metadata_url(client_id) and "client_id" not in repeated:
         # Only a signed-in user's visit makes the wallet fetch anything: a page cannot use a
         # locked wallet to probe URLs.
         if ctx.sessions.session_id(request) is None:
@@ -85,7 +87,7 @@ async def authorize_page(request: Request) -> Response:
                 status=400,
             )
     try:
-        areq = parse_authorization_request(params, metadata)
+        areq = parse_authorization_request(params, metadata, repeated)
     except BadRedirect as exc:
         return ctx.pages.error(
             request, "This link cannot be used",
