@@ -8,6 +8,8 @@ its own error page). The rows are the inputs earlier rounds missed (session 11, 
 * a lone UTF-16 surrogate in a JSON string (it failed later, where the text was encoded);
 * a form the multipart parser refuses (too many fields, a field over 1 MB), at endpoints
   that answer JSON: Starlette's own text/plain 400 came back instead;
+* a body of any size (a 200 MB POST /login, before any check, was held whole), or one that
+  never ends (the connection held for ever): the wallet's own endpoints had no bound;
 * an authorization request with a parameter twice (RFC 6749 section 3.1: MUST NOT): the
   wallet read the last and went on.
 """
@@ -15,6 +17,8 @@ its own error page). The rows are the inputs earlier rounds missed (session 11, 
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import Iterator
 from urllib.parse import urlencode
 
@@ -22,6 +26,7 @@ import httpx
 import pytest
 
 from capwallet.wallet import client_metadata as cm
+from capwallet.wallet.body_limit import BODY_TIMEOUT, MAX_BODY
 from capwallet.wallet.deployment import Deployment
 from capwallet.wallet.home import WalletHome
 from capwallet.wallet.keystore import Keystore
@@ -117,8 +122,9 @@ def test_passkey_endpoints_refuse_hostile_json(hosted: RunningWallet, path: str,
         assert r.json()["error"] == error
 
 
-# Forms Starlette's parser refuses (over 1,000 fields; a field over 1 MB).
-HUGE_FORMS = [b"&".join(b"f%d=1" % i for i in range(1001)), b"code=" + b"x" * (1024 * 1024 + 1)]
+# Forms Starlette's parser refuses: over 1,000 fields (a field over 1 MB is past the body limit,
+# test_a_body_past_the_wallets_limit_is_refused_before_it_is_read).
+HUGE_FORMS = [b"&".join(b"f%d=1" % i for i in range(1001))]
 
 
 def test_a_form_the_parser_refuses_is_a_json_error_where_json_is_promised(
@@ -151,3 +157,39 @@ def test_an_authorization_parameter_sent_twice_is_refused(browser_client: httpx.
                                + urlencode([(name, value), (name, value)]))
         assert r.status_code == 400 and "location" not in r.headers, r.text[:200]
         assert "client_id_invalid" in r.text and "more than once" in r.text
+
+
+# The wallet's own endpoints that read a body; anyone may reach the first three.
+READ_BODIES = ["/login", "/resource/check", "/token", "/authorize", "/logout"]
+
+
+def test_a_body_past_the_wallets_limit_is_refused_before_it_is_read(
+        wallet: RunningWallet) -> None:
+    for path in READ_BODIES:
+        for announced in (True, False):  # a Content-Length, or chunks with no length
+            body = b"a" * (MAX_BODY + 1)
+            content = body if announced else iter([body[:MAX_BODY], body[MAX_BODY:]])
+            r = httpx.post(wallet.base_url + path, content=content, timeout=30,
+                           headers={"origin": wallet.base_url,
+                                    "content-type": "application/x-www-form-urlencoded"})
+            assert r.status_code == 413, (path, announced, r.text[:200])
+            assert r.json()["error"] == "request_too_large"
+    # At the limit, the endpoint's own answer (here: not a sign-in secret).
+    r = httpx.post(wallet.base_url + "/login", content=b" " * MAX_BODY, timeout=30,
+                   headers={"origin": wallet.base_url})
+    assert r.status_code == 403 and "This sign-in link is not valid" in r.text
+
+
+def test_a_body_that_never_ends_is_cut_off(home: WalletHome, keystore: Keystore) -> None:
+    assert BODY_TIMEOUT > 0.5  # the default, shortened here
+    with running_wallet(home, keystore, with_relay=False,
+                        options=ServeOptions(port=0, body_timeout=0.5)) as w:
+        with socket.create_connection(("127.0.0.1", w.local_port), timeout=10) as s:
+            started = time.monotonic()
+            s.sendall(b"POST /login HTTP/1.1\r\nhost: 127.0.0.1:%d\r\n" % w.local_port +
+                      b"origin: " + w.base_url.encode() + b"\r\ncontent-length: 100\r\n\r\n{")
+            answer = s.recv(65536)
+            waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b'"request_timeout"' in answer
+    assert waited < 5  # the body timeout, not the socket's 10 s

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp
 
 from capwallet.store import open_store
 from capwallet.store.base import Store, StoreUnavailable
+from capwallet.wallet.body_limit import BODY_TIMEOUT
 from capwallet.wallet.context import WalletContext
 from capwallet.wallet.deployment import Deployment
 from capwallet.wallet.grants import GrantStore
@@ -111,6 +112,7 @@ class ServeOptions:
     tls_cert: str | None = None  # direct TLS in uvicorn (instead of a reverse proxy)
     tls_key: str | None = None
     head_timeout: float = HEAD_TIMEOUT  # seconds for a request head to arrive (else 408)
+    body_timeout: float = BODY_TIMEOUT  # seconds for a wallet page's body (else 408)
     drain: int = DRAIN_S  # seconds requests in flight may take to finish after a stop
 
 
@@ -179,7 +181,8 @@ def running_wallet(
     thread: threading.Thread | None = None
     try:
         relay = build_relay(home, keystore, ctx.store, base_url) if with_relay else None
-        server = _server(create_wallet_app(ctx, relay), ctx, relay, options)
+        server = _server(create_wallet_app(ctx, relay, body_timeout=options.body_timeout),
+                         ctx, relay, options)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
                                   name="capwallet-wallet", daemon=True)
         thread.start()
@@ -268,7 +271,8 @@ def serve_forever(home: WalletHome, keystore: Keystore, *, options: ServeOptions
             relay = build_relay(home, keystore, ctx.store, base_url)
         except RelaySetupError as exc:
             raise CliError(str(exc)) from None
-        server = _server(create_wallet_app(ctx, relay), ctx, relay, options)
+        server = _server(create_wallet_app(ctx, relay, body_timeout=options.body_timeout),
+                         ctx, relay, options)
         # From here a stop signal stops the server the ordered way, even one that arrives
         # before it runs (a service manager may stop the wallet as soon as it printed).
         with _stop_on_signals(server):

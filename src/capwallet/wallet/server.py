@@ -20,7 +20,8 @@ Routes:
 
 "(session)" is the cookie AND the x-capwallet-session header (sessions.py); pages that show
 data answer a navigation with a data-less shell whose script fetches them (pages.py).
-Everything sits behind LocalOnlyMiddleware (Host and Origin checks, page security headers).
+Everything sits behind LocalOnlyMiddleware (Host and Origin checks, page security headers);
+the wallet's own request bodies are read whole first, bounded in size and time (body_limit).
 While it runs, it deletes the total counters of grants expired over 2 days ago, when it starts
 and hourly (capwallet.wallet.expired).
 """
@@ -41,6 +42,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
 from capwallet.wallet import approvals, dashboard, discovery, json_input, oauth, passkeys
+from capwallet.wallet.body_limit import BODY_TIMEOUT, BodyLimit
 from capwallet.wallet.context import WalletContext
 from capwallet.wallet.cors import GrantedOriginsCors
 from capwallet.wallet.deployment import client_address, wallet_origin
@@ -157,8 +159,10 @@ async def health(request: Request) -> Response:
     return Response("ok\n", media_type="text/plain")
 
 
-def create_wallet_app(ctx: WalletContext, relay: ASGIApp | None = None) -> ASGIApp:
-    """The wallet's ASGI app; ``relay`` (routes under /v1 and /healthz) is served alongside."""
+def create_wallet_app(ctx: WalletContext, relay: ASGIApp | None = None, *,
+                      body_timeout: float = BODY_TIMEOUT) -> ASGIApp:
+    """The wallet's ASGI app; ``relay`` (routes under /v1 and /healthz) is served alongside.
+    The wallet's own request bodies are bounded (body_limit: MAX_BODY, ``body_timeout``)."""
     routes: list[BaseRoute] = [
         Route("/", behind_shell(dashboard.dashboard_page)),
         Route("/login", login_page, methods=["GET"]),
@@ -216,7 +220,7 @@ def create_wallet_app(ctx: WalletContext, relay: ASGIApp | None = None) -> ASGIA
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.wallet = ctx
-    return LocalOnlyMiddleware(app, deployment=ctx.deployment)
+    return LocalOnlyMiddleware(BodyLimit(app, timeout=body_timeout), deployment=ctx.deployment)
 
 
 async def _approval_link(request: Request) -> Response:
