@@ -32,7 +32,7 @@ from capwallet.wallet.home import WalletHome
 from capwallet.wallet.keystore import Keystore
 from capwallet.wallet.runner import RunningWallet, ServeOptions, running_wallet
 
-from .oauth_helpers import approve, authorize_params, error_link_query, exchange
+from .oauth_helpers import REDIRECT, approve, authorize_params, error_link_query, exchange
 
 DEEP_LIST = b"[" * 5000 + b"]" * 5000  # past json's recursion limit (about 1,000 levels)
 DEEP_OBJECT = b'{"a":' * 5000 + b"1" + b"}" * 5000
@@ -193,3 +193,19 @@ def test_a_body_that_never_ends_is_cut_off(home: WalletHome, keystore: Keystore)
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
     assert b'"request_timeout"' in answer
     assert waited < 5  # the body timeout, not the socket's 10 s
+
+
+def test_a_token_request_parameter_sent_twice_is_refused_and_the_code_kept(
+        wallet: RunningWallet, browser_client: httpx.Client) -> None:
+    """RFC 6749 3.2 as 3.1: each parameter once. The code is not burnt by such a request."""
+    query, verifier = approve(browser_client)
+    fields = {"grant_type": "authorization_code", "code": query["code"],
+              "redirect_uri": REDIRECT, "code_verifier": verifier}
+    for name, value in fields.items():
+        body = urlencode(fields) + "&" + urlencode({name: value})
+        r = httpx.post(wallet.base_url + "/token", content=body, timeout=30,
+                       headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 400, (name, r.text)
+        assert r.json() == {"error": "invalid_request",
+                            "error_description": f"{name} was sent more than once"}
+    assert exchange(wallet.base_url, query["code"], verifier).status_code == 200

@@ -151,8 +151,8 @@ def claimed_origin(params: dict[str, str]) -> str | None:
 _WHERE = ("redirect_uri", "client_id", "origin")
 
 
-def repeated_names(items: Iterable[tuple[str, str]]) -> frozenset[str]:
-    """The names that occur more than once in a query's (name, value) pairs."""
+def repeated_names(items: Iterable[tuple[str, object]]) -> frozenset[str]:
+    """The names that occur more than once in a query's or a form's (name, value) pairs."""
     seen: set[str] = set()
     twice: set[str] = set()
     for name, _ in items:

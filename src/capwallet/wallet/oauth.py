@@ -231,6 +231,9 @@ async def token_endpoint(request: Request) -> Response:
         form = await request.form()
     except HTTPException as exc:  # the form parser's refusal (too many fields, one too large)
         return _oauth_error("invalid_request", f"the form cannot be read: {exc.detail}")
+    repeated = repeated_names(form.multi_items())
+    if repeated:  # RFC 6749 3.2: each parameter once; which value would count? (code kept)
+        return _oauth_error("invalid_request", f"{min(repeated)} was sent more than once")
     if _str(form.get("grant_type")) != "authorization_code":
         return _oauth_error("unsupported_grant_type", "grant_type must be authorization_code")
     code = _str(form.get("code"))
